@@ -1,0 +1,228 @@
+"""Uptane-style metadata on python-tuf: building, signing and cross-checking.
+
+Two repositories, both plain TUF repositories built with ``tuf.api.metadata``:
+
+* the Image repository lists every released bundle (length, sha256 and, in
+  ``custom``, hardware id, version and release counter);
+* the Director publishes, per vehicle, targets metadata naming exactly the image
+  each ECU of that VIN must install (``custom`` carries ``vin`` and ``ecu_serial``).
+
+The server signs with these helpers; the agent verifies with ``tuf.ngclient`` and
+then calls :func:`assignments_for` and :func:`check_image_agrees`, which raise
+:class:`TargetMismatch` with a precise :class:`FailureReason`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from securesystemslib.signer import CryptoSigner, Signer
+from tuf.api.metadata import (
+    Metadata,
+    MetaFile,
+    Role,
+    Root,
+    Snapshot,
+    TargetFile,
+    Targets,
+    Timestamp,
+)
+from tuf.api.serialization.json import JSONSerializer
+
+from firmware_bundles.errors import TargetMismatch
+from firmware_bundles.messages import FailureReason
+
+TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
+_SERIALIZER = JSONSerializer(compact=True)
+
+
+@dataclass(frozen=True)
+class RoleSigners:
+    """The signers of each top-level role (several keys per role where a threshold asks)."""
+
+    root: Sequence[Signer]
+    targets: Sequence[Signer]
+    snapshot: Sequence[Signer]
+    timestamp: Sequence[Signer]
+
+    def for_role(self, role: str) -> Sequence[Signer]:
+        signers: Sequence[Signer] = getattr(self, role)
+        return signers
+
+    @classmethod
+    def generate(cls, *, single_online_key: bool = False) -> RoleSigners:
+        """Fresh ed25519 keys; ``single_online_key`` gives the Director's layout (one online key)."""
+        root = CryptoSigner.generate_ed25519()
+        if single_online_key:
+            online = CryptoSigner.generate_ed25519()
+            return cls([root], [online], [online], [online])
+        return cls(
+            [root],
+            [CryptoSigner.generate_ed25519()],
+            [CryptoSigner.generate_ed25519()],
+            [CryptoSigner.generate_ed25519()],
+        )
+
+
+@dataclass(frozen=True)
+class Expiry:
+    """How long each role's metadata is valid once signed."""
+
+    root: timedelta = timedelta(days=365)
+    targets: timedelta = timedelta(days=90)
+    snapshot: timedelta = timedelta(days=7)
+    timestamp: timedelta = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class RepoVersions:
+    """Current versions of the roles a repository re-signs on every change."""
+
+    targets: int = 0
+    snapshot: int = 0
+    timestamp: int = 0
+
+
+def _sign(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
+    for signer in signers:
+        md.sign(signer, append=True)
+    return md.to_bytes(_SERIALIZER)
+
+
+def create_root(signers: RoleSigners, expires: datetime, *, version: int = 1) -> bytes:
+    """Signed root metadata trusting the public keys of ``signers``, threshold 1 per role."""
+    root = Root(version=version, expires=expires, consistent_snapshot=False)
+    for role in TOP_LEVEL_ROLES:
+        root.roles[role] = Role([], threshold=1)
+        for signer in signers.for_role(role):
+            root.add_key(signer.public_key, role)
+    return _sign(Metadata(root), signers.root)
+
+
+def publish_targets(
+    targets: Mapping[str, TargetFile],
+    signers: RoleSigners,
+    expiry: Expiry,
+    now: datetime,
+    previous: RepoVersions,
+    *,
+    extra: Mapping[str, object] | None = None,
+) -> tuple[RepoVersions, dict[str, bytes]]:
+    """Sign a new targets, snapshot and timestamp; return the new versions and file bytes.
+
+    ``extra`` lands in the targets' signed part as unrecognized fields (the
+    Director puts the VIN there) and so is covered by the signature.
+    """
+    versions = RepoVersions(previous.targets + 1, previous.snapshot + 1, previous.timestamp + 1)
+    tmd = Metadata(
+        Targets(
+            version=versions.targets,
+            expires=now + expiry.targets,
+            targets=dict(targets),
+            unrecognized_fields=dict(extra or {}),
+        )
+    )
+    targets_bytes = _sign(tmd, signers.targets)
+    smd = Metadata(
+        Snapshot(
+            version=versions.snapshot, expires=now + expiry.snapshot, meta={"targets.json": MetaFile(versions.targets)}
+        )
+    )
+    snapshot_bytes = _sign(smd, signers.snapshot)
+    tsmd = Metadata(
+        Timestamp(version=versions.timestamp, expires=now + expiry.timestamp, snapshot_meta=MetaFile(versions.snapshot))
+    )
+    timestamp_bytes = _sign(tsmd, signers.timestamp)
+    files = {"targets.json": targets_bytes, "snapshot.json": snapshot_bytes, "timestamp.json": timestamp_bytes}
+    return versions, files
+
+
+def bundle_target_path(hardware_id: str, version: str) -> str:
+    return f"bundles/{hardware_id}/{version}.otab"
+
+
+def image_target(
+    path: str, length: int, sha256: str, hardware_id: str, version: str, release_counter: int
+) -> TargetFile:
+    custom = {"hardware_id": hardware_id, "version": version, "release_counter": release_counter}
+    return TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
+
+
+def director_target(image: TargetFile, vin: str, ecu_serial: str) -> TargetFile:
+    custom = dict(image.custom)
+    custom.update({"vin": vin, "ecu_serial": ecu_serial})
+    return TargetFile(image.length, dict(image.hashes), image.path, {"custom": custom})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One image the Director assigns to one ECU of this vehicle, after the checks."""
+
+    path: str
+    ecu_serial: str
+    hardware_id: str
+    version: str
+    release_counter: int
+    length: int
+    sha256: str
+
+
+def _custom_field(tf: TargetFile, key: str) -> object:
+    try:
+        return tf.custom[key]
+    except (KeyError, TypeError) as exc:
+        raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} has no custom {key!r}") from exc
+
+
+def assignments_for(director: Targets, vin: str, ecus: Mapping[str, str]) -> list[Assignment]:
+    """The Director's assignments for ``vin``; ``ecus`` maps ECU serial to hardware id.
+
+    Refuses metadata for another VIN, for an ECU this car does not have, or for
+    hardware the ECU is not.
+    """
+    signed_vin = director.unrecognized_fields.get("vin")
+    if signed_vin != vin:
+        raise TargetMismatch(FailureReason.NOT_FOR_THIS_VEHICLE, f"director metadata is for VIN {signed_vin!r}")
+    if not director.targets:
+        raise TargetMismatch(FailureReason.NO_DIRECTOR_ASSIGNMENT, "the Director assigns nothing to this vehicle")
+    found = []
+    for tf in director.targets.values():
+        if _custom_field(tf, "vin") != vin:
+            raise TargetMismatch(FailureReason.NOT_FOR_THIS_VEHICLE, f"target {tf.path} is for another VIN")
+        serial = str(_custom_field(tf, "ecu_serial"))
+        if serial not in ecus:
+            raise TargetMismatch(FailureReason.UNKNOWN_ECU, f"target {tf.path} is for unknown ECU {serial!r}")
+        hardware_id = str(_custom_field(tf, "hardware_id"))
+        if hardware_id != ecus[serial]:
+            raise TargetMismatch(
+                FailureReason.HARDWARE_MISMATCH, f"ECU {serial} is {ecus[serial]!r}, target is for {hardware_id!r}"
+            )
+        sha256 = tf.hashes.get("sha256")
+        if not sha256:
+            raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} has no sha256")
+        counter = _custom_field(tf, "release_counter")
+        if not isinstance(counter, int):
+            raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} release_counter is not an integer")
+        version = str(_custom_field(tf, "version"))
+        found.append(Assignment(tf.path, serial, hardware_id, version, counter, tf.length, sha256))
+    return found
+
+
+def check_image_agrees(assignment: Assignment, image: TargetFile | None) -> None:
+    """The Image repository must list the same bundle (length, hash, hardware, version)."""
+    if image is None:
+        raise TargetMismatch(FailureReason.TARGET_NOT_IN_IMAGE_REPO, f"{assignment.path} is not a released image")
+    if image.length != assignment.length or image.hashes.get("sha256") != assignment.sha256:
+        raise TargetMismatch(
+            FailureReason.TARGET_MISMATCH,
+            f"{assignment.path}: Director and Image repository disagree on length or hash",
+        )
+    for key in ("hardware_id", "version", "release_counter"):
+        if _custom_field(image, key) != getattr(assignment, key):
+            raise TargetMismatch(
+                FailureReason.HARDWARE_MISMATCH if key == "hardware_id" else FailureReason.TARGET_MISMATCH,
+                f"{assignment.path}: Director and Image repository disagree on {key}",
+            )

@@ -1,0 +1,58 @@
+"""VIN validation (ISO 3779) and generation for tests and the simulator.
+
+Position 9 is a check digit only in some regions (North America, China); European
+VINs such as ``WVWZZZ...`` carry none, so the digit is enforced only where it applies.
+"""
+
+from __future__ import annotations
+
+import re
+
+from firmware_bundles.errors import InvalidVin
+
+_VIN_RE = re.compile(r"^[A-HJ-NPR-Z0-9]{17}$")
+_TRANSLIT = {
+    **{str(d): d for d in range(10)},
+    **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
+    **dict(zip("JKLMN", range(1, 6), strict=True)),
+    "P": 7,
+    "R": 9,
+    **dict(zip("STUVWXYZ", range(2, 10), strict=True)),
+}
+_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+# First WMI character of regions whose VINs carry a check digit in position 9:
+# 1-5 North America, L mainland China.
+_CHECK_DIGIT_REGIONS = frozenset("12345L")
+
+
+def check_digit(vin: str) -> str:
+    """The position-9 check digit ('0'-'9' or 'X') a VIN must carry where it applies."""
+    total = sum(_TRANSLIT[c] * w for c, w in zip(vin, _WEIGHTS, strict=True))
+    rest = total % 11
+    return "X" if rest == 10 else str(rest)
+
+
+def check_digit_applies(vin: str) -> bool:
+    return vin[:1] in _CHECK_DIGIT_REGIONS
+
+
+def validate_vin(raw: str) -> str:
+    """Return the VIN upper-cased, or raise :class:`InvalidVin` saying what is wrong."""
+    vin = raw.strip().upper()
+    if len(vin) != 17:
+        raise InvalidVin(f"VIN must have 17 characters, got {len(vin)}")
+    if not _VIN_RE.match(vin):
+        bad = sorted({c for c in vin if not re.match(r"[A-HJ-NPR-Z0-9]", c)})
+        raise InvalidVin(f"VIN may not contain {', '.join(repr(c) for c in bad)} (I, O and Q are never used)")
+    if check_digit_applies(vin) and vin[8] != check_digit(vin):
+        raise InvalidVin(f"VIN check digit (position 9) is {vin[8]!r}, expected {check_digit(vin)!r}")
+    return vin
+
+
+def make_vin(wmi: str, vds: str, model_year_code: str, plant: str, serial: int) -> str:
+    """Build a valid VIN (check digit filled in) from its parts; used by the simulator."""
+    body = f"{wmi}{vds}0{model_year_code}{plant}{serial:06d}"
+    if len(body) != 17:
+        raise InvalidVin(f"VIN parts make {len(body)} characters, need 17")
+    vin = body[:8] + check_digit(body) + body[9:]
+    return validate_vin(vin)
