@@ -52,7 +52,7 @@ def validate_vin(raw: str) -> str:
 def make_vin(wmi: str, vds: str, model_year_code: str, plant: str, serial: int) -> str:
     """Build a valid VIN (check digit filled in) from its parts; used by the simulator."""
     body = f"{wmi}{vds}0{model_year_code}{plant}{serial:06d}"
-    if len(body) != 17:
-        raise InvalidVin(f"VIN parts make {len(body)} characters, need 17")
+    if len(body) != 17 or not _VIN_RE.match(body.upper()):
+        raise InvalidVin(f"VIN parts {body!r} do not make 17 valid VIN characters")
     vin = body[:8] + check_digit(body) + body[9:]
     return validate_vin(vin)

@@ -1,0 +1,5 @@
+"""``python -m ota_server`` is the ``ota`` command."""
+
+from ota_server.cli import main
+
+main()

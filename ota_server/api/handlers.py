@@ -1,0 +1,46 @@
+"""The single mapping from ``ota_server.errors`` to HTTP, with ``{"detail": "..."}`` bodies."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from ota_server.errors import Conflict, InvalidInput, NotFound, NotReady, OtaError, TooLarge
+
+# Most specific first: TooLarge is an InvalidInput.
+STATUS_BY_ERROR: tuple[tuple[type[OtaError], int], ...] = (
+    (NotFound, 404),
+    (Conflict, 409),
+    (TooLarge, 413),
+    (InvalidInput, 422),
+    (NotReady, 503),
+)
+
+
+def status_for(error: OtaError) -> int:
+    for kind, status in STATUS_BY_ERROR:
+        if isinstance(error, kind):
+            return status
+    return 500
+
+
+async def _ota_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OtaError)
+    return JSONResponse({"detail": exc.message}, status_code=status_for(exc))
+
+
+def _where(loc: tuple[object, ...]) -> str:
+    return ".".join(str(part) for part in loc if part not in ("body", "query", "path", "form"))
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    """Pydantic's error list, flattened to one readable sentence per problem."""
+    assert isinstance(exc, RequestValidationError)
+    problems = [f"{_where(tuple(err['loc'])) or 'request'}: {err['msg']}" for err in exc.errors()[:10]]
+    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(OtaError, _ota_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)

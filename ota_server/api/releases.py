@@ -1,0 +1,39 @@
+"""Release upload and listing."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile, status
+
+from ota_server.api.deps import RuntimeDep, SessionDep
+from ota_server.schemas import ReleasePublic
+from ota_server.services import releases
+
+router = APIRouter(prefix="/api/v1/releases", tags=["releases"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def upload_release(
+    file: Annotated[UploadFile, File(description="The bundle (firmware_bundles.bundle format)")],
+    hardware_id: Annotated[str, Form(max_length=64)],
+    version: Annotated[str, Form(max_length=64)],
+    release_counter: Annotated[int, Form()],
+    session: SessionDep,
+    runtime: RuntimeDep,
+) -> ReleasePublic:
+    return releases.upload(
+        session,
+        runtime.bundles,
+        runtime.image_repo,
+        file.file,
+        hardware_id=hardware_id,
+        version=version,
+        release_counter=release_counter,
+        now=runtime.clock(),
+    )
+
+
+@router.get("")
+def list_releases(session: SessionDep) -> list[ReleasePublic]:
+    return releases.list_all(session)

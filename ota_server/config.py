@@ -1,0 +1,101 @@
+"""Server configuration: one frozen dataclass, built once at the entry point and passed down.
+
+:meth:`Settings.from_env` is the only place in ``ota_server`` that reads the
+environment, so every other module can be exercised with plain values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ota_server.errors import InvalidInput
+
+ENV_PREFIX = "OTA_"
+DEFAULT_PORT = 8000
+DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the server needs to know about its surroundings.
+
+    ``None`` means "derive a sensible default": an SQLite file under ``data_dir``,
+    an embedded broker on a free port, a free HTTP port when 8000 is taken, a
+    public URL made from the bound address.
+    """
+
+    data_dir: Path = Path("./var")
+    database_url: str | None = None
+    mqtt_url: str | None = None
+    host: str = "127.0.0.1"
+    port: int | None = None
+    public_url: str | None = None
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    mqtt_client_id: str = "ota-server"
+    mqtt_username: str = "ota-server"
+    mqtt_password: str | None = None
+    mqtt_clean_session: bool = False
+    ingest_batch_size: int = 500
+    ingest_batch_wait_s: float = 0.05
+    notice_concurrency: int = 100
+    log_level: str = "INFO"
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'ota.db').resolve()}"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.data_dir / "keys"
+
+    @property
+    def bundles_dir(self) -> Path:
+        return self.data_dir / "bundles"
+
+    @property
+    def resolved_public_url(self) -> str:
+        """What cars and operators use to reach the API; ``/repo`` hangs below it."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.host}:{self.port or DEFAULT_PORT}"
+
+    @property
+    def repo_url(self) -> str:
+        return f"{self.resolved_public_url}/repo"
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """A copy with the given fields replaced; ``None`` values leave a field as it is."""
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Read ``OTA_<FIELD>`` variables (e.g. ``OTA_DATABASE_URL``); unknown ones are ignored."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for field in fields(cls):
+            raw = env.get(ENV_PREFIX + field.name.upper())
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _convert(field.name, str(field.type), raw)
+        return cls(**values)
+
+
+def _convert(name: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("Path"):
+            return Path(raw)
+        if type_name.startswith("bool"):
+            return raw.strip().lower() in ("1", "true", "yes", "on")
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"{ENV_PREFIX}{name.upper()}={raw!r}: {exc}") from exc
+    return raw

@@ -1,0 +1,291 @@
+"""Report ingest: MQTT messages in, batched and idempotent database writes out.
+
+Parsing and the checks that need no database happen at once in :meth:`Ingestor.submit`,
+so a malformed message never reaches the queue. One worker drains the queue in
+batches and applies each batch in one transaction; per (campaign, VIN) the
+current state only moves forward by ``(attempt, state.rank)`` and each
+``(campaign, vin, attempt, state)`` is recorded once, so QoS 1 duplicates and
+out-of-order delivery never double count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from firmware_bundles import topics
+from firmware_bundles.errors import MalformedMessage
+from firmware_bundles.messages import Presence, ReportState, StatusReport, parse_presence, parse_report
+from ota_server.clock import Clock
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Release, Vehicle
+from ota_server.schemas import IngestStats
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 500
+_PENDING_RANK = -1
+QUEUE_LIMIT = 200_000
+
+# Rejection reasons, as they appear in GET /api/v1/stats/ingest.
+MALFORMED = "malformed"
+UNKNOWN_TOPIC = "unknown_topic"
+TOPIC_VIN_MISMATCH = "topic_vin_mismatch"
+UNKNOWN_CAMPAIGN_VEHICLE = "unknown_campaign_vehicle"
+WRONG_NONCE = "wrong_nonce"
+REMEDIED_WITHOUT_EVIDENCE = "remedied_without_evidence"
+OVERLOADED = "overloaded"
+STORE_FAILED = "store_failed"
+
+
+@dataclass(frozen=True)
+class Received:
+    message: StatusReport | Presence
+    received_at: datetime
+
+
+@dataclass
+class Outcome:
+    """What one batch did; counted on the event loop, never from the worker thread."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+
+
+def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _rank(state: str) -> int:
+    return _PENDING_RANK if state == "pending" else ReportState(state).rank
+
+
+def _has_evidence(report: StatusReport, release_version: str) -> bool:
+    """A car is remedied only once it booted the new software and its health check passed."""
+    return report.health_ok is True and report.installed_version == release_version
+
+
+class _Batch:
+    """The database view one batch needs, loaded with a handful of queries."""
+
+    def __init__(self, session: Session, reports: Sequence[StatusReport]) -> None:
+        campaign_ids = sorted({r.campaign_id for r in reports})
+        vins = sorted({r.vin for r in reports})
+        wanted = {(r.campaign_id, r.vin) for r in reports}
+        self.rows: dict[tuple[int, str], CampaignVehicle] = {}
+        self.steps: set[tuple[int, str, int, str]] = set()
+        for chunk in _chunks(vins):
+            for cv in session.scalars(
+                select(CampaignVehicle).where(
+                    CampaignVehicle.campaign_id.in_(campaign_ids), CampaignVehicle.vin.in_(chunk)
+                )
+            ):
+                if (cv.campaign_id, cv.vin) in wanted:
+                    self.rows[(cv.campaign_id, cv.vin)] = cv
+            steps = session.execute(
+                select(CampaignEvent.campaign_id, CampaignEvent.vin, CampaignEvent.attempt, CampaignEvent.state).where(
+                    CampaignEvent.campaign_id.in_(campaign_ids), CampaignEvent.vin.in_(chunk)
+                )
+            )
+            self.steps.update((c, v, a, s) for c, v, a, s in steps)
+        self.release_versions: dict[int, str] = dict(
+            session.execute(
+                select(Campaign.id, Release.version)
+                .join(Release, Release.id == Campaign.release_id)
+                .where(Campaign.id.in_(campaign_ids))
+            ).all()
+        )
+
+
+def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outcome) -> None:
+    if not reports:
+        return
+    batch = _Batch(session, [r.message for r in reports if isinstance(r.message, StatusReport)])
+    events: list[dict[str, object]] = []
+    for item in reports:
+        report = item.message
+        assert isinstance(report, StatusReport)
+        cv = batch.rows.get((report.campaign_id, report.vin))
+        if cv is None:
+            outcome.rejected[UNKNOWN_CAMPAIGN_VEHICLE] += 1
+            continue
+        if not secrets.compare_digest(cv.nonce, report.nonce):
+            outcome.rejected[WRONG_NONCE] += 1
+            continue
+        if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
+            outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
+            continue
+        step = (report.campaign_id, report.vin, report.attempt, report.state.value)
+        if step in batch.steps:
+            outcome.duplicates += 1
+            continue
+        batch.steps.add(step)
+        reason = report.reason.value if report.reason else None
+        detail = report.detail or None
+        events.append(
+            {
+                "campaign_id": report.campaign_id,
+                "vin": report.vin,
+                "attempt": report.attempt,
+                "state": report.state.value,
+                "reason": reason,
+                "detail": detail,
+                "received_at": item.received_at,
+            }
+        )
+        outcome.accepted += 1
+        # Strictly forward only: a terminal state has the top rank, so nothing of the
+        # same attempt moves past it, and stale reports leave the current state alone.
+        if (report.attempt, report.state.rank) > (cv.attempt, _rank(cv.state)):
+            cv.state, cv.attempt, cv.updated_at = report.state.value, report.attempt, item.received_at
+            cv.reason = reason
+            cv.detail = detail
+    if events:
+        session.execute(insert(CampaignEvent), events)
+
+
+def _apply_presence(session: Session, items: Sequence[Received]) -> None:
+    latest: dict[str, tuple[bool, datetime]] = {}
+    for item in items:
+        assert isinstance(item.message, Presence)
+        latest[item.message.vin] = (item.message.online, item.received_at)
+    for online in (True, False):
+        vins = [vin for vin, (flag, _) in latest.items() if flag is online]
+        if not vins:
+            continue
+        seen = max(latest[vin][1] for vin in vins)
+        for chunk in _chunks(vins):
+            session.execute(update(Vehicle).where(Vehicle.vin.in_(chunk)).values(online=online, last_seen=seen))
+
+
+class Ingestor:
+    """Queue plus one batching worker; :meth:`stop` drains what is queued before returning."""
+
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        clock: Clock,
+        *,
+        batch_size: int = 500,
+        batch_wait_s: float = 0.05,
+    ) -> None:
+        self._factory = session_factory
+        self._clock = clock
+        self._batch_size = batch_size
+        self._batch_wait_s = batch_wait_s
+        self._queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=QUEUE_LIMIT)
+        self._worker: asyncio.Task[None] | None = None
+        self._accepted = 0
+        self._duplicates = 0
+        self._rejected: Counter[str] = Counter()
+
+    def stats(self) -> IngestStats:
+        return IngestStats(accepted=self._accepted, duplicates=self._duplicates, rejected=dict(self._rejected))
+
+    def _reject(self, reason: str, topic: str, detail: object) -> None:
+        self._rejected[reason] += 1
+        log.warning("rejected message on %s (%s): %s", topic, reason, detail)
+
+    def submit(self, topic: str, payload: bytes) -> None:
+        """Check and enqueue one MQTT message; never raises."""
+        try:
+            topic_vin = topics.vin_from_topic(topic)
+            if topic.endswith("/status"):
+                message: StatusReport | Presence = parse_report(payload)
+            elif topic.endswith("/presence"):
+                message = parse_presence(payload)
+            else:
+                self._reject(UNKNOWN_TOPIC, topic, "not a status or presence topic")
+                return
+        except MalformedMessage as exc:
+            self._reject(MALFORMED, topic, exc)
+            return
+        if message.vin != topic_vin:
+            self._reject(TOPIC_VIN_MISMATCH, topic, f"payload VIN {message.vin}")
+            return
+        try:
+            self._queue.put_nowait(Received(message, self._clock()))
+        except asyncio.QueueFull:
+            self._reject(OVERLOADED, topic, "ingest queue full")
+
+    def apply(self, items: Sequence[Received]) -> Outcome:
+        """Apply one batch in one transaction (blocking; the worker runs it in a thread)."""
+        for attempt in range(3):
+            outcome = Outcome()
+            try:
+                with self._factory() as session:
+                    _apply_reports(session, [i for i in items if isinstance(i.message, StatusReport)], outcome)
+                    _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
+                    session.commit()
+                return outcome
+            except IntegrityError:
+                # Another replica stored some of these steps first: reload and they count as duplicates.
+                log.info("ingest batch raced another writer; retrying (%d)", attempt + 1)
+            except OperationalError:
+                log.exception("ingest batch failed; retrying (%d)", attempt + 1)
+        log.error("dropping an ingest batch of %d messages after repeated failures", len(items))
+        return Outcome(rejected=Counter({STORE_FAILED: len(items)}))
+
+    def _count(self, outcome: Outcome) -> None:
+        self._accepted += outcome.accepted
+        self._duplicates += outcome.duplicates
+        self._rejected.update(outcome.rejected)
+
+    async def _next_batch(self) -> list[Received]:
+        batch = [await self._queue.get()]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._batch_wait_s
+        while len(batch) < self._batch_size:
+            while len(batch) < self._batch_size and not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+            remaining = deadline - loop.time()
+            if len(batch) >= self._batch_size or remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            try:
+                self._count(await asyncio.to_thread(self.apply, batch))
+            except Exception:  # never let one bad batch stop ingest
+                log.exception("ingest batch crashed")
+                self._rejected[STORE_FAILED] += len(batch)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def start(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.create_task(self._run(), name="ota-ingest")
+
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is stored (or rejected)."""
+        await self._queue.join()
+
+    async def stop(self, timeout_s: float = 30.0) -> None:
+        if self._worker is None:
+            return
+        try:
+            await asyncio.wait_for(self.flush(), timeout_s)
+        except TimeoutError:
+            log.error("ingest queue not drained within %.0fs; %d messages lost", timeout_s, self._queue.qsize())
+        self._worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._worker
+        self._worker = None

@@ -1,0 +1,98 @@
+"""Publishing campaign notices to cars, concurrently and in the background.
+
+A notice is retained (QoS 1) on the car's campaign topic, so a car offline at
+launch gets it when it connects. Delivery is recorded per (campaign, VIN);
+whatever was not confirmed is published again at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from firmware_bundles import topics
+from firmware_bundles.messages import CampaignNotice, encode
+from ota_server.clock import Clock
+from ota_server.publisher import Publisher
+from ota_server.services import campaigns
+
+log = logging.getLogger(__name__)
+
+RETRIES = 5
+
+
+class NoticeDispatcher:
+    def __init__(
+        self, publisher: Publisher, session_factory: sessionmaker[Session], clock: Clock, *, concurrency: int = 100
+    ) -> None:
+        self._publisher = publisher
+        self._factory = session_factory
+        self._clock = clock
+        self._limit = asyncio.Semaphore(concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def dispatch(self, notices: Sequence[CampaignNotice]) -> None:
+        """Start publishing ``notices`` in the background and return at once."""
+        if not notices:
+            return
+        task = asyncio.create_task(self._publish_all(list(notices)), name="ota-notices")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _publish_one(self, notice: CampaignNotice) -> bool:
+        delay = 0.5
+        for attempt in range(1, RETRIES + 1):
+            try:
+                async with self._limit:
+                    await self._publisher.publish(
+                        topics.campaign_topic(notice.vin), encode(notice), qos=topics.QOS, retain=True
+                    )
+                return True
+            except Exception as exc:  # any transport failure: retry, then leave it for the next start
+                log.warning("notice to %s failed (attempt %d/%d): %s", notice.vin, attempt, RETRIES, exc)
+                if attempt < RETRIES:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 10.0)
+        return False
+
+    async def _publish_all(self, notices: list[CampaignNotice]) -> None:
+        results = await asyncio.gather(*(self._publish_one(n) for n in notices))
+        done = [(n.campaign_id, n.vin) for n, ok in zip(notices, results, strict=True) if ok]
+        if done:
+            try:
+                await asyncio.to_thread(self._mark, done)
+            except Exception:  # the notices went out; only the bookkeeping failed
+                log.exception("could not record %d published notices", len(done))
+        if len(done) < len(notices):
+            log.error(
+                "%d campaign notices not published; they will be retried at the next start", len(notices) - len(done)
+            )
+
+    def _mark(self, done: list[tuple[int, str]]) -> None:
+        with self._factory() as session:
+            campaigns.mark_published(session, done, self._clock())
+
+    def _unpublished(self, repo_url: str) -> list[CampaignNotice]:
+        with self._factory() as session:
+            return campaigns.unpublished_notices(session, repo_url)
+
+    async def resume(self, repo_url: str) -> int:
+        """Dispatch notices launched earlier but never confirmed published; return how many."""
+        notices = await asyncio.to_thread(self._unpublished, repo_url)
+        self.dispatch(notices)
+        return len(notices)
+
+    async def idle(self) -> None:
+        """Wait for every dispatched batch to finish (tests, shutdown)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.idle(), timeout_s)
+        for task in list(self._tasks):
+            task.cancel()

@@ -1,0 +1,39 @@
+"""The one thing the server needs from MQTT to talk to cars: publish a message.
+
+Services and the notice dispatcher depend on this Protocol, so tests use
+:class:`FakePublisher` and never need a broker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+class Publisher(Protocol):
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        """Return once the broker has the message (PUBACK for QoS 1); raise on failure."""
+
+
+@dataclass(frozen=True)
+class Published:
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+
+
+class FakePublisher:
+    """Records every message; ``fail_topics`` makes chosen publishes raise, to test retries."""
+
+    def __init__(self, fail_topics: set[str] | None = None) -> None:
+        self.messages: list[Published] = []
+        self.fail_topics = fail_topics or set()
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+        if topic in self.fail_topics:
+            raise ConnectionError(f"fake publish failure on {topic}")
+        self.messages.append(Published(topic, payload, qos, retain))
+
+    def on(self, topic: str) -> list[Published]:
+        return [m for m in self.messages if m.topic == topic]

@@ -1,0 +1,138 @@
+"""Everything one running server holds, built in the app's lifespan and torn down in order.
+
+Routers reach it through ``request.app.state.runtime``; tests reach it through
+:func:`ota_server.app.runtime_of` to inject reports or inspect notices.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from firmware_bundles.uptane import Expiry
+from ota_server.bundle_store import BundleStore
+from ota_server.clock import Clock
+from ota_server.config import Settings
+from ota_server.db.migrate import upgrade
+from ota_server.db.session import make_engine, make_session_factory
+from ota_server.errors import InvalidInput
+from ota_server.ingest import Ingestor
+from ota_server.mqtt_link import MqttLink
+from ota_server.notify import NoticeDispatcher
+from ota_server.publisher import Publisher
+from ota_server.signing import keys
+from ota_server.signing.director import Director
+from ota_server.signing.image_repo import ImageRepository
+from ota_server.signing.roots import ensure_root
+from ota_server.signing.store import DIRECTOR, IMAGE, REPO_WIDE, chain_versions
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    clock: Clock
+    engine: Engine
+    sessions: sessionmaker[Session]
+    bundles: BundleStore
+    image_repo: ImageRepository
+    director: Director
+    image_root: bytes
+    director_root: bytes
+    ingestor: Ingestor
+    dispatcher: NoticeDispatcher
+    link: MqttLink | None
+
+    @property
+    def mqtt_url(self) -> str:
+        return self.settings.mqtt_url or ""
+
+    @property
+    def repo_url(self) -> str:
+        return self.settings.repo_url
+
+
+def _prepare_storage(settings: Settings, clock: Clock) -> tuple[Engine, ImageRepository, Director, bytes, bytes]:
+    """Blocking start-up work: schema upgrade, keys, repository roots."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    sessions = make_session_factory(engine)
+    expiry = Expiry()
+    image_signers = keys.image_signers(settings.keys_dir)
+    director_signers = keys.director_signers(settings.keys_dir)
+    image_root = ensure_root(sessions, IMAGE, image_signers, expiry, clock())
+    director_root = ensure_root(sessions, DIRECTOR, director_signers, expiry, clock())
+    image_repo = ImageRepository(image_signers, expiry)
+    _ensure_image_chain(sessions, image_repo, clock)
+    return engine, image_repo, Director(director_signers, expiry), image_root, director_root
+
+
+def _ensure_image_chain(sessions: sessionmaker[Session], image_repo: ImageRepository, clock: Clock) -> None:
+    """Sign an empty targets chain on first start, so a TUF client can refresh before any release."""
+    with sessions() as session, image_repo.lock:
+        if chain_versions(session, IMAGE, REPO_WIDE).timestamp == 0:
+            image_repo.publish(session, clock())
+            try:
+                session.commit()
+            except IntegrityError:  # another replica signed it first
+                session.rollback()
+
+
+async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher | None) -> Runtime:
+    engine, image_repo, director, image_root, director_root = await asyncio.to_thread(_prepare_storage, settings, clock)
+    sessions = make_session_factory(engine)
+    ingestor = Ingestor(
+        sessions, clock, batch_size=settings.ingest_batch_size, batch_wait_s=settings.ingest_batch_wait_s
+    )
+    ingestor.start()
+    link = None
+    if publisher is None:
+        if not settings.mqtt_url:
+            raise InvalidInput("no MQTT broker: set mqtt_url (OTA_MQTT_URL) or pass a publisher to create_app")
+        link = MqttLink(
+            settings.mqtt_url,
+            ingestor.submit,
+            client_id=settings.mqtt_client_id,
+            username=settings.mqtt_username,
+            password=settings.mqtt_password,
+            clean_session=settings.mqtt_clean_session,
+        )
+        await link.start(wait_s=10.0)
+        if not link.connected:
+            log.warning("MQTT broker %s not reachable yet; retrying in the background", settings.mqtt_url)
+        publisher = link
+    dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
+    runtime = Runtime(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        sessions=sessions,
+        bundles=BundleStore(settings.bundles_dir, settings.max_upload_bytes),
+        image_repo=image_repo,
+        director=director,
+        image_root=image_root,
+        director_root=director_root,
+        ingestor=ingestor,
+        dispatcher=dispatcher,
+        link=link,
+    )
+    resumed = await dispatcher.resume(settings.repo_url)
+    if resumed:
+        log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
+    return runtime
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    """Finish publishing, stop listening, then store every report already received."""
+    await runtime.dispatcher.close()
+    if runtime.link is not None:
+        await runtime.link.stop()
+    await runtime.ingestor.stop()
+    runtime.engine.dispose()

@@ -1,0 +1,208 @@
+"""Request and response models (``XCreate`` in, ``XPublic`` out), shared by the API and services.
+
+Field constraints catch shape errors at the edge; rules that need a clear
+domain message (VIN check digit, campaign number format, ranges) live in the
+services so they speak the same words however they are called.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+_IN = ConfigDict(extra="forbid")
+_OUT = ConfigDict(from_attributes=True)
+Text64 = Field(min_length=1, max_length=64)
+
+
+class EcuCreate(BaseModel):
+    model_config = _IN
+    serial: str = Text64
+    hardware_id: str = Text64
+    installed_version: str = Text64
+    primary: bool = False
+
+
+class EcuPublic(BaseModel):
+    model_config = _OUT
+    serial: str
+    hardware_id: str
+    installed_version: str
+    primary: bool
+
+
+class VehicleCreate(BaseModel):
+    model_config = _IN
+    vin: str = Field(max_length=32, description="ISO 3779 VIN; the check digit is enforced where the region uses one")
+    make: str | None = Field(default=None, max_length=64)
+    model: str = Text64
+    model_year: int = Field(ge=1980, le=2100)
+    production_date: date
+    ecus: list[EcuCreate] = Field(min_length=1, max_length=64)
+
+
+class VehiclePublic(BaseModel):
+    model_config = _OUT
+    vin: str
+    make: str | None
+    model: str
+    model_year: int
+    production_date: date
+    online: bool
+    last_seen: datetime | None
+    ecus: list[EcuPublic]
+
+
+class VehicleBatchCreate(BaseModel):
+    model_config = _IN
+    vehicles: list[VehicleCreate] = Field(min_length=1, max_length=10_000)
+
+
+class BatchCreated(BaseModel):
+    created: int
+
+
+class HistoryEntry(BaseModel):
+    state: str
+    reason: str | None
+    detail: str | None
+    attempt: int
+    received_at: datetime
+
+
+class VehicleCampaignStatus(BaseModel):
+    campaign_id: int
+    recall_number: str
+    state: str
+    reason: str | None
+    detail: str | None
+    updated_at: datetime
+    history: list[HistoryEntry]
+
+
+class VehicleStatus(BaseModel):
+    vin: str
+    online: bool
+    last_seen: datetime | None
+    ecus: list[EcuPublic]
+    campaigns: list[VehicleCampaignStatus]
+
+
+class AgentEcu(BaseModel):
+    serial: str
+    hardware_id: str
+    installed_version: str
+
+
+class AgentConfig(BaseModel):
+    """What a car needs to bootstrap: where to connect and which roots to trust."""
+
+    vin: str
+    ecus: list[AgentEcu]
+    mqtt_url: str
+    repo_url: str
+    image_root: str = Field(description="The Image repository's 1.root.json, as a JSON string")
+    director_root: str = Field(description="The Director's 1.root.json, as a JSON string")
+
+
+class ReleasePublic(BaseModel):
+    model_config = _OUT
+    id: int
+    hardware_id: str
+    version: str
+    release_counter: int
+    target_path: str
+    length: int
+    sha256: str
+    created_at: datetime
+
+
+class YearRange(BaseModel):
+    model_config = _IN
+    min: int | None = None
+    max: int | None = None
+
+
+class VinRange(BaseModel):
+    model_config = _IN
+    first: str = Field(max_length=17)
+    last: str = Field(max_length=17)
+
+
+class DateRange(BaseModel):
+    model_config = _IN
+    start: date | None = None
+    end: date | None = None
+
+
+class VersionRange(BaseModel):
+    model_config = _IN
+    min: str | None = Field(default=None, max_length=64)
+    max: str | None = Field(default=None, max_length=64)
+
+
+class Population(BaseModel):
+    """Which cars a recall covers; every filter given must match (an AND of filters)."""
+
+    model_config = _IN
+    models: list[str] | None = None
+    model_years: YearRange | None = None
+    vin_range: VinRange | None = None
+    production_dates: DateRange | None = None
+    hardware_id: str | None = Field(default=None, description="Defaults to the release's hardware id")
+    installed_versions: VersionRange | None = Field(
+        default=None, description="Inclusive bounds on the ECU's installed version (PEP 440 ordering)"
+    )
+
+
+class RecallCreate(BaseModel):
+    model_config = _IN
+    campaign_number: str = Field(max_length=32, description="Regulator style, e.g. 24V-123")
+    manufacturer_number: str | None = Field(default=None, max_length=64)
+    title: str = Field(min_length=1, max_length=200)
+    defect: str = Field(min_length=1, max_length=10_000)
+    safety_risk: str = Field(min_length=1, max_length=10_000)
+    remedy: str = Field(min_length=1, max_length=10_000)
+    release_id: int
+    population: Population = Field(default_factory=Population)
+
+
+class RecallPublic(BaseModel):
+    id: int
+    campaign_number: str
+    manufacturer_number: str | None
+    title: str
+    defect: str
+    safety_risk: str
+    remedy: str
+    release_id: int
+    population: Population
+    affected_count: int = Field(description="Cars the population matches now (a preview until launch)")
+    campaign_id: int | None
+    created_at: datetime
+
+
+class CampaignPublic(BaseModel):
+    model_config = _OUT
+    id: int
+    recall_id: int
+    release_id: int
+    population: int
+    launched_at: datetime
+
+
+class Progress(BaseModel):
+    campaign_id: int
+    recall_number: str
+    population: int
+    counts: dict[str, int]
+    failures_by_reason: dict[str, int]
+    notices_published: int
+    done: bool
+
+
+class IngestStats(BaseModel):
+    accepted: int
+    duplicates: int
+    rejected: dict[str, int]

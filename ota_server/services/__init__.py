@@ -1,0 +1,1 @@
+"""Business logic: plain functions over a SQLAlchemy session, raising only ``ota_server.errors``."""

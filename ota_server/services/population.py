@@ -1,0 +1,102 @@
+"""Resolving a recall's population: which cars, and which of their ECUs, the fix is for.
+
+Cheap filters run in SQL; installed-version bounds need PEP 440 ordering
+("1.10" > "1.9"), so they run in Python on the rows SQL already narrowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import Select, select
+from sqlalchemy.orm import Session
+
+from ota_server.db.models import Ecu, Release, Vehicle
+from ota_server.errors import InvalidInput
+from ota_server.schemas import Population
+
+
+@dataclass(frozen=True)
+class Member:
+    """One affected car and the serials of its ECUs to update (primary first)."""
+
+    vin: str
+    ecu_serials: tuple[str, ...]
+
+
+def _version(raw: str, what: str) -> Version:
+    try:
+        return Version(raw)
+    except InvalidVersion as exc:
+        raise InvalidInput(f"{what}: {raw!r} is not a valid version") from exc
+
+
+def normalised(population: Population) -> Population:
+    """Check the filters make sense and return them in canonical form (upper-case VINs)."""
+    years = population.model_years
+    if years and years.min is not None and years.max is not None and years.min > years.max:
+        raise InvalidInput(f"population.model_years: min {years.min} is after max {years.max}")
+    dates = population.production_dates
+    if dates and dates.start and dates.end and dates.start > dates.end:
+        raise InvalidInput(f"population.production_dates: start {dates.start} is after end {dates.end}")
+    versions = population.installed_versions
+    if versions:
+        low = _version(versions.min, "population.installed_versions.min") if versions.min else None
+        high = _version(versions.max, "population.installed_versions.max") if versions.max else None
+        if low and high and low > high:
+            raise InvalidInput(f"population.installed_versions: min {low} is above max {high}")
+    if population.models is not None and not population.models:
+        raise InvalidInput("population.models: give at least one model or leave it out")
+    vin_range = population.vin_range
+    if vin_range:
+        first, last = vin_range.first.strip().upper(), vin_range.last.strip().upper()
+        if first > last:
+            raise InvalidInput(f"population.vin_range: first {first} sorts after last {last}")
+        vin_range = vin_range.model_copy(update={"first": first, "last": last})
+    return population.model_copy(update={"vin_range": vin_range})
+
+
+def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
+    query = (
+        select(Vehicle.vin, Ecu.serial, Ecu.installed_version)
+        .join(Ecu, Ecu.vehicle_id == Vehicle.id)
+        .where(Ecu.hardware_id == hardware_id)
+        .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
+    )
+    if population.models:
+        query = query.where(Vehicle.model.in_(population.models))
+    if population.model_years and population.model_years.min is not None:
+        query = query.where(Vehicle.model_year >= population.model_years.min)
+    if population.model_years and population.model_years.max is not None:
+        query = query.where(Vehicle.model_year <= population.model_years.max)
+    if population.vin_range:
+        query = query.where(Vehicle.vin.between(population.vin_range.first, population.vin_range.last))
+    if population.production_dates and population.production_dates.start:
+        query = query.where(Vehicle.production_date >= population.production_dates.start)
+    if population.production_dates and population.production_dates.end:
+        query = query.where(Vehicle.production_date <= population.production_dates.end)
+    return query
+
+
+def _version_matches(raw: str, low: Version | None, high: Version | None) -> bool:
+    if low is None and high is None:
+        return True
+    try:
+        version = Version(raw)
+    except InvalidVersion:
+        return False  # cannot tell where it sits: leave it out rather than guess
+    return (low is None or version >= low) and (high is None or version <= high)
+
+
+def resolve(session: Session, population: Population, release: Release) -> list[Member]:
+    """The cars matching every filter, each with the matching ECUs of the target hardware."""
+    hardware_id = population.hardware_id or release.hardware_id
+    bounds = population.installed_versions
+    low = Version(bounds.min) if bounds and bounds.min else None
+    high = Version(bounds.max) if bounds and bounds.max else None
+    grouped: dict[str, list[str]] = {}
+    for vin, serial, installed in session.execute(_query(population, hardware_id)):
+        if _version_matches(installed, low, high):
+            grouped.setdefault(vin, []).append(serial)
+    return [Member(vin, tuple(serials)) for vin, serials in grouped.items()]

@@ -1,0 +1,118 @@
+"""Release upload: stage the bundle, prove it is what the form says, then sign it into the Image repository.
+
+Nothing is kept unless every check passes: the staged file is removed and the
+transaction rolled back on any error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from pathlib import Path
+from typing import IO
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from firmware_bundles.bundle import CHUNK, Manifest, open_bundle
+from firmware_bundles.errors import InvalidBundle
+from firmware_bundles.uptane import bundle_target_path
+from ota_server.bundle_store import BundleStore, StagedBundle
+from ota_server.db.models import Release
+from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.schemas import ReleasePublic
+from ota_server.signing.image_repo import ImageRepository
+
+
+def _verified_manifest(path: Path) -> Manifest:
+    """Read the whole bundle: the manifest, then the image against the manifest's own hash."""
+    try:
+        with path.open("rb") as fh, open_bundle(fh) as (manifest, image):
+            digest = hashlib.sha256()
+            while chunk := image.read(CHUNK):
+                digest.update(chunk)
+    except InvalidBundle as exc:
+        raise InvalidInput(f"not a valid bundle: {exc}") from exc
+    if digest.hexdigest() != manifest.image_sha256:
+        raise InvalidInput("not a valid bundle: the image does not match the manifest's sha256")
+    return manifest
+
+
+def _check_matches(manifest: Manifest, hardware_id: str, version: str, release_counter: int) -> None:
+    given = {"hardware_id": hardware_id, "version": version, "release_counter": release_counter}
+    for field, value in given.items():
+        found = getattr(manifest, field)
+        if found != value:
+            raise InvalidInput(f"bundle manifest says {field}={found!r} but the form says {value!r}")
+
+
+def _check_fields(hardware_id: str, version: str, release_counter: int) -> None:
+    if not hardware_id.strip() or not version.strip():
+        raise InvalidInput("hardware_id and version are required")
+    if release_counter < 0:
+        raise InvalidInput("release_counter must be >= 0")
+    if "/" in hardware_id or "/" in version or ".." in version:
+        raise InvalidInput("hardware_id and version may not contain '/' or '..'")
+
+
+def _exists(session: Session, hardware_id: str, version: str) -> bool:
+    query = select(Release.id).where(Release.hardware_id == hardware_id, Release.version == version)
+    return session.scalar(query) is not None
+
+
+def upload(
+    session: Session,
+    store: BundleStore,
+    image_repo: ImageRepository,
+    source: IO[bytes],
+    *,
+    hardware_id: str,
+    version: str,
+    release_counter: int,
+    now: datetime,
+) -> ReleasePublic:
+    _check_fields(hardware_id, version, release_counter)
+    if _exists(session, hardware_id, version):
+        raise Conflict(f"release {hardware_id} {version} already exists")
+    staged: StagedBundle = store.stage(source)
+    try:
+        _check_matches(_verified_manifest(staged.path), hardware_id, version, release_counter)
+        with image_repo.lock:
+            release = Release(
+                hardware_id=hardware_id,
+                version=version,
+                release_counter=release_counter,
+                target_path=bundle_target_path(hardware_id, version),
+                length=staged.length,
+                sha256=staged.sha256,
+                created_at=now,
+            )
+            session.add(release)
+            session.flush()
+            image_repo.publish(session, now)
+            store.keep(staged)
+            session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict(f"release {hardware_id} {version} already exists (concurrent upload)") from exc
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        store.discard(staged)  # no-op once kept
+    return ReleasePublic.model_validate(release)
+
+
+def list_all(session: Session) -> list[ReleasePublic]:
+    return [ReleasePublic.model_validate(r) for r in session.scalars(select(Release).order_by(Release.id))]
+
+
+def bundle_path(session: Session, store: BundleStore, target_path: str) -> Path:
+    release = session.scalar(select(Release).where(Release.target_path == target_path))
+    if release is None:
+        raise NotFound(f"no target {target_path!r}")
+    path = store.path_for(release.sha256)
+    if not path.exists():
+        raise NotFound(f"bundle file for {target_path!r} is missing on this server")
+    return path

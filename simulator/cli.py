@@ -1,0 +1,54 @@
+"""`ota-sim`: run N virtual cars (the real agent code) against a running server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from simulator.errors import SimulatorError
+from simulator.fleet import make_fleet
+from simulator.operator_client import OperatorClient
+from simulator.report import exit_code, print_summary
+from simulator.runner import InProcessFleet
+from simulator.scenario import ScenarioOptions, run_recall, state_root
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+@app.command()
+def run(
+    server: Annotated[str, typer.Option(help="Base URL of the OTA server, e.g. http://127.0.0.1:8000")],
+    cars: Annotated[int, typer.Option(min=1, max=20_000, help="How many virtual cars")] = 200,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last")] = False,
+    state_dir: Annotated[Path, typer.Option(help="Where the cars keep their slots and journals")] = Path("var"),
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the campaign to finish")] = 600.0,
+    keep_state: Annotated[bool, typer.Option(help="Keep the cars' state directories afterwards")] = False,
+) -> None:
+    """Register a fresh fleet, file and launch a recall for it, run the cars until all are done."""
+    progress = Console(stderr=True)
+    fleet = make_fleet(cars)
+    cars_dir = state_root(state_dir, fleet)
+    try:
+        with OperatorClient(server) as client:
+            client.health()
+            summary = run_recall(client, fleet, InProcessFleet(cars_dir), ScenarioOptions(timeout=timeout), progress)
+    except SimulatorError as exc:
+        progress.print(f"[red]simulation failed:[/red] {exc}")
+        raise typer.Exit(2) from exc
+    finally:
+        if not keep_state:
+            shutil.rmtree(cars_dir, ignore_errors=True)
+    print_summary(summary, as_json=json_out, console=Console())
+    raise typer.Exit(exit_code(summary))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

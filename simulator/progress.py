@@ -1,0 +1,76 @@
+"""Watching a campaign from the server's side: the server's counts are the truth."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from simulator.errors import ScenarioTimeout
+
+ACTIVE_STATES = ("pending", "notified", "downloading", "verifying", "installing", "rebooting")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    population: int
+    remedied: int
+    failed: int
+    seconds: float
+    failures_by_reason: dict[str, int]
+    counts: dict[str, int]
+
+
+def _describe(counts: dict[str, int]) -> str:
+    return " ".join(f"{state}={counts.get(state, 0)}" for state in ACTIVE_STATES if counts.get(state, 0))
+
+
+def watch_campaign(
+    fetch: Callable[[], dict[str, Any]],
+    *,
+    timeout: float,
+    console: Console | None,
+    poll_seconds: float = 0.2,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Outcome:
+    """Poll the campaign's progress until every car is remedied or failed; show a live bar."""
+    start = clock()
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("failed {task.fields[failed]}"),
+        TextColumn("{task.fields[active]}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=console is None,
+    )
+    with progress:
+        task = progress.add_task("remedied", total=None, failed=0, active="")
+        while True:
+            state = fetch()
+            counts: dict[str, int] = state["counts"]
+            progress.update(
+                task,
+                total=state["population"],
+                completed=counts.get("remedied", 0),
+                failed=counts.get("failed", 0),
+                active=_describe(counts),
+            )
+            if state["done"]:
+                return Outcome(
+                    population=state["population"],
+                    remedied=counts.get("remedied", 0),
+                    failed=counts.get("failed", 0),
+                    seconds=round(clock() - start, 3),
+                    failures_by_reason=dict(state.get("failures_by_reason", {})),
+                    counts=counts,
+                )
+            if clock() - start > timeout:
+                raise ScenarioTimeout(f"campaign not finished after {timeout:.0f}s: {_describe(counts)}")
+            sleep(poll_seconds)

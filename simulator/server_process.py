@@ -1,0 +1,77 @@
+"""Start `ota serve` as a child process and learn where it listens from its ready file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+from simulator.errors import ServerError
+
+
+@dataclass(frozen=True)
+class ServerEndpoints:
+    api_url: str
+    mqtt_url: str
+    repo_url: str
+
+
+class ServerProcess:
+    """``with ServerProcess(data_dir) as endpoints:`` runs a server for the block's duration."""
+
+    def __init__(self, data_dir: Path, *, env: Mapping[str, str] | None = None, startup_timeout: float = 90.0) -> None:
+        self.data_dir = data_dir
+        self.env = dict(os.environ if env is None else env)
+        self.startup_timeout = startup_timeout
+        self.log_path = data_dir / "server.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServerEndpoints:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        ready = self.data_dir / "ready.json"
+        ready.unlink(missing_ok=True)
+        command = [sys.executable, "-m", "ota_server", "serve", "--port", "0", "--data-dir", str(self.data_dir)]
+        command += ["--ready-file", str(ready)]
+        with self.log_path.open("wb") as log:
+            self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServerError(f"server exited with {self._proc.returncode} during start-up:\n{self.log_tail()}")
+            if ready.exists():
+                try:
+                    info = json.loads(ready.read_text())
+                except ValueError:
+                    info = None  # being written; read again
+                if info:
+                    return ServerEndpoints(info["api_url"], info["mqtt_url"], info["repo_url"])
+            time.sleep(0.1)
+        self.stop()
+        raise ServerError(f"server not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no server log)"
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
+        self.stop()

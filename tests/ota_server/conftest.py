@@ -1,0 +1,75 @@
+"""The server in-process: SQLite in tmp_path, a FakePublisher, simulated time, no broker."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from firmware_bundles.messages import parse_notice
+from ota_server.app import create_app, runtime_of
+from ota_server.config import Settings
+from ota_server.publisher import FakePublisher
+from ota_server.runtime import Runtime
+from tests.ota_server.helpers import FakeClock
+
+
+@dataclass
+class Env:
+    app: FastAPI
+    client: httpx.AsyncClient
+    publisher: FakePublisher
+    clock: FakeClock
+
+    @property
+    def runtime(self) -> Runtime:
+        return runtime_of(self.app)
+
+    async def inject(self, *messages: tuple[str, bytes]) -> None:
+        """Deliver MQTT messages as the link would, and wait until they are stored."""
+        for topic, payload in messages:
+            self.runtime.ingestor.submit(topic, payload)
+        await self.runtime.ingestor.flush()
+
+    async def nonces(self) -> dict[str, str]:
+        """VIN -> nonce, read from the published notices (as a car would)."""
+        await self.runtime.dispatcher.idle()
+        return {n.vin: n.nonce for n in (parse_notice(m.payload) for m in self.publisher.messages)}
+
+    async def get_json(self, url: str) -> dict[str, object]:
+        resp = await self.client.get(url)
+        assert resp.status_code == 200, resp.text
+        body: dict[str, object] = json.loads(resp.content)
+        return body
+
+
+def make_settings(data_dir: Path, **overrides: object) -> Settings:
+    return Settings(data_dir=data_dir, public_url="http://ota.test").with_overrides(**overrides)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Env]:
+    publisher = FakePublisher()
+    clock = FakeClock()
+    app = create_app(settings, publisher=publisher, clock=clock)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://ota.test") as client:
+            yield Env(app, client, publisher, clock)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def env(settings: Settings) -> AsyncIterator[Env]:
+    async with running(settings) as env:
+        yield env

@@ -1,0 +1,92 @@
+"""Recall validation and population resolution, one filter at a time."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+
+
+async def _release(env: Env) -> int:
+    resp = await upload(env.client)
+    assert resp.status_code == 201, resp.text
+    release_id: int = resp.json()["id"]
+    return release_id
+
+
+async def _fleet(env: Env) -> None:
+    d = date
+    cars = [
+        vehicle(vin(1), model="Sedan", model_year=2020, production_date=d(2020, 1, 10), installed_version="1.0.0"),
+        vehicle(vin(2), model="Sedan", model_year=2022, production_date=d(2022, 6, 1), installed_version="1.9.0"),
+        vehicle(vin(3), model="Wagon", model_year=2023, production_date=d(2023, 2, 1), installed_version="1.10.0"),
+        vehicle(vin(4), model="Wagon", model_year=2024, production_date=d(2024, 3, 1), hardware_id="ecu-other"),
+        vehicle(vin(5), model="Sedan", model_year=2021, production_date=d(2021, 8, 1), installed_version="dev-build"),
+    ]
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})
+    assert resp.status_code == 201, resp.text
+
+
+async def _affected(env: Env, release_id: int, number: str, **population: Any) -> int:
+    resp = await env.client.post("/api/v1/recalls", json=recall_body(release_id, number, **population))
+    assert resp.status_code == 201, resp.text
+    count: int = resp.json()["affected_count"]
+    return count
+
+
+async def test_population_filters(env: Env) -> None:
+    await _fleet(env)
+    rid = await _release(env)
+    assert await _affected(env, rid, "24V-100") == 4  # everything with ecu-main
+    assert await _affected(env, rid, "24V-101", models=["Wagon"]) == 1
+    assert await _affected(env, rid, "24V-102", model_years={"min": 2021, "max": 2022}) == 2
+    assert await _affected(env, rid, "24V-103", model_years={"max": 2020}) == 1
+    assert await _affected(env, rid, "24V-104", vin_range={"first": vin(2), "last": vin(3).lower()}) == 2
+    assert await _affected(env, rid, "24V-105", production_dates={"start": "2022-01-01"}) == 2
+    assert await _affected(env, rid, "24V-106", production_dates={"end": "2021-12-31"}) == 2
+    assert await _affected(env, rid, "24V-107", hardware_id="ecu-other") == 1
+    # PEP 440 ordering: 1.10.0 > 1.9.0; an unparsable version is left out once bounds are given
+    assert await _affected(env, rid, "24V-108", installed_versions={"min": "1.9.0"}) == 2
+    assert await _affected(env, rid, "24V-109", installed_versions={"max": "1.9.0"}) == 2
+    assert await _affected(env, rid, "24V-110", models=["Sedan"], installed_versions={"max": "1.0.0"}) == 1
+
+
+async def test_recall_is_stored_and_listed(env: Env) -> None:
+    await _fleet(env)
+    rid = await _release(env)
+    created = (await env.client.post("/api/v1/recalls", json=recall_body(rid, "24v-555", models=["Sedan"]))).json()
+    assert created["campaign_number"] == "24V-555"
+    assert created["campaign_id"] is None
+    assert created["population"]["models"] == ["Sedan"]
+    got = (await env.client.get(f"/api/v1/recalls/{created['id']}")).json()
+    assert got == created
+    assert [r["id"] for r in (await env.client.get("/api/v1/recalls")).json()] == [created["id"]]
+    assert (await env.client.get("/api/v1/recalls/999")).status_code == 404
+
+
+async def test_recall_validation(env: Env) -> None:
+    rid = await _release(env)
+    cases: list[tuple[dict[str, Any], int, str]] = [
+        (recall_body(rid, "2024-V-1"), 422, "24V-123"),
+        (recall_body(rid, "24V-12"), 422, "24V-123"),
+        (recall_body(999), 422, "release 999"),
+        (recall_body(rid, model_years={"min": 2024, "max": 2020}), 422, "model_years"),
+        (recall_body(rid, production_dates={"start": "2024-01-01", "end": "2020-01-01"}), 422, "production_dates"),
+        (recall_body(rid, installed_versions={"min": "not a version"}), 422, "not a valid version"),
+        (recall_body(rid, vin_range={"first": vin(9), "last": vin(1)}), 422, "vin_range"),
+        (recall_body(rid, colour=["red"]), 422, "colour"),
+        (recall_body(rid) | {"title": ""}, 422, "title"),
+    ]
+    for body, status, fragment in cases:
+        resp = await env.client.post("/api/v1/recalls", json=body)
+        assert resp.status_code == status, (body, resp.text)
+        assert fragment in resp.json()["detail"], resp.text
+
+
+async def test_duplicate_campaign_number_is_409(env: Env) -> None:
+    rid = await _release(env)
+    assert (await env.client.post("/api/v1/recalls", json=recall_body(rid, "24V-200"))).status_code == 201
+    resp = await env.client.post("/api/v1/recalls", json=recall_body(rid, "24V-200"))
+    assert resp.status_code == 409

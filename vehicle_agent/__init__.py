@@ -1,0 +1,8 @@
+"""The vehicle agent: receives a campaign notice, verifies, installs into the spare slot, reports.
+
+One orchestrator (:class:`vehicle_agent.agent.Agent`) over small parts named after the
+pipeline step: link (MQTT), verifier (python-tuf), fetcher (download), installer (A/B
+slots), health, journal (saved state), config. Every I/O part sits behind a small
+Protocol with an in-memory fake, so the simulator runs thousands of real agents in one
+asyncio process.
+"""

@@ -1,0 +1,126 @@
+"""``vehicle-agent``: set a car up from the server, run the agent, show its state.
+
+The entry point is the only place that builds configuration and real I/O parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from firmware_bundles.errors import InvalidVin
+from firmware_bundles.vin import validate_vin
+from vehicle_agent.agent import Agent
+from vehicle_agent.config import AgentConfig, config_from_agent_config, load_config, write_config
+from vehicle_agent.errors import AgentError
+from vehicle_agent.installer import FileSlots
+from vehicle_agent.journal import Journal
+from vehicle_agent.link import MqttLink
+from vehicle_agent.transport import HttpxTransport, make_http_client
+
+app = typer.Typer(help="The OTA recall vehicle agent.", no_args_is_help=True, add_completion=False)
+ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="agent.toml written by 'init'")]
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code=2)
+
+
+def _load(path: Path) -> AgentConfig:
+    try:
+        return load_config(path)
+    except AgentError as exc:
+        raise _fail(str(exc)) from exc
+
+
+@app.command()
+def init(
+    server: Annotated[str, typer.Option(help="Server base URL, e.g. http://127.0.0.1:8000")],
+    vin: Annotated[str, typer.Option(help="This car's VIN")],
+    directory: Annotated[Path, typer.Option("--dir", help="Where to write agent.toml, roots and state")],
+) -> None:
+    """Fetch this car's agent-config from the server and write agent.toml, roots and seeded slots."""
+    try:
+        vin = validate_vin(vin)
+    except InvalidVin as exc:
+        raise _fail(str(exc)) from exc
+    url = f"{server.rstrip('/')}/api/v1/vehicles/{vin}/agent-config"
+    try:
+        response = httpx.get(url, timeout=30)
+        response.raise_for_status()
+        doc: Any = response.json()
+    except (httpx.HTTPError, ValueError) as exc:
+        raise _fail(f"cannot get {url}: {exc}") from exc
+    try:
+        config = config_from_agent_config(doc, directory / "state")
+    except AgentError as exc:
+        raise _fail(str(exc)) from exc
+    path = directory / "agent.toml"
+    write_config(config, path)
+    for ecu in config.ecus:
+        FileSlots.open_or_seed(config.state_dir / "slots" / ecu.serial, ecu.hardware_id, ecu.installed_version)
+    typer.echo(str(path))
+
+
+async def _run(config: AgentConfig) -> None:
+    link = MqttLink(config.vin, config.mqtt_url, config.mqtt)
+    with make_http_client(config.download, max_connections=4) as client:
+        agent = Agent(config, link=link, transport=HttpxTransport(client, chunk_size=config.download.chunk_size))
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await agent.run()
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(link.announce_offline(), timeout=5)
+
+
+@app.command()
+def run(config: ConfigOption = Path("agent.toml")) -> None:
+    """Run the agent until SIGINT or SIGTERM."""
+    cfg = _load(config)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with contextlib.suppress(asyncio.CancelledError):
+        asyncio.run(_run(cfg))
+
+
+@app.command()
+def status(config: ConfigOption = Path("agent.toml")) -> None:
+    """Print the journal and the slots as JSON."""
+    cfg = _load(config)
+    try:
+        journal = Journal(cfg.state_dir / "journal.json", durable=False)
+    except ValueError as exc:
+        raise _fail(str(exc)) from exc
+    installed = journal.data.installed
+    slots = {e.serial: FileSlots(cfg.state_dir / "slots" / e.serial) for e in cfg.ecus}
+    described = {k: s.describe() if (s.directory / "boot.json").exists() else None for k, s in slots.items()}
+    body = {
+        "vin": cfg.vin,
+        "installed": {
+            e.serial: dict(
+                zip(("version", "release_counter"), installed.get(e.serial, (e.installed_version, 0)), strict=True)
+            )
+            for e in cfg.ecus
+        },
+        "campaigns": {str(k): v.to_json() for k, v in journal.data.campaigns.items()},
+        "outbox": len(journal.data.outbox),
+        "slots": described,
+    }
+    typer.echo(json.dumps(body, indent=2))
+
+
+def main() -> None:
+    app()

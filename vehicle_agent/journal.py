@@ -1,0 +1,153 @@
+"""The agent's saved state: one JSON file written atomically before each step.
+
+It holds, per campaign, the step reached and what is needed to resume it, the
+versions installed per ECU, and an outbox of reports not yet acknowledged by the
+broker (re-sent later; duplicates are fine, the server is idempotent).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from firmware_bundles.messages import FailureReason, ReportState, StatusReport
+from firmware_bundles.uptane import Assignment
+
+JOURNAL_VERSION = 1
+MAX_OUTBOX = 200
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            if durable:
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+@dataclass(frozen=True)
+class Target:
+    """One assignment being installed, and the slot it went into once known."""
+
+    assignment: Assignment
+    slot: str | None = None
+
+
+@dataclass(frozen=True)
+class CampaignRecord:
+    campaign_id: int
+    nonce: str
+    state: ReportState
+    attempt: int = 1
+    targets: tuple[Target, ...] = ()
+    reason: FailureReason | None = None
+    detail: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        body = asdict(self)
+        body["state"] = self.state.value
+        body["reason"] = self.reason.value if self.reason else None
+        return body
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> CampaignRecord:
+        targets = tuple(Target(Assignment(**t["assignment"]), t.get("slot")) for t in body.get("targets", ()))
+        return cls(
+            campaign_id=int(body["campaign_id"]),
+            nonce=str(body["nonce"]),
+            state=ReportState(body["state"]),
+            attempt=int(body.get("attempt", 1)),
+            targets=targets,
+            reason=FailureReason(body["reason"]) if body.get("reason") else None,
+            detail=str(body.get("detail", "")),
+        )
+
+    def advance(self, state: ReportState, **changes: Any) -> CampaignRecord:
+        return replace(self, state=state, **changes)
+
+
+@dataclass
+class JournalData:
+    campaigns: dict[int, CampaignRecord] = field(default_factory=dict)
+    # ECU serial to installed (version, release_counter); seeded from the config.
+    installed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    outbox: list[StatusReport] = field(default_factory=list)
+
+
+class Journal:
+    """Load once, mutate through the methods, each of which saves before returning."""
+
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        self.path = path
+        self._durable = durable
+        self.data = self._read()
+
+    def _read(self) -> JournalData:
+        try:
+            body = json.loads(self.path.read_bytes())
+        except FileNotFoundError:
+            return JournalData()
+        if body.get("journal_version") != JOURNAL_VERSION:
+            raise ValueError(f"{self.path}: unknown journal version {body.get('journal_version')!r}")
+        return JournalData(
+            campaigns={int(k): CampaignRecord.from_json(v) for k, v in body.get("campaigns", {}).items()},
+            installed={k: (str(v[0]), int(v[1])) for k, v in body.get("installed", {}).items()},
+            outbox=[StatusReport.model_validate(r) for r in body.get("outbox", [])],
+        )
+
+    def save(self) -> None:
+        body = {
+            "journal_version": JOURNAL_VERSION,
+            "campaigns": {str(k): v.to_json() for k, v in self.data.campaigns.items()},
+            "installed": {k: list(v) for k, v in self.data.installed.items()},
+            "outbox": [r.model_dump(mode="json", exclude_none=True) for r in self.data.outbox],
+        }
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(self.path, json.dumps(body, indent=1).encode(), durable=self._durable)
+
+    def record(self, campaign: CampaignRecord) -> None:
+        self.data.campaigns[campaign.campaign_id] = campaign
+        self.save()
+
+    def campaign(self, campaign_id: int) -> CampaignRecord | None:
+        return self.data.campaigns.get(campaign_id)
+
+    def unfinished(self) -> list[CampaignRecord]:
+        return [c for c in self.data.campaigns.values() if not c.state.terminal]
+
+    def set_installed(self, serial: str, version: str, release_counter: int) -> None:
+        self.data.installed[serial] = (version, release_counter)
+        self.save()
+
+    def enqueue(self, report: StatusReport) -> None:
+        outbox = self.data.outbox
+        outbox.append(report)
+        if len(outbox) > MAX_OUTBOX:
+            # Keep terminal reports: they are the ones the server must not miss.
+            keep = [r for r in outbox if r.state.terminal][-MAX_OUTBOX:]
+            outbox[:] = keep
+        self.save()
+
+    def acknowledge(self, report: StatusReport) -> None:
+        with contextlib.suppress(ValueError):
+            self.data.outbox.remove(report)
+            self.save()

@@ -1,0 +1,219 @@
+"""The server link: campaign notices in, status reports out.
+
+MQTT messages are hints (the signed metadata is the authority), so a notice that does
+not parse, or names another VIN, is counted and dropped here and never reaches the
+agent. :class:`MqttLink` is the real link over aiomqtt; :class:`FakeLink` is an
+in-memory link for tests and simulated fleets that do not need a broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiomqtt
+
+from firmware_bundles import topics
+from firmware_bundles.errors import MalformedMessage
+from firmware_bundles.messages import CampaignNotice, Presence, StatusReport, encode, parse_notice
+from vehicle_agent.config import AGENT_VERSION, MqttOptions
+from vehicle_agent.errors import ConfigError, LinkDown
+
+log = logging.getLogger(__name__)
+
+
+class Link(Protocol):
+    # Called (by the link) after every (re)connect; the agent sets it to re-send its outbox.
+    on_connect: Callable[[], Awaitable[None]] | None
+
+    def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+        """Valid notices for this VIN, forever (reconnecting as needed)."""
+        ...
+
+    async def send(self, report: StatusReport) -> None:
+        """Deliver one report (QoS 1, acknowledged) or raise :class:`LinkDown`."""
+        ...
+
+
+class NoticeFilter:
+    """Parses payloads for one VIN and counts what it drops."""
+
+    def __init__(self, vin: str) -> None:
+        self.vin = vin
+        self.malformed = 0
+
+    def decode(self, payload: bytes) -> CampaignNotice | None:
+        try:
+            notice = parse_notice(payload)
+        except MalformedMessage as exc:
+            self.malformed += 1
+            log.warning("%s: dropped malformed notice: %s", self.vin, exc)
+            return None
+        if notice.vin != self.vin:
+            self.malformed += 1
+            log.warning("%s: dropped notice addressed to %s", self.vin, notice.vin)
+            return None
+        return notice
+
+
+class FakeLink:
+    """In-memory link: push notices (or raw payloads) in, read ``reports`` out."""
+
+    def __init__(self, vin: str) -> None:
+        self.filter = NoticeFilter(vin)
+        self.reports: list[StatusReport] = []
+        self.online = True
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
+        self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+    @property
+    def malformed(self) -> int:
+        return self.filter.malformed
+
+    def deliver(self, notice: CampaignNotice | bytes) -> None:
+        self._queue.put_nowait(notice if isinstance(notice, bytes) else encode(notice))
+
+    async def reconnect(self) -> None:
+        """Come back online as a real link would: the agent's outbox is re-sent."""
+        self.online = True
+        if self.on_connect is not None:
+            await self.on_connect()
+
+    def close(self) -> None:
+        """End the notice stream once what was delivered before has been read."""
+        self._queue.put_nowait(None)
+
+    async def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+        while (payload := await self._queue.get()) is not None:
+            notice = self.filter.decode(payload)
+            if notice is not None:
+                yield notice
+
+    async def send(self, report: StatusReport) -> None:
+        if not self.online:
+            raise LinkDown("fake link is offline")
+        self.reports.append(report)
+
+
+def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
+    """``mqtt://host:port`` or ``mqtts://host:port`` to (host, port, tls)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ConfigError(f"not an MQTT URL: {url!r}")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class MqttLink:
+    """One persistent MQTT session per car, reconnecting with jittered exponential backoff.
+
+    The client id and user name are the VIN (the embedded broker queues offline
+    messages only for named sessions); ``clean_session=False`` keeps the subscription
+    and queued QoS 1 notices while the car is offline. Presence is retained, with a
+    Last-Will that says offline.
+    """
+
+    def __init__(
+        self,
+        vin: str,
+        mqtt_url: str,
+        options: MqttOptions | None = None,
+        *,
+        password: str | None = None,
+        tls_context: ssl.SSLContext | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.filter = NoticeFilter(vin)
+        self._vin = vin
+        self._host, self._port, tls = parse_mqtt_url(mqtt_url)
+        self._tls_context = tls_context or (ssl.create_default_context() if tls else None)
+        self._password = password
+        self._options = options or MqttOptions()
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._client: aiomqtt.Client | None = None
+        self.connects = 0
+        self.on_connect: Callable[[], Awaitable[None]] | None = None
+        self._on_connect_task: asyncio.Future[None] | None = None
+
+    @property
+    def malformed(self) -> int:
+        return self.filter.malformed
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None
+
+    def _presence(self, online: bool) -> bytes:
+        return encode(Presence(vin=self._vin, online=online, agent_version=AGENT_VERSION))
+
+    def _new_client(self) -> aiomqtt.Client:
+        will = aiomqtt.Will(topics.presence_topic(self._vin), self._presence(False), qos=topics.QOS, retain=True)
+        return aiomqtt.Client(
+            self._host,
+            self._port,
+            identifier=self._vin,
+            username=self._vin,
+            password=self._password,
+            clean_session=False,
+            will=will,
+            keepalive=self._options.keepalive,
+            tls_context=self._tls_context,
+        )
+
+    def _backoff(self, failures: int) -> float:
+        ceiling = min(self._options.backoff_max, self._options.backoff_min * 2 ** min(failures, 16))
+        return self._rng.uniform(self._options.backoff_min / 2, ceiling)  # full jitter spreads a fleet out
+
+    async def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+        failures = 0
+        while True:
+            try:
+                async with self._new_client() as client:
+                    await client.subscribe(topics.campaign_topic(self._vin), qos=topics.QOS)
+                    await client.publish(topics.presence_topic(self._vin), self._presence(True), topics.QOS, True)
+                    self._client = client
+                    self.connects += 1
+                    failures = 0
+                    if self.on_connect is not None:
+                        self._on_connect_task = asyncio.ensure_future(self.on_connect())
+                    async for message in client.messages:
+                        payload = message.payload
+                        if isinstance(payload, str):
+                            payload = payload.encode()
+                        if not isinstance(payload, bytes | bytearray):
+                            self.filter.malformed += 1
+                            continue
+                        notice = self.filter.decode(bytes(payload))
+                        if notice is not None:
+                            yield notice
+            except aiomqtt.MqttError as exc:
+                log.info("%s: MQTT link down (%s); reconnecting", self._vin, exc)
+            finally:
+                self._client = None
+            failures += 1
+            await self._sleep(self._backoff(failures))
+
+    async def send(self, report: StatusReport) -> None:
+        client = self._client
+        if client is None:
+            raise LinkDown("MQTT not connected")
+        try:
+            await client.publish(topics.status_topic(self._vin), encode(report), qos=topics.QOS)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(f"publish failed: {exc}") from exc
+
+    async def announce_offline(self) -> None:
+        """Say goodbye before a clean shutdown (the Last-Will covers the unclean one)."""
+        client = self._client
+        if client is not None:
+            try:
+                await client.publish(topics.presence_topic(self._vin), self._presence(False), topics.QOS, True)
+            except aiomqtt.MqttError:
+                log.info("%s: could not publish offline presence", self._vin)

@@ -1,0 +1,96 @@
+"""Verify Image and Director metadata with python-tuf and check that they agree.
+
+Each refresh uses fresh ``tuf.ngclient.Updater`` objects (an Updater refreshes once)
+over metadata directories that persist between runs, so a replayed older timestamp,
+snapshot or targets (freeze, rollback) is caught against what this car last trusted.
+Every TUF error maps to one precise :class:`FailureReason`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuf.api import exceptions as tuf_exceptions
+from tuf.api.metadata import Metadata, Targets
+from tuf.ngclient import Updater
+
+from firmware_bundles import repo_paths
+from firmware_bundles.errors import TargetMismatch
+from firmware_bundles.messages import FailureReason
+from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
+from vehicle_agent.config import AgentConfig
+from vehicle_agent.errors import UpdateFailed
+from vehicle_agent.transport import Transport, TufFetcher
+
+# Most specific first: EqualVersionNumberError is a BadVersionNumberError, the
+# download errors share DownloadError.
+_TUF_REASONS: tuple[tuple[type[Exception], FailureReason], ...] = (
+    (tuf_exceptions.UnsignedMetadataError, FailureReason.METADATA_SIGNATURE_INVALID),
+    (tuf_exceptions.ExpiredMetadataError, FailureReason.METADATA_EXPIRED),
+    (tuf_exceptions.BadVersionNumberError, FailureReason.METADATA_ROLLBACK),
+    (tuf_exceptions.DownloadError, FailureReason.METADATA_FETCH_FAILED),
+    (tuf_exceptions.RepositoryError, FailureReason.METADATA_INVALID),
+)
+
+
+def reason_for(exc: Exception) -> FailureReason:
+    """The failure reason for a python-tuf exception."""
+    for kind, reason in _TUF_REASONS:
+        if isinstance(exc, kind):
+            return reason
+    return FailureReason.INTERNAL_ERROR
+
+
+@contextmanager
+def _tuf_errors(repository: str) -> Iterator[None]:
+    try:
+        yield
+    except (tuf_exceptions.RepositoryError, tuf_exceptions.DownloadError) as exc:
+        raise UpdateFailed(reason_for(exc), f"{repository}: {type(exc).__name__}: {exc}") from exc
+    except TargetMismatch as exc:
+        raise UpdateFailed(FailureReason(exc.reason), exc.detail) from exc
+
+
+@dataclass(frozen=True)
+class VerifiedTargets:
+    """The checked assignments for this car, each agreeing with the Image repository."""
+
+    assignments: tuple[Assignment, ...]
+
+
+class Verifier:
+    """Refreshes both repositories for one car; blocking, so the agent runs it in a thread."""
+
+    def __init__(self, config: AgentConfig, transport: Transport) -> None:
+        self._config = config
+        self._fetcher = TufFetcher(transport)
+        metadata = config.state_dir / "metadata"
+        self.image_dir = metadata / "image"
+        self.director_dir = metadata / "director"
+
+    def _updater(self, directory: Path, url: str, root: bytes) -> Updater:
+        directory.mkdir(parents=True, exist_ok=True)
+        # Always bootstrapping from the shipped root is safe: newer roots already
+        # verified are found again in directory/root_history before any download.
+        return Updater(str(directory), url, fetcher=self._fetcher, bootstrap=root)
+
+    def verify(self) -> VerifiedTargets:
+        """Refresh Director then Image metadata; raise :class:`UpdateFailed` on any refusal."""
+        cfg = self._config
+        with _tuf_errors("director"):
+            director = self._updater(
+                self.director_dir, repo_paths.director_metadata_url(cfg.repo_url, cfg.vin), cfg.director_root
+            )
+            director.refresh()
+            # ngclient has no call listing targets: read what it verified and persisted.
+            signed = Metadata[Targets].from_file(str(self.director_dir / "targets.json")).signed
+            assignments = assignments_for(signed, cfg.vin, cfg.ecu_hardware())
+        with _tuf_errors("image repository"):
+            image = self._updater(self.image_dir, repo_paths.image_metadata_url(cfg.repo_url), cfg.image_root)
+            image.refresh()
+            for assignment in assignments:
+                check_image_agrees(assignment, image.get_targetinfo(assignment.path))
+        return VerifiedTargets(tuple(assignments))
