@@ -8,6 +8,7 @@ client (server and cars) connects with one; any username is accepted.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
 from typing import Any
@@ -30,6 +31,34 @@ def broker_config(host: str, port: int) -> dict[str, Any]:
     }
 
 
+def _broker_class() -> Any:
+    """amqtt's Broker with its connect-time retained-message scan made safe and linear.
+
+    On every CONNECT, amqtt 0.12 walks *every* subscription in the broker and scans all
+    retained messages for each one, awaiting inside the walk: O(subscriptions x retained)
+    per connect, and "dictionary changed size during iteration" when cars subscribe
+    meanwhile (seen with 1,000 cars). Here the scan is done only for filters this
+    session really holds, and in the background, so the walk never yields.
+    """
+    from amqtt.broker import Broker  # imported late: amqtt is heavy and only needed here
+
+    class SafeBroker(Broker):  # type: ignore[misc]
+        async def _publish_retained_messages_for_subscription(
+            self, subscription: tuple[str, int], session: Any
+        ) -> None:
+            holders = self._subscriptions.get(subscription[0], ())
+            if not any(holder is session for holder, _qos in holders):
+                return
+            task = asyncio.ensure_future(super()._publish_retained_messages_for_subscription(subscription, session))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+
+    return SafeBroker
+
+
+_background: set[asyncio.Future[None]] = set()
+
+
 class EmbeddedBroker:
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self._host = host
@@ -44,12 +73,11 @@ class EmbeddedBroker:
 
     async def start(self) -> str:
         """Start on the given port, or on a free one (retrying if another process takes it first)."""
-        from amqtt.broker import Broker  # imported late: amqtt is heavy and only needed here
-
+        broker_class = _broker_class()
         attempts = 1 if self._port else 5
         for attempt in range(attempts):
             port = self._port or free_port(self._host)
-            broker = Broker(broker_config(self._host, port))
+            broker = broker_class(broker_config(self._host, port))
             try:
                 await broker.start()
             except Exception:

@@ -64,7 +64,7 @@ class MqttLink:
         return self._connected.is_set()
 
     def _new_client(self) -> aiomqtt.Client:
-        return aiomqtt.Client(
+        client = aiomqtt.Client(
             self._host,
             self._port,
             username=self._username,
@@ -75,6 +75,9 @@ class MqttLink:
             max_inflight_messages=100,
             keepalive=30,
         )
+        # notices are published with bounded concurrency; no need to warn per queued call
+        client.pending_calls_threshold = 100_000
+        return client
 
     async def _session(self) -> None:
         async with self._new_client() as client:
@@ -85,7 +88,10 @@ class MqttLink:
             self._connected.set()
             log.info("MQTT connected to %s:%d as %s", self._host, self._port, self._client_id)
             async for message in client.messages:
-                self._on_message(str(message.topic), _payload_bytes(message.payload))
+                try:
+                    self._on_message(str(message.topic), _payload_bytes(message.payload))
+                except Exception:  # the callback should never raise; if it does, keep listening
+                    log.exception("handling a message on %s failed", message.topic)
 
     async def _run(self) -> None:
         delay = 0.5
@@ -94,6 +100,8 @@ class MqttLink:
                 await self._session()
             except aiomqtt.MqttError as exc:
                 log.warning("MQTT link to %s:%d down: %s; reconnecting in %.1fs", self._host, self._port, exc, delay)
+            except Exception:
+                log.exception("MQTT link to %s:%d failed; reconnecting in %.1fs", self._host, self._port, delay)
             finally:
                 self._connected.clear()
                 self._client = None

@@ -52,7 +52,10 @@ def bind_socket(host: str, port: int | None) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     candidates = [DEFAULT_PORT, 0] if port is None else [port]
     for index, candidate in enumerate(candidates):
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY on accepted connections only
+        # for sockets that say they are TCP; without it every keep-alive response waits
+        # ~40 ms for Nagle and the client's delayed ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, candidate))

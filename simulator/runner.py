@@ -8,6 +8,7 @@ Connects are paced so a fleet does not arrive at the broker all at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -102,4 +103,11 @@ class InProcessFleet:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._thread = None
+        # drop the MQTT clients while their loop still exists, then close it cleanly
+        self.links.clear()
+        self.agents.clear()
+        self._tasks.clear()
+        gc.collect()
+        self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        self._loop.close()
         self._http.close()

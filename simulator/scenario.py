@@ -65,7 +65,7 @@ class Summary:
 
 def _say(console: Console | None, text: str) -> None:
     if console is not None:
-        console.print(text)
+        console.log(text)
 
 
 def upload_fix(client: OperatorClient, fleet: Fleet, options: ScenarioOptions) -> dict[str, Any]:

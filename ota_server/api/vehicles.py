@@ -20,7 +20,7 @@ router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register_vehicle(body: VehicleCreate, session: SessionDep, runtime: RuntimeDep) -> VehiclePublic:
-    vehicles.register(session, [body], runtime.clock())
+    vehicles.register(session, [body], runtime.clock(), numbered=False)
     return vehicles.get(session, body.vin)
 
 

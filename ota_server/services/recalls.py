@@ -17,11 +17,15 @@ from ota_server.services import population as populations
 CAMPAIGN_NUMBER = re.compile(r"^\d{2}[A-Z]-\d{3,6}$")
 
 
-def _public(session: Session, recall: Recall, campaign_id: int | None) -> RecallPublic:
-    release = session.get(Release, recall.release_id)
-    assert release is not None  # foreign key
+def _public(session: Session, recall: Recall, campaign: Campaign | None) -> RecallPublic:
+    """``affected_count`` is a live preview until launch, then the frozen population."""
     population = Population.model_validate(recall.population)
-    affected = len(populations.resolve(session, population, release))
+    if campaign is not None:
+        affected = campaign.population
+    else:
+        release = session.get(Release, recall.release_id)
+        assert release is not None  # foreign key
+        affected = len(populations.resolve(session, population, release))
     return RecallPublic(
         id=recall.id,
         campaign_number=recall.campaign_number,
@@ -33,7 +37,7 @@ def _public(session: Session, recall: Recall, campaign_id: int | None) -> Recall
         release_id=recall.release_id,
         population=population,
         affected_count=affected,
-        campaign_id=campaign_id,
+        campaign_id=campaign.id if campaign else None,
         created_at=recall.created_at,
     )
 
@@ -69,17 +73,17 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     return _public(session, recall, None)
 
 
-def _campaign_id(session: Session, recall_id: int) -> int | None:
-    return session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id))
+def _campaign(session: Session, recall_id: int) -> Campaign | None:
+    return session.scalar(select(Campaign).where(Campaign.recall_id == recall_id))
 
 
 def get(session: Session, recall_id: int) -> RecallPublic:
     recall = session.get(Recall, recall_id)
     if recall is None:
         raise NotFound(f"no recall {recall_id}")
-    return _public(session, recall, _campaign_id(session, recall_id))
+    return _public(session, recall, _campaign(session, recall_id))
 
 
 def list_all(session: Session) -> list[RecallPublic]:
     recalls = session.scalars(select(Recall).order_by(Recall.id)).all()
-    return [_public(session, r, _campaign_id(session, r.id)) for r in recalls]
+    return [_public(session, r, _campaign(session, r.id)) for r in recalls]

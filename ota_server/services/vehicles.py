@@ -56,14 +56,17 @@ def _existing(session: Session, vins: Sequence[str]) -> list[str]:
     return found
 
 
-def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime) -> int:
-    """Store ``vehicles`` or nothing; raise InvalidInput naming the first bad car, Conflict on duplicates."""
+def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime, *, numbered: bool = True) -> int:
+    """Store ``vehicles`` or nothing; raise InvalidInput naming the first bad car, Conflict on duplicates.
+
+    ``numbered`` prefixes messages with the car's index in the request (for batches).
+    """
     vins: list[str] = []
     for index, vehicle in enumerate(vehicles):
         try:
             vins.append(_checked_vin(vehicle))
         except InvalidInput as exc:
-            prefix = f"vehicles[{index}]: " if len(vehicles) > 1 else ""
+            prefix = f"vehicles[{index}]: " if numbered else ""
             raise InvalidInput(prefix + exc.message) from exc
     seen: set[str] = set()
     for index, vin in enumerate(vins):

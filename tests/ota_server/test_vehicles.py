@@ -115,3 +115,9 @@ async def test_agent_config_carries_both_roots(env: Env) -> None:
     served = await env.client.get("/repo/image/metadata/1.root.json")
     assert served.content == cfg["image_root"].encode()
     assert served.headers["content-type"] == "application/json"
+
+
+async def test_batch_of_one_still_names_the_index(env: Env) -> None:
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle("1HGCM82633A00435X")]})
+    assert resp.status_code == 422
+    assert resp.json()["detail"].startswith("vehicles[0]: invalid VIN '1HGCM82633A00435X'")
