@@ -25,6 +25,8 @@ def run_demo(cars: int, *, as_json: bool, data_dir: Path, timeout: float, keep_s
     cars_dir = state_root(data_dir, fleet)
     try:
         with server as endpoints:
+            for line in server.warnings():
+                progress.print(f"[yellow]server: {line}[/yellow]", highlight=False)
             progress.print(f"Server at {endpoints.api_url} (docs {endpoints.api_url}/docs), MQTT {endpoints.mqtt_url}")
             with OperatorClient(endpoints.api_url) as client:
                 runner = InProcessFleet(cars_dir)

@@ -56,7 +56,9 @@ class Fleet:
     cars: tuple[Car, ...]
 
 
-def make_fleet(count: int, *, run_id: str | None = None, installed_version: str = "1.0.0", seed: int | None = None) -> Fleet:
+def make_fleet(
+    count: int, *, run_id: str | None = None, installed_version: str = "1.0.0", seed: int | None = None
+) -> Fleet:
     """``count`` cars with valid, distinct VINs (one contiguous serial block of a random plant)."""
     if count < 1:
         raise ValueError("a fleet needs at least one car")

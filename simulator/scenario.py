@@ -39,6 +39,7 @@ class ScenarioOptions:
     image_size: int = 16 * 1024
     timeout: float = 600.0
     fix_version: str = FIX_VERSION
+    release_counter: int = 2
 
 
 @dataclass(frozen=True)
@@ -70,8 +71,8 @@ def _say(console: Console | None, text: str) -> None:
 
 def upload_fix(client: OperatorClient, fleet: Fleet, options: ScenarioOptions) -> dict[str, Any]:
     image = sample_image(fleet.hardware_id, options.fix_version, size=options.image_size)
-    bundle = build_bundle(image, fleet.hardware_id, options.fix_version, release_counter=2)
-    return client.upload_release(bundle.data, fleet.hardware_id, options.fix_version, 2)
+    bundle = build_bundle(image, fleet.hardware_id, options.fix_version, options.release_counter)
+    return client.upload_release(bundle.data, fleet.hardware_id, options.fix_version, options.release_counter)
 
 
 def register_fleet(client: OperatorClient, fleet: Fleet) -> None:
@@ -126,9 +127,14 @@ def run_recall(
         _say(console, f"{connected} cars online; filing the recall")
         recall = file_recall(client, fleet, release)
         campaign = client.launch(recall["id"])
-        _say(console, f"Recall {recall['campaign_number']} launched: campaign {campaign['id']}, {campaign['population']} cars")
+        _say(
+            console,
+            f"Recall {recall['campaign_number']} launched: campaign {campaign['id']}, {campaign['population']} cars",
+        )
         started = time.monotonic()
-        outcome: Outcome = watch_campaign(lambda: client.progress(campaign["id"]), timeout=options.timeout, console=console)
+        outcome: Outcome = watch_campaign(
+            lambda: client.progress(campaign["id"]), timeout=options.timeout, console=console
+        )
         return Summary(
             cars=len(fleet.cars),
             remedied=outcome.remedied,

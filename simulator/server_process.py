@@ -56,6 +56,14 @@ class ServerProcess:
         self.stop()
         raise ServerError(f"server not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
 
+    def warnings(self) -> list[str]:
+        """WARNING and ERROR lines the server logged so far (e.g. freshly generated dev keys)."""
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except OSError:
+            return []
+        return [line for line in lines if " WARNING " in line or " ERROR " in line]
+
     def log_tail(self, lines: int = 30) -> str:
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
