@@ -124,3 +124,7 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()
