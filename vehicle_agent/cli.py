@@ -18,6 +18,7 @@ import typer
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
+from vehicle_agent import tuf_client
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, config_from_agent_config, load_config, write_config
 from vehicle_agent.errors import AgentError
@@ -27,6 +28,7 @@ from vehicle_agent.link import MqttLink
 from vehicle_agent.transport import HttpxTransport, make_http_client
 
 app = typer.Typer(help="The OTA recall vehicle agent.", no_args_is_help=True, add_completion=False)
+app.add_typer(tuf_client.app, name="tuf-client")
 ConfigOption = Annotated[Path, typer.Option("--config", "-c", help="agent.toml written by 'init'")]
 
 
