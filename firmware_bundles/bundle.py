@@ -149,6 +149,25 @@ def sample_image(hardware_id: str, version: str, size: int = 64 * 1024) -> bytes
     return header + bytes(body[: size - len(header)])
 
 
+def revised_image(base: bytes, hardware_id: str, version: str, *, changed_bytes: int = 4096) -> bytes:
+    """The next version of ``base`` as a real fix looks: a new header and a few KiB of changed code.
+
+    Deterministic, so the simulator, tests and benchmark can rebuild the same images;
+    the rest of the body is ``base``'s, which is what makes a binary delta small.
+    """
+    body = base
+    if base.startswith(IMAGE_MAGIC):
+        body = base[base.index(b"\n", len(IMAGE_MAGIC)) + 1 :]
+    header = IMAGE_MAGIC + json.dumps({"hardware_id": hardware_id, "version": version}).encode() + b"\n"
+    seed = hashlib.sha256(f"{hardware_id}/{version}/patch".encode()).digest()
+    patch = bytearray()
+    while len(patch) < min(changed_bytes, len(body)):
+        patch += hashlib.sha256(seed + len(patch).to_bytes(8, "big")).digest()
+    at = len(body) // 3
+    patched = body[:at] + bytes(patch[: len(body) - at]) + body[at + len(patch) :]
+    return header + patched[: len(body)]
+
+
 def image_header(head: bytes) -> dict[str, str] | None:
     """Parse the header of :func:`sample_image`; ``None`` if the bytes carry none."""
     if not head.startswith(IMAGE_MAGIC):

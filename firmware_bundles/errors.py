@@ -30,3 +30,7 @@ class TargetMismatch(ContractError):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+
+
+class UnverifiedReport(ContractError):
+    """A status report without a signature, or whose signature does not verify."""

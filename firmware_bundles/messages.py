@@ -59,6 +59,8 @@ class FailureReason(StrEnum):
     TARGET_MISMATCH = "target_mismatch"
     HARDWARE_MISMATCH = "hardware_mismatch"
     DOWNLOAD_FAILED = "download_failed"
+    DOWNLOAD_TOO_SLOW = "download_too_slow"
+    INSUFFICIENT_STORAGE = "insufficient_storage"
     LENGTH_MISMATCH = "length_mismatch"
     HASH_MISMATCH = "hash_mismatch"
     BUNDLE_INVALID = "bundle_invalid"
@@ -89,8 +91,20 @@ class CampaignNotice(BaseModel):
     issued_at: datetime
 
 
+class ReportSignature(BaseModel):
+    """The car's signature over the canonical JSON of the report without this field."""
+
+    model_config = _STRICT
+    keyid: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sig: str = Field(min_length=2, max_length=1024, pattern=r"^[0-9a-f]+$")
+
+
 class StatusReport(BaseModel):
-    """Car to server: one step of one campaign on one car."""
+    """Car to server: one step of one campaign on one car.
+
+    ``signature`` is optional in the schema so a report can be built and then signed
+    (:mod:`firmware_bundles.report_signing`); the server rejects a report without one.
+    """
 
     model_config = _STRICT
     schema_version: Literal[1] = 1
@@ -106,6 +120,7 @@ class StatusReport(BaseModel):
     installed_version: str | None = Field(default=None, max_length=64)
     health_ok: bool | None = None
     sent_at: datetime
+    signature: ReportSignature | None = None
 
 
 class Presence(BaseModel):

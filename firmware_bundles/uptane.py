@@ -145,9 +145,49 @@ def bundle_target_path(hardware_id: str, version: str) -> str:
 
 
 def image_target(
-    path: str, length: int, sha256: str, hardware_id: str, version: str, release_counter: int
+    path: str,
+    length: int,
+    sha256: str,
+    hardware_id: str,
+    version: str,
+    release_counter: int,
+    *,
+    image_sha256: str | None = None,
+    image_size: int | None = None,
 ) -> TargetFile:
-    custom = {"hardware_id": hardware_id, "version": version, "release_counter": release_counter}
+    """A released bundle; ``image_sha256``/``image_size`` sign the image inside it (what a delta rebuilds)."""
+    custom: dict[str, Any] = {"hardware_id": hardware_id, "version": version, "release_counter": release_counter}
+    if image_sha256 is not None and image_size is not None:
+        custom.update({"image_sha256": image_sha256, "image_size": image_size})
+    return TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
+
+
+def delta_target_path(hardware_id: str, base_image_sha256: str, version: str) -> str:
+    """Where the delta from the image ``base_image_sha256`` to ``version`` is listed.
+
+    The agent computes it from its running slot's hash, so it looks one path up
+    instead of searching the repository.
+    """
+    return f"deltas/{hardware_id}/{base_image_sha256[:16]}-to-{version}.bsdiff"
+
+
+def delta_target(
+    path: str,
+    length: int,
+    sha256: str,
+    *,
+    delta_for: str,
+    base_image_sha256: str,
+    image_sha256: str,
+    image_size: int,
+) -> TargetFile:
+    """A binary delta turning the image ``base_image_sha256`` into the image of bundle ``delta_for``."""
+    custom = {
+        "delta_for": delta_for,
+        "base_image_sha256": base_image_sha256,
+        "image_sha256": image_sha256,
+        "image_size": image_size,
+    }
     return TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
 
 
@@ -168,6 +208,9 @@ class Assignment:
     release_counter: int
     length: int
     sha256: str
+    # The image inside the bundle, when the repository signs it (needed to use a delta).
+    image_sha256: str | None = None
+    image_size: int | None = None
 
 
 def _custom_field(tf: TargetFile, key: str) -> object:
@@ -207,8 +250,22 @@ def assignments_for(director: Targets, vin: str, ecus: Mapping[str, str]) -> lis
         if not isinstance(counter, int):
             raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} release_counter is not an integer")
         version = str(_custom_field(tf, "version"))
-        found.append(Assignment(tf.path, serial, hardware_id, version, counter, tf.length, sha256))
+        image_sha256, image_size = _signed_image(tf)
+        found.append(
+            Assignment(tf.path, serial, hardware_id, version, counter, tf.length, sha256, image_sha256, image_size)
+        )
     return found
+
+
+def _signed_image(tf: TargetFile) -> tuple[str | None, int | None]:
+    """The optional signed image hash and size; both or neither, well formed."""
+    custom = tf.custom if isinstance(tf.custom, dict) else {}
+    sha, size = custom.get("image_sha256"), custom.get("image_size")
+    if sha is None and size is None:
+        return None, None
+    if not isinstance(sha, str) or len(sha) != 64 or not isinstance(size, int) or size < 0:
+        raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} has a malformed image hash or size")
+    return sha, size
 
 
 def check_image_agrees(assignment: Assignment, image: TargetFile | None) -> None:
@@ -219,6 +276,11 @@ def check_image_agrees(assignment: Assignment, image: TargetFile | None) -> None
         raise TargetMismatch(
             FailureReason.TARGET_MISMATCH,
             f"{assignment.path}: Director and Image repository disagree on length or hash",
+        )
+    if _signed_image(image) != (assignment.image_sha256, assignment.image_size):
+        raise TargetMismatch(
+            FailureReason.TARGET_MISMATCH,
+            f"{assignment.path}: Director and Image repository disagree on the image hash or size",
         )
     for key in ("hardware_id", "version", "release_counter"):
         if _custom_field(image, key) != getattr(assignment, key):

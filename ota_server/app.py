@@ -7,20 +7,25 @@ them in reverse order (flushing ingest) on shutdown.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ota_server.api import campaigns, handlers, health, recalls, releases, repo, vehicles
-from ota_server.api.limits import UploadLimit
+from ota_server.api import audit, campaigns, handlers, health, recalls, releases, repo, tokens, vehicles
+from ota_server.api.limits import BodyLimit, UploadLimit
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
 from ota_server.publisher import Publisher
+from ota_server.ratelimit import TokenBuckets
 from ota_server.runtime import Runtime, start_runtime, stop_runtime
+from ota_server.services.bootstrap import ensure_admin_token
 
 log = logging.getLogger(__name__)
+
+UPLOAD_PATH = "/api/v1/releases"
 
 
 def create_app(settings: Settings, *, publisher: Publisher | None = None, clock: Clock = utc_now) -> FastAPI:
@@ -34,6 +39,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await start_runtime(settings, clock, publisher)
         app.state.runtime = runtime
+        await asyncio.to_thread(ensure_admin_token, runtime.sessions, settings.admin_token_file, clock)
         try:
             yield
         finally:
@@ -46,9 +52,11 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         lifespan=lifespan,
     )
     handlers.install(app)
-    for module in (health, vehicles, releases, recalls, campaigns, repo):
+    for module in (health, vehicles, releases, recalls, campaigns, repo, tokens, audit):
         app.include_router(module.router)
-    app.add_middleware(UploadLimit, path="/api/v1/releases", max_bytes=settings.max_upload_bytes)
+    app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
+    app.add_middleware(UploadLimit, path=UPLOAD_PATH, max_bytes=settings.max_upload_bytes)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({UPLOAD_PATH}))
     return app
 
 

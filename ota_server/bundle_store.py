@@ -38,6 +38,9 @@ class BundleStore:
     def path_for(self, sha256: str) -> Path:
         return self._dir / f"{sha256}.otab"
 
+    def delta_path_for(self, sha256: str) -> Path:
+        return self._dir / f"{sha256}.bsdiff"
+
     def stage(self, source: IO[bytes]) -> StagedBundle:
         """Copy ``source`` to a temporary file; raise :class:`TooLarge` past the cap."""
         self._dir.mkdir(parents=True, exist_ok=True)
@@ -57,8 +60,8 @@ class BundleStore:
             raise
         return StagedBundle(Path(name), digest.hexdigest(), length)
 
-    def keep(self, staged: StagedBundle) -> Path:
-        final = self.path_for(staged.sha256)
+    def keep(self, staged: StagedBundle, *, delta: bool = False) -> Path:
+        final = self.delta_path_for(staged.sha256) if delta else self.path_for(staged.sha256)
         os.replace(staged.path, final)
         return final
 

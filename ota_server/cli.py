@@ -9,16 +9,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from ota_server.config import Settings
 from ota_server.errors import OtaError
 
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
+
 app = typer.Typer(help="Over-the-air vehicle recall server.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
+vehicles_app = typer.Typer(help="Vehicle identity.", no_args_is_help=True)
+app.add_typer(vehicles_app, name="vehicles")
+broker_app = typer.Typer(help="The locked-down Mosquitto broker.", no_args_is_help=True)
+app.add_typer(broker_app, name="broker")
 
 
 def _settings(**overrides: object) -> Settings:
@@ -73,6 +81,173 @@ def db_upgrade(
     finally:
         engine.dispose()
     typer.echo(f"database at {engine.url.render_as_string(hide_password=True)} is up to date")
+
+
+@vehicles_app.command("provision")
+def vehicles_provision(
+    vin: Annotated[str, typer.Argument(help="A registered vehicle's VIN")],
+    out: Annotated[Path, typer.Option(help="Directory for the car's config bundle (agent.toml, keys, roots)")],
+    server: Annotated[str | None, typer.Option(help="Running server's URL (default: OTA_PUBLIC_URL)")] = None,
+    certificate: Annotated[bool, typer.Option(help="Also issue an MQTT client certificate (TLS broker)")] = True,
+    token: Annotated[
+        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
+    ] = None,
+) -> None:
+    """Issue a car's report key and client certificate on the running server; write its config bundle.
+
+    The private keys exist only in the bundle; provisioning again replaces the key (the old one is rejected).
+    """
+    import httpx
+
+    from firmware_bundles.errors import ContractError
+    from firmware_bundles.provisioning import write_bundle
+
+    base = (server or _settings().resolved_public_url).rstrip("/")
+    url = f"{base}/api/v1/vehicles/{vin.strip().upper()}/provision"
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(url, params={"certificate": certificate}, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if response.status_code != 200:
+        typer.echo(f"error: {url} -> {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    try:
+        path = write_bundle(out, response.json())
+    except (ContractError, ValueError) as exc:
+        typer.echo(f"error: unexpected answer from {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
+@broker_app.command("config")
+def broker_config(
+    out: Annotated[Path, typer.Option(help="Directory for mosquitto.conf, the ACL file and certificates")],
+    port: Annotated[int, typer.Option(help="TLS listener port")] = 8883,
+    bind: Annotated[str, typer.Option(help="Address the listener binds")] = "0.0.0.0",
+    host: Annotated[
+        list[str] | None, typer.Option(help="Name or IP the cars use to reach the broker (repeatable)")
+    ] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the CA lives (default ./var, env OTA_DATA_DIR)")] = None,
+    user: Annotated[str | None, typer.Option(help="Mosquitto's `user` option (when started as root)")] = None,
+    persistence: Annotated[bool, typer.Option(help="Keep sessions and queued messages on disk")] = True,
+) -> None:
+    """Write a TLS-only Mosquitto configuration with per-car ACLs, and the server's client certificate."""
+    from ota_server.clock import utc_now
+    from ota_server.mosquitto_config import write_broker_config
+    from ota_server.pki import CertificateAuthority
+
+    settings = _settings(data_dir=data_dir)
+    _configure_logging(settings.log_level)
+    hosts = host or ["localhost", "127.0.0.1"]
+    now = utc_now()
+    try:
+        ca = CertificateAuthority.load_or_create(settings.ca_dir, now)
+    except OtaError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    files = write_broker_config(
+        out, ca, now, port=port, bind=bind, hostnames=hosts, persistence=persistence, run_as=user
+    )
+    typer.echo(f"mosquitto -c {files.conf}")
+    typer.echo("# then start the server with:")
+    for name, value in files.server_env(hosts[0]).items():
+        typer.echo(f"export {name}={value}")
+
+
+# --- `ota tokens` and `ota audit`: straight to the database, for whoever runs the server ---
+
+tokens_app = typer.Typer(help="API tokens (people and their roles).", no_args_is_help=True)
+app.add_typer(tokens_app, name="tokens")
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (for the default SQLite URL)")]
+
+
+def _sessions(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """Open the database (schema brought up to date) for a one-shot command."""
+    from ota_server.db.migrate import upgrade
+    from ota_server.db.session import make_engine, make_session_factory
+
+    engine = make_engine(settings.resolved_database_url)
+    upgrade(engine)
+    return engine, make_session_factory(engine)
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    return f"cli:{getpass.getuser()}"
+
+
+@tokens_app.command("create")
+def tokens_create(
+    name: Annotated[str, typer.Option(help="The person the token belongs to")],
+    role: Annotated[str, typer.Option(help="viewer, operator, approver or admin")],
+    data_dir: DataDirOption = None,
+) -> None:
+    """Create a token and print its secret (shown once; only its hash is stored)."""
+    from ota_server.clock import utc_now
+    from ota_server.roles import Role
+    from ota_server.services import audit, tokens
+
+    try:
+        chosen = Role(role)
+    except ValueError as exc:
+        raise typer.BadParameter(f"role must be one of {', '.join(r.value for r in Role)}") from exc
+    settings = _settings(data_dir=data_dir)
+    engine, sessions = _sessions(settings)
+    action = audit.Action(
+        actor=_cli_actor(),
+        role=Role.ADMIN.value,
+        method="CLI",
+        route="ota tokens create",
+        status=201,
+        target={"name": name, "role": chosen.value},
+    )
+    try:
+        with sessions() as session:
+            audit.record_commits(session, action, utc_now)
+            created = tokens.create(session, name, chosen, created_by=action.actor, now=utc_now())
+    except OtaError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    typer.echo(created.token)
+
+
+@tokens_app.command("list")
+def tokens_list(data_dir: DataDirOption = None) -> None:
+    """Every token: id, name, role, prefix, revoked or not (never the secret)."""
+    from ota_server.services import tokens
+
+    engine, sessions = _sessions(_settings(data_dir=data_dir))
+    try:
+        with sessions() as session:
+            for token in tokens.list_all(session):
+                revoked = f" revoked {token.revoked_at.isoformat()}" if token.revoked_at else ""
+                typer.echo(f"{token.id}\t{token.name}\t{token.role}\t{token.prefix}...{revoked}")
+    finally:
+        engine.dispose()
+
+
+@audit_app.command("verify")
+def audit_verify(data_dir: DataDirOption = None) -> None:
+    """Recompute the audit log's hash chain; exit 1 and name the first broken entry if it fails."""
+    from ota_server.services import audit
+
+    engine, sessions = _sessions(_settings(data_dir=data_dir))
+    try:
+        with sessions() as session:
+            result = audit.verify(session)
+    finally:
+        engine.dispose()
+    if not result.ok:
+        typer.echo(f"audit log BROKEN after {result.entries} intact entries: {result.problem}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
 
 
 # --- `ota demo` -------------------------------------------------------------------

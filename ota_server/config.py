@@ -17,6 +17,7 @@ from ota_server.errors import InvalidInput
 ENV_PREFIX = "OTA_"
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,9 +40,26 @@ class Settings:
     mqtt_username: str = "ota-server"
     mqtt_password: str | None = None
     mqtt_clean_session: bool = False
+    # TLS to the broker (an mqtts:// URL): the CA that signed the broker's certificate,
+    # and the server's own client certificate and key (``ota broker config`` issues both).
+    mqtt_ca_file: Path | None = None
+    mqtt_cert_file: Path | None = None
+    mqtt_key_file: Path | None = None
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
     notice_concurrency: int = 100
+    # Operators: every JSON body is capped (uploads have max_upload_bytes); each API token
+    # may make rate_limit_per_s requests a second on average, bursts up to rate_limit_burst
+    # (0 switches the limit off).
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    rate_limit_per_s: float = 200.0
+    rate_limit_burst: int = 2000
+    # Deltas, built when a release is uploaded from each older release's image (up to
+    # delta_max_bases of them; both images are held in memory, hence delta_max_image_bytes),
+    # kept only when smaller than delta_max_ratio of the full bundle.
+    delta_max_ratio: float = 0.5
+    delta_max_image_bytes: int = 64 * 1024 * 1024
+    delta_max_bases: int = 5
     log_level: str = "INFO"
 
     @property
@@ -51,8 +69,18 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'ota.db').resolve()}"
 
     @property
+    def admin_token_file(self) -> Path:
+        """Where the first start writes the bootstrap admin token (mode 0600)."""
+        return self.data_dir / "admin-token"
+
+    @property
     def keys_dir(self) -> Path:
         return self.data_dir / "keys"
+
+    @property
+    def ca_dir(self) -> Path:
+        """The project's own CA (vehicle and broker certificates), made on first use."""
+        return self.data_dir / "ca"
 
     @property
     def bundles_dir(self) -> Path:

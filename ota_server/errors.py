@@ -33,3 +33,19 @@ class TooLarge(InvalidInput):
 
 class NotReady(OtaError):
     """A dependency (broker, signing keys) is not available yet; the caller may retry."""
+
+
+class Unauthorized(OtaError):
+    """No API token, or one the server does not know (or has revoked)."""
+
+
+class Forbidden(OtaError):
+    """The token is valid but its role (or its person) may not do this."""
+
+
+class RateLimited(OtaError):
+    """Too many requests for this token; ``retry_after`` seconds until the next one is allowed."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

@@ -6,6 +6,11 @@ batches and applies each batch in one transaction; per (campaign, VIN) the
 current state only moves forward by ``(attempt, state.rank)`` and each
 ``(campaign, vin, attempt, state)`` is recorded once, so QoS 1 duplicates and
 out-of-order delivery never double count.
+
+Every status report must be signed by its car's registered key (``ota vehicles
+provision``) and carry the nonce of the car's current campaign notice. An unsigned
+report is dropped in :meth:`Ingestor.submit`; the key and signature are checked in
+the batch, against keys loaded with one query, before anything else reads the report.
 """
 
 from __future__ import annotations
@@ -24,8 +29,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles import topics
-from firmware_bundles.errors import MalformedMessage
+from firmware_bundles.errors import MalformedMessage, UnverifiedReport
 from firmware_bundles.messages import Presence, ReportState, StatusReport, parse_presence, parse_report
+from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Release, Vehicle
 from ota_server.schemas import IngestStats
@@ -42,6 +48,11 @@ UNKNOWN_TOPIC = "unknown_topic"
 TOPIC_VIN_MISMATCH = "topic_vin_mismatch"
 UNKNOWN_CAMPAIGN_VEHICLE = "unknown_campaign_vehicle"
 WRONG_NONCE = "wrong_nonce"
+MISSING_SIGNATURE = "missing_signature"
+BAD_SIGNATURE = "bad_signature"
+NOT_PROVISIONED = "vehicle_not_provisioned"
+KEY_OF_ANOTHER_VEHICLE = "key_of_another_vehicle"
+UNKNOWN_KEY = "unknown_key"
 REMEDIED_WITHOUT_EVIDENCE = "remedied_without_evidence"
 OVERLOADED = "overloaded"
 STORE_FAILED = "store_failed"
@@ -99,6 +110,26 @@ class _Batch:
                 )
             )
             self.steps.update((c, v, a, s) for c, v, a, s in steps)
+        self.keys: dict[str, tuple[str, dict[str, object]]] = {}
+        for chunk in _chunks(vins):
+            rows = session.execute(
+                select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key).where(
+                    Vehicle.vin.in_(chunk), Vehicle.report_keyid.is_not(None)
+                )
+            )
+            self.keys.update((vin, (keyid, key)) for vin, keyid, key in rows if keyid and key)
+        # Only under attack (or after re-provisioning): whose key was it?
+        strangers = sorted(
+            {
+                r.signature.keyid
+                for r in reports
+                if r.signature is not None and r.signature.keyid != self.keys.get(r.vin, ("", {}))[0]
+            }
+        )
+        self.key_owners: dict[str, str] = {}
+        for chunk in _chunks(strangers):
+            owners = session.execute(select(Vehicle.report_keyid, Vehicle.vin).where(Vehicle.report_keyid.in_(chunk)))
+            self.key_owners.update((keyid, vin) for keyid, vin in owners if keyid)
         self.release_versions: dict[int, str] = dict(
             session.execute(
                 select(Campaign.id, Release.version)
@@ -106,6 +137,23 @@ class _Batch:
                 .where(Campaign.id.in_(campaign_ids))
             ).all()
         )
+
+
+def _signature_problem(batch: _Batch, report: StatusReport) -> str | None:
+    """Why ``report`` is not signed by its car's registered key, or None when it is."""
+    registered = batch.keys.get(report.vin)
+    if registered is None:
+        return NOT_PROVISIONED
+    keyid, key = registered
+    if report.signature is None:
+        return MISSING_SIGNATURE
+    if report.signature.keyid != keyid:
+        return KEY_OF_ANOTHER_VEHICLE if report.signature.keyid in batch.key_owners else UNKNOWN_KEY
+    try:
+        verify_report(report, public_key(keyid, key))
+    except (UnverifiedReport, ValueError):
+        return BAD_SIGNATURE
+    return None
 
 
 def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outcome) -> None:
@@ -116,12 +164,24 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
     for item in reports:
         report = item.message
         assert isinstance(report, StatusReport)
+        problem = _signature_problem(batch, report)
+        if problem is not None:
+            outcome.rejected[problem] += 1
+            log.warning(
+                "rejected report from %s for campaign %d (%s), signed by %s",
+                report.vin,
+                report.campaign_id,
+                problem,
+                report.signature.keyid if report.signature else "nobody",
+            )
+            continue
         cv = batch.rows.get((report.campaign_id, report.vin))
         if cv is None:
             outcome.rejected[UNKNOWN_CAMPAIGN_VEHICLE] += 1
             continue
         if not secrets.compare_digest(cv.nonce, report.nonce):
             outcome.rejected[WRONG_NONCE] += 1
+            log.warning("rejected report from %s for campaign %d: not the current nonce", report.vin, cv.campaign_id)
             continue
         if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
             outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
@@ -213,6 +273,9 @@ class Ingestor:
             return
         if message.vin != topic_vin:
             self._reject(TOPIC_VIN_MISMATCH, topic, f"payload VIN {message.vin}")
+            return
+        if isinstance(message, StatusReport) and message.signature is None:
+            self._reject(MISSING_SIGNATURE, topic, "status report is not signed")
             return
         try:
             self._queue.put_nowait(Received(message, self._clock()))

@@ -13,16 +13,43 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
 
 from firmware_bundles import topics
+from ota_server.config import Settings
 from ota_server.errors import InvalidInput, NotReady
 
 log = logging.getLogger(__name__)
 
 OnMessage = Callable[[str, bytes], None]
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for mqtts://: the CA that signed the broker, and our own client certificate."""
+
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise InvalidInput("MQTT TLS: set both the client certificate and its key, or neither")
+        try:
+            context = ssl.create_default_context(cafile=self.ca_file)
+            if self.cert_file is not None:
+                context.load_cert_chain(self.cert_file, self.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInput(f"MQTT TLS files unusable: {exc}") from exc
+        return context
+
+
+def tls_files(settings: Settings) -> TlsFiles:
+    return TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
 
 
 def _payload_bytes(payload: object) -> bytes:
@@ -42,13 +69,14 @@ class MqttLink:
         password: str | None = None,
         clean_session: bool = False,
         connect_timeout_s: float = 30.0,
+        tls: TlsFiles | None = None,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise InvalidInput(f"MQTT URL must look like mqtt://host:port, got {url!r}")
         self._host = parts.hostname
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
-        self._tls = ssl.create_default_context() if parts.scheme == "mqtts" else None
+        self._tls = (tls or TlsFiles()).context() if parts.scheme == "mqtts" else None
         self._username = parts.username or username
         self._password = parts.password or password
         self._client_id = client_id

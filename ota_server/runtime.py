@@ -22,8 +22,9 @@ from ota_server.db.migrate import upgrade
 from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
 from ota_server.ingest import Ingestor
-from ota_server.mqtt_link import MqttLink
+from ota_server.mqtt_link import MqttLink, tls_files
 from ota_server.notify import NoticeDispatcher
+from ota_server.pki import LazyAuthority
 from ota_server.publisher import Publisher
 from ota_server.signing import keys
 from ota_server.signing.director import Director
@@ -48,6 +49,7 @@ class Runtime:
     ingestor: Ingestor
     dispatcher: NoticeDispatcher
     link: MqttLink | None
+    pki: LazyAuthority
 
     @property
     def mqtt_url(self) -> str:
@@ -103,6 +105,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
             username=settings.mqtt_username,
             password=settings.mqtt_password,
             clean_session=settings.mqtt_clean_session,
+            tls=tls_files(settings),
         )
         await link.start(wait_s=10.0)
         if not link.connected:
@@ -122,6 +125,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         ingestor=ingestor,
         dispatcher=dispatcher,
         link=link,
+        pki=LazyAuthority(settings.ca_dir),
     )
     resumed = await dispatcher.resume(settings.repo_url)
     if resumed:

@@ -8,8 +8,11 @@ services so they speak the same words however they are called.
 from __future__ import annotations
 
 from datetime import date, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from ota_server.roles import Role
 
 _IN = ConfigDict(extra="forbid")
 _OUT = ConfigDict(from_attributes=True)
@@ -120,8 +123,8 @@ class ReleasePublic(BaseModel):
 
 class YearRange(BaseModel):
     model_config = _IN
-    min: int | None = None
-    max: int | None = None
+    min: int | None = Field(default=None, ge=0, le=9999)
+    max: int | None = Field(default=None, ge=0, le=9999)
 
 
 class VinRange(BaseModel):
@@ -164,8 +167,11 @@ class RecallCreate(BaseModel):
     defect: str = Field(min_length=1, max_length=10_000)
     safety_risk: str = Field(min_length=1, max_length=10_000)
     remedy: str = Field(min_length=1, max_length=10_000)
-    release_id: int
+    release_id: int = Field(ge=1, le=2**31 - 1)
     population: Population = Field(default_factory=Population)
+    safety_recall: bool = Field(
+        default=True, description="A safety recall launches only after a second person approves it"
+    )
 
 
 class RecallPublic(BaseModel):
@@ -181,6 +187,8 @@ class RecallPublic(BaseModel):
     affected_count: int = Field(description="Cars the population matches now (a preview until launch)")
     campaign_id: int | None
     created_at: datetime
+    safety_recall: bool = True
+    launch_request: LaunchRequestPublic | None = None
 
 
 class CampaignPublic(BaseModel):
@@ -206,3 +214,93 @@ class IngestStats(BaseModel):
     accepted: int
     duplicates: int
     rejected: dict[str, int]
+
+
+class ProvisionBatch(BaseModel):
+    model_config = _IN
+    vins: list[str] = Field(min_length=1, max_length=10_000)
+
+
+class VehicleIdentity(BaseModel):
+    """A car's identity, handed out once: the server keeps only the public key and the certificate serial.
+
+    ``agent_config`` (single provisioning only) is what ``GET .../agent-config`` returns, so one
+    answer is enough to write the car's whole config bundle.
+    """
+
+    vin: str
+    keyid: str
+    report_public_key: dict[str, Any] = Field(description="securesystemslib key dict (ed25519)")
+    report_private_key: str = Field(description="PKCS#8 PEM; not kept by the server")
+    ca_certificate: str | None = Field(default=None, description="PEM of the CA that signs broker and car")
+    client_certificate: str | None = Field(default=None, description="PEM, CN = VIN")
+    client_key: str | None = Field(default=None, description="PKCS#8 PEM; not kept by the server")
+    agent_config: AgentConfig | None = None
+
+
+class ProvisionedBatch(BaseModel):
+    identities: list[VehicleIdentity]
+
+
+# --- operators: tokens, launch approval, audit ---------------------------------------
+
+
+class TokenCreate(BaseModel):
+    model_config = _IN
+    name: str = Field(min_length=1, max_length=64, description="The person this token belongs to")
+    role: Role
+
+
+class TokenPublic(BaseModel):
+    id: int
+    name: str
+    role: Role
+    prefix: str = Field(description="The secret's first characters, to tell tokens apart")
+    created_by: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenPublic):
+    token: str = Field(description="The secret; shown this once, only its sha256 is stored")
+
+
+class LaunchRequestPublic(BaseModel):
+    """A safety recall's launch: requested by one person, launched when another approves."""
+
+    model_config = _OUT
+    recall_id: int
+    state: str = Field(description="awaiting_approval or approved")
+    requested_by: str
+    requested_at: datetime
+    approved_by: str | None
+    approved_at: datetime | None
+
+
+class AuditEntryPublic(BaseModel):
+    model_config = _OUT
+    seq: int
+    at: datetime
+    actor: str
+    role: str
+    method: str
+    route: str
+    target: dict[str, Any]
+    status: int
+    detail: str | None
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    total: int
+    offset: int
+    entries: list[AuditEntryPublic]
+
+
+class AuditVerification(BaseModel):
+    ok: bool
+    entries: int = Field(description="Entries checked and found intact")
+    head_hash: str = Field(description="Hash of the last intact entry; keep it elsewhere to anchor the chain")
+    first_bad: int | None
+    problem: str | None

@@ -9,19 +9,37 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from simulator.errors import SimulatorError
+from simulator.errors import ServerError, SimulatorError
 from simulator.fleet import make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.report import exit_code, print_summary
 from simulator.runner import InProcessFleet
-from simulator.scenario import ScenarioOptions, run_recall, state_root
+from simulator.scenario import ScenarioOptions, run_recall, second_person, state_root
 
 app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def _approver(client: OperatorClient, token: str | None, run_id: str) -> OperatorClient:
+    """The second person: from ``--approver-token``, or a token made now with an admin ``--token``."""
+    if token:
+        return OperatorClient(client.base_url, token=token)
+    try:
+        return second_person(client, f"ota-sim-approver-{run_id}")
+    except ServerError as exc:
+        raise ServerError(f"the safety recall needs a second person: pass --approver-token ({exc})") from exc
 
 
 @app.command()
 def run(
     server: Annotated[str, typer.Option(help="Base URL of the OTA server, e.g. http://127.0.0.1:8000")],
+    token: Annotated[str, typer.Option(envvar="OTA_TOKEN", help="API token (operator or admin; env OTA_TOKEN)")],
+    approver_token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="OTA_APPROVER_TOKEN",
+            help="Another person's approver token for the safety recall's launch (default: made with an admin --token)",
+        ),
+    ] = None,
     cars: Annotated[int, typer.Option(min=1, max=20_000, help="How many virtual cars")] = 200,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last")] = False,
     state_dir: Annotated[Path, typer.Option(help="Where the cars keep their slots and journals")] = Path("var"),
@@ -33,9 +51,10 @@ def run(
     fleet = make_fleet(cars)
     cars_dir = state_root(state_dir, fleet)
     try:
-        with OperatorClient(server) as client:
+        with OperatorClient(server, token=token) as client, _approver(client, approver_token, fleet.run_id) as approver:
             client.health()
-            summary = run_recall(client, fleet, InProcessFleet(cars_dir), ScenarioOptions(timeout=timeout), progress)
+            options = ScenarioOptions(timeout=timeout)
+            summary = run_recall(client, fleet, InProcessFleet(cars_dir), options, progress, approver=approver)
     except SimulatorError as exc:
         progress.print(f"[red]simulation failed:[/red] {exc}")
         raise typer.Exit(2) from exc

@@ -12,7 +12,7 @@ from simulator.fleet import make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.report import exit_code, print_summary
 from simulator.runner import InProcessFleet
-from simulator.scenario import ScenarioOptions, run_recall, state_root
+from simulator.scenario import ScenarioOptions, run_recall, second_person, state_root
 from simulator.server_process import ServerProcess
 
 
@@ -28,9 +28,14 @@ def run_demo(cars: int, *, as_json: bool, data_dir: Path, timeout: float, keep_s
             for line in server.warnings():
                 progress.print(f"[yellow]server: {line}[/yellow]", highlight=False)
             progress.print(f"Server at {endpoints.api_url} (docs {endpoints.api_url}/docs), MQTT {endpoints.mqtt_url}")
-            with OperatorClient(endpoints.api_url) as client:
+            # Two people: the admin files and requests the safety recall, a safety officer approves it.
+            with (
+                OperatorClient(endpoints.api_url, token=server.admin_token()) as client,
+                second_person(client, f"safety-officer-{fleet.run_id}") as approver,
+            ):
                 runner = InProcessFleet(cars_dir)
-                summary = run_recall(client, fleet, runner, ScenarioOptions(timeout=timeout), progress)
+                options = ScenarioOptions(timeout=timeout)
+                summary = run_recall(client, fleet, runner, options, progress, approver=approver)
     except SimulatorError as exc:
         progress.print(f"[red]demo failed:[/red] {exc}")
         progress.print(f"server log: {server.log_path}")

@@ -16,12 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from firmware_bundles import provisioning
 from firmware_bundles.messages import StatusReport
 from simulator.errors import SimulatorError
 from simulator.fleet import Fleet
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import DownloadLimits, config_from_agent_config
-from vehicle_agent.link import MqttLink
+from vehicle_agent.link import MqttLink, tls_context
 from vehicle_agent.transport import HttpxTransport, make_http_client
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,25 @@ log = logging.getLogger(__name__)
 CONNECT_BATCH = 100
 CONNECT_PAUSE = 0.05
 WORKER_THREADS = 16
+
+
+def identity_options(identity: dict[str, Any], state_dir: Path) -> dict[str, Any]:
+    """AgentConfig fields from a provisioning answer: the report key, and TLS files (written to disk)."""
+    options: dict[str, Any] = {}
+    if identity.get("report_private_key"):
+        options["report_key"] = str(identity["report_private_key"]).encode()
+    if identity.get("client_certificate"):
+        tls_dir = state_dir / "tls"
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        files = {
+            "tls_ca": (provisioning.CA_CERT_FILE, "ca_certificate", False),
+            "tls_cert": (provisioning.CLIENT_CERT_FILE, "client_certificate", False),
+            "tls_key": (provisioning.CLIENT_KEY_FILE, "client_key", True),
+        }
+        for option, (name, key, private) in files.items():
+            provisioning.write_file(tls_dir / name, str(identity[key]).encode(), private=private)
+            options[option] = tls_dir / name
+    return options
 
 
 class InProcessFleet:
@@ -54,8 +74,10 @@ class InProcessFleet:
     async def _start_all(self, agent_configs: list[dict[str, Any]]) -> None:
         transport = HttpxTransport(self._http)
         for i, doc in enumerate(agent_configs):
-            config = config_from_agent_config(doc, state_dir=self.state_dir / doc["vin"], durable=False)
-            link = MqttLink(config.vin, config.mqtt_url, config.mqtt)
+            state_dir = self.state_dir / doc["vin"]
+            options = identity_options(doc.get("identity") or {}, state_dir)
+            config = config_from_agent_config(doc, state_dir=state_dir, durable=False, **options)
+            link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
             agent = Agent(config, link=link, transport=transport, on_report=self._on_report)
             self.agents[config.vin] = agent
             self.links[config.vin] = link

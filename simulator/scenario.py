@@ -1,6 +1,7 @@
 """One recall, end to end, as an operator and a fleet would live it.
 
-Build and upload the fix, register the fleet, start every car's agent, file the
+Upload the fleet's installed version and build and upload the fix as a small patch
+of it (so the server has a base to build a delta from), register the fleet, start every car's agent, file the
 recall, launch it and watch the server's counts until every car is done.
 """
 
@@ -14,7 +15,7 @@ from typing import Any, Protocol
 
 from rich.console import Console
 
-from firmware_bundles.bundle import build_bundle, sample_image
+from firmware_bundles.bundle import build_bundle, revised_image, sample_image
 from simulator.errors import ServerError
 from simulator.fleet import Fleet
 from simulator.operator_client import OperatorClient
@@ -36,7 +37,6 @@ class FleetRunner(Protocol):
 
 @dataclass(frozen=True)
 class ScenarioOptions:
-    image_size: int = 16 * 1024
     timeout: float = 600.0
     fix_version: str = FIX_VERSION
     release_counter: int = 2
@@ -69,8 +69,20 @@ def _say(console: Console | None, text: str) -> None:
         console.log(text)
 
 
+def factory_image(fleet: Fleet) -> bytes:
+    """The image every simulated car runs in slot a (as ``FileSlots.open_or_seed`` writes it)."""
+    return sample_image(fleet.hardware_id, fleet.installed_version)
+
+
+def upload_installed(client: OperatorClient, fleet: Fleet) -> dict[str, Any]:
+    """The version the fleet runs, as release counter 1: the server builds deltas only from releases it holds."""
+    bundle = build_bundle(factory_image(fleet), fleet.hardware_id, fleet.installed_version, 1)
+    return client.upload_release(bundle.data, fleet.hardware_id, fleet.installed_version, 1)
+
+
 def upload_fix(client: OperatorClient, fleet: Fleet, options: ScenarioOptions) -> dict[str, Any]:
-    image = sample_image(fleet.hardware_id, options.fix_version, size=options.image_size)
+    """The fix: the factory image with a few KiB changed, as a real software fix is."""
+    image = revised_image(factory_image(fleet), fleet.hardware_id, options.fix_version)
     bundle = build_bundle(image, fleet.hardware_id, options.fix_version, options.release_counter)
     return client.upload_release(bundle.data, fleet.hardware_id, options.fix_version, options.release_counter)
 
@@ -79,6 +91,21 @@ def register_fleet(client: OperatorClient, fleet: Fleet) -> None:
     bodies = [car.registration() for car in fleet.cars]
     for start in range(0, len(bodies), REGISTER_CHUNK):
         client.register_vehicles(bodies[start : start + REGISTER_CHUNK])
+
+
+def agent_configs(client: OperatorClient, fleet: Fleet) -> list[dict[str, Any]]:
+    """Each car's agent-config document with its freshly provisioned identity under ``"identity"``.
+
+    Certificates are issued only when the broker speaks TLS (they cost a key pair each).
+    """
+    configs = [client.agent_config(car.vin) for car in fleet.cars]
+    tls = any(doc["mqtt_url"].startswith("mqtts://") for doc in configs)
+    vins = [car.vin for car in fleet.cars]
+    identities: dict[str, dict[str, Any]] = {}
+    for start in range(0, len(vins), REGISTER_CHUNK):
+        for identity in client.provision(vins[start : start + REGISTER_CHUNK], certificate=tls):
+            identities[identity["vin"]] = identity
+    return [{**doc, "identity": identities[doc["vin"]]} for doc in configs]
 
 
 def file_recall(client: OperatorClient, fleet: Fleet, release: dict[str, Any]) -> dict[str, Any]:
@@ -107,26 +134,53 @@ def file_recall(client: OperatorClient, fleet: Fleet, release: dict[str, Any]) -
     raise ServerError("could not find a free campaign number after 5 tries")
 
 
+def second_person(admin: OperatorClient, name: str) -> OperatorClient:
+    """An approver's client: a token for ``name`` made with ``admin``'s token (close it after use)."""
+    return OperatorClient(admin.base_url, token=admin.create_token(name, "approver"))
+
+
+def launch_recall(
+    client: OperatorClient, recall: dict[str, Any], approver: OperatorClient | None, console: Console | None = None
+) -> dict[str, Any]:
+    """Launch ``recall``; a safety recall is requested by ``client`` and approved by ``approver``."""
+    answer = client.launch(recall["id"])
+    if answer.get("state") != "awaiting_approval":
+        return answer
+    number = recall["campaign_number"]
+    _say(console, f"Safety recall {number}: launch requested by {answer['requested_by']}, awaiting a second person")
+    if approver is None:
+        raise ServerError(f"safety recall {number} needs a second person's approval: give an approver token")
+    campaign = approver.approve(recall["id"])
+    approved_by = client.recall(recall["id"])["launch_request"]["approved_by"]
+    _say(console, f"Safety recall {number}: launch approved by {approved_by}")
+    return campaign
+
+
 def run_recall(
     client: OperatorClient,
     fleet: Fleet,
     runner: FleetRunner,
     options: ScenarioOptions,
     console: Console | None,
+    approver: OperatorClient | None = None,
 ) -> Summary:
-    """The whole recall; the runner's cars are stopped on the way out, whatever happens."""
+    """The whole recall; the runner's cars are stopped on the way out, whatever happens.
+
+    The recall is a safety recall, so ``approver`` (another person) approves its launch.
+    """
     _say(console, f"Building and uploading the fix {options.fix_version} for {fleet.hardware_id}")
+    upload_installed(client, fleet)
     release = upload_fix(client, fleet, options)
     _say(console, f"Registering {len(fleet.cars)} vehicles")
     register_fleet(client, fleet)
-    configs = [client.agent_config(car.vin) for car in fleet.cars]
+    configs = agent_configs(client, fleet)
     _say(console, f"Starting {len(fleet.cars)} vehicle agents")
     runner.start(fleet, configs)
     try:
         connected = runner.wait_connected(timeout=max(30.0, len(fleet.cars) / 20))
         _say(console, f"{connected} cars online; filing the recall")
         recall = file_recall(client, fleet, release)
-        campaign = client.launch(recall["id"])
+        campaign = launch_recall(client, recall, approver, console)
         _say(
             console,
             f"Recall {recall['campaign_number']} launched: campaign {campaign['id']}, {campaign['population']} cars",

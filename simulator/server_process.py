@@ -56,6 +56,17 @@ class ServerProcess:
         self.stop()
         raise ServerError(f"server not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
 
+    def admin_token(self) -> str:
+        """The bootstrap admin token the server wrote to ``<data_dir>/admin-token`` on its first start."""
+        path = self.data_dir / "admin-token"
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ServerError(
+                f"no admin token at {path}: it is written on the server's first start; "
+                "make one with `ota tokens create --role admin` or use a fresh --data-dir"
+            ) from exc
+
     def warnings(self) -> list[str]:
         """WARNING and ERROR lines the server logged so far (e.g. freshly generated dev keys)."""
         try:

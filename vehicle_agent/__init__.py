@@ -6,3 +6,10 @@ slots), health, journal (saved state), config. Every I/O part sits behind a smal
 Protocol with an in-memory fake, so the simulator runs thousands of real agents in one
 asyncio process.
 """
+
+import sys
+
+# httpx imports its command-line client (click, rich, pygments: about 5 MiB resident)
+# whenever those are installed. The agent never uses it and a Pi is short of memory,
+# so mark it missing; httpx then skips it (see bench/agent_idle.py for the figures).
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]

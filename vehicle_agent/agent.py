@@ -8,7 +8,9 @@ restart redoes exactly that step):
   stream each assigned bundle with its signed length and sha256 checked;
 * ``verifying``: the bundle's manifest matches the signed assignment and its image hash;
 * ``installing``: write the spare slot, read it back, arm a one-shot try boot;
-* ``rebooting``: boot the tried slot, health-check it, commit (or roll back);
+* ``rebooting``: boot the tried slot, health-check it, commit (or roll back); each start
+  of this step is counted in the journal first, and past ``installer.max_boot_attempts``
+  the agent gives up and rolls back, so a crash or reboot loop ends;
 * ``remedied`` / ``failed``: terminal; a repeated notice re-sends this report only.
 
 Blocking work runs in ``asyncio.to_thread`` so one event loop can host thousands of agents.
@@ -26,13 +28,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from securesystemslib.signer import CryptoSigner
+
 from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, StatusReport
+from firmware_bundles.report_signing import load_report_signer, sign_report
 from firmware_bundles.uptane import Assignment
 from vehicle_agent.config import AgentConfig, EcuConfig
+from vehicle_agent.delta import DeltaApplier, rebuilt_image
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.fetcher import BundleFetcher
 from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
-from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install
+from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install, install_image
 from vehicle_agent.journal import CampaignRecord, Journal, Target
 from vehicle_agent.link import Link
 from vehicle_agent.transport import Transport
@@ -71,6 +77,7 @@ class Agent:
         retry_delay: float = 5.0,
         sleep: Callable[[float], Any] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
+        download_sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.config = config
         self._link = link
@@ -83,13 +90,16 @@ class Agent:
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         self._health = health or self._default_health()
         self._verifier = Verifier(config, transport)
+        self._signer = _report_signer(config)
         self._fetcher = BundleFetcher(
             transport,
             config.repo_url,
             config.state_dir / "downloads",
-            total_timeout=config.download.total_timeout,
+            limits=config.download,
             monotonic=monotonic,
+            sleep=download_sleep,
         )
+        self._deltas = DeltaApplier(self._fetcher, max_image_bytes=config.download.max_delta_image_bytes)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.journal = Journal(config.state_dir / "journal.json", durable=config.durable)
@@ -138,7 +148,20 @@ class Agent:
 
     async def resume(self) -> list[ReportState]:
         """Finish every campaign the journal holds unfinished (after a restart)."""
+        await asyncio.to_thread(self._settle_boot)
         return [await self._drive(record) for record in self.journal.unfinished()]
+
+    def _settle_boot(self) -> None:
+        """A trial boot or armed try that no unfinished campaign owns (e.g. the power went
+        while rolling back) goes back to the committed slot."""
+        owned = {t.assignment.ecu_serial for c in self.journal.unfinished() for t in c.targets}
+        for serial, slots in self.slots.items():
+            if serial in owned:
+                continue
+            with contextlib.suppress(UpdateFailed, OSError):
+                if slots.booted_slot() != slots.active_slot() or slots.pending_try() is not None:
+                    log.warning("%s: ECU %s has an unowned trial boot; rolling back", self.config.vin, serial)
+                    slots.rollback()
 
     async def handle(self, notice: CampaignNotice) -> ReportState:
         """Take one notice to a terminal state and return it."""
@@ -182,8 +205,8 @@ class Agent:
     # -- the pipeline ----------------------------------------------------------------
 
     async def _enter(self, record: CampaignRecord) -> None:
-        """Journal first, then tell the server: after a crash we redo the step, never skip it."""
-        self.journal.record(record)
+        """Journal first (with its report, one write), then tell the server: after a crash
+        we redo the step, never skip it, and a terminal state always has its report queued."""
         await self._report(record)
 
     async def _drive(self, record: CampaignRecord) -> ReportState:
@@ -211,6 +234,13 @@ class Agent:
         if record.state is S.INSTALLING:
             return record.advance(S.REBOOTING, targets=await self._blocking(self._install, record.targets))
         if record.state is S.REBOOTING:
+            record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
+            self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
+            limit = self.config.installer.max_boot_attempts
+            if record.boot_attempts > limit:
+                raise UpdateFailed(
+                    FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
+                )
             await self._blocking(self._reboot_and_commit, record.targets)
             return record.advance(S.REMEDIED)
         raise AssertionError(f"no step for {record.state}")
@@ -231,10 +261,13 @@ class Agent:
         raise AssertionError("unreachable")
 
     def _download(self) -> tuple[Target, ...]:
-        assignments = self._verifier.verify().assignments
-        todo = [a for a in assignments if self._needs_install(a)]
+        verified = self._verifier.verify()
+        todo = [a for a in verified.assignments if self._needs_install(a)]
         for assignment in todo:
-            self._fetcher.fetch(assignment)
+            slots = self.slots[assignment.ecu_serial]
+            delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
+            if not delta:
+                self._fetcher.fetch(assignment)
         return tuple(Target(a) for a in todo)
 
     def _needs_install(self, assignment: Assignment) -> bool:
@@ -248,7 +281,8 @@ class Agent:
 
     def _verify_bundles(self, targets: tuple[Target, ...]) -> None:
         for target in targets:
-            check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
+            if rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's image is checked there
+                check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
 
     def _install(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
         done = []
@@ -256,7 +290,11 @@ class Agent:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != slots.active_slot():
                 slots.rollback()  # a trial boot we did not start: back to the committed slot first
-            slot = install(self._fetcher.fetch(target.assignment), target.assignment, slots)
+            image = rebuilt_image(self._fetcher.downloads, target.assignment)
+            if image is not None:
+                slot = install_image(image, target.assignment, slots)
+            else:
+                slot = install(self._fetcher.fetch(target.assignment), target.assignment, slots)
             done.append(Target(target.assignment, slot))
         return tuple(done)
 
@@ -264,15 +302,19 @@ class Agent:
         for target in targets:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != target.slot:
-                if slots.pending_try() != target.slot:
-                    raise UpdateFailed(FailureReason.BOOT_FAILED, f"slot {target.slot} did not boot; fell back")
+                if slots.pending_try() != target.slot:  # the one-shot try was spent and we are back
+                    raise UpdateFailed(FailureReason.BOOT_FAILED, _fell_back(target, slots))
                 slots.reboot()
             if slots.booted_slot() != target.slot:
-                raise UpdateFailed(FailureReason.BOOT_FAILED, f"slot {target.slot} did not boot")
+                raise UpdateFailed(FailureReason.BOOT_FAILED, _fell_back(target, slots))
         for target in targets:
-            problem = self._health.check(self.slots[target.assignment.ecu_serial], target.assignment)
+            slots = self.slots[target.assignment.ecu_serial]
+            problem = self._health.check(slots, target.assignment)
             if problem is not None:
-                raise UpdateFailed(FailureReason.HEALTH_CHECK_FAILED, f"ECU {target.assignment.ecu_serial}: {problem}")
+                raise UpdateFailed(
+                    FailureReason.HEALTH_CHECK_FAILED,
+                    f"ECU {target.assignment.ecu_serial}: {problem}; rolled back to slot {slots.active_slot()}",
+                )
         for target in targets:
             a = target.assignment
             self.slots[a.ecu_serial].commit()
@@ -281,9 +323,14 @@ class Agent:
 
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
-        await asyncio.to_thread(self._undo, record.targets)
         failed = record.advance(S.FAILED, reason=exc.reason, detail=exc.detail)
-        await self._enter(failed)
+        # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
+        report = self._build_report(failed)
+        self.journal.record(failed, report)
+        await asyncio.to_thread(self._undo, record.targets)
+        if self._on_report is not None:
+            self._on_report(report)
+        await self.flush()
         return failed
 
     def _undo(self, targets: tuple[Target, ...]) -> None:
@@ -299,7 +346,7 @@ class Agent:
 
     def _build_report(self, record: CampaignRecord) -> StatusReport:
         serial = record.targets[0].assignment.ecu_serial if record.targets else self.config.ecus[0].serial
-        return StatusReport(
+        report = StatusReport(
             campaign_id=record.campaign_id,
             vin=self.config.vin,
             nonce=record.nonce,
@@ -314,13 +361,29 @@ class Agent:
             else (False if record.reason is FailureReason.HEALTH_CHECK_FAILED else None),
             sent_at=self._clock(),
         )
+        return report if self._signer is None else sign_report(report, self._signer)
 
     async def _report(self, record: CampaignRecord) -> None:
         report = self._build_report(record)
-        self.journal.enqueue(report)
+        self.journal.record(record, report)
         if self._on_report is not None:
             self._on_report(report)
         await self.flush()
+
+
+def _report_signer(config: AgentConfig) -> CryptoSigner | None:
+    """The car's report key; without one, reports go unsigned (and the server rejects them)."""
+    if config.report_key is None:
+        log.warning("%s: no report key configured; the server will reject this car's reports", config.vin)
+        return None
+    try:
+        return load_report_signer(config.report_key)
+    except ValueError as exc:
+        raise ConfigError(f"report key: {exc}") from exc
+
+
+def _fell_back(target: Target, slots: SlotBackend) -> str:
+    return f"slot {target.slot} did not boot; the bootloader fell back to slot {slots.booted_slot()} (rolled back)"
 
 
 def agent_state_dir(base: Path, vin: str) -> Path:

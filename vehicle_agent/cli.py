@@ -16,16 +16,18 @@ from typing import Annotated, Any
 import httpx
 import typer
 
-from firmware_bundles.errors import InvalidVin
+from firmware_bundles.errors import ContractError, InvalidVin
+from firmware_bundles.provisioning import write_bundle
 from firmware_bundles.vin import validate_vin
 from vehicle_agent import tuf_client
 from vehicle_agent.agent import Agent
-from vehicle_agent.config import AgentConfig, config_from_agent_config, load_config, write_config
+from vehicle_agent.config import AgentConfig, load_config
 from vehicle_agent.errors import AgentError
 from vehicle_agent.installer import FileSlots
 from vehicle_agent.journal import Journal
-from vehicle_agent.link import MqttLink
+from vehicle_agent.link import MqttLink, tls_context
 from vehicle_agent.transport import HttpxTransport, make_http_client
+from vehicle_agent.tryboot import slot_factory
 
 app = typer.Typer(help="The OTA recall vehicle agent.", no_args_is_help=True, add_completion=False)
 app.add_typer(tuf_client.app, name="tuf-client")
@@ -49,34 +51,42 @@ def init(
     server: Annotated[str, typer.Option(help="Server base URL, e.g. http://127.0.0.1:8000")],
     vin: Annotated[str, typer.Option(help="This car's VIN")],
     directory: Annotated[Path, typer.Option("--dir", help="Where to write agent.toml, roots and state")],
+    certificate: Annotated[bool, typer.Option(help="Also get an MQTT client certificate (TLS brokers)")] = True,
+    token: Annotated[
+        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
+    ] = None,
 ) -> None:
-    """Fetch this car's agent-config from the server and write agent.toml, roots and seeded slots."""
+    """Provision this car on the server (report key, certificate) and write its config bundle and slots.
+
+    Provisioning again replaces the car's key: the old bundle's reports are rejected from then on.
+    """
     try:
         vin = validate_vin(vin)
     except InvalidVin as exc:
         raise _fail(str(exc)) from exc
-    url = f"{server.rstrip('/')}/api/v1/vehicles/{vin}/agent-config"
+    url = f"{server.rstrip('/')}/api/v1/vehicles/{vin}/provision"
     try:
-        response = httpx.get(url, timeout=30)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(url, params={"certificate": certificate}, headers=headers, timeout=30)
         response.raise_for_status()
         doc: Any = response.json()
     except (httpx.HTTPError, ValueError) as exc:
-        raise _fail(f"cannot get {url}: {exc}") from exc
+        raise _fail(f"cannot provision at {url}: {exc}") from exc
     try:
-        config = config_from_agent_config(doc, directory / "state")
-    except AgentError as exc:
+        path = write_bundle(directory, doc)
+        config = load_config(path)
+    except (AgentError, ContractError) as exc:
         raise _fail(str(exc)) from exc
-    path = directory / "agent.toml"
-    write_config(config, path)
     for ecu in config.ecus:
         FileSlots.open_or_seed(config.state_dir / "slots" / ecu.serial, ecu.hardware_id, ecu.installed_version)
     typer.echo(str(path))
 
 
 async def _run(config: AgentConfig) -> None:
-    link = MqttLink(config.vin, config.mqtt_url, config.mqtt)
+    link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
     with make_http_client(config.download, max_connections=4) as client:
-        agent = Agent(config, link=link, transport=HttpxTransport(client, chunk_size=config.download.chunk_size))
+        transport = HttpxTransport(client, chunk_size=config.download.chunk_size)
+        agent = Agent(config, link=link, transport=transport, slots=slot_factory(config))
         task = asyncio.current_task()
         assert task is not None
         loop = asyncio.get_running_loop()

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from tuf.api.metadata import Metadata, Root
 
 from firmware_bundles.errors import InvalidVin
+from firmware_bundles.provisioning import REPORT_KEY_FILE, write_file
 from firmware_bundles.vin import validate_vin
 from vehicle_agent.errors import ConfigError
 
@@ -46,8 +47,87 @@ class DownloadLimits:
     chunk_size: int = 64 * 1024
     connect_timeout: float = 10.0
     read_timeout: float = 30.0
-    # Whole-bundle deadline against slow retrieval (a server trickling bytes).
+    # Whole-bundle deadline against slow retrieval (a server trickling bytes), retries included.
     total_timeout: float = 900.0
+    # ... and a floor on the average speed over each window, so a trickle is cut off early.
+    min_bytes_per_second: float = 1024.0
+    speed_window: float = 60.0
+    # Transient failures (network cut, 5xx) resume the download after a jittered exponential backoff.
+    retries: int = 5
+    backoff_base: float = 1.0
+    backoff_max: float = 60.0
+    # Free space kept on the downloads filesystem beyond the bundle itself.
+    disk_reserve_bytes: int = 16 * 1024 * 1024
+    # Deltas are applied in memory: only for images up to this size.
+    max_delta_image_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class PiSlot:
+    """One Raspberry Pi slot: the FAT boot partition the firmware boots, and where its image goes."""
+
+    boot_partition: int
+    device: Path
+
+
+@dataclass(frozen=True)
+class TrybootOptions:
+    """The Pi firmware's tryboot A/B (see docs/raspberry-pi.md); paths are the Pi's, tests point them elsewhere."""
+
+    autoboot_txt: Path = Path("/boot/autoboot/autoboot.txt")
+    # the firmware says here which partition it booted and whether it was a try boot
+    bootloader_node: Path = Path("/proc/device-tree/chosen/bootloader")
+    boot_id: Path = Path("/proc/sys/kernel/random/boot_id")
+    slot_a: PiSlot = PiSlot(2, Path("/dev/mmcblk0p5"))
+    slot_b: PiSlot = PiSlot(3, Path("/dev/mmcblk0p6"))
+    tryboot_command: tuple[str, ...] = ("reboot", "0 tryboot")
+    reboot_command: tuple[str, ...] = ("reboot",)
+    # how long to wait for the reboot to take the agent down before calling it a failure
+    reboot_wait: float = 300.0
+
+
+@dataclass(frozen=True)
+class InstallerOptions:
+    """``backend``: ``file`` (slots as files; simulator, tests) or ``rpi-tryboot``.
+
+    The Pi backend drives the ECU ``ecu`` (default: the first); the others keep file slots.
+    ``max_boot_attempts`` bounds the reboot step: past it the agent gives up and rolls back.
+    """
+
+    backend: str = "file"
+    ecu: str | None = None
+    max_boot_attempts: int = 3
+    tryboot: TrybootOptions = TrybootOptions()
+
+
+def _pi_slot(raw: Mapping[str, Any], where: str) -> PiSlot:
+    return PiSlot(int(_require(raw, "boot_partition", int, where)), Path(_require(raw, "device", str, where)))
+
+
+def installer_options(raw: Mapping[str, Any], base: Path, where: str) -> InstallerOptions:
+    """The ``[installer]`` table (with ``[installer.tryboot]``, ``.slot_a`` and ``.slot_b``)."""
+    table = dict(raw)
+    tryboot = dict(table.pop("tryboot", {}))
+    for slot in ("slot_a", "slot_b"):
+        if slot in tryboot:
+            tryboot[slot] = _pi_slot(tryboot[slot], f"{where}: installer.tryboot.{slot}")
+    for key in ("autoboot_txt", "bootloader_node", "boot_id"):
+        if key in tryboot:
+            tryboot[key] = base / str(tryboot[key])
+    for key in ("tryboot_command", "reboot_command"):
+        if key in tryboot:
+            tryboot[key] = tuple(str(part) for part in tryboot[key])
+    try:
+        options = InstallerOptions(**table, tryboot=TrybootOptions(**tryboot))
+    except TypeError as exc:
+        raise ConfigError(f"{where}: unknown or misspelt installer option: {exc}") from exc
+    if options.backend not in ("file", "rpi-tryboot"):
+        raise ConfigError(f"{where}: installer backend must be 'file' or 'rpi-tryboot', got {options.backend!r}")
+    if options.max_boot_attempts < 1:
+        raise ConfigError(f"{where}: installer max_boot_attempts must be at least 1")
+    if options.tryboot.slot_a.boot_partition == options.tryboot.slot_b.boot_partition:
+        raise ConfigError(f"{where}: the two slots need different boot partitions")
+    return options
 
 
 @dataclass(frozen=True)
@@ -66,9 +146,17 @@ class AgentConfig:
     state_dir: Path
     image_root: bytes = field(repr=False)
     director_root: bytes = field(repr=False)
+    # PEM of the key that signs every report (``ota vehicles provision``); without one the
+    # agent sends unsigned reports, which the server rejects.
+    report_key: bytes | None = field(default=None, repr=False)
+    # mqtts:// only: the CA that signed the broker, and this car's client certificate and key.
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     health: HealthOptions = HealthOptions()
     download: DownloadLimits = DownloadLimits()
     mqtt: MqttOptions = MqttOptions()
+    installer: InstallerOptions = InstallerOptions()
     # fsync the journal and boot state; the simulator may turn it off for thousands of cars.
     durable: bool = True
 
@@ -147,8 +235,10 @@ def _options(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
     if "durable" in doc:
         out["durable"] = _require(doc, "durable", bool, where)
     download: DownloadLimits = out.get("download", DownloadLimits())
-    if download.chunk_size <= 0 or download.total_timeout <= 0:
-        raise ConfigError(f"{where}: download chunk_size and total_timeout must be positive")
+    if download.chunk_size <= 0 or download.total_timeout <= 0 or download.speed_window <= 0:
+        raise ConfigError(f"{where}: download chunk_size, total_timeout and speed_window must be positive")
+    if download.retries < 0 or download.min_bytes_per_second < 0 or download.disk_reserve_bytes < 0:
+        raise ConfigError(f"{where}: download retries, min_bytes_per_second and disk_reserve_bytes must be >= 0")
     return out
 
 
@@ -178,8 +268,36 @@ def load_config(path: Path) -> AgentConfig:
         state_dir=base / str(doc.get("state_dir", "state")),
         image_root=read_root("image_root", IMAGE_ROOT_FILE),
         director_root=read_root("director_root", DIRECTOR_ROOT_FILE),
+        **_identity(doc, base, where),
         **_options(doc, where),
+        **_installer(doc, base, where),
     )
+
+
+def _installer(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
+    if "installer" not in doc:
+        return {}
+    return {"installer": installer_options(doc["installer"], base, where)}
+
+
+def _identity(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
+    """The optional report key (read now) and TLS file paths (checked now, read by the link)."""
+    out: dict[str, Any] = {}
+    if "report_key" in doc:
+        key_path = base / _require(doc, "report_key", str, where)
+        try:
+            out["report_key"] = key_path.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{where}: cannot read report_key {key_path}: {exc.strerror or exc}") from exc
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        if name in doc:
+            tls_path = base / _require(doc, name, str, where)
+            if not tls_path.is_file():
+                raise ConfigError(f"{where}: {name} {tls_path} is not a file")
+            out[name] = tls_path
+    if ("tls_cert" in out) != ("tls_key" in out):
+        raise ConfigError(f"{where}: tls_cert and tls_key go together")
+    return out
 
 
 def config_from_agent_config(doc: Mapping[str, Any], state_dir: Path, **options: Any) -> AgentConfig:
@@ -225,6 +343,13 @@ def write_config(config: AgentConfig, path: Path) -> None:
         f"director_root = {_toml_str(DIRECTOR_ROOT_FILE)}",
         f"durable = {'true' if config.durable else 'false'}",
     ]
+    if config.report_key is not None:
+        write_file(base / REPORT_KEY_FILE, config.report_key, private=True)
+        lines.append(f"report_key = {_toml_str(REPORT_KEY_FILE)}")
+    for name in ("tls_ca", "tls_cert", "tls_key"):
+        tls_path: Path | None = getattr(config, name)
+        if tls_path is not None:
+            lines.append(f"{name} = {_toml_str(str(tls_path.resolve()))}")
     for ecu in config.ecus:
         lines += [
             "",

@@ -15,7 +15,7 @@ import io
 import json
 import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -112,6 +112,10 @@ class ABSlots(ABC):
                 digest.update(chunk)
         return digest.hexdigest()
 
+    def open_image(self, slot: str) -> IO[bytes]:
+        """Read a slot's bytes (a delta's base is the running slot's image)."""
+        return self._reader(slot)
+
     def read_header(self, slot: str | None = None) -> dict[str, str] | None:
         with self._reader(slot or self.booted_slot()) as fh:
             return image_header(fh.read(HEADER_BYTES))
@@ -142,17 +146,30 @@ class ABSlots(ABC):
 
 
 class FileSlots(ABSlots):
-    """``slot_a.img``, ``slot_b.img`` and ``boot.json`` in one directory."""
+    """``slot_a.img``, ``slot_b.img`` and ``boot.json`` in one directory.
 
-    def __init__(self, directory: Path, *, durable: bool = True) -> None:
+    ``on_chunk`` is called with the bytes written so far after each chunk (progress, and
+    the kill tests' hook for cutting the power mid-write).
+    """
+
+    def __init__(self, directory: Path, *, durable: bool = True, on_chunk: Callable[[int], None] | None = None) -> None:
         self.directory = directory
         self._durable = durable
         self._state_path = directory / "boot.json"
+        self._on_chunk = on_chunk
 
     @classmethod
-    def open_or_seed(cls, directory: Path, hardware_id: str, version: str, *, durable: bool = True) -> FileSlots:
+    def open_or_seed(
+        cls,
+        directory: Path,
+        hardware_id: str,
+        version: str,
+        *,
+        durable: bool = True,
+        on_chunk: Callable[[int], None] | None = None,
+    ) -> FileSlots:
         """Open existing slots, or create them with the installed version's image in slot a."""
-        slots = cls(directory, durable=durable)
+        slots = cls(directory, durable=durable, on_chunk=on_chunk)
         if not slots._state_path.exists():
             directory.mkdir(parents=True, exist_ok=True)
             write_atomically(directory / "slot_a.img", sample_image(hardware_id, version), durable=durable)
@@ -177,9 +194,13 @@ class FileSlots(ABSlots):
         return self.directory / f"slot_{slot}.img"
 
     def _write(self, slot: str, image: IO[bytes]) -> None:
+        written = 0
         with self._slot_path(slot).open("wb") as out:
             while chunk := image.read(CHUNK):
                 out.write(chunk)
+                written += len(chunk)
+                if self._on_chunk is not None:
+                    self._on_chunk(written)
             out.flush()
             if self._durable:
                 os.fsync(out.fileno())
@@ -253,5 +274,24 @@ def install(path: Path, assignment: Assignment, slots: SlotBackend) -> str:
             raise UpdateFailed(FailureReason.INSTALL_FAILED, f"writing slot {slot}: {exc}") from exc
     if slots.slot_sha256(slot) != manifest.image_sha256:
         raise UpdateFailed(FailureReason.INSTALL_FAILED, f"slot {slot} does not read back as the manifest's image")
+    slots.set_try(slot)
+    return slot
+
+
+def install_image(path: Path, assignment: Assignment, slots: SlotBackend) -> str:
+    """Install a bare image (rebuilt from a delta) the way :func:`install` installs a bundle.
+
+    The signed ``image_sha256`` takes the place of the manifest's hash for the read-back.
+    """
+    if assignment.image_sha256 is None:
+        raise UpdateFailed(FailureReason.INSTALL_FAILED, f"{assignment.path}: no signed image hash to install against")
+    slot = slots.inactive_slot()
+    try:
+        with path.open("rb") as image:
+            slots.write_image(slot, image)
+    except OSError as exc:
+        raise UpdateFailed(FailureReason.INSTALL_FAILED, f"writing slot {slot}: {exc}") from exc
+    if slots.slot_sha256(slot) != assignment.image_sha256:
+        raise UpdateFailed(FailureReason.INSTALL_FAILED, f"slot {slot} does not read back as the signed image")
     slots.set_try(slot)
     return slot

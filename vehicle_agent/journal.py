@@ -3,12 +3,18 @@
 It holds, per campaign, the step reached and what is needed to resume it, the
 versions installed per ECU, and an outbox of reports not yet acknowledged by the
 broker (re-sent later; duplicates are fine, the server is idempotent).
+
+A step and the report announcing it are saved in ONE write, so a power cut can never
+leave a terminal state without its report queued. The previous good file is kept as
+``journal.json.prev``: a file torn or corrupted by the storage (SD cards do that) is
+set aside and the previous one is used, so the agent always starts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field, replace
@@ -17,6 +23,8 @@ from typing import Any
 
 from firmware_bundles.messages import FailureReason, ReportState, StatusReport
 from firmware_bundles.uptane import Assignment
+
+log = logging.getLogger(__name__)
 
 JOURNAL_VERSION = 1
 MAX_OUTBOX = 200
@@ -37,11 +45,16 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
             os.unlink(tmp)
         raise
     if durable:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make renames in ``directory`` durable (a rename lives in the directory, not the file)."""
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,8 @@ class CampaignRecord:
     targets: tuple[Target, ...] = ()
     reason: FailureReason | None = None
     detail: str = ""
+    # Times the reboot step was started (journaled first): bounds reboot and crash loops.
+    boot_attempts: int = 0
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -79,6 +94,7 @@ class CampaignRecord:
             targets=targets,
             reason=FailureReason(body["reason"]) if body.get("reason") else None,
             detail=str(body.get("detail", "")),
+            boot_attempts=int(body.get("boot_attempts", 0)),
         )
 
     def advance(self, state: ReportState, **changes: Any) -> CampaignRecord:
@@ -98,16 +114,48 @@ class Journal:
 
     def __init__(self, path: Path, *, durable: bool = True) -> None:
         self.path = path
+        self.prev_path = path.with_name(path.name + ".prev")
         self._durable = durable
-        self.data = self._read()
+        self.recovered = False  # True when the newest file was unreadable and an older one was used
+        self.data = self._load()
 
-    def _read(self) -> JournalData:
+    def _load(self) -> JournalData:
+        """The newest readable copy; a torn or corrupt one is kept aside as ``.corrupt``.
+
+        Raises ValueError only for a journal written by an unknown (newer) agent version,
+        which must not be overwritten.
+        """
+        for candidate in (self.path, self.prev_path):
+            try:
+                data = self._parse(candidate.read_bytes())
+            except FileNotFoundError:
+                continue
+            except _Unreadable as exc:
+                log.error("journal %s is unreadable (%s); set aside, using an older copy", candidate, exc)
+                with contextlib.suppress(OSError):
+                    os.replace(candidate, candidate.with_name(candidate.name + ".corrupt"))
+                self.recovered = True
+                continue
+            if candidate is not self.path:
+                self.recovered = True
+            return data
+        return JournalData()
+
+    def _parse(self, raw: bytes) -> JournalData:
         try:
-            body = json.loads(self.path.read_bytes())
-        except FileNotFoundError:
-            return JournalData()
-        if body.get("journal_version") != JOURNAL_VERSION:
-            raise ValueError(f"{self.path}: unknown journal version {body.get('journal_version')!r}")
+            body = json.loads(raw)
+            version = body.get("journal_version")
+        except (ValueError, AttributeError) as exc:
+            raise _Unreadable(str(exc)) from exc
+        if version != JOURNAL_VERSION:
+            raise ValueError(f"{self.path}: unknown journal version {version!r}")
+        try:
+            return self._decode(body)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:  # pydantic's errors are ValueErrors
+            raise _Unreadable(f"{type(exc).__name__}: {exc}") from exc
+
+    @staticmethod
+    def _decode(body: dict[str, Any]) -> JournalData:
         return JournalData(
             campaigns={int(k): CampaignRecord.from_json(v) for k, v in body.get("campaigns", {}).items()},
             installed={k: (str(v[0]), int(v[1])) for k, v in body.get("installed", {}).items()},
@@ -122,10 +170,17 @@ class Journal:
             "outbox": [r.model_dump(mode="json", exclude_none=True) for r in self.data.outbox],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The current file (always one we wrote) becomes the fallback; the new one is
+        # renamed over it only once complete. Between the two renames .prev is the newest.
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(self.path, self.prev_path)
         write_atomically(self.path, json.dumps(body, indent=1).encode(), durable=self._durable)
 
-    def record(self, campaign: CampaignRecord) -> None:
+    def record(self, campaign: CampaignRecord, report: StatusReport | None = None) -> None:
+        """Save a campaign's step and (optionally) the report announcing it, in one write."""
         self.data.campaigns[campaign.campaign_id] = campaign
+        if report is not None:
+            self._append(report)
         self.save()
 
     def campaign(self, campaign_id: int) -> CampaignRecord | None:
@@ -139,15 +194,22 @@ class Journal:
         self.save()
 
     def enqueue(self, report: StatusReport) -> None:
+        self._append(report)
+        self.save()
+
+    def _append(self, report: StatusReport) -> None:
         outbox = self.data.outbox
         outbox.append(report)
         if len(outbox) > MAX_OUTBOX:
             # Keep terminal reports: they are the ones the server must not miss.
             keep = [r for r in outbox if r.state.terminal][-MAX_OUTBOX:]
             outbox[:] = keep
-        self.save()
 
     def acknowledge(self, report: StatusReport) -> None:
         with contextlib.suppress(ValueError):
             self.data.outbox.remove(report)
             self.save()
+
+
+class _Unreadable(Exception):
+    """A journal file that is torn or corrupt (as opposed to one from an unknown version)."""

@@ -21,7 +21,7 @@ import aiomqtt
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
 from firmware_bundles.messages import CampaignNotice, Presence, StatusReport, encode, parse_notice
-from vehicle_agent.config import AGENT_VERSION, MqttOptions
+from vehicle_agent.config import AGENT_VERSION, AgentConfig, MqttOptions
 from vehicle_agent.errors import ConfigError, LinkDown
 
 log = logging.getLogger(__name__)
@@ -107,6 +107,23 @@ def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
         raise ConfigError(f"not an MQTT URL: {url!r}")
     tls = parts.scheme == "mqtts"
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
+    """The TLS context for an mqtts:// broker: trust the configured CA, present the car's certificate.
+
+    The broker takes the certificate's CN (the VIN) as this car's identity, so the
+    ACL confines it to its own topics whatever client id or user name it sends.
+    """
+    if urlsplit(config.mqtt_url).scheme != "mqtts":
+        return None
+    try:
+        context = ssl.create_default_context(cafile=config.tls_ca)
+        if config.tls_cert is not None:
+            context.load_cert_chain(config.tls_cert, config.tls_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"TLS files unusable: {exc}") from exc
+    return context
 
 
 class MqttLink:

@@ -8,6 +8,7 @@ either one to python-tuf's ``FetcherInterface``.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -21,10 +22,41 @@ from vehicle_agent.config import DownloadLimits
 from vehicle_agent.errors import FetchError
 
 
+class Chunks(Iterator[bytes]):
+    """The body's chunks, and the offset of the first one: what the server actually sent.
+
+    Asked to start at ``N``, a server may honour the range (``start == N``) or send
+    the whole file again (``start == 0``); the fetcher handles both.
+    """
+
+    def __init__(self, chunks: Iterator[bytes], start: int = 0) -> None:
+        self._chunks = chunks
+        self.start = start
+
+    def __next__(self) -> bytes:
+        return next(self._chunks)
+
+
 class Transport(Protocol):
-    def stream(self, url: str) -> AbstractContextManager[Iterator[bytes]]:
-        """Yield the body of ``url`` in chunks; raise :class:`FetchError` (with the status on HTTP errors)."""
+    def stream(self, url: str, *, start: int = 0) -> AbstractContextManager[Chunks]:
+        """Yield the body of ``url`` from byte ``start`` (HTTP Range) in chunks.
+
+        Raise :class:`FetchError` (with the status on HTTP errors).
+        """
         ...
+
+
+_CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
+
+
+def _range_start(url: str, response: httpx.Response) -> int:
+    """Where a 206 body starts, from its Content-Range; 0 for a whole body."""
+    if response.status_code != 206:
+        return 0
+    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    if match is None:
+        raise FetchError(url, f"206 with a malformed Content-Range {response.headers.get('content-range')!r}")
+    return int(match.group(1))
 
 
 def make_http_client(limits: DownloadLimits | None = None, *, max_connections: int = 100) -> httpx.Client:
@@ -46,12 +78,13 @@ class HttpxTransport:
         self._chunk_size = chunk_size
 
     @contextmanager
-    def stream(self, url: str) -> Iterator[Iterator[bytes]]:
+    def stream(self, url: str, *, start: int = 0) -> Iterator[Chunks]:
+        headers = {"Range": f"bytes={start}-"} if start > 0 else None
         try:
-            with self._client.stream("GET", url) as response:
+            with self._client.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 400:
                     raise FetchError(url, f"HTTP {response.status_code}", response.status_code)
-                yield self._chunks(url, response)
+                yield Chunks(self._chunks(url, response), _range_start(url, response))
         except httpx.HTTPError as exc:
             raise FetchError(url, f"{type(exc).__name__}: {exc}") from exc
 
@@ -74,24 +107,39 @@ class MemoryTransport:
     def __init__(self, files: dict[str, Body] | None = None, *, chunk_size: int = 16 * 1024) -> None:
         self.files: dict[str, Body] = dict(files or {})
         self.requests: list[str] = []
+        self.starts: list[int] = []  # the range start of each request, in order
+        self.sent: dict[str, int] = {}  # bytes served per URL (what a data plan pays for)
         self.offline = False
+        self.honour_ranges = True  # False: answer every range with the whole file, as some servers do
         self._chunk_size = chunk_size
         self._lock = threading.Lock()
 
     @contextmanager
-    def stream(self, url: str) -> Iterator[Iterator[bytes]]:
+    def stream(self, url: str, *, start: int = 0) -> Iterator[Chunks]:
         with self._lock:
             self.requests.append(url)
+            self.starts.append(start)
             body = self.files.get(url)
         if self.offline:
             raise FetchError(url, "network unreachable")
         if body is None:
             raise FetchError(url, "HTTP 404", 404)
-        if isinstance(body, bytes):
-            data = body
-            yield (data[i : i + self._chunk_size] for i in range(0, len(data), self._chunk_size))
-        else:
-            yield body()
+        if not isinstance(body, bytes):
+            yield Chunks(body())  # a generator (e.g. endless data) always starts at 0
+            return
+        data = body
+        if not self.honour_ranges:
+            start = 0
+        if start > len(data):
+            raise FetchError(url, "HTTP 416", 416)
+        yield Chunks(self._count(url, data, start), start)
+
+    def _count(self, url: str, data: bytes, start: int) -> Iterator[bytes]:
+        for i in range(start, len(data), self._chunk_size):
+            chunk = data[i : i + self._chunk_size]
+            with self._lock:
+                self.sent[url] = self.sent.get(url, 0) + len(chunk)
+            yield chunk
 
 
 class TufFetcher(FetcherInterface):

@@ -56,9 +56,14 @@ def _tuf_errors(repository: str) -> Iterator[None]:
 
 @dataclass(frozen=True)
 class VerifiedTargets:
-    """The checked assignments for this car, each agreeing with the Image repository."""
+    """The checked assignments for this car, each agreeing with the Image repository.
+
+    ``image_repo`` is the refreshed Image-repository client, for looking up more
+    targets (deltas) against the same verified metadata.
+    """
 
     assignments: tuple[Assignment, ...]
+    image_repo: Updater | None = None
 
 
 class Verifier:
@@ -93,4 +98,4 @@ class Verifier:
             image.refresh()
             for assignment in assignments:
                 check_image_agrees(assignment, image.get_targetinfo(assignment.path))
-        return VerifiedTargets(tuple(assignments))
+        return VerifiedTargets(tuple(assignments), image)

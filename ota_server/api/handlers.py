@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from ota_server.errors import Conflict, InvalidInput, NotFound, NotReady, OtaError, TooLarge
+from ota_server.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    NotReady,
+    OtaError,
+    RateLimited,
+    TooLarge,
+    Unauthorized,
+)
 
 # Most specific first: TooLarge is an InvalidInput.
 STATUS_BY_ERROR: tuple[tuple[type[OtaError], int], ...] = (
+    (Unauthorized, 401),
+    (Forbidden, 403),
+    (RateLimited, 429),
     (NotFound, 404),
     (Conflict, 409),
     (TooLarge, 413),
@@ -27,7 +42,15 @@ def status_for(error: OtaError) -> int:
 
 async def _ota_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OtaError)
-    return JSONResponse({"detail": exc.message}, status_code=status_for(exc))
+    return JSONResponse({"detail": exc.message}, status_code=status_for(exc), headers=_headers(exc))
+
+
+def _headers(exc: OtaError) -> dict[str, str] | None:
+    if isinstance(exc, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    return None
 
 
 def _where(loc: tuple[object, ...]) -> str:

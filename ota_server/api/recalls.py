@@ -1,43 +1,74 @@
-"""Recalls and their launch into campaigns."""
+"""Recalls and their launch into campaigns (a safety recall needs a second person's approval)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Any
+
+from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from firmware_bundles.messages import CampaignNotice
-from ota_server.api.deps import RuntimeDep, SessionDep
-from ota_server.schemas import CampaignPublic, RecallCreate, RecallPublic
-from ota_server.services import campaigns, recalls
+from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
+from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic
+from ota_server.services import approvals, campaigns, recalls
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"])
 
+_AWAITING: dict[int | str, dict[str, Any]] = {
+    status.HTTP_202_ACCEPTED: {
+        "model": LaunchRequestPublic,
+        "description": "A safety recall: the launch is requested and waits for a different person to approve it",
+    }
+}
+
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_recall(body: RecallCreate, session: SessionDep, runtime: RuntimeDep) -> RecallPublic:
+def create_recall(body: RecallCreate, session: OperatorSession, runtime: RuntimeDep) -> RecallPublic:
+    trail_of(session).action.target["campaign_number"] = body.campaign_number
     return recalls.create(session, body, runtime.clock())
 
 
-@router.get("")
+@router.get("", dependencies=[needs_read])
 def list_recalls(session: SessionDep) -> list[RecallPublic]:
     return recalls.list_all(session)
 
 
-@router.get("/{recall_id}")
-def get_recall(recall_id: int, session: SessionDep) -> RecallPublic:
+@router.get("/{recall_id}", dependencies=[needs_read])
+def get_recall(recall_id: Id, session: SessionDep) -> RecallPublic:
     return recalls.get(session, recall_id)
 
 
-@router.post("/{recall_id}/launch", status_code=status.HTTP_201_CREATED)
-async def launch_recall(recall_id: int, runtime: RuntimeDep) -> CampaignPublic:
-    """Freeze the population and sign per-VIN metadata, then publish notices in the background."""
+@router.post("/{recall_id}/launch", status_code=status.HTTP_201_CREATED, responses=_AWAITING)
+async def launch_recall(
+    recall_id: Id, session: OperatorSession, runtime: RuntimeDep, response: Response
+) -> CampaignPublic | LaunchRequestPublic:
+    """Launch a non-safety recall at once (201); for a safety recall, record the request (202)."""
 
-    def launch() -> tuple[CampaignPublic, list[CampaignNotice]]:
-        with runtime.sessions() as session:
-            return campaigns.launch(
-                session, runtime.director, recall_id, repo_url=runtime.repo_url, now=runtime.clock()
-            )
+    def launch() -> tuple[CampaignPublic | LaunchRequestPublic, list[CampaignNotice]]:
+        if approvals.needs_approval(session, recall_id):
+            trail_of(session).action.status = status.HTTP_202_ACCEPTED
+            return approvals.request_launch(session, recall_id, actor_of(session), runtime.clock()), []
+        return campaigns.launch(session, runtime.director, recall_id, repo_url=runtime.repo_url, now=runtime.clock())
 
-    campaign, notices = await run_in_threadpool(launch)
+    result, notices = await run_in_threadpool(launch)
+    if isinstance(result, LaunchRequestPublic):
+        response.status_code = status.HTTP_202_ACCEPTED
+    runtime.dispatcher.dispatch(notices)
+    return result
+
+
+@router.post("/{recall_id}/approve", status_code=status.HTTP_201_CREATED)
+async def approve_launch(recall_id: Id, session: ApproverSession, runtime: RuntimeDep) -> CampaignPublic:
+    """Approve a requested safety recall launch (not by its requester) and launch it.
+
+    Freezes the population and signs per-VIN metadata, then publishes notices in the background.
+    """
+
+    def approve() -> tuple[CampaignPublic, list[CampaignNotice]]:
+        approvals.stage_approval(session, recall_id, actor_of(session), runtime.clock())
+        return campaigns.launch(session, runtime.director, recall_id, repo_url=runtime.repo_url, now=runtime.clock())
+
+    campaign, notices = await run_in_threadpool(approve)
     runtime.dispatcher.dispatch(notices)
     return campaign

@@ -6,9 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, File, Form, UploadFile, status
 
+from ota_server.api.auth import OperatorSession, needs_read
 from ota_server.api.deps import RuntimeDep, SessionDep
 from ota_server.schemas import ReleasePublic
 from ota_server.services import releases
+from ota_server.services.deltas import DeltaPolicy
 
 router = APIRouter(prefix="/api/v1/releases", tags=["releases"])
 
@@ -18,8 +20,8 @@ def upload_release(
     file: Annotated[UploadFile, File(description="The bundle (firmware_bundles.bundle format)")],
     hardware_id: Annotated[str, Form(max_length=64)],
     version: Annotated[str, Form(max_length=64)],
-    release_counter: Annotated[int, Form()],
-    session: SessionDep,
+    release_counter: Annotated[int, Form(ge=0, le=2**31 - 1)],
+    session: OperatorSession,
     runtime: RuntimeDep,
 ) -> ReleasePublic:
     return releases.upload(
@@ -31,9 +33,12 @@ def upload_release(
         version=version,
         release_counter=release_counter,
         now=runtime.clock(),
+        delta_policy=DeltaPolicy(
+            runtime.settings.delta_max_ratio, runtime.settings.delta_max_image_bytes, runtime.settings.delta_max_bases
+        ),
     )
 
 
-@router.get("")
+@router.get("", dependencies=[needs_read])
 def list_releases(session: SessionDep) -> list[ReleasePublic]:
     return releases.list_all(session)

@@ -2,45 +2,84 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
 
+from fastapi import APIRouter, Query, status
+
+from ota_server.api.auth import OperatorSession, needs_operator, needs_read
 from ota_server.api.deps import RuntimeDep, SessionDep
+from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
     BatchCreated,
+    ProvisionBatch,
+    ProvisionedBatch,
     VehicleBatchCreate,
     VehicleCreate,
+    VehicleIdentity,
     VehiclePublic,
     VehicleStatus,
 )
-from ota_server.services import vehicles
+from ota_server.services import identity, vehicles
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def register_vehicle(body: VehicleCreate, session: SessionDep, runtime: RuntimeDep) -> VehiclePublic:
+def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
     vehicles.register(session, [body], runtime.clock(), numbered=False)
     return vehicles.get(session, body.vin)
 
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED)
-def register_batch(body: VehicleBatchCreate, session: SessionDep, runtime: RuntimeDep) -> BatchCreated:
+def register_batch(body: VehicleBatchCreate, session: OperatorSession, runtime: RuntimeDep) -> BatchCreated:
     """All or nothing: one bad car rejects the batch (422 names its index and VIN)."""
     return BatchCreated(created=vehicles.register(session, body.vehicles, runtime.clock()))
 
 
-@router.get("/{vin}")
+CertificateQuery = Annotated[
+    bool, Query(description="Also issue an MQTT client certificate (needed only for a TLS broker)")
+]
+
+
+def _provision(session: SessionDep, runtime: Runtime, vins: list[str], certificate: bool) -> list[VehicleIdentity]:
+    now = runtime.clock()
+    ca = runtime.pki.get(now) if certificate else None
+    return identity.provision(session, vins, now, ca)
+
+
+@router.post("/provision")
+def provision_batch(
+    body: ProvisionBatch, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
+) -> ProvisionedBatch:
+    """Issue (or replace) the identity of many cars at once; the private keys are returned only here."""
+    return ProvisionedBatch(identities=_provision(session, runtime, body.vins, certificate))
+
+
+@router.post("/{vin}/provision")
+def provision_vehicle(
+    vin: str, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
+) -> VehicleIdentity:
+    """Issue (or replace) one car's report key and client certificate, with its agent config.
+
+    The private key is in this answer only; the old key, if any, is rejected from now on.
+    """
+    (issued,) = _provision(session, runtime, [vin], certificate)
+    issued.agent_config = get_agent_config(issued.vin, session, runtime)
+    return issued
+
+
+@router.get("/{vin}", dependencies=[needs_read])
 def get_vehicle(vin: str, session: SessionDep) -> VehiclePublic:
     return vehicles.get(session, vin)
 
 
-@router.get("/{vin}/status")
+@router.get("/{vin}/status", dependencies=[needs_read])
 def get_status(vin: str, session: SessionDep) -> VehicleStatus:
     return vehicles.status(session, vin)
 
 
-@router.get("/{vin}/agent-config")
+@router.get("/{vin}/agent-config", dependencies=[needs_operator])
 def get_agent_config(vin: str, session: SessionDep, runtime: RuntimeDep) -> AgentConfig:
     """What a car needs to bootstrap: broker, repository URL and the two trusted roots."""
     return vehicles.agent_config(

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Date,
     DateTime,
@@ -25,6 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.sql.expression import true
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -62,6 +64,12 @@ class Vehicle(Base):
     online: Mapped[bool] = mapped_column(Boolean, default=False)
     last_seen: Mapped[datetime | None]
     created_at: Mapped[datetime]
+    # The vehicle's identity (``ota vehicles provision``): the public half of its report
+    # key, as securesystemslib's key dict, and the serial of its MQTT client certificate.
+    report_keyid: Mapped[str | None] = mapped_column(String(64), index=True)
+    report_key: Mapped[dict[str, Any] | None]
+    certificate_serial: Mapped[str | None] = mapped_column(String(40))
+    provisioned_at: Mapped[datetime | None]
 
     ecus: Mapped[list[Ecu]] = relationship(
         back_populates="vehicle", order_by="Ecu.id", lazy="selectin", cascade="all, delete-orphan"
@@ -94,6 +102,26 @@ class Release(Base):
     length: Mapped[int] = mapped_column(Integer)
     sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime]
+    # The image inside the bundle, signed into the target so a delta's result can be checked.
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_size: Mapped[int | None] = mapped_column(BigInteger)
+
+
+class Delta(Base):
+    """A binary delta from an older image to a release's image, its own Image-repository target."""
+
+    __tablename__ = "deltas"
+    __table_args__ = (UniqueConstraint("release_id", "base_image_sha256", name="uq_deltas_release_base"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id", ondelete="CASCADE"), index=True)
+    base_image_sha256: Mapped[str] = mapped_column(String(64))
+    target_path: Mapped[str] = mapped_column(String(255), unique=True)
+    length: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+
+    release: Mapped[Release] = relationship(lazy="joined")
 
 
 class Recall(Base):
@@ -109,6 +137,8 @@ class Recall(Base):
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     population: Mapped[dict[str, Any]]
     created_at: Mapped[datetime]
+    # A safety recall launches only after a second person approves it (LaunchRequest).
+    safety_recall: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Campaign(Base):
@@ -166,3 +196,59 @@ class RepoFile(Base):
     version: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     updated_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    """An API token: only the sha256 of the secret is kept; ``name`` is the person it belongs to."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_by: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime]
+    revoked_at: Mapped[datetime | None]
+
+
+class LaunchRequest(Base):
+    """A safety recall's launch, asked for by one person and approved by another."""
+
+    __tablename__ = "launch_requests"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id"), unique=True)
+    requested_by: Mapped[str] = mapped_column(String(64))
+    requested_at: Mapped[datetime]
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    approved_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    """One operator action; ``hash`` = sha256(previous hash + this entry's canonical JSON)."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(8))
+    route: Mapped[str] = mapped_column(String(255))
+    target: Mapped[dict[str, Any]]
+    status: Mapped[int] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHead(Base):
+    """The chain's single head row; updating it first serialises appends across threads and replicas."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))

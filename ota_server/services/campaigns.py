@@ -39,7 +39,7 @@ def notice(recall: Recall, campaign: Campaign, vin: str, nonce: str, repo_url: s
         nonce=nonce,
         recall_number=recall.campaign_number,
         title=recall.title,
-        safety_recall=True,
+        safety_recall=recall.safety_recall,
         repo_url=repo_url,
         issued_at=campaign.launched_at,
     )

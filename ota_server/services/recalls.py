@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import Campaign, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import Population, RecallCreate, RecallPublic
+from ota_server.services import approvals
 from ota_server.services import population as populations
 
 CAMPAIGN_NUMBER = re.compile(r"^\d{2}[A-Z]-\d{3,6}$")
@@ -39,6 +40,8 @@ def _public(session: Session, recall: Recall, campaign: Campaign | None) -> Reca
         affected_count=affected,
         campaign_id=campaign.id if campaign else None,
         created_at=recall.created_at,
+        safety_recall=recall.safety_recall,
+        launch_request=approvals.public(request) if (request := approvals.for_recall(session, recall.id)) else None,
     )
 
 
@@ -63,6 +66,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         release_id=body.release_id,
         population=population.model_dump(mode="json", exclude_none=True),
         created_at=now,
+        safety_recall=body.safety_recall,
     )
     session.add(recall)
     try:

@@ -22,6 +22,8 @@ from ota_server.bundle_store import BundleStore, StagedBundle
 from ota_server.db.models import Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import ReleasePublic
+from ota_server.services import deltas
+from ota_server.services.deltas import DeltaPolicy
 from ota_server.signing.image_repo import ImageRepository
 
 
@@ -71,13 +73,19 @@ def upload(
     version: str,
     release_counter: int,
     now: datetime,
+    delta_policy: DeltaPolicy | None = None,
 ) -> ReleasePublic:
+    """Stage, check and sign a release, with deltas from older releases when they pay off."""
     _check_fields(hardware_id, version, release_counter)
     if _exists(session, hardware_id, version):
         raise Conflict(f"release {hardware_id} {version} already exists")
     staged: StagedBundle = store.stage(source)
+    built: list[deltas.BuiltDelta] = []
     try:
-        _check_matches(_verified_manifest(staged.path), hardware_id, version, release_counter)
+        manifest = _verified_manifest(staged.path)
+        _check_matches(manifest, hardware_id, version, release_counter)
+        # diffing is slow for big images: done before taking the signing lock
+        built = deltas.build(session, store, staged.path, manifest, staged.length, delta_policy or DeltaPolicy())
         with image_repo.lock:
             release = Release(
                 hardware_id=hardware_id,
@@ -87,9 +95,12 @@ def upload(
                 length=staged.length,
                 sha256=staged.sha256,
                 created_at=now,
+                image_sha256=manifest.image_sha256,
+                image_size=manifest.image_size,
             )
             session.add(release)
             session.flush()
+            deltas.record(session, store, release, built, now)
             image_repo.publish(session, now)
             store.keep(staged)
             session.commit()
@@ -101,6 +112,7 @@ def upload(
         raise
     finally:
         store.discard(staged)  # no-op once kept
+        deltas.discard(built)
     return ReleasePublic.model_validate(release)
 
 
@@ -111,7 +123,7 @@ def list_all(session: Session) -> list[ReleasePublic]:
 def bundle_path(session: Session, store: BundleStore, target_path: str) -> Path:
     release = session.scalar(select(Release).where(Release.target_path == target_path))
     if release is None:
-        raise NotFound(f"no target {target_path!r}")
+        return deltas.delta_path(session, store, target_path)
     path = store.path_for(release.sha256)
     if not path.exists():
         raise NotFound(f"bundle file for {target_path!r} is missing on this server")

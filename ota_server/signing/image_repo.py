@@ -1,4 +1,4 @@
-"""The Image repository: one TUF targets listing every released bundle.
+"""The Image repository: one TUF targets listing every released bundle and the deltas between them.
 
 Every release upload re-signs targets, snapshot and timestamp with the whole
 release list, so the repository is always a pure function of the releases table.
@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 from tuf.api.metadata import TargetFile
 
-from firmware_bundles.uptane import Expiry, RepoVersions, RoleSigners, image_target, publish_targets
-from ota_server.db.models import Release
+from firmware_bundles.uptane import Expiry, RepoVersions, RoleSigners, delta_target, image_target, publish_targets
+from ota_server.db.models import Delta, Release
 from ota_server.signing.store import IMAGE, REPO_WIDE, chain_versions, put_chain
 
 
@@ -26,6 +26,22 @@ def target_for(release: Release) -> TargetFile:
         release.hardware_id,
         release.version,
         release.release_counter,
+        image_sha256=release.image_sha256,
+        image_size=release.image_size,
+    )
+
+
+def delta_target_for(delta: Delta) -> TargetFile:
+    release = delta.release
+    assert release.image_sha256 is not None and release.image_size is not None  # a delta needs both
+    return delta_target(
+        delta.target_path,
+        delta.length,
+        delta.sha256,
+        delta_for=release.target_path,
+        base_image_sha256=delta.base_image_sha256,
+        image_sha256=release.image_sha256,
+        image_size=release.image_size,
     )
 
 
@@ -51,6 +67,8 @@ class ImageRepository:
         previous = chain_versions(session, IMAGE, REPO_WIDE, for_update=True)
         releases = session.scalars(select(Release).order_by(Release.id)).all()
         targets = {release.target_path: target_for(release) for release in releases}
+        for delta in session.scalars(select(Delta).order_by(Delta.id)):
+            targets[delta.target_path] = delta_target_for(delta)
         versions, files = publish_targets(targets, self._signers, self._expiry, now, previous)
         put_chain(session, IMAGE, REPO_WIDE, versions, files, now)
         return versions

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from simulator.operator_client import OperatorClient
+from simulator.scenario import second_person
 from simulator.server_process import ServerEndpoints, ServerProcess
 
 
@@ -16,15 +17,21 @@ from simulator.server_process import ServerEndpoints, ServerProcess
 class Stack:
     data_dir: Path
     endpoints: ServerEndpoints
-    client: OperatorClient
+    client: OperatorClient  # the bootstrap admin (files and requests launches)
     server: ServerProcess
+    approver: OperatorClient  # a second person, for safety recalls
+    token: str  # the admin token, for child processes (ota-sim, vehicle-agent init)
 
 
 @pytest.fixture
 def embedded_stack(tmp_path: Path) -> Iterator[Stack]:
     server = ServerProcess(tmp_path / "server", env=_without_service_urls())
-    with server as endpoints, OperatorClient(endpoints.api_url) as client:
-        yield Stack(tmp_path / "server", endpoints, client, server)
+    with (
+        server as endpoints,
+        OperatorClient(endpoints.api_url, token=server.admin_token()) as client,
+        second_person(client, "safety-officer") as approver,
+    ):
+        yield Stack(tmp_path / "server", endpoints, client, server, approver, server.admin_token())
 
 
 def _without_service_urls() -> dict[str, str]:

@@ -17,7 +17,7 @@ from firmware_bundles import uptane
 from simulator.fleet import Fleet, make_fleet
 from simulator.progress import Outcome, watch_campaign
 from simulator.runner import InProcessFleet
-from simulator.scenario import ScenarioOptions, file_recall, register_fleet, upload_fix
+from simulator.scenario import ScenarioOptions, agent_configs, file_recall, launch_recall, register_fleet, upload_fix
 from tests.e2e.conftest import Stack
 
 CARS = 4
@@ -32,13 +32,13 @@ def runner(tmp_path: Path) -> Iterator[InProcessFleet]:
 
 def launch_and_watch(stack: Stack, fleet: Fleet, release: dict[str, Any]) -> Outcome:
     recall = file_recall(stack.client, fleet, release)
-    campaign = stack.client.launch(recall["id"])
+    campaign = launch_recall(stack.client, recall, stack.approver)
     return watch_campaign(lambda: stack.client.progress(campaign["id"]), timeout=120, console=None)
 
 
 def start_cars(stack: Stack, fleet: Fleet, runner: InProcessFleet, configs: list[dict[str, Any]] | None = None) -> None:
     register_fleet(stack.client, fleet)
-    runner.start(fleet, configs or [stack.client.agent_config(car.vin) for car in fleet.cars])
+    runner.start(fleet, configs or agent_configs(stack.client, fleet))
     runner.wait_connected(timeout=60)
 
 
@@ -82,7 +82,7 @@ def test_metadata_signed_with_another_key_is_refused(embedded_stack: Stack, runn
     fleet = make_fleet(CARS)
     release = upload_fix(embedded_stack.client, fleet, ScenarioOptions())
     register_fleet(embedded_stack.client, fleet)
-    configs = [embedded_stack.client.agent_config(car.vin) for car in fleet.cars]
+    configs = agent_configs(embedded_stack.client, fleet)  # provisioned: each car signs its reports
     # car 0 trusts a different Image repository root: the server's metadata is, to it,
     # signed with the wrong key
     stranger = uptane.create_root(uptane.RoleSigners.generate(), datetime.now(UTC) + timedelta(days=30))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 
 from simulator.fleet import make_fleet
 from simulator.progress import watch_campaign
-from simulator.scenario import ScenarioOptions, file_recall, register_fleet, upload_fix
+from simulator.scenario import ScenarioOptions, file_recall, launch_recall, register_fleet, upload_fix
 from tests.e2e.conftest import Stack
 
 
@@ -27,6 +28,7 @@ def test_one_real_agent_process_is_remedied(embedded_stack: Stack, tmp_path: Pat
         check=True,
         capture_output=True,
         timeout=60,
+        env={**os.environ, "OTA_TOKEN": embedded_stack.token},
     )
     agent = subprocess.Popen(
         [*agent_cli, "run", "--config", str(car_dir / "agent.toml")],
@@ -35,7 +37,7 @@ def test_one_real_agent_process_is_remedied(embedded_stack: Stack, tmp_path: Pat
     )
     try:
         recall = file_recall(client, fleet, release)
-        campaign = client.launch(recall["id"])
+        campaign = launch_recall(client, recall, embedded_stack.approver)
         outcome = watch_campaign(lambda: client.progress(campaign["id"]), timeout=120, console=None)
     finally:
         agent.send_signal(signal.SIGTERM)
@@ -55,6 +57,7 @@ def test_one_real_agent_process_is_remedied(embedded_stack: Stack, tmp_path: Pat
 
 def test_ota_sim_against_a_running_server(embedded_stack: Stack, tmp_path: Path) -> None:
     sim = [sys.executable, "-m", "simulator.cli", "--server", embedded_stack.endpoints.api_url]
+    sim += ["--token", embedded_stack.token]  # an admin: ota-sim makes its approver with it
     result = subprocess.run(
         [*sim, "--cars", "6", "--json", "--state-dir", str(tmp_path)],
         capture_output=True,

@@ -10,7 +10,7 @@ import psycopg
 from simulator.fleet import make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.runner import InProcessFleet
-from simulator.scenario import ScenarioOptions, run_recall
+from simulator.scenario import ScenarioOptions, run_recall, second_person
 from simulator.server_process import ServerProcess
 
 STEPS = ["notified", "downloading", "verifying", "installing", "rebooting", "remedied"]
@@ -19,10 +19,12 @@ STEPS = ["notified", "downloading", "verifying", "installing", "rebooting", "rem
 def test_recall_on_postgres_and_mosquitto(tmp_path: Path, postgres_url: str, mosquitto_url: str) -> None:
     env = {**os.environ, "OTA_DATABASE_URL": postgres_url, "OTA_MQTT_URL": mosquitto_url}
     fleet = make_fleet(10)
-    with ServerProcess(tmp_path / "server", env=env) as endpoints, OperatorClient(endpoints.api_url) as client:
+    server = ServerProcess(tmp_path / "server", env=env)
+    with server as endpoints, OperatorClient(endpoints.api_url, token=server.admin_token()) as client:
         assert endpoints.mqtt_url == mosquitto_url  # no embedded broker was started
         runner = InProcessFleet(tmp_path / "cars")
-        summary = run_recall(client, fleet, runner, ScenarioOptions(timeout=180), console=None)
+        with second_person(client, "safety-officer") as approver:
+            summary = run_recall(client, fleet, runner, ScenarioOptions(timeout=180), None, approver=approver)
         status = client.vehicle_status(fleet.cars[0].vin)
 
     assert (summary.cars, summary.remedied, summary.failed) == (10, 10, 0)

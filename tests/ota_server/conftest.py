@@ -17,7 +17,7 @@ from ota_server.app import create_app, runtime_of
 from ota_server.config import Settings
 from ota_server.publisher import FakePublisher
 from ota_server.runtime import Runtime
-from tests.ota_server.helpers import FakeClock
+from tests.ota_server.helpers import REPORT_KEYS, FakeClock
 
 
 @dataclass
@@ -42,11 +42,21 @@ class Env:
         await self.runtime.dispatcher.idle()
         return {n.vin: n.nonce for n in (parse_notice(m.payload) for m in self.publisher.messages)}
 
+    async def headers_for(self, name: str, role: str) -> dict[str, str]:
+        """Create a token for another person (as the admin); the headers to act as them."""
+        resp = await self.client.post("/api/v1/tokens", json={"name": name, "role": role})
+        assert resp.status_code == 201, resp.text
+        return bearer(resp.json()["token"])
+
     async def get_json(self, url: str) -> dict[str, object]:
         resp = await self.client.get(url)
         assert resp.status_code == 200, resp.text
         body: dict[str, object] = json.loads(resp.content)
         return body
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
@@ -55,12 +65,14 @@ def make_settings(data_dir: Path, **overrides: object) -> Settings:
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[Env]:
+    REPORT_KEYS.clear()  # keys belong to one server's database
     publisher = FakePublisher()
     clock = FakeClock()
     app = create_app(settings, publisher=publisher, clock=clock)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ota.test") as client:
+        headers = bearer(settings.admin_token_file.read_text().strip())  # the bootstrap admin
+        async with httpx.AsyncClient(transport=transport, base_url="http://ota.test", headers=headers) as client:
             yield Env(app, client, publisher, clock)
 
 

@@ -6,14 +6,19 @@ from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import httpx
+from securesystemslib.signer import CryptoSigner
 from tuf.api.metadata import Metadata, Root
 
 from firmware_bundles import topics
 from firmware_bundles.bundle import build_bundle, sample_image
 from firmware_bundles.messages import FailureReason, ReportState, StatusReport, encode
+from firmware_bundles.report_signing import load_report_signer, sign_report
 from firmware_bundles.vin import make_vin
 
 HW = "ecu-main"
+
+# The report keys handed out by the last provisioning of each VIN (as the car would keep them).
+REPORT_KEYS: dict[str, CryptoSigner] = {}
 
 
 class FakeClock:
@@ -90,6 +95,8 @@ def recall_body(release_id: int, number: str = "24V-123", **population: Any) -> 
         "remedy": "Update brake controller software",
         "release_id": release_id,
         "population": population,
+        # Campaign mechanics tests launch at once; the two-person path has its own tests.
+        "safety_recall": False,
     }
 
 
@@ -97,6 +104,7 @@ async def launched(client: httpx.AsyncClient, vins: list[str], **population: Any
     """Register ``vins``, upload a release, file and launch a recall; return the campaign."""
     resp = await client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in vins]})
     assert resp.status_code == 201, resp.text
+    await provision(client, vins)
     release = await upload(client)
     assert release.status_code == 201, release.text
     recall = await client.post("/api/v1/recalls", json=recall_body(release.json()["id"], **population))
@@ -105,6 +113,14 @@ async def launched(client: httpx.AsyncClient, vins: list[str], **population: Any
     assert campaign.status_code == 201, campaign.text
     body: dict[str, Any] = campaign.json()
     return body
+
+
+async def provision(client: httpx.AsyncClient, vins: list[str]) -> None:
+    """Issue report keys (no certificates) and keep them in :data:`REPORT_KEYS` for :func:`report`."""
+    resp = await client.post("/api/v1/vehicles/provision", params={"certificate": "false"}, json={"vins": vins})
+    assert resp.status_code == 200, resp.text
+    for identity in resp.json()["identities"]:
+        REPORT_KEYS[identity["vin"]] = load_report_signer(identity["report_private_key"].encode())
 
 
 def report(
@@ -117,7 +133,9 @@ def report(
     reason: FailureReason | None = None,
     installed_version: str | None = None,
     health_ok: bool | None = None,
+    signer: CryptoSigner | None = None,
 ) -> tuple[str, bytes]:
+    """A status report as the car would send it, signed with ``signer`` or the VIN's provisioned key."""
     message = StatusReport(
         campaign_id=campaign_id,
         vin=vin_,
@@ -129,7 +147,8 @@ def report(
         health_ok=health_ok,
         sent_at=datetime(2026, 3, 1, tzinfo=UTC),
     )
-    return topics.status_topic(vin_), encode(message)
+    key = signer or REPORT_KEYS.get(vin_)
+    return topics.status_topic(vin_), encode(message if key is None else sign_report(message, key))
 
 
 def remedied(campaign_id: int, vin_: str, nonce: str, version: str = "1.1.0") -> tuple[str, bytes]:

@@ -14,7 +14,8 @@ import httpx
 
 from firmware_bundles import topics
 from firmware_bundles.messages import Presence, ReportState, StatusReport, encode, parse_notice
-from tests.ota_server.helpers import recall_body, upload, vehicle
+from firmware_bundles.report_signing import sign_report
+from tests.ota_server.helpers import REPORT_KEYS, provision, recall_body, upload, vehicle
 
 DEADLINE_S = 30.0
 
@@ -40,10 +41,12 @@ def car_client(mqtt_url: str, vin: str) -> aiomqtt.Client:
     )
 
 
-async def one_recall(api_url: str, mqtt_url: str, vin: str, number: str) -> dict[str, Any]:
+async def one_recall(api_url: str, mqtt_url: str, vin: str, number: str, *, token: str) -> dict[str, Any]:
     """Launch a recall for one car, let the car act over MQTT, return the final progress."""
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, headers=headers) as api:
         assert (await api.post("/api/v1/vehicles", json=vehicle(vin))).status_code == 201
+        await provision(api, [vin])
         release = await upload(api, hardware_id=f"hw-{vin[-6:]}")
         assert release.status_code == 201, release.text
         body = recall_body(release.json()["id"], number, vin_range={"first": vin, "last": vin})
@@ -81,7 +84,7 @@ async def one_recall(api_url: str, mqtt_url: str, vin: str, number: str) -> dict
                     health_ok=True if remedy else None,
                     sent_at=datetime.now(UTC),
                 )
-                await car.publish(topics.status_topic(vin), encode(report), qos=1)
+                await car.publish(topics.status_topic(vin), encode(sign_report(report, REPORT_KEYS[vin])), qos=1)
             # tidy the shared broker: clear what this test retained
             await car.publish(topics.presence_topic(vin), b"", qos=1, retain=True)
             await car.publish(topics.campaign_topic(vin), b"", qos=1, retain=True)

@@ -67,7 +67,7 @@ async def test_one_retained_qos1_notice_per_vin(env: Env) -> None:
         assert notice.campaign_id == campaign["id"]
         assert notice.recall_number == "24V-123"
         assert notice.repo_url == "http://ota.test/repo"
-        assert notice.safety_recall
+        assert notice.safety_recall is False  # the notice says what the recall says (recall_body)
     nonces = await env.nonces()
     assert len(set(nonces.values())) == 3
     progress = (await env.client.get(f"/api/v1/campaigns/{campaign['id']}/progress")).json()

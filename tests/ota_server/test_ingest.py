@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from securesystemslib.signer import CryptoSigner
+
 from firmware_bundles import topics
 from firmware_bundles.messages import FailureReason, Presence, ReportState, encode
 from tests.ota_server.conftest import Env
@@ -83,7 +85,7 @@ async def test_rejections_are_counted_by_reason(env: Env) -> None:
         (good_topic, good_payload.replace(b'"notified"', b'"exploded"')),
         (topics.status_topic(other), good_payload),
         report(cid, v, "x" * 32, S.NOTIFIED),
-        report(cid, other, nonce, S.NOTIFIED),
+        report(cid, other, nonce, S.NOTIFIED, signer=CryptoSigner.generate_ed25519()),
         report(cid + 1, v, nonce, S.NOTIFIED),
         report(cid, v, nonce, S.REMEDIED),
         report(cid, v, nonce, S.REMEDIED, installed_version="1.0.0", health_ok=True),
@@ -97,7 +99,8 @@ async def test_rejections_are_counted_by_reason(env: Env) -> None:
         "malformed": 3,
         "topic_vin_mismatch": 1,
         "wrong_nonce": 1,
-        "unknown_campaign_vehicle": 2,
+        "vehicle_not_provisioned": 1,
+        "unknown_campaign_vehicle": 1,
         "remedied_without_evidence": 3,
         "unknown_topic": 1,
     }

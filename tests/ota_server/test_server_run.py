@@ -22,7 +22,9 @@ async def test_embedded_broker_end_to_end(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, port=0)
     async with OtaServer(settings) as info:
         assert info.mqtt_url.startswith("mqtt://127.0.0.1:") and not info.mqtt_url.endswith(":1883")
-        progress = await one_recall(info.api_url, info.mqtt_url, make_vin("1HG", "CM826", "N", "A", 1), "24V-001")
+        vin = make_vin("1HG", "CM826", "N", "A", 1)
+        token = settings.admin_token_file.read_text().strip()
+        progress = await one_recall(info.api_url, info.mqtt_url, vin, "24V-001", token=token)
     assert progress["counts"]["remedied"] == 1
 
 

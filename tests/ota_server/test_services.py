@@ -56,5 +56,7 @@ async def test_recall_over_mosquitto_and_postgres(tmp_path: Path, postgres_url: 
         mqtt_clean_session=True,
     )
     async with OtaServer(settings) as info:
-        progress = await one_recall(info.api_url, info.mqtt_url, random_vin(), f"24V-{random.randrange(100000):05d}")
+        token = settings.admin_token_file.read_text().strip()
+        number = f"24V-{random.randrange(100000):05d}"
+        progress = await one_recall(info.api_url, info.mqtt_url, random_vin(), number, token=token)
     assert progress["counts"]["remedied"] == 1

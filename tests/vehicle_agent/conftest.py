@@ -29,6 +29,7 @@ class Car:
 
     def build(self, **kwargs: Any) -> Agent:
         self.link = FakeLink(VIN)
+        kwargs.setdefault("download_sleep", lambda _seconds: None)  # the fetcher's backoff, in simulated time
         self.agent = Agent(
             self.server.agent_config(self.state_dir),
             link=self.link,

@@ -203,7 +203,7 @@ async def test_slow_retrieval_is_stopped_by_the_download_deadline(car: Car, serv
     server.assign({SERIAL: server.release("2.0", 2)})
     ticks = iter(range(0, 10**9, 1000))  # simulated time: each look at the clock is 1000 s later
     car.build(monotonic=lambda: float(next(ticks)))
-    await refused(car, server, R.DOWNLOAD_FAILED)
+    await refused(car, server, R.DOWNLOAD_TOO_SLOW)
     assert "not complete after" in car.link.reports[-1].detail
     car.assert_untouched()
     car.build()

@@ -1,0 +1,155 @@
+"""The audit log: one chained entry per operator action, exported, verified, tampering caught."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, func, select, update
+from typer.testing import CliRunner
+
+from ota_server.cli import app as ota_cli
+from ota_server.db.models import AuditEntry, Recall
+from ota_server.services import audit
+from tests.ota_server.conftest import Env, make_settings, running
+from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+
+
+async def _some_actions(env: Env) -> None:
+    """A release, a car, a rejected recall, a refused write and a good recall, by two people."""
+    olga = await env.headers_for("olga", "operator")
+    vera = await env.headers_for("vera", "viewer")
+    release = (await upload(env.client)).json()
+    assert (await env.client.post("/api/v1/vehicles", json=vehicle(vin(1)), headers=olga)).status_code == 201
+    bad = await env.client.post("/api/v1/recalls", json=recall_body(release["id"], "nope"), headers=olga)
+    assert bad.status_code == 422
+    refused = await env.client.post("/api/v1/recalls", json=recall_body(release["id"]), headers=vera)
+    assert refused.status_code == 403
+    good = await env.client.post("/api/v1/recalls", json=recall_body(release["id"]), headers=olga)
+    assert good.status_code == 201
+
+
+async def _entries(env: Env) -> list[dict[str, Any]]:
+    page = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()
+    entries: list[dict[str, Any]] = page["entries"]
+    assert page["total"] == len(entries)
+    return entries
+
+
+async def test_every_action_is_one_chained_entry(env: Env) -> None:
+    await _some_actions(env)
+    entries = await _entries(env)
+    summary = [(e["actor"], e["method"], e["route"], e["status"]) for e in entries]
+    assert summary == [
+        ("server", "BOOT", "first start: bootstrap admin token", 201),
+        ("admin", "POST", "/api/v1/tokens", 201),
+        ("admin", "POST", "/api/v1/tokens", 201),
+        ("admin", "POST", "/api/v1/releases", 201),
+        ("olga", "POST", "/api/v1/vehicles", 201),
+        ("olga", "POST", "/api/v1/recalls", 422),
+        ("vera", "POST", "/api/v1/recalls", 403),
+        ("olga", "POST", "/api/v1/recalls", 201),
+    ]
+    assert entries[1]["target"]["name"] == "olga" and entries[1]["target"]["role"] == "operator"
+    assert entries[5]["detail"] and "24V-123" in entries[5]["detail"]
+    assert entries[6]["role"] == "viewer" and "needs admin or operator" in entries[6]["detail"]
+    recall_id = (await env.client.get("/api/v1/recalls")).json()[0]["id"]
+    assert entries[7]["target"] == {"campaign_number": "24V-123", "created": {"recalls": [recall_id]}}
+    assert entries[0]["prev_hash"] == audit.GENESIS
+    for before, after in itertools.pairwise(entries):
+        assert after["prev_hash"] == before["hash"] and after["seq"] == before["seq"] + 1
+    assert all(e["at"] == "2026-03-01T12:00:00Z" for e in entries)  # the injected clock
+
+    page = (await env.client.get("/api/v1/audit", params={"offset": 2, "limit": 3})).json()
+    assert [e["seq"] for e in page["entries"]] == [3, 4, 5] and page["total"] == 8
+
+    export = await env.client.get("/api/v1/audit/export")
+    assert export.headers["content-type"].startswith("application/x-ndjson")
+    assert [json.loads(line) for line in export.text.splitlines()] == entries
+
+    verified = (await env.client.get("/api/v1/audit/verify")).json()
+    assert verified == {"ok": True, "entries": 8, "head_hash": entries[-1]["hash"], "first_bad": None, "problem": None}
+
+
+async def test_approval_is_audited_with_both_people(env: Env) -> None:
+    release = (await upload(env.client)).json()
+    assert (await env.client.post("/api/v1/vehicles", json=vehicle(vin(1)))).status_code == 201
+    body = recall_body(release["id"]) | {"safety_recall": True}
+    recall = (await env.client.post("/api/v1/recalls", json=body)).json()
+    alice, bob = await env.headers_for("alice", "operator"), await env.headers_for("bob", "approver")
+    assert (await env.client.post(f"/api/v1/recalls/{recall['id']}/launch", headers=alice)).status_code == 202
+    assert (await env.client.post(f"/api/v1/recalls/{recall['id']}/approve", headers=bob)).status_code == 201
+    last_two = (await _entries(env))[-2:]
+    assert [(e["actor"], e["route"], e["status"]) for e in last_two] == [
+        ("alice", "/api/v1/recalls/{recall_id}/launch", 202),
+        ("bob", "/api/v1/recalls/{recall_id}/approve", 201),
+    ]
+    assert last_two[1]["target"]["recall_id"] == str(recall["id"])
+    assert "campaigns" in last_two[1]["target"]["created"]
+
+
+async def test_no_action_is_stored_without_its_entry(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    release = (await upload(env.client)).json()
+
+    def broken_append(*_args: Any) -> None:
+        raise RuntimeError("audit store unavailable")
+
+    monkeypatch.setattr(audit, "append", broken_append)
+    with pytest.raises(RuntimeError, match="audit store unavailable"):
+        await env.client.post("/api/v1/recalls", json=recall_body(release["id"]))
+    monkeypatch.undo()
+    with env.runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(Recall)) == 0  # rolled back with its entry
+    assert (await env.client.post("/api/v1/recalls", json=recall_body(release["id"]))).status_code == 201
+
+
+def _verify_cli(data_dir: Path) -> Any:
+    return CliRunner().invoke(ota_cli, ["audit", "verify", "--data-dir", str(data_dir)])
+
+
+async def test_tampering_is_caught_and_the_first_bad_entry_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OTA_DATABASE_URL", raising=False)
+    async with running(make_settings(tmp_path)) as env:
+        await _some_actions(env)
+        assert _verify_cli(tmp_path).exit_code == 0
+        with env.runtime.sessions() as session:  # someone with database access hides the refusal
+            session.execute(update(AuditEntry).where(AuditEntry.seq == 7).values(status=201, detail=None))
+            session.commit()
+        verified = (await env.client.get("/api/v1/audit/verify")).json()
+        assert (verified["ok"], verified["first_bad"], verified["entries"]) == (False, 7, 6)
+        assert "entry 7" in verified["problem"] and "altered" in verified["problem"]
+        result = _verify_cli(tmp_path)
+        assert result.exit_code == 1 and "entry 7" in result.output
+
+        with env.runtime.sessions() as session:  # ... or removes it altogether
+            session.execute(delete(AuditEntry).where(AuditEntry.seq == 7))
+            session.commit()
+        verified = (await env.client.get("/api/v1/audit/verify")).json()
+        assert verified["first_bad"] == 8 and "entry 7 is missing" in verified["problem"]
+
+        with env.runtime.sessions() as session:  # ... or cuts the end off the log
+            session.execute(delete(AuditEntry).where(AuditEntry.seq >= 7))
+            session.commit()
+        verified = (await env.client.get("/api/v1/audit/verify")).json()
+        assert not verified["ok"] and "head records entry 8" in verified["problem"]
+
+
+def test_cli_creates_tokens_and_lists_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OTA_DATABASE_URL", raising=False)
+    runner = CliRunner()
+    made = runner.invoke(
+        ota_cli, ["tokens", "create", "--name", "alice", "--role", "operator", "--data-dir", str(tmp_path)]
+    )
+    assert made.exit_code == 0, made.output
+    assert made.output.strip().startswith("ota_")
+    listed = runner.invoke(ota_cli, ["tokens", "list", "--data-dir", str(tmp_path)])
+    assert "alice\toperator" in listed.output and made.output.strip() not in listed.output
+    wrong = runner.invoke(ota_cli, ["tokens", "create", "--name", "bob", "--role", "root", "--data-dir", str(tmp_path)])
+    assert wrong.exit_code != 0 and "role must be one of" in wrong.output
+    verified = _verify_cli(tmp_path)
+    assert verified.exit_code == 0 and "1 entries" in verified.output
