@@ -23,12 +23,17 @@ class ReportState(StrEnum):
     """What a car reports, in the order an update goes through them."""
 
     NOTIFIED = "notified"
+    DEFERRED = "deferred"  # preconditions not met or the owner postponed; the car tries again later
+    CONSENTED = "consented"  # the owner accepted a non-safety update (safety recalls need no consent)
     DOWNLOADING = "downloading"
     VERIFYING = "verifying"
     INSTALLING = "installing"
     REBOOTING = "rebooting"
     REMEDIED = "remedied"
     FAILED = "failed"
+    ROLLED_BACK = "rolled_back"  # the new slot did not boot or failed its health check; old slot runs
+    DECLINED = "declined"  # the owner declined a non-safety update
+    WITHDRAWN = "withdrawn"  # the campaign was cancelled before this car started installing
 
     @property
     def rank(self) -> int:
@@ -37,11 +42,15 @@ class ReportState(StrEnum):
 
     @property
     def terminal(self) -> bool:
-        return self in (ReportState.REMEDIED, ReportState.FAILED)
+        return self in _TERMINAL
 
 
-_RANK = {state: i for i, state in enumerate(ReportState)}
-_RANK[ReportState.FAILED] = _RANK[ReportState.REMEDIED]
+_TERMINAL = frozenset(
+    {ReportState.REMEDIED, ReportState.FAILED, ReportState.ROLLED_BACK, ReportState.DECLINED, ReportState.WITHDRAWN}
+)
+_ORDER = [s for s in ReportState if s not in _TERMINAL]
+_RANK = {state: i for i, state in enumerate(_ORDER)}
+_RANK.update({state: len(_ORDER) for state in _TERMINAL})
 
 
 class FailureReason(StrEnum):
@@ -58,6 +67,8 @@ class FailureReason(StrEnum):
     TARGET_NOT_IN_IMAGE_REPO = "target_not_in_image_repo"
     TARGET_MISMATCH = "target_mismatch"
     HARDWARE_MISMATCH = "hardware_mismatch"
+    # The image is below a minimum release counter a recall set (kept by the car as a floor).
+    BELOW_MINIMUM_VERSION = "below_minimum_version"
     DOWNLOAD_FAILED = "download_failed"
     DOWNLOAD_TOO_SLOW = "download_too_slow"
     INSUFFICIENT_STORAGE = "insufficient_storage"
@@ -70,9 +81,54 @@ class FailureReason(StrEnum):
     INTERNAL_ERROR = "internal_error"
 
 
-_STRICT = ConfigDict(extra="forbid", frozen=True, str_max_length=1024)
+_STRICT = ConfigDict(extra="forbid", frozen=True, str_max_length=1024, defer_build=True)
 Vin = Annotated[str, Field(min_length=17, max_length=17, pattern=r"^[A-HJ-NPR-Z0-9]{17}$")]
 Nonce = Annotated[str, Field(min_length=16, max_length=128, pattern=r"^[A-Za-z0-9_-]+$")]
+
+
+class Network(StrEnum):
+    WIFI = "wifi"
+    CELLULAR = "cellular"
+    ETHERNET = "ethernet"
+
+
+class Preconditions(BaseModel):
+    """Safety preconditions the server declares and the car checks before it starts.
+
+    When one is not met the car reports ``deferred`` with the reason and tries again later.
+    """
+
+    model_config = _STRICT
+    parked: bool = True
+    ignition_off: bool = True
+    min_battery_percent: int = Field(default=30, ge=0, le=100)
+    # kept in reserve so a failed install can still roll back
+    rollback_reserve_percent: int = Field(default=10, ge=0, le=100)
+    # bundles larger than this may only download over these networks
+    large_bundle_bytes: int = Field(default=100 * 1024 * 1024, ge=0)
+    large_bundle_networks: tuple[Network, ...] = (Network.WIFI, Network.ETHERNET)
+
+
+class Contact(BaseModel):
+    model_config = _STRICT
+    name: str = Field(max_length=200)
+    phone: str = Field(default="", max_length=64)
+    email: str = Field(default="", max_length=200)
+
+
+class OwnerNotice(BaseModel):
+    """What the owner is told before and after, shown through the agent's notice hook."""
+
+    model_config = _STRICT
+    purpose: str = Field(max_length=2000)
+    safety_recall: bool = True
+    what_changes: str = Field(default="", max_length=2000)
+    expected_minutes: int = Field(default=30, ge=0, le=24 * 60)
+    unavailable_functions: tuple[str, ...] = ()
+    what_to_do: str = Field(default="", max_length=2000)
+    contact: Contact
+    on_success: str = Field(default="", max_length=2000)
+    on_failure: str = Field(default="", max_length=2000)
 
 
 class CampaignNotice(BaseModel):
@@ -88,6 +144,27 @@ class CampaignNotice(BaseModel):
     title: str = Field(max_length=200)
     safety_recall: bool = True
     repo_url: str = Field(max_length=512, description="Base URL of the server's /repo endpoints")
+    issued_at: datetime
+    preconditions: Preconditions | None = None
+    owner_notice: OwnerNotice | None = None
+    # non-safety updates wait for the owner's accept/decline/postpone; safety recalls never do
+    requires_consent: bool = False
+
+
+class CampaignWithdrawal(BaseModel):
+    """Server to car on the campaign topic: the campaign was cancelled for this car.
+
+    A car that has not started installing stops and reports ``withdrawn``; one that has
+    finishes or rolls back cleanly and reports as usual. Like a notice it is a hint: the
+    Director's metadata is the authority.
+    """
+
+    model_config = _STRICT
+    schema_version: Literal[1] = 1
+    kind: Literal["withdrawal"] = "withdrawal"
+    campaign_id: int = Field(ge=1)
+    vin: Vin
+    nonce: Nonce
     issued_at: datetime
 
 
@@ -113,6 +190,8 @@ class StatusReport(BaseModel):
     vin: Vin
     nonce: Nonce
     attempt: int = Field(default=1, ge=1, le=1000)
+    # how many times this attempt was deferred so far: each deferral is its own event
+    deferrals: int = Field(default=0, ge=0, le=100_000)
     state: ReportState
     reason: FailureReason | None = None
     detail: str = Field(default="", max_length=1000)
@@ -120,6 +199,17 @@ class StatusReport(BaseModel):
     installed_version: str | None = Field(default=None, max_length=64)
     health_ok: bool | None = None
     sent_at: datetime
+
+    @property
+    def progress(self) -> tuple[int, int, int]:
+        """The order of a car's reports within a campaign: (attempt, deferrals, state rank).
+
+        A report may move a car's state only to a greater key; each deferral raises
+        ``deferrals``, so deferred -> consented -> deferred again -> downloading stays
+        strictly increasing, and duplicates or late arrivals never move it back.
+        """
+        return (self.attempt, self.deferrals, self.state.rank)
+
     signature: ReportSignature | None = None
 
 
@@ -154,6 +244,17 @@ def _parse(model: type[M], payload: bytes) -> M:
 
 def parse_notice(payload: bytes) -> CampaignNotice:
     return _parse(CampaignNotice, payload)
+
+
+def parse_withdrawal(payload: bytes) -> CampaignWithdrawal:
+    return _parse(CampaignWithdrawal, payload)
+
+
+def parse_campaign_message(payload: bytes) -> CampaignNotice | CampaignWithdrawal:
+    """What arrives on a car's campaign topic: a notice or a withdrawal, told apart by ``kind``."""
+    if b'"withdrawal"' in payload[:4096] and b'"kind"' in payload:
+        return parse_withdrawal(payload)
+    return parse_notice(payload)
 
 
 def parse_report(payload: bytes) -> StatusReport:

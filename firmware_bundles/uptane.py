@@ -14,7 +14,7 @@ then calls :func:`assignments_for` and :func:`check_image_agrees`, which raise
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,11 +32,14 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 
+from firmware_bundles.assignment import Assignment as Assignment  # re-exported: the agent-side checks return it
 from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 
 TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
 _SERIALIZER = JSONSerializer(compact=True)
+# Metadata is re-signed once less than this share of its lifetime is left.
+RESIGN_MARGIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -86,20 +89,114 @@ class RepoVersions:
     timestamp: int = 0
 
 
-def _sign(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
+def sign_metadata(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
+    """Add a signature by each of ``signers`` (over tuf's canonical JSON) and serialize."""
     for signer in signers:
         md.sign(signer, append=True)
     return md.to_bytes(_SERIALIZER)
 
 
-def create_root(signers: RoleSigners, expires: datetime, *, version: int = 1) -> bytes:
-    """Signed root metadata trusting the public keys of ``signers``, threshold 1 per role."""
+_sign = sign_metadata
+
+
+def serialize(md: Metadata[Any]) -> bytes:
+    """The bytes the repositories store and serve (signed or, for a pending payload, not)."""
+    return md.to_bytes(_SERIALIZER)
+
+
+def create_root(
+    signers: RoleSigners,
+    expires: datetime,
+    *,
+    version: int = 1,
+    thresholds: Mapping[str, int] | None = None,
+) -> bytes:
+    """Signed root metadata trusting the public keys of ``signers``.
+
+    Each role's threshold is 1 unless ``thresholds`` names it; every root signer signs.
+    Raises ValueError when a threshold asks for more keys than the role has.
+    """
     root = Root(version=version, expires=expires, consistent_snapshot=False)
     for role in TOP_LEVEL_ROLES:
-        root.roles[role] = Role([], threshold=1)
-        for signer in signers.for_role(role):
+        keys = signers.for_role(role)
+        threshold = (thresholds or {}).get(role, 1)
+        if not 1 <= threshold <= max(1, len({s.public_key.keyid for s in keys})):
+            raise ValueError(f"{role} threshold {threshold} does not fit its {len(keys)} key(s)")
+        root.roles[role] = Role([], threshold=threshold)
+        for signer in keys:
             root.add_key(signer.public_key, role)
     return _sign(Metadata(root), signers.root)
+
+
+def unsigned_targets(
+    targets: Mapping[str, TargetFile],
+    version: int,
+    expires: datetime,
+    *,
+    extra: Mapping[str, object] | None = None,
+) -> Metadata[Targets]:
+    """Targets metadata with no signature yet (what an offline targets key is asked to sign)."""
+    return Metadata(
+        Targets(version=version, expires=expires, targets=dict(targets), unrecognized_fields=dict(extra or {}))
+    )
+
+
+def sign_snapshot_and_timestamp(
+    targets_version: int, signers: RoleSigners, expiry: Expiry, now: datetime, previous: RepoVersions
+) -> tuple[RepoVersions, dict[str, bytes]]:
+    """A new snapshot naming ``targets_version`` and a new timestamp naming that snapshot."""
+    versions = RepoVersions(targets_version, previous.snapshot + 1, previous.timestamp + 1)
+    smd = Metadata(
+        Snapshot(
+            version=versions.snapshot, expires=now + expiry.snapshot, meta={"targets.json": MetaFile(targets_version)}
+        )
+    )
+    tsmd = Metadata(
+        Timestamp(version=versions.timestamp, expires=now + expiry.timestamp, snapshot_meta=MetaFile(versions.snapshot))
+    )
+    files = {"snapshot.json": _sign(smd, signers.snapshot), "timestamp.json": _sign(tsmd, signers.timestamp)}
+    return versions, files
+
+
+def due(expires: datetime, lifetime: timedelta, now: datetime, margin: float = RESIGN_MARGIN) -> bool:
+    """True once less than ``margin`` of ``lifetime`` is left before ``expires``."""
+    return expires - now < lifetime * margin
+
+
+def refresh_chain(
+    files: Mapping[str, bytes],
+    signers: RoleSigners,
+    expiry: Expiry,
+    now: datetime,
+    *,
+    force: Collection[str] = (),
+) -> dict[str, tuple[int, bytes]]:
+    """Re-sign the roles of a targets/snapshot/timestamp chain that are due (or in ``force``).
+
+    A re-signed role gets the next version and a fresh expiry, and the roles above it
+    follow. Targets is never re-signed without targets signers (an offline key).
+    Returns ``{file name: (version, bytes)}`` for the changed files only.
+    """
+    tmd = Metadata[Targets].from_bytes(files["targets.json"])
+    smd = Metadata[Snapshot].from_bytes(files["snapshot.json"])
+    tsmd = Metadata[Timestamp].from_bytes(files["timestamp.json"])
+    changed: dict[str, tuple[int, bytes]] = {}
+    if signers.targets and (Targets.type in force or due(tmd.signed.expires, expiry.targets, now)):
+        changed["targets.json"] = _resign(tmd, signers.targets, now + expiry.targets)
+    if changed or Snapshot.type in force or due(smd.signed.expires, expiry.snapshot, now):
+        smd.signed.meta["targets.json"] = MetaFile(tmd.signed.version)
+        changed["snapshot.json"] = _resign(smd, signers.snapshot, now + expiry.snapshot)
+    if changed or Timestamp.type in force or due(tsmd.signed.expires, expiry.timestamp, now):
+        tsmd.signed.snapshot_meta = MetaFile(smd.signed.version)
+        changed["timestamp.json"] = _resign(tsmd, signers.timestamp, now + expiry.timestamp)
+    return changed
+
+
+def _resign(md: Metadata[Any], signers: Sequence[Signer], expires: datetime) -> tuple[int, bytes]:
+    md.signed.version += 1
+    md.signed.expires = expires
+    md.signatures.clear()
+    return md.signed.version, _sign(md, signers)
 
 
 def publish_targets(
@@ -116,28 +213,10 @@ def publish_targets(
     ``extra`` lands in the targets' signed part as unrecognized fields (the
     Director puts the VIN there) and so is covered by the signature.
     """
-    versions = RepoVersions(previous.targets + 1, previous.snapshot + 1, previous.timestamp + 1)
-    tmd = Metadata(
-        Targets(
-            version=versions.targets,
-            expires=now + expiry.targets,
-            targets=dict(targets),
-            unrecognized_fields=dict(extra or {}),
-        )
-    )
+    tmd = unsigned_targets(targets, previous.targets + 1, now + expiry.targets, extra=extra)
     targets_bytes = _sign(tmd, signers.targets)
-    smd = Metadata(
-        Snapshot(
-            version=versions.snapshot, expires=now + expiry.snapshot, meta={"targets.json": MetaFile(versions.targets)}
-        )
-    )
-    snapshot_bytes = _sign(smd, signers.snapshot)
-    tsmd = Metadata(
-        Timestamp(version=versions.timestamp, expires=now + expiry.timestamp, snapshot_meta=MetaFile(versions.snapshot))
-    )
-    timestamp_bytes = _sign(tsmd, signers.timestamp)
-    files = {"targets.json": targets_bytes, "snapshot.json": snapshot_bytes, "timestamp.json": timestamp_bytes}
-    return versions, files
+    versions, files = sign_snapshot_and_timestamp(previous.targets + 1, signers, expiry, now, previous)
+    return versions, {"targets.json": targets_bytes, **files}
 
 
 def bundle_target_path(hardware_id: str, version: str) -> str:
@@ -191,26 +270,15 @@ def delta_target(
     return TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
 
 
-def director_target(image: TargetFile, vin: str, ecu_serial: str) -> TargetFile:
+def director_target(
+    image: TargetFile, vin: str, ecu_serial: str, *, min_release_counter: int | None = None
+) -> TargetFile:
+    """The Director's copy of ``image`` for one ECU; ``min_release_counter`` is the recall's floor."""
     custom = dict(image.custom)
     custom.update({"vin": vin, "ecu_serial": ecu_serial})
+    if min_release_counter is not None:
+        custom["min_release_counter"] = min_release_counter
     return TargetFile(image.length, dict(image.hashes), image.path, {"custom": custom})
-
-
-@dataclass(frozen=True)
-class Assignment:
-    """One image the Director assigns to one ECU of this vehicle, after the checks."""
-
-    path: str
-    ecu_serial: str
-    hardware_id: str
-    version: str
-    release_counter: int
-    length: int
-    sha256: str
-    # The image inside the bundle, when the repository signs it (needed to use a delta).
-    image_sha256: str | None = None
-    image_size: int | None = None
 
 
 def _custom_field(tf: TargetFile, key: str) -> object:
@@ -251,8 +319,13 @@ def assignments_for(director: Targets, vin: str, ecus: Mapping[str, str]) -> lis
             raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} release_counter is not an integer")
         version = str(_custom_field(tf, "version"))
         image_sha256, image_size = _signed_image(tf)
+        floor = tf.custom.get("min_release_counter") if isinstance(tf.custom, dict) else None
+        if floor is not None and (not isinstance(floor, int) or isinstance(floor, bool) or floor < 0):
+            raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} min_release_counter is malformed")
         found.append(
-            Assignment(tf.path, serial, hardware_id, version, counter, tf.length, sha256, image_sha256, image_size)
+            Assignment(
+                tf.path, serial, hardware_id, version, counter, tf.length, sha256, image_sha256, image_size, floor
+            )
         )
     return found
 

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ota_server.api import audit, campaigns, handlers, health, recalls, releases, repo, tokens, vehicles
+from ota_server.api import audit, campaigns, handlers, health, recalls, releases, repo, targets, tokens, vehicles
 from ota_server.api.limits import BodyLimit, UploadLimit
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
@@ -52,7 +52,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         lifespan=lifespan,
     )
     handlers.install(app)
-    for module in (health, vehicles, releases, recalls, campaigns, repo, tokens, audit):
+    for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit):
         app.include_router(module.router)
     app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
     app.add_middleware(UploadLimit, path=UPLOAD_PATH, max_bytes=settings.max_upload_bytes)

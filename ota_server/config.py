@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from firmware_bundles.uptane import Expiry
 from ota_server.errors import InvalidInput
 
 ENV_PREFIX = "OTA_"
@@ -60,7 +62,36 @@ class Settings:
     delta_max_ratio: float = 0.5
     delta_max_image_bytes: int = 64 * 1024 * 1024
     delta_max_bases: int = 5
+    # How long each role's signed metadata stays valid (OTA_EXPIRY_*); the server re-signs
+    # timestamp and snapshot once less than half their lifetime is left, checking every
+    # resign_interval_s seconds (0 switches the periodic job off).
+    expiry_root_days: float = 365.0
+    expiry_targets_days: float = 90.0
+    expiry_snapshot_days: float = 7.0
+    expiry_timestamp_hours: float = 24.0
+    resign_interval_s: float = 600.0
+    # The campaign scheduler's periodic tick (waves, rate limits, windows, timeouts, retries);
+    # it also ticks after each ingest batch that moved a car. 0 leaves only those ticks.
+    scheduler_interval_s: float = 2.0
     log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        for name in ("expiry_root_days", "expiry_targets_days", "expiry_snapshot_days", "expiry_timestamp_hours"):
+            if not getattr(self, name) > 0:
+                raise InvalidInput(f"{ENV_PREFIX}{name.upper()} must be > 0")
+        if self.resign_interval_s < 0:
+            raise InvalidInput(f"{ENV_PREFIX}RESIGN_INTERVAL_S must be >= 0")
+        if self.scheduler_interval_s < 0:
+            raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
+
+    @property
+    def expiry(self) -> Expiry:
+        return Expiry(
+            root=timedelta(days=self.expiry_root_days),
+            targets=timedelta(days=self.expiry_targets_days),
+            snapshot=timedelta(days=self.expiry_snapshot_days),
+            timestamp=timedelta(hours=self.expiry_timestamp_hours),
+        )
 
     @property
     def resolved_database_url(self) -> str:

@@ -3,9 +3,12 @@
 Parsing and the checks that need no database happen at once in :meth:`Ingestor.submit`,
 so a malformed message never reaches the queue. One worker drains the queue in
 batches and applies each batch in one transaction; per (campaign, VIN) the
-current state only moves forward by ``(attempt, state.rank)`` and each
-``(campaign, vin, attempt, state)`` is recorded once, so QoS 1 duplicates and
-out-of-order delivery never double count.
+current state only moves forward by the report's progress key ``(attempt,
+deferrals, state.rank)``, and only by a move the per-VIN state machine
+(:mod:`ota_server.rollout.states`) allows a car; each ``(campaign, vin, attempt,
+deferrals, state)`` is recorded once, so QoS 1 duplicates and out-of-order
+delivery never double count, while every deferral is its own event. After each
+batch the ``after_batch`` hook (the scheduler) re-judges the campaigns it touched.
 
 Every status report must be signed by its car's registered key (``ota vehicles
 provision``) and carry the nonce of the car's current campaign notice. An unsigned
@@ -20,7 +23,7 @@ import contextlib
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -34,12 +37,12 @@ from firmware_bundles.messages import Presence, ReportState, StatusReport, parse
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Release, Vehicle
+from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
 
 log = logging.getLogger(__name__)
 
 _CHUNK = 500
-_PENDING_RANK = -1
 QUEUE_LIMIT = 200_000
 
 # Rejection reasons, as they appear in GET /api/v1/stats/ingest.
@@ -71,15 +74,12 @@ class Outcome:
     accepted: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    moved: set[int] = field(default_factory=set)  # campaigns where a car changed state
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
-
-
-def _rank(state: str) -> int:
-    return _PENDING_RANK if state == "pending" else ReportState(state).rank
 
 
 def _has_evidence(report: StatusReport, release_version: str) -> bool:
@@ -95,7 +95,7 @@ class _Batch:
         vins = sorted({r.vin for r in reports})
         wanted = {(r.campaign_id, r.vin) for r in reports}
         self.rows: dict[tuple[int, str], CampaignVehicle] = {}
-        self.steps: set[tuple[int, str, int, str]] = set()
+        self.steps: set[tuple[int, str, int, int, str]] = set()
         for chunk in _chunks(vins):
             for cv in session.scalars(
                 select(CampaignVehicle).where(
@@ -105,11 +105,15 @@ class _Batch:
                 if (cv.campaign_id, cv.vin) in wanted:
                     self.rows[(cv.campaign_id, cv.vin)] = cv
             steps = session.execute(
-                select(CampaignEvent.campaign_id, CampaignEvent.vin, CampaignEvent.attempt, CampaignEvent.state).where(
-                    CampaignEvent.campaign_id.in_(campaign_ids), CampaignEvent.vin.in_(chunk)
-                )
+                select(
+                    CampaignEvent.campaign_id,
+                    CampaignEvent.vin,
+                    CampaignEvent.attempt,
+                    CampaignEvent.deferrals,
+                    CampaignEvent.state,
+                ).where(CampaignEvent.campaign_id.in_(campaign_ids), CampaignEvent.vin.in_(chunk))
             )
-            self.steps.update((c, v, a, s) for c, v, a, s in steps)
+            self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         for chunk in _chunks(vins):
             rows = session.execute(
@@ -186,31 +190,42 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
         if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
             outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
             continue
-        step = (report.campaign_id, report.vin, report.attempt, report.state.value)
-        if step in batch.steps:
-            outcome.duplicates += 1
-            continue
-        batch.steps.add(step)
+        step = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
         reason = report.reason.value if report.reason else None
         detail = report.detail or None
-        events.append(
-            {
-                "campaign_id": report.campaign_id,
-                "vin": report.vin,
-                "attempt": report.attempt,
-                "state": report.state.value,
-                "reason": reason,
-                "detail": detail,
-                "received_at": item.received_at,
-            }
-        )
-        outcome.accepted += 1
-        # Strictly forward only: a terminal state has the top rank, so nothing of the
-        # same attempt moves past it, and stale reports leave the current state alone.
-        if (report.attempt, report.state.rank) > (cv.attempt, _rank(cv.state)):
+        if step in batch.steps:
+            outcome.duplicates += 1
+        else:
+            batch.steps.add(step)
+            events.append(
+                {
+                    "campaign_id": report.campaign_id,
+                    "vin": report.vin,
+                    "attempt": report.attempt,
+                    "deferrals": report.deferrals,
+                    "state": report.state.value,
+                    "reason": reason,
+                    "detail": detail,
+                    "received_at": item.received_at,
+                    "source": Cause.CAR.value,
+                }
+            )
+            outcome.accepted += 1
+        # Strictly forward only (a terminal state has the top rank, so nothing of the same
+        # attempt moves past it), and only by a move a car may make: an operator's record or
+        # a dealer remedy is never undone by a report. A duplicate may still move a car that
+        # a retry set back to pending (the stuck car carries on with the new nonce).
+        if report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and allowed(
+            VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
+        ):
             cv.state, cv.attempt, cv.updated_at = report.state.value, report.attempt, item.received_at
+            cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank
             cv.reason = reason
             cv.detail = detail
+            cv.next_retry_at = None
+            outcome.moved.add(cv.campaign_id)
+        elif report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and cv.state == report.state.value:
+            cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank  # e.g. withdrawn, confirmed
     if events:
         session.execute(insert(CampaignEvent), events)
 
@@ -239,6 +254,7 @@ class Ingestor:
         *,
         batch_size: int = 500,
         batch_wait_s: float = 0.05,
+        after_batch: Callable[[set[int]], Awaitable[None]] | None = None,
     ) -> None:
         self._factory = session_factory
         self._clock = clock
@@ -246,6 +262,8 @@ class Ingestor:
         self._batch_wait_s = batch_wait_s
         self._queue: asyncio.Queue[Received] = asyncio.Queue(maxsize=QUEUE_LIMIT)
         self._worker: asyncio.Task[None] | None = None
+        # Called on the event loop with the campaigns a batch moved, before flush() returns.
+        self.after_batch = after_batch
         self._accepted = 0
         self._duplicates = 0
         self._rejected: Counter[str] = Counter()
@@ -325,13 +343,23 @@ class Ingestor:
         while True:
             batch = await self._next_batch()
             try:
-                self._count(await asyncio.to_thread(self.apply, batch))
+                outcome = await asyncio.to_thread(self.apply, batch)
+                self._count(outcome)
+                if outcome.moved and self.after_batch is not None:
+                    await self._after(outcome.moved)
             except Exception:  # never let one bad batch stop ingest
                 log.exception("ingest batch crashed")
                 self._rejected[STORE_FAILED] += len(batch)
             finally:
                 for _ in batch:
                     self._queue.task_done()
+
+    async def _after(self, moved: set[int]) -> None:
+        assert self.after_batch is not None
+        try:
+            await self.after_batch(moved)
+        except Exception:  # the reports are stored; the scheduler's periodic tick catches up
+            log.exception("after-batch hook failed for campaigns %s", sorted(moved))
 
     def start(self) -> None:
         if self._worker is None:

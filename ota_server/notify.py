@@ -1,8 +1,11 @@
-"""Publishing campaign notices to cars, concurrently and in the background.
+"""Publishing campaign notices (and withdrawals) to cars, concurrently and in the background.
 
 A notice is retained (QoS 1) on the car's campaign topic, so a car offline at
-launch gets it when it connects. Delivery is recorded per (campaign, VIN);
-whatever was not confirmed is published again at the next start.
+launch gets it when it connects. A withdrawal (the campaign was cancelled) is
+retained on the same topic, so it replaces the notice: a car that connects later
+learns of the cancel instead of the campaign. Delivery is recorded per (campaign,
+VIN) and in the owner-notification log; whatever was not confirmed is published
+again at the next start.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from collections.abc import Sequence
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles import topics
-from firmware_bundles.messages import CampaignNotice, encode
+from firmware_bundles.messages import encode
 from ota_server.clock import Clock
 from ota_server.publisher import Publisher
 from ota_server.services import campaigns
+from ota_server.services.campaigns import Outbound
 
 log = logging.getLogger(__name__)
 
@@ -35,15 +39,15 @@ class NoticeDispatcher:
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def dispatch(self, notices: Sequence[CampaignNotice]) -> None:
-        """Start publishing ``notices`` in the background and return at once."""
+    def dispatch(self, notices: Sequence[Outbound]) -> None:
+        """Start publishing ``notices`` (and withdrawals) in the background and return at once."""
         if not notices:
             return
         task = asyncio.create_task(self._publish_all(list(notices)), name="ota-notices")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish_one(self, notice: CampaignNotice) -> bool:
+    async def _publish_one(self, notice: Outbound) -> bool:
         delay = 0.5
         for attempt in range(1, RETRIES + 1):
             try:
@@ -59,9 +63,9 @@ class NoticeDispatcher:
                     delay = min(delay * 2, 10.0)
         return False
 
-    async def _publish_all(self, notices: list[CampaignNotice]) -> None:
+    async def _publish_all(self, notices: list[Outbound]) -> None:
         results = await asyncio.gather(*(self._publish_one(n) for n in notices))
-        done = [(n.campaign_id, n.vin) for n, ok in zip(notices, results, strict=True) if ok]
+        done = [n for n, ok in zip(notices, results, strict=True) if ok]
         if done:
             try:
                 await asyncio.to_thread(self._mark, done)
@@ -72,13 +76,13 @@ class NoticeDispatcher:
                 "%d campaign notices not published; they will be retried at the next start", len(notices) - len(done)
             )
 
-    def _mark(self, done: list[tuple[int, str]]) -> None:
+    def _mark(self, done: list[Outbound]) -> None:
         with self._factory() as session:
             campaigns.mark_published(session, done, self._clock())
 
-    def _unpublished(self, repo_url: str) -> list[CampaignNotice]:
+    def _unpublished(self, repo_url: str) -> list[Outbound]:
         with self._factory() as session:
-            return campaigns.unpublished_notices(session, repo_url)
+            return campaigns.unpublished(session, repo_url, self._clock())
 
     async def resume(self, repo_url: str) -> int:
         """Dispatch notices launched earlier but never confirmed published; return how many."""

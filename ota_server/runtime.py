@@ -14,7 +14,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from firmware_bundles.uptane import Expiry
 from ota_server.bundle_store import BundleStore
 from ota_server.clock import Clock
 from ota_server.config import Settings
@@ -26,8 +25,10 @@ from ota_server.mqtt_link import MqttLink, tls_files
 from ota_server.notify import NoticeDispatcher
 from ota_server.pki import LazyAuthority
 from ota_server.publisher import Publisher
+from ota_server.rollout.scheduler import Scheduler
 from ota_server.signing import keys
-from ota_server.signing.director import Director
+from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
+from ota_server.signing.freshness import Refresher
 from ota_server.signing.image_repo import ImageRepository
 from ota_server.signing.roots import ensure_root
 from ota_server.signing.store import DIRECTOR, IMAGE, REPO_WIDE, chain_versions
@@ -50,6 +51,8 @@ class Runtime:
     dispatcher: NoticeDispatcher
     link: MqttLink | None
     pki: LazyAuthority
+    scheduler: Scheduler
+    refresher: Refresher | None = None
 
     @property
     def mqtt_url(self) -> str:
@@ -66,14 +69,18 @@ def _prepare_storage(settings: Settings, clock: Clock) -> tuple[Engine, ImageRep
     engine = make_engine(settings.resolved_database_url)
     upgrade(engine)
     sessions = make_session_factory(engine)
-    expiry = Expiry()
-    image_signers = keys.image_signers(settings.keys_dir)
-    director_signers = keys.director_signers(settings.keys_dir)
-    image_root = ensure_root(sessions, IMAGE, image_signers, expiry, clock())
-    director_root = ensure_root(sessions, DIRECTOR, director_signers, expiry, clock())
-    image_repo = ImageRepository(image_signers, expiry)
+    expiry = settings.expiry
+    # Development keys are made only for a database without roots (no `ota keys init`).
+    image_root = ensure_root(sessions, IMAGE, lambda: keys.image_signers(settings.keys_dir), expiry, clock())
+    director_root = ensure_root(sessions, DIRECTOR, lambda: keys.director_signers(settings.keys_dir), expiry, clock())
+    image_repo = ImageRepository(keys.RepoKeys(IMAGE, keys.Keyring([settings.keys_dir / "image"])), expiry)
+    director_keys = keys.RepoKeys(DIRECTOR, keys.Keyring([settings.keys_dir / "director"]), DIRECTOR_ONLINE_ROLES)
+    with sessions() as session:  # refuse to start without the online keys the roots ask for
+        director_keys.signers(session)
+        if not image_repo.targets_offline(session):
+            log.warning("the Image targets key is on this server (development keys): see `ota keys init`")
     _ensure_image_chain(sessions, image_repo, clock)
-    return engine, image_repo, Director(director_signers, expiry), image_root, director_root
+    return engine, image_repo, Director(director_keys, expiry), image_root, director_root
 
 
 def _ensure_image_chain(sessions: sessionmaker[Session], image_repo: ImageRepository, clock: Clock) -> None:
@@ -112,6 +119,8 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
             log.warning("MQTT broker %s not reachable yet; retrying in the background", settings.mqtt_url)
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
+    scheduler = Scheduler(sessions, director, clock, settings.repo_url, dispatcher.dispatch)
+    ingestor.after_batch = scheduler.on_reports
     runtime = Runtime(
         settings=settings,
         clock=clock,
@@ -126,15 +135,24 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         dispatcher=dispatcher,
         link=link,
         pki=LazyAuthority(settings.ca_dir),
+        scheduler=scheduler,
     )
+    if settings.resign_interval_s > 0:
+        runtime.refresher = Refresher(sessions, image_repo, clock)
+        runtime.refresher.start(settings.resign_interval_s)
     resumed = await dispatcher.resume(settings.repo_url)
     if resumed:
         log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
+    scheduler.start(settings.scheduler_interval_s)
     return runtime
 
 
 async def stop_runtime(runtime: Runtime) -> None:
     """Finish publishing, stop listening, then store every report already received."""
+    if runtime.refresher is not None:
+        await runtime.refresher.stop()
+    runtime.ingestor.after_batch = None  # reports still arriving are stored; no more ticks
+    await runtime.scheduler.stop()
     await runtime.dispatcher.close()
     if runtime.link is not None:
         await runtime.link.stop()

@@ -8,13 +8,18 @@ services so they speak the same words however they are called.
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from firmware_bundles.messages import OwnerNotice, Preconditions
 from ota_server.roles import Role
+from ota_server.rollout.plan import RolloutPlan, zone
+from ota_server.rollout.states import UnreachableReason
 
 _IN = ConfigDict(extra="forbid")
+RemedyType = Literal["ota", "dealer", "both"]
+OperatorOutcome = Literal["remedied_at_dealer", "inspected_not_needed", "unreachable"]
 _OUT = ConfigDict(from_attributes=True)
 Text64 = Field(min_length=1, max_length=64)
 
@@ -43,6 +48,16 @@ class VehicleCreate(BaseModel):
     model_year: int = Field(ge=1980, le=2100)
     production_date: date
     ecus: list[EcuCreate] = Field(min_length=1, max_length=64)
+    time_zone: str | None = Field(
+        default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin: maintenance windows are local time"
+    )
+
+    @field_validator("time_zone")
+    @classmethod
+    def _zone(cls, name: str | None) -> str | None:
+        if name is not None:
+            zone(name)
+        return name
 
 
 class VehiclePublic(BaseModel):
@@ -55,6 +70,7 @@ class VehiclePublic(BaseModel):
     online: bool
     last_seen: datetime | None
     ecus: list[EcuPublic]
+    time_zone: str | None = None
 
 
 class VehicleBatchCreate(BaseModel):
@@ -72,6 +88,8 @@ class HistoryEntry(BaseModel):
     detail: str | None
     attempt: int
     received_at: datetime
+    deferrals: int = 0
+    source: str = Field(default="car", description="car, operator, timeout, cancel or retry")
 
 
 class VehicleCampaignStatus(BaseModel):
@@ -119,6 +137,9 @@ class ReleasePublic(BaseModel):
     length: int
     sha256: str
     created_at: datetime
+    published: bool = Field(
+        default=True, description="False while the release waits for its offline targets signature (ota release sign)"
+    )
 
 
 class YearRange(BaseModel):
@@ -172,6 +193,31 @@ class RecallCreate(BaseModel):
     safety_recall: bool = Field(
         default=True, description="A safety recall launches only after a second person approves it"
     )
+    min_release_counter: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**31 - 1,
+        description="Cars that see this recall refuse any image below this release counter (default: the release's)",
+    )
+    remedy_type: RemedyType = Field(default="ota", description="How the remedy reaches cars: ota, dealer or both")
+    owner_notice: OwnerNotice | None = Field(
+        default=None, description="What the owner is told before and after (purpose, what changes, a named contact)"
+    )
+    preconditions: Preconditions | None = Field(
+        default=None, description="What the car checks before it starts (parked, ignition off, battery...)"
+    )
+    rollout: RolloutPlan | None = Field(
+        default=None, description="Waves, gates, timeouts, retries, rate and windows (default: all cars at once)"
+    )
+    dynamic: bool = Field(
+        default=False,
+        description="Also take cars that register (or match) after the launch; the frozen count stays on record",
+    )
+    requires_consent: bool | None = Field(
+        default=None,
+        description="The owner must accept before the car installs. Default: yes for a non-safety update; "
+        "false e.g. for fleet-owned cars whose operator consents. A safety recall never waits for consent",
+    )
 
 
 class RecallPublic(BaseModel):
@@ -189,6 +235,32 @@ class RecallPublic(BaseModel):
     created_at: datetime
     safety_recall: bool = True
     launch_request: LaunchRequestPublic | None = None
+    min_release_counter: int | None = None
+    remedy_type: str = "ota"
+    owner_notice: OwnerNotice | None = None
+    preconditions: Preconditions = Field(default_factory=Preconditions)
+    requires_consent: bool = Field(default=False, description="Non-safety updates wait for the owner's consent")
+    rollout: RolloutPlan = Field(default_factory=RolloutPlan)
+    dynamic: bool = False
+
+
+class TargetsSignature(BaseModel):
+    model_config = _IN
+    keyid: str = Field(min_length=1, max_length=128, pattern=r"^[0-9a-f]+$")
+    sig: str = Field(min_length=1, max_length=1024, pattern=r"^[0-9a-f]+$")
+
+
+class TargetsSignatures(BaseModel):
+    """Signatures by the offline targets key(s) over the pending targets payload (``ota release sign``)."""
+
+    model_config = _IN
+    payload_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the pending bytes that were signed")
+    signatures: list[TargetsSignature] = Field(min_length=1, max_length=16)
+
+
+class TargetsPublished(BaseModel):
+    targets_version: int
+    release_ids: list[int]
 
 
 class CampaignPublic(BaseModel):
@@ -196,18 +268,86 @@ class CampaignPublic(BaseModel):
     id: int
     recall_id: int
     release_id: int
-    population: int
+    population: int = Field(description="Cars in the campaign now (grows only in a dynamic campaign)")
     launched_at: datetime
+    launch_population: int | None = Field(default=None, description="The count frozen at launch")
+    status: str = Field(default="active", description="active, paused or cancelled")
+    status_reason: str | None = Field(default=None, description="Who or which gate paused or cancelled it, and why")
+    current_wave: int = Field(default=0, description="Index of the highest wave opened so far")
+
+
+class WaveProgress(BaseModel):
+    index: int
+    size: int
+    counts: dict[str, int] = Field(description="Cars of this wave per state (zeros left out)")
+    remedied: int
+    errors: int = Field(description="Failed, rolled back or timed out")
+    needed: int = Field(description="Remedied cars the success threshold asks for")
+    gate: str = Field(description="waiting, passed or tripped (errors crossed the threshold)")
+    opened: bool
 
 
 class Progress(BaseModel):
+    """Counts per state always add up to ``population``."""
+
     campaign_id: int
     recall_number: str
     population: int
     counts: dict[str, int]
-    failures_by_reason: dict[str, int]
+    failures_by_reason: dict[str, int] = Field(description="Failed, rolled-back and timed-out cars by reason")
     notices_published: int
-    done: bool
+    done: bool = Field(description="Every car settled (no retry due, nothing left to notify)")
+    status: str = "active"
+    status_reason: str | None = None
+    current_wave: int = 0
+    waves: list[WaveProgress] = Field(default_factory=list)
+    unreachable_by_reason: dict[str, int] = Field(default_factory=dict)
+    retries_scheduled: int = Field(default=0, description="Cars waiting for a retry notice")
+
+
+class CampaignControl(BaseModel):
+    model_config = _IN
+    reason: str = Field(default="", max_length=1000, description="Why (kept with the status and in the audit log)")
+
+
+class ControlResult(BaseModel):
+    campaign: CampaignPublic
+    vehicles: int = Field(description="Cars the action touched (withdrawn, retried...)")
+
+
+class OutcomeCreate(BaseModel):
+    """An operator's record for one car: fixed at a dealer, inspected and not needed, or unreachable."""
+
+    model_config = _IN
+    outcome: OperatorOutcome
+    reason: UnreachableReason | None = Field(
+        default=None, description="For unreachable: exported, stolen, scrapped, other"
+    )
+    evidence: str = Field(min_length=1, max_length=5000, description="What shows it (repair order, inspection note...)")
+    reference: str | None = Field(default=None, max_length=200, description="e.g. the dealer's repair order number")
+
+
+class VinOutcome(BaseModel):
+    campaign_id: int
+    vin: str
+    state: str
+    reason: str | None
+    detail: str | None
+    recorded_by: str | None
+    evidence_ref: str | None
+    updated_at: datetime
+
+
+class NoticeLogEntry(BaseModel):
+    """One message the broker accepted for a car: a campaign notice or a withdrawal."""
+
+    model_config = _OUT
+    campaign_id: int
+    vin: str
+    kind: str
+    nonce: str
+    payload: dict[str, Any]
+    published_at: datetime
 
 
 class IngestStats(BaseModel):

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from simulator.errors import ServerError, SimulatorError
+from simulator.faults import FaultPlan
 from simulator.fleet import make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.report import exit_code, print_summary
@@ -45,16 +46,41 @@ def run(
     state_dir: Annotated[Path, typer.Option(help="Where the cars keep their slots and journals")] = Path("var"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the campaign to finish")] = 600.0,
     keep_state: Annotated[bool, typer.Option(help="Keep the cars' state directories afterwards")] = False,
+    fail_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of cars whose new slot fails its health check (rolled_back)")
+    ] = 0.0,
+    offline_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of cars that connect late (see --offline-seconds)")
+    ] = 0.0,
+    defer_rate: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Share of cars not parked when notified: they defer, then proceed")
+    ] = 0.0,
+    seed: Annotated[int | None, typer.Option(help="Seed for the fleet and the fault picks")] = None,
+    offline_seconds: Annotated[float, typer.Option(help="How late an offline car connects; negative: never")] = 30.0,
+    defer_seconds: Annotated[float, typer.Option(min=0.0, help="How long a deferring car stays unparked")] = 2.0,
+    fail_times: Annotated[
+        int, typer.Option(min=0, help="Failing cars fail only their first N attempts (0: every attempt)")
+    ] = 0,
 ) -> None:
     """Register a fresh fleet, file and launch a recall for it, run the cars until all are done."""
     progress = Console(stderr=True)
-    fleet = make_fleet(cars)
+    faults = FaultPlan(
+        fail_rate=fail_rate,
+        offline_rate=offline_rate,
+        defer_rate=defer_rate,
+        seed=seed,
+        fail_times=fail_times or None,
+        offline_seconds=None if offline_seconds < 0 else offline_seconds,
+        defer_seconds=defer_seconds,
+    )
+    fleet = make_fleet(cars, seed=seed)
     cars_dir = state_root(state_dir, fleet)
     try:
         with OperatorClient(server, token=token) as client, _approver(client, approver_token, fleet.run_id) as approver:
             client.health()
             options = ScenarioOptions(timeout=timeout)
-            summary = run_recall(client, fleet, InProcessFleet(cars_dir), options, progress, approver=approver)
+            runner = InProcessFleet(cars_dir, faults=faults)
+            summary = run_recall(client, fleet, runner, options, progress, approver=approver)
     except SimulatorError as exc:
         progress.print(f"[red]simulation failed:[/red] {exc}")
         raise typer.Exit(2) from exc

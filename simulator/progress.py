@@ -12,7 +12,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from simulator.errors import ScenarioTimeout
 
-ACTIVE_STATES = ("pending", "notified", "downloading", "verifying", "installing", "rebooting")
+ACTIVE_STATES = (
+    "pending",
+    "notified",
+    "deferred",
+    "consented",
+    "downloading",
+    "verifying",
+    "installing",
+    "rebooting",
+)
 
 
 @dataclass(frozen=True)
@@ -23,6 +32,11 @@ class Outcome:
     seconds: float
     failures_by_reason: dict[str, int]
     counts: dict[str, int]
+
+
+def _not_remedied(counts: dict[str, int]) -> int:
+    """Cars that ended without the fix: failed, or rolled back to the old slot."""
+    return counts.get("failed", 0) + counts.get("rolled_back", 0)
 
 
 def _describe(counts: dict[str, int]) -> str:
@@ -59,14 +73,14 @@ def watch_campaign(
                 task,
                 total=state["population"],
                 completed=counts.get("remedied", 0),
-                failed=counts.get("failed", 0),
+                failed=_not_remedied(counts),
                 active=_describe(counts),
             )
             if state["done"]:
                 return Outcome(
                     population=state["population"],
                     remedied=counts.get("remedied", 0),
-                    failed=counts.get("failed", 0),
+                    failed=_not_remedied(counts),
                     seconds=round(clock() - start, 3),
                     failures_by_reason=dict(state.get("failures_by_reason", {})),
                     counts=counts,

@@ -2,7 +2,9 @@
 
 Each car is a real ``vehicle_agent.Agent`` with its own MQTT session, journal, TUF
 metadata directories and file-backed A/B slots; they share one HTTP connection pool.
-Connects are paced so a fleet does not arrive at the broker all at once.
+Connects are paced so a fleet does not arrive at the broker all at once. Each car has a
+:class:`~vehicle_agent.vehicle.FakeVehicle` (ready unless a fault says otherwise) and an
+owner who accepts; a :class:`~simulator.faults.FaultPlan` injects failures.
 """
 
 from __future__ import annotations
@@ -17,13 +19,17 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bundles import provisioning
-from firmware_bundles.messages import StatusReport
+from firmware_bundles.messages import ReportState, StatusReport
 from simulator.errors import SimulatorError
+from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth
 from simulator.fleet import Fleet
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import DownloadLimits, config_from_agent_config
+from vehicle_agent.health import HeaderHealthCheck, HealthCheck
 from vehicle_agent.link import MqttLink, tls_context
+from vehicle_agent.owner import Consent, LoggingOwnerHook
 from vehicle_agent.transport import HttpxTransport, make_http_client
+from vehicle_agent.vehicle import FakeVehicle
 
 log = logging.getLogger(__name__)
 
@@ -54,10 +60,19 @@ def identity_options(identity: dict[str, Any], state_dir: Path) -> dict[str, Any
 class InProcessFleet:
     """The simulator's default :class:`simulator.scenario.FleetRunner`."""
 
-    def __init__(self, state_dir: Path, *, on_report: Callable[[StatusReport], None] | None = None) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        on_report: Callable[[StatusReport], None] | None = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
         self.state_dir = state_dir
         self.agents: dict[str, Agent] = {}
         self.links: dict[str, MqttLink] = {}
+        self.vehicles: dict[str, FakeVehicle] = {}
+        self.faults = faults or FaultPlan()
+        self.car_faults: dict[str, CarFaults] = {}  # each car's faults, once started
         self._on_report = on_report
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
@@ -73,20 +88,63 @@ class InProcessFleet:
 
     async def _start_all(self, agent_configs: list[dict[str, Any]]) -> None:
         transport = HttpxTransport(self._http)
+        self.car_faults = self.faults.assign([doc["vin"] for doc in agent_configs])
         for i, doc in enumerate(agent_configs):
             state_dir = self.state_dir / doc["vin"]
             options = identity_options(doc.get("identity") or {}, state_dir)
             config = config_from_agent_config(doc, state_dir=state_dir, durable=False, **options)
             link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
-            agent = Agent(config, link=link, transport=transport, on_report=self._on_report)
+            faults = self.car_faults.get(config.vin, NO_FAULTS)
+            vehicle = FakeVehicle()
+            if faults.defer:
+                vehicle.set(parked=False)
+            agent = Agent(
+                config,
+                link=link,
+                transport=transport,
+                on_report=self._reporter(vehicle, faults),
+                health=self._health(faults),
+                vehicle=vehicle,
+                owner=LoggingOwnerHook(Consent.ACCEPT),
+            )
             self.agents[config.vin] = agent
             self.links[config.vin] = link
-            self._tasks.append(asyncio.create_task(self._run(agent)))
+            self.vehicles[config.vin] = vehicle
+            delay = self.faults.offline_seconds if faults.offline else 0.0
+            if delay is not None:  # None: an offline car that never comes
+                self._tasks.append(asyncio.create_task(self._run(agent, delay)))
             if (i + 1) % CONNECT_BATCH == 0:
                 await asyncio.sleep(CONNECT_PAUSE)
 
-    async def _run(self, agent: Agent) -> None:
+    def _health(self, faults: CarFaults) -> HealthCheck | None:
+        if not faults.fail:
+            return None
+        return FaultyHealth(HeaderHealthCheck(), self.faults.fail_times)
+
+    def _reporter(self, vehicle: FakeVehicle, faults: CarFaults) -> Callable[[StatusReport], None] | None:
+        """The caller's report callback; a deferring car parks ``defer_seconds`` after it deferred."""
+        if not faults.defer:
+            return self._on_report
+        parked_later = False
+
+        def on_report(report: StatusReport) -> None:
+            nonlocal parked_later
+            if report.state is ReportState.DEFERRED and not parked_later:
+                parked_later = True
+                self._loop.call_later(self.faults.defer_seconds, lambda: vehicle.set(parked=True))
+            if self._on_report is not None:
+                self._on_report(report)
+
+        return on_report
+
+    def expected_online(self) -> int:
+        """Cars that should be connected now: all but those an offline fault keeps away."""
+        return sum(1 for vin in self.links if not self.car_faults.get(vin, NO_FAULTS).offline)
+
+    async def _run(self, agent: Agent, delay: float = 0.0) -> None:
         try:
+            if delay:
+                await asyncio.sleep(delay)  # an offline fault: this car comes late
             await agent.run()
         except asyncio.CancelledError:
             raise
@@ -102,14 +160,15 @@ class InProcessFleet:
 
         async def poll() -> int:
             while self._loop.time() < deadline:
-                if self.connected() == len(self.links):
-                    return len(self.links)
+                if self.connected() >= expected:
+                    return self.connected()
                 await asyncio.sleep(0.05)
             return self.connected()
 
+        expected = self.expected_online()
         count = asyncio.run_coroutine_threadsafe(poll(), self._loop).result()
-        if count < len(self.links):
-            raise SimulatorError(f"only {count} of {len(self.links)} cars connected within {timeout:.0f}s")
+        if count < expected:
+            raise SimulatorError(f"only {count} of {expected} cars connected within {timeout:.0f}s")
         return count
 
     def stop(self) -> None:
@@ -128,6 +187,7 @@ class InProcessFleet:
         # drop the MQTT clients while their loop still exists, then close it cleanly
         self.links.clear()
         self.agents.clear()
+        self.vehicles.clear()
         self._tasks.clear()
         gc.collect()
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())

@@ -3,15 +3,22 @@
 Steps and what each does (the journal records a step before its work starts, so a
 restart redoes exactly that step):
 
-* ``notified``: the notice was accepted (a hint only; nothing trusted yet);
+* ``notified``: the notice was accepted (a hint only; nothing trusted yet); the gate
+  (:mod:`vehicle_agent.gate`) shows the owner's notice, asks consent for a non-safety
+  update that needs it and checks the preconditions;
+* ``consented`` / ``deferred``: the owner said yes / a precondition (or the owner) holds
+  the car; the gate looks again after a jittered interval or a vehicle-state change;
 * ``downloading``: refresh and verify Director and Image metadata, check they agree,
-  stream each assigned bundle with its signed length and sha256 checked;
+  check the network rule now that the signed size is known, then stream each assigned
+  bundle with its signed length and sha256 checked;
 * ``verifying``: the bundle's manifest matches the signed assignment and its image hash;
 * ``installing``: write the spare slot, read it back, arm a one-shot try boot;
 * ``rebooting``: boot the tried slot, health-check it, commit (or roll back); each start
   of this step is counted in the journal first, and past ``installer.max_boot_attempts``
   the agent gives up and rolls back, so a crash or reboot loop ends;
-* ``remedied`` / ``failed``: terminal; a repeated notice re-sends this report only.
+* ``remedied`` / ``failed`` / ``rolled_back`` (a failed trial boot or health check) /
+  ``declined`` / ``withdrawn``: terminal; a repeated notice re-sends this report only,
+  and a new nonce after anything but ``remedied`` starts the next attempt.
 
 Blocking work runs in ``asyncio.to_thread`` so one event loop can host thousands of agents.
 """
@@ -19,30 +26,45 @@ Blocking work runs in ``asyncio.to_thread`` so one event loop can host thousands
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import logging
+import random
+import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from securesystemslib.signer import CryptoSigner
-
-from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, StatusReport
-from firmware_bundles.report_signing import load_report_signer, sign_report
-from firmware_bundles.uptane import Assignment
-from vehicle_agent.config import AgentConfig, EcuConfig
-from vehicle_agent.delta import DeltaApplier, rebuilt_image
+from firmware_bundles.assignment import Assignment
+from firmware_bundles.messages import (
+    CampaignNotice,
+    CampaignWithdrawal,
+    FailureReason,
+    Preconditions,
+    ReportState,
+    StatusReport,
+)
+from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
-from vehicle_agent.fetcher import BundleFetcher
+from vehicle_agent.gate import HeldAtDownload, StartGate, Withdrawn, check, defer, owes_result, preconditions_of
 from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
 from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install, install_image
 from vehicle_agent.journal import CampaignRecord, Journal, Target
 from vehicle_agent.link import Link
-from vehicle_agent.transport import Transport
-from vehicle_agent.verifier import Verifier
+from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
+from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner
+
+    from vehicle_agent.delta import DeltaApplier
+    from vehicle_agent.fetcher import BundleFetcher
+    from vehicle_agent.transport import Transport
+    from vehicle_agent.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +75,8 @@ T = TypeVar("T")
 
 # Worth another try before reporting failed: the network, not the content, let us down.
 RETRYABLE = frozenset({FailureReason.METADATA_FETCH_FAILED, FailureReason.DOWNLOAD_FAILED})
+# After a trial boot these leave the old slot running: reported as rolled_back, reason kept.
+ROLLBACK_REASONS = frozenset({FailureReason.BOOT_FAILED, FailureReason.HEALTH_CHECK_FAILED})
 S = ReportState
 
 
@@ -78,6 +102,9 @@ class Agent:
         sleep: Callable[[float], Any] = asyncio.sleep,
         monotonic: Callable[[], float] = time.monotonic,
         download_sleep: Callable[[float], None] = time.sleep,
+        vehicle: VehicleState | None = None,
+        owner: OwnerHook | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.config = config
         self._link = link
@@ -89,17 +116,27 @@ class Agent:
         self.slots = self._make_slots(slots)
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         self._health = health or self._default_health()
-        self._verifier = Verifier(config, transport)
-        self._signer = _report_signer(config)
-        self._fetcher = BundleFetcher(
-            transport,
-            config.repo_url,
-            config.state_dir / "downloads",
-            limits=config.download,
-            monotonic=monotonic,
-            sleep=download_sleep,
+        # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
+        # built on first use: an idle car then holds only its MQTT link and journal.
+        self._transport = transport
+        self._monotonic = monotonic
+        self._download_sleep = download_sleep
+        self._pipeline: tuple[Verifier, BundleFetcher, DeltaApplier] | None = None
+        _check_report_key(config)
+        self._signer_loaded = False
+        self._signer_value: CryptoSigner | None = None
+        options = config.vehicle
+        self.gate = StartGate(
+            vehicle or vehicle_state(options),
+            owner or LoggingOwnerHook(Consent(options.consent)),
+            clock=clock,
+            sleep=sleep,
+            interval=options.retry_interval,
+            jitter=options.retry_jitter,
+            rng=rng,
         )
-        self._deltas = DeltaApplier(self._fetcher, max_image_bytes=config.download.max_delta_image_bytes)
+        self._active: int | None = None  # the campaign being driven (one at a time)
+        self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.journal = Journal(config.state_dir / "journal.json", durable=config.durable)
@@ -108,6 +145,44 @@ class Agent:
         for ecu in config.ecus:
             if ecu.serial not in self.journal.data.installed:
                 self.journal.data.installed[ecu.serial] = (ecu.installed_version, 0)
+
+    def _parts(self) -> tuple[Verifier, BundleFetcher, DeltaApplier]:
+        if self._pipeline is None:
+            from vehicle_agent.delta import DeltaApplier
+            from vehicle_agent.fetcher import BundleFetcher
+            from vehicle_agent.verifier import Verifier
+
+            cfg = self.config
+            fetcher = BundleFetcher(
+                self._transport,
+                cfg.repo_url,
+                cfg.state_dir / "downloads",
+                limits=cfg.download,
+                monotonic=self._monotonic,
+                sleep=self._download_sleep,
+            )
+            deltas = DeltaApplier(fetcher, max_image_bytes=cfg.download.max_delta_image_bytes)
+            self._pipeline = (Verifier(cfg, self._transport, monotonic=self._monotonic), fetcher, deltas)
+        return self._pipeline
+
+    @property
+    def _verifier(self) -> Verifier:
+        return self._parts()[0]
+
+    @property
+    def _fetcher(self) -> BundleFetcher:
+        return self._parts()[1]
+
+    @property
+    def _deltas(self) -> DeltaApplier:
+        return self._parts()[2]
+
+    @property
+    def _signer(self) -> CryptoSigner | None:
+        if not self._signer_loaded:
+            self._signer_value = _report_signer(self.config)
+            self._signer_loaded = True
+        return self._signer_value
 
     def _make_slots(self, slots: Mapping[str, SlotBackend] | SlotFactory | None) -> dict[str, SlotBackend]:
         cfg = self.config
@@ -133,23 +208,70 @@ class Agent:
     # -- the outside world ---------------------------------------------------------
 
     async def run(self) -> None:
-        """Resume what the journal left unfinished, then handle notices until the link ends."""
+        """Resume what the journal left unfinished, then handle notices until the link ends.
+
+        Campaigns run one at a time in a worker, in arrival order; the link keeps being
+        read meanwhile, so a withdrawal reaches a campaign that waits (deferred, or for
+        the owner's consent) or is between steps.
+        """
         await self.flush()
-        await self.resume()
-        notices = self._link.notices()
+        queue: asyncio.Queue[CampaignNotice | None] = asyncio.Queue()
+        worker = asyncio.create_task(self._work(queue))
+        messages = self._link.notices()
         try:
-            async for notice in notices:
-                try:
-                    await self.handle(notice)
-                except Exception:  # e.g. the journal's disk is full: keep listening, resume later
-                    log.exception("%s: campaign %s interrupted", self.config.vin, notice.campaign_id)
+            async for message in messages:
+                if isinstance(message, CampaignWithdrawal):
+                    await self.withdraw(message)
+                else:
+                    queue.put_nowait(message)
+            queue.put_nowait(None)
+            await worker
         finally:
-            await notices.aclose()
+            worker.cancel()
+            await asyncio.gather(worker, return_exceptions=True)
+            await messages.aclose()
+
+    async def _work(self, queue: asyncio.Queue[CampaignNotice | None]) -> None:
+        try:
+            await self.resume()
+        except Exception:  # e.g. the journal's disk is full: keep listening, resume later
+            log.exception("%s: resuming interrupted", self.config.vin)
+        while (notice := await queue.get()) is not None:
+            try:
+                await self.handle(notice)
+            except Exception:
+                log.exception("%s: campaign %s interrupted", self.config.vin, notice.campaign_id)
 
     async def resume(self) -> list[ReportState]:
         """Finish every campaign the journal holds unfinished (after a restart)."""
         await asyncio.to_thread(self._settle_boot)
+        for record in list(self.journal.data.campaigns.values()):
+            if owes_result(record):  # the power went between the end and telling the owner
+                await self._tell_result(record)
         return [await self._drive(record) for record in self.journal.unfinished()]
+
+    async def withdraw(self, message: CampaignWithdrawal) -> ReportState | None:
+        """The server cancelled a campaign for this car: stop it if it has not started installing.
+
+        Ignored (None) for an unknown or finished campaign, or a nonce that is not the
+        campaign's current one; a car already installing or rebooting finishes (or rolls
+        back) and reports as usual.
+        """
+        record = self.journal.campaign(message.campaign_id)
+        if record is None or record.state.terminal or record.nonce != message.nonce:
+            log.info("%s: ignored a withdrawal of campaign %s", self.config.vin, message.campaign_id)
+            return None
+        if record.state.rank >= S.INSTALLING.rank:
+            log.info("%s: campaign %s withdrawn while %s: finishing", self.config.vin, record.campaign_id, record.state)
+            return record.state
+        if self._active == record.campaign_id:
+            self._withdrawals.add(record.campaign_id)  # acted on at the next step boundary or wake-up
+            self.gate.poke()
+            return S.WITHDRAWN
+        done = await self._withdrawn(record)
+        if owes_result(done):
+            await self._tell_result(done)
+        return done.state
 
     def _settle_boot(self) -> None:
         """A trial boot or armed try that no unfinished campaign owns (e.g. the power went
@@ -168,7 +290,7 @@ class Agent:
         await self.flush()
         record = self.journal.campaign(notice.campaign_id)
         if record is None:
-            record = CampaignRecord(notice.campaign_id, notice.nonce, S.NOTIFIED)
+            record = CampaignRecord(notice.campaign_id, notice.nonce, S.NOTIFIED, notice=_stored(notice))
             await self._enter(record)
         elif record.state.terminal:
             if record.nonce == notice.nonce or record.state is S.REMEDIED:
@@ -177,10 +299,12 @@ class Agent:
                 self.journal.record(record)
                 await self._report(record)
                 return record.state
-            record = CampaignRecord(notice.campaign_id, notice.nonce, S.NOTIFIED, attempt=record.attempt + 1)
+            record = CampaignRecord(
+                notice.campaign_id, notice.nonce, S.NOTIFIED, attempt=record.attempt + 1, notice=_stored(notice)
+            )
             await self._enter(record)
         elif record.nonce != notice.nonce:
-            record = replace(record, nonce=notice.nonce)
+            record = replace(record, nonce=notice.nonce, notice=_stored(notice))
             self.journal.record(record)
         return await self._drive(record)
 
@@ -210,21 +334,64 @@ class Agent:
         await self._report(record)
 
     async def _drive(self, record: CampaignRecord) -> ReportState:
-        while not record.state.terminal:
-            try:
-                record = await self._step(record)
-            except UpdateFailed as exc:
-                record = await self._fail(record, exc)
-                break
-            await self._enter(record)
+        record = self.journal.campaign(record.campaign_id) or record  # it may have been withdrawn meanwhile
+        self._active = record.campaign_id
+        try:
+            while not record.state.terminal:
+                if self._withdrawal_due(record):
+                    record = await self._withdrawn(record)
+                    break
+                try:
+                    nxt = await self._step(record)
+                except UpdateFailed as exc:
+                    record = await self._fail(record, exc)
+                    break
+                except Withdrawn:
+                    record = await self._withdrawn(record)
+                    break
+                if not nxt.state.terminal and self._withdrawal_due(record):
+                    record = await self._withdrawn(record)
+                    break
+                record = nxt
+                await self._enter(record)
+        finally:
+            self._active = None
+            self._withdrawals.discard(record.campaign_id)
+        if owes_result(record):
+            await self._tell_result(record)
         return record.state
+
+    def _withdrawal_due(self, record: CampaignRecord) -> bool:
+        return record.campaign_id in self._withdrawals and record.state.rank < S.INSTALLING.rank
+
+    async def _withdrawn(self, record: CampaignRecord) -> CampaignRecord:
+        """Stop before installing: drop what was downloaded, report withdrawn (one journal write first)."""
+        alone = self._active in (None, record.campaign_id)  # no other campaign's download to keep
+        _discard_downloads(self.config.state_dir / "downloads", record.targets, everything=alone)
+        done = record.advance(S.WITHDRAWN, detail="the campaign was withdrawn before this car started installing")
+        await self._report(done)
+        return done
+
+    async def _tell_result(self, record: CampaignRecord) -> None:
+        """The owner's notice after (success or not), logged in the journal once shown."""
+        notice = _notice_of(record)
+        if notice is not None:
+            await self.gate.owner.show_result(notice, record.state, record.detail)
+        self.journal.record(self.gate.log(record, "result", f"{record.state.value} {record.detail}".strip()))
 
     async def _step(self, record: CampaignRecord) -> CampaignRecord:
         """Do the work of ``record.state``; return the record of the next step."""
-        if record.state is S.NOTIFIED:
-            return record.advance(S.DOWNLOADING, targets=())
+        withdrawn = lambda: record.campaign_id in self._withdrawals  # noqa: E731
+        if record.state in (S.NOTIFIED, S.CONSENTED):
+            return await self.gate.start(record, _notice_of(record), withdrawn)
+        if record.state is S.DEFERRED:
+            return await self.gate.wait(record, _notice_of(record), withdrawn)
         if record.state is S.DOWNLOADING:
-            targets = await self._blocking(self._download)
+            notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
+            try:
+                targets = await self._blocking(self._download, preconditions_of(notice))
+            except HeldAtDownload as held:  # e.g. a large bundle and only cellular
+                return defer(record, held.hold, bundle_bytes=held.bundle_bytes)
             if not targets:
                 return record.advance(S.REMEDIED, targets=())
             return record.advance(S.VERIFYING, targets=targets)
@@ -250,6 +417,8 @@ class Agent:
         for attempt in range(self._retries + 1):
             try:
                 return await asyncio.to_thread(fn, *args)
+            except HeldAtDownload:
+                raise
             except UpdateFailed as exc:
                 if exc.reason not in RETRYABLE or attempt == self._retries:
                     raise
@@ -260,9 +429,13 @@ class Agent:
             await self._sleep(self._retry_delay * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _download(self) -> tuple[Target, ...]:
+    def _download(self, preconditions: Preconditions | None = None) -> tuple[Target, ...]:
         verified = self._verifier.verify()
         todo = [a for a in verified.assignments if self._needs_install(a)]
+        size = sum(a.length for a in todo)  # signed: now the network rule for large bundles applies
+        hold = check(preconditions, self.gate.vehicle.read(), size) if todo else None
+        if hold is not None:
+            raise HeldAtDownload(hold, size)
         for assignment in todo:
             slots = self.slots[assignment.ecu_serial]
             delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
@@ -277,11 +450,34 @@ class Agent:
                 FailureReason.METADATA_ROLLBACK,
                 f"{assignment.path}: release counter {assignment.release_counter} is below installed {counter}",
             )
+        self._check_floor(assignment)
         return assignment.version != version
+
+    def _check_floor(self, assignment: Assignment) -> None:
+        """Refuse an image below the highest recall minimum this ECU has seen, and remember new ones.
+
+        A floor is kept only when the assigned image itself meets it: the image's counter is
+        signed by the Image repository too, so a Director key alone cannot raise the floor
+        above any released image. It is saved with the step's next journal write.
+        """
+        wanted = assignment.min_release_counter
+        if wanted is not None and assignment.release_counter < wanted:
+            raise UpdateFailed(
+                FailureReason.BELOW_MINIMUM_VERSION,
+                f"{assignment.path}: release counter {assignment.release_counter} is below the recall's "
+                f"minimum {wanted}",
+            )
+        floor = self.journal.raise_floor(assignment.ecu_serial, wanted or 0)
+        if assignment.release_counter < floor:
+            raise UpdateFailed(
+                FailureReason.BELOW_MINIMUM_VERSION,
+                f"{assignment.path}: release counter {assignment.release_counter} is below the minimum {floor} "
+                "an earlier recall set for this ECU",
+            )
 
     def _verify_bundles(self, targets: tuple[Target, ...]) -> None:
         for target in targets:
-            if rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's image is checked there
+            if _rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's image is checked there
                 check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
 
     def _install(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
@@ -290,7 +486,7 @@ class Agent:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != slots.active_slot():
                 slots.rollback()  # a trial boot we did not start: back to the committed slot first
-            image = rebuilt_image(self._fetcher.downloads, target.assignment)
+            image = _rebuilt_image(self._fetcher.downloads, target.assignment)
             if image is not None:
                 slot = install_image(image, target.assignment, slots)
             else:
@@ -323,7 +519,8 @@ class Agent:
 
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
-        failed = record.advance(S.FAILED, reason=exc.reason, detail=exc.detail)
+        rolled_back = record.state is S.REBOOTING and exc.reason in ROLLBACK_REASONS
+        failed = record.advance(S.ROLLED_BACK if rolled_back else S.FAILED, reason=exc.reason, detail=exc.detail)
         # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
         report = self._build_report(failed)
         self.journal.record(failed, report)
@@ -351,6 +548,7 @@ class Agent:
             vin=self.config.vin,
             nonce=record.nonce,
             attempt=record.attempt,
+            deferrals=record.deferrals,
             state=record.state,
             reason=record.reason,
             detail=record.detail,
@@ -361,7 +559,12 @@ class Agent:
             else (False if record.reason is FailureReason.HEALTH_CHECK_FAILED else None),
             sent_at=self._clock(),
         )
-        return report if self._signer is None else sign_report(report, self._signer)
+        signer = self._signer
+        if signer is None:
+            return report
+        from firmware_bundles.report_signing import sign_report
+
+        return sign_report(report, signer)
 
     async def _report(self, record: CampaignRecord) -> None:
         report = self._build_report(record)
@@ -371,19 +574,75 @@ class Agent:
         await self.flush()
 
 
+_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END \1PRIVATE KEY-----")
+
+
+def _check_report_key(config: AgentConfig) -> None:
+    """Fail at start on a key that is not a PEM private key; it is parsed at the first report."""
+    if config.report_key is None:
+        return
+    match = _PEM_KEY.search(config.report_key)
+    try:
+        if match is None or not base64.b64decode(b"".join(match.group(2).split()), validate=True):
+            raise ValueError("no PEM private key block")
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"report key: not a usable private key: {exc}") from exc
+
+
 def _report_signer(config: AgentConfig) -> CryptoSigner | None:
     """The car's report key; without one, reports go unsigned (and the server rejects them)."""
     if config.report_key is None:
         log.warning("%s: no report key configured; the server will reject this car's reports", config.vin)
         return None
+    from firmware_bundles.report_signing import load_report_signer
+
     try:
         return load_report_signer(config.report_key)
     except ValueError as exc:
         raise ConfigError(f"report key: {exc}") from exc
 
 
+def _rebuilt_image(downloads: Path, assignment: Assignment) -> Path | None:
+    from vehicle_agent.delta import rebuilt_image
+
+    return rebuilt_image(downloads, assignment)
+
+
 def _fell_back(target: Target, slots: SlotBackend) -> str:
     return f"slot {target.slot} did not boot; the bootloader fell back to slot {slots.booted_slot()} (rolled back)"
+
+
+def vehicle_state(options: VehicleOptions) -> VehicleState:
+    """The configured readiness source: a state file, or none (preconditions assumed met)."""
+    if options.state_file is None:
+        return AlwaysReady()
+    return FileVehicleState(options.state_file, max_age=options.max_age)
+
+
+def _stored(notice: CampaignNotice) -> str:
+    return notice.model_dump_json(exclude_none=True)
+
+
+def _notice_of(record: CampaignRecord) -> CampaignNotice | None:
+    """The notice that started this attempt (None in a journal written before notices were kept)."""
+    if not record.notice:
+        return None
+    try:
+        return CampaignNotice.model_validate_json(record.notice)
+    except ValueError:
+        log.warning("campaign %s: stored notice unreadable; no preconditions or owner notice", record.campaign_id)
+        return None
+
+
+def _discard_downloads(downloads: Path, targets: tuple[Target, ...], *, everything: bool) -> None:
+    """Drop a withdrawn campaign's files: all of them when no other campaign is running, else its targets'."""
+    if not downloads.is_dir():
+        return
+    prefixes = tuple(t.assignment.sha256 for t in targets)
+    for path in downloads.iterdir():
+        if path.is_file() and (everything or (bool(prefixes) and path.name.startswith(prefixes))):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def agent_state_dir(base: Path, vin: str) -> Path:

@@ -13,7 +13,6 @@ import signal
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from firmware_bundles.errors import ContractError, InvalidVin
@@ -25,8 +24,8 @@ from vehicle_agent.config import AgentConfig, load_config
 from vehicle_agent.errors import AgentError
 from vehicle_agent.installer import FileSlots
 from vehicle_agent.journal import Journal
+from vehicle_agent.lazy_transport import LazyTransport
 from vehicle_agent.link import MqttLink, tls_context
-from vehicle_agent.transport import HttpxTransport, make_http_client
 from vehicle_agent.tryboot import slot_factory
 
 app = typer.Typer(help="The OTA recall vehicle agent.", no_args_is_help=True, add_completion=False)
@@ -64,6 +63,8 @@ def init(
         vin = validate_vin(vin)
     except InvalidVin as exc:
         raise _fail(str(exc)) from exc
+    import httpx  # lazy: the resident agent (`run`) never needs it until a campaign comes
+
     url = f"{server.rstrip('/')}/api/v1/vehicles/{vin}/provision"
     try:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -84,8 +85,9 @@ def init(
 
 async def _run(config: AgentConfig) -> None:
     link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
-    with make_http_client(config.download, max_connections=4) as client:
-        transport = HttpxTransport(client, chunk_size=config.download.chunk_size)
+    clients: list[Any] = []
+    transport = LazyTransport(lambda: _http_transport(config, clients))
+    try:
         agent = Agent(config, link=link, transport=transport, slots=slot_factory(config))
         task = asyncio.current_task()
         assert task is not None
@@ -97,6 +99,18 @@ async def _run(config: AgentConfig) -> None:
         except asyncio.CancelledError:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.announce_offline(), timeout=5)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def _http_transport(config: AgentConfig, clients: list[Any]) -> Any:
+    """The real HTTP transport, built when the first campaign needs it."""
+    from vehicle_agent.transport import HttpxTransport, make_http_client
+
+    client = make_http_client(config.download, max_connections=4)
+    clients.append(client)
+    return HttpxTransport(client, chunk_size=config.download.chunk_size)
 
 
 @app.command()

@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tuf.api.metadata import Metadata, Root
-
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.provisioning import REPORT_KEY_FILE, write_file
 from firmware_bundles.vin import validate_vin
@@ -52,6 +50,8 @@ class DownloadLimits:
     # ... and a floor on the average speed over each window, so a trickle is cut off early.
     min_bytes_per_second: float = 1024.0
     speed_window: float = 60.0
+    # Deadline for one metadata file (they are small; a trickle is an attack, not a slow link).
+    metadata_timeout: float = 120.0
     # Transient failures (network cut, 5xx) resume the download after a jittered exponential backoff.
     retries: int = 5
     backoff_base: float = 1.0
@@ -131,6 +131,25 @@ def installer_options(raw: Mapping[str, Any], base: Path, where: str) -> Install
 
 
 @dataclass(frozen=True)
+class VehicleOptions:
+    """The ``[vehicle]`` table: where readiness comes from and how a deferred campaign waits.
+
+    ``state_file``: JSON another service keeps current (:class:`vehicle_agent.vehicle.FileVehicleState`;
+    missing, unreadable or older than ``max_age`` seconds reads as not ready). Unset: no
+    vehicle bus, preconditions are assumed met (logged). A deferred campaign looks again
+    every ``retry_interval`` seconds, spread by +/- ``retry_jitter`` (a fraction), and at
+    once when the state source signals a change. ``consent`` is what the default owner
+    hook (no screen) answers for a non-safety update: ``postpone``, ``accept`` or ``decline``.
+    """
+
+    state_file: Path | None = None
+    max_age: float = 120.0
+    retry_interval: float = 300.0
+    retry_jitter: float = 0.2
+    consent: str = "postpone"
+
+
+@dataclass(frozen=True)
 class MqttOptions:
     keepalive: int = 60
     backoff_min: float = 1.0
@@ -157,6 +176,7 @@ class AgentConfig:
     download: DownloadLimits = DownloadLimits()
     mqtt: MqttOptions = MqttOptions()
     installer: InstallerOptions = InstallerOptions()
+    vehicle: VehicleOptions = VehicleOptions()
     # fsync the journal and boot state; the simulator may turn it off for thousands of cars.
     durable: bool = True
 
@@ -181,6 +201,8 @@ def _check_url(url: str, schemes: Sequence[str], what: str) -> str:
 
 def check_root(raw: bytes, what: str) -> bytes:
     """Refuse a trusted root that is not signed root metadata (the signatures are checked by TUF)."""
+    from tuf.api.metadata import Metadata, Root  # lazy: an idle agent does not hold python-tuf
+
     try:
         Metadata[Root].from_bytes(raw)
     except Exception as exc:  # tuf raises several types for unreadable metadata
@@ -271,7 +293,25 @@ def load_config(path: Path) -> AgentConfig:
         **_identity(doc, base, where),
         **_options(doc, where),
         **_installer(doc, base, where),
+        **_vehicle(doc, base, where),
     )
+
+
+def _vehicle(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
+    if "vehicle" not in doc:
+        return {}
+    table = dict(doc["vehicle"])
+    if "state_file" in table:
+        table["state_file"] = base / str(table["state_file"])
+    try:
+        options = VehicleOptions(**table)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: unknown or misspelt vehicle option: {exc}") from exc
+    if options.retry_interval <= 0 or not 0 <= options.retry_jitter < 1 or options.max_age <= 0:
+        raise ConfigError(f"{where}: vehicle retry_interval and max_age must be positive, retry_jitter in [0, 1)")
+    if options.consent not in ("postpone", "accept", "decline"):
+        raise ConfigError(f"{where}: vehicle consent must be postpone, accept or decline, got {options.consent!r}")
+    return {"vehicle": options}
 
 
 def _installer(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:

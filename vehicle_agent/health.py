@@ -10,7 +10,7 @@ import subprocess
 from collections.abc import Sequence
 from typing import Protocol
 
-from firmware_bundles.uptane import Assignment
+from firmware_bundles.assignment import Assignment
 from vehicle_agent.installer import SlotBackend
 
 

@@ -21,10 +21,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Protocol
 
+from firmware_bundles.assignment import Assignment
 from firmware_bundles.bundle import Manifest, image_header, open_bundle, sample_image
 from firmware_bundles.errors import InvalidBundle
 from firmware_bundles.messages import FailureReason
-from firmware_bundles.uptane import Assignment
 from vehicle_agent.errors import UpdateFailed
 from vehicle_agent.journal import write_atomically
 

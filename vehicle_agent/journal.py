@@ -21,8 +21,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from firmware_bundles.assignment import Assignment
 from firmware_bundles.messages import FailureReason, ReportState, StatusReport
-from firmware_bundles.uptane import Assignment
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,16 @@ class Target:
 
 
 @dataclass(frozen=True)
+class OwnerEvent:
+    """What the owner was shown or answered (``what``: notice, consent, result): the notice log."""
+
+    at: str
+    attempt: int
+    what: str
+    text: str
+
+
+@dataclass(frozen=True)
 class CampaignRecord:
     campaign_id: int
     nonce: str
@@ -76,6 +86,15 @@ class CampaignRecord:
     detail: str = ""
     # Times the reboot step was started (journaled first): bounds reboot and crash loops.
     boot_attempts: int = 0
+    # Deferrals so far in this attempt (each deferred report carries the new count).
+    deferrals: int = 0
+    # The owner said yes to this attempt (non-safety updates only).
+    consented: bool = False
+    # The notice that started this attempt (JSON): preconditions and owner notice for a resume.
+    notice: str = ""
+    # The signed size of what is to be downloaded, once verified (0: not known yet).
+    bundle_bytes: int = 0
+    owner_log: tuple[OwnerEvent, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         body = asdict(self)
@@ -95,6 +114,11 @@ class CampaignRecord:
             reason=FailureReason(body["reason"]) if body.get("reason") else None,
             detail=str(body.get("detail", "")),
             boot_attempts=int(body.get("boot_attempts", 0)),
+            deferrals=int(body.get("deferrals", 0)),
+            consented=bool(body.get("consented", False)),
+            notice=str(body.get("notice", "")),
+            bundle_bytes=int(body.get("bundle_bytes", 0)),
+            owner_log=tuple(OwnerEvent(**e) for e in body.get("owner_log", ())),
         )
 
     def advance(self, state: ReportState, **changes: Any) -> CampaignRecord:
@@ -106,6 +130,8 @@ class JournalData:
     campaigns: dict[int, CampaignRecord] = field(default_factory=dict)
     # ECU serial to installed (version, release_counter); seeded from the config.
     installed: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # ECU serial to the highest minimum release counter a recall has set (refuse anything below).
+    floors: dict[str, int] = field(default_factory=dict)
     outbox: list[StatusReport] = field(default_factory=list)
 
 
@@ -159,6 +185,7 @@ class Journal:
         return JournalData(
             campaigns={int(k): CampaignRecord.from_json(v) for k, v in body.get("campaigns", {}).items()},
             installed={k: (str(v[0]), int(v[1])) for k, v in body.get("installed", {}).items()},
+            floors={k: int(v) for k, v in body.get("floors", {}).items()},
             outbox=[StatusReport.model_validate(r) for r in body.get("outbox", [])],
         )
 
@@ -167,6 +194,7 @@ class Journal:
             "journal_version": JOURNAL_VERSION,
             "campaigns": {str(k): v.to_json() for k, v in self.data.campaigns.items()},
             "installed": {k: list(v) for k, v in self.data.installed.items()},
+            "floors": dict(self.data.floors),
             "outbox": [r.model_dump(mode="json", exclude_none=True) for r in self.data.outbox],
         }
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -188,6 +216,12 @@ class Journal:
 
     def unfinished(self) -> list[CampaignRecord]:
         return [c for c in self.data.campaigns.values() if not c.state.terminal]
+
+    def raise_floor(self, serial: str, counter: int) -> int:
+        """Keep the highest floor seen for ``serial``; return it. Saved with the step's next write."""
+        floor = max(self.data.floors.get(serial, 0), counter)
+        self.data.floors[serial] = floor
+        return floor
 
     def set_installed(self, serial: str, version: str, release_counter: int) -> None:
         self.data.installed[serial] = (version, release_counter)

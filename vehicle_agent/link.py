@@ -1,6 +1,6 @@
-"""The server link: campaign notices in, status reports out.
+"""The server link: campaign notices and withdrawals in, status reports out.
 
-MQTT messages are hints (the signed metadata is the authority), so a notice that does
+MQTT messages are hints (the signed metadata is the authority), so a message that does
 not parse, or names another VIN, is counted and dropped here and never reaches the
 agent. :class:`MqttLink` is the real link over aiomqtt; :class:`FakeLink` is an
 in-memory link for tests and simulated fleets that do not need a broker.
@@ -20,19 +20,28 @@ import aiomqtt
 
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
-from firmware_bundles.messages import CampaignNotice, Presence, StatusReport, encode, parse_notice
+from firmware_bundles.messages import (
+    CampaignNotice,
+    CampaignWithdrawal,
+    Presence,
+    StatusReport,
+    encode,
+    parse_campaign_message,
+)
 from vehicle_agent.config import AGENT_VERSION, AgentConfig, MqttOptions
 from vehicle_agent.errors import ConfigError, LinkDown
 
 log = logging.getLogger(__name__)
+
+CampaignMessage = CampaignNotice | CampaignWithdrawal
 
 
 class Link(Protocol):
     # Called (by the link) after every (re)connect; the agent sets it to re-send its outbox.
     on_connect: Callable[[], Awaitable[None]] | None
 
-    def notices(self) -> AsyncGenerator[CampaignNotice, None]:
-        """Valid notices for this VIN, forever (reconnecting as needed)."""
+    def notices(self) -> AsyncGenerator[CampaignMessage, None]:
+        """Valid notices and withdrawals for this VIN, forever (reconnecting as needed)."""
         ...
 
     async def send(self, report: StatusReport) -> None:
@@ -47,16 +56,16 @@ class NoticeFilter:
         self.vin = vin
         self.malformed = 0
 
-    def decode(self, payload: bytes) -> CampaignNotice | None:
+    def decode(self, payload: bytes) -> CampaignMessage | None:
         try:
-            notice = parse_notice(payload)
+            notice = parse_campaign_message(payload)
         except MalformedMessage as exc:
             self.malformed += 1
             log.warning("%s: dropped malformed notice: %s", self.vin, exc)
             return None
         if notice.vin != self.vin:
             self.malformed += 1
-            log.warning("%s: dropped notice addressed to %s", self.vin, notice.vin)
+            log.warning("%s: dropped %s addressed to %s", self.vin, notice.kind, notice.vin)
             return None
         return notice
 
@@ -75,7 +84,7 @@ class FakeLink:
     def malformed(self) -> int:
         return self.filter.malformed
 
-    def deliver(self, notice: CampaignNotice | bytes) -> None:
+    def deliver(self, notice: CampaignMessage | bytes) -> None:
         self._queue.put_nowait(notice if isinstance(notice, bytes) else encode(notice))
 
     async def reconnect(self) -> None:
@@ -88,7 +97,7 @@ class FakeLink:
         """End the notice stream once what was delivered before has been read."""
         self._queue.put_nowait(None)
 
-    async def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+    async def notices(self) -> AsyncGenerator[CampaignMessage, None]:
         while (payload := await self._queue.get()) is not None:
             notice = self.filter.decode(payload)
             if notice is not None:
@@ -188,7 +197,7 @@ class MqttLink:
         ceiling = min(self._options.backoff_max, self._options.backoff_min * 2 ** min(failures, 16))
         return self._rng.uniform(self._options.backoff_min / 2, ceiling)  # full jitter spreads a fleet out
 
-    async def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+    async def notices(self) -> AsyncGenerator[CampaignMessage, None]:
         failures = 0
         while True:
             try:

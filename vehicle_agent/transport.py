@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from typing import Protocol
@@ -143,10 +144,25 @@ class MemoryTransport:
 
 
 class TufFetcher(FetcherInterface):
-    """python-tuf's fetcher on top of a :class:`Transport`, with TUF's error types."""
+    """python-tuf's fetcher on top of a :class:`Transport`, with TUF's error types.
 
-    def __init__(self, transport: Transport) -> None:
+    python-tuf caps each metadata file's length (endless data) but not its duration, so
+    a mirror trickling a timestamp one byte a minute would hold a car for days. The same
+    guard as the bundle fetcher's applies here: a per-file deadline and a floor on the
+    average speed over each window, on an injectable clock, raising python-tuf's own
+    ``SlowRetrievalError``.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        limits: DownloadLimits | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._transport = transport
+        self._limits = limits or DownloadLimits()
+        self._monotonic = monotonic
 
     def _fetch(self, url: str) -> Iterator[bytes]:
         return self._generate(url)
@@ -156,8 +172,27 @@ class TufFetcher(FetcherInterface):
         # so errors are translated here; TUF needs the status to treat 404 as "no newer root".
         try:
             with self._transport.stream(url) as chunks:
-                yield from chunks
+                yield from self._guarded(url, chunks)
         except FetchError as exc:
             if exc.status is not None:
                 raise tuf_exceptions.DownloadHTTPError(str(exc), exc.status) from exc
             raise tuf_exceptions.DownloadError(str(exc)) from exc
+
+    def _guarded(self, url: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
+        limits = self._limits
+        started = window_start = self._monotonic()
+        received = 0
+        for chunk in chunks:
+            now = self._monotonic()
+            if now - started > limits.metadata_timeout:
+                raise tuf_exceptions.SlowRetrievalError(f"{url}: not complete after {limits.metadata_timeout:g} s")
+            received += len(chunk)
+            elapsed = now - window_start
+            if elapsed >= limits.speed_window:
+                if received / elapsed < limits.min_bytes_per_second:
+                    raise tuf_exceptions.SlowRetrievalError(
+                        f"{url}: {received / elapsed:.1f} B/s over {elapsed:g} s, "
+                        f"below the floor of {limits.min_bytes_per_second:g} B/s"
+                    )
+                window_start, received = now, 0
+            yield chunk

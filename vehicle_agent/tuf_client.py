@@ -10,6 +10,9 @@ fetcher), so an outside suite tests the verifier the cars run.
     vehicle-agent tuf-client --metadata-dir DIR --metadata-url URL refresh
     vehicle-agent tuf-client --metadata-dir DIR --metadata-url URL --target-name PATH \\
         --target-base-url URL --target-dir DIR download
+
+python-tuf is imported inside the commands so that loading the agent's CLI (and so
+the resident ``vehicle-agent run``) does not pay for it.
 """
 
 from __future__ import annotations
@@ -18,14 +21,15 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 from urllib.parse import quote
 
 import typer
-from tuf.api.exceptions import DownloadError, RepositoryError
-from tuf.ngclient import Updater
 
-from vehicle_agent.transport import HttpxTransport, TufFetcher, make_http_client
+if TYPE_CHECKING:
+    from tuf.ngclient import Updater
+
+    from vehicle_agent.transport import TufFetcher
 
 log = logging.getLogger(__name__)
 app = typer.Typer(
@@ -68,6 +72,8 @@ def main(
 
 
 def _updater(options: ClientOptions, fetcher: TufFetcher) -> Updater:
+    from tuf.ngclient import Updater
+
     if not options.metadata_url:
         raise _fail("--metadata-url is required")
     root = options.metadata_dir / "root.json"
@@ -98,6 +104,10 @@ def init(ctx: typer.Context, trusted_root: Annotated[Path, typer.Argument(help="
 @app.command()
 def refresh(ctx: typer.Context) -> None:
     """Update top-level metadata following the TUF client workflow."""
+    from tuf.api.exceptions import DownloadError, RepositoryError
+
+    from vehicle_agent.transport import HttpxTransport, TufFetcher, make_http_client
+
     with make_http_client() as http:
         try:
             _updater(_options(ctx), TufFetcher(HttpxTransport(http))).refresh()
@@ -108,6 +118,10 @@ def refresh(ctx: typer.Context) -> None:
 @app.command()
 def download(ctx: typer.Context) -> None:
     """Refresh, then fetch and verify one target (kept, and not fetched again, if cached)."""
+    from tuf.api.exceptions import DownloadError, RepositoryError
+
+    from vehicle_agent.transport import HttpxTransport, TufFetcher, make_http_client
+
     options = _options(ctx)
     if not options.target_name or not options.target_dir or not options.target_base_url:
         raise _fail("download needs --target-name, --target-base-url and --target-dir")

@@ -8,7 +8,8 @@ Every TUF error maps to one precise :class:`FailureReason`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,9 @@ _TUF_REASONS: tuple[tuple[type[Exception], FailureReason], ...] = (
     (tuf_exceptions.UnsignedMetadataError, FailureReason.METADATA_SIGNATURE_INVALID),
     (tuf_exceptions.ExpiredMetadataError, FailureReason.METADATA_EXPIRED),
     (tuf_exceptions.BadVersionNumberError, FailureReason.METADATA_ROLLBACK),
+    # attacks on the transfer, told apart from an outage so operators see them as such
+    (tuf_exceptions.SlowRetrievalError, FailureReason.DOWNLOAD_TOO_SLOW),
+    (tuf_exceptions.DownloadLengthMismatchError, FailureReason.LENGTH_MISMATCH),
     (tuf_exceptions.DownloadError, FailureReason.METADATA_FETCH_FAILED),
     (tuf_exceptions.RepositoryError, FailureReason.METADATA_INVALID),
 )
@@ -69,9 +73,11 @@ class VerifiedTargets:
 class Verifier:
     """Refreshes both repositories for one car; blocking, so the agent runs it in a thread."""
 
-    def __init__(self, config: AgentConfig, transport: Transport) -> None:
+    def __init__(
+        self, config: AgentConfig, transport: Transport, *, monotonic: Callable[[], float] = time.monotonic
+    ) -> None:
         self._config = config
-        self._fetcher = TufFetcher(transport)
+        self._fetcher = TufFetcher(transport, limits=config.download, monotonic=monotonic)
         metadata = config.state_dir / "metadata"
         self.image_dir = metadata / "image"
         self.director_dir = metadata / "director"

@@ -1,22 +1,119 @@
-"""Campaign views and progress."""
+"""Campaign views, progress and the operators' controls (pause, resume, cancel, retry, per-VIN records)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
-from ota_server.api.auth import needs_read
-from ota_server.api.deps import Id, SessionDep
-from ota_server.schemas import CampaignPublic, Progress
-from ota_server.services import campaigns, progress
+from fastapi import APIRouter, Query
+from starlette.concurrency import run_in_threadpool
 
-router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"], dependencies=[needs_read])
+from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
+from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.schemas import (
+    CampaignControl,
+    CampaignPublic,
+    ControlResult,
+    NoticeLogEntry,
+    OutcomeCreate,
+    Progress,
+    VinOutcome,
+)
+from ota_server.services import campaign_control, campaigns, progress
+
+router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
 
-@router.get("/{campaign_id}")
+@router.get("/{campaign_id}", dependencies=[needs_read])
 def get_campaign(campaign_id: Id, session: SessionDep) -> CampaignPublic:
+    """The campaign: population (frozen count and current), status and the open wave."""
     return campaigns.get(session, campaign_id)
 
 
-@router.get("/{campaign_id}/progress")
+@router.get("/{campaign_id}/progress", dependencies=[needs_read])
 def get_progress(campaign_id: Id, session: SessionDep) -> Progress:
+    """Counts per state (always adding up to the population), per wave with each gate's verdict,
+    failures by reason, unreachable cars by reason, retries waiting."""
     return progress.progress(session, campaign_id)
+
+
+@router.post("/{campaign_id}/pause")
+async def pause_campaign(
+    campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
+) -> CampaignPublic:
+    """Stop notifying cars (and retrying). Cars already working carry on and report."""
+    actor = actor_of(session).name
+    return await run_in_threadpool(
+        runtime.scheduler.exclusive,
+        lambda: campaign_control.pause(session, campaign_id, body.reason, actor, runtime.clock()),
+    )
+
+
+@router.post("/{campaign_id}/resume")
+async def resume_campaign(
+    campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
+) -> CampaignPublic:
+    """Notify again after a pause (an operator's or the error threshold's).
+
+    The open wave's errors so far count as seen: the threshold trips again only on new ones.
+    """
+    actor = actor_of(session).name
+    campaign = await run_in_threadpool(
+        runtime.scheduler.exclusive,
+        lambda: campaign_control.resume(session, campaign_id, body.reason, actor, runtime.clock()),
+    )
+    await runtime.scheduler.tick([campaign_id])
+    return campaign
+
+
+@router.post("/{campaign_id}/cancel")
+async def cancel_campaign(
+    campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
+) -> ControlResult:
+    """Cancel: every car that has not started is withdrawn (a retained withdrawal replaces its
+    notice and its Director assignment is emptied); cars installing finish or roll back cleanly."""
+    actor = actor_of(session).name
+    campaign, withdrawn, messages = await run_in_threadpool(
+        runtime.scheduler.exclusive,
+        lambda: campaign_control.cancel(session, runtime.director, campaign_id, body.reason, actor, runtime.clock()),
+    )
+    runtime.dispatcher.dispatch(messages)
+    return ControlResult(campaign=campaign, vehicles=withdrawn)
+
+
+@router.post("/{campaign_id}/retry-failed")
+async def retry_failed(campaign_id: Id, session: OperatorSession, runtime: RuntimeDep) -> ControlResult:
+    """Give every failed, rolled-back or timed-out car a new notice (new nonce) now, within the plan's
+    waves, rate and windows; the car starts a new attempt."""
+    campaign, count = await run_in_threadpool(
+        runtime.scheduler.exclusive, lambda: campaign_control.retry_failed(session, campaign_id, runtime.clock())
+    )
+    await runtime.scheduler.tick([campaign_id])
+    return ControlResult(campaign=campaign, vehicles=count)
+
+
+@router.post("/{campaign_id}/vehicles/{vin}/outcome")
+async def record_outcome(
+    campaign_id: Id, vin: str, body: OutcomeCreate, session: OperatorSession, runtime: RuntimeDep
+) -> VinOutcome:
+    """Record, with evidence, that a car was remedied at a dealer, inspected and found not to need
+    the remedy, or is unreachable (exported, stolen, scrapped, other)."""
+    trail_of(session).action.target["outcome"] = body.outcome
+    actor = actor_of(session).name
+    outcome = await run_in_threadpool(
+        runtime.scheduler.exclusive,
+        lambda: campaign_control.record_outcome(session, campaign_id, vin, body, actor, runtime.clock()),
+    )
+    await runtime.scheduler.tick([campaign_id])
+    return outcome
+
+
+@router.get("/{campaign_id}/notices", dependencies=[needs_read])
+def notice_log(
+    campaign_id: Id,
+    session: SessionDep,
+    vin: Annotated[str | None, Query(max_length=17, description="Only this car")] = None,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[NoticeLogEntry]:
+    """The owner-notification log: every notice and withdrawal the broker accepted, with its content."""
+    return campaign_control.notice_log(session, campaign_id, vin, offset, limit)

@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from firmware_bundles.messages import CampaignNotice
 from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic
@@ -43,18 +42,23 @@ def get_recall(recall_id: Id, session: SessionDep) -> RecallPublic:
 async def launch_recall(
     recall_id: Id, session: OperatorSession, runtime: RuntimeDep, response: Response
 ) -> CampaignPublic | LaunchRequestPublic:
-    """Launch a non-safety recall at once (201); for a safety recall, record the request (202)."""
+    """Launch a non-safety recall at once (201); for a safety recall, record the request (202).
 
-    def launch() -> tuple[CampaignPublic | LaunchRequestPublic, list[CampaignNotice]]:
+    Launching freezes the population into the rollout plan's waves; the scheduler then
+    notifies the first cars the plan allows (signing their Director metadata) at once.
+    """
+
+    def launch() -> CampaignPublic | LaunchRequestPublic:
         if approvals.needs_approval(session, recall_id):
             trail_of(session).action.status = status.HTTP_202_ACCEPTED
-            return approvals.request_launch(session, recall_id, actor_of(session), runtime.clock()), []
-        return campaigns.launch(session, runtime.director, recall_id, repo_url=runtime.repo_url, now=runtime.clock())
+            return approvals.request_launch(session, recall_id, actor_of(session), runtime.clock())
+        return campaigns.launch(session, recall_id, now=runtime.clock())
 
-    result, notices = await run_in_threadpool(launch)
+    result = await run_in_threadpool(launch)
     if isinstance(result, LaunchRequestPublic):
         response.status_code = status.HTTP_202_ACCEPTED
-    runtime.dispatcher.dispatch(notices)
+        return result
+    await runtime.scheduler.tick([result.id])
     return result
 
 
@@ -62,13 +66,14 @@ async def launch_recall(
 async def approve_launch(recall_id: Id, session: ApproverSession, runtime: RuntimeDep) -> CampaignPublic:
     """Approve a requested safety recall launch (not by its requester) and launch it.
 
-    Freezes the population and signs per-VIN metadata, then publishes notices in the background.
+    Freezes the population into waves; the scheduler notifies the first cars the plan
+    allows at once (signing their Director metadata) and publishes in the background.
     """
 
-    def approve() -> tuple[CampaignPublic, list[CampaignNotice]]:
+    def approve() -> CampaignPublic:
         approvals.stage_approval(session, recall_id, actor_of(session), runtime.clock())
-        return campaigns.launch(session, runtime.director, recall_id, repo_url=runtime.repo_url, now=runtime.clock())
+        return campaigns.launch(session, recall_id, now=runtime.clock())
 
-    campaign, notices = await run_in_threadpool(approve)
-    runtime.dispatcher.dispatch(notices)
+    campaign = await run_in_threadpool(approve)
+    await runtime.scheduler.tick([campaign.id])
     return campaign

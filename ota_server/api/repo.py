@@ -30,5 +30,7 @@ def image_target(target_path: str, session: SessionDep, runtime: RuntimeDep) -> 
 
 
 @router.get("/" + repo_paths.DIRECTOR_METADATA + "{name}")
-def director_metadata(vin: str, name: str, session: SessionDep) -> Response:
+def director_metadata(vin: str, name: str, session: SessionDep, runtime: RuntimeDep) -> Response:
+    if name == "timestamp.json":
+        repository.refresh_director(session, runtime.director, vin, runtime.clock())
     return _json(repository.director_metadata(session, vin, name))

@@ -27,14 +27,18 @@ router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
+    """Register one car; a dynamic campaign whose population it matches takes it at the next tick."""
     vehicles.register(session, [body], runtime.clock(), numbered=False)
+    runtime.scheduler.poke()
     return vehicles.get(session, body.vin)
 
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED)
 def register_batch(body: VehicleBatchCreate, session: OperatorSession, runtime: RuntimeDep) -> BatchCreated:
     """All or nothing: one bad car rejects the batch (422 names its index and VIN)."""
-    return BatchCreated(created=vehicles.register(session, body.vehicles, runtime.clock()))
+    created = BatchCreated(created=vehicles.register(session, body.vehicles, runtime.clock()))
+    runtime.scheduler.poke()
+    return created
 
 
 CertificateQuery = Annotated[

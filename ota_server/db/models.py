@@ -17,6 +17,7 @@ from sqlalchemy import (
     Date,
     DateTime,
     ForeignKey,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -26,7 +27,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
-from sqlalchemy.sql.expression import true
+from sqlalchemy.sql.expression import false, true
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -70,6 +71,8 @@ class Vehicle(Base):
     report_key: Mapped[dict[str, Any] | None]
     certificate_serial: Mapped[str | None] = mapped_column(String(40))
     provisioned_at: Mapped[datetime | None]
+    # IANA zone (e.g. Europe/Berlin): maintenance windows are in the car's local time.
+    time_zone: Mapped[str | None] = mapped_column(String(64))
 
     ecus: Mapped[list[Ecu]] = relationship(
         back_populates="vehicle", order_by="Ecu.id", lazy="selectin", cascade="all, delete-orphan"
@@ -105,6 +108,8 @@ class Release(Base):
     # The image inside the bundle, signed into the target so a delta's result can be checked.
     image_sha256: Mapped[str | None] = mapped_column(String(64))
     image_size: Mapped[int | None] = mapped_column(BigInteger)
+    # False while the release waits for the offline targets signature (``ota release sign``).
+    published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
 
 
 class Delta(Base):
@@ -139,6 +144,18 @@ class Recall(Base):
     created_at: Mapped[datetime]
     # A safety recall launches only after a second person approves it (LaunchRequest).
     safety_recall: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The lowest release counter a car may install once it has seen this recall (None: the release's).
+    min_release_counter: Mapped[int | None] = mapped_column(Integer)
+    remedy_type: Mapped[str] = mapped_column(String(8), default="ota", server_default="ota")
+    # Wire-contract JSON (firmware_bundles.messages.OwnerNotice / Preconditions) and the
+    # rollout plan (ota_server.rollout.plan.RolloutPlan); None means the defaults.
+    owner_notice: Mapped[dict[str, Any] | None]
+    preconditions: Mapped[dict[str, Any] | None]
+    rollout: Mapped[dict[str, Any] | None]
+    # A dynamic campaign also takes cars that register or report an affected version later.
+    dynamic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The owner must accept before the car installs (never for a safety recall).
+    requires_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Campaign(Base):
@@ -149,36 +166,80 @@ class Campaign(Base):
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     population: Mapped[int] = mapped_column(Integer)
     launched_at: Mapped[datetime]
+    # The count frozen at launch (``population`` grows only in a dynamic campaign).
+    launch_population: Mapped[int | None] = mapped_column(Integer)
+    # active, paused or cancelled; the reason says who or which gate decided it.
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    current_wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Errors of the open wave an operator accepted by resuming after an automatic pause.
+    error_baseline: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    status_changed_at: Mapped[datetime | None]
 
 
 class CampaignVehicle(Base):
-    """Current state of one car in one campaign; ``attempt`` 0 means still pending."""
+    """Current state of one car in one campaign; ``attempt`` 0 means still pending.
+
+    ``(attempt, deferrals, progress_rank)`` is the progress key of the last accepted car
+    report: a report moves the car only to a greater key. ``released_at`` is when the
+    scheduler issued the current notice (None: not yet, e.g. a later wave).
+    """
 
     __tablename__ = "campaign_vehicles"
+    __table_args__ = (Index("ix_campaign_vehicles_campaign_state", "campaign_id", "state"),)
 
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
     vin: Mapped[str] = mapped_column(String(17), primary_key=True)
     nonce: Mapped[str] = mapped_column(String(64))
-    state: Mapped[str] = mapped_column(String(16), default="pending")
+    state: Mapped[str] = mapped_column(String(32), default="pending")
     attempt: Mapped[int] = mapped_column(Integer, default=0)
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     updated_at: Mapped[datetime]
     notice_published_at: Mapped[datetime | None]
+    wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    progress_rank: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
+    released_at: Mapped[datetime | None]
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_retry_at: Mapped[datetime | None]
+    # Operator records (dealer remedy, inspection, unreachable): who, and a reference to the evidence.
+    recorded_by: Mapped[str | None] = mapped_column(String(64))
+    evidence_ref: Mapped[str | None] = mapped_column(String(200))
 
 
 class CampaignEvent(Base):
     __tablename__ = "campaign_events"
-    __table_args__ = (UniqueConstraint("campaign_id", "vin", "attempt", "state", name="uq_campaign_events_step"),)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "vin", "attempt", "deferrals", "state", name="uq_campaign_events_step"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     vin: Mapped[str] = mapped_column(String(17), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
-    state: Mapped[str] = mapped_column(String(16))
+    deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    state: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str | None] = mapped_column(String(64))
     detail: Mapped[str | None] = mapped_column(Text)
     received_at: Mapped[datetime]
+    # car (a signed report), operator, timeout, cancel or retry
+    source: Mapped[str] = mapped_column(String(16), default="car", server_default="car")
+
+
+class NoticeLog(Base):
+    """The owner-notification log: every notice and withdrawal the broker accepted, per VIN."""
+
+    __tablename__ = "notice_log"
+    __table_args__ = (Index("ix_notice_log_campaign_vin", "campaign_id", "vin"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    vin: Mapped[str] = mapped_column(String(17))
+    kind: Mapped[str] = mapped_column(String(16))  # campaign (a notice) or withdrawal
+    nonce: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]]
+    published_at: Mapped[datetime]
 
 
 class RepoFile(Base):

@@ -1,11 +1,14 @@
-"""Launching a recall: freeze its population, sign each car's Director metadata, prepare the notices.
+"""Launching a recall: freeze its population into waves; notices and their bookkeeping.
 
-Everything is written in one transaction; notices are built only from what was
-committed, and publishing them is the caller's (asynchronous) business.
+Launch writes the campaign and one row per car in one transaction, each car with its
+nonce and its wave; nothing is signed or sent yet. The scheduler
+(:mod:`ota_server.rollout.scheduler`) then releases cars wave by wave: it signs each
+car's Director metadata and hands the notices to the dispatcher.
 """
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
 from datetime import datetime
@@ -14,15 +17,17 @@ from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from firmware_bundles.messages import CampaignNotice
-from ota_server.db.models import Campaign, CampaignVehicle, Recall, Release
+from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
+from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.rollout.plan import RolloutPlan, wave_sizes
+from ota_server.rollout.states import VinState
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.services import population as populations
-from ota_server.signing.director import Director
-from ota_server.signing.image_repo import target_for
 
-PENDING = "pending"
+PENDING = VinState.PENDING.value
+ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
+Outbound = CampaignNotice | CampaignWithdrawal
 
 
 def _recall(session: Session, recall_id: int) -> Recall:
@@ -32,7 +37,14 @@ def _recall(session: Session, recall_id: int) -> Recall:
     return recall
 
 
-def notice(recall: Recall, campaign: Campaign, vin: str, nonce: str, repo_url: str) -> CampaignNotice:
+def plan_of(recall: Recall) -> RolloutPlan:
+    return RolloutPlan.model_validate(recall.rollout) if recall.rollout else RolloutPlan()
+
+
+def notice(
+    recall: Recall, campaign: Campaign, vin: str, nonce: str, repo_url: str, issued_at: datetime
+) -> CampaignNotice:
+    """The notice for one car: what to ask the Director about, what to check, what to tell the owner."""
     return CampaignNotice(
         campaign_id=campaign.id,
         vin=vin,
@@ -41,40 +53,75 @@ def notice(recall: Recall, campaign: Campaign, vin: str, nonce: str, repo_url: s
         title=recall.title,
         safety_recall=recall.safety_recall,
         repo_url=repo_url,
-        issued_at=campaign.launched_at,
+        issued_at=issued_at,
+        preconditions=Preconditions.model_validate(recall.preconditions or {}),
+        owner_notice=OwnerNotice.model_validate(recall.owner_notice) if recall.owner_notice else None,
+        requires_consent=recall.requires_consent and not recall.safety_recall,
     )
 
 
-def launch(
-    session: Session, director: Director, recall_id: int, *, repo_url: str, now: datetime
-) -> tuple[CampaignPublic, list[CampaignNotice]]:
-    """Create the campaign for ``recall_id``; raise Conflict if launched, InvalidInput if nobody is affected."""
+def withdrawal(campaign_id: int, vin: str, nonce: str, issued_at: datetime) -> CampaignWithdrawal:
+    return CampaignWithdrawal(campaign_id=campaign_id, vin=vin, nonce=nonce, issued_at=issued_at)
+
+
+def order_key(campaign_id: int, vin: str) -> str:
+    """A stable shuffle, so a canary is a spread of the population rather than its first VINs."""
+    return hashlib.sha256(f"{campaign_id}:{vin}".encode()).hexdigest()
+
+
+def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic:
+    """Create the campaign for ``recall_id`` with its cars split into waves.
+
+    Raise Conflict if it is launched already or its release waits for a signature,
+    InvalidInput if nobody is affected.
+    """
     recall = _recall(session, recall_id)
     if session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id)) is not None:
         raise Conflict(f"recall {recall.campaign_number} is already launched")
     release = session.get(Release, recall.release_id)
     assert release is not None  # foreign key
+    if not release.published:
+        raise Conflict(
+            f"release {release.hardware_id} {release.version} is not published yet: "
+            "it waits for its targets signature (`ota release sign`)"
+        )
     members = populations.resolve(session, Population.model_validate(recall.population), release)
     if not members:
         raise InvalidInput(f"recall {recall.campaign_number} matches no vehicle; nothing to launch")
-    campaign = Campaign(recall_id=recall.id, release_id=release.id, population=len(members), launched_at=now)
+    campaign = Campaign(
+        recall_id=recall.id,
+        release_id=release.id,
+        population=len(members),
+        launch_population=len(members),
+        launched_at=now,
+        status=ACTIVE,
+        current_wave=0,
+        error_baseline=0,
+        status_changed_at=now,
+    )
     session.add(campaign)
     try:
         session.flush()
-        nonces = {m.vin: secrets.token_urlsafe(24) for m in members}
+        vins = sorted((m.vin for m in members), key=lambda v: order_key(campaign.id, v))
+        waves = [i for i, size in enumerate(wave_sizes(len(vins), plan_of(recall).waves)) for _ in range(size)]
         rows = [
-            {"campaign_id": campaign.id, "vin": vin, "nonce": nonce, "state": PENDING, "attempt": 0, "updated_at": now}
-            for vin, nonce in nonces.items()
+            {
+                "campaign_id": campaign.id,
+                "vin": vin,
+                "nonce": secrets.token_urlsafe(24),
+                "state": PENDING,
+                "attempt": 0,
+                "updated_at": now,
+                "wave": wave,
+            }
+            for vin, wave in zip(vins, waves, strict=True)
         ]
         session.execute(insert(CampaignVehicle), rows)
-        image = target_for(release)
-        director.assign(session, {m.vin: dict.fromkeys(m.ecu_serials, image) for m in members}, now)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
         raise Conflict(f"recall {recall.campaign_number} is already launched (concurrent launch)") from exc
-    notices = [notice(recall, campaign, vin, nonce, repo_url) for vin, nonce in nonces.items()]
-    return CampaignPublic.model_validate(campaign), notices
+    return CampaignPublic.model_validate(campaign)
 
 
 def get(session: Session, campaign_id: int) -> CampaignPublic:
@@ -84,26 +131,54 @@ def get(session: Session, campaign_id: int) -> CampaignPublic:
     return CampaignPublic.model_validate(campaign)
 
 
-def unpublished_notices(session: Session, repo_url: str) -> list[CampaignNotice]:
-    """Notices launched but never confirmed published (e.g. the server stopped mid-way)."""
+def unpublished(session: Session, repo_url: str, now: datetime) -> list[Outbound]:
+    """Messages issued but never confirmed published (e.g. the server stopped mid-way).
+
+    A released car with no confirmed publish gets its notice again, or its withdrawal
+    when the campaign was cancelled meanwhile.
+    """
     rows = session.execute(
-        select(CampaignVehicle.vin, CampaignVehicle.nonce, Campaign, Recall)
+        select(CampaignVehicle, Campaign, Recall)
         .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
         .join(Recall, Recall.id == Campaign.recall_id)
-        .where(CampaignVehicle.notice_published_at.is_(None))
+        .where(CampaignVehicle.notice_published_at.is_(None), CampaignVehicle.released_at.is_not(None))
         .order_by(CampaignVehicle.campaign_id)
     ).all()
-    return [notice(recall, campaign, vin, nonce, repo_url) for vin, nonce, campaign, recall in rows]
+    out: list[Outbound] = []
+    for cv, campaign, recall in rows:
+        if cv.state == VinState.WITHDRAWN.value:
+            out.append(withdrawal(campaign.id, cv.vin, cv.nonce, now))
+        elif campaign.status != CANCELLED:
+            assert cv.released_at is not None
+            out.append(notice(recall, campaign, cv.vin, cv.nonce, repo_url, cv.released_at))
+    return out
 
 
-def mark_published(session: Session, published: Sequence[tuple[int, str]], now: datetime) -> None:
-    """Record that the broker accepted these (campaign_id, vin) notices."""
+def mark_published(session: Session, published: Sequence[Outbound], now: datetime) -> None:
+    """Record that the broker accepted these messages, in the owner-notification log too."""
     by_campaign: dict[int, list[str]] = {}
-    for campaign_id, vin in published:
-        by_campaign.setdefault(campaign_id, []).append(vin)
+    for message in published:
+        by_campaign.setdefault(message.campaign_id, []).append(message.vin)
     for campaign_id, vins in by_campaign.items():
         for start in range(0, len(vins), 500):
             session.query(CampaignVehicle).filter(
                 CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.vin.in_(vins[start : start + 500])
             ).update({CampaignVehicle.notice_published_at: now}, synchronize_session=False)
+    log_rows = [
+        {
+            "campaign_id": m.campaign_id,
+            "vin": m.vin,
+            "kind": m.kind,
+            "nonce": m.nonce,
+            "payload": m.model_dump(mode="json", exclude_none=True),
+            "published_at": now,
+        }
+        for m in published
+    ]
+    if log_rows:
+        session.execute(insert(NoticeLog), log_rows)
     session.commit()
+
+
+def encoded(message: Outbound) -> bytes:
+    return encode(message)

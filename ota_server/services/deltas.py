@@ -119,7 +119,7 @@ def discard(built: list[BuiltDelta]) -> None:
 def delta_path(session: Session, store: BundleStore, target_path: str) -> Path:
     """The stored file of the delta target ``target_path``."""
     delta = session.scalar(select(Delta).where(Delta.target_path == target_path))
-    if delta is None:
+    if delta is None or not delta.release.published:
         raise NotFound(f"no target {target_path!r}")
     path = store.delta_path_for(delta.sha256)
     if not path.exists():

@@ -6,6 +6,7 @@ Cheap filters run in SQL; installed-version bounds need PEP 440 ordering
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
@@ -89,14 +90,27 @@ def _version_matches(raw: str, low: Version | None, high: Version | None) -> boo
     return (low is None or version >= low) and (high is None or version <= high)
 
 
-def resolve(session: Session, population: Population, release: Release) -> list[Member]:
-    """The cars matching every filter, each with the matching ECUs of the target hardware."""
+def resolve(
+    session: Session, population: Population, release: Release, vins: Sequence[str] | None = None
+) -> list[Member]:
+    """The cars matching every filter, each with the matching ECUs of the target hardware.
+
+    ``vins`` narrows the answer to those cars (the scheduler signs a wave's cars only).
+    """
     hardware_id = population.hardware_id or release.hardware_id
     bounds = population.installed_versions
     low = Version(bounds.min) if bounds and bounds.min else None
     high = Version(bounds.max) if bounds and bounds.max else None
     grouped: dict[str, list[str]] = {}
-    for vin, serial, installed in session.execute(_query(population, hardware_id)):
-        if _version_matches(installed, low, high):
-            grouped.setdefault(vin, []).append(serial)
+    queries = (
+        [_query(population, hardware_id)]
+        if vins is None
+        else [
+            _query(population, hardware_id).where(Vehicle.vin.in_(vins[i : i + 500])) for i in range(0, len(vins), 500)
+        ]
+    )
+    for query in queries:
+        for vin, serial, installed in session.execute(query):
+            if _version_matches(installed, low, high):
+                grouped.setdefault(vin, []).append(serial)
     return [Member(vin, tuple(serials)) for vin, serials in grouped.items()]

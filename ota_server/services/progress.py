@@ -1,17 +1,22 @@
-"""Campaign progress: one count per state, always summing to the frozen population."""
+"""Campaign progress: one count per state, always summing to the campaign's population.
+
+Also per wave (size, counts, the gate's verdict), failures by reason (failed, rolled
+back, timed out) and unreachable cars by reason, for operators and regulator reports.
+"""
 
 from __future__ import annotations
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from firmware_bundles.messages import ReportState
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.errors import NotFound
-from ota_server.schemas import Progress
+from ota_server.rollout import plan as rules
+from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
+from ota_server.schemas import Progress, WaveProgress
+from ota_server.services.campaigns import plan_of
 
-STATES = ("pending", *(state.value for state in ReportState))
-TERMINAL = (ReportState.REMEDIED.value, ReportState.FAILED.value)
+STATES = tuple(state.value for state in VinState)
 
 
 def progress(session: Session, campaign_id: int) -> Progress:
@@ -20,23 +25,46 @@ def progress(session: Session, campaign_id: int) -> Progress:
         raise NotFound(f"no campaign {campaign_id}")
     recall = session.get(Recall, campaign.recall_id)
     assert recall is not None  # foreign key
+    plan = plan_of(recall)
     in_campaign = CampaignVehicle.campaign_id == campaign_id
     counts = dict.fromkeys(STATES, 0)
-    for state, n in session.execute(
-        select(CampaignVehicle.state, func.count()).where(in_campaign).group_by(CampaignVehicle.state)
+    per_wave: dict[int, dict[str, int]] = {}
+    for wave, state, n in session.execute(
+        select(CampaignVehicle.wave, CampaignVehicle.state, func.count())
+        .where(in_campaign)
+        .group_by(CampaignVehicle.wave, CampaignVehicle.state)
     ):
-        counts[state] = n
+        counts[state] = counts.get(state, 0) + n
+        per_wave.setdefault(wave, {})[state] = n
+    by_reason = select(CampaignVehicle.reason, func.count()).where(in_campaign).group_by(CampaignVehicle.reason)
     failures = {
         reason or "unknown": n
-        for reason, n in session.execute(
-            select(CampaignVehicle.reason, func.count())
-            .where(in_campaign, CampaignVehicle.state == ReportState.FAILED.value)
-            .group_by(CampaignVehicle.reason)
-        )
+        for reason, n in session.execute(by_reason.where(CampaignVehicle.state.in_([s.value for s in ERRORS])))
+    }
+    unreachable = {
+        reason or "other": n
+        for reason, n in session.execute(by_reason.where(CampaignVehicle.state == VinState.UNREACHABLE.value))
     }
     published = session.scalar(
         select(func.count()).where(in_campaign, CampaignVehicle.notice_published_at.is_not(None))
     )
+    retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None))) or 0
+    waves = []
+    for index in sorted(per_wave):
+        gate = rules.gate(plan, per_wave[index], campaign.error_baseline if index == campaign.current_wave else 0)
+        waves.append(
+            WaveProgress(
+                index=index,
+                size=gate.size,
+                counts=per_wave[index],
+                remedied=gate.remedied,
+                errors=gate.errors,
+                needed=gate.needed,
+                gate=gate.status.value,
+                opened=index <= campaign.current_wave,
+            )
+        )
+    in_flight = sum(counts[s.value] for s in IN_FLIGHT)
     return Progress(
         campaign_id=campaign.id,
         recall_number=recall.campaign_number,
@@ -44,5 +72,11 @@ def progress(session: Session, campaign_id: int) -> Progress:
         counts=counts,
         failures_by_reason=failures,
         notices_published=published or 0,
-        done=sum(counts[s] for s in TERMINAL) == campaign.population,
+        done=in_flight == 0 and retries == 0,
+        status=campaign.status,
+        status_reason=campaign.status_reason,
+        current_wave=campaign.current_wave,
+        waves=waves,
+        unreachable_by_reason=unreachable,
+        retries_scheduled=retries,
     )

@@ -9,10 +9,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from firmware_bundles.messages import MAX_MESSAGE_BYTES, encode
 from ota_server.db.models import Campaign, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import Population, RecallCreate, RecallPublic
-from ota_server.services import approvals
+from ota_server.services import approvals, campaigns
 from ota_server.services import population as populations
 
 CAMPAIGN_NUMBER = re.compile(r"^\d{2}[A-Z]-\d{3,6}$")
@@ -41,6 +42,13 @@ def _public(session: Session, recall: Recall, campaign: Campaign | None) -> Reca
         campaign_id=campaign.id if campaign else None,
         created_at=recall.created_at,
         safety_recall=recall.safety_recall,
+        min_release_counter=recall.min_release_counter,
+        remedy_type=recall.remedy_type,
+        owner_notice=recall.owner_notice,
+        preconditions=recall.preconditions or {},
+        requires_consent=recall.requires_consent,
+        rollout=campaigns.plan_of(recall),
+        dynamic=recall.dynamic,
         launch_request=approvals.public(request) if (request := approvals.for_recall(session, recall.id)) else None,
     )
 
@@ -51,11 +59,19 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         raise InvalidInput(
             f"campaign_number {body.campaign_number!r} must look like 24V-123 (YY, letter, dash, 3-6 digits)"
         )
-    if session.get(Release, body.release_id) is None:
+    release = session.get(Release, body.release_id)
+    if release is None:
         raise InvalidInput(f"release {body.release_id} does not exist")
+    floor = release.release_counter if body.min_release_counter is None else body.min_release_counter
+    if floor > release.release_counter:
+        raise InvalidInput(
+            f"min_release_counter {floor} is above the release's own counter {release.release_counter}: "
+            "the cars would refuse the fix itself"
+        )
     if session.scalar(select(Recall.id).where(Recall.campaign_number == number)) is not None:
         raise Conflict(f"recall {number} already exists")
     population = populations.normalised(body.population)
+    _check_rollout(session, body)
     recall = Recall(
         campaign_number=number,
         manufacturer_number=body.manufacturer_number,
@@ -67,7 +83,15 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         population=population.model_dump(mode="json", exclude_none=True),
         created_at=now,
         safety_recall=body.safety_recall,
+        min_release_counter=floor,
+        remedy_type=body.remedy_type,
+        owner_notice=body.owner_notice.model_dump(mode="json") if body.owner_notice else None,
+        preconditions=body.preconditions.model_dump(mode="json") if body.preconditions else None,
+        rollout=body.rollout.model_dump(mode="json", exclude_none=True) if body.rollout else None,
+        dynamic=body.dynamic,
+        requires_consent=(not body.safety_recall) if body.requires_consent is None else body.requires_consent,
     )
+    _check_notice_fits(recall)
     session.add(recall)
     try:
         session.commit()
@@ -75,6 +99,37 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         session.rollback()
         raise Conflict(f"recall {number} already exists") from exc
     return _public(session, recall, None)
+
+
+def _check_rollout(session: Session, body: RecallCreate) -> None:
+    if body.owner_notice is not None and body.owner_notice.safety_recall != body.safety_recall:
+        raise InvalidInput(
+            f"owner_notice.safety_recall is {body.owner_notice.safety_recall} but the recall's safety_recall is "
+            f"{body.safety_recall}: the owner must be told what the recall is"
+        )
+    if body.safety_recall and body.requires_consent:
+        raise InvalidInput("a safety recall never waits for the owner's consent: leave requires_consent out")
+    if body.remedy_type == "dealer" and body.rollout is not None:
+        raise InvalidInput("remedy_type dealer has no over-the-air rollout: leave rollout out")
+
+
+def _check_notice_fits(recall: Recall) -> None:
+    """A notice must stay under the wire limit the cars enforce, whatever texts the recall carries."""
+    sample = Campaign(
+        id=2**31 - 1, recall_id=1, release_id=recall.release_id, population=1, launched_at=recall.created_at
+    )
+    message = campaigns.notice(recall, sample, "1" * 17, "n" * 32, "https://" + "x" * 400, recall.created_at)
+    size = len(encode(message))
+    if size > MAX_MESSAGE_BYTES:
+        raise InvalidInput(
+            f"the campaign notice would be {size} bytes, above the {MAX_MESSAGE_BYTES} cars accept: "
+            "shorten the owner notice"
+        )
+
+
+def release_floor(recall: Recall, release: Release) -> int:
+    """The minimum release counter the Director signs into this recall's assignments."""
+    return release.release_counter if recall.min_release_counter is None else recall.min_release_counter
 
 
 def _campaign(session: Session, recall_id: int) -> Campaign | None:

@@ -97,6 +97,7 @@ def upload(
                 created_at=now,
                 image_sha256=manifest.image_sha256,
                 image_size=manifest.image_size,
+                published=False,  # publish() signs it in, or it waits for the offline targets key
             )
             session.add(release)
             session.flush()
@@ -124,6 +125,8 @@ def bundle_path(session: Session, store: BundleStore, target_path: str) -> Path:
     release = session.scalar(select(Release).where(Release.target_path == target_path))
     if release is None:
         return deltas.delta_path(session, store, target_path)
+    if not release.published:
+        raise NotFound(f"{target_path!r} is not published (it waits for its targets signature)")
     path = store.path_for(release.sha256)
     if not path.exists():
         raise NotFound(f"bundle file for {target_path!r} is missing on this server")

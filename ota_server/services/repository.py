@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import RepoFile
 from ota_server.errors import NotFound
+from ota_server.signing.director import Director
 from ota_server.signing.store import CHAIN, DIRECTOR, IMAGE, REPO_WIDE, get_file, latest_root
 
 _VERSIONED_ROOT = re.compile(r"^[1-9][0-9]{0,8}\.root\.json$")
@@ -28,6 +30,14 @@ def image_metadata(session: Session, name: str) -> bytes:
     if row is None:
         raise NotFound(f"no image metadata {name!r}")
     return row.data
+
+
+def refresh_director(session: Session, director: Director, vin: str, now: datetime) -> None:
+    """Re-sign this VIN's chain if its timestamp or snapshot is close to expiry (lazily, as it is served)."""
+    vin = vin.upper()
+    if director.stale(session, vin, now):
+        director.refresh(session, vin, now)
+        session.commit()
 
 
 def director_metadata(session: Session, vin: str, name: str) -> bytes:

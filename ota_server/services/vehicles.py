@@ -83,6 +83,7 @@ def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime,
             "model": v.model,
             "model_year": v.model_year,
             "production_date": v.production_date,
+            "time_zone": v.time_zone,
             "online": False,
             "last_seen": None,
             "created_at": now,
@@ -131,7 +132,15 @@ def status(session: Session, vin: str) -> VehicleStatus:
     campaigns = []
     for cv, number in rows:
         history = [
-            HistoryEntry(state=e.state, reason=e.reason, detail=e.detail, attempt=e.attempt, received_at=e.received_at)
+            HistoryEntry(
+                state=e.state,
+                reason=e.reason,
+                detail=e.detail,
+                attempt=e.attempt,
+                received_at=e.received_at,
+                deferrals=e.deferrals,
+                source=e.source,
+            )
             for e in events
             if e.campaign_id == cv.campaign_id
         ]

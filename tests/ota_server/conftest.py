@@ -12,7 +12,7 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from firmware_bundles.messages import parse_notice
+from firmware_bundles.messages import CampaignNotice, parse_campaign_message
 from ota_server.app import create_app, runtime_of
 from ota_server.config import Settings
 from ota_server.publisher import FakePublisher
@@ -40,7 +40,13 @@ class Env:
     async def nonces(self) -> dict[str, str]:
         """VIN -> nonce, read from the published notices (as a car would)."""
         await self.runtime.dispatcher.idle()
-        return {n.vin: n.nonce for n in (parse_notice(m.payload) for m in self.publisher.messages)}
+        messages = (parse_campaign_message(m.payload) for m in self.publisher.messages)
+        return {n.vin: n.nonce for n in messages if isinstance(n, CampaignNotice)}
+
+    async def tick(self) -> None:
+        """One scheduler tick at the clock's time, then wait until its notices are published."""
+        await self.runtime.scheduler.tick()
+        await self.runtime.dispatcher.idle()
 
     async def headers_for(self, name: str, role: str) -> dict[str, str]:
         """Create a token for another person (as the admin); the headers to act as them."""
@@ -60,7 +66,9 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    return Settings(data_dir=data_dir, public_url="http://ota.test").with_overrides(**overrides)
+    # No periodic scheduler tick: tests tick explicitly (ingest and launches still tick).
+    base = Settings(data_dir=data_dir, public_url="http://ota.test", scheduler_interval_s=0)
+    return base.with_overrides(**overrides)
 
 
 @asynccontextmanager

@@ -97,6 +97,8 @@ def recall_body(release_id: int, number: str = "24V-123", **population: Any) -> 
         "population": population,
         # Campaign mechanics tests launch at once; the two-person path has its own tests.
         "safety_recall": False,
+        # ... and their cars install without an owner's consent (test_rollout covers consent).
+        "requires_consent": False,
     }
 
 
@@ -134,6 +136,8 @@ def report(
     installed_version: str | None = None,
     health_ok: bool | None = None,
     signer: CryptoSigner | None = None,
+    deferrals: int = 0,
+    detail: str = "",
 ) -> tuple[str, bytes]:
     """A status report as the car would send it, signed with ``signer`` or the VIN's provisioned key."""
     message = StatusReport(
@@ -141,8 +145,10 @@ def report(
         vin=vin_,
         nonce=nonce,
         attempt=attempt,
+        deferrals=deferrals,
         state=state,
         reason=reason,
+        detail=detail,
         installed_version=installed_version,
         health_ok=health_ok,
         sent_at=datetime(2026, 3, 1, tzinfo=UTC),

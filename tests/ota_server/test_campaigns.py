@@ -8,7 +8,7 @@ from firmware_bundles import topics
 from firmware_bundles.messages import parse_notice
 from firmware_bundles.uptane import assignments_for, check_image_agrees
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import HW, launched, recall_body, upload, vehicle, verify, vin
+from tests.ota_server.helpers import HW, launched, recall_body, remedied, upload, vehicle, verify, vin
 
 
 async def _director(
@@ -105,6 +105,8 @@ async def test_director_versions_only_grow_per_vin(env: Env) -> None:
     v = vin(1)
     first = await launched(env.client, [v])
     _, before, _, ts_before = await _director(env, v)
+    # one active update per car: the second campaign reaches the car once the first is done
+    await env.inject(remedied(first["id"], v, (await env.nonces())[v]))
     release = await upload(env.client, version="1.2.0", counter=3)
     recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"], "24V-124"))
     second = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")

@@ -30,13 +30,9 @@ class Car:
     def build(self, **kwargs: Any) -> Agent:
         self.link = FakeLink(VIN)
         kwargs.setdefault("download_sleep", lambda _seconds: None)  # the fetcher's backoff, in simulated time
-        self.agent = Agent(
-            self.server.agent_config(self.state_dir),
-            link=self.link,
-            transport=self.server.transport,
-            sleep=_no_sleep,
-            **kwargs,
-        )
+        kwargs.setdefault("sleep", _no_sleep)
+        kwargs.setdefault("transport", self.server.transport)
+        self.agent = Agent(self.server.agent_config(self.state_dir), link=self.link, **kwargs)
         return self.agent
 
     @property

@@ -11,12 +11,13 @@ import secrets
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from tuf.api.metadata import TargetFile
 
 from firmware_bundles import repo_paths
 from firmware_bundles.bundle import BuiltBundle, build_bundle, sample_image
-from firmware_bundles.messages import CampaignNotice
+from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from firmware_bundles.uptane import (
     Expiry,
     RepoVersions,
@@ -138,7 +139,10 @@ class FakeServer:
             "director_root": self.director_root.decode(),
         }
 
-    def notice(self, campaign_id: int = 1, *, vin: str = VIN, nonce: str | None = None) -> CampaignNotice:
+    def notice(
+        self, campaign_id: int = 1, *, vin: str = VIN, nonce: str | None = None, **fields: Any
+    ) -> CampaignNotice:
+        """``fields``: e.g. ``preconditions``, ``owner_notice``, ``requires_consent``, ``safety_recall``."""
         return CampaignNotice(
             campaign_id=campaign_id,
             vin=vin,
@@ -147,4 +151,14 @@ class FakeServer:
             title="Brake controller software",
             repo_url="http://ignored.test/repo",
             issued_at=self.now,
+            **fields,
         )
+
+    def withdrawal(self, notice: CampaignNotice, **fields: Any) -> CampaignWithdrawal:
+        body: dict[str, Any] = {
+            "campaign_id": notice.campaign_id,
+            "vin": notice.vin,
+            "nonce": notice.nonce,
+            "issued_at": self.now,
+        }
+        return CampaignWithdrawal(**{**body, **fields})

@@ -35,14 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_bundles.messages import CampaignNotice, StatusReport, encode
+from firmware_bundles.messages import StatusReport, encode
 from firmware_bundles.uptane import Assignment
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, EcuConfig
 from vehicle_agent.errors import LinkDown
 from vehicle_agent.installer import FileSlots, SlotBackend
 from vehicle_agent.journal import CampaignRecord, Journal
-from vehicle_agent.link import NoticeFilter
+from vehicle_agent.link import CampaignMessage, NoticeFilter
 from vehicle_agent.transport import Chunks, MemoryTransport
 
 from .fakes import HW, OLD, REPO, SERIAL, FakeServer
@@ -127,7 +127,7 @@ class FileLink:
         self._spec = spec
         self._hook = hook
 
-    async def notices(self) -> AsyncGenerator[CampaignNotice, None]:
+    async def notices(self) -> AsyncGenerator[CampaignMessage, None]:
         lines = self._spec.notices.read_bytes().splitlines() if self._spec.notices.exists() else []
         for line in lines:
             notice = self.filter.decode(line)

@@ -81,9 +81,9 @@ async def test_a_failed_health_check_reports_that_it_rolled_back(car: Car, serve
 
     car.build(health=Unhealthy())
     assign_new(server)
-    assert await car.agent.handle(server.notice()) is S.FAILED
+    assert await car.agent.handle(server.notice()) is S.ROLLED_BACK
     last = car.link.reports[-1]
-    assert (last.reason, last.health_ok) == (R.HEALTH_CHECK_FAILED, False)
+    assert (last.state, last.reason, last.health_ok) == (S.ROLLED_BACK, R.HEALTH_CHECK_FAILED, False)
     assert last.detail.endswith("brake controller silent; rolled back to slot a")
     car.assert_untouched(spare=None)
 
@@ -107,7 +107,7 @@ async def test_the_boot_attempt_limit_ends_a_crash_loop(car: Car, server: FakeSe
     assert car.agent.journal.data.campaigns[1].boot_attempts == limit
 
     car.build(health=KillsTheAgent())
-    assert await car.agent.resume() == [S.FAILED]
+    assert await car.agent.resume() == [S.ROLLED_BACK]
     last = car.link.reports[-1]
     assert last.reason is R.BOOT_FAILED
     assert f"after {limit} boot attempts; rolled back" in last.detail
@@ -135,7 +135,7 @@ async def test_power_lost_while_rolling_back_is_finished_on_the_next_start(car: 
     assert car.slots.booted_slot() == car.slots.active_slot() == "a"
     assert car.running_version() == OLD
     await car.agent.flush()  # what run() does first
-    assert [r.state for r in car.link.reports] == [S.FAILED]  # its report, kept in the outbox
+    assert [r.state for r in car.link.reports] == [S.ROLLED_BACK]  # its report, kept in the outbox
     assert car.link.reports[0].reason is R.HEALTH_CHECK_FAILED
 
 

@@ -39,9 +39,11 @@ def _step(state: ReportState) -> list[str]:
     return [f"step:{state.value}#1", f"sent:{state.value}#1", f"ack:{state.value}#1"]
 
 
-# Every boundary of a clean update, in order. The slot is written and armed inside the
-# installing step (boot:set_try); the rebooting step counts its attempt, boots the
-# tried slot, commits it and records the installed version before remedied.
+# Every boundary of a clean update, in order. The owner's notice is logged with the
+# downloading step; the slot is written and armed inside the installing step
+# (boot:set_try); the rebooting step counts its attempt, boots the tried slot, commits it
+# and records the installed version before remedied; the owner is then told the result,
+# which is logged last (a restart before that tells them again).
 BOUNDARIES = [
     *_step(S.NOTIFIED),
     *_step(S.DOWNLOADING),
@@ -54,6 +56,7 @@ BOUNDARIES = [
     "boot:commit#1",
     "installed#1",
     *_step(S.REMEDIED),
+    "record:remedied#1",
 ]
 
 _rng = random.Random(20240605)  # seeded: the same offsets on every run
@@ -205,7 +208,7 @@ def test_killed_while_rolling_back_a_failed_health_check(fleet: Fleet) -> None:
     slots = FileSlots(fleet.state_dir / "slots" / SERIAL)
     assert slots.booted_slot() == slots.active_slot() == "a"
     assert slots.read_header() == {"hardware_id": HW, "version": "1.0"}
-    assert fleet.terminal_reports() == {(1, VIN, 1, "failed")}
-    failed = [r for r in reports_in(fleet.reports) if r.state is S.FAILED]
-    assert all(r.reason is not None and r.reason.value == "health_check_failed" for r in failed)
-    assert "rolled back" in failed[0].detail
+    assert fleet.terminal_reports() == {(1, VIN, 1, "rolled_back")}
+    rolled_back = [r for r in reports_in(fleet.reports) if r.state is S.ROLLED_BACK]
+    assert all(r.reason is not None and r.reason.value == "health_check_failed" for r in rolled_back)
+    assert "rolled back" in rolled_back[0].detail

@@ -19,11 +19,14 @@ S = ReportState
 R = FailureReason
 
 
-async def refused(car: Car, server: FakeServer, reason: FailureReason, campaign_id: int = 1) -> None:
-    """The campaign failed with ``reason`` and left the car as it was."""
-    assert await car.agent.handle(server.notice(campaign_id)) is S.FAILED
+async def refused(
+    car: Car, server: FakeServer, reason: FailureReason, campaign_id: int = 1, *, state: ReportState = S.FAILED
+) -> None:
+    """The campaign ended in ``state`` (failed, or rolled_back after a trial boot) with ``reason``
+    and left the car as it was."""
+    assert await car.agent.handle(server.notice(campaign_id)) is state
     last = car.link.reports[-1]
-    assert (last.state, last.reason) == (S.FAILED, reason), last.detail
+    assert (last.state, last.reason) == (state, reason), last.detail
     assert last.campaign_id == campaign_id
     assert last.installed_version == OLD
 
@@ -171,7 +174,7 @@ async def test_failing_health_check_rolls_back_to_the_old_slot(car: Car, server:
     # the manifest is right but the image boots as something else: the header check fails
     broken = build_bundle(sample_image(HW, "2.0-broken"), HW, "2.0", 2)
     server.assign({SERIAL: server.release("2.0", 2, bundle=broken)})
-    await refused(car, server, R.HEALTH_CHECK_FAILED)
+    await refused(car, server, R.HEALTH_CHECK_FAILED, state=S.ROLLED_BACK)
     assert car.link.reports[-1].health_ok is False
     assert [r.state for r in car.link.reports][-2] is S.REBOOTING
     car.assert_untouched(spare=None)  # the spare slot was written, but never committed
@@ -185,7 +188,7 @@ async def test_pluggable_health_check_failure(car: Car, server: FakeServer) -> N
 
     car.build(health=Unhealthy())
     server.assign({SERIAL: server.release("2.0", 2)})
-    await refused(car, server, R.HEALTH_CHECK_FAILED)
+    await refused(car, server, R.HEALTH_CHECK_FAILED, state=S.ROLLED_BACK)
     assert "did not answer" in car.link.reports[-1].detail
     car.assert_untouched(spare=None)
 

@@ -163,7 +163,7 @@ async def test_an_image_that_does_not_boot_falls_back_and_reports_boot_failed(
     slots = on_pi(car, pi)
     pi.unbootable.add("2.0")
     server.assign({SERIAL: server.release("2.0", 2)})
-    assert await car.agent.handle(server.notice()) is S.FAILED
+    assert await car.agent.handle(server.notice()) is S.ROLLED_BACK
     last = car.link.reports[-1]
     assert last.reason is FailureReason.BOOT_FAILED
     assert "fell back to slot a" in last.detail and "rolled back" in last.detail
@@ -179,7 +179,7 @@ async def test_a_failed_health_check_reboots_into_the_committed_slot(car: Car, s
 
     slots = on_pi(car, pi, health=Unhealthy())
     server.assign({SERIAL: server.release("2.0", 2)})
-    assert await car.agent.handle(server.notice()) is S.FAILED
+    assert await car.agent.handle(server.notice()) is S.ROLLED_BACK
     last = car.link.reports[-1]
     assert (last.reason, last.health_ok) == (FailureReason.HEALTH_CHECK_FAILED, False)
     assert "brake controller silent" in last.detail and "rolled back to slot a" in last.detail

@@ -1,0 +1,446 @@
+"""The scheduler: one component, one lock, an injected clock, applying each campaign's plan.
+
+On every tick (periodic, after each ingest batch that moved a car, after a launch or
+a control action) it, per campaign:
+
+1. takes late joiners into a dynamic campaign;
+2. times out cars stuck installing (or never answering, if the plan asks);
+3. judges the open wave: errors past the threshold pause the campaign, enough
+   remedied cars open the next wave;
+4. schedules retries (with backoff) for transient failures and timeouts;
+5. notifies the next cars the waves, the rate limit, the start time, each car's
+   local maintenance windows and the one-update-per-car rule allow: it signs their
+   Director metadata and hands the notices to the dispatcher.
+
+Safety recalls are visited first and a feature campaign waits for a car's unfinished
+safety recall, so a safety recall takes precedence. The work is synchronous under a
+threading lock (run in a worker thread), so the periodic tick, the ingest hook and the
+API never interleave; on PostgreSQL the campaign row is locked too, for replicas.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import threading
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TypeVar
+from zoneinfo import ZoneInfo
+
+from sqlalchemy import and_, func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from ota_server.clock import Clock
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.rollout import plan as rules
+from ota_server.rollout.states import (
+    ERRORS,
+    INSTALLING,
+    NOT_STARTED,
+    Cause,
+    VinState,
+    check,
+)
+from ota_server.schemas import Population
+from ota_server.services import campaigns as campaign_service
+from ota_server.services import population as populations
+from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, Outbound
+from ota_server.signing.director import Director
+from ota_server.signing.image_repo import target_for
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Dispatch = Callable[[Sequence[Outbound]], None]
+_CHUNK = 500
+
+
+@dataclass
+class TickResult:
+    """What one tick did (for logs and tests)."""
+
+    messages: list[Outbound] = field(default_factory=list)
+    notified: int = 0
+    retried: int = 0
+    timed_out: int = 0
+    joined: int = 0
+    paused: list[int] = field(default_factory=list)
+    opened: list[tuple[int, int]] = field(default_factory=list)  # (campaign, wave)
+
+
+def record_event(
+    session: Session, cv: CampaignVehicle, source: Cause, now: datetime, *, reason: str | None, detail: str | None
+) -> None:
+    """Append the server's own step to the car's history (once per progress key and state)."""
+    exists = session.scalar(
+        select(CampaignEvent.id).where(
+            CampaignEvent.campaign_id == cv.campaign_id,
+            CampaignEvent.vin == cv.vin,
+            CampaignEvent.attempt == cv.attempt,
+            CampaignEvent.deferrals == cv.deferrals,
+            CampaignEvent.state == cv.state,
+        )
+    )
+    if exists is None:
+        session.add(
+            CampaignEvent(
+                campaign_id=cv.campaign_id,
+                vin=cv.vin,
+                attempt=cv.attempt,
+                deferrals=cv.deferrals,
+                state=cv.state,
+                reason=reason,
+                detail=detail,
+                received_at=now,
+                source=source.value,
+            )
+        )
+
+
+def move(
+    session: Session,
+    cv: CampaignVehicle,
+    dst: VinState,
+    cause: Cause,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Move one car by a server-side cause (checked by the state machine) and record it."""
+    check(VinState(cv.state), dst, cause)
+    cv.state, cv.reason, cv.detail, cv.updated_at = dst.value, reason, detail, now
+    record_event(session, cv, cause, now, reason=reason, detail=detail)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        director: Director,
+        clock: Clock,
+        repo_url: str,
+        dispatch: Dispatch,
+        *,
+        max_per_tick: int = 5000,
+    ) -> None:
+        self._sessions = sessions
+        self._director = director
+        self._clock = clock
+        self._repo_url = repo_url
+        self._dispatch = dispatch
+        self._max_per_tick = max_per_tick
+        self._lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pokes: set[asyncio.Task[TickResult]] = set()
+
+    # -- running -----------------------------------------------------------------
+
+    def exclusive(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` (blocking) while no tick runs: control actions change the same rows."""
+        with self._lock:
+            return fn()
+
+    def tick_sync(self, campaign_ids: Collection[int] | None = None) -> TickResult:
+        result = TickResult()
+        with self._lock, self._sessions() as session:
+            query = (
+                select(Campaign, Recall)
+                .join(Recall, Recall.id == Campaign.recall_id)
+                .order_by(Recall.safety_recall.desc(), Campaign.id)
+            )
+            if campaign_ids is not None:
+                query = query.where(Campaign.id.in_(list(campaign_ids)))
+            for campaign_id in [c.id for c, _ in session.execute(query).all()]:
+                try:
+                    self._campaign_tick(session, campaign_id, result)
+                    session.commit()
+                except Exception:
+                    session.rollback()
+                    log.exception("scheduler: campaign %d tick failed", campaign_id)
+        return result
+
+    async def tick(self, campaign_ids: Collection[int] | None = None) -> TickResult:
+        """One tick in a worker thread; its notices go to the dispatcher."""
+        result = await asyncio.to_thread(self.tick_sync, campaign_ids)
+        if result.messages:
+            self._dispatch(result.messages)
+        for campaign_id in result.paused:
+            log.warning("campaign %d paused: error threshold crossed", campaign_id)
+        return result
+
+    async def on_reports(self, campaign_ids: set[int]) -> None:
+        """The ingest hook: a batch moved cars in ``campaign_ids``.
+
+        Every campaign is visited, not only those: a car that settles in one campaign may
+        be the car another campaign was waiting for (one active update per car).
+        """
+        await self.tick()
+
+    def poke(self) -> None:
+        """Ask for a tick soon, from any thread (e.g. after a registration)."""
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._spawn)
+
+    def _spawn(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.tick())
+        self._pokes.add(task)
+        task.add_done_callback(self._pokes.discard)
+
+    async def idle(self) -> None:
+        while self._pokes:
+            await asyncio.gather(*list(self._pokes), return_exceptions=True)
+
+    def start(self, interval_s: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        if interval_s > 0 and self._task is None:
+            self._task = asyncio.create_task(self._run(interval_s), name="ota-scheduler")
+
+    async def _run(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                await self.tick()
+            except Exception:  # a bad tick must not stop the next one
+                log.exception("scheduler tick failed")
+
+    async def stop(self) -> None:
+        self._loop = None
+        await self.idle()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    # -- one campaign ------------------------------------------------------------
+
+    def _campaign_tick(self, session: Session, campaign_id: int, result: TickResult) -> None:
+        campaign = session.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
+        recall = session.get(Recall, campaign.recall_id)
+        assert recall is not None  # foreign key
+        plan = campaign_service.plan_of(recall)
+        now = self._clock()
+        if recall.dynamic and campaign.status == ACTIVE:
+            result.joined += self._join_late(session, campaign, recall)
+        result.timed_out += self._time_out(session, campaign, plan, now)
+        if campaign.status == ACTIVE:
+            self._judge(session, campaign, plan, now, result)
+        if campaign.status != ACTIVE:
+            return
+        self._schedule_retries(session, campaign, plan)
+        if recall.remedy_type == "dealer" or (plan.start_at is not None and now < plan.start_at):
+            return
+        self._release(session, campaign, recall, plan, now, result)
+
+    def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
+        """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
+        release = session.get(Release, campaign.release_id)
+        assert release is not None
+        members = {m.vin for m in populations.resolve(session, Population.model_validate(recall.population), release)}
+        known = set(session.scalars(select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id)))
+        new = sorted(members - known)
+        if not new:
+            return 0
+        last_wave = session.scalar(
+            select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
+        )
+        now = self._clock()
+        for vin in new:
+            session.add(
+                CampaignVehicle(
+                    campaign_id=campaign.id,
+                    vin=vin,
+                    nonce=secrets.token_urlsafe(24),
+                    state=VinState.PENDING.value,
+                    attempt=0,
+                    updated_at=now,
+                    wave=last_wave or 0,
+                    deferrals=0,
+                    progress_rank=-1,
+                    retries=0,
+                )
+            )
+        campaign.population += len(new)
+        log.info("campaign %d: %d late joiners", campaign.id, len(new))
+        return len(new)
+
+    def _time_out(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan, now: datetime) -> int:
+        conditions = []
+        if plan.device_timeout_s is not None:
+            stale = now - timedelta(seconds=plan.device_timeout_s)
+            conditions.append(
+                and_(CampaignVehicle.state.in_([s.value for s in INSTALLING]), CampaignVehicle.updated_at <= stale)
+            )
+        if plan.ack_timeout_s is not None:
+            silent = now - timedelta(seconds=plan.ack_timeout_s)
+            conditions.append(
+                and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.released_at <= silent)
+            )
+        if not conditions:
+            return 0
+        stuck = session.scalars(
+            select(CampaignVehicle).where(CampaignVehicle.campaign_id == campaign.id, or_(*conditions))
+        ).all()
+        for cv in stuck:
+            was = cv.state
+            move(session, cv, VinState.TIMED_OUT, Cause.TIMEOUT, now, reason="timed_out", detail=f"no report in {was}")
+        return len(stuck)
+
+    def _wave_counts(self, session: Session, campaign_id: int, wave: int) -> dict[str, int]:
+        rows = session.execute(
+            select(CampaignVehicle.state, func.count())
+            .where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.wave == wave)
+            .group_by(CampaignVehicle.state)
+        )
+        return {state: n for state, n in rows}
+
+    def _judge(
+        self, session: Session, campaign: Campaign, plan: rules.RolloutPlan, now: datetime, result: TickResult
+    ) -> None:
+        last = session.scalar(select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id))
+        while True:
+            gate = rules.gate(
+                plan, self._wave_counts(session, campaign.id, campaign.current_wave), campaign.error_baseline
+            )
+            if gate.status is rules.GateStatus.TRIPPED:
+                campaign.status, campaign.status_changed_at = PAUSED, now
+                campaign.status_reason = f"error threshold crossed in wave {campaign.current_wave}: {gate.describe()}"
+                result.paused.append(campaign.id)
+                return
+            if gate.status is not rules.GateStatus.PASSED or campaign.current_wave >= (last or 0):
+                return
+            campaign.current_wave += 1
+            campaign.error_baseline = 0
+            result.opened.append((campaign.id, campaign.current_wave))
+            log.info("campaign %d: wave %d opened (%s)", campaign.id, campaign.current_wave, gate.describe())
+
+    def _schedule_retries(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> None:
+        if plan.max_retries == 0:
+            return
+        candidates = session.scalars(
+            select(CampaignVehicle).where(
+                CampaignVehicle.campaign_id == campaign.id,
+                CampaignVehicle.state.in_([s.value for s in ERRORS]),
+                CampaignVehicle.next_retry_at.is_(None),
+                CampaignVehicle.retries < plan.max_retries,
+            )
+        ).all()
+        for cv in candidates:
+            transient = cv.state == VinState.TIMED_OUT.value or (
+                cv.state == VinState.FAILED.value and cv.reason in rules.TRANSIENT_REASONS
+            )
+            if transient:
+                cv.next_retry_at = cv.updated_at + rules.retry_delay(plan, cv.retries)
+
+    # -- notifying ---------------------------------------------------------------
+
+    def _busy(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str]) -> set[str]:
+        """Cars another campaign holds: one active update per car; a safety recall goes first."""
+        busy: set[str] = set()
+        in_flight = [s.value for s in NOT_STARTED | INSTALLING]
+        installing_states = {s.value for s in INSTALLING}
+        for start in range(0, len(vins), _CHUNK):
+            rows = session.execute(
+                select(CampaignVehicle.vin, CampaignVehicle.state, CampaignVehicle.released_at, Recall.safety_recall)
+                .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
+                .join(Recall, Recall.id == Campaign.recall_id)
+                .where(
+                    CampaignVehicle.vin.in_(vins[start : start + _CHUNK]),
+                    CampaignVehicle.campaign_id != campaign.id,
+                    CampaignVehicle.state.in_(in_flight),
+                    Campaign.status != CANCELLED,
+                )
+            )
+            for vin, state, released_at, other_safety in rows:
+                installing = state in installing_states
+                # A safety recall waits only for an install under way; a feature update also for
+                # any notified campaign and for the car's unfinished safety recall.
+                if (
+                    installing
+                    or (not recall.safety_recall and (released_at is not None or other_safety))
+                    or (released_at is not None and other_safety)
+                ):
+                    busy.add(vin)
+        return busy
+
+    def _release(
+        self,
+        session: Session,
+        campaign: Campaign,
+        recall: Recall,
+        plan: rules.RolloutPlan,
+        now: datetime,
+        result: TickResult,
+    ) -> None:
+        in_campaign = CampaignVehicle.campaign_id == campaign.id
+        budget = rules.allowance(
+            plan.rate,
+            session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None))) or 0,
+            session.scalar(
+                select(func.count()).where(in_campaign, CampaignVehicle.released_at > now - timedelta(minutes=1))
+            )
+            or 0,
+        )
+        limit = self._max_per_tick if budget is None else min(budget, self._max_per_tick)
+        if limit <= 0:
+            return
+        retry_due = and_(CampaignVehicle.state.in_([s.value for s in ERRORS]), CampaignVehicle.next_retry_at <= now)
+        first_time = and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.released_at.is_(None))
+        rows = session.execute(
+            select(CampaignVehicle, Vehicle.time_zone)
+            .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
+            .where(in_campaign, CampaignVehicle.wave <= campaign.current_wave, or_(first_time, retry_due))
+            .order_by(CampaignVehicle.wave, CampaignVehicle.vin)
+        ).all()
+        zones: dict[str, ZoneInfo] = {}
+        ready: list[CampaignVehicle] = []
+        for cv, tz_name in rows:
+            name = tz_name or plan.default_time_zone
+            tz = zones.get(name) or zones.setdefault(name, rules.zone(name))
+            if rules.in_window(plan.windows, now, tz):
+                ready.append(cv)
+        busy = self._busy(session, campaign, recall, [cv.vin for cv in ready])
+        chosen = [cv for cv in ready if cv.vin not in busy][:limit]
+        if not chosen:
+            return
+        self._sign(session, campaign, recall, [cv.vin for cv in chosen], now)
+        for cv in chosen:
+            if cv.state != VinState.PENDING.value:  # a retry: a new notice with a new nonce
+                move(session, cv, VinState.PENDING, Cause.RETRY, now, detail=f"retry {cv.retries + 1}")
+                cv.nonce = secrets.token_urlsafe(24)
+                cv.retries += 1
+                cv.deferrals, cv.progress_rank, cv.next_retry_at = 0, -1, None
+                result.retried += 1
+            else:
+                result.notified += 1
+            cv.released_at, cv.notice_published_at = now, None
+            result.messages.append(campaign_service.notice(recall, campaign, cv.vin, cv.nonce, self._repo_url, now))
+
+    def _sign(self, session: Session, campaign: Campaign, recall: Recall, vins: list[str], now: datetime) -> None:
+        """Sign these cars' Director metadata: the fix for each affected ECU, with the recall's floor."""
+        release = session.get(Release, campaign.release_id)
+        assert release is not None
+        members = {
+            m.vin: m.ecu_serials
+            for m in populations.resolve(session, Population.model_validate(recall.population), release, vins)
+        }
+        missing = [v for v in vins if v not in members]
+        for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
+            for vin, serial in session.execute(
+                select(Vehicle.vin, Ecu.serial)
+                .join(Ecu, Ecu.vehicle_id == Vehicle.id)
+                .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id == release.hardware_id)
+                .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
+            ):
+                members[vin] = (*members.get(vin, ()), serial)
+        image = target_for(release)
+        floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
+        plan = {vin: dict.fromkeys(members.get(vin, ()), image) for vin in vins}
+        self._director.assign(session, plan, now, min_release_counter=floor)

@@ -1,0 +1,169 @@
+"""Operators steering a running campaign: pause, resume, cancel, retry, per-VIN records.
+
+Each function changes rows and commits once (the audited session adds the audit entry
+to that commit); the API runs them under the scheduler's lock so a tick never sees
+half an action. Messages to send (withdrawals) are returned, never sent from here.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
+from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.rollout.scheduler import move
+from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
+from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
+from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, Outbound, withdrawal
+from ota_server.signing.director import Director
+
+
+def _campaign(session: Session, campaign_id: int) -> Campaign:
+    campaign = session.get(Campaign, campaign_id)
+    if campaign is None:
+        raise NotFound(f"no campaign {campaign_id}")
+    return campaign
+
+
+def _set_status(campaign: Campaign, status: str, reason: str, now: datetime) -> None:
+    campaign.status, campaign.status_reason, campaign.status_changed_at = status, reason or None, now
+
+
+def pause(session: Session, campaign_id: int, reason: str, actor: str, now: datetime) -> CampaignPublic:
+    """No further car is notified (nor retried); cars already working carry on and report."""
+    campaign = _campaign(session, campaign_id)
+    if campaign.status != ACTIVE:
+        raise Conflict(f"campaign {campaign_id} is {campaign.status}, not active")
+    _set_status(campaign, PAUSED, f"paused by {actor}" + (f": {reason}" if reason else ""), now)
+    session.commit()
+    return CampaignPublic.model_validate(campaign)
+
+
+def resume(session: Session, campaign_id: int, reason: str, actor: str, now: datetime) -> CampaignPublic:
+    """Notify again. The open wave's current errors count as seen, so the gate does not trip on them twice."""
+    campaign = _campaign(session, campaign_id)
+    if campaign.status != PAUSED:
+        raise Conflict(f"campaign {campaign_id} is {campaign.status}, not paused")
+    campaign.error_baseline = (
+        session.query(CampaignVehicle)
+        .filter(
+            CampaignVehicle.campaign_id == campaign_id,
+            CampaignVehicle.wave == campaign.current_wave,
+            CampaignVehicle.state.in_([s.value for s in ERRORS]),
+        )
+        .count()
+    )
+    _set_status(campaign, ACTIVE, f"resumed by {actor}" + (f": {reason}" if reason else ""), now)
+    session.commit()
+    return CampaignPublic.model_validate(campaign)
+
+
+def cancel(
+    session: Session, director: Director, campaign_id: int, reason: str, actor: str, now: datetime
+) -> tuple[CampaignPublic, int, list[Outbound]]:
+    """Withdraw every car that has not started; cars installing finish (or roll back) and report.
+
+    A car that was notified gets a withdrawal (retained, so it replaces the notice) and an
+    empty Director assignment, so even a car that missed the withdrawal is told to install
+    nothing new. Returns the campaign, how many cars were withdrawn and the withdrawals.
+    """
+    campaign = _campaign(session, campaign_id)
+    if campaign.status == CANCELLED:
+        raise Conflict(f"campaign {campaign_id} is already cancelled")
+    _set_status(campaign, CANCELLED, f"cancelled by {actor}" + (f": {reason}" if reason else ""), now)
+    rows = session.scalars(
+        select(CampaignVehicle).where(
+            CampaignVehicle.campaign_id == campaign_id,
+            CampaignVehicle.state.in_([s.value for s in NOT_STARTED]),
+        )
+    ).all()
+    notified = [cv for cv in rows if cv.released_at is not None]
+    for cv in rows:
+        move(session, cv, VinState.WITHDRAWN, Cause.CANCEL, now, detail="campaign cancelled")
+        cv.next_retry_at = None
+    for cv in notified:
+        cv.notice_published_at = None  # the withdrawal is now what must reach the broker
+    if notified:
+        director.assign(session, {cv.vin: {} for cv in notified}, now)
+    for cv in session.scalars(
+        select(CampaignVehicle).where(
+            CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.next_retry_at.is_not(None)
+        )
+    ):
+        cv.next_retry_at = None
+    session.commit()
+    messages: list[Outbound] = [withdrawal(campaign_id, cv.vin, cv.nonce, now) for cv in notified]
+    return CampaignPublic.model_validate(campaign), len(rows), messages
+
+
+def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[CampaignPublic, int]:
+    """Every failed, rolled-back or timed-out car gets a new notice at the next tick (any reason).
+
+    Operator retries do not count against the plan's automatic retry limit's backoff:
+    they are due at once, and still obey waves, the rate limit and windows.
+    """
+    campaign = _campaign(session, campaign_id)
+    if campaign.status == CANCELLED:
+        raise Conflict(f"campaign {campaign_id} is cancelled")
+    rows = session.scalars(
+        select(CampaignVehicle).where(
+            CampaignVehicle.campaign_id == campaign_id,
+            CampaignVehicle.state.in_([s.value for s in ERRORS]),
+        )
+    ).all()
+    for cv in rows:
+        cv.next_retry_at = now
+    session.commit()
+    return CampaignPublic.model_validate(campaign), len(rows)
+
+
+def record_outcome(
+    session: Session, campaign_id: int, raw_vin: str, body: OutcomeCreate, actor: str, now: datetime
+) -> VinOutcome:
+    """An operator's record for one car, with its evidence; refused if the state machine forbids it."""
+    _campaign(session, campaign_id)
+    vin = raw_vin.strip().upper()
+    cv = session.get(CampaignVehicle, (campaign_id, vin))
+    if cv is None:
+        raise NotFound(f"VIN {vin} is not in campaign {campaign_id}")
+    target = VinState(body.outcome)
+    if target is VinState.UNREACHABLE and body.reason is None:
+        raise InvalidInput("unreachable needs a reason: exported, stolen, scrapped or other")
+    if target is not VinState.UNREACHABLE and body.reason is not None:
+        raise InvalidInput(f"reason is only for unreachable, not {target}")
+    if not allowed(VinState(cv.state), target, Cause.OPERATOR):
+        raise Conflict(f"VIN {vin} is {cv.state} in campaign {campaign_id}; it cannot be recorded as {target}")
+    move(
+        session,
+        cv,
+        target,
+        Cause.OPERATOR,
+        now,
+        reason=body.reason.value if body.reason else None,
+        detail=body.evidence,
+    )
+    cv.recorded_by, cv.evidence_ref, cv.next_retry_at = actor, body.reference, None
+    session.commit()
+    return VinOutcome(
+        campaign_id=campaign_id,
+        vin=vin,
+        state=cv.state,
+        reason=cv.reason,
+        detail=cv.detail,
+        recorded_by=cv.recorded_by,
+        evidence_ref=cv.evidence_ref,
+        updated_at=cv.updated_at,
+    )
+
+
+def notice_log(session: Session, campaign_id: int, vin: str | None, offset: int, limit: int) -> list[NoticeLogEntry]:
+    """The owner-notification log of a campaign (optionally one VIN), oldest first."""
+    _campaign(session, campaign_id)
+    query = select(NoticeLog).where(NoticeLog.campaign_id == campaign_id)
+    if vin:
+        query = query.where(NoticeLog.vin == vin.strip().upper())
+    rows = session.scalars(query.order_by(NoticeLog.id).offset(offset).limit(limit))
+    return [NoticeLogEntry.model_validate(row) for row in rows]

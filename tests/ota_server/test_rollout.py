@@ -1,0 +1,543 @@
+"""The campaign engine in-process: waves, gates, timeouts, retries, rate, windows, cancel, precedence.
+
+Simulated time only: the FakeClock moves when a test says so and ``env.tick()`` runs one
+scheduler tick at that time. Reports go in through ingest as the cars would send them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuf.api.metadata import Metadata, Targets
+
+from firmware_bundles import topics
+from firmware_bundles.messages import (
+    CampaignNotice,
+    CampaignWithdrawal,
+    FailureReason,
+    ReportState,
+    parse_campaign_message,
+)
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import provision, recall_body, remedied, report, upload, vehicle, vin
+
+S = ReportState
+
+
+async def _fleet(env: Env, vins: list[str], **car: Any) -> int:
+    """Register and provision ``vins``, upload the fix; return the release id."""
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v, **car) for v in vins]})
+    assert resp.status_code == 201, resp.text
+    await provision(env.client, vins)
+    release = await upload(env.client)
+    assert release.status_code == 201, release.text
+    body: dict[str, Any] = release.json()
+    return int(body["id"])
+
+
+async def _launch(env: Env, release_id: int, number: str = "24V-123", **extra: Any) -> dict[str, Any]:
+    body = {**recall_body(release_id, number), **extra}
+    recall = await env.client.post("/api/v1/recalls", json=body)
+    assert recall.status_code == 201, recall.text
+    rid = recall.json()["id"]
+    launched = await env.client.post(f"/api/v1/recalls/{rid}/launch")
+    if launched.status_code == 202:  # a safety recall: a second person approves
+        approver = await env.headers_for(f"approver-{number}", "approver")
+        launched = await env.client.post(f"/api/v1/recalls/{rid}/approve", headers=approver)
+    assert launched.status_code == 201, launched.text
+    await env.runtime.dispatcher.idle()
+    campaign: dict[str, Any] = launched.json()
+    return campaign
+
+
+def _notices(env: Env, campaign_id: int | None = None) -> list[CampaignNotice]:
+    found = [parse_campaign_message(m.payload) for m in env.publisher.messages]
+    return [n for n in found if isinstance(n, CampaignNotice) and campaign_id in (None, n.campaign_id)]
+
+
+def _notified_vins(env: Env, campaign_id: int) -> set[str]:
+    return {n.vin for n in _notices(env, campaign_id)}
+
+
+async def _progress(env: Env, campaign_id: int) -> dict[str, Any]:
+    body: dict[str, Any] = await env.get_json(f"/api/v1/campaigns/{campaign_id}/progress")
+    assert sum(body["counts"].values()) == body["population"]
+    assert sum(w["size"] for w in body["waves"]) == body["population"]
+    return body
+
+
+async def _run_to(env: Env, cid: int, vins: list[str], final: S, **extra: Any) -> None:
+    nonces = await env.nonces()
+    for v in vins:
+        if final is S.REMEDIED:
+            await env.inject(remedied(cid, v, nonces[v]))
+        else:
+            await env.inject(report(cid, v, nonces[v], final, **extra))
+
+
+async def test_a_canary_that_passes_opens_the_next_wave(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 21)]
+    release = await _fleet(env, vins)
+    rollout = {"waves": [{"cars": 2}, {"percent": 40}, {"percent": 100}], "success_threshold_percent": 100}
+    campaign = await _launch(env, release, rollout=rollout)
+    cid = campaign["id"]
+    canary = _notified_vins(env, cid)
+    assert len(canary) == 2
+    progress = await _progress(env, cid)
+    assert [w["size"] for w in progress["waves"]] == [2, 8, 10]
+    assert progress["counts"]["pending"] == 20 and progress["current_wave"] == 0
+    # Nothing more while the canary is out, however often the scheduler ticks.
+    env.clock.advance(3600)
+    await env.tick()
+    assert _notified_vins(env, cid) == canary
+    # One of two remedied is not 100%: still waiting.
+    await _run_to(env, cid, sorted(canary)[:1], S.REMEDIED)
+    assert _notified_vins(env, cid) == canary
+    await _run_to(env, cid, sorted(canary)[1:], S.REMEDIED)  # the ingest hook judges the gate at once
+    await env.runtime.dispatcher.idle()
+    second = _notified_vins(env, cid) - canary
+    assert len(second) == 8
+    progress = await _progress(env, cid)
+    assert progress["current_wave"] == 1
+    assert progress["waves"][0]["gate"] == "passed" and progress["waves"][1]["opened"]
+    assert not progress["waves"][2]["opened"]
+    await _run_to(env, cid, sorted(second), S.REMEDIED)
+    await env.runtime.dispatcher.idle()
+    assert len(_notified_vins(env, cid)) == 20
+    await _run_to(env, cid, sorted(set(vins) - canary - second), S.REMEDIED)
+    progress = await _progress(env, cid)
+    assert progress["done"] and progress["counts"]["remedied"] == 20
+
+
+async def test_failures_past_the_error_threshold_pause_and_no_further_car_is_notified(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 31)]
+    release = await _fleet(env, vins)
+    rollout = {"waves": [{"cars": 5}, {"percent": 100}], "error_threshold_count": 2, "max_retries": 0}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    assert len(canary) == 5
+    await _run_to(env, cid, canary[:1], S.REMEDIED)
+    await _run_to(env, cid, canary[1:3], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    await _run_to(env, cid, canary[3:], S.REMEDIED)  # even if the rest succeed
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused"
+    assert "error threshold" in progress["status_reason"]
+    assert progress["waves"][0]["gate"] == "tripped"
+    assert progress["failures_by_reason"] == {"health_check_failed": 2}
+    for _ in range(3):
+        env.clock.advance(3600)
+        await env.tick()
+    assert len(_notified_vins(env, cid)) == 5  # no car beyond the canary
+    campaign = await env.get_json(f"/api/v1/campaigns/{cid}")
+    assert campaign["status"] == "paused"
+    # An operator looks, then resumes: the seen errors no longer trip the gate, so wave 2 opens.
+    resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={"reason": "bad batch of canary cars"})
+    assert resumed.status_code == 200, resumed.text
+    await env.runtime.dispatcher.idle()
+    assert len(_notified_vins(env, cid)) == 5  # 3/5 remedied is below the 90% success threshold
+    again = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
+    assert again.status_code == 409
+
+
+async def test_percentage_error_threshold_and_operator_pause(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 11)]
+    release = await _fleet(env, vins)
+    rollout = {
+        "waves": [{"percent": 50}, {"percent": 50}],
+        "error_threshold_percent": 40,
+        "success_threshold_percent": 80,
+        "max_retries": 0,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    first = sorted(_notified_vins(env, cid))
+    await _run_to(env, cid, first[:1], S.ROLLED_BACK, reason=FailureReason.BOOT_FAILED)
+    assert (await _progress(env, cid))["status"] == "active"  # 1 of 5 = 20%
+    paused = await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={"reason": "customer calls"})
+    assert paused.status_code == 200 and paused.json()["status"] == "paused"
+    assert "customer calls" in paused.json()["status_reason"]
+    await _run_to(env, cid, first[1:], S.REMEDIED)  # the gate would pass, but the campaign is paused
+    assert len(_notified_vins(env, cid)) == 5
+    resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
+    assert resumed.status_code == 200
+    await env.runtime.dispatcher.idle()
+    assert len(_notified_vins(env, cid)) == 10
+
+
+async def test_stuck_cars_time_out_and_count_against_the_threshold(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 7)]
+    release = await _fleet(env, vins)
+    rollout = {
+        "waves": [{"cars": 3}, {"percent": 100}],
+        "device_timeout_s": 600,
+        "error_threshold_count": 2,
+        "max_retries": 0,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    nonces = await env.nonces()
+    await env.inject(*(report(cid, v, nonces[v], S.DOWNLOADING) for v in canary[:2]))
+    await env.inject(report(cid, canary[2], nonces[canary[2]], S.DEFERRED, detail="not parked", deferrals=1))
+    env.clock.advance(599)
+    await env.tick()
+    assert (await _progress(env, cid))["counts"]["timed_out"] == 0
+    env.clock.advance(2)
+    await env.tick()
+    progress = await _progress(env, cid)
+    assert progress["counts"]["timed_out"] == 2
+    assert progress["counts"]["deferred"] == 1  # waiting for its owner is not being stuck
+    assert progress["failures_by_reason"] == {"timed_out": 2}
+    assert progress["status"] == "paused"
+    status = await env.get_json(f"/api/v1/vehicles/{canary[0]}/status")
+    history = status["campaigns"][0]["history"]  # type: ignore[index]
+    assert [h["state"] for h in history][-1] == "timed_out" and history[-1]["source"] == "timeout"
+    # A late report proves the car alive: it moves on from timed_out.
+    await env.inject(remedied(cid, canary[0], nonces[canary[0]]))
+    assert (await _progress(env, cid))["counts"]["remedied"] == 1
+
+
+async def test_each_deferral_is_its_own_event(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    cid = (await _launch(env, release))["id"]
+    nonce = (await env.nonces())[v]
+    await env.inject(report(cid, v, nonce, S.NOTIFIED))
+    await env.inject(report(cid, v, nonce, S.DEFERRED, deferrals=1, detail="battery 12%"))
+    await env.inject(report(cid, v, nonce, S.CONSENTED, deferrals=1))
+    await env.inject(report(cid, v, nonce, S.DEFERRED, deferrals=2, detail="not parked"))
+    await env.inject(report(cid, v, nonce, S.DEFERRED, deferrals=1, detail="battery 12%"))  # a duplicate
+    status = await env.get_json(f"/api/v1/vehicles/{v}/status")
+    entry = status["campaigns"][0]  # type: ignore[index]
+    assert entry["state"] == "deferred" and entry["detail"] == "not parked"
+    assert [(h["state"], h["deferrals"]) for h in entry["history"]] == [
+        ("notified", 0),
+        ("deferred", 1),
+        ("consented", 1),
+        ("deferred", 2),
+    ]
+    await env.inject(report(cid, v, nonce, S.DOWNLOADING, deferrals=2))
+    assert (await _progress(env, cid))["counts"]["downloading"] == 1
+
+
+async def test_transient_failures_are_retried_with_backoff_and_a_new_nonce(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    rollout = {"max_retries": 2, "retry_backoff_s": 300}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    first = (await env.nonces())[v]
+    await env.inject(report(cid, v, first, S.FAILED, reason=FailureReason.DOWNLOAD_FAILED))
+    progress = await _progress(env, cid)
+    assert progress["retries_scheduled"] == 1 and not progress["done"]
+    env.clock.advance(299)
+    await env.tick()
+    assert len(_notices(env, cid)) == 1
+    env.clock.advance(1)
+    await env.tick()
+    assert len(_notices(env, cid)) == 2
+    second = (await env.nonces())[v]
+    assert second != first
+    assert (await _progress(env, cid))["counts"]["pending"] == 1
+    # The old nonce is refused now; the car's new attempt moves on.
+    await env.inject(report(cid, v, first, S.DOWNLOADING, attempt=2))
+    assert env.runtime.ingestor.stats().rejected.get("wrong_nonce") == 1
+    await env.inject(report(cid, v, second, S.FAILED, attempt=2, reason=FailureReason.METADATA_FETCH_FAILED))
+    env.clock.advance(599)  # the second wait is twice as long
+    await env.tick()
+    assert len(_notices(env, cid)) == 2
+    env.clock.advance(1)
+    await env.tick()
+    third = (await env.nonces())[v]
+    await env.inject(report(cid, v, third, S.FAILED, attempt=3, reason=FailureReason.DOWNLOAD_FAILED))
+    env.clock.advance(10 * 3600)
+    await env.tick()
+    progress = await _progress(env, cid)
+    assert len(_notices(env, cid)) == 3 and progress["done"]  # two retries, then it stays failed
+    # A non-transient failure is never retried automatically; an operator may.
+    retry = await env.client.post(f"/api/v1/campaigns/{cid}/retry-failed")
+    assert retry.status_code == 200 and retry.json()["vehicles"] == 1
+    await env.runtime.dispatcher.idle()
+    assert len(_notices(env, cid)) == 4
+    fourth = (await env.nonces())[v]
+    await env.inject(report(cid, v, fourth, S.REMEDIED, attempt=4, installed_version="1.1.0", health_ok=True))
+    assert (await _progress(env, cid))["counts"]["remedied"] == 1
+
+
+async def test_health_check_failures_are_not_retried(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    cid = (await _launch(env, release, rollout={"max_retries": 3, "retry_backoff_s": 0}))["id"]
+    await _run_to(env, cid, [v], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    env.clock.advance(3600)
+    await env.tick()
+    assert len(_notices(env, cid)) == 1
+    assert (await _progress(env, cid))["done"]
+
+
+async def test_cancel_withdraws_cars_not_started_and_lets_installing_ones_finish(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 9)]
+    release = await _fleet(env, vins)
+    rollout = {"waves": [{"cars": 4}, {"percent": 100}]}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    notified = sorted(_notified_vins(env, cid))
+    nonces = await env.nonces()
+    installing, waiting = notified[0], notified[1:]
+    await env.inject(report(cid, installing, nonces[installing], S.INSTALLING))
+    await env.inject(report(cid, waiting[0], nonces[waiting[0]], S.DEFERRED, deferrals=1))
+    resp = await env.client.post(f"/api/v1/campaigns/{cid}/cancel", json={"reason": "superseded by 24V-200"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["vehicles"] == 7 and resp.json()["campaign"]["status"] == "cancelled"
+    await env.runtime.dispatcher.idle()
+    progress = await _progress(env, cid)
+    assert progress["counts"]["withdrawn"] == 7 and progress["counts"]["installing"] == 1
+    # Only the notified cars get a withdrawal, retained so it replaces the notice.
+    withdrawals = [
+        (m, parse_campaign_message(m.payload))
+        for m in env.publisher.messages
+        if isinstance(parse_campaign_message(m.payload), CampaignWithdrawal)
+    ]
+    assert sorted(w.vin for _, w in withdrawals) == sorted(waiting)
+    assert all(m.retain and m.qos == 1 and m.topic == topics.campaign_topic(w.vin) for m, w in withdrawals)
+    assert all(w.nonce == nonces[w.vin] for _, w in withdrawals)
+    # The Director assigns nothing new to a withdrawn car.
+    raw = await env.client.get(f"/repo/director/{waiting[0]}/metadata/targets.json")
+    assert Metadata[Targets].from_bytes(raw.content).signed.targets == {}
+    # Nothing further is notified, and the installing car finishes and is counted.
+    env.clock.advance(3600)
+    await env.tick()
+    assert len(_notified_vins(env, cid)) == 4
+    await env.inject(remedied(cid, installing, nonces[installing]))
+    await env.inject(report(cid, waiting[1], nonces[waiting[1]], S.WITHDRAWN))  # the car confirms
+    progress = await _progress(env, cid)
+    assert progress["counts"]["remedied"] == 1 and progress["counts"]["withdrawn"] == 7 and progress["done"]
+    log = await env.client.get(f"/api/v1/campaigns/{cid}/notices", params={"vin": waiting[0]})
+    assert [e["kind"] for e in log.json()] == ["campaign", "withdrawal"]
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/cancel", json={})).status_code == 409
+
+
+async def test_rate_limit_holds_within_each_minute(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 8)]
+    release = await _fleet(env, vins)
+    cid = (await _launch(env, release, rollout={"rate": {"per_minute": 3}}))["id"]
+    assert len(_notices(env, cid)) == 3
+    await env.tick()
+    env.clock.advance(59)
+    await env.tick()
+    assert len(_notices(env, cid)) == 3
+    env.clock.advance(1)
+    await env.tick()
+    assert len(_notices(env, cid)) == 6
+    env.clock.advance(60)
+    await env.tick()
+    assert len(_notices(env, cid)) == 7
+
+
+async def test_rate_limit_with_exponential_ramp(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 31)]
+    release = await _fleet(env, vins)
+    rollout = {"rate": {"per_minute": 8, "ramp": {"start_per_minute": 2, "factor": 2, "every_notified": 2}}}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    seen = [len(_notices(env, cid))]
+    for _ in range(5):
+        env.clock.advance(60)
+        await env.tick()
+        seen.append(len(_notices(env, cid)))
+    # 2 a minute, then 4 once 2 went out, then the ceiling of 8
+    assert seen == [2, 6, 14, 22, 30, 30]
+
+
+async def test_windows_are_respected_in_each_cars_local_time(env: Env) -> None:
+    berlin, la = vin(1), vin(2)
+    resp = await env.client.post(
+        "/api/v1/vehicles/batch",
+        json={
+            "vehicles": [
+                {**vehicle(berlin), "time_zone": "Europe/Berlin"},
+                {**vehicle(la), "time_zone": "America/Los_Angeles"},
+            ]
+        },
+    )
+    assert resp.status_code == 201, resp.text
+    await provision(env.client, [berlin, la])
+    release = (await upload(env.client)).json()["id"]
+    # The clock starts at 2026-03-01 12:00 UTC: 13:00 in Berlin, 04:00 in Los Angeles.
+    rollout = {"windows": [{"start": "01:00", "end": "05:00"}], "start_at": "2026-03-01T11:00:00Z"}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    assert _notified_vins(env, cid) == {la}
+    env.clock.advance(11 * 3600)  # 23:00 UTC: midnight in Berlin
+    await env.tick()
+    assert _notified_vins(env, cid) == {la}
+    env.clock.advance(1 * 3600)  # 00:00 UTC: 01:00 in Berlin
+    await env.tick()
+    assert _notified_vins(env, cid) == {la, berlin}
+    bad = await env.client.post("/api/v1/vehicles", json={**vehicle(vin(3)), "time_zone": "Mars/Olympus"})
+    assert bad.status_code == 422
+
+
+async def test_nothing_is_notified_before_the_start_time(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    cid = (await _launch(env, release, rollout={"start_at": "2026-03-02T00:00:00Z"}))["id"]
+    assert _notices(env, cid) == []
+    env.clock.advance(12 * 3600 - 1)
+    await env.tick()
+    assert _notices(env, cid) == []
+    env.clock.advance(1)
+    await env.tick()
+    assert len(_notices(env, cid)) == 1
+
+
+async def test_a_safety_recall_takes_precedence_over_a_feature_update(env: Env) -> None:
+    busy, idle = vin(1), vin(2)
+    release = await _fleet(env, [busy, idle])
+    # A feature update reaches one car now and the other only in a later wave.
+    feature = await _launch(
+        env, release, "24V-300", rollout={"waves": [{"cars": 1}, {"percent": 100}], "success_threshold_percent": 100}
+    )
+    [first] = _notified_vins(env, feature["id"])
+    second = idle if first == busy else busy
+    nonces = await env.nonces()
+    await env.inject(report(feature["id"], first, nonces[first], S.INSTALLING))
+    safety = await _launch(env, release, "24V-301", safety_recall=True)
+    # The installing car finishes its feature update first; the other car gets the recall at once.
+    assert _notified_vins(env, safety["id"]) == {second}
+    safety_notice = _notices(env, safety["id"])[0]
+    assert safety_notice.safety_recall and not safety_notice.requires_consent
+    # The feature gate passes, but its pending car waits for the unfinished safety recall.
+    await env.inject(remedied(feature["id"], first, nonces[first]))
+    await env.runtime.dispatcher.idle()
+    assert _notified_vins(env, feature["id"]) == {first}
+    assert _notified_vins(env, safety["id"]) == {second, first}
+    safety_nonces = {n.vin: n.nonce for n in _notices(env, safety["id"])}
+    for car in (first, second):
+        await env.inject(remedied(safety["id"], car, safety_nonces[car]))
+    await env.runtime.dispatcher.idle()
+    assert _notified_vins(env, feature["id"]) == {first, second}
+
+
+async def test_operator_records_with_evidence_and_counts_add_up(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 6)]
+    release = await _fleet(env, vins)
+    cid = (await _launch(env, release))["id"]
+    url = f"/api/v1/campaigns/{cid}/vehicles/{{}}/outcome"
+    dealer = await env.client.post(
+        url.format(vins[0]),
+        json={"outcome": "remedied_at_dealer", "evidence": "Repair order 4711, software 1.1.0", "reference": "RO-4711"},
+    )
+    assert dealer.status_code == 200, dealer.text
+    assert dealer.json()["evidence_ref"] == "RO-4711" and dealer.json()["recorded_by"] == "admin"
+    stolen = await env.client.post(
+        url.format(vins[1]), json={"outcome": "unreachable", "reason": "stolen", "evidence": "Police report 99"}
+    )
+    assert stolen.status_code == 200
+    inspected = await env.client.post(
+        url.format(vins[2]), json={"outcome": "inspected_not_needed", "evidence": "Has the revised controller"}
+    )
+    assert inspected.status_code == 200
+    no_reason = await env.client.post(url.format(vins[3]), json={"outcome": "unreachable", "evidence": "gone"})
+    assert no_reason.status_code == 422
+    nonces = await env.nonces()
+    await env.inject(remedied(cid, vins[3], nonces[vins[3]]))
+    over_ota = await env.client.post(url.format(vins[3]), json={"outcome": "remedied_at_dealer", "evidence": "x"})
+    assert over_ota.status_code == 409  # a verified OTA remedy is never overwritten
+    unknown = await env.client.post(url.format(vin(99)), json={"outcome": "remedied_at_dealer", "evidence": "x"})
+    assert unknown.status_code == 404
+    # A report after a dealer remedy is kept in the history but changes nothing.
+    await env.inject(report(cid, vins[0], nonces[vins[0]], S.DOWNLOADING))
+    progress = await _progress(env, cid)
+    assert progress["counts"]["remedied_at_dealer"] == 1
+    assert progress["counts"]["unreachable"] == 1 and progress["unreachable_by_reason"] == {"stolen": 1}
+    assert progress["counts"]["inspected_not_needed"] == 1 and progress["counts"]["remedied"] == 1
+    viewer = await env.headers_for("viewer-1", "viewer")
+    refused = await env.client.post(
+        url.format(vins[4]), json={"outcome": "remedied_at_dealer", "evidence": "x"}, headers=viewer
+    )
+    assert refused.status_code == 403
+
+
+async def test_a_dynamic_campaign_takes_cars_registered_later(env: Env) -> None:
+    vins = [vin(1), vin(2)]
+    release = await _fleet(env, vins)
+    static = await _launch(env, release, "24V-500", population={"models": ["Sedan"]})
+    dynamic = await _launch(env, release, "24V-501", population={"models": ["Sedan"]}, dynamic=True, safety_recall=True)
+    late = vin(3)
+    assert (await env.client.post("/api/v1/vehicles", json=vehicle(late))).status_code == 201
+    await provision(env.client, [late])
+    await env.tick()
+    assert (await _progress(env, static["id"]))["population"] == 2
+    progress = await _progress(env, dynamic["id"])
+    assert progress["population"] == 3
+    campaign = await env.get_json(f"/api/v1/campaigns/{dynamic['id']}")
+    assert campaign["launch_population"] == 2
+    assert late in _notified_vins(env, dynamic["id"])
+
+
+async def test_notice_carries_preconditions_owner_notice_and_consent(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    owner_notice = {
+        "purpose": "Improves the brake assist",
+        "safety_recall": False,
+        "what_changes": "Brake assist engages earlier",
+        "expected_minutes": 20,
+        "unavailable_functions": ["driving"],
+        "contact": {"name": "Dana Smith, customer care", "phone": "+1 555 0100"},
+    }
+    cid = (
+        await _launch(
+            env,
+            release,
+            owner_notice=owner_notice,
+            preconditions={"min_battery_percent": 50},
+            remedy_type="both",
+            manufacturer_number="MFR-77",
+            requires_consent=None,  # the default: a non-safety update asks the owner
+        )
+    )["id"]
+    [notice] = _notices(env, cid)
+    assert notice.requires_consent and not notice.safety_recall
+    assert notice.preconditions is not None and notice.preconditions.min_battery_percent == 50
+    assert notice.preconditions.parked  # defaults from the contract
+    assert notice.owner_notice is not None and notice.owner_notice.contact.name.startswith("Dana")
+    recall = (await env.client.get("/api/v1/recalls")).json()[0]
+    assert recall["remedy_type"] == "both" and recall["requires_consent"]
+    assert recall["rollout"]["waves"] == [{"cars": None, "percent": 100.0}]
+    mismatch = await env.client.post(
+        "/api/v1/recalls",
+        json={**recall_body(release, "24V-124"), "safety_recall": True, "owner_notice": owner_notice},
+    )
+    assert mismatch.status_code == 422
+    consent_for_safety = await env.client.post(
+        "/api/v1/recalls", json={**recall_body(release, "24V-126"), "safety_recall": True, "requires_consent": True}
+    )
+    assert consent_for_safety.status_code == 422
+    huge = {**owner_notice, "purpose": "x" * 2000, "what_changes": "y" * 2000, "what_to_do": "z" * 2000}
+    huge.update(on_success="s" * 2000, on_failure="f" * 2000, unavailable_functions=["u" * 1000] * 10)
+    too_big = await env.client.post("/api/v1/recalls", json={**recall_body(release, "24V-125"), "owner_notice": huge})
+    assert too_big.status_code == 422 and "bytes" in too_big.json()["detail"]
+
+
+async def test_a_car_that_never_answers_times_out_and_is_notified_again(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    rollout = {"ack_timeout_s": 3600, "max_retries": 1, "retry_backoff_s": 60}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    env.clock.advance(3600)
+    await env.tick()
+    progress = await _progress(env, cid)
+    assert progress["counts"]["timed_out"] == 1 and progress["retries_scheduled"] == 1
+    env.clock.advance(60)
+    await env.tick()
+    assert len(_notices(env, cid)) == 2 and (await _progress(env, cid))["counts"]["pending"] == 1
+
+
+async def test_a_dealer_only_recall_notifies_no_car(env: Env) -> None:
+    v = vin(1)
+    release = await _fleet(env, [v])
+    cid = (await _launch(env, release, remedy_type="dealer"))["id"]
+    await env.tick()
+    assert _notices(env, cid) == []
+    await env.client.post(
+        f"/api/v1/campaigns/{cid}/vehicles/{v}/outcome",
+        json={"outcome": "remedied_at_dealer", "evidence": "RO 1"},
+    )
+    progress = await _progress(env, cid)
+    assert progress["counts"]["remedied_at_dealer"] == 1 and progress["done"]

@@ -1,0 +1,219 @@
+"""Before a campaign starts: the owner's notice and consent, and the campaign's preconditions.
+
+:func:`check` says which precondition blocks, if any. :class:`StartGate` takes a
+campaign from ``notified``, ``consented`` or ``deferred`` to its next step: show the
+notice (once per attempt), ask consent (non-safety updates that require it), check the
+preconditions, and while deferred wait the retry interval (with jitter) or until the
+vehicle state changes. A deferred report carries ``<code>: <text>`` as its detail, so
+the server can count deferrals by reason without parsing prose. Nothing here touches
+the slots: a car held at the gate never installs anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from firmware_bundles.messages import CampaignNotice, Preconditions, ReportState
+from vehicle_agent.journal import CampaignRecord, OwnerEvent
+from vehicle_agent.owner import Consent, OwnerHook, describe
+from vehicle_agent.vehicle import Reading, VehicleState
+
+S = ReportState
+T = TypeVar("T")
+
+
+class Blocker(StrEnum):
+    NOT_PARKED = "not_parked"
+    IGNITION_ON = "ignition_on"
+    BATTERY_LOW = "battery_low"
+    NETWORK_NOT_ALLOWED = "network_not_allowed"
+    OWNER_POSTPONED = "owner_postponed"
+
+
+@dataclass(frozen=True)
+class Hold:
+    """Why the car does not start now."""
+
+    blocker: Blocker
+    text: str
+
+    @property
+    def detail(self) -> str:
+        return f"{self.blocker.value}: {self.text}"
+
+
+def preconditions_of(notice: CampaignNotice | None) -> Preconditions | None:
+    """The notice's preconditions; a notice without them gets the defaults (a car never
+    installs while driving). None only for a campaign journaled before notices were kept."""
+    if notice is None:
+        return None
+    return notice.preconditions or Preconditions()
+
+
+def check(pre: Preconditions | None, car: Reading, bundle_bytes: int = 0) -> Hold | None:
+    """The first precondition not met; ``bundle_bytes`` is 0 until the signed size is known."""
+    if pre is None:
+        return None
+    if pre.parked and not car.parked:
+        return Hold(Blocker.NOT_PARKED, "the vehicle is not parked")
+    if pre.ignition_off and not car.ignition_off:
+        return Hold(Blocker.IGNITION_ON, "the ignition is on")
+    needed = min(100, pre.min_battery_percent + pre.rollback_reserve_percent)
+    if car.battery_percent < needed:
+        return Hold(
+            Blocker.BATTERY_LOW,
+            f"battery at {car.battery_percent}%, needs {needed}% "
+            f"({pre.min_battery_percent}% plus {pre.rollback_reserve_percent}% kept for a rollback)",
+        )
+    if bundle_bytes > pre.large_bundle_bytes and car.network not in pre.large_bundle_networks:
+        allowed = ", ".join(n.value for n in pre.large_bundle_networks) or "none"
+        return Hold(
+            Blocker.NETWORK_NOT_ALLOWED,
+            f"{bundle_bytes} byte bundle over {car.network.value}; bundles over "
+            f"{pre.large_bundle_bytes} bytes need {allowed}",
+        )
+    return None
+
+
+class Withdrawn(Exception):
+    """A withdrawal for the campaign arrived while the gate was waiting."""
+
+
+class HeldAtDownload(Exception):
+    """Raised (from the download thread) when a precondition fails once the bundle size is known."""
+
+    def __init__(self, hold: Hold, bundle_bytes: int) -> None:
+        super().__init__(hold.detail)
+        self.hold = hold
+        self.bundle_bytes = bundle_bytes
+
+
+def defer(record: CampaignRecord, hold: Hold, **changes: Any) -> CampaignRecord:
+    """A new deferral: its report carries the raised count."""
+    return record.advance(S.DEFERRED, deferrals=record.deferrals + 1, detail=hold.detail, **changes)
+
+
+def _logged(record: CampaignRecord, what: str, text: str | None = None) -> bool:
+    return any(e.what == what and e.attempt == record.attempt and text in (None, e.text) for e in record.owner_log)
+
+
+def owes_result(record: CampaignRecord) -> bool:
+    """Terminal, the owner saw this attempt's notice, and has not been told how it ended."""
+    if not record.state.terminal or record.state is S.DECLINED:
+        return False
+    return _logged(record, "notice") and not _logged(record, "result")
+
+
+class StartGate:
+    """One car's gate; :meth:`poke` (thread-safe) makes a waiting gate look again now."""
+
+    def __init__(
+        self,
+        vehicle: VehicleState,
+        owner: OwnerHook,
+        *,
+        clock: Callable[[], datetime],
+        sleep: Callable[[float], Awaitable[Any]],
+        interval: float,
+        jitter: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.vehicle = vehicle
+        self.owner = owner
+        self._clock = clock
+        self._sleep = sleep
+        self._interval = interval
+        self._jitter = jitter
+        self._rng = rng or random.Random()
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        vehicle.watch(self.poke)
+
+    def poke(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    def log(self, record: CampaignRecord, what: str, text: str) -> CampaignRecord:
+        event = OwnerEvent(self._clock().isoformat(), record.attempt, what, text[:1000])
+        return replace(record, owner_log=(*record.owner_log, event))
+
+    async def start(
+        self, record: CampaignRecord, notice: CampaignNotice | None, withdrawn: Callable[[], bool]
+    ) -> CampaignRecord:
+        """From ``notified`` or ``consented``: the notice (once per attempt), then decide."""
+        if notice is not None and not _logged(record, "notice"):
+            await self.owner.show_notice(notice)  # at least once: journaled with the next step
+            record = self.log(record, "notice", describe(notice))
+        return await self._decide(record, notice, withdrawn)
+
+    async def wait(
+        self, record: CampaignRecord, notice: CampaignNotice | None, withdrawn: Callable[[], bool]
+    ) -> CampaignRecord:
+        """From ``deferred``: look again after each pause until something changes."""
+        while True:
+            await self._pause(withdrawn)
+            nxt = await self._decide(record, notice, withdrawn)
+            if nxt.state is not S.DEFERRED or nxt.detail != record.detail:
+                return nxt
+            # still held for the same reason: no new report, keep the consent log
+            record = replace(record, owner_log=nxt.owner_log)
+
+    async def _decide(
+        self, record: CampaignRecord, notice: CampaignNotice | None, withdrawn: Callable[[], bool]
+    ) -> CampaignRecord:
+        if notice is not None and notice.requires_consent and not notice.safety_recall and not record.consented:
+            answer = await self._until_withdrawn(self.owner.ask_consent(notice), withdrawn)
+            if not _logged(record, "consent", answer.value):  # a headless car postpones every interval
+                record = self.log(record, "consent", answer.value)
+            if answer is Consent.ACCEPT:
+                return record.advance(S.CONSENTED, consented=True, detail="")
+            if answer is Consent.DECLINE:
+                return record.advance(S.DECLINED, detail="the owner declined the update")
+            return defer(record, Hold(Blocker.OWNER_POSTPONED, "the owner postponed the update"))
+        hold = check(preconditions_of(notice), self.vehicle.read(), record.bundle_bytes)
+        if hold is not None:
+            return defer(record, hold)
+        return record.advance(S.DOWNLOADING, targets=(), detail="")
+
+    async def _pause(self, withdrawn: Callable[[], bool]) -> None:
+        """The retry interval (jittered, so a fleet does not look again in step), or less on a wake-up."""
+        self._loop = asyncio.get_running_loop()
+        if withdrawn():
+            raise Withdrawn
+        delay = self._interval * (1 + self._rng.uniform(-self._jitter, self._jitter))
+        sleeper = asyncio.ensure_future(self._sleep(delay))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+        if sleeper.done() and not sleeper.cancelled():
+            sleeper.result()  # an injected sleep that raises stops the wait
+        self._wake.clear()
+        if withdrawn():
+            raise Withdrawn
+
+    async def _until_withdrawn(self, work: Awaitable[T], withdrawn: Callable[[], bool]) -> T:
+        """Await ``work`` (the owner may take a while); a withdrawal cancels it and raises :class:`Withdrawn`."""
+        self._loop = asyncio.get_running_loop()
+        task: asyncio.Future[T] = asyncio.ensure_future(work)
+        try:
+            while True:
+                if withdrawn():
+                    raise Withdrawn
+                waker: asyncio.Future[Any] = asyncio.ensure_future(self._wake.wait())
+                await asyncio.wait({task, waker}, return_when=asyncio.FIRST_COMPLETED)
+                waker.cancel()
+                if task.done():
+                    return task.result()
+                self._wake.clear()
+        finally:
+            task.cancel()
