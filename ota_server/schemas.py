@@ -274,6 +274,12 @@ class CampaignPublic(BaseModel):
     status: str = Field(default="active", description="active, paused or cancelled")
     status_reason: str | None = Field(default=None, description="Who or which gate paused or cancelled it, and why")
     current_wave: int = Field(default=0, description="Index of the highest wave opened so far")
+    kind: str = Field(
+        default="remedy", description="remedy (the recall's fix) or rollback (launched by a tripped error threshold)"
+    )
+    parent_campaign_id: int | None = Field(
+        default=None, description="For a rollback campaign: the remedy campaign whose wave tripped"
+    )
 
 
 class WaveProgress(BaseModel):
@@ -303,6 +309,10 @@ class Progress(BaseModel):
     waves: list[WaveProgress] = Field(default_factory=list)
     unreachable_by_reason: dict[str, int] = Field(default_factory=dict)
     retries_scheduled: int = Field(default=0, description="Cars waiting for a retry notice")
+    kind: str = Field(default="remedy", description="remedy or rollback")
+    rollback_campaign_id: int | None = Field(
+        default=None, description="The rollback campaign the error threshold launched from this one, if any"
+    )
 
 
 class CampaignControl(BaseModel):

@@ -23,6 +23,12 @@ from ota_server.services import campaign_control, campaigns, progress
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
 
+@router.get("", dependencies=[needs_read])
+def list_campaigns(session: SessionDep) -> list[CampaignPublic]:
+    """Every campaign, remedy and rollback, oldest first."""
+    return campaigns.list_all(session)
+
+
 @router.get("/{campaign_id}", dependencies=[needs_read])
 def get_campaign(campaign_id: Id, session: SessionDep) -> CampaignPublic:
     """The campaign: population (frozen count and current), status and the open wave."""

@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -159,10 +160,27 @@ class Recall(Base):
 
 
 class Campaign(Base):
+    """One rollout of a release to a recall's cars.
+
+    A recall has one ``remedy`` campaign (its fix) and at most one ``rollback`` campaign per
+    tripped remedy campaign (``parent_campaign_id``): the plan's rollback release sent to the
+    cars of the tripped wave that had installed the bad release.
+    """
+
     __tablename__ = "campaigns"
+    __table_args__ = (
+        Index(
+            "uq_campaigns_recall_remedy",
+            "recall_id",
+            unique=True,
+            sqlite_where=text("kind = 'remedy'"),
+            postgresql_where=text("kind = 'remedy'"),
+        ),
+        UniqueConstraint("parent_campaign_id", name="uq_campaigns_parent"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id"), unique=True)
+    recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id"))
     release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
     population: Mapped[int] = mapped_column(Integer)
     launched_at: Mapped[datetime]
@@ -175,6 +193,11 @@ class Campaign(Base):
     # Errors of the open wave an operator accepted by resuming after an automatic pause.
     error_baseline: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     status_changed_at: Mapped[datetime | None]
+    # "remedy" (the recall's fix) or "rollback" (launched by a tripped error threshold).
+    kind: Mapped[str] = mapped_column(String(16), default="remedy", server_default="remedy")
+    parent_campaign_id: Mapped[int | None] = mapped_column(
+        ForeignKey("campaigns.id", name="fk_campaigns_parent_campaign_id")
+    )
 
 
 class CampaignVehicle(Base):

@@ -96,6 +96,15 @@ class RolloutPlan(BaseModel):
     error_threshold_percent: float | None = Field(
         default=None, gt=0, le=100, description="Pause when this share of the open wave failed/rolled back/timed out"
     )
+    rollback_release_id: int | None = Field(
+        default=None,
+        ge=1,
+        le=2**31 - 1,
+        description="When the error threshold pauses the campaign, send this release to the cars of the tripped "
+        "wave that already installed the fix (a rollback campaign: one wave, default plan, no second approval). "
+        "Cars refuse a lower release counter, so this is the previous software re-released under a counter "
+        "HIGHER than the recall's release, for the same hardware id, and published",
+    )
     device_timeout_s: float | None = Field(
         default=3600, gt=0, description="A car installing with no report for this long is timed out (an error)"
     )

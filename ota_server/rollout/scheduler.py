@@ -5,8 +5,9 @@ a control action) it, per campaign:
 
 1. takes late joiners into a dynamic campaign;
 2. times out cars stuck installing (or never answering, if the plan asks);
-3. judges the open wave: errors past the threshold pause the campaign, enough
-   remedied cars open the next wave;
+3. judges the open wave: errors past the threshold pause the campaign (and, if the
+   plan names a rollback release, launch a rollback campaign to the wave's remedied
+   cars), enough remedied cars open the next wave;
 4. schedules retries (with backoff) for transient failures and timeouts;
 5. notifies the next cars the waves, the rate limit, the start time, each car's
    local maintenance windows and the one-update-per-car rule allow: it signs their
@@ -48,7 +49,7 @@ from ota_server.rollout.states import (
 from ota_server.schemas import Population
 from ota_server.services import campaigns as campaign_service
 from ota_server.services import population as populations
-from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, Outbound
+from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, REMEDY, ROLLBACK, Outbound
 from ota_server.signing.director import Director
 from ota_server.signing.image_repo import target_for
 
@@ -70,6 +71,7 @@ class TickResult:
     joined: int = 0
     paused: list[int] = field(default_factory=list)
     opened: list[tuple[int, int]] = field(default_factory=list)  # (campaign, wave)
+    rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (tripped campaign, rollback campaign)
 
 
 def record_event(
@@ -156,13 +158,17 @@ class Scheduler:
             )
             if campaign_ids is not None:
                 query = query.where(Campaign.id.in_(list(campaign_ids)))
-            for campaign_id in [c.id for c, _ in session.execute(query).all()]:
+            queue = [c.id for c, _ in session.execute(query).all()]
+            for campaign_id in queue:  # grows: a rollback campaign launched this tick runs in it too
+                launched = len(result.rollbacks)
                 try:
                     self._campaign_tick(session, campaign_id, result)
                     session.commit()
                 except Exception:
                     session.rollback()
+                    del result.rollbacks[launched:]
                     log.exception("scheduler: campaign %d tick failed", campaign_id)
+                queue.extend(child for _, child in result.rollbacks[launched:])
         return result
 
     async def tick(self, campaign_ids: Collection[int] | None = None) -> TickResult:
@@ -172,6 +178,8 @@ class Scheduler:
             self._dispatch(result.messages)
         for campaign_id in result.paused:
             log.warning("campaign %d paused: error threshold crossed", campaign_id)
+        for parent_id, child_id in result.rollbacks:
+            log.warning("campaign %d: rollback campaign %d launched", parent_id, child_id)
         return result
 
     async def on_reports(self, campaign_ids: set[int]) -> None:
@@ -225,9 +233,9 @@ class Scheduler:
         campaign = session.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
         recall = session.get(Recall, campaign.recall_id)
         assert recall is not None  # foreign key
-        plan = campaign_service.plan_of(recall)
+        plan = campaign_service.plan_of(recall, campaign)
         now = self._clock()
-        if recall.dynamic and campaign.status == ACTIVE:
+        if recall.dynamic and campaign.kind == REMEDY and campaign.status == ACTIVE:
             result.joined += self._join_late(session, campaign, recall)
         result.timed_out += self._time_out(session, campaign, plan, now)
         if campaign.status == ACTIVE:
@@ -313,6 +321,8 @@ class Scheduler:
                 campaign.status, campaign.status_changed_at = PAUSED, now
                 campaign.status_reason = f"error threshold crossed in wave {campaign.current_wave}: {gate.describe()}"
                 result.paused.append(campaign.id)
+                if plan.rollback_release_id is not None and campaign.kind == REMEDY:
+                    self._roll_back(session, campaign, plan.rollback_release_id, now, result)
                 return
             if gate.status is not rules.GateStatus.PASSED or campaign.current_wave >= (last or 0):
                 return
@@ -320,6 +330,40 @@ class Scheduler:
             campaign.error_baseline = 0
             result.opened.append((campaign.id, campaign.current_wave))
             log.info("campaign %d: wave %d opened (%s)", campaign.id, campaign.current_wave, gate.describe())
+
+    def _roll_back(
+        self, session: Session, campaign: Campaign, release_id: int, now: datetime, result: TickResult
+    ) -> None:
+        """Send the plan's rollback release to the tripped wave's remedied cars (they run the bad release).
+
+        Same transaction as the pause; at most one rollback campaign per campaign.
+        """
+        existing = campaign_service.rollback_of(session, campaign.id)
+        if existing is not None:
+            campaign.status_reason = f"{campaign.status_reason}; rollback campaign {existing.id} was launched already"
+            return
+        vins = list(
+            session.scalars(
+                select(CampaignVehicle.vin)
+                .where(
+                    CampaignVehicle.campaign_id == campaign.id,
+                    CampaignVehicle.wave == campaign.current_wave,
+                    CampaignVehicle.state == VinState.REMEDIED.value,
+                )
+                .order_by(CampaignVehicle.vin)
+            )
+        )
+        if not vins:
+            campaign.status_reason = (
+                f"{campaign.status_reason}; no car of wave {campaign.current_wave} is remedied, "
+                "so no rollback campaign was launched"
+            )
+            return
+        child = campaign_service.launch_rollback(session, campaign, release_id, vins, now)
+        campaign.status_reason = (
+            f"{campaign.status_reason}; rollback campaign {child.id} launched to its {len(vins)} remedied cars"
+        )
+        result.rollbacks.append((campaign.id, child.id))
 
     def _schedule_retries(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> None:
         if plan.max_retries == 0:
@@ -427,10 +471,15 @@ class Scheduler:
         """Sign these cars' Director metadata: the fix for each affected ECU, with the recall's floor."""
         release = session.get(Release, campaign.release_id)
         assert release is not None
-        members = {
-            m.vin: m.ecu_serials
-            for m in populations.resolve(session, Population.model_validate(recall.population), release, vins)
-        }
+        # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
+        members = (
+            {}
+            if campaign.kind == ROLLBACK
+            else {
+                m.vin: m.ecu_serials
+                for m in populations.resolve(session, Population.model_validate(recall.population), release, vins)
+            }
+        )
         missing = [v for v in vins if v not in members]
         for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
             for vin, serial in session.execute(

@@ -51,7 +51,10 @@ def needs_approval(session: Session, recall_id: int) -> bool:
 def request_launch(session: Session, recall_id: int, requester: Actor, now: datetime) -> LaunchRequestPublic:
     """Record that ``requester`` wants this safety recall launched (idempotent while it waits)."""
     recall = _recall(session, recall_id)
-    if session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id)) is not None:
+    if (
+        session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id, Campaign.kind == "remedy"))
+        is not None
+    ):
         raise Conflict(f"recall {recall.campaign_number} is already launched")
     existing = for_recall(session, recall_id)
     if existing is not None:

@@ -27,6 +27,7 @@ from ota_server.services import population as populations
 
 PENDING = VinState.PENDING.value
 ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
+REMEDY, ROLLBACK = "remedy", "rollback"
 Outbound = CampaignNotice | CampaignWithdrawal
 
 
@@ -37,8 +38,21 @@ def _recall(session: Session, recall_id: int) -> Recall:
     return recall
 
 
-def plan_of(recall: Recall) -> RolloutPlan:
+def plan_of(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan:
+    """The recall's plan for its remedy campaign; a rollback campaign runs the default plan
+    (one wave of every car, no thresholds, no further rollback)."""
+    if campaign is not None and campaign.kind == ROLLBACK:
+        return RolloutPlan()
     return RolloutPlan.model_validate(recall.rollout) if recall.rollout else RolloutPlan()
+
+
+def remedy_campaign(session: Session, recall_id: int) -> Campaign | None:
+    """The recall's own campaign (not a rollback campaign it launched)."""
+    return session.scalar(select(Campaign).where(Campaign.recall_id == recall_id, Campaign.kind == REMEDY))
+
+
+def rollback_of(session: Session, campaign_id: int) -> Campaign | None:
+    return session.scalar(select(Campaign).where(Campaign.parent_campaign_id == campaign_id))
 
 
 def notice(
@@ -76,7 +90,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
     InvalidInput if nobody is affected.
     """
     recall = _recall(session, recall_id)
-    if session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id)) is not None:
+    if remedy_campaign(session, recall_id) is not None:
         raise Conflict(f"recall {recall.campaign_number} is already launched")
     release = session.get(Release, recall.release_id)
     assert release is not None  # foreign key
@@ -98,6 +112,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         current_wave=0,
         error_baseline=0,
         status_changed_at=now,
+        kind=REMEDY,
     )
     session.add(campaign)
     try:
@@ -122,6 +137,52 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         session.rollback()
         raise Conflict(f"recall {recall.campaign_number} is already launched (concurrent launch)") from exc
     return CampaignPublic.model_validate(campaign)
+
+
+def launch_rollback(
+    session: Session, parent: Campaign, release_id: int, vins: Sequence[str], now: datetime
+) -> Campaign:
+    """Create (not commit) the rollback campaign of ``parent``: ``release_id`` to ``vins``, one wave.
+
+    It belongs to the same recall, was approved with it, and runs the default plan; the
+    scheduler notifies its cars and signs their Director metadata like any campaign's.
+    """
+    campaign = Campaign(
+        recall_id=parent.recall_id,
+        release_id=release_id,
+        population=len(vins),
+        launch_population=len(vins),
+        launched_at=now,
+        status=ACTIVE,
+        status_reason=f"rollback of campaign {parent.id} (wave {parent.current_wave})",
+        current_wave=0,
+        error_baseline=0,
+        status_changed_at=now,
+        kind=ROLLBACK,
+        parent_campaign_id=parent.id,
+    )
+    session.add(campaign)
+    session.flush()
+    session.execute(
+        insert(CampaignVehicle),
+        [
+            {
+                "campaign_id": campaign.id,
+                "vin": vin,
+                "nonce": secrets.token_urlsafe(24),
+                "state": PENDING,
+                "attempt": 0,
+                "updated_at": now,
+                "wave": 0,
+            }
+            for vin in vins
+        ],
+    )
+    return campaign
+
+
+def list_all(session: Session) -> list[CampaignPublic]:
+    return [CampaignPublic.model_validate(c) for c in session.scalars(select(Campaign).order_by(Campaign.id))]
 
 
 def get(session: Session, campaign_id: int) -> CampaignPublic:

@@ -14,7 +14,7 @@ from ota_server.errors import NotFound
 from ota_server.rollout import plan as rules
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
 from ota_server.schemas import Progress, WaveProgress
-from ota_server.services.campaigns import plan_of
+from ota_server.services.campaigns import plan_of, rollback_of
 
 STATES = tuple(state.value for state in VinState)
 
@@ -25,7 +25,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
         raise NotFound(f"no campaign {campaign_id}")
     recall = session.get(Recall, campaign.recall_id)
     assert recall is not None  # foreign key
-    plan = plan_of(recall)
+    plan = plan_of(recall, campaign)
     in_campaign = CampaignVehicle.campaign_id == campaign_id
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}
@@ -79,4 +79,6 @@ def progress(session: Session, campaign_id: int) -> Progress:
         waves=waves,
         unreachable_by_reason=unreachable,
         retries_scheduled=retries,
+        kind=campaign.kind,
+        rollback_campaign_id=rollback.id if (rollback := rollback_of(session, campaign.id)) else None,
     )

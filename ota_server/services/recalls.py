@@ -72,6 +72,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         raise Conflict(f"recall {number} already exists")
     population = populations.normalised(body.population)
     _check_rollout(session, body)
+    _check_rollback_release(session, body, release)
     recall = Recall(
         campaign_number=number,
         manufacturer_number=body.manufacturer_number,
@@ -113,6 +114,32 @@ def _check_rollout(session: Session, body: RecallCreate) -> None:
         raise InvalidInput("remedy_type dealer has no over-the-air rollout: leave rollout out")
 
 
+def _check_rollback_release(session: Session, body: RecallCreate, release: Release) -> None:
+    """A rollback release must be installable by the cars that took ``release``."""
+    rollback_id = body.rollout.rollback_release_id if body.rollout else None
+    if rollback_id is None:
+        return
+    rollback = session.get(Release, rollback_id)
+    if rollback is None:
+        raise InvalidInput(f"rollout.rollback_release_id: release {rollback_id} does not exist")
+    if not rollback.published:
+        raise InvalidInput(
+            f"rollout.rollback_release_id: release {rollback.hardware_id} {rollback.version} is not published yet "
+            "(it waits for its targets signature)"
+        )
+    if rollback.hardware_id != release.hardware_id:
+        raise InvalidInput(
+            f"rollout.rollback_release_id: release {rollback_id} is for hardware {rollback.hardware_id!r}, "
+            f"the recall's release for {release.hardware_id!r}"
+        )
+    if rollback.release_counter <= release.release_counter:
+        raise InvalidInput(
+            f"rollout.rollback_release_id: release {rollback_id} has release counter {rollback.release_counter}, "
+            f"not above the recall release's {release.release_counter}: cars refuse a lower counter, so re-release "
+            "the previous software under a higher one"
+        )
+
+
 def _check_notice_fits(recall: Recall) -> None:
     """A notice must stay under the wire limit the cars enforce, whatever texts the recall carries."""
     sample = Campaign(
@@ -133,7 +160,7 @@ def release_floor(recall: Recall, release: Release) -> int:
 
 
 def _campaign(session: Session, recall_id: int) -> Campaign | None:
-    return session.scalar(select(Campaign).where(Campaign.recall_id == recall_id))
+    return campaigns.remedy_campaign(session, recall_id)
 
 
 def get(session: Session, recall_id: int) -> RecallPublic:

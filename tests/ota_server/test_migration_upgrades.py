@@ -15,7 +15,7 @@ from ota_server.db.migrate import upgrade
 from tests.ota_server.test_migration_0006 import _ROWS
 
 
-@pytest.mark.parametrize("start", ["0002", "0003", "0004", "0005"])
+@pytest.mark.parametrize("start", ["0002", "0003", "0004", "0005", "0006"])
 def test_sqlite_upgrade_from_each_revision_keeps_every_row(tmp_path: Path, start: str) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'ota.db'}")
     event.listen(engine, "connect", lambda conn, _: conn.execute("PRAGMA foreign_keys=ON"))

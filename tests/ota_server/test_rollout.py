@@ -18,8 +18,9 @@ from firmware_bundles.messages import (
     ReportState,
     parse_campaign_message,
 )
+from firmware_bundles.uptane import assignments_for
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import provision, recall_body, remedied, report, upload, vehicle, vin
+from tests.ota_server.helpers import HW, provision, recall_body, remedied, report, upload, vehicle, vin
 
 S = ReportState
 
@@ -541,3 +542,112 @@ async def test_a_dealer_only_recall_notifies_no_car(env: Env) -> None:
     )
     progress = await _progress(env, cid)
     assert progress["counts"]["remedied_at_dealer"] == 1 and progress["done"]
+
+
+async def _with_rollback_release(env: Env, vins: list[str]) -> tuple[int, int]:
+    """The fleet and its fix (1.1.0, counter 2), plus a rollback release: 1.0.0 re-released as 1.0.1, counter 3."""
+    release = await _fleet(env, vins)
+    rollback = await upload(env.client, version="1.0.1", counter=3)
+    assert rollback.status_code == 201, rollback.text
+    return release, int(rollback.json()["id"])
+
+
+async def test_a_tripped_wave_rolls_its_remedied_cars_back(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 11)]
+    release, rollback_release = await _with_rollback_release(env, vins)
+    rollout = {
+        "waves": [{"cars": 5}, {"percent": 100}],
+        "error_threshold_count": 3,
+        "max_retries": 0,
+        "rollback_release_id": rollback_release,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    assert len(canary) == 5
+    await _run_to(env, cid, canary[:2], S.REMEDIED)
+    parent_nonces = await env.nonces()
+    await _run_to(env, cid, canary[2:4], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    assert len(await _campaigns(env)) == 1  # 2 errors: not yet
+    await _run_to(env, cid, canary[4:], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    await env.runtime.dispatcher.idle()
+    # The parent is paused and its progress names the rollback campaign.
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused" and progress["waves"][0]["gate"] == "tripped"
+    rid = progress["rollback_campaign_id"]
+    assert rid is not None and f"rollback campaign {rid} launched" in progress["status_reason"]
+    listed = await _campaigns(env)
+    assert [c["id"] for c in listed] == [cid, rid]
+    child = listed[1]
+    assert child["kind"] == "rollback" and child["parent_campaign_id"] == cid
+    assert child["release_id"] == rollback_release and child["recall_id"] == listed[0]["recall_id"]
+    assert child["population"] == 2 and child["status"] == "active"
+    # Exactly the two remedied cars of the wave, notified at once (one wave, no approval), with new nonces.
+    assert _notified_vins(env, rid) == set(canary[:2])
+    nonces = await env.nonces()
+    assert all(nonces[v] != parent_nonces[v] for v in canary[:2])
+    # Their Director metadata now assigns the rollback release.
+    for v in canary[:2]:
+        raw = await env.client.get(f"/repo/director/{v}/metadata/targets.json")
+        [assignment] = assignments_for(Metadata[Targets].from_bytes(raw.content).signed, v, {f"S-{v[-6:]}": HW})
+        assert assignment.version == "1.0.1"
+    # Nothing further of the parent goes out; the rollback finishes as the cars report.
+    env.clock.advance(3600)
+    await env.tick()
+    assert len(_notified_vins(env, cid)) == 5
+    for v in canary[:2]:
+        await env.inject(remedied(rid, v, nonces[v], version="1.0.1"))
+    rolled = await _progress(env, rid)
+    assert rolled["kind"] == "rollback" and rolled["rollback_campaign_id"] is None
+    assert rolled["counts"]["remedied"] == 2 and rolled["done"] and rolled["waves"][0]["gate"] == "passed"
+    # Still one rollback per parent, and the recall's remedy campaign cannot be launched twice.
+    resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
+    assert resumed.status_code == 200, resumed.text
+    recall_id = listed[0]["recall_id"]
+    assert (await env.get_json(f"/api/v1/recalls/{recall_id}"))["campaign_id"] == cid
+    again = await env.client.post(f"/api/v1/recalls/{recall_id}/launch")
+    assert again.status_code == 409, again.text
+
+
+async def _campaigns(env: Env) -> list[dict[str, Any]]:
+    resp = await env.client.get("/api/v1/campaigns")
+    assert resp.status_code == 200, resp.text
+    body: list[dict[str, Any]] = resp.json()
+    return body
+
+
+async def test_no_rollback_campaign_when_no_car_of_the_wave_is_remedied(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 11)]
+    release, rollback_release = await _with_rollback_release(env, vins)
+    rollout = {
+        "waves": [{"cars": 5}, {"percent": 100}],
+        "error_threshold_count": 3,
+        "max_retries": 0,
+        "rollback_release_id": rollback_release,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    await _run_to(env, cid, canary[:3], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused" and progress["rollback_campaign_id"] is None
+    assert "no car of wave 0 is remedied" in progress["status_reason"]
+    assert [c["id"] for c in await _campaigns(env)] == [cid]
+
+
+async def test_the_rollback_release_is_checked_when_the_recall_is_filed(env: Env) -> None:
+    release = await _fleet(env, [vin(1)])
+    lower = await upload(env.client, version="1.0.9", counter=1)
+    same = await upload(env.client, version="1.0.8", counter=2)
+    other_hw = await upload(env.client, hardware_id="ecu-body", version="1.0.1", counter=3)
+    for resp in (lower, same, other_hw):
+        assert resp.status_code == 201, resp.text
+    cases = [
+        (lower.json()["id"], "cars refuse a lower counter"),
+        (same.json()["id"], "not above the recall release's 2"),
+        (other_hw.json()["id"], "'ecu-body'"),
+        (999_999, "does not exist"),
+    ]
+    for n, (rollback_id, message) in enumerate(cases):
+        body = {**recall_body(release, f"24V-20{n}"), "rollout": {"rollback_release_id": rollback_id}}
+        resp = await env.client.post("/api/v1/recalls", json=body)
+        assert resp.status_code == 422, resp.text
+        assert "rollback_release_id" in resp.json()["detail"] and message in resp.json()["detail"]
