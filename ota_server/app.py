@@ -14,10 +14,23 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from ota_server.api import audit, campaigns, handlers, health, recalls, releases, repo, targets, tokens, vehicles
+from ota_server.api import (
+    audit,
+    campaigns,
+    handlers,
+    health,
+    recalls,
+    releases,
+    repo,
+    reports,
+    targets,
+    tokens,
+    vehicles,
+)
 from ota_server.api.limits import BodyLimit, UploadLimit
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
+from ota_server.metrics import HttpMetrics, Metrics
 from ota_server.publisher import Publisher
 from ota_server.ratelimit import TokenBuckets
 from ota_server.runtime import Runtime, start_runtime, stop_runtime
@@ -39,6 +52,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await start_runtime(settings, clock, publisher)
         app.state.runtime = runtime
+        runtime.ingestor.on_lags = metrics.observe_lags
         await asyncio.to_thread(ensure_admin_token, runtime.sessions, settings.admin_token_file, clock)
         try:
             yield
@@ -51,12 +65,15 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         summary="File a recall, sign the fix, notify the cars, watch them get remedied.",
         lifespan=lifespan,
     )
+    metrics = Metrics(lambda: getattr(app.state, "runtime", None))  # per app: tests build several
+    app.state.metrics = metrics
     handlers.install(app)
-    for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit):
+    for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit, reports):
         app.include_router(module.router)
     app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
     app.add_middleware(UploadLimit, path=UPLOAD_PATH, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({UPLOAD_PATH}))
+    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: times every request, rejected ones too
     return app
 
 

@@ -36,8 +36,10 @@ def _settings(**overrides: object) -> Settings:
         raise typer.BadParameter(exc.message) from exc
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+def _configure_logging(level: str, fmt: str = "text") -> None:
+    from ota_server.logs import configure
+
+    configure(level, fmt)
     logging.getLogger("amqtt").setLevel(max(logging.WARNING, logging.getLogger().level))
     logging.getLogger("transitions").setLevel(logging.WARNING)
 
@@ -57,7 +59,7 @@ def serve(
     from ota_server.server import serve_forever  # heavy imports only for this command
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     try:
         asyncio.run(serve_forever(settings, ready_file))
     except OtaError as exc:
@@ -248,6 +250,40 @@ def audit_verify(data_dir: DataDirOption = None) -> None:
         typer.echo(f"audit log BROKEN after {result.entries} intact entries: {result.problem}", err=True)
         raise typer.Exit(1)
     typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
+
+
+# --- `ota reports export`: straight to the database, like `ota tokens` -----------------
+
+reports_app = typer.Typer(help="Regulator and operator reports (CSV, JSON, PDF).", no_args_is_help=True)
+app.add_typer(reports_app, name="reports")
+
+
+@reports_app.command("export")
+def reports_export(
+    recall_id: Annotated[int, typer.Argument(min=1, help="The recall's id")],
+    kind: Annotated[str, typer.Option(help="population, completion, vin-status, notices or type-approval")],
+    out: Annotated[Path, typer.Option(help="File to write")],
+    fmt: Annotated[str, typer.Option("--format", help="csv, json, or pdf (completion only)")] = "csv",
+    quarter: Annotated[str | None, typer.Option(help="Completion report quarter, YYYYQn (default: now)")] = None,
+    week: Annotated[str | None, typer.Option(help="VIN status week, YYYY-Www (default: now)")] = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Write one recall's report to a file (the audit log: GET /api/v1/audit/export)."""
+    from ota_server.clock import utc_now
+    from ota_server.reports import build, render
+
+    engine, sessions = _sessions(_settings(data_dir=data_dir))
+    try:
+        with sessions() as session:
+            report = build(session, kind, recall_id, utc_now(), quarter=quarter, week=week)
+            body, _ = render(report, fmt)
+    except OtaError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    finally:
+        engine.dispose()
+    out.write_bytes(body)
+    typer.echo(f"wrote {report.kind} report of recall {report.meta['recall_number']} to {out} ({len(body)} bytes)")
 
 
 # --- `ota keys` and `ota release sign`: the offline keys -----------------------------

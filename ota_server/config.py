@@ -74,6 +74,8 @@ class Settings:
     # it also ticks after each ingest batch that moved a car. 0 leaves only those ticks.
     scheduler_interval_s: float = 2.0
     log_level: str = "INFO"
+    # "text" (human) or "json": one object a line with time, level, logger, message, campaign_id, vin.
+    log_format: str = "text"
 
     def __post_init__(self) -> None:
         for name in ("expiry_root_days", "expiry_targets_days", "expiry_snapshot_days", "expiry_timestamp_hours"):
@@ -83,6 +85,8 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}RESIGN_INTERVAL_S must be >= 0")
         if self.scheduler_interval_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
+        if self.log_format.strip().lower() not in ("text", "json"):
+            raise InvalidInput(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
 
     @property
     def expiry(self) -> Expiry:

@@ -25,7 +25,7 @@ import secrets
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -75,6 +75,8 @@ class Outcome:
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     moved: set[int] = field(default_factory=set)  # campaigns where a car changed state
+    sent_at: list[datetime] = field(default_factory=list)  # of the reports stored, for the lag metric
+    lags: list[float] = field(default_factory=list)  # seconds from each one's sent_at to the commit
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -177,6 +179,7 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
                 report.campaign_id,
                 problem,
                 report.signature.keyid if report.signature else "nobody",
+                extra={"campaign_id": report.campaign_id, "vin": report.vin},
             )
             continue
         cv = batch.rows.get((report.campaign_id, report.vin))
@@ -185,7 +188,12 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
             continue
         if not secrets.compare_digest(cv.nonce, report.nonce):
             outcome.rejected[WRONG_NONCE] += 1
-            log.warning("rejected report from %s for campaign %d: not the current nonce", report.vin, cv.campaign_id)
+            log.warning(
+                "rejected report from %s for campaign %d: not the current nonce",
+                report.vin,
+                cv.campaign_id,
+                extra={"campaign_id": cv.campaign_id, "vin": report.vin},
+            )
             continue
         if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
             outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
@@ -211,6 +219,7 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
                 }
             )
             outcome.accepted += 1
+            outcome.sent_at.append(report.sent_at)
         # Strictly forward only (a terminal state has the top rank, so nothing of the same
         # attempt moves past it), and only by a move a car may make: an operator's record or
         # a dealer remedy is never undone by a report. A duplicate may still move a car that
@@ -228,6 +237,11 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
             cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank  # e.g. withdrawn, confirmed
     if events:
         session.execute(insert(CampaignEvent), events)
+
+
+def _lags(sent: Sequence[datetime], committed: datetime) -> list[float]:
+    """Seconds from each ``sent_at`` to ``committed``; a naive timestamp is taken as UTC."""
+    return [(committed - (t if t.tzinfo else t.replace(tzinfo=UTC))).total_seconds() for t in sent]
 
 
 def _apply_presence(session: Session, items: Sequence[Received]) -> None:
@@ -264,6 +278,8 @@ class Ingestor:
         self._worker: asyncio.Task[None] | None = None
         # Called on the event loop with the campaigns a batch moved, before flush() returns.
         self.after_batch = after_batch
+        # Called on the event loop with each stored report's seconds from sent_at to commit.
+        self.on_lags: Callable[[list[float]], None] | None = None
         self._accepted = 0
         self._duplicates = 0
         self._rejected: Counter[str] = Counter()
@@ -309,6 +325,8 @@ class Ingestor:
                     _apply_reports(session, [i for i in items if isinstance(i.message, StatusReport)], outcome)
                     _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
                     session.commit()
+                committed = self._clock()
+                outcome.lags = _lags(outcome.sent_at, committed)
                 return outcome
             except IntegrityError:
                 # Another replica stored some of these steps first: reload and they count as duplicates.
@@ -322,6 +340,8 @@ class Ingestor:
         self._accepted += outcome.accepted
         self._duplicates += outcome.duplicates
         self._rejected.update(outcome.rejected)
+        if outcome.lags and self.on_lags is not None:
+            self.on_lags(outcome.lags)
 
     async def _next_batch(self) -> list[Received]:
         batch = [await self._queue.get()]

@@ -38,6 +38,11 @@ class NoticeDispatcher:
         self._clock = clock
         self._limit = asyncio.Semaphore(concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self.published = 0  # notices and withdrawals the broker took (the /metrics counter)
+
+    @property
+    def publisher(self) -> Publisher:
+        return self._publisher
 
     def dispatch(self, notices: Sequence[Outbound]) -> None:
         """Start publishing ``notices`` (and withdrawals) in the background and return at once."""
@@ -55,9 +60,17 @@ class NoticeDispatcher:
                     await self._publisher.publish(
                         topics.campaign_topic(notice.vin), encode(notice), qos=topics.QOS, retain=True
                     )
+                self.published += 1
                 return True
             except Exception as exc:  # any transport failure: retry, then leave it for the next start
-                log.warning("notice to %s failed (attempt %d/%d): %s", notice.vin, attempt, RETRIES, exc)
+                log.warning(
+                    "notice to %s failed (attempt %d/%d): %s",
+                    notice.vin,
+                    attempt,
+                    RETRIES,
+                    exc,
+                    extra={"campaign_id": notice.campaign_id, "vin": notice.vin},
+                )
                 if attempt < RETRIES:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 10.0)

@@ -29,6 +29,7 @@ class FakePublisher:
     def __init__(self, fail_topics: set[str] | None = None) -> None:
         self.messages: list[Published] = []
         self.fail_topics = fail_topics or set()
+        self.connected = True  # what /readyz reads; tests set False to play a lost broker link
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
         if topic in self.fail_topics:

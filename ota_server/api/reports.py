@@ -1,0 +1,51 @@
+"""Reports for regulators and operators (viewer role): CSV, JSON and a PDF completion summary."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from ota_server.api.auth import needs_read
+from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.reports import FORMATS, KINDS, build, render
+
+router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
+
+Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
+Format = Literal["csv", "json", "pdf"]
+
+
+@router.get("")
+def list_reports() -> dict[str, Any]:
+    """The reports available per recall, their formats, and where the audit log export lives."""
+    return {
+        "kinds": list(KINDS),
+        "formats": list(FORMATS),
+        "pdf": ["completion"],
+        "url": "/api/v1/reports/recalls/{recall_id}/{kind}?format=csv|json|pdf",
+        "audit_export": "/api/v1/audit/export",
+    }
+
+
+@router.get(
+    "/recalls/{recall_id}/{kind}",
+    response_class=Response,
+    responses={200: {"content": {"text/csv": {}, "application/json": {}, "application/pdf": {}}}},
+)
+def get_report(
+    recall_id: Id,
+    kind: Kind,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    format: Annotated[Format, Query(description="csv, json, or pdf (completion report only)")] = "json",
+    quarter: Annotated[str | None, Query(max_length=8, description="Completion: YYYYQn (default: now)")] = None,
+    week: Annotated[str | None, Query(max_length=8, description="VIN status: YYYY-Www (default: now)")] = None,
+) -> Response:
+    """One recall's report: population, completion (per quarter), vin-status (per ISO week),
+    notices (owner-notification log) or type-approval (the remedy release's R156 record)."""
+    report = build(session, kind, recall_id, runtime.clock(), quarter=quarter, week=week)
+    body, media_type = render(report, format)
+    filename = f"{report.meta['recall_number']}-{kind}.{format}".replace("/", "_").replace('"', "")
+    return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})

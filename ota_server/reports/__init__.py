@@ -1,0 +1,59 @@
+"""Regulator and operator reports, generated from the data (one small module per report).
+
+Each ``build`` returns a :class:`~ota_server.reports.common.Report`, rendered as CSV or JSON;
+the completion report also as a PDF summary (:mod:`ota_server.reports.pdf`). The audit log has
+its own export (``GET /api/v1/audit/export``, admin only).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from ota_server.errors import InvalidInput
+from ota_server.reports import completion, notices, population, type_approval, vin_status
+from ota_server.reports.common import Report
+
+KINDS = ("population", "completion", "vin-status", "notices", "type-approval")
+FORMATS = ("csv", "json", "pdf")
+
+
+def build(
+    session: Session,
+    kind: str,
+    recall_id: int,
+    now: datetime,
+    *,
+    quarter: str | None = None,
+    week: str | None = None,
+) -> Report:
+    if kind == "population":
+        return population.build(session, recall_id, now)
+    if kind == "completion":
+        return completion.build(session, recall_id, now, quarter)
+    if kind == "vin-status":
+        return vin_status.build(session, recall_id, now, week)
+    if kind == "notices":
+        return notices.build(session, recall_id, now)
+    if kind == "type-approval":
+        return type_approval.build(session, recall_id, now)
+    raise InvalidInput(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
+
+
+def render(report: Report, fmt: str) -> tuple[bytes, str]:
+    """The report's bytes and media type in ``fmt`` (csv, json, or pdf for the completion report)."""
+    import json
+
+    if fmt == "csv":
+        return report.to_csv().encode(), "text/csv; charset=utf-8"
+    if fmt == "json":
+        return json.dumps(report.to_json(), indent=2).encode(), "application/json"
+    if fmt == "pdf" and report.kind == "completion":
+        from ota_server.reports.pdf import completion_pdf
+
+        return completion_pdf(report), "application/pdf"
+    raise InvalidInput(f"format {fmt!r} is not available for the {report.kind} report")
+
+
+__all__ = ["FORMATS", "KINDS", "Report", "build", "render"]

@@ -1,0 +1,81 @@
+"""Population details for the regulator's recall report (Part 573 style).
+
+Per make, model and model year: the VIN range, the production-date range and the count, over
+the population frozen into the recall's remedy campaign at launch (plus cars a dynamic campaign
+took in later), with the recall's filter as filed.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ota_server.db.models import CampaignVehicle, Vehicle
+from ota_server.reports.common import Report, launched_campaign, recall_meta, recall_of
+
+COLUMNS = (
+    "make",
+    "model",
+    "model_year",
+    "vin_first",
+    "vin_last",
+    "production_date_first",
+    "production_date_last",
+    "count",
+)
+
+
+def build(session: Session, recall_id: int, now: datetime) -> Report:
+    recall = recall_of(session, recall_id)
+    campaign = launched_campaign(session, recall)
+    query = (
+        select(
+            Vehicle.make,
+            Vehicle.model,
+            Vehicle.model_year,
+            func.min(Vehicle.vin),
+            func.max(Vehicle.vin),
+            func.min(Vehicle.production_date),
+            func.max(Vehicle.production_date),
+            func.count(),
+        )
+        .join(CampaignVehicle, CampaignVehicle.vin == Vehicle.vin)
+        .where(CampaignVehicle.campaign_id == campaign.id)
+        .group_by(Vehicle.make, Vehicle.model, Vehicle.model_year)
+        .order_by(Vehicle.make, Vehicle.model, Vehicle.model_year)
+    )
+    rows: list[dict[str, Any]] = [
+        {
+            "make": make or "",
+            "model": model,
+            "model_year": year,
+            "vin_first": first,
+            "vin_last": last,
+            "production_date_first": produced_first.isoformat(),
+            "production_date_last": produced_last.isoformat(),
+            "count": count,
+        }
+        for make, model, year, first, last, produced_first, produced_last, count in session.execute(query)
+    ]
+    years = [row["model_year"] for row in rows]
+    summary = {
+        "total": sum(row["count"] for row in rows),
+        "campaign_population": campaign.population,
+        "makes": sorted({row["make"] for row in rows}),
+        "models": sorted({row["model"] for row in rows}),
+        "model_years": {"min": min(years), "max": max(years)} if years else None,
+        "vin_range": {"first": min(r["vin_first"] for r in rows), "last": max(r["vin_last"] for r in rows)}
+        if rows
+        else None,
+        "production_dates": {
+            "first": min(r["production_date_first"] for r in rows),
+            "last": max(r["production_date_last"] for r in rows),
+        }
+        if rows
+        else None,
+        "criteria": recall.population,
+    }
+    return Report("population", recall_meta(recall, campaign, now), COLUMNS, rows, summary)

@@ -1,0 +1,177 @@
+"""Reports from a small campaign: OTA remedy, dealer remedy, inspection, unreachable, one still open."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from typer.testing import CliRunner
+
+from ota_server.cli import app as ota_cli
+from ota_server.config import Settings
+from tests.ota_server.conftest import Env, running
+from tests.ota_server.helpers import launched, remedied, vin
+
+QUARTER = "2026Q1"  # the FakeClock starts on 2026-03-01
+VINS = [vin(n) for n in range(1, 6)]
+
+
+async def _campaign(env: Env) -> tuple[int, int]:
+    """Five cars: OTA remedy, dealer remedy, stolen, inspected, one still open; (recall id, campaign id)."""
+    campaign = await launched(env.client, VINS, installed_versions={"min": "1.0.0", "max": "1.0.9"})
+    cid = campaign["id"]
+    nonces = await env.nonces()
+    await env.inject(remedied(cid, VINS[0], nonces[VINS[0]]))
+    url = f"/api/v1/campaigns/{cid}/vehicles/{{}}/outcome"
+    for car, body in (
+        (VINS[1], {"outcome": "remedied_at_dealer", "evidence": "RO 4711", "reference": "RO-4711"}),
+        (VINS[2], {"outcome": "unreachable", "reason": "stolen", "evidence": "Police report 99"}),
+        (VINS[3], {"outcome": "inspected_not_needed", "evidence": "Revised controller fitted"}),
+    ):
+        resp = await env.client.post(url.format(car), json=body)
+        assert resp.status_code == 200, resp.text
+    return campaign["recall_id"], cid
+
+
+def _csv(text: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+async def _get(env: Env, recall_id: int, kind: str, fmt: str = "json", **params: str) -> Any:
+    resp = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/{kind}", params={"format": fmt, **params})
+    assert resp.status_code == 200, resp.text
+    return resp.json() if fmt == "json" else resp
+
+
+async def test_population_report_counts_the_campaign(env: Env) -> None:
+    recall_id, cid = await _campaign(env)
+    body = await _get(env, recall_id, "population")
+    assert body["kind"] == "population" and body["recall_number"] == "24V-123" and body["campaign_id"] == cid
+    assert body["summary"]["total"] == len(VINS) == sum(row["count"] for row in body["rows"])
+    assert body["rows"] == [
+        {
+            "make": "Acme",
+            "model": "Sedan",
+            "model_year": 2022,
+            "vin_first": min(VINS),
+            "vin_last": max(VINS),
+            "production_date_first": "2022-05-01",
+            "production_date_last": "2022-05-01",
+            "count": 5,
+        }
+    ]
+    assert body["summary"]["criteria"]["installed_versions"] == {"min": "1.0.0", "max": "1.0.9"}
+    rows = _csv((await _get(env, recall_id, "population", "csv")).text)
+    assert (
+        ",".join(rows[0]) == "make,model,model_year,vin_first,vin_last,production_date_first,production_date_last,count"
+    )
+    assert rows[0]["count"] == "5"
+
+
+async def test_completion_report_adds_up_in_json_csv_and_pdf(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    body = await _get(env, recall_id, "completion", quarter=QUARTER)
+    summary = body["summary"]
+    assert body["quarter"] == QUARTER
+    assert summary["involved"] == 5
+    assert (summary["remedied_ota"], summary["remedied_at_dealer"], summary["inspected_not_needed"]) == (1, 1, 1)
+    assert summary["unreachable"] == 1 and summary["unreachable_by_reason"]["stolen"] == 1
+    assert summary["open"] == 1
+    buckets = ("remedied_ota", "remedied_at_dealer", "inspected_not_needed", "unreachable", "failed", "declined")
+    assert sum(summary[k] for k in (*buckets, "withdrawn", "open")) == summary["involved"]
+    assert summary["remedied_in_quarter"] == {"remedied_ota": 1, "remedied_at_dealer": 1, "inspected_not_needed": 1}
+    # The previous quarter, before the launch: every car still open, nothing remedied.
+    before = (await _get(env, recall_id, "completion", quarter="2025Q4"))["summary"]
+    assert before["involved"] == before["open"] == 5 and before["remedied_ota"] == 0
+    rows = {row["measure"]: int(row["count"]) for row in _csv((await _get(env, recall_id, "completion", "csv")).text)}
+    assert rows["involved"] == 5 and rows["unreachable_stolen"] == 1 and rows["remedied_at_dealer"] == 1
+    pdf = await _get(env, recall_id, "completion", "pdf", quarter=QUARTER)
+    assert pdf.headers["content-type"] == "application/pdf"
+    assert pdf.content.startswith(b"%PDF") and b"24V-123" in pdf.content
+
+
+async def test_vin_status_feed_has_one_row_per_car(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    resp = await _get(env, recall_id, "vin-status", "csv", week="2026-W09")
+    assert resp.headers["content-type"].startswith("text/csv")
+    header = resp.text.splitlines()[0]
+    assert header == "vin,recall_number,status,reason,status_date"
+    rows = {row["vin"]: row for row in _csv(resp.text)}
+    assert set(rows) == set(VINS)
+    assert rows[VINS[0]]["status"] == "remedied" and rows[VINS[0]]["status_date"] == "2026-03-01"
+    assert rows[VINS[1]]["status"] == "remedied_at_dealer"
+    assert (rows[VINS[2]]["status"], rows[VINS[2]]["reason"]) == ("unreachable", "stolen")
+    assert all(row["recall_number"] == "24V-123" for row in rows.values())
+
+
+async def test_notice_log_lists_every_notice(env: Env) -> None:
+    recall_id, cid = await _campaign(env)
+    body = await _get(env, recall_id, "notices")
+    assert body["summary"]["vehicles_notified"] == 5
+    assert {row["vin"] for row in body["rows"]} == set(VINS)
+    assert all(row["campaign_id"] == cid and row["notice_kind"] == "campaign" for row in body["rows"])
+    rows = _csv((await _get(env, recall_id, "notices", "csv")).text)
+    assert len(rows) == len(body["rows"]) and rows[0]["nonce"]
+
+
+async def test_type_approval_record_checks_each_car(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    body = await _get(env, recall_id, "type-approval")
+    update = body["update"]
+    assert update["affected_systems"] == ["ecu-main"] and update["rxswin"] == []
+    assert len(update["release"]["bundle_sha256"]) == 64 and len(update["release"]["image_sha256"]) == 64
+    assert update["purpose"]["title"] == "Brake assist software"
+    rows = {row["vin"]: row for row in body["rows"]}
+    assert set(rows) == set(VINS) and body["summary"]["target_vins"] == 5
+    assert all(row["compatible"] for row in rows.values())
+    assert rows[VINS[4]]["check"] == "compatible" and rows[VINS[4]]["installed_version"] == "1.0.0"
+    csv_rows = _csv((await _get(env, recall_id, "type-approval", "csv")).text)
+    assert csv_rows[0]["rxswin"] == "" and csv_rows[0]["bundle_sha256"] == update["release"]["bundle_sha256"]
+
+
+async def test_reports_need_a_token_and_known_inputs(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    viewer = await env.headers_for("regulator-desk", "viewer")
+    ok = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/population", headers=viewer)
+    assert ok.status_code == 200
+    index = await env.client.get("/api/v1/reports", headers=viewer)
+    assert index.json()["audit_export"] == "/api/v1/audit/export"
+    anonymous = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/population", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+    assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/nope")).status_code == 422
+    assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/notices?format=pdf")).status_code == 422
+    bad_quarter = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/completion?quarter=2026Q5")
+    assert bad_quarter.status_code == 422
+    assert (await env.client.get("/api/v1/reports/recalls/999/population")).status_code == 404
+
+
+async def test_cli_exports_a_report_to_a_file(settings: Settings, tmp_path: Path) -> None:
+    async with running(settings) as env:
+        recall_id, _ = await _campaign(env)
+    runner = CliRunner()
+    out = tmp_path / "completion.json"
+    data = ["--data-dir", str(settings.data_dir)]
+    args = ["reports", "export", str(recall_id), "--kind", "completion", "--quarter", QUARTER]
+    result = runner.invoke(ota_cli, [*args, "--format", "json", "--out", str(out), *data])
+    assert result.exit_code == 0, result.output
+    assert json.loads(out.read_text())["summary"]["involved"] == 5
+    pdf = tmp_path / "completion.pdf"
+    result = runner.invoke(ota_cli, [*args, "--format", "pdf", "--out", str(pdf), *data])
+    assert result.exit_code == 0, result.output
+    assert pdf.read_bytes().startswith(b"%PDF")
+    bad = runner.invoke(ota_cli, ["reports", "export", "999", "--kind", "population", "--out", str(pdf), *data])
+    assert bad.exit_code == 1 and "no recall 999" in bad.output
+
+
+def test_compatibility_check_against_the_last_known_configuration() -> None:
+    from ota_server.reports.type_approval import check
+
+    assert check("1.0.0", "1.1.0", "1.0.0", "1.0.9") == "compatible"
+    assert check("1.1.0", "1.1.0", "1.0.0", "1.0.9") == "already_updated"
+    assert check("0.9", "1.1.0", "1.0.0", None) == "version_out_of_range"
+    assert check("1.0.10", "1.1.0", None, "1.0.9") == "version_out_of_range"
+    assert check(None, "1.1.0", None, None) == "no_matching_ecu"
+    assert check("banana", "1.1.0", None, None) == "unknown_version"
