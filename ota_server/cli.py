@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ota_server.cli_ops import register as register_operator_commands
 from ota_server.config import Settings
 from ota_server.errors import OtaError
 
@@ -434,6 +435,11 @@ def demo(
     from simulator.demo import run_demo
 
     raise typer.Exit(run_demo(cars, as_json=json_out, data_dir=data_dir, timeout=timeout, keep_state=keep_state))
+
+
+# --- the operator's commands over the REST API (releases, vehicles import, recalls, campaigns) ---
+
+register_operator_commands(app, vehicles_app)
 
 
 def main() -> None:

@@ -1,0 +1,136 @@
+"""A small synchronous client of the REST API, for the operator CLI (``ota releases|recalls|campaigns ...``).
+
+Every non-2xx answer (and every transport failure) becomes one :class:`ApiError` carrying the
+HTTP status and the server's ``detail``. A 429 is retried after the server's ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+API = "/api/v1"
+RATE_LIMIT_RETRIES = 10
+
+
+class ApiError(Exception):
+    """The server refused (``status`` is its HTTP status) or could not be reached (``status`` is None)."""
+
+    def __init__(self, method: str, path: str, status: int | None, detail: str) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.detail = detail
+        where = f"{method} {path}"
+        super().__init__(f"{where} -> {status}: {detail}" if status is not None else f"{where}: {detail}")
+
+
+class ApiClient:
+    """``token`` goes in ``Authorization: Bearer``; ``transport`` lets tests talk to an in-process app."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str | None,
+        *,
+        timeout: float = 60.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(base_url=self.base_url, timeout=timeout, headers=headers, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> ApiClient:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """The decoded JSON answer of a 2xx response; :class:`ApiError` otherwise."""
+        response: httpx.Response | None = None
+        for _ in range(RATE_LIMIT_RETRIES):
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                raise ApiError(method, f"{self.base_url}{path}", None, f"cannot reach the server: {exc}") from exc
+            if response.status_code != 429:
+                break
+            time.sleep(min(30.0, float(response.headers.get("retry-after", "1"))))
+        assert response is not None
+        if response.status_code >= 400:
+            raise ApiError(method, path, response.status_code, _detail(response))
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(method, path, response.status_code, f"answer is not JSON: {response.text[:200]}") from exc
+
+    # --- releases ---
+    def upload_release(self, bundle: bytes, hardware_id: str, version: str, release_counter: int) -> dict[str, Any]:
+        form = {"hardware_id": hardware_id, "version": version, "release_counter": str(release_counter)}
+        files = {"file": (f"{hardware_id}-{version}.otab", bundle, "application/octet-stream")}
+        result: dict[str, Any] = self.call("POST", f"{API}/releases", data=form, files=files)
+        return result
+
+    def releases(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", f"{API}/releases")
+        return result
+
+    # --- vehicles ---
+    def register_vehicles(self, vehicles: list[dict[str, Any]]) -> int:
+        created: int = self.call("POST", f"{API}/vehicles/batch", json={"vehicles": vehicles})["created"]
+        return created
+
+    # --- recalls ---
+    def create_recall(self, recall: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"{API}/recalls", json=recall)
+        return result
+
+    def recalls(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", f"{API}/recalls")
+        return result
+
+    def launch(self, recall_id: int) -> dict[str, Any]:
+        """A campaign (launched at once) or a launch request awaiting approval (a safety recall)."""
+        result: dict[str, Any] = self.call("POST", f"{API}/recalls/{recall_id}/launch")
+        return result
+
+    def approve(self, recall_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"{API}/recalls/{recall_id}/approve")
+        return result
+
+    # --- campaigns ---
+    def campaigns(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", f"{API}/campaigns")
+        return result
+
+    def campaign(self, campaign_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/campaigns/{campaign_id}")
+        return result
+
+    def progress(self, campaign_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/campaigns/{campaign_id}/progress")
+        return result
+
+    def control(self, campaign_id: int, action: str, reason: str = "") -> dict[str, Any]:
+        """``action``: pause, resume or cancel (with a reason), or retry-failed."""
+        body = None if action == "retry-failed" else {"reason": reason}
+        result: dict[str, Any] = self.call("POST", f"{API}/campaigns/{campaign_id}/{action}", json=body)
+        return result
+
+
+def _detail(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:500] or response.reason_phrase
+    if isinstance(body, dict) and "detail" in body:
+        return str(body["detail"])
+    return str(body)[:500]
