@@ -1,4 +1,4 @@
-"""A small synchronous client of the REST API, for the operator CLI (``ota releases|recalls|campaigns ...``).
+"""A small synchronous client of the REST API: the operator CLI's, and the simulator's (which plays the operator).
 
 Every non-2xx answer (and every transport failure) becomes one :class:`ApiError` carrying the
 HTTP status and the server's ``detail``. A 429 is retried after the server's ``Retry-After``.
@@ -7,7 +7,7 @@ HTTP status and the server's ``detail``. A 429 is retried after the server's ``R
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
@@ -45,7 +45,7 @@ class ApiClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> ApiClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -72,6 +72,15 @@ class ApiClient:
         except ValueError as exc:
             raise ApiError(method, path, response.status_code, f"answer is not JSON: {response.text[:200]}") from exc
 
+    def health(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", "/healthz")
+        return result
+
+    def create_token(self, name: str, role: str) -> str:
+        """A new token for ``name`` (admin only); returns the secret, shown only here."""
+        token: str = self.call("POST", f"{API}/tokens", json={"name": name, "role": role})["token"]
+        return token
+
     # --- releases ---
     def upload_release(self, bundle: bytes, hardware_id: str, version: str, release_counter: int) -> dict[str, Any]:
         form = {"hardware_id": hardware_id, "version": version, "release_counter": str(release_counter)}
@@ -88,6 +97,23 @@ class ApiClient:
         created: int = self.call("POST", f"{API}/vehicles/batch", json={"vehicles": vehicles})["created"]
         return created
 
+    def agent_config(self, vin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/vehicles/{vin}/agent-config")
+        return result
+
+    def provision(self, vins: list[str], *, certificate: bool) -> list[dict[str, Any]]:
+        """Issue the cars' identities (report keys, optionally client certificates); private parts come only here."""
+        body = {"vins": vins}
+        params = {"certificate": "true" if certificate else "false"}
+        result: list[dict[str, Any]] = self.call("POST", f"{API}/vehicles/provision", json=body, params=params)[
+            "identities"
+        ]
+        return result
+
+    def vehicle_status(self, vin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/vehicles/{vin}/status")
+        return result
+
     # --- recalls ---
     def create_recall(self, recall: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", f"{API}/recalls", json=recall)
@@ -95,6 +121,10 @@ class ApiClient:
 
     def recalls(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.call("GET", f"{API}/recalls")
+        return result
+
+    def recall(self, recall_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/recalls/{recall_id}")
         return result
 
     def launch(self, recall_id: int) -> dict[str, Any]:
