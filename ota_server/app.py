@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from ota_server import web
 from ota_server.api import (
     audit,
     campaigns,
@@ -28,13 +29,16 @@ from ota_server.api import (
     vehicles,
 )
 from ota_server.api.limits import BodyLimit, UploadLimit
+from ota_server.bundle_redirect import BundleRedirect
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
 from ota_server.metrics import HttpMetrics, Metrics
 from ota_server.publisher import Publisher
 from ota_server.ratelimit import TokenBuckets
+from ota_server.repo_http import RepoHttp
 from ota_server.runtime import Runtime, start_runtime, stop_runtime
 from ota_server.services.bootstrap import ensure_admin_token
+from ota_server.services.repository import RepoReader
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +74,26 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
     handlers.install(app)
     for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit, reports):
         app.include_router(module.router)
+    web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up
     app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
     app.add_middleware(UploadLimit, path=UPLOAD_PATH, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({UPLOAD_PATH}))
-    app.add_middleware(HttpMetrics, metrics=metrics)  # outermost: times every request, rejected ones too
+    app.add_middleware(HttpMetrics, metrics=metrics)  # times every API request, rejected ones too
+    # outermost: what the cars fetch skips the API stack (see repo_http.py)
+    app.add_middleware(RepoHttp, reader_of=lambda: _reader(app), metrics=metrics)
+    # bundles from an object store when OTA_BUNDLE_URL_PREFIX is set (see bundle_redirect.py)
+    app.add_middleware(BundleRedirect, prefix=settings.bundle_url_prefix, runtime_of=lambda: _runtime(app))
     return app
+
+
+def _runtime(app: FastAPI) -> Runtime | None:
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    return runtime
+
+
+def _reader(app: FastAPI) -> RepoReader | None:
+    runtime: Runtime | None = getattr(app.state, "runtime", None)
+    return runtime.repo_reader if runtime is not None else None
 
 
 def runtime_of(app: FastAPI) -> Runtime:

@@ -47,6 +47,41 @@ class Settings:
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+    # Past one machine (issue 8). MQTT 5 against a real broker (4 = 3.1.1; the embedded broker
+    # always uses 3.1.1). Replicas split the reports through the shared subscription
+    # $share/<mqtt_share_group>/... (e.g. "ota-ingest"; "", the default, subscribes plainly: one
+    # server, and no stale member of a group on a shared broker takes a share); each replica
+    # needs its own mqtt_client_id. The broker keeps a replica's session (and the reports it has
+    # not yet acknowledged) mqtt_session_expiry_s after it goes away, and sends it at most
+    # mqtt_receive_maximum unacknowledged reports at once.
+    mqtt_version: int = 5
+    mqtt_share_group: str = ""
+    mqtt_session_expiry_s: int = 86_400
+    mqtt_receive_maximum: int = 1000
+    # > 0 with a broker that forgets shared subscriptions when it restarts (Mosquitto 2.0):
+    # also hold a plain subscription and ingest its copies for this many seconds after each
+    # (re)connect, so reports published before the replicas subscribed again are not lost
+    # (see ota_server/mqtt_link.py). 0 (default): off.
+    mqtt_share_guard_s: float = 0.0
+    # The broker URL handed to cars (agent configs), when it differs from the server's own.
+    public_mqtt_url: str | None = None
+    # This process in the leases table (periodic jobs run on one replica at a time); default
+    # <hostname>-<pid>-<random>. A holder that stops renewing loses its lease after lease_ttl_s.
+    instance_id: str | None = None
+    lease_ttl_s: float = 15.0
+    # Refused before parsing and counted: payloads over ingest_max_payload_bytes ("oversized"),
+    # and a car's messages past a token bucket of ingest_vin_rate_per_s, bursts of
+    # ingest_vin_burst ("flood"; rate 0 switches it off).
+    ingest_max_payload_bytes: int = 16 * 1024
+    ingest_vin_rate_per_s: float = 5.0
+    ingest_vin_burst: int = 100
+    # Bundles handed out by URL: /repo/targets/... answers 307 to <prefix>/<target path>
+    # (e.g. a public S3/MinIO bucket); cars check the signed length and hashes, so the store
+    # is untrusted. Unset: the server streams bundles from its data dir.
+    bundle_url_prefix: str | None = None
+    # Run Alembic at start (default). Off (a deployment with a migrate job): refuse to start
+    # on a database that is not at the newest revision.
+    auto_migrate: bool = True
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
     notice_concurrency: int = 100
@@ -56,6 +91,10 @@ class Settings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     rate_limit_per_s: float = 200.0
     rate_limit_burst: int = 2000
+    # The public VIN look-up (no token): requests per minute per client address, and the burst
+    # (0 switches the limit off).
+    lookup_rate_per_min: float = 30.0
+    lookup_burst: int = 10
     # Deltas, built when a release is uploaded from each older release's image (up to
     # delta_max_bases of them; both images are held in memory, hence delta_max_image_bytes),
     # kept only when smaller than delta_max_ratio of the full bundle.
@@ -73,6 +112,10 @@ class Settings:
     # The campaign scheduler's periodic tick (waves, rate limits, windows, timeouts, retries);
     # it also ticks after each ingest batch that moved a car. 0 leaves only those ticks.
     scheduler_interval_s: float = 2.0
+    # How long the Image repository and Director root stay in memory before they are read
+    # again (this process's own changes drop them at once); other replicas' changes show
+    # within this many seconds.
+    repo_cache_ttl_s: float = 1.0
     log_level: str = "INFO"
     # "text" (human) or "json": one object a line with time, level, logger, message, campaign_id, vin.
     log_format: str = "text"
@@ -85,8 +128,14 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}RESIGN_INTERVAL_S must be >= 0")
         if self.scheduler_interval_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
+        if self.repo_cache_ttl_s < 0:
+            raise InvalidInput(f"{ENV_PREFIX}REPO_CACHE_TTL_S must be >= 0")
         if self.log_format.strip().lower() not in ("text", "json"):
             raise InvalidInput(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
+        if self.mqtt_version not in (4, 5):
+            raise InvalidInput(f"{ENV_PREFIX}MQTT_VERSION must be 4 (3.1.1) or 5")
+        if not self.lease_ttl_s > 0:
+            raise InvalidInput(f"{ENV_PREFIX}LEASE_TTL_S must be > 0")
 
     @property
     def expiry(self) -> Expiry:

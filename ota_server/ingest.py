@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,12 +60,18 @@ UNKNOWN_KEY = "unknown_key"
 REMEDIED_WITHOUT_EVIDENCE = "remedied_without_evidence"
 OVERLOADED = "overloaded"
 STORE_FAILED = "store_failed"
+OVERSIZED = "oversized"  # over the byte cap: refused before parsing
+FLOOD = "flood"  # past the car's token bucket: one noisy car cannot crowd the others out
+
+Ack = Callable[[], None]
 
 
 @dataclass(frozen=True)
 class Received:
     message: StatusReport | Presence
     received_at: datetime
+    # Tells the broker the message is safe (the link's manual PUBACK); called once stored.
+    ack: Ack | None = None
 
 
 @dataclass
@@ -99,10 +106,15 @@ class _Batch:
         self.rows: dict[tuple[int, str], CampaignVehicle] = {}
         self.steps: set[tuple[int, str, int, int, str]] = set()
         for chunk in _chunks(vins):
+            # Row locks in one stable order (VIN, campaign) on PostgreSQL (SQLite ignores them and
+            # serialises writers anyway): two replicas holding reports of the same car, e.g. a QoS 1
+            # duplicate handed to each, apply them one after the other, and the second reads the
+            # first's state and events (read committed) instead of overwriting them.
             for cv in session.scalars(
-                select(CampaignVehicle).where(
-                    CampaignVehicle.campaign_id.in_(campaign_ids), CampaignVehicle.vin.in_(chunk)
-                )
+                select(CampaignVehicle)
+                .where(CampaignVehicle.campaign_id.in_(campaign_ids), CampaignVehicle.vin.in_(chunk))
+                .order_by(CampaignVehicle.vin, CampaignVehicle.campaign_id)
+                .with_for_update()
             ):
                 if (cv.campaign_id, cv.vin) in wanted:
                     self.rows[(cv.campaign_id, cv.vin)] = cv
@@ -239,6 +251,24 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
         session.execute(insert(CampaignEvent), events)
 
 
+def _acknowledge(batch: Sequence[Received]) -> None:
+    for item in batch:
+        if item.ack is not None:
+            try:
+                item.ack()
+            except Exception:  # a closed session: the broker sends it again, as a duplicate
+                log.debug("acknowledging a message failed", exc_info=True)
+
+
+def _is_race(exc: OperationalError) -> bool:
+    """A deadlock or serialization failure with another writer (PostgreSQL SQLSTATE 40P01/40001)."""
+    return getattr(exc.orig, "sqlstate", None) in ("40P01", "40001")
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
 def _lags(sent: Sequence[datetime], committed: datetime) -> list[float]:
     """Seconds from each ``sent_at`` to ``committed``; a naive timestamp is taken as UTC."""
     return [(committed - (t if t.tzinfo else t.replace(tzinfo=UTC))).total_seconds() for t in sent]
@@ -269,8 +299,16 @@ class Ingestor:
         batch_size: int = 500,
         batch_wait_s: float = 0.05,
         after_batch: Callable[[set[int]], Awaitable[None]] | None = None,
+        max_payload_bytes: int = 16 * 1024,
+        vin_rate_per_s: float = 0.0,
+        vin_burst: int = 100,
     ) -> None:
         self._factory = session_factory
+        self._max_payload_bytes = max_payload_bytes
+        self._vin_rate = vin_rate_per_s
+        self._vin_burst = float(max(1, vin_burst))
+        self._buckets: dict[str, tuple[float, float]] = {}  # VIN -> (tokens, at)
+        self._closing = False  # set by stop(): a batch waiting for the database gives up
         self._clock = clock
         self._batch_size = batch_size
         self._batch_wait_s = batch_wait_s
@@ -291,34 +329,76 @@ class Ingestor:
         self._rejected[reason] += 1
         log.warning("rejected message on %s (%s): %s", topic, reason, detail)
 
-    def submit(self, topic: str, payload: bytes) -> None:
-        """Check and enqueue one MQTT message; never raises."""
+    def _flooding(self, vin: str) -> bool:
+        """Spend one token of ``vin``'s bucket; True when it has none left."""
+        if self._vin_rate <= 0:
+            return False
+        now = self._clock().timestamp()
+        tokens, at = self._buckets.get(vin, (self._vin_burst, now))
+        tokens = min(self._vin_burst, tokens + max(0.0, now - at) * self._vin_rate)
+        if len(self._buckets) > 500_000:  # forget everyone (full buckets) rather than grow without bound
+            self._buckets.clear()
+        if tokens < 1.0:
+            self._buckets[vin] = (tokens, now)
+            return True
+        self._buckets[vin] = (tokens - 1.0, now)
+        return False
+
+    def submit(self, topic: str, payload: bytes, ack: Ack | None = None) -> bool:
+        """Check and enqueue one MQTT message; never raises.
+
+        True when it was queued: ``ack`` is then called once it is stored (or found a
+        duplicate or refused in its batch). False when it was refused here: the caller
+        acknowledges it at once. The byte cap and the car's token bucket come before any
+        parsing, so an oversized payload or a flood costs almost nothing.
+        """
+        if len(payload) > self._max_payload_bytes:
+            self._reject(OVERSIZED, topic, f"{len(payload)} bytes")
+            return False
         try:
             topic_vin = topics.vin_from_topic(topic)
+        except MalformedMessage as exc:
+            self._reject(MALFORMED, topic, exc)
+            return False
+        if self._flooding(topic_vin):
+            self._rejected[FLOOD] += 1  # not logged per message: that would be the flood again
+            return False
+        try:
             if topic.endswith("/status"):
                 message: StatusReport | Presence = parse_report(payload)
             elif topic.endswith("/presence"):
                 message = parse_presence(payload)
             else:
                 self._reject(UNKNOWN_TOPIC, topic, "not a status or presence topic")
-                return
+                return False
         except MalformedMessage as exc:
             self._reject(MALFORMED, topic, exc)
-            return
+            return False
         if message.vin != topic_vin:
             self._reject(TOPIC_VIN_MISMATCH, topic, f"payload VIN {message.vin}")
-            return
+            return False
         if isinstance(message, StatusReport) and message.signature is None:
             self._reject(MISSING_SIGNATURE, topic, "status report is not signed")
-            return
+            return False
         try:
-            self._queue.put_nowait(Received(message, self._clock()))
+            self._queue.put_nowait(Received(message, self._clock(), ack))
         except asyncio.QueueFull:
             self._reject(OVERLOADED, topic, "ingest queue full")
+            return False
+        return True
 
     def apply(self, items: Sequence[Received]) -> Outcome:
-        """Apply one batch in one transaction (blocking; the worker runs it in a thread)."""
-        for attempt in range(3):
+        """Apply one batch in one transaction (blocking; the worker runs it in a thread).
+
+        A race with another writer (a unique event stored first, a deadlock) is retried at
+        once, three times. While the database is unreachable the batch waits and retries
+        with a growing pause (up to 5 s) until it is stored or :meth:`stop` gives up: the
+        reports stay unacknowledged meanwhile, so the broker keeps the rest.
+        """
+        attempt = 0
+        pause = 0.2
+        while True:
+            attempt += 1
             outcome = Outcome()
             try:
                 with self._factory() as session:
@@ -330,11 +410,20 @@ class Ingestor:
                 return outcome
             except IntegrityError:
                 # Another replica stored some of these steps first: reload and they count as duplicates.
-                log.info("ingest batch raced another writer; retrying (%d)", attempt + 1)
-            except OperationalError:
-                log.exception("ingest batch failed; retrying (%d)", attempt + 1)
-        log.error("dropping an ingest batch of %d messages after repeated failures", len(items))
-        return Outcome(rejected=Counter({STORE_FAILED: len(items)}))
+                log.info("ingest batch raced another writer; retrying (%d)", attempt)
+                if attempt < 3:
+                    continue
+            except OperationalError as exc:
+                if _is_race(exc) and attempt < 3:
+                    log.info("ingest batch deadlocked with another writer; retrying (%d)", attempt)
+                    continue
+                if not self._closing:
+                    log.warning("ingest batch not stored (%s); retrying in %.1fs", _first_line(exc), pause)
+                    time.sleep(pause)
+                    pause = min(pause * 2, 5.0)
+                    continue
+            log.error("dropping an ingest batch of %d messages after repeated failures", len(items))
+            return Outcome(rejected=Counter({STORE_FAILED: len(items)}))
 
     def _count(self, outcome: Outcome) -> None:
         self._accepted += outcome.accepted
@@ -365,11 +454,14 @@ class Ingestor:
             try:
                 outcome = await asyncio.to_thread(self.apply, batch)
                 self._count(outcome)
+                if not outcome.rejected.get(STORE_FAILED):  # stored (or refused for good): tell the broker
+                    _acknowledge(batch)
                 if outcome.moved and self.after_batch is not None:
                     await self._after(outcome.moved)
             except Exception:  # never let one bad batch stop ingest
                 log.exception("ingest batch crashed")
                 self._rejected[STORE_FAILED] += len(batch)
+                _acknowledge(batch)  # a bug, not an outage: a redelivery would crash again
             finally:
                 for _ in batch:
                     self._queue.task_done()
@@ -395,7 +487,12 @@ class Ingestor:
         try:
             await asyncio.wait_for(self.flush(), timeout_s)
         except TimeoutError:
-            log.error("ingest queue not drained within %.0fs; %d messages lost", timeout_s, self._queue.qsize())
+            log.error(
+                "ingest queue not drained within %.0fs; %d messages not stored (unacknowledged ones the broker keeps)",
+                timeout_s,
+                self._queue.qsize(),
+            )
+        self._closing = True
         self._worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._worker

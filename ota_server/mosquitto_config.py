@@ -23,6 +23,7 @@ from firmware_bundles import topics
 from ota_server.pki import CA_CERT_FILE, SERVER_CLIENT_CN, CertificateAuthority, write_file
 
 DEFAULT_TLS_PORT = 8883
+MAX_PACKET_BYTES = 64 * 1024
 CONF_FILE = "mosquitto.conf"
 ACL_FILE = "acl"
 
@@ -89,6 +90,9 @@ def conf_text(
         "log_dest stdout",
         "connection_messages true",
         "max_queued_messages 1000",
+        # A report is at most 16 KiB (MAX_MESSAGE_BYTES); anything far larger is cut at the broker,
+        # which drops the sender's connection, before it costs the server anything.
+        f"max_packet_size {MAX_PACKET_BYTES}",
     ]
     if persistence_dir is not None:
         lines += ["persistence true", f"persistence_location {persistence_dir}/"]

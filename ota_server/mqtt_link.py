@@ -2,8 +2,33 @@
 
 Incoming status and presence messages go straight to a callback (the ingestor's
 ``submit``), which never blocks and never raises, so a bad message cannot stop
-the loop. The session is persistent (``clean_session`` off by default) so
-reports sent while the server restarts are queued by the broker.
+the loop. The session is persistent so reports sent while the server restarts are
+queued by the broker.
+
+Against a real broker (MQTT v5, the default) the link also
+
+* subscribes through a shared subscription ``$share/<group>/...`` (``mqtt_share_group``),
+  so N replicas split the report stream, each message going to one of them;
+* acknowledges a report only once the callback says it is stored (manual PUBACK): the
+  callback gets an ``ack`` and returns True when it will call it later (after the
+  database commit), False when the link may acknowledge at once (rejected). A replica
+  killed with reports in memory never acknowledged them, so the broker hands them to
+  its session again when it reconnects. Receive Maximum bounds how many unacknowledged
+  reports the broker sends at once: the broker queues the rest (backpressure while the
+  database is away).
+
+The embedded amqtt broker speaks MQTT 3.1.1 only: there (one replica) the link
+subscribes plainly and paho acknowledges on receipt.
+
+Mosquitto (2.0) does not keep shared subscriptions over its own restart: the sessions come
+back without them, and a report a car publishes before a replica has subscribed again has
+no subscriber and is dropped. With ``share_guard_s`` > 0 each replica's session also holds
+a plain subscription to the same topics (persisted, so the broker queues what arrives in
+that gap for every replica), told apart by its subscription identifier: its copies are
+ingested only during the first ``share_guard_s`` seconds of a session (the backlog; the
+duplicates that overlap are dropped by ingest) and acknowledged unread afterwards. It costs
+one extra delivery per replica and message; a broker that keeps shared subscriptions
+(EMQX, a cluster) does not need it.
 """
 
 from __future__ import annotations
@@ -18,6 +43,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from firmware_bundles import topics
 from ota_server.config import Settings
@@ -25,7 +52,19 @@ from ota_server.errors import InvalidInput, NotReady
 
 log = logging.getLogger(__name__)
 
-OnMessage = Callable[[str, bytes], None]
+Ack = Callable[[], None]
+# (topic, payload, ack) -> True when the callee calls ``ack`` itself once the message is
+# stored; False (or None) when the link may acknowledge at once.
+OnMessage = Callable[[str, bytes, Ack], bool | None]
+
+MQTT_V311 = 4
+MQTT_V5 = 5
+SHARED_SUBSCRIPTION_ID = 1
+# Short: under uvloop a broker that goes away can be missed until the keepalive runs out
+# (seen once in the broker-restart scenario: 50 s with 30), and the server is one client.
+KEEPALIVE_S = 10
+GUARD_SUBSCRIPTION_ID = 2
+_TAKEN_OVER = "taken over"  # v5 reason 142 "Session taken over": the same client id connected elsewhere
 
 
 @dataclass(frozen=True)
@@ -52,10 +91,39 @@ def tls_files(settings: Settings) -> TlsFiles:
     return TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
 
 
+def link_from_settings(settings: Settings, on_message: OnMessage) -> MqttLink:
+    """The link ``settings`` describe (``mqtt_url`` must be set)."""
+    if not settings.mqtt_url:
+        raise InvalidInput("no MQTT broker: set mqtt_url (OTA_MQTT_URL)")
+    return MqttLink(
+        settings.mqtt_url,
+        on_message,
+        client_id=settings.mqtt_client_id,
+        username=settings.mqtt_username,
+        password=settings.mqtt_password,
+        clean_session=settings.mqtt_clean_session,
+        tls=tls_files(settings),
+        version=settings.mqtt_version,
+        share_group=settings.mqtt_share_group,
+        session_expiry_s=settings.mqtt_session_expiry_s,
+        receive_maximum=settings.mqtt_receive_maximum,
+        share_guard_s=settings.mqtt_share_guard_s,
+    )
+
+
+def shared(group: str, topic_filter: str) -> str:
+    """``$share/<group>/<filter>``: the broker hands each message to one member of ``group``."""
+    return f"$share/{group}/{topic_filter}" if group else topic_filter
+
+
 def _payload_bytes(payload: object) -> bytes:
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
     return b"" if payload is None else str(payload).encode()
+
+
+def _no_ack() -> None:
+    return None
 
 
 class MqttLink:
@@ -70,10 +138,23 @@ class MqttLink:
         clean_session: bool = False,
         connect_timeout_s: float = 30.0,
         tls: TlsFiles | None = None,
+        version: int = MQTT_V311,
+        share_group: str = "",
+        session_expiry_s: int = 86_400,
+        receive_maximum: int = 1000,
+        share_guard_s: float = 0.0,
     ) -> None:
         parts = urlsplit(url)
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise InvalidInput(f"MQTT URL must look like mqtt://host:port, got {url!r}")
+        if version not in (MQTT_V311, MQTT_V5):
+            raise InvalidInput(f"MQTT version must be 4 (3.1.1) or 5, got {version}")
+        if share_group and version != MQTT_V5:
+            raise InvalidInput("shared subscriptions need MQTT v5 (OTA_MQTT_VERSION=5)")
+        if share_group and any(c in share_group for c in "/+#"):
+            raise InvalidInput(f"MQTT share group must not contain '/', '+' or '#': {share_group!r}")
+        if not 1 <= receive_maximum <= 65_535:
+            raise InvalidInput("MQTT receive maximum must be within 1..65535")
         self._host = parts.hostname
         self._port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
         self._tls = (tls or TlsFiles()).context() if parts.scheme == "mqtts" else None
@@ -83,56 +164,162 @@ class MqttLink:
         self._clean_session = clean_session
         self._on_message = on_message
         self._connect_timeout_s = connect_timeout_s
+        self._version = version
+        self._share_group = share_group
+        self._session_expiry_s = 0 if clean_session else session_expiry_s
+        self._receive_maximum = receive_maximum
+        self._guard_s = share_guard_s if share_group else 0.0
+        self._guard_until = 0.0
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self.connects = 0
+        self.received = 0  # messages handed to the callback (a replica's share of the stream)
+        self.guard_ingested = 0  # copies through the guard subscription handed on (the gap's backlog)
+        self.guard_skipped = 0  # ... and acknowledged unread (the shared subscription delivered them)
 
     @property
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    @property
+    def manual_ack(self) -> bool:
+        """v5: a report is acknowledged to the broker only once stored."""
+        return self._version == MQTT_V5
+
+    @property
+    def subscriptions(self) -> list[str]:
+        return [shared(self._share_group, t) for t in (topics.STATUS_SUBSCRIPTION, topics.PRESENCE_SUBSCRIPTION)]
+
     def _new_client(self) -> aiomqtt.Client:
-        client = aiomqtt.Client(
-            self._host,
-            self._port,
-            username=self._username,
-            password=self._password,
-            identifier=self._client_id,
-            clean_session=self._clean_session,
-            tls_context=self._tls,
-            max_inflight_messages=100,
-            keepalive=30,
-        )
+        if self._version == MQTT_V5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self._session_expiry_s
+            properties.ReceiveMaximum = self._receive_maximum
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                username=self._username,
+                password=self._password,
+                identifier=self._client_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                clean_start=self._clean_session,  # never "first only": every session here is a new Client
+                properties=properties,
+                tls_context=self._tls,
+                max_inflight_messages=100,
+                keepalive=KEEPALIVE_S,
+            )
+        else:
+            client = aiomqtt.Client(
+                self._host,
+                self._port,
+                username=self._username,
+                password=self._password,
+                identifier=self._client_id,
+                clean_session=self._clean_session,
+                tls_context=self._tls,
+                max_inflight_messages=100,
+                keepalive=KEEPALIVE_S,
+            )
+        # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.
+        client._client.manual_ack_set(self.manual_ack)
         # notices are published with bounded concurrency; no need to warn per queued call
         client.pending_calls_threshold = 100_000
         return client
 
+    def _acker(self, client: aiomqtt.Client, message: aiomqtt.Message) -> Ack:
+        """Acknowledge ``message`` on the session that received it (call on the event loop).
+
+        After a reconnect the old session's acknowledgements are dropped: the broker sends
+        those messages again (marked duplicate) and the ingestor counts them as duplicates.
+        """
+        if not self.manual_ack or message.qos == 0:
+            return _no_ack
+        mid, qos, paho = message.mid, message.qos, client._client
+        done = False
+
+        def ack() -> None:
+            nonlocal done
+            if done or self._client is not client:
+                return
+            done = True
+            paho.ack(mid, qos)
+
+        return ack
+
+    async def _subscribe(self, client: aiomqtt.Client) -> None:
+        wanted = [(topic, topics.QOS) for topic in self.subscriptions]
+        if not self._guard_s:
+            await client.subscribe(wanted)
+            return
+        plain = [(t, topics.QOS) for t in (topics.STATUS_SUBSCRIPTION, topics.PRESENCE_SUBSCRIPTION)]
+        for identifier, filters in ((SHARED_SUBSCRIPTION_ID, wanted), (GUARD_SUBSCRIPTION_ID, plain)):
+            properties = Properties(PacketTypes.SUBSCRIBE)  # type: ignore[no-untyped-call]
+            properties.SubscriptionIdentifier = identifier
+            await client.subscribe(filters, properties=properties)
+
+    def _skip_guard_copy(self, message: aiomqtt.Message) -> bool:
+        """A copy through the guard subscription, outside the window after connecting: not needed."""
+        if not self._guard_s:
+            return False
+        ids = getattr(message.properties, "SubscriptionIdentifier", None) or []
+        if GUARD_SUBSCRIPTION_ID not in ids or SHARED_SUBSCRIPTION_ID in ids:
+            return False
+        if asyncio.get_running_loop().time() < self._guard_until:
+            self.guard_ingested += 1
+            return False
+        self.guard_skipped += 1
+        return True
+
     async def _session(self) -> None:
         async with self._new_client() as client:
-            await client.subscribe(
-                [(topics.STATUS_SUBSCRIPTION, topics.QOS), (topics.PRESENCE_SUBSCRIPTION, topics.QOS)]
-            )
+            self._guard_until = asyncio.get_running_loop().time() + self._guard_s
+            await self._subscribe(client)
             self._client = client
+            self.connects += 1
             self._connected.set()
-            log.info("MQTT connected to %s:%d as %s", self._host, self._port, self._client_id)
+            log.info(
+                "MQTT connected to %s:%d as %s (v%s%s)",
+                self._host,
+                self._port,
+                self._client_id,
+                "5" if self._version == MQTT_V5 else "3.1.1",
+                f", shared group {self._share_group}" if self._share_group else "",
+            )
             async for message in client.messages:
+                ack = self._acker(client, message)
+                if self._skip_guard_copy(message):
+                    ack()
+                    continue
+                self.received += 1
                 try:
-                    self._on_message(str(message.topic), _payload_bytes(message.payload))
+                    queued = self._on_message(str(message.topic), _payload_bytes(message.payload), ack)
                 except Exception:  # the callback should never raise; if it does, keep listening
                     log.exception("handling a message on %s failed", message.topic)
+                    queued = False
+                if not queued:
+                    ack()
 
     async def _run(self) -> None:
         delay = 0.5
         while True:
+            connects = self.connects
             try:
                 await self._session()
             except aiomqtt.MqttError as exc:
-                log.warning("MQTT link to %s:%d down: %s; reconnecting in %.1fs", self._host, self._port, exc, delay)
+                hint = ""
+                if _TAKEN_OVER in str(exc).lower():
+                    hint = f" (another process connected as {self._client_id!r}: one OTA_MQTT_CLIENT_ID per replica)"
+                log.warning(
+                    "MQTT link to %s:%d down: %s%s; reconnecting in %.1fs", self._host, self._port, exc, hint, delay
+                )
             except Exception:
                 log.exception("MQTT link to %s:%d failed; reconnecting in %.1fs", self._host, self._port, delay)
             finally:
                 self._connected.clear()
                 self._client = None
+            if self.connects != connects:
+                delay = 0.5  # it was up: start the backoff again
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
@@ -17,15 +17,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from ota_server.bundle_store import BundleStore
 from ota_server.clock import Clock
 from ota_server.config import Settings
-from ota_server.db.migrate import upgrade
+from ota_server.db.migrate import require_current, upgrade
 from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
 from ota_server.ingest import Ingestor
-from ota_server.mqtt_link import MqttLink, tls_files
+from ota_server.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
+from ota_server.mqtt_link import MqttLink, link_from_settings
 from ota_server.notify import NoticeDispatcher
 from ota_server.pki import LazyAuthority
 from ota_server.publisher import Publisher
 from ota_server.rollout.scheduler import Scheduler
+from ota_server.services.repository import RepoReader
 from ota_server.signing import keys
 from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
 from ota_server.signing.freshness import Refresher
@@ -52,11 +54,15 @@ class Runtime:
     link: MqttLink | None
     pki: LazyAuthority
     scheduler: Scheduler
+    repo_reader: RepoReader
     refresher: Refresher | None = None
+    # Periodic jobs, each run by whichever replica holds its lease (ota_server.leases).
+    jobs: list[LeasedJob] = field(default_factory=list)
 
     @property
     def mqtt_url(self) -> str:
-        return self.settings.mqtt_url or ""
+        """The broker URL cars are given (OTA_PUBLIC_MQTT_URL, else the server's own)."""
+        return self.settings.public_mqtt_url or self.settings.mqtt_url or ""
 
     @property
     def repo_url(self) -> str:
@@ -67,7 +73,10 @@ def _prepare_storage(settings: Settings, clock: Clock) -> tuple[Engine, ImageRep
     """Blocking start-up work: schema upgrade, keys, repository roots."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    if settings.auto_migrate:
+        upgrade(engine)
+    else:
+        require_current(engine)  # a deployment's migrate job owns the schema
     sessions = make_session_factory(engine)
     expiry = settings.expiry
     # Development keys are made only for a database without roots (no `ota keys init`).
@@ -80,7 +89,8 @@ def _prepare_storage(settings: Settings, clock: Clock) -> tuple[Engine, ImageRep
         if not image_repo.targets_offline(session):
             log.warning("the Image targets key is on this server (development keys): see `ota keys init`")
     _ensure_image_chain(sessions, image_repo, clock)
-    return engine, image_repo, Director(director_keys, expiry), image_root, director_root
+    director = Director(director_keys, expiry, signers_ttl_s=settings.repo_cache_ttl_s)
+    return engine, image_repo, director, image_root, director_root
 
 
 def _ensure_image_chain(sessions: sessionmaker[Session], image_repo: ImageRepository, clock: Clock) -> None:
@@ -98,22 +108,20 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     engine, image_repo, director, image_root, director_root = await asyncio.to_thread(_prepare_storage, settings, clock)
     sessions = make_session_factory(engine)
     ingestor = Ingestor(
-        sessions, clock, batch_size=settings.ingest_batch_size, batch_wait_s=settings.ingest_batch_wait_s
+        sessions,
+        clock,
+        batch_size=settings.ingest_batch_size,
+        batch_wait_s=settings.ingest_batch_wait_s,
+        max_payload_bytes=settings.ingest_max_payload_bytes,
+        vin_rate_per_s=settings.ingest_vin_rate_per_s,
+        vin_burst=settings.ingest_vin_burst,
     )
     ingestor.start()
     link = None
     if publisher is None:
         if not settings.mqtt_url:
             raise InvalidInput("no MQTT broker: set mqtt_url (OTA_MQTT_URL) or pass a publisher to create_app")
-        link = MqttLink(
-            settings.mqtt_url,
-            ingestor.submit,
-            client_id=settings.mqtt_client_id,
-            username=settings.mqtt_username,
-            password=settings.mqtt_password,
-            clean_session=settings.mqtt_clean_session,
-            tls=tls_files(settings),
-        )
+        link = link_from_settings(settings, ingestor.submit)
         await link.start(wait_s=10.0)
         if not link.connected:
             log.warning("MQTT broker %s not reachable yet; retrying in the background", settings.mqtt_url)
@@ -121,12 +129,14 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
     scheduler = Scheduler(sessions, director, clock, settings.repo_url, dispatcher.dispatch)
     ingestor.after_batch = scheduler.on_reports
+    bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
+    reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)
     runtime = Runtime(
         settings=settings,
         clock=clock,
         engine=engine,
         sessions=sessions,
-        bundles=BundleStore(settings.bundles_dir, settings.max_upload_bytes),
+        bundles=bundles,
         image_repo=image_repo,
         director=director,
         image_root=image_root,
@@ -136,19 +146,29 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         link=link,
         pki=LazyAuthority(settings.ca_dir),
         scheduler=scheduler,
+        repo_reader=reader,
     )
+    instance = settings.instance_id or default_instance_id()
     if settings.resign_interval_s > 0:
-        runtime.refresher = Refresher(sessions, image_repo, clock)
-        runtime.refresher.start(settings.resign_interval_s)
+        refresher = runtime.refresher = Refresher(sessions, image_repo, clock)
+        lease = Lease(sessions, RESIGN, instance, clock, settings.lease_ttl_s)
+        runtime.jobs.append(LeasedJob(lease, settings.resign_interval_s, lambda: asyncio.to_thread(refresher.run_once)))
     resumed = await dispatcher.resume(settings.repo_url)
     if resumed:
         log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
-    scheduler.start(settings.scheduler_interval_s)
+    scheduler.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job
+    if settings.scheduler_interval_s > 0:
+        lease = Lease(sessions, SCHEDULER, instance, clock, settings.lease_ttl_s)
+        runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, scheduler.tick))
+    for job in runtime.jobs:
+        job.start()
     return runtime
 
 
 async def stop_runtime(runtime: Runtime) -> None:
     """Finish publishing, stop listening, then store every report already received."""
+    for job in runtime.jobs:  # hands the leases over to another replica at once
+        await job.stop()
     if runtime.refresher is not None:
         await runtime.refresher.stop()
     runtime.ingestor.after_batch = None  # reports still arriving are stored; no more ticks

@@ -31,6 +31,8 @@ from ota_server.publisher import Publisher
 
 log = logging.getLogger(__name__)
 
+KEEP_ALIVE_S = 75  # idle seconds before the server closes a kept-alive HTTP connection
+
 _WILDCARD_HOSTS = ("0.0.0.0", "::", "")
 
 
@@ -110,6 +112,10 @@ class OtaServer:
             host = "127.0.0.1" if self._settings.host in _WILDCARD_HOSTS else self._settings.host
             host = f"[{host}]" if ":" in host else host
             public_url = f"http://{host}:{port}"
+        if self._broker is not None:  # amqtt speaks MQTT 3.1.1 only, and there is one replica
+            return replace(
+                self._settings, port=port, mqtt_url=mqtt_url, public_url=public_url, mqtt_version=4, mqtt_share_group=""
+            )
         return replace(self._settings, port=port, mqtt_url=mqtt_url, public_url=public_url)
 
     async def start(self, timeout_s: float = 60.0) -> ServerInfo:
@@ -122,7 +128,16 @@ class OtaServer:
         self.settings = self._resolved(port, mqtt_url)
         app = create_app(self.settings, publisher=self._publisher, clock=self._clock)
         debug = self.settings.log_level.upper() == "DEBUG"
-        config = uvicorn.Config(app, log_config=None, access_log=debug, lifespan="on", timeout_graceful_shutdown=10)
+        # Cars fetch ~10 files a campaign over one kept-alive connection, minutes apart under load:
+        # uvicorn's 5 s idle limit made them reconnect (a handshake and a new protocol) per file.
+        config = uvicorn.Config(
+            app,
+            log_config=None,
+            access_log=debug,
+            lifespan="on",
+            timeout_graceful_shutdown=10,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         self._uvicorn = _Uvicorn(config)
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[self._sock]), name="ota-uvicorn")
         loop = asyncio.get_running_loop()
@@ -173,7 +188,11 @@ async def serve_forever(settings: Settings, ready_file: Path | None = None) -> S
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, server.request_stop)
-    print(f"OTA server ready\n  API:  {info.api_url}\n  docs: {info.docs_url}\n  MQTT: {info.mqtt_url}", flush=True)
+    print(
+        f"OTA server ready\n  API:  {info.api_url}\n  docs: {info.docs_url}\n  MQTT: {info.mqtt_url}\n"
+        f"  dashboard: {info.api_url}/ui/ (sign in with an API token)\n  owners' recall check: {info.api_url}/lookup",
+        flush=True,
+    )
     if ready_file is not None:
         write_ready_file(ready_file, info)
     try:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
 from simulator.errors import ScenarioTimeout
 
@@ -22,6 +22,15 @@ ACTIVE_STATES = (
     "installing",
     "rebooting",
 )
+
+
+FLEET_BARS = ("connected", "notified", "remedied", "failed")
+
+
+def show_fleet(progress: Progress, tasks: Mapping[str, TaskID], bars: Mapping[str, int]) -> None:
+    """Update one bar per :data:`FLEET_BARS` entry from the simulator's counts (``bars["cars"]`` is the total)."""
+    for name, task in tasks.items():
+        progress.update(task, total=bars.get("cars") or None, completed=bars.get(name, 0))
 
 
 @dataclass(frozen=True)
@@ -51,8 +60,13 @@ def watch_campaign(
     poll_seconds: float = 0.2,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    fleet: Callable[[], Mapping[str, int]] | None = None,
 ) -> Outcome:
-    """Poll the campaign's progress until every car is remedied or failed; show a live bar."""
+    """Poll the campaign's progress until every car is remedied or failed; show a live bar.
+
+    ``fleet`` adds the cars' own view below the server's (``FleetStats.bars``: how many
+    cars are connected, were notified, remedied, failed, as the simulator counts them).
+    """
     start = clock()
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -66,8 +80,13 @@ def watch_campaign(
     )
     with progress:
         task = progress.add_task("remedied", total=None, failed=0, active="")
+        cars: dict[str, TaskID] = {}
+        if fleet is not None:
+            cars = {name: progress.add_task(f"cars {name}", total=None, failed="-", active="") for name in FLEET_BARS}
         while True:
             state = fetch()
+            if fleet is not None:
+                show_fleet(progress, cars, fleet())
             counts: dict[str, int] = state["counts"]
             progress.update(
                 task,

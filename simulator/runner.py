@@ -1,34 +1,52 @@
 """Run many real agents in one process: one event loop in a background thread.
 
 Each car is a real ``vehicle_agent.Agent`` with its own MQTT session, journal, TUF
-metadata directories and file-backed A/B slots; they share one HTTP connection pool.
-Connects are paced so a fleet does not arrive at the broker all at once. Each car has a
+metadata directories and file-backed A/B slots; they share one small HTTP connection
+pool (slow-link cars share another). Connects are paced (:class:`Pacing`) so a fleet
+does not arrive at the broker all at once. Each car has a
 :class:`~vehicle_agent.vehicle.FakeVehicle` (ready unless a fault says otherwise) and an
 owner who accepts; a :class:`~simulator.faults.FaultPlan` injects failures.
+
+:meth:`InProcessFleet.stats` counts what the cars did: every distinct report the broker
+acknowledged (by ``(vin, campaign, attempt, deferrals, state)``, the key the server
+stores each report under once, so a re-sent outbox is not counted twice), faults that
+happened and agents that died. ``simulator.worker`` runs one of these per process.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import logging
+import math
+import queue
+import random
 import threading
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import ContextVar
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import aiomqtt
+import httpx
+import paho.mqtt.client as mqtt
+from typing_extensions import override
+
 from firmware_bundles import provisioning
-from firmware_bundles.messages import ReportState, StatusReport
+from firmware_bundles.messages import ReportState, StatusReport, encode
 from simulator.errors import SimulatorError
-from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth
+from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
 from vehicle_agent.agent import Agent
-from vehicle_agent.config import DownloadLimits, config_from_agent_config
+from vehicle_agent.config import AgentConfig, DownloadLimits, config_from_agent_config
 from vehicle_agent.health import HeaderHealthCheck, HealthCheck
 from vehicle_agent.link import MqttLink, tls_context
 from vehicle_agent.owner import Consent, LoggingOwnerHook
-from vehicle_agent.transport import HttpxTransport, make_http_client
+from vehicle_agent.transport import HttpxTransport, Transport, make_http_client
 from vehicle_agent.vehicle import FakeVehicle
 
 log = logging.getLogger(__name__)
@@ -36,6 +54,97 @@ log = logging.getLogger(__name__)
 CONNECT_BATCH = 100
 CONNECT_PAUSE = 0.05
 WORKER_THREADS = 16
+SLOW_THREADS_MAX = 256  # a slow car holds a thread (and a connection) while it crawls
+HTTP_CONNECTIONS = 50
+MQTT_OPERATION_TIMEOUT_S = 300.0  # see _CountingLink
+MISC_INTERVAL_S = 10.0  # see _SimClient
+LAG_PROBE_S = 0.25
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """How fast cars connect: ``batch`` agents started, then ``pause`` seconds, and so on."""
+
+    batch: int = CONNECT_BATCH
+    pause: float = CONNECT_PAUSE
+
+    def __post_init__(self) -> None:
+        if self.batch < 1 or self.pause < 0:
+            raise ValueError("pacing needs a batch of at least 1 and a pause of at least 0 s")
+
+    @classmethod
+    def per_second(cls, rate: float) -> Pacing:
+        """About ``rate`` connects a second, in 20 small steps a second."""
+        if not rate > 0:
+            raise ValueError(f"a connect rate must be positive, got {rate}")
+        batch = max(1, round(rate / 20))
+        return cls(batch, batch / rate)
+
+    @property
+    def rate(self) -> float:
+        return math.inf if self.pause == 0 else self.batch / self.pause
+
+
+@dataclass
+class FleetStats:
+    """What a fleet (or several, summed) has done so far."""
+
+    cars: int = 0
+    created: int = 0  # agents made (start-up is paced)
+    started: int = 0  # agents running (offline and late cars count once they come)
+    expected_online: int = 0  # cars that should hold a session now
+    connected: int = 0
+    reports_sent: int = 0  # distinct reports the broker acknowledged
+    report_bytes: int = 0  # their encoded size
+    sent_by_state: dict[str, int] = field(default_factory=dict)
+    errors: int = 0  # agents that stopped on an exception
+    power_cuts: int = 0
+    restarts: int = 0  # new agents started after a power cut
+    late_joined: int = 0
+    slow_cars: int = 0
+    slow_bytes: int = 0  # bytes that went through a throttled link
+    slow_seconds: float = 0.0  # time spent throttling them
+    loop_lag_max_s: float = 0.0  # the worst delay of the fleet's event loop (a starved loop delays every car)
+    reconnects: int = 0  # MQTT sessions made again after a drop (a lagging loop may miss keepalives)
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FleetStats:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def total(cls, parts: Iterable[FleetStats]) -> FleetStats:
+        """The sum of several fleets' stats (one per worker process)."""
+        out = cls()
+        by_state: Counter[str] = Counter()
+        for part in parts:
+            for f in fields(cls):
+                if f.name == "sent_by_state":
+                    by_state.update(part.sent_by_state)
+                elif f.name == "loop_lag_max_s":
+                    out.loop_lag_max_s = max(out.loop_lag_max_s, part.loop_lag_max_s)
+                else:
+                    setattr(out, f.name, getattr(out, f.name) + getattr(part, f.name))
+        out.sent_by_state = dict(by_state)
+        out.slow_seconds = round(out.slow_seconds, 3)
+        return out
+
+    def cars_in(self, *states: ReportState) -> int:
+        """Distinct reports of these states: for a single attempt, the cars that reached them."""
+        return sum(self.sent_by_state.get(state.value, 0) for state in states)
+
+    def bars(self) -> dict[str, int]:
+        """The cars' side of a live progress view (see ``simulator.progress.FLEET_BARS``)."""
+        return {
+            "cars": self.cars,
+            "connected": self.connected,
+            "notified": self.cars_in(ReportState.NOTIFIED),
+            "remedied": self.cars_in(ReportState.REMEDIED),
+            "failed": self.cars_in(ReportState.FAILED, ReportState.ROLLED_BACK),
+        }
 
 
 def identity_options(identity: dict[str, Any], state_dir: Path) -> dict[str, Any]:
@@ -57,6 +166,132 @@ def identity_options(identity: dict[str, Any], state_dir: Path) -> dict[str, Any
     return options
 
 
+CAR_ORDER: ContextVar[int] = ContextVar("car_order", default=0)
+
+
+class DepthFirstExecutor(ThreadPoolExecutor):
+    """The cars' worker threads, taking the blocking work of the car that started first, first.
+
+    A FIFO pool serves thousands of cars that got their notices together breadth first:
+    step 1 of every car before step 2 of any, so no car is remedied until nearly all are,
+    which is neither what a fleet of independent cars looks like nor what the server sees
+    from one. Each car's task sets :data:`CAR_ORDER` (its start position); ``asyncio.to_thread``
+    submits from that task's context, so the queue is ordered by car. The total work is the same.
+    """
+
+    def __init__(self, threads: int, *, name: str = "car-io") -> None:
+        super().__init__(max_workers=threads, thread_name_prefix=name)
+        self._queue: queue.PriorityQueue[tuple[float, int, Any]] = queue.PriorityQueue()
+        self._seq = itertools.count()
+        self._closed = False
+        self._guard = threading.Lock()
+        self._workers = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)]
+        for worker in self._workers:
+            worker.start()
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        with self._guard:
+            if self._closed:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            self._queue.put((CAR_ORDER.get(), next(self._seq), (future, fn, args, kwargs)))
+        return future
+
+    def _work(self) -> None:
+        while True:
+            _, _, item = self._queue.get()
+            if item is None:
+                return
+            future, fn, args, kwargs = item
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._guard:
+            if self._closed:
+                return
+            self._closed = True
+            for _ in self._workers:
+                self._queue.put((math.inf, next(self._seq), None))  # after the queued work
+        if wait:
+            for worker in self._workers:
+                worker.join()
+
+
+class _SimClient(aiomqtt.Client):
+    """aiomqtt's client with its housekeeping every ``MISC_INTERVAL_S`` instead of every second.
+
+    aiomqtt runs paho's ``loop_misc`` (keep-alive pings, retry timers) once a second per
+    client: nothing for one car, but 7,500 timer wake-ups a second in a process holding 7,500
+    cars, which was most of an idle worker's CPU. With the agent's 60 s keep-alive, pinging
+    up to 10 s late is still well inside the broker's 1.5 x keep-alive.
+    """
+
+    async def _misc_loop(self) -> None:
+        await asyncio.sleep(random.uniform(0, MISC_INTERVAL_S))  # spread the fleet's wake-ups
+        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer, as aiomqtt)
+            await asyncio.sleep(MISC_INTERVAL_S)
+
+
+class _CountingLink(MqttLink):
+    """The real MQTT link, telling the fleet about each report the broker acknowledged.
+
+    One difference, for the simulation's sake: aiomqtt gives up waiting for a PUBACK after
+    10 s of wall time, which for one car on its own CPU means the link is broken. Here one
+    event loop, sharing its process's GIL with the cars' worker threads, serves thousands
+    of cars, and under a full machine it can lag that long (``FleetStats.loop_lag_max_s``)
+    while the broker acknowledged at once. The agent then keeps the report in its outbox
+    but, with the connection still up, nothing sends it again until the next reconnect or
+    notice: a car stuck at ``rebooting`` forever. So simulated cars wait longer.
+
+    And ``source_address``: paho binds every socket before connecting, to ``("", 0)`` by
+    default, which makes each car's port unique on the whole machine, not per broker: one
+    address has ~28,000 ephemeral ports, so 30,000 cars cannot all connect from it, however
+    many brokers there are. A worker process gives its cars their own loopback address.
+    """
+
+    client_class = _SimClient
+
+    def __init__(
+        self, config: AgentConfig, on_sent: Callable[[StatusReport], None], source_address: str | None = None
+    ) -> None:
+        super().__init__(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
+        self._on_sent = on_sent
+        self._source_address = source_address
+
+    @override
+    def _new_client(self) -> aiomqtt.Client:
+        client = super()._new_client()
+        client.timeout = MQTT_OPERATION_TIMEOUT_S
+        if self._source_address:
+            client._bind_address = self._source_address
+        return client
+
+    async def send(self, report: StatusReport) -> None:
+        await super().send(report)
+        self._on_sent(report)
+
+
+@dataclass
+class _Car:
+    """What outlives one agent of a car (a power cut starts a new agent on the same things)."""
+
+    config: AgentConfig
+    faults: CarFaults
+    vehicle: FakeVehicle
+    health: HealthCheck | None
+    transport: Transport
+    order: int = 0  # the car's position in the fleet: its blocking work goes before later cars'
+    parked_later: bool = False
+    cut: bool = False
+
+
 class InProcessFleet:
     """The simulator's default :class:`simulator.scenario.FleetRunner`."""
 
@@ -66,93 +301,253 @@ class InProcessFleet:
         *,
         on_report: Callable[[StatusReport], None] | None = None,
         faults: FaultPlan | None = None,
+        pacing: Pacing | None = None,
+        http_connections: int = HTTP_CONNECTIONS,
+        source_address: str | None = None,
     ) -> None:
         self.state_dir = state_dir
+        self.source_address = source_address  # the cars' MQTT sockets bind here (see _CountingLink)
         self.agents: dict[str, Agent] = {}
         self.links: dict[str, MqttLink] = {}
         self.vehicles: dict[str, FakeVehicle] = {}
         self.faults = faults or FaultPlan()
+        self.pacing = pacing or Pacing()
         self.car_faults: dict[str, CarFaults] = {}  # each car's faults, once started
         self._on_report = on_report
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._http = make_http_client(DownloadLimits(), max_connections=50)
+        self._car_tasks: dict[str, asyncio.Task[None]] = {}
+        self._cars: dict[str, _Car] = {}
+        self._late: list[str] = []
+        self._launched = False
+        self._http = make_http_client(DownloadLimits(), max_connections=http_connections)
+        self._slow_http: httpx.Client | None = None
+        self._slow_links: list[ThrottledTransport] = []
+        self._sent: set[tuple[str, int, int, int, str]] = set()
+        self._expected: tuple[tuple[int, bool], int] | None = None
+        self._stats = FleetStats()
+        self._reconnects_before = 0  # of links replaced by a power cut
+
+    # -- starting ---------------------------------------------------------------------
 
     def start(self, fleet: Fleet, agent_configs: list[dict[str, Any]]) -> None:
-        self._loop.set_default_executor(ThreadPoolExecutor(WORKER_THREADS, thread_name_prefix="car-io"))
+        self.start_configs(agent_configs)
+
+    def start_configs(
+        self, agent_configs: Sequence[Mapping[str, Any]], car_faults: Mapping[str, CarFaults] | None = None
+    ) -> None:
+        """Start every car of ``agent_configs`` (paced); ``car_faults`` overrides the plan's picks.
+
+        A worker process gets its cars' faults from the parent, which picked them over the
+        whole fleet so the counts stay exact.
+        """
+        vins = [str(doc["vin"]) for doc in agent_configs]
+        self.car_faults = dict(car_faults) if car_faults is not None else self.faults.assign(vins)
+        slow = sum(1 for vin in vins if self.car_faults.get(vin, NO_FAULTS).slow)
+        threads = WORKER_THREADS + min(slow, SLOW_THREADS_MAX)
+        if slow:
+            self._slow_http = make_http_client(DownloadLimits(), max_connections=min(slow, SLOW_THREADS_MAX))
+        self._loop.set_default_executor(DepthFirstExecutor(threads))
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleet", daemon=True)
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._start_all(agent_configs), self._loop)
         future.result()
 
-    async def _start_all(self, agent_configs: list[dict[str, Any]]) -> None:
+    async def _probe_lag(self) -> None:
+        """How late the loop wakes up: what every car's timers and sockets wait on top."""
+        while True:
+            before = self._loop.time()
+            await asyncio.sleep(LAG_PROBE_S)
+            lag = self._loop.time() - before - LAG_PROBE_S
+            if lag > self._stats.loop_lag_max_s:
+                self._stats.loop_lag_max_s = round(lag, 3)
+
+    async def _start_all(self, agent_configs: Sequence[Mapping[str, Any]]) -> None:
         transport = HttpxTransport(self._http)
-        self.car_faults = self.faults.assign([doc["vin"] for doc in agent_configs])
-        for i, doc in enumerate(agent_configs):
-            state_dir = self.state_dir / doc["vin"]
+        slow_transport = HttpxTransport(self._slow_http) if self._slow_http is not None else transport
+        self._stats.cars = len(agent_configs)
+        self._tasks.append(asyncio.create_task(self._probe_lag()))
+        started = 0
+        for doc in agent_configs:
+            state_dir = self.state_dir / str(doc["vin"])
             options = identity_options(doc.get("identity") or {}, state_dir)
             config = config_from_agent_config(doc, state_dir=state_dir, durable=False, **options)
-            link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
             faults = self.car_faults.get(config.vin, NO_FAULTS)
+            car_transport: Transport = transport
+            if faults.slow:
+                throttled = ThrottledTransport(slow_transport, self.faults.slow_bytes_per_second)
+                self._slow_links.append(throttled)
+                car_transport = throttled
+                self._stats.slow_cars += 1
             vehicle = FakeVehicle()
             if faults.defer:
                 vehicle.set(parked=False)
-            agent = Agent(
-                config,
-                link=link,
-                transport=transport,
-                on_report=self._reporter(vehicle, faults),
-                health=self._health(faults),
-                vehicle=vehicle,
-                owner=LoggingOwnerHook(Consent.ACCEPT),
-            )
-            self.agents[config.vin] = agent
-            self.links[config.vin] = link
-            self.vehicles[config.vin] = vehicle
+            car = _Car(config, faults, vehicle, self._health(faults), car_transport, order=len(self._cars))
+            self._cars[config.vin] = car
+            agent = self._new_agent(car)
+            self._stats.created += 1
+            if faults.late:
+                self._late.append(config.vin)  # started once the campaign is launched
+                continue
             delay = self.faults.offline_seconds if faults.offline else 0.0
             if delay is not None:  # None: an offline car that never comes
-                self._tasks.append(asyncio.create_task(self._run(agent, delay)))
-            if (i + 1) % CONNECT_BATCH == 0:
-                await asyncio.sleep(CONNECT_PAUSE)
+                self._launch(config.vin, agent, delay)
+            started += 1
+            if started % self.pacing.batch == 0:
+                await asyncio.sleep(self.pacing.pause)
+
+    def _new_agent(self, car: _Car) -> Agent:
+        vin = car.config.vin
+        old = self.links.get(vin)
+        if old is not None:
+            self._reconnects_before += max(0, old.connects - 1)
+        link = _CountingLink(car.config, self._sent_report, self.source_address)
+        agent = Agent(
+            car.config,
+            link=link,
+            transport=car.transport,
+            on_report=self._reporter(car),
+            health=car.health,
+            vehicle=car.vehicle,
+            owner=LoggingOwnerHook(Consent.ACCEPT),
+        )
+        self.agents[vin] = agent
+        self.links[vin] = link
+        self.vehicles[vin] = car.vehicle
+        return agent
+
+    def _launch(self, vin: str, agent: Agent, delay: float = 0.0, *, late: bool = False) -> None:
+        order = self._cars[vin].order if vin in self._cars else 0
+        task = asyncio.create_task(self._run(agent, delay, late=late, order=order))
+        self._car_tasks[vin] = task
+        self._tasks.append(task)
+
+    def launched(self) -> None:
+        """The campaign is out: late joiners come ``late_seconds`` from now (paced like the rest)."""
+        if self._thread is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._launch_late(), self._loop).result(timeout=60)
+
+    async def _launch_late(self) -> None:
+        if self._launched:
+            return
+        self._launched = True
+        for i, vin in enumerate(self._late):
+            delay = self.faults.late_seconds + (i // self.pacing.batch) * self.pacing.pause
+            self._launch(vin, self.agents[vin], delay, late=True)
+
+    # -- faults -----------------------------------------------------------------------
 
     def _health(self, faults: CarFaults) -> HealthCheck | None:
         if not faults.fail:
             return None
         return FaultyHealth(HeaderHealthCheck(), self.faults.fail_times)
 
-    def _reporter(self, vehicle: FakeVehicle, faults: CarFaults) -> Callable[[StatusReport], None] | None:
-        """The caller's report callback; a deferring car parks ``defer_seconds`` after it deferred."""
-        if not faults.defer:
+    def _reporter(self, car: _Car) -> Callable[[StatusReport], None] | None:
+        """The caller's report callback, plus the car's faults that hang on a report.
+
+        A deferring car parks ``defer_seconds`` after it deferred; a power-cut car loses
+        power right after it journaled ``installing`` (the report callback runs just after
+        that journal write, before the report is sent or the slot written).
+        """
+        if not (car.faults.defer or car.faults.power_cut):
             return self._on_report
-        parked_later = False
 
         def on_report(report: StatusReport) -> None:
-            nonlocal parked_later
-            if report.state is ReportState.DEFERRED and not parked_later:
-                parked_later = True
-                self._loop.call_later(self.faults.defer_seconds, lambda: vehicle.set(parked=True))
+            if car.faults.defer and report.state is ReportState.DEFERRED and not car.parked_later:
+                car.parked_later = True
+                self._loop.call_later(self.faults.defer_seconds, lambda: car.vehicle.set(parked=True))
+            if car.faults.power_cut and report.state is ReportState.INSTALLING and not car.cut:
+                car.cut = True
+                self._loop.call_soon(self._power_cut, car)
             if self._on_report is not None:
                 self._on_report(report)
 
         return on_report
 
-    def expected_online(self) -> int:
-        """Cars that should be connected now: all but those an offline fault keeps away."""
-        return sum(1 for vin in self.links if not self.car_faults.get(vin, NO_FAULTS).offline)
+    def _power_cut(self, car: _Car) -> None:
+        task = self._car_tasks.get(car.config.vin)
+        if task is None or task.done():
+            return
+        self._stats.power_cuts += 1
+        task.cancel()
+        self._tasks.append(asyncio.create_task(self._restore_power(car, task)))
 
-    async def _run(self, agent: Agent, delay: float = 0.0) -> None:
+    async def _restore_power(self, car: _Car, old: asyncio.Task[None]) -> None:
+        """After a power cut: a new agent on the same state directory, as a car that boots again."""
+        await asyncio.gather(old, return_exceptions=True)
+        await asyncio.sleep(self.faults.power_cut_seconds)
+        try:
+            agent = self._new_agent(car)
+        except Exception:
+            self._stats.errors += 1
+            log.exception("%s: agent did not start again after a power cut", car.config.vin)
+            return
+        self._stats.restarts += 1
+        self._launch(car.config.vin, agent)
+
+    # -- counting -----------------------------------------------------------------------
+
+    def _sent_report(self, report: StatusReport) -> None:
+        key = (report.vin, report.campaign_id, report.attempt, report.deferrals, report.state.value)
+        if key in self._sent:
+            return  # a re-sent outbox or a repeated terminal report: the server stores it once too
+        self._sent.add(key)
+        stats = self._stats
+        stats.reports_sent += 1
+        stats.report_bytes += len(encode(report))
+        stats.sent_by_state[report.state.value] = stats.sent_by_state.get(report.state.value, 0) + 1
+
+    def expected_online(self) -> int:
+        """Cars that should be connected now: all but those an offline fault keeps away, and late
+        joiners until the launch."""
+        if self._expected is None or self._expected[0] != (len(self.links), self._launched):
+            count = 0
+            for vin in self.links:
+                faults = self.car_faults.get(vin, NO_FAULTS)
+                if not faults.offline and (not faults.late or self._launched):
+                    count += 1
+            self._expected = ((len(self.links), self._launched), count)  # the snapshot runs twice a second
+        return self._expected[1]
+
+    async def _run(self, agent: Agent, delay: float = 0.0, *, late: bool = False, order: int = 0) -> None:
+        CAR_ORDER.set(order)  # this task's context: the agent's own tasks and threads inherit it
         try:
             if delay:
-                await asyncio.sleep(delay)  # an offline fault: this car comes late
+                await asyncio.sleep(delay)  # an offline or late car: it comes later
+            self._stats.started += 1
+            if late:
+                self._stats.late_joined += 1
             await agent.run()
         except asyncio.CancelledError:
             raise
         except Exception:
+            self._stats.errors += 1
             log.exception("%s: agent stopped", agent.config.vin)
 
     def connected(self) -> int:
         return sum(1 for link in self.links.values() if link.connected)
+
+    def _snapshot(self) -> FleetStats:
+        stats = FleetStats.from_json(self._stats.as_json())
+        stats.sent_by_state = dict(self._stats.sent_by_state)
+        stats.connected = self.connected()
+        stats.reconnects = self._reconnects_before + sum(max(0, link.connects - 1) for link in self.links.values())
+        stats.expected_online = self.expected_online()
+        stats.slow_bytes = sum(link.bytes for link in self._slow_links)
+        stats.slow_seconds = round(sum(link.waited for link in self._slow_links), 3)
+        return stats
+
+    def stats(self) -> FleetStats:
+        """A consistent snapshot (taken on the fleet's loop while it runs)."""
+        if self._thread is None or not self._loop.is_running():
+            return self._snapshot()
+
+        async def snap() -> FleetStats:
+            return self._snapshot()
+
+        return asyncio.run_coroutine_threadsafe(snap(), self._loop).result(timeout=30)
 
     def wait_connected(self, timeout: float) -> int:
         """Block until every car holds its MQTT session (or raise after ``timeout`` seconds)."""
@@ -171,16 +566,21 @@ class InProcessFleet:
             raise SimulatorError(f"only {count} of {expected} cars connected within {timeout:.0f}s")
         return count
 
+    # -- stopping -----------------------------------------------------------------------
+
     def stop(self) -> None:
         if self._thread is None:
             return
 
         async def cancel_all() -> None:
-            for task in self._tasks:
-                task.cancel()
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+            while self._tasks:  # a power cut may add a task while others are cancelled
+                tasks, self._tasks = self._tasks, []
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
-        asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=60)
+        asyncio.run_coroutine_threadsafe(cancel_all(), self._loop).result(timeout=120)
+        self._stats = self._snapshot()  # keep the last counts once the loop is gone
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=30)
         self._thread = None
@@ -188,8 +588,12 @@ class InProcessFleet:
         self.links.clear()
         self.agents.clear()
         self.vehicles.clear()
+        self._cars.clear()
+        self._car_tasks.clear()
         self._tasks.clear()
         gc.collect()
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
         self._http.close()
+        if self._slow_http is not None:
+            self._slow_http.close()

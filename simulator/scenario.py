@@ -17,7 +17,7 @@ from rich.console import Console
 
 from firmware_bundles.bundle import build_bundle, revised_image, sample_image
 from simulator.errors import ServerError
-from simulator.fleet import Fleet
+from simulator.fleet import Car, Fleet
 from simulator.operator_client import OperatorClient
 from simulator.progress import Outcome, watch_campaign
 
@@ -35,11 +35,19 @@ class FleetRunner(Protocol):
     def stop(self) -> None: ...
 
 
+def tell_launched(runner: FleetRunner) -> None:
+    """Tell a runner that wants to know (late joiners come after the launch) that the campaign is out."""
+    launched = getattr(runner, "launched", None)
+    if callable(launched):
+        launched()
+
+
 @dataclass(frozen=True)
 class ScenarioOptions:
     timeout: float = 600.0
     fix_version: str = FIX_VERSION
     release_counter: int = 2
+    rollout: dict[str, Any] | None = None  # the recall's rollout plan; None: the server's default
 
 
 @dataclass(frozen=True)
@@ -96,10 +104,15 @@ def register_fleet(client: OperatorClient, fleet: Fleet) -> None:
 def agent_configs(client: OperatorClient, fleet: Fleet) -> list[dict[str, Any]]:
     """Each car's agent-config document with its freshly provisioned identity under ``"identity"``.
 
-    Certificates are issued only when the broker speaks TLS (they cost a key pair each).
+    The server's answer differs between cars only in the VIN and the ECUs, which the
+    fleet registered itself, so one ``GET .../agent-config`` (of the first car) gives the
+    broker, repository and roots for all: 30,000 cars do not cost 30,000 requests.
+    Identities come from the batched provisioning call. Certificates are issued only
+    when the broker speaks TLS (they cost a key pair each).
     """
-    configs = [client.agent_config(car.vin) for car in fleet.cars]
-    tls = any(doc["mqtt_url"].startswith("mqtts://") for doc in configs)
+    template = client.agent_config(fleet.cars[0].vin)
+    configs = [_config_of(template, car) for car in fleet.cars]
+    tls = template["mqtt_url"].startswith("mqtts://")
     vins = [car.vin for car in fleet.cars]
     identities: dict[str, dict[str, Any]] = {}
     for start in range(0, len(vins), REGISTER_CHUNK):
@@ -108,8 +121,18 @@ def agent_configs(client: OperatorClient, fleet: Fleet) -> list[dict[str, Any]]:
     return [{**doc, "identity": identities[doc["vin"]]} for doc in configs]
 
 
-def file_recall(client: OperatorClient, fleet: Fleet, release: dict[str, Any]) -> dict[str, Any]:
-    """File the recall for this run's cars; a clashing campaign number is drawn again."""
+def _config_of(template: dict[str, Any], car: Car) -> dict[str, Any]:
+    ecus = [{k: ecu[k] for k in ("serial", "hardware_id", "installed_version")} for ecu in car.registration()["ecus"]]
+    return {**template, "vin": car.vin, "ecus": ecus}
+
+
+def file_recall(
+    client: OperatorClient, fleet: Fleet, release: dict[str, Any], rollout: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """File the recall for this run's cars; a clashing campaign number is drawn again.
+
+    ``rollout`` is the plan (waves, rate, ...); without one the server's default applies.
+    """
     for _ in range(5):
         number = f"26V-{secrets.randbelow(900_000) + 100_000}"
         body = {
@@ -126,6 +149,8 @@ def file_recall(client: OperatorClient, fleet: Fleet, release: dict[str, Any]) -
                 "installed_versions": {"max": fleet.installed_version},
             },
         }
+        if rollout is not None:
+            body["rollout"] = rollout
         try:
             return client.create_recall(body)
         except ServerError as exc:
@@ -179,15 +204,20 @@ def run_recall(
     try:
         connected = runner.wait_connected(timeout=max(30.0, len(fleet.cars) / 20))
         _say(console, f"{connected} cars online; filing the recall")
-        recall = file_recall(client, fleet, release)
+        recall = file_recall(client, fleet, release, options.rollout)
         campaign = launch_recall(client, recall, approver, console)
+        tell_launched(runner)
         _say(
             console,
             f"Recall {recall['campaign_number']} launched: campaign {campaign['id']}, {campaign['population']} cars",
         )
         started = time.monotonic()
+        stats = getattr(runner, "stats", None)
         outcome: Outcome = watch_campaign(
-            lambda: client.progress(campaign["id"]), timeout=options.timeout, console=console
+            lambda: client.progress(campaign["id"]),
+            timeout=options.timeout,
+            console=console,
+            fleet=(lambda: stats().bars()) if callable(stats) else None,
         )
         return Summary(
             cars=len(fleet.cars),

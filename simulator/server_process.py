@@ -56,6 +56,11 @@ class ServerProcess:
         self.stop()
         raise ServerError(f"server not ready after {self.startup_timeout:.0f}s:\n{self.log_tail()}")
 
+    @property
+    def pid(self) -> int | None:
+        """The server's process id while it runs (for CPU and memory figures)."""
+        return self._proc.pid if self._proc is not None and self._proc.poll() is None else None
+
     def admin_token(self) -> str:
         """The bootstrap admin token the server wrote to ``<data_dir>/admin-token`` on its first start."""
         path = self.data_dir / "admin-token"

@@ -167,6 +167,7 @@ class MqttLink:
         self.connects = 0
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._on_connect_task: asyncio.Future[None] | None = None
+        self._lost = asyncio.Event()  # set when the current session ends (a new one per session)
 
     @property
     def malformed(self) -> int:
@@ -179,9 +180,12 @@ class MqttLink:
     def _presence(self, online: bool) -> bytes:
         return encode(Presence(vin=self._vin, online=online, agent_version=AGENT_VERSION))
 
+    # The MQTT client class; the simulator swaps in one with a slower housekeeping loop.
+    client_class: type[aiomqtt.Client] = aiomqtt.Client
+
     def _new_client(self) -> aiomqtt.Client:
         will = aiomqtt.Will(topics.presence_topic(self._vin), self._presence(False), qos=topics.QOS, retain=True)
-        return aiomqtt.Client(
+        return self.client_class(
             self._host,
             self._port,
             identifier=self._vin,
@@ -204,6 +208,7 @@ class MqttLink:
                 async with self._new_client() as client:
                     await client.subscribe(topics.campaign_topic(self._vin), qos=topics.QOS)
                     await client.publish(topics.presence_topic(self._vin), self._presence(True), topics.QOS, True)
+                    self._lost = asyncio.Event()
                     self._client = client
                     self.connects += 1
                     failures = 0
@@ -223,6 +228,7 @@ class MqttLink:
                 log.info("%s: MQTT link down (%s); reconnecting", self._vin, exc)
             finally:
                 self._client = None
+                self._lost.set()
             failures += 1
             await self._sleep(self._backoff(failures))
 
@@ -230,8 +236,22 @@ class MqttLink:
         client = self._client
         if client is None:
             raise LinkDown("MQTT not connected")
+        # aiomqtt leaves a QoS 1 publish waiting for its PUBACK when the connection drops (until
+        # its operation timeout): give up as soon as this session ends, the outbox keeps the report
+        # and the next session sends it again.
+        lost = self._lost
+        publish = asyncio.ensure_future(client.publish(topics.status_topic(self._vin), encode(report), qos=topics.QOS))
+        ended = asyncio.ensure_future(lost.wait())
         try:
-            await client.publish(topics.status_topic(self._vin), encode(report), qos=topics.QOS)
+            await asyncio.wait({publish, ended}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+        if not publish.done():
+            publish.cancel()
+            await asyncio.gather(publish, return_exceptions=True)
+            raise LinkDown("connection lost while publishing")
+        try:
+            publish.result()
         except aiomqtt.MqttError as exc:
             raise LinkDown(f"publish failed: {exc}") from exc
 

@@ -66,8 +66,15 @@ def make_http_client(limits: DownloadLimits | None = None, *, max_connections: i
     timeout = httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout)
     return httpx.Client(
         timeout=timeout,
-        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-        follow_redirects=False,
+        # Kept alive for a minute (httpx's default is 5 s): a campaign's fetches come minutes
+        # apart under load, and the server keeps connections 75 s.
+        limits=httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
+        ),
+        # A repository may hand bundles out from an object store (a 307): what comes back is
+        # checked against the signed length and hashes wherever it came from.
+        follow_redirects=True,
+        max_redirects=5,
     )
 
 

@@ -3,6 +3,11 @@
 Read routes depend on :func:`require` (``Viewer``...); write routes take their session
 from :func:`audited` (``OperatorSession``...), which writes the action's audit entry in
 the same transaction as the action, and records refusals (403, 409, 422...) too.
+
+Browsers (the dashboard in ``ota_server.web``) cannot send a bearer header on navigation
+or from ``EventSource``, so the token may also come in the HttpOnly, SameSite=Strict
+cookie :data:`SESSION_COOKIE`, and only on read-only (GET/HEAD) requests: a write
+always needs the header, so a cross-site request can never act with the cookie.
 """
 
 from __future__ import annotations
@@ -26,21 +31,36 @@ from ota_server.services.audit import Action, Trail
 
 bearer = HTTPBearer(auto_error=False, description="An API token (`ota tokens create`): `Authorization: Bearer <token>`")
 
+# The dashboard's login cookie (set by ``POST /ui/login``): honoured on GET and HEAD only.
+SESSION_COOKIE = "ota_session"
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
+
 
 def get_limiter(request: Request) -> TokenBuckets:
     limiter: TokenBuckets = request.app.state.rate_limiter
     return limiter
 
 
+def presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    """The bearer token, or on a read-only request the login cookie; None if neither."""
+    if credentials is not None:
+        return credentials.credentials
+    if request.method in READ_ONLY_METHODS:
+        return request.cookies.get(SESSION_COOKIE) or None
+    return None
+
+
 def authenticate(
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     runtime: RuntimeDep,
     limiter: Annotated[TokenBuckets, Depends(get_limiter)],
 ) -> Actor:
-    if credentials is None:
+    secret = presented_token(request, credentials)
+    if secret is None:
         raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
     with runtime.sessions() as session:
-        actor = tokens.authenticate(session, credentials.credentials)
+        actor = tokens.authenticate(session, secret)
     if actor is None:
         raise Unauthorized("unknown or revoked API token")
     limiter.take(actor.token_id)

@@ -1,4 +1,9 @@
-"""The TUF repositories over HTTP, laid out as ``firmware_bundles.repo_paths`` says."""
+"""The TUF repositories over HTTP, laid out as ``firmware_bundles.repo_paths`` says.
+
+In a running server ``ota_server/repo_http.py`` answers these paths before the API stack;
+these routes give them their OpenAPI entries and serve the same reader's answers to
+anything that reaches the app directly.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
 from firmware_bundles import repo_paths
-from ota_server.api.deps import RuntimeDep, SessionDep
-from ota_server.services import releases, repository
+from ota_server.api.deps import RuntimeDep
 
 router = APIRouter(prefix="/repo", tags=["repository"])
 
@@ -19,18 +23,15 @@ def _json(data: bytes) -> Response:
 
 
 @router.get("/" + repo_paths.IMAGE_METADATA + "{name}")
-def image_metadata(name: str, session: SessionDep) -> Response:
-    return _json(repository.image_metadata(session, name))
+def image_metadata(name: str, runtime: RuntimeDep) -> Response:
+    return _json(runtime.repo_reader.image(name))
 
 
 @router.get("/" + repo_paths.TARGETS + "{target_path:path}")
-def image_target(target_path: str, session: SessionDep, runtime: RuntimeDep) -> FileResponse:
-    path = releases.bundle_path(session, runtime.bundles, target_path)
-    return FileResponse(path, media_type="application/octet-stream")
+def image_target(target_path: str, runtime: RuntimeDep) -> FileResponse:
+    return FileResponse(runtime.repo_reader.target(target_path), media_type="application/octet-stream")
 
 
 @router.get("/" + repo_paths.DIRECTOR_METADATA + "{name}")
-def director_metadata(vin: str, name: str, session: SessionDep, runtime: RuntimeDep) -> Response:
-    if name == "timestamp.json":
-        repository.refresh_director(session, runtime.director, vin, runtime.clock())
-    return _json(repository.director_metadata(session, vin, name))
+def director_metadata(vin: str, name: str, runtime: RuntimeDep) -> Response:
+    return _json(runtime.repo_reader.director(vin, name))

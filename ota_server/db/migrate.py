@@ -10,7 +10,11 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, text
+
+from ota_server.errors import NotReady
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +40,18 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
     log.info("database schema at %s", revision)
+
+
+def require_current(engine: Engine) -> None:
+    """Refuse a database whose schema is not at the newest revision (``ota db upgrade`` first)."""
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current != head:
+        raise NotReady(
+            f"database schema is at {current or 'nothing'}, this server needs {head}: run `ota db upgrade` "
+            "(or start with OTA_AUTO_MIGRATE=1)"
+        )
 
 
 def _upgrade_sqlite(engine: Engine, config: Config, revision: str) -> None:

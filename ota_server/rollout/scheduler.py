@@ -128,7 +128,7 @@ class Scheduler:
         repo_url: str,
         dispatch: Dispatch,
         *,
-        max_per_tick: int = 5000,
+        max_per_tick: int = 1000,
     ) -> None:
         self._sessions = sessions
         self._director = director
@@ -176,6 +176,10 @@ class Scheduler:
         result = await asyncio.to_thread(self.tick_sync, campaign_ids)
         if result.messages:
             self._dispatch(result.messages)
+        if result.notified + result.retried >= self._max_per_tick:
+            # More cars are waiting: carry on at once (their notices go out a thousand at a
+            # time, each batch as soon as it is signed) instead of at the next interval.
+            self.poke()
         for campaign_id in result.paused:
             log.warning("campaign %d paused: error threshold crossed", campaign_id)
         for parent_id, child_id in result.rollbacks:
@@ -230,7 +234,18 @@ class Scheduler:
     # -- one campaign ------------------------------------------------------------
 
     def _campaign_tick(self, session: Session, campaign_id: int, result: TickResult) -> None:
-        campaign = session.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).one()
+        # Replicas: the row lock makes judging a gate, opening a wave or launching a rollback
+        # happen once; a campaign another replica is ticking right now is skipped (its tick, or
+        # the next periodic one, judges it), and the row is re-read, never taken from this
+        # session's identity map, so a decision is made on what the other replica committed.
+        campaign = session.scalars(
+            select(Campaign)
+            .where(Campaign.id == campaign_id)
+            .with_for_update(skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).one_or_none()
+        if campaign is None:
+            return
         recall = session.get(Recall, campaign.recall_id)
         assert recall is not None  # foreign key
         plan = campaign_service.plan_of(recall, campaign)
@@ -492,4 +507,4 @@ class Scheduler:
         image = target_for(release)
         floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
         plan = {vin: dict.fromkeys(members.get(vin, ()), image) for vin in vins}
-        self._director.assign(session, plan, now, min_release_counter=floor)
+        self._director.queue(session, plan, now, min_release_counter=floor)  # signed when each car asks

@@ -87,7 +87,7 @@ def cancel(
     for cv in notified:
         cv.notice_published_at = None  # the withdrawal is now what must reach the broker
     if notified:
-        director.assign(session, {cv.vin: {} for cv in notified}, now)
+        director.queue(session, {cv.vin: {} for cv in notified}, now)
     for cv in session.scalars(
         select(CampaignVehicle).where(
             CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.next_retry_at.is_not(None)

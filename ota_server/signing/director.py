@@ -4,6 +4,13 @@ One Director root (a root key, one online key) is shared by all cars; each VIN h
 its own targets/snapshot/timestamp chain whose versions only grow, so a car's
 rollback protection holds across campaigns.
 
+A car's next assignment is queued when it is notified (:meth:`Director.queue`: one
+small row, ``assignment.pending.json``) and signed when the car first asks for its
+timestamp (:meth:`Director.sign_pending`), so a launch of 30,000 cars publishes its
+notices without first signing 90,000 metadata files, and the signing is spread over
+the cars' own fetches. A later queue for the same VIN (a cancel's empty assignment, the
+next campaign) replaces the one not yet signed.
+
 A VIN's chain is re-signed lazily, when its timestamp is served and is within half
 its lifetime of expiring (:meth:`Director.refresh`): a chain is read only by a car
 working on a campaign, usually soon after the launch signed it, so a periodic job
@@ -12,11 +19,13 @@ would re-sign tens of thousands of idle chains for nobody.
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import delete, insert, select, update
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
@@ -35,6 +44,8 @@ from ota_server.signing.store import CHAIN, DIRECTOR, get_file, put_file
 
 _CHUNK = 500
 DIRECTOR_ONLINE_ROLES = ("targets", "snapshot", "timestamp")
+# A VIN's queued, not yet signed assignment (not metadata: never served).
+PENDING = "assignment.pending.json"
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -43,12 +54,23 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 class Director:
-    def __init__(self, keys: RepoKeys, expiry: Expiry | None = None) -> None:
+    def __init__(self, keys: RepoKeys, expiry: Expiry | None = None, *, signers_ttl_s: float = 0.0) -> None:
         self.keys = keys
         self.expiry = expiry or Expiry()
+        # Signing is per car (on its first fetch), so the keys matched to the current root are
+        # kept this long instead of reading the roots for every car; a rotation made by the
+        # CLI straight on the database is used within this many seconds.
+        self._signers_ttl_s = signers_ttl_s
+        self._signers: tuple[float, RoleSigners] | None = None
 
     def signers(self, session: Session) -> RoleSigners:
-        return self.keys.signers(session)
+        kept = self._signers
+        now = time.monotonic()
+        if kept is not None and now - kept[0] < self._signers_ttl_s:
+            return kept[1]
+        signers = self.keys.signers(session)
+        self._signers = (now, signers)
+        return signers
 
     def _sign(
         self,
@@ -91,7 +113,8 @@ class Director:
                 .with_for_update()
             )
             for owner, name, version in rows:
-                found.setdefault(owner, {})[name] = version
+                if name in CHAIN:
+                    found.setdefault(owner, {})[name] = version
         return found
 
     def assign(
@@ -123,6 +146,63 @@ class Director:
             session.execute(insert(RepoFile), new_rows)
         if changed_rows:
             session.execute(update(RepoFile), changed_rows)
+
+    def queue(
+        self,
+        session: Session,
+        plan: Mapping[str, Mapping[str, TargetFile]],
+        now: datetime,
+        *,
+        min_release_counter: int | None = None,
+    ) -> None:
+        """Queue each VIN's next assignment (as :meth:`assign` takes it), signed when the car asks."""
+        vins = list(plan)
+        for chunk in _chunks(vins):
+            session.execute(
+                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+            )
+        rows = [
+            {
+                "repo": DIRECTOR,
+                "owner": vin,
+                "name": PENDING,
+                "version": 0,
+                "data": json.dumps(
+                    {
+                        "min_release_counter": min_release_counter,
+                        "images": {
+                            serial: {"path": image.path, "info": image.to_dict()} for serial, image in images.items()
+                        },
+                    },
+                    separators=(",", ":"),
+                ).encode(),
+                "updated_at": now,
+            }
+            for vin, images in plan.items()
+        ]
+        for start in range(0, len(rows), _CHUNK):
+            session.execute(insert(RepoFile), rows[start : start + _CHUNK])
+
+    def sign_pending(self, session: Session, vin: str, now: datetime) -> bool:
+        """Sign ``vin``'s queued assignment, if any, under its row's lock; the caller commits.
+
+        False when nothing was queued (e.g. another replica signed it first).
+        """
+        row = session.scalar(
+            select(RepoFile)
+            .where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin, RepoFile.name == PENDING)
+            .with_for_update()
+        )
+        if row is None:
+            return False
+        queued = json.loads(row.data)
+        images = {
+            serial: TargetFile.from_dict(dict(entry["info"]), str(entry["path"]))
+            for serial, entry in queued["images"].items()
+        }
+        self.assign(session, {vin: images}, now, min_release_counter=queued["min_release_counter"])
+        session.delete(row)
+        return True
 
     def stale(self, session: Session, vin: str, now: datetime) -> bool:
         """Cheap, lock-free check: is this VIN's snapshot or timestamp due for re-signing?"""

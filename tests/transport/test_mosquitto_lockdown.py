@@ -172,7 +172,7 @@ async def test_server_and_agent_links_speak_tls_with_their_certificates(broker: 
     config = load_config(bundle)
     presence_seen = asyncio.Event()
 
-    def on_message(topic: str, _payload: bytes) -> None:
+    def on_message(topic: str, _payload: bytes, _ack: object) -> None:  # acknowledged by the link
         if topic == topics.presence_topic(A):
             presence_seen.set()
 

@@ -1,0 +1,790 @@
+"""`ota-bench`: the whole stack with N cars and one campaign, and what it cost.
+
+    ota-bench --cars 2000 --json bench/out/fleet-2000.json
+
+Starts the stack: a fresh PostgreSQL database when 127.0.0.1:5432 answers (else SQLite),
+Mosquitto as a hub plus bridged leaves when the binary exists (else the server's embedded
+amqtt broker, for small fleets only), and ``ota serve`` as a child pointed at them; says
+which. Then the fleet in worker processes (``simulator.workers``: real agents, their own
+VINs, keys and MQTT sessions, paced connects), one safety recall (requested by the admin,
+approved by a second person) with a plan that does not throttle (one wave, no rate
+limit), and measures:
+
+* seconds from launch (the approval) to every car remedied, from the server's progress;
+* seconds from launch to the last notice published, seen by an independent MQTT client
+  subscribed to the campaign topics on the hub;
+* reports per second ingested (the server's ``ota_reports_ingested_total``, launch to done);
+* reports sent (distinct reports the brokers acknowledged, summed over the workers) versus
+  reports persisted (car rows of the campaign in ``campaign_events``, read from the
+  database directly): they must be equal;
+* server CPU milliseconds per car (utime + stime of the server process, launch to done,
+  over the cars remedied); peak resident memory (VmHWM) of server, brokers and workers;
+* the brokers' raw capacity in the same run (``bench.raw_broker``: Mosquitto's own
+  clients, the same message count and size), and our rate as a ratio of it.
+
+It writes the JSON (``--json``), a markdown table (stdout and ``bench/out/fleet-N.md``)
+and a plot of cars remedied over time (``bench/out/fleet-N.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+from rich.console import Console
+
+from bench.raw_broker import RawResult, raw_capacity
+from firmware_bundles import topics
+from simulator.brokers import BrokerCluster, Listener, broker_count, mosquitto_binary
+from simulator.errors import SimulatorError
+from simulator.faults import FaultPlan
+from simulator.fleet import make_fleet
+from simulator.operator_client import OperatorClient
+from simulator.procstat import cpu_seconds, machine_busy_seconds, peak_rss_mb, raise_open_file_limit
+from simulator.progress import Outcome, watch_campaign
+from simulator.runner import Pacing
+from simulator.scenario import (
+    ScenarioOptions,
+    agent_configs,
+    file_recall,
+    launch_recall,
+    register_fleet,
+    second_person,
+    upload_fix,
+    upload_installed,
+)
+from simulator.server_process import ServerProcess
+from simulator.workers import ProcessFleet, default_workers
+
+OUT_DIR = Path(__file__).resolve().parent / "out"
+POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+EMBEDDED_MAX_CARS = 5000  # amqtt in the server's process: one event loop, its sockets count against the server's files
+# One wave of every car, no rate limit, no windows: the benchmark measures the machinery, not a policy.
+PLAN: dict[str, Any] = {"waves": [{"percent": 100}], "retry_backoff_s": 5}
+KEYS = (
+    "cars",
+    "remedied",
+    "failed",
+    "seconds_to_all_remedied",
+    "seconds_to_last_notice",
+    "reports_sent",
+    "reports_persisted",
+    "reports_per_second",
+    "server_cpu_ms_per_car",
+    "peak_rss_mb",
+    "broker_raw_msgs_per_second",
+    "delivery_ratio",
+    "backend",
+)
+SETTLE_S = 60.0  # after the last car is done, how long reports may take to be stored
+
+
+@dataclass(frozen=True)
+class Options:
+    cars: int = 2000
+    json_path: Path | None = None
+    brokers: int | None = None
+    workers: int | None = None
+    embedded: bool = False
+    connect_rate: float = 1000.0
+    timeout: float | None = None
+    out_dir: Path = OUT_DIR
+    postgres: str | None = POSTGRES_DSN
+    faults: FaultPlan = field(default_factory=FaultPlan)
+    seed: int | None = None
+    keep_state: bool = False
+    raw_publishers_per_leaf: int = 2
+
+    @property
+    def campaign_timeout(self) -> float:
+        return self.timeout if self.timeout is not None else 600.0 + self.cars * 0.1
+
+
+# -- the stack -----------------------------------------------------------------------------
+
+
+@dataclass
+class Backend:
+    database: str  # "postgresql" or "sqlite"
+    database_url: str
+    database_detail: str
+    broker: str  # "mosquitto" or "amqtt"
+    broker_detail: str
+    brokers: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "database_detail": self.database_detail,
+            "broker": self.broker,
+            "broker_detail": self.broker_detail,
+            "brokers": self.brokers,
+        }
+
+
+def _dsn_host_port(dsn: str) -> tuple[str, int]:
+    parts = dict(item.split("=", 1) for item in dsn.split() if "=" in item)
+    return parts.get("host", "127.0.0.1"), int(parts.get("port", "5432"))
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def database(options: Options, workdir: Path) -> Iterator[tuple[str, str, str]]:
+    """(kind, SQLAlchemy URL, what to say): a fresh PostgreSQL database (dropped after), else SQLite."""
+    if options.postgres:
+        host, port = _dsn_host_port(options.postgres)
+        if _reachable(host, port):
+            import psycopg
+
+            name = f"ota_bench_{secrets.token_hex(6)}"
+            params = dict(item.split("=", 1) for item in options.postgres.split() if "=" in item)
+            with psycopg.connect(options.postgres, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            user = params.get("user", "postgres")
+            password = f":{params['password']}" if params.get("password") else ""
+            url = f"postgresql+psycopg://{user}{password}@{host}:{port}/{name}"
+            try:
+                yield "postgresql", url, f"PostgreSQL at {host}:{port}, fresh database {name}"
+            finally:
+                with psycopg.connect(options.postgres, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            return
+        why = f"PostgreSQL not reachable at {host}:{port}"
+    else:
+        why = "PostgreSQL switched off"
+    path = workdir / "server" / "ota.db"
+    yield "sqlite", f"sqlite:///{path}", f"SQLite at {path} ({why})"
+
+
+def mosquitto_version(binary: str) -> str:
+    done = subprocess.run([binary, "-h"], capture_output=True, text=True, check=False, timeout=10)
+    match = re.search(r"mosquitto version (\S+)", done.stdout + done.stderr)
+    return match.group(1) if match else "unknown version"
+
+
+def car_events(database_url: str, campaign_id: int) -> int:
+    """Reports persisted: the campaign's events that came from cars, counted in the database itself."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    try:
+        with engine.connect() as conn:
+            count = conn.execute(
+                text("SELECT count(*) FROM campaign_events WHERE campaign_id = :c AND source = 'car'"),
+                {"c": campaign_id},
+            ).scalar_one()
+        return int(count)
+    finally:
+        engine.dispose()
+
+
+def scrape(api_url: str) -> dict[str, float]:
+    """The server's Prometheus metrics as {name{labels}: value}."""
+    text = httpx.get(f"{api_url}/metrics", timeout=60).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, _, value = line.rpartition(" ")
+        try:
+            out[name] = float(value)
+        except ValueError:
+            continue
+    return out
+
+
+def rejected(metrics: Mapping[str, float]) -> dict[str, int]:
+    prefix = "ota_messages_rejected_total{"
+    out = {}
+    for name, value in metrics.items():
+        if name.startswith(prefix) and value:
+            match = re.search(r'reason="([^"]*)"', name)
+            out[match.group(1) if match else name] = int(value)
+    return out
+
+
+class NoticeObserver:
+    """An independent client on the hub: when did each car's notice of the campaign go out?"""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = Listener(host, port, f"{topics.PREFIX}/+/campaigns", client_id=f"bench-observer-{os.getpid()}")
+
+    def notices(self, campaign_id: int) -> list[float]:
+        """Monotonic arrival time of each car's first notice of ``campaign_id``, sorted."""
+        first: dict[str, float] = {}
+        for at, _topic, payload, _retained in self.listener.received():
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                continue
+            if message.get("kind") != "campaign" or message.get("campaign_id") != campaign_id:
+                continue
+            vin = str(message.get("vin"))
+            if vin not in first:
+                first[vin] = at
+        return sorted(first.values())
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Measured:
+    """What one run measured, before it is turned into the JSON."""
+
+    backend: Backend
+    workers: int
+    outcome: Outcome | None = None
+    campaign_id: int | None = None
+    seconds_to_done: float | None = None
+    notices: list[float] = field(default_factory=list)  # seconds from launch, sorted
+    timeline: list[dict[str, float]] = field(default_factory=list)
+    reports_sent: int = 0
+    report_bytes: int = 0
+    reports_persisted: int = 0
+    ingested: float = 0.0
+    server_cpu_s: float = 0.0
+    metrics_after: dict[str, float] = field(default_factory=dict)
+    peak_rss: dict[str, float | None] = field(default_factory=dict)
+    fleet: dict[str, Any] = field(default_factory=dict)
+    workers_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
+    phases: dict[str, float] = field(default_factory=dict)
+    raw: RawResult | None = None
+    settled: bool = False
+    cpu_s: dict[str, float] = field(default_factory=dict)  # launch to done, per component and the whole machine
+    load: dict[str, list[float]] = field(default_factory=dict)  # load averages at launch and when done
+
+
+class CpuWindow:
+    """CPU seconds each process (and the whole machine) spends between :meth:`start` and :meth:`stop`."""
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self._start: dict[str, float] = {}
+
+    def _now(self) -> dict[str, float]:
+        now = {"machine": machine_busy_seconds()}
+        for name, pid in self.pids.items():
+            try:
+                now[name] = cpu_seconds(pid)
+            except OSError:
+                continue
+        return now
+
+    def start(self) -> None:
+        self._start = self._now()
+
+    def stop(self) -> dict[str, float]:
+        end = self._now()
+        return {name: round(end[name] - self._start[name], 2) for name in end if name in self._start}
+
+
+def _say(console: Console, text: str) -> None:
+    console.print(text, highlight=False)
+
+
+def run(options: Options, console: Console) -> Measured:
+    raise_open_file_limit()
+    binary = None if options.embedded else mosquitto_binary()
+    if binary is None and options.cars > EMBEDDED_MAX_CARS:
+        why = "--embedded given" if options.embedded else "mosquitto is not installed"
+        raise SimulatorError(
+            f"{options.cars} cars on the embedded amqtt broker ({why}): it takes at most {EMBEDDED_MAX_CARS}; "
+            "install mosquitto for more"
+        )
+    with ExitStack() as stack:
+        workdir = Path(tempfile.mkdtemp(prefix="ota-bench-"))
+        if not options.keep_state:
+            stack.callback(shutil.rmtree, workdir, True)
+        else:
+            _say(console, f"state kept in {workdir}")
+        kind, url, db_detail = stack.enter_context(database(options, workdir))
+        cluster: BrokerCluster | None = None
+        if binary is not None:
+            count = options.brokers or broker_count(options.cars)
+            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary))
+            broker_detail = (
+                f"Mosquitto {mosquitto_version(binary)} x{count}: hub {cluster.hub_url} (server, observer), "
+                f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)})"
+            )
+            backend = Backend(kind, url, db_detail, "mosquitto", broker_detail, count)
+        else:
+            why = "--embedded given" if options.embedded else "mosquitto is not installed"
+            backend = Backend(kind, url, db_detail, "amqtt", f"the server's embedded amqtt broker ({why})", 1)
+        _say(console, f"database: {backend.database_detail}")
+        _say(console, f"broker:   {backend.broker_detail}")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_")}
+        env["OTA_DATABASE_URL"] = url
+        if cluster is not None:
+            env["OTA_MQTT_URL"] = cluster.hub_url
+        server = ServerProcess(workdir / "server", env=env, startup_timeout=180)
+        endpoints = stack.enter_context(server)
+        _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
+        measured = Measured(backend, options.workers or default_workers(options.cars))
+        client = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
+        fleet = make_fleet(options.cars, seed=options.seed)
+        approver = stack.enter_context(second_person(client, f"safety-officer-{fleet.run_id}"))
+
+        started = time.monotonic()
+        upload_installed(client, fleet)
+        release = upload_fix(client, fleet, ScenarioOptions())
+        _say(console, f"registering {options.cars} cars")
+        register_fleet(client, fleet)
+        measured.phases["register_s"] = round(time.monotonic() - started, 2)
+        started = time.monotonic()
+        configs = agent_configs(client, fleet)
+        measured.phases["provision_s"] = round(time.monotonic() - started, 2)
+
+        host, port = _host_port(endpoints.mqtt_url)
+        observer = NoticeObserver(host, port)
+        stack.callback(observer.close)
+        runner = ProcessFleet(
+            workdir / "cars",
+            workers=measured.workers,
+            broker_urls=cluster.leaf_urls if cluster is not None else (),
+            faults=options.faults,
+            pacing=Pacing.per_second(options.connect_rate),
+            console=console,
+        )
+        stack.callback(runner.stop)
+        _say(console, f"starting {options.cars} cars in {measured.workers} worker processes")
+        started = time.monotonic()
+        runner.start(fleet, configs)
+        runner.wait_connected(timeout=120 + options.cars / 50)
+        measured.phases["connect_s"] = round(time.monotonic() - started, 2)
+
+        recall = file_recall(client, fleet, release, PLAN)
+        pid = server.pid
+        assert pid is not None
+        before = scrape(endpoints.api_url)
+        window = CpuWindow({"server": pid, **runner.pids(), **(cluster.pids() if cluster is not None else {})})
+        window.start()
+        measured.load["launch"] = [round(x, 2) for x in os.getloadavg()]
+        launched = time.monotonic()
+        campaign = launch_recall(client, recall, approver, console)
+        runner.launched()
+        measured.campaign_id = int(campaign["id"])
+        _say(console, f"campaign {campaign['id']} launched: {campaign['population']} cars")
+
+        def fetch() -> dict[str, Any]:
+            runner.check()
+            if cluster is not None:
+                cluster.check()
+            state: dict[str, Any] = client.progress(measured.campaign_id or 0)
+            counts = state["counts"]
+            measured.timeline.append(
+                {
+                    "t": round(time.monotonic() - launched, 2),
+                    "remedied": counts.get("remedied", 0),
+                    "failed": counts.get("failed", 0) + counts.get("rolled_back", 0),
+                }
+            )
+            return state
+
+        measured.outcome = watch_campaign(
+            fetch,
+            timeout=options.campaign_timeout,
+            console=console,
+            poll_seconds=0.5,
+            fleet=lambda: runner.stats().bars(),
+        )
+        done = time.monotonic()
+        measured.cpu_s = window.stop()
+        measured.load["done"] = [round(x, 2) for x in os.getloadavg()]
+        measured.server_cpu_s = measured.cpu_s.get("server", 0.0)
+        measured.metrics_after = scrape(endpoints.api_url)
+        measured.seconds_to_done = round(done - launched, 2)
+        measured.ingested = measured.metrics_after.get("ota_reports_ingested_total", 0.0) - before.get(
+            "ota_reports_ingested_total", 0.0
+        )
+
+        # every report acknowledged by a broker should now be stored: give ingest a moment
+        deadline = time.monotonic() + SETTLE_S
+        while time.monotonic() < deadline:
+            measured.reports_persisted = car_events(url, measured.campaign_id)
+            if measured.reports_persisted >= runner.stats().reports_sent:
+                measured.settled = True
+                break
+            time.sleep(0.5)
+        measured.peak_rss["server"] = peak_rss_mb(pid)
+        if cluster is not None:
+            measured.peak_rss.update(cluster.peak_rss_mb())
+        runner.stop()
+        stats = runner.stats()
+        measured.workers_summary = runner.summaries()
+        measured.peak_rss.update(runner.peak_rss_mb())
+        measured.reports_sent = stats.reports_sent
+        measured.report_bytes = stats.report_bytes
+        measured.fleet = stats.as_json()
+        measured.reports_persisted = car_events(url, measured.campaign_id)
+        measured.notices = [round(t - launched, 3) for t in observer.notices(measured.campaign_id)]
+        observer.close()
+        server.stop()
+        if cluster is not None and measured.reports_sent:
+            _say(console, f"raw broker capacity: {measured.reports_sent} messages through Mosquitto's own clients")
+            measured.raw = raw_capacity(
+                cluster.hub,
+                cluster.leaves,
+                measured.reports_sent,
+                round(measured.report_bytes / measured.reports_sent),
+                workdir / "raw",
+                publishers_per_leaf=options.raw_publishers_per_leaf,
+            )
+        elif cluster is None:
+            measured.raw = RawResult(0, 0, 0, None, None, "embedded amqtt broker: no Mosquitto clients to measure with")
+        return measured
+
+
+def _host_port(mqtt_url: str) -> tuple[str, int]:
+    parts = urlsplit(mqtt_url)
+    return parts.hostname or "127.0.0.1", parts.port or 1883
+
+
+# -- the figures -------------------------------------------------------------------------------
+
+
+def thin(points: list[dict[str, float]], most: int = 400) -> list[dict[str, float]]:
+    """At most ``most`` points, evenly picked, always keeping the last."""
+    if len(points) <= most:
+        return points
+    step = len(points) / most
+    picked = [points[math.floor(i * step)] for i in range(most)]
+    if picked[-1] is not points[-1]:
+        picked[-1] = points[-1]
+    return picked
+
+
+def assemble(options: Options, measured: Measured) -> dict[str, Any]:
+    """The JSON: the keys of :data:`KEYS` first, then extras."""
+    outcome = measured.outcome
+    remedied = outcome.remedied if outcome else 0
+    failed = outcome.failed if outcome else 0
+    all_remedied = outcome is not None and remedied == options.cars
+    rate = measured.ingested / measured.seconds_to_done if measured.seconds_to_done else None
+    raw = measured.raw.msgs_per_second if measured.raw else None
+    rss = measured.peak_rss
+    brokers = {k: v for k, v in rss.items() if k == "hub" or k.startswith("leaf-")}
+    workers = {k: v for k, v in rss.items() if k.startswith("worker-")}
+
+    def total(values: Mapping[str, float | None]) -> float | None:
+        known = [v for v in values.values() if v is not None]
+        return round(sum(known), 1) if known else None
+
+    result: dict[str, Any] = {
+        "cars": options.cars,
+        "remedied": remedied,
+        "failed": failed,
+        "seconds_to_all_remedied": measured.seconds_to_done if all_remedied else None,
+        "seconds_to_last_notice": measured.notices[-1] if len(measured.notices) >= options.cars else None,
+        "reports_sent": measured.reports_sent,
+        "reports_persisted": measured.reports_persisted,
+        "reports_per_second": round(rate, 1) if rate is not None else None,
+        "server_cpu_ms_per_car": round(1000 * measured.server_cpu_s / remedied, 2) if remedied else None,
+        "peak_rss_mb": {
+            "server": rss.get("server"),
+            "broker": total(brokers) if brokers else None,
+            "simulator": total(workers),
+            "processes": dict(rss),
+        },
+        "broker_raw_msgs_per_second": raw,
+        "delivery_ratio": round(rate / raw, 3) if rate and raw else None,
+        "backend": measured.backend.as_json(),
+        # extras
+        "reports_match": measured.reports_sent == measured.reports_persisted,
+        "seconds_to_done": measured.seconds_to_done,
+        "notices_observed": len(measured.notices),
+        "campaign_id": measured.campaign_id,
+        "failures_by_reason": outcome.failures_by_reason if outcome else {},
+        "server_cpu_seconds": round(measured.server_cpu_s, 2),
+        "reports_ingested": int(measured.ingested),
+        "reports_duplicate": int(measured.metrics_after.get("ota_reports_duplicate_total", 0)),
+        "messages_rejected": rejected(measured.metrics_after),
+        "report_bytes_mean": round(measured.report_bytes / measured.reports_sent) if measured.reports_sent else None,
+        "raw_broker": measured.raw.as_json() if measured.raw else None,
+        "cores": os.cpu_count(),
+        "cpu_seconds_launch_to_done": _cpu_summary(measured),
+        "load_average": measured.load,
+        "workers": measured.workers,
+        "brokers": measured.backend.brokers,
+        "connect_rate_per_s": options.connect_rate,
+        "phases_s": measured.phases,
+        "plan": PLAN,
+        "faults": options.faults.to_json() if options.faults.active else None,
+        "fleet": measured.fleet,
+        "worker_summaries": measured.workers_summary,
+        "timeline": thin(measured.timeline),
+    }
+    return result
+
+
+def _cpu_summary(measured: Measured) -> dict[str, Any]:
+    """Where the machine's CPU went from launch to done: our components, and everything else."""
+    cpu = measured.cpu_s
+    if not cpu:
+        return {}
+    workers = round(sum(v for k, v in cpu.items() if k.startswith("worker-")), 2)
+    brokers = round(sum(v for k, v in cpu.items() if k == "hub" or k.startswith("leaf-")), 2)
+    ours = round(cpu.get("server", 0.0) + workers + brokers, 2)
+    machine = cpu.get("machine", 0.0)
+    window = measured.seconds_to_done or 0.0
+    cores = os.cpu_count() or 1
+    return {
+        "server": cpu.get("server"),
+        "workers": workers,
+        "brokers": brokers,
+        "ours": ours,
+        "machine_busy": machine,
+        "everything_else": round(machine - ours, 2),  # PostgreSQL, other users' processes, the kernel's share
+        "machine_capacity": round(window * cores, 2),
+        "per_process": {k: v for k, v in cpu.items() if k != "machine"},
+    }
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        text = f"{value:,.2f}" if abs(value) < 100 else f"{value:,.0f}"
+    elif isinstance(value, int):
+        text = f"{value:,}"
+    else:
+        text = str(value)
+    return f"{text} {unit}".rstrip()
+
+
+def _cpu_row(result: Mapping[str, Any]) -> str:
+    cpu = result.get("cpu_seconds_launch_to_done") or {}
+    if not cpu:
+        return "n/a"
+    return " / ".join(_fmt(cpu.get(k), "s") for k in ("server", "workers", "brokers"))
+
+
+def _machine_row(result: Mapping[str, Any]) -> str:
+    cpu = result.get("cpu_seconds_launch_to_done") or {}
+    if not cpu:
+        return "n/a"
+    load = result.get("load_average", {}).get("done")
+    text = f"{_fmt(cpu.get('machine_busy'), 's')} / {_fmt(cpu.get('machine_capacity'), 's')}"
+    return text + (f" (load {load[0]:.1f})" if load else "")
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    rss = result["peak_rss_mb"]
+    backend = result["backend"]
+    rows = [
+        ("cars", _fmt(result["cars"])),
+        ("remedied / failed", f"{_fmt(result['remedied'])} / {_fmt(result['failed'])}"),
+        ("launch to 100% remedied", _fmt(result["seconds_to_all_remedied"], "s")),
+        ("launch to last notice published", _fmt(result["seconds_to_last_notice"], "s")),
+        ("reports ingested per second", _fmt(result["reports_per_second"])),
+        (
+            "reports sent / persisted",
+            f"{_fmt(result['reports_sent'])} / {_fmt(result['reports_persisted'])}"
+            + ("" if result["reports_sent"] == result["reports_persisted"] else " **MISMATCH**"),
+        ),
+        ("server CPU per car", _fmt(result["server_cpu_ms_per_car"], "ms")),
+        ("peak RSS server", _fmt(rss["server"], "MiB")),
+        ("peak RSS brokers (sum)", _fmt(rss["broker"], "MiB")),
+        ("peak RSS simulator workers (sum)", _fmt(rss["simulator"], "MiB")),
+        ("raw broker capacity", _fmt(result["broker_raw_msgs_per_second"], "msgs/s")),
+        (
+            "delivery ratio (ingested / raw)",
+            "n/a" if result["delivery_ratio"] is None else f"{result['delivery_ratio']:.4f}",
+        ),
+        ("database", backend["database"]),
+        ("broker", f"{backend['broker']} x{backend['brokers']}"),
+        ("workers / cores", f"{result['workers']} / {result['cores']}"),
+        (
+            "worst worker event-loop lag / MQTT reconnects",
+            f"{_fmt(result['fleet'].get('loop_lag_max_s'), 's')} / {_fmt(result['fleet'].get('reconnects'))}",
+        ),
+        ("CPU launch to done: server / workers / brokers", _cpu_row(result)),
+        ("CPU launch to done: machine busy / capacity", _machine_row(result)),
+        (
+            "setup: register / provision / connect",
+            " / ".join(_fmt(result["phases_s"].get(k), "s") for k in ("register_s", "provision_s", "connect_s")),
+        ),
+    ]
+    if result.get("faults"):
+        fleet = result["fleet"]
+        rows.append(
+            (
+                "faults seen",
+                f"power cuts {fleet.get('power_cuts', 0)}, late joiners {fleet.get('late_joined', 0)}, "
+                f"slow cars {fleet.get('slow_cars', 0)}",
+            )
+        )
+    lines = [f"### ota-bench: {result['cars']:,} cars", "", "| metric | value |", "| --- | --- |"]
+    lines += [f"| {name} | {value} |" for name, value in rows]
+    processes = ", ".join(f"{k} {_fmt(v)}" for k, v in rss["processes"].items())
+    lines += ["", f"Peak RSS per process (MiB): {processes}", ""]
+    return "\n".join(lines)
+
+
+def plot(result: Mapping[str, Any], notices: list[float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    timeline = result["timeline"]
+    ax.plot([p["t"] for p in timeline], [p["remedied"] for p in timeline], label="cars remedied (server)")
+    if any(p["failed"] for p in timeline):
+        ax.plot([p["t"] for p in timeline], [p["failed"] for p in timeline], label="failed or rolled back")
+    if notices:
+        ax.plot(notices, range(1, len(notices) + 1), linestyle="--", label="notices seen by the observer")
+    ax.axhline(result["cars"], color="grey", linewidth=0.5)
+    ax.set_xlabel("seconds since launch")
+    ax.set_ylabel("cars")
+    backend = result["backend"]
+    ax.set_title(f"{result['cars']:,} cars, {backend['database']} + {backend['broker']} x{backend['brokers']}")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_outputs(options: Options, result: dict[str, Any], notices: list[float]) -> tuple[Path, Path]:
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    table = markdown(result)
+    md_path = options.out_dir / f"fleet-{options.cars}.md"
+    md_path.write_text(table)
+    png_path = options.out_dir / f"fleet-{options.cars}.png"
+    plot(result, notices, png_path)
+    if options.json_path is not None:
+        options.json_path.parent.mkdir(parents=True, exist_ok=True)
+        options.json_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(table, flush=True)
+    return md_path, png_path
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> Options:
+    parser = argparse.ArgumentParser(prog="ota-bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--cars", type=int, default=2000, help="fleet size (default 2000)")
+    parser.add_argument("--json", type=Path, dest="json_path", help="write the figures here as JSON")
+    parser.add_argument("--brokers", type=int, help="Mosquitto processes: a hub + leaves (default 1 + cars/15000)")
+    parser.add_argument("--workers", type=int, help="simulator processes (default max(2, cars/8000))")
+    parser.add_argument("--embedded", action="store_true", help="use the server's embedded amqtt broker")
+    parser.add_argument("--connect-rate", type=float, default=1000.0, help="car connects per second (default 1000)")
+    parser.add_argument("--timeout", type=float, help="seconds the campaign may take (default 600 + cars/10)")
+    parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where fleet-N.md and fleet-N.png go")
+    parser.add_argument(
+        "--postgres",
+        default=POSTGRES_DSN,
+        help=f"libpq DSN of a server to make a fresh database on ('' = SQLite; default {POSTGRES_DSN!r})",
+    )
+    parser.add_argument("--seed", type=int, help="seed for the fleet and the fault picks")
+    parser.add_argument("--keep-state", action="store_true", help="keep the temporary state directory")
+    parser.add_argument("--raw-publishers-per-leaf", type=int, default=2, help="mosquitto_pub processes per leaf")
+    faults = parser.add_argument_group("faults (shares of the fleet, exact counts)")
+    faults.add_argument("--fail-rate", type=float, default=0.0, help="new slot fails its health check (rolled_back)")
+    faults.add_argument("--fail-times", type=int, default=0, help="failing cars fail only their first N attempts")
+    faults.add_argument("--offline-rate", type=float, default=0.0, help="cars that connect --offline-seconds late")
+    faults.add_argument("--offline-seconds", type=float, default=30.0, help="how late an offline car connects")
+    faults.add_argument("--defer-rate", type=float, default=0.0, help="cars not parked when notified: they defer")
+    faults.add_argument("--defer-seconds", type=float, default=2.0, help="how long a deferring car stays unparked")
+    faults.add_argument("--slow-rate", type=float, default=0.0, help="cars on a slow link (--slow-bytes-per-second)")
+    faults.add_argument("--slow-bytes-per-second", type=float, default=8192.0, help="a slow car's HTTP speed")
+    faults.add_argument("--power-cut-rate", type=float, default=0.0, help="cars that lose power mid-install")
+    faults.add_argument("--power-cut-seconds", type=float, default=1.0, help="how long the power stays off")
+    faults.add_argument("--late-rate", type=float, default=0.0, help="cars that first come online after the launch")
+    faults.add_argument("--late-seconds", type=float, default=5.0, help="how long after the launch they come")
+    args = parser.parse_args(argv)
+    if args.cars < 1:
+        parser.error("--cars must be at least 1")
+    if args.brokers is not None and args.brokers < 2:
+        parser.error("--brokers is a hub and at least one leaf: 2 or more")
+    try:
+        plan = FaultPlan(
+            fail_rate=args.fail_rate,
+            offline_rate=args.offline_rate,
+            defer_rate=args.defer_rate,
+            slow_rate=args.slow_rate,
+            power_cut_rate=args.power_cut_rate,
+            late_rate=args.late_rate,
+            seed=args.seed,
+            fail_times=args.fail_times or None,
+            offline_seconds=args.offline_seconds,
+            defer_seconds=args.defer_seconds,
+            slow_bytes_per_second=args.slow_bytes_per_second,
+            power_cut_seconds=args.power_cut_seconds,
+            late_seconds=args.late_seconds,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return Options(
+        cars=args.cars,
+        json_path=args.json_path,
+        brokers=args.brokers,
+        workers=args.workers,
+        embedded=args.embedded,
+        connect_rate=args.connect_rate,
+        timeout=args.timeout,
+        out_dir=args.out_dir,
+        postgres=args.postgres or None,
+        faults=plan,
+        seed=args.seed,
+        keep_state=args.keep_state,
+        raw_publishers_per_leaf=args.raw_publishers_per_leaf,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    options = parse(argv)
+    console = Console(stderr=True)
+    try:
+        measured = run(options, console)
+    except (SimulatorError, httpx.HTTPError, OSError) as exc:
+        console.print(f"[red]ota-bench failed:[/red] {exc}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]ota-bench interrupted[/yellow] (everything it started was stopped)")
+        return 130
+    result = assemble(options, measured)
+    md_path, png_path = write_outputs(options, result, measured.notices)
+    console.print(f"table {md_path}, plot {png_path}" + (f", JSON {options.json_path}" if options.json_path else ""))
+    if not result["reports_match"]:
+        console.print(
+            f"[bold red]MISMATCH: {result['reports_sent']} reports sent but {result['reports_persisted']} persisted"
+            f"[/bold red] (rejected: {result['messages_rejected'] or 'none'}; duplicates: "
+            f"{result['reports_duplicate']})"
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The repositories over HTTP, outside the API's middleware stack.
+
+Cars fetch ~10 files each (both repositories' metadata and the bundle), so at fleet scale
+these requests outnumber every other route by far. They need none of what the API stack
+does per request (tokens, rate limits, body limits, dependency injection), so this ASGI
+layer answers ``GET``/``HEAD /repo/...`` itself: the Image repository straight from memory
+when its copy is fresh (no thread hop), everything else through
+:class:`~ota_server.services.repository.RepoReader` in a small thread pool, and bundles
+through Starlette's ``FileResponse`` (``Range`` honoured, so downloads resume). Anything
+else, and a path it does not know, goes on to the app. It counts its requests in the same
+HTTP latency histogram as the API, labelled by route template.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from starlette.responses import FileResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from firmware_bundles import repo_paths
+from ota_server.errors import NotFound, NotReady, OtaError
+from ota_server.metrics import Metrics
+from ota_server.services.repository import RepoReader
+
+_PREFIX = "/repo/"
+_IMAGE = _PREFIX + repo_paths.IMAGE_METADATA
+_TARGETS = _PREFIX + repo_paths.TARGETS
+_DIRECTOR = _PREFIX + "director/"
+_DIRECTOR_TAIL = "/metadata/"
+IMAGE_ROUTE = "/" + "repo/" + repo_paths.IMAGE_METADATA + "{name}"
+TARGETS_ROUTE = "/" + "repo/" + repo_paths.TARGETS + "{target_path}"
+DIRECTOR_ROUTE = "/" + "repo/" + repo_paths.DIRECTOR_METADATA + "{name}"
+_JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-cache")]
+
+
+def _json_error(status: int, detail: str) -> tuple[int, bytes]:
+    return status, json.dumps({"detail": detail}).encode()
+
+
+class RepoHttp:
+    def __init__(
+        self, app: ASGIApp, reader_of: Callable[[], RepoReader | None], metrics: Metrics, *, threads: int = 8
+    ) -> None:
+        self.app = app
+        self._reader_of = reader_of
+        self._metrics = metrics
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="repo-read")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith(_PREFIX) or scope["method"] not in ("GET", "HEAD"):
+            await self.app(scope, receive, send)
+            return
+        reader = self._reader_of()
+        if reader is None:
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        if path.startswith(_TARGETS) and len(path) > len(_TARGETS):
+            route = TARGETS_ROUTE
+            status = await self._target(reader, path[len(_TARGETS) :], scope, receive, send)
+        elif path.startswith(_IMAGE) and "/" not in path[len(_IMAGE) :] and len(path) > len(_IMAGE):
+            route = IMAGE_ROUTE
+            image_name = path[len(_IMAGE) :]
+            status = await self._metadata(
+                scope, send, lambda: reader.image_cached(image_name), lambda: reader.image(image_name)
+            )
+        elif path.startswith(_DIRECTOR):
+            vin, sep, name = path[len(_DIRECTOR) :].partition(_DIRECTOR_TAIL)
+            if not sep or not vin or not name or "/" in vin or "/" in name:
+                await self.app(scope, receive, send)
+                return
+            route = DIRECTOR_ROUTE
+            status = await self._metadata(scope, send, lambda: None, lambda: reader.director(vin, name))
+        else:
+            await self.app(scope, receive, send)
+            return
+        self._metrics.http_latency.labels(route, scope["method"], str(status)).observe(time.perf_counter() - start)
+
+    async def _metadata(
+        self, scope: Scope, send: Send, cached: Callable[[], bytes | None], read: Callable[[], bytes]
+    ) -> int:
+        try:
+            body = cached()
+            if body is None:
+                body = await asyncio.get_running_loop().run_in_executor(self._pool, read)
+            status = 200
+        except NotFound as exc:
+            status, body = _json_error(404, exc.message)
+        except OtaError as exc:
+            status, body = _json_error(503 if isinstance(exc, NotReady) else 500, exc.message)
+        headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        return status
+
+    async def _target(self, reader: RepoReader, target_path: str, scope: Scope, receive: Receive, send: Send) -> int:
+        try:
+            file: Path = await asyncio.get_running_loop().run_in_executor(self._pool, reader.target, target_path)
+        except NotFound as exc:
+            status, body = _json_error(404, exc.message)
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+            await send({"type": "http.response.start", "status": status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
+            return status
+        response = FileResponse(file, media_type="application/octet-stream")
+        status = 200
+        original_send = send
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(str(message["status"]))
+            await original_send(message)
+
+        await response(scope, receive, recording_send)
+        return status
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,215 @@
+"""Response models of the dashboard's JSON APIs (kept apart from ``ota_server.schemas``,
+which is the operators' REST contract; these are views built for the pages)."""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+from ota_server.schemas import EcuPublic
+
+
+class FunnelStage(BaseModel):
+    stage: str = Field(description="population, notified, answered, downloading, installing or remedied")
+    label: str
+    cars: int = Field(description="Cars that reached at least this stage (from the event history)")
+
+
+class SeriesPoint(BaseModel):
+    at: datetime
+    cars: int = Field(description="Cumulative count at this instant")
+
+
+class WaveView(BaseModel):
+    index: int = Field(description="0-based; the pages show index + 1")
+    spec: str = Field(description="The plan's wave: e.g. '5 cars' or '100%'")
+    size: int
+    counts: dict[str, int]
+    remedied: int
+    errors: int
+    needed: int = Field(description="Remedied cars the success threshold asks for")
+    gate: str = Field(description="waiting, passed or tripped")
+    opened: bool
+    success_threshold_percent: float
+    error_threshold_count: int | None
+    error_threshold_percent: float | None
+
+
+class FailureGroup(BaseModel):
+    """Failed, rolled-back or timed-out cars sharing a reason, model, ECU hardware and software version."""
+
+    state: str
+    reason: str
+    model: str
+    hardware_id: str
+    software_version: str = Field(description="The version the ECU ran before the update (as registered)")
+    cars: int
+
+
+class Share(BaseModel):
+    value: str
+    failures: int
+    cars: int = Field(description="Cars of the campaign with this value, failed or not")
+
+
+class FailingCar(BaseModel):
+    vin: str
+    state: str
+    reason: str
+    model: str
+    software_version: str
+    updated_at: datetime
+
+
+class FailureBreakdown(BaseModel):
+    total: int = Field(description="Cars now failed, rolled back or timed out")
+    groups: list[FailureGroup]
+    by_reason: list[Share]
+    by_model: list[Share]
+    by_hardware_id: list[Share]
+    by_software_version: list[Share]
+    recent: list[FailingCar] = Field(description="The most recent failing cars (up to 25), for a drill-down")
+
+
+class Dashboard(BaseModel):
+    campaign_id: int
+    recall_id: int
+    recall_number: str
+    title: str
+    safety_recall: bool
+    kind: str
+    parent_campaign_id: int | None
+    rollback_campaign_id: int | None
+    status: str
+    status_reason: str | None
+    launched_at: datetime
+    release_version: str
+    hardware_id: str
+    population: int
+    counts: dict[str, int] = Field(description="Cars per state now (zeros included); adds up to population")
+    remedied: int = Field(description="Remedied over the air, at a dealer, or inspected and not needed")
+    in_progress: int
+    errors: int
+    notices_published: int
+    retries_scheduled: int
+    done: bool
+    funnel: list[FunnelStage]
+    remedied_over_time: list[SeriesPoint]
+    failures_over_time: list[SeriesPoint]
+    waves: list[WaveView]
+    current_wave: int
+    failures: FailureBreakdown
+    generated_at: datetime
+
+
+class CampaignSummary(BaseModel):
+    id: int
+    recall_id: int
+    recall_number: str
+    title: str
+    kind: str
+    status: str
+    status_reason: str | None
+    launched_at: datetime
+    population: int
+    remedied: int
+    in_progress: int
+    errors: int
+    other: int = Field(description="Settled without the software: unreachable, declined, withdrawn")
+
+
+class TimelineEntry(BaseModel):
+    at: datetime
+    campaign_id: int
+    recall_number: str
+    kind: Literal[
+        "notice",
+        "withdrawal",
+        "report",
+        "deferral",
+        "failure",
+        "remedied",
+        "declined",
+        "operator",
+        "timeout",
+        "retry",
+        "cancel",
+    ]
+    state: str | None = Field(description="The car's state this entry records (None for a notice sent)")
+    attempt: int | None
+    reason: str | None
+    detail: str | None
+    source: str = Field(description="car, operator, timeout, cancel, retry, or server (a notice)")
+    summary: str = Field(description="The entry in plain words")
+
+
+class CampaignOfVin(BaseModel):
+    campaign_id: int
+    recall_id: int
+    recall_number: str
+    title: str
+    safety_recall: bool
+    kind: str
+    campaign_status: str
+    state: str
+    reason: str | None
+    detail: str | None
+    attempt: int
+    retries: int
+    next_retry_at: datetime | None
+    wave: int
+    updated_at: datetime
+    recorded_by: str | None
+    evidence_ref: str | None
+    next_step: str
+    action: Literal["none", "wait", "dealer"] = Field(
+        description="none: nothing to do; wait: the car or the server will move it on; dealer: book a visit"
+    )
+
+
+class VehicleTimeline(BaseModel):
+    vin: str
+    make: str | None
+    model: str
+    model_year: int
+    online: bool
+    last_seen: datetime | None
+    ecus: list[EcuPublic]
+    campaigns: list[CampaignOfVin]
+    entries: list[TimelineEntry] = Field(description="Every notice and step across campaigns, oldest first")
+    next_step: str = Field(description="What to tell the owner now, in plain words")
+    action: Literal["none", "wait", "dealer"]
+
+
+OwnerStatus = Literal["remedied", "remedied_at_dealer", "not_needed", "not_remedied", "remedy_not_yet_available"]
+
+
+class PublicRecall(BaseModel):
+    """What an owner may see of one recall affecting their car (as a regulator's recall site shows)."""
+
+    recall_number: str
+    title: str
+    safety_recall: bool
+    summary: str = Field(description="The defect")
+    safety_risk: str
+    remedy: str
+    status: OwnerStatus
+    status_text: str = Field(description="e.g. 'Fixed' or 'Not fixed yet'")
+    fixed: bool
+    remedied_on: date | None
+    what_to_do: str
+
+
+class PublicLookup(BaseModel):
+    vin: str
+    checked_at: datetime
+    open_recalls: int = Field(description="Recalls affecting this VIN that are not fixed yet")
+    recalls: list[PublicRecall]
+    message: str
+
+
+class WhoAmI(BaseModel):
+    name: str
+    role: str

@@ -1,0 +1,63 @@
+"""A process's figures from ``/proc`` (Linux): CPU time, resident memory, its open-file limit."""
+
+from __future__ import annotations
+
+import os
+import resource
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads) from /proc/<pid>/stat."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat minus idle and iowait)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / CLK_TCK
+
+
+def memory_kib(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (peak) of ``pid`` in KiB."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM"):
+            out[key] = int(value.split()[0])
+    return out
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """The peak resident memory (VmHWM) of a running ``pid`` in MiB; None when it is gone."""
+    try:
+        return round(memory_kib(pid)["VmHWM"] / 1024, 1)
+    except (OSError, KeyError):
+        return None
+
+
+def open_files(pid: int) -> int:
+    """How many file descriptors ``pid`` holds now."""
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft limit on open files to the hard limit (children inherit it); returns it.
+
+    Every simulated car holds a socket, so a worker with thousands of cars needs the
+    whole allowance; a limit the machine sets lower cannot be raised from here.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    return soft

@@ -1,0 +1,130 @@
+"""`ota-bench`: the JSON it assembles, its table and plot, and (CI) a 2,000-car run of the real thing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.fleet import KEYS, PLAN, Backend, Measured, Options, assemble, markdown, parse, plot, thin
+from bench.raw_broker import RawResult, split
+from simulator.faults import FaultPlan
+from simulator.progress import Outcome
+from tests import services
+
+SMOKE_CARS = 2000
+
+
+def measured(*, sent: int = 600, persisted: int = 600, remedied: int = 100) -> Measured:
+    backend = Backend("postgresql", "postgresql+psycopg://x/y", "fresh db", "mosquitto", "hub + 1 leaf", 2)
+    outcome = Outcome(100, remedied, 100 - remedied, 12.0, {}, {"remedied": remedied})
+    return Measured(
+        backend,
+        workers=2,
+        outcome=outcome,
+        campaign_id=1,
+        seconds_to_done=12.5,
+        notices=[0.1 * i for i in range(1, 101)],
+        timeline=[{"t": 1.0 * i, "remedied": 10 * i, "failed": 0} for i in range(11)],
+        reports_sent=sent,
+        report_bytes=sent * 500,
+        reports_persisted=persisted,
+        ingested=600.0,
+        server_cpu_s=5.0,
+        peak_rss={"server": 120.0, "hub": 9.0, "leaf-1": 10.0, "worker-0": 70.0, "worker-1": 71.5},
+        raw=RawResult(sent, 500, 2, 0.05, 12_000.0),
+    )
+
+
+def test_the_json_has_every_key_of_the_issue_first_and_computes_the_ratios() -> None:
+    result = assemble(Options(cars=100), measured())
+    assert list(result)[: len(KEYS)] == list(KEYS)
+    assert result["seconds_to_all_remedied"] == 12.5
+    assert result["seconds_to_last_notice"] == pytest.approx(10.0)
+    assert result["reports_per_second"] == 48.0  # 600 ingested over 12.5 s
+    assert result["server_cpu_ms_per_car"] == 50.0
+    assert result["delivery_ratio"] == pytest.approx(0.004)
+    assert result["peak_rss_mb"]["server"] == 120.0
+    assert result["peak_rss_mb"]["broker"] == 19.0
+    assert result["peak_rss_mb"]["simulator"] == 141.5
+    assert result["backend"]["database"] == "postgresql" and result["backend"]["broker"] == "mosquitto"
+    assert result["reports_match"] and result["plan"] == PLAN
+    json.dumps(result)  # it is plain JSON
+
+
+def test_not_all_remedied_has_no_time_to_all_remedied_and_a_mismatch_is_loud() -> None:
+    result = assemble(Options(cars=100), measured(remedied=90, persisted=598))
+    assert result["seconds_to_all_remedied"] is None
+    assert result["seconds_to_done"] == 12.5
+    assert not result["reports_match"]
+    assert "MISMATCH" in markdown(result)
+
+
+def test_the_table_and_the_plot(tmp_path: Path) -> None:
+    result = assemble(Options(cars=100), measured())
+    table = markdown(result)
+    assert table.splitlines()[0] == "### ota-bench: 100 cars"
+    for name in ("launch to 100% remedied", "reports sent / persisted", "raw broker capacity", "peak RSS server"):
+        assert name in table
+    plot(result, [0.1, 0.2], tmp_path / "fleet-100.png")
+    assert (tmp_path / "fleet-100.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flags_become_options() -> None:
+    options = parse(
+        ["--cars", "30", "--power-cut-rate", "0.1", "--late-rate", "0.2", "--slow-rate", "0.3", "--seed", "4"]
+    )
+    assert options.cars == 30
+    assert options.faults == FaultPlan(power_cut_rate=0.1, late_rate=0.2, slow_rate=0.3, seed=4)
+    assert parse(["--postgres", ""]).postgres is None
+    with pytest.raises(SystemExit):
+        parse(["--brokers", "1"])
+
+
+def test_helpers_split_and_thin() -> None:
+    assert split(10, 3) == [4, 3, 3]
+    points = [{"t": float(i)} for i in range(1000)]
+    thinned = thin(points, 100)
+    assert len(thinned) == 100 and thinned[0] == points[0] and thinned[-1] == points[-1]
+
+
+def ota_bench() -> list[str]:
+    script = Path(sys.executable).with_name("ota-bench")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "bench.fleet"]
+
+
+@pytest.mark.services
+def test_the_benchmark_runs_2000_cars_on_postgresql_and_bridged_mosquitto(tmp_path: Path) -> None:
+    """CI smoke: it completes, every car is remedied, every report sent is stored; figures printed, not judged."""
+    services.need("PostgreSQL", services.POSTGRES_HOST, services.POSTGRES_PORT)
+    from simulator.brokers import mosquitto_binary
+
+    if mosquitto_binary() is None:
+        if services.required():
+            pytest.fail("the mosquitto binary is missing and OTA_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip("the mosquitto binary is not installed")
+    out = tmp_path / "fleet.json"
+    dsn = (
+        f"host={services.POSTGRES_HOST} port={services.POSTGRES_PORT} dbname={services.POSTGRES_ADMIN_DB} user=postgres"
+    )
+    done = subprocess.run(
+        [*ota_bench(), "--cars", str(SMOKE_CARS), "--json", str(out), "--out-dir", str(tmp_path), "--postgres", dsn],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-5000:]}"
+    result = json.loads(out.read_text())
+    assert set(KEYS) <= set(result)
+    assert (result["cars"], result["remedied"], result["failed"]) == (SMOKE_CARS, SMOKE_CARS, 0)
+    assert result["reports_sent"] == result["reports_persisted"] == 6 * SMOKE_CARS
+    assert result["backend"]["database"] == "postgresql" and result["backend"]["broker"] == "mosquitto"
+    assert result["seconds_to_all_remedied"] and result["seconds_to_last_notice"]
+    assert result["broker_raw_msgs_per_second"] and result["delivery_ratio"]
+    assert (tmp_path / f"fleet-{SMOKE_CARS}.md").read_text() in done.stdout
+    assert (tmp_path / f"fleet-{SMOKE_CARS}.png").stat().st_size > 0
+    print(done.stdout)  # the figures, in the CI log (pytest -s or on failure)

@@ -1,0 +1,15 @@
+"""A launch bigger than one tick's batch is released batch after batch, without waiting for the interval."""
+
+from __future__ import annotations
+
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import launched, vin
+
+
+async def test_a_capped_tick_carries_on_at_once_until_every_car_is_notified(env: Env) -> None:
+    env.runtime.scheduler._max_per_tick = 2  # the periodic tick is off in these tests (interval 0)
+    vins = [vin(n) for n in range(1, 8)]
+    await launched(env.client, vins)
+    await env.runtime.scheduler.idle()
+    nonces = await env.nonces()
+    assert sorted(nonces) == sorted(vins)  # without carrying on: 2, and no periodic tick to release more

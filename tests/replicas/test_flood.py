@@ -1,0 +1,96 @@
+"""Oversized and malformed payloads and one car's flood, through a real Mosquitto and the server's link.
+
+The flood is cut by the car's token bucket before any parsing and counted as ``flood``; the
+other cars' reports all get through and are counted; oversized and malformed payloads are
+counted by reason, in the ingest stats and in /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from firmware_bundles import topics
+from firmware_bundles.messages import ReportState
+from ota_server.mqtt_link import MQTT_V5, MqttLink
+from simulator.cluster import Mosquitto, parse_metrics
+from tests.ota_server.conftest import Env, make_settings, running
+from tests.ota_server.helpers import launched, remedied, report, vin
+from tests.ota_server.mqtt_flow import eventually
+
+pytestmark = pytest.mark.services
+
+S = ReportState
+STEPS = (S.NOTIFIED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING, S.REBOOTING)
+FLOOD = 3000
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    settings = make_settings(tmp_path, ingest_vin_rate_per_s=5, ingest_vin_burst=20, ingest_max_payload_bytes=16384)
+    async with running(settings) as env:
+        yield env
+
+
+async def test_a_flood_is_cut_and_counted_while_the_other_cars_get_through(env: Env, private_broker: Mosquitto) -> None:
+    link = MqttLink(
+        private_broker.url,
+        env.runtime.ingestor.submit,
+        client_id="ota-server-r1",
+        username="ota-server",
+        version=MQTT_V5,
+        share_group="ota-ingest",
+    )
+    await link.start(wait_s=10)
+    try:
+        cars = [vin(n) for n in range(1, 21)]
+        noisy = vin(99)
+        cid = (await launched(env.client, [*cars, noisy]))["id"]
+        nonce = await env.nonces()
+        good = [report(cid, v, nonce[v], state) for state in STEPS for v in cars]
+        good += [remedied(cid, v, nonce[v]) for v in cars]
+        spam = report(cid, noisy, nonce[noisy], S.NOTIFIED)[1]
+
+        async def flood() -> None:
+            async with aiomqtt.Client("127.0.0.1", private_broker.port, identifier="noisy-car") as car:
+                for i in range(FLOOD):
+                    await car.publish(topics.status_topic(noisy), spam if i % 2 else b"{not json", qos=topics.QOS)
+
+        async def honest() -> None:
+            async with aiomqtt.Client("127.0.0.1", private_broker.port, identifier="fleet") as fleet:
+                await fleet.publish(topics.status_topic(cars[0]), b"x" * 20_000, qos=topics.QOS)  # oversized
+                await fleet.publish(topics.status_topic(cars[1]), b"[1, 2", qos=topics.QOS)  # malformed
+                for topic, payload in good:
+                    await fleet.publish(topic, payload, qos=topics.QOS)
+                    await asyncio.sleep(0)
+
+        await asyncio.gather(flood(), honest())
+
+        def stats_now() -> dict[str, int]:
+            s = env.runtime.ingestor.stats()
+            return {"accepted": s.accepted, "duplicates": s.duplicates, **s.rejected}
+
+        async def all_seen() -> bool:
+            s = stats_now()
+            return s["accepted"] >= len(good) + 1 and sum(s.values()) >= FLOOD + len(good) + 2
+
+        await eventually(all_seen, "every message counted", timeout_s=60)
+        await env.runtime.ingestor.flush()
+        stats = stats_now()
+        # every honest report stored; the noisy car's first burst passed the bucket (one step
+        # stored, the rest duplicates or malformed), everything after it was cut unread
+        assert stats["accepted"] == len(good) + 1
+        assert stats["flood"] >= FLOOD - 20
+        assert stats["oversized"] == 1
+        assert stats["malformed"] >= 1
+        progress = (await env.client.get(f"/api/v1/campaigns/{cid}/progress")).json()
+        assert progress["counts"]["remedied"] == len(cars)
+        metrics = parse_metrics((await env.client.get("/metrics")).text)
+        assert metrics['ota_messages_rejected_total{reason="flood"}'] == stats["flood"]
+        assert metrics['ota_messages_rejected_total{reason="oversized"}'] == 1
+    finally:
+        await link.stop()
