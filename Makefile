@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean chromium screenshots
+.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH; set PY=python3.x"; exit 1; }
@@ -36,6 +36,11 @@ test: $(STAMP) chromium
 # Run the browser tests and refresh the PNGs in docs/screenshots/ (test-artifacts/browser/ always gets them).
 screenshots: $(STAMP) chromium
 	OTA_UPDATE_SCREENSHOTS=1 $(BIN)/python -m pytest -q tests/browser
+
+# The whole stack with CARS simulated cars and one campaign: bench/out/fleet-$(CARS).{json,md,png}.
+CARS ?= 2000
+bench-fleet: $(STAMP)
+	$(BIN)/ota-bench --cars $(CARS) --json bench/out/fleet-$(CARS).json $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vin
 
@@ -13,3 +15,14 @@ async def test_a_capped_tick_carries_on_at_once_until_every_car_is_notified(env:
     await env.runtime.scheduler.idle()
     nonces = await env.nonces()
     assert sorted(nonces) == sorted(vins)  # without carrying on: 2, and no periodic tick to release more
+
+
+async def test_candidates_are_read_a_page_at_a_time(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from ota_server.rollout import scheduler
+
+    monkeypatch.setattr(scheduler, "_CANDIDATE_PAGE", 1)
+    env.runtime.scheduler._max_per_tick = 1  # pages of 2 cars, one released per tick
+    vins = [vin(n) for n in range(1, 6)]
+    await launched(env.client, vins)
+    await env.runtime.scheduler.idle()
+    assert sorted(await env.nonces()) == sorted(vins)
