@@ -244,6 +244,9 @@ class MqttLink:
         ended = asyncio.ensure_future(lost.wait())
         try:
             await asyncio.wait({publish, ended}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:  # the caller is cancelled (e.g. a power cut): leave no publish behind
+            publish.cancel()
+            raise
         finally:
             ended.cancel()
         if not publish.done():

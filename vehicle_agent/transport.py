@@ -60,6 +60,22 @@ def _range_start(url: str, response: httpx.Response) -> int:
     return int(match.group(1))
 
 
+ERROR_BODY_LIMIT = 64 * 1024
+
+
+def _drain(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> None:
+    """Read a small error body so the kept-alive connection can be reused (TUF's root probe is a
+    404 for every car); past ``limit`` bytes stop, and the connection is closed instead."""
+    seen = 0
+    try:
+        for chunk in response.iter_raw():
+            seen += len(chunk)
+            if seen > limit:
+                return
+    except (httpx.StreamError, httpx.TransportError):  # already read, or cut: nothing to keep
+        return
+
+
 def make_http_client(limits: DownloadLimits | None = None, *, max_connections: int = 100) -> httpx.Client:
     """A client sized for sharing; timeouts are per operation, the fetcher enforces the total."""
     limits = limits or DownloadLimits()
@@ -91,6 +107,7 @@ class HttpxTransport:
         try:
             with self._client.stream("GET", url, headers=headers) as response:
                 if response.status_code >= 400:
+                    _drain(response)  # a read answer keeps the connection for the next request
                     raise FetchError(url, f"HTTP {response.status_code}", response.status_code)
                 yield Chunks(self._chunks(url, response), _range_start(url, response))
         except httpx.HTTPError as exc:

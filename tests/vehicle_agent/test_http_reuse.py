@@ -1,0 +1,80 @@
+"""Error answers keep the kept-alive connection (TUF's root probe is a 404 for every car), unless huge."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from vehicle_agent.errors import FetchError
+from vehicle_agent.transport import ERROR_BODY_LIMIT, HttpxTransport, make_http_client
+
+
+class _Counting(ThreadingHTTPServer):
+    connections = 0
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        assert isinstance(self.server, _Counting)
+        self.server.connections += 1
+
+    def do_GET(self) -> None:
+        if self.path == "/huge":
+            size = 40 * ERROR_BODY_LIMIT
+            self.send_response(404)
+            self.send_header("Content-Length", str(size))
+            self.end_headers()
+            for _ in range(40):
+                self.wfile.write(b"x" * ERROR_BODY_LIMIT)
+            return
+        code, body = (404, b'{"detail": "no such file"}') if self.path == "/missing" else (200, b"signed bytes")
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def server() -> Iterator[_Counting]:
+    httpd = _Counting(("127.0.0.1", 0), _Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _get(transport: HttpxTransport, url: str) -> bytes:
+    with transport.stream(url) as chunks:
+        return b"".join(chunks)
+
+
+def test_a_404_keeps_the_connection_for_the_next_request(server: _Counting) -> None:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with make_http_client() as client:
+        transport = HttpxTransport(client)
+        for _ in range(3):
+            with pytest.raises(FetchError) as info:
+                _get(transport, base + "/missing")
+            assert info.value.status == 404
+        assert _get(transport, base + "/ok") == b"signed bytes"
+    assert server.connections == 1
+
+
+def test_a_huge_error_body_is_not_read_the_connection_is_dropped(server: _Counting) -> None:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with make_http_client() as client:
+        transport = HttpxTransport(client)
+        with pytest.raises(FetchError):
+            _get(transport, base + "/huge")
+        assert _get(transport, base + "/ok") == b"signed bytes"
+    assert server.connections == 2
