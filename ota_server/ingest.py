@@ -38,6 +38,7 @@ from firmware_bundles.messages import Presence, ReportState, StatusReport, parse
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Release, Vehicle
+from ota_server.ratelimit import TokenBuckets
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
 
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _CHUNK = 500
 QUEUE_LIMIT = 200_000
+_MAX_VIN_BUCKETS = 500_000  # cars' flood buckets remembered (least recently heard dropped first)
 
 # Rejection reasons, as they appear in GET /api/v1/stats/ingest.
 MALFORMED = "malformed"
@@ -305,9 +307,7 @@ class Ingestor:
     ) -> None:
         self._factory = session_factory
         self._max_payload_bytes = max_payload_bytes
-        self._vin_rate = vin_rate_per_s
-        self._vin_burst = float(max(1, vin_burst))
-        self._buckets: dict[str, tuple[float, float]] = {}  # VIN -> (tokens, at)
+        self._vin_limit = TokenBuckets(vin_rate_per_s, vin_burst, clock, max_keys=_MAX_VIN_BUCKETS)
         self._closing = False  # set by stop(): a batch waiting for the database gives up
         self._clock = clock
         self._batch_size = batch_size
@@ -331,18 +331,7 @@ class Ingestor:
 
     def _flooding(self, vin: str) -> bool:
         """Spend one token of ``vin``'s bucket; True when it has none left."""
-        if self._vin_rate <= 0:
-            return False
-        now = self._clock().timestamp()
-        tokens, at = self._buckets.get(vin, (self._vin_burst, now))
-        tokens = min(self._vin_burst, tokens + max(0.0, now - at) * self._vin_rate)
-        if len(self._buckets) > 500_000:  # forget everyone (full buckets) rather than grow without bound
-            self._buckets.clear()
-        if tokens < 1.0:
-            self._buckets[vin] = (tokens, now)
-            return True
-        self._buckets[vin] = (tokens - 1.0, now)
-        return False
+        return self._vin_limit.wait_for(vin) > 0
 
     def submit(self, topic: str, payload: bytes, ack: Ack | None = None) -> bool:
         """Check and enqueue one MQTT message; never raises.

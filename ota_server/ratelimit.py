@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 from ota_server.clock import Clock
 from ota_server.errors import RateLimited
@@ -12,25 +13,40 @@ class TokenBuckets:
     """Each key may spend ``burst`` requests at once, refilled at ``rate`` per second.
 
     ``rate <= 0`` switches limiting off. Thread-safe: API dependencies run in worker threads.
+    With ``max_keys`` at most that many keys are remembered, the least recently used dropped
+    first (a dropped key starts again with a full bucket), so keys an attacker can invent
+    (client addresses, VINs in topics) cannot grow memory without limit.
     """
 
-    def __init__(self, rate: float, burst: int, clock: Clock) -> None:
+    def __init__(self, rate: float, burst: int, clock: Clock, *, max_keys: int | None = None) -> None:
         self.rate = rate
         self.burst = max(1, burst)
         self._clock = clock
+        self._max_keys = max_keys
         self._lock = threading.Lock()
-        self._buckets: dict[object, tuple[float, float]] = {}  # key -> (tokens, at)
+        self._buckets: OrderedDict[object, tuple[float, float]] = OrderedDict()  # key -> (tokens, at)
 
-    def take(self, key: object) -> None:
-        """Spend one request for ``key`` or raise :class:`RateLimited` saying when to retry."""
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def wait_for(self, key: object) -> float:
+        """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there."""
         if self.rate <= 0:
-            return
+            return 0.0
         now = self._clock().timestamp()
         with self._lock:
-            tokens, at = self._buckets.get(key, (float(self.burst), now))
+            tokens, at = self._buckets.pop(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise RateLimited(f"rate limit of {self.rate:g} requests/s exceeded; retry in {wait:.2f}s", wait)
+                return (1.0 - tokens) / self.rate
             self._buckets[key] = (tokens - 1.0, now)
+            while self._max_keys is not None and len(self._buckets) > self._max_keys:
+                self._buckets.popitem(last=False)
+            return 0.0
+
+    def take(self, key: object) -> None:
+        """Spend one request for ``key`` or raise :class:`RateLimited` saying when to retry."""
+        wait = self.wait_for(key)
+        if wait:
+            raise RateLimited(f"rate limit of {self.rate:g} requests/s exceeded; retry in {wait:.2f}s", wait)

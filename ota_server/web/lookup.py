@@ -9,8 +9,6 @@ with no recall get the same answer, so the look-up cannot be used to enumerate t
 from __future__ import annotations
 
 import ipaddress
-import threading
-from collections import OrderedDict
 from datetime import datetime
 
 from sqlalchemy import select
@@ -19,6 +17,7 @@ from sqlalchemy.orm import Session
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignVehicle, Recall, Release
 from ota_server.errors import RateLimited
+from ota_server.ratelimit import TokenBuckets
 from ota_server.rollout.states import IN_FLIGHT, VinState
 from ota_server.schemas import Population
 from ota_server.services import population as populations
@@ -118,12 +117,10 @@ class AddressBuckets:
     """
 
     def __init__(self, per_minute: float, burst: int, clock: Clock, *, max_keys: int = 10_000) -> None:
-        self.rate = per_minute / 60.0
-        self.burst = max(1, burst)
-        self._clock = clock
-        self._max_keys = max_keys
-        self._lock = threading.Lock()
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets = TokenBuckets(per_minute / 60.0, burst, clock, max_keys=max_keys)
+
+    def __len__(self) -> int:
+        return len(self._buckets)
 
     @staticmethod
     def key(address: str | None) -> str:
@@ -138,17 +135,6 @@ class AddressBuckets:
         return str(ip)
 
     def take(self, address: str | None) -> None:
-        if self.rate <= 0:
-            return
-        key = self.key(address)
-        now = self._clock().timestamp()
-        with self._lock:
-            tokens, at = self._buckets.pop(key, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.rate)
-            if tokens < 1.0:
-                self._buckets[key] = (tokens, now)
-                wait = (1.0 - tokens) / self.rate
-                raise RateLimited(f"too many look-ups from your address; try again in {wait:.0f}s", wait)
-            self._buckets[key] = (tokens - 1.0, now)
-            while len(self._buckets) > self._max_keys:
-                self._buckets.popitem(last=False)
+        wait = self._buckets.wait_for(self.key(address))
+        if wait:
+            raise RateLimited(f"too many look-ups from your address; try again in {wait:.0f}s", wait)

@@ -423,7 +423,7 @@ def test_address_buckets_group_ipv6_by_64_and_stay_bounded() -> None:
     buckets = AddressBuckets(60.0, 1, lambda: T0, max_keys=3)
     for n in range(10):
         buckets.take(f"198.51.100.{n}")
-    assert len(buckets._buckets) == 3
+    assert len(buckets) == 3
 
 
 # --- browser sign-in: the cookie reads, never writes ---------------------------------------
