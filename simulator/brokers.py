@@ -39,6 +39,7 @@ from types import TracebackType
 from firmware_bundles import topics
 from simulator.errors import SimulatorError
 from simulator.procstat import peak_rss_mb, raise_open_file_limit
+from simulator.server_process import terminate
 
 HOST = "127.0.0.1"
 CARS_PER_BROKER = 15_000
@@ -237,14 +238,8 @@ class BrokerCluster:
     def stop(self) -> None:
         for broker in reversed(self.brokers):
             process, broker.process = broker.process, None
-            if process is None or process.poll() is not None:
-                continue
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            if process is not None:
+                terminate(process)
 
     def __enter__(self) -> BrokerCluster:
         return self.start()

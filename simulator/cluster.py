@@ -37,6 +37,7 @@ from typing import Any
 import httpx
 
 from simulator.errors import ServerError
+from simulator.server_process import terminate
 
 MOSQUITTO = os.environ.get("OTA_MOSQUITTO_BIN", "/usr/sbin/mosquitto")
 PG_HOST = os.environ.get("OTA_TEST_PG_HOST", "127.0.0.1")
@@ -121,14 +122,8 @@ class Mosquitto:
     def stop(self) -> None:
         """SIGTERM: Mosquitto saves its sessions and queued messages before it exits."""
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     def restart(self, down_s: float = 1.0) -> None:
         self.stop()
@@ -298,12 +293,7 @@ class Replica:
         if proc is None or proc.poll() is not None:
             return
         self._remember_from(proc)
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, 30.0)
 
     def _remember_from(self, proc: subprocess.Popen[bytes]) -> None:
         if proc.poll() is None:

@@ -16,6 +16,18 @@ from types import TracebackType
 from simulator.errors import ServerError
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout_s: float = 15.0) -> None:
+    """SIGTERM (a graceful stop: flush and save), then SIGKILL if it has not exited in ``timeout_s``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 @dataclass(frozen=True)
 class ServerEndpoints:
     api_url: str
@@ -88,14 +100,8 @@ class ServerProcess:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            terminate(proc)
 
     def __exit__(self, _t: type[BaseException] | None, _e: BaseException | None, _tb: TracebackType | None) -> None:
         self.stop()
