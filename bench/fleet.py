@@ -57,7 +57,13 @@ from simulator.errors import SimulatorError
 from simulator.faults import FaultPlan
 from simulator.fleet import make_fleet
 from simulator.operator_client import OperatorClient
-from simulator.procstat import cpu_seconds, machine_busy_seconds, peak_rss_mb, raise_open_file_limit
+from simulator.procstat import (
+    command_cpu_seconds,
+    cpu_seconds,
+    machine_busy_seconds,
+    peak_rss_mb,
+    raise_open_file_limit,
+)
 from simulator.progress import Outcome, watch_campaign
 from simulator.runner import Pacing
 from simulator.scenario import (
@@ -291,7 +297,7 @@ class CpuWindow:
         self._start: dict[str, float] = {}
 
     def _now(self) -> dict[str, float]:
-        now = {"machine": machine_busy_seconds()}
+        now = {"machine": machine_busy_seconds(), "postgresql": command_cpu_seconds("postgres")}
         for name, pid in self.pids.items():
             try:
                 now[name] = cpu_seconds(pid)
@@ -580,6 +586,7 @@ def _cpu_summary(measured: Measured) -> dict[str, Any]:
     workers = round(sum(v for k, v in cpu.items() if k.startswith("worker-")), 2)
     brokers = round(sum(v for k, v in cpu.items() if k == "hub" or k.startswith("leaf-")), 2)
     ours = round(cpu.get("server", 0.0) + workers + brokers, 2)
+    database = cpu.get("postgresql", 0.0)
     machine = cpu.get("machine", 0.0)
     window = measured.seconds_to_done or 0.0
     cores = os.cpu_count() or 1
@@ -588,10 +595,12 @@ def _cpu_summary(measured: Measured) -> dict[str, Any]:
         "workers": workers,
         "brokers": brokers,
         "ours": ours,
+        # every postgres process on the machine: the bench's database, and any other user's
+        "postgresql": database,
         "machine_busy": machine,
-        "everything_else": round(machine - ours, 2),  # PostgreSQL, other users' processes, the kernel's share
+        "everything_else": round(machine - ours - database, 2),  # other users' processes, the kernel's share
         "machine_capacity": round(window * cores, 2),
-        "per_process": {k: v for k, v in cpu.items() if k != "machine"},
+        "per_process": {k: v for k, v in cpu.items() if k not in ("machine", "postgresql")},
     }
 
 
@@ -611,7 +620,7 @@ def _cpu_row(result: Mapping[str, Any]) -> str:
     cpu = result.get("cpu_seconds_launch_to_done") or {}
     if not cpu:
         return "n/a"
-    return " / ".join(_fmt(cpu.get(k), "s") for k in ("server", "workers", "brokers"))
+    return " / ".join(_fmt(cpu.get(k), "s") for k in ("server", "workers", "brokers", "postgresql"))
 
 
 def _machine_row(result: Mapping[str, Any]) -> str:
@@ -653,7 +662,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             "worst worker event-loop lag / MQTT reconnects",
             f"{_fmt(result['fleet'].get('loop_lag_max_s'), 's')} / {_fmt(result['fleet'].get('reconnects'))}",
         ),
-        ("CPU launch to done: server / workers / brokers", _cpu_row(result)),
+        ("CPU launch to done: server / workers / brokers / PostgreSQL", _cpu_row(result)),
         ("CPU launch to done: machine busy / capacity", _machine_row(result)),
         (
             "setup: register / provision / connect",

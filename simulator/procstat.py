@@ -16,6 +16,27 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def command_cpu_seconds(command: str) -> float:
+    """CPU seconds of every process named ``command`` (e.g. ``postgres``), exited children included.
+
+    Live processes count their own utime + stime; a process's reaped children (a database
+    server's finished backends) are in its cutime + cstime, so their work is not lost.
+    """
+    total = 0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != command:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(v) for v in fields[11:15])
+    return total / CLK_TCK
+
+
 def machine_busy_seconds() -> float:
     """CPU seconds the whole machine has spent busy since boot (all cores; /proc/stat minus idle and iowait)."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]

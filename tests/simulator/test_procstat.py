@@ -1,0 +1,59 @@
+"""CPU accounting from /proc: a command's processes, their finished children included."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from simulator.procstat import command_cpu_seconds, cpu_seconds
+
+pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
+
+BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\n"
+
+
+def _interpreter_named(tmp_path: Path) -> tuple[str, str]:
+    """The interpreter under a name no other process has (/proc's comm is the executable's name)."""
+    name = f"cpuprobe{secrets.token_hex(3)}"
+    link = tmp_path / name
+    os.symlink(os.path.realpath(sys.executable), link)
+    return str(link), name
+
+
+def test_a_command_counts_its_live_processes(tmp_path: Path) -> None:
+    python, name = _interpreter_named(tmp_path)
+    assert command_cpu_seconds(name) == 0.0
+    child = subprocess.Popen([python, "-c", BURN + "time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 10
+        while cpu_seconds(child.pid) < 0.25 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert command_cpu_seconds(name) >= 0.25
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_finished_children_stay_counted_in_their_parent(tmp_path: Path) -> None:
+    """A database server's exited backends: their CPU moves to the parent's cutime/cstime."""
+    python, name = _interpreter_named(tmp_path)
+    script = f"import subprocess, time\nsubprocess.run([{python!r}, '-c', {BURN!r}])\ntime.sleep(30)"
+    parent = subprocess.Popen([python, "-c", script])
+    try:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            fields = Path(f"/proc/{parent.pid}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[13]) + int(fields[14]) > 0:  # the child's time arrived in cutime + cstime
+                break
+            time.sleep(0.05)
+        assert cpu_seconds(parent.pid) < 0.2  # the parent itself only waited
+        assert command_cpu_seconds(name) >= 0.25  # the finished child's 0.3 s is still counted
+    finally:
+        parent.kill()
+        parent.wait()
