@@ -89,6 +89,7 @@ def run(cars: int, image_bytes: int, workdir: Path, profile: Path | None) -> dic
     from vehicle_agent.config import AgentConfig, EcuConfig
     from vehicle_agent.link import FakeLink
     from vehicle_agent.transport import MemoryTransport
+    from vehicle_agent.vehicle import FakeVehicle
 
     vins = [make_vin("5YJ", "SBENC", "N", "E", 100_000 + i) for i in range(cars)]
     started = time.perf_counter()
@@ -110,7 +111,8 @@ def run(cars: int, image_bytes: int, workdir: Path, profile: Path | None) -> dic
             durable=False,
         )
         link = FakeLink(vin)
-        agents.append((Agent(config, link=link, transport=transport), link))
+        # a parked car with a charged battery, as the simulator's cars are (no state source warnings)
+        agents.append((Agent(config, link=link, transport=transport, vehicle=FakeVehicle()), link))
     notices = [
         CampaignNotice(
             campaign_id=1,
