@@ -110,13 +110,16 @@ def create_root(
     *,
     version: int = 1,
     thresholds: Mapping[str, int] | None = None,
+    consistent_snapshot: bool = False,
 ) -> bytes:
     """Signed root metadata trusting the public keys of ``signers``.
 
     Each role's threshold is 1 unless ``thresholds`` names it; every root signer signs.
+    ``consistent_snapshot`` makes TUF clients fetch ``N.snapshot.json``/``M.targets.json``
+    by version (the Director's roots; the Image repository serves bundles by plain path).
     Raises ValueError when a threshold asks for more keys than the role has.
     """
-    root = Root(version=version, expires=expires, consistent_snapshot=False)
+    root = Root(version=version, expires=expires, consistent_snapshot=consistent_snapshot)
     for role in TOP_LEVEL_ROLES:
         keys = signers.for_role(role)
         threshold = (thresholds or {}).get(role, 1)

@@ -6,10 +6,14 @@ rollback protection holds across campaigns.
 
 A car's next assignment is queued when it is notified (:meth:`Director.queue`: one
 small row, ``assignment.pending.json``) and signed when the car first asks for its
-timestamp (:meth:`Director.sign_pending`), so a launch of 30,000 cars publishes its
+timestamp (:meth:`Director.sign_queued`), so a launch of 30,000 cars publishes its
 notices without first signing 90,000 metadata files, and the signing is spread over
-the cars' own fetches. A later queue for the same VIN (a cancel's empty assignment, the
-next campaign) replaces the one not yet signed.
+the cars' own fetches. Cars asking at once are signed together, in one transaction:
+their queued rows are locked in VIN order (as :meth:`Director.queue` locks the ones it
+replaces), so two replicas' batches wait for each other instead of deadlocking, and a
+VIN whose queued row another replica consumed first is left to be read back. A later
+queue for the same VIN (a cancel's empty assignment, the next campaign) replaces the
+one not yet signed.
 
 A VIN's chain is re-signed lazily, when its timestamp is served and is within half
 its lifetime of expiring (:meth:`Director.refresh`): a chain is read only by a car
@@ -46,6 +50,8 @@ _CHUNK = 500
 DIRECTOR_ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 # A VIN's queued, not yet signed assignment (not metadata: never served).
 PENDING = "assignment.pending.json"
+# A VIN's chain as signed: file name -> (version, bytes).
+Chain = dict[str, tuple[int, bytes]]
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -105,17 +111,44 @@ class Director:
         ]
 
     def _previous(self, session: Session, vins: Sequence[str]) -> dict[str, dict[str, int]]:
+        """The current chain versions of ``vins``, their rows locked in (VIN, name) order."""
         found: dict[str, dict[str, int]] = {}
-        for chunk in _chunks(vins):
+        for chunk in _chunks(sorted(vins)):
             rows = session.execute(
                 select(RepoFile.owner, RepoFile.name, RepoFile.version)
-                .where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk))
+                .where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name.in_(CHAIN))
+                .order_by(RepoFile.owner, RepoFile.name)
                 .with_for_update()
             )
             for owner, name, version in rows:
-                if name in CHAIN:
-                    found.setdefault(owner, {})[name] = version
+                found.setdefault(owner, {})[name] = version
         return found
+
+    def _sign_plan(
+        self,
+        session: Session,
+        plan: Mapping[str, tuple[Mapping[str, TargetFile], int | None]],
+        now: datetime,
+    ) -> dict[str, Chain]:
+        """Sign each VIN's next chain (``{vin: (images, min_release_counter)}``) and write it in bulk."""
+        signers = self.signers(session)
+        previous = self._previous(session, list(plan))
+        new_rows: list[dict[str, Any]] = []
+        changed_rows: list[dict[str, Any]] = []
+        chains: dict[str, Chain] = {}
+        for vin, (images, min_release_counter) in plan.items():
+            old = previous.get(vin, {})
+            versions = RepoVersions(
+                old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
+            )
+            rows = self._sign(signers, vin, images, versions, now, min_release_counter)
+            (changed_rows if old else new_rows).extend(rows)
+            chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
+        if new_rows:
+            session.execute(insert(RepoFile), new_rows)
+        if changed_rows:
+            session.execute(update(RepoFile), changed_rows)
+        return chains
 
     def assign(
         self,
@@ -124,28 +157,26 @@ class Director:
         now: datetime,
         *,
         min_release_counter: int | None = None,
-    ) -> None:
+    ) -> dict[str, Chain]:
         """Sign each VIN's next chain; ``plan`` maps VIN to ``{ecu_serial: image target}``.
 
         ``min_release_counter`` (the recall's floor) goes into every assignment.
         Rows are written in bulk; the caller commits them with the campaign.
         """
-        signers = self.signers(session)
-        previous = self._previous(session, list(plan))
-        new_rows: list[dict[str, Any]] = []
-        changed_rows: list[dict[str, Any]] = []
-        for vin, images in plan.items():
-            old = previous.get(vin, {})
-            versions = RepoVersions(
-                old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
+        return self._sign_plan(session, {vin: (images, min_release_counter) for vin, images in plan.items()}, now)
+
+    def _lock_queued(self, session: Session, vins: Sequence[str]) -> dict[str, bytes]:
+        """The queued rows of ``vins``, locked in VIN order (a stable order: no deadlock between batches)."""
+        found: dict[str, bytes] = {}
+        for chunk in _chunks(sorted(vins)):
+            rows = session.execute(
+                select(RepoFile.owner, RepoFile.data)
+                .where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+                .order_by(RepoFile.owner)
+                .with_for_update()
             )
-            (changed_rows if old else new_rows).extend(
-                self._sign(signers, vin, images, versions, now, min_release_counter)
-            )
-        if new_rows:
-            session.execute(insert(RepoFile), new_rows)
-        if changed_rows:
-            session.execute(update(RepoFile), changed_rows)
+            found.update((owner, bytes(data)) for owner, data in rows)
+        return found
 
     def queue(
         self,
@@ -157,6 +188,7 @@ class Director:
     ) -> None:
         """Queue each VIN's next assignment (as :meth:`assign` takes it), signed when the car asks."""
         vins = list(plan)
+        self._lock_queued(session, vins)  # the rows replaced, locked in the order the signer locks them
         for chunk in _chunks(vins):
             session.execute(
                 delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
@@ -183,26 +215,33 @@ class Director:
         for start in range(0, len(rows), _CHUNK):
             session.execute(insert(RepoFile), rows[start : start + _CHUNK])
 
-    def sign_pending(self, session: Session, vin: str, now: datetime) -> bool:
-        """Sign ``vin``'s queued assignment, if any, under its row's lock; the caller commits.
+    def sign_queued(self, session: Session, vins: Sequence[str], now: datetime) -> dict[str, Chain]:
+        """Sign the queued assignments of ``vins`` together, under their rows' locks; the caller commits.
 
-        False when nothing was queued (e.g. another replica signed it first).
+        One transaction for all: queued rows locked in VIN order, previous versions read
+        in one query, every chain written in bulk, the queued rows deleted. A VIN with
+        nothing queued (another replica signed it first) is not in the answer.
         """
-        row = session.scalar(
-            select(RepoFile)
-            .where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin, RepoFile.name == PENDING)
-            .with_for_update()
-        )
-        if row is None:
-            return False
-        queued = json.loads(row.data)
-        images = {
-            serial: TargetFile.from_dict(dict(entry["info"]), str(entry["path"]))
-            for serial, entry in queued["images"].items()
+        queued = {vin: json.loads(data) for vin, data in self._lock_queued(session, vins).items()}
+        if not queued:
+            return {}
+        plan = {
+            vin: (
+                {
+                    serial: TargetFile.from_dict(dict(entry["info"]), str(entry["path"]))
+                    for serial, entry in payload["images"].items()
+                },
+                payload["min_release_counter"],
+            )
+            for vin, payload in queued.items()
         }
-        self.assign(session, {vin: images}, now, min_release_counter=queued["min_release_counter"])
-        session.delete(row)
-        return True
+        chains = self._sign_plan(session, plan, now)
+        signed = sorted(queued)
+        for chunk in _chunks(signed):
+            session.execute(
+                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+            )
+        return chains
 
     def stale(self, session: Session, vin: str, now: datetime) -> bool:
         """Cheap, lock-free check: is this VIN's snapshot or timestamp due for re-signing?"""
@@ -216,16 +255,27 @@ class Director:
 
     def refresh(self, session: Session, vin: str, now: datetime, *, force: Collection[str] = ()) -> list[str]:
         """Re-sign what of ``vin``'s chain is due (or forced), under the rows' lock; the caller commits."""
+        return self.refreshed(session, vin, now, force=force)[0]
+
+    def refreshed(
+        self, session: Session, vin: str, now: datetime, *, force: Collection[str] = ()
+    ) -> tuple[list[str], Chain | None]:
+        """:meth:`refresh`, also giving the chain as it now is (None when ``vin`` has no complete chain)."""
         rows = session.scalars(
-            select(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin).with_for_update()
+            select(RepoFile)
+            .where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin)
+            .order_by(RepoFile.name)  # the queued row first, as the signer locks it
+            .with_for_update()
         ).all()
-        files = {row.name: row.data for row in rows if row.name in CHAIN}
-        if len(files) != len(CHAIN):
-            return []
+        chain: Chain = {row.name: (row.version, bytes(row.data)) for row in rows if row.name in CHAIN}
+        if len(chain) != len(CHAIN):
+            return [], None
+        files = {name: data for name, (_version, data) in chain.items()}
         changed = refresh_chain(files, self.signers(session), self.expiry, now, force=force)
         for name, (version, data) in changed.items():
             put_file(session, DIRECTOR, vin, name, version, data, now)
-        return sorted(changed)
+            chain[name] = (version, data)
+        return sorted(changed), chain
 
     def vins(self, session: Session) -> list[str]:
         """Every VIN with a chain."""

@@ -97,7 +97,8 @@ def init(session: Session, dirs: KeyDirs, expiry: Expiry, now: datetime) -> KeyC
     director = RoleSigners([director_root], [director_online], [director_online], [director_online])
     image_root = create_root(image, now + expiry.root, thresholds={"root": ROOT_THRESHOLD})
     put_file(session, IMAGE, REPO_WIDE, "1.root.json", 1, image_root, now)
-    put_file(session, DIRECTOR, REPO_WIDE, "1.root.json", 1, create_root(director, now + expiry.root), now)
+    director_md = create_root(director, now + expiry.root, consistent_snapshot=True)  # chains fetched by version
+    put_file(session, DIRECTOR, REPO_WIDE, "1.root.json", 1, director_md, now)
     versions, files = publish_targets({}, image, expiry, now, RepoVersions())
     put_chain(session, IMAGE, REPO_WIDE, versions, files, now)
     session.flush()

@@ -1,7 +1,9 @@
 """Each repository's root: version 1 made once (development keys) or by ``ota keys init``.
 
 Later versions come only from ``ota keys rotate``/``revoke`` (signing/keyadmin.py); the
-server serves every ``N.root.json`` so a car holding an old root walks the chain.
+server serves every ``N.root.json`` so a car holding an old root walks the chain. The
+Director's root asks for consistent snapshots: cars fetch ``N.snapshot.json`` and
+``M.targets.json`` by version, which any replica may answer from memory.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles.uptane import Expiry, RoleSigners, create_root
-from ota_server.signing.store import REPO_WIDE, latest_root, put_file
+from ota_server.signing.store import DIRECTOR, REPO_WIDE, latest_root, put_file
 
 
 def ensure_root(
@@ -33,7 +35,7 @@ def ensure_root(
         row = latest_root(session, repo)
         if row is not None:
             return row.data
-        data = create_root(dev_signers(), now + expiry.root)
+        data = create_root(dev_signers(), now + expiry.root, consistent_snapshot=repo == DIRECTOR)
         put_file(session, repo, REPO_WIDE, "1.root.json", 1, data, now)
         try:
             session.commit()

@@ -36,7 +36,7 @@ async def test_a_director_chain_is_re_signed_when_served_close_to_expiry(env: En
     again = await _timestamp(env, v)
     assert again.signed.version == first.signed.version + 1
     assert again.signed.expires > first.signed.expires
-    verify(root, "timestamp", again)  # type: ignore[arg-type]
+    verify(root, "timestamp", again)
 
 
 async def test_a_release_published_on_this_server_is_listed_at_once(env: Env) -> None:
@@ -73,11 +73,11 @@ def test_another_processs_change_shows_once_the_copy_is_older_than_its_ttl(tmp_p
     reader = RepoReader(
         engine,
         sessionmaker(engine),
-        None,
-        None,
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
         lambda: now,
         ttl_s=1.0,
-        monotonic=lambda: tick[0],  # type: ignore[arg-type]
+        monotonic=lambda: tick[0],
     )
     assert reader.image("timestamp.json") == b"v1" and reader.image("root.json") == b"r1"
     other_process = sessionmaker(engine)  # not the reader's session factory: it hears nothing
