@@ -1,9 +1,10 @@
 """Run many real agents in one process: one event loop in a background thread.
 
 Each car is a real ``vehicle_agent.Agent`` with its own MQTT session, journal, TUF
-metadata directories and file-backed A/B slots; they share one small HTTP connection
-pool (slow-link cars share another). Connects are paced (:class:`Pacing`) so a fleet
-does not arrive at the broker all at once. Each car has a
+metadata directories and file-backed A/B slots; their blocking work runs on a few
+worker threads, each with its own kept-alive HTTP connection
+(:class:`~vehicle_agent.transport.PerThreadTransport`). Connects are paced
+(:class:`Pacing`) so a fleet does not arrive at the broker all at once. Each car has a
 :class:`~vehicle_agent.vehicle.FakeVehicle` (ready unless a fault says otherwise) and an
 owner who accepts; a :class:`~simulator.faults.FaultPlan` injects failures.
 
@@ -32,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import httpx
 import paho.mqtt.client as mqtt
 from typing_extensions import override
 
@@ -42,20 +42,21 @@ from simulator.errors import SimulatorError
 from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
 from vehicle_agent.agent import Agent
-from vehicle_agent.config import AgentConfig, DownloadLimits, config_from_agent_config
+from vehicle_agent.config import AgentConfig, config_from_agent_config
 from vehicle_agent.health import HeaderHealthCheck, HealthCheck
 from vehicle_agent.link import MqttLink, tls_context
 from vehicle_agent.owner import Consent, LoggingOwnerHook
-from vehicle_agent.transport import HttpxTransport, Transport, make_http_client
+from vehicle_agent.transport import PerThreadTransport, Transport
 from vehicle_agent.vehicle import FakeVehicle
 
 log = logging.getLogger(__name__)
 
 CONNECT_BATCH = 100
 CONNECT_PAUSE = 0.05
-WORKER_THREADS = 16
-SLOW_THREADS_MAX = 256  # a slow car holds a thread (and a connection) while it crawls
-HTTP_CONNECTIONS = 50
+# ota-bench, 300 cars, worker CPU per car: 8 threads 23.6 / 26.0 ms, 16: 27.9 / 27.9, 4: 26.3 / 28.2
+WORKER_THREADS = 8
+SLOW_THREADS_MAX = 256  # a slow car holds a thread (and its connection) while it crawls
+HTTP_CONNECTIONS = 50  # no longer used: each worker thread keeps its own connection
 MQTT_OPERATION_TIMEOUT_S = 300.0  # see _CountingLink
 MISC_INTERVAL_S = 10.0  # see _SimClient
 LAG_PROBE_S = 0.25
@@ -246,9 +247,9 @@ class _CountingLink(MqttLink):
     10 s of wall time, which for one car on its own CPU means the link is broken. Here one
     event loop, sharing its process's GIL with the cars' worker threads, serves thousands
     of cars, and under a full machine it can lag that long (``FleetStats.loop_lag_max_s``)
-    while the broker acknowledged at once. The agent then keeps the report in its outbox
-    but, with the connection still up, nothing sends it again until the next reconnect or
-    notice: a car stuck at ``rebooting`` forever. So simulated cars wait longer.
+    while the broker acknowledged at once. The agent then keeps the report in its outbox and
+    the link sends it again a little later (``MqttLink._resend_later``), a duplicate the server
+    drops: needless work for a loaded fleet. So simulated cars wait longer.
 
     And ``source_address``: paho binds every socket before connecting, to ``("", 0)`` by
     default, which makes each car's port unique on the whole machine, not per broker: one
@@ -321,8 +322,9 @@ class InProcessFleet:
         self._cars: dict[str, _Car] = {}
         self._late: list[str] = []
         self._launched = False
-        self._http = make_http_client(DownloadLimits(), max_connections=http_connections)
-        self._slow_http: httpx.Client | None = None
+        # One small client per worker thread (slow cars' threads included), made on first use:
+        # ``http_connections`` (the size of the one shared pool this replaced) is not used.
+        self._http = PerThreadTransport()
         self._slow_links: list[ThrottledTransport] = []
         self._sent: set[tuple[str, int, int, int, str]] = set()
         self._expected: tuple[tuple[int, bool], int] | None = None
@@ -346,8 +348,6 @@ class InProcessFleet:
         self.car_faults = dict(car_faults) if car_faults is not None else self.faults.assign(vins)
         slow = sum(1 for vin in vins if self.car_faults.get(vin, NO_FAULTS).slow)
         threads = WORKER_THREADS + min(slow, SLOW_THREADS_MAX)
-        if slow:
-            self._slow_http = make_http_client(DownloadLimits(), max_connections=min(slow, SLOW_THREADS_MAX))
         self._loop.set_default_executor(DepthFirstExecutor(threads))
         self._thread = threading.Thread(target=self._loop.run_forever, name="fleet", daemon=True)
         self._thread.start()
@@ -364,8 +364,7 @@ class InProcessFleet:
                 self._stats.loop_lag_max_s = round(lag, 3)
 
     async def _start_all(self, agent_configs: Sequence[Mapping[str, Any]]) -> None:
-        transport = HttpxTransport(self._http)
-        slow_transport = HttpxTransport(self._slow_http) if self._slow_http is not None else transport
+        transport = self._http
         self._stats.cars = len(agent_configs)
         self._tasks.append(asyncio.create_task(self._probe_lag()))
         started = 0
@@ -376,7 +375,7 @@ class InProcessFleet:
             faults = self.car_faults.get(config.vin, NO_FAULTS)
             car_transport: Transport = transport
             if faults.slow:
-                throttled = ThrottledTransport(slow_transport, self.faults.slow_bytes_per_second)
+                throttled = ThrottledTransport(transport, self.faults.slow_bytes_per_second)
                 self._slow_links.append(throttled)
                 car_transport = throttled
                 self._stats.slow_cars += 1
@@ -595,5 +594,3 @@ class InProcessFleet:
         self._loop.run_until_complete(self._loop.shutdown_asyncgens())
         self._loop.close()
         self._http.close()
-        if self._slow_http is not None:
-            self._slow_http.close()

@@ -10,10 +10,12 @@ is the same machine in memory for simulated fleets.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -157,6 +159,7 @@ class FileSlots(ABSlots):
         self._durable = durable
         self._state_path = directory / "boot.json"
         self._on_chunk = on_chunk
+        self._lock = threading.Lock()  # one boot-state write at a time: its temp file has one name
 
     @classmethod
     def open_or_seed(
@@ -172,7 +175,7 @@ class FileSlots(ABSlots):
         slots = cls(directory, durable=durable, on_chunk=on_chunk)
         if not slots._state_path.exists():
             directory.mkdir(parents=True, exist_ok=True)
-            write_atomically(directory / "slot_a.img", sample_image(hardware_id, version), durable=durable)
+            write_atomically(directory / "slot_a.img", _seed_image(hardware_id, version), durable=durable)
             write_atomically(directory / "slot_b.img", b"", durable=durable)
             slots._save(BootState())
         return slots
@@ -188,7 +191,9 @@ class FileSlots(ABSlots):
         return state
 
     def _save(self, state: BootState) -> None:
-        write_atomically(self._state_path, json.dumps(asdict(state)).encode(), durable=self._durable)
+        data = json.dumps({"active": state.active, "booted": state.booted, "try_slot": state.try_slot}).encode()
+        with self._lock:
+            write_atomically(self._state_path, data, durable=self._durable, single_writer=True)
 
     def _slot_path(self, slot: str) -> Path:
         return self.directory / f"slot_{slot}.img"
@@ -207,6 +212,12 @@ class FileSlots(ABSlots):
 
     def _reader(self, slot: str) -> IO[bytes]:
         return self._slot_path(slot).open("rb")
+
+
+@functools.lru_cache(maxsize=16)
+def _seed_image(hardware_id: str, version: str) -> bytes:
+    """The installed version's stand-in image (a simulated fleet seeds thousands of identical ones)."""
+    return sample_image(hardware_id, version)
 
 
 class MemorySlots(ABSlots):

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,15 +31,29 @@ JOURNAL_VERSION = 1
 MAX_OUTBOX = 200
 
 
-def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+_TEMP_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def write_atomically(path: Path, data: bytes, *, durable: bool = True, single_writer: bool = False) -> None:
+    """Temp file, fsync, rename, fsync the directory: the file is old or new, never torn.
+
+    The temp file has a unique name, unless the caller is the only one writing ``path``
+    (``single_writer``, e.g. under its own lock): then it is always ``.NAME.tmp``, which
+    spares making a unique name each time (the journal is written at every step) and
+    leaves no stray temp file behind a crash, the next write truncating it.
+    """
+    if single_writer:
+        tmp = str(path.parent / f".{path.name}.tmp")
+        fd = os.open(tmp, _TEMP_FLAGS, 0o600)  # the mode mkstemp gives
+    else:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
+        try:
+            _write_all(fd, data)
             if durable:
-                os.fsync(fh.fileno())
+                os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -46,6 +61,12 @@ def write_atomically(path: Path, data: bytes, *, durable: bool = True) -> None:
         raise
     if durable:
         fsync_directory(path.parent)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def fsync_directory(directory: Path) -> None:
@@ -148,6 +169,13 @@ class Journal:
         self._durable = durable
         self.recovered = False  # True when the newest file was unreadable and an older one was used
         self.data = self._load()
+        # One save at a time (the agent saves from its event loop and its worker thread), so
+        # the temp file can keep one name; and each campaign's and report's JSON, kept while
+        # the object is unchanged (records are immutable: a step makes a new one).
+        self._lock = threading.Lock()
+        self._dir_made = False
+        self._campaign_json: dict[int, tuple[CampaignRecord, str]] = {}
+        self._report_json: dict[int, tuple[StatusReport, str]] = {}
 
     def _load(self) -> JournalData:
         """The newest readable copy; a torn or corrupt one is kept aside as ``.corrupt``.
@@ -194,20 +222,47 @@ class Journal:
         )
 
     def save(self) -> None:
-        body = {
-            "journal_version": JOURNAL_VERSION,
-            "campaigns": {str(k): v.to_json() for k, v in self.data.campaigns.items()},
-            "installed": {k: list(v) for k, v in self.data.installed.items()},
-            "floors": dict(self.data.floors),
-            "outbox": [r.model_dump(mode="json", exclude_none=True) for r in self.data.outbox],
-        }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # The current file (always one we wrote) becomes the fallback; the new one is
-        # renamed over it only once complete. Between the two renames .prev is the newest.
-        with contextlib.suppress(FileNotFoundError):
-            os.replace(self.path, self.prev_path)
-        # Compact: json's C encoder only runs without ``indent``.
-        write_atomically(self.path, json.dumps(body, separators=(",", ":")).encode(), durable=self._durable)
+        with self._lock:
+            data = self.encode()
+            if not self._dir_made:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._dir_made = True
+            # The current file (always one we wrote) becomes the fallback; the new one is
+            # renamed over it only once complete. Between the two renames .prev is the newest.
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(self.path, self.prev_path)
+            write_atomically(self.path, data, durable=self._durable, single_writer=True)
+
+    def encode(self) -> bytes:
+        """The journal file's bytes: compact JSON, each unchanged campaign and report encoded once."""
+        campaigns = ",".join(f'"{k}":{self._encoded_campaign(k, v)}' for k, v in self.data.campaigns.items())
+        outbox = ",".join(self._encoded_reports())
+        installed = _dumps({k: list(v) for k, v in self.data.installed.items()})
+        text = (
+            f'{{"journal_version":{JOURNAL_VERSION},"campaigns":{{{campaigns}}},'
+            f'"installed":{installed},"floors":{_dumps(self.data.floors)},"outbox":[{outbox}]}}'
+        )
+        return text.encode()
+
+    def _encoded_campaign(self, campaign_id: int, record: CampaignRecord) -> str:
+        cached = self._campaign_json.get(campaign_id)
+        if cached is not None and cached[0] is record:
+            return cached[1]
+        text = _dumps(record.to_json())
+        self._campaign_json[campaign_id] = (record, text)
+        return text
+
+    def _encoded_reports(self) -> list[str]:
+        """The outbox's reports as JSON; forgets those no longer in it (keyed by identity, object kept)."""
+        known, fresh, texts = self._report_json, {}, []
+        for report in self.data.outbox:
+            cached = known.get(id(report))
+            if cached is None or cached[0] is not report:
+                cached = (report, _dumps(report.model_dump(mode="json", exclude_none=True)))
+            fresh[id(report)] = cached
+            texts.append(cached[1])
+        self._report_json = fresh
+        return texts
 
     def record(self, campaign: CampaignRecord, report: StatusReport | None = None) -> None:
         """Save a campaign's step and (optionally) the report announcing it, in one write."""
@@ -248,6 +303,11 @@ class Journal:
         with contextlib.suppress(ValueError):
             self.data.outbox.remove(report)
             self.save()
+
+
+def _dumps(value: Any) -> str:
+    # Compact: json's C encoder only runs without ``indent``.
+    return json.dumps(value, separators=(",", ":"))
 
 
 class _Unreadable(Exception):

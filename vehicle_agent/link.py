@@ -37,7 +37,8 @@ CampaignMessage = CampaignNotice | CampaignWithdrawal
 
 
 class Link(Protocol):
-    # Called (by the link) after every (re)connect; the agent sets it to re-send its outbox.
+    # Called (by the link) after every (re)connect, and again a while after a report could not
+    # be published on a session that stayed up; the agent sets it to re-send its outbox.
     on_connect: Callable[[], Awaitable[None]] | None
 
     def notices(self) -> AsyncGenerator[CampaignMessage, None]:
@@ -168,6 +169,8 @@ class MqttLink:
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._on_connect_task: asyncio.Future[None] | None = None
         self._lost = asyncio.Event()  # set when the current session ends (a new one per session)
+        self._resend: asyncio.Task[None] | None = None  # see _resend_later
+        self._publish_failures = 0
 
     @property
     def malformed(self) -> int:
@@ -229,6 +232,9 @@ class MqttLink:
             finally:
                 self._client = None
                 self._lost.set()
+                if self._resend is not None:  # the next session's connect re-sends the outbox
+                    self._resend.cancel()
+                    self._resend = None
             failures += 1
             await self._sleep(self._backoff(failures))
 
@@ -256,7 +262,29 @@ class MqttLink:
         try:
             publish.result()
         except aiomqtt.MqttError as exc:
+            self._resend_later(lost)
             raise LinkDown(f"publish failed: {exc}") from exc
+        self._publish_failures = 0
+
+    def _resend_later(self, session: asyncio.Event) -> None:
+        """A publish failed (e.g. no PUBACK in time) but the session is still up.
+
+        The report stays in the agent's outbox; with the connection up, no reconnect would
+        send it again, and a car whose last report this was would never be heard of. So the
+        outbox is re-sent (``on_connect``) after a jittered, growing wait, unless the session
+        ends first (the next one re-sends it on connect).
+        """
+        self._publish_failures += 1
+        if self.on_connect is None or session.is_set() or (self._resend is not None and not self._resend.done()):
+            return
+        self._resend = asyncio.ensure_future(self._resend_after(self._backoff(self._publish_failures), session))
+
+    async def _resend_after(self, delay: float, session: asyncio.Event) -> None:
+        await self._sleep(delay)
+        if session.is_set() or session is not self._lost or self.on_connect is None:
+            return
+        self._resend = None  # a failure while re-sending arms the next try
+        await self.on_connect()
 
     async def announce_offline(self) -> None:
         """Say goodbye before a clean shutdown (the Last-Will covers the unclean one)."""

@@ -76,17 +76,50 @@ def _drain(response: httpx.Response, limit: int = ERROR_BODY_LIMIT) -> None:
         return
 
 
-def make_http_client(limits: DownloadLimits | None = None, *, max_connections: int = 100) -> httpx.Client:
-    """A client sized for sharing; timeouts are per operation, the fetcher enforces the total."""
+class _NoCookies(httpx.Cookies):
+    """A cookie jar that stays empty: the repositories set no cookies and the agent sends none.
+
+    httpx has no switch for cookies, and parsing every answer for ``Set-Cookie`` (through
+    urllib's cookie machinery) was a measurable share of a request's CPU in the simulator.
+    """
+
+    def extract_cookies(self, response: httpx.Response) -> None:
+        return None
+
+    def set_cookie_header(self, request: httpx.Request) -> None:
+        return None
+
+
+class AgentHttpClient(httpx.Client):
+    """``httpx.Client`` without cookies (see :class:`_NoCookies`); otherwise unchanged."""
+
+    @property
+    def cookies(self) -> httpx.Cookies:
+        return _NO_COOKIES
+
+    @cookies.setter
+    def cookies(self, cookies: httpx._types.CookieTypes) -> None:
+        raise TypeError("the agent's HTTP client keeps no cookies")
+
+
+_NO_COOKIES = _NoCookies()
+
+
+def make_http_client(
+    limits: DownloadLimits | None = None, *, max_connections: int = 100, max_keepalive: int | None = None
+) -> httpx.Client:
+    """A client sized for sharing; timeouts are per operation, the fetcher enforces the total.
+
+    ``max_keepalive`` idle connections are kept (default: ``max_connections``).
+    """
     limits = limits or DownloadLimits()
     timeout = httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout)
-    return httpx.Client(
+    keep = max_connections if max_keepalive is None else min(max_keepalive, max_connections)
+    return AgentHttpClient(
         timeout=timeout,
         # Kept alive for a minute (httpx's default is 5 s): a campaign's fetches come minutes
         # apart under load, and the server keeps connections 75 s.
-        limits=httpx.Limits(
-            max_connections=max_connections, max_keepalive_connections=max_connections, keepalive_expiry=60.0
-        ),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=keep, keepalive_expiry=60.0),
         # A repository may hand bundles out from an object store (a 307): what comes back is
         # checked against the signed length and hashes wherever it came from.
         follow_redirects=True,
@@ -118,6 +151,61 @@ class HttpxTransport:
             yield from response.iter_bytes(self._chunk_size)
         except httpx.HTTPError as exc:
             raise FetchError(url, f"{type(exc).__name__}: {exc}") from exc
+
+
+# A thread's own client: one request at a time, so one connection to the repository (and
+# one to an object store a bundle may be redirected to). The spare ones are for a stream a
+# failed caller left open until it is collected: it must not make the next request wait.
+THREAD_CONNECTIONS = 4
+THREAD_KEEPALIVE = 2
+
+
+class PerThreadTransport:
+    """An :class:`HttpxTransport` per thread, each over its own small client made on first use.
+
+    Thousands of cars on a few worker threads sharing ONE pool paid, on every request, for
+    a scan of every pooled connection under the pool's lock, and for the lock's contention
+    between threads. A client per thread keeps one connection alive per thread instead,
+    with the same timeouts, redirects, Range requests and keep-alive expiry. :meth:`close`
+    closes every client made so far; the owner calls it once the threads are done.
+    """
+
+    def __init__(self, factory: Callable[[], httpx.Client] | None = None, *, chunk_size: int = 64 * 1024) -> None:
+        self._factory = factory or (
+            lambda: make_http_client(max_connections=THREAD_CONNECTIONS, max_keepalive=THREAD_KEEPALIVE)
+        )
+        self._chunk_size = chunk_size
+        self._local = threading.local()
+        self._clients: list[httpx.Client] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    @property
+    def clients(self) -> int:
+        """How many clients (threads that made a request) there are."""
+        return len(self._clients)
+
+    def _transport(self) -> HttpxTransport:
+        transport: HttpxTransport | None = getattr(self._local, "transport", None)
+        if transport is None:
+            client = self._factory()
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    raise RuntimeError("the transport is closed")
+                self._clients.append(client)
+            transport = self._local.transport = HttpxTransport(client, chunk_size=self._chunk_size)
+        return transport
+
+    def stream(self, url: str, *, start: int = 0) -> AbstractContextManager[Chunks]:
+        return self._transport().stream(url, start=start)
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
 
 
 Body = bytes | Callable[[], Iterator[bytes]]

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from vehicle_agent.errors import FetchError
-from vehicle_agent.transport import ERROR_BODY_LIMIT, HttpxTransport, make_http_client
+from vehicle_agent.transport import ERROR_BODY_LIMIT, HttpxTransport, PerThreadTransport, Transport, make_http_client
 
 
 class _Counting(ThreadingHTTPServer):
@@ -33,6 +33,14 @@ class _Handler(BaseHTTPRequestHandler):
             for _ in range(40):
                 self.wfile.write(b"x" * ERROR_BODY_LIMIT)
             return
+        if self.path == "/cookie":  # a server that hands out a cookie, then shows what came back
+            body = self.headers.get("Cookie", "none").encode()
+            self.send_response(200)
+            self.send_header("Set-Cookie", "session=abc; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         code, body = (404, b'{"detail": "no such file"}') if self.path == "/missing" else (200, b"signed bytes")
         self.send_response(code)
         self.send_header("Content-Length", str(len(body)))
@@ -53,7 +61,7 @@ def server() -> Iterator[_Counting]:
     httpd.server_close()
 
 
-def _get(transport: HttpxTransport, url: str) -> bytes:
+def _get(transport: Transport, url: str) -> bytes:
     with transport.stream(url) as chunks:
         return b"".join(chunks)
 
@@ -78,3 +86,59 @@ def test_a_huge_error_body_is_not_read_the_connection_is_dropped(server: _Counti
             _get(transport, base + "/huge")
         assert _get(transport, base + "/ok") == b"signed bytes"
     assert server.connections == 2
+
+
+def test_each_thread_keeps_its_own_connection(server: _Counting) -> None:
+    """A fleet's worker threads do not share one pool: each keeps one connection alive for its
+    requests (a shared client would serve these one-after-another threads on one connection)."""
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    transport = PerThreadTransport()
+    got: list[bytes] = []
+
+    def car() -> None:
+        got.extend(_get(transport, base + "/ok") for _ in range(3))
+        with pytest.raises(FetchError):
+            _get(transport, base + "/missing")
+        got.append(_get(transport, base + "/ok"))
+
+    try:
+        for _ in range(3):
+            thread = threading.Thread(target=car)
+            thread.start()
+            thread.join()
+        assert got == [b"signed bytes"] * 12
+        assert transport.clients == 3
+        assert server.connections == 3  # one per thread, kept alive across its five requests
+    finally:
+        transport.close()
+    assert transport.clients == 0
+    with pytest.raises(RuntimeError):  # a closed transport makes no new client
+        threading_result(lambda: _get(transport, base + "/ok"))
+
+
+def threading_result(fn: Callable[[], object]) -> object:
+    """Run ``fn`` in a new thread; return its result or raise its exception here."""
+    box: list[object] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            box.append(fn())
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+    return box[0]
+
+
+def test_the_client_keeps_and_sends_no_cookies(server: _Counting) -> None:
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    with make_http_client() as client:
+        transport = HttpxTransport(client)
+        assert _get(transport, base + "/cookie") == b"none"
+        assert _get(transport, base + "/cookie") == b"none"  # a plain httpx.Client sends session=abc back
+        assert len(client.cookies) == 0

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -61,9 +63,9 @@ def test_a_step_and_its_report_are_one_write(tmp_path: Path, monkeypatch: pytest
     writes: list[Path] = []
     real = journal_module.write_atomically
 
-    def counting(path: Path, data: bytes, *, durable: bool = True) -> None:
+    def counting(path: Path, data: bytes, **options: bool) -> None:
         writes.append(path)
-        real(path, data, durable=durable)
+        real(path, data, **options)
 
     monkeypatch.setattr(journal_module, "write_atomically", counting)
     journal.record(CampaignRecord(1, "n", S.REMEDIED), report(S.REMEDIED))
@@ -146,3 +148,53 @@ def _stop_at(state: ReportState):  # type: ignore[no-untyped-def]
             raise _Stop
 
     return on_report
+
+
+def test_the_file_holds_every_campaign_and_report_as_written(tmp_path: Path) -> None:
+    """Unchanged parts are encoded once and kept: what is on disk must still be the whole, current journal."""
+    journal = Journal(tmp_path / "journal.json", durable=False)
+    first, second = report(S.NOTIFIED), report(S.DOWNLOADING)
+    journal.record(CampaignRecord(1, "n", S.NOTIFIED), first)
+    journal.record(CampaignRecord(2, "m", S.NOTIFIED))
+    journal.enqueue(second)
+    journal.enqueue(second)  # the same report twice is kept twice
+    journal.acknowledge(first)
+    journal.record(CampaignRecord(1, "n", S.DOWNLOADING, bundle_bytes=7))  # a new record replaces the old
+    journal.set_installed(SERIAL, "2.0", 2)
+    journal.raise_floor(SERIAL, 2)
+    journal.save()
+    expected = {
+        "journal_version": journal_module.JOURNAL_VERSION,
+        "campaigns": {str(k): v.to_json() for k, v in journal.data.campaigns.items()},
+        "installed": {SERIAL: ["2.0", 2]},
+        "floors": {SERIAL: 2},
+        "outbox": [r.model_dump(mode="json", exclude_none=True) for r in (second, second)],
+    }
+    assert json.loads((tmp_path / "journal.json").read_bytes()) == expected
+    reloaded = Journal(tmp_path / "journal.json")
+    assert reloaded.data.campaigns[1].state is S.DOWNLOADING and reloaded.data.campaigns[1].bundle_bytes == 7
+    assert [r.state for r in reloaded.data.outbox] == [S.DOWNLOADING, S.DOWNLOADING]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.json", "journal.json.prev"]  # no temp file left
+
+
+def test_saves_from_two_threads_never_tear_the_file(tmp_path: Path) -> None:
+    """The agent saves from its event loop and its worker thread; the temp file has one name."""
+    journal = Journal(tmp_path / "journal.json", durable=False)
+    journal.record(CampaignRecord(1, "n" * 4000, S.NOTIFIED))  # large enough for writes to interleave
+    errors: list[BaseException] = []
+
+    def saver() -> None:
+        try:
+            for _ in range(300):
+                journal.save()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    for name in ("journal.json", "journal.json.prev"):
+        assert json.loads((tmp_path / name).read_bytes())["campaigns"]["1"]["nonce"] == "n" * 4000

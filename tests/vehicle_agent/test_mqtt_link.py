@@ -7,11 +7,14 @@ import asyncio
 import secrets
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import aiomqtt
 
-from firmware_bundles import topics
+from firmware_bundles import repo_paths, topics
 from firmware_bundles.messages import (
     CampaignNotice,
     ReportState,
@@ -21,8 +24,11 @@ from firmware_bundles.messages import (
     parse_report,
 )
 from firmware_bundles.vin import make_vin
+from vehicle_agent.agent import Agent
 from vehicle_agent.config import MqttOptions
 from vehicle_agent.link import MqttLink, parse_mqtt_url
+
+from .fakes import REPO, SERIAL, FakeServer
 
 
 def notice(vin: str, campaign_id: int) -> CampaignNotice:
@@ -90,3 +96,57 @@ async def test_mqtt_link_round_trip(mosquitto_url: str) -> None:
         finally:
             await server.publish(topics.campaign_topic(vin), b"", qos=1, retain=True)
             await server.publish(topics.presence_topic(vin), b"", qos=1, retain=True)
+
+
+class _NoAckFor(aiomqtt.Client):
+    """A client whose publish of one report state fails once, as aiomqtt's does when the
+    PUBACK does not come within its operation timeout, while the connection stays up."""
+
+    state = ReportState.REMEDIED
+    failed: list[ReportState] = []
+
+    async def publish(self, topic: str, payload: Any = None, *args: Any, **kwargs: Any) -> None:
+        if isinstance(payload, bytes) and topic.endswith("/status"):
+            state = parse_report(payload).state
+            if state is self.state and state not in self.failed:
+                self.failed.append(state)
+                raise aiomqtt.MqttError("Operation timed out")
+        await super().publish(topic, payload, *args, **kwargs)
+
+
+async def test_a_report_whose_publish_timed_out_is_sent_again_on_the_same_session(
+    mosquitto_url: str, tmp_path: Path
+) -> None:
+    """The last report (remedied) gets no PUBACK in time; nothing else would make the car send
+    its outbox again (no reconnect, no notice), so the link re-sends it on a timer."""
+    server = FakeServer()
+    vin = make_vin("1HG", "CM826", "R", "A", secrets.randbelow(10**6))
+    server.transport.files[repo_paths.director_metadata_url(REPO, vin) + "1.root.json"] = server.director_root
+    server.assign({SERIAL: server.release("2.0", 2)}, vin=vin)
+    config = replace(server.agent_config(tmp_path, vin=vin), mqtt_url=mosquitto_url, durable=False)
+    link = MqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
+    _NoAckFor.failed = []
+    link.client_class = _NoAckFor
+    agent = Agent(config, link=link, transport=server.transport)
+    host, port, _tls = parse_mqtt_url(mosquitto_url)
+    async with asyncio.timeout(15), aiomqtt.Client(host, port, identifier=f"test-{uuid.uuid4().hex}") as observer:
+        await observer.subscribe(topics.status_topic(vin), qos=1)
+        running = asyncio.create_task(agent.run())
+        try:
+            while not link.connected:  # subscribed: the notice is not missed
+                await asyncio.sleep(0.02)
+            await observer.publish(topics.campaign_topic(vin), encode(server.notice(vin=vin)), qos=1)
+            async for message in observer.messages:
+                assert isinstance(message.payload, bytes)
+                if parse_report(message.payload).state is ReportState.REMEDIED:
+                    break
+            assert _NoAckFor.failed == [ReportState.REMEDIED]  # it did fail once
+            assert link.connects == 1  # and came again on the same session
+            for _ in range(100):
+                if not agent.journal.data.outbox:
+                    break
+                await asyncio.sleep(0.02)
+            assert agent.journal.data.outbox == []
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
