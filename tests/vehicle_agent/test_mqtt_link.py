@@ -133,7 +133,7 @@ async def test_a_report_whose_publish_timed_out_is_sent_again_on_the_same_sessio
         await observer.subscribe(topics.status_topic(vin), qos=1)
         running = asyncio.create_task(agent.run())
         try:
-            while not link.connected:  # subscribed: the notice is not missed
+            while not link.connected:  # noqa: ASYNC110 (subscribed: the notice is not missed)
                 await asyncio.sleep(0.02)
             await observer.publish(topics.campaign_topic(vin), encode(server.notice(vin=vin)), qos=1)
             async for message in observer.messages:
