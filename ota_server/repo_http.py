@@ -4,18 +4,24 @@ Cars fetch ~10 files each (both repositories' metadata and the bundle), so at fl
 these requests outnumber every other route by far. They need none of what the API stack
 does per request (tokens, rate limits, body limits, dependency injection), so this ASGI
 layer answers ``GET``/``HEAD /repo/...`` itself: the Image repository straight from memory
-when its copy is fresh (no thread hop), everything else through
-:class:`~ota_server.services.repository.RepoReader` in a small thread pool, and bundles
-through Starlette's ``FileResponse`` (``Range`` honoured, so downloads resume). Anything
-else, and a path it does not know, goes on to the app. It counts its requests in the same
-HTTP latency histogram as the API, labelled by route template.
+when its copy is fresh, and a car's Director snapshot and targets when the timestamp that
+names them was served here (no thread hop for either), everything else through
+:class:`~ota_server.services.repository.RepoReader` in a small thread pool. Bundles and
+deltas up to ``SMALL_FILE_BYTES`` are kept in memory once read (their files are named by
+content and never change) and answered with one send, ``Range: bytes=N-`` honoured; larger
+ones, and other ranges, go through Starlette's ``FileResponse``. Anything else, and a path it
+does not know, goes on to the app. It counts its requests in the same HTTP latency histogram
+as the API, labelled by route template.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,6 +43,49 @@ IMAGE_ROUTE = "/" + "repo/" + repo_paths.IMAGE_METADATA + "{name}"
 TARGETS_ROUTE = "/" + "repo/" + repo_paths.TARGETS + "{target_path}"
 DIRECTOR_ROUTE = "/" + "repo/" + repo_paths.DIRECTOR_METADATA + "{name}"
 _JSON_HEADERS = [(b"content-type", b"application/json"), (b"cache-control", b"no-cache")]
+_OCTETS = (b"content-type", b"application/octet-stream")
+_RANGES = (b"accept-ranges", b"bytes")
+_OPEN_RANGE = re.compile(r"^bytes=(\d{1,15})-$")
+SMALL_FILE_BYTES = 1 << 20  # bundles and deltas up to this size are served from memory
+SMALL_FILES_TOTAL = 64 << 20  # at most this much of them kept
+
+
+class SmallFiles:
+    """Target path to the bytes of its (content-named, immutable) file, least recently used dropped first."""
+
+    def __init__(self, max_file: int = SMALL_FILE_BYTES, max_total: int = SMALL_FILES_TOTAL) -> None:
+        self.max_file, self._max_total = max_file, max_total
+        self._files: OrderedDict[str, bytes] = OrderedDict()
+        self._total = 0
+        self._lock = threading.Lock()
+
+    def get(self, target_path: str) -> bytes | None:
+        with self._lock:
+            data = self._files.get(target_path)
+            if data is not None:
+                self._files.move_to_end(target_path)
+            return data
+
+    def load(self, target_path: str, file: Path) -> bytes | None:
+        """Read and keep ``file`` if it is small (blocking: call it in a thread); None when it is not."""
+        if file.stat().st_size > self.max_file:
+            return None
+        data = file.read_bytes()
+        with self._lock:
+            if target_path not in self._files:
+                self._files[target_path] = data
+                self._total += len(data)
+            while self._total > self._max_total and self._files:
+                _, dropped = self._files.popitem(last=False)
+                self._total -= len(dropped)
+        return data
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def _json_error(status: int, detail: str) -> tuple[int, bytes]:
@@ -51,6 +100,7 @@ class RepoHttp:
         self._reader_of = reader_of
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="repo-read")
+        self.small_files = SmallFiles()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -77,7 +127,9 @@ class RepoHttp:
                 await self.app(scope, receive, send)
                 return
             route = DIRECTOR_ROUTE
-            status = await self._metadata(scope, send, lambda: None, lambda: reader.director(vin, name))
+            status = await self._metadata(
+                scope, send, lambda: reader.director_cached(vin, name), lambda: reader.director(vin, name)
+            )
         else:
             await self.app(scope, receive, send)
             return
@@ -101,8 +153,20 @@ class RepoHttp:
         return status
 
     async def _target(self, reader: RepoReader, target_path: str, scope: Scope, receive: Receive, send: Send) -> int:
+        range_header = _header(scope, b"range")
+        wanted = _OPEN_RANGE.match(range_header) if range_header is not None else None
+        servable = range_header is None or wanted is not None  # other ranges: FileResponse's own handling
+        data = self.small_files.get(target_path) if servable else None
+        if data is not None:
+            return await self._small(scope, send, data, int(wanted[1]) if wanted else None)
         try:
             file: Path = await asyncio.get_running_loop().run_in_executor(self._pool, reader.target, target_path)
+            if servable:
+                data = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.small_files.load, target_path, file
+                )
+                if data is not None:
+                    return await self._small(scope, send, data, int(wanted[1]) if wanted else None)
         except NotFound as exc:
             status, body = _json_error(404, exc.message)
             headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
@@ -120,6 +184,24 @@ class RepoHttp:
             await original_send(message)
 
         await response(scope, receive, recording_send)
+        return status
+
+    @staticmethod
+    async def _small(scope: Scope, send: Send, data: bytes, start: int | None) -> int:
+        """A whole small file (200), or from ``start`` on (206; 416 past its end)."""
+        size = len(data)
+        if start is not None and start >= size:
+            headers = [_RANGES, (b"content-range", f"bytes */{size}".encode()), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 416, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return 416
+        status, body, headers = 200, data, [_OCTETS, _RANGES]
+        if start is not None:
+            status, body = 206, data[start:]
+            headers.append((b"content-range", f"bytes {start}-{size - 1}/{size}".encode()))
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
         return status
 
     def close(self) -> None:

@@ -329,6 +329,13 @@ class RepoReader:
             raise NotFound(f"no Director metadata for VIN {vin!r}")
         return found[1]
 
+    def director_cached(self, vin: str, name: str) -> bytes | None:
+        """A versioned snapshot or targets from memory (no database, no thread), else None."""
+        versioned = VERSIONED_CHAIN.match(name)
+        if versioned is None:
+            return None
+        return self.chains.get(vin.upper(), f"{versioned[2]}.json", int(versioned[1]))
+
     def _versioned(self, vin: str, name: str, version: int) -> bytes:
         """``N.snapshot.json``/``M.targets.json``: from memory after the timestamp naming it, else one query."""
         data = self.chains.get(vin, name, version)

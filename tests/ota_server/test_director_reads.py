@@ -158,7 +158,13 @@ async def test_after_the_timestamp_snapshot_and_targets_need_no_query(env: Env) 
         assert len(seen.sql) == len(asked), seen.sql[len(asked) :]  # no database access after the timestamp
         return asked, ts, snap, targets
 
+    assert reader.director_cached(v, "1.snapshot.json") is None  # nothing served yet
     signing, first, _, _ = fetch()  # signs the queued assignment and serves the bytes it wrote
+    # what the HTTP layer answers on the event loop, without a thread: only versioned names it holds
+    snapshot_name = f"{first.signed.snapshot_meta.version}.snapshot.json"
+    assert reader.director_cached(v, snapshot_name) == reader.director(v, snapshot_name)
+    assert reader.director_cached(v, "snapshot.json") is None
+    assert reader.director_cached(v, "999.targets.json") is None
     assert signing[-1].startswith("DELETE"), signing  # the queued row: nothing is read back after
     served, again, _, _ = fetch()  # the chain as signed: the timestamp is one query
     assert len(served) == 1 and again.signed.version == first.signed.version
