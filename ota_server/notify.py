@@ -36,7 +36,8 @@ class NoticeDispatcher:
         self._publisher = publisher
         self._factory = session_factory
         self._clock = clock
-        self._limit = asyncio.Semaphore(concurrency)
+        self._concurrency = concurrency
+        self._limit = asyncio.Semaphore(concurrency)  # across batches: at most this many in flight
         self._tasks: set[asyncio.Task[None]] = set()
         self.published = 0  # notices and withdrawals the broker took (the /metrics counter)
 
@@ -54,12 +55,11 @@ class NoticeDispatcher:
 
     async def _publish_one(self, notice: Outbound) -> bool:
         delay = 0.5
+        topic, payload = topics.campaign_topic(notice.vin), encode(notice)
         for attempt in range(1, RETRIES + 1):
             try:
                 async with self._limit:
-                    await self._publisher.publish(
-                        topics.campaign_topic(notice.vin), encode(notice), qos=topics.QOS, retain=True
-                    )
+                    await self._publisher.publish(topic, payload, qos=topics.QOS, retain=True)
                 self.published += 1
                 return True
             except Exception as exc:  # any transport failure: retry, then leave it for the next start
@@ -77,17 +77,27 @@ class NoticeDispatcher:
         return False
 
     async def _publish_all(self, notices: list[Outbound]) -> None:
-        results = await asyncio.gather(*(self._publish_one(n) for n in notices))
-        done = [n for n, ok in zip(notices, results, strict=True) if ok]
+        # A few workers per batch, not a task per notice: a launch hands over thousands at once.
+        pending = iter(notices)
+        done: list[Outbound] = []
+        failed = 0
+
+        async def worker() -> None:
+            nonlocal failed
+            for notice in pending:
+                if await self._publish_one(notice):
+                    done.append(notice)
+                else:
+                    failed += 1
+
+        await asyncio.gather(*(worker() for _ in range(min(self._concurrency, len(notices)))))
         if done:
             try:
                 await asyncio.to_thread(self._mark, done)
             except Exception:  # the notices went out; only the bookkeeping failed
                 log.exception("could not record %d published notices", len(done))
-        if len(done) < len(notices):
-            log.error(
-                "%d campaign notices not published; they will be retried at the next start", len(notices) - len(done)
-            )
+        if failed:
+            log.error("%d campaign notices not published; they will be retried at the next start", failed)
 
     def _mark(self, done: list[Outbound]) -> None:
         with self._factory() as session:

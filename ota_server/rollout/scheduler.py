@@ -1,7 +1,7 @@
 """The scheduler: one component, one lock, an injected clock, applying each campaign's plan.
 
-On every tick (periodic, after each ingest batch that moved a car, after a launch or
-a control action) it, per campaign:
+On every tick (periodic, after ingest batches that moved a car, after a launch or a
+control action) it, per campaign:
 
 1. takes late joiners into a dynamic campaign;
 2. times out cars stuck installing (or never answering, if the plan asks);
@@ -17,6 +17,12 @@ Safety recalls are visited first and a feature campaign waits for a car's unfini
 safety recall, so a safety recall takes precedence. The work is synchronous under a
 threading lock (run in a worker thread), so the periodic tick, the ingest hook and the
 API never interleave; on PostgreSQL the campaign row is locked too, for replicas.
+
+Ingest and pokes never wait for a tick: they ask for one, and asks made while a tick
+runs coalesce into exactly one more tick after it. A tick that hit its cap carries on at
+once with a doubled cap (up to ``_MAX_CARRY_FACTOR`` times ``max_per_tick``): the first
+notices of a launch go out after a small batch, the rest in few large ones, each batch
+published while the next one is prepared.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, func, or_, select
+from sqlalchemy import and_, exists, func, or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
@@ -59,6 +65,7 @@ T = TypeVar("T")
 Dispatch = Callable[[Sequence[Outbound]], None]
 _CHUNK = 500
 _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release
+_MAX_CARRY_FACTOR = 8  # a tick carrying on a capped one releases up to this many times max_per_tick
 
 
 @dataclass
@@ -140,7 +147,11 @@ class Scheduler:
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._pokes: set[asyncio.Task[TickResult]] = set()
+        # Ticks asked for (ingest batches, pokes, a capped tick carrying on) run one at a time in
+        # one background task; asking while one runs means exactly one more afterwards.
+        self._wanted = False
+        self._runner: asyncio.Task[None] | None = None
+        self._carry = 0  # cars the next carried-on tick may release (0: not carrying on)
 
     # -- running -----------------------------------------------------------------
 
@@ -149,21 +160,23 @@ class Scheduler:
         with self._lock:
             return fn()
 
-    def tick_sync(self, campaign_ids: Collection[int] | None = None) -> TickResult:
+    def tick_sync(self, campaign_ids: Collection[int] | None = None, *, limit: int | None = None) -> TickResult:
+        """One tick; ``limit`` caps the cars each campaign releases (default ``max_per_tick``)."""
         result = TickResult()
+        limit = self._max_per_tick if limit is None else limit
         with self._lock, self._sessions() as session:
             query = (
-                select(Campaign, Recall)
+                select(Campaign.id)
                 .join(Recall, Recall.id == Campaign.recall_id)
                 .order_by(Recall.safety_recall.desc(), Campaign.id)
             )
             if campaign_ids is not None:
                 query = query.where(Campaign.id.in_(list(campaign_ids)))
-            queue = [c.id for c, _ in session.execute(query).all()]
+            queue = list(session.scalars(query))
             for campaign_id in queue:  # grows: a rollback campaign launched this tick runs in it too
                 launched = len(result.rollbacks)
                 try:
-                    self._campaign_tick(session, campaign_id, result)
+                    self._campaign_tick(session, campaign_id, result, limit)
                     session.commit()
                 except Exception:
                     session.rollback()
@@ -174,13 +187,17 @@ class Scheduler:
 
     async def tick(self, campaign_ids: Collection[int] | None = None) -> TickResult:
         """One tick in a worker thread; its notices go to the dispatcher."""
-        result = await asyncio.to_thread(self.tick_sync, campaign_ids)
+        return await self._tick(campaign_ids, self._max_per_tick)
+
+    async def _tick(self, campaign_ids: Collection[int] | None, limit: int) -> TickResult:
+        result = await asyncio.to_thread(self.tick_sync, campaign_ids, limit=limit)
         if result.messages:
-            self._dispatch(result.messages)
-        if result.notified + result.retried >= self._max_per_tick:
-            # More cars are waiting: carry on at once (their notices go out a thousand at a
-            # time, each batch as soon as it is signed) instead of at the next interval.
-            self.poke()
+            self._dispatch(result.messages)  # published on the loop while the next tick runs
+        if result.notified + result.retried >= limit:
+            # More cars are waiting: carry on at once instead of at the next interval, with
+            # larger batches (the first, small one got the first notices out quickly).
+            self._carry = min(2 * limit, _MAX_CARRY_FACTOR * self._max_per_tick)
+            self._want()
         for campaign_id in result.paused:
             log.warning("campaign %d paused: error threshold crossed", campaign_id)
         for parent_id, child_id in result.rollbacks:
@@ -188,27 +205,44 @@ class Scheduler:
         return result
 
     async def on_reports(self, campaign_ids: set[int]) -> None:
-        """The ingest hook: a batch moved cars in ``campaign_ids``.
+        """The ingest hook: a batch moved cars in ``campaign_ids``. Returns at once.
 
-        Every campaign is visited, not only those: a car that settles in one campaign may
-        be the car another campaign was waiting for (one active update per car).
+        A tick follows (exactly one more if one is running: a burst of batches costs one tick,
+        not one per batch), and it visits every campaign, not only those: a car that settles in
+        one campaign may be the car another campaign was waiting for (one active update per car).
         """
-        await self.tick()
+        self._want()
 
     def poke(self) -> None:
         """Ask for a tick soon, from any thread (e.g. after a registration)."""
         loop = self._loop
         if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._spawn)
+            loop.call_soon_threadsafe(self._want)
 
-    def _spawn(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.tick())
-        self._pokes.add(task)
-        task.add_done_callback(self._pokes.discard)
+    def _want(self) -> None:
+        """Ask for one more tick (on the loop); ticks asked for while one runs coalesce into one."""
+        if self._loop is None:  # stopped (or not started): the periodic tick, if any, catches up
+            return
+        self._wanted = True
+        if self._runner is None:
+            self._runner = asyncio.get_running_loop().create_task(self._run_wanted(), name="ota-scheduler-wanted")
+
+    async def _run_wanted(self) -> None:
+        try:
+            while self._wanted and self._loop is not None:
+                self._wanted = False
+                limit, self._carry = self._carry or self._max_per_tick, 0
+                try:
+                    await self._tick(None, limit)
+                except Exception:  # a bad tick must not stop the next one
+                    log.exception("scheduler tick failed")
+        finally:
+            self._runner = None
 
     async def idle(self) -> None:
-        while self._pokes:
-            await asyncio.gather(*list(self._pokes), return_exceptions=True)
+        """Wait until no tick is asked for or running (the ticks they lead to included)."""
+        while self._runner is not None:
+            await asyncio.gather(self._runner, return_exceptions=True)
 
     def start(self, interval_s: float) -> None:
         self._loop = asyncio.get_running_loop()
@@ -224,7 +258,7 @@ class Scheduler:
                 log.exception("scheduler tick failed")
 
     async def stop(self) -> None:
-        self._loop = None
+        self._loop = None  # the tick running finishes; none is started after it
         await self.idle()
         if self._task is not None:
             self._task.cancel()
@@ -234,7 +268,7 @@ class Scheduler:
 
     # -- one campaign ------------------------------------------------------------
 
-    def _campaign_tick(self, session: Session, campaign_id: int, result: TickResult) -> None:
+    def _campaign_tick(self, session: Session, campaign_id: int, result: TickResult, limit: int) -> None:
         # Replicas: the row lock makes judging a gate, opening a wave or launching a rollback
         # happen once; a campaign another replica is ticking right now is skipped (its tick, or
         # the next periodic one, judges it), and the row is re-read, never taken from this
@@ -242,7 +276,7 @@ class Scheduler:
         campaign = session.scalars(
             select(Campaign)
             .where(Campaign.id == campaign_id)
-            .with_for_update(skip_locked=True)
+            .with_for_update(skip_locked=True, key_share=True)
             .execution_options(populate_existing=True)
         ).one_or_none()
         if campaign is None:
@@ -261,7 +295,7 @@ class Scheduler:
         self._schedule_retries(session, campaign, plan)
         if recall.remedy_type == "dealer" or (plan.start_at is not None and now < plan.start_at):
             return
-        self._release(session, campaign, recall, plan, now, result)
+        self._release(session, campaign, recall, plan, now, result, limit)
 
     def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
@@ -401,9 +435,24 @@ class Scheduler:
 
     # -- notifying ---------------------------------------------------------------
 
-    def _busy(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str]) -> set[str]:
+    def _contenders(self, session: Session, campaign: Campaign) -> list[int]:
+        """Other campaigns, not cancelled, with a car not settled yet: only they can hold a car."""
+        in_flight = [s.value for s in NOT_STARTED | INSTALLING]
+        return list(
+            session.scalars(
+                select(Campaign.id).where(
+                    Campaign.id != campaign.id,
+                    Campaign.status != CANCELLED,
+                    exists().where(CampaignVehicle.campaign_id == Campaign.id, CampaignVehicle.state.in_(in_flight)),
+                )
+            )
+        )
+
+    def _busy(self, session: Session, recall: Recall, contenders: Sequence[int], vins: Sequence[str]) -> set[str]:
         """Cars another campaign holds: one active update per car; a safety recall goes first."""
         busy: set[str] = set()
+        if not contenders or not vins:
+            return busy
         in_flight = [s.value for s in NOT_STARTED | INSTALLING]
         installing_states = {s.value for s in INSTALLING}
         for start in range(0, len(vins), _CHUNK):
@@ -413,7 +462,7 @@ class Scheduler:
                 .join(Recall, Recall.id == Campaign.recall_id)
                 .where(
                     CampaignVehicle.vin.in_(vins[start : start + _CHUNK]),
-                    CampaignVehicle.campaign_id != campaign.id,
+                    CampaignVehicle.campaign_id.in_(contenders),
                     CampaignVehicle.state.in_(in_flight),
                     Campaign.status != CANCELLED,
                 )
@@ -438,59 +487,81 @@ class Scheduler:
         plan: rules.RolloutPlan,
         now: datetime,
         result: TickResult,
+        limit: int,
     ) -> None:
         in_campaign = CampaignVehicle.campaign_id == campaign.id
-        budget = rules.allowance(
-            plan.rate,
-            session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None))) or 0,
-            session.scalar(
-                select(func.count()).where(in_campaign, CampaignVehicle.released_at > now - timedelta(minutes=1))
+        if plan.rate is not None:
+            budget = rules.allowance(
+                plan.rate,
+                session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None))) or 0,
+                session.scalar(
+                    select(func.count()).where(in_campaign, CampaignVehicle.released_at > now - timedelta(minutes=1))
+                )
+                or 0,
             )
-            or 0,
-        )
-        limit = self._max_per_tick if budget is None else min(budget, self._max_per_tick)
+            if budget is not None:
+                limit = min(budget, limit)
         if limit <= 0:
             return
         retry_due = and_(CampaignVehicle.state.in_([s.value for s in ERRORS]), CampaignVehicle.next_retry_at <= now)
         first_time = and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.released_at.is_(None))
+        # Plain rows, not ORM objects: a first release is one UPDATE by VIN list below.
         candidates = (
-            select(CampaignVehicle, Vehicle.time_zone)
+            select(CampaignVehicle.vin, CampaignVehicle.state, CampaignVehicle.nonce, Vehicle.time_zone)
             .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
             .where(in_campaign, CampaignVehicle.wave <= campaign.current_wave, or_(first_time, retry_due))
             .order_by(CampaignVehicle.wave, CampaignVehicle.vin)
         )
+        contenders = self._contenders(session, campaign)
         zones: dict[str, ZoneInfo] = {}
-        chosen: list[CampaignVehicle] = []
+        chosen: list[tuple[str, str, str]] = []  # (vin, state, nonce)
         # Page through the candidates until ``limit`` are chosen: a tick of a 30,000-car launch
         # reads about one batch, not every car still waiting (which made each tick O(fleet)).
-        page, offset = max(2 * limit, _CANDIDATE_PAGE), 0
+        # Without windows or other campaigns holding cars, every candidate is ready: read no more.
+        page = limit if not plan.windows and not contenders else max(2 * limit, _CANDIDATE_PAGE)
+        offset = 0
         while len(chosen) < limit:
             rows = session.execute(candidates.offset(offset).limit(page)).all()
             offset += len(rows)
-            ready: list[CampaignVehicle] = []
-            for cv, tz_name in rows:
-                name = tz_name or plan.default_time_zone
-                tz = zones.get(name) or zones.setdefault(name, rules.zone(name))
-                if rules.in_window(plan.windows, now, tz):
-                    ready.append(cv)
-            busy = self._busy(session, campaign, recall, [cv.vin for cv in ready])
-            chosen += [cv for cv in ready if cv.vin not in busy][: limit - len(chosen)]
+            ready: list[tuple[str, str, str]] = []
+            for vin, state, nonce, tz_name in rows:
+                if plan.windows:
+                    name = tz_name or plan.default_time_zone
+                    tz = zones.get(name) or zones.setdefault(name, rules.zone(name))
+                    if not rules.in_window(plan.windows, now, tz):
+                        continue
+                ready.append((vin, state, nonce))
+            busy = self._busy(session, recall, contenders, [vin for vin, _, _ in ready])
+            chosen += [car for car in ready if car[0] not in busy][: limit - len(chosen)]
             if len(rows) < page:
                 break
         if not chosen:
             return
-        self._sign(session, campaign, recall, [cv.vin for cv in chosen], now)
-        for cv in chosen:
-            if cv.state != VinState.PENDING.value:  # a retry: a new notice with a new nonce
+        self._sign(session, campaign, recall, [vin for vin, _, _ in chosen], now)
+        fresh = [vin for vin, state, _ in chosen if state == VinState.PENDING.value]
+        for start in range(0, len(fresh), campaign_service.VIN_LIST_CHUNK):
+            session.execute(
+                update(CampaignVehicle)
+                .where(in_campaign, CampaignVehicle.vin.in_(fresh[start : start + campaign_service.VIN_LIST_CHUNK]))
+                .values(released_at=now, notice_published_at=None)
+                .execution_options(synchronize_session=False)
+            )
+        nonces = {vin: nonce for vin, _, nonce in chosen}
+        retried = [vin for vin, state, _ in chosen if state != VinState.PENDING.value]
+        for start in range(0, len(retried), _CHUNK):  # a retry: a new notice with a new nonce
+            for cv in session.scalars(
+                select(CampaignVehicle).where(in_campaign, CampaignVehicle.vin.in_(retried[start : start + _CHUNK]))
+            ):
                 move(session, cv, VinState.PENDING, Cause.RETRY, now, detail=f"retry {cv.retries + 1}")
-                cv.nonce = secrets.token_urlsafe(24)
+                cv.nonce = nonces[cv.vin] = secrets.token_urlsafe(24)
                 cv.retries += 1
                 cv.deferrals, cv.progress_rank, cv.next_retry_at = 0, -1, None
-                result.retried += 1
-            else:
-                result.notified += 1
-            cv.released_at, cv.notice_published_at = now, None
-            result.messages.append(campaign_service.notice(recall, campaign, cv.vin, cv.nonce, self._repo_url, now))
+                cv.released_at, cv.notice_published_at = now, None
+        result.retried += len(retried)
+        result.notified += len(fresh)
+        result.messages += campaign_service.notices(
+            recall, campaign, [(vin, nonces[vin]) for vin, _, _ in chosen], self._repo_url, now
+        )
 
     def _sign(self, session: Session, campaign: Campaign, recall: Recall, vins: list[str], now: datetime) -> None:
         """Sign these cars' Director metadata: the fix for each affected ECU, with the recall's floor."""

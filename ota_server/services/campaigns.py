@@ -29,6 +29,7 @@ PENDING = VinState.PENDING.value
 ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
 REMEDY, ROLLBACK = "remedy", "rollback"
 Outbound = CampaignNotice | CampaignWithdrawal
+VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
 
 
 def _recall(session: Session, recall_id: int) -> Recall:
@@ -72,6 +73,25 @@ def notice(
         owner_notice=OwnerNotice.model_validate(recall.owner_notice) if recall.owner_notice else None,
         requires_consent=recall.requires_consent and not recall.safety_recall,
     )
+
+
+def notices(
+    recall: Recall,
+    campaign: Campaign,
+    cars: Sequence[tuple[str, str]],
+    repo_url: str,
+    issued_at: datetime,
+) -> list[CampaignNotice]:
+    """:func:`notice` for each ``(vin, nonce)``: validated once, then copied with each car's VIN and nonce.
+
+    A tick releases thousands of cars of one campaign; their notices differ only there.
+    """
+    if not cars:
+        return []
+    first_vin, first_nonce = cars[0]
+    template = notice(recall, campaign, first_vin, first_nonce, repo_url, issued_at)
+    # Not validated again: the VINs were checked at registration and the nonces are ours.
+    return [template, *(template.model_copy(update={"vin": vin, "nonce": nonce}) for vin, nonce in cars[1:])]
 
 
 def withdrawal(campaign_id: int, vin: str, nonce: str, issued_at: datetime) -> CampaignWithdrawal:
@@ -221,9 +241,12 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
     for message in published:
         by_campaign.setdefault(message.campaign_id, []).append(message.vin)
     for campaign_id, vins in by_campaign.items():
-        for start in range(0, len(vins), 500):
+        # Large chunks: a query's cost is mostly reading the campaign's rows (a fresh launch has no
+        # statistics yet for the planner to prefer the primary key), not the length of its VIN list.
+        for start in range(0, len(vins), VIN_LIST_CHUNK):
             session.query(CampaignVehicle).filter(
-                CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.vin.in_(vins[start : start + 500])
+                CampaignVehicle.campaign_id == campaign_id,
+                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
             ).update({CampaignVehicle.notice_published_at: now}, synchronize_session=False)
     log_rows = [
         {

@@ -32,10 +32,11 @@ class Env:
         return runtime_of(self.app)
 
     async def inject(self, *messages: tuple[str, bytes]) -> None:
-        """Deliver MQTT messages as the link would, and wait until they are stored."""
+        """Deliver MQTT messages as the link would, and wait until they are stored and ticked on."""
         for topic, payload in messages:
             self.runtime.ingestor.submit(topic, payload)
         await self.runtime.ingestor.flush()
+        await self.runtime.scheduler.idle()  # ingest asks for a tick and goes on; wait for it here
 
     async def nonces(self) -> dict[str, str]:
         """VIN -> nonce, read from the published notices (as a car would)."""
