@@ -17,6 +17,10 @@ from ota_server.db.models import Ecu, Release, Vehicle
 from ota_server.errors import InvalidInput
 from ota_server.schemas import Population
 
+# VINs per query: large lists keep a launch's ticks linear (a fresh fleet has no planner statistics
+# yet, and each query of a chunk scans the candidates) while staying far under parameter limits.
+_VIN_CHUNK = 5000
+
 
 @dataclass(frozen=True)
 class Member:
@@ -106,7 +110,8 @@ def resolve(
         [_query(population, hardware_id)]
         if vins is None
         else [
-            _query(population, hardware_id).where(Vehicle.vin.in_(vins[i : i + 500])) for i in range(0, len(vins), 500)
+            _query(population, hardware_id).where(Vehicle.vin.in_(vins[i : i + _VIN_CHUNK]))
+            for i in range(0, len(vins), _VIN_CHUNK)
         ]
     )
     for query in queries:

@@ -30,6 +30,8 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import delete, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
 
@@ -47,6 +49,7 @@ from ota_server.signing.keys import RepoKeys
 from ota_server.signing.store import CHAIN, DIRECTOR, get_file, put_file
 
 _CHUNK = 500
+_QUEUE_CHUNK = 5000  # rows per upsert statement (sent as multi-row VALUES batches)
 DIRECTOR_ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 # A VIN's queued, not yet signed assignment (not metadata: never served).
 PENDING = "assignment.pending.json"
@@ -186,13 +189,12 @@ class Director:
         *,
         min_release_counter: int | None = None,
     ) -> None:
-        """Queue each VIN's next assignment (as :meth:`assign` takes it), signed when the car asks."""
-        vins = list(plan)
-        self._lock_queued(session, vins)  # the rows replaced, locked in the order the signer locks them
-        for chunk in _chunks(vins):
-            session.execute(
-                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
-            )
+        """Queue each VIN's next assignment (as :meth:`assign` takes it), signed when the car asks.
+
+        One upsert per chunk, in VIN order (the order the signer locks queued rows in): a
+        queued assignment not yet signed is replaced, and the primary key is the only index
+        used, whatever the planner knows about a freshly registered fleet.
+        """
         rows = [
             {
                 "repo": DIRECTOR,
@@ -210,10 +212,17 @@ class Director:
                 ).encode(),
                 "updated_at": now,
             }
-            for vin, images in plan.items()
+            for vin, images in sorted(plan.items())
         ]
-        for start in range(0, len(rows), _CHUNK):
-            session.execute(insert(RepoFile), rows[start : start + _CHUNK])
+        upsert = (
+            postgresql_insert(RepoFile) if session.get_bind().dialect.name == "postgresql" else sqlite_insert(RepoFile)
+        )
+        statement = upsert.on_conflict_do_update(
+            index_elements=[RepoFile.repo, RepoFile.owner, RepoFile.name],
+            set_={"version": upsert.excluded.version, "data": upsert.excluded.data, "updated_at": now},
+        )
+        for start in range(0, len(rows), _QUEUE_CHUNK):
+            session.execute(statement, rows[start : start + _QUEUE_CHUNK])
 
     def sign_queued(self, session: Session, vins: Sequence[str], now: datetime) -> dict[str, Chain]:
         """Sign the queued assignments of ``vins`` together, under their rows' locks; the caller commits.
