@@ -112,6 +112,10 @@ class Settings:
     # The campaign scheduler's periodic tick (waves, rate limits, windows, timeouts, retries);
     # it also ticks after each ingest batch that moved a car. 0 leaves only those ticks.
     scheduler_interval_s: float = 2.0
+    # Ticks asked for by ingest batches run at most this often (launches, control actions and a
+    # launch's carrying on are never held back): a tick reads the campaign's cars per state, so
+    # back-to-back ticks under a stream of reports would keep the database busy for nothing.
+    scheduler_report_gap_s: float = 1.0
     # How long the Image repository and Director root stay in memory before they are read
     # again (this process's own changes drop them at once); other replicas' changes show
     # within this many seconds.
@@ -128,6 +132,8 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}RESIGN_INTERVAL_S must be >= 0")
         if self.scheduler_interval_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
+        if self.scheduler_report_gap_s < 0:
+            raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_REPORT_GAP_S must be >= 0")
         if self.repo_cache_ttl_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}REPO_CACHE_TTL_S must be >= 0")
         if self.log_format.strip().lower() not in ("text", "json"):

@@ -127,7 +127,9 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
             log.warning("MQTT broker %s not reachable yet; retrying in the background", settings.mqtt_url)
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
-    scheduler = Scheduler(sessions, director, clock, settings.repo_url, dispatcher.dispatch)
+    scheduler = Scheduler(
+        sessions, director, clock, settings.repo_url, dispatcher.dispatch, report_gap_s=settings.scheduler_report_gap_s
+    )
     ingestor.after_batch = scheduler.on_reports
     bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
     reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)

@@ -19,7 +19,10 @@ threading lock (run in a worker thread), so the periodic tick, the ingest hook a
 API never interleave; on PostgreSQL the campaign row is locked too, for replicas.
 
 Ingest and pokes never wait for a tick: they ask for one, and asks made while a tick
-runs coalesce into exactly one more tick after it. A tick that hit its cap carries on at
+runs coalesce into exactly one more tick after it. A tick asked for by ingest alone runs
+at most every ``report_gap_s`` (``OTA_SCHEDULER_REPORT_GAP_S``): a tick counts the
+campaign's cars per state, and under a stream of reports back-to-back ticks kept the
+database busy with little to decide. A tick that hit its cap carries on at
 once with a doubled cap (up to ``_MAX_CARRY_FACTOR`` times ``max_per_tick``): the first
 notices of a launch go out after a small batch, the rest in few large ones, each batch
 published while the next one is prepared.
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import secrets
 import threading
 from collections.abc import Callable, Collection, Sequence
@@ -137,6 +141,7 @@ class Scheduler:
         dispatch: Dispatch,
         *,
         max_per_tick: int = 1000,
+        report_gap_s: float = 0.0,
     ) -> None:
         self._sessions = sessions
         self._director = director
@@ -152,6 +157,11 @@ class Scheduler:
         self._wanted = False
         self._runner: asyncio.Task[None] | None = None
         self._carry = 0  # cars the next carried-on tick may release (0: not carrying on)
+        # A tick asked for by ingest alone waits until this long after the previous one ended;
+        # any other ask (a launch, a control action, a capped tick carrying on) wakes it at once.
+        self._report_gap_s = report_gap_s
+        self._urgent = asyncio.Event()
+        self._last_tick_end = -math.inf
 
     # -- running -----------------------------------------------------------------
 
@@ -211,7 +221,7 @@ class Scheduler:
         not one per batch), and it visits every campaign, not only those: a car that settles in
         one campaign may be the car another campaign was waiting for (one active update per car).
         """
-        self._want()
+        self._want(urgent=False)
 
     def poke(self) -> None:
         """Ask for a tick soon, from any thread (e.g. after a registration)."""
@@ -219,23 +229,34 @@ class Scheduler:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._want)
 
-    def _want(self) -> None:
+    def _want(self, *, urgent: bool = True) -> None:
         """Ask for one more tick (on the loop); ticks asked for while one runs coalesce into one."""
         if self._loop is None:  # stopped (or not started): the periodic tick, if any, catches up
             return
         self._wanted = True
+        if urgent:
+            self._urgent.set()
         if self._runner is None:
             self._runner = asyncio.get_running_loop().create_task(self._run_wanted(), name="ota-scheduler-wanted")
 
     async def _run_wanted(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._wanted and self._loop is not None:
+                wait = self._last_tick_end + self._report_gap_s - loop.time()
+                if wait > 0 and not self._urgent.is_set() and not self._carry:
+                    with contextlib.suppress(TimeoutError):  # ingest's ask: after the gap, or sooner if urged
+                        await asyncio.wait_for(self._urgent.wait(), wait)
+                    if self._loop is None:
+                        break
                 self._wanted = False
+                self._urgent.clear()
                 limit, self._carry = self._carry or self._max_per_tick, 0
                 try:
                     await self._tick(None, limit)
                 except Exception:  # a bad tick must not stop the next one
                     log.exception("scheduler tick failed")
+                self._last_tick_end = loop.time()
         finally:
             self._runner = None
 
@@ -259,6 +280,7 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._loop = None  # the tick running finishes; none is started after it
+        self._urgent.set()  # one waiting out the report gap gives up now
         await self.idle()
         if self._task is not None:
             self._task.cancel()
@@ -362,7 +384,7 @@ class Scheduler:
     def _judge(
         self, session: Session, campaign: Campaign, plan: rules.RolloutPlan, now: datetime, result: TickResult
     ) -> None:
-        last = session.scalar(select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id))
+        last: int | None = None  # the last wave, read only once a gate passes (a scan of the campaign's cars)
         while True:
             gate = rules.gate(
                 plan, self._wave_counts(session, campaign.id, campaign.current_wave), campaign.error_baseline
@@ -374,7 +396,16 @@ class Scheduler:
                 if plan.rollback_release_id is not None and campaign.kind == REMEDY:
                     self._roll_back(session, campaign, plan.rollback_release_id, now, result)
                 return
-            if gate.status is not rules.GateStatus.PASSED or campaign.current_wave >= (last or 0):
+            if gate.status is not rules.GateStatus.PASSED:
+                return
+            if last is None:
+                last = (
+                    session.scalar(
+                        select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
+                    )
+                    or 0
+                )
+            if campaign.current_wave >= last:
                 return
             campaign.current_wave += 1
             campaign.error_baseline = 0

@@ -68,7 +68,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
     # No periodic scheduler tick: tests tick explicitly (ingest and launches still tick).
-    base = Settings(data_dir=data_dir, public_url="http://ota.test", scheduler_interval_s=0)
+    base = Settings(data_dir=data_dir, public_url="http://ota.test", scheduler_interval_s=0, scheduler_report_gap_s=0)
     return base.with_overrides(**overrides)
 
 

@@ -86,3 +86,34 @@ async def test_stop_lets_the_running_tick_finish_and_starts_no_other(env: Env, m
     ticks.release.set()
     await asyncio.wait_for(stopping, 5)
     assert ticks.calls == 1
+
+
+async def test_ingest_asks_wait_out_the_report_gap_but_a_poke_does_not(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scheduler = env.runtime.scheduler
+    monkeypatch.setattr(scheduler, "_report_gap_s", 3600.0)  # an hour: only a poke can bring the next tick
+    ticks = BlockedTicks(scheduler, monkeypatch)
+    ticks.release.set()
+    await scheduler.on_reports({1})  # no tick ran before: the first runs at once
+    await scheduler.idle()
+    assert ticks.calls == 1
+    await scheduler.on_reports({1})
+    await scheduler.on_reports({1})
+    await asyncio.sleep(0.3)
+    assert ticks.calls == 1  # held for the gap (and the two asks are one)
+    scheduler.poke()  # a launch or a control action: at once, and the held ask goes with it
+    await asyncio.wait_for(scheduler.idle(), 10)
+    assert ticks.calls == 2
+
+
+async def test_stop_does_not_wait_out_the_report_gap(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    scheduler = env.runtime.scheduler
+    monkeypatch.setattr(scheduler, "_report_gap_s", 3600.0)
+    ticks = BlockedTicks(scheduler, monkeypatch)
+    ticks.release.set()
+    await scheduler.on_reports({1})
+    await scheduler.idle()
+    await scheduler.on_reports({1})  # held for an hour
+    await asyncio.wait_for(scheduler.stop(), 10)
+    assert ticks.calls == 1  # stopped without the held tick
