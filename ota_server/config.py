@@ -84,7 +84,7 @@ class Settings:
     auto_migrate: bool = True
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
-    notice_concurrency: int = 100
+    notice_concurrency: int = 1000
     # Operators: every JSON body is capped (uploads have max_upload_bytes); each API token
     # may make rate_limit_per_s requests a second on average, bursts up to rate_limit_burst
     # (0 switches the limit off).

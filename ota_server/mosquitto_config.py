@@ -89,7 +89,13 @@ def conf_text(
         f"acl_file {acl}",
         "log_dest stdout",
         "connection_messages true",
-        "max_queued_messages 1000",
+        # The server's session is one client holding every car's reports while it stores them:
+        # past max_queued_messages Mosquitto drops QoS 1 messages, so the queue must hold a
+        # fleet's burst (a 30,000-car launch sends 60,000 reports in its first minutes). Up to
+        # 1,000 unacknowledged at once (the server acknowledges after storing, a batch at a time;
+        # Mosquitto's default of 20 made every batch 20 reports).
+        "max_queued_messages 1000000",
+        "max_inflight_messages 1000",
         # A report is at most 16 KiB (MAX_MESSAGE_BYTES); anything far larger is cut at the broker,
         # which drops the sender's connection, before it costs the server anything.
         f"max_packet_size {MAX_PACKET_BYTES}",

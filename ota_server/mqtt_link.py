@@ -63,6 +63,9 @@ SHARED_SUBSCRIPTION_ID = 1
 # Short: under uvloop a broker that goes away can be missed until the keepalive runs out
 # (seen once in the broker-restart scenario: 50 s with 30), and the server is one client.
 KEEPALIVE_S = 10
+# QoS 1 publishes (notices) paho keeps unacknowledged at once: a launch publishes tens of
+# thousands, and under a loaded loop each waits a round trip plus the loop's lag for its PUBACK.
+MAX_INFLIGHT = 1000
 GUARD_SUBSCRIPTION_ID = 2
 _TAKEN_OVER = "taken over"  # v5 reason 142 "Session taken over": the same client id connected elsewhere
 
@@ -206,7 +209,7 @@ class MqttLink:
                 clean_start=self._clean_session,  # never "first only": every session here is a new Client
                 properties=properties,
                 tls_context=self._tls,
-                max_inflight_messages=100,
+                max_inflight_messages=MAX_INFLIGHT,
                 keepalive=KEEPALIVE_S,
             )
         else:
@@ -218,7 +221,7 @@ class MqttLink:
                 identifier=self._client_id,
                 clean_session=self._clean_session,
                 tls_context=self._tls,
-                max_inflight_messages=100,
+                max_inflight_messages=MAX_INFLIGHT,
                 keepalive=KEEPALIVE_S,
             )
         # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.

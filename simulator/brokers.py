@@ -44,7 +44,7 @@ from simulator.server_process import terminate
 HOST = "127.0.0.1"
 CARS_PER_BROKER = 15_000
 QUEUE_LIMIT = 1_000_000  # QoS 1 messages queued per client (the server, a bridge) before any is dropped
-INFLIGHT = 100
+INFLIGHT = 1000  # unacknowledged QoS 1 messages to one client: the server acknowledges a batch after storing it
 RAW_PREFIX = "ota-bench/raw"
 BRIDGED = (
     (topics.STATUS_SUBSCRIPTION, "out"),
