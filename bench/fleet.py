@@ -564,6 +564,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "raw_broker": measured.raw.as_json() if measured.raw else None,
         "cores": os.cpu_count(),
         "cpu_seconds_launch_to_done": _cpu_summary(measured),
+        "gc_seconds": _gc_seconds(measured),
         "load_average": measured.load,
         "workers": measured.workers,
         "brokers": measured.backend.brokers,
@@ -576,6 +577,16 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "timeline": thin(measured.timeline),
     }
     return result
+
+
+def _gc_seconds(measured: Measured) -> dict[str, float | None]:
+    """Time in Python's cyclic garbage collector: the server's whole life, the workers' whole lives."""
+    server = [v for k, v in measured.metrics_after.items() if k.startswith("ota_gc_seconds_total")]
+    workers = [s["gc_seconds"] for s in measured.workers_summary.values() if "gc_seconds" in s]
+    return {
+        "server": round(sum(server), 2) if server else None,
+        "workers": round(sum(workers), 2) if workers else None,
+    }
 
 
 def _cpu_summary(measured: Measured) -> dict[str, Any]:
@@ -664,6 +675,10 @@ def markdown(result: Mapping[str, Any]) -> str:
         ),
         ("CPU launch to done: server / workers / brokers / PostgreSQL", _cpu_row(result)),
         ("CPU launch to done: machine busy / capacity", _machine_row(result)),
+        (
+            "garbage collector, whole run: server / workers",
+            " / ".join(_fmt((result.get("gc_seconds") or {}).get(k), "s") for k in ("server", "workers")),
+        ),
         (
             "setup: register / provision / connect",
             " / ".join(_fmt(result["phases_s"].get(k), "s") for k in ("register_s", "provision_s", "connect_s")),

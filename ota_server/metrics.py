@@ -16,6 +16,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ota_server import gctime
 from ota_server.db.models import CampaignVehicle
 from ota_server.runtime import Runtime
 
@@ -41,10 +42,29 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(_RuntimeCollector(runtime))
+        self.registry.register(_GcCollector(gctime.process_timer()))
 
     def observe_lags(self, lags: Sequence[float]) -> None:
         for lag in lags:
             self.ingest_lag.observe(max(lag, 0.0))
+
+
+class _GcCollector(Collector):
+    """Seconds in the cyclic garbage collector, per generation, since this process started timing."""
+
+    def __init__(self, timer: gctime.GcTimer) -> None:
+        self._timer = timer
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        seconds = CounterMetricFamily(
+            "ota_gc_seconds", "Seconds spent in Python's cyclic garbage collector.", labels=["generation"]
+        )
+        for generation, value in enumerate(self._timer.seconds):
+            seconds.add_metric([str(generation)], value)
+        yield seconds
 
 
 class _RuntimeCollector(Collector):

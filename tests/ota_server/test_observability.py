@@ -137,3 +137,13 @@ async def test_shutdown_stores_reports_still_queued(settings: Settings) -> None:
         runtime = runtime_of(env.app)
     # the lifespan has ended: the queued report was stored before the engine closed
     assert runtime.ingestor.stats().accepted == 1
+
+
+async def test_time_in_the_garbage_collector_is_exported(env: Env) -> None:
+    import gc
+
+    before = await _scrape(env)
+    gc.collect()  # a full collection in this (the server's) process
+    after = await _scrape(env)
+    key = ("ota_gc_seconds_total", (("generation", "2"),))
+    assert key in before and after[key] > before[key]

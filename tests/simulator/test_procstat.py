@@ -57,3 +57,20 @@ def test_finished_children_stay_counted_in_their_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
+
+
+def test_the_gc_timer_counts_collections_and_their_time() -> None:
+    import gc
+
+    from ota_server.gctime import GcTimer
+
+    timer = GcTimer().install()
+    try:
+        gc.collect()  # a full collection: generation 2
+        gc.collect(0)
+    finally:
+        gc.callbacks.remove(timer._on_gc)
+    figures = timer.as_json()
+    assert figures["gc_collections_by_generation"][2] >= 1
+    assert figures["gc_collections_by_generation"][0] >= 1
+    assert figures["gc_seconds"] >= 0 and len(figures["gc_seconds_by_generation"]) == 3

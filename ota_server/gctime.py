@@ -1,0 +1,50 @@
+"""Seconds a process spends in Python's cyclic garbage collector (``gc.callbacks``).
+
+The server exports them on ``/metrics`` (``ota_gc_seconds_total``) and a simulator worker
+in its summary: with tens of thousands of long-lived objects, full collections walk them all.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from typing import Any
+
+
+class GcTimer:
+    """Seconds this process spends in the cyclic garbage collector, per generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.collections = [0, 0, 0]
+        self._started = 0.0
+
+    def install(self) -> GcTimer:
+        gc.callbacks.append(self._on_gc)
+        return self
+
+    def _on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        generation = int(info.get("generation", 2))
+        self.seconds[generation] += time.perf_counter() - self._started
+        self.collections[generation] += 1
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "gc_seconds": round(sum(self.seconds), 3),
+            "gc_seconds_by_generation": [round(s, 3) for s in self.seconds],
+            "gc_collections_by_generation": list(self.collections),
+        }
+
+
+_PROCESS_TIMER: GcTimer | None = None
+
+
+def process_timer() -> GcTimer:
+    """This process's timer, installed on first use (several apps in one test process share it)."""
+    global _PROCESS_TIMER
+    if _PROCESS_TIMER is None:
+        _PROCESS_TIMER = GcTimer().install()
+    return _PROCESS_TIMER
