@@ -2,6 +2,10 @@
 
 The server exports them on ``/metrics`` (``ota_gc_seconds_total``) and a simulator worker
 in its summary: with tens of thousands of long-lived objects, full collections walk them all.
+
+:func:`settle` is what a long-running process calls once started: measured at 30,000 cars,
+the server had spent 62 of its first 193 CPU seconds in the collector with Python's
+defaults (a young-generation pass every 700 allocations, the rest following).
 """
 
 from __future__ import annotations
@@ -39,7 +43,16 @@ class GcTimer:
         }
 
 
+# A young-generation pass every 50,000 container allocations instead of 700 (the memory held
+# meanwhile is a few MB), the middle one every 50 of those, the full one every 100 of those.
+THRESHOLDS = (50_000, 50, 100)
 _PROCESS_TIMER: GcTimer | None = None
+
+
+def settle() -> None:
+    """Once started: what start-up built stays out of the collector's reach, and it runs less often."""
+    gc.freeze()
+    gc.set_threshold(*THRESHOLDS)
 
 
 def process_timer() -> GcTimer:

@@ -74,3 +74,18 @@ def test_the_gc_timer_counts_collections_and_their_time() -> None:
     assert figures["gc_collections_by_generation"][2] >= 1
     assert figures["gc_collections_by_generation"][0] >= 1
     assert figures["gc_seconds"] >= 0 and len(figures["gc_seconds_by_generation"]) == 3
+
+
+def test_settle_freezes_what_exists_and_collects_less_often() -> None:
+    import gc
+
+    from ota_server import gctime
+
+    before = gc.get_threshold()
+    try:
+        gctime.settle()
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == gctime.THRESHOLDS and gctime.THRESHOLDS[0] > before[0]
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
