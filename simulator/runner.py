@@ -56,7 +56,6 @@ CONNECT_PAUSE = 0.05
 # ota-bench, 300 cars, worker CPU per car: 8 threads 23.6 / 26.0 ms, 16: 27.9 / 27.9, 4: 26.3 / 28.2
 WORKER_THREADS = 8
 SLOW_THREADS_MAX = 256  # a slow car holds a thread (and its connection) while it crawls
-HTTP_CONNECTIONS = 50  # no longer used: each worker thread keeps its own connection
 MQTT_OPERATION_TIMEOUT_S = 300.0  # see _CountingLink
 MISC_INTERVAL_S = 10.0  # see _SimClient
 LAG_PROBE_S = 0.25
@@ -303,7 +302,6 @@ class InProcessFleet:
         on_report: Callable[[StatusReport], None] | None = None,
         faults: FaultPlan | None = None,
         pacing: Pacing | None = None,
-        http_connections: int = HTTP_CONNECTIONS,
         source_address: str | None = None,
     ) -> None:
         self.state_dir = state_dir
@@ -322,8 +320,7 @@ class InProcessFleet:
         self._cars: dict[str, _Car] = {}
         self._late: list[str] = []
         self._launched = False
-        # One small client per worker thread (slow cars' threads included), made on first use:
-        # ``http_connections`` (the size of the one shared pool this replaced) is not used.
+        # One small client per worker thread (slow cars' threads included), made on first use.
         self._http = PerThreadTransport()
         self._slow_links: list[ThrottledTransport] = []
         self._sent: set[tuple[str, int, int, int, str]] = set()

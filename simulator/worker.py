@@ -71,7 +71,6 @@ def run(spec: Mapping[str, Any], emit: Emitter, commands: TextIO) -> int:
         Path(spec["state_dir"]),
         faults=FaultPlan.from_json(spec.get("faults") or {}),
         pacing=Pacing(**spec.get("pacing", {})),
-        http_connections=int(spec.get("http_connections", 16)),
         source_address=spec.get("source_address"),
     )
     configs, car_faults = cars_of(spec)

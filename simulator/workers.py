@@ -95,7 +95,6 @@ def worker_spec(
     *,
     faults: FaultPlan,
     pacing: Pacing,
-    http_connections: int,
     progress_interval: float,
     log_level: str,
     source: str | None = None,
@@ -117,7 +116,6 @@ def worker_spec(
         "cars": cars,
         "faults": faults.to_json(),
         "pacing": {"batch": pacing.batch, "pause": pacing.pause},
-        "http_connections": http_connections,
         "progress_interval": progress_interval,
         "log_level": log_level,
         "source_address": source,
@@ -197,7 +195,6 @@ class ProcessFleet:
         broker_urls: Sequence[str] = (),
         faults: FaultPlan | None = None,
         pacing: Pacing | None = None,
-        http_connections: int = 16,
         progress_interval: float = 1.0,
         log_level: str = "WARNING",
         env: Mapping[str, str] | None = None,
@@ -208,7 +205,6 @@ class ProcessFleet:
         self.broker_urls = list(broker_urls)
         self.faults = faults or FaultPlan()
         self.pacing = pacing or Pacing()
-        self.http_connections = http_connections
         self.progress_interval = progress_interval
         self.log_level = log_level
         self.env = dict(os.environ if env is None else env)
@@ -244,7 +240,6 @@ class ProcessFleet:
                 self.car_faults,
                 faults=self.faults,
                 pacing=pacing,
-                http_connections=self.http_connections,
                 progress_interval=self.progress_interval,
                 log_level=self.log_level,
                 source=source_address(index) if own_addresses else None,

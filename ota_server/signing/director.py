@@ -33,20 +33,19 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-from tuf.api.metadata import Metadata, Snapshot, TargetFile, Timestamp
+from tuf.api.metadata import TargetFile
 
 from firmware_bundles.uptane import (
     Expiry,
     RepoVersions,
     RoleSigners,
     director_target,
-    due,
     publish_targets,
     refresh_chain,
 )
 from ota_server.db.models import RepoFile
 from ota_server.signing.keys import RepoKeys
-from ota_server.signing.store import CHAIN, DIRECTOR, get_file, put_file
+from ota_server.signing.store import CHAIN, DIRECTOR, put_file
 
 _CHUNK = 500
 _QUEUE_CHUNK = 5000  # rows per upsert statement (sent as multi-row VALUES batches)
@@ -153,21 +152,6 @@ class Director:
             session.execute(update(RepoFile), changed_rows)
         return chains
 
-    def assign(
-        self,
-        session: Session,
-        plan: Mapping[str, Mapping[str, TargetFile]],
-        now: datetime,
-        *,
-        min_release_counter: int | None = None,
-    ) -> dict[str, Chain]:
-        """Sign each VIN's next chain; ``plan`` maps VIN to ``{ecu_serial: image target}``.
-
-        ``min_release_counter`` (the recall's floor) goes into every assignment.
-        Rows are written in bulk; the caller commits them with the campaign.
-        """
-        return self._sign_plan(session, {vin: (images, min_release_counter) for vin, images in plan.items()}, now)
-
     def _lock_queued(self, session: Session, vins: Sequence[str]) -> dict[str, bytes]:
         """The queued rows of ``vins``, locked in VIN order (a stable order: no deadlock between batches)."""
         found: dict[str, bytes] = {}
@@ -189,7 +173,7 @@ class Director:
         *,
         min_release_counter: int | None = None,
     ) -> None:
-        """Queue each VIN's next assignment (as :meth:`assign` takes it), signed when the car asks.
+        """Queue each VIN's next assignment (``{vin: {ecu_serial: image target}}``), signed when the car asks.
 
         One upsert per chunk, in VIN order (the order the signer locks queued rows in): a
         queued assignment not yet signed is replaced, and the primary key is the only index
@@ -251,16 +235,6 @@ class Director:
                 delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
             )
         return chains
-
-    def stale(self, session: Session, vin: str, now: datetime) -> bool:
-        """Cheap, lock-free check: is this VIN's snapshot or timestamp due for re-signing?"""
-        ts = get_file(session, DIRECTOR, vin, "timestamp.json")
-        snap = get_file(session, DIRECTOR, vin, "snapshot.json")
-        if ts is None or snap is None:
-            return False
-        return due(Metadata[Timestamp].from_bytes(ts.data).signed.expires, self.expiry.timestamp, now) or due(
-            Metadata[Snapshot].from_bytes(snap.data).signed.expires, self.expiry.snapshot, now
-        )
 
     def refresh(self, session: Session, vin: str, now: datetime, *, force: Collection[str] = ()) -> list[str]:
         """Re-sign what of ``vin``'s chain is due (or forced), under the rows' lock; the caller commits."""

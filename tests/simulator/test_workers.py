@@ -74,7 +74,6 @@ def test_a_worker_spec_writes_shared_fields_once_and_gives_back_the_same_configs
         faults,
         faults=plan,
         pacing=Pacing(10, 0.1),
-        http_connections=8,
         progress_interval=0.25,
         log_level="INFO",
     )
