@@ -47,6 +47,9 @@ class Settings:
     mqtt_ca_file: Path | None = None
     mqtt_cert_file: Path | None = None
     mqtt_key_file: Path | None = None
+    # Where the server writes the CA's revocation list after every revocation: the file the
+    # broker's ``crlfile`` names (``ota broker config`` prints it). Default: <data_dir>/ca/crl.pem.
+    mqtt_crl_file: Path | None = None
     # Past one machine (issue 8). MQTT 5 against a real broker (4 = 3.1.1; the embedded broker
     # always uses 3.1.1). Replicas split the reports through the shared subscription
     # $share/<mqtt_share_group>/... (e.g. "ota-ingest"; "", the default, subscribes plainly: one
@@ -171,6 +174,10 @@ class Settings:
     def ca_dir(self) -> Path:
         """The project's own CA (vehicle and broker certificates), made on first use."""
         return self.data_dir / "ca"
+
+    @property
+    def crl_file(self) -> Path:
+        return self.mqtt_crl_file or self.ca_dir / "crl.pem"
 
     @property
     def bundles_dir(self) -> Path:

@@ -16,12 +16,13 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -46,6 +47,10 @@ class Issued:
     cert_pem: bytes
     key_pem: bytes
     serial: str
+
+    @property
+    def not_after(self) -> datetime:
+        return x509.load_pem_x509_certificate(self.cert_pem).not_valid_after_utc
 
 
 def write_file(path: Path, data: bytes, mode: int) -> None:
@@ -141,13 +146,24 @@ class CertificateAuthority:
         validity: timedelta = LEAF_VALIDITY,
     ) -> Issued:
         key = ec.generate_private_key(ec.SECP256R1())
-        serial = x509.random_serial_number()
+        cert = self._sign_leaf(common_name, key.public_key(), now, usage, names, validity)
+        return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), format(cert.serial_number, "x"))
+
+    def _sign_leaf(
+        self,
+        common_name: str,
+        public_key: ec.EllipticCurvePublicKey,
+        now: datetime,
+        usage: x509.ObjectIdentifier,
+        names: Sequence[x509.GeneralName] = (),
+        validity: timedelta = LEAF_VALIDITY,
+    ) -> x509.Certificate:
         builder = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
             .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(serial)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE)
             .not_valid_after(now + validity)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -155,12 +171,42 @@ class CertificateAuthority:
         )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
-        cert = builder.sign(self._key, hashes.SHA256())
-        return Issued(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), format(serial, "x"))
+        return builder.sign(self._key, hashes.SHA256())
 
     def issue_client(self, common_name: str, now: datetime) -> Issued:
         """A TLS client certificate; the broker takes ``common_name`` as user name and client id."""
         return self._leaf(common_name, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+
+    def issue_client_for(self, common_name: str, public_key: ec.EllipticCurvePublicKey, now: datetime) -> bytes:
+        """A client certificate (PEM) for a key the car made itself (renewal): no private key travels."""
+        cert = self._sign_leaf(common_name, public_key, now, ExtendedKeyUsageOID.CLIENT_AUTH)
+        return cert.public_bytes(serialization.Encoding.PEM)
+
+    def issued_this(self, cert: x509.Certificate) -> bool:
+        """Whether ``cert`` carries this CA's signature (a certificate from anywhere else proves nothing)."""
+        try:
+            cert.verify_directly_issued_by(self.cert)
+        except (ValueError, TypeError, InvalidSignature):
+            return False
+        return True
+
+    def crl(self, revoked: Iterable[tuple[str, datetime]], now: datetime) -> bytes:
+        """A CRL (PEM) listing each ``(hex serial, revoked at)``; valid until the CA itself expires.
+
+        Mosquitto checks every client against it (``crlfile``). Its next update is far off on
+        purpose: the broker never fetches a CRL, it is handed a new file, and a CRL past its
+        next update would make OpenSSL refuse every car.
+        """
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - BACKDATE)
+            .next_update(self.cert.not_valid_after_utc)
+        )
+        for serial, when in revoked:
+            entry = x509.RevokedCertificateBuilder().serial_number(int(serial, 16)).revocation_date(when).build()
+            builder = builder.add_revoked_certificate(entry)
+        return builder.sign(self._key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
     def issue_server(self, hostnames: Sequence[str], now: datetime) -> Issued:
         """The broker's certificate, valid for each of ``hostnames`` (DNS names or IP addresses)."""

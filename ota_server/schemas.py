@@ -392,6 +392,39 @@ class ProvisionedBatch(BaseModel):
     identities: list[VehicleIdentity]
 
 
+PEM_MAX = 8192
+
+
+class CertificateRenewal(BaseModel):
+    """A car asks for a new client certificate before its current one expires.
+
+    ``csr`` is a PKCS#10 request for a key the car has just made (EC P-256, CN = its VIN);
+    ``signature`` proves it still holds its current certificate's key: base64 of that key's
+    ECDSA-SHA256 signature over the request's DER bytes.
+    """
+
+    csr: str = Field(min_length=1, max_length=PEM_MAX, description="PEM certificate signing request, CN = VIN")
+    certificate: str = Field(min_length=1, max_length=PEM_MAX, description="PEM of the car's current certificate")
+    signature: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9+/]+={0,2}$",
+        description="base64 ECDSA-SHA256 signature of the CSR's DER by the current certificate's key",
+    )
+
+
+class RenewedCertificate(BaseModel):
+    vin: str
+    client_certificate: str = Field(description="PEM, CN = VIN, for the key in the request")
+    ca_certificate: str = Field(description="PEM of the CA that signs broker and car")
+    not_after: datetime
+
+
+class CertificatesRevoked(BaseModel):
+    vin: str
+    revoked: list[str] = Field(description="Serials (hex) revoked by this request; already revoked ones are not listed")
+
+
 # --- operators: tokens, launch approval, audit ---------------------------------------
 
 

@@ -150,6 +150,19 @@ class VehicleOptions:
 
 
 @dataclass(frozen=True)
+class RenewalOptions:
+    """The ``[renewal]`` table: the client certificate is renewed once less than ``renew_before_days`` remain.
+
+    Checked at start and every ``check_interval`` seconds. ``server_url`` is the API's base
+    URL (default: ``repo_url`` without its trailing ``/repo``).
+    """
+
+    renew_before_days: float = 30.0
+    check_interval: float = 86_400.0
+    server_url: str | None = None
+
+
+@dataclass(frozen=True)
 class MqttOptions:
     keepalive: int = 60
     backoff_min: float = 1.0
@@ -177,6 +190,7 @@ class AgentConfig:
     mqtt: MqttOptions = MqttOptions()
     installer: InstallerOptions = InstallerOptions()
     vehicle: VehicleOptions = VehicleOptions()
+    renewal: RenewalOptions = RenewalOptions()
     # fsync the journal and boot state; the simulator may turn it off for thousands of cars.
     durable: bool = True
 
@@ -252,10 +266,17 @@ def _options(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
             out["download"] = DownloadLimits(**doc["download"])
         if "mqtt" in doc:
             out["mqtt"] = MqttOptions(**doc["mqtt"])
+        if "renewal" in doc:
+            out["renewal"] = RenewalOptions(**doc["renewal"])
     except TypeError as exc:
         raise ConfigError(f"{where}: unknown or misspelt option: {exc}") from exc
     if "durable" in doc:
         out["durable"] = _require(doc, "durable", bool, where)
+    renewal: RenewalOptions = out.get("renewal", RenewalOptions())
+    if renewal.renew_before_days <= 0 or renewal.check_interval <= 0:
+        raise ConfigError(f"{where}: renewal renew_before_days and check_interval must be positive")
+    if renewal.server_url is not None:
+        _check_url(renewal.server_url, ("http", "https"), f"{where}: renewal.server_url")
     download: DownloadLimits = out.get("download", DownloadLimits())
     if download.chunk_size <= 0 or download.total_timeout <= 0 or download.speed_window <= 0:
         raise ConfigError(f"{where}: download chunk_size, total_timeout and speed_window must be positive")

@@ -12,8 +12,11 @@ from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
     BatchCreated,
+    CertificateRenewal,
+    CertificatesRevoked,
     ProvisionBatch,
     ProvisionedBatch,
+    RenewedCertificate,
     VehicleBatchCreate,
     VehicleCreate,
     VehicleIdentity,
@@ -49,7 +52,12 @@ CertificateQuery = Annotated[
 def _provision(session: SessionDep, runtime: Runtime, vins: list[str], certificate: bool) -> list[VehicleIdentity]:
     now = runtime.clock()
     ca = runtime.pki.get(now) if certificate else None
-    return identity.provision(session, vins, now, ca)
+    return identity.provision(session, vins, now, ca, _revocations(runtime))
+
+
+def _revocations(runtime: Runtime) -> identity.Revocations:
+    return identity.Revocations(runtime.settings.crl_file, runtime.pki.get)
+
 
 
 @router.post("/provision")
@@ -71,6 +79,29 @@ def provision_vehicle(
     (issued,) = _provision(session, runtime, [vin], certificate)
     issued.agent_config = get_agent_config(issued.vin, session, runtime)
     return issued
+
+
+@router.post("/{vin}/certificate/revoke")
+def revoke_certificate(vin: str, session: OperatorSession, runtime: RuntimeDep) -> CertificatesRevoked:
+    """Revoke the car's client certificate (stolen, retired) and rewrite the broker's CRL.
+
+    The broker refuses it once it has read the new list (SIGHUP or restart, see README);
+    provisioning the car again gives it a new one.
+    """
+    return identity.revoke(session, vin, runtime.clock(), _revocations(runtime))
+
+
+@router.post("/{vin}/certificate/renew")
+def renew_certificate(
+    vin: str, body: CertificateRenewal, session: SessionDep, runtime: RuntimeDep
+) -> RenewedCertificate:
+    """The car itself, before its certificate expires: a new certificate for a new key.
+
+    No API token: the request is signed by the current certificate's key, which the
+    server checks against the certificate it last issued to this VIN. The old one is
+    revoked once the new one is issued.
+    """
+    return identity.renew(session, vin, body, runtime.clock(), _revocations(runtime))
 
 
 @router.get("/{vin}", dependencies=[needs_read])

@@ -94,6 +94,22 @@ class Ecu(Base):
     vehicle: Mapped[Vehicle] = relationship(back_populates="ecus")
 
 
+class VehicleCertificate(Base):
+    """Every MQTT client certificate issued to a car, so a replaced one can be revoked (and listed in the CRL)."""
+
+    __tablename__ = "vehicle_certificates"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"), index=True)
+    serial: Mapped[str] = mapped_column(String(40), unique=True)
+    issued_at: Mapped[datetime]
+    # None for certificates issued before this table existed (their end is unknown: kept in the CRL)
+    not_after: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
+    # the PEM (public), so a renewal whose answer was lost can be answered again
+    certificate: Mapped[str | None] = mapped_column(Text)
+
+
 class Release(Base):
     __tablename__ = "releases"
     __table_args__ = (UniqueConstraint("hardware_id", "version", name="uq_releases_hardware_version"),)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -14,7 +16,7 @@ from tuf.api.metadata import Metadata, Root
 from firmware_bundles.messages import ReportState, parse_notice
 from firmware_bundles.report_signing import generate_report_key, load_report_signer
 from ota_server.db.models import Vehicle
-from tests.ota_server.conftest import Env
+from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import REPORT_KEYS, launched, recall_body, report, upload, vehicle, vin
 
 S = ReportState
@@ -149,3 +151,123 @@ async def test_a_report_from_an_earlier_campaign_cannot_move_a_later_one(env: En
     stats = await _stats(env)
     assert (stats["accepted"], stats["duplicates"], stats["rejected"]) == (1, 1, {"wrong_nonce": 1})
     assert (await _counts(env, second))["pending"] == 1
+
+
+# --- Certificates: revocation on re-provisioning, `revoke`, and the car's own renewal (issue 15, item 2) ---
+
+
+def _revoked_serials(env: Env) -> set[str]:
+    crl = x509.load_pem_x509_crl(env.runtime.settings.crl_file.read_bytes())
+    ca = x509.load_pem_x509_certificate((env.runtime.settings.ca_dir / "ca.crt").read_bytes())
+    public_key = ca.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)
+    assert crl.is_signature_valid(public_key)
+    return {format(entry.serial_number, "x") for entry in crl}
+
+
+async def _provisioned(env: Env, v: str) -> dict[str, Any]:
+    if (await env.client.get(f"/api/v1/vehicles/{v}")).status_code == 404:
+        assert (await env.client.post("/api/v1/vehicles", json=vehicle(v))).status_code == 201
+    resp = await env.client.post(f"/api/v1/vehicles/{v}/provision")
+    assert resp.status_code == 200, resp.text
+    body: dict[str, Any] = resp.json()
+    return body
+
+
+def _serial(pem: str) -> str:
+    return format(x509.load_pem_x509_certificate(pem.encode()).serial_number, "x")
+
+
+async def test_provisioning_again_revokes_the_old_certificate(env: Env) -> None:
+    v = vin(1)
+    first = await _provisioned(env, v)
+    second = await _provisioned(env, v)
+    revoked = _revoked_serials(env)
+    assert _serial(first["client_certificate"]) in revoked
+    assert _serial(second["client_certificate"]) not in revoked
+
+
+async def test_revoke_puts_the_cars_certificate_in_the_crl(env: Env) -> None:
+    v, other = vin(1), vin(2)
+    body = await _provisioned(env, v)
+    kept = await _provisioned(env, other)
+    resp = await env.client.post(f"/api/v1/vehicles/{v}/certificate/revoke")
+    assert resp.status_code == 200, resp.text
+    assert resp.json() == {"vin": v, "revoked": [_serial(body["client_certificate"])]}
+    assert _revoked_serials(env) == {_serial(body["client_certificate"])}
+    assert _serial(kept["client_certificate"]) not in _revoked_serials(env)
+    with env.runtime.sessions() as session:
+        assert session.scalars(select(Vehicle.certificate_serial).where(Vehicle.vin == v)).one() is None
+    # an operator's token is needed
+    anonymous = await env.client.post(f"/api/v1/vehicles/{v}/certificate/revoke", headers={"Authorization": ""})
+    assert anonymous.status_code == 401
+
+
+def _renewal(v: str, key_pem: str, cert_pem: str) -> tuple[ec.EllipticCurvePrivateKey, dict[str, str]]:
+    from vehicle_agent.renewal import renewal_request
+
+    new_key = ec.generate_private_key(ec.SECP256R1())
+    return new_key, renewal_request(v, new_key, key_pem.encode(), cert_pem.encode())
+
+
+async def test_a_car_renews_its_certificate_with_its_current_key(env: Env) -> None:
+    v = vin(1)
+    body = await _provisioned(env, v)
+    env.clock.advance(800 * 86400)  # 25 days before the 825-day certificate ends
+    new_key, request = _renewal(v, body["client_key"], body["client_certificate"])
+    resp = await env.client.post(f"/api/v1/vehicles/{v}/certificate/renew", json=request, headers={"Authorization": ""})
+    assert resp.status_code == 200, resp.text
+    renewed = x509.load_pem_x509_certificate(resp.json()["client_certificate"].encode())
+    renewed.verify_directly_issued_by(x509.load_pem_x509_certificate(body["ca_certificate"].encode()))
+    assert renewed.public_key() == new_key.public_key()
+    assert renewed.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == v
+    assert renewed.not_valid_after_utc > env.clock.now + timedelta(days=800)
+    assert _revoked_serials(env) == {_serial(body["client_certificate"])}
+
+    # the same request again (its answer lost): the same certificate, nothing new issued
+    again = await env.client.post(f"/api/v1/vehicles/{v}/certificate/renew", json=request)
+    assert again.status_code == 200 and again.json()["client_certificate"] == resp.json()["client_certificate"]
+    # ... but the replaced certificate can never renew for another key
+    _, replay = _renewal(v, body["client_key"], body["client_certificate"])
+    assert (await env.client.post(f"/api/v1/vehicles/{v}/certificate/renew", json=replay)).status_code == 403
+
+
+async def test_renewal_needs_the_cars_current_key_and_certificate(env: Env) -> None:
+    v, other = vin(1), vin(2)
+    body = await _provisioned(env, v)
+    stranger = await _provisioned(env, other)
+    url = f"/api/v1/vehicles/{v}/certificate/renew"
+    # another car's certificate and key
+    _, request = _renewal(v, stranger["client_key"], stranger["client_certificate"])
+    assert (await env.client.post(url, json=request)).status_code == 403
+    # the right certificate, signed by another key
+    _, request = _renewal(v, stranger["client_key"], body["client_certificate"])
+    assert (await env.client.post(url, json=request)).status_code == 403
+    # a certificate for this VIN from another CA
+    from ota_server.pki import CertificateAuthority
+
+    forged = CertificateAuthority.create(env.clock.now).issue_client(v, env.clock.now)
+    _, request = _renewal(v, forged.key_pem.decode(), forged.cert_pem.decode())
+    assert (await env.client.post(url, json=request)).status_code == 403
+    # a revoked certificate (replaced by provisioning)
+    await _provisioned(env, v)
+    _, request = _renewal(v, body["client_key"], body["client_certificate"])
+    assert (await env.client.post(url, json=request)).status_code == 403
+    # an expired one: the car must be provisioned again
+    current = await _provisioned(env, v)
+    env.clock.advance(826 * 86400)
+    _, request = _renewal(v, current["client_key"], current["client_certificate"])
+    assert (await env.client.post(url, json=request)).status_code == 403
+    # garbage is a 422, not a 500
+    assert (await env.client.post(url, json={**request, "csr": "not a csr"})).status_code == 422
+
+
+async def test_revocation_and_renewal_on_postgresql(tmp_path: Path, postgres_url: str) -> None:
+    async with running(make_settings(tmp_path, database_url=postgres_url)) as env:
+        v = vin(1)
+        first = await _provisioned(env, v)
+        body = await _provisioned(env, v)
+        _, request = _renewal(v, body["client_key"], body["client_certificate"])
+        resp = await env.client.post(f"/api/v1/vehicles/{v}/certificate/renew", json=request)
+        assert resp.status_code == 200, resp.text
+        assert _revoked_serials(env) == {_serial(first["client_certificate"]), _serial(body["client_certificate"])}
