@@ -20,6 +20,7 @@ from ota_server.api import (
     campaigns,
     handlers,
     health,
+    openapi,
     recalls,
     releases,
     repo,
@@ -75,6 +76,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
     for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit, reports):
         app.include_router(module.router)
     web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up
+    openapi.install(app)  # error bodies, codes and links in the schema (after every route is in)
     app.state.rate_limiter = TokenBuckets(settings.rate_limit_per_s, settings.rate_limit_burst, clock)
     app.add_middleware(UploadLimit, path=UPLOAD_PATH, max_bytes=settings.max_upload_bytes)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, exempt=frozenset({UPLOAD_PATH}))

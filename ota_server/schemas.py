@@ -7,12 +7,15 @@ services so they speak the same words however they are called.
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
+from firmware_bundles.errors import InvalidVin
 from firmware_bundles.messages import OwnerNotice, Preconditions
+from firmware_bundles.vin import validate_vin
 from ota_server.roles import Role
 from ota_server.rollout.plan import RolloutPlan, zone
 from ota_server.rollout.states import UnreachableReason
@@ -22,6 +25,38 @@ RemedyType = Literal["ota", "dealer", "both"]
 OperatorOutcome = Literal["remedied_at_dealer", "inspected_not_needed", "unreachable"]
 _OUT = ConfigDict(from_attributes=True)
 Text64 = Field(min_length=1, max_length=64)
+
+# ISO 3779: the schema states the alphabet and length; the check digit, which a pattern cannot
+# state, is named by ``format: vin`` and enforced by the service (firmware_bundles.vin).
+# Validated with the same pattern, in words that say what is wrong (pydantic's would quote the regex).
+VIN_PATTERN = r"^[A-HJ-NPR-Za-hj-npr-z0-9]{17}$"
+VIN_RULE = (
+    "ISO 3779 VIN: 17 letters and digits, never I, O or Q (either case); position 9 is the check digit "
+    "where the region uses one (first character 1-5: North America, L: China)"
+)
+VIN_SCHEMA: dict[str, Any] = {"pattern": VIN_PATTERN, "format": "vin"}
+# Regulator style (NHTSA): two-digit year, a letter, a dash, 3-6 digits; stored upper-cased.
+CAMPAIGN_NUMBER_PATTERN = r"^[0-9]{2}[A-Za-z]-[0-9]{3,6}$"
+
+
+def vin_shape(value: str) -> str:
+    """``value`` if it matches :data:`VIN_PATTERN`; otherwise a ValueError saying what is wrong."""
+    if re.fullmatch(VIN_PATTERN, value) is None:
+        try:
+            validate_vin(value)
+        except InvalidVin as exc:
+            raise ValueError(f"not a valid VIN: {exc}") from None
+        raise ValueError("not a valid VIN: 17 letters and digits, without spaces")
+    return value
+
+
+def _campaign_number_shape(value: str) -> str:
+    if re.fullmatch(CAMPAIGN_NUMBER_PATTERN, value) is None:
+        raise ValueError(f"{value!r} must look like 24V-123 (YY, letter, dash, 3-6 digits)")
+    return value
+
+
+Vin = Annotated[str, AfterValidator(vin_shape), Field(description=VIN_RULE, json_schema_extra=VIN_SCHEMA)]
 
 
 class EcuCreate(BaseModel):
@@ -42,7 +77,7 @@ class EcuPublic(BaseModel):
 
 class VehicleCreate(BaseModel):
     model_config = _IN
-    vin: str = Field(max_length=32, description="ISO 3779 VIN; the check digit is enforced where the region uses one")
+    vin: Vin
     make: str | None = Field(default=None, max_length=64)
     model: str = Text64
     model_year: int = Field(ge=1980, le=2100)
@@ -182,7 +217,10 @@ class Population(BaseModel):
 
 class RecallCreate(BaseModel):
     model_config = _IN
-    campaign_number: str = Field(max_length=32, description="Regulator style, e.g. 24V-123")
+    campaign_number: Annotated[str, AfterValidator(_campaign_number_shape)] = Field(
+        description="Regulator style, e.g. 24V-123 (YY, letter, dash, 3-6 digits)",
+        json_schema_extra={"pattern": CAMPAIGN_NUMBER_PATTERN},
+    )
     manufacturer_number: str | None = Field(default=None, max_length=64)
     title: str = Field(min_length=1, max_length=200)
     defect: str = Field(min_length=1, max_length=10_000)
@@ -368,7 +406,7 @@ class IngestStats(BaseModel):
 
 class ProvisionBatch(BaseModel):
     model_config = _IN
-    vins: list[str] = Field(min_length=1, max_length=10_000)
+    vins: list[Vin] = Field(min_length=1, max_length=10_000)
 
 
 class VehicleIdentity(BaseModel):
@@ -487,3 +525,9 @@ class AuditVerification(BaseModel):
     head_hash: str = Field(description="Hash of the last intact entry; keep it elsewhere to anchor the chain")
     first_bad: int | None
     problem: str | None
+
+
+class ErrorBody(BaseModel):
+    """Every error answer's body (401 to 503): one sentence, or several joined by '; ' for a 422."""
+
+    detail: str = Field(description="What is wrong, in words a person can act on")

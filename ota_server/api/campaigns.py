@@ -8,7 +8,8 @@ from fastapi import APIRouter, Query
 from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
-from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
+from ota_server.api.openapi import errors
 from ota_server.schemas import (
     CampaignControl,
     CampaignPublic,
@@ -42,7 +43,7 @@ def get_progress(campaign_id: Id, session: SessionDep) -> Progress:
     return progress.progress(session, campaign_id)
 
 
-@router.post("/{campaign_id}/pause")
+@router.post("/{campaign_id}/pause", responses=errors(409))
 async def pause_campaign(
     campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
 ) -> CampaignPublic:
@@ -54,7 +55,7 @@ async def pause_campaign(
     )
 
 
-@router.post("/{campaign_id}/resume")
+@router.post("/{campaign_id}/resume", responses=errors(409))
 async def resume_campaign(
     campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
 ) -> CampaignPublic:
@@ -71,7 +72,7 @@ async def resume_campaign(
     return campaign
 
 
-@router.post("/{campaign_id}/cancel")
+@router.post("/{campaign_id}/cancel", responses=errors(409))
 async def cancel_campaign(
     campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
 ) -> ControlResult:
@@ -86,7 +87,7 @@ async def cancel_campaign(
     return ControlResult(campaign=campaign, vehicles=withdrawn)
 
 
-@router.post("/{campaign_id}/retry-failed")
+@router.post("/{campaign_id}/retry-failed", responses=errors(409))
 async def retry_failed(campaign_id: Id, session: OperatorSession, runtime: RuntimeDep) -> ControlResult:
     """Give every failed, rolled-back or timed-out car a new notice (new nonce) now, within the plan's
     waves, rate and windows; the car starts a new attempt."""
@@ -97,9 +98,9 @@ async def retry_failed(campaign_id: Id, session: OperatorSession, runtime: Runti
     return ControlResult(campaign=campaign, vehicles=count)
 
 
-@router.post("/{campaign_id}/vehicles/{vin}/outcome")
+@router.post("/{campaign_id}/vehicles/{vin}/outcome", responses=errors(409))
 async def record_outcome(
-    campaign_id: Id, vin: str, body: OutcomeCreate, session: OperatorSession, runtime: RuntimeDep
+    campaign_id: Id, vin: VinPath, body: OutcomeCreate, session: OperatorSession, runtime: RuntimeDep
 ) -> VinOutcome:
     """Record, with evidence, that a car was remedied at a dealer, inspected and found not to need
     the remedy, or is unreachable (exported, stolen, scrapped, other)."""

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
+from pydantic import AfterValidator
 from sqlalchemy.orm import Session
 
 from ota_server.runtime import Runtime
+from ota_server.schemas import VIN_RULE, VIN_SCHEMA, vin_shape
 
 
 def get_runtime(request: Request) -> Runtime:
@@ -30,3 +32,6 @@ SessionDep = Annotated[Session, Depends(get_session)]
 # Row ids fit the database's INTEGER (PostgreSQL: 32 bits); a larger one is a 422, not a 500.
 MAX_ID = 2**31 - 1
 Id = Annotated[int, Path(ge=1, le=MAX_ID)]
+
+# A VIN in a path: the alphabet and length are checked here (422), the check digit by the service.
+VinPath = Annotated[str, Path(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(vin_shape)]

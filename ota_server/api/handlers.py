@@ -54,13 +54,24 @@ def _headers(exc: OtaError) -> dict[str, str] | None:
 
 
 def _where(loc: tuple[object, ...]) -> str:
-    return ".".join(str(part) for part in loc if part not in ("body", "query", "path", "form"))
+    """``vehicles[3].vin``: the field's path as the services name it (list indexes in brackets)."""
+    where = ""
+    for part in loc:
+        if part in ("body", "query", "path", "form"):
+            continue
+        where += f"[{part}]" if isinstance(part, int) else f".{part}" if where else str(part)
+    return where
+
+
+def _message(err: dict[str, object]) -> str:
+    """Pydantic's message; our own validators' words without its "Value error, " prefix."""
+    return str(err["msg"]).removeprefix("Value error, ")
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     """Pydantic's error list, flattened to one readable sentence per problem."""
     assert isinstance(exc, RequestValidationError)
-    problems = [f"{_where(tuple(err['loc'])) or 'request'}: {err['msg']}" for err in exc.errors()[:10]]
+    problems = [f"{_where(tuple(err['loc'])) or 'request'}: {_message(err)}" for err in exc.errors()[:10]]
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 

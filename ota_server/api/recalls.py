@@ -9,6 +9,7 @@ from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.openapi import errors
 from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic
 from ota_server.services import approvals, campaigns, recalls
 
@@ -22,7 +23,7 @@ _AWAITING: dict[int | str, dict[str, Any]] = {
 }
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def create_recall(body: RecallCreate, session: OperatorSession, runtime: RuntimeDep) -> RecallPublic:
     trail_of(session).action.target["campaign_number"] = body.campaign_number
     return recalls.create(session, body, runtime.clock())
@@ -38,7 +39,7 @@ def get_recall(recall_id: Id, session: SessionDep) -> RecallPublic:
     return recalls.get(session, recall_id)
 
 
-@router.post("/{recall_id}/launch", status_code=status.HTTP_201_CREATED, responses=_AWAITING)
+@router.post("/{recall_id}/launch", status_code=status.HTTP_201_CREATED, responses={**_AWAITING, **errors(409)})
 async def launch_recall(
     recall_id: Id, session: OperatorSession, runtime: RuntimeDep, response: Response
 ) -> CampaignPublic | LaunchRequestPublic:
@@ -62,7 +63,7 @@ async def launch_recall(
     return result
 
 
-@router.post("/{recall_id}/approve", status_code=status.HTTP_201_CREATED)
+@router.post("/{recall_id}/approve", status_code=status.HTTP_201_CREATED, responses=errors(409))
 async def approve_launch(recall_id: Id, session: ApproverSession, runtime: RuntimeDep) -> CampaignPublic:
     """Approve a requested safety recall launch (not by its requester) and launch it.
 

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.openapi import errors
 from ota_server.reports import FORMATS, KINDS, build, render
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
@@ -32,7 +33,7 @@ def list_reports() -> dict[str, Any]:
 @router.get(
     "/recalls/{recall_id}/{kind}",
     response_class=Response,
-    responses={200: {"content": {"text/csv": {}, "application/json": {}, "application/pdf": {}}}},
+    responses={200: {"content": {"text/csv": {}, "application/json": {}, "application/pdf": {}}}, **errors(409)},
 )
 def get_report(
     recall_id: Id,

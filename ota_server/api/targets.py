@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 
 from ota_server.api.auth import OperatorSession, needs_read
 from ota_server.api.deps import RuntimeDep, SessionDep
+from ota_server.api.openapi import errors
 from ota_server.schemas import TargetsPublished, TargetsSignatures
 
 router = APIRouter(prefix="/api/v1/releases/pending-targets", tags=["releases"])
@@ -26,7 +27,7 @@ def pending_targets(session: SessionDep, runtime: RuntimeDep) -> Response:
     return Response(content=data, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-@router.post("/signatures")
+@router.post("/signatures", responses=errors(409))
 def sign_pending_targets(body: TargetsSignatures, session: OperatorSession, runtime: RuntimeDep) -> TargetsPublished:
     """Publish the pending targets once the signatures meet the root's targets threshold."""
     signatures = {s.keyid: s.sig for s in body.signatures}

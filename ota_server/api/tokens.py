@@ -6,6 +6,7 @@ from fastapi import APIRouter, status
 
 from ota_server.api.auth import AdminSession, actor_of, needs_admin, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.openapi import errors
 from ota_server.schemas import TokenCreate, TokenCreated, TokenPublic
 from ota_server.services import tokens
 
@@ -23,7 +24,7 @@ def list_tokens(session: SessionDep) -> list[TokenPublic]:
     return tokens.list_all(session)
 
 
-@router.delete("/{token_id}")
+@router.delete("/{token_id}", responses=errors(409))
 def revoke_token(token_id: Id, session: AdminSession, runtime: RuntimeDep) -> TokenPublic:
     """Revoke a token; it is refused from the next request on (the record stays, for the audit)."""
     return tokens.revoke(session, token_id, runtime.clock())

@@ -7,7 +7,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, status
 
 from ota_server.api.auth import OperatorSession, needs_operator, needs_read
-from ota_server.api.deps import RuntimeDep, SessionDep
+from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
+from ota_server.api.openapi import errors
 from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
@@ -28,7 +29,7 @@ from ota_server.services import identity, vehicles
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
     """Register one car; a dynamic campaign whose population it matches takes it at the next tick."""
     vehicles.register(session, [body], runtime.clock(), numbered=False)
@@ -36,7 +37,7 @@ def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: Run
     return vehicles.get(session, body.vin)
 
 
-@router.post("/batch", status_code=status.HTTP_201_CREATED)
+@router.post("/batch", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def register_batch(body: VehicleBatchCreate, session: OperatorSession, runtime: RuntimeDep) -> BatchCreated:
     """All or nothing: one bad car rejects the batch (422 names its index and VIN)."""
     created = BatchCreated(created=vehicles.register(session, body.vehicles, runtime.clock()))
@@ -59,7 +60,6 @@ def _revocations(runtime: Runtime) -> identity.Revocations:
     return identity.Revocations(runtime.settings.crl_file, runtime.pki.get)
 
 
-
 @router.post("/provision")
 def provision_batch(
     body: ProvisionBatch, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
@@ -70,7 +70,7 @@ def provision_batch(
 
 @router.post("/{vin}/provision")
 def provision_vehicle(
-    vin: str, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
+    vin: VinPath, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
 ) -> VehicleIdentity:
     """Issue (or replace) one car's report key and client certificate, with its agent config.
 
@@ -82,7 +82,7 @@ def provision_vehicle(
 
 
 @router.post("/{vin}/certificate/revoke")
-def revoke_certificate(vin: str, session: OperatorSession, runtime: RuntimeDep) -> CertificatesRevoked:
+def revoke_certificate(vin: VinPath, session: OperatorSession, runtime: RuntimeDep) -> CertificatesRevoked:
     """Revoke the car's client certificate (stolen, retired) and rewrite the broker's CRL.
 
     The broker refuses it once it has read the new list (SIGHUP or restart, see README);
@@ -93,7 +93,7 @@ def revoke_certificate(vin: str, session: OperatorSession, runtime: RuntimeDep) 
 
 @router.post("/{vin}/certificate/renew")
 def renew_certificate(
-    vin: str, body: CertificateRenewal, session: SessionDep, runtime: RuntimeDep
+    vin: VinPath, body: CertificateRenewal, session: SessionDep, runtime: RuntimeDep
 ) -> RenewedCertificate:
     """The car itself, before its certificate expires: a new certificate for a new key.
 
@@ -105,17 +105,17 @@ def renew_certificate(
 
 
 @router.get("/{vin}", dependencies=[needs_read])
-def get_vehicle(vin: str, session: SessionDep) -> VehiclePublic:
+def get_vehicle(vin: VinPath, session: SessionDep) -> VehiclePublic:
     return vehicles.get(session, vin)
 
 
 @router.get("/{vin}/status", dependencies=[needs_read])
-def get_status(vin: str, session: SessionDep) -> VehicleStatus:
+def get_status(vin: VinPath, session: SessionDep) -> VehicleStatus:
     return vehicles.status(session, vin)
 
 
 @router.get("/{vin}/agent-config", dependencies=[needs_operator])
-def get_agent_config(vin: str, session: SessionDep, runtime: RuntimeDep) -> AgentConfig:
+def get_agent_config(vin: VinPath, session: SessionDep, runtime: RuntimeDep) -> AgentConfig:
     """What a car needs to bootstrap: broker, repository URL and the two trusted roots."""
     return vehicles.agent_config(
         session,

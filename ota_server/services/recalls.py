@@ -16,7 +16,7 @@ from ota_server.schemas import Population, RecallCreate, RecallPublic
 from ota_server.services import approvals, campaigns
 from ota_server.services import population as populations
 
-CAMPAIGN_NUMBER = re.compile(r"^\d{2}[A-Z]-\d{3,6}$")
+CAMPAIGN_NUMBER = re.compile(r"^[0-9]{2}[A-Z]-[0-9]{3,6}$")  # ASCII digits: \d takes any Unicode digit
 
 
 def _public(session: Session, recall: Recall, campaign: Campaign | None) -> RecallPublic:

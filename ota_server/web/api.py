@@ -13,10 +13,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import AfterValidator
 
 from ota_server.api.auth import Viewer, needs_read
-from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
 from ota_server.runtime import Runtime
+from ota_server.schemas import VIN_RULE, VIN_SCHEMA, vin_shape
 from ota_server.web import dashboard as dashboards
 from ota_server.web import lookup as lookups
 from ota_server.web import timeline as timelines
@@ -91,7 +93,7 @@ async def campaign_stream(
 
 
 @router.get("/vehicles/{vin}/timeline", dependencies=[needs_read])
-def vehicle_timeline(vin: str, session: SessionDep) -> VehicleTimeline:
+def vehicle_timeline(vin: VinPath, session: SessionDep) -> VehicleTimeline:
     """Customer care: every notice, report, deferral, failure (with its reason), retry and operator
     record of this car across campaigns, oldest first, and the next step in plain words."""
     return timelines.timeline(session, vin)
@@ -107,7 +109,7 @@ def public_recalls(
     request: Request,
     session: SessionDep,
     runtime: RuntimeDep,
-    vin: Annotated[str, Query(min_length=1, max_length=32, description="The 17-character VIN")],
+    vin: Annotated[str, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(vin_shape)],
 ) -> PublicLookup:
     """No token: the recalls affecting this VIN and whether each is fixed, as an owner may see them.
 

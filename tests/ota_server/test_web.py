@@ -382,7 +382,7 @@ async def test_lookup_shows_nothing_internal(env: Env, public: httpx.AsyncClient
 async def test_lookup_rejects_a_bad_vin_with_a_clear_422(public: httpx.AsyncClient) -> None:
     short = await public.get("/api/v1/public/recalls", params={"vin": "12345"})
     assert short.status_code == 422
-    assert short.json()["detail"] == "not a valid VIN: VIN must have 17 characters, got 5"
+    assert short.json()["detail"] == "vin: not a valid VIN: VIN must have 17 characters, got 5"
     digit = await public.get("/api/v1/public/recalls", params={"vin": vin(1)[:8] + "X" + vin(1)[9:]})
     assert digit.status_code == 422 and "check digit" in digit.json()["detail"]
     letters = await public.get("/api/v1/public/recalls", params={"vin": "1HGCM82633A00435O"})

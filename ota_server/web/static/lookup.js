@@ -60,7 +60,7 @@
       body = null;
     }
     if (response.status === 422) {
-      const detail = body && body.detail ? String(body.detail).replace(/^(vin: |not a valid VIN: )/i, "") : "";
+      const detail = body && body.detail ? String(body.detail).replace(/^(vin: )?(not a valid VIN: )?/i, "") : "";
       showError(`That is not a valid VIN: ${detail || "check it and try again"}.`.replace("..", "."));
       return;
     }
