@@ -135,6 +135,36 @@ def vehicles_provision(
     typer.echo(str(path))
 
 
+@vehicles_app.command("revoke")
+def vehicles_revoke(
+    vin: Annotated[str, typer.Argument(help="The car whose client certificate is revoked")],
+    server: Annotated[str | None, typer.Option(help="Running server's URL (default: OTA_PUBLIC_URL)")] = None,
+    token: Annotated[
+        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
+    ] = None,
+) -> None:
+    """Revoke a car's MQTT client certificate (stolen, retired); the server rewrites the broker's CRL.
+
+    The broker refuses the certificate once it has re-read the CRL (SIGHUP or restart).
+    """
+    import httpx
+
+    base = (server or _settings().resolved_public_url).rstrip("/")
+    url = f"{base}/api/v1/vehicles/{vin.strip().upper()}/certificate/revoke"
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        response = httpx.post(url, headers=headers, timeout=60)
+    except httpx.HTTPError as exc:
+        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if response.status_code != 200:
+        typer.echo(f"error: {url} -> {response.status_code}: {response.text}", err=True)
+        raise typer.Exit(1)
+    revoked = response.json().get("revoked", [])
+    typer.echo(f"revoked {len(revoked)} certificate(s): {', '.join(revoked) or '-'}")
+    typer.echo("# make the broker read the new CRL: kill -HUP <mosquitto pid>")
+
+
 @broker_app.command("config")
 def broker_config(
     out: Annotated[Path, typer.Option(help="Directory for mosquitto.conf, the ACL file and certificates")],
@@ -164,10 +194,18 @@ def broker_config(
     files = write_broker_config(
         out, ca, now, port=port, bind=bind, hostnames=hosts, persistence=persistence, run_as=user
     )
+    if files.to_run:
+        typer.echo("# mosquitto cannot read its key yet; as root, run:")
+        for command in files.to_run:
+            typer.echo(command)
     typer.echo(f"mosquitto -c {files.conf}")
-    typer.echo("# then start the server with:")
+    typer.echo("# then start the server with (it rewrites the CRL there on every revocation;")
+    typer.echo("# `kill -HUP <mosquitto pid>` makes the broker read it):")
     for name, value in files.server_env(hosts[0]).items():
         typer.echo(f"export {name}={value}")
+    typer.echo("# several replicas also share this (secret: a car that knows it could take reports):")
+    for name, value in files.replica_env().items():
+        typer.echo(f"# export {name}={value}")
 
 
 # --- `ota tokens` and `ota audit`: straight to the database, for whoever runs the server ---

@@ -9,15 +9,32 @@ certificates, all issued by the project's CA (:mod:`ota_server.pki`):
   by sending another VIN as its client id, and cannot take over another's session;
 * ACL patterns keyed on ``%u`` (the VIN): a car reads only its campaign topic and
   writes only its status and presence topics; the server's own identity reads
-  every status and presence topic and writes campaign notices.
+  every status and presence topic and writes campaign notices;
+* ``crlfile``: the CA's revocation list, which the server rewrites on every revocation
+  (``OTA_MQTT_CRL_FILE``); Mosquitto reads it at start and on SIGHUP;
+* a share group nobody outside the server knows, for replicas (``OTA_MQTT_SHARE_GROUP``).
+  Mosquitto 2.0's ``acl_file`` never checks SUBSCRIBE, only ``read`` as it delivers
+  (``security_default.c``: "FIXME - implement ACL subscription strings"), so a car may
+  join any ``$share/<group>/...``: the broker then hands it every other report, drops
+  it at the read check and still acknowledges the sender. A car cannot join a group
+  whose name it cannot know;
+* file owners Mosquitto can live with: started as root it drops to ``user`` (default
+  ``mosquitto``) *before* it loads its key, so the key goes to that user (or the
+  exact ``chown`` to run is returned).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import os
+import pwd
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware_bundles import topics
 from ota_server.pki import CA_CERT_FILE, SERVER_CLIENT_CN, CertificateAuthority, write_file
@@ -26,6 +43,10 @@ DEFAULT_TLS_PORT = 8883
 MAX_PACKET_BYTES = 64 * 1024
 CONF_FILE = "mosquitto.conf"
 ACL_FILE = "acl"
+CRL_FILE = "crl.pem"
+SHARE_GROUP_FILE = "share_group"
+# Who Mosquitto becomes when started as root without a `user` option.
+DEFAULT_BROKER_USER = "mosquitto"
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,10 @@ class BrokerFiles:
     server_cert: Path
     server_key: Path
     port: int
+    crl: Path
+    share_group: str
+    # shell commands the operator must still run (as root) for Mosquitto to read its files
+    to_run: list[str] = field(default_factory=list)
 
     def server_env(self, host: str) -> dict[str, str]:
         """The OTA_ variables that point the server at this broker."""
@@ -48,7 +73,12 @@ class BrokerFiles:
             "OTA_MQTT_CA_FILE": str(self.ca),
             "OTA_MQTT_CERT_FILE": str(self.server_cert),
             "OTA_MQTT_KEY_FILE": str(self.server_key),
+            "OTA_MQTT_CRL_FILE": str(self.crl),
         }
+
+    def replica_env(self) -> dict[str, str]:
+        """For several server replicas on this broker: the share group that splits the reports."""
+        return {"OTA_MQTT_SHARE_GROUP": self.share_group}
 
 
 def acl_text(server_identity: str = SERVER_CLIENT_CN) -> str:
@@ -79,6 +109,7 @@ def conf_text(
     cert: Path,
     key: Path,
     acl: Path,
+    crl: Path | None = None,
     persistence_dir: Path | None = None,
     run_as: str | None = None,
 ) -> str:
@@ -114,6 +145,8 @@ def conf_text(
         f"certfile {cert}",
         f"keyfile {key}",
         "tls_version tlsv1.2",
+        # revoked car certificates; re-read on SIGHUP (`kill -HUP <pid>`) or a restart
+        *([f"crlfile {crl}"] if crl is not None else []),
         "require_certificate true",
         "use_identity_as_username true",
         "use_username_as_clientid true",
@@ -132,8 +165,13 @@ def write_broker_config(
     hostnames: Sequence[str] = ("localhost", "127.0.0.1"),
     persistence: bool = True,
     run_as: str | None = None,
+    owner: Ownership | None = None,
 ) -> BrokerFiles:
-    """Write the broker's configuration and certificates, and the server's client certificate."""
+    """Write the broker's configuration and certificates, and the server's client certificate.
+
+    An existing revocation list from the same CA and the share group are kept, so running
+    this again neither un-revokes a car nor splits the replicas.
+    """
     out_dir = out_dir.resolve()
     certs = out_dir / "certs"
     certs.mkdir(parents=True, exist_ok=True)
@@ -148,6 +186,8 @@ def write_broker_config(
         server_cert=certs / f"{SERVER_CLIENT_CN}.crt",
         server_key=certs / f"{SERVER_CLIENT_CN}.key",
         port=port,
+        crl=certs / CRL_FILE,
+        share_group=_share_group(out_dir / SHARE_GROUP_FILE),
     )
     write_file(files.ca, ca.cert_pem, 0o644)
     write_file(files.broker_cert, broker.cert_pem, 0o644)
@@ -155,6 +195,8 @@ def write_broker_config(
     write_file(files.server_cert, server.cert_pem, 0o644)
     write_file(files.server_key, server.key_pem, 0o600)
     write_file(files.acl, acl_text().encode(), 0o644)
+    if not _crl_of(files.crl, ca):
+        write_file(files.crl, ca.crl([], now), 0o644)  # OpenSSL refuses every client without one
     persistence_dir = out_dir / "data" if persistence else None
     if persistence_dir is not None:
         persistence_dir.mkdir(exist_ok=True)
@@ -165,8 +207,64 @@ def write_broker_config(
         cert=files.broker_cert,
         key=files.broker_key,
         acl=files.acl,
+        crl=files.crl,
         persistence_dir=persistence_dir,
         run_as=run_as,
     )
     write_file(files.conf, conf.encode(), 0o644)
+    files.to_run.extend((owner or Ownership()).grant(run_as, files.broker_key, persistence_dir))
     return files
+
+
+def _share_group(path: Path) -> str:
+    """The share group kept in ``path`` (0600), made on first use: 128 random bits no car can guess."""
+    if path.exists():
+        return path.read_text().strip()
+    group = f"ota-ingest-{secrets.token_hex(16)}"
+    write_file(path, group.encode(), 0o600)
+    return group
+
+
+def _crl_of(path: Path, ca: CertificateAuthority) -> bool:
+    """Whether ``path`` holds a CRL this CA signed (kept: it may already list revoked cars)."""
+    try:
+        crl = x509.load_pem_x509_crl(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    public_key = ca.cert.public_key()
+    return isinstance(public_key, ec.EllipticCurvePublicKey) and crl.is_signature_valid(public_key)
+
+
+@dataclass(frozen=True)
+class Ownership:
+    """Hands the broker's key (and its persistence directory) to the user Mosquitto runs as.
+
+    Mosquitto started as root drops to ``user`` (``mosquitto`` unless the config says
+    otherwise) before it loads the TLS key, so a 0600 key owned by root fails with
+    "Unable to load server key file ... Permission denied". Started as another user it
+    keeps that user, who wrote the files. The look-ups are injected for tests.
+    """
+
+    euid: Callable[[], int] = os.geteuid
+    lookup: Callable[[str], pwd.struct_passwd] = pwd.getpwnam
+    chown: Callable[[Path, int, int], None] = os.chown
+
+    def grant(self, run_as: str | None, key: Path, data_dir: Path | None) -> list[str]:
+        """Give ``run_as`` (default ``mosquitto``) the key (0600) and the data directory; else say what to run."""
+        user = run_as or DEFAULT_BROKER_USER
+        paths = [key] + ([data_dir] if data_dir is not None else [])
+        if self.euid() != 0:
+            if run_as is None:
+                return []  # mosquitto started by this user reads what this user wrote
+            return [f"sudo chown {user}: {' '.join(str(p) for p in paths)}", f"sudo chmod 0600 {key}"]
+        try:
+            entry = self.lookup(user)
+        except KeyError:
+            return [
+                f"# there is no user {user!r}: create it, or pass --user with the user mosquitto runs as, then",
+                f"chown {user}: {' '.join(str(p) for p in paths)}",
+            ]
+        for path in paths:
+            self.chown(path, entry.pw_uid, entry.pw_gid)
+        key.chmod(0o600)
+        return []

@@ -49,6 +49,7 @@ class Broker:
     ca: CertificateAuthority
     certs: Path
     log: Path
+    process: subprocess.Popen[bytes]
 
     @property
     def port(self) -> int:
@@ -99,7 +100,7 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
             if process.poll() is not None or time.monotonic() > deadline:
                 pytest.fail(f"mosquitto did not start:\n{log.read_text()}")
             time.sleep(0.05)
-        yield Broker(files, ca, certs, log)
+        yield Broker(files, ca, certs, log, process)
     finally:
         process.terminate()
         try:
