@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -84,9 +85,11 @@ def init(
 
 
 async def _run(config: AgentConfig) -> None:
-    link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
+    context = tls_context(config)
+    link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=context)
     clients: list[Any] = []
     transport = LazyTransport(lambda: _http_transport(config, clients))
+    renewal = _renew_certificate(config, context)
     try:
         agent = Agent(config, link=link, transport=transport, slots=slot_factory(config))
         task = asyncio.current_task()
@@ -100,8 +103,21 @@ async def _run(config: AgentConfig) -> None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(link.announce_offline(), timeout=5)
     finally:
+        if renewal is not None:
+            renewal.cancel()
         for client in clients:
             client.close()
+
+
+def _renew_certificate(config: AgentConfig, context: ssl.SSLContext | None) -> asyncio.Task[None] | None:
+    """Keep the client certificate renewed (at start, then daily), reloading ``context`` in place."""
+    if config.tls_cert is None or config.tls_key is None:
+        return None
+    from vehicle_agent.agent import utc_now
+    from vehicle_agent.renewal import CertificateRenewer, http_post
+
+    renewer = CertificateRenewer(config, http_post, clock=utc_now, tls_context=context)
+    return asyncio.create_task(renewer.run(), name="certificate-renewal")
 
 
 def _http_transport(config: AgentConfig, clients: list[Any]) -> Any:

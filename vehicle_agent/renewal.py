@@ -12,7 +12,8 @@ new one, so the install must survive a crash at any point:
    replaces the key. :func:`recover` finishes whatever step a crash interrupted.
 
 The link's TLS context is reloaded in place, so the next connection presents the new
-certificate without a restart.
+certificate without a restart. The daily look at the certificate's end uses the ``ssl``
+module; ``cryptography`` is loaded only when a renewal is due (an idle car stays lean).
 """
 
 from __future__ import annotations
@@ -23,18 +24,16 @@ import logging
 import os
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from typing import TYPE_CHECKING, Any
 
 from firmware_bundles.provisioning import write_file
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import AgentError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +52,28 @@ def _next(path: Path) -> Path:
     return path.with_name(path.name + ".next")
 
 
+def not_after(cert: Path) -> datetime:
+    """The certificate's end, read with the ``ssl`` module (no ``cryptography`` in an idle car)."""
+    decode = getattr(getattr(ssl, "_ssl", None), "_test_decode_cert", None)
+    if decode is not None:
+        return datetime.fromtimestamp(ssl.cert_time_to_seconds(decode(str(cert))["notAfter"]), UTC)
+    from cryptography import x509
+
+    return x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+
+
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
 def _private_key(pem: bytes) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     key = serialization.load_pem_private_key(pem, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise RenewalFailed("the client key is not an EC key")
@@ -70,6 +84,11 @@ def renewal_request(
     vin: str, new_key: ec.EllipticCurvePrivateKey, current_key_pem: bytes, current_cert_pem: bytes
 ) -> dict[str, str]:
     """The request body: a CSR for ``new_key`` and the current key's signature over its DER bytes."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, vin)]))
@@ -85,6 +104,8 @@ def renewal_request(
 
 
 def _same_key(cert_pem: bytes, key: ec.EllipticCurvePrivateKey) -> bool:
+    from cryptography import x509
+
     return x509.load_pem_x509_certificate(cert_pem).public_key() == key.public_key()
 
 
@@ -138,16 +159,19 @@ class CertificateRenewer:
         self.url = f"{server.rstrip('/')}/api/v1/vehicles/{config.vin}/certificate/renew"
 
     def not_after(self) -> datetime:
-        return x509.load_pem_x509_certificate(self._cert.read_bytes()).not_valid_after_utc
+        return not_after(self._cert)
 
     def due(self) -> bool:
         return self.not_after() - self._clock() < self._margin
 
     async def check(self) -> bool:
         """Renew if due; True when a new certificate was installed."""
-        recover(self._cert, self._key)
+        if _next(self._key).exists():
+            recover(self._cert, self._key)
         if not self.due():
             return False
+        from cryptography.hazmat.primitives.asymmetric import ec
+
         key_next = _next(self._key)
         if key_next.exists():  # an earlier try whose answer never came: ask again for the same key
             new_key = _private_key(key_next.read_bytes())
