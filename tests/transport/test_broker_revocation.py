@@ -12,7 +12,11 @@ import signal
 import ssl
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 
+from typer.testing import CliRunner
+
+from ota_server.cli import app
 from ota_server.pki import Issued
 from ota_server.pki import write_file as write_pem
 from tests.transport.conftest import HOST, Broker
@@ -57,3 +61,13 @@ def test_a_revoked_certificate_is_refused_after_sighup(broker: Broker) -> None:
 
     assert _refused_within(broker, old), broker.log.read_text()
     assert raw_connect(broker.port, new) == CONNACK_OK  # the real car is welcome
+
+
+def test_ota_broker_config_tells_the_server_where_the_crl_and_the_share_group_are(tmp_path: Path) -> None:
+    out = tmp_path / "broker"
+    args = ["broker", "config", "--out", str(out), "--data-dir", str(tmp_path / "var"), "--host", HOST]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert f"export OTA_MQTT_CRL_FILE={out.resolve() / 'certs' / 'crl.pem'}" in result.output
+    assert f"export OTA_MQTT_SHARE_GROUP={(out / 'share_group').read_text()}" in result.output
+    assert "kill -HUP" in result.output
