@@ -15,13 +15,23 @@ def test_every_car_is_remedied_through_the_whole_pipeline(tmp_path: Path) -> Non
     result = agent_cost.run(3, 8 * 1024, tmp_path, None)
     assert result["remedied"] == 3
     # both repositories' root probe, timestamp, snapshot and targets, then the bundle
-    assert result["requests_per_car"] == 9.0
+    assert result["requests"] == 9 * 3
     # notified .. remedied, each one signed
-    assert result["reports_per_car"] == 6.0
+    assert result["reports"] == 6 * 3
     assert result["cpu_ms_per_car"] > 0
     assert result["state_bytes_per_car"] > 8 * 1024  # at least the installed image in its slot
+
+
+def test_the_floor_follows_from_the_measured_cpu_unrounded(tmp_path: Path) -> None:
+    """The figures come from one measurement (a fake process clock here); only the table rounds them.
+
+    Rounding the CPU per car and the floor separately made the two disagree by up to 0.125 s.
+    """
+    readings = iter([10.0, 10.0343])
+    result = agent_cost.run(3, 4096, tmp_path, None, cpu_clock=lambda: next(readings))
+    assert result["cpu_ms_per_car"] == pytest.approx(1000 * 0.0343 / 3)
     assert result["floor_seconds_for_30000_cars"] == pytest.approx(
-        30_000 * result["cpu_ms_per_car"] / 1000 / result["cores"], abs=0.1
+        30_000 * result["cpu_ms_per_car"] / 1000 / result["cores"]
     )
 
 
