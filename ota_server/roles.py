@@ -7,6 +7,7 @@ signs off its launch unless an admin made them both.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -31,6 +32,15 @@ class Actor:
     name: str
     role: Role
     token_id: int | None = None
+
+
+def person_key(name: str) -> str:
+    """The person a name stands for: ``ME-ADMIN``, `` me-admin`` and full-width ``me-admin`` are one person.
+
+    NFKC folds look-alike forms (full-width letters, ligatures), ``casefold`` the case, and
+    runs of whitespace become one space, so no spelling of a name makes a second person.
+    """
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def describe(allowed: frozenset[Role]) -> str:

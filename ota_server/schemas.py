@@ -478,6 +478,9 @@ class TokenPublic(BaseModel):
     role: Role
     prefix: str = Field(description="The secret's first characters, to tell tokens apart")
     created_by: str
+    created_by_token: int | None = Field(
+        description="The id of the token that created this one (none for the bootstrap token)"
+    )
     created_at: datetime
     revoked_at: datetime | None
 

@@ -80,7 +80,7 @@ def require(allowed: frozenset[Role]) -> Callable[[Actor], Actor]:
     return check
 
 
-_TRAIL = "ota_audit_trail"
+_TRAIL = audit.TRAIL_KEY
 _ACTOR = "ota_actor"
 
 Viewer = Annotated[Actor, Depends(require(READ))]

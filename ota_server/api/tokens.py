@@ -16,7 +16,7 @@ router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_token(body: TokenCreate, session: AdminSession, runtime: RuntimeDep) -> TokenCreated:
     trail_of(session).action.target.update(name=body.name, role=body.role.value)
-    return tokens.create(session, body.name, body.role, created_by=actor_of(session).name, now=runtime.clock())
+    return tokens.create(session, body.name, body.role, created_by=actor_of(session), now=runtime.clock())
 
 
 @router.get("", dependencies=[needs_admin])

@@ -299,16 +299,23 @@ class RepoFile(Base):
 
 
 class ApiToken(Base):
-    """An API token: only the sha256 of the secret is kept; ``name`` is the person it belongs to."""
+    """An API token: only the sha256 of the secret is kept; ``name`` is the person it belongs to.
+
+    ``person`` is the name normalised (:func:`ota_server.roles.person_key`) and
+    ``created_by_token_id`` the token that created this one (None for the bootstrap token):
+    the two-person rule compares persons and follows who created whom.
+    """
 
     __tablename__ = "api_tokens"
 
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(64), index=True)
+    person: Mapped[str] = mapped_column(String(64), index=True)
     role: Mapped[str] = mapped_column(String(16))
     token_hash: Mapped[str] = mapped_column(String(64), unique=True)
     prefix: Mapped[str] = mapped_column(String(16))
     created_by: Mapped[str] = mapped_column(String(64))
+    created_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     created_at: Mapped[datetime]
     revoked_at: Mapped[datetime | None]
 
@@ -321,6 +328,8 @@ class LaunchRequest(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id"), unique=True)
     requested_by: Mapped[str] = mapped_column(String(64))
+    # The token the request came with (its creator matters to the two-person rule).
+    requested_by_token_id: Mapped[int | None] = mapped_column(ForeignKey("api_tokens.id"))
     requested_at: Mapped[datetime]
     approved_by: Mapped[str | None] = mapped_column(String(64))
     approved_at: Mapped[datetime | None]

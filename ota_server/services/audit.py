@@ -29,6 +29,7 @@ from ota_server.schemas import AuditEntryPublic, AuditPage, AuditVerification
 
 GENESIS = "0" * 64
 HEAD_ID = 1
+TRAIL_KEY = "ota_audit_trail"  # session.info key of the session's Trail
 MAX_IDS = 20
 # New rows worth naming in an entry's target (ids the action created).
 _CREATED_TABLES = frozenset({"recalls", "releases", "campaigns", "api_tokens", "launch_requests", "vehicles"})
@@ -158,11 +159,23 @@ class Trail:
 def record_commits(session: Session, action: Action, clock: Clock) -> Trail:
     """Write ``action``'s audit entry in the same transaction as the session's first commit."""
     trail = Trail(session, action, clock)
+    session.info[TRAIL_KEY] = trail
     event.listen(session, "after_flush", trail._after_flush)
     event.listen(session, "before_commit", trail._before_commit)
     event.listen(session, "after_commit", trail._after_commit)
     event.listen(session, "after_rollback", trail._after_rollback)
     return trail
+
+
+def note(session: Session, **facts: Any) -> None:
+    """Add ``facts`` to the target of the action ``session`` is audited for (none: nothing).
+
+    For what a service learns that the route cannot see, e.g. who created the tokens of
+    the two persons behind a launch; a refusal's entry carries them too.
+    """
+    trail = session.info.get(TRAIL_KEY)
+    if isinstance(trail, Trail):
+        trail.action.target = {**trail.action.target, **facts}
 
 
 def _public(entry: AuditEntry) -> AuditEntryPublic:

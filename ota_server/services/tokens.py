@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.db.models import ApiToken
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.roles import Actor, Role
+from ota_server.roles import Actor, Role, person_key
 from ota_server.schemas import TokenCreated, TokenPublic
 
 log = logging.getLogger(__name__)
@@ -41,22 +41,31 @@ def _public(token: ApiToken) -> TokenPublic:
         role=Role(token.role),
         prefix=token.prefix,
         created_by=token.created_by,
+        created_by_token=token.created_by_token_id,
         created_at=token.created_at,
         revoked_at=token.revoked_at,
     )
 
 
-def create(session: Session, name: str, role: Role, *, created_by: str, now: datetime) -> TokenCreated:
-    """Store a new token and return it with its secret (the only time the secret is seen)."""
+def create(session: Session, name: str, role: Role, *, created_by: str | Actor, now: datetime) -> TokenCreated:
+    """Store a new token and return it with its secret (the only time the secret is seen).
+
+    ``created_by`` is the token holder who asks (an :class:`Actor`), recorded with its token
+    id so the two-person rule can follow who created whom; a plain string names a creator
+    that holds no token (the server's first start, a local command).
+    """
     if not NAME.match(name):
         raise InvalidInput(f"token name {name!r}: 1-64 letters, digits, '.', '_', '@' or '-' (the person's name)")
     secret = PREFIX + secrets.token_urlsafe(32)
+    creator = created_by if isinstance(created_by, Actor) else None
     token = ApiToken(
         name=name,
+        person=person_key(name),
         role=role.value,
         token_hash=digest(secret),
         prefix=secret[: len(PREFIX) + 4],
-        created_by=created_by,
+        created_by=creator.name if creator else created_by,
+        created_by_token_id=creator.token_id if creator else None,
         created_at=now,
     )
     session.add(token)
