@@ -9,7 +9,7 @@ fetcher), so an outside suite tests the verifier the cars run.
     vehicle-agent tuf-client --metadata-dir DIR init ROOT.json
     vehicle-agent tuf-client --metadata-dir DIR --metadata-url URL refresh
     vehicle-agent tuf-client --metadata-dir DIR --metadata-url URL --target-name PATH \\
-        --target-base-url URL --target-dir DIR download
+        [--target-name PATH ...] --target-base-url URL --target-dir DIR download
 
 python-tuf is imported inside the commands so that loading the agent's CLI (and so
 the resident ``vehicle-agent run``) does not pay for it.
@@ -43,7 +43,7 @@ app = typer.Typer(
 class ClientOptions:
     metadata_dir: Path
     metadata_url: str | None
-    target_name: str | None
+    target_names: tuple[str, ...]
     target_base_url: str | None
     target_dir: Path | None
 
@@ -63,12 +63,14 @@ def main(
     ctx: typer.Context,
     metadata_dir: Annotated[Path, typer.Option(help="Where trusted metadata is kept")],
     metadata_url: Annotated[str | None, typer.Option(help="The repository's metadata URL")] = None,
-    target_name: Annotated[str | None, typer.Option(help="TUF target path to download")] = None,
+    target_name: Annotated[
+        list[str] | None, typer.Option(help="TUF target path to download (repeat for more, fetched in order)")
+    ] = None,
     target_base_url: Annotated[str | None, typer.Option(help="The repository's targets URL")] = None,
     target_dir: Annotated[Path | None, typer.Option(help="Where verified targets are stored")] = None,
 ) -> None:
     """Options come before the command, as the conformance protocol has it."""
-    ctx.obj = ClientOptions(metadata_dir, metadata_url, target_name, target_base_url, target_dir)
+    ctx.obj = ClientOptions(metadata_dir, metadata_url, tuple(target_name or ()), target_base_url, target_dir)
 
 
 def _updater(options: ClientOptions, fetcher: TufFetcher) -> Updater:
@@ -117,25 +119,32 @@ def refresh(ctx: typer.Context) -> None:
 
 @app.command()
 def download(ctx: typer.Context) -> None:
-    """Refresh, then fetch and verify one target (kept, and not fetched again, if cached)."""
+    """Refresh, then fetch and verify each target in turn (kept, and not fetched again, if cached).
+
+    The first target that is unknown or fails verification ends the command with exit 1.
+    """
     from tuf.api.exceptions import DownloadError, RepositoryError
 
     from vehicle_agent.transport import HttpxTransport, TufFetcher, make_http_client
 
     options = _options(ctx)
-    if not options.target_name or not options.target_dir or not options.target_base_url:
+    if not options.target_names or not options.target_dir or not options.target_base_url:
         raise _fail("download needs --target-name, --target-base-url and --target-dir")
     options.target_dir.mkdir(parents=True, exist_ok=True)
-    # one stable file name per target path, whatever its content
-    local = str(options.target_dir / quote(options.target_name, safe=""))
     with make_http_client() as http:
         try:
             updater = _updater(options, TufFetcher(HttpxTransport(http)))
             updater.refresh()
-            info = updater.get_targetinfo(options.target_name)
-            if info is None:
-                raise _fail(f"target {options.target_name!r} not found in trusted metadata")
-            if updater.find_cached_target(info, local) is None:
-                updater.download_target(info, local)
+            for name in options.target_names:
+                _fetch_one(updater, name, options.target_dir)
         except (RepositoryError, DownloadError, OSError) as exc:
             raise _fail(f"download failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _fetch_one(updater: Updater, name: str, target_dir: Path) -> None:
+    info = updater.get_targetinfo(name)
+    if info is None:
+        raise _fail(f"target {name!r} not found in trusted metadata")
+    local = str(target_dir / quote(name, safe=""))  # one stable file name per target path
+    if updater.find_cached_target(info, local) is None:
+        updater.download_target(info, local)

@@ -36,12 +36,16 @@ class Repo:
         (self.metadata / "1.root.json").write_bytes(root)
         (self.dir / "trusted-root.json").write_bytes(root)
 
-    def publish(self, content: bytes, *, signers: uptane.RoleSigners | None = None) -> None:
-        (self.targets / TARGET).parent.mkdir(parents=True, exist_ok=True)
-        (self.targets / TARGET).write_bytes(content)
-        target = uptane.TargetFile(len(content), {"sha256": hashlib.sha256(content).hexdigest()}, TARGET)
+    def publish(
+        self, content: bytes, *, signers: uptane.RoleSigners | None = None, more: dict[str, bytes] | None = None
+    ) -> None:
+        listed: dict[str, uptane.TargetFile] = {}
+        for path, data in {TARGET: content, **(more or {})}.items():
+            (self.targets / path).parent.mkdir(parents=True, exist_ok=True)
+            (self.targets / path).write_bytes(data)
+            listed[path] = uptane.TargetFile(len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path)
         self.versions, files = uptane.publish_targets(
-            {TARGET: target}, signers or self.signers, uptane.Expiry(), NOW, self.versions
+            listed, signers or self.signers, uptane.Expiry(), NOW, self.versions
         )
         for name, data in files.items():
             (self.metadata / name).write_bytes(data)
@@ -72,11 +76,10 @@ def client_args(tmp_path: Path, base: str) -> list[str]:
     return ["--metadata-dir", str(tmp_path / "client"), "--metadata-url", f"{base}/metadata"]
 
 
-def download_args(tmp_path: Path, base: str) -> list[str]:
+def download_args(tmp_path: Path, base: str, *names: str) -> list[str]:
     return [
         *client_args(tmp_path, base),
-        "--target-name",
-        TARGET,
+        *(arg for name in names or (TARGET,) for arg in ("--target-name", name)),
         "--target-base-url",
         f"{base}/targets",
         "--target-dir",
@@ -127,3 +130,19 @@ def test_refresh_needs_init_and_rollback_is_refused(repo: tuple[Repo, str], tmp_
     for name, data in old.items():  # a freeze/rollback attack replays the older versions
         (repository.metadata / name).write_bytes(data)
     assert run(*client_args(tmp_path, base), "refresh") == 1
+
+
+def test_every_target_name_is_downloaded_in_order(repo: tuple[Repo, str], tmp_path: Path) -> None:
+    repository, base = repo
+    repository.publish(CONTENT, more={"files/second.txt": b"second\n", "third.bin": b"\x00third"})
+    run("--metadata-dir", str(tmp_path / "client"), "init", str(repository.dir / "trusted-root.json"))
+    assert run(*download_args(tmp_path, base, TARGET, "files/second.txt", "third.bin")) == 0
+    stored = {p.name: p.read_bytes() for p in (tmp_path / "downloads").iterdir()}
+    assert stored == {"files%2Fhello.txt": CONTENT, "files%2Fsecond.txt": b"second\n", "third.bin": b"\x00third"}
+
+
+def test_an_unknown_first_target_fails_even_when_the_last_is_known(repo: tuple[Repo, str], tmp_path: Path) -> None:
+    repository, base = repo
+    repository.publish(CONTENT)
+    run("--metadata-dir", str(tmp_path / "client"), "init", str(repository.dir / "trusted-root.json"))
+    assert run(*download_args(tmp_path, base, "files/missing.txt", TARGET)) == 1
