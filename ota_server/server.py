@@ -15,7 +15,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
@@ -29,6 +29,7 @@ from ota_server.clock import Clock, utc_now
 from ota_server.config import DEFAULT_PORT, Settings
 from ota_server.errors import NotReady
 from ota_server.publisher import Publisher
+from ota_server.web import event_streams
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +90,18 @@ def remove_ready_file(path: Path) -> None:
 class _Uvicorn(uvicorn.Server):
     """uvicorn without its own signal handling: :class:`OtaServer` owns shutdown."""
 
+    def __init__(self, config: uvicorn.Config, *, before_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._before_shutdown = before_shutdown
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         yield
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Endless responses (dashboard event streams) end first, or the graceful stop waits for them.
+        self._before_shutdown()
+        await super().shutdown(sockets)
 
 
 class OtaServer:
@@ -139,7 +149,7 @@ class OtaServer:
             timeout_graceful_shutdown=10,
             timeout_keep_alive=KEEP_ALIVE_S,
         )
-        self._uvicorn = _Uvicorn(config)
+        self._uvicorn = _Uvicorn(config, before_shutdown=event_streams(app).close_all)
         self._task = asyncio.create_task(self._uvicorn.serve(sockets=[self._sock]), name="ota-uvicorn")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s

@@ -16,14 +16,22 @@ from ota_server.clock import Clock
 from ota_server.config import Settings
 from ota_server.web import api, pages
 from ota_server.web.lookup import AddressBuckets
+from ota_server.web.sse import EventStreams
 
 STATIC_PATH = "/ui/static"
 
 
 def install(app: FastAPI, settings: Settings, clock: Clock) -> None:
     app.state.lookup_limiter = AddressBuckets(settings.lookup_rate_per_min, settings.lookup_burst, clock)
+    app.state.event_streams = EventStreams()
     app.include_router(api.router)
     app.include_router(api.public)
     app.include_router(pages.router)
     static = resources.files("ota_server.web").joinpath("static")
     app.mount(STATIC_PATH, StaticFiles(directory=str(static)), name="web-static")
+
+
+def event_streams(app: FastAPI) -> EventStreams:
+    """The app's open dashboard streams; the server closes them first when it stops."""
+    streams: EventStreams = app.state.event_streams
+    return streams

@@ -23,7 +23,7 @@ from ota_server.web import dashboard as dashboards
 from ota_server.web import lookup as lookups
 from ota_server.web import timeline as timelines
 from ota_server.web.schemas import CampaignSummary, Dashboard, PublicLookup, VehicleTimeline, WhoAmI
-from ota_server.web.sse import snapshot_events
+from ota_server.web.sse import EventStreams, snapshot_events
 
 router = APIRouter(prefix="/api/v1", tags=["dashboard"])
 public = APIRouter(prefix="/api/v1/public", tags=["public"])
@@ -79,6 +79,7 @@ async def campaign_stream(
     a second of any change; a ``: heartbeat`` comment every 15 s of quiet; the response ends after
     5 minutes (EventSource reconnects, re-checking the token)."""
     await asyncio.to_thread(_fingerprint, runtime, campaign_id)  # 404 before the stream starts
+    streams: EventStreams = request.app.state.event_streams
     events = snapshot_events(
         lambda: asyncio.to_thread(_fingerprint, runtime, campaign_id),
         lambda: asyncio.to_thread(_snapshot_json, runtime, campaign_id),
@@ -87,6 +88,8 @@ async def campaign_stream(
         heartbeat=STREAM_HEARTBEAT_S,
         lifetime=STREAM_LIFETIME_S,
         max_events=max_events,
+        sleep=streams.sleep,
+        closing=streams.closing,
     )
     headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
     return StreamingResponse(events, media_type="text/event-stream", headers=headers)

@@ -6,15 +6,40 @@ tested without a socket: it asks the cheap ``fingerprint`` every ``interval`` an
 has been quiet for ``heartbeat`` seconds, stops when the client is gone, and ends the
 response after ``lifetime`` seconds: the browser's ``EventSource`` reconnects by itself
 (after ``retry`` ms), which also re-checks the token, so a revoked one stops streaming.
+
+:class:`EventStreams` ends every open stream when the server stops: uvicorn's graceful stop
+waits for each response to finish, and a stream never finishes by itself, so without it a
+stop waited out the whole graceful timeout and then cancelled the streams (an ERROR with a
+traceback in the log).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 RETRY_MS = 2000
+
+
+class EventStreams:
+    """The server's open event streams, told at once when it stops (one per app)."""
+
+    def __init__(self) -> None:
+        self._closing = asyncio.Event()
+
+    def close_all(self) -> None:
+        """End every stream at its next step; a sleeping one wakes now."""
+        self._closing.set()
+
+    def closing(self) -> bool:
+        return self._closing.is_set()
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when the server stops meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
 
 
 def event(name: str, data: str, event_id: int | None = None) -> str:
@@ -34,12 +59,13 @@ async def snapshot_events(
     max_events: int | None = None,
     sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     monotonic: Callable[[], float] = time.monotonic,
+    closing: Callable[[], bool] = lambda: False,
 ) -> AsyncIterator[str]:
     started = quiet_since = monotonic()
     yield f"retry: {RETRY_MS}\n\n"
     last: object = None
     sent = 0
-    while not await is_disconnected():
+    while not closing() and not await is_disconnected():
         current = await fingerprint()
         now = monotonic()
         if sent == 0 or current != last:
