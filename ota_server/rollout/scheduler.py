@@ -26,6 +26,13 @@ database busy with little to decide. A tick that hit its cap carries on at
 once with a doubled cap (up to ``_MAX_CARRY_FACTOR`` times ``max_per_tick``): the first
 notices of a launch go out after a small batch, the rest in few large ones, each batch
 published while the next one is prepared.
+
+Whatever goes wrong in one campaign's tick stays in that campaign: its work is rolled
+back and, unless the database itself failed (an outage or a race with a replica, tried
+again at the next tick), the campaign is paused with the error as its reason, logged
+once, and left alone until an operator resumes or cancels it; the others tick on. A
+campaign whose every car is final (nothing to notify, nothing in flight, no retry
+scheduled or still owed) is ``completed``; a car moving again reopens it.
 """
 
 from __future__ import annotations
@@ -42,7 +49,8 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
@@ -50,6 +58,7 @@ from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, 
 from ota_server.rollout import plan as rules
 from ota_server.rollout.states import (
     ERRORS,
+    IN_FLIGHT,
     INSTALLING,
     NOT_STARTED,
     Cause,
@@ -59,7 +68,7 @@ from ota_server.rollout.states import (
 from ota_server.schemas import Population
 from ota_server.services import campaigns as campaign_service
 from ota_server.services import population as populations
-from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, REMEDY, ROLLBACK, Outbound
+from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, REMEDY, ROLLBACK, Outbound
 from ota_server.signing.director import Director
 from ota_server.signing.image_repo import target_for
 
@@ -70,6 +79,8 @@ Dispatch = Callable[[Sequence[Outbound]], None]
 _CHUNK = 500
 _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release
 _MAX_CARRY_FACTOR = 8  # a tick carrying on a capped one releases up to this many times max_per_tick
+_REASON_MAX = 1000  # characters of an error kept as a campaign's status reason
+FAULT_PREFIX = "internal error in tick"
 
 
 @dataclass
@@ -84,6 +95,62 @@ class TickResult:
     paused: list[int] = field(default_factory=list)
     opened: list[tuple[int, int]] = field(default_factory=list)  # (campaign, wave)
     rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (tripped campaign, rollback campaign)
+    faulted: list[int] = field(default_factory=list)  # campaigns paused by an error in their own tick
+
+    def add(self, part: TickResult) -> None:
+        """Take in one campaign's committed work."""
+        self.messages += part.messages
+        self.notified += part.notified
+        self.retried += part.retried
+        self.timed_out += part.timed_out
+        self.joined += part.joined
+        self.paused += part.paused
+        self.opened += part.opened
+        self.rollbacks += part.rollbacks
+        self.faulted += part.faulted
+
+
+def retry_owed(plan: rules.RolloutPlan) -> ColumnElement[bool]:
+    """Cars the plan still owes an automatic retry that is not scheduled yet.
+
+    A transient failure or a timeout, retries left. The one definition both the scheduler
+    (which schedules them) and progress (for which they are not final) use.
+    """
+    state = CampaignVehicle.state
+    return and_(
+        CampaignVehicle.next_retry_at.is_(None),
+        CampaignVehicle.retries < plan.max_retries,
+        or_(
+            state == VinState.TIMED_OUT.value,
+            and_(state == VinState.FAILED.value, CampaignVehicle.reason.in_(sorted(rules.TRANSIENT_REASONS))),
+        ),
+    )
+
+
+def can_still_change(plan: rules.RolloutPlan | None) -> ColumnElement[bool]:
+    """Cars that may still move without an operator: not notified yet or in flight, or a retry to come.
+
+    ``plan`` None (a stored plan that no longer reads): any error without a retry may still get one.
+    """
+    owed = CampaignVehicle.state.in_([s.value for s in ERRORS]) if plan is None else retry_owed(plan)
+    in_flight = CampaignVehicle.state.in_([s.value for s in IN_FLIGHT])
+    return or_(in_flight, CampaignVehicle.next_retry_at.is_not(None), owed)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure of the database rather than of the campaign: an outage, a lost connection, a race.
+
+    The next tick tries the same work again; anything else would fail the same way each time.
+    """
+    if not isinstance(exc, DBAPIError):
+        return False
+    return exc.connection_invalidated or isinstance(exc, OperationalError | InterfaceError | IntegrityError)
+
+
+def fault_reason(exc: BaseException) -> str:
+    """The status reason of a campaign paused by ``exc``: its type and message, on one line."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return f"{FAULT_PREFIX}: {type(exc).__name__}: {text}"[:_REASON_MAX]
 
 
 def record_event(
@@ -131,6 +198,14 @@ def move(
     record_event(session, cv, cause, now, reason=reason, detail=detail)
 
 
+def _log_tick_failure(exc: Exception) -> None:
+    """A whole tick failed (a campaign's own fault is handled inside it): the database, most likely."""
+    if is_transient(exc):
+        log.warning("scheduler tick failed (%s); trying again at the next tick", exc)
+    else:
+        log.error("scheduler tick failed", exc_info=exc)
+
+
 class Scheduler:
     def __init__(
         self,
@@ -150,6 +225,8 @@ class Scheduler:
         self._dispatch = dispatch
         self._max_per_tick = max_per_tick
         self._lock = threading.Lock()
+        # Campaigns whose own tick failed: (status, status_changed_at) when it was paused for it.
+        self._faults: dict[int, tuple[str, datetime | None]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Ticks asked for (ingest batches, pokes, a capped tick carrying on) run one at a time in
@@ -184,16 +261,63 @@ class Scheduler:
                 query = query.where(Campaign.id.in_(list(campaign_ids)))
             queue = list(session.scalars(query))
             for campaign_id in queue:  # grows: a rollback campaign launched this tick runs in it too
-                launched = len(result.rollbacks)
+                if self._left_alone(session, campaign_id):
+                    continue
+                part = TickResult()
                 try:
-                    self._campaign_tick(session, campaign_id, result, limit)
+                    self._campaign_tick(session, campaign_id, part, limit)
                     session.commit()
-                except Exception:
+                except Exception as exc:  # one campaign's fault never stops the others
                     session.rollback()
-                    del result.rollbacks[launched:]
-                    log.exception("scheduler: campaign %d tick failed", campaign_id)
-                queue.extend(child for _, child in result.rollbacks[launched:])
+                    self._failed(session, campaign_id, exc, result)
+                    continue
+                self._faults.pop(campaign_id, None)
+                result.add(part)
+                queue.extend(child for _, child in part.rollbacks)
         return result
+
+    def _status_mark(self, session: Session, campaign_id: int) -> tuple[str, datetime | None] | None:
+        row = session.execute(
+            select(Campaign.status, Campaign.status_changed_at).where(Campaign.id == campaign_id)
+        ).one_or_none()
+        return None if row is None else (row[0], row[1])
+
+    def _left_alone(self, session: Session, campaign_id: int) -> bool:
+        """A campaign whose tick failed is skipped until someone changes its status (resume, cancel)."""
+        mark = self._faults.get(campaign_id)
+        return mark is not None and self._status_mark(session, campaign_id) == mark
+
+    def _failed(self, session: Session, campaign_id: int, exc: Exception, result: TickResult) -> None:
+        """After a failed campaign tick (rolled back): pause the campaign with the error, log it once.
+
+        A database failure is not the campaign's: it is logged and the next tick tries again.
+        A cancelled campaign stays cancelled; any other status becomes paused with the reason.
+        """
+        if is_transient(exc):
+            log.warning("scheduler: campaign %d not ticked (%s); trying again at the next tick", campaign_id, exc)
+            return
+        reason = fault_reason(exc)
+        try:
+            campaign = session.scalars(
+                select(Campaign)
+                .where(Campaign.id == campaign_id)
+                .with_for_update(key_share=True)
+                .execution_options(populate_existing=True)
+            ).one_or_none()
+            if campaign is None:
+                return
+            if campaign.status != CANCELLED and (campaign.status != PAUSED or campaign.status_reason != reason):
+                campaign.status, campaign.status_reason, campaign.status_changed_at = PAUSED, reason, self._clock()
+            session.commit()
+            mark = self._status_mark(session, campaign_id)
+        except Exception:
+            session.rollback()
+            log.exception("scheduler: campaign %d tick failed and the campaign could not be paused", campaign_id)
+            return
+        if mark is not None:
+            self._faults[campaign_id] = mark
+        result.faulted.append(campaign_id)
+        log.error("scheduler: campaign %d left alone until an operator acts: %s", campaign_id, reason, exc_info=exc)
 
     async def tick(self, campaign_ids: Collection[int] | None = None) -> TickResult:
         """One tick in a worker thread; its notices go to the dispatcher."""
@@ -254,8 +378,8 @@ class Scheduler:
                 limit, self._carry = self._carry or self._max_per_tick, 0
                 try:
                     await self._tick(None, limit)
-                except Exception:  # a bad tick must not stop the next one
-                    log.exception("scheduler tick failed")
+                except Exception as exc:  # a bad tick must not stop the next one
+                    _log_tick_failure(exc)
                 self._last_tick_end = loop.time()
         finally:
             self._runner = None
@@ -275,8 +399,8 @@ class Scheduler:
             await asyncio.sleep(interval_s)
             try:
                 await self.tick()
-            except Exception:  # a bad tick must not stop the next one
-                log.exception("scheduler tick failed")
+            except Exception as exc:  # a bad tick must not stop the next one
+                _log_tick_failure(exc)
 
     async def stop(self) -> None:
         self._loop = None  # the tick running finishes; none is started after it
@@ -307,17 +431,39 @@ class Scheduler:
         assert recall is not None  # foreign key
         plan = campaign_service.plan_of(recall, campaign)
         now = self._clock()
-        if recall.dynamic and campaign.kind == REMEDY and campaign.status == ACTIVE:
+        if recall.dynamic and campaign.kind == REMEDY and campaign.status in (ACTIVE, COMPLETED):
             result.joined += self._join_late(session, campaign, recall)
         result.timed_out += self._time_out(session, campaign, plan, now)
+        if campaign.status == COMPLETED and not self._finished(session, campaign, plan):
+            # A late joiner, an operator's retry or a timed-out car reporting after all.
+            self._set_status(campaign, ACTIVE, "reopened: a car can change again", now)
         if campaign.status == ACTIVE:
             self._judge(session, campaign, plan, now, result)
         if campaign.status != ACTIVE:
             return
         self._schedule_retries(session, campaign, plan)
+        if self._finished(session, campaign, plan):
+            self._set_status(campaign, COMPLETED, "every car is final", now)
+            log.info("campaign %d completed", campaign.id)
+            return
         if recall.remedy_type == "dealer" or (plan.start_at is not None and now < plan.start_at):
             return
         self._release(session, campaign, recall, plan, now, result, limit)
+
+    @staticmethod
+    def _set_status(campaign: Campaign, status: str, reason: str, now: datetime) -> None:
+        campaign.status, campaign.status_reason, campaign.status_changed_at = status, reason, now
+
+    def _finished(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> bool:
+        """No car of the campaign can change any more without an operator."""
+        return (
+            session.scalar(
+                select(CampaignVehicle.vin)
+                .where(CampaignVehicle.campaign_id == campaign.id, can_still_change(plan))
+                .limit(1)
+            )
+            is None
+        )
 
     def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
@@ -449,20 +595,9 @@ class Scheduler:
     def _schedule_retries(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> None:
         if plan.max_retries == 0:
             return
-        candidates = session.scalars(
-            select(CampaignVehicle).where(
-                CampaignVehicle.campaign_id == campaign.id,
-                CampaignVehicle.state.in_([s.value for s in ERRORS]),
-                CampaignVehicle.next_retry_at.is_(None),
-                CampaignVehicle.retries < plan.max_retries,
-            )
-        ).all()
-        for cv in candidates:
-            transient = cv.state == VinState.TIMED_OUT.value or (
-                cv.state == VinState.FAILED.value and cv.reason in rules.TRANSIENT_REASONS
-            )
-            if transient:
-                cv.next_retry_at = cv.updated_at + rules.retry_delay(plan, cv.retries)
+        owed = select(CampaignVehicle).where(CampaignVehicle.campaign_id == campaign.id, retry_owed(plan))
+        for cv in session.scalars(owed).all():
+            cv.next_retry_at = cv.updated_at + rules.retry_delay(plan, cv.retries)
 
     # -- notifying ---------------------------------------------------------------
 

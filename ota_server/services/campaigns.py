@@ -27,6 +27,7 @@ from ota_server.services import population as populations
 
 PENDING = VinState.PENDING.value
 ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
+COMPLETED = "completed"  # every car final: nothing left to notify, in flight or to retry
 REMEDY, ROLLBACK = "remedy", "rollback"
 Outbound = CampaignNotice | CampaignWithdrawal
 VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
