@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet
+.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet fuzz-api
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH; set PY=python3.x"; exit 1; }
@@ -41,6 +41,11 @@ screenshots: $(STAMP) chromium
 CARS ?= 2000
 bench-fleet: $(STAMP)
 	$(BIN)/ota-bench --cars $(CARS) --json bench/out/fleet-$(CARS).json $(ARGS)
+
+# Schemathesis, every check and phase (stateful included), seeded, against `ota serve` on SQLite and
+# PostgreSQL with 200 examples per operation (`make test` runs the same with 15). ARGS="--seed N --examples N".
+fuzz-api: $(STAMP)
+	$(BIN)/python -m tests.ota_server.schemathesis_serve $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

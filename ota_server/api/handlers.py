@@ -5,8 +5,11 @@ from __future__ import annotations
 import math
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from fastapi.routing import iter_route_contexts
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ota_server.errors import (
     Conflict,
@@ -75,6 +78,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
+def allowed_methods(app: FastAPI, path: str) -> list[str]:
+    """Every method the routes that name ``path`` most exactly serve.
+
+    Starlette's 405 names only the first matching route's methods. Of all routes matching,
+    those with the fewest path parameters count: ``/vehicles/batch`` is the batch route's path,
+    not a VIN for ``/vehicles/{vin}``.
+    """
+    by_params: dict[int, set[str]] = {}
+    for route in iter_route_contexts(app.routes):
+        pattern = getattr(route, "path_regex", None)
+        if pattern is not None and pattern.match(path) and route.methods:
+            by_params.setdefault(len(route.param_convertors), set()).update(route.methods)
+    return sorted(by_params[min(by_params)]) if by_params else []
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code == 405:
+        allow = ", ".join(allowed_methods(request.app, request.scope["path"]))
+        exc = StarletteHTTPException(405, exc.detail, headers={**(exc.headers or {}), "Allow": allow})
+    return await http_exception_handler(request, exc)
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(OtaError, _ota_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -3,7 +3,7 @@
 FastAPI documents a 200 and a 422 whose body (a list of pydantic errors) is not what
 ``ota_server.api.handlers`` returns. Here, once for every route, the error answers are
 derived from what the route depends on (a token: 401, 403 and 429; a path parameter: 404;
-any parameter or body: 422; a body: 413) and all share one body, :class:`ErrorBody`.
+any parameter or body: 422; a body: 400 and 413) and all share one body, :class:`ErrorBody`.
 Codes that only a route's own logic knows (409, 503) are listed on the route with
 :func:`errors`. :data:`LINKS` ties each create operation to the operations that use what
 it created, so a client (or the stateful phase of a fuzzer) can follow them.
@@ -23,6 +23,7 @@ from ota_server.api.auth import audited, authenticate, require
 from ota_server.schemas import ErrorBody
 
 DESCRIPTIONS: dict[int, str] = {
+    400: "The body is not well-formed JSON (or not a readable form)",
     401: "No API token, or one the server does not know or has revoked",
     403: "The token's role (or its person) may not do this",
     404: "What the path names does not exist",
@@ -68,7 +69,7 @@ def derived_codes(route: RouteContext) -> set[int]:
     if route.dependant.path_params:
         codes.add(404)
     if route.body_field is not None:
-        codes.add(413)
+        codes |= {400, 413}
     if any(_has_params(d) for d in (route.dependant, *_dependants(route.dependant))):
         codes.add(422)
     return codes

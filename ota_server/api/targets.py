@@ -19,7 +19,10 @@ router = APIRouter(prefix="/api/v1/releases/pending-targets", tags=["releases"])
 @router.get(
     "",
     dependencies=[needs_read],
-    responses={200: {"content": {"application/json": {}}, "description": "The unsigned targets metadata"}},
+    responses={
+        200: {"content": {"application/json": {}}, "description": "The unsigned targets metadata"},
+        **errors(404),
+    },
 )
 def pending_targets(session: SessionDep, runtime: RuntimeDep) -> Response:
     """The next Image targets metadata, unsigned, exactly as it must be signed (404: nothing waits)."""
@@ -27,7 +30,7 @@ def pending_targets(session: SessionDep, runtime: RuntimeDep) -> Response:
     return Response(content=data, media_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-@router.post("/signatures", responses=errors(409))
+@router.post("/signatures", responses=errors(404, 409))
 def sign_pending_targets(body: TargetsSignatures, session: OperatorSession, runtime: RuntimeDep) -> TargetsPublished:
     """Publish the pending targets once the signatures meet the root's targets threshold."""
     signatures = {s.keyid: s.sig for s in body.signatures}

@@ -60,7 +60,7 @@ def _revocations(runtime: Runtime) -> identity.Revocations:
     return identity.Revocations(runtime.settings.crl_file, runtime.pki.get)
 
 
-@router.post("/provision")
+@router.post("/provision", responses=errors(404))
 def provision_batch(
     body: ProvisionBatch, session: OperatorSession, runtime: RuntimeDep, certificate: CertificateQuery = True
 ) -> ProvisionedBatch:

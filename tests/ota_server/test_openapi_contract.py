@@ -63,7 +63,7 @@ def test_codes_are_derived_from_what_a_route_depends_on(schema: dict[str, Any]) 
         if "{" in path:
             assert "404" in codes, f"{method} {path}"
         if "requestBody" in op:
-            assert {"413", "422"} <= codes, f"{method} {path}"
+            assert {"400", "413", "422"} <= codes, f"{method} {path}"
     assert "409" in schema["paths"]["/api/v1/recalls"]["post"]["responses"]
     assert "409" in schema["paths"]["/api/v1/campaigns/{campaign_id}/pause"]["post"]["responses"]
 
@@ -133,3 +133,21 @@ async def test_a_campaign_number_with_non_ascii_digits_is_refused(env: Env) -> N
     resp = await env.client.post("/api/v1/recalls", json=recall_body(release["id"], number="\uff12\uff14V-123"))
     assert resp.status_code == 422, resp.text
     assert (await env.client.get("/api/v1/recalls")).json() == []
+
+
+async def test_a_body_that_is_not_json_is_a_documented_400(env: Env) -> None:
+    resp = await env.client.post("/api/v1/tokens", content=b"{\xff", headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400
+    assert isinstance(resp.json()["detail"], str)
+
+
+async def test_405_names_every_method_the_path_allows(env: Env) -> None:
+    """Starlette's 405 named only the first route's methods: OPTIONS /api/v1/recalls said ``Allow: POST``."""
+    resp = await env.client.request("OPTIONS", "/api/v1/recalls")
+    assert resp.status_code == 405
+    assert set(resp.headers["Allow"].split(", ")) == {"GET", "POST"}
+    assert isinstance(resp.json()["detail"], str)
+    resp = await env.client.request("PUT", "/api/v1/campaigns/1/pause")
+    assert resp.headers["Allow"] == "POST"
+    resp = await env.client.request("OPTIONS", "/api/v1/vehicles/batch")  # not GET /vehicles/{vin}
+    assert resp.headers["Allow"] == "POST"
