@@ -73,11 +73,18 @@ class Settings:
     instance_id: str | None = None
     lease_ttl_s: float = 15.0
     # Refused before parsing and counted: payloads over ingest_max_payload_bytes ("oversized"),
-    # and a car's messages past a token bucket of ingest_vin_rate_per_s, bursts of
+    # and a car's verified reports past a token bucket of ingest_vin_rate_per_s, bursts of
     # ingest_vin_burst ("flood"; rate 0 switches it off).
     ingest_max_payload_bytes: int = 16 * 1024
     ingest_vin_rate_per_s: float = 5.0
     ingest_vin_burst: int = 100
+    # Junk (unsigned, forged or malformed messages) never spends a car's bucket above: it has
+    # buckets of its own, one per topic and one for all topics; while either is empty, that
+    # topic's (or every) message is dropped before parsing ("junk_flood"; rate 0: off).
+    ingest_junk_rate_per_s: float = 50.0
+    ingest_junk_burst: int = 500
+    ingest_junk_total_rate_per_s: float = 1000.0
+    ingest_junk_total_burst: int = 10_000
     # Bundles handed out by URL: /repo/targets/... answers 307 to <prefix>/<target path>
     # (e.g. a public S3/MinIO bucket); cars check the signed length and hashes, so the store
     # is untrusted. Unset: the server streams bundles from its data dir.

@@ -63,7 +63,24 @@ REMEDIED_WITHOUT_EVIDENCE = "remedied_without_evidence"
 OVERLOADED = "overloaded"
 STORE_FAILED = "store_failed"
 OVERSIZED = "oversized"  # over the byte cap: refused before parsing
-FLOOD = "flood"  # past the car's token bucket: one noisy car cannot crowd the others out
+FLOOD = "flood"  # a car's genuine reports past its token bucket: one noisy car cannot crowd the others out
+JUNK_FLOOD = "junk_flood"  # past the junk budget of its topic or of all topics: dropped unread
+# What says a message is not a car's genuine report: it spends the junk budgets, never the car's.
+JUNK = frozenset(
+    {
+        OVERSIZED,
+        MALFORMED,
+        UNKNOWN_TOPIC,
+        TOPIC_VIN_MISMATCH,
+        MISSING_SIGNATURE,
+        BAD_SIGNATURE,
+        NOT_PROVISIONED,
+        KEY_OF_ANOTHER_VEHICLE,
+        UNKNOWN_KEY,
+        JUNK_FLOOD,
+    }
+)
+_MAX_JUNK_TOPICS = 100_000  # topics' junk buckets remembered
 
 Ack = Callable[[], None]
 
@@ -176,7 +193,57 @@ def _signature_problem(batch: _Batch, report: StatusReport) -> str | None:
     return None
 
 
-def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outcome) -> None:
+class Budgets:
+    """Who pays for a message: the car once its signature proves the report genuine, junk otherwise.
+
+    A car's bucket (keyed by VIN) is spent only by its verified reports, so junk on its
+    topic, which anyone on an open broker can publish, never uses up its allowance. Junk
+    spends two buckets of its own, one per topic and one for all topics; while either is
+    empty, :meth:`Ingestor.submit` drops that topic's messages (or every message) before
+    parsing, which bounds the parsing and signature checks junk can cost. The per-topic
+    bucket keeps one junk-spewing topic from emptying the shared one.
+    """
+
+    def __init__(
+        self, clock: Clock, *, car: tuple[float, int], junk: tuple[float, int], junk_total: tuple[float, int]
+    ) -> None:
+        self.car = TokenBuckets(car[0], car[1], clock, max_keys=_MAX_VIN_BUCKETS)
+        self.junk = TokenBuckets(junk[0], junk[1], clock, max_keys=_MAX_JUNK_TOPICS)
+        self.junk_total = TokenBuckets(junk_total[0], junk_total[1], clock)
+
+    def junk_gate_closed(self, topic: str) -> bool:
+        return self.junk.empty(topic) or self.junk_total.empty(None)
+
+    def spend_junk(self, topic: str) -> None:
+        self.junk.wait_for(topic)
+        self.junk_total.wait_for(None)
+
+    def spend_car(self, key: object) -> bool:
+        """Spend one of the car's tokens; False when it had none left (a flood)."""
+        return self.car.wait_for(key) == 0.0
+
+
+def _paid(batch: _Batch, report: StatusReport, budgets: Budgets) -> str | None:
+    """Check the signature and charge the right budget: the reason to refuse ``report``, or None."""
+    problem = _signature_problem(batch, report)
+    if problem is not None:
+        budgets.spend_junk(topics.status_topic(report.vin))
+        log.warning(
+            "rejected report from %s for campaign %d (%s), signed by %s",
+            report.vin,
+            report.campaign_id,
+            problem,
+            report.signature.keyid if report.signature else "nobody",
+            extra={"campaign_id": report.campaign_id, "vin": report.vin},
+        )
+        return problem
+    return None if budgets.spend_car(report.vin) else FLOOD
+
+
+def _apply_reports(
+    session: Session, reports: Sequence[Received], outcome: Outcome, budgets: Budgets, charged: dict[int, str | None]
+) -> None:
+    """Apply ``reports``; ``charged`` keeps each one's verdict across retries, so none pays twice."""
     if not reports:
         return
     batch = _Batch(session, [r.message for r in reports if isinstance(r.message, StatusReport)])
@@ -184,17 +251,11 @@ def _apply_reports(session: Session, reports: Sequence[Received], outcome: Outco
     for item in reports:
         report = item.message
         assert isinstance(report, StatusReport)
-        problem = _signature_problem(batch, report)
+        if id(item) not in charged:
+            charged[id(item)] = _paid(batch, report, budgets)
+        problem = charged[id(item)]
         if problem is not None:
             outcome.rejected[problem] += 1
-            log.warning(
-                "rejected report from %s for campaign %d (%s), signed by %s",
-                report.vin,
-                report.campaign_id,
-                problem,
-                report.signature.keyid if report.signature else "nobody",
-                extra={"campaign_id": report.campaign_id, "vin": report.vin},
-            )
             continue
         cv = batch.rows.get((report.campaign_id, report.vin))
         if cv is None:
@@ -304,10 +365,19 @@ class Ingestor:
         max_payload_bytes: int = 16 * 1024,
         vin_rate_per_s: float = 0.0,
         vin_burst: int = 100,
+        junk_rate_per_s: float = 0.0,
+        junk_burst: int = 500,
+        junk_total_rate_per_s: float = 0.0,
+        junk_total_burst: int = 10_000,
     ) -> None:
         self._factory = session_factory
         self._max_payload_bytes = max_payload_bytes
-        self._vin_limit = TokenBuckets(vin_rate_per_s, vin_burst, clock, max_keys=_MAX_VIN_BUCKETS)
+        self.budgets = Budgets(
+            clock,
+            car=(vin_rate_per_s, vin_burst),
+            junk=(junk_rate_per_s, junk_burst),
+            junk_total=(junk_total_rate_per_s, junk_total_burst),
+        )
         self._closing = False  # set by stop(): a batch waiting for the database gives up
         self._clock = clock
         self._batch_size = batch_size
@@ -323,24 +393,29 @@ class Ingestor:
         self._rejected: Counter[str] = Counter()
 
     def stats(self) -> IngestStats:
-        return IngestStats(accepted=self._accepted, duplicates=self._duplicates, rejected=dict(self._rejected))
+        junk = sum(count for reason, count in self._rejected.items() if reason in JUNK)
+        return IngestStats(
+            accepted=self._accepted, duplicates=self._duplicates, rejected=dict(self._rejected), junk=junk
+        )
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
         self._rejected[reason] += 1
+        if reason in JUNK:
+            self.budgets.spend_junk(topic)
         log.warning("rejected message on %s (%s): %s", topic, reason, detail)
-
-    def _flooding(self, vin: str) -> bool:
-        """Spend one token of ``vin``'s bucket; True when it has none left."""
-        return self._vin_limit.wait_for(vin) > 0
 
     def submit(self, topic: str, payload: bytes, ack: Ack | None = None) -> bool:
         """Check and enqueue one MQTT message; never raises.
 
         True when it was queued: ``ack`` is then called once it is stored (or found a
         duplicate or refused in its batch). False when it was refused here: the caller
-        acknowledges it at once. The byte cap and the car's token bucket come before any
-        parsing, so an oversized payload or a flood costs almost nothing.
+        acknowledges it at once. The junk gates, the byte cap and a look at the car's
+        token bucket come before any parsing, so a flood of either kind costs almost
+        nothing; the car's token itself is spent once its report's signature checks out.
         """
+        if self.budgets.junk_gate_closed(topic):
+            self._rejected[JUNK_FLOOD] += 1  # not logged per message: that would be the flood again
+            return False
         if len(payload) > self._max_payload_bytes:
             self._reject(OVERSIZED, topic, f"{len(payload)} bytes")
             return False
@@ -349,11 +424,11 @@ class Ingestor:
         except MalformedMessage as exc:
             self._reject(MALFORMED, topic, exc)
             return False
-        if self._flooding(topic_vin):
-            self._rejected[FLOOD] += 1  # not logged per message: that would be the flood again
-            return False
         try:
             if topic.endswith("/status"):
+                if self.budgets.car.empty(topic_vin):  # only its genuine reports empty it
+                    self._rejected[FLOOD] += 1  # not logged per message: that would be the flood again
+                    return False
                 message: StatusReport | Presence = parse_report(payload)
             elif topic.endswith("/presence"):
                 message = parse_presence(payload)
@@ -368,6 +443,9 @@ class Ingestor:
             return False
         if isinstance(message, StatusReport) and message.signature is None:
             self._reject(MISSING_SIGNATURE, topic, "status report is not signed")
+            return False
+        if isinstance(message, Presence) and not self.budgets.spend_car((topic_vin, "presence")):
+            self._rejected[FLOOD] += 1  # unsigned: presence has a bucket of its own, apart from reports
             return False
         try:
             self._queue.put_nowait(Received(message, self._clock(), ack))
@@ -386,12 +464,14 @@ class Ingestor:
         """
         attempt = 0
         pause = 0.2
+        charged: dict[int, str | None] = {}
         while True:
             attempt += 1
             outcome = Outcome()
             try:
                 with self._factory() as session:
-                    _apply_reports(session, [i for i in items if isinstance(i.message, StatusReport)], outcome)
+                    reports = [i for i in items if isinstance(i.message, StatusReport)]
+                    _apply_reports(session, reports, outcome, self.budgets, charged)
                     _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
                     session.commit()
                 committed = self._clock()

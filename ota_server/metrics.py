@@ -91,6 +91,11 @@ class _RuntimeCollector(Collector):
         for reason, count in sorted(stats.rejected.items()):
             rejected.add_metric([reason], count)
         yield rejected
+        junk = CounterMetricFamily(
+            "ota_messages_junk", "MQTT messages that were not a car's genuine report (any reason; never a car's flood)."
+        )
+        junk.add_metric([], stats.junk)
+        yield junk
         notices = CounterMetricFamily("ota_notices_published", "Campaign notices and withdrawals published.")
         notices.add_metric([], runtime.dispatcher.published)
         yield notices

@@ -29,6 +29,21 @@ class TokenBuckets:
     def __len__(self) -> int:
         return len(self._buckets)
 
+    def empty(self, key: object) -> bool:
+        """True when ``key`` has no whole token left right now; spends nothing, moves nothing.
+
+        For a gate that must be cheap and must not be spent by the message it looks at
+        (ingest spends a car's tokens only once its report proved genuine).
+        """
+        if self.rate <= 0:
+            return False
+        with self._lock:
+            held = self._buckets.get(key)
+        if held is None:
+            return False
+        tokens, at = held
+        return tokens + max(0.0, self._clock().timestamp() - at) * self.rate < 1.0
+
     def wait_for(self, key: object) -> float:
         """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there."""
         if self.rate <= 0:

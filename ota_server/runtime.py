@@ -115,6 +115,10 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         max_payload_bytes=settings.ingest_max_payload_bytes,
         vin_rate_per_s=settings.ingest_vin_rate_per_s,
         vin_burst=settings.ingest_vin_burst,
+        junk_rate_per_s=settings.ingest_junk_rate_per_s,
+        junk_burst=settings.ingest_junk_burst,
+        junk_total_rate_per_s=settings.ingest_junk_total_rate_per_s,
+        junk_total_burst=settings.ingest_junk_total_burst,
     )
     ingestor.start()
     link = None

@@ -402,6 +402,11 @@ class IngestStats(BaseModel):
     accepted: int
     duplicates: int
     rejected: dict[str, int]
+    junk: int = Field(
+        0,
+        description="Messages that were not a car's genuine report (unsigned, forged, malformed, or cut "
+        "by the junk budgets), by any reason; they never spend a car's own allowance",
+    )
 
 
 class ProvisionBatch(BaseModel):
