@@ -67,12 +67,12 @@ from simulator.procstat import (
 from simulator.progress import Outcome, watch_campaign
 from simulator.runner import Pacing
 from simulator.scenario import (
+    SafetyOfficer,
     ScenarioOptions,
     agent_configs,
     file_recall,
     launch_recall,
     register_fleet,
-    second_person,
     upload_fix,
     upload_installed,
 )
@@ -377,9 +377,14 @@ def run(options: Options, console: Console) -> Measured:
         endpoints = stack.enter_context(server)
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
         measured = Measured(backend, options.workers or default_workers(options.cars))
-        client = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
+        admin = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
         fleet = make_fleet(options.cars, seed=options.seed)
-        approver = stack.enter_context(second_person(client, f"safety-officer-{fleet.run_id}"))
+        # the admin creates the people: an operator does the work and requests the launch, a
+        # safety officer approves it (the two-person rule refuses the admin's own request)
+        operator = admin.create_token(f"operator-{fleet.run_id}", "operator")
+        client = OperatorClient(endpoints.api_url, token=operator, timeout=600)
+        officer = admin.create_token(f"safety-officer-{fleet.run_id}", "approver")
+        approver = stack.enter_context(SafetyOfficer(endpoints.api_url, token=officer, requester=client))
 
         started = time.monotonic()
         upload_installed(client, fleet)

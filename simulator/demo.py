@@ -28,14 +28,15 @@ def run_demo(cars: int, *, as_json: bool, data_dir: Path, timeout: float, keep_s
             for line in server.warnings():
                 progress.print(f"[yellow]server: {line}[/yellow]", highlight=False)
             progress.print(f"Server at {endpoints.api_url} (docs {endpoints.api_url}/docs), MQTT {endpoints.mqtt_url}")
-            # Two people: the admin files and requests the safety recall, a safety officer approves it.
+            # A real organisation: the bootstrap admin creates the people; an operator files the
+            # safety recall and requests its launch, a safety officer approves it.
             with (
-                OperatorClient(endpoints.api_url, token=server.admin_token()) as client,
-                second_person(client, f"safety-officer-{fleet.run_id}") as approver,
+                OperatorClient(endpoints.api_url, token=server.admin_token()) as admin,
+                second_person(admin, f"safety-officer-{fleet.run_id}", operator=f"operator-{fleet.run_id}") as approver,
             ):
                 runner = InProcessFleet(cars_dir)
                 options = ScenarioOptions(timeout=timeout)
-                summary = run_recall(client, fleet, runner, options, progress, approver=approver)
+                summary = run_recall(approver.requester, fleet, runner, options, progress, approver=approver)
     except SimulatorError as exc:
         progress.print(f"[red]demo failed:[/red] {exc}")
         progress.print(f"server log: {server.log_path}")

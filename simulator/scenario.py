@@ -159,16 +159,39 @@ def file_recall(
     raise ServerError("could not find a free campaign number after 5 tries")
 
 
-def second_person(admin: OperatorClient, name: str) -> OperatorClient:
-    """An approver's client: a token for ``name`` made with ``admin``'s token (close it after use)."""
-    return OperatorClient(admin.base_url, token=admin.create_token(name, "approver"))
+class SafetyOfficer(OperatorClient):
+    """An approver's client, with the operator colleague whose launch requests it approves.
+
+    The two-person rule refuses an approval when either person created the other's token,
+    so the admin who made the approver may not request the launch: an operator the same
+    admin made does, as in a real organisation (closed together with this client).
+    """
+
+    def __init__(self, base_url: str, *, token: str, requester: OperatorClient) -> None:
+        super().__init__(base_url, token=token)
+        self.requester = requester
+
+    def close(self) -> None:
+        self.requester.close()
+        super().close()
+
+
+def second_person(admin: OperatorClient, name: str, *, operator: str | None = None) -> SafetyOfficer:
+    """People the ``admin`` creates: an approver ``name`` and an operator who requests launches."""
+    requester = OperatorClient(admin.base_url, token=admin.create_token(operator or f"{name}-colleague", "operator"))
+    return SafetyOfficer(admin.base_url, token=admin.create_token(name, "approver"), requester=requester)
 
 
 def launch_recall(
     client: OperatorClient, recall: dict[str, Any], approver: OperatorClient | None, console: Console | None = None
 ) -> dict[str, Any]:
-    """Launch ``recall``; a safety recall is requested by ``client`` and approved by ``approver``."""
-    answer = client.launch(recall["id"])
+    """Launch ``recall``; a safety recall is requested by ``client`` and approved by ``approver``.
+
+    A :class:`SafetyOfficer`'s operator colleague requests it instead of ``client`` (who may
+    be the admin that created the officer, and so may not be the other person).
+    """
+    requester = approver.requester if isinstance(approver, SafetyOfficer) else client
+    answer = requester.launch(recall["id"])
     if answer.get("state") != "awaiting_approval":
         return answer
     number = recall["campaign_number"]

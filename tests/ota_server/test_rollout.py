@@ -41,7 +41,9 @@ async def _launch(env: Env, release_id: int, number: str = "24V-123", **extra: A
     recall = await env.client.post("/api/v1/recalls", json=body)
     assert recall.status_code == 201, recall.text
     rid = recall.json()["id"]
-    launched = await env.client.post(f"/api/v1/recalls/{rid}/launch")
+    # an operator the admin created requests; the admin itself may not (it created the approver)
+    operator = await env.headers_for(f"operator-{number}", "operator")
+    launched = await env.client.post(f"/api/v1/recalls/{rid}/launch", headers=operator)
     if launched.status_code == 202:  # a safety recall: a second person approves
         approver = await env.headers_for(f"approver-{number}", "approver")
         launched = await env.client.post(f"/api/v1/recalls/{rid}/approve", headers=approver)
