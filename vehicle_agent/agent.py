@@ -15,7 +15,8 @@ restart redoes exactly that step):
 * ``installing``: write the spare slot, read it back, arm a one-shot try boot;
 * ``rebooting``: boot the tried slot, health-check it, commit (or roll back); each start
   of this step is counted in the journal first, and past ``installer.max_boot_attempts``
-  the agent gives up and rolls back, so a crash or reboot loop ends;
+  the agent gives up and rolls back, so a crash or reboot loop ends (a slot already
+  committed is not on trial: it is recorded installed and reported remedied);
 * ``remedied`` / ``failed`` / ``rolled_back`` (a failed trial boot or health check) /
   ``declined`` / ``withdrawn``: terminal; a repeated notice re-sends this report only,
   and a new nonce after anything but ``remedied`` starts the next attempt.
@@ -404,7 +405,7 @@ class Agent:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
             self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
             limit = self.config.installer.max_boot_attempts
-            if record.boot_attempts > limit:
+            if record.boot_attempts > limit and await self._blocking(self._on_trial, record.targets):
                 raise UpdateFailed(
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
@@ -494,8 +495,22 @@ class Agent:
             done.append(Target(target.assignment, slot))
         return tuple(done)
 
+    def _on_trial(self, targets: tuple[Target, ...]) -> bool:
+        """Whether any target's slot is still on trial (not yet the committed slot).
+
+        Only a trial is bounded by ``max_boot_attempts``: a committed slot runs the fix, so
+        however many starts a crash after the commit costs, it is never reported rolled back.
+        """
+        return any(self.slots[t.assignment.ecu_serial].active_slot() != t.slot for t in targets)
+
     def _reboot_and_commit(self, targets: tuple[Target, ...]) -> None:
-        for target in targets:
+        """Boot, health-check and commit the slots still on trial; then record every target installed.
+
+        A target already committed (a crash came after its commit) is neither booted nor
+        checked again: the commit follows only a healthy trial boot of every target.
+        """
+        trial = tuple(t for t in targets if self.slots[t.assignment.ecu_serial].active_slot() != t.slot)
+        for target in trial:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != target.slot:
                 if slots.pending_try() != target.slot:  # the one-shot try was spent and we are back
@@ -503,7 +518,7 @@ class Agent:
                 slots.reboot()
             if slots.booted_slot() != target.slot:
                 raise UpdateFailed(FailureReason.BOOT_FAILED, _fell_back(target, slots))
-        for target in targets:
+        for target in trial:
             slots = self.slots[target.assignment.ecu_serial]
             problem = self._health.check(slots, target.assignment)
             if problem is not None:
@@ -511,9 +526,10 @@ class Agent:
                     FailureReason.HEALTH_CHECK_FAILED,
                     f"ECU {target.assignment.ecu_serial}: {problem}; rolled back to slot {slots.active_slot()}",
                 )
+        for target in trial:
+            self.slots[target.assignment.ecu_serial].commit()
         for target in targets:
             a = target.assignment
-            self.slots[a.ecu_serial].commit()
             self.journal.set_installed(a.ecu_serial, a.version, a.release_counter)
             self._fetcher.discard(a)
 

@@ -212,3 +212,19 @@ def test_killed_while_rolling_back_a_failed_health_check(fleet: Fleet) -> None:
     rolled_back = [r for r in reports_in(fleet.reports) if r.state is S.ROLLED_BACK]
     assert all(r.reason is not None and r.reason.value == "health_check_failed" for r in rolled_back)
     assert "rolled back" in rolled_back[0].detail
+
+
+def test_killed_after_the_commit_and_in_each_later_boot_attempt(fleet: Fleet) -> None:
+    """The committed slot runs the fix: more boot attempts than the limit never make it a rollback.
+
+    Killed once after the commit (before ``installed`` and ``remedied`` are journaled), then
+    right after each of the next two boot-attempt increments: the attempt count passes the
+    limit (3), yet the car runs the fix, so the restart reports remedied and nothing else.
+    """
+    fleet.run(kill_at="boot:commit#1", expect_killed=True)
+    fleet.run(kill_at="boot-attempt#1", expect_killed=True)
+    fleet.run(kill_at="boot-attempt#1", expect_killed=True)
+    passed = fleet.run()
+    assert not any(label.startswith("boot:") for label in passed)  # no reboot, no rollback of the fix
+    fleet.assert_updated()
+    assert all(r.state is not S.ROLLED_BACK for r in reports_in(fleet.reports))
