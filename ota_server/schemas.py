@@ -309,8 +309,13 @@ class CampaignPublic(BaseModel):
     population: int = Field(description="Cars in the campaign now (grows only in a dynamic campaign)")
     launched_at: datetime
     launch_population: int | None = Field(default=None, description="The count frozen at launch")
-    status: str = Field(default="active", description="active, paused or cancelled")
-    status_reason: str | None = Field(default=None, description="Who or which gate paused or cancelled it, and why")
+    status: str = Field(
+        default="active",
+        description="active, paused, cancelled or completed (every car final; a car moving again reopens it)",
+    )
+    status_reason: str | None = Field(
+        default=None, description="Who or which gate paused or cancelled it, and why (or the error that paused it)"
+    )
     current_wave: int = Field(default=0, description="Index of the highest wave opened so far")
     kind: str = Field(
         default="remedy", description="remedy (the recall's fix) or rollback (launched by a tripped error threshold)"
@@ -327,7 +332,9 @@ class WaveProgress(BaseModel):
     remedied: int
     errors: int = Field(description="Failed, rolled back or timed out")
     needed: int = Field(description="Remedied cars the success threshold asks for")
-    gate: str = Field(description="waiting, passed or tripped (errors crossed the threshold)")
+    gate: str = Field(
+        description="waiting, passed or tripped (errors crossed the threshold); unknown: the stored plan is unreadable"
+    )
     opened: bool
 
 
@@ -340,7 +347,10 @@ class Progress(BaseModel):
     counts: dict[str, int]
     failures_by_reason: dict[str, int] = Field(description="Failed, rolled-back and timed-out cars by reason")
     notices_published: int
-    done: bool = Field(description="Every car settled (no retry due, nothing left to notify)")
+    done: bool = Field(
+        description="No car can change without an operator: nothing left to notify, nothing in flight, "
+        "no retry scheduled or still owed by the plan"
+    )
     status: str = "active"
     status_reason: str | None = None
     current_wave: int = 0

@@ -202,7 +202,7 @@ class Campaign(Base):
     launched_at: Mapped[datetime]
     # The count frozen at launch (``population`` grows only in a dynamic campaign).
     launch_population: Mapped[int | None] = mapped_column(Integer)
-    # active, paused or cancelled; the reason says who or which gate decided it.
+    # active, paused, cancelled or completed; the reason says who or which gate decided it.
     status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
     status_reason: Mapped[str | None] = mapped_column(Text)
     current_wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -17,7 +17,7 @@ from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.scheduler import move
 from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
-from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, Outbound, withdrawal
+from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director
 
 
@@ -116,6 +116,8 @@ def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[Cam
     ).all()
     for cv in rows:
         cv.next_retry_at = now
+    if rows and campaign.status == COMPLETED:
+        _set_status(campaign, ACTIVE, "reopened: an operator retries its failed cars", now)
     session.commit()
     return CampaignPublic.model_validate(campaign), len(rows)
 

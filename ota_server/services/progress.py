@@ -2,19 +2,23 @@
 
 Also per wave (size, counts, the gate's verdict), failures by reason (failed, rolled
 back, timed out) and unreachable cars by reason, for operators and regulator reports.
+``done`` means no car can change any more without an operator: a failed car whose retry
+the plan still owes is not final even before the scheduler has scheduled it.
 """
 
 from __future__ import annotations
 
+from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.errors import NotFound
 from ota_server.rollout import plan as rules
+from ota_server.rollout.scheduler import can_still_change
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
 from ota_server.schemas import Progress, WaveProgress
-from ota_server.services.campaigns import plan_of, rollback_of
+from ota_server.services.campaigns import CANCELLED, plan_of, rollback_of
 
 STATES = tuple(state.value for state in VinState)
 
@@ -25,7 +29,10 @@ def progress(session: Session, campaign_id: int) -> Progress:
         raise NotFound(f"no campaign {campaign_id}")
     recall = session.get(Recall, campaign.recall_id)
     assert recall is not None  # foreign key
-    plan = plan_of(recall, campaign)
+    try:
+        plan: rules.RolloutPlan | None = plan_of(recall, campaign)
+    except ValidationError:  # stored before today's rules: the scheduler paused it, still shown
+        plan = None
     in_campaign = CampaignVehicle.campaign_id == campaign_id
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}
@@ -51,7 +58,11 @@ def progress(session: Session, campaign_id: int) -> Progress:
     retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None))) or 0
     waves = []
     for index in sorted(per_wave):
-        gate = rules.gate(plan, per_wave[index], campaign.error_baseline if index == campaign.current_wave else 0)
+        gate = rules.gate(
+            plan or rules.RolloutPlan(),
+            per_wave[index],
+            campaign.error_baseline if index == campaign.current_wave else 0,
+        )
         waves.append(
             WaveProgress(
                 index=index,
@@ -60,11 +71,14 @@ def progress(session: Session, campaign_id: int) -> Progress:
                 remedied=gate.remedied,
                 errors=gate.errors,
                 needed=gate.needed,
-                gate=gate.status.value,
+                gate=gate.status.value if plan is not None else "unknown",
                 opened=index <= campaign.current_wave,
             )
         )
-    in_flight = sum(counts[s.value] for s in IN_FLIGHT)
+    if campaign.status == CANCELLED:  # no retry is ever issued again; cars installing still report
+        done = sum(counts[s.value] for s in IN_FLIGHT) == 0
+    else:
+        done = session.scalar(select(CampaignVehicle.vin).where(in_campaign, can_still_change(plan)).limit(1)) is None
     return Progress(
         campaign_id=campaign.id,
         recall_number=recall.campaign_number,
@@ -72,7 +86,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
         counts=counts,
         failures_by_reason=failures,
         notices_published=published or 0,
-        done=in_flight == 0 and retries == 0,
+        done=done,
         status=campaign.status,
         status_reason=campaign.status_reason,
         current_wave=campaign.current_wave,

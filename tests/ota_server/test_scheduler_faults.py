@@ -23,6 +23,7 @@ _QUIET = {"windows": [{"start": "01:00", "end": "02:00"}]}
 BAD_PLANS = {
     "overflowing timeout": ({}, {"device_timeout_s": 1e308}),
     "window with a UTC offset": (_QUIET, {"windows": [{"start": "01:00+05:00", "end": "05:00"}]}),
+    "plan that no longer validates": ({}, {"max_retries": 999}),
 }
 
 

@@ -104,7 +104,7 @@ function badge(text, kind) {
 }
 
 function statusBadge(status) {
-  return badge(status, status === "active" ? "busy" : status === "paused" ? "warn" : status === "cancelled" ? "bad" : "");
+  return badge(status, status === "active" ? "busy" : status === "completed" ? "ok" : status === "paused" ? "warn" : status === "cancelled" ? "bad" : "");
 }
 
 function stateBadge(state) {
