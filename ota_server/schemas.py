@@ -11,13 +11,23 @@ import re
 from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    GetJsonSchemaHandler,
+    ValidationInfo,
+    model_validator,
+)
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.messages import OwnerNotice, Preconditions
 from firmware_bundles.vin import validate_vin
 from ota_server.roles import Role
-from ota_server.rollout.plan import RolloutPlan, zone
+from ota_server.rollout.plan import STORED, RolloutPlan, TimeZone, filing
 from ota_server.rollout.states import UnreachableReason
 
 _IN = ConfigDict(extra="forbid")
@@ -58,12 +68,80 @@ def _campaign_number_shape(value: str) -> str:
 
 Vin = Annotated[str, AfterValidator(vin_shape), Field(description=VIN_RULE, json_schema_extra=VIN_SCHEMA)]
 
+# Text every backend can store: PostgreSQL refuses U+0000 in text (SQLite keeps it, so one backend
+# would answer 500 where the other stored), and a lone surrogate cannot be encoded as UTF-8 at all.
+# The other C0 controls but tab, newline and carriage return have no place in a record either.
+_NOT_TEXT = r"\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff"  # escapes, read by re and by JSON Schema
+TEXT_PATTERN = f"^[^{_NOT_TEXT}]*$"
+_NOT_TEXT_RE = re.compile(f"[{_NOT_TEXT}]")
+TEXT_RULE = "text without control characters (tab, newline and carriage return allowed) or lone surrogates"
+
+
+def text_problem(value: str) -> str | None:
+    """What makes ``value`` unfit to store (the first bad character and where), or None."""
+    bad = _NOT_TEXT_RE.search(value)
+    if bad is None:
+        return None
+    return f"contains U+{ord(bad.group()):04X} at position {bad.start()}: give {TEXT_RULE}"
+
+
+def _text(value: str, info: ValidationInfo) -> str:
+    problem = text_problem(value)
+    if problem is not None and filing(info):
+        raise ValueError(problem)
+    return value
+
+
+class _TextPattern:
+    """Puts :data:`TEXT_PATTERN` in the JSON schema wherever the type is used (lists, optionals too)."""
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault("pattern", TEXT_PATTERN)
+        return json_schema
+
+
+# Every free text a person sends goes through this type: refused with a clear 422 on every backend.
+Text = Annotated[str, AfterValidator(_text), _TextPattern()]
+
+# Production dates a car can have: model years run from 1980 to 2100, and a car is built at most
+# a year before its model year. (JSON Schema cannot bound a date, so the description says it.)
+FIRST_PRODUCTION, LAST_PRODUCTION = date(1979, 1, 1), date(2100, 12, 31)
+
+
+def _production_date(value: date, info: ValidationInfo) -> date:
+    if not FIRST_PRODUCTION <= value <= LAST_PRODUCTION and filing(info):
+        raise ValueError(
+            f"{value.isoformat()} is not a production date: give one from {FIRST_PRODUCTION} to {LAST_PRODUCTION}"
+        )
+    return value
+
+
+ProductionDate = Annotated[
+    date, AfterValidator(_production_date), Field(description=f"From {FIRST_PRODUCTION} to {LAST_PRODUCTION}")
+]
+
+
+def check_texts(value: Any, where: str) -> None:
+    """Every string inside ``value`` (dicts, lists, models dumped to JSON) is :data:`Text`; ValueError naming where."""
+    if isinstance(value, str):
+        problem = text_problem(value)
+        if problem is not None:
+            raise ValueError(f"{where}: {problem}")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_texts(key, f"{where} (a key)")
+            check_texts(item, f"{where}.{key}")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            check_texts(item, f"{where}[{index}]")
+
 
 class EcuCreate(BaseModel):
     model_config = _IN
-    serial: str = Text64
-    hardware_id: str = Text64
-    installed_version: str = Text64
+    serial: Text = Text64
+    hardware_id: Text = Text64
+    installed_version: Text = Text64
     primary: bool = False
 
 
@@ -78,21 +156,16 @@ class EcuPublic(BaseModel):
 class VehicleCreate(BaseModel):
     model_config = _IN
     vin: Vin
-    make: str | None = Field(default=None, max_length=64)
-    model: str = Text64
+    make: Text | None = Field(default=None, max_length=64)
+    model: Text = Text64
     model_year: int = Field(ge=1980, le=2100)
-    production_date: date
+    production_date: ProductionDate
     ecus: list[EcuCreate] = Field(min_length=1, max_length=64)
-    time_zone: str | None = Field(
-        default=None, max_length=64, description="IANA zone, e.g. Europe/Berlin: maintenance windows are local time"
+    time_zone: TimeZone | None = Field(
+        default=None,
+        description="IANA zone, e.g. Europe/Berlin: maintenance windows are local time "
+        "(localtime is refused: it would follow the server's machine)",
     )
-
-    @field_validator("time_zone")
-    @classmethod
-    def _zone(cls, name: str | None) -> str | None:
-        if name is not None:
-            zone(name)
-        return name
 
 
 class VehiclePublic(BaseModel):
@@ -185,34 +258,39 @@ class YearRange(BaseModel):
 
 class VinRange(BaseModel):
     model_config = _IN
-    first: str = Field(max_length=17)
-    last: str = Field(max_length=17)
+    first: Text = Field(max_length=17)
+    last: Text = Field(max_length=17)
 
 
 class DateRange(BaseModel):
     model_config = _IN
-    start: date | None = None
-    end: date | None = None
+    start: ProductionDate | None = None
+    end: ProductionDate | None = None
 
 
 class VersionRange(BaseModel):
     model_config = _IN
-    min: str | None = Field(default=None, max_length=64)
-    max: str | None = Field(default=None, max_length=64)
+    min: Text | None = Field(default=None, max_length=64)
+    max: Text | None = Field(default=None, max_length=64)
 
 
 class Population(BaseModel):
     """Which cars a recall covers; every filter given must match (an AND of filters)."""
 
     model_config = _IN
-    models: list[str] | None = None
+    models: list[Text] | None = None
     model_years: YearRange | None = None
     vin_range: VinRange | None = None
     production_dates: DateRange | None = None
-    hardware_id: str | None = Field(default=None, description="Defaults to the release's hardware id")
+    hardware_id: Text | None = Field(default=None, description="Defaults to the release's hardware id")
     installed_versions: VersionRange | None = Field(
         default=None, description="Inclusive bounds on the ECU's installed version (PEP 440 ordering)"
     )
+
+    @classmethod
+    def stored(cls, data: object) -> Population:
+        """A population as a recall stores it, read without re-judging it by rules newer than the recall."""
+        return cls.model_validate(data, context=STORED)
 
 
 class RecallCreate(BaseModel):
@@ -221,11 +299,11 @@ class RecallCreate(BaseModel):
         description="Regulator style, e.g. 24V-123 (YY, letter, dash, 3-6 digits)",
         json_schema_extra={"pattern": CAMPAIGN_NUMBER_PATTERN},
     )
-    manufacturer_number: str | None = Field(default=None, max_length=64)
-    title: str = Field(min_length=1, max_length=200)
-    defect: str = Field(min_length=1, max_length=10_000)
-    safety_risk: str = Field(min_length=1, max_length=10_000)
-    remedy: str = Field(min_length=1, max_length=10_000)
+    manufacturer_number: Text | None = Field(default=None, max_length=64)
+    title: Text = Field(min_length=1, max_length=200)
+    defect: Text = Field(min_length=1, max_length=10_000)
+    safety_risk: Text = Field(min_length=1, max_length=10_000)
+    remedy: Text = Field(min_length=1, max_length=10_000)
     release_id: int = Field(ge=1, le=2**31 - 1)
     population: Population = Field(default_factory=Population)
     safety_recall: bool = Field(
@@ -256,6 +334,15 @@ class RecallCreate(BaseModel):
         description="The owner must accept before the car installs. Default: yes for a non-safety update; "
         "false e.g. for fleet-owned cars whose operator consents. A safety recall never waits for consent",
     )
+
+    @model_validator(mode="after")
+    def _contract_texts(self) -> RecallCreate:
+        """The wire contract's models (owner notice, preconditions) hold texts too: same rule, checked deep."""
+        for name in ("owner_notice", "preconditions"):
+            part = getattr(self, name)
+            if part is not None:
+                check_texts(part.model_dump(mode="json"), name)
+        return self
 
 
 class RecallPublic(BaseModel):
@@ -365,7 +452,7 @@ class Progress(BaseModel):
 
 class CampaignControl(BaseModel):
     model_config = _IN
-    reason: str = Field(default="", max_length=1000, description="Why (kept with the status and in the audit log)")
+    reason: Text = Field(default="", max_length=1000, description="Why (kept with the status and in the audit log)")
 
 
 class ControlResult(BaseModel):
@@ -381,8 +468,10 @@ class OutcomeCreate(BaseModel):
     reason: UnreachableReason | None = Field(
         default=None, description="For unreachable: exported, stolen, scrapped, other"
     )
-    evidence: str = Field(min_length=1, max_length=5000, description="What shows it (repair order, inspection note...)")
-    reference: str | None = Field(default=None, max_length=200, description="e.g. the dealer's repair order number")
+    evidence: Text = Field(
+        min_length=1, max_length=5000, description="What shows it (repair order, inspection note...)"
+    )
+    reference: Text | None = Field(default=None, max_length=200, description="e.g. the dealer's repair order number")
 
 
 class VinOutcome(BaseModel):
@@ -456,8 +545,8 @@ class CertificateRenewal(BaseModel):
     ECDSA-SHA256 signature over the request's DER bytes.
     """
 
-    csr: str = Field(min_length=1, max_length=PEM_MAX, description="PEM certificate signing request, CN = VIN")
-    certificate: str = Field(min_length=1, max_length=PEM_MAX, description="PEM of the car's current certificate")
+    csr: Text = Field(min_length=1, max_length=PEM_MAX, description="PEM certificate signing request, CN = VIN")
+    certificate: Text = Field(min_length=1, max_length=PEM_MAX, description="PEM of the car's current certificate")
     signature: str = Field(
         min_length=1,
         max_length=256,
@@ -483,7 +572,7 @@ class CertificatesRevoked(BaseModel):
 
 class TokenCreate(BaseModel):
     model_config = _IN
-    name: str = Field(min_length=1, max_length=64, description="The person this token belongs to")
+    name: Text = Field(min_length=1, max_length=64, description="The person this token belongs to")
     role: Role
 
 

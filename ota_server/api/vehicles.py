@@ -32,9 +32,9 @@ router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
     """Register one car; a dynamic campaign whose population it matches takes it at the next tick."""
-    vehicles.register(session, [body], runtime.clock(), numbered=False)
+    stored = vehicles.register_one(session, body, runtime.clock())
     runtime.scheduler.poke()
-    return vehicles.get(session, body.vin)
+    return stored
 
 
 @router.post("/batch", status_code=status.HTTP_201_CREATED, responses=errors(409))

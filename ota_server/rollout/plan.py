@@ -8,34 +8,96 @@ broadcast: one wave of every car, no rate limit, no windows, no error threshold.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from enum import StrEnum
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from ota_server.rollout.states import ERRORS, VinState
 
 _IN = ConfigDict(extra="forbid")
 
 
+# tzdata keys that name no place: the server machine's own zone (a car's windows must not move
+# with the server), tzcode's template, and "Factory" (an unset zone, "-00").
+_NOT_PLACES = frozenset({"localtime", "posixrules", "Factory"})
+
+
+@functools.cache
+def _zone_names() -> frozenset[str]:
+    """The IANA keys this server knows (system tzdata and the tzdata package), read once."""
+    return frozenset(available_timezones()) - _NOT_PLACES
+
+
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone ``name``; ValueError if unknown."""
+    """The IANA time zone ``name``; ValueError if it names no zone.
+
+    Only keys tzdata lists as zones count: a folder such as ``Europe`` made ``ZoneInfo`` raise
+    IsADirectoryError (a 500), and ``localtime`` would follow the server machine's setting.
+    Legacy IANA zones such as ``EST5EDT`` are real zones and accepted.
+    """
+    if name not in _zone_names():
+        raise ValueError(f"unknown IANA time zone {name!r}: give a zone such as Europe/Berlin, America/New_York or UTC")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"unknown IANA time zone {name!r}") from exc
+    except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
+        raise ValueError(f"IANA time zone {name!r} cannot be loaded on this server") from exc
+
+
+def _time_zone(name: str) -> str:
+    zone(name)
+    return name
+
+
+# One type for every time zone a person sends (vehicles, CSV import, the plan's default).
+TimeZone = Annotated[str, StringConstraints(max_length=64), AfterValidator(_time_zone)]
+
+# Bounds on the plan's numbers: beyond them a plan only overflows the scheduler's arithmetic.
+MAX_TIMEOUT_S = 30 * 24 * 3600  # a car silent for a month is not coming back on its own
+MAX_BACKOFF_S = 7 * 24 * 3600
+MAX_CARS = 10_000_000
+# A plan's start: from shortly before filing (clocks differ) to a year ahead; outside, a typo.
+START_AT_PAST = timedelta(days=1)
+START_AT_AHEAD = timedelta(days=366)
+# Validation context for plans read back from the database: the rules a plan must meet to be
+# filed are not re-judged on plans filed before a rule existed (they stay readable).
+STORED = {"stored": True}
+
+
+def filing(info: ValidationInfo) -> bool:
+    """False while reading a stored record (context :data:`STORED`): only new input is judged by new rules."""
+    return not (isinstance(info.context, dict) and info.context.get("stored"))
 
 
 class Wave(BaseModel):
     """One step of the rollout: a number of cars (a canary) or a share of the population."""
 
     model_config = _IN
-    cars: int | None = Field(default=None, ge=1, le=10_000_000, description="This many cars (e.g. a canary of 50)")
-    percent: float | None = Field(default=None, gt=0, le=100, description="This share of the population, rounded up")
+    cars: int | None = Field(default=None, ge=1, le=MAX_CARS, description="This many cars (e.g. a canary of 50)")
+    percent: float | None = Field(
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="This share of the population, rounded up; the last wave is 100 (every car left)",
+    )
 
     @model_validator(mode="after")
     def _one_size(self) -> Wave:
@@ -49,8 +111,10 @@ class Ramp(BaseModel):
 
     model_config = _IN
     start_per_minute: int = Field(ge=1, le=1_000_000, description="Cars notified per minute at first")
-    factor: float = Field(default=2.0, gt=1, le=10, description="Rate multiplier at each step")
-    every_notified: int = Field(default=100, ge=1, description="Step up after this many more cars were notified")
+    factor: float = Field(default=2.0, gt=1, le=10, allow_inf_nan=False, description="Rate multiplier at each step")
+    every_notified: int = Field(
+        default=100, ge=1, le=MAX_CARS, description="Step up after this many more cars were notified"
+    )
 
 
 class RateLimit(BaseModel):
@@ -66,8 +130,8 @@ class Window(BaseModel):
     days: list[int] = Field(
         default_factory=lambda: list(range(7)), max_length=7, description="ISO weekdays as 0=Monday..6=Sunday"
     )
-    start: time = Field(description="Local time the window opens, e.g. 01:00")
-    end: time = Field(description="Local time the window closes, e.g. 05:00")
+    start: time = Field(description="Local time the window opens, e.g. 01:00 (no UTC offset)")
+    end: time = Field(description="Local time the window closes, e.g. 05:00 (no UTC offset; not equal to start)")
 
     @field_validator("days")
     @classmethod
@@ -75,6 +139,24 @@ class Window(BaseModel):
         if not days or any(d < 0 or d > 6 for d in days):
             raise ValueError("days: give weekdays 0 (Monday) to 6 (Sunday)")
         return sorted(set(days))
+
+    @field_validator("start", "end")
+    @classmethod
+    def _local(cls, value: time, info: ValidationInfo) -> time:
+        if value.tzinfo is not None and filing(info):
+            raise ValueError(
+                f"{value.isoformat()} has a UTC offset: windows are in each car's local time, give e.g. 01:00"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _not_empty(self, info: ValidationInfo) -> Window:
+        if self.start == self.end and filing(info):
+            raise ValueError(
+                f"start and end are both {self.start.isoformat()}: a window needs two different times "
+                "(leave windows out to notify at any hour)"
+            )
+        return self
 
 
 class RolloutPlan(BaseModel):
@@ -88,13 +170,24 @@ class RolloutPlan(BaseModel):
         description="In order; e.g. a canary of 50 cars, then 10%, then 100%. The last wave takes every car left",
     )
     success_threshold_percent: float = Field(
-        default=90, ge=0, le=100, description="Share of a wave remedied over the air before the next wave opens"
+        default=90,
+        ge=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Share of a wave remedied over the air before the next wave opens",
     )
     error_threshold_count: int | None = Field(
-        default=None, ge=1, description="Pause when this many cars of the open wave failed, rolled back or timed out"
+        default=None,
+        ge=1,
+        le=MAX_CARS,
+        description="Pause when this many cars of the open wave failed, rolled back or timed out",
     )
     error_threshold_percent: float | None = Field(
-        default=None, gt=0, le=100, description="Pause when this share of the open wave failed/rolled back/timed out"
+        default=None,
+        gt=0,
+        le=100,
+        allow_inf_nan=False,
+        description="Pause when this share of the open wave failed/rolled back/timed out",
     )
     rollback_release_id: int | None = Field(
         default=None,
@@ -106,30 +199,80 @@ class RolloutPlan(BaseModel):
         "HIGHER than the recall's release, for the same hardware id, and published",
     )
     device_timeout_s: float | None = Field(
-        default=3600, gt=0, description="A car installing with no report for this long is timed out (an error)"
+        default=3600,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="A car installing with no report for this long is timed out (an error)",
     )
     ack_timeout_s: float | None = Field(
-        default=None, gt=0, description="A car that never answers its notice for this long is timed out (off: wait)"
+        default=None,
+        gt=0,
+        le=MAX_TIMEOUT_S,
+        allow_inf_nan=False,
+        description="A car that never answers its notice for this long is timed out (off: wait)",
     )
     max_retries: int = Field(
         default=2, ge=0, le=20, description="New notices after a transient failure or timeout, per car"
     )
-    retry_backoff_s: float = Field(default=300, ge=0, description="Wait before the first retry; doubles each time")
-    retry_backoff_max_s: float = Field(default=6 * 3600, ge=0, description="Longest wait between retries")
+    retry_backoff_s: float = Field(
+        default=300, ge=0, le=MAX_BACKOFF_S, allow_inf_nan=False, description="Wait before the first retry; doubles"
+    )
+    retry_backoff_max_s: float = Field(
+        default=6 * 3600, ge=0, le=MAX_BACKOFF_S, allow_inf_nan=False, description="Longest wait between retries"
+    )
     rate: RateLimit | None = Field(default=None, description="Cars notified per minute (off: as fast as possible)")
-    start_at: AwareDatetime | None = Field(default=None, description="No car is notified before this instant")
+    start_at: AwareDatetime | None = Field(
+        default=None,
+        description="No car is notified before this instant: from a day before filing to a year after",
+    )
     windows: list[Window] = Field(
         default_factory=list, max_length=20, description="Notify only inside one of these, in the car's local time"
     )
-    default_time_zone: str = Field(
-        default="UTC", max_length=64, description="IANA zone for cars registered without one"
-    )
+    default_time_zone: TimeZone = Field(default="UTC", description="IANA zone for cars registered without one")
 
-    @field_validator("default_time_zone")
+    @field_validator("start_at")
     @classmethod
-    def _zone(cls, name: str) -> str:
-        zone(name)
-        return name
+    def _sane_year(cls, value: datetime | None, info: ValidationInfo) -> datetime | None:
+        # Checked before any arithmetic: year 1 or 9999 with an offset overflows datetime.
+        if value is not None and not 2000 <= value.year <= 2100 and filing(info):
+            raise ValueError(f"{value.isoformat()} is not a plausible start: give an instant from 2000 to 2100")
+        return value
+
+    @field_validator("waves")
+    @classmethod
+    def _waves_say_what_happens(cls, waves: list[Wave], info: ValidationInfo) -> list[Wave]:
+        """The stored plan must be what runs: the last wave takes every car left, so it says 100%."""
+        if not filing(info):
+            return waves
+        if waves[-1].percent != 100:
+            raise ValueError(
+                'the last wave takes every car left: give it as {"percent": 100} '
+                '(e.g. [{"cars": 50}, {"percent": 10}, {"percent": 100}])'
+            )
+        shares = [(i, w.percent) for i, w in enumerate(waves[:-1]) if w.percent is not None]
+        for (_, before), (index, share) in itertools.pairwise(shares):
+            if share < before:
+                raise ValueError(f"wave {index} takes {share:g}%, less than the {before:g}% before it: waves grow")
+        if sum(share for _, share in shares) >= 100:
+            raise ValueError("the waves before the last take 100% or more: the later waves would be empty")
+        return waves
+
+    @classmethod
+    def stored(cls, data: object) -> RolloutPlan:
+        """A plan as the database holds it (see :data:`STORED`)."""
+        return cls.model_validate(data, context=STORED)
+
+
+def start_problem(plan: RolloutPlan, now: datetime) -> str | None:
+    """Why ``plan.start_at`` makes no sense when filed at ``now`` (long past or too far ahead), or None."""
+    if plan.start_at is None:
+        return None
+    if plan.start_at < now - START_AT_PAST:
+        return f"rollout.start_at {plan.start_at.isoformat()} is in the past: leave it out to start at launch"
+    if plan.start_at > now + START_AT_AHEAD:
+        return f"rollout.start_at {plan.start_at.isoformat()} is more than a year ahead: file the recall closer to it"
+    return None
 
 
 # Failure reasons worth a new notice: the network or the car's moment, not the software.

@@ -45,7 +45,7 @@ def plan_of(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan:
     (one wave of every car, no thresholds, no further rollback)."""
     if campaign is not None and campaign.kind == ROLLBACK:
         return RolloutPlan()
-    return RolloutPlan.model_validate(recall.rollout) if recall.rollout else RolloutPlan()
+    return RolloutPlan.stored(recall.rollout) if recall.rollout else RolloutPlan()
 
 
 def remedy_campaign(session: Session, recall_id: int) -> Campaign | None:
@@ -120,7 +120,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
             f"release {release.hardware_id} {release.version} is not published yet: "
             "it waits for its targets signature (`ota release sign`)"
         )
-    members = populations.resolve(session, Population.model_validate(recall.population), release)
+    members = populations.resolve(session, Population.stored(recall.population), release)
     if not members:
         raise InvalidInput(f"recall {recall.campaign_number} matches no vehicle; nothing to launch")
     campaign = Campaign(

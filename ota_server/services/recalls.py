@@ -21,7 +21,7 @@ CAMPAIGN_NUMBER = re.compile(r"^[0-9]{2}[A-Z]-[0-9]{3,6}$")  # ASCII digits: \d 
 
 def _public(session: Session, recall: Recall, campaign: Campaign | None) -> RecallPublic:
     """``affected_count`` is a live preview until launch, then the frozen population."""
-    population = Population.model_validate(recall.population)
+    population = Population.stored(recall.population)
     if campaign is not None:
         affected = campaign.population
     else:
@@ -95,11 +95,15 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     _check_notice_fits(recall)
     session.add(recall)
     try:
+        session.flush()
+        # The answer is built before the one commit: if building it fails, nothing was stored
+        # and the audit trail records the failure, not a success that answered 500.
+        answer = _public(session, recall, None)
         session.commit()
     except IntegrityError as exc:
         session.rollback()
         raise Conflict(f"recall {number} already exists") from exc
-    return _public(session, recall, None)
+    return answer
 
 
 def _check_rollout(session: Session, body: RecallCreate) -> None:

@@ -7,6 +7,7 @@ row is written, and the whole batch goes in with two bulk INSERTs.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime
 from urllib.parse import urlsplit, urlunsplit
 
@@ -56,11 +57,36 @@ def _existing(session: Session, vins: Sequence[str]) -> list[str]:
     return found
 
 
-def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime, *, numbered: bool = True) -> int:
+def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime) -> int:
     """Store ``vehicles`` or nothing; raise InvalidInput naming the first bad car, Conflict on duplicates.
 
-    ``numbered`` prefixes messages with the car's index in the request (for batches).
+    Messages name the car by its index in the request (``vehicles[3]: ...``), so a caller that
+    sent a file can point at its line.
     """
+    with _committed(session):
+        return _stage(session, vehicles, now, numbered=True)
+
+
+def register_one(session: Session, vehicle: VehicleCreate, now: datetime) -> VehiclePublic:
+    """Store one car and answer with what was stored, read before the commit (all or nothing)."""
+    with _committed(session):
+        _stage(session, [vehicle], now, numbered=False)
+        return get(session, vehicle.vin)
+
+
+@contextmanager
+def _committed(session: Session) -> Iterator[None]:
+    """Commit once the block has built its answer; a concurrent registration of a VIN is a Conflict."""
+    try:
+        yield
+        session.commit()
+    except IntegrityError as exc:
+        session.rollback()
+        raise Conflict("VIN already registered (concurrent registration)") from exc
+
+
+def _stage(session: Session, vehicles: Sequence[VehicleCreate], now: datetime, *, numbered: bool) -> int:
+    """Insert ``vehicles`` (not committed) after checking every one; ``numbered``: name cars by index."""
     vins: list[str] = []
     for index, vehicle in enumerate(vehicles):
         try:
@@ -73,9 +99,12 @@ def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime,
         if vin in seen:
             raise InvalidInput(f"vehicles[{index}]: VIN {vin} appears twice in the request")
         seen.add(vin)
-    taken = _existing(session, vins)
+    taken = set(_existing(session, vins))
     if taken:
-        raise Conflict(f"VIN already registered: {', '.join(sorted(taken)[:10])}")
+        index, vin = next((i, v) for i, v in enumerate(vins) if v in taken)
+        prefix = f"vehicles[{index}]: " if numbered else ""
+        more = f" (and {len(taken) - 1} more of the request)" if len(taken) > 1 else ""
+        raise Conflict(f"{prefix}VIN {vin} is already registered{more}")
     rows = [
         {
             "vin": vin,
@@ -90,18 +119,11 @@ def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime,
         }
         for vin, v in zip(vins, vehicles, strict=True)
     ]
-    try:
-        ids = dict(session.execute(insert(Vehicle).returning(Vehicle.vin, Vehicle.id), rows).all())
-        ecu_rows = [
-            {"vehicle_id": ids[vin], **ecu.model_dump()}
-            for vin, v in zip(vins, vehicles, strict=True)
-            for ecu in v.ecus
-        ]
-        session.execute(insert(Ecu), ecu_rows)
-        session.commit()
-    except IntegrityError as exc:  # a concurrent registration of the same VIN
-        session.rollback()
-        raise Conflict("VIN already registered (concurrent registration)") from exc
+    ids = dict(session.execute(insert(Vehicle).returning(Vehicle.vin, Vehicle.id), rows).all())
+    ecu_rows = [
+        {"vehicle_id": ids[vin], **ecu.model_dump()} for vin, v in zip(vins, vehicles, strict=True) for ecu in v.ecus
+    ]
+    session.execute(insert(Ecu), ecu_rows)
     return len(rows)
 
 

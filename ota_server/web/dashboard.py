@@ -126,7 +126,7 @@ def _funnel(session: Session, campaign: Campaign, counts: dict[str, int]) -> lis
 
 
 def _hardware_id(recall: Recall, release: Release) -> str:
-    return Population.model_validate(recall.population).hardware_id or release.hardware_id
+    return Population.stored(recall.population).hardware_id or release.hardware_id
 
 
 def _shares(session: Session, campaign_id: int, hardware_id: str, column: InstrumentedAttribute[str]) -> dict[str, int]:

@@ -96,7 +96,7 @@ def lookup(session: Session, raw_vin: str, now: datetime) -> PublicLookup:
         .where(Recall.id.not_in(launched))
         .order_by(Recall.id)
     ):
-        population = Population.model_validate(recall.population)
+        population = Population.stored(recall.population)
         if populations.resolve(session, population, release, vins=[vin]):
             recalls.append(_public(recall, "remedy_not_yet_available", NOT_FIXED_TEXT, False, NOT_AVAILABLE, None))
     open_count = sum(1 for r in recalls if not r.fixed)

@@ -94,3 +94,12 @@ def settings(tmp_path: Path) -> Settings:
 async def env(settings: Settings) -> AsyncIterator[Env]:
     async with running(settings) as env:
         yield env
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
+async def either_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
+    """The server on SQLite, then on a fresh PostgreSQL database: for what must behave alike on both."""
+    url = request.getfixturevalue("postgres_url") if request.param == "postgresql" else None
+    settings = make_settings(tmp_path) if url is None else make_settings(tmp_path, database_url=url)
+    async with running(settings) as env:
+        yield env

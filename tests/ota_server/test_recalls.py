@@ -5,6 +5,9 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
+import pytest
+
+from ota_server.services import population
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
 
@@ -90,3 +93,47 @@ async def test_duplicate_campaign_number_is_409(env: Env) -> None:
     assert (await env.client.post("/api/v1/recalls", json=recall_body(rid, "24V-200"))).status_code == 201
     resp = await env.client.post("/api/v1/recalls", json=recall_body(rid, "24V-200"))
     assert resp.status_code == 409
+
+
+async def _reads_answer(env: Env, recall_id: int | None = None) -> None:
+    """Everything that shows recalls still reads (operator lists, the owner's public look-up)."""
+    assert (await env.client.get("/api/v1/recalls")).status_code == 200
+    if recall_id is not None:
+        assert (await env.client.get(f"/api/v1/recalls/{recall_id}")).status_code == 200
+    lookup = await env.client.get("/api/v1/public/recalls", params={"vin": vin(1)}, headers={"Authorization": ""})
+    assert lookup.status_code == 200, lookup.text
+
+
+async def test_a_recall_whose_answer_cannot_be_built_is_not_stored(
+    either_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The write commits only once its whole answer is built: a failure leaves no row and an honest audit."""
+    env = either_env
+    release_id = await _release(env)
+
+    def broken(*_args: object, **_kwargs: object) -> list[population.Member]:
+        raise RuntimeError("the preview query failed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(population, "resolve", broken)
+        with pytest.raises(RuntimeError, match="preview query failed"):
+            await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))
+    assert (await env.client.get("/api/v1/recalls")).json() == []
+    entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
+    posted = [e for e in entries if e["route"] == "/api/v1/recalls" and e["method"] == "POST"]
+    assert [e["status"] for e in posted] == [500] and "created" not in posted[0]["target"]
+    created = await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))
+    assert created.status_code == 201, created.text  # nothing half-stored blocks the number
+    await _reads_answer(env, created.json()["id"])
+
+
+async def test_nul_in_a_population_is_refused_and_every_read_still_answers(either_env: Env) -> None:
+    """Issue 14: ``"models": ["S\\u0000edan"]`` was stored on PostgreSQL, then every read of recalls answered 500."""
+    env = either_env
+    release_id = await _release(env)
+    body = recall_body(release_id, "24V-902", models=["S\u0000edan"])
+    resp = await env.client.post("/api/v1/recalls", json=body)
+    assert resp.status_code == 422, resp.text
+    assert "population.models[0]" in resp.json()["detail"] and "U+0000" in resp.json()["detail"]
+    assert (await env.client.get("/api/v1/recalls")).json() == []
+    await _reads_answer(env)

@@ -146,7 +146,7 @@ async def test_percentage_error_threshold_and_operator_pause(env: Env) -> None:
     vins = [vin(n) for n in range(1, 11)]
     release = await _fleet(env, vins)
     rollout = {
-        "waves": [{"percent": 50}, {"percent": 50}],
+        "waves": [{"percent": 50}, {"percent": 100}],
         "error_threshold_percent": 40,
         "success_threshold_percent": 80,
         "max_retries": 0,
