@@ -213,6 +213,62 @@ class StatusReport(BaseModel):
     signature: ReportSignature | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class ManifestReason(StrEnum):
+    """Why the car sent its version manifest."""
+
+    START = "start"  # the agent started (every boot)
+    INSTALL = "install"  # an install committed (the new image booted and passed its health check)
+    ROLLBACK = "rollback"  # an install was undone: the old image runs again
+    DAILY = "daily"  # nothing changed; the car says so at least once a day
+    REQUESTED = "requested"  # the server asked (reserved)
+
+
+class EcuManifest(BaseModel):
+    """What one ECU runs, as the car measured it.
+
+    ``image_sha256``/``image_length`` describe the image in the active slot, hashed by the
+    car from the slot itself (so a tampered or hand-flashed image shows as such);
+    ``target_*`` name the Image-repository target it was installed from, when the car
+    installed it through a campaign (absent for the factory image).
+    """
+
+    model_config = _STRICT
+    ecu_serial: str = Field(min_length=1, max_length=64)
+    hardware_id: str = Field(min_length=1, max_length=64)
+    version: str = Field(min_length=1, max_length=64)
+    release_counter: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    image_sha256: Sha256 | None = None
+    image_length: int | None = Field(default=None, ge=0, le=2**53)
+    target_path: str | None = Field(default=None, max_length=255)
+    target_sha256: Sha256 | None = None
+    target_length: int | None = Field(default=None, ge=0, le=2**53)
+    # the slot it runs from (A/B), for the operator's eyes only
+    slot: str | None = Field(default=None, max_length=16)
+
+
+class VersionManifest(BaseModel):
+    """Car to server on its status topic: what every ECU runs (Uptane's vehicle version manifest).
+
+    Signed with the car's report key like a :class:`StatusReport`. ``counter`` grows by
+    one with every manifest the car sends (kept in its journal across restarts), so the
+    server refuses an older or replayed manifest.
+    """
+
+    model_config = _STRICT
+    schema_version: Literal[1] = 1
+    kind: Literal["manifest"] = "manifest"
+    vin: Vin
+    counter: int = Field(ge=1, le=2**53)
+    reason: ManifestReason
+    agent_version: str = Field(default="", max_length=64)
+    ecus: tuple[EcuManifest, ...] = Field(min_length=1, max_length=32)
+    sent_at: datetime
+    signature: ReportSignature | None = None
+
+
 class Presence(BaseModel):
     """Car to server, retained; the broker publishes ``online=False`` as the Last-Will."""
 
@@ -266,3 +322,19 @@ def parse_report(payload: bytes) -> StatusReport:
 
 def parse_presence(payload: bytes) -> Presence:
     return _parse(Presence, payload)
+
+
+def parse_manifest(payload: bytes) -> VersionManifest:
+    return _parse(VersionManifest, payload)
+
+
+def is_manifest(payload: bytes) -> bool:
+    """Whether a message on a car's status topic is a manifest (told apart by ``kind``)."""
+    return b'"manifest"' in payload[:4096] and b'"kind"' in payload
+
+
+def parse_status_message(payload: bytes) -> StatusReport | VersionManifest:
+    """What arrives on a car's status topic: a report or a version manifest."""
+    if is_manifest(payload):
+        return parse_manifest(payload)
+    return parse_report(payload)

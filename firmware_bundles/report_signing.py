@@ -8,7 +8,7 @@ the nonce included, breaks it. Keys are ed25519 through securesystemslib.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from securesystemslib.exceptions import UnverifiedSignatureError, VerificationError
@@ -16,7 +16,10 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner, Key, Signature, Signer, SSlibKey
 
 from firmware_bundles.errors import UnverifiedReport
-from firmware_bundles.messages import ReportSignature, StatusReport
+from firmware_bundles.messages import ReportSignature, StatusReport, VersionManifest
+
+# Every car message signed with the car's report key.
+SignedMessage = TypeVar("SignedMessage", StatusReport, VersionManifest)
 
 
 def generate_report_key() -> CryptoSigner:
@@ -42,7 +45,7 @@ def public_key(keyid: str, key: dict[str, Any]) -> SSlibKey:
     return SSlibKey.from_dict(keyid, dict(key))
 
 
-def signed_bytes(report: StatusReport) -> bytes:
+def signed_bytes(report: StatusReport | VersionManifest) -> bytes:
     """The bytes a signature covers: canonical JSON of the report minus its signature."""
     body = report.model_dump(mode="json", exclude_none=True, exclude={"signature"})
     canonical = encode_canonical(body)
@@ -50,13 +53,13 @@ def signed_bytes(report: StatusReport) -> bytes:
     return canonical.encode()
 
 
-def sign_report(report: StatusReport, signer: Signer) -> StatusReport:
-    """A copy of ``report`` carrying ``signer``'s signature."""
+def sign_report(report: SignedMessage, signer: Signer) -> SignedMessage:
+    """A copy of ``report`` (a status report or a version manifest) carrying ``signer``'s signature."""
     signature = signer.sign(signed_bytes(report))
     return report.model_copy(update={"signature": ReportSignature(keyid=signature.keyid, sig=signature.signature)})
 
 
-def verify_report(report: StatusReport, key: Key) -> None:
+def verify_report(report: StatusReport | VersionManifest, key: Key) -> None:
     """Raise :class:`UnverifiedReport` unless ``report`` is signed by ``key``."""
     if report.signature is None:
         raise UnverifiedReport("report is not signed")

@@ -1,7 +1,8 @@
 """The MQTT topic scheme, spelled in one place.
 
 Server to car: ``ota/v1/vehicles/{vin}/campaigns`` (retained, QoS 1).
-Car to server: ``ota/v1/vehicles/{vin}/status`` (QoS 1) and
+Car to server: ``ota/v1/vehicles/{vin}/status`` (QoS 1: status reports and signed version
+manifests, told apart by their ``kind``) and
 ``ota/v1/vehicles/{vin}/presence`` (retained; the Last-Will says offline).
 """
 
