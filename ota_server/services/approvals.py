@@ -17,11 +17,11 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
-from ota_server.db.models import ApiToken, Campaign, LaunchRequest, Recall
+from ota_server.db.models import ApiToken, LaunchRequest, Recall
 from ota_server.errors import Conflict, Forbidden, NotFound
 from ota_server.roles import Actor, person_key
 from ota_server.schemas import LaunchRequestPublic
-from ota_server.services import audit
+from ota_server.services import audit, campaigns
 
 AWAITING = "awaiting_approval"
 APPROVED = "approved"
@@ -54,13 +54,13 @@ def needs_approval(session: Session, recall_id: int) -> bool:
 
 
 def request_launch(session: Session, recall_id: int, requester: Actor, now: datetime) -> LaunchRequestPublic:
-    """Record that ``requester`` wants this safety recall launched (idempotent while it waits)."""
+    """Record that ``requester`` wants this safety recall launched (idempotent while it waits).
+
+    Refused as the launch itself would be now (launched already, release not published,
+    no car matches). Concurrent identical requests all get the one request stored.
+    """
     recall = _recall(session, recall_id)
-    if (
-        session.scalar(select(Campaign.id).where(Campaign.recall_id == recall_id, Campaign.kind == "remedy"))
-        is not None
-    ):
-        raise Conflict(f"recall {recall.campaign_number} is already launched")
+    campaigns.launchable(session, recall)
     existing = for_recall(session, recall_id)
     if existing is not None:
         return public(existing)
@@ -70,9 +70,12 @@ def request_launch(session: Session, recall_id: int, requester: Actor, now: date
     session.add(request)
     try:
         session.commit()
-    except IntegrityError as exc:
-        session.rollback()
-        raise Conflict(f"a launch of recall {recall.campaign_number} was requested concurrently; retry") from exc
+    except IntegrityError:
+        session.rollback()  # a concurrent request was stored first: it is the answer
+        existing = for_recall(session, recall_id)
+        if existing is None:
+            raise
+        return public(existing)
     return public(request)
 
 
@@ -119,6 +122,8 @@ def _same_side(session: Session, requester_name: str, approver_name: str) -> str
 def stage_approval(session: Session, recall_id: int, approver: Actor, now: datetime) -> LaunchRequest:
     """Mark the request approved in the session (not committed: the launch commits it)."""
     recall = _recall(session, recall_id)
+    if (refusal := campaigns.already_launched(session, recall)) is not None:
+        raise refusal  # whichever way it was launched (a non-safety recall has no request)
     request = for_recall(session, recall_id)
     if request is None:
         raise NotFound(f"no launch request for recall {recall.campaign_number}; an operator must request it first")

@@ -104,15 +104,23 @@ def order_key(campaign_id: int, vin: str) -> str:
     return hashlib.sha256(f"{campaign_id}:{vin}".encode()).hexdigest()
 
 
-def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic:
-    """Create the campaign for ``recall_id`` with its cars split into waves.
+def already_launched(session: Session, recall: Recall) -> Conflict | None:
+    """The refusal for a recall that has its campaign (None: it has none yet)."""
+    campaign = remedy_campaign(session, recall.id)
+    if campaign is None:
+        return None
+    return Conflict(f"recall {recall.campaign_number} is already launched as campaign {campaign.id}")
 
-    Raise Conflict if it is launched already or its release waits for a signature,
-    InvalidInput if nobody is affected.
+
+def launchable(session: Session, recall: Recall) -> tuple[Release, list[populations.Member]]:
+    """The release and cars of a recall that may be launched now; otherwise why not, raised.
+
+    Conflict: launched already, or its release waits for a signature. InvalidInput: it
+    matches no car (a safety recall's request is refused for it too, rather than waiting
+    for an approval that could only launch nothing).
     """
-    recall = _recall(session, recall_id)
-    if remedy_campaign(session, recall_id) is not None:
-        raise Conflict(f"recall {recall.campaign_number} is already launched")
+    if (refusal := already_launched(session, recall)) is not None:
+        raise refusal
     release = session.get(Release, recall.release_id)
     assert release is not None  # foreign key
     if not release.published:
@@ -120,9 +128,19 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
             f"release {release.hardware_id} {release.version} is not published yet: "
             "it waits for its targets signature (`ota release sign`)"
         )
-    members = populations.resolve(session, Population.stored(recall.population), release)
+    members = populations.resolve(session, Population.model_validate(recall.population), release)
     if not members:
         raise InvalidInput(f"recall {recall.campaign_number} matches no vehicle; nothing to launch")
+    return release, members
+
+
+def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic:
+    """Create the campaign for ``recall_id`` with its cars split into waves (see :func:`launchable`).
+
+    A concurrent launch that stored its campaign first gets the same refusal as a later one.
+    """
+    recall = _recall(session, recall_id)
+    release, members = launchable(session, recall)
     campaign = Campaign(
         recall_id=recall.id,
         release_id=release.id,
@@ -155,8 +173,10 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         session.execute(insert(CampaignVehicle), rows)
         session.commit()
     except IntegrityError as exc:
-        session.rollback()
-        raise Conflict(f"recall {recall.campaign_number} is already launched (concurrent launch)") from exc
+        session.rollback()  # another request launched it between the check and the insert
+        raise already_launched(session, recall) or Conflict(
+            f"recall {recall.campaign_number} could not be launched: {exc.orig}"
+        ) from exc
     return CampaignPublic.model_validate(campaign)
 
 
