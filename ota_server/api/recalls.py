@@ -47,6 +47,9 @@ async def launch_recall(
 
     Launching freezes the population into the rollout plan's waves; the scheduler then
     notifies the first cars the plan allows (signing their Director metadata) at once.
+    A request is refused as the launch would be: 422 if no car matches, 409 if the release
+    is not published or the recall is launched already (naming its campaign). Asking again
+    while a request waits, even at the same moment, answers the one request stored.
     """
 
     def launch() -> CampaignPublic | LaunchRequestPublic:
@@ -69,6 +72,7 @@ async def approve_launch(recall_id: Id, session: ApproverSession, runtime: Runti
 
     Freezes the population into waves; the scheduler notifies the first cars the plan
     allows at once (signing their Director metadata) and publishes in the background.
+    A launched recall, however it was launched, is 409 naming its campaign.
     """
 
     def approve() -> CampaignPublic:
