@@ -198,10 +198,11 @@ class Budgets:
 
     A car's bucket (keyed by VIN) is spent only by its verified reports, so junk on its
     topic, which anyone on an open broker can publish, never uses up its allowance. Junk
-    spends two buckets of its own, one per topic and one for all topics; while either is
-    empty, :meth:`Ingestor.submit` drops that topic's messages (or every message) before
-    parsing, which bounds the parsing and signature checks junk can cost. The per-topic
-    bucket keeps one junk-spewing topic from emptying the shared one.
+    spends two buckets of its own, one per topic and one for all topics; while its topic's is
+    empty, or the shared one is and the topic sent junk lately, :meth:`Ingestor.submit` drops
+    the topic's messages before parsing, which bounds the parsing and signature checks junk
+    can cost. The per-topic bucket keeps one junk-spewing topic from emptying the shared one;
+    a topic without junk of late is never gated, so junk cannot silence the clean cars.
     """
 
     def __init__(
@@ -212,7 +213,12 @@ class Budgets:
         self.junk_total = TokenBuckets(junk_total[0], junk_total[1], clock)
 
     def junk_gate_closed(self, topic: str) -> bool:
-        return self.junk.empty(topic) or self.junk_total.empty(None)
+        """Whether ``topic``'s messages are dropped unread: its own junk budget is spent, or the
+        shared one is and this topic sent junk lately. A topic with no junk of late is never
+        gated, so junk sprayed elsewhere cannot silence the cars that send none."""
+        if self.junk.empty(topic):
+            return True
+        return self.junk_total.empty(None) and self.junk.spent(topic)
 
     def spend_junk(self, topic: str) -> None:
         self.junk.wait_for(topic)

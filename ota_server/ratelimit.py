@@ -44,6 +44,17 @@ class TokenBuckets:
         tokens, at = held
         return tokens + max(0.0, self._clock().timestamp() - at) * self.rate < 1.0
 
+    def spent(self, key: object) -> bool:
+        """True when ``key`` has used part of its bucket that has not refilled yet; spends nothing."""
+        if self.rate <= 0:
+            return False
+        with self._lock:
+            held = self._buckets.get(key)
+        if held is None:
+            return False
+        tokens, at = held
+        return tokens + max(0.0, self._clock().timestamp() - at) * self.rate < self.burst
+
     def wait_for(self, key: object) -> float:
         """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there."""
         if self.rate <= 0:

@@ -106,9 +106,28 @@ async def test_junk_on_many_topics_is_bounded_by_the_shared_budget(tmp_path: Pat
         cars = [vin(n) for n in range(1, 7)]
         cid = (await launched(env.client, cars))["id"]
         nonces = await env.nonces()
-        for v in cars:
-            await env.inject(_junk(cid, v, nonces[v])[0])
-        assert (await _stats(env))["rejected"] == {"unknown_key": 4, "junk_flood": 2}
+        for _round in range(2):  # the shared budget (4) runs out in the first round
+            for v in cars:
+                await env.inject(_junk(cid, v, nonces[v])[0])
+        # each topic's first junk is judged (a topic without junk of late is never gated); once
+        # the shared budget is empty, every topic that sent junk is cut unread
+        assert (await _stats(env))["rejected"] == {"unknown_key": 6, "junk_flood": 6}
         env.clock.advance(1.0)
         await env.inject(report(cid, cars[0], nonces[cars[0]], S.NOTIFIED))
         assert await _state(env, cars[0]) == "notified"
+
+
+async def test_junk_elsewhere_never_gates_a_topic_that_sent_none(tmp_path: Path) -> None:
+    """The shared junk budget bounds what junk costs; it must not become a lever to silence
+    every car: a topic that sent no junk is never cut by it, however empty it is."""
+    settings = make_settings(tmp_path, ingest_junk_total_rate_per_s=1.0, ingest_junk_total_burst=2)
+    async with running(settings) as env:
+        junky, clean = vin(1), vin(2)
+        cid = (await launched(env.client, [junky, clean]))["id"]
+        nonces = await env.nonces()
+        for message in _junk(cid, junky, nonces[junky]):
+            await env.inject(message)
+        assert (await _stats(env))["rejected"]["junk_flood"] == 2  # the shared budget is empty
+        await env.inject(report(cid, clean, nonces[clean], S.NOTIFIED))
+        assert await _state(env, clean) == "notified"
+        assert (await _stats(env))["rejected"]["junk_flood"] == 2
