@@ -53,6 +53,19 @@ class ApiClient:
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
         """The decoded JSON answer of a 2xx response; :class:`ApiError` otherwise."""
+        response = self._send(method, path, **kwargs)
+        if not response.content:
+            return None
+        try:
+            return response.json()
+        except ValueError as exc:
+            raise ApiError(method, path, response.status_code, f"answer is not JSON: {response.text[:200]}") from exc
+
+    def download(self, path: str, **kwargs: Any) -> bytes:
+        """The body of a 2xx answer to GET ``path`` as it came (a CSV or PDF file); :class:`ApiError` otherwise."""
+        return self._send("GET", path, **kwargs).content
+
+    def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response: httpx.Response | None = None
         for _ in range(RATE_LIMIT_RETRIES):
             try:
@@ -65,12 +78,7 @@ class ApiClient:
         assert response is not None
         if response.status_code >= 400:
             raise ApiError(method, path, response.status_code, _detail(response))
-        if not response.content:
-            return None
-        try:
-            return response.json()
-        except ValueError as exc:
-            raise ApiError(method, path, response.status_code, f"answer is not JSON: {response.text[:200]}") from exc
+        return response
 
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/healthz")
@@ -78,8 +86,32 @@ class ApiClient:
 
     def create_token(self, name: str, role: str) -> str:
         """A new token for ``name`` (admin only); returns the secret, shown only here."""
-        token: str = self.call("POST", f"{API}/tokens", json={"name": name, "role": role})["token"]
+        token: str = self.new_token(name, role)["token"]
         return token
+
+    # --- tokens and the audit log (admin only) ---
+    def new_token(self, name: str, role: str) -> dict[str, Any]:
+        """The new token's record with its secret (``token``), shown only here."""
+        result: dict[str, Any] = self.call("POST", f"{API}/tokens", json={"name": name, "role": role})
+        return result
+
+    def tokens(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("GET", f"{API}/tokens")
+        return result
+
+    def revoke_token(self, token_id: int) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("DELETE", f"{API}/tokens/{token_id}")
+        return result
+
+    def verify_audit(self) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/audit/verify")
+        return result
+
+    # --- reports ---
+    def report(self, recall_id: int, kind: str, fmt: str, *, quarter: str | None, week: str | None) -> bytes:
+        """One recall's report file, as the server rendered it (CSV, JSON or PDF)."""
+        params = {"format": fmt, **({"quarter": quarter} if quarter else {}), **({"week": week} if week else {})}
+        return self.download(f"{API}/reports/recalls/{recall_id}/{kind}", params=params)
 
     # --- releases ---
     def upload_release(self, bundle: bytes, hardware_id: str, version: str, release_counter: int) -> dict[str, Any]:
@@ -108,6 +140,16 @@ class ApiClient:
         result: list[dict[str, Any]] = self.call("POST", f"{API}/vehicles/provision", json=body, params=params)[
             "identities"
         ]
+        return result
+
+    def provision_vehicle(self, vin: str, *, certificate: bool) -> dict[str, Any]:
+        """One car's config bundle contents (its new report key, optionally a client certificate)."""
+        params = {"certificate": "true" if certificate else "false"}
+        result: dict[str, Any] = self.call("POST", f"{API}/vehicles/{vin}/provision", params=params)
+        return result
+
+    def revoke_certificate(self, vin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"{API}/vehicles/{vin}/certificate/revoke")
         return result
 
     def vehicle_status(self, vin: str) -> dict[str, Any]:

@@ -1,7 +1,9 @@
-"""The ``ota`` command: ``ota serve``, ``ota db upgrade`` (and ``ota demo``, added by the demo).
+"""The ``ota`` command: ``ota serve``, ``ota db``, ``ota keys``, ``ota demo``, and the operator commands.
 
 This is the entry point, so it is where :class:`Settings` is built from the
-environment (``OTA_*``) and command-line flags, once.
+environment (``OTA_*``) and command-line flags, once. Every operator command talks to the
+server named by ``OTA_SERVER`` through the REST API (``cli_ops``, ``cli_admin``); only
+``ota db`` and ``ota keys`` open the database, an existing one, and say which.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from ota_server.cli_admin import register as register_admin_commands
+from ota_server.cli_ops import DEFAULT_SERVER, ServerOption, TokenOption, client_for
 from ota_server.cli_ops import register as register_operator_commands
 from ota_server.config import Settings
 from ota_server.errors import OtaError
@@ -82,13 +86,22 @@ def serve(
 @db_app.command("upgrade")
 def db_upgrade(
     data_dir: Annotated[Path | None, typer.Option(help="Data directory (for the default SQLite URL)")] = None,
+    create: Annotated[bool, typer.Option("--create", help="Make a new SQLite database if there is none")] = False,
 ) -> None:
-    """Bring the database schema up to date (the server also does this at startup)."""
+    """Bring the database schema up to date (the server also does this at startup).
+
+    A SQLite file that does not exist is made only with --create: a mistyped --data-dir or
+    the wrong directory would otherwise leave an empty database behind.
+    """
     from ota_server.db.migrate import upgrade
     from ota_server.db.session import make_engine
 
     settings = _settings(data_dir=data_dir)
     _configure_logging(settings.log_level)
+    missing = _missing_sqlite_file(settings.resolved_database_url)
+    if missing is not None and not create:
+        typer.echo(f"error: no database at {missing} (add --create to make a new one there)", err=True)
+        raise typer.Exit(1)
     engine = make_engine(settings.resolved_database_url)
     try:
         upgrade(engine)
@@ -101,36 +114,23 @@ def db_upgrade(
 def vehicles_provision(
     vin: Annotated[str, typer.Argument(help="A registered vehicle's VIN")],
     out: Annotated[Path, typer.Option(help="Directory for the car's config bundle (agent.toml, keys, roots)")],
-    server: Annotated[str | None, typer.Option(help="Running server's URL (default: OTA_PUBLIC_URL)")] = None,
+    server: ServerOption = DEFAULT_SERVER,
     certificate: Annotated[bool, typer.Option(help="Also issue an MQTT client certificate (TLS broker)")] = True,
-    token: Annotated[
-        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
-    ] = None,
+    token: TokenOption = None,
 ) -> None:
     """Issue a car's report key and client certificate on the running server; write its config bundle.
 
     The private keys exist only in the bundle; provisioning again replaces the key (the old one is rejected).
     """
-    import httpx
-
     from firmware_bundles.errors import ContractError
     from firmware_bundles.provisioning import write_bundle
 
-    base = (server or _settings().resolved_public_url).rstrip("/")
-    url = f"{base}/api/v1/vehicles/{vin.strip().upper()}/provision"
+    with client_for(server, token) as client:
+        answer = client.provision_vehicle(vin.strip().upper(), certificate=certificate)
     try:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = httpx.post(url, params={"certificate": certificate}, headers=headers, timeout=60)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    if response.status_code != 200:
-        typer.echo(f"error: {url} -> {response.status_code}: {response.text}", err=True)
-        raise typer.Exit(1)
-    try:
-        path = write_bundle(out, response.json())
+        path = write_bundle(out, answer)
     except (ContractError, ValueError) as exc:
-        typer.echo(f"error: unexpected answer from {url}: {exc}", err=True)
+        typer.echo(f"error: unexpected answer from {server}: {exc}", err=True)
         raise typer.Exit(1) from exc
     typer.echo(str(path))
 
@@ -138,29 +138,16 @@ def vehicles_provision(
 @vehicles_app.command("revoke")
 def vehicles_revoke(
     vin: Annotated[str, typer.Argument(help="The car whose client certificate is revoked")],
-    server: Annotated[str | None, typer.Option(help="Running server's URL (default: OTA_PUBLIC_URL)")] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
-    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
 ) -> None:
     """Revoke a car's MQTT client certificate (stolen, retired); the server rewrites the broker's CRL.
 
     The broker refuses the certificate once it has re-read the CRL (SIGHUP or restart).
     """
-    import httpx
-
-    base = (server or _settings().resolved_public_url).rstrip("/")
-    url = f"{base}/api/v1/vehicles/{vin.strip().upper()}/certificate/revoke"
-    try:
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        response = httpx.post(url, headers=headers, timeout=60)
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach {url}: {exc}", err=True)
-        raise typer.Exit(1) from exc
-    if response.status_code != 200:
-        typer.echo(f"error: {url} -> {response.status_code}: {response.text}", err=True)
-        raise typer.Exit(1)
-    revoked = response.json().get("revoked", [])
+    with client_for(server, token) as client:
+        answer = client.revoke_certificate(vin.strip().upper())
+    revoked = answer.get("revoked", [])
     typer.echo(f"revoked {len(revoked)} certificate(s): {', '.join(revoked) or '-'}")
     typer.echo("# make the broker read the new CRL: kill -HUP <mosquitto pid>")
 
@@ -208,22 +195,52 @@ def broker_config(
         typer.echo(f"# export {name}={value}")
 
 
-# --- `ota tokens` and `ota audit`: straight to the database, for whoever runs the server ---
+# --- the database, for the few commands that must open it (`ota db`, `ota keys`) -------------
 
-tokens_app = typer.Typer(help="API tokens (people and their roles).", no_args_is_help=True)
-app.add_typer(tokens_app, name="tokens")
-audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
-app.add_typer(audit_app, name="audit")
 DataDirOption = Annotated[Path | None, typer.Option(help="Data directory (for the default SQLite URL)")]
 
 
-def _sessions(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
-    """Open the database (schema brought up to date) for a one-shot command."""
-    from ota_server.db.migrate import upgrade
+def _missing_sqlite_file(url: str) -> Path | None:
+    """The SQLite file ``url`` names when it does not exist (opening it would make an empty one)."""
+    from sqlalchemy.engine import make_url
+
+    from ota_server.db.session import is_sqlite
+
+    if not is_sqlite(url):
+        return None  # a server database exists or the connection fails; nothing is created
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return Path(":memory:")
+    path = Path(database)
+    return None if path.is_file() else path
+
+
+def _existing_database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """Open the database ``settings`` name, which must exist at the newest schema; say which on stderr.
+
+    Never creates one: run from the wrong directory, ``./var`` would otherwise become a new,
+    empty database that the server never reads.
+    """
+    from ota_server.db.migrate import require_current
     from ota_server.db.session import make_engine, make_session_factory
 
-    engine = make_engine(settings.resolved_database_url)
-    upgrade(engine)
+    url = settings.resolved_database_url
+    missing = _missing_sqlite_file(url)
+    if missing is not None:
+        typer.echo(
+            f"error: no database at {missing} (give --data-dir or OTA_DATABASE_URL of the server's database; "
+            "`ota db upgrade --create` makes a new one)",
+            err=True,
+        )
+        raise typer.Exit(1)
+    engine = make_engine(url)
+    typer.echo(f"database: {engine.url.render_as_string(hide_password=True)}", err=True)
+    try:
+        require_current(engine)
+    except OtaError as exc:
+        engine.dispose()
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
     return engine, make_session_factory(engine)
 
 
@@ -233,107 +250,41 @@ def _cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-@tokens_app.command("create")
-def tokens_create(
-    name: Annotated[str, typer.Option(help="The person the token belongs to")],
-    role: Annotated[str, typer.Option(help="viewer, operator, approver or admin")],
+@db_app.command("bootstrap-token")
+def db_bootstrap_token(
+    name: Annotated[str, typer.Option(help="The person the admin token belongs to")] = "admin",
     data_dir: DataDirOption = None,
 ) -> None:
-    """Create a token and print its secret (shown once; only its hash is stored)."""
+    """Create an admin token straight in an EXISTING database and print it (shown once).
+
+    For whoever runs the server when no one holds an admin token (the first start's
+    admin-token file is gone, every admin token revoked). Everything else about tokens goes
+    through the API: `ota tokens create` with OTA_TOKEN.
+    """
     from ota_server.clock import utc_now
     from ota_server.roles import Role
     from ota_server.services import audit, tokens
 
-    try:
-        chosen = Role(role)
-    except ValueError as exc:
-        raise typer.BadParameter(f"role must be one of {', '.join(r.value for r in Role)}") from exc
     settings = _settings(data_dir=data_dir)
-    engine, sessions = _sessions(settings)
+    engine, sessions = _existing_database(settings)
     action = audit.Action(
         actor=_cli_actor(),
         role=Role.ADMIN.value,
         method="CLI",
-        route="ota tokens create",
+        route="ota db bootstrap-token",
         status=201,
-        target={"name": name, "role": chosen.value},
+        target={"name": name, "role": Role.ADMIN.value},
     )
     try:
         with sessions() as session:
             audit.record_commits(session, action, utc_now)
-            created = tokens.create(session, name, chosen, created_by=action.actor, now=utc_now())
+            created = tokens.create(session, name, Role.ADMIN, created_by=action.actor, now=utc_now())
     except OtaError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(1) from exc
     finally:
         engine.dispose()
     typer.echo(created.token)
-
-
-@tokens_app.command("list")
-def tokens_list(data_dir: DataDirOption = None) -> None:
-    """Every token: id, name, role, prefix, revoked or not (never the secret)."""
-    from ota_server.services import tokens
-
-    engine, sessions = _sessions(_settings(data_dir=data_dir))
-    try:
-        with sessions() as session:
-            for token in tokens.list_all(session):
-                revoked = f" revoked {token.revoked_at.isoformat()}" if token.revoked_at else ""
-                typer.echo(f"{token.id}\t{token.name}\t{token.role}\t{token.prefix}...{revoked}")
-    finally:
-        engine.dispose()
-
-
-@audit_app.command("verify")
-def audit_verify(data_dir: DataDirOption = None) -> None:
-    """Recompute the audit log's hash chain; exit 1 and name the first broken entry if it fails."""
-    from ota_server.services import audit
-
-    engine, sessions = _sessions(_settings(data_dir=data_dir))
-    try:
-        with sessions() as session:
-            result = audit.verify(session)
-    finally:
-        engine.dispose()
-    if not result.ok:
-        typer.echo(f"audit log BROKEN after {result.entries} intact entries: {result.problem}", err=True)
-        raise typer.Exit(1)
-    typer.echo(f"audit log intact: {result.entries} entries, head {result.head_hash}")
-
-
-# --- `ota reports export`: straight to the database, like `ota tokens` -----------------
-
-reports_app = typer.Typer(help="Regulator and operator reports (CSV, JSON, PDF).", no_args_is_help=True)
-app.add_typer(reports_app, name="reports")
-
-
-@reports_app.command("export")
-def reports_export(
-    recall_id: Annotated[int, typer.Argument(min=1, help="The recall's id")],
-    kind: Annotated[str, typer.Option(help="population, completion, vin-status, notices or type-approval")],
-    out: Annotated[Path, typer.Option(help="File to write")],
-    fmt: Annotated[str, typer.Option("--format", help="csv, json, or pdf (completion only)")] = "csv",
-    quarter: Annotated[str | None, typer.Option(help="Completion report quarter, YYYYQn (default: now)")] = None,
-    week: Annotated[str | None, typer.Option(help="VIN status week, YYYY-Www (default: now)")] = None,
-    data_dir: DataDirOption = None,
-) -> None:
-    """Write one recall's report to a file (the audit log: GET /api/v1/audit/export)."""
-    from ota_server.clock import utc_now
-    from ota_server.reports import build, render
-
-    engine, sessions = _sessions(_settings(data_dir=data_dir))
-    try:
-        with sessions() as session:
-            report = build(session, kind, recall_id, utc_now(), quarter=quarter, week=week)
-            body, _ = render(report, fmt)
-    except OtaError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
-    finally:
-        engine.dispose()
-    out.write_bytes(body)
-    typer.echo(f"wrote {report.kind} report of recall {report.meta['recall_number']} to {out} ({len(body)} bytes)")
 
 
 # --- `ota keys` and `ota release sign`: the offline keys -----------------------------
@@ -370,7 +321,7 @@ def _key_command(data_dir: Path | None, offline_dir: Path, passphrase: bytes | N
     settings = _settings(data_dir=data_dir)
     _configure_logging(settings.log_level)
     dirs = keyadmin.KeyDirs(offline_dir, settings.keys_dir, passphrase)
-    engine, sessions = _sessions(settings)
+    engine, sessions = _existing_database(settings)
     try:
         with sessions() as session:
             command = getattr(keyadmin, work)
@@ -436,23 +387,23 @@ def keys_revoke(
 @release_app.command("sign")
 def release_sign(
     offline_dir: OfflineDirOption,
-    server: Annotated[str | None, typer.Option(help="Running server's URL (default: OTA_PUBLIC_URL)")] = None,
-    token: Annotated[
-        str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
-    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
     passphrase_env: PassphraseEnvOption = None,
     prompt_passphrase: PromptOption = False,
 ) -> None:
     """Fetch the pending Image targets, sign it with the offline targets key, and publish it."""
     import httpx
 
+    from ota_server import cli_ops
     from ota_server.signing.offline import OfflineSigningError, sign_pending
 
-    base = (server or _settings().resolved_public_url).rstrip("/")
+    base = server.rstrip("/")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     passphrase = _passphrase(passphrase_env, prompt_passphrase)
     try:
-        with httpx.Client(base_url=base, headers=headers, timeout=60) as client:
+        transport = cli_ops.transport_override
+        with httpx.Client(base_url=base, headers=headers, timeout=60, transport=transport) as client:
             result = sign_pending(client, offline_dir, passphrase)
     except (OfflineSigningError, httpx.HTTPError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -489,6 +440,7 @@ def demo(
 # --- the operator's commands over the REST API (releases, vehicles import, recalls, campaigns) ---
 
 register_operator_commands(app, vehicles_app)
+register_admin_commands(app)
 
 
 def main() -> None:

@@ -64,38 +64,39 @@ def register(app: typer.Typer, vehicles_app: typer.Typer) -> None:
 # --- plumbing ------------------------------------------------------------------------
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
+def fail(message: str, code: int = 1) -> NoReturn:
+    """``error: message`` on stderr and exit ``code`` (1: refused or unreachable, 2: a usage error)."""
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
 @contextmanager
-def _client(server: str, token: str | None) -> Iterator[ApiClient]:
-    """A client; an :class:`ApiError` inside becomes ``error: ...`` on stderr and exit 1."""
+def client_for(server: str, token: str | None) -> Iterator[ApiClient]:
+    """A client of ``server`` (``OTA_SERVER``); an :class:`ApiError` inside becomes ``error: ...`` and exit 1."""
     try:
         with ApiClient(server, token, transport=transport_override) as client:
             yield client
     except ApiError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
-def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+def emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
     if as_json:
         typer.echo(json.dumps(data, indent=2, sort_keys=True, default=str))
     else:
         human()
 
 
-def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
+def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    shown = Table(title=title)
     for column in columns:
-        table.add_column(column)
+        shown.add_column(column)
     for row in rows:
-        table.add_row(*("" if cell is None else str(cell) for cell in row))
-    Console().print(table)
+        shown.add_row(*("" if cell is None else str(cell) for cell in row))
+    Console().print(shown)
 
 
 # --- ota releases --------------------------------------------------------------------
@@ -128,7 +129,7 @@ def releases_build(
         "release_counter": manifest.release_counter,
         "image_sha256": manifest.image_sha256,
     }
-    _emit(
+    emit(
         as_json,
         data,
         lambda: typer.echo(f"wrote {out} ({len(built.data)} bytes, image sha256 {manifest.image_sha256})"),
@@ -146,10 +147,10 @@ def releases_upload(
     as_json: JsonOption = False,
 ) -> None:
     """Upload a bundle as a release (pending until `ota release sign` when the targets key is offline)."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         release = client.upload_release(bundle.read_bytes(), hardware_id, version, counter)
     state = "published" if release.get("published", True) else "pending offline signature"
-    _emit(as_json, release, lambda: typer.echo(f"release {release['id']}: {release['target_path']} ({state})"))
+    emit(as_json, release, lambda: typer.echo(f"release {release['id']}: {release['target_path']} ({state})"))
 
 
 @releases_app.command("list")
@@ -157,10 +158,10 @@ def releases_list(
     server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
 ) -> None:
     """Every release."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         releases = client.releases()
     columns = ["id", "hardware_id", "version", "release_counter", "length", "published", "created_at"]
-    _emit(as_json, releases, lambda: _table("Releases", columns, [[r.get(c) for c in columns] for r in releases]))
+    emit(as_json, releases, lambda: table("Releases", columns, [[r.get(c) for c in columns] for r in releases]))
 
 
 # --- ota vehicles import ---------------------------------------------------------------
@@ -188,7 +189,7 @@ def _read_vehicles(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
         try:
             for row in reader:
                 if None in row or any(row.get(c) is None for c in CSV_REQUIRED):
-                    _fail(f"{path}, line {line}: expected {len(header)} fields")
+                    fail(f"{path}, line {line}: expected {len(header)} fields")
                 values = {k: (v or "").strip() for k, v in row.items() if k is not None}
                 vehicles.append(
                     {
@@ -211,7 +212,7 @@ def _read_vehicles(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
                 lines.append(line)
                 line = reader.line_num + 1
         except csv.Error as exc:
-            _fail(f"{path}, line {reader.line_num}: {exc}")
+            fail(f"{path}, line {reader.line_num}: {exc}")
     if not vehicles:
         raise typer.BadParameter(f"{path}: no vehicles", param_hint="FILE")
     return vehicles, lines
@@ -239,12 +240,12 @@ def vehicles_import(
         if exc.status == 422 and match and int(match.group(1)) < len(lines):
             index = int(match.group(1))
             problem = _INDEX.sub("", exc.detail, count=1).strip()
-            _fail(
+            fail(
                 f"{file}, line {lines[index]} (VIN {vehicles[index]['vin']}): {problem} "
                 f"[{exc.method} {exc.path} -> {exc.status}]; nothing was imported"
             )
-        _fail(f"{exc}; nothing was imported")
-    _emit(as_json, {"created": created, "file": str(file)}, lambda: typer.echo(f"imported {created} vehicles"))
+        fail(f"{exc}; nothing was imported")
+    emit(as_json, {"created": created, "file": str(file)}, lambda: typer.echo(f"imported {created} vehicles"))
 
 
 # --- ota recalls ---------------------------------------------------------------------
@@ -278,9 +279,9 @@ def recalls_create(
     document = _load_document(file)
     # YAML reads dates as date objects; the API wants ISO strings.
     body = json.loads(json.dumps(document, default=str))
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         recall = client.create_recall(body)
-    _emit(
+    emit(
         as_json,
         recall,
         lambda: typer.echo(
@@ -292,7 +293,7 @@ def recalls_create(
 @recalls_app.command("list")
 def recalls_list(server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False) -> None:
     """Every recall, with its campaign once launched."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         recalls = client.recalls()
     rows = [
         [
@@ -307,7 +308,7 @@ def recalls_list(server: ServerOption = DEFAULT_SERVER, token: TokenOption = Non
         for r in recalls
     ]
     columns = ["id", "number", "title", "release", "affected", "safety", "campaign"]
-    _emit(as_json, recalls, lambda: _table("Recalls", columns, rows))
+    emit(as_json, recalls, lambda: table("Recalls", columns, rows))
 
 
 # --- ota campaigns -------------------------------------------------------------------
@@ -326,13 +327,13 @@ def campaigns_launch(
     recall_id: RecallId, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
 ) -> None:
     """Launch a recall; a safety recall's launch waits for another person's `ota campaigns approve`."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         result = client.launch(recall_id)
     if "requested_by" in result:
         message = f"launch of recall {recall_id} requested by {result['requested_by']}: awaiting approval"
-        _emit(as_json, result, lambda: typer.echo(message))
+        emit(as_json, result, lambda: typer.echo(message))
     else:
-        _emit(as_json, result, lambda: typer.echo("launched " + _campaign_line(result)))
+        emit(as_json, result, lambda: typer.echo("launched " + _campaign_line(result)))
 
 
 @campaigns_app.command("approve")
@@ -340,20 +341,20 @@ def campaigns_approve(
     recall_id: RecallId, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
 ) -> None:
     """Approve (as an approver other than the requester) a safety recall's requested launch; it launches."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         campaign = client.approve(recall_id)
-    _emit(as_json, campaign, lambda: typer.echo("approved and launched " + _campaign_line(campaign)))
+    emit(as_json, campaign, lambda: typer.echo("approved and launched " + _campaign_line(campaign)))
 
 
 ReasonOption = Annotated[str, typer.Option(help="Why (kept with the status and in the audit log)")]
 
 
 def _control(campaign_id: int, action: str, reason: str, server: str, token: str | None, as_json: bool) -> None:
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         result = client.control(campaign_id, action, reason)
     campaign = result.get("campaign", result)
     touched = f"; {result['vehicles']} cars" if "vehicles" in result else ""
-    _emit(as_json, result, lambda: typer.echo(f"{action}: " + _campaign_line(campaign) + touched))
+    emit(as_json, result, lambda: typer.echo(f"{action}: " + _campaign_line(campaign) + touched))
 
 
 @campaigns_app.command("pause")
@@ -408,10 +409,10 @@ def campaigns_list(
     server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
 ) -> None:
     """Every campaign, remedy and rollback."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         campaigns = client.campaigns()
     columns = ["id", "recall_id", "release_id", "kind", "status", "population", "current_wave", "launched_at"]
-    _emit(as_json, campaigns, lambda: _table("Campaigns", columns, [[c.get(k) for k in columns] for c in campaigns]))
+    emit(as_json, campaigns, lambda: table("Campaigns", columns, [[c.get(k) for k in columns] for c in campaigns]))
 
 
 @campaigns_app.command("show")
@@ -422,7 +423,7 @@ def campaigns_show(
     as_json: JsonOption = False,
 ) -> None:
     """One campaign and its progress."""
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         campaign = client.campaign(campaign_id)
         progress = client.progress(campaign_id)
 
@@ -432,7 +433,7 @@ def campaigns_show(
         typer.echo(_campaign_line(campaign))
         Console().print(progress_view(progress))
 
-    _emit(as_json, {"campaign": campaign, "progress": progress}, human)
+    emit(as_json, {"campaign": campaign, "progress": progress}, human)
 
 
 def progress_view(progress: dict[str, Any]) -> Any:
@@ -499,7 +500,7 @@ def campaigns_watch(
 
     With --json, one progress snapshot per line (JSON lines) at each poll.
     """
-    with _client(server, token) as client:
+    with client_for(server, token) as client:
         if once:
             progress = client.progress(campaign_id)
             if as_json:

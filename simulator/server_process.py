@@ -81,7 +81,7 @@ class ServerProcess:
         except OSError as exc:
             raise ServerError(
                 f"no admin token at {path}: it is written on the server's first start; "
-                "make one with `ota tokens create --role admin` or use a fresh --data-dir"
+                f"make one with `ota db bootstrap-token --data-dir {self.data_dir}` or use a fresh --data-dir"
             ) from exc
 
     def warnings(self) -> list[str]:

@@ -1,8 +1,8 @@
-"""Reports for regulators and operators (viewer role): CSV, JSON and a PDF completion summary."""
+"""Reports for regulators and operators (viewer role): every kind as CSV, JSON or PDF."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
@@ -10,12 +10,9 @@ from fastapi.responses import Response
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
-from ota_server.reports import FORMATS, KINDS, build, render
+from ota_server.reports import FORMATS, KINDS, Format, Kind, build, render
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
-
-Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
-Format = Literal["csv", "json", "pdf"]
 
 
 @router.get("")
@@ -24,7 +21,7 @@ def list_reports() -> dict[str, Any]:
     return {
         "kinds": list(KINDS),
         "formats": list(FORMATS),
-        "pdf": ["completion"],
+        "pdf": list(KINDS),  # every kind (the completion report as a one-page summary)
         "url": "/api/v1/reports/recalls/{recall_id}/{kind}?format=csv|json|pdf",
         "audit_export": "/api/v1/audit/export",
     }
@@ -40,7 +37,7 @@ def get_report(
     kind: Kind,
     session: SessionDep,
     runtime: RuntimeDep,
-    format: Annotated[Format, Query(description="csv, json, or pdf (completion report only)")] = "json",
+    format: Annotated[Format, Query(description="csv, json or pdf")] = "json",
     quarter: Annotated[str | None, Query(max_length=8, description="Completion: YYYYQn (default: now)")] = None,
     week: Annotated[str | None, Query(max_length=8, description="VIN status: YYYY-Www (default: now)")] = None,
 ) -> Response:

@@ -1,13 +1,15 @@
 """Regulator and operator reports, generated from the data (one small module per report).
 
-Each ``build`` returns a :class:`~ota_server.reports.common.Report`, rendered as CSV or JSON;
-the completion report also as a PDF summary (:mod:`ota_server.reports.pdf`). The audit log has
+Each ``build`` returns a :class:`~ota_server.reports.common.Report`, rendered as CSV, JSON or
+PDF (:mod:`ota_server.reports.pdf`: the completion report as a one-page summary, the others as
+their header, summary and table). The audit log has
 its own export (``GET /api/v1/audit/export``, admin only).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal, get_args
 
 from sqlalchemy.orm import Session
 
@@ -15,8 +17,10 @@ from ota_server.errors import InvalidInput
 from ota_server.reports import completion, notices, population, type_approval, vin_status
 from ota_server.reports.common import Report
 
-KINDS = ("population", "completion", "vin-status", "notices", "type-approval")
-FORMATS = ("csv", "json", "pdf")
+Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
+Format = Literal["csv", "json", "pdf"]  # every kind in every format
+KINDS: tuple[Kind, ...] = get_args(Kind)
+FORMATS: tuple[Format, ...] = get_args(Format)
 
 
 def build(
@@ -42,18 +46,18 @@ def build(
 
 
 def render(report: Report, fmt: str) -> tuple[bytes, str]:
-    """The report's bytes and media type in ``fmt`` (csv, json, or pdf for the completion report)."""
+    """The report's bytes and media type in ``fmt`` (csv, json or pdf)."""
     import json
 
     if fmt == "csv":
         return report.to_csv().encode(), "text/csv; charset=utf-8"
     if fmt == "json":
         return json.dumps(report.to_json(), indent=2).encode(), "application/json"
-    if fmt == "pdf" and report.kind == "completion":
-        from ota_server.reports.pdf import completion_pdf
+    if fmt == "pdf":
+        from ota_server.reports.pdf import report_pdf
 
-        return completion_pdf(report), "application/pdf"
-    raise InvalidInput(f"format {fmt!r} is not available for the {report.kind} report")
+        return report_pdf(report), "application/pdf"
+    raise InvalidInput(f"format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
-__all__ = ["FORMATS", "KINDS", "Report", "build", "render"]
+__all__ = ["FORMATS", "KINDS", "Format", "Kind", "Report", "build", "render"]

@@ -40,11 +40,12 @@ class Report:
         writer = csv.DictWriter(out, fieldnames=self.columns, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
         for row in self.rows:
-            writer.writerow({k: _cell(row.get(k)) for k in self.columns})
+            writer.writerow({k: cell_text(row.get(k)) for k in self.columns})
         return out.getvalue()
 
 
-def _cell(value: Any) -> str:
+def cell_text(value: Any) -> str:
+    """A value as one CSV or PDF table cell shows it."""
     if value is None:
         return ""
     if isinstance(value, bool):

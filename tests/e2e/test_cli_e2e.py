@@ -68,3 +68,39 @@ def test_ota_sim_against_a_running_server(embedded_stack: Stack, tmp_path: Path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert (summary["cars"], summary["remedied"], summary["failed"]) == (6, 6, 0)
+
+
+def test_operator_commands_from_another_directory_use_OTA_SERVER(embedded_stack: Stack, tmp_path: Path) -> None:
+    """`ota tokens create`, `ota reports export` and `ota vehicles provision` as processes, run where
+    there is no ./var: they answer from the server and leave no database behind."""
+    client = embedded_stack.client
+    fleet = make_fleet(1)
+    register_fleet(client, fleet)
+    recall = file_recall(client, fleet, upload_fix(client, fleet, ScenarioOptions()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_")}
+    env |= {"OTA_SERVER": embedded_stack.endpoints.api_url, "OTA_TOKEN": embedded_stack.token}
+
+    def ota(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "ota_server", *args]
+        return subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
+
+    made = ota("tokens", "create", "--name", "care-desk", "--role", "viewer")
+    assert made.returncode == 0, made.stderr
+    viewer = subprocess.run(
+        [sys.executable, "-m", "ota_server", "recalls", "list", "--json"],
+        cwd=elsewhere,
+        env=env | {"OTA_TOKEN": made.stdout.strip()},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert viewer.returncode == 0, viewer.stderr
+    assert [r["id"] for r in json.loads(viewer.stdout)] == [recall["id"]]
+    exported = ota("reports", "export", str(recall["id"]), "--kind", "notices", "--format", "pdf", "--out", "n.pdf")
+    assert exported.returncode == 0, exported.stderr
+    assert (elsewhere / "n.pdf").read_bytes().startswith(b"%PDF")  # not launched yet: no notices, a PDF all the same
+    provisioned = ota("vehicles", "provision", fleet.cars[0].vin, "--out", "car", "--no-certificate")
+    assert provisioned.returncode == 0, provisioned.stderr
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["car", "n.pdf"]

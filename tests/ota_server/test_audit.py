@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import delete, func, select, update
-from typer.testing import CliRunner
 
-from ota_server.cli import app as ota_cli
+from ota_server import cli_ops
 from ota_server.db.models import AuditEntry, Recall
 from ota_server.services import audit
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.test_cli_ops import LoopTransport, ota
 
 
 async def _some_actions(env: Env) -> None:
@@ -106,24 +108,25 @@ async def test_no_action_is_stored_without_its_entry(env: Env, monkeypatch: pyte
     assert (await env.client.post("/api/v1/recalls", json=recall_body(release["id"]))).status_code == 201
 
 
-def _verify_cli(data_dir: Path) -> Any:
-    return CliRunner().invoke(ota_cli, ["audit", "verify", "--data-dir", str(data_dir)])
-
-
 async def test_tampering_is_caught_and_the_first_bad_entry_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.delenv("OTA_DATABASE_URL", raising=False)
     async with running(make_settings(tmp_path)) as env:
+        transport = LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
+        monkeypatch.setattr(cli_ops, "transport_override", transport)
+
+        async def _verify_cli() -> Any:  # `ota audit verify`, asking the server
+            return await ota(env, "audit", "verify")
+
         await _some_actions(env)
-        assert _verify_cli(tmp_path).exit_code == 0
+        assert (await _verify_cli()).exit_code == 0
         with env.runtime.sessions() as session:  # someone with database access hides the refusal
             session.execute(update(AuditEntry).where(AuditEntry.seq == 7).values(status=201, detail=None))
             session.commit()
         verified = (await env.client.get("/api/v1/audit/verify")).json()
         assert (verified["ok"], verified["first_bad"], verified["entries"]) == (False, 7, 6)
         assert "entry 7" in verified["problem"] and "altered" in verified["problem"]
-        result = _verify_cli(tmp_path)
+        result = await _verify_cli()
         assert result.exit_code == 1 and "entry 7" in result.output
 
         with env.runtime.sessions() as session:  # ... or removes it altogether
@@ -137,19 +140,3 @@ async def test_tampering_is_caught_and_the_first_bad_entry_named(
             session.commit()
         verified = (await env.client.get("/api/v1/audit/verify")).json()
         assert not verified["ok"] and "head records entry 8" in verified["problem"]
-
-
-def test_cli_creates_tokens_and_lists_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OTA_DATABASE_URL", raising=False)
-    runner = CliRunner()
-    made = runner.invoke(
-        ota_cli, ["tokens", "create", "--name", "alice", "--role", "operator", "--data-dir", str(tmp_path)]
-    )
-    assert made.exit_code == 0, made.output
-    assert made.output.strip().startswith("ota_")
-    listed = runner.invoke(ota_cli, ["tokens", "list", "--data-dir", str(tmp_path)])
-    assert "alice\toperator" in listed.output and made.output.strip() not in listed.output
-    wrong = runner.invoke(ota_cli, ["tokens", "create", "--name", "bob", "--role", "root", "--data-dir", str(tmp_path)])
-    assert wrong.exit_code != 0 and "role must be one of" in wrong.output
-    verified = _verify_cli(tmp_path)
-    assert verified.exit_code == 0 and "1 entries" in verified.output

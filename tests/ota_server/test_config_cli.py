@@ -36,7 +36,7 @@ def test_public_url_defaults_to_host_and_port() -> None:
 
 def test_db_upgrade_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("OTA_DATABASE_URL", raising=False)
-    result = CliRunner().invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path)])
+    result = CliRunner().invoke(app, ["db", "upgrade", "--data-dir", str(tmp_path), "--create"])
     assert result.exit_code == 0, result.output
     engine = make_engine(f"sqlite:///{tmp_path / 'ota.db'}")
     assert {"vehicles", "campaign_events", "repo_files", "alembic_version"} <= set(inspect(engine).get_table_names())

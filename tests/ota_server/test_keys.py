@@ -104,6 +104,10 @@ def root_key_path(dirs: KeyDirs, keyid: str) -> Path:
 
 def test_init_cli_makes_offline_root_2_of_3_and_online_keys(tmp_path: Path) -> None:
     offline = tmp_path / "offline"
+    created = CliRunner().invoke(
+        cli, ["db", "upgrade", "--create", "--data-dir", str(tmp_path)], env={"OTA_DATABASE_URL": ""}
+    )
+    assert created.exit_code == 0, created.output  # keys go into an existing database only
     result = CliRunner().invoke(
         cli,
         ["keys", "init", "--offline-dir", str(offline), "--data-dir", str(tmp_path), "--passphrase-env", "KEYPASS"],

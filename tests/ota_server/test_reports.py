@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
+import re
+import zlib
 from pathlib import Path
 from typing import Any
 
-from typer.testing import CliRunner
+import httpx
+import pytest
 
-from ota_server.cli import app as ota_cli
+from ota_server import cli_ops
 from ota_server.config import Settings
+from ota_server.reports import FORMATS, KINDS
 from tests.ota_server.conftest import Env, running
 from tests.ota_server.helpers import launched, remedied, vin
+from tests.ota_server.test_cli_ops import LoopTransport, ota
 
 QUARTER = "2026Q1"  # the FakeClock starts on 2026-03-01
 VINS = [vin(n) for n in range(1, 6)]
@@ -142,28 +148,53 @@ async def test_reports_need_a_token_and_known_inputs(env: Env) -> None:
     anonymous = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/population", headers={"Authorization": ""})
     assert anonymous.status_code == 401
     assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/nope")).status_code == 422
-    assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/notices?format=pdf")).status_code == 422
+    assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/notices?format=xml")).status_code == 422
     bad_quarter = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/completion?quarter=2026Q5")
     assert bad_quarter.status_code == 422
     assert (await env.client.get("/api/v1/reports/recalls/999/population")).status_code == 404
 
 
-async def test_cli_exports_a_report_to_a_file(settings: Settings, tmp_path: Path) -> None:
+async def test_cli_exports_a_report_to_a_file(
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     async with running(settings) as env:
+        transport = LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
+        monkeypatch.setattr(cli_ops, "transport_override", transport)
         recall_id, _ = await _campaign(env)
-    runner = CliRunner()
-    out = tmp_path / "completion.json"
-    data = ["--data-dir", str(settings.data_dir)]
-    args = ["reports", "export", str(recall_id), "--kind", "completion", "--quarter", QUARTER]
-    result = runner.invoke(ota_cli, [*args, "--format", "json", "--out", str(out), *data])
-    assert result.exit_code == 0, result.output
-    assert json.loads(out.read_text())["summary"]["involved"] == 5
-    pdf = tmp_path / "completion.pdf"
-    result = runner.invoke(ota_cli, [*args, "--format", "pdf", "--out", str(pdf), *data])
-    assert result.exit_code == 0, result.output
-    assert pdf.read_bytes().startswith(b"%PDF")
-    bad = runner.invoke(ota_cli, ["reports", "export", "999", "--kind", "population", "--out", str(pdf), *data])
-    assert bad.exit_code == 1 and "no recall 999" in bad.output
+        out = tmp_path / "completion.json"
+        args = ["reports", "export", str(recall_id), "--kind", "completion", "--quarter", QUARTER]
+        result = await ota(env, *args, "--format", "json", "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert json.loads(out.read_text())["summary"]["involved"] == 5
+        pdf = tmp_path / "completion.pdf"
+        result = await ota(env, *args, "--format", "pdf", "--out", str(pdf))
+        assert result.exit_code == 0, result.output
+        assert pdf.read_bytes().startswith(b"%PDF")
+        bad = await ota(env, "reports", "export", "999", "--kind", "population", "--out", str(pdf))
+        assert bad.exit_code == 1 and "no recall 999" in bad.output
+
+
+def pdf_text(pdf: bytes) -> str:
+    """The text drawn on a PDF's pages (fpdf2 compresses each page's content stream)."""
+    streams = re.findall(rb"stream\r?\n(.*?)\r?\nendstream", pdf, re.DOTALL)
+    return b"".join(zlib.decompress(stream) for stream in streams if stream[:1] == b"x").decode("latin-1")
+
+
+async def test_every_kind_is_available_as_pdf_csv_and_json(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    index = (await env.client.get("/api/v1/reports")).json()
+    assert index["formats"] == list(FORMATS) and index["pdf"] == list(KINDS)
+    for kind in KINDS:
+        params = {"quarter": QUARTER} if kind == "completion" else {}
+        for fmt in FORMATS:
+            await _get(env, recall_id, kind, fmt, **params)
+        pdf = await _get(env, recall_id, kind, "pdf", **params)
+        assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
+        assert f"{kind}.pdf" in pdf.headers["content-disposition"]
+        text = pdf_text(pdf.content)
+        assert "24V-123" in text, kind
+        if kind in ("vin-status", "type-approval"):  # a row per car, in the PDF too
+            assert all(car in text for car in VINS), kind
 
 
 def test_compatibility_check_against_the_last_known_configuration() -> None:
