@@ -17,6 +17,7 @@ from ota_server.schemas import (
     NoticeLogEntry,
     OutcomeCreate,
     Progress,
+    Text,
     VinOutcome,
 )
 from ota_server.services import campaign_control, campaigns, progress
@@ -118,7 +119,7 @@ async def record_outcome(
 def notice_log(
     campaign_id: Id,
     session: SessionDep,
-    vin: Annotated[str | None, Query(max_length=17, description="Only this car")] = None,
+    vin: Annotated[Text | None, Query(max_length=17, description="Only this car")] = None,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[NoticeLogEntry]:

@@ -9,7 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile, status
 from ota_server.api.auth import OperatorSession, needs_read
 from ota_server.api.deps import RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
-from ota_server.schemas import ReleasePublic
+from ota_server.schemas import ReleasePublic, Text
 from ota_server.services import releases
 from ota_server.services.deltas import DeltaPolicy
 
@@ -19,8 +19,8 @@ router = APIRouter(prefix="/api/v1/releases", tags=["releases"])
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def upload_release(
     file: Annotated[UploadFile, File(description="The bundle (firmware_bundles.bundle format)")],
-    hardware_id: Annotated[str, Form(max_length=64)],
-    version: Annotated[str, Form(max_length=64)],
+    hardware_id: Annotated[Text, Form(max_length=64)],
+    version: Annotated[Text, Form(max_length=64)],
     release_counter: Annotated[int, Form(ge=0, le=2**31 - 1)],
     session: OperatorSession,
     runtime: RuntimeDep,

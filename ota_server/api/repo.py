@@ -12,6 +12,9 @@ from fastapi.responses import FileResponse
 
 from firmware_bundles import repo_paths
 from ota_server.api.deps import RuntimeDep
+from ota_server.api.openapi import errors
+from ota_server.errors import NotFound
+from ota_server.repo_http import unservable
 
 router = APIRouter(prefix="/repo", tags=["repository"])
 
@@ -22,16 +25,26 @@ def _json(data: bytes) -> Response:
     return Response(content=data, media_type="application/json", headers=_NO_CACHE)
 
 
-@router.get("/" + repo_paths.IMAGE_METADATA + "{name}")
+def _servable(*parts: str) -> None:
+    """The same 404 as ``repo_http`` for a path no file can have (a control character)."""
+    for part in parts:
+        if (problem := unservable(part)) is not None:
+            raise NotFound(problem)
+
+
+@router.get("/" + repo_paths.IMAGE_METADATA + "{name}", responses=errors(503))
 def image_metadata(name: str, runtime: RuntimeDep) -> Response:
+    _servable(name)
     return _json(runtime.repo_reader.image(name))
 
 
-@router.get("/" + repo_paths.TARGETS + "{target_path:path}")
+@router.get("/" + repo_paths.TARGETS + "{target_path:path}", responses=errors(503))
 def image_target(target_path: str, runtime: RuntimeDep) -> FileResponse:
+    _servable(target_path)
     return FileResponse(runtime.repo_reader.target(target_path), media_type="application/octet-stream")
 
 
-@router.get("/" + repo_paths.DIRECTOR_METADATA + "{name}")
+@router.get("/" + repo_paths.DIRECTOR_METADATA + "{name}", responses=errors(503))
 def director_metadata(vin: str, name: str, runtime: RuntimeDep) -> Response:
+    _servable(vin, name)
     return _json(runtime.repo_reader.director(vin, name))

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from firmware_bundles.messages import MAX_MESSAGE_BYTES, encode
 from ota_server.db.models import Campaign, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.rollout.plan import start_problem
 from ota_server.schemas import Population, RecallCreate, RecallPublic
 from ota_server.services import approvals, campaigns
 from ota_server.services import population as populations
@@ -71,7 +72,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     if session.scalar(select(Recall.id).where(Recall.campaign_number == number)) is not None:
         raise Conflict(f"recall {number} already exists")
     population = populations.normalised(body.population)
-    _check_rollout(session, body)
+    _check_rollout(session, body, now)
     _check_rollback_release(session, body, release)
     recall = Recall(
         campaign_number=number,
@@ -106,7 +107,9 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     return answer
 
 
-def _check_rollout(session: Session, body: RecallCreate) -> None:
+def _check_rollout(session: Session, body: RecallCreate, now: datetime) -> None:
+    if body.rollout is not None and (problem := start_problem(body.rollout, now)) is not None:
+        raise InvalidInput(problem)
     if body.owner_notice is not None and body.owner_notice.safety_recall != body.safety_recall:
         raise InvalidInput(
             f"owner_notice.safety_recall is {body.owner_notice.safety_recall} but the recall's safety_recall is "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 import pytest
@@ -137,3 +137,52 @@ async def test_nul_in_a_population_is_refused_and_every_read_still_answers(eithe
     assert "population.models[0]" in resp.json()["detail"] and "U+0000" in resp.json()["detail"]
     assert (await env.client.get("/api/v1/recalls")).json() == []
     await _reads_answer(env)
+
+
+async def test_plans_that_would_not_run_as_written_are_refused(env: Env) -> None:
+    """Issue 14: these plans were filed silently (or broke the scheduler later)."""
+    release_id = await _release(env)
+    window = {"start": "01:00", "end": "05:00"}
+    refused: list[tuple[dict[str, Any], str]] = [
+        ({"waves": [{"percent": 20}]}, "last wave takes every car left"),
+        ({"waves": [{"cars": 5}, {"percent": 50}]}, "last wave takes every car left"),
+        ({"waves": [{"cars": 5}]}, "last wave takes every car left"),
+        ({"waves": [{"percent": 30}, {"percent": 10}, {"percent": 100}]}, "less than the 30%"),
+        ({"waves": [{"percent": 60}, {"percent": 60}, {"percent": 100}]}, "100% or more"),
+        ({"windows": [window | {"end": "01:00"}]}, "two different times"),
+        ({"windows": [window | {"start": "01:00+05:00"}]}, "UTC offset"),
+        ({"windows": [window | {"end": "05:00Z"}]}, "UTC offset"),
+        ({"device_timeout_s": 1e308}, "device_timeout_s"),
+        ({"ack_timeout_s": 10**12}, "ack_timeout_s"),
+        ({"retry_backoff_s": 1e300}, "retry_backoff_s"),
+        ({"retry_backoff_max_s": 1e300}, "retry_backoff_max_s"),
+        ({"error_threshold_count": 10**30}, "error_threshold_count"),
+        ({"rate": {"per_minute": 10, "ramp": {"start_per_minute": 1, "every_notified": 10**30}}}, "every_notified"),
+        ({"start_at": "0001-01-01T00:00:00+05:00"}, "2000 to 2100"),
+        ({"start_at": "9999-12-31T23:59:59-05:00"}, "2000 to 2100"),
+        ({"start_at": "2020-01-01T00:00:00Z"}, "in the past"),
+        ({"start_at": "2030-01-01T00:00:00Z"}, "more than a year ahead"),
+        ({"default_time_zone": "Europe"}, "IANA"),
+        ({"default_time_zone": "localtime"}, "IANA"),
+    ]
+    for n, (plan, words) in enumerate(refused, start=100):
+        body = recall_body(release_id, f"24V-{n}") | {"rollout": plan}
+        resp = await env.client.post("/api/v1/recalls", json=body)
+        assert resp.status_code == 422, (plan, resp.text)
+        assert words in resp.json()["detail"], (plan, resp.text)
+    for n, filters in enumerate(
+        [{"production_dates": {"start": "0001-01-01"}}, {"production_dates": {"end": "9999-12-31"}}], start=200
+    ):
+        resp = await env.client.post("/api/v1/recalls", json=recall_body(release_id, f"24V-{n}", **filters))
+        assert resp.status_code == 422 and "production_dates" in resp.json()["detail"], resp.text
+    assert (await env.client.get("/api/v1/recalls")).json() == []
+    accepted = {
+        "waves": [{"cars": 5}, {"percent": 10}, {"percent": 20}, {"percent": 100}],
+        "windows": [{"start": "23:00", "end": "05:00"}],
+        "start_at": (env.clock() + timedelta(days=30)).isoformat(),
+        "default_time_zone": "EST5EDT",
+        "device_timeout_s": 86400,
+    }
+    resp = await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-300") | {"rollout": accepted})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["rollout"]["waves"][-1] == {"cars": None, "percent": 100.0}

@@ -11,7 +11,7 @@ from sqlalchemy import MetaData, func, select
 
 from ota_server.db.models import AuditEntry
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import bundle_bytes, recall_body, upload, vehicle, vin
+from tests.ota_server.helpers import bundle_bytes, launched, recall_body, upload, vehicle, vin
 from tests.ota_server.test_fuzz_api import snapshot
 
 Request = tuple[str, str, dict[str, Any]]
@@ -84,3 +84,89 @@ async def test_rejected_posts_store_nothing(env: Env) -> None:
         audited = session.scalar(select(func.count()).select_from(AuditEntry))
     assert audited is not None and audited_before is not None and audited > audited_before
     assert (await env.client.post(launch, headers=alice)).status_code == 202  # still waiting, untouched
+
+
+NUL = "\u0000"
+
+
+async def test_control_characters_are_refused_alike_on_both_backends(either_env: Env) -> None:
+    """Issue 14: U+0000 was stored by SQLite and a 500 on PostgreSQL; now every way in answers the same 4xx."""
+    env = either_env
+    car = vin(1)
+    campaign = await launched(env.client, [car])
+    cid, release_id = campaign["id"], campaign["release_id"]
+    recall = recall_body(release_id, "24V-555")
+    notice = {"purpose": "Fix", "safety_recall": False, "contact": {"name": "Care"}}
+    fresh = vehicle(vin(2))
+    ecu = fresh["ecus"][0]
+    lone_surrogate = b'{"campaign_number": "24V-556", "title": "\\ud800", "defect": "d", "safety_risk": "r", '
+    lone_surrogate += b'"remedy": "m", "release_id": %d}' % release_id
+    attempts: list[tuple[Request, int, str]] = [
+        (_json("/api/v1/vehicles", fresh | {"make": f"Ac{NUL}me"}), 422, "make"),
+        (_json("/api/v1/vehicles", fresh | {"model": f"S{NUL}edan"}), 422, "model"),
+        (_json("/api/v1/vehicles", fresh | {"ecus": [ecu | {"serial": f"S{NUL}1"}]}), 422, "ecus[0].serial"),
+        (_json("/api/v1/vehicles", fresh | {"ecus": [ecu | {"hardware_id": f"e{NUL}"}]}), 422, "hardware_id"),
+        (_json("/api/v1/vehicles", fresh | {"ecus": [ecu | {"installed_version": f"1{NUL}"}]}), 422, "version"),
+        (_json("/api/v1/vehicles", fresh | {"time_zone": f"UTC{NUL}"}), 422, "time_zone"),
+        (_json("/api/v1/vehicles/batch", {"vehicles": [fresh | {"model": f"\x07{NUL}"}]}), 422, "vehicles[0]"),
+        (_json("/api/v1/recalls", recall | {"title": f"T{NUL}"}), 422, "title"),
+        (_json("/api/v1/recalls", recall | {"manufacturer_number": f"M{NUL}"}), 422, "manufacturer_number"),
+        (_json("/api/v1/recalls", recall | {"defect": f"D{NUL}"}), 422, "defect"),
+        (_json("/api/v1/recalls", recall_body(release_id, "24V-555", models=[f"S{NUL}edan"])), 422, "models[0]"),
+        (_json("/api/v1/recalls", recall_body(release_id, "24V-555", hardware_id=f"e{NUL}")), 422, "hardware_id"),
+        (
+            _json("/api/v1/recalls", recall_body(release_id, "24V-555", installed_versions={"min": f"1{NUL}"})),
+            422,
+            "installed_versions.min",
+        ),
+        (
+            _json("/api/v1/recalls", recall_body(release_id, "24V-555", vin_range={"first": NUL, "last": car})),
+            422,
+            "vin_range.first",
+        ),
+        (_json("/api/v1/recalls", recall | {"owner_notice": notice | {"purpose": f"F{NUL}"}}), 422, "purpose"),
+        (
+            _json("/api/v1/recalls", recall | {"owner_notice": notice | {"contact": {"name": NUL}}}),
+            422,
+            "owner_notice.contact.name",
+        ),
+        (("POST", "/api/v1/recalls", {"content": lone_surrogate}), 422, "title"),
+        (_json(f"/api/v1/campaigns/{cid}/pause", {"reason": f"calls{NUL}"}), 422, "reason"),
+        (
+            _json(
+                f"/api/v1/campaigns/{cid}/vehicles/{car}/outcome", {"outcome": "inspected_not_needed", "evidence": NUL}
+            ),
+            422,
+            "evidence",
+        ),
+        (
+            _json(
+                f"/api/v1/campaigns/{cid}/vehicles/{car}/outcome",
+                {"outcome": "inspected_not_needed", "evidence": "RO-1", "reference": f"R{NUL}"},
+            ),
+            422,
+            "reference",
+        ),
+        (_json("/api/v1/tokens", {"name": f"e{NUL}ve", "role": "viewer"}), 422, "name"),
+        (_upload(b"x", hardware_id=f"ecu{NUL}"), 422, "hardware_id"),
+        (_upload(b"x", version=f"9{NUL}"), 422, "version"),
+        (("GET", "/api/v1/vehicles/1HGCM8269NA00010%00", {}), 422, "vin"),
+        (("GET", f"/api/v1/campaigns/{cid}/notices?vin=%00", {}), 422, "vin"),
+        (("GET", f"/api/v1/public/recalls?vin={car[:16]}%00", {}), 422, "vin"),
+        (("GET", f"/api/v1/reports/recalls/{campaign['recall_id']}/completion?quarter=2026Q%00", {}), 422, "quarter"),
+        (("GET", f"/repo/director/{car}%00/metadata/targets.json", {}), 404, "no such"),
+        (("GET", "/repo/director/X%00/metadata/1.root.json", {}), 404, "no such"),
+        (("GET", "/repo/image/targets/a%00b", {}), 404, "no such"),
+        (("GET", "/repo/image/metadata/1.root%00.json", {}), 404, "no such"),
+    ]
+    metadata = MetaData()
+    metadata.reflect(env.runtime.engine)
+    before = snapshot(env.runtime.engine, metadata)
+    for (method, path, kwargs), status, words in attempts:
+        headers = {"content-type": "application/json"} if "content" in kwargs else None
+        resp = await env.client.request(method, path, headers=headers, **kwargs)
+        assert resp.status_code == status, (method, path, resp.status_code, resp.text)
+        assert words in resp.json()["detail"], (path, resp.text)
+        assert snapshot(env.runtime.engine, metadata) == before, (method, path, resp.text)
+    assert (await env.client.get("/api/v1/recalls")).status_code == 200
+    assert (await env.client.get(f"/api/v1/vehicles/{car}")).status_code == 200

@@ -121,3 +121,22 @@ async def test_batch_of_one_still_names_the_index(env: Env) -> None:
     resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle("1HGCM82633A00435X")]})
     assert resp.status_code == 422
     assert resp.json()["detail"].startswith("vehicles[0]: invalid VIN '1HGCM82633A00435X'")
+
+
+async def test_time_zones_are_iana_zones_only(env: Env) -> None:
+    """Issue 14: "Europe" (a tzdata folder) was a 500; "localtime" (the server's own zone) was accepted."""
+    for n, name in enumerate(["Europe", "localtime", "Factory", "europe/berlin", "../zoneinfo/UTC"], start=10):
+        resp = await env.client.post("/api/v1/vehicles", json=vehicle(vin(n)) | {"time_zone": name})
+        assert resp.status_code == 422, (name, resp.text)
+        assert "time_zone" in resp.json()["detail"] and "IANA" in resp.json()["detail"], resp.text
+    for n, name in enumerate(["EST5EDT", "Europe/Berlin", "UTC", "America/Argentina/Buenos_Aires"], start=20):
+        resp = await env.client.post("/api/v1/vehicles", json=vehicle(vin(n)) | {"time_zone": name})
+        assert resp.status_code == 201, (name, resp.text)
+        assert resp.json()["time_zone"] == name
+
+
+async def test_production_dates_are_plausible(env: Env) -> None:
+    for n, day in enumerate(["0001-01-01", "9999-12-31", "1900-06-01"], start=30):
+        resp = await env.client.post("/api/v1/vehicles", json=vehicle(vin(n)) | {"production_date": day})
+        assert resp.status_code == 422, (day, resp.text)
+        assert "production_date" in resp.json()["detail"] and "1979-01-01" in resp.json()["detail"]
