@@ -39,12 +39,13 @@ if [ $# -ge 2 ]; then
     "$API/api/v1/campaigns/1/vehicles/$2/outcome" >/dev/null
 fi
 
+export OTA_SERVER=$API OTA_TOKEN=$TOKEN  # `ota reports export` asks the server
 for kind in population completion vin-status notices type-approval; do
   for format in csv json; do
-    "$BIN/ota" reports export 1 --kind "$kind" --format "$format" --out "$OUT/$kind.$format" --data-dir "$WORK/server"
+    "$BIN/ota" reports export 1 --kind "$kind" --format "$format" --out "$OUT/$kind.$format"
   done
 done
-"$BIN/ota" reports export 1 --kind completion --format pdf --out "$OUT/completion.pdf" --data-dir "$WORK/server"
+"$BIN/ota" reports export 1 --kind completion --format pdf --out "$OUT/completion.pdf"
 curl -sf -H "Authorization: Bearer $TOKEN" "$API/api/v1/audit/export" -o "$OUT/audit.json"
 cp "$WORK/sim.json" "$OUT/run-summary.json"
 echo "samples written to $OUT"
