@@ -35,6 +35,14 @@ class NotReady(OtaError):
     """A dependency (broker, signing keys) is not available yet; the caller may retry."""
 
 
+class Unavailable(NotReady):
+    """A dependency that was there is down for now (the database): ask again in ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class Unauthorized(OtaError):
     """No API token, or one the server does not know (or has revoked)."""
 

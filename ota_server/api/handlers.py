@@ -21,6 +21,7 @@ from ota_server.errors import (
     RateLimited,
     TooLarge,
     Unauthorized,
+    Unavailable,
 )
 
 # Most specific first: TooLarge is an InvalidInput.
@@ -45,14 +46,15 @@ def status_for(error: OtaError) -> int:
 
 async def _ota_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OtaError)
-    return JSONResponse({"detail": exc.message}, status_code=status_for(exc), headers=_headers(exc))
+    return JSONResponse({"detail": exc.message}, status_code=status_for(exc), headers=headers_for(exc))
 
 
-def _headers(exc: OtaError) -> dict[str, str] | None:
-    if isinstance(exc, Unauthorized):
+def headers_for(error: OtaError) -> dict[str, str] | None:
+    """The headers an error's answer carries (also used by the /repo layer outside the API stack)."""
+    if isinstance(error, Unauthorized):
         return {"WWW-Authenticate": "Bearer"}
-    if isinstance(exc, RateLimited):
-        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(error, RateLimited | Unavailable):
+        return {"Retry-After": str(max(1, math.ceil(error.retry_after)))}
     return None
 
 

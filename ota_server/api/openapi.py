@@ -31,11 +31,17 @@ DESCRIPTIONS: dict[int, str] = {
     413: "The request body is over the server's limit",
     422: "The input breaks a rule; the detail names each problem",
     429: "Too many requests; Retry-After says in how many seconds to try again",
-    503: "A dependency (broker, signing keys) is not ready; retry later",
+    503: "A dependency (database, broker, signing keys) is not available; retry later (after Retry-After, when given)",
 }
 _HEADERS: dict[int, dict[str, Any]] = {
     401: {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
     429: {"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer", "minimum": 1}}},
+    503: {
+        "Retry-After": {
+            "description": "Seconds to wait (database outages)",
+            "schema": {"type": "integer", "minimum": 1},
+        }
+    },
 }
 _ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
 # FastAPI's own 422 body, which this API never sends.

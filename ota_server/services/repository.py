@@ -20,31 +20,37 @@ chain and a bundle, so this is the server's hottest read path (see
   transaction for up to 200 VINs); the thread that signed hands each waiting request
   the bytes it wrote, so nothing is read back. Deadlocks and serialization failures
   between replicas are retried; a VIN another replica signed first is read back;
-- a bundle's file is found once per target path (published targets never change).
+- a bundle's file is found once per target path (published targets never change);
+- a database that cannot be reached (refused, cut, out of pooled connections) is
+  :class:`~ota_server.errors.Unavailable`, answered 503 with ``Retry-After``: the cars ask
+  again shortly instead of failing their campaign on a server's passing outage.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import ParamSpec, TypeVar
 
 from sqlalchemy import Engine, event, select
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles.uptane import due
 from ota_server.bundle_store import BundleStore
 from ota_server.db.models import RepoFile
-from ota_server.errors import NotFound
+from ota_server.errors import NotFound, Unavailable
 from ota_server.services import releases
 from ota_server.signing.director import PENDING, Chain, Director
 from ota_server.signing.store import CHAIN, DIRECTOR, IMAGE, REPO_WIDE
@@ -59,7 +65,10 @@ _ATTEMPTS = 5
 # PostgreSQL's deadlock_detected and serialization_failure: the transaction may simply be run again.
 _RETRY_SQLSTATES = frozenset({"40P01", "40001"})
 _SERVED = ("timestamp.json", "snapshot.json", "targets.json", PENDING)
+# What a car is told to wait while the database is unreachable (its agent backs off from here).
+UNAVAILABLE_RETRY_AFTER_S = 5.0
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 @dataclass(frozen=True)
@@ -83,6 +92,35 @@ def _retryable(exc: DBAPIError) -> bool:
         return True
     code = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
     return code in _RETRY_SQLSTATES
+
+
+def _unreachable(exc: DBAPIError | PoolTimeout) -> bool:
+    """The database is not answering (refused, cut, restarting, no pooled connection free), as
+    opposed to a query this code got wrong, which stays a 500."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeout):
+        return True
+    return exc.connection_invalidated
+
+
+@contextmanager
+def _database_reachable() -> Iterator[None]:
+    try:
+        yield
+    except (DBAPIError, PoolTimeout) as exc:
+        if not _unreachable(exc):
+            raise
+        raise Unavailable("the database is unavailable; try again shortly", UNAVAILABLE_RETRY_AFTER_S) from exc
+
+
+def _reachable(read: Callable[P, T]) -> Callable[P, T]:
+    """A read whose database failure is :class:`Unavailable` (a 503 the agents retry), not a 500."""
+
+    @functools.wraps(read)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        with _database_reachable():
+            return read(*args, **kwargs)
+
+    return wrapper
 
 
 class ChainCache:
@@ -289,6 +327,7 @@ class RepoReader:
             raise NotFound(f"no {repo} metadata {name!r}")
         return data
 
+    @_reachable
     def image(self, name: str) -> bytes:
         return self._pick(self._copy(IMAGE), IMAGE, name)
 
@@ -306,6 +345,7 @@ class RepoReader:
         self._known_chains.add(vin)  # a chain is never deleted
         return True
 
+    @_reachable
     def director(self, vin: str, name: str) -> bytes:
         """The Director's root (shared) or this VIN's own chain; 404 until the VIN has been assigned anything."""
         vin = vin.upper()
@@ -405,6 +445,7 @@ class RepoReader:
         self.chains.put_chain(vin, rows)
         return rows["timestamp.json"][1]
 
+    @_reachable
     def target(self, target_path: str) -> Path:
         """The file of a published bundle or delta target."""
         path = self._target_paths.get(target_path)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -157,3 +159,78 @@ async def test_two_replicas_asking_at_once_on_postgresql_sign_one_chain(tmp_path
                     assert Metadata[Timestamp].from_bytes(answers.pop()).signed.version == 1
         finally:
             engine.dispose()
+
+
+@contextmanager
+def refusing(url: str) -> Iterator[None]:
+    """The server's PostgreSQL database refuses every connection (open ones are cut) until the block ends."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from tests import services
+
+    name = make_url(url).database
+    where = f"host={services.POSTGRES_HOST} port={services.POSTGRES_PORT}"
+    admin = f"{where} dbname={services.POSTGRES_ADMIN_DB} user=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,))
+    try:
+        yield
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
+@pytest.mark.services
+async def test_a_database_outage_answers_503_with_retry_after_then_recovers(
+    tmp_path: Path, postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.ota_server.conftest import make_settings, running
+
+    async with running(make_settings(tmp_path, database_url=postgres_url)) as env:
+        v = vin(1)
+        await launched(env.client, [v])
+        await env.runtime.dispatcher.idle()
+        release = await upload(env.client, version="1.2.0", counter=3)  # a target path never served yet
+        target_path = release.json()["target_path"]
+        urls = [
+            f"/repo/director/{v}/metadata/timestamp.json",
+            f"/repo/director/{v}/metadata/targets.json",
+            "/repo/image/metadata/timestamp.json",
+            f"/repo/image/targets/{target_path}",
+        ]
+        caplog.clear()
+        with refusing(postgres_url):
+            env.runtime.repo_reader.invalidate()  # no fresh copy of the Image repository in memory
+            for url in urls:
+                resp = await env.client.get(url)
+                assert resp.status_code == 503, (url, resp.text)
+                assert int(resp.headers["retry-after"]) >= 1
+                assert "database" in resp.json()["detail"]
+        repo_logs = [r for r in caplog.records if r.name == "ota_server.repo_http"]
+        assert repo_logs and all(r.exc_info is None and "\n" not in r.getMessage() for r in repo_logs)
+        assert all(r.levelname != "ERROR" for r in repo_logs)
+        for url in urls:  # the database is back: so are the answers
+            assert (await env.client.get(url)).status_code == 200, url
+
+
+def test_a_database_nobody_listens_for_is_unavailable_not_a_crash() -> None:
+    """No server at all behind the engine (a closed port): the reads say Unavailable, with a wait."""
+    import socket
+
+    from ota_server.errors import Unavailable
+
+    with socket.socket() as probe:  # a port that was free a moment ago and has no listener now
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    engine = create_engine(f"postgresql+psycopg://postgres@127.0.0.1:{port}/none?connect_timeout=2")
+    now = datetime(2026, 3, 1, tzinfo=UTC)
+    reader = RepoReader(engine, sessionmaker(engine), None, None, lambda: now)  # type: ignore[arg-type]
+    try:
+        for read in (lambda: reader.image("timestamp.json"), lambda: reader.director(vin(1), "timestamp.json")):
+            with pytest.raises(Unavailable) as raised:
+                read()
+            assert raised.value.retry_after > 0
+    finally:
+        engine.dispose()
