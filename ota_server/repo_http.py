@@ -11,13 +11,16 @@ deltas up to ``SMALL_FILE_BYTES`` are kept in memory once read (their files are 
 content and never change) and answered with one send, ``Range: bytes=N-`` honoured; larger
 ones, and other ranges, go through Starlette's ``FileResponse``. Anything else, and a path it
 does not know, goes on to the app. It counts its requests in the same HTTP latency histogram
-as the API, labelled by route template.
+as the API, labelled by route template. Errors are answered with the API's own status and
+headers (:mod:`ota_server.api.handlers`): a database outage is a 503 with ``Retry-After``,
+logged in one line (at most one every ``OUTAGE_LOG_EVERY_S``, with the count between).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import threading
 import time
@@ -30,7 +33,8 @@ from starlette.responses import FileResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from firmware_bundles import repo_paths
-from ota_server.errors import NotFound, NotReady, OtaError
+from ota_server.api.handlers import headers_for, status_for
+from ota_server.errors import OtaError
 from ota_server.metrics import Metrics
 from ota_server.schemas import text_problem
 from ota_server.services.repository import RepoReader
@@ -49,6 +53,9 @@ _RANGES = (b"accept-ranges", b"bytes")
 _OPEN_RANGE = re.compile(r"^bytes=(\d{1,15})-$")
 SMALL_FILE_BYTES = 1 << 20  # bundles and deltas up to this size are served from memory
 SMALL_FILES_TOTAL = 64 << 20  # at most this much of them kept
+OUTAGE_LOG_EVERY_S = 10.0  # a fleet asking through an outage: one log line per this many seconds
+
+log = logging.getLogger(__name__)
 
 
 class SmallFiles:
@@ -93,6 +100,11 @@ def _json_error(status: int, detail: str) -> tuple[int, bytes]:
     return status, json.dumps({"detail": detail}).encode()
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def unservable(path: str) -> str | None:
     """Why no repository file can have this (decoded) path, or None.
 
@@ -105,13 +117,22 @@ def unservable(path: str) -> str | None:
 
 class RepoHttp:
     def __init__(
-        self, app: ASGIApp, reader_of: Callable[[], RepoReader | None], metrics: Metrics, *, threads: int = 8
+        self,
+        app: ASGIApp,
+        reader_of: Callable[[], RepoReader | None],
+        metrics: Metrics,
+        *,
+        threads: int = 8,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.app = app
         self._reader_of = reader_of
         self._metrics = metrics
         self._pool = ThreadPoolExecutor(threads, thread_name_prefix="repo-read")
         self.small_files = SmallFiles()
+        self._monotonic = monotonic
+        self._logged_at: float | None = None
+        self._unlogged = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path: str = scope.get("path", "")
@@ -159,15 +180,34 @@ class RepoHttp:
             body = cached()
             if body is None:
                 body = await asyncio.get_running_loop().run_in_executor(self._pool, read)
-            status = 200
-        except NotFound as exc:
-            status, body = _json_error(404, exc.message)
         except OtaError as exc:
-            status, body = _json_error(503 if isinstance(exc, NotReady) else 500, exc.message)
+            return await self._error(scope, send, exc)
         headers = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
+        return 200
+
+    async def _error(self, scope: Scope, send: Send, exc: OtaError) -> int:
+        """The error's answer as the API gives it (status, headers, ``{"detail": ...}``)."""
+        status, body = _json_error(status_for(exc), exc.message)
+        if status >= 500:
+            self._log_refusal(scope, status, exc)
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers_for(exc) or {}).items()]
+        headers = [*_JSON_HEADERS, *extra, (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"" if scope["method"] == "HEAD" else body})
         return status
+
+    def _log_refusal(self, scope: Scope, status: int, exc: OtaError) -> None:
+        """One line, no traceback: an outage is the operator's news once, not a screen per car."""
+        now = self._monotonic()
+        if self._logged_at is not None and now - self._logged_at < OUTAGE_LOG_EVERY_S:
+            self._unlogged += 1
+            return
+        cause = f" ({type(exc.__cause__).__name__}: {_first_line(exc.__cause__)})" if exc.__cause__ else ""
+        more = f"; {self._unlogged} more such answers since the last line" if self._unlogged else ""
+        log.warning("%s %s answered %d: %s%s%s", scope["method"], scope["path"], status, exc.message, cause, more)
+        self._logged_at, self._unlogged = now, 0
 
     async def _target(self, reader: RepoReader, target_path: str, scope: Scope, receive: Receive, send: Send) -> int:
         range_header = _header(scope, b"range")
@@ -184,12 +224,8 @@ class RepoHttp:
                 )
                 if data is not None:
                     return await self._small(scope, send, data, int(wanted[1]) if wanted else None)
-        except NotFound as exc:
-            status, body = _json_error(404, exc.message)
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            await send({"type": "http.response.body", "body": body})
-            return status
+        except OtaError as exc:
+            return await self._error(scope, send, exc)
         response = FileResponse(file, media_type="application/octet-stream")
         status = 200
         original_send = send
