@@ -218,7 +218,11 @@ def _read_vehicles(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
     return vehicles, lines
 
 
-_INDEX = re.compile(r"vehicles[.\[](\d+)\]?\.?")
+# Where the server names a car of the batch: "vehicles[3].vin: ..." (a field) or "vehicles[3]: ..."
+# (the car); the whole reference goes, so the line's own "VIN ...: " takes its place.
+_INDEX = re.compile(r"vehicles[.\[](\d+)\]?(?:\.|:\s*)?")
+# Refusals that name one car of the file: invalid (422) or already registered (409).
+_PER_CAR = frozenset({409, 422})
 
 
 def vehicles_import(
@@ -237,7 +241,7 @@ def vehicles_import(
             created = client.register_vehicles(vehicles)
     except ApiError as exc:
         match = _INDEX.search(exc.detail)
-        if exc.status == 422 and match and int(match.group(1)) < len(lines):
+        if exc.status in _PER_CAR and match and int(match.group(1)) < len(lines):
             index = int(match.group(1))
             problem = _INDEX.sub("", exc.detail, count=1).strip()
             fail(

@@ -142,6 +142,25 @@ async def test_csv_import_with_a_bad_line_names_it_and_stores_nothing(wired: Env
     assert (await wired.client.get(f"/api/v1/vehicles/{vins[0]}")).status_code == 404
 
 
+async def test_csv_import_names_the_line_of_every_kind_of_refusal(wired: Env, tmp_path: Path) -> None:
+    """Issue 14: a VIN already registered came without its line, and messages had a stray ': :'."""
+    registered, others = vin(9), [vin(i) for i in range(1, 4)]
+    assert (await ota(wired, "vehicles", "import", str(write_csv(tmp_path / "one.csv", [registered])))).exit_code == 0
+    good = vin(5)
+    bad_digit = good[:8] + ("0" if good[8] != "0" else "1") + good[9:]
+    cases = [
+        ([*others, registered], "line 5", f"VIN {registered} is already registered", "409"),
+        ([others[0], others[1], others[0]], "line 4", "appears twice", "422"),
+        ([others[0], bad_digit], "line 3", "check digit", "422"),
+    ]
+    for n, (vins, line, words, status) in enumerate(cases):
+        result = await ota(wired, "vehicles", "import", str(write_csv(tmp_path / f"cars{n}.csv", vins)))
+        assert result.exit_code == 1, result.output
+        assert f"{line} (VIN " in result.stderr and words in result.stderr and status in result.stderr, result.stderr
+        assert ": :" not in result.stderr and "nothing was imported" in result.stderr, result.stderr
+    assert (await wired.client.get(f"/api/v1/vehicles/{others[0]}")).status_code == 404
+
+
 async def test_csv_without_a_required_column_is_a_usage_error(wired: Env, tmp_path: Path) -> None:
     path = tmp_path / "cars.csv"
     path.write_text("vin,model\n1HG,Sedan\n")
