@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
+from pydantic import ValidationError
 from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -46,6 +47,18 @@ def plan_of(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan:
     if campaign is not None and campaign.kind == ROLLBACK:
         return RolloutPlan()
     return RolloutPlan.stored(recall.rollout) if recall.rollout else RolloutPlan()
+
+
+def shown_plan(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan | None:
+    """:func:`plan_of` for the pages and progress; None if the stored plan no longer reads.
+
+    Such a campaign's tick fails and the scheduler pauses it with the error; it must still
+    be shown (never run under another plan, though: the scheduler uses :func:`plan_of`).
+    """
+    try:
+        return plan_of(recall, campaign)
+    except ValidationError:
+        return None
 
 
 def remedy_campaign(session: Session, recall_id: int) -> Campaign | None:

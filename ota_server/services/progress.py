@@ -8,7 +8,6 @@ the plan still owes is not final even before the scheduler has scheduled it.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -18,7 +17,7 @@ from ota_server.rollout import plan as rules
 from ota_server.rollout.scheduler import can_still_change
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
 from ota_server.schemas import Progress, WaveProgress
-from ota_server.services.campaigns import CANCELLED, plan_of, rollback_of
+from ota_server.services.campaigns import CANCELLED, rollback_of, shown_plan
 
 STATES = tuple(state.value for state in VinState)
 
@@ -29,10 +28,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
         raise NotFound(f"no campaign {campaign_id}")
     recall = session.get(Recall, campaign.recall_id)
     assert recall is not None  # foreign key
-    try:
-        plan: rules.RolloutPlan | None = plan_of(recall, campaign)
-    except ValidationError:  # stored before today's rules: the scheduler paused it, still shown
-        plan = None
+    plan = shown_plan(recall, campaign)  # None: unreadable (the scheduler paused it), still shown
     in_campaign = CampaignVehicle.campaign_id == campaign_id
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}

@@ -19,7 +19,7 @@ from ota_server.rollout.plan import RolloutPlan
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
 from ota_server.schemas import Population
 from ota_server.services import progress as progress_service
-from ota_server.services.campaigns import plan_of
+from ota_server.services.campaigns import shown_plan
 from ota_server.web.schemas import (
     CampaignSummary,
     Dashboard,
@@ -230,7 +230,7 @@ def _wave_spec(plan: RolloutPlan, index: int) -> str:
 def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
     campaign, recall, release = _campaign(session, campaign_id)
     progress = progress_service.progress(session, campaign_id)
-    plan = plan_of(recall, campaign)
+    plan = shown_plan(recall, campaign) or RolloutPlan()  # unreadable: paused, its status_reason says why
     counts = progress.counts
     events = CampaignEvent.campaign_id == campaign_id
     first_success = session.execute(

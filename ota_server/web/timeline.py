@@ -19,9 +19,10 @@ from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, NoticeLog, Recall, Vehicle
 from ota_server.errors import InvalidInput, NotFound
+from ota_server.rollout.plan import RolloutPlan
 from ota_server.rollout.states import ERRORS, VinState
 from ota_server.schemas import EcuPublic
-from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, plan_of
+from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, shown_plan
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline
 
 Action = Literal["none", "wait", "dealer"]
@@ -300,7 +301,7 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
             status_reason=campaign.status_reason,
             current_wave=campaign.current_wave,
             kind=campaign.kind,
-            max_retries=plan_of(recall, campaign).max_retries,
+            max_retries=(shown_plan(recall, campaign) or RolloutPlan()).max_retries,
         )
         step, action = next_step(car, context, online=vehicle.online, last_seen=vehicle.last_seen)
         child = rolled_back_by.get(campaign.id)

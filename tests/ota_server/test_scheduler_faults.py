@@ -69,6 +69,8 @@ async def test_a_campaign_whose_tick_fails_is_paused_and_the_others_complete(
     assert reason.startswith("internal error in tick: ") and "Error" in reason
     assert not progress["done"]
     assert len(_errors_about(caplog, bad)) == 1  # logged once, not at every tick
+    dashboard = await env.get_json(f"/api/v1/campaigns/{bad}/dashboard")  # the web page shows it too
+    assert dashboard["status"] == "paused"
     # The good campaign was never held up: its cars finish and it completes.
     nonces = await env.nonces()
     await env.inject(*(remedied(good, v, nonces[v]) for v in (vin(1), vin(2))))
