@@ -434,9 +434,9 @@ class Scheduler:
         if recall.dynamic and campaign.kind == REMEDY and campaign.status in (ACTIVE, COMPLETED):
             result.joined += self._join_late(session, campaign, recall)
         result.timed_out += self._time_out(session, campaign, plan, now)
-        if campaign.status == COMPLETED and not self._finished(session, campaign, plan):
-            # A late joiner, an operator's retry or a timed-out car reporting after all.
-            self._set_status(campaign, ACTIVE, "reopened: a car can change again", now)
+        if campaign.status == COMPLETED and self._moving(session, campaign):
+            # A late joiner or a timed-out car reporting after all (an operator's retry reopens it itself).
+            self._set_status(campaign, ACTIVE, "reopened: a car is moving again", now)
         if campaign.status == ACTIVE:
             self._judge(session, campaign, plan, now, result)
         if campaign.status != ACTIVE:
@@ -464,6 +464,12 @@ class Scheduler:
             )
             is None
         )
+
+    def _moving(self, session: Session, campaign: Campaign) -> bool:
+        """A car not notified yet or in flight (by the campaign-state index: cheap on completed campaigns)."""
+        in_flight = CampaignVehicle.state.in_([s.value for s in IN_FLIGHT])
+        query = select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id, in_flight).limit(1)
+        return session.scalar(query) is not None
 
     def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""

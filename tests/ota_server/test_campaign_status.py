@@ -98,3 +98,19 @@ async def test_a_completed_dynamic_campaign_reopens_for_a_car_registered_later(e
     progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
     assert progress["population"] == 2 and progress["status"] == "active" and not progress["done"]
     assert vin(2) in await env.nonces()
+
+
+async def test_a_timed_out_car_reporting_after_all_reopens_a_completed_campaign(env: Env) -> None:
+    v = vin(1)
+    cid = await _launch(env, [v], {"max_retries": 0, "device_timeout_s": 600})
+    nonce = (await env.nonces())[v]
+    await env.inject(report(cid, v, nonce, ReportState.DOWNLOADING))
+    env.clock.advance(601)
+    await env.tick()
+    progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
+    assert progress["counts"]["timed_out"] == 1 and progress["done"] and progress["status"] == "completed"
+    await env.inject(report(cid, v, nonce, ReportState.INSTALLING))  # it was alive after all
+    progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
+    assert progress["status"] == "active" and not progress["done"]
+    await env.inject(remedied(cid, v, nonce))
+    assert (await env.get_json(f"/api/v1/campaigns/{cid}"))["status"] == "completed"
