@@ -7,6 +7,7 @@ database filed before that check, or edited by hand, would hold them.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from ota_server.db.models import Recall
 from ota_server.rollout.scheduler import Scheduler
-from tests.ota_server.conftest import Env
+from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import provision, recall_body, remedied, upload, vehicle, vin
 
 # A window that never contains the test clock's noon (UTC), so the bad campaign has cars left to release.
@@ -82,6 +83,19 @@ async def test_a_campaign_whose_tick_fails_is_paused_and_the_others_complete(
     await env.tick()
     assert (await env.get_json(f"/api/v1/campaigns/{bad}"))["status"] == "paused"
     assert len(_errors_about(caplog, bad)) == 2
+
+
+async def test_on_postgresql_a_faulty_campaign_is_paused_and_the_other_completes(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    async with running(make_settings(tmp_path, database_url=postgres_url)) as env:
+        good, bad = await _two_campaigns(env, {"device_timeout_s": 1e308}, {})
+        await env.tick()
+        progress = await env.get_json(f"/api/v1/campaigns/{bad}/progress")
+        assert progress["status"] == "paused" and str(progress["status_reason"]).startswith("internal error in tick")
+        nonces = await env.nonces()
+        await env.inject(*(remedied(good, v, nonces[v]) for v in (vin(1), vin(2))))
+        assert (await env.get_json(f"/api/v1/campaigns/{good}"))["status"] == "completed"
 
 
 async def test_a_database_failure_in_a_tick_does_not_pause_the_campaign(
