@@ -114,6 +114,7 @@ class Agent:
         self._retries = retries
         self._retry_delay = retry_delay
         self._sleep = sleep
+        self._rng = rng or random.Random()
         self.slots = self._make_slots(slots)
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         self._health = health or self._default_health()
@@ -415,20 +416,41 @@ class Agent:
 
     async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` in a thread, retrying network failures, mapping surprises to internal_error."""
-        for attempt in range(self._retries + 1):
+        started, waited, attempt = self._monotonic(), 0.0, 0
+        while True:
             try:
                 return await asyncio.to_thread(fn, *args)
             except HeldAtDownload:
                 raise
             except UpdateFailed as exc:
-                if exc.reason not in RETRYABLE or attempt == self._retries:
+                # the time so far: the clock's, or at least what we slept (a test's clock may stand still)
+                delay = self._retry_in(exc, attempt, max(self._monotonic() - started, waited))
+                if delay is None:
                     raise
-                log.info("%s: %s; retrying", self.config.vin, exc)
+                log.info("%s: %s; retrying in %.1f s", self.config.vin, exc, delay)
             except Exception as exc:  # a disk error or a bug must fail the campaign, not the car
                 log.exception("%s: unexpected error", self.config.vin)
                 raise UpdateFailed(FailureReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}") from exc
-            await self._sleep(self._retry_delay * 2**attempt)
-        raise AssertionError("unreachable")
+            await self._sleep(delay)
+            waited += delay
+            attempt += 1
+
+    def _retry_in(self, exc: UpdateFailed, attempt: int, elapsed: float) -> float | None:
+        """Seconds until the next try, or None to give up.
+
+        The repository's outage (``exc.transient``: a 5xx such as its database's 503, or no
+        connection) is waited out: soon, then less often (the download backoff, jittered so
+        a fleet does not come back in step) for up to ``outage_patience`` seconds. Any other
+        network failure gets ``retries`` quick tries; everything else fails at once.
+        """
+        if exc.reason not in RETRYABLE:
+            return None
+        if not exc.transient:
+            return self._retry_delay * 2**attempt if attempt < self._retries else None
+        limits = self.config.download
+        ceiling = min(limits.backoff_max, limits.backoff_base * 2 ** min(attempt, 30))
+        delay = ceiling * (0.5 + 0.5 * self._rng.random())
+        return delay if elapsed + delay <= limits.outage_patience else None
 
     def _download(self, preconditions: Preconditions | None = None) -> tuple[Target, ...]:
         verified = self._verifier.verify()

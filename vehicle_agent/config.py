@@ -56,6 +56,10 @@ class DownloadLimits:
     retries: int = 5
     backoff_base: float = 1.0
     backoff_max: float = 60.0
+    # A repository answering 5xx (e.g. its database is down) or unreachable is asked again, with the
+    # same backoff, for this many seconds before the campaign fails (well inside a campaign's
+    # device timeout, 3600 s by default): a server restart or a short outage does not fail the car.
+    outage_patience: float = 600.0
     # Free space kept on the downloads filesystem beyond the bundle itself.
     disk_reserve_bytes: int = 16 * 1024 * 1024
     # Deltas are applied in memory: only for images up to this size.
@@ -282,6 +286,10 @@ def _options(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: download chunk_size, total_timeout and speed_window must be positive")
     if download.retries < 0 or download.min_bytes_per_second < 0 or download.disk_reserve_bytes < 0:
         raise ConfigError(f"{where}: download retries, min_bytes_per_second and disk_reserve_bytes must be >= 0")
+    if download.outage_patience < 0 or download.backoff_base <= 0 or download.backoff_max < download.backoff_base:
+        raise ConfigError(
+            f"{where}: download outage_patience must be >= 0, backoff_base > 0 and backoff_max >= backoff_base"
+        )
     return out
 
 

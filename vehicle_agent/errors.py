@@ -39,9 +39,19 @@ class LinkDown(TransientError):
 
 
 class UpdateFailed(AgentError):
-    """The update is refused or failed; ``reason`` goes to the server verbatim."""
+    """The update is refused or failed; ``reason`` goes to the server verbatim.
 
-    def __init__(self, reason: FailureReason, detail: str) -> None:
+    ``transient``: the server could not be reached or said "not now" (a 5xx, 408, 429, no
+    connection): the agent asks again for a while before it reports this failure.
+    """
+
+    def __init__(self, reason: FailureReason, detail: str, *, transient: bool = False) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail[:1000]
+        self.transient = transient
+
+
+def transient_status(status: int | None) -> bool:
+    """An answer worth asking again: none at all (a connection error), a server error, 408 or 429."""
+    return status is None or status >= 500 or status in (408, 429)

@@ -31,7 +31,7 @@ from firmware_bundles import repo_paths
 from firmware_bundles.messages import FailureReason
 from firmware_bundles.uptane import Assignment
 from vehicle_agent.config import DownloadLimits
-from vehicle_agent.errors import FetchError, UpdateFailed
+from vehicle_agent.errors import FetchError, UpdateFailed, transient_status
 from vehicle_agent.transport import Chunks, Transport
 
 # A download that failed for these reasons keeps its partial file: the next try resumes it.
@@ -75,7 +75,7 @@ def disk_free(path: Path) -> int:
 
 def _transient(exc: FetchError) -> bool:
     """Worth resuming: no answer, a cut connection, or a server error; not a 404 or 403."""
-    return exc.status is None or exc.status >= 500 or exc.status in (408, 416, 429)
+    return transient_status(exc.status) or exc.status == 416
 
 
 @dataclass
@@ -178,7 +178,8 @@ class BundleFetcher:
                 if exc.status == 416:  # our range is past the server's file: start again from zero
                     progress = self._restart(part)
                 if not _transient(exc) or failures > self._limits.retries:
-                    raise UpdateFailed(FailureReason.DOWNLOAD_FAILED, f"{what}: {exc}") from exc
+                    transient = transient_status(exc.status)  # the server's outage: the agent waits it out
+                    raise UpdateFailed(FailureReason.DOWNLOAD_FAILED, f"{what}: {exc}", transient=transient) from exc
                 self._backoff(failures, deadline, what)
 
     def _resume(self, part: Path, length: int) -> _Progress:

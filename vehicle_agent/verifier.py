@@ -23,7 +23,7 @@ from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
 from vehicle_agent.config import AgentConfig
-from vehicle_agent.errors import UpdateFailed
+from vehicle_agent.errors import UpdateFailed, transient_status
 from vehicle_agent.transport import Transport, TufFetcher
 
 # Most specific first: EqualVersionNumberError is a BadVersionNumberError, the
@@ -48,12 +48,22 @@ def reason_for(exc: Exception) -> FailureReason:
     return FailureReason.INTERNAL_ERROR
 
 
+def _transient(exc: Exception) -> bool:
+    """The repository was not there or said "not now" (503 while its database is down), as
+    opposed to an answer about the metadata itself or an attack on the transfer."""
+    if reason_for(exc) is not FailureReason.METADATA_FETCH_FAILED:
+        return False
+    return transient_status(exc.status_code if isinstance(exc, tuf_exceptions.DownloadHTTPError) else None)
+
+
 @contextmanager
 def _tuf_errors(repository: str) -> Iterator[None]:
     try:
         yield
     except (tuf_exceptions.RepositoryError, tuf_exceptions.DownloadError) as exc:
-        raise UpdateFailed(reason_for(exc), f"{repository}: {type(exc).__name__}: {exc}") from exc
+        raise UpdateFailed(
+            reason_for(exc), f"{repository}: {type(exc).__name__}: {exc}", transient=_transient(exc)
+        ) from exc
     except TargetMismatch as exc:
         raise UpdateFailed(FailureReason(exc.reason), exc.detail) from exc
 

@@ -18,6 +18,24 @@ def server() -> FakeServer:
     return FakeServer()
 
 
+class SimTime:
+    """Simulated time: every sleep (the agent's or the fetcher's) moves the monotonic clock on at once."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.slept: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def pass_(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.pass_(seconds)
+
+
 class Car:
     """One agent under test, rebuilt from the same state directory to simulate a restart."""
 
@@ -25,12 +43,14 @@ class Car:
         self.server = server
         self.state_dir = state_dir
         self.link = FakeLink(VIN)
+        self.time = SimTime()  # kept across restarts
         self.agent = self.build()
 
     def build(self, **kwargs: Any) -> Agent:
         self.link = FakeLink(VIN)
-        kwargs.setdefault("download_sleep", lambda _seconds: None)  # the fetcher's backoff, in simulated time
-        kwargs.setdefault("sleep", _no_sleep)
+        kwargs.setdefault("download_sleep", self.time.pass_)  # the fetcher's backoff, in simulated time
+        kwargs.setdefault("sleep", self.time.sleep)
+        kwargs.setdefault("monotonic", self.time.monotonic)
         kwargs.setdefault("transport", self.server.transport)
         self.agent = Agent(self.server.agent_config(self.state_dir), link=self.link, **kwargs)
         return self.agent
@@ -60,10 +80,6 @@ class Car:
             assert (self.slots.directory / f"slot_{spare_slot}.img").read_bytes() == spare
         downloads = self.state_dir / "downloads"
         assert not downloads.exists() or not any(downloads.iterdir()), "no bundle or partial file is left"
-
-
-async def _no_sleep(_seconds: float) -> None:
-    return None
 
 
 @pytest.fixture
