@@ -47,21 +47,28 @@ def _zone_names() -> frozenset[str]:
 
 
 def zone(name: str) -> ZoneInfo:
-    """The IANA time zone ``name``; ValueError if it names no zone.
+    """The time zone ``name`` as stored (a car's, a plan's default); ValueError if it cannot be loaded.
 
-    Only keys tzdata lists as zones count: a folder such as ``Europe`` made ``ZoneInfo`` raise
-    IsADirectoryError (a 500), and ``localtime`` would follow the server machine's setting.
-    Legacy IANA zones such as ``EST5EDT`` are real zones and accepted.
+    Used on stored names, so it does not re-judge them (see :data:`TimeZone` for what a person
+    may send); a name that is a tzdata folder, such as ``Europe``, is a ValueError, not an OSError.
     """
-    if name not in _zone_names():
-        raise ValueError(f"unknown IANA time zone {name!r}: give a zone such as Europe/Berlin, America/New_York or UTC")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError, OSError) as exc:
-        raise ValueError(f"IANA time zone {name!r} cannot be loaded on this server") from exc
+        raise ValueError(f"unknown IANA time zone {name!r}") from exc
 
 
-def _time_zone(name: str) -> str:
+def _time_zone(name: str, info: ValidationInfo) -> str:
+    """A zone a person may send: a key tzdata lists as a zone, and loadable.
+
+    A folder such as ``Europe`` made ``ZoneInfo`` raise IsADirectoryError (a 500), and
+    ``localtime`` would follow the server machine's setting. Legacy IANA zones such as
+    ``EST5EDT`` are real zones and accepted.
+    """
+    if not filing(info):
+        return name
+    if name not in _zone_names():
+        raise ValueError(f"unknown IANA time zone {name!r}: give a zone such as Europe/Berlin, America/New_York or UTC")
     zone(name)
     return name
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from ota_server.db.models import Recall
 from ota_server.services import population
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
@@ -186,3 +187,28 @@ async def test_plans_that_would_not_run_as_written_are_refused(env: Env) -> None
     resp = await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-300") | {"rollout": accepted})
     assert resp.status_code == 201, resp.text
     assert resp.json()["rollout"]["waves"][-1] == {"cars": None, "percent": 100.0}
+
+
+async def test_recalls_filed_under_older_rules_stay_readable(either_env: Env) -> None:
+    """The filing rules are not re-judged on what is stored: a plan or population filed before them still reads."""
+    env = either_env
+    release_id = await _release(env)
+    created = await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-400"))
+    assert created.status_code == 201, created.text
+    old_plan = {
+        "waves": [{"percent": 50}, {"percent": 50}],
+        "windows": [{"start": "01:00", "end": "01:00"}],
+        "default_time_zone": "localtime",
+        "start_at": "2001-01-01T00:00:00Z",
+    }
+    with env.runtime.sessions() as session:
+        recall = session.get(Recall, created.json()["id"])
+        assert recall is not None
+        recall.rollout = old_plan
+        recall.population = {"production_dates": {"start": "1901-01-01"}, "model_years": {"min": 1}}
+        session.commit()
+    got = await env.client.get(f"/api/v1/recalls/{recall.id}")
+    assert got.status_code == 200, got.text
+    assert got.json()["rollout"]["waves"][-1]["percent"] == 50
+    assert got.json()["rollout"]["default_time_zone"] == "localtime"
+    await _reads_answer(env, recall.id)
