@@ -18,6 +18,7 @@ from simulator.errors import ServerError, SimulatorError
 from simulator.faults import FaultPlan
 from simulator.fleet import Fleet, make_fleet
 from simulator.operator_client import OperatorClient
+from simulator.progress import DEFAULT_SERVER_PATIENCE_S
 from simulator.report import exit_code, print_summary
 from simulator.runner import InProcessFleet, Pacing
 from simulator.scenario import FleetRunner, ScenarioOptions, run_recall, second_person, state_root
@@ -100,6 +101,14 @@ def run(
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON line last")] = False,
     state_dir: Annotated[Path, typer.Option(help="Where the cars keep their slots and journals")] = Path("var"),
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the campaign to finish")] = 600.0,
+    server_patience_s: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            help="While the campaign runs, how long to keep asking a server that does not answer (restart, "
+            "database outage; the cars keep running) before giving up",
+        ),
+    ] = DEFAULT_SERVER_PATIENCE_S,
     keep_state: Annotated[bool, typer.Option(help="Keep the cars' state directories afterwards")] = False,
     fail_rate: Annotated[
         float, typer.Option(min=0.0, max=1.0, help="Share of cars whose new slot fails its health check (rolled_back)")
@@ -152,7 +161,7 @@ def run(
     try:
         with OperatorClient(server, token=token) as client, _approver(client, approver_token, fleet.run_id) as approver:
             client.health()
-            options = ScenarioOptions(timeout=timeout)
+            options = ScenarioOptions(timeout=timeout, server_patience=server_patience_s)
             runner = _runner(cars_dir, cars, workers, mqtt_url or [], faults, Pacing.per_second(connect_rate), progress)
             summary = run_recall(client, fleet, runner, options, progress, approver=approver)
     except SimulatorError as exc:

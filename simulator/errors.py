@@ -11,5 +11,9 @@ class ServerError(SimulatorError):
     """The server refused a request or could not be reached; the message says which and why."""
 
 
+class ServerUnavailable(ServerError):
+    """The server could not be reached or answered 5xx (restarting, its database down): worth asking again."""
+
+
 class ScenarioTimeout(SimulatorError):
     """The campaign did not finish within the allowed time."""

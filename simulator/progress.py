@@ -10,7 +10,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from simulator.errors import ScenarioTimeout
+from simulator.errors import ScenarioTimeout, ServerUnavailable
 
 ACTIVE_STATES = (
     "pending",
@@ -25,6 +25,10 @@ ACTIVE_STATES = (
 
 
 FLEET_BARS = ("connected", "notified", "remedied", "failed")
+# How long the watch keeps asking a server that does not answer (a restart, a database failover)
+# before it gives up; the cars keep running meanwhile. ``ota-sim --server-patience-s``.
+DEFAULT_SERVER_PATIENCE_S = 300.0
+SERVER_BACKOFF_MAX_S = 15.0
 
 
 def show_fleet(progress: Progress, tasks: Mapping[str, TaskID], bars: Mapping[str, int]) -> None:
@@ -61,13 +65,18 @@ def watch_campaign(
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     fleet: Callable[[], Mapping[str, int]] | None = None,
+    server_patience: float = DEFAULT_SERVER_PATIENCE_S,
 ) -> Outcome:
     """Poll the campaign's progress until every car is remedied or failed; show a live bar.
 
     ``fleet`` adds the cars' own view below the server's (``FleetStats.bars``: how many
     cars are connected, were notified, remedied, failed, as the simulator counts them).
+    A server that does not answer (:class:`ServerUnavailable`) is asked again with a growing
+    backoff, said on the console, for up to ``server_patience`` seconds without an answer;
+    the cars keep running meanwhile. Any other refusal ends the watch at once.
     """
     start = clock()
+    outage = _Outage(console, server_patience, poll_seconds, clock)
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -84,7 +93,17 @@ def watch_campaign(
         if fleet is not None:
             cars = {name: progress.add_task(f"cars {name}", total=None, failed="-", active="") for name in FLEET_BARS}
         while True:
-            state = fetch()
+            try:
+                state = fetch()
+            except ServerUnavailable as exc:
+                wait = outage.missed(exc)
+                if clock() - start > timeout:
+                    raise ScenarioTimeout(
+                        f"campaign not finished after {timeout:.0f}s; the server is not answering"
+                    ) from exc
+                sleep(wait)
+                continue
+            outage.answered()
             if fleet is not None:
                 show_fleet(progress, cars, fleet())
             counts: dict[str, int] = state["counts"]
@@ -107,3 +126,45 @@ def watch_campaign(
             if clock() - start > timeout:
                 raise ScenarioTimeout(f"campaign not finished after {timeout:.0f}s: {_describe(counts)}")
             sleep(poll_seconds)
+
+
+class _Outage:
+    """The server not answering: when it began, how long to wait next, and the console's account of it."""
+
+    def __init__(
+        self, console: Console | None, patience: float, poll_seconds: float, clock: Callable[[], float]
+    ) -> None:
+        self._console = console
+        self._patience = patience
+        self._poll = max(poll_seconds, 0.1)
+        self._clock = clock
+        self._began: float | None = None
+        self._misses = 0
+
+    def _say(self, text: str) -> None:
+        if self._console is not None:
+            self._console.log(text)
+
+    def missed(self, exc: ServerUnavailable) -> float:
+        """Seconds to wait before asking again; :class:`ServerUnavailable` once the patience is spent."""
+        now = self._clock()
+        if self._began is None:
+            self._began = now
+            self._say(
+                f"[yellow]server not answering[/yellow] ({exc}); the cars keep running, asking again with "
+                f"backoff, giving up after {self._patience:g} s without an answer (--server-patience-s)"
+            )
+        silent = now - self._began
+        if silent >= self._patience:
+            raise ServerUnavailable(
+                f"no answer from the server for {silent:.0f} s (--server-patience-s {self._patience:g}): {exc}"
+            )
+        wait = min(SERVER_BACKOFF_MAX_S, self._poll * (1 << min(self._misses + 1, 16)), self._patience - silent)
+        self._misses += 1
+        self._say(f"server still not answering after {silent:.0f} s; asking again in {wait:.1f} s")
+        return wait
+
+    def answered(self) -> None:
+        if self._began is not None:
+            self._say(f"server answering again after {self._clock() - self._began:.0f} s")
+        self._began, self._misses = None, 0

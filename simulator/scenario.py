@@ -19,7 +19,7 @@ from firmware_bundles.bundle import build_bundle, revised_image, sample_image
 from simulator.errors import ServerError
 from simulator.fleet import Car, Fleet
 from simulator.operator_client import OperatorClient
-from simulator.progress import Outcome, watch_campaign
+from simulator.progress import DEFAULT_SERVER_PATIENCE_S, Outcome, watch_campaign
 
 FIX_VERSION = "2.0.0"
 REGISTER_CHUNK = 5000
@@ -48,6 +48,7 @@ class ScenarioOptions:
     fix_version: str = FIX_VERSION
     release_counter: int = 2
     rollout: dict[str, Any] | None = None  # the recall's rollout plan; None: the server's default
+    server_patience: float = DEFAULT_SERVER_PATIENCE_S  # how long the watch asks a silent server again
 
 
 @dataclass(frozen=True)
@@ -241,6 +242,7 @@ def run_recall(
             timeout=options.timeout,
             console=console,
             fleet=(lambda: stats().bars()) if callable(stats) else None,
+            server_patience=options.server_patience,
         )
         return Summary(
             cars=len(fleet.cars),
