@@ -60,3 +60,15 @@ def test_unknown_option_and_bad_toml(server: FakeServer, tmp_path: Path) -> None
     path.write_text("vin = ")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def test_the_outage_patience_is_read_from_the_download_table_and_checked(server: FakeServer, tmp_path: Path) -> None:
+    path = tmp_path / "agent.toml"
+    write_config(config_from_agent_config(server.agent_config_doc(), tmp_path / "state"), path)
+    text = path.read_text()
+    assert "outage_patience = 600.0" in text  # written out with the other download limits
+    path.write_text(text.replace("outage_patience = 600.0", "outage_patience = 120.0"))
+    assert load_config(path).download.outage_patience == 120
+    path.write_text(text.replace("outage_patience = 600.0", "outage_patience = -1.0"))
+    with pytest.raises(ConfigError, match="outage_patience"):
+        load_config(path)
