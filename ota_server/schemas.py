@@ -179,6 +179,68 @@ class VehiclePublic(BaseModel):
     last_seen: datetime | None
     ecus: list[EcuPublic]
     time_zone: str | None = None
+    market: str | None = None
+    owner_contact: str | None = None
+    decommissioned_at: datetime | None = Field(
+        default=None, description="When it left the fleet (exported, scrapped, stolen, other); None while in service"
+    )
+    decommission_reason: str | None = None
+    decommission_detail: str | None = None
+
+
+# What PATCH /api/v1/vehicles/{vin} may change; the rest is the car's identity (or its own word).
+VEHICLE_CHANGEABLE = ("time_zone", "market", "owner_contact")
+
+
+class VehicleUpdate(BaseModel):
+    """Only the fields given change; null clears one. Anything else is refused by name."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"minProperties": 1})
+    time_zone: TimeZone | None = Field(default=None, description="IANA zone, e.g. Europe/Berlin")
+    market: Text | None = Field(default=None, min_length=1, max_length=64, description="e.g. DE, US-CA")
+    owner_contact: Text | None = Field(
+        default=None, min_length=1, max_length=200, description="How to reach the owner (e-mail, phone, fleet desk)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_changeable(cls, data: Any) -> Any:
+        """Name every field that may not change, in one sentence, instead of pydantic's per-field 'extra'."""
+        if isinstance(data, dict):
+            refused = sorted(str(key) for key in data if key not in VEHICLE_CHANGEABLE)
+            if refused:
+                raise ValueError(
+                    f"{', '.join(refused)} cannot be changed: only {', '.join(VEHICLE_CHANGEABLE)} may change"
+                )
+            if not data:
+                raise ValueError(f"nothing to change: give one of {', '.join(VEHICLE_CHANGEABLE)}")
+        return data
+
+
+class VehicleDecommission(BaseModel):
+    model_config = _IN
+    reason: UnreachableReason = Field(description="exported, scrapped, stolen or other (other needs a detail)")
+    detail: Text | None = Field(default=None, min_length=1, max_length=1000, description="What happened, in words")
+
+    @model_validator(mode="after")
+    def _other_says_what(self) -> VehicleDecommission:
+        if self.reason is UnreachableReason.OTHER and not (self.detail or "").strip():
+            raise ValueError("reason other needs a detail saying what happened")
+        return self
+
+
+class VehicleDecommissioned(BaseModel):
+    vehicle: VehiclePublic
+    removed_from: list[int] = Field(
+        description="Campaigns in which the car became unreachable (with the decommission reason)"
+    )
+
+
+class VehiclePage(BaseModel):
+    """One page of the fleet, sorted by VIN; pass ``next_cursor`` back as ``cursor`` for the next one."""
+
+    items: list[VehiclePublic]
+    next_cursor: str | None = Field(description="Opaque; None on the last page")
 
 
 class VehicleBatchCreate(BaseModel):

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from starlette.concurrency import run_in_threadpool
 
-from ota_server.api.auth import OperatorSession, needs_operator, needs_read
+from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
 from ota_server.api.openapi import errors
+from ota_server.rollout.states import VinState
 from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
@@ -18,15 +21,66 @@ from ota_server.schemas import (
     ProvisionBatch,
     ProvisionedBatch,
     RenewedCertificate,
+    Text,
     VehicleBatchCreate,
     VehicleCreate,
+    VehicleDecommission,
+    VehicleDecommissioned,
     VehicleIdentity,
+    VehiclePage,
     VehiclePublic,
     VehicleStatus,
+    VehicleUpdate,
 )
 from ota_server.services import identity, vehicles
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
+
+
+@router.get("", dependencies=[needs_read])
+def list_vehicles(
+    session: SessionDep,
+    model: Annotated[Text | None, Query(min_length=1, max_length=64)] = None,
+    model_year: Annotated[int | None, Query(ge=1980, le=2100)] = None,
+    hardware_id: Annotated[
+        Text | None, Query(min_length=1, max_length=64, description="An ECU of this hardware")
+    ] = None,
+    installed_version: Annotated[
+        Text | None,
+        Query(min_length=1, max_length=64, description="An ECU runs this version (with hardware_id: that ECU)"),
+    ] = None,
+    recall: Annotated[
+        Text | None,
+        Query(
+            min_length=1,
+            max_length=16,
+            description="A recall's id or campaign number: its campaign's cars, or its population before launch",
+        ),
+    ] = None,
+    campaign: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Cars in this campaign")] = None,
+    state: Annotated[
+        VinState | None, Query(description="The car's state in the campaign (or the recall's, or any campaign)")
+    ] = None,
+    not_seen_since: Annotated[
+        datetime | None, Query(description="Silent since then: last seen before it, or never (no zone: UTC)")
+    ] = None,
+    decommissioned: Annotated[bool | None, Query(description="Only cars out of (true) or in (false) the fleet")] = None,
+    cursor: Annotated[Text | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> VehiclePage:
+    """The fleet, sorted by VIN, a page at a time; every filter given must hold."""
+    spec = vehicles.FleetFilter(
+        model=model,
+        model_year=model_year,
+        hardware_id=hardware_id,
+        installed_version=installed_version,
+        recall=recall,
+        campaign=campaign,
+        state=state.value if state else None,
+        not_seen_since=not_seen_since,
+        decommissioned=decommissioned,
+    )
+    return vehicles.page(session, spec, cursor, limit)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
@@ -107,6 +161,31 @@ def renew_certificate(
 @router.get("/{vin}", dependencies=[needs_read])
 def get_vehicle(vin: VinPath, session: SessionDep) -> VehiclePublic:
     return vehicles.get(session, vin)
+
+
+@router.patch("/{vin}")
+def update_vehicle(vin: VinPath, body: VehicleUpdate, session: OperatorSession) -> VehiclePublic:
+    """Change the car's time zone, market or owner contact (null clears one); any other field is refused."""
+    trail_of(session).action.target["changed"] = ",".join(sorted(body.model_fields_set))
+    return vehicles.update(session, vin, body)
+
+
+@router.post("/{vin}/decommission", responses=errors(409))
+async def decommission_vehicle(
+    vin: VinPath, body: VehicleDecommission, session: OperatorSession, runtime: RuntimeDep
+) -> VehicleDecommissioned:
+    """The car left the fleet (exported, scrapped, stolen, other): no future population takes it, and in
+    every open campaign it is recorded unreachable with this reason (a notified car is sent a withdrawal).
+    Refused (409) while it installs somewhere, and when it was decommissioned already."""
+    trail_of(session).action.target["reason"] = body.reason.value
+    actor = actor_of(session).name
+    answer, messages = await run_in_threadpool(
+        runtime.scheduler.exclusive,
+        lambda: vehicles.decommission(session, runtime.director, vin, body, actor, runtime.clock()),
+    )
+    runtime.dispatcher.dispatch(messages)
+    await runtime.scheduler.tick(answer.removed_from)
+    return answer
 
 
 @router.get("/{vin}/status", dependencies=[needs_read])

@@ -74,6 +74,13 @@ class Vehicle(Base):
     provisioned_at: Mapped[datetime | None]
     # IANA zone (e.g. Europe/Berlin): maintenance windows are in the car's local time.
     time_zone: Mapped[str | None] = mapped_column(String(64))
+    # What an operator may change later (PATCH): the market it is sold in and how to reach its owner.
+    market: Mapped[str | None] = mapped_column(String(64))
+    owner_contact: Mapped[str | None] = mapped_column(String(200))
+    # Exported, scrapped, stolen or other (with a text): out of every open and future population.
+    decommissioned_at: Mapped[datetime | None]
+    decommission_reason: Mapped[str | None] = mapped_column(String(16))
+    decommission_detail: Mapped[str | None] = mapped_column(Text)
 
     ecus: Mapped[list[Ecu]] = relationship(
         back_populates="vehicle", order_by="Ecu.id", lazy="selectin", cascade="all, delete-orphan"

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.scheduler import move
-from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
+from ota_server.rollout.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director
@@ -159,6 +159,41 @@ def record_outcome(
         evidence_ref=cv.evidence_ref,
         updated_at=cv.updated_at,
     )
+
+
+def remove_vehicle(
+    session: Session, director: Director, vin: str, reason: str, detail: str | None, actor: str, now: datetime
+) -> tuple[list[int], list[Outbound]]:
+    """A car leaving the fleet becomes unreachable (with ``reason``) in every campaign not cancelled.
+
+    Not committed: the caller stores the car's own change in the same transaction. A car that
+    was sent a notice gets a withdrawal (replacing the retained notice) and an empty Director
+    assignment, as a cancel gives it. A car installing is refused (Conflict): it may be running
+    the new image right now, so it reports or times out first. A car already remedied or
+    unreachable keeps its record. Returns the campaigns it left and the withdrawals to send.
+    """
+    rows = session.scalars(
+        select(CampaignVehicle)
+        .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
+        .where(CampaignVehicle.vin == vin, Campaign.status != CANCELLED)
+        .order_by(CampaignVehicle.campaign_id)
+    ).all()
+    busy = [str(cv.campaign_id) for cv in rows if VinState(cv.state) in INSTALLING]
+    if busy:
+        raise Conflict(
+            f"VIN {vin} is installing in campaign {', '.join(busy)}: decommission it once it reports or times out"
+        )
+    leaving = [cv for cv in rows if allowed(VinState(cv.state), VinState.UNREACHABLE, Cause.OPERATOR)]
+    notified = [cv for cv in leaving if cv.released_at is not None]
+    for cv in leaving:
+        move(session, cv, VinState.UNREACHABLE, Cause.OPERATOR, now, reason=reason, detail=detail)
+        cv.recorded_by, cv.next_retry_at = actor, None
+    for cv in notified:
+        cv.notice_published_at = None  # the withdrawal is now what must reach the broker
+    if notified:
+        director.queue(session, {vin: {}}, now)
+    messages: list[Outbound] = [withdrawal(cv.campaign_id, cv.vin, cv.nonce, now) for cv in notified]
+    return [cv.campaign_id for cv in leaving], messages
 
 
 def notice_log(session: Session, campaign_id: int, vin: str | None, offset: int, limit: int) -> list[NoticeLogEntry]:

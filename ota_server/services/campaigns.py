@@ -250,7 +250,7 @@ def unpublished(session: Session, repo_url: str, now: datetime) -> list[Outbound
     """Messages issued but never confirmed published (e.g. the server stopped mid-way).
 
     A released car with no confirmed publish gets its notice again, or its withdrawal
-    when the campaign was cancelled meanwhile.
+    when the campaign was cancelled (or the car was decommissioned) meanwhile.
     """
     rows = session.execute(
         select(CampaignVehicle, Campaign, Recall)
@@ -261,7 +261,7 @@ def unpublished(session: Session, repo_url: str, now: datetime) -> list[Outbound
     ).all()
     out: list[Outbound] = []
     for cv, campaign, recall in rows:
-        if cv.state == VinState.WITHDRAWN.value:
+        if cv.state in (VinState.WITHDRAWN.value, VinState.UNREACHABLE.value):
             out.append(withdrawal(campaign.id, cv.vin, cv.nonce, now))
         elif campaign.status != CANCELLED:
             assert cv.released_at is not None

@@ -66,7 +66,7 @@ def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
     query = (
         select(Vehicle.vin, Ecu.serial, Ecu.installed_version)
         .join(Ecu, Ecu.vehicle_id == Vehicle.id)
-        .where(Ecu.hardware_id == hardware_id)
+        .where(Ecu.hardware_id == hardware_id, Vehicle.decommissioned_at.is_(None))  # left the fleet: never again
         .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
     )
     if population.models:

@@ -6,29 +6,42 @@ row is written, and the whole batch goes in with two bulk INSERTs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import base64
+import binascii
+import re
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, exists, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Vehicle
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
     AgentConfig,
     AgentEcu,
     EcuPublic,
     HistoryEntry,
+    Population,
     VehicleCampaignStatus,
     VehicleCreate,
+    VehicleDecommission,
+    VehicleDecommissioned,
+    VehiclePage,
     VehiclePublic,
     VehicleStatus,
+    VehicleUpdate,
 )
+from ota_server.services import campaign_control
+from ota_server.services import population as populations
+from ota_server.services.campaigns import Outbound
+from ota_server.signing.director import Director
 
 _CHUNK = 500
 
@@ -209,3 +222,174 @@ def agent_config(
         image_root=image_root.decode(),
         director_root=director_root.decode(),
     )
+
+
+# --- the fleet, managed: list, change, decommission -------------------------------------
+
+_CURSOR_PREFIX = "vin:"
+_SCAN_CHUNK = 500  # rows read per query while a filter only Python can judge skips cars
+
+
+@dataclass(frozen=True)
+class FleetFilter:
+    """What ``GET /api/v1/vehicles`` narrows the fleet by; None (or False) leaves a filter out.
+
+    ``installed_version`` is the ECU's installed version (the car's reported one once it has
+    sent a manifest); with ``hardware_id`` both must hold for the same ECU. ``recall`` names a
+    recall by id or campaign number: its campaign's cars once launched, its population before.
+    ``state`` is the car's state in ``campaign`` (or the recall's campaign, or any campaign).
+    """
+
+    model: str | None = None
+    model_year: int | None = None
+    hardware_id: str | None = None
+    installed_version: str | None = None
+    recall: str | None = None
+    campaign: int | None = None
+    state: str | None = None
+    not_seen_since: datetime | None = None
+    decommissioned: bool | None = None
+
+
+def encode_cursor(vin: str) -> str:
+    return base64.urlsafe_b64encode((_CURSOR_PREFIX + vin).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    """The VIN a page ended on; InvalidInput for anything this server did not hand out."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raw = ""
+    vin = raw.removeprefix(_CURSOR_PREFIX)
+    if not raw.startswith(_CURSOR_PREFIX) or re.fullmatch(r"[A-Z0-9]{1,17}", vin) is None:
+        raise InvalidInput("cursor: not a cursor this server gave (pass next_cursor back as it came)")
+    return vin
+
+
+def _recall(session: Session, ref: str) -> Recall:
+    ref = ref.strip()
+    recall = (
+        session.get(Recall, int(ref))
+        if ref.isdigit() and int(ref) < 2**31
+        else session.scalar(select(Recall).where(Recall.campaign_number == ref.upper()))
+    )
+    if recall is None:
+        raise NotFound(f"no recall {ref!r} (give its id or campaign number)")
+    return recall
+
+
+def _campaign_ids(session: Session, spec: FleetFilter) -> list[int] | None:
+    """The campaigns the recall and campaign filters point at (None: no such filter)."""
+    ids: list[int] | None = None
+    if spec.recall is not None:
+        recall = _recall(session, spec.recall)
+        ids = list(session.scalars(select(Campaign.id).where(Campaign.recall_id == recall.id)))
+    if spec.campaign is not None:
+        if session.get(Campaign, spec.campaign) is None:
+            raise NotFound(f"no campaign {spec.campaign}")
+        ids = [spec.campaign] if ids is None or spec.campaign in ids else []
+    return ids
+
+
+def _preview(session: Session, ref: str) -> set[str] | None:
+    """An unlaunched recall's population now (the cars it would take); None once it is launched."""
+    recall = _recall(session, ref)
+    if session.scalar(select(Campaign.id).where(Campaign.recall_id == recall.id).limit(1)) is not None:
+        return None
+    release = session.get(Release, recall.release_id)
+    assert release is not None
+    return {m.vin for m in populations.resolve(session, Population.stored(recall.population), release)}
+
+
+def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Callable[[str], bool] | None]:
+    """The SQL for every filter SQL can judge, and a VIN test for the one it cannot (a recall's preview)."""
+    query = select(Vehicle)
+    if spec.model is not None:
+        query = query.where(Vehicle.model == spec.model)
+    if spec.model_year is not None:
+        query = query.where(Vehicle.model_year == spec.model_year)
+    ecu = [Ecu.vehicle_id == Vehicle.id]
+    if spec.hardware_id is not None:
+        ecu.append(Ecu.hardware_id == spec.hardware_id)
+    if spec.installed_version is not None:
+        ecu.append(Ecu.installed_version == spec.installed_version)
+    if len(ecu) > 1:
+        query = query.where(exists().where(*ecu))
+    if spec.not_seen_since is not None:
+        since = spec.not_seen_since if spec.not_seen_since.tzinfo else spec.not_seen_since.replace(tzinfo=UTC)
+        query = query.where(or_(Vehicle.last_seen.is_(None), Vehicle.last_seen < since))
+    if spec.decommissioned is not None:
+        gone = Vehicle.decommissioned_at.is_not(None)
+        query = query.where(gone if spec.decommissioned else ~gone)
+    keep: Callable[[str], bool] | None = None
+    preview = _preview(session, spec.recall) if spec.recall is not None and spec.campaign is None else None
+    if preview is not None:
+        keep = preview.__contains__
+        if spec.state is not None:  # a car of a recall not launched has no state in it
+            keep = frozenset().__contains__
+    else:
+        ids = _campaign_ids(session, spec)
+        if ids is not None or spec.state is not None:
+            car = [CampaignVehicle.vin == Vehicle.vin]
+            if ids is not None:
+                car.append(CampaignVehicle.campaign_id.in_(ids))
+            if spec.state is not None:
+                car.append(CampaignVehicle.state == spec.state)
+            query = query.where(exists().where(*car))
+    return query, keep
+
+
+def page(session: Session, spec: FleetFilter, cursor: str | None, limit: int) -> VehiclePage:
+    """Up to ``limit`` cars after ``cursor`` in VIN order, and the cursor of the next page (None: no more).
+
+    Keyset paging on the unique VIN: a car registered or changed between two pages is
+    neither seen twice nor skipped among those already passed.
+    """
+    query, keep = _filtered(session, spec)
+    after = decode_cursor(cursor) if cursor else ""
+    found: list[Vehicle] = []
+    while len(found) <= limit:
+        want = limit + 1 - len(found)
+        batch = session.scalars(
+            query.where(Vehicle.vin > after).order_by(Vehicle.vin).limit(want if keep is None else _SCAN_CHUNK)
+        ).all()
+        found += [v for v in batch if keep is None or keep(v.vin)][:want]
+        if len(batch) < (want if keep is None else _SCAN_CHUNK):
+            break
+        after = batch[-1].vin
+    items = [VehiclePublic.model_validate(v) for v in found[:limit]]
+    more = len(found) > limit
+    return VehiclePage(items=items, next_cursor=encode_cursor(items[-1].vin) if more else None)
+
+
+def update(session: Session, vin: str, body: VehicleUpdate) -> VehiclePublic:
+    """Change what may change (the schema refused the rest); answered from the open transaction, then committed."""
+    vehicle = _vehicle(session, vin)
+    for name in body.model_fields_set:
+        setattr(vehicle, name, getattr(body, name))
+    answer = VehiclePublic.model_validate(vehicle)
+    session.commit()
+    return answer
+
+
+def decommission(
+    session: Session, director: Director, vin: str, body: VehicleDecommission, actor: str, now: datetime
+) -> tuple[VehicleDecommissioned, list[Outbound]]:
+    """Take a car out of the fleet: out of every future population, unreachable in the open campaigns.
+
+    All or nothing: a car installing somewhere is refused whole (Conflict), and so is a second
+    decommissioning. Returns the answer and the withdrawals the caller sends after the commit.
+    """
+    vehicle = _vehicle(session, vin)
+    if vehicle.decommissioned_at is not None:
+        when = vehicle.decommissioned_at.date().isoformat()
+        raise Conflict(f"VIN {vehicle.vin} was decommissioned on {when} ({vehicle.decommission_reason})")
+    removed_from, messages = campaign_control.remove_vehicle(
+        session, director, vehicle.vin, body.reason.value, body.detail, actor, now
+    )
+    vehicle.decommissioned_at, vehicle.decommission_reason = now, body.reason.value
+    vehicle.decommission_detail = body.detail
+    answer = VehicleDecommissioned(vehicle=VehiclePublic.model_validate(vehicle), removed_from=removed_from)
+    session.commit()
+    return answer, messages

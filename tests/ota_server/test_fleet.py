@@ -1,0 +1,201 @@
+"""The fleet, managed: the filtered and paged list, PATCH of what may change, decommissioning."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from firmware_bundles import topics
+from firmware_bundles.messages import CampaignWithdrawal, ReportState, parse_campaign_message
+from ota_server.db.models import CampaignVehicle
+from ota_server.services import campaigns
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import launched, recall_body, report, upload, vehicle, vin
+
+
+async def _register(env: Env, cars: list[dict[str, Any]]) -> None:
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})
+    assert resp.status_code == 201, resp.text
+
+
+async def _vins(env: Env, **params: Any) -> list[str]:
+    """Every VIN the list gives for ``params``, walking its pages."""
+    seen: list[str] = []
+    cursor: str | None = None
+    while True:
+        resp = await env.client.get("/api/v1/vehicles", params={**params, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        seen += [car["vin"] for car in body["items"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+async def test_cursor_walk_sees_every_car_once_in_vin_order(either_env: Env) -> None:
+    env = either_env
+    vins = [vin(n) for n in range(1, 24)]
+    await _register(env, [vehicle(v) for v in vins])
+    first = (await env.client.get("/api/v1/vehicles", params={"limit": 5})).json()
+    assert len(first["items"]) == 5 and first["next_cursor"]
+    # A car registered mid-walk, sorting after the page already read, is met once later.
+    late = vin(99, wmi="ZZZ")
+    await _register(env, [vehicle(late)])
+    seen = [car["vin"] for car in first["items"]]
+    cursor = first["next_cursor"]
+    while cursor is not None:
+        body = (await env.client.get("/api/v1/vehicles", params={"limit": 5, "cursor": cursor})).json()
+        assert len(body["items"]) <= 5
+        seen += [car["vin"] for car in body["items"]]
+        cursor = body["next_cursor"]
+    assert seen == sorted([*vins, late])
+    exact = (await env.client.get("/api/v1/vehicles", params={"limit": 24})).json()
+    assert len(exact["items"]) == 24 and exact["next_cursor"] is None  # a full last page says it is the last
+
+
+async def test_filters_each_narrow_the_list(either_env: Env) -> None:
+    env = either_env
+    cars = [
+        vehicle(vin(1), model="Sedan", model_year=2021),
+        vehicle(vin(2), model="Sedan", model_year=2022, installed_version="1.1.0"),
+        vehicle(vin(3), model="Wagon", model_year=2022),
+        vehicle(
+            vin(4),
+            model="Wagon",
+            model_year=2023,
+            production_date=date(2023, 1, 1),
+            extra_ecus=[{"serial": "T-1", "hardware_id": "telematics", "installed_version": "7.0"}],
+        ),
+    ]
+    await _register(env, cars)
+    assert await _vins(env, model="Wagon") == sorted([vin(3), vin(4)])
+    assert await _vins(env, model_year=2022) == sorted([vin(2), vin(3)])
+    assert await _vins(env, model="Sedan", model_year=2022) == [vin(2)]
+    assert await _vins(env, hardware_id="telematics") == [vin(4)]
+    assert await _vins(env, installed_version="1.1.0") == [vin(2)]
+    assert await _vins(env, installed_version="7.0", hardware_id="ecu-main") == []  # the same ECU must hold both
+    assert await _vins(env, installed_version="7.0", hardware_id="telematics") == [vin(4)]
+    assert await _vins(env, not_seen_since="2026-01-01T00:00:00Z") == sorted(v["vin"] for v in cars)  # never seen
+    assert await _vins(env, model="Nothing") == []
+
+
+async def test_recall_and_campaign_state_filters(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 5)]
+    campaign = await launched(env.client, vins[:3])
+    await _register(env, [vehicle(vins[3], model="Wagon")])
+    nonces = await env.nonces()
+    await env.inject(report(campaign["id"], vins[0], nonces[vins[0]], ReportState.DOWNLOADING))
+    assert await _vins(env, recall="24V-123") == sorted(vins[:3])
+    assert await _vins(env, recall=str(campaign["recall_id"])) == sorted(vins[:3])
+    assert await _vins(env, campaign=campaign["id"], state="downloading") == [vins[0]]
+    assert await _vins(env, state="downloading") == [vins[0]]
+    # Before launch, a recall's cars are its population as it stands now.
+    release = (await upload(env.client, version="1.2.0", counter=3)).json()
+    body = recall_body(release["id"], number="24V-124", models=["Wagon"])
+    assert (await env.client.post("/api/v1/recalls", json=body)).status_code == 201
+    assert await _vins(env, recall="24v-124") == [vins[3]]
+    missing = await env.client.get("/api/v1/vehicles", params={"recall": "25V-999"})
+    assert missing.status_code == 404 and "25V-999" in missing.json()["detail"]
+
+
+async def test_a_cursor_the_server_did_not_give_is_422(env: Env) -> None:
+    for cursor in ("nonsense!", "dmluOmFiYw", "eHl6OkFCQw"):  # junk, lower case after the prefix, wrong prefix
+        resp = await env.client.get("/api/v1/vehicles", params={"cursor": cursor})
+        assert resp.status_code == 422, (cursor, resp.text)
+        assert "cursor" in resp.json()["detail"]
+
+
+async def test_patch_changes_what_may_change_and_refuses_the_rest_by_name(env: Env) -> None:
+    v = vin(1)
+    await _register(env, [vehicle(v)])
+    url = f"/api/v1/vehicles/{v}"
+    resp = await env.client.patch(url, json={"time_zone": "Europe/Berlin", "market": "DE", "owner_contact": "fleet@x"})
+    assert resp.status_code == 200, resp.text
+    assert (resp.json()["time_zone"], resp.json()["market"], resp.json()["owner_contact"]) == (
+        "Europe/Berlin",
+        "DE",
+        "fleet@x",
+    )
+    cleared = await env.client.patch(url, json={"owner_contact": None})
+    assert cleared.json()["owner_contact"] is None and cleared.json()["market"] == "DE"  # the rest unchanged
+    refused = await env.client.patch(url, json={"model": "Wagon", "vin": vin(2), "market": "FR"})
+    assert refused.status_code == 422
+    assert "model, vin cannot be changed" in refused.json()["detail"]
+    assert "time_zone, market, owner_contact" in refused.json()["detail"]
+    bad_zone = await env.client.patch(url, json={"time_zone": "Mars/Olympus"})
+    assert bad_zone.status_code == 422
+    stored = (await env.client.get(url)).json()
+    assert (stored["model"], stored["market"], stored["time_zone"]) == ("Sedan", "DE", "Europe/Berlin")
+    entries = (await env.client.get("/api/v1/audit")).json()["entries"]
+    patches = [(e["status"], e["target"].get("changed")) for e in entries if e["method"] == "PATCH"]
+    assert patches == [(200, "market,owner_contact,time_zone"), (200, "owner_contact"), (422, None), (422, None)]
+
+
+async def test_decommission_takes_the_car_out_of_an_open_campaign_and_future_populations(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 4)]
+    campaign = await launched(env.client, vins)
+    cid = campaign["id"]
+    await env.nonces()  # every car was notified at launch
+    env.publisher.messages.clear()
+    resp = await env.client.post(f"/api/v1/vehicles/{vins[1]}/decommission", json={"reason": "scrapped"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["removed_from"] == [cid]
+    assert resp.json()["vehicle"]["decommission_reason"] == "scrapped"
+    assert resp.json()["vehicle"]["decommissioned_at"] is not None
+    # The open campaign: unreachable (scrapped), told so, and counted as such in the reports.
+    await env.runtime.dispatcher.idle()
+    sent = [parse_campaign_message(m.payload) for m in env.publisher.messages]
+    assert [(type(m), m.vin) for m in sent] == [(CampaignWithdrawal, vins[1])]
+    assert env.publisher.messages[0].topic == topics.campaign_topic(vins[1])
+    progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
+    assert progress["unreachable_by_reason"] == {"scrapped": 1}
+    report_body = await env.get_json(f"/api/v1/reports/recalls/{campaign['recall_id']}/completion?format=json")
+    summary: Any = report_body["summary"]
+    assert summary["unreachable_by_reason"]["scrapped"] == 1
+    feed: Any = await env.get_json(f"/api/v1/reports/recalls/{campaign['recall_id']}/vin-status?format=json")
+    assert {r["vin"]: (r["status"], r["reason"]) for r in feed["rows"]}[vins[1]] == ("unreachable", "scrapped")
+    # A future recall for the same cars leaves it out, and so does its launch.
+    release = (await upload(env.client, version="1.2.0", counter=3)).json()
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release["id"], number="24V-200"))
+    assert recall.json()["affected_count"] == 2
+    launched_again = (await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")).json()
+    assert await _vins(env, campaign=launched_again["id"]) == sorted([vins[0], vins[2]])
+    assert await _vins(env, decommissioned=True) == [vins[1]]
+    assert await _vins(env, decommissioned=False) == sorted([vins[0], vins[2]])
+    again = await env.client.post(f"/api/v1/vehicles/{vins[1]}/decommission", json={"reason": "stolen"})
+    assert again.status_code == 409 and "decommissioned" in again.json()["detail"]
+
+
+async def test_decommission_is_refused_while_the_car_installs_and_other_needs_words(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 3)]
+    campaign = await launched(env.client, vins)
+    nonces = await env.nonces()
+    await env.inject(report(campaign["id"], vins[0], nonces[vins[0]], ReportState.DOWNLOADING))
+    busy = await env.client.post(f"/api/v1/vehicles/{vins[0]}/decommission", json={"reason": "exported"})
+    assert busy.status_code == 409 and "installing" in busy.json()["detail"]
+    assert (await env.client.get(f"/api/v1/vehicles/{vins[0]}")).json()["decommissioned_at"] is None  # nothing stored
+    vague = await env.client.post(f"/api/v1/vehicles/{vins[1]}/decommission", json={"reason": "other"})
+    assert vague.status_code == 422 and "detail" in vague.json()["detail"]
+    told = await env.client.post(
+        f"/api/v1/vehicles/{vins[1]}/decommission", json={"reason": "other", "detail": "Flood damage, total loss"}
+    )
+    assert told.status_code == 200, told.text
+    assert told.json()["vehicle"]["decommission_detail"] == "Flood damage, total loss"
+
+
+async def test_a_withdrawal_lost_in_a_restart_is_sent_again_never_the_notice(env: Env) -> None:
+    """The server stopped before the broker confirmed a decommissioned car's withdrawal: the next start
+    sends the withdrawal again (it sent the campaign notice, which would have called the car back)."""
+    v = vin(1)
+    campaign = await launched(env.client, [v])
+    await env.nonces()
+    resp = await env.client.post(f"/api/v1/vehicles/{v}/decommission", json={"reason": "exported"})
+    assert resp.status_code == 200, resp.text
+    await env.runtime.dispatcher.idle()
+    with env.runtime.sessions() as session:
+        cv = session.get(CampaignVehicle, (campaign["id"], v))
+        assert cv is not None and cv.notice_published_at is not None
+        cv.notice_published_at = None  # as if the server stopped before the broker's confirmation
+        session.commit()
+        again = campaigns.unpublished(session, env.runtime.repo_url, env.clock())
+    assert [(type(m), m.vin) for m in again] == [(CampaignWithdrawal, v)]
