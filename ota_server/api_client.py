@@ -156,6 +156,26 @@ class ApiClient:
         result: dict[str, Any] = self.call("GET", f"{API}/vehicles/{vin}/status")
         return result
 
+    def vehicles_page(self, filters: dict[str, Any], cursor: str | None, limit: int) -> dict[str, Any]:
+        """One page of the fleet (``items``, ``next_cursor``); ``filters`` are the list's query parameters."""
+        params = {**filters, "limit": limit, **({"cursor": cursor} if cursor else {})}
+        result: dict[str, Any] = self.call("GET", f"{API}/vehicles", params=params)
+        return result
+
+    def vehicle(self, vin: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("GET", f"{API}/vehicles/{vin}")
+        return result
+
+    def update_vehicle(self, vin: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH: only time_zone, market and owner_contact may change (None clears one)."""
+        result: dict[str, Any] = self.call("PATCH", f"{API}/vehicles/{vin}", json=changes)
+        return result
+
+    def decommission(self, vin: str, reason: str, detail: str | None) -> dict[str, Any]:
+        body = {"reason": reason, **({"detail": detail} if detail else {})}
+        result: dict[str, Any] = self.call("POST", f"{API}/vehicles/{vin}/decommission", json=body)
+        return result
+
     # --- recalls ---
     def create_recall(self, recall: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.call("POST", f"{API}/recalls", json=recall)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from ota_server.cli_admin import register as register_admin_commands
+from ota_server.cli_fleet import register as register_fleet_commands
 from ota_server.cli_ops import DEFAULT_SERVER, ServerOption, TokenOption, client_for
 from ota_server.cli_ops import register as register_operator_commands
 from ota_server.config import Settings
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Over-the-air vehicle recall server.", no_args_is_help=True, add_completion=False)
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
-vehicles_app = typer.Typer(help="Vehicle identity.", no_args_is_help=True)
+vehicles_app = typer.Typer(help="Vehicles: import, list, show, update, decommission; identity.", no_args_is_help=True)
 app.add_typer(vehicles_app, name="vehicles")
 broker_app = typer.Typer(help="The locked-down Mosquitto broker.", no_args_is_help=True)
 app.add_typer(broker_app, name="broker")
@@ -440,6 +441,7 @@ def demo(
 # --- the operator's commands over the REST API (releases, vehicles import, recalls, campaigns) ---
 
 register_operator_commands(app, vehicles_app)
+register_fleet_commands(vehicles_app)
 register_admin_commands(app)
 
 

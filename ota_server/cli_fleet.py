@@ -1,0 +1,173 @@
+"""``ota vehicles list|show|update|decommission``: the fleet, managed through the REST API.
+
+Same plumbing as :mod:`ota_server.cli_ops` (``--server``/``OTA_SERVER``, ``--token``/``OTA_TOKEN``,
+``--json``; exit 0 done, 1 refused or unreachable, 2 a usage error).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from ota_server.api_client import ApiClient
+from ota_server.cli_ops import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
+
+VinArgument = Annotated[str, typer.Argument(help="The car's VIN")]
+PAGE = 500  # cars asked per request while the list walks the pages
+
+
+class Reason(StrEnum):
+    EXPORTED = "exported"
+    SCRAPPED = "scrapped"
+    STOLEN = "stolen"
+    OTHER = "other"
+
+
+class Changeable(StrEnum):
+    TIME_ZONE = "time_zone"
+    MARKET = "market"
+    OWNER_CONTACT = "owner_contact"
+
+
+def register(vehicles_app: typer.Typer) -> None:
+    """Add the fleet commands to ``ota vehicles`` (next to import, provision and revoke)."""
+    vehicles_app.command("list")(vehicles_list)
+    vehicles_app.command("show")(vehicles_show)
+    vehicles_app.command("update")(vehicles_update)
+    vehicles_app.command("decommission")(vehicles_decommission)
+
+
+def _walk(client: ApiClient, filters: dict[str, Any], most: int | None) -> list[dict[str, Any]]:
+    """Every car the filters match (at most ``most``), following the server's cursor page by page."""
+    cars: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while most is None or len(cars) < most:
+        want = PAGE if most is None else min(PAGE, most - len(cars))
+        page = client.vehicles_page(filters, cursor, want)
+        cars += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    return cars
+
+
+def _ecus(car: dict[str, Any]) -> str:
+    return ", ".join(f"{e['hardware_id']} {e['installed_version']}" for e in car.get("ecus", []))
+
+
+def vehicles_list(
+    model: Annotated[str | None, typer.Option(help="Only this model")] = None,
+    model_year: Annotated[int | None, typer.Option(help="Only this model year")] = None,
+    hardware_id: Annotated[str | None, typer.Option(help="Cars with an ECU of this hardware id")] = None,
+    installed_version: Annotated[
+        str | None, typer.Option(help="Cars with an ECU running this version (with --hardware-id: that ECU)")
+    ] = None,
+    recall: Annotated[str | None, typer.Option(help="A recall's id or campaign number (24V-123)")] = None,
+    campaign: Annotated[int | None, typer.Option(min=1, help="Cars in this campaign")] = None,
+    state: Annotated[str | None, typer.Option(help="The car's state in the campaign (e.g. failed, remedied)")] = None,
+    not_seen_since: Annotated[
+        datetime | None,
+        typer.Option("--not-seen-since", "--since", help="Cars silent since then (never seen included; UTC)"),
+    ] = None,
+    decommissioned: Annotated[
+        bool | None, typer.Option("--decommissioned/--in-service", help="Only cars out of (or in) the fleet")
+    ] = None,
+    most: Annotated[int | None, typer.Option("--max", min=1, help="Stop after this many cars")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The fleet sorted by VIN, every filter given applying (all pages unless --max)."""
+    given = {
+        "model": model,
+        "model_year": model_year,
+        "hardware_id": hardware_id,
+        "installed_version": installed_version,
+        "recall": recall,
+        "campaign": campaign,
+        "state": state,
+        "not_seen_since": not_seen_since.isoformat() if not_seen_since else None,
+        "decommissioned": None if decommissioned is None else str(decommissioned).lower(),
+    }
+    filters = {name: value for name, value in given.items() if value is not None}
+    with client_for(server, token) as client:
+        cars = _walk(client, filters, most)
+
+    def human() -> None:  # one line per car: readable at any width, and greppable
+        for c in cars:
+            gone = f"  decommissioned {_gone(c)}" if c.get("decommissioned_at") else ""
+            seen = str(c["last_seen"])[:19] if c.get("last_seen") else "never"
+            typer.echo(f"{c['vin']}  {c['model']} {c['model_year']}  {_ecus(c)}  last seen {seen}{gone}")
+        typer.echo(f"{len(cars)} vehicle(s)")
+
+    emit(as_json, cars, human)
+
+
+def _gone(car: dict[str, Any]) -> str:
+    return f"{car['decommission_reason']} {str(car['decommissioned_at'])[:10]}"
+
+
+def vehicles_show(
+    vin: VinArgument, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
+) -> None:
+    """One car: what is registered, its ECUs and every campaign it is in."""
+    with client_for(server, token) as client:
+        car = client.vehicle(vin.strip().upper())
+        status = client.vehicle_status(car["vin"])
+
+    def human() -> None:
+        typer.echo(f"{car['vin']}  {car.get('make') or ''} {car['model']} {car['model_year']}".replace("  ", " "))
+        for label, key in (("time zone", "time_zone"), ("market", "market"), ("owner contact", "owner_contact")):
+            typer.echo(f"  {label}: {car.get(key) or '-'}")
+        typer.echo(f"  last seen: {car.get('last_seen') or 'never'}")
+        if car.get("decommissioned_at"):
+            detail = f" ({car['decommission_detail']})" if car.get("decommission_detail") else ""
+            typer.echo(f"  decommissioned: {car['decommission_reason']}{detail} on {car['decommissioned_at']}")
+        ecu_columns = ["serial", "hardware_id", "installed_version", "primary"]
+        table("ECUs", ecu_columns, [[e.get(c) for c in ecu_columns] for e in car["ecus"]])
+        campaigns = status.get("campaigns", [])
+        rows = [[c["campaign_id"], c["recall_number"], c["state"], c.get("reason"), c["updated_at"]] for c in campaigns]
+        table("Campaigns", ["campaign", "recall", "state", "reason", "since"], rows)
+
+    emit(as_json, {**car, "campaigns": status.get("campaigns", [])}, human)
+
+
+def vehicles_update(
+    vin: VinArgument,
+    time_zone: Annotated[str | None, typer.Option(help="IANA zone, e.g. Europe/Berlin")] = None,
+    market: Annotated[str | None, typer.Option(help="The market it is sold in, e.g. DE")] = None,
+    owner_contact: Annotated[str | None, typer.Option(help="How to reach the owner")] = None,
+    clear: Annotated[list[Changeable] | None, typer.Option(help="Clear this field (repeatable)")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a car's time zone, market or owner contact (nothing else about a car may change)."""
+    changes: dict[str, Any] = {field.value: None for field in clear or []}
+    given = {"time_zone": time_zone, "market": market, "owner_contact": owner_contact}
+    changes.update({name: value for name, value in given.items() if value is not None})
+    if not changes:
+        raise typer.BadParameter("give --time-zone, --market, --owner-contact or --clear FIELD")
+    with client_for(server, token) as client:
+        car = client.update_vehicle(vin.strip().upper(), changes)
+    shown = ", ".join(f"{name} {car.get(name) or '(cleared)'}" for name in sorted(changes))
+    emit(as_json, car, lambda: typer.echo(f"{car['vin']}: {shown}"))
+
+
+def vehicles_decommission(
+    vin: VinArgument,
+    reason: Annotated[Reason, typer.Option(help="Why it left the fleet")],
+    detail: Annotated[str | None, typer.Option(help="What happened (needed for --reason other)")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take a car out of the fleet: no future recall takes it; in open campaigns it becomes unreachable."""
+    with client_for(server, token) as client:
+        answer = client.decommission(vin.strip().upper(), reason.value, detail)
+    campaigns = ", ".join(str(c) for c in answer["removed_from"]) or "none"
+    line = f"{answer['vehicle']['vin']} decommissioned ({reason.value}); unreachable in campaign(s): {campaigns}"
+    emit(as_json, answer, lambda: typer.echo(line))
