@@ -355,6 +355,10 @@ class Population(BaseModel):
         return cls.model_validate(data, context=STORED)
 
 
+ReleaseId = Annotated[int, Field(ge=1, le=2**31 - 1)]
+MAX_RECALL_RELEASES = 16  # ECUs one recall may update on one car
+
+
 class RecallCreate(BaseModel):
     model_config = _IN
     campaign_number: Annotated[str, AfterValidator(_campaign_number_shape)] = Field(
@@ -366,7 +370,16 @@ class RecallCreate(BaseModel):
     defect: Text = Field(min_length=1, max_length=10_000)
     safety_risk: Text = Field(min_length=1, max_length=10_000)
     remedy: Text = Field(min_length=1, max_length=10_000)
-    release_id: int = Field(ge=1, le=2**31 - 1)
+    release_id: ReleaseId | None = Field(
+        default=None, description="The release to install (one hardware id); or give release_ids"
+    )
+    release_ids: list[ReleaseId] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_RECALL_RELEASES,
+        description="Several releases, at most one per hardware id: every affected ECU of a car is updated in "
+        "one Director metadata. release_id, if also given, must be one of them",
+    )
     population: Population = Field(default_factory=Population)
     safety_recall: bool = Field(
         default=True, description="A safety recall launches only after a second person approves it"
@@ -398,6 +411,25 @@ class RecallCreate(BaseModel):
     )
 
     @model_validator(mode="after")
+    def _releases_named(self) -> RecallCreate:
+        """One release (``release_id``) or several (``release_ids``), each named once."""
+        if self.release_id is None and not self.release_ids:
+            raise ValueError("give release_id or release_ids")
+        if self.release_ids is not None:
+            repeated = sorted({r for r in self.release_ids if self.release_ids.count(r) > 1})
+            if repeated:
+                raise ValueError(f"release_ids names release {repeated[0]} more than once")
+            if self.release_id is not None and self.release_id not in self.release_ids:
+                raise ValueError(f"release_id {self.release_id} is not one of release_ids {self.release_ids}")
+        return self
+
+    @property
+    def all_release_ids(self) -> list[int]:
+        """Every release to install, the primary first (``release_id``, else the first of ``release_ids``)."""
+        others = [r for r in self.release_ids or [] if r != self.release_id]
+        return [self.release_id, *others] if self.release_id is not None else others
+
+    @model_validator(mode="after")
     def _contract_texts(self) -> RecallCreate:
         """The wire contract's models (owner notice, preconditions) hold texts too: same rule, checked deep."""
         for name in ("owner_notice", "preconditions"):
@@ -415,7 +447,10 @@ class RecallPublic(BaseModel):
     defect: str
     safety_risk: str
     remedy: str
-    release_id: int
+    release_id: int = Field(description="The primary release (the only one of a one-ECU recall)")
+    release_ids: list[int] = Field(
+        default_factory=list, description="Every release the recall installs, one per hardware id, primary first"
+    )
     population: Population
     affected_count: int = Field(description="Cars the population matches now (a preview until launch)")
     campaign_id: int | None

@@ -182,6 +182,22 @@ class Recall(Base):
     requires_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
+class RecallRelease(Base):
+    """One release a recall installs: at most one per hardware id (the primary key says so).
+
+    Every recall has its own release here (``recalls.release_id``, the primary one); a
+    multi-ECU recall has one more per further hardware id, installed on the same car in the
+    same Director metadata.
+    """
+
+    __tablename__ = "recall_releases"
+
+    recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id", ondelete="CASCADE"), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+    position: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # order as filed
+
+
 class Campaign(Base):
     """One rollout of a release to a recall's cars.
 

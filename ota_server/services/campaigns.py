@@ -126,25 +126,25 @@ def already_launched(session: Session, recall: Recall) -> Conflict | None:
 
 
 def launchable(session: Session, recall: Recall) -> tuple[Release, list[populations.Member]]:
-    """The release and cars of a recall that may be launched now; otherwise why not, raised.
+    """The primary release and the cars of a recall that may be launched now; otherwise why not, raised.
 
-    Conflict: launched already, or its release waits for a signature. InvalidInput: it
+    Conflict: launched already, or one of its releases waits for a signature. InvalidInput: it
     matches no car (a safety recall's request is refused for it too, rather than waiting
     for an approval that could only launch nothing).
     """
     if (refusal := already_launched(session, recall)) is not None:
         raise refusal
-    release = session.get(Release, recall.release_id)
-    assert release is not None  # foreign key
-    if not release.published:
-        raise Conflict(
-            f"release {release.hardware_id} {release.version} is not published yet: "
-            "it waits for its targets signature (`ota release sign`)"
-        )
-    members = populations.resolve(session, Population.model_validate(recall.population), release)
+    releases = populations.releases_of(session, recall)
+    for release in releases:
+        if not release.published:
+            raise Conflict(
+                f"release {release.hardware_id} {release.version} is not published yet: "
+                "it waits for its targets signature (`ota release sign`)"
+            )
+    members = populations.resolve_all(session, Population.model_validate(recall.population), releases)
     if not members:
         raise InvalidInput(f"recall {recall.campaign_number} matches no vehicle; nothing to launch")
-    return release, members
+    return releases[0], members
 
 
 def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic:

@@ -6,14 +6,14 @@ Cheap filters run in SQL; installed-version bounds need PEP 440 ordering
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import Select, select
+from sqlalchemy import Row, Select, select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import Ecu, Release, Vehicle
+from ota_server.db.models import Ecu, Recall, RecallRelease, Release, Vehicle
 from ota_server.errors import InvalidInput
 from ota_server.schemas import Population
 
@@ -24,10 +24,15 @@ _VIN_CHUNK = 5000
 
 @dataclass(frozen=True)
 class Member:
-    """One affected car and the serials of its ECUs to update (primary first)."""
+    """One affected car, the serials of its ECUs to update (primary first) and the release for each."""
 
     vin: str
     ecu_serials: tuple[str, ...]
+    release_ids: tuple[int, ...]
+
+    def assignments(self) -> dict[str, int]:
+        """ECU serial -> the release it installs."""
+        return dict(zip(self.ecu_serials, self.release_ids, strict=True))
 
 
 def _version(raw: str, what: str) -> Version:
@@ -94,6 +99,22 @@ def _version_matches(raw: str, low: Version | None, high: Version | None) -> boo
     return (low is None or version >= low) and (high is None or version <= high)
 
 
+def releases_of(session: Session, recall: Recall) -> list[Release]:
+    """The releases ``recall`` installs, the primary first (as filed)."""
+    rows = session.scalars(
+        select(Release)
+        .join(RecallRelease, RecallRelease.release_id == Release.id)
+        .where(RecallRelease.recall_id == recall.id)
+        .order_by(RecallRelease.position, RecallRelease.hardware_id)
+    ).all()
+    return list(rows)
+
+
+def of_recall(session: Session, recall: Recall, vins: Sequence[str] | None = None) -> list[Member]:
+    """The cars ``recall`` affects now, each with its affected ECUs and their releases."""
+    return resolve_all(session, Population.stored(recall.population), releases_of(session, recall), vins)
+
+
 def resolve(
     session: Session, population: Population, release: Release, vins: Sequence[str] | None = None
 ) -> list[Member]:
@@ -101,11 +122,33 @@ def resolve(
 
     ``vins`` narrows the answer to those cars (the scheduler signs a wave's cars only).
     """
-    hardware_id = population.hardware_id or release.hardware_id
+    return resolve_all(session, population, [release], vins)
+
+
+def resolve_all(
+    session: Session, population: Population, releases: Sequence[Release], vins: Sequence[str] | None = None
+) -> list[Member]:
+    """:func:`resolve` for a recall of several releases (one per hardware id).
+
+    A car is affected when at least one of its ECUs matches one release's hardware id (and
+    every other filter); it gets each such ECU with that ECU's release, in one member.
+    ``population.hardware_id`` replaces the hardware id of a one-release recall only.
+    """
     bounds = population.installed_versions
     low = Version(bounds.min) if bounds and bounds.min else None
     high = Version(bounds.max) if bounds and bounds.max else None
-    grouped: dict[str, list[str]] = {}
+    grouped: dict[str, list[tuple[str, int]]] = {}
+    for release in releases:
+        hardware_id = (population.hardware_id if len(releases) == 1 else None) or release.hardware_id
+        for vin, serial, installed in _rows(session, population, hardware_id, vins):
+            if _version_matches(installed, low, high):
+                grouped.setdefault(vin, []).append((serial, release.id))
+    return [Member(vin, tuple(s for s, _ in ecus), tuple(r for _, r in ecus)) for vin, ecus in grouped.items()]
+
+
+def _rows(
+    session: Session, population: Population, hardware_id: str, vins: Sequence[str] | None
+) -> Iterator[Row[str, str, str]]:
     queries = (
         [_query(population, hardware_id)]
         if vins is None
@@ -115,7 +158,4 @@ def resolve(
         ]
     )
     for query in queries:
-        for vin, serial, installed in session.execute(query):
-            if _version_matches(installed, low, high):
-                grouped.setdefault(vin, []).append(serial)
-    return [Member(vin, tuple(serials)) for vin, serials in grouped.items()]
+        yield from session.execute(query)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import MAX_MESSAGE_BYTES, encode
-from ota_server.db.models import Campaign, Recall, Release
+from ota_server.db.models import Campaign, Recall, RecallRelease, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.plan import start_problem
 from ota_server.schemas import Population, RecallCreate, RecallPublic
@@ -23,12 +23,11 @@ CAMPAIGN_NUMBER = re.compile(r"^[0-9]{2}[A-Z]-[0-9]{3,6}$")  # ASCII digits: \d 
 def _public(session: Session, recall: Recall, campaign: Campaign | None) -> RecallPublic:
     """``affected_count`` is a live preview until launch, then the frozen population."""
     population = Population.stored(recall.population)
+    releases = populations.releases_of(session, recall)
     if campaign is not None:
         affected = campaign.population
     else:
-        release = session.get(Release, recall.release_id)
-        assert release is not None  # foreign key
-        affected = len(populations.resolve(session, population, release))
+        affected = len(populations.resolve_all(session, population, releases))
     return RecallPublic(
         id=recall.id,
         campaign_number=recall.campaign_number,
@@ -38,6 +37,7 @@ def _public(session: Session, recall: Recall, campaign: Campaign | None) -> Reca
         safety_risk=recall.safety_risk,
         remedy=recall.remedy,
         release_id=recall.release_id,
+        release_ids=[r.id for r in releases],
         population=population,
         affected_count=affected,
         campaign_id=campaign.id if campaign else None,
@@ -60,9 +60,8 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         raise InvalidInput(
             f"campaign_number {body.campaign_number!r} must look like 24V-123 (YY, letter, dash, 3-6 digits)"
         )
-    release = session.get(Release, body.release_id)
-    if release is None:
-        raise InvalidInput(f"release {body.release_id} does not exist")
+    releases = _releases(session, body)
+    release = releases[0]
     floor = release.release_counter if body.min_release_counter is None else body.min_release_counter
     if floor > release.release_counter:
         raise InvalidInput(
@@ -81,7 +80,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         defect=body.defect,
         safety_risk=body.safety_risk,
         remedy=body.remedy,
-        release_id=body.release_id,
+        release_id=release.id,
         population=population.model_dump(mode="json", exclude_none=True),
         created_at=now,
         safety_recall=body.safety_recall,
@@ -97,6 +96,11 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     session.add(recall)
     try:
         session.flush()
+        session.add_all(
+            RecallRelease(recall_id=recall.id, hardware_id=r.hardware_id, release_id=r.id, position=i)
+            for i, r in enumerate(releases)
+        )
+        session.flush()
         # The answer is built before the one commit: if building it fails, nothing was stored
         # and the audit trail records the failure, not a success that answered 500.
         answer = _public(session, recall, None)
@@ -105,6 +109,40 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         session.rollback()
         raise Conflict(f"recall {number} already exists") from exc
     return answer
+
+
+def _releases(session: Session, body: RecallCreate) -> list[Release]:
+    """The releases named, the primary first; at most one per hardware id (a car's ECU takes one image)."""
+    releases: list[Release] = []
+    by_hardware: dict[str, Release] = {}
+    for release_id in body.all_release_ids:
+        release = session.get(Release, release_id)
+        if release is None:
+            raise InvalidInput(f"release {release_id} does not exist")
+        if (other := by_hardware.get(release.hardware_id)) is not None:
+            raise InvalidInput(
+                f"releases {other.id} ({other.version}) and {release.id} ({release.version}) are both for hardware "
+                f"{release.hardware_id!r}: a recall installs at most one release per hardware id"
+            )
+        by_hardware[release.hardware_id] = release
+        releases.append(release)
+    if len(releases) > 1:
+        if body.population.hardware_id is not None:
+            raise InvalidInput(
+                "population.hardware_id applies to a one-release recall only: with several releases each "
+                "release's own hardware id chooses the ECUs"
+            )
+        if body.min_release_counter is not None:
+            raise InvalidInput(
+                "min_release_counter applies to a one-release recall only: with several releases each "
+                "release's own counter is its floor"
+            )
+        if body.rollout is not None and body.rollout.rollback_release_id is not None:
+            raise InvalidInput(
+                "rollout.rollback_release_id applies to a one-release recall only: one rollback release "
+                "cannot cover several hardware ids"
+            )
+    return releases
 
 
 def _check_rollout(session: Session, body: RecallCreate, now: datetime) -> None:
@@ -162,8 +200,13 @@ def _check_notice_fits(recall: Recall) -> None:
 
 
 def release_floor(recall: Recall, release: Release) -> int:
-    """The minimum release counter the Director signs into this recall's assignments."""
-    return release.release_counter if recall.min_release_counter is None else recall.min_release_counter
+    """The minimum release counter the Director signs into this recall's assignments of ``release``.
+
+    The recall's own floor is its primary release's; a further release's floor is its own counter.
+    """
+    if release.id != recall.release_id or recall.min_release_counter is None:
+        return release.release_counter
+    return recall.min_release_counter
 
 
 def _campaign(session: Session, recall_id: int) -> Campaign | None:

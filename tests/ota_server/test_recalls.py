@@ -116,7 +116,7 @@ async def test_a_recall_whose_answer_cannot_be_built_is_not_stored(
         raise RuntimeError("the preview query failed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(population, "resolve", broken)
+        patch.setattr(population, "resolve_all", broken)  # every recall preview goes through it
         with pytest.raises(RuntimeError, match="preview query failed"):
             await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))
     assert (await env.client.get("/api/v1/recalls")).json() == []
