@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, status
+from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
@@ -37,7 +39,17 @@ from ota_server.services import identity, vehicles
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 
-@router.get("", dependencies=[needs_read])
+def _iso_instant(value: object) -> object:
+    """Only ISO 8601 (pydantic would also read ``0.5`` as seconds after 1970, which no person means)."""
+    if isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value) is None:
+        raise ValueError("give an ISO 8601 date and time, e.g. 2026-03-01T12:00:00Z")
+    return value
+
+
+Instant = Annotated[datetime, BeforeValidator(_iso_instant)]
+
+
+@router.get("", dependencies=[needs_read], responses=errors(404))
 def list_vehicles(
     session: SessionDep,
     model: Annotated[Text | None, Query(min_length=1, max_length=64)] = None,
@@ -62,7 +74,7 @@ def list_vehicles(
         VinState | None, Query(description="The car's state in the campaign (or the recall's, or any campaign)")
     ] = None,
     not_seen_since: Annotated[
-        datetime | None, Query(description="Silent since then: last seen before it, or never (no zone: UTC)")
+        Instant | None, Query(description="Silent since then: last seen before it, or never (no zone: UTC)")
     ] = None,
     decommissioned: Annotated[bool | None, Query(description="Only cars out of (true) or in (false) the fleet")] = None,
     cursor: Annotated[Text | None, Query(max_length=64, description="next_cursor of the previous page")] = None,

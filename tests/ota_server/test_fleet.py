@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any
+
+from sqlalchemy import select
 
 from firmware_bundles import topics
 from firmware_bundles.messages import CampaignWithdrawal, ReportState, parse_campaign_message
-from ota_server.db.models import CampaignVehicle
+from ota_server.db.models import CampaignVehicle, Vehicle
 from ota_server.services import campaigns
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, recall_body, report, upload, vehicle, vin
@@ -199,3 +201,19 @@ async def test_a_withdrawal_lost_in_a_restart_is_sent_again_never_the_notice(env
         session.commit()
         again = campaigns.unpublished(session, env.runtime.repo_url, env.clock())
     assert [(type(m), m.vin) for m in again] == [(CampaignWithdrawal, v)]
+
+
+async def test_not_seen_since_counts_silent_and_never_seen_cars(either_env: Env) -> None:
+    env = either_env
+    await _register(env, [vehicle(vin(1)), vehicle(vin(2))])
+    with env.runtime.sessions() as session:
+        car = session.scalar(select(Vehicle).where(Vehicle.vin == vin(1)))
+        assert car is not None
+        car.last_seen = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+        session.commit()
+    assert await _vins(env, not_seen_since="2026-02-01T00:00:00Z") == [vin(2)]  # vin(1) spoke since
+    assert await _vins(env, not_seen_since="2026-04-01T00:00:00+02:00") == sorted([vin(1), vin(2)])
+    assert await _vins(env, not_seen_since="2026-03-01T12:00:01") == sorted([vin(1), vin(2)])  # no zone: UTC
+    for junk in ("0.5", "yesterday"):
+        resp = await env.client.get("/api/v1/vehicles", params={"not_seen_since": junk})
+        assert resp.status_code == 422 and "ISO 8601" in resp.json()["detail"], resp.text
