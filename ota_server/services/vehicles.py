@@ -21,14 +21,13 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Vehicle
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
     AgentConfig,
     AgentEcu,
     EcuPublic,
     HistoryEntry,
-    Population,
     VehicleCampaignStatus,
     VehicleCreate,
     VehicleDecommission,
@@ -297,9 +296,7 @@ def _preview(session: Session, ref: str) -> set[str] | None:
     recall = _recall(session, ref)
     if session.scalar(select(Campaign.id).where(Campaign.recall_id == recall.id).limit(1)) is not None:
         return None
-    release = session.get(Release, recall.release_id)
-    assert release is not None
-    return {m.vin for m in populations.resolve(session, Population.stored(recall.population), release)}
+    return {m.vin for m in populations.of_recall(session, recall)}
 
 
 def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Callable[[str], bool] | None]:
