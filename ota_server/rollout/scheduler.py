@@ -69,6 +69,7 @@ from ota_server.schemas import Population
 from ota_server.services import campaigns as campaign_service
 from ota_server.services import population as populations
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, REMEDY, ROLLBACK, Outbound
+from ota_server.services.recalls import release_floor
 from ota_server.signing.director import Director
 from ota_server.signing.image_repo import target_for
 
@@ -473,9 +474,9 @@ class Scheduler:
 
     def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
-        release = session.get(Release, campaign.release_id)
-        assert release is not None
-        members = {m.vin for m in populations.resolve(session, Population.model_validate(recall.population), release)}
+        releases = populations.releases_of(session, recall)
+        population = Population.model_validate(recall.population)
+        members = {m.vin for m in populations.resolve_all(session, population, releases)}
         known = set(session.scalars(select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id)))
         new = sorted(members - known)
         if not new:
@@ -736,28 +737,32 @@ class Scheduler:
         )
 
     def _sign(self, session: Session, campaign: Campaign, recall: Recall, vins: list[str], now: datetime) -> None:
-        """Sign these cars' Director metadata: the fix for each affected ECU, with the recall's floor."""
+        """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
         release = session.get(Release, campaign.release_id)
         assert release is not None
         # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
+        rollback = campaign.kind == ROLLBACK
+        releases = [release] if rollback else populations.releases_of(session, recall)
         members = (
             {}
-            if campaign.kind == ROLLBACK
+            if rollback
             else {
-                m.vin: m.ecu_serials
-                for m in populations.resolve(session, Population.model_validate(recall.population), release, vins)
+                m.vin: m.assignments()
+                for m in populations.resolve_all(session, Population.model_validate(recall.population), releases, vins)
             }
         )
+        by_hardware = {r.hardware_id: r.id for r in releases}
         missing = [v for v in vins if v not in members]
         for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
-            for vin, serial in session.execute(
-                select(Vehicle.vin, Ecu.serial)
+            for vin, serial, hardware_id in session.execute(
+                select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
                 .join(Ecu, Ecu.vehicle_id == Vehicle.id)
-                .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id == release.hardware_id)
+                .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
                 .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
             ):
-                members[vin] = (*members.get(vin, ()), serial)
-        image = target_for(release)
+                members.setdefault(vin, {})[serial] = by_hardware[hardware_id]
+        images = {r.id: target_for(r) for r in releases}
         floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
-        plan = {vin: dict.fromkeys(members.get(vin, ()), image) for vin in vins}
-        self._director.queue(session, plan, now, min_release_counter=floor)  # signed when each car asks
+        floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
+        plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
+        self._director.queue(session, plan, now, min_release_counter=floor, floors=floors)  # signed when each car asks

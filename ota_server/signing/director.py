@@ -87,13 +87,14 @@ class Director:
         images: Mapping[str, TargetFile],
         previous: RepoVersions,
         now: datetime,
-        min_release_counter: int | None,
+        floors: Mapping[str, int | None],
     ) -> list[dict[str, Any]]:
         # TUF keys targets by path, so one chain names a bundle once: with two ECUs of
         # the same hardware the first serial given gets it.
         targets: dict[str, TargetFile] = {}
         for serial, image in images.items():
-            targets.setdefault(image.path, director_target(image, vin, serial, min_release_counter=min_release_counter))
+            floor = floors.get(serial)
+            targets.setdefault(image.path, director_target(image, vin, serial, min_release_counter=floor))
         versions, files = publish_targets(targets, signers, self.expiry, now, previous, extra={"vin": vin})
         by_name = {
             "targets.json": versions.targets,
@@ -129,21 +130,21 @@ class Director:
     def _sign_plan(
         self,
         session: Session,
-        plan: Mapping[str, tuple[Mapping[str, TargetFile], int | None]],
+        plan: Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None]]],
         now: datetime,
     ) -> dict[str, Chain]:
-        """Sign each VIN's next chain (``{vin: (images, min_release_counter)}``) and write it in bulk."""
+        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial)}``) and write it in bulk."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         chains: dict[str, Chain] = {}
-        for vin, (images, min_release_counter) in plan.items():
+        for vin, (images, floors) in plan.items():
             old = previous.get(vin, {})
             versions = RepoVersions(
                 old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
             )
-            rows = self._sign(signers, vin, images, versions, now, min_release_counter)
+            rows = self._sign(signers, vin, images, versions, now, floors)
             (changed_rows if old else new_rows).extend(rows)
             chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
         if new_rows:
@@ -172,8 +173,13 @@ class Director:
         now: datetime,
         *,
         min_release_counter: int | None = None,
+        floors: Mapping[str, int] | None = None,
     ) -> None:
         """Queue each VIN's next assignment (``{vin: {ecu_serial: image target}}``), signed when the car asks.
+
+        All of a car's ECUs are assigned together, in its one targets metadata. Each image
+        carries ``min_release_counter`` as its floor, or ``floors[release target path]`` when
+        given (a multi-ECU recall: each release's own floor).
 
         One upsert per chunk, in VIN order (the order the signer locks queued rows in): a
         queued assignment not yet signed is replaced, and the primary key is the only index
@@ -189,7 +195,12 @@ class Director:
                     {
                         "min_release_counter": min_release_counter,
                         "images": {
-                            serial: {"path": image.path, "info": image.to_dict()} for serial, image in images.items()
+                            serial: {
+                                "path": image.path,
+                                "info": image.to_dict(),
+                                "floor": (floors or {}).get(image.path, min_release_counter),
+                            }
+                            for serial, image in images.items()
                         },
                     },
                     separators=(",", ":"),
@@ -224,7 +235,11 @@ class Director:
                     serial: TargetFile.from_dict(dict(entry["info"]), str(entry["path"]))
                     for serial, entry in payload["images"].items()
                 },
-                payload["min_release_counter"],
+                {
+                    # a row queued before per-image floors has the one floor for all
+                    serial: entry.get("floor", payload["min_release_counter"])
+                    for serial, entry in payload["images"].items()
+                },
             )
             for vin, payload in queued.items()
         }

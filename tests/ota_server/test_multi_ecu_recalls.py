@@ -2,12 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from tuf.api.metadata import Metadata, Targets
+
+from firmware_bundles import repo_paths, topics
+from firmware_bundles.assignment import Assignment
+from firmware_bundles.messages import (
+    CampaignNotice,
+    ReportState,
+    StatusReport,
+    encode,
+    parse_campaign_message,
+)
+from ota_server.errors import NotFound
+from ota_server.services.repository import RepoReader
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from vehicle_agent.agent import Agent
+from vehicle_agent.config import AgentConfig, EcuConfig
+from vehicle_agent.errors import FetchError
+from vehicle_agent.health import HeaderHealthCheck
+from vehicle_agent.installer import SlotBackend
+from vehicle_agent.link import FakeLink
+from vehicle_agent.transport import Chunks
 
 GATEWAY = "gateway-v2"
+REPO = "http://ota.test/repo"
 
 
 def _two_ecu_car(n: int, *, gateway: bool = True) -> dict[str, Any]:
@@ -52,3 +77,118 @@ async def test_a_second_release_of_one_hardware_id_is_refused(env: Env) -> None:
     assert outside.status_code == 422 and "not one of release_ids" in outside.text
     neither = await env.client.post("/api/v1/recalls", json={**recall_body(first), "release_id": None})
     assert neither.status_code == 422 and "release_id or release_ids" in neither.text
+
+
+class ReaderTransport:
+    """The agent's transport straight onto the server's :class:`RepoReader` (no HTTP): metadata and bundles."""
+
+    def __init__(self, reader: RepoReader) -> None:
+        self.reader = reader
+
+    @contextmanager
+    def stream(self, url: str, *, start: int = 0) -> Iterator[Chunks]:
+        path = url.removeprefix(REPO + "/")
+        try:
+            if path.startswith(repo_paths.IMAGE_METADATA):
+                body = self.reader.image(path.removeprefix(repo_paths.IMAGE_METADATA))
+            elif path.startswith(repo_paths.TARGETS):
+                body = self.reader.target(path.removeprefix(repo_paths.TARGETS)).read_bytes()
+            else:
+                vin_, _, name = path.removeprefix("director/").partition("/metadata/")
+                body = self.reader.director(vin_, name)
+        except NotFound as exc:
+            raise FetchError(url, "HTTP 404", 404) from exc
+        yield Chunks(iter([body[start:]]), start)
+
+
+class FailingOn:
+    """The agent's own health check, except that one ECU never comes up healthy."""
+
+    def __init__(self, serial: str) -> None:
+        self.serial = serial
+
+    def check(self, slots: SlotBackend, expected: Assignment) -> str | None:
+        if expected.ecu_serial == self.serial:
+            return "gateway does not answer on CAN"
+        return HeaderHealthCheck().check(slots, expected)
+
+
+async def _two_release_campaign(env: Env, car: dict[str, Any]) -> tuple[int, bytes]:
+    """Register and provision ``car``, file a recall of two releases and launch it: (campaign id, report key)."""
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})
+    assert resp.status_code == 201, resp.text
+    resp = await env.client.post(
+        "/api/v1/vehicles/provision", params={"certificate": "false"}, json={"vins": [car["vin"]]}
+    )
+    assert resp.status_code == 200, resp.text
+    key: bytes = resp.json()["identities"][0]["report_private_key"].encode()
+    main, gateway = await _release(env), await _release(env, GATEWAY, "3.1.0")
+    recall = await env.client.post("/api/v1/recalls", json={**recall_body(main), "release_ids": [main, gateway]})
+    assert recall.status_code == 201, recall.text
+    launch = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    assert launch.status_code == 201, launch.text
+    campaign_id: int = launch.json()["id"]
+    return campaign_id, key
+
+
+def _agent(env: Env, car: dict[str, Any], key: bytes, state_dir: Path, **kwargs: Any) -> tuple[Agent, FakeLink]:
+    rt = env.runtime
+    config = AgentConfig(
+        vin=car["vin"],
+        ecus=tuple(EcuConfig(e["serial"], e["hardware_id"], e["installed_version"]) for e in car["ecus"]),
+        mqtt_url="mqtt://unused",
+        repo_url=REPO,
+        state_dir=state_dir,
+        image_root=rt.image_root,
+        director_root=rt.director_root,
+        report_key=key,
+    )
+    link = FakeLink(car["vin"])
+    return Agent(config, link=link, transport=ReaderTransport(rt.repo_reader), retries=0, **kwargs), link
+
+
+async def _run(env: Env, agent: Agent, link: FakeLink, vin_: str) -> list[StatusReport]:
+    """Hand the car its notice, let it work, and deliver its reports to the server."""
+    notice = next(
+        m
+        for m in (parse_campaign_message(p.payload) for p in env.publisher.messages)
+        if isinstance(m, CampaignNotice) and m.vin == vin_
+    )
+    await agent.handle(notice)
+    await env.inject(*((topics.status_topic(vin_), encode(r)) for r in link.reports))
+    return link.reports
+
+
+async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(env: Env, tmp_path: Path) -> None:
+    env.clock.now = datetime.now(UTC)  # the agent checks expiry against the real time
+    car = _two_ecu_car(1)
+    campaign_id, key = await _two_release_campaign(env, car)
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path)
+    reports = await _run(env, agent, link, car["vin"])
+    assert reports[-1].state is ReportState.REMEDIED, reports[-1]
+    director = Metadata[Targets].from_bytes(env.runtime.repo_reader.director(car["vin"], "targets.json"))
+    assigned = {t.custom["ecu_serial"]: t.custom["version"] for t in director.signed.targets.values()}
+    assert assigned == {"S-000001": "1.1.0", "G-000001": "3.1.0"}  # both ECUs, one targets metadata
+    assert agent.journal.data.installed["S-000001"][0] == "1.1.0"
+    assert agent.journal.data.installed["G-000001"][0] == "3.1.0"
+    progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
+    assert progress["done"] and progress["counts"]["remedied"] == 1, progress
+
+
+async def test_a_failing_ecu_rolls_every_ecu_of_the_car_back_and_is_named(env: Env, tmp_path: Path) -> None:
+    env.clock.now = datetime.now(UTC)
+    car = _two_ecu_car(2)
+    campaign_id, key = await _two_release_campaign(env, car)
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path, health=FailingOn("G-000002"))
+    reports = await _run(env, agent, link, car["vin"])
+    assert reports[-1].state is ReportState.ROLLED_BACK and "G-000002" in reports[-1].detail, reports[-1]
+    for serial, old in (("S-000002", "1.0.0"), ("G-000002", "3.0.0")):  # all or nothing: both on the old image
+        slots = agent.slots[serial]
+        assert slots.booted_slot() == slots.active_slot() and slots.pending_try() is None
+        assert agent.journal.data.installed[serial][0] == old
+    status = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()
+    last = status["campaigns"][0]
+    assert last["campaign_id"] == campaign_id and last["state"] == "rolled_back", last
+    assert "G-000002" in (last.get("detail") or "")
