@@ -24,20 +24,20 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import and_, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage, UnverifiedReport
 from firmware_bundles.messages import Presence, ReportState, StatusReport, parse_presence, parse_report
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Release, Vehicle
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
 from ota_server.ratelimit import TokenBuckets
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
@@ -110,9 +110,12 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
         yield items[start : start + _CHUNK]
 
 
-def _has_evidence(report: StatusReport, release_version: str) -> bool:
-    """A car is remedied only once it booted the new software and its health check passed."""
-    return report.health_ok is True and report.installed_version == release_version
+def _has_evidence(report: StatusReport, release_versions: Collection[str]) -> bool:
+    """A car is remedied only once it booted the new software and its health check passed.
+
+    A multi-ECU recall's car names one of its updated ECUs: its version is one of the recall's releases.
+    """
+    return report.health_ok is True and report.installed_version in release_versions
 
 
 class _Batch:
@@ -167,13 +170,17 @@ class _Batch:
         for chunk in _chunks(strangers):
             owners = session.execute(select(Vehicle.report_keyid, Vehicle.vin).where(Vehicle.report_keyid.in_(chunk)))
             self.key_owners.update((keyid, vin) for keyid, vin in owners if keyid)
-        self.release_versions: dict[int, str] = dict(
-            session.execute(
-                select(Campaign.id, Release.version)
-                .join(Release, Release.id == Campaign.release_id)
-                .where(Campaign.id.in_(campaign_ids))
-            ).all()
-        )
+        # The versions a remedied car may name: its campaign's release, and a multi-ECU recall's others.
+        further = aliased(Release)
+        self.release_versions: dict[int, set[str]] = {}
+        for campaign_id, version, other in session.execute(
+            select(Campaign.id, Release.version, further.version)
+            .join(Release, Release.id == Campaign.release_id)
+            .outerjoin(RecallRelease, and_(RecallRelease.recall_id == Campaign.recall_id, Campaign.kind == "remedy"))
+            .outerjoin(further, further.id == RecallRelease.release_id)
+            .where(Campaign.id.in_(campaign_ids))
+        ):
+            self.release_versions.setdefault(campaign_id, {version}).update([other] if other else [])
 
 
 def _signature_problem(batch: _Batch, report: StatusReport) -> str | None:

@@ -31,7 +31,7 @@ from vehicle_agent.installer import SlotBackend
 from vehicle_agent.link import FakeLink
 from vehicle_agent.transport import Chunks
 
-GATEWAY = "gateway-v2"
+GATEWAY = "body-gateway"  # sorts before ecu-main: the car names this ECU first in its reports
 REPO = "http://ota.test/repo"
 
 
