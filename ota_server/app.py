@@ -18,6 +18,7 @@ from ota_server import web
 from ota_server.api import (
     audit,
     campaigns,
+    discrepancies,
     handlers,
     health,
     openapi,
@@ -73,7 +74,19 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
     metrics = Metrics(lambda: getattr(app.state, "runtime", None))  # per app: tests build several
     app.state.metrics = metrics
     handlers.install(app)
-    for module in (health, vehicles, targets, releases, recalls, campaigns, repo, tokens, audit, reports):
+    for module in (
+        health,
+        vehicles,
+        targets,
+        releases,
+        recalls,
+        campaigns,
+        repo,
+        tokens,
+        audit,
+        reports,
+        discrepancies,
+    ):
         app.include_router(module.router)
     web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up
     openapi.install(app)  # error bodies, codes and links in the schema (after every route is in)

@@ -34,13 +34,21 @@ from sqlalchemy.orm import Session, aliased, sessionmaker
 
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage, UnverifiedReport
-from firmware_bundles.messages import Presence, ReportState, StatusReport, parse_presence, parse_report
+from firmware_bundles.messages import (
+    Presence,
+    ReportState,
+    StatusReport,
+    VersionManifest,
+    parse_presence,
+    parse_status_message,
+)
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
 from ota_server.ratelimit import TokenBuckets
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
+from ota_server.services import inventory
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +68,7 @@ NOT_PROVISIONED = "vehicle_not_provisioned"
 KEY_OF_ANOTHER_VEHICLE = "key_of_another_vehicle"
 UNKNOWN_KEY = "unknown_key"
 REMEDIED_WITHOUT_EVIDENCE = "remedied_without_evidence"
+MANIFEST_REPLAYED = "manifest_replayed"  # a manifest's counter not above the car's last accepted one
 OVERLOADED = "overloaded"
 STORE_FAILED = "store_failed"
 OVERSIZED = "oversized"  # over the byte cap: refused before parsing
@@ -87,7 +96,7 @@ Ack = Callable[[], None]
 
 @dataclass(frozen=True)
 class Received:
-    message: StatusReport | Presence
+    message: StatusReport | VersionManifest | Presence
     received_at: datetime
     # Tells the broker the message is safe (the link's manual PUBACK); called once stored.
     ack: Ack | None = None
@@ -103,6 +112,8 @@ class Outcome:
     moved: set[int] = field(default_factory=set)  # campaigns where a car changed state
     sent_at: list[datetime] = field(default_factory=list)  # of the reports stored, for the lag metric
     lags: list[float] = field(default_factory=list)  # seconds from each one's sent_at to the commit
+    manifests: int = 0  # version manifests accepted
+    discrepancies: Counter[str] = field(default_factory=Counter)  # new ones, by kind
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -121,7 +132,9 @@ def _has_evidence(report: StatusReport, release_versions: Collection[str]) -> bo
 class _Batch:
     """The database view one batch needs, loaded with a handful of queries."""
 
-    def __init__(self, session: Session, reports: Sequence[StatusReport]) -> None:
+    def __init__(
+        self, session: Session, reports: Sequence[StatusReport], manifests: Sequence[VersionManifest] = ()
+    ) -> None:
         campaign_ids = sorted({r.campaign_id for r in reports})
         vins = sorted({r.vin for r in reports})
         wanted = {(r.campaign_id, r.vin) for r in reports}
@@ -151,7 +164,7 @@ class _Batch:
             )
             self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
-        for chunk in _chunks(vins):
+        for chunk in _chunks(sorted({*vins, *(m.vin for m in manifests)})):
             rows = session.execute(
                 select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key).where(
                     Vehicle.vin.in_(chunk), Vehicle.report_keyid.is_not(None)
@@ -159,10 +172,11 @@ class _Batch:
             )
             self.keys.update((vin, (keyid, key)) for vin, keyid, key in rows if keyid and key)
         # Only under attack (or after re-provisioning): whose key was it?
+        signed: list[StatusReport | VersionManifest] = [*reports, *manifests]
         strangers = sorted(
             {
                 r.signature.keyid
-                for r in reports
+                for r in signed
                 if r.signature is not None and r.signature.keyid != self.keys.get(r.vin, ("", {}))[0]
             }
         )
@@ -183,7 +197,7 @@ class _Batch:
             self.release_versions.setdefault(campaign_id, {version}).update([other] if other else [])
 
 
-def _signature_problem(batch: _Batch, report: StatusReport) -> str | None:
+def _signature_problem(batch: _Batch, report: StatusReport | VersionManifest) -> str | None:
     """Why ``report`` is not signed by its car's registered key, or None when it is."""
     registered = batch.keys.get(report.vin)
     if registered is None:
@@ -236,30 +250,58 @@ class Budgets:
         return self.car.wait_for(key) == 0.0
 
 
-def _paid(batch: _Batch, report: StatusReport, budgets: Budgets) -> str | None:
+def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budgets) -> str | None:
     """Check the signature and charge the right budget: the reason to refuse ``report``, or None."""
     problem = _signature_problem(batch, report)
     if problem is not None:
         budgets.spend_junk(topics.status_topic(report.vin))
+        what = (
+            f"manifest {report.counter}"
+            if isinstance(report, VersionManifest)
+            else f"report for campaign {report.campaign_id}"
+        )
         log.warning(
-            "rejected report from %s for campaign %d (%s), signed by %s",
+            "rejected %s from %s (%s), signed by %s",
+            what,
             report.vin,
-            report.campaign_id,
             problem,
             report.signature.keyid if report.signature else "nobody",
-            extra={"campaign_id": report.campaign_id, "vin": report.vin},
+            extra={"vin": report.vin},
         )
         return problem
     return None if budgets.spend_car(report.vin) else FLOOD
 
 
 def _apply_reports(
-    session: Session, reports: Sequence[Received], outcome: Outcome, budgets: Budgets, charged: dict[int, str | None]
+    session: Session,
+    reports: Sequence[Received],
+    outcome: Outcome,
+    budgets: Budgets,
+    charged: dict[int, str | None],
+    now: datetime,
 ) -> None:
-    """Apply ``reports``; ``charged`` keeps each one's verdict across retries, so none pays twice."""
+    """Apply ``reports`` and version manifests; ``charged`` keeps each one's verdict across retries,
+    so none pays twice. Every verified message moves its car's ``last_seen``; the manifests'
+    counters and the inventory are :mod:`ota_server.services.inventory`'s."""
     if not reports:
         return
-    batch = _Batch(session, [r.message for r in reports if isinstance(r.message, StatusReport)])
+    manifests = [r for r in reports if isinstance(r.message, VersionManifest)]
+    reports = [r for r in reports if isinstance(r.message, StatusReport)]
+    batch = _Batch(
+        session,
+        [r.message for r in reports if isinstance(r.message, StatusReport)],
+        [m.message for m in manifests if isinstance(m.message, VersionManifest)],
+    )
+    verified: list[tuple[VersionManifest, datetime]] = []
+    for item in manifests:
+        assert isinstance(item.message, VersionManifest)
+        if id(item) not in charged:
+            charged[id(item)] = _paid(batch, item.message, budgets)
+        if (problem := charged[id(item)]) is not None:
+            outcome.rejected[problem] += 1
+        else:
+            verified.append((item.message, item.received_at))
+    seen: dict[str, datetime] = {}
     events: list[dict[str, object]] = []
     for item in reports:
         report = item.message
@@ -270,6 +312,7 @@ def _apply_reports(
         if problem is not None:
             outcome.rejected[problem] += 1
             continue
+        seen[report.vin] = max(item.received_at, seen.get(report.vin, item.received_at))
         cv = batch.rows.get((report.campaign_id, report.vin))
         if cv is None:
             outcome.rejected[UNKNOWN_CAMPAIGN_VEHICLE] += 1
@@ -325,6 +368,28 @@ def _apply_reports(
             cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank  # e.g. withdrawn, confirmed
     if events:
         session.execute(insert(CampaignEvent), events)
+    _saw(session, seen)
+    found = inventory.apply_manifests(session, verified, now)
+    outcome.manifests += found.accepted
+    outcome.duplicates += found.duplicates
+    if found.replayed:
+        outcome.rejected[MANIFEST_REPLAYED] += found.replayed
+    outcome.discrepancies.update(found.discrepancies)
+    outcome.moved.update(found.moved)
+
+
+def _saw(session: Session, seen: dict[str, datetime]) -> None:
+    """``last_seen`` moves on every verified report (never back: an older one leaves it)."""
+    by_time: dict[datetime, list[str]] = {}
+    for vin, at in seen.items():
+        by_time.setdefault(at, []).append(vin)
+    for at, vins in by_time.items():
+        for chunk in _chunks(sorted(vins)):
+            session.execute(
+                update(Vehicle)
+                .where(Vehicle.vin.in_(chunk), (Vehicle.last_seen.is_(None)) | (Vehicle.last_seen < at))
+                .values(last_seen=at)
+            )
 
 
 def _acknowledge(batch: Sequence[Received]) -> None:
@@ -404,11 +469,18 @@ class Ingestor:
         self._accepted = 0
         self._duplicates = 0
         self._rejected: Counter[str] = Counter()
+        self._manifests = 0
+        self._discrepancies: Counter[str] = Counter()
 
     def stats(self) -> IngestStats:
         junk = sum(count for reason, count in self._rejected.items() if reason in JUNK)
         return IngestStats(
-            accepted=self._accepted, duplicates=self._duplicates, rejected=dict(self._rejected), junk=junk
+            accepted=self._accepted,
+            duplicates=self._duplicates,
+            rejected=dict(self._rejected),
+            junk=junk,
+            manifests=self._manifests,
+            discrepancies=dict(self._discrepancies),
         )
 
     def _reject(self, reason: str, topic: str, detail: object) -> None:
@@ -442,7 +514,7 @@ class Ingestor:
                 if self.budgets.car.empty(topic_vin):  # only its genuine reports empty it
                     self._rejected[FLOOD] += 1  # not logged per message: that would be the flood again
                     return False
-                message: StatusReport | Presence = parse_report(payload)
+                message: StatusReport | VersionManifest | Presence = parse_status_message(payload)
             elif topic.endswith("/presence"):
                 message = parse_presence(payload)
             else:
@@ -454,8 +526,8 @@ class Ingestor:
         if message.vin != topic_vin:
             self._reject(TOPIC_VIN_MISMATCH, topic, f"payload VIN {message.vin}")
             return False
-        if isinstance(message, StatusReport) and message.signature is None:
-            self._reject(MISSING_SIGNATURE, topic, "status report is not signed")
+        if isinstance(message, StatusReport | VersionManifest) and message.signature is None:
+            self._reject(MISSING_SIGNATURE, topic, f"{message.kind} message is not signed")
             return False
         if isinstance(message, Presence) and not self.budgets.spend_car((topic_vin, "presence")):
             self._rejected[FLOOD] += 1  # unsigned: presence has a bucket of its own, apart from reports
@@ -483,8 +555,8 @@ class Ingestor:
             outcome = Outcome()
             try:
                 with self._factory() as session:
-                    reports = [i for i in items if isinstance(i.message, StatusReport)]
-                    _apply_reports(session, reports, outcome, self.budgets, charged)
+                    reports = [i for i in items if isinstance(i.message, StatusReport | VersionManifest)]
+                    _apply_reports(session, reports, outcome, self.budgets, charged, self._clock())
                     _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
                     session.commit()
                 committed = self._clock()
@@ -509,6 +581,8 @@ class Ingestor:
 
     def _count(self, outcome: Outcome) -> None:
         self._accepted += outcome.accepted
+        self._manifests += outcome.manifests
+        self._discrepancies.update(outcome.discrepancies)
         self._duplicates += outcome.duplicates
         self._rejected.update(outcome.rejected)
         if outcome.lags and self.on_lags is not None:

@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ota_server import gctime
-from ota_server.db.models import CampaignVehicle
+from ota_server.db.models import CampaignVehicle, Discrepancy
 from ota_server.runtime import Runtime
 
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
@@ -96,6 +96,9 @@ class _RuntimeCollector(Collector):
         )
         junk.add_metric([], stats.junk)
         yield junk
+        manifests = CounterMetricFamily("ota_manifests_accepted", "Version manifests accepted from cars.")
+        manifests.add_metric([], stats.manifests)
+        yield manifests
         notices = CounterMetricFamily("ota_notices_published", "Campaign notices and withdrawals published.")
         notices.add_metric([], runtime.dispatcher.published)
         yield notices
@@ -108,9 +111,18 @@ class _RuntimeCollector(Collector):
                     CampaignVehicle.campaign_id, CampaignVehicle.state
                 )
             ).all()
+            found = session.execute(select(Discrepancy.kind, func.count()).group_by(Discrepancy.kind)).all()
         for campaign_id, state, count in rows:
             states.add_metric([str(campaign_id), state], count)
         yield states
+        discrepancies = GaugeMetricFamily(
+            "ota_discrepancies",
+            "Discrepancies between cars' version manifests and the record (tampering, workshop flashes), by kind.",
+            labels=["kind"],
+        )
+        for kind, count in found:
+            discrepancies.add_metric([kind], count)
+        yield discrepancies
 
 
 class HttpMetrics:

@@ -149,8 +149,45 @@ class EcuPublic(BaseModel):
     model_config = _OUT
     serial: str
     hardware_id: str
-    installed_version: str
+    installed_version: str = Field(
+        description="The car's last signed word (its version manifest); the declared version until the first one"
+    )
     primary: bool
+    declared_version: str | None = Field(default=None, description="What registration declared")
+    installed_sha256: str | None = Field(
+        default=None, description="The image in the active slot, as the car hashed it (null until a manifest)"
+    )
+    reported_at: datetime | None = Field(
+        default=None, description="When the server received the manifest that says so (null: declared only)"
+    )
+    source: Literal["declared", "reported"] = Field(
+        default="declared", description="reported once a signed manifest spoke for this ECU"
+    )
+
+
+class DiscrepancyPublic(BaseModel):
+    """Where a car's signed manifest and the service's record disagree."""
+
+    model_config = _OUT
+    id: int
+    vin: str
+    ecu_serial: str
+    hardware_id: str
+    kind: str = Field(
+        description="unassigned_image, unknown_version, remedied_mismatch, hardware_mismatch or unknown_ecu"
+    )
+    version: str
+    image_sha256: str | None
+    campaign_id: int | None
+    detail: str
+    manifest_counter: int
+    found_at: datetime
+    last_seen_at: datetime
+
+
+class DiscrepancyPage(BaseModel):
+    items: list[DiscrepancyPublic]
+    next_cursor: int | None = Field(description="Pass as cursor for the next page; null on the last")
 
 
 class VehicleCreate(BaseModel):
@@ -522,6 +559,19 @@ class WaveProgress(BaseModel):
     opened: bool
 
 
+class EcuProgress(BaseModel):
+    """A campaign's affected ECUs of one hardware id: every ECU shares its car's state (all or nothing)."""
+
+    hardware_id: str
+    release_id: int = Field(description="The release these ECUs install")
+    ecus: int = Field(description="Affected ECUs of this hardware id (one per car, or more)")
+    counts: dict[str, int] = Field(description="These ECUs by their car's state; adds up to ecus")
+    failed_here: int = Field(
+        description="Failed, rolled-back or timed-out cars whose failure names one of these ECUs (the car's "
+        "signed report says which ECU failed: 'ECU <serial>: ...')"
+    )
+
+
 class Progress(BaseModel):
     """Counts per state always add up to ``population``."""
 
@@ -544,6 +594,9 @@ class Progress(BaseModel):
     kind: str = Field(default="remedy", description="remedy or rollback")
     rollback_campaign_id: int | None = Field(
         default=None, description="The rollback campaign the error threshold launched from this one, if any"
+    )
+    ecus: list[EcuProgress] = Field(
+        default_factory=list, description="Per hardware id of the recall's releases: its ECUs by their car's state"
     )
 
 
@@ -602,6 +655,10 @@ class IngestStats(BaseModel):
         0,
         description="Messages that were not a car's genuine report (unsigned, forged, malformed, or cut "
         "by the junk budgets), by any reason; they never spend a car's own allowance",
+    )
+    manifests: int = Field(0, description="Version manifests accepted (a replayed one is rejected: manifest_replayed)")
+    discrepancies: dict[str, int] = Field(
+        default_factory=dict, description="Discrepancies found in manifests since the start, by kind"
     )
 
 

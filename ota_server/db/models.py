@@ -81,10 +81,20 @@ class Vehicle(Base):
     decommissioned_at: Mapped[datetime | None]
     decommission_reason: Mapped[str | None] = mapped_column(String(16))
     decommission_detail: Mapped[str | None] = mapped_column(Text)
+    # The counter of the last version manifest accepted from the car (it only grows: an older
+    # or replayed manifest is refused) and the sha256 of its signature (a QoS 1 redelivery of
+    # that same manifest is a duplicate, not a replay).
+    manifest_counter: Mapped[int | None] = mapped_column(BigInteger)
+    manifest_digest: Mapped[str | None] = mapped_column(String(64))
 
     ecus: Mapped[list[Ecu]] = relationship(
         back_populates="vehicle", order_by="Ecu.id", lazy="selectin", cascade="all, delete-orphan"
     )
+
+
+def _declared_default(context: Any) -> Any:
+    """A new ECU's declared version is the version it is registered with."""
+    return context.get_current_parameters().get("installed_version")
 
 
 class Ecu(Base):
@@ -95,10 +105,28 @@ class Ecu(Base):
     vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"), index=True)
     serial: Mapped[str] = mapped_column(String(64))
     hardware_id: Mapped[str] = mapped_column(String(64), index=True)
+    # What the ECU runs: the car's last signed word (its version manifest) once it sent one,
+    # until then the version declared at registration. Populations, the Director and the
+    # reports read this one column, so they all go by the car's word when there is one.
     installed_version: Mapped[str] = mapped_column(String(64))
     primary: Mapped[bool] = mapped_column(Boolean, default=False)
+    # What registration declared (never changed by a manifest).
+    declared_version: Mapped[str | None] = mapped_column(String(64), default=_declared_default)
+    # From the last manifest (all None until the first): when it was received, the image the
+    # car measured in the active slot, the target it was installed from and its hardware id.
+    reported_at: Mapped[datetime | None]
+    installed_sha256: Mapped[str | None] = mapped_column(String(64))
+    installed_length: Mapped[int | None] = mapped_column(BigInteger)
+    installed_target: Mapped[str | None] = mapped_column(String(255))
+    installed_release_counter: Mapped[int | None] = mapped_column(Integer)
+    reported_hardware_id: Mapped[str | None] = mapped_column(String(64))
 
     vehicle: Mapped[Vehicle] = relationship(back_populates="ecus")
+
+    @property
+    def source(self) -> str:
+        """``reported`` once the car's manifest spoke for this ECU, ``declared`` before."""
+        return "reported" if self.reported_at is not None else "declared"
 
 
 class VehicleCertificate(Base):
@@ -134,6 +162,8 @@ class Release(Base):
     image_size: Mapped[int | None] = mapped_column(BigInteger)
     # False while the release waits for the offline targets signature (``ota release sign``).
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # The RXSWIN (UNECE R156 software identification) a car carries once it runs this release.
+    rxswin: Mapped[str | None] = mapped_column(String(64))
 
 
 class Delta(Base):
@@ -270,6 +300,22 @@ class CampaignVehicle(Base):
     evidence_ref: Mapped[str | None] = mapped_column(String(200))
 
 
+class CampaignEcu(Base):
+    """One affected ECU of one car in a campaign, frozen with the car: which release it installs.
+
+    A car's outcome is its ECUs' outcome (the car installs them all or none); progress counts
+    ECUs by hardware id from these rows and the car's state.
+    """
+
+    __tablename__ = "campaign_ecus"
+
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
+    vin: Mapped[str] = mapped_column(String(17), primary_key=True)
+    ecu_serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hardware_id: Mapped[str] = mapped_column(String(64))
+    release_id: Mapped[int] = mapped_column(ForeignKey("releases.id"))
+
+
 class CampaignEvent(Base):
     __tablename__ = "campaign_events"
     __table_args__ = (
@@ -395,3 +441,51 @@ class Lease(Base):
     holder: Mapped[str] = mapped_column(String(200))
     expires_at: Mapped[datetime]
     acquired_at: Mapped[datetime]
+
+
+class EcuReport(Base):
+    """The inventory's history: one row per ECU per accepted version manifest."""
+
+    __tablename__ = "ecu_reports"
+    __table_args__ = (Index("ix_ecu_reports_vin_received", "vin", "received_at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    ecu_serial: Mapped[str] = mapped_column(String(64))
+    hardware_id: Mapped[str] = mapped_column(String(64))
+    version: Mapped[str] = mapped_column(String(64))
+    release_counter: Mapped[int | None] = mapped_column(Integer)
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    image_length: Mapped[int | None] = mapped_column(BigInteger)
+    target_path: Mapped[str | None] = mapped_column(String(255))
+    manifest_counter: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(16))  # start, install, rollback, daily, requested
+    sent_at: Mapped[datetime]  # the car's clock, for the record only
+    received_at: Mapped[datetime]  # the server's clock: what the inventory goes by
+
+
+class Discrepancy(Base):
+    """Where the car's signed word and the service's record disagree (tampering, a workshop flash).
+
+    ``kind``: ``unassigned_image`` (an image hash no release of the ECU's hardware has),
+    ``unknown_version`` (no release of its hardware and not its declared factory version),
+    ``remedied_mismatch`` (a campaign says remedied, the manifest shows another version),
+    ``hardware_mismatch`` or ``unknown_ecu`` (the manifest does not match the registration).
+    The same finding on one ECU is stored once (``last_seen_at`` moves on).
+    """
+
+    __tablename__ = "discrepancies"
+    __table_args__ = (Index("ix_discrepancies_vin", "vin"), Index("ix_discrepancies_kind", "kind"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    vin: Mapped[str] = mapped_column(String(17))
+    ecu_serial: Mapped[str] = mapped_column(String(64))
+    hardware_id: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(64))
+    image_sha256: Mapped[str | None] = mapped_column(String(64))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    detail: Mapped[str] = mapped_column(Text)
+    manifest_counter: Mapped[int] = mapped_column(BigInteger)
+    found_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]

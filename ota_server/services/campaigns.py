@@ -19,11 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
-from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog, Recall, Release
+from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.plan import RolloutPlan, wave_sizes
 from ota_server.rollout.states import VinState
 from ota_server.schemas import CampaignPublic, Population
+from ota_server.services import inventory
 from ota_server.services import population as populations
 
 PENDING = VinState.PENDING.value
@@ -171,19 +172,25 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         session.flush()
         vins = sorted((m.vin for m in members), key=lambda v: order_key(campaign.id, v))
         waves = [i for i, size in enumerate(wave_sizes(len(vins), plan_of(recall).waves)) for _ in range(size)]
+        done = inventory.already_remedied(session, members)  # their manifests show the fix: nothing to send
         rows = [
             {
                 "campaign_id": campaign.id,
                 "vin": vin,
                 "nonce": secrets.token_urlsafe(24),
                 "state": PENDING,
+                "reason": None,
+                "detail": None,
+                "progress_rank": -1,
                 "attempt": 0,
                 "updated_at": now,
                 "wave": wave,
             }
+            | (inventory.remedied_row(vin) if vin in done else {})
             for vin, wave in zip(vins, waves, strict=True)
         ]
         session.execute(insert(CampaignVehicle), rows)
+        freeze_ecus(session, campaign.id, members)
         session.commit()
     except IntegrityError as exc:
         session.rollback()  # another request launched it between the check and the insert
@@ -191,6 +198,28 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
             f"recall {recall.campaign_number} could not be launched: {exc.orig}"
         ) from exc
     return CampaignPublic.model_validate(campaign)
+
+
+def freeze_ecus(session: Session, campaign_id: int, members: Sequence[populations.Member]) -> None:
+    """Record each member's affected ECUs and the release for each (per-ECU progress counts them)."""
+    hardware = dict(
+        session.execute(
+            select(Release.id, Release.hardware_id).where(Release.id.in_({r for m in members for r in m.release_ids}))
+        ).all()
+    )
+    rows = [
+        {
+            "campaign_id": campaign_id,
+            "vin": m.vin,
+            "ecu_serial": serial,
+            "hardware_id": hardware[rid],
+            "release_id": rid,
+        }
+        for m in members
+        for serial, rid in m.assignments().items()
+    ]
+    for start in range(0, len(rows), VIN_LIST_CHUNK):
+        session.execute(insert(CampaignEcu), rows[start : start + VIN_LIST_CHUNK])
 
 
 def launch_rollback(

@@ -1,0 +1,39 @@
+"""Discrepancies: where a car's signed version manifest and the service's record disagree."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
+
+from ota_server.api.auth import needs_read
+from ota_server.api.deps import MAX_ID, SessionDep
+from ota_server.schemas import VIN_SCHEMA, DiscrepancyPage
+from ota_server.services import inventory
+
+router = APIRouter(prefix="/api/v1/discrepancies", tags=["vehicles"], dependencies=[needs_read])
+
+Kind = Literal["unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"]
+
+
+@router.get("")
+def list_discrepancies(
+    session: SessionDep,
+    vin: Annotated[str | None, Query(json_schema_extra=VIN_SCHEMA)] = None,
+    kind: Kind | None = None,
+    campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
+    since: Annotated[datetime | None, Query(description="Seen at or after this time")] = None,
+    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> DiscrepancyPage:
+    """Newest first: tampered or unknown images, unknown versions, remedied cars that run another version."""
+    return inventory.discrepancies(
+        session,
+        vin=vin.upper() if vin else None,
+        kind=kind,
+        campaign_id=campaign_id,
+        since=since,
+        cursor=cursor,
+        limit=limit,
+    )

@@ -1,0 +1,218 @@
+"""The inventory from the car's signed version manifests: verified, ordered, judged, used."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from securesystemslib.signer import CryptoSigner
+
+from firmware_bundles import topics
+from firmware_bundles.bundle import sample_image
+from firmware_bundles.messages import EcuManifest, ManifestReason, ReportState, VersionManifest, encode
+from firmware_bundles.report_signing import sign_report
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import HW, REPORT_KEYS, provision, recall_body, report, upload, vehicle, vin
+
+FIX_IMAGE = hashlib.sha256(sample_image(HW, "1.1.0", size=4096)).hexdigest()
+TAMPERED = "ab" * 32
+
+
+def manifest(
+    vin_: str,
+    counter: int,
+    *,
+    version: str = "1.0.0",
+    image_sha256: str | None = None,
+    serial: str | None = None,
+    signer: CryptoSigner | None = None,
+    topic_vin: str | None = None,
+    reason: ManifestReason = ManifestReason.DAILY,
+) -> tuple[str, bytes]:
+    """A version manifest of the car's one ECU, signed with ``signer`` or the VIN's provisioned key."""
+    message = VersionManifest(
+        vin=vin_,
+        counter=counter,
+        reason=reason,
+        agent_version="test",
+        ecus=(
+            EcuManifest(
+                ecu_serial=serial or f"S-{vin_[-6:]}",
+                hardware_id=HW,
+                version=version,
+                image_sha256=image_sha256,
+                image_length=4096 if image_sha256 else None,
+            ),
+        ),
+        sent_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )
+    key = signer or REPORT_KEYS[vin_]
+    return topics.status_topic(topic_vin or vin_), encode(sign_report(message, key))
+
+
+async def _registered(env: Env, vins: list[str]) -> None:
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in vins]})
+    assert resp.status_code == 201, resp.text
+    await provision(env.client, vins)
+
+
+async def _ecu(env: Env, vin_: str) -> dict[str, Any]:
+    body = await env.get_json(f"/api/v1/vehicles/{vin_}")
+    ecus = body["ecus"]
+    assert isinstance(ecus, list)
+    first: dict[str, Any] = ecus[0]
+    return first
+
+
+async def _stats(env: Env) -> dict[str, Any]:
+    return await env.get_json("/api/v1/stats/ingest")
+
+
+async def _launch(env: Env, **population: Any) -> dict[str, Any]:
+    release = await upload(env.client)
+    assert release.status_code == 201, release.text
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"], **population))
+    assert recall.status_code == 201, recall.text
+    campaign = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    assert campaign.status_code == 201, campaign.text
+    body: dict[str, Any] = campaign.json()
+    return body
+
+
+async def test_a_manifest_moves_the_inventory_and_last_seen(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    before = await _ecu(env, v)
+    assert before["source"] == "declared" and before["reported_at"] is None
+    assert before["installed_version"] == before["declared_version"] == "1.0.0"
+    assert (await env.get_json(f"/api/v1/vehicles/{v}"))["last_seen"] is None
+
+    env.clock.advance(60)
+    await env.inject(manifest(v, 1, version="0.9.0"))
+    after = await _ecu(env, v)
+    assert after["installed_version"] == "0.9.0" and after["declared_version"] == "1.0.0"
+    assert after["source"] == "reported"
+    assert datetime.fromisoformat(after["reported_at"]) == env.clock.now
+    assert datetime.fromisoformat(str((await env.get_json(f"/api/v1/vehicles/{v}"))["last_seen"])) == env.clock.now
+    assert (await _stats(env))["manifests"] == 1
+
+
+async def test_last_seen_moves_on_a_verified_report_too(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    campaign = await _launch(env)
+    nonce = (await env.nonces())[v]
+    env.clock.advance(120)
+    await env.inject(report(campaign["id"], v, nonce, ReportState.NOTIFIED))
+    seen = (await env.get_json(f"/api/v1/vehicles/{v}"))["last_seen"]
+    assert datetime.fromisoformat(str(seen)) == env.clock.now
+
+
+async def test_forged_replayed_and_another_cars_manifests_are_refused_and_counted(env: Env) -> None:
+    v, other = vin(1), vin(2)
+    await _registered(env, [v, other])
+    await env.inject(manifest(v, 5, version="1.0.0"))
+    stranger = CryptoSigner.generate_ed25519()
+    await env.inject(
+        manifest(v, 6, version="6.6.6", signer=stranger),  # forged: a key nobody registered
+        manifest(v, 7, version="6.6.6", signer=REPORT_KEYS[other]),  # signed by another car's key
+        manifest(other, 8, version="6.6.6", topic_vin=v),  # another car's manifest on this car's topic
+        manifest(v, 4, version="6.6.6"),  # older than the last accepted
+        manifest(v, 5, version="6.6.6"),  # same counter, other content: a replay, not a redelivery
+    )
+    await env.inject(manifest(v, 5, version="1.0.0"))  # the accepted one delivered again (QoS 1)
+    stats = await _stats(env)
+    rejected = stats["rejected"]
+    assert rejected["unknown_key"] == 1
+    assert rejected["key_of_another_vehicle"] == 1
+    assert rejected["topic_vin_mismatch"] == 1
+    assert rejected["manifest_replayed"] == 2
+    assert stats["manifests"] == 1 and stats["duplicates"] == 1
+    assert (await _ecu(env, v))["installed_version"] == "1.0.0"
+    assert (await _ecu(env, other))["source"] == "declared"
+    metrics = (await env.client.get("/metrics")).text
+    assert 'ota_messages_rejected_total{reason="manifest_replayed"} 2.0' in metrics
+
+
+async def test_a_tampered_image_is_a_discrepancy_listed_audited_and_counted(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    assert (await upload(env.client)).status_code == 201
+    await env.inject(manifest(v, 1, version="1.1.0", image_sha256=TAMPERED))
+    await env.inject(manifest(v, 2, version="1.1.0", image_sha256=TAMPERED))  # same finding: stored once
+    page = await env.get_json(f"/api/v1/discrepancies?vin={v}")
+    items = page["items"]
+    assert isinstance(items, list) and len(items) == 1
+    [found] = items
+    assert found["kind"] == "unassigned_image" and found["image_sha256"] == TAMPERED
+    assert (await env.get_json("/api/v1/discrepancies?kind=unknown_version"))["items"] == []
+    audit_page = await env.get_json("/api/v1/audit")
+    entries = audit_page["entries"] if "entries" in audit_page else audit_page["items"]
+    assert isinstance(entries, list)
+    assert any("unassigned_image" in (e.get("detail") or "") and e["target"].get("vin") == v for e in entries)
+    metrics = (await env.client.get("/metrics")).text
+    assert 'ota_discrepancies{kind="unassigned_image"} 1.0' in metrics
+    # The genuine image of a known release is no finding.
+    await env.inject(manifest(v, 3, version="1.1.0", image_sha256=FIX_IMAGE))
+    assert len((await env.get_json(f"/api/v1/discrepancies?vin={v}"))["items"]) == 1  # type: ignore[arg-type]
+
+
+async def test_an_unknown_version_is_a_discrepancy(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    await env.inject(manifest(v, 1, version="1.0.0"))  # its declared factory version: fine
+    assert (await env.get_json("/api/v1/discrepancies"))["items"] == []
+    await env.inject(manifest(v, 2, version="3.1.4"))
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    assert found["kind"] == "unknown_version" and found["version"] == "3.1.4"
+
+
+async def test_a_workshop_flash_of_the_fix_is_the_remedy(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    campaign = await _launch(env)
+    await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE))
+    status = await env.get_json(f"/api/v1/vehicles/{v}/status")
+    [entry] = status["campaigns"]  # type: ignore[misc]
+    assert entry["campaign_id"] == campaign["id"]
+    assert entry["state"] == "remedied_at_dealer" and entry["reason"] == "reported_by_manifest"
+    assert (await env.get_json("/api/v1/discrepancies"))["items"] == []
+
+
+async def test_a_remedied_car_whose_manifest_says_otherwise_is_a_discrepancy(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    await _launch(env)
+    await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE))  # remedied by the flash
+    await env.inject(manifest(v, 2, version="1.0.0"))  # ... and back on the old version
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    assert found["kind"] == "remedied_mismatch" and found["version"] == "1.0.0"
+
+
+async def test_population_goes_by_the_reported_version(env: Env) -> None:
+    old, new = vin(1), vin(2)
+    await _registered(env, [old, new])
+    await env.inject(manifest(new, 1, version="1.0.5"))  # registered as 1.0.0, runs 1.0.5
+    campaign = await _launch(env, installed_versions={"max": "1.0.1"})
+    assert campaign["population"] == 1
+    statuses = (await env.get_json(f"/api/v1/vehicles/{new}/status"))["campaigns"]
+    assert statuses == []
+
+
+async def test_a_car_whose_manifest_shows_the_fix_is_already_remedied_at_launch(env: Env) -> None:
+    done, todo = vin(1), vin(2)
+    await _registered(env, [done, todo])
+    release = await upload(env.client)
+    assert release.status_code == 201
+    await env.inject(manifest(done, 1, version="1.1.0", image_sha256=FIX_IMAGE))
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"]))
+    assert recall.status_code == 201, recall.text
+    launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    assert launched.status_code == 201, launched.text
+    progress = await env.get_json(f"/api/v1/campaigns/{launched.json()['id']}/progress")
+    counts = progress["counts"]
+    assert isinstance(counts, dict) and counts["remedied"] == 1 and progress["population"] == 2
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{done}/status"))["campaigns"]  # type: ignore[misc]
+    assert entry["reason"] == "already_remedied"
+    assert set(await env.nonces()) == {todo}  # no notice for a car with nothing to install
