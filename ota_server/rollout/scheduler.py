@@ -476,11 +476,12 @@ class Scheduler:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
         releases = populations.releases_of(session, recall)
         population = Population.model_validate(recall.population)
-        members = {m.vin for m in populations.resolve_all(session, population, releases)}
+        members = {m.vin: m for m in populations.resolve_all(session, population, releases)}
         known = set(session.scalars(select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id)))
-        new = sorted(members - known)
+        new = sorted(set(members) - known)
         if not new:
             return 0
+        campaign_service.freeze_ecus(session, campaign.id, [members[vin] for vin in new])
         last_wave = session.scalar(
             select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
         )

@@ -11,12 +11,12 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import Campaign, CampaignVehicle, Recall
+from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Recall
 from ota_server.errors import NotFound
 from ota_server.rollout import plan as rules
 from ota_server.rollout.scheduler import can_still_change
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
-from ota_server.schemas import Progress, WaveProgress
+from ota_server.schemas import EcuProgress, Progress, WaveProgress
 from ota_server.services.campaigns import CANCELLED, rollback_of, shown_plan
 
 STATES = tuple(state.value for state in VinState)
@@ -91,4 +91,55 @@ def progress(session: Session, campaign_id: int) -> Progress:
         retries_scheduled=retries,
         kind=campaign.kind,
         rollback_campaign_id=rollback.id if (rollback := rollback_of(session, campaign.id)) else None,
+        ecus=ecu_progress(session, campaign_id),
     )
+
+
+def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
+    """The campaign's affected ECUs per hardware id, by their car's state, and the failures naming them.
+
+    A car installs its ECUs together and rolls them all back together, so an ECU's state is
+    its car's; which ECU made a car fail is what the car's signed failure detail names.
+    """
+    rows = session.execute(
+        select(CampaignEcu.hardware_id, CampaignEcu.release_id, CampaignVehicle.state, func.count())
+        .join(
+            CampaignVehicle,
+            (CampaignVehicle.campaign_id == CampaignEcu.campaign_id) & (CampaignVehicle.vin == CampaignEcu.vin),
+        )
+        .where(CampaignEcu.campaign_id == campaign_id)
+        .group_by(CampaignEcu.hardware_id, CampaignEcu.release_id, CampaignVehicle.state)
+    ).all()
+    if not rows:
+        return []
+    failed_here: dict[str, set[str]] = {}
+    for hardware_id, vin, serial, detail in session.execute(
+        select(CampaignEcu.hardware_id, CampaignEcu.vin, CampaignEcu.ecu_serial, CampaignVehicle.detail)
+        .join(
+            CampaignVehicle,
+            (CampaignVehicle.campaign_id == CampaignEcu.campaign_id) & (CampaignVehicle.vin == CampaignEcu.vin),
+        )
+        .where(CampaignEcu.campaign_id == campaign_id, CampaignVehicle.state.in_([s.value for s in ERRORS]))
+    ):
+        if failing_ecu_named(detail, serial):
+            failed_here.setdefault(hardware_id, set()).add(vin)
+    out: dict[tuple[str, int], EcuProgress] = {}
+    for hardware_id, release_id, state, n in rows:
+        entry = out.setdefault(
+            (hardware_id, release_id),
+            EcuProgress(
+                hardware_id=hardware_id,
+                release_id=release_id,
+                ecus=0,
+                counts=dict.fromkeys(STATES, 0),
+                failed_here=len(failed_here.get(hardware_id, ())),
+            ),
+        )
+        entry.ecus += n
+        entry.counts[state] = entry.counts.get(state, 0) + n
+    return sorted(out.values(), key=lambda e: e.hardware_id)
+
+
+def failing_ecu_named(detail: str | None, serial: str) -> bool:
+    """Whether a car's failure detail names ECU ``serial`` as the failing one (the agent writes 'ECU <serial>: ')."""
+    return detail is not None and f"ECU {serial}:" in detail

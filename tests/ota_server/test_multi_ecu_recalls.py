@@ -174,6 +174,9 @@ async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(
     assert agent.journal.data.installed["G-000001"][0] == "3.1.0"
     progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
     assert progress["done"] and progress["counts"]["remedied"] == 1, progress
+    by_hardware = {e["hardware_id"]: e for e in progress["ecus"]}
+    assert set(by_hardware) == {"ecu-main", GATEWAY}  # the car and each of its ECUs counted
+    assert all(e["ecus"] == 1 and e["counts"]["remedied"] == 1 and e["failed_here"] == 0 for e in by_hardware.values())
 
 
 async def test_a_failing_ecu_rolls_every_ecu_of_the_car_back_and_is_named(env: Env, tmp_path: Path) -> None:
@@ -192,3 +195,6 @@ async def test_a_failing_ecu_rolls_every_ecu_of_the_car_back_and_is_named(env: E
     last = status["campaigns"][0]
     assert last["campaign_id"] == campaign_id and last["state"] == "rolled_back", last
     assert "G-000002" in (last.get("detail") or "")
+    progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
+    failed_here = {e["hardware_id"]: (e["counts"]["rolled_back"], e["failed_here"]) for e in progress["ecus"]}
+    assert failed_here == {"ecu-main": (1, 0), GATEWAY: (1, 1)}  # both ECUs back; the gateway is the one that failed

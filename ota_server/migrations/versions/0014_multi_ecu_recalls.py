@@ -1,7 +1,9 @@
-"""Multi-ECU recalls: the releases a recall installs, at most one per hardware id.
+"""Multi-ECU recalls: the releases a recall installs, at most one per hardware id; a campaign's ECUs.
 
 Every existing recall gets its one release copied in (position 0), so the table lists
 every recall's releases and the primary key refuses a second release of one hardware id.
+``campaign_ecus`` freezes each car's affected ECUs and their releases at launch (campaigns
+launched before have none: their progress shows no per-ECU counts).
 
 Revision ID: 0014
 Revises: 0015
@@ -32,6 +34,17 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["release_id"], ["releases.id"]),
         sa.PrimaryKeyConstraint("recall_id", "hardware_id"),
     )
+    op.create_table(
+        "campaign_ecus",
+        sa.Column("campaign_id", sa.Integer(), nullable=False),
+        sa.Column("vin", sa.String(length=17), nullable=False),
+        sa.Column("ecu_serial", sa.String(length=64), nullable=False),
+        sa.Column("hardware_id", sa.String(length=64), nullable=False),
+        sa.Column("release_id", sa.Integer(), nullable=False),
+        sa.ForeignKeyConstraint(["campaign_id"], ["campaigns.id"], ondelete="CASCADE"),
+        sa.ForeignKeyConstraint(["release_id"], ["releases.id"]),
+        sa.PrimaryKeyConstraint("campaign_id", "vin", "ecu_serial"),
+    )
     op.execute(
         "INSERT INTO recall_releases (recall_id, hardware_id, release_id, position) "
         "SELECT recalls.id, releases.hardware_id, releases.id, 0 FROM recalls "
@@ -40,4 +53,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.drop_table("campaign_ecus")
     op.drop_table("recall_releases")
