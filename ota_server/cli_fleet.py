@@ -75,6 +75,9 @@ def vehicles_list(
     decommissioned: Annotated[
         bool | None, typer.Option("--decommissioned/--in-service", help="Only cars out of (or in) the fleet")
     ] = None,
+    discrepancy: Annotated[
+        str | None, typer.Option(help="Cars with a discrepancy on record: any, or a kind (e.g. unassigned_image)")
+    ] = None,
     most: Annotated[int | None, typer.Option("--max", min=1, help="Stop after this many cars")] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
@@ -91,6 +94,7 @@ def vehicles_list(
         "state": state,
         "not_seen_since": not_seen_since.isoformat() if not_seen_since else None,
         "decommissioned": None if decommissioned is None else str(decommissioned).lower(),
+        "discrepancy": discrepancy,
     }
     filters = {name: value for name, value in given.items() if value is not None}
     with client_for(server, token) as client:

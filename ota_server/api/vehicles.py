@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
 from pydantic import BeforeValidator
@@ -47,6 +47,9 @@ def _iso_instant(value: object) -> object:
 
 
 Instant = Annotated[datetime, BeforeValidator(_iso_instant)]
+DiscrepancyFilter = Literal[
+    "any", "unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"
+]
 
 
 @router.get("", dependencies=[needs_read], responses=errors(404))
@@ -77,6 +80,9 @@ def list_vehicles(
         Instant | None, Query(description="Silent since then: last seen before it, or never (no zone: UTC)")
     ] = None,
     decommissioned: Annotated[bool | None, Query(description="Only cars out of (true) or in (false) the fleet")] = None,
+    discrepancy: Annotated[
+        DiscrepancyFilter | None, Query(description="Cars with a discrepancy on record (any, or of this kind)")
+    ] = None,
     cursor: Annotated[Text | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> VehiclePage:
@@ -91,6 +97,7 @@ def list_vehicles(
         state=state.value if state else None,
         not_seen_since=not_seen_since,
         decommissioned=decommissioned,
+        discrepancy=discrepancy,
     )
     return vehicles.page(session, spec, cursor, limit)
 

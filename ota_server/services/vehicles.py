@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Vehicle
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Discrepancy, Ecu, Recall, Vehicle
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
     AgentConfig,
@@ -248,6 +248,7 @@ class FleetFilter:
     state: str | None = None
     not_seen_since: datetime | None = None
     decommissioned: bool | None = None
+    discrepancy: str | None = None  # "any" or a kind: cars with such a finding on record
 
 
 def encode_cursor(vin: str) -> str:
@@ -319,6 +320,11 @@ def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Cal
     if spec.decommissioned is not None:
         gone = Vehicle.decommissioned_at.is_not(None)
         query = query.where(gone if spec.decommissioned else ~gone)
+    if spec.discrepancy is not None:
+        found = [Discrepancy.vin == Vehicle.vin]
+        if spec.discrepancy != "any":
+            found.append(Discrepancy.kind == spec.discrepancy)
+        query = query.where(exists().where(*found))
     keep: Callable[[str], bool] | None = None
     preview = _preview(session, spec.recall) if spec.recall is not None and spec.campaign is None else None
     if preview is not None:

@@ -35,6 +35,8 @@ async def test_list_walks_every_page_with_filters(cli_env: Env) -> None:
         result = await ota(env, "vehicles", "list", "--model", "Sedan", "--since", "2026-01-01", "--json")
     assert result.exit_code == 0, result.output
     assert [car["vin"] for car in json.loads(result.output)] == sorted(sedans)
+    none = await ota(env, "vehicles", "list", "--discrepancy", "any", "--json")
+    assert none.exit_code == 0 and json.loads(none.output) == []
     capped = await ota(env, "vehicles", "list", "--max", "2", "--json")
     assert len(json.loads(capped.output)) == 2
     human = await ota(env, "vehicles", "list", "--model", "Wagon")

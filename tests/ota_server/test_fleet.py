@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
-from typing import Any
+from typing import Any, get_args
 
 from sqlalchemy import select
 
 from firmware_bundles import topics
 from firmware_bundles.messages import CampaignWithdrawal, ReportState, parse_campaign_message
-from ota_server.db.models import CampaignVehicle, Vehicle
-from ota_server.services import campaigns
+from ota_server.api.vehicles import DiscrepancyFilter
+from ota_server.db.models import CampaignVehicle, Discrepancy, Vehicle
+from ota_server.services import campaigns, inventory
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, recall_body, report, upload, vehicle, vin
 
@@ -217,3 +218,30 @@ async def test_not_seen_since_counts_silent_and_never_seen_cars(either_env: Env)
     for junk in ("0.5", "yesterday"):
         resp = await env.client.get("/api/v1/vehicles", params={"not_seen_since": junk})
         assert resp.status_code == 422 and "ISO 8601" in resp.json()["detail"], resp.text
+
+
+async def test_discrepancy_filter_any_or_by_kind(either_env: Env) -> None:
+    env = either_env
+    await _register(env, [vehicle(vin(n)) for n in (1, 2, 3)])
+    when = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    with env.runtime.sessions() as session:
+        for car, kind in ((vin(1), inventory.UNASSIGNED_IMAGE), (vin(2), inventory.UNKNOWN_VERSION)):
+            finding = Discrepancy(
+                vin=car,
+                ecu_serial=f"S-{car[-6:]}",
+                hardware_id="ecu-main",
+                kind=kind,
+                version="9.9.9",
+                detail="test finding",
+                manifest_counter=1,
+                found_at=when,
+                last_seen_at=when,
+            )
+            session.add(finding)
+        session.commit()
+    assert await _vins(env, discrepancy="any") == sorted([vin(1), vin(2)])
+    assert await _vins(env, discrepancy="unassigned_image") == [vin(1)]
+    assert await _vins(env, discrepancy="hardware_mismatch") == []
+    # The filter's kinds are the inventory's, and only those.
+    assert set(get_args(DiscrepancyFilter)) == {"any", *inventory.KINDS}
+    assert (await env.client.get("/api/v1/vehicles", params={"discrepancy": "gremlins"})).status_code == 422
