@@ -347,6 +347,7 @@ class ReleasePublic(BaseModel):
     published: bool = Field(
         default=True, description="False while the release waits for its offline targets signature (ota release sign)"
     )
+    rxswin: str | None = Field(default=None, description="The RXSWIN (UNECE R156) the release brings")
 
 
 class YearRange(BaseModel):

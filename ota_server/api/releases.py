@@ -24,6 +24,12 @@ def upload_release(
     release_counter: Annotated[int, Form(ge=0, le=2**31 - 1)],
     session: OperatorSession,
     runtime: RuntimeDep,
+    rxswin: Annotated[
+        Text | None,
+        Form(
+            min_length=1, max_length=64, description="The RXSWIN (UNECE R156) a car carries once it runs this release"
+        ),
+    ] = None,
 ) -> ReleasePublic:
     return releases.upload(
         session,
@@ -33,6 +39,7 @@ def upload_release(
         hardware_id=hardware_id,
         version=version,
         release_counter=release_counter,
+        rxswin=rxswin,
         now=runtime.clock(),
         delta_policy=DeltaPolicy(
             runtime.settings.delta_max_ratio, runtime.settings.delta_max_image_bytes, runtime.settings.delta_max_bases

@@ -5,8 +5,12 @@ sha256), the target VINs and, for each, a compatibility check against its last k
 configuration: the registered ECU with the release's hardware id and its installed version,
 against the recall's installed-version range.
 
-RXSWIN: the data model has no RXSWIN identifiers yet, so ``rxswin`` is always empty (the
-column is kept so the file's shape will not change when they are added).
+Per VIN and ECU it records the update itself: the version before (the car's last manifest
+before the launch, else the version declared at registration), the version after (the car's
+last manifest; a car remedied by its signed report but silent since: the release), the install
+time and outcome, and the RXSWIN before and after (the RXSWIN the release of that version
+declares; ``none declared`` when it declares none). The compatibility check judges the
+version the update was applied to (before).
 """
 
 from __future__ import annotations
@@ -18,8 +22,9 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import CampaignVehicle, Ecu, Release, Vehicle
+from ota_server.db.models import CampaignVehicle, Ecu, EcuReport, Release, Vehicle
 from ota_server.reports.common import Report, launched_campaign, recall_meta, recall_of
+from ota_server.rollout.states import ERRORS, SUCCESS, VinState
 
 COLUMNS = (
     "recall_number",
@@ -34,7 +39,16 @@ COLUMNS = (
     "installed_version",
     "check",
     "compatible",
+    "version_before",
+    "version_after",
+    "version_source",
+    "install_time",
+    "outcome",
+    "rxswin_before",
+    "rxswin_after",
 )
+NONE_DECLARED = "none declared"
+_ENDED = SUCCESS | ERRORS
 COMPATIBLE = frozenset({"compatible", "already_updated"})
 
 
@@ -69,24 +83,36 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
     hardware_id = criteria.get("hardware_id") or release.hardware_id
     versions = criteria.get("installed_versions") or {}
     low, high = versions.get("min"), versions.get("max")
-    vins = session.scalars(
-        select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id).order_by(CampaignVehicle.vin)
-    ).all()
+    cars = {
+        cv.vin: cv
+        for cv in session.scalars(
+            select(CampaignVehicle).where(CampaignVehicle.campaign_id == campaign.id).order_by(CampaignVehicle.vin)
+        )
+    }
+    vins = list(cars)
     vehicles = {v.vin: v for v in session.scalars(select(Vehicle).where(Vehicle.vin.in_(vins)))}
+    before = _before_launch(session, vins, campaign.launched_at)
+    rxswins = {
+        r.version: r.rxswin for r in session.scalars(select(Release).where(Release.hardware_id == release.hardware_id))
+    }
     common = {
         "recall_number": recall.campaign_number,
         "release_version": release.version,
         "hardware_id": release.hardware_id,
         "bundle_sha256": release.sha256,
         "image_sha256": release.image_sha256 or "",
-        "rxswin": "",
+        "rxswin": release.rxswin or NONE_DECLARED,
     }
     rows: list[dict[str, Any]] = []
     for vin in vins:
         vehicle = vehicles.get(vin)
         ecus: list[Ecu | None] = [e for e in vehicle.ecus if e.hardware_id == hardware_id] if vehicle else []
+        cv = cars[vin]
+        state = VinState(cv.state)
         for ecu in ecus or [None]:
-            result = check(ecu.installed_version if ecu else None, release.version, low, high)
+            was = (before.get((vin, ecu.serial)) or ecu.declared_version or ecu.installed_version) if ecu else None
+            after, source = _after(ecu, cv, release) if ecu else (None, "no matching ECU")
+            result = check(was, release.version, low, high)
             rows.append(
                 {
                     **common,
@@ -96,12 +122,19 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
                     "installed_version": ecu.installed_version if ecu else None,
                     "check": result,
                     "compatible": result in COMPATIBLE,
+                    "version_before": was,
+                    "version_after": after,
+                    "version_source": source,
+                    "install_time": cv.updated_at.isoformat() if state in _ENDED else None,
+                    "outcome": cv.state if not cv.reason else f"{cv.state} ({cv.reason})",
+                    "rxswin_before": (rxswins.get(was) if was else None) or NONE_DECLARED,
+                    "rxswin_after": (rxswins.get(after) if after else None) or NONE_DECLARED,
                 }
             )
     update = {
         "purpose": {"title": recall.title, "defect": recall.defect, "remedy": recall.remedy},
         "affected_systems": sorted({hardware_id, release.hardware_id}),
-        "rxswin": [],
+        "rxswin": [release.rxswin] if release.rxswin else [],
         "release": {
             "id": release.id,
             "hardware_id": release.hardware_id,
@@ -125,3 +158,27 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
         "by_check": results,
     }
     return Report("type-approval", {**recall_meta(recall, campaign, now), "update": update}, COLUMNS, rows, summary)
+
+
+def _before_launch(session: Session, vins: list[str], launched_at: datetime) -> dict[tuple[str, str], str]:
+    """(VIN, ECU serial) -> the version the car's last manifest before the launch reported."""
+    found: dict[tuple[str, str], str] = {}
+    for start in range(0, len(vins), 500):
+        rows = session.execute(
+            select(EcuReport.vin, EcuReport.ecu_serial, EcuReport.version)
+            .where(EcuReport.vin.in_(vins[start : start + 500]), EcuReport.received_at < launched_at)
+            .order_by(EcuReport.id)
+        )
+        for vin, serial, version in rows:
+            found[(vin, serial)] = version  # the last one wins
+    return found
+
+
+def _after(ecu: Ecu, cv: CampaignVehicle, release: Release) -> tuple[str, str]:
+    """What the ECU runs now and on whose word: its manifest, else a remedied report, else registration."""
+    remedied = VinState(cv.state) is VinState.REMEDIED
+    if ecu.reported_at is not None and not (remedied and ecu.reported_at < cv.updated_at):
+        return ecu.installed_version, f"manifest {ecu.reported_at.isoformat()}"
+    if remedied:
+        return release.version, "remedied report"
+    return ecu.installed_version, "declared at registration"

@@ -74,8 +74,12 @@ def upload(
     release_counter: int,
     now: datetime,
     delta_policy: DeltaPolicy | None = None,
+    rxswin: str | None = None,
 ) -> ReleasePublic:
-    """Stage, check and sign a release, with deltas from older releases when they pay off."""
+    """Stage, check and sign a release, with deltas from older releases when they pay off.
+
+    ``rxswin``: the RXSWIN the release brings, for the R156 per-update record.
+    """
     _check_fields(hardware_id, version, release_counter)
     if _exists(session, hardware_id, version):
         raise Conflict(f"release {hardware_id} {version} already exists")
@@ -97,6 +101,7 @@ def upload(
                 created_at=now,
                 image_sha256=manifest.image_sha256,
                 image_size=manifest.image_size,
+                rxswin=rxswin,
                 published=False,  # publish() signs it in, or it waits for the offline targets key
             )
             session.add(release)

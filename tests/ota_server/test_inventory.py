@@ -13,7 +13,18 @@ from firmware_bundles.bundle import sample_image
 from firmware_bundles.messages import EcuManifest, ManifestReason, ReportState, VersionManifest, encode
 from firmware_bundles.report_signing import sign_report
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import HW, REPORT_KEYS, provision, recall_body, report, upload, vehicle, vin
+from tests.ota_server.helpers import (
+    HW,
+    REPORT_KEYS,
+    bundle_bytes,
+    provision,
+    recall_body,
+    remedied,
+    report,
+    upload,
+    vehicle,
+    vin,
+)
 
 FIX_IMAGE = hashlib.sha256(sample_image(HW, "1.1.0", size=4096)).hexdigest()
 TAMPERED = "ab" * 32
@@ -216,3 +227,28 @@ async def test_a_car_whose_manifest_shows_the_fix_is_already_remedied_at_launch(
     [entry] = (await env.get_json(f"/api/v1/vehicles/{done}/status"))["campaigns"]  # type: ignore[misc]
     assert entry["reason"] == "already_remedied"
     assert set(await env.nonces()) == {todo}  # no notice for a car with nothing to install
+
+
+async def test_the_r156_record_shows_the_reported_versions_and_rxswin_after_a_remedy(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    await env.inject(manifest(v, 1, version="1.0.0"))
+    data = {"hardware_id": HW, "version": "1.1.0", "release_counter": "2", "rxswin": "R156-ECU-MAIN-2"}
+    files = {"file": ("fix.otab", bundle_bytes(), "application/octet-stream")}
+    release = await env.client.post("/api/v1/releases", files=files, data=data)
+    assert release.status_code == 201, release.text
+    assert release.json()["rxswin"] == "R156-ECU-MAIN-2"
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"]))
+    assert recall.status_code == 201, recall.text
+    cid = (await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")).json()["id"]
+    env.clock.advance(600)
+    await env.inject(remedied(cid, v, (await env.nonces())[v]))
+    await env.inject(manifest(v, 2, version="1.1.0", image_sha256=FIX_IMAGE, reason=ManifestReason.INSTALL))
+    body = await env.get_json(f"/api/v1/reports/recalls/{recall.json()['id']}/type-approval?format=json")
+    [row] = body["rows"]  # type: ignore[misc]
+    assert (row["version_before"], row["version_after"]) == ("1.0.0", "1.1.0")
+    assert row["installed_version"] == "1.1.0" and row["version_source"].startswith("manifest")
+    assert (row["rxswin_before"], row["rxswin_after"]) == ("none declared", "R156-ECU-MAIN-2")
+    assert row["outcome"] == "remedied" and datetime.fromisoformat(row["install_time"]) == env.clock.now
+    assert row["check"] == "compatible"
+    assert all(row[column] not in (None, "") for column in row)

@@ -135,7 +135,9 @@ async def test_type_approval_record_checks_each_car(env: Env) -> None:
     assert all(row["compatible"] for row in rows.values())
     assert rows[VINS[4]]["check"] == "compatible" and rows[VINS[4]]["installed_version"] == "1.0.0"
     csv_rows = _csv((await _get(env, recall_id, "type-approval", "csv")).text)
-    assert csv_rows[0]["rxswin"] == "" and csv_rows[0]["bundle_sha256"] == update["release"]["bundle_sha256"]
+    assert (
+        csv_rows[0]["rxswin"] == "none declared" and csv_rows[0]["bundle_sha256"] == update["release"]["bundle_sha256"]
+    )
 
 
 async def test_reports_need_a_token_and_known_inputs(env: Env) -> None:
