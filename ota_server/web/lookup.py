@@ -15,11 +15,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.clock import Clock
-from ota_server.db.models import Campaign, CampaignVehicle, Recall, Release
+from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.errors import RateLimited
 from ota_server.ratelimit import TokenBuckets
 from ota_server.rollout.states import IN_FLIGHT, VinState
-from ota_server.schemas import Population
 from ota_server.services import population as populations
 from ota_server.services.campaigns import CANCELLED, REMEDY, ROLLBACK
 from ota_server.web.schemas import OwnerStatus, PublicLookup, PublicRecall
@@ -90,14 +89,8 @@ def lookup(session: Session, raw_vin: str, now: datetime) -> PublicLookup:
     recalls = [_public(recall, *_owner_view(cv, campaign)) for cv, campaign, recall in latest.values()]
     # Filed recalls not launched yet: the car is affected, the remedy is not available.
     launched = select(Campaign.recall_id).where(Campaign.kind == REMEDY)
-    for recall, release in session.execute(
-        select(Recall, Release)
-        .join(Release, Release.id == Recall.release_id)
-        .where(Recall.id.not_in(launched))
-        .order_by(Recall.id)
-    ):
-        population = Population.stored(recall.population)
-        if populations.resolve(session, population, release, vins=[vin]):
+    for recall in session.scalars(select(Recall).where(Recall.id.not_in(launched)).order_by(Recall.id)):
+        if populations.of_recall(session, recall, vins=[vin]):  # any of its releases' hardware
             recalls.append(_public(recall, "remedy_not_yet_available", NOT_FIXED_TEXT, False, NOT_AVAILABLE, None))
     open_count = sum(1 for r in recalls if not r.fixed)
     if not recalls:

@@ -49,6 +49,7 @@ async def _release(env: Env, hardware_id: str = "ecu-main", version: str = "1.1.
 
 async def test_a_recall_names_one_release_per_hardware_id(env: Env) -> None:
     cars = [_two_ecu_car(1), _two_ecu_car(2, gateway=False), vehicle(vin(3), hardware_id="other")]
+    cars.append(vehicle(vin(4), hardware_id=GATEWAY, installed_version="3.0.0"))  # the second release's only
     resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})
     assert resp.status_code == 201, resp.text
     main, gateway = await _release(env), await _release(env, GATEWAY, "3.1.0")
@@ -57,9 +58,11 @@ async def test_a_recall_names_one_release_per_hardware_id(env: Env) -> None:
     assert resp.status_code == 201, resp.text
     recall = resp.json()
     assert recall["release_id"] == main and recall["release_ids"] == [main, gateway]
-    assert recall["affected_count"] == 2  # a car with either hardware; the third has neither
+    assert recall["affected_count"] == 3  # a car with either hardware; the third has neither
     listed = await env.client.get(f"/api/v1/recalls/{recall['id']}")
     assert listed.json()["release_ids"] == [main, gateway]
+    lookup = await env.client.get("/api/v1/public/recalls", params={"vin": vin(4)}, headers={"Authorization": ""})
+    assert lookup.status_code == 200 and lookup.json()["open_recalls"] == 1, lookup.text  # the owner is told
     one = await env.client.post("/api/v1/recalls", json=recall_body(main, "24V-124"))
     assert one.status_code == 201 and one.json()["release_ids"] == [main]
 
