@@ -164,13 +164,18 @@ class _Batch:
             )
             self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
+        self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
         for chunk in _chunks(sorted({*vins, *(m.vin for m in manifests)})):
             rows = session.execute(
-                select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key).where(
+                select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key, Vehicle.decommissioned_at).where(
                     Vehicle.vin.in_(chunk), Vehicle.report_keyid.is_not(None)
                 )
             )
-            self.keys.update((vin, (keyid, key)) for vin, keyid, key in rows if keyid and key)
+            for vin, keyid, key, gone in rows:
+                if keyid and key:
+                    self.keys[vin] = (keyid, key)
+                if gone is not None:
+                    self.decommissioned.add(vin)
         # Only under attack (or after re-provisioning): whose key was it?
         signed: list[StatusReport | VersionManifest] = [*reports, *manifests]
         strangers = sorted(
@@ -355,8 +360,14 @@ def _apply_reports(
         # attempt moves past it), and only by a move a car may make: an operator's record or
         # a dealer remedy is never undone by a report. A duplicate may still move a car that
         # a retry set back to pending (the stuck car carries on with the new nonce).
-        if report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and allowed(
-            VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
+        # A decommissioned car stays where decommissioning put it (unreachable, with its reason):
+        # back in flight, it would time out and be notified again.
+        if (
+            report.progress > (cv.attempt, cv.deferrals, cv.progress_rank)
+            and report.vin not in batch.decommissioned
+            and allowed(
+                VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
+            )
         ):
             cv.state, cv.attempt, cv.updated_at = report.state.value, report.attempt, item.received_at
             cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank

@@ -245,3 +245,18 @@ async def test_discrepancy_filter_any_or_by_kind(either_env: Env) -> None:
     # The filter's kinds are the inventory's, and only those.
     assert set(get_args(DiscrepancyFilter)) == {"any", *inventory.KINDS}
     assert (await env.client.get("/api/v1/vehicles", params={"discrepancy": "gremlins"})).status_code == 422
+
+
+async def test_a_decommissioned_cars_late_report_is_kept_but_does_not_bring_it_back(env: Env) -> None:
+    """An exported car still runs its agent: a report sent with its old nonce is recorded in its
+    history, and the car stays unreachable (back in flight, it would time out and be notified again)."""
+    v = vin(1)
+    campaign = await launched(env.client, [v])
+    nonce = (await env.nonces())[v]
+    resp = await env.client.post(f"/api/v1/vehicles/{v}/decommission", json={"reason": "exported"})
+    assert resp.status_code == 200, resp.text
+    await env.inject(report(campaign["id"], v, nonce, ReportState.NOTIFIED))
+    status = await env.get_json(f"/api/v1/vehicles/{v}/status")
+    (car,) = status["campaigns"]  # type: ignore[misc]
+    assert (car["state"], car["reason"]) == ("unreachable", "exported")
+    assert car["history"][-1]["state"] == "notified" and car["history"][-1]["source"] == "car"
