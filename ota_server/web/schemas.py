@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-from ota_server.schemas import EcuPublic
+from ota_server.schemas import DiscrepancyPublic, EcuPublic
 
 
 class FunnelStage(BaseModel):
@@ -59,8 +59,11 @@ class FailingCar(BaseModel):
     state: str
     reason: str
     model: str
-    software_version: str
+    software_version: str = Field(description="The failing ECU's version before the update (else the first ECU's)")
     updated_at: datetime
+    failed_ecu: str | None = Field(
+        default=None, description="The serial of the ECU the car's signed failure detail names ('ECU <serial>: ...')"
+    )
 
 
 class FailureBreakdown(BaseModel):
@@ -70,6 +73,9 @@ class FailureBreakdown(BaseModel):
     by_model: list[Share]
     by_hardware_id: list[Share]
     by_software_version: list[Share]
+    by_failed_ecu: list[Share] = Field(
+        default_factory=list, description="Failing cars by the hardware id of the ECU their failure names"
+    )
     recent: list[FailingCar] = Field(description="The most recent failing cars (up to 25), for a drill-down")
 
 
@@ -122,9 +128,11 @@ class CampaignSummary(BaseModel):
 
 class TimelineEntry(BaseModel):
     at: datetime
-    campaign_id: int
-    recall_number: str
+    campaign_id: int | None = Field(description="None for the car's version manifests and discrepancies")
+    recall_number: str | None
     kind: Literal[
+        "manifest",
+        "discrepancy",
         "notice",
         "withdrawal",
         "report",
@@ -141,7 +149,10 @@ class TimelineEntry(BaseModel):
     attempt: int | None
     reason: str | None
     detail: str | None
-    source: str = Field(description="car, operator, timeout, cancel, retry, or server (a notice)")
+    source: str = Field(
+        description="car, operator, timeout, cancel, retry, manifest (a campaign move the car's manifest made), "
+        "or server (a notice)"
+    )
     summary: str = Field(description="The entry in plain words")
 
 
@@ -177,6 +188,9 @@ class VehicleTimeline(BaseModel):
     online: bool
     last_seen: datetime | None
     ecus: list[EcuPublic]
+    discrepancies: list[DiscrepancyPublic] = Field(
+        default_factory=list, description="Where the car's manifests and the record disagree, newest first"
+    )
     campaigns: list[CampaignOfVin]
     entries: list[TimelineEntry] = Field(description="Every notice and step across campaigns, oldest first")
     next_step: str = Field(description="What to tell the owner now, in plain words")

@@ -2,7 +2,8 @@
 
 The timeline merges the owner-notification log (notices, withdrawals) with the event
 history (the car's reports, operator records, timeouts, retries, cancels), oldest first.
-The next step is derived from the car's current row in each campaign by
+The car's version manifests (what each ECU runs, in its own signed word) and the
+discrepancies they showed are on it too. The next step is derived from the car's current row in each campaign by
 :func:`next_step`, a pure function, and the most pressing one becomes the VIN's headline.
 """
 
@@ -17,11 +18,20 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import validate_vin
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, NoticeLog, Recall, Vehicle
+from ota_server.db.models import (
+    Campaign,
+    CampaignEvent,
+    CampaignVehicle,
+    Discrepancy,
+    EcuReport,
+    NoticeLog,
+    Recall,
+    Vehicle,
+)
 from ota_server.errors import InvalidInput, NotFound
 from ota_server.rollout.plan import RolloutPlan
 from ota_server.rollout.states import ERRORS, VinState
-from ota_server.schemas import EcuPublic
+from ota_server.schemas import DiscrepancyPublic, EcuPublic
 from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, shown_plan
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline
 
@@ -170,7 +180,14 @@ def _event_entry(event: CampaignEvent, number: str, rows: dict[int, CampaignVehi
     state = S(event.state)
     reason, detail = event.reason, event.detail
     kind: str
-    if event.source == "operator":
+    if event.source == "manifest":
+        kind = "remedied"
+        summary = (
+            "Remedied: the car's version manifest shows the fix, installed outside this campaign (e.g. a workshop)"
+            if reason != "already_remedied"
+            else "Remedied: the car already ran the fix at launch"
+        )
+    elif event.source == "operator":
         kind = "operator"
         cv = rows.get(event.campaign_id)
         by = f" (recorded by {cv.recorded_by})" if cv is not None and cv.state == event.state and cv.recorded_by else ""
@@ -215,6 +232,46 @@ def _event_entry(event: CampaignEvent, number: str, rows: dict[int, CampaignVehi
             "source": event.source,
             "summary": summary,
         }
+    )
+
+
+def _manifest_entries(reports: list[EcuReport]) -> list[TimelineEntry]:
+    """One entry per accepted manifest: what every ECU said it runs."""
+    by_counter: dict[int, list[EcuReport]] = {}
+    for row in reports:
+        by_counter.setdefault(row.manifest_counter, []).append(row)
+    entries = []
+    for counter, rows in by_counter.items():
+        ecus = ", ".join(f"{r.hardware_id} {r.version} ({r.ecu_serial})" for r in rows)
+        entries.append(
+            TimelineEntry(
+                at=rows[0].received_at,
+                campaign_id=None,
+                recall_number=None,
+                kind="manifest",
+                state=None,
+                attempt=None,
+                reason=rows[0].reason,
+                detail=f"manifest {counter}",
+                source="car",
+                summary=f"Car's version manifest ({rows[0].reason}): {ecus}",
+            )
+        )
+    return entries
+
+
+def _discrepancy_entry(row: Discrepancy) -> TimelineEntry:
+    return TimelineEntry(
+        at=row.found_at,
+        campaign_id=row.campaign_id,
+        recall_number=None,
+        kind="discrepancy",
+        state=None,
+        attempt=None,
+        reason=row.kind,
+        detail=row.detail,
+        source="car",
+        summary=f"Discrepancy ({row.kind.replace('_', ' ')}) on ECU {row.ecu_serial}: {row.detail}",
     )
 
 
@@ -275,6 +332,10 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
     notices = session.scalars(select(NoticeLog).where(NoticeLog.vin == vin).order_by(NoticeLog.id)).all()
     entries = [_notice_entry(n, numbers.get(n.campaign_id, "?")) for n in notices]
     entries += [_event_entry(e, numbers.get(e.campaign_id, "?"), by_campaign) for e in events]
+    manifests = session.scalars(select(EcuReport).where(EcuReport.vin == vin).order_by(EcuReport.id)).all()
+    entries += _manifest_entries(list(manifests))
+    findings = session.scalars(select(Discrepancy).where(Discrepancy.vin == vin).order_by(Discrepancy.id.desc())).all()
+    entries += [_discrepancy_entry(d) for d in findings]
     # Oldest first; at the same instant a notice comes before what the car did with it.
     order = {"retry": -1, "notice": 0, "withdrawal": 1}
     entries.sort(key=lambda e: (e.at, order.get(e.kind, 2)))
@@ -344,6 +405,7 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
         online=vehicle.online,
         last_seen=vehicle.last_seen,
         ecus=[EcuPublic.model_validate(e) for e in vehicle.ecus],
+        discrepancies=[DiscrepancyPublic.model_validate(d) for d in findings],
         campaigns=campaigns,
         entries=entries,
         next_step=headline,

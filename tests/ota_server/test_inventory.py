@@ -252,3 +252,23 @@ async def test_the_r156_record_shows_the_reported_versions_and_rxswin_after_a_re
     assert row["outcome"] == "remedied" and datetime.fromisoformat(row["install_time"]) == env.clock.now
     assert row["check"] == "compatible"
     assert all(row[column] not in (None, "") for column in row)
+
+
+async def test_the_timeline_shows_the_manifests_the_reported_state_and_the_discrepancies(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    assert (await upload(env.client)).status_code == 201
+    declared = await env.get_json(f"/api/v1/vehicles/{v}/timeline")
+    assert declared["ecus"][0]["source"] == "declared"  # type: ignore[index]
+    env.clock.advance(30)
+    await env.inject(manifest(v, 1, version="1.1.0", image_sha256=TAMPERED, reason=ManifestReason.START))
+    body = await env.get_json(f"/api/v1/vehicles/{v}/timeline")
+    [ecu] = body["ecus"]  # type: ignore[misc]
+    assert ecu["source"] == "reported" and ecu["installed_version"] == "1.1.0"
+    assert datetime.fromisoformat(ecu["reported_at"]) == env.clock.now
+    kinds = [e["kind"] for e in body["entries"]]  # type: ignore[union-attr]
+    assert "manifest" in kinds and "discrepancy" in kinds
+    [entry] = [e for e in body["entries"] if e["kind"] == "manifest"]  # type: ignore[union-attr]
+    assert "1.1.0" in entry["summary"] and entry["campaign_id"] is None
+    [found] = body["discrepancies"]  # type: ignore[misc]
+    assert found["kind"] == "unassigned_image"

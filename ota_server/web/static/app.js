@@ -365,7 +365,8 @@ async function campaignPage() {
 function renderTimeline(t) {
   document.title = `${t.vin} · customer care · OTA recalls`;
   setText("v-title", `${t.vin}`);
-  const ecus = t.ecus.map((e) => `${e.hardware_id} ${e.installed_version} (${e.serial})`).join(", ");
+  // What each ECU runs: the car's last signed manifest with its time, or the registration's word, labelled.
+  const ecus = t.ecus.map((e) => `${e.hardware_id} ${e.installed_version} (${e.serial}, ${e.source === "reported" ? `reported ${fmtTime(e.reported_at)}` : "declared at registration"})`).join(", ");
   setText("v-facts", `${[t.make, t.model, t.model_year].filter(Boolean).join(" ")} · ${t.online ? "online now" : `offline, last seen ${fmtTime(t.last_seen)}`} · ECUs: ${ecus}`);
   $("next").className = `card next-step ${t.action}`;
   setText("next-step", t.next_step);
@@ -377,10 +378,18 @@ function renderTimeline(t) {
       el("td", { class: "num", text: c.attempt }),
       el("td", { text: fmtTime(c.updated_at) }),
       el("td", { text: c.next_step }))));
+  $("discrepancies").hidden = t.discrepancies.length === 0;
+  fill(document.querySelector("#v-discrepancies tbody"), t.discrepancies.map((d) =>
+    el("tr", { "data-kind": d.kind },
+      el("td", { class: "when", text: fmtTime(d.found_at) }),
+      el("td", { text: d.kind.replaceAll("_", " ") }),
+      el("td", { class: "mono", text: d.ecu_serial }),
+      el("td", { text: d.version }),
+      el("td", { text: d.detail }))));
   fill(document.querySelector("#timeline tbody"), t.entries.map((e) =>
     el("tr", { class: `kind-${e.kind}`, "data-kind": e.kind },
       el("td", { class: "when", text: fmtTime(e.at) }),
-      el("td", { class: "mono", text: e.recall_number }),
+      el("td", { class: "mono", text: e.recall_number || "" }),
       el("td", { text: e.kind }),
       el("td", { text: e.summary }),
       el("td", { class: "num", text: e.attempt === null ? "" : e.attempt }),
