@@ -18,8 +18,9 @@ from ota_server.errors import NotFound
 from ota_server.rollout.plan import RolloutPlan
 from ota_server.rollout.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
 from ota_server.schemas import Population
+from ota_server.services import population as populations
 from ota_server.services import progress as progress_service
-from ota_server.services.campaigns import shown_plan
+from ota_server.services.campaigns import ROLLBACK, shown_plan
 from ota_server.web.schemas import (
     CampaignSummary,
     Dashboard,
@@ -129,12 +130,22 @@ def _hardware_id(recall: Recall, release: Release) -> str:
     return Population.stored(recall.population).hardware_id or release.hardware_id
 
 
-def _shares(session: Session, campaign_id: int, hardware_id: str, column: InstrumentedAttribute[str]) -> dict[str, int]:
+def _hardware_ids(session: Session, campaign: Campaign, recall: Recall, release: Release) -> list[str]:
+    """The ECU hardware the campaign updates: every release's of a multi-ECU recall."""
+    releases = [] if campaign.kind == ROLLBACK else populations.releases_of(session, recall)
+    if len(releases) > 1:
+        return [r.hardware_id for r in releases]
+    return [_hardware_id(recall, release)]
+
+
+def _shares(
+    session: Session, campaign_id: int, hardware_ids: Sequence[str], column: InstrumentedAttribute[str]
+) -> dict[str, int]:
     """Cars of the campaign per value of ``column`` (a vehicle or ECU column)."""
     rows = session.execute(
         select(column, func.count(distinct(CampaignVehicle.vin)))
         .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
-        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & (Ecu.hardware_id == hardware_id))
+        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & Ecu.hardware_id.in_(hardware_ids))
         .where(CampaignVehicle.campaign_id == campaign_id)
         .group_by(column)
     )
@@ -146,26 +157,16 @@ def _ranked(failures: dict[str, int], cars: dict[str, int]) -> list[Share]:
     return sorted(shares, key=lambda s: (-s.failures, s.value))
 
 
-def _failures(session: Session, campaign_id: int, hardware_id: str) -> FailureBreakdown:
-    failing = (
-        select(
-            CampaignVehicle.state,
-            func.coalesce(CampaignVehicle.reason, "unknown"),
-            Vehicle.model,
-            Ecu.hardware_id,
-            Ecu.installed_version,
-            func.count(distinct(CampaignVehicle.vin)),
-        )
+def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -> FailureBreakdown:
+    """Failing cars by reason, model, ECU hardware and version; a car with several affected ECUs counts once
+    per value (once per model, once for each of its ECUs' hardware), and under the ECU its failure names."""
+    rows = session.execute(
+        select(CampaignVehicle, Vehicle.model, Ecu.serial, Ecu.hardware_id, Ecu.installed_version)
         .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
-        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & (Ecu.hardware_id == hardware_id))
+        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & Ecu.hardware_id.in_(hardware_ids))
         .where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.state.in_(_ERRORS))
-        .group_by(CampaignVehicle.state, CampaignVehicle.reason, Vehicle.model, Ecu.hardware_id, Ecu.installed_version)
-    )
-    groups = [
-        FailureGroup(state=s, reason=r, model=m, hardware_id=h, software_version=v, cars=n)
-        for s, r, m, h, v, n in session.execute(failing)
-    ]
-    groups.sort(key=lambda g: (-g.cars, g.reason, g.model, g.software_version))
+        .order_by(CampaignVehicle.updated_at.desc(), CampaignVehicle.vin, Ecu.primary.desc(), Ecu.id)
+    ).all()
     total = (
         session.scalar(
             select(func.count()).where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.state.in_(_ERRORS))
@@ -176,46 +177,58 @@ def _failures(session: Session, campaign_id: int, hardware_id: str) -> FailureBr
         return FailureBreakdown(
             total=0, groups=[], by_reason=[], by_model=[], by_hardware_id=[], by_software_version=[], recent=[]
         )
-    by: dict[str, dict[str, int]] = {"reason": {}, "model": {}, "hardware_id": {}, "software_version": {}}
-    for g in groups:
-        for key, value in (
-            ("reason", g.reason),
-            ("model", g.model),
-            ("hardware_id", g.hardware_id),
-            ("software_version", g.software_version),
-        ):
-            by[key][value] = by[key].get(value, 0) + g.cars
-    recent_rows = session.execute(
-        select(CampaignVehicle, Vehicle.model, Ecu.installed_version)
-        .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
-        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & (Ecu.hardware_id == hardware_id))
-        .where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.state.in_(_ERRORS))
-        .order_by(CampaignVehicle.updated_at.desc(), CampaignVehicle.vin)
-        .limit(RECENT_FAILURES * 2)
-    ).all()
+    grouped: dict[tuple[str, str, str, str, str], set[str]] = {}
+    by: dict[str, dict[str, set[str]]] = {
+        "reason": {},
+        "model": {},
+        "hardware_id": {},
+        "software_version": {},
+        "failed_ecu": {},
+    }
     recent: dict[str, FailingCar] = {}
-    for cv, model, version in recent_rows:
-        recent.setdefault(
+    for cv, model, serial, hardware_id, version in rows:
+        reason = cv.reason or "unknown"
+        grouped.setdefault((cv.state, reason, model, hardware_id, version), set()).add(cv.vin)
+        for key, value in (
+            ("reason", reason),
+            ("model", model),
+            ("hardware_id", hardware_id),
+            ("software_version", version),
+        ):
+            by[key].setdefault(value, set()).add(cv.vin)
+        named = progress_service.failing_ecu_named(cv.detail, serial)
+        if named:
+            by["failed_ecu"].setdefault(hardware_id, set()).add(cv.vin)
+        car = recent.setdefault(
             cv.vin,
             FailingCar(
                 vin=cv.vin,
                 state=cv.state,
-                reason=cv.reason or "unknown",
+                reason=reason,
                 model=model,
                 software_version=version,
                 updated_at=cv.updated_at,
             ),
         )
-    reason_cars = {reason: total for reason in by["reason"]}  # the share of a reason is of all failures
+        if named and car.failed_ecu is None:
+            recent[cv.vin] = car.model_copy(update={"failed_ecu": serial, "software_version": version})
+    groups = [
+        FailureGroup(state=s, reason=r, model=m, hardware_id=h, software_version=v, cars=len(vins))
+        for (s, r, m, h, v), vins in grouped.items()
+    ]
+    groups.sort(key=lambda g: (-g.cars, g.reason, g.model, g.software_version))
+    counted = {key: {value: len(vins) for value, vins in values.items()} for key, values in by.items()}
+    reason_cars = {reason: total for reason in counted["reason"]}  # the share of a reason is of all failures
     return FailureBreakdown(
         total=total,
         groups=groups,
-        by_reason=_ranked(by["reason"], reason_cars),
-        by_model=_ranked(by["model"], _shares(session, campaign_id, hardware_id, Vehicle.model)),
-        by_hardware_id=_ranked(by["hardware_id"], _shares(session, campaign_id, hardware_id, Ecu.hardware_id)),
+        by_reason=_ranked(counted["reason"], reason_cars),
+        by_model=_ranked(counted["model"], _shares(session, campaign_id, hardware_ids, Vehicle.model)),
+        by_hardware_id=_ranked(counted["hardware_id"], _shares(session, campaign_id, hardware_ids, Ecu.hardware_id)),
         by_software_version=_ranked(
-            by["software_version"], _shares(session, campaign_id, hardware_id, Ecu.installed_version)
+            counted["software_version"], _shares(session, campaign_id, hardware_ids, Ecu.installed_version)
         ),
+        by_failed_ecu=_ranked(counted["failed_ecu"], _shares(session, campaign_id, hardware_ids, Ecu.hardware_id)),
         recent=list(recent.values())[:RECENT_FAILURES],
     )
 
@@ -283,7 +296,7 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
         failures_over_time=_cumulative(failure_times),
         waves=waves,
         current_wave=campaign.current_wave,
-        failures=_failures(session, campaign_id, _hardware_id(recall, release)),
+        failures=_failures(session, campaign_id, _hardware_ids(session, campaign, recall, release)),
         generated_at=now,
     )
 

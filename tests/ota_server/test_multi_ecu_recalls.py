@@ -201,3 +201,18 @@ async def test_a_failing_ecu_rolls_every_ecu_of_the_car_back_and_is_named(env: E
     progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
     failed_here = {e["hardware_id"]: (e["counts"]["rolled_back"], e["failed_here"]) for e in progress["ecus"]}
     assert failed_here == {"ecu-main": (1, 0), GATEWAY: (1, 1)}  # both ECUs back; the gateway is the one that failed
+
+
+async def test_the_failure_breakdown_names_the_failing_ecu_and_counts_each_car_once(env: Env, tmp_path: Path) -> None:
+    env.clock.now = datetime.now(UTC)
+    car = _two_ecu_car(3)
+    campaign_id, key = await _two_release_campaign(env, car)
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path, health=FailingOn("G-000003"))
+    await _run(env, agent, link, car["vin"])
+    failures = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/dashboard")).json()["failures"]
+    assert failures["total"] == 1
+    assert [(s["value"], s["failures"]) for s in failures["by_model"]] == [("Sedan", 1)]  # one car, two ECUs
+    assert [(s["value"], s["failures"]) for s in failures["by_failed_ecu"]] == [(GATEWAY, 1)]
+    assert {s["value"] for s in failures["by_hardware_id"]} == {"ecu-main", GATEWAY}
+    assert [(c["vin"], c["failed_ecu"]) for c in failures["recent"]] == [(car["vin"], "G-000003")]
