@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from typing_extensions import override
 
 from firmware_bundles import provisioning
-from firmware_bundles.messages import ReportState, StatusReport, encode
+from firmware_bundles.messages import ReportState, StatusReport, VersionManifest, encode
 from simulator.errors import SimulatorError
 from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
@@ -273,9 +273,10 @@ class _CountingLink(MqttLink):
             client._bind_address = self._source_address
         return client
 
-    async def send(self, report: StatusReport) -> None:
+    async def send(self, report: StatusReport | VersionManifest) -> None:
         await super().send(report)
-        self._on_sent(report)
+        if isinstance(report, StatusReport):  # the fleet counts campaign reports; manifests are the car's own
+            self._on_sent(report)
 
 
 @dataclass

@@ -34,7 +34,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,6 +45,7 @@ from firmware_bundles.messages import (
     CampaignNotice,
     CampaignWithdrawal,
     FailureReason,
+    ManifestReason,
     Preconditions,
     ReportState,
     StatusReport,
@@ -54,8 +55,9 @@ from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.gate import HeldAtDownload, StartGate, Withdrawn, check, defer, owes_result, preconditions_of
 from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
 from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install, install_image
-from vehicle_agent.journal import CampaignRecord, Journal, Target
+from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal, Target
 from vehicle_agent.link import Link
+from vehicle_agent.manifest import ImageMeter, build_manifest
 from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
 from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
 
@@ -79,6 +81,10 @@ RETRYABLE = frozenset({FailureReason.METADATA_FETCH_FAILED, FailureReason.DOWNLO
 # After a trial boot these leave the old slot running: reported as rolled_back, reason kept.
 ROLLBACK_REASONS = frozenset({FailureReason.BOOT_FAILED, FailureReason.HEALTH_CHECK_FAILED})
 S = ReportState
+# The car says what it runs at least this often (seconds), even when nothing changed.
+MANIFEST_INTERVAL = 24 * 3600.0
+# After a manifest could not even be made (e.g. the journal's disk is full): the next try.
+MANIFEST_RETRY = 600.0
 
 
 def utc_now() -> datetime:
@@ -106,7 +112,10 @@ class Agent:
         vehicle: VehicleState | None = None,
         owner: OwnerHook | None = None,
         rng: random.Random | None = None,
+        manifest_interval: float = MANIFEST_INTERVAL,
+        timer: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        """``timer`` waits for the daily manifest (by ``clock``'s time); ``sleep`` is the campaign's waits."""
         self.config = config
         self._link = link
         self._clock = clock
@@ -115,6 +124,9 @@ class Agent:
         self._retry_delay = retry_delay
         self._sleep = sleep
         self._rng = rng or random.Random()
+        self._manifest_interval = manifest_interval
+        self._timer = timer
+        self.meter = ImageMeter()
         self.slots = self._make_slots(slots)
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         self._health = health or self._default_health()
@@ -217,8 +229,10 @@ class Agent:
         the owner's consent) or is between steps.
         """
         await self.flush()
+        await self.send_manifest(ManifestReason.START)
         queue: asyncio.Queue[CampaignNotice | None] = asyncio.Queue()
         worker = asyncio.create_task(self._work(queue))
+        daily = asyncio.create_task(self._daily_manifests())
         messages = self._link.notices()
         try:
             async for message in messages:
@@ -230,7 +244,8 @@ class Agent:
             await worker
         finally:
             worker.cancel()
-            await asyncio.gather(worker, return_exceptions=True)
+            daily.cancel()
+            await asyncio.gather(worker, daily, return_exceptions=True)
             await messages.aclose()
 
     async def _work(self, queue: asyncio.Queue[CampaignNotice | None]) -> None:
@@ -311,13 +326,74 @@ class Agent:
         return await self._drive(record)
 
     async def flush(self) -> None:
-        """Send the outbox in order; stop quietly at the first report the link cannot take."""
+        """Send the pending manifest, then the outbox in order; stop quietly at the first the link cannot take.
+
+        The manifest goes first: after an install it shows the new images before the report
+        that calls the car remedied.
+        """
+        manifest = self.journal.data.manifest
+        if manifest is not None:
+            try:
+                await self._link.send(manifest)
+            except LinkDown:
+                return
+            self.journal.manifest_delivered(manifest)
         for report in list(self.journal.data.outbox):
             try:
                 await self._link.send(report)
             except LinkDown:
                 return
             self.journal.acknowledge(report)
+
+    async def send_manifest(self, reason: ManifestReason) -> bool:
+        """Make, sign and queue a version manifest (the next counter, saved with it), then send it.
+
+        False when it could not be made; a manifest the link cannot take now stays queued
+        and is sent with the next flush, unless a newer one replaces it first.
+        """
+        try:
+            await asyncio.to_thread(self._queue_manifest, reason)
+        except Exception:  # the car's campaigns must not fail for want of a manifest
+            log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
+            return False
+        await self.flush()
+        return True
+
+    def _queue_manifest(self, reason: ManifestReason) -> None:
+        now = self._clock()
+        manifest = build_manifest(
+            vin=self.config.vin,
+            counter=self.journal.next_manifest_counter(),
+            reason=reason,
+            ecus=self.config.ecus,
+            slots=self.slots,
+            journal=self.journal.data,
+            meter=self.meter,
+            sent_at=now,
+        )
+        signer = self._signer
+        if signer is not None:
+            from firmware_bundles.report_signing import sign_report
+
+            manifest = sign_report(manifest, signer)
+        self.journal.queue_manifest(manifest, now.isoformat())
+
+    async def _daily_manifests(self) -> None:
+        """At least one manifest a day, counted from the last one made for any reason."""
+        while True:
+            wait = self._manifest_due_in()
+            if wait > 0:
+                await self._timer(min(wait, self._manifest_interval))
+            elif not await self.send_manifest(ManifestReason.DAILY):
+                await self._timer(min(MANIFEST_RETRY, self._manifest_interval))
+
+    def _manifest_due_in(self) -> float:
+        last = self.journal.data.manifest_at
+        try:
+            made = datetime.fromisoformat(last)
+        except ValueError:
+            return 0.0
+        return self._manifest_interval - (self._clock() - made).total_seconds()
 
     def status(self) -> dict[str, object]:
         return {
@@ -411,6 +487,8 @@ class Agent:
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
             await self._blocking(self._reboot_and_commit, record.targets)
+            if record.targets:  # sent with the remedied report, ahead of it
+                await asyncio.to_thread(self._try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
         raise AssertionError(f"no step for {record.state}")
 
@@ -498,6 +576,12 @@ class Agent:
                 "an earlier recall set for this ECU",
             )
 
+    def _try_queue_manifest(self, reason: ManifestReason) -> None:
+        try:
+            self._queue_manifest(reason)
+        except Exception:  # the install stands: the next manifest (daily at the latest) tells it
+            log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
+
     def _verify_bundles(self, targets: tuple[Target, ...]) -> None:
         for target in targets:
             if _rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's image is checked there
@@ -552,7 +636,9 @@ class Agent:
             self.slots[target.assignment.ecu_serial].commit()
         for target in targets:
             a = target.assignment
-            self.journal.set_installed(a.ecu_serial, a.version, a.release_counter)
+            self.journal.set_installed(
+                a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
+            )
             self._fetcher.discard(a)
 
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
@@ -563,6 +649,8 @@ class Agent:
         report = self._build_report(failed)
         self.journal.record(failed, report)
         await asyncio.to_thread(self._undo, record.targets)
+        if record.state.rank >= S.INSTALLING.rank and record.targets:  # slots were touched: say what runs now
+            await asyncio.to_thread(self._try_queue_manifest, ManifestReason.ROLLBACK)
         if self._on_report is not None:
             self._on_report(report)
         await self.flush()
@@ -647,7 +735,10 @@ def _rebuilt_image(downloads: Path, assignment: Assignment) -> Path | None:
 
 
 def _fell_back(target: Target, slots: SlotBackend) -> str:
-    return f"slot {target.slot} did not boot; the bootloader fell back to slot {slots.booted_slot()} (rolled back)"
+    return (
+        f"ECU {target.assignment.ecu_serial}: slot {target.slot} did not boot; "
+        f"the bootloader fell back to slot {slots.booted_slot()} (rolled back)"
+    )
 
 
 def vehicle_state(options: VehicleOptions) -> VehicleState:

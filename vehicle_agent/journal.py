@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bundles.assignment import Assignment
-from firmware_bundles.messages import FailureReason, ReportState, StatusReport
+from firmware_bundles.messages import FailureReason, ReportState, StatusReport, VersionManifest
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,23 @@ class JournalData:
     # ECU serial to the highest minimum release counter a recall has set (refuse anything below).
     floors: dict[str, int] = field(default_factory=dict)
     outbox: list[StatusReport] = field(default_factory=list)
+    # ECU serial to the Image-repository target it was installed from (absent: the factory image).
+    images: dict[str, InstalledTarget] = field(default_factory=dict)
+    # The last version manifest's counter (the next one gets one more: never reused, even after a crash).
+    manifest_counter: int = 0
+    # When the last manifest was made (ISO 8601): the daily one is due a day later.
+    manifest_at: str = ""
+    # The newest manifest not yet delivered (only the newest matters: a newer one replaces it).
+    manifest: VersionManifest | None = None
+
+
+@dataclass(frozen=True)
+class InstalledTarget:
+    """The signed target an ECU's image came from, as the version manifest names it."""
+
+    path: str
+    sha256: str
+    length: int
 
 
 class Journal:
@@ -219,6 +236,13 @@ class Journal:
             installed={k: (str(v[0]), int(v[1])) for k, v in body.get("installed", {}).items()},
             floors={k: int(v) for k, v in body.get("floors", {}).items()},
             outbox=[StatusReport.model_validate(r) for r in body.get("outbox", [])],
+            images={
+                k: InstalledTarget(str(v["path"]), str(v["sha256"]), int(v["length"]))
+                for k, v in body.get("images", {}).items()
+            },
+            manifest_counter=int(body.get("manifest_counter", 0)),
+            manifest_at=str(body.get("manifest_at", "")),
+            manifest=VersionManifest.model_validate(body["manifest"]) if body.get("manifest") else None,
         )
 
     def save(self) -> None:
@@ -238,9 +262,14 @@ class Journal:
         campaigns = ",".join(f'"{k}":{self._encoded_campaign(k, v)}' for k, v in self.data.campaigns.items())
         outbox = ",".join(self._encoded_reports())
         installed = _dumps({k: list(v) for k, v in self.data.installed.items()})
+        data = self.data
+        manifest = "null" if data.manifest is None else data.manifest.model_dump_json(exclude_none=True)
+        images = _dumps({k: dict(v.__dict__) for k, v in data.images.items()})
         text = (
             f'{{"journal_version":{JOURNAL_VERSION},"campaigns":{{{campaigns}}},'
-            f'"installed":{installed},"floors":{_dumps(self.data.floors)},"outbox":[{outbox}]}}'
+            f'"installed":{installed},"floors":{_dumps(data.floors)},"outbox":[{outbox}],'
+            f'"images":{images},"manifest_counter":{data.manifest_counter},'
+            f'"manifest_at":{_dumps(data.manifest_at)},"manifest":{manifest}}}'
         )
         return text.encode()
 
@@ -283,9 +312,30 @@ class Journal:
         self.data.floors[serial] = floor
         return floor
 
-    def set_installed(self, serial: str, version: str, release_counter: int) -> None:
+    def set_installed(
+        self, serial: str, version: str, release_counter: int, target: InstalledTarget | None = None
+    ) -> None:
         self.data.installed[serial] = (version, release_counter)
+        if target is not None:
+            self.data.images[serial] = target
         self.save()
+
+    def next_manifest_counter(self) -> int:
+        """The counter for a new manifest (saved with it by :meth:`queue_manifest`)."""
+        return self.data.manifest_counter + 1
+
+    def queue_manifest(self, manifest: VersionManifest, made_at: str) -> None:
+        """Keep ``manifest`` as the one to send (replacing an undelivered older one) and its counter, in one write."""
+        self.data.manifest = manifest
+        self.data.manifest_counter = max(self.data.manifest_counter, manifest.counter)
+        self.data.manifest_at = made_at
+        self.save()
+
+    def manifest_delivered(self, manifest: VersionManifest) -> None:
+        """Drop ``manifest`` once the link took it, unless a newer one replaced it meanwhile."""
+        if self.data.manifest is manifest:
+            self.data.manifest = None
+            self.save()
 
     def enqueue(self, report: StatusReport) -> None:
         self._append(report)

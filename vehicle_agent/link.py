@@ -25,6 +25,7 @@ from firmware_bundles.messages import (
     CampaignWithdrawal,
     Presence,
     StatusReport,
+    VersionManifest,
     encode,
     parse_campaign_message,
 )
@@ -45,8 +46,8 @@ class Link(Protocol):
         """Valid notices and withdrawals for this VIN, forever (reconnecting as needed)."""
         ...
 
-    async def send(self, report: StatusReport) -> None:
-        """Deliver one report (QoS 1, acknowledged) or raise :class:`LinkDown`."""
+    async def send(self, report: StatusReport | VersionManifest) -> None:
+        """Deliver one report or version manifest (QoS 1, acknowledged) or raise :class:`LinkDown`."""
         ...
 
 
@@ -72,11 +73,12 @@ class NoticeFilter:
 
 
 class FakeLink:
-    """In-memory link: push notices (or raw payloads) in, read ``reports`` out."""
+    """In-memory link: push notices (or raw payloads) in, read ``reports`` (and ``manifests``) out."""
 
     def __init__(self, vin: str) -> None:
         self.filter = NoticeFilter(vin)
         self.reports: list[StatusReport] = []
+        self.manifests: list[VersionManifest] = []
         self.online = True
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -104,10 +106,13 @@ class FakeLink:
             if notice is not None:
                 yield notice
 
-    async def send(self, report: StatusReport) -> None:
+    async def send(self, report: StatusReport | VersionManifest) -> None:
         if not self.online:
             raise LinkDown("fake link is offline")
-        self.reports.append(report)
+        if isinstance(report, VersionManifest):
+            self.manifests.append(report)
+        else:
+            self.reports.append(report)
 
 
 def parse_mqtt_url(url: str) -> tuple[str, int, bool]:
@@ -238,7 +243,7 @@ class MqttLink:
             failures += 1
             await self._sleep(self._backoff(failures))
 
-    async def send(self, report: StatusReport) -> None:
+    async def send(self, report: StatusReport | VersionManifest) -> None:
         client = self._client
         if client is None:
             raise LinkDown("MQTT not connected")

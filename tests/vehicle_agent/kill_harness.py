@@ -35,13 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_bundles.messages import StatusReport, encode
+from firmware_bundles.messages import StatusReport, VersionManifest, encode
 from firmware_bundles.uptane import Assignment
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, EcuConfig
 from vehicle_agent.errors import LinkDown
 from vehicle_agent.installer import FileSlots, SlotBackend
-from vehicle_agent.journal import CampaignRecord, Journal
+from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal
 from vehicle_agent.link import CampaignMessage, NoticeFilter
 from vehicle_agent.transport import Chunks, MemoryTransport
 
@@ -134,9 +134,11 @@ class FileLink:
             if notice is not None:
                 yield notice
 
-    async def send(self, report: StatusReport) -> None:
+    async def send(self, report: StatusReport | VersionManifest) -> None:
         if self._spec.offline:
             raise LinkDown("no coverage")
+        if isinstance(report, VersionManifest):  # the kill table judges campaign reports only
+            return
         with self._spec.reports.open("ab") as out:
             out.write(encode(report) + b"\n")
             out.flush()
@@ -174,6 +176,7 @@ class Unhealthy:
 def _label_journal(hook: Hook) -> None:
     """Emit a label after each journal write (this process only: it is the harness)."""
     record, set_installed, acknowledge = Journal.record, Journal.set_installed, Journal.acknowledge
+    queue_manifest = Journal.queue_manifest
 
     def on_record(self: Journal, campaign: CampaignRecord, report: StatusReport | None = None) -> None:
         before = self.data.campaigns.get(campaign.campaign_id)
@@ -185,9 +188,15 @@ def _label_journal(hook: Hook) -> None:
         else:
             hook(f"record:{campaign.state.value}")
 
-    def on_installed(self: Journal, serial: str, version: str, release_counter: int) -> None:
-        set_installed(self, serial, version, release_counter)
+    def on_installed(
+        self: Journal, serial: str, version: str, release_counter: int, target: InstalledTarget | None = None
+    ) -> None:
+        set_installed(self, serial, version, release_counter, target)
         hook("installed")
+
+    def on_manifest(self: Journal, manifest: VersionManifest, made_at: str) -> None:
+        queue_manifest(self, manifest, made_at)
+        hook(f"manifest:{manifest.reason.value}")
 
     def on_ack(self: Journal, report: StatusReport) -> None:
         acknowledge(self, report)
@@ -195,6 +204,7 @@ def _label_journal(hook: Hook) -> None:
 
     Journal.record = on_record  # type: ignore[method-assign]
     Journal.set_installed = on_installed  # type: ignore[method-assign]
+    Journal.queue_manifest = on_manifest  # type: ignore[method-assign]
     Journal.acknowledge = on_ack  # type: ignore[method-assign]
 
 

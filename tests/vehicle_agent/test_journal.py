@@ -160,7 +160,7 @@ def test_the_file_holds_every_campaign_and_report_as_written(tmp_path: Path) -> 
     journal.enqueue(second)  # the same report twice is kept twice
     journal.acknowledge(first)
     journal.record(CampaignRecord(1, "n", S.DOWNLOADING, bundle_bytes=7))  # a new record replaces the old
-    journal.set_installed(SERIAL, "2.0", 2)
+    journal.set_installed(SERIAL, "2.0", 2, journal_module.InstalledTarget("ecu-2.0.bundle", "ab" * 32, 9))
     journal.raise_floor(SERIAL, 2)
     journal.save()
     expected = {
@@ -169,6 +169,10 @@ def test_the_file_holds_every_campaign_and_report_as_written(tmp_path: Path) -> 
         "installed": {SERIAL: ["2.0", 2]},
         "floors": {SERIAL: 2},
         "outbox": [r.model_dump(mode="json", exclude_none=True) for r in (second, second)],
+        "images": {SERIAL: {"path": "ecu-2.0.bundle", "sha256": "ab" * 32, "length": 9}},
+        "manifest_counter": 0,
+        "manifest_at": "",
+        "manifest": None,
     }
     assert json.loads((tmp_path / "journal.json").read_bytes()) == expected
     reloaded = Journal(tmp_path / "journal.json")

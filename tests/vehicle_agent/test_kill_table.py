@@ -43,8 +43,10 @@ def _step(state: ReportState) -> list[str]:
 # downloading step; the slot is written and armed inside the installing step
 # (boot:set_try); the rebooting step counts its attempt, boots the tried slot, commits it
 # and records the installed version before remedied; the owner is then told the result,
-# which is logged last (a restart before that tells them again).
+# which is logged last (a restart before that tells them again). The version manifest is
+# journaled at start and once the install is committed (sent ahead of the remedied report).
 BOUNDARIES = [
+    "manifest:start#1",
     *_step(S.NOTIFIED),
     *_step(S.DOWNLOADING),
     *_step(S.VERIFYING),
@@ -55,6 +57,7 @@ BOUNDARIES = [
     "boot:reboot#1",
     "boot:commit#1",
     "installed#1",
+    "manifest:install#1",
     *_step(S.REMEDIED),
     "record:remedied#1",
 ]

@@ -20,6 +20,7 @@ from firmware_bundles.messages import (
     ReportState,
     StatusReport,
     encode,
+    is_manifest,
     parse_presence,
     parse_report,
 )
@@ -106,7 +107,7 @@ class _NoAckFor(aiomqtt.Client):
     failed: list[ReportState] = []
 
     async def publish(self, topic: str, payload: Any = None, *args: Any, **kwargs: Any) -> None:
-        if isinstance(payload, bytes) and topic.endswith("/status"):
+        if isinstance(payload, bytes) and topic.endswith("/status") and not is_manifest(payload):
             state = parse_report(payload).state
             if state is self.state and state not in self.failed:
                 self.failed.append(state)
@@ -138,6 +139,8 @@ async def test_a_report_whose_publish_timed_out_is_sent_again_on_the_same_sessio
             await observer.publish(topics.campaign_topic(vin), encode(server.notice(vin=vin)), qos=1)
             async for message in observer.messages:
                 assert isinstance(message.payload, bytes)
+                if is_manifest(message.payload):  # the car's version manifests share the topic
+                    continue
                 if parse_report(message.payload).state is ReportState.REMEDIED:
                     break
             assert _NoAckFor.failed == [ReportState.REMEDIED]  # it did fail once
