@@ -12,9 +12,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ota_server.reports.common import Report, launched_campaign, quarter, recall_meta, recall_of, standings
+from ota_server.db.models import CampaignEcu
+from ota_server.reports.common import (
+    Report,
+    Standing,
+    launched_campaign,
+    quarter,
+    recall_meta,
+    recall_of,
+    standings,
+)
 from ota_server.rollout.states import ERRORS, UnreachableReason, VinState
 
 COLUMNS = ("measure", "count")
@@ -64,6 +74,14 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
     rows += [{"measure": f"unreachable_{reason}", "count": n} for reason, n in unreachable.items()]
     rows += [{"measure": name, "count": n} for name, n in rest.items()]
     rows += [{"measure": f"{name}_in_quarter", "count": n} for name, n in in_quarter.items()]
+    by_ecu = _ecus_by_hardware(session, campaign.id, cars)
+    if by_ecu:
+        summary["ecus_by_hardware"] = by_ecu
+        rows += [
+            {"measure": f"ecus_{hardware_id}_{name}", "count": n}
+            for hardware_id, counts_of in by_ecu.items()
+            for name, n in counts_of.items()
+        ]
     meta = {
         **recall_meta(recall, campaign, now),
         "quarter": period.label,
@@ -71,3 +89,25 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
         "period_end": period.end.isoformat(),
     }
     return Report("completion", meta, COLUMNS, rows, summary)
+
+
+def _ecus_by_hardware(session: Session, campaign_id: int, cars: list[Standing]) -> dict[str, dict[str, int]]:
+    """A multi-ECU campaign's ECUs per hardware id: involved, remedied and failed with their car.
+
+    Empty for a campaign of one hardware id (its ECUs are its cars) or one launched before
+    ECUs were recorded per campaign.
+    """
+    ecus = session.execute(
+        select(CampaignEcu.vin, CampaignEcu.hardware_id).where(CampaignEcu.campaign_id == campaign_id)
+    ).all()
+    if len({hardware_id for _, hardware_id in ecus}) < 2:
+        return {}
+    state = {car.vin: car.state for car in cars}
+    out: dict[str, dict[str, int]] = {}
+    for vin, hardware_id in sorted(ecus, key=lambda row: (row[1], row[0])):
+        counts = out.setdefault(hardware_id, {"involved": 0, "remedied": 0, "failed": 0})
+        bucket = _BUCKETS.get(state.get(vin, ""), "open")
+        counts["involved"] += 1
+        counts["remedied"] += bucket in _REMEDIES
+        counts["failed"] += bucket == "failed"
+    return out

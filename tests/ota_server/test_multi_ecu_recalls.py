@@ -180,6 +180,11 @@ async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(
     by_hardware = {e["hardware_id"]: e for e in progress["ecus"]}
     assert set(by_hardware) == {"ecu-main", GATEWAY}  # the car and each of its ECUs counted
     assert all(e["ecus"] == 1 and e["counts"]["remedied"] == 1 and e["failed_here"] == 0 for e in by_hardware.values())
+    recall_id = (await env.client.get(f"/api/v1/campaigns/{campaign_id}")).json()["recall_id"]
+    report = (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/completion")).json()
+    assert report["summary"]["involved"] == report["summary"]["remedied_ota"] == 1  # per car ...
+    each = {"involved": 1, "remedied": 1, "failed": 0}
+    assert report["summary"]["ecus_by_hardware"] == {GATEWAY: each, "ecu-main": each}  # ... and per ECU
 
 
 async def test_a_failing_ecu_rolls_every_ecu_of_the_car_back_and_is_named(env: Env, tmp_path: Path) -> None:
