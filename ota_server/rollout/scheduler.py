@@ -580,10 +580,12 @@ class Scheduler:
         vins = list(
             session.scalars(
                 select(CampaignVehicle.vin)
+                .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
                 .where(
                     CampaignVehicle.campaign_id == campaign.id,
                     CampaignVehicle.wave == campaign.current_wave,
                     CampaignVehicle.state == VinState.REMEDIED.value,
+                    Vehicle.decommissioned_at.is_(None),  # out of the fleet: no new campaign takes it
                 )
                 .order_by(CampaignVehicle.vin)
             )
@@ -759,6 +761,7 @@ class Scheduler:
                 select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
                 .join(Ecu, Ecu.vehicle_id == Vehicle.id)
                 .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
+                .where(populations.hardware_confirmed())  # never an ECU whose manifest names other hardware
                 .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
             ):
                 members.setdefault(vin, {})[serial] = by_hardware[hardware_id]

@@ -10,7 +10,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import Row, Select, select
+from sqlalchemy import ColumnElement, Row, Select, or_, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Ecu, Recall, RecallRelease, Release, Vehicle
@@ -67,11 +67,18 @@ def normalised(population: Population) -> Population:
     return population.model_copy(update={"vin_range": vin_range})
 
 
+def hardware_confirmed() -> ColumnElement[bool]:
+    """An ECU whose manifest reports another hardware id than registered is assigned nothing
+    (the registration is wrong or the ECU was swapped): the Director goes by the car's word."""
+    return or_(Ecu.reported_hardware_id.is_(None), Ecu.reported_hardware_id == Ecu.hardware_id)
+
+
 def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
     query = (
         select(Vehicle.vin, Ecu.serial, Ecu.installed_version)
         .join(Ecu, Ecu.vehicle_id == Vehicle.id)
         .where(Ecu.hardware_id == hardware_id, Vehicle.decommissioned_at.is_(None))  # left the fleet: never again
+        .where(hardware_confirmed())
         .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
     )
     if population.models:

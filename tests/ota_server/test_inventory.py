@@ -40,6 +40,7 @@ def manifest(
     signer: CryptoSigner | None = None,
     topic_vin: str | None = None,
     reason: ManifestReason = ManifestReason.DAILY,
+    hardware_id: str = HW,
 ) -> tuple[str, bytes]:
     """A version manifest of the car's one ECU, signed with ``signer`` or the VIN's provisioned key."""
     message = VersionManifest(
@@ -50,7 +51,7 @@ def manifest(
         ecus=(
             EcuManifest(
                 ecu_serial=serial or f"S-{vin_[-6:]}",
-                hardware_id=HW,
+                hardware_id=hardware_id,
                 version=version,
                 image_sha256=image_sha256,
                 image_length=4096 if image_sha256 else None,
@@ -272,3 +273,15 @@ async def test_the_timeline_shows_the_manifests_the_reported_state_and_the_discr
     assert "1.1.0" in entry["summary"] and entry["campaign_id"] is None
     [found] = body["discrepancies"]  # type: ignore[misc]
     assert found["kind"] == "unassigned_image"
+
+
+async def test_an_ecu_reporting_other_hardware_is_not_assigned_the_image(env: Env) -> None:
+    right, wrong = vin(1), vin(2)
+    await _registered(env, [right, wrong])
+    await env.inject(manifest(wrong, 1, hardware_id="ecu-other"))  # registered as ecu-main
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    assert found["kind"] == "hardware_mismatch" and found["vin"] == wrong
+    campaign = await _launch(env)
+    assert campaign["population"] == 1
+    await env.tick()
+    assert set(await env.nonces()) == {right}
