@@ -6,23 +6,37 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from sqlalchemy import select
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
+from ota_server.db.models import Recall
 from ota_server.reports import FORMATS, KINDS, Format, Kind, build, render
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
 
 
+INDEX_RECALLS = 200
+
+
 @router.get("")
-def list_reports() -> dict[str, Any]:
-    """The reports available per recall, their formats, and where the audit log export lives."""
+def list_reports(session: SessionDep) -> dict[str, Any]:
+    """The report kinds and formats, each recall's reports (the newest 200 recalls) as URLs to
+    follow as they are (add ``?format=csv|pdf``), and where the audit log export lives."""
+    newest = session.execute(select(Recall.id, Recall.campaign_number).order_by(Recall.id.desc()).limit(INDEX_RECALLS))
     return {
         "kinds": list(KINDS),
         "formats": list(FORMATS),
         "pdf": list(KINDS),  # every kind (the completion report as a one-page summary)
-        "url": "/api/v1/reports/recalls/{recall_id}/{kind}?format=csv|json|pdf",
+        "recalls": [
+            {
+                "id": recall_id,
+                "campaign_number": number,
+                "reports": {kind: f"{router.prefix}/recalls/{recall_id}/{kind}" for kind in KINDS},
+            }
+            for recall_id, number in newest
+        ],
         "audit_export": "/api/v1/audit/export",
     }
 

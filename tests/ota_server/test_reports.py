@@ -147,6 +147,12 @@ async def test_reports_need_a_token_and_known_inputs(env: Env) -> None:
     assert ok.status_code == 200
     index = await env.client.get("/api/v1/reports", headers=viewer)
     assert index.json()["audit_export"] == "/api/v1/audit/export"
+    # every URL in the index is one a client can follow as it is (no templates to fill in)
+    links = index.json()["recalls"][0]["reports"]
+    assert set(links) == set(KINDS)
+    for url in links.values():
+        assert "{" not in url
+        assert (await env.client.get(url, headers=viewer)).status_code == 200
     anonymous = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/population", headers={"Authorization": ""})
     assert anonymous.status_code == 401
     assert (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/nope")).status_code == 422
