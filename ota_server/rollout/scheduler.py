@@ -580,10 +580,12 @@ class Scheduler:
         vins = list(
             session.scalars(
                 select(CampaignVehicle.vin)
+                .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
                 .where(
                     CampaignVehicle.campaign_id == campaign.id,
                     CampaignVehicle.wave == campaign.current_wave,
                     CampaignVehicle.state == VinState.REMEDIED.value,
+                    Vehicle.decommissioned_at.is_(None),  # out of the fleet: no new campaign takes it
                 )
                 .order_by(CampaignVehicle.vin)
             )

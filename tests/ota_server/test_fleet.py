@@ -8,12 +8,13 @@ from typing import Any, get_args
 from sqlalchemy import select
 
 from firmware_bundles import topics
-from firmware_bundles.messages import CampaignWithdrawal, ReportState, parse_campaign_message
+from firmware_bundles.messages import CampaignWithdrawal, FailureReason, ReportState, parse_campaign_message
 from ota_server.api.vehicles import DiscrepancyFilter
 from ota_server.db.models import CampaignVehicle, Discrepancy, Vehicle
 from ota_server.services import campaigns, inventory
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, recall_body, report, upload, vehicle, vin
+from tests.ota_server.test_rollout import _launch, _notified_vins, _progress, _run_to, _with_rollback_release
 
 
 async def _register(env: Env, cars: list[dict[str, Any]]) -> None:
@@ -260,3 +261,25 @@ async def test_a_decommissioned_cars_late_report_is_kept_but_does_not_bring_it_b
     (car,) = status["campaigns"]  # type: ignore[misc]
     assert (car["state"], car["reason"]) == ("unreachable", "exported")
     assert car["history"][-1]["state"] == "notified" and car["history"][-1]["source"] == "car"
+
+
+async def test_a_rollback_campaign_leaves_out_a_decommissioned_car(env: Env) -> None:
+    """A remedied car keeps its record when decommissioned, but a tripped wave's rollback is not sent to it."""
+    vins = [vin(n) for n in range(1, 11)]
+    release, rollback_release = await _with_rollback_release(env, vins)
+    rollout = {
+        "waves": [{"cars": 5}, {"percent": 100}],
+        "error_threshold_count": 3,
+        "max_retries": 0,
+        "rollback_release_id": rollback_release,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    await _run_to(env, cid, canary[:2], ReportState.REMEDIED)
+    gone = await env.client.post(f"/api/v1/vehicles/{canary[0]}/decommission", json={"reason": "scrapped"})
+    assert gone.status_code == 200 and gone.json()["removed_from"] == []  # remedied: its record stays
+    await _run_to(env, cid, canary[2:], ReportState.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    await env.runtime.dispatcher.idle()
+    rid = (await _progress(env, cid))["rollback_campaign_id"]
+    assert rid is not None
+    assert _notified_vins(env, rid) == {canary[1]}
