@@ -121,7 +121,8 @@ async def test_last_seen_moves_on_a_verified_report_too(env: Env) -> None:
     assert datetime.fromisoformat(str(seen)) == env.clock.now
 
 
-async def test_forged_replayed_and_another_cars_manifests_are_refused_and_counted(env: Env) -> None:
+async def test_forged_replayed_and_another_cars_manifests_are_refused_and_counted(either_env: Env) -> None:
+    env = either_env
     v, other = vin(1), vin(2)
     await _registered(env, [v, other])
     await env.inject(manifest(v, 5, version="1.0.0"))
@@ -147,7 +148,8 @@ async def test_forged_replayed_and_another_cars_manifests_are_refused_and_counte
     assert 'ota_messages_rejected_total{reason="manifest_replayed"} 2.0' in metrics
 
 
-async def test_a_tampered_image_is_a_discrepancy_listed_audited_and_counted(env: Env) -> None:
+async def test_a_tampered_image_is_a_discrepancy_listed_audited_and_counted(either_env: Env) -> None:
+    env = either_env
     v = vin(1)
     await _registered(env, [v])
     assert (await upload(env.client)).status_code == 201
@@ -180,7 +182,8 @@ async def test_an_unknown_version_is_a_discrepancy(env: Env) -> None:
     assert found["kind"] == "unknown_version" and found["version"] == "3.1.4"
 
 
-async def test_a_workshop_flash_of_the_fix_is_the_remedy(env: Env) -> None:
+async def test_a_workshop_flash_of_the_fix_is_the_remedy(either_env: Env) -> None:
+    env = either_env
     v = vin(1)
     await _registered(env, [v])
     campaign = await _launch(env)
