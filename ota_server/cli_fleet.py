@@ -55,7 +55,11 @@ def _walk(client: ApiClient, filters: dict[str, Any], most: int | None) -> list[
 
 
 def _ecus(car: dict[str, Any]) -> str:
-    return ", ".join(f"{e['hardware_id']} {e['installed_version']}" for e in car.get("ecus", []))
+    """Each ECU's version, labelled declared until the car's own manifest spoke for it."""
+    return ", ".join(
+        f"{e['hardware_id']} {e['installed_version']}" + ("" if e.get("source") == "reported" else " (declared)")
+        for e in car.get("ecus", [])
+    )
 
 
 def vehicles_list(
@@ -130,7 +134,7 @@ def vehicles_show(
         if car.get("decommissioned_at"):
             detail = f" ({car['decommission_detail']})" if car.get("decommission_detail") else ""
             typer.echo(f"  decommissioned: {car['decommission_reason']}{detail} on {car['decommissioned_at']}")
-        ecu_columns = ["serial", "hardware_id", "installed_version", "primary"]
+        ecu_columns = ["serial", "hardware_id", "installed_version", "source", "reported_at", "declared_version"]
         table("ECUs", ecu_columns, [[e.get(c) for c in ecu_columns] for e in car["ecus"]])
         campaigns = status.get("campaigns", [])
         rows = [[c["campaign_id"], c["recall_number"], c["state"], c.get("reason"), c["updated_at"]] for c in campaigns]

@@ -41,6 +41,7 @@ async def test_list_walks_every_page_with_filters(cli_env: Env) -> None:
     assert len(json.loads(capped.output)) == 2
     human = await ota(env, "vehicles", "list", "--model", "Wagon")
     assert human.exit_code == 0 and vin(50) in human.output and "1 vehicle(s)" in human.output
+    assert "ecu-main 1.0.0 (declared)" in human.output  # no manifest yet: registration's word, labelled
 
 
 async def test_show_update_and_decommission(cli_env: Env) -> None:
