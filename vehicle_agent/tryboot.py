@@ -268,6 +268,13 @@ class TrybootSlots:
             raise UpdateFailed(FailureReason.INSTALL_FAILED, f"slot {slot} is shorter than its image")
         return digest.hexdigest()
 
+    def measure_slot(self, slot: str) -> tuple[str, int]:
+        """The sha256 and length of the image written to ``slot`` (the version manifest's measure).
+
+        No fingerprint: a partition's stat does not change with its bytes, so it is hashed each time.
+        """
+        return self.slot_sha256(slot), self._lengths()[slot]
+
     def read_header(self, slot: str | None = None) -> dict[str, str] | None:
         with self.slots[slot or self.booted_slot()].device.open("rb") as fh:
             return image_header(fh.read(HEADER_BYTES))

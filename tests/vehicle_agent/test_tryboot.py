@@ -111,6 +111,7 @@ def test_a_half_written_slot_never_verifies_and_is_disarmed(slots: TrybootSlots)
     import hashlib
 
     assert slots.slot_sha256("b") == hashlib.sha256(image).hexdigest()  # the image, not the whole partition
+    assert slots.measure_slot("b") == (hashlib.sha256(image).hexdigest(), len(image))  # the manifest's measure
     slots.set_try("b")
 
     class PowerCut(io.BytesIO):
