@@ -55,7 +55,7 @@ from firmware_bundles import topics
 from simulator.brokers import BrokerCluster, Listener, broker_count, mosquitto_binary
 from simulator.errors import SimulatorError
 from simulator.faults import FaultPlan
-from simulator.fleet import make_fleet
+from simulator.fleet import MAX_ECUS, make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.procstat import (
     command_cpu_seconds,
@@ -73,7 +73,7 @@ from simulator.scenario import (
     file_recall,
     launch_recall,
     register_fleet,
-    upload_fix,
+    upload_fixes,
     upload_installed,
 )
 from simulator.server_process import ServerProcess
@@ -105,6 +105,7 @@ SETTLE_S = 60.0  # after the last car is done, how long reports may take to be s
 @dataclass(frozen=True)
 class Options:
     cars: int = 2000
+    ecus: int = 1  # ECUs per car, each its own hardware id and slots; the recall updates them all
     json_path: Path | None = None
     brokers: int | None = None
     workers: int | None = None
@@ -326,7 +327,7 @@ def car_state_parent(options: Options, workdir: Path) -> tuple[Path, str]:
     """
     if options.car_state_dir is not None:
         return options.car_state_dir, "as given"
-    needed = options.cars * CAR_STATE_BYTES
+    needed = options.cars * options.ecus * CAR_STATE_BYTES
     if RAM_DIR.is_dir() and os.access(RAM_DIR, os.W_OK):
         free = shutil.disk_usage(RAM_DIR).free
         if free >= needed:
@@ -378,7 +379,7 @@ def run(options: Options, console: Console) -> Measured:
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
         measured = Measured(backend, options.workers or default_workers(options.cars))
         admin = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
-        fleet = make_fleet(options.cars, seed=options.seed)
+        fleet = make_fleet(options.cars, seed=options.seed, ecus=options.ecus)
         # the admin creates the people: an operator does the work and requests the launch, a
         # safety officer approves it (the two-person rule refuses the admin's own request)
         operator = admin.create_token(f"operator-{fleet.run_id}", "operator")
@@ -388,7 +389,7 @@ def run(options: Options, console: Console) -> Measured:
 
         started = time.monotonic()
         upload_installed(client, fleet)
-        release = upload_fix(client, fleet, ScenarioOptions())
+        releases = upload_fixes(client, fleet, ScenarioOptions())
         _say(console, f"registering {options.cars} cars")
         register_fleet(client, fleet)
         measured.phases["register_s"] = round(time.monotonic() - started, 2)
@@ -419,7 +420,7 @@ def run(options: Options, console: Console) -> Measured:
         runner.wait_connected(timeout=120 + options.cars / 50)
         measured.phases["connect_s"] = round(time.monotonic() - started, 2)
 
-        recall = file_recall(client, fleet, release, PLAN)
+        recall = file_recall(client, fleet, releases, PLAN)
         pid = server.pid
         assert pid is not None
         before = scrape(endpoints.api_url)
@@ -576,6 +577,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "connect_rate_per_s": options.connect_rate,
         "phases_s": measured.phases,
         "plan": PLAN,
+        "ecus_per_car": options.ecus,
         "faults": options.faults.to_json() if options.faults.active else None,
         "fleet": measured.fleet,
         "worker_summaries": measured.workers_summary,
@@ -751,6 +753,9 @@ def write_outputs(options: Options, result: dict[str, Any], notices: list[float]
 def parse(argv: list[str] | None) -> Options:
     parser = argparse.ArgumentParser(prog="ota-bench", description=__doc__.splitlines()[0])
     parser.add_argument("--cars", type=int, default=2000, help="fleet size (default 2000)")
+    parser.add_argument(
+        "--ecus", type=int, default=1, help="ECUs per car, each its own hardware id; one recall updates all (default 1)"
+    )
     parser.add_argument("--json", type=Path, dest="json_path", help="write the figures here as JSON")
     parser.add_argument("--brokers", type=int, help="Mosquitto processes: a hub + leaves (default 1 + cars/15000)")
     parser.add_argument("--workers", type=int, help="simulator processes (default max(2, cars/8000))")
@@ -787,6 +792,8 @@ def parse(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.cars < 1:
         parser.error("--cars must be at least 1")
+    if not 1 <= args.ecus <= MAX_ECUS:
+        parser.error(f"--ecus must be 1 to {MAX_ECUS}")
     if args.brokers is not None and args.brokers < 2:
         parser.error("--brokers is a hub and at least one leaf: 2 or more")
     try:
@@ -809,6 +816,7 @@ def parse(argv: list[str] | None) -> Options:
         parser.error(str(exc))
     return Options(
         cars=args.cars,
+        ecus=args.ecus,
         json_path=args.json_path,
         brokers=args.brokers,
         workers=args.workers,

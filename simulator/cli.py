@@ -16,7 +16,7 @@ from rich.console import Console
 
 from simulator.errors import ServerError, SimulatorError
 from simulator.faults import FaultPlan
-from simulator.fleet import Fleet, make_fleet
+from simulator.fleet import MAX_ECUS, Fleet, make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.progress import DEFAULT_SERVER_PATIENCE_S
 from simulator.report import exit_code, print_summary
@@ -85,6 +85,14 @@ def run(
         ),
     ] = None,
     cars: Annotated[int, typer.Option(min=1, max=999_999, help="How many virtual cars")] = 200,
+    ecus: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=MAX_ECUS,
+            help="ECUs per car, each with its own hardware id and A/B slots; the recall updates them all",
+        ),
+    ] = 1,
     workers: Annotated[
         int | None,
         typer.Option(
@@ -156,7 +164,7 @@ def run(
         late_rate=late_rate,
         late_seconds=late_seconds,
     )
-    fleet = make_fleet(cars, seed=seed)
+    fleet = make_fleet(cars, seed=seed, ecus=ecus)
     cars_dir = state_root(state_dir, fleet)
     try:
         with OperatorClient(server, token=token) as client, _approver(client, approver_token, fleet.run_id) as approver:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -78,22 +79,40 @@ def _say(console: Console | None, text: str) -> None:
         console.log(text)
 
 
-def factory_image(fleet: Fleet) -> bytes:
-    """The image every simulated car runs in slot a (as ``FileSlots.open_or_seed`` writes it)."""
-    return sample_image(fleet.hardware_id, fleet.installed_version)
+def factory_image(fleet: Fleet, hardware_id: str | None = None) -> bytes:
+    """The image every simulated car's ECU of ``hardware_id`` (default: the primary's) runs in slot a.
+
+    As ``FileSlots.open_or_seed`` writes it.
+    """
+    return sample_image(hardware_id or fleet.hardware_id, fleet.installed_version)
 
 
-def upload_installed(client: OperatorClient, fleet: Fleet) -> dict[str, Any]:
-    """The version the fleet runs, as release counter 1: the server builds deltas only from releases it holds."""
-    bundle = build_bundle(factory_image(fleet), fleet.hardware_id, fleet.installed_version, 1)
-    return client.upload_release(bundle.data, fleet.hardware_id, fleet.installed_version, 1)
+def upload_installed(client: OperatorClient, fleet: Fleet) -> list[dict[str, Any]]:
+    """The version the fleet runs, as release counter 1, for each ECU hardware id.
+
+    The server builds deltas only from releases it holds.
+    """
+    releases = []
+    for hardware_id in fleet.all_hardware_ids():
+        bundle = build_bundle(factory_image(fleet, hardware_id), hardware_id, fleet.installed_version, 1)
+        releases.append(client.upload_release(bundle.data, hardware_id, fleet.installed_version, 1))
+    return releases
 
 
-def upload_fix(client: OperatorClient, fleet: Fleet, options: ScenarioOptions) -> dict[str, Any]:
-    """The fix: the factory image with a few KiB changed, as a real software fix is."""
-    image = revised_image(factory_image(fleet), fleet.hardware_id, options.fix_version)
-    bundle = build_bundle(image, fleet.hardware_id, options.fix_version, options.release_counter)
-    return client.upload_release(bundle.data, fleet.hardware_id, options.fix_version, options.release_counter)
+def upload_fix(
+    client: OperatorClient, fleet: Fleet, options: ScenarioOptions, hardware_id: str | None = None
+) -> dict[str, Any]:
+    """The fix for one hardware id (default: the primary's): the factory image with a few KiB changed,
+    as a real software fix is."""
+    hardware_id = hardware_id or fleet.hardware_id
+    image = revised_image(factory_image(fleet, hardware_id), hardware_id, options.fix_version)
+    bundle = build_bundle(image, hardware_id, options.fix_version, options.release_counter)
+    return client.upload_release(bundle.data, hardware_id, options.fix_version, options.release_counter)
+
+
+def upload_fixes(client: OperatorClient, fleet: Fleet, options: ScenarioOptions) -> list[dict[str, Any]]:
+    """The fix of every ECU hardware id of the fleet, the primary's first: one recall names them all."""
+    return [upload_fix(client, fleet, options, hardware_id) for hardware_id in fleet.all_hardware_ids()]
 
 
 def register_fleet(client: OperatorClient, fleet: Fleet) -> None:
@@ -128,12 +147,25 @@ def _config_of(template: dict[str, Any], car: Car) -> dict[str, Any]:
 
 
 def file_recall(
-    client: OperatorClient, fleet: Fleet, release: dict[str, Any], rollout: dict[str, Any] | None = None
+    client: OperatorClient,
+    fleet: Fleet,
+    release: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    rollout: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """File the recall for this run's cars; a clashing campaign number is drawn again.
 
+    ``release`` is one release or several (one per ECU hardware id, the primary's first:
+    the recall names them all in ``release_ids`` and updates every ECU of each car).
     ``rollout`` is the plan (waves, rate, ...); without one the server's default applies.
     """
+    releases = [release] if isinstance(release, Mapping) else list(release)
+    primary = releases[0]
+    population: dict[str, Any] = {"models": [fleet.model], "installed_versions": {"max": fleet.installed_version}}
+    if len(releases) == 1:
+        named: dict[str, Any] = {"release_id": primary["id"]}
+        population["hardware_id"] = primary.get("hardware_id", fleet.hardware_id)
+    else:  # the population is every car with an ECU of any release's hardware id
+        named = {"release_id": primary["id"], "release_ids": [r["id"] for r in releases]}
     for _ in range(5):
         number = f"26V-{secrets.randbelow(900_000) + 100_000}"
         body = {
@@ -142,13 +174,9 @@ def file_recall(
             "title": "Battery management software may allow cell overheating",
             "defect": "The battery management software may not limit charging current when a cell overheats.",
             "safety_risk": "An overheating cell increases the risk of a fire.",
-            "remedy": f"Over-the-air update of the battery management software to {release['version']}.",
-            "release_id": release["id"],
-            "population": {
-                "models": [fleet.model],
-                "hardware_id": fleet.hardware_id,
-                "installed_versions": {"max": fleet.installed_version},
-            },
+            "remedy": f"Over-the-air update of the battery management software to {primary['version']}.",
+            **named,
+            "population": population,
         }
         if rollout is not None:
             body["rollout"] = rollout
@@ -217,9 +245,9 @@ def run_recall(
 
     The recall is a safety recall, so ``approver`` (another person) approves its launch.
     """
-    _say(console, f"Building and uploading the fix {options.fix_version} for {fleet.hardware_id}")
+    _say(console, f"Building and uploading the fix {options.fix_version} for {', '.join(fleet.all_hardware_ids())}")
     upload_installed(client, fleet)
-    release = upload_fix(client, fleet, options)
+    releases = upload_fixes(client, fleet, options)
     _say(console, f"Registering {len(fleet.cars)} vehicles")
     register_fleet(client, fleet)
     configs = agent_configs(client, fleet)
@@ -228,7 +256,7 @@ def run_recall(
     try:
         connected = runner.wait_connected(timeout=max(30.0, len(fleet.cars) / 20))
         _say(console, f"{connected} cars online; filing the recall")
-        recall = file_recall(client, fleet, release, options.rollout)
+        recall = file_recall(client, fleet, releases, options.rollout)
         campaign = launch_recall(client, recall, approver, console)
         tell_launched(runner)
         _say(

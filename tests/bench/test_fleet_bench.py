@@ -80,8 +80,11 @@ def test_flags_become_options() -> None:
     assert options.cars == 30
     assert options.faults == FaultPlan(power_cut_rate=0.1, late_rate=0.2, slow_rate=0.3, seed=4)
     assert parse(["--postgres", ""]).postgres is None
+    assert (options.ecus, parse(["--ecus", "3"]).ecus) == (1, 3)
     with pytest.raises(SystemExit):
         parse(["--brokers", "1"])
+    with pytest.raises(SystemExit):
+        parse(["--ecus", "0"])
 
 
 def test_helpers_split_and_thin() -> None:
