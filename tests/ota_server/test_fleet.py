@@ -135,7 +135,8 @@ async def test_patch_changes_what_may_change_and_refuses_the_rest_by_name(env: E
     assert patches == [(200, "market,owner_contact,time_zone"), (200, "owner_contact"), (422, None), (422, None)]
 
 
-async def test_decommission_takes_the_car_out_of_an_open_campaign_and_future_populations(env: Env) -> None:
+async def test_decommission_takes_the_car_out_of_an_open_campaign_and_future_populations(either_env: Env) -> None:
+    env = either_env
     vins = [vin(n) for n in range(1, 4)]
     campaign = await launched(env.client, vins)
     cid = campaign["id"]
