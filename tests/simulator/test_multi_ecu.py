@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,13 +79,25 @@ def test_two_ecu_cars_are_remedied_on_both_ecus_in_their_own_slots(tmp_path: Pat
         OperatorClient(endpoints.api_url, token=server.admin_token()) as client,
         second_person(client, "safety-officer") as approver,
     ):
+        launched = datetime.now(UTC)
         summary = run_recall(client, fleet, runner, ScenarioOptions(timeout=180, rollout=PLAN), None, approver)
         (recall,) = [r for r in client.recalls() if r["campaign_number"] == summary.recall_number]
+        vehicles = {car.vin: client.vehicle(car.vin) for car in fleet.cars}
+        discrepancies = [client.call("GET", "/api/v1/discrepancies", params={"vin": car.vin}) for car in fleet.cars]
 
     assert (summary.remedied, summary.failed) == (cars, 0), summary
     assert len(recall["release_ids"]) == 2  # one recall updates both ECUs
+    # every image the cars measured (the factory's at start, the fix after) is one the server knows
+    assert [page["items"] for page in discrepancies] == [[]] * cars
     for car in fleet.cars:
         for ecu in car.all_ecus():
             slots = FileSlots(tmp_path / "cars" / car.vin / "slots" / ecu.serial)
             assert slots.active_slot() == slots.booted_slot() == "b", (car.vin, ecu.serial)
             assert slots.read_header() == {"hardware_id": ecu.hardware_id, "version": FIX_VERSION}
+        # the server's record is the car's own word: both ECUs reported on the fix after the launch
+        shown = {e["serial"]: e for e in vehicles[car.vin]["ecus"]}
+        for ecu in car.all_ecus():
+            reported = shown[ecu.serial]
+            assert (reported["source"], reported["installed_version"]) == ("reported", FIX_VERSION), reported
+            assert reported["declared_version"] == fleet.installed_version
+            assert datetime.fromisoformat(reported["reported_at"]) > launched
