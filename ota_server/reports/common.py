@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Recall
+from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, EcuReport, Recall, Vehicle
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.states import SUCCESS, VinState
 from ota_server.services.campaigns import remedy_campaign
@@ -169,3 +169,34 @@ def standings(session: Session, campaign: Campaign, at: datetime) -> list[Standi
             state, reason, since = event.state, event.reason, event.received_at
         result.append(Standing(cv.vin, state, reason, since))
     return result
+
+
+@dataclass(frozen=True)
+class Installed:
+    """What one ECU ran at a time, by the car's word (its last manifest by then) or its registration."""
+
+    hardware_id: str
+    version: str
+    reported_at: datetime | None  # None: declared at registration (no manifest by then)
+
+
+def installed_as_of(session: Session, vins: list[str], at: datetime) -> dict[str, dict[str, Installed]]:
+    """VIN -> ECU serial -> what it ran at ``at``: the last manifest received by then, else as declared."""
+    found: dict[str, dict[str, Installed]] = {}
+    for start in range(0, len(vins), 500):
+        chunk = vins[start : start + 500]
+        for vin, ecu in session.execute(
+            select(Vehicle.vin, Ecu).join(Ecu, Ecu.vehicle_id == Vehicle.id).where(Vehicle.vin.in_(chunk))
+        ).all():
+            found.setdefault(vin, {})[ecu.serial] = Installed(
+                ecu.hardware_id, ecu.declared_version or ecu.installed_version, None
+            )
+        for report in session.scalars(
+            select(EcuReport)
+            .where(EcuReport.vin.in_(chunk), EcuReport.received_at <= at)
+            .order_by(EcuReport.id)  # the last one wins
+        ):
+            ecus = found.setdefault(report.vin, {})
+            hardware_id = ecus[report.ecu_serial].hardware_id if report.ecu_serial in ecus else report.hardware_id
+            ecus[report.ecu_serial] = Installed(hardware_id, report.version, report.received_at)
+    return found

@@ -5,6 +5,8 @@ remedied over the air, remedied at a dealer, inspected and not needed, unreachab
 reason), failed (failed, rolled back or timed out, awaiting a retry or a dealer), declined,
 withdrawn (campaign cancelled) and still open (not yet notified, notified, installing).
 ``*_in_quarter`` counts the remedies recorded during the quarter itself.
+``remedies_confirmed_by_manifest`` counts the remedied cars (over the air or at a dealer) whose
+own version manifests, by the quarter's end, show the fix on every affected ECU.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import CampaignEcu
+from ota_server.db.models import CampaignEcu, RecallRelease, Release
 from ota_server.reports.common import (
     Report,
     Standing,
+    installed_as_of,
     launched_campaign,
     quarter,
     recall_meta,
@@ -68,12 +71,14 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
         **rest,
         "remedied_in_quarter": {name: in_quarter[name] for name in _REMEDIES},
         "completion_rate": round(sum(counts.values()) / len(cars), 4) if cars else 0.0,
+        "remedies_confirmed_by_manifest": _confirmed(session, recall.id, cars, period.end),
     }
     rows: list[dict[str, Any]] = [{"measure": "involved", "count": len(cars)}]
     rows += [{"measure": name, "count": n} for name, n in counts.items()]
     rows += [{"measure": f"unreachable_{reason}", "count": n} for reason, n in unreachable.items()]
     rows += [{"measure": name, "count": n} for name, n in rest.items()]
     rows += [{"measure": f"{name}_in_quarter", "count": n} for name, n in in_quarter.items()]
+    rows.append({"measure": "remedies_confirmed_by_manifest", "count": summary["remedies_confirmed_by_manifest"]})
     by_ecu = _ecus_by_hardware(session, campaign.id, cars)
     if by_ecu:
         summary["ecus_by_hardware"] = by_ecu
@@ -111,3 +116,24 @@ def _ecus_by_hardware(session: Session, campaign_id: int, cars: list[Standing]) 
         counts["remedied"] += bucket in _REMEDIES
         counts["failed"] += bucket == "failed"
     return out
+
+
+def _confirmed(session: Session, recall_id: int, cars: list[Standing], at: datetime) -> int:
+    """Remedied cars whose manifests by ``at`` show each affected ECU on its release's version."""
+    remedied = [c.vin for c in cars if c.state in (VinState.REMEDIED.value, VinState.REMEDIED_AT_DEALER.value)]
+    if not remedied:
+        return 0
+    fixes = dict(
+        session.execute(
+            select(Release.hardware_id, Release.version)
+            .join(RecallRelease, RecallRelease.release_id == Release.id)
+            .where(RecallRelease.recall_id == recall_id)
+        ).all()
+    )
+    installed = installed_as_of(session, remedied, at)
+    confirmed = 0
+    for vin in remedied:
+        affected = [e for e in installed.get(vin, {}).values() if e.hardware_id in fixes]
+        if affected and all(e.reported_at is not None and e.version == fixes[e.hardware_id] for e in affected):
+            confirmed += 1
+    return confirmed

@@ -1,4 +1,8 @@
-"""The weekly VIN-level status feed: every car of the recall, its status at the week's end and since when."""
+"""The weekly VIN-level status feed: every car of the recall, its status at the week's end and since when.
+
+``installed_versions`` is what each ECU ran at the week's end by the car's own word (its last
+version manifest by then), else as declared at registration; ``reported_at`` says which.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +10,35 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from ota_server.reports.common import Report, launched_campaign, recall_meta, recall_of, standings, week
+from ota_server.reports.common import (
+    Installed,
+    Report,
+    installed_as_of,
+    launched_campaign,
+    recall_meta,
+    recall_of,
+    standings,
+    week,
+)
 
-COLUMNS = ("vin", "recall_number", "status", "reason", "status_date")
+COLUMNS = ("vin", "recall_number", "status", "reason", "status_date", "installed_versions", "reported_at")
+
+
+def _versions(ecus: dict[str, Installed]) -> str:
+    return "; ".join(f"{e.hardware_id} {e.version}" for _, e in sorted(ecus.items()))
+
+
+def _reported(ecus: dict[str, Installed]) -> str:
+    times = [e.reported_at for e in ecus.values() if e.reported_at is not None]
+    return max(times).isoformat() if times else "declared at registration"
 
 
 def build(session: Session, recall_id: int, now: datetime, week_label: str | None = None) -> Report:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
     period = week(week_label, now)
+    cars = standings(session, campaign, period.end)
+    installed = installed_as_of(session, [car.vin for car in cars], period.end)
     rows = [
         {
             "vin": car.vin,
@@ -23,8 +47,10 @@ def build(session: Session, recall_id: int, now: datetime, week_label: str | Non
             "reason": car.reason,
             # No event yet: the car has been in the recall since the launch.
             "status_date": (car.since or campaign.launched_at).date().isoformat(),
+            "installed_versions": _versions(installed.get(car.vin, {})),
+            "reported_at": _reported(installed.get(car.vin, {})),
         }
-        for car in standings(session, campaign, period.end)
+        for car in cars
     ]
     meta = {**recall_meta(recall, campaign, now), "week": period.label, "period_end": period.end.isoformat()}
     return Report("vin-status", meta, COLUMNS, rows, {"vehicles": len(rows)})

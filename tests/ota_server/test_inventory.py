@@ -288,3 +288,25 @@ async def test_an_ecu_reporting_other_hardware_is_not_assigned_the_image(env: En
     assert campaign["population"] == 1
     await env.tick()
     assert set(await env.nonces()) == {right}
+
+
+async def test_vin_status_feed_and_completion_report_use_the_manifests(env: Env) -> None:
+    flashed, silent = vin(1), vin(2)
+    await _registered(env, [flashed, silent])
+    campaign = await _launch(env)
+    env.clock.advance(60)
+    await env.inject(manifest(flashed, 1, version="1.1.0", image_sha256=FIX_IMAGE))  # a workshop flash
+    recall_id = campaign["recall_id"]
+    feed = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/vin-status", params={"format": "json"})
+    rows = {row["vin"]: row for row in feed.json()["rows"]}
+    assert rows[flashed]["status"] == "remedied_at_dealer"
+    assert rows[flashed]["installed_versions"] == f"{HW} 1.1.0"
+    assert datetime.fromisoformat(rows[flashed]["reported_at"]) == env.clock.now
+    assert (rows[silent]["installed_versions"], rows[silent]["reported_at"]) == (
+        f"{HW} 1.0.0",
+        "declared at registration",
+    )
+    completion = await env.get_json(f"/api/v1/reports/recalls/{recall_id}/completion?format=json")
+    summary = completion["summary"]
+    assert isinstance(summary, dict)
+    assert summary["remedied_at_dealer"] == 1 and summary["remedies_confirmed_by_manifest"] == 1

@@ -104,7 +104,7 @@ async def test_vin_status_feed_has_one_row_per_car(env: Env) -> None:
     resp = await _get(env, recall_id, "vin-status", "csv", week="2026-W09")
     assert resp.headers["content-type"].startswith("text/csv")
     header = resp.text.splitlines()[0]
-    assert header == "vin,recall_number,status,reason,status_date"
+    assert header == "vin,recall_number,status,reason,status_date,installed_versions,reported_at"
     rows = {row["vin"]: row for row in _csv(resp.text)}
     assert set(rows) == set(VINS)
     assert rows[VINS[0]]["status"] == "remedied" and rows[VINS[0]]["status_date"] == "2026-03-01"
