@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, cast
 
 from pydantic import (
     AfterValidator,
@@ -17,11 +17,13 @@ from pydantic import (
     ConfigDict,
     Field,
     GetJsonSchemaHandler,
+    ModelWrapValidatorHandler,
+    ValidationError,
     ValidationInfo,
     model_validator,
 )
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.messages import OwnerNotice, Preconditions
@@ -448,11 +450,27 @@ class RecallCreate(BaseModel):
         "false e.g. for fleet-owned cars whose operator consents. A safety recall never waits for consent",
     )
 
+    @model_validator(mode="wrap")
+    @classmethod
+    def _release_missing(cls, data: Any, handler: ModelWrapValidatorHandler[RecallCreate]) -> RecallCreate:
+        """A missing release is named with the other missing fields (a check after them would wait for them)."""
+        if isinstance(data, dict) and data.get("release_id") is None and not data.get("release_ids"):
+            errors: list[InitErrorDetails] = []
+            try:
+                handler(data)
+            except ValidationError as exc:
+                errors = cast(list[InitErrorDetails], exc.errors())
+            missing: InitErrorDetails = {
+                "type": PydanticCustomError("missing", "Field required: give release_id or release_ids"),
+                "loc": ("release_id",),
+                "input": data,
+            }
+            raise ValidationError.from_exception_data(cls.__name__, [*errors, missing])
+        return handler(data)
+
     @model_validator(mode="after")
     def _releases_named(self) -> RecallCreate:
-        """One release (``release_id``) or several (``release_ids``), each named once."""
-        if self.release_id is None and not self.release_ids:
-            raise ValueError("give release_id or release_ids")
+        """Each release named once; ``release_id`` with ``release_ids`` is one of them."""
         if self.release_ids is not None:
             repeated = sorted({r for r in self.release_ids if self.release_ids.count(r) > 1})
             if repeated:
