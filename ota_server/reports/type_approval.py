@@ -177,7 +177,9 @@ def _before_launch(session: Session, vins: list[str], launched_at: datetime) -> 
 def _after(ecu: Ecu, cv: CampaignVehicle, release: Release) -> tuple[str, str]:
     """What the ECU runs now and on whose word: its manifest, else a remedied report, else registration."""
     remedied = VinState(cv.state) is VinState.REMEDIED
-    if ecu.reported_at is not None and not (remedied and ecu.reported_at < cv.updated_at):
+    # The car's install manifest may arrive just before its remedied report: one showing the fix counts.
+    shows_fix = ecu.installed_version == release.version
+    if ecu.reported_at is not None and (shows_fix or not (remedied and ecu.reported_at < cv.updated_at)):
         return ecu.installed_version, f"manifest {ecu.reported_at.isoformat()}"
     if remedied:
         return release.version, "remedied report"

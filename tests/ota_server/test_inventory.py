@@ -246,8 +246,12 @@ async def test_the_r156_record_shows_the_reported_versions_and_rxswin_after_a_re
     assert recall.status_code == 201, recall.text
     cid = (await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")).json()["id"]
     env.clock.advance(600)
-    await env.inject(remedied(cid, v, (await env.nonces())[v]))
+    nonce = (await env.nonces())[v]
+    await env.inject(report(cid, v, nonce, ReportState.REBOOTING))
+    # As agents do: the install manifest goes out just before the remedied report.
     await env.inject(manifest(v, 2, version="1.1.0", image_sha256=FIX_IMAGE, reason=ManifestReason.INSTALL))
+    env.clock.advance(1)
+    await env.inject(remedied(cid, v, nonce))
     body = await env.get_json(f"/api/v1/reports/recalls/{recall.json()['id']}/type-approval?format=json")
     [row] = body["rows"]  # type: ignore[misc]
     assert (row["version_before"], row["version_after"]) == ("1.0.0", "1.1.0")
