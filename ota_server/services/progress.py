@@ -30,6 +30,9 @@ def progress(session: Session, campaign_id: int) -> Progress:
     assert recall is not None  # foreign key
     plan = shown_plan(recall, campaign)  # None: unreadable (the scheduler paused it), still shown
     in_campaign = CampaignVehicle.campaign_id == campaign_id
+    # Whether any car may still move, asked BEFORE the counts: a report stored between two
+    # reads then makes the counts newer than ``done``, never a done with cars still in flight.
+    may_change = session.scalar(select(CampaignVehicle.vin).where(in_campaign, can_still_change(plan)).limit(1))
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}
     for wave, state, n in session.execute(
@@ -71,10 +74,8 @@ def progress(session: Session, campaign_id: int) -> Progress:
                 opened=index <= campaign.current_wave,
             )
         )
-    if campaign.status == CANCELLED:  # no retry is ever issued again; cars installing still report
-        done = sum(counts[s.value] for s in IN_FLIGHT) == 0
-    else:
-        done = session.scalar(select(CampaignVehicle.vin).where(in_campaign, can_still_change(plan)).limit(1)) is None
+    # cancelled: no retry is ever issued again, only cars installing still report
+    done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else may_change is None
     return Progress(
         campaign_id=campaign.id,
         recall_number=recall.campaign_number,

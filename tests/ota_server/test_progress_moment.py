@@ -1,0 +1,51 @@
+"""Campaign progress reads ``done`` and the counts as of one moment, or at least never a done with cars in flight.
+
+A car's last report landing between progress's reads gave ``done`` with a stale count
+(ota-sim saw done with 18 of 20 remedied, 0 failed, and exited 1 although all 20 were).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import event, update
+
+from ota_server.db.models import CampaignVehicle
+from ota_server.rollout.states import IN_FLIGHT
+from ota_server.services.progress import progress
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import provision, recall_body, upload, vehicle, vin
+
+
+async def test_a_report_landing_mid_read_never_gives_done_with_a_car_in_flight(env: Env) -> None:
+    car = vin(1)
+    assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(car)]})).status_code < 300
+    await provision(env.client, [car])
+    release = (await upload(env.client)).json()["id"]
+    recall = await env.client.post(
+        "/api/v1/recalls", json={**recall_body(release), "rollout": {"waves": [{"percent": 100}]}}
+    )
+    launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    cid = launched.json()["id"]
+    await env.runtime.dispatcher.idle()
+
+    sessions = env.runtime.sessions
+    landed: list[str] = []
+    with sessions() as reader:
+
+        @event.listens_for(reader, "do_orm_execute")
+        def report_lands(state: Any) -> None:  # the car's remedied report, stored by the ingest meanwhile
+            text = str(state.statement)
+            if landed or "campaign_vehicles.vin" not in text or "LIMIT" not in text.upper():
+                return
+            landed.append(text)
+            with sessions.begin() as writer:
+                writer.execute(
+                    update(CampaignVehicle).where(CampaignVehicle.campaign_id == cid).values(state="remedied")
+                )
+
+        shown = progress(reader, cid)
+
+    assert landed  # the report did land between the reads
+    in_flight = sum(shown.counts[s.value] for s in IN_FLIGHT)
+    assert not (shown.done and in_flight), (shown.done, shown.counts)
