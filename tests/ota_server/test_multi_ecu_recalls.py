@@ -47,7 +47,8 @@ async def _release(env: Env, hardware_id: str = "ecu-main", version: str = "1.1.
     return release_id
 
 
-async def test_a_recall_names_one_release_per_hardware_id(env: Env) -> None:
+async def test_a_recall_names_one_release_per_hardware_id(either_env: Env) -> None:
+    env = either_env
     cars = [_two_ecu_car(1), _two_ecu_car(2, gateway=False), vehicle(vin(3), hardware_id="other")]
     cars.append(vehicle(vin(4), hardware_id=GATEWAY, installed_version="3.0.0"))  # the second release's only
     resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})
@@ -162,7 +163,10 @@ async def _run(env: Env, agent: Agent, link: FakeLink, vin_: str) -> list[Status
     return link.reports
 
 
-async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(env: Env, tmp_path: Path) -> None:
+async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(
+    either_env: Env, tmp_path: Path
+) -> None:
+    env = either_env
     env.clock.now = datetime.now(UTC)  # the agent checks expiry against the real time
     car = _two_ecu_car(1)
     campaign_id, key = await _two_release_campaign(env, car)
