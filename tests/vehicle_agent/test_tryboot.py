@@ -168,6 +168,7 @@ async def test_an_image_that_does_not_boot_falls_back_and_reports_boot_failed(
     last = car.link.reports[-1]
     assert last.reason is FailureReason.BOOT_FAILED
     assert "fell back to slot a" in last.detail and "rolled back" in last.detail
+    assert last.detail.startswith(f"ECU {SERIAL}: ")  # which ECU did not boot (a car may have several)
     assert pi.boots == [(2, False), (3, True), (2, False)]
     assert pi.committed_partition() == 2
     assert slots.booted_slot() == slots.active_slot() == "a"
