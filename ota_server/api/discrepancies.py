@@ -6,13 +6,20 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
+from pydantic import AfterValidator
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import MAX_ID, SessionDep
-from ota_server.schemas import VIN_SCHEMA, DiscrepancyPage
+from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyPage, vin_shape
 from ota_server.services import inventory
 
 router = APIRouter(prefix="/api/v1/discrepancies", tags=["vehicles"], dependencies=[needs_read])
+
+
+def _vin(value: str | None) -> str | None:
+    """A VIN filter of the wrong shape is a 422 saying why, like a VIN in a path."""
+    return None if value is None else vin_shape(value)
+
 
 Kind = Literal["unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"]
 
@@ -20,7 +27,7 @@ Kind = Literal["unassigned_image", "unknown_version", "remedied_mismatch", "hard
 @router.get("")
 def list_discrepancies(
     session: SessionDep,
-    vin: Annotated[str | None, Query(json_schema_extra=VIN_SCHEMA)] = None,
+    vin: Annotated[str | None, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(_vin)] = None,
     kind: Kind | None = None,
     campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     since: Annotated[datetime | None, Query(description="Seen at or after this time")] = None,

@@ -314,3 +314,17 @@ async def test_vin_status_feed_and_completion_report_use_the_manifests(env: Env)
     summary = completion["summary"]
     assert isinstance(summary, dict)
     assert summary["remedied_at_dealer"] == 1 and summary["remedies_confirmed_by_manifest"] == 1
+
+
+async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 4)]
+    await _registered(env, vins)
+    await env.inject(*(manifest(v, 1, version="9.9.9") for v in vins))
+    first = await env.get_json("/api/v1/discrepancies?limit=2")
+    assert len(first["items"]) == 2 and first["next_cursor"] is not None  # type: ignore[arg-type]
+    rest = await env.get_json(f"/api/v1/discrepancies?limit=2&cursor={first['next_cursor']}")
+    assert len(rest["items"]) == 1 and rest["next_cursor"] is None  # type: ignore[arg-type]
+    seen = {d["vin"] for d in [*first["items"], *rest["items"]]}  # type: ignore[misc]
+    assert seen == set(vins)
+    bad = await env.client.get("/api/v1/discrepancies", params={"vin": "not a vin"})
+    assert bad.status_code == 422 and "not a valid VIN" in bad.text
