@@ -14,6 +14,12 @@ Every status report must be signed by its car's registered key (``ota vehicles
 provision``) and carry the nonce of the car's current campaign notice. An unsigned
 report is dropped in :meth:`Ingestor.submit`; the key and signature are checked in
 the batch, against keys loaded with one query, before anything else reads the report.
+
+A version manifest (``kind: manifest``) on a car's status topic is checked the same way (the
+VIN in the message is the topic's, signed by that car's key) and applied in the same batch and
+transaction by :func:`ota_server.services.inventory.apply_manifests`, which refuses one whose
+counter is not above the car's last accepted (``manifest_replayed``). Every verified report or
+manifest moves its car's ``last_seen``.
 """
 
 from __future__ import annotations
