@@ -401,6 +401,11 @@ class Agent:
             "installed": {k: {"version": v, "release_counter": c} for k, (v, c) in self.journal.data.installed.items()},
             "campaigns": {k: v.to_json() for k, v in self.journal.data.campaigns.items()},
             "outbox": len(self.journal.data.outbox),
+            "manifest": {
+                "counter": self.journal.data.manifest_counter,
+                "made_at": self.journal.data.manifest_at or None,
+                "undelivered": self.journal.data.manifest is not None,
+            },
             "slots": {serial: slots.describe() for serial, slots in self.slots.items()},
         }
 

@@ -176,6 +176,11 @@ async def test_the_counter_survives_a_restart_and_an_undelivered_manifest_is_sen
     assert car.link.manifests == []
     pending = car.agent.journal.data.manifest
     assert pending is not None and pending.counter == 1
+    assert car.agent.status()["manifest"] == {
+        "counter": 1,
+        "made_at": pending.sent_at.isoformat(),
+        "undelivered": True,
+    }  # what `vehicle-agent status` shows
 
     car.build()  # a restart: the journal keeps the counter and the pending manifest
     car.link.close()
