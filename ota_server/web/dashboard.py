@@ -130,9 +130,15 @@ def _hardware_id(recall: Recall, release: Release) -> str:
     return Population.stored(recall.population).hardware_id or release.hardware_id
 
 
+def _releases(session: Session, campaign: Campaign, recall: Recall, release: Release) -> list[Release]:
+    """What the campaign installs: every release of a multi-ECU recall, else its one release."""
+    releases = [] if campaign.kind == ROLLBACK else populations.releases_of(session, recall)
+    return releases if len(releases) > 1 else [release]
+
+
 def _hardware_ids(session: Session, campaign: Campaign, recall: Recall, release: Release) -> list[str]:
     """The ECU hardware the campaign updates: every release's of a multi-ECU recall."""
-    releases = [] if campaign.kind == ROLLBACK else populations.releases_of(session, recall)
+    releases = _releases(session, campaign, recall, release)
     if len(releases) > 1:
         return [r.hardware_id for r in releases]
     return [_hardware_id(recall, release)]
@@ -281,8 +287,8 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
         status=campaign.status,
         status_reason=campaign.status_reason,
         launched_at=campaign.launched_at,
-        release_version=release.version,
-        hardware_id=_hardware_id(recall, release),
+        release_version=", ".join(r.version for r in _releases(session, campaign, recall, release)),
+        hardware_id=", ".join(_hardware_ids(session, campaign, recall, release)),
         population=campaign.population,
         counts=counts,
         remedied=sum(counts.get(s, 0) for s in _SUCCESS),

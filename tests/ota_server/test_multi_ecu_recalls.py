@@ -219,7 +219,9 @@ async def test_the_failure_breakdown_names_the_failing_ecu_and_counts_each_car_o
     await env.runtime.dispatcher.idle()
     agent, link = _agent(env, car, key, tmp_path, health=FailingOn("G-000003"))
     await _run(env, agent, link, car["vin"])
-    failures = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/dashboard")).json()["failures"]
+    dashboard = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/dashboard")).json()
+    assert (dashboard["hardware_id"], dashboard["release_version"]) == (f"ecu-main, {GATEWAY}", "1.1.0, 3.1.0")
+    failures = dashboard["failures"]
     assert failures["total"] == 1
     assert [(s["value"], s["failures"]) for s in failures["by_model"]] == [("Sedan", 1)]  # one car, two ECUs
     assert [(s["value"], s["failures"]) for s in failures["by_failed_ecu"]] == [(GATEWAY, 1)]

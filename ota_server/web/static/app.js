@@ -323,7 +323,8 @@ function renderCampaign(d) {
   $("fail-detail").hidden = !f.total;
   $("fail-shares").replaceChildren(
     shareList("By reason", f.by_reason), shareList("By model", f.by_model),
-    shareList("By hardware id", f.by_hardware_id), shareList("By software version", f.by_software_version));
+    shareList("By hardware id", f.by_hardware_id), shareList("By software version", f.by_software_version),
+    ...(f.by_failed_ecu.length ? [shareList("By failing ECU", f.by_failed_ecu)] : []));
   fill(document.querySelector("#fail-groups tbody"), f.groups.map((g) =>
     el("tr", {}, el("td", {}, stateBadge(g.state)), el("td", { class: "mono", text: g.reason }), el("td", { text: g.model }),
       el("td", { class: "mono", text: g.hardware_id }), el("td", { class: "mono", text: g.software_version }), el("td", { class: "num", text: g.cars }))));
