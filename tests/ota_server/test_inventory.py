@@ -10,7 +10,14 @@ from securesystemslib.signer import CryptoSigner
 
 from firmware_bundles import topics
 from firmware_bundles.bundle import sample_image
-from firmware_bundles.messages import EcuManifest, ManifestReason, ReportState, VersionManifest, encode
+from firmware_bundles.messages import (
+    EcuManifest,
+    FailureReason,
+    ManifestReason,
+    ReportState,
+    VersionManifest,
+    encode,
+)
 from firmware_bundles.report_signing import sign_report
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import (
@@ -328,3 +335,16 @@ async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) 
     assert seen == set(vins)
     bad = await env.client.get("/api/v1/discrepancies", params={"vin": "not a vin"})
     assert bad.status_code == 422 and "not a valid VIN" in bad.text
+
+
+async def test_the_failure_breakdown_goes_by_the_reported_version(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    await env.inject(manifest(v, 1, version="1.0.5"))  # registered as 1.0.0
+    campaign = await _launch(env)
+    nonce = (await env.nonces())[v]
+    await env.inject(report(campaign["id"], v, nonce, ReportState.FAILED, reason=FailureReason.DOWNLOAD_FAILED))
+    body = await env.get_json(f"/api/v1/campaigns/{campaign['id']}/dashboard")
+    failures = body["failures"]
+    assert isinstance(failures, dict)
+    assert [s["value"] for s in failures["by_software_version"]] == ["1.0.5"]
