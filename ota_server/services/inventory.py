@@ -34,6 +34,7 @@ from ota_server.db.models import (
     Campaign,
     CampaignEvent,
     CampaignVehicle,
+    Delta,
     Discrepancy,
     Ecu,
     EcuReport,
@@ -130,8 +131,19 @@ class _View:
             )
         campaigns = {campaign.id: campaign for _, campaign in rows}
         installs = self._installs(session, campaigns.values())
+        self._deltas: dict[int, set[str]] = {}
+        release_ids = sorted({r.id for by_hw in installs.values() for r in by_hw.values()})
+        if release_ids:
+            for release_id, path in session.execute(
+                select(Delta.release_id, Delta.target_path).where(Delta.release_id.in_(release_ids))
+            ).all():
+                self._deltas.setdefault(release_id, set()).add(path)
         for cv, campaign in rows:
             self.campaign_cars.setdefault(cv.vin, []).append(_CampaignCar(cv, campaign.kind, installs[campaign.id]))
+
+    def targets_of(self, release: Release) -> set[str]:
+        """The Image-repository targets a car installs ``release`` from: its bundle and its deltas."""
+        return {release.target_path, *self._deltas.get(release.id, set())}
 
     @staticmethod
     def _installs(session: Session, campaigns: Iterable[Campaign]) -> dict[int, dict[str, Release]]:
@@ -342,6 +354,8 @@ def _remedies(
         affected = {hw: r for hw, r in car.releases.items() if any(e.hardware_id == hw for e in vehicle.ecus)}
         if not affected or not all(_runs(running.get(hw), release) for hw, release in affected.items()):
             continue
+        if any(running[hw].installed_target in view.targets_of(release) for hw, release in affected.items()):
+            continue  # installed over the air from the Director's target: the car's own report settles it
         cv.state, cv.reason, cv.updated_at = VinState.REMEDIED_AT_DEALER.value, REPORTED_BY_MANIFEST, received_at
         cv.detail = f"version manifest {manifest.counter} shows the fix installed"
         cv.recorded_by, cv.evidence_ref = MANIFEST_SOURCE, f"manifest {manifest.counter}"

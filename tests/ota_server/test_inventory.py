@@ -19,6 +19,7 @@ from firmware_bundles.messages import (
     encode,
 )
 from firmware_bundles.report_signing import sign_report
+from firmware_bundles.uptane import bundle_target_path
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import (
     HW,
@@ -48,6 +49,7 @@ def manifest(
     topic_vin: str | None = None,
     reason: ManifestReason = ManifestReason.DAILY,
     hardware_id: str = HW,
+    target_path: str | None = None,
 ) -> tuple[str, bytes]:
     """A version manifest of the car's one ECU, signed with ``signer`` or the VIN's provisioned key."""
     message = VersionManifest(
@@ -62,6 +64,7 @@ def manifest(
                 version=version,
                 image_sha256=image_sha256,
                 image_length=4096 if image_sha256 else None,
+                target_path=target_path,
             ),
         ),
         sent_at=datetime(2026, 3, 1, tzinfo=UTC),
@@ -348,3 +351,22 @@ async def test_the_failure_breakdown_goes_by_the_reported_version(env: Env) -> N
     failures = body["failures"]
     assert isinstance(failures, dict)
     assert [s["value"] for s in failures["by_software_version"]] == ["1.0.5"]
+
+
+async def test_a_car_installing_over_the_air_is_left_to_its_own_report(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    campaign = await _launch(env)
+    nonce = (await env.nonces())[v]
+    await env.inject(report(campaign["id"], v, nonce, ReportState.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED))
+    # Its retry installs over the air (the manifest names the Director's target) and the install
+    # manifest comes before the remedied report: the car ends remedied over the air, not at a dealer.
+    target = bundle_target_path(HW, "1.1.0")
+    await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE, target_path=target))
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]  # type: ignore[misc]
+    assert entry["state"] == "failed"
+    await env.inject(
+        report(campaign["id"], v, nonce, ReportState.REMEDIED, attempt=2, installed_version="1.1.0", health_ok=True)
+    )
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]  # type: ignore[misc]
+    assert entry["state"] == "remedied"
