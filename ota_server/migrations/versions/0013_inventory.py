@@ -6,7 +6,7 @@ car's reported version once it sends one. ``vehicles.manifest_counter`` refuses 
 replayed manifest. ``releases.rxswin`` is the RXSWIN a release brings (UNECE R156 record).
 
 Revision ID: 0013
-Revises: 0014
+Revises: 0012
 Create Date: 2026-12-04 11:00:00.000000
 """
 
@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0013"
-down_revision: str | None = "0014"
+down_revision: str | None = "0012"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

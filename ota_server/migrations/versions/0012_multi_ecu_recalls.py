@@ -5,8 +5,8 @@ every recall's releases and the primary key refuses a second release of one hard
 ``campaign_ecus`` freezes each car's affected ECUs and their releases at launch (campaigns
 launched before have none: their progress shows no per-ECU counts).
 
-Revision ID: 0014
-Revises: 0015
+Revision ID: 0012
+Revises: 0011
 Create Date: 2026-12-04 11:00:00.000000
 """
 
@@ -17,8 +17,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0014"
-down_revision: str | None = "0015"
+revision: str = "0012"
+down_revision: str | None = "0011"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
