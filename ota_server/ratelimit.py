@@ -35,25 +35,24 @@ class TokenBuckets:
         For a gate that must be cheap and must not be spent by the message it looks at
         (ingest spends a car's tokens only once its report proved genuine).
         """
-        if self.rate <= 0:
-            return False
-        with self._lock:
-            held = self._buckets.get(key)
-        if held is None:
-            return False
-        tokens, at = held
-        return tokens + max(0.0, self._clock().timestamp() - at) * self.rate < 1.0
+        tokens = self._tokens_now(key)
+        return tokens is not None and tokens < 1.0
 
     def spent(self, key: object) -> bool:
         """True when ``key`` has used part of its bucket that has not refilled yet; spends nothing."""
+        tokens = self._tokens_now(key)
+        return tokens is not None and tokens < self.burst
+
+    def _tokens_now(self, key: object) -> float | None:
+        """``key``'s tokens now, refill included (uncapped); None when it is not limited or has no bucket."""
         if self.rate <= 0:
-            return False
+            return None
         with self._lock:
             held = self._buckets.get(key)
         if held is None:
-            return False
+            return None
         tokens, at = held
-        return tokens + max(0.0, self._clock().timestamp() - at) * self.rate < self.burst
+        return tokens + max(0.0, self._clock().timestamp() - at) * self.rate
 
     def wait_for(self, key: object) -> float:
         """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there."""
