@@ -67,6 +67,7 @@ from ota_server.rollout.states import (
 )
 from ota_server.schemas import Population
 from ota_server.services import campaigns as campaign_service
+from ota_server.services import inventory
 from ota_server.services import population as populations
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, REMEDY, ROLLBACK, Outbound
 from ota_server.services.recalls import release_floor
@@ -473,7 +474,11 @@ class Scheduler:
         return session.scalar(query) is not None
 
     def _join_late(self, session: Session, campaign: Campaign, recall: Recall) -> int:
-        """A dynamic campaign takes cars that match now and were not in it yet, into its last wave."""
+        """A dynamic campaign takes cars that match now and were not in it yet, into its last wave.
+
+        A joiner whose manifests already show the fix on every affected ECU is counted
+        ``already_remedied`` as at launch: nothing is sent to it and it is final.
+        """
         releases = populations.releases_of(session, recall)
         population = Population.model_validate(recall.population)
         members = {m.vin: m for m in populations.resolve_all(session, population, releases)}
@@ -486,19 +491,22 @@ class Scheduler:
             select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
         )
         now = self._clock()
+        done = inventory.already_remedied(session, [members[vin] for vin in new])
         for vin in new:
+            row: dict[str, object] = {"state": VinState.PENDING.value, "progress_rank": -1}
+            if vin in done:
+                row = inventory.remedied_row(vin)
             session.add(
                 CampaignVehicle(
                     campaign_id=campaign.id,
                     vin=vin,
                     nonce=secrets.token_urlsafe(24),
-                    state=VinState.PENDING.value,
                     attempt=0,
                     updated_at=now,
                     wave=last_wave or 0,
                     deferrals=0,
-                    progress_rank=-1,
                     retries=0,
+                    **row,
                 )
             )
         campaign.population += len(new)

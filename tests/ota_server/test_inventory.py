@@ -370,3 +370,29 @@ async def test_a_car_installing_over_the_air_is_left_to_its_own_report(env: Env)
     )
     [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]  # type: ignore[misc]
     assert entry["state"] == "remedied"
+
+
+async def test_a_late_joiner_whose_manifest_shows_the_fix_is_already_remedied(env: Env) -> None:
+    first, late = vin(1), vin(2)
+    await _registered(env, [first])
+    release = await upload(env.client)
+    assert release.status_code == 201
+    body = {**recall_body(release.json()["id"], models=["Sedan"]), "dynamic": True}
+    recall = await env.client.post("/api/v1/recalls", json=body)
+    assert recall.status_code == 201, recall.text
+    launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    assert launched.status_code == 201, launched.text
+    cid = launched.json()["id"]
+    # Paused, the campaign takes no joiner: the late car's manifest arrives before it joins.
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={"reason": "hold"})).status_code == 200
+    await _registered(env, [late])
+    await env.inject(manifest(late, 1, version="1.1.0", image_sha256=FIX_IMAGE))
+    assert (await env.get_json(f"/api/v1/vehicles/{late}/status"))["campaigns"] == []
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={"reason": "go"})).status_code == 200
+    await env.tick()
+    progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
+    counts = progress["counts"]
+    assert progress["population"] == 2 and isinstance(counts, dict) and counts["remedied"] == 1, counts
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{late}/status"))["campaigns"]  # type: ignore[misc]
+    assert entry["reason"] == "already_remedied"
+    assert set(await env.nonces()) == {first}  # no notice for the late car with nothing to install
