@@ -379,6 +379,7 @@ def _apply_reports(
             cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank
             cv.reason = reason
             cv.detail = detail
+            cv.failed_ecu = report.ecu_serial if report.state in (ReportState.FAILED, ReportState.ROLLED_BACK) else None
             cv.next_retry_at = None
             outcome.moved.add(cv.campaign_id)
         elif report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and cv.state == report.state.value:

@@ -34,7 +34,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -543,10 +543,11 @@ class Agent:
         if hold is not None:
             raise HeldAtDownload(hold, size)
         for assignment in todo:
-            slots = self.slots[assignment.ecu_serial]
-            delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
-            if not delta:
-                self._fetcher.fetch(assignment)
+            with _naming(assignment.ecu_serial):
+                slots = self.slots[assignment.ecu_serial]
+                delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
+                if not delta:
+                    self._fetcher.fetch(assignment)
         return tuple(Target(a) for a in todo)
 
     def _needs_install(self, assignment: Assignment) -> bool:
@@ -589,8 +590,9 @@ class Agent:
 
     def _verify_bundles(self, targets: tuple[Target, ...]) -> None:
         for target in targets:
-            if _rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's image is checked there
-                check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
+            with _naming(target.assignment.ecu_serial):
+                if _rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's is checked there
+                    check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
 
     def _install(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
         done = []
@@ -598,11 +600,12 @@ class Agent:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != slots.active_slot():
                 slots.rollback()  # a trial boot we did not start: back to the committed slot first
-            image = _rebuilt_image(self._fetcher.downloads, target.assignment)
-            if image is not None:
-                slot = install_image(image, target.assignment, slots)
-            else:
-                slot = install(self._fetcher.fetch(target.assignment), target.assignment, slots)
+            with _naming(target.assignment.ecu_serial):
+                image = _rebuilt_image(self._fetcher.downloads, target.assignment)
+                if image is not None:
+                    slot = install_image(image, target.assignment, slots)
+                else:
+                    slot = install(self._fetcher.fetch(target.assignment), target.assignment, slots)
             done.append(Target(target.assignment, slot))
         return tuple(done)
 
@@ -625,10 +628,10 @@ class Agent:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != target.slot:
                 if slots.pending_try() != target.slot:  # the one-shot try was spent and we are back
-                    raise UpdateFailed(FailureReason.BOOT_FAILED, _fell_back(target, slots))
+                    raise _fell_back(target, slots)
                 slots.reboot()
             if slots.booted_slot() != target.slot:
-                raise UpdateFailed(FailureReason.BOOT_FAILED, _fell_back(target, slots))
+                raise _fell_back(target, slots)
         for target in trial:
             slots = self.slots[target.assignment.ecu_serial]
             problem = self._health.check(slots, target.assignment)
@@ -636,6 +639,7 @@ class Agent:
                 raise UpdateFailed(
                     FailureReason.HEALTH_CHECK_FAILED,
                     f"ECU {target.assignment.ecu_serial}: {problem}; rolled back to slot {slots.active_slot()}",
+                    ecu_serial=target.assignment.ecu_serial,
                 )
         for target in trial:
             self.slots[target.assignment.ecu_serial].commit()
@@ -649,7 +653,12 @@ class Agent:
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
         rolled_back = record.state is S.REBOOTING and exc.reason in ROLLBACK_REASONS
-        failed = record.advance(S.ROLLED_BACK if rolled_back else S.FAILED, reason=exc.reason, detail=exc.detail)
+        failed = record.advance(
+            S.ROLLED_BACK if rolled_back else S.FAILED,
+            reason=exc.reason,
+            detail=exc.detail,
+            failed_ecu=exc.ecu_serial or "",
+        )
         # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
         report = self._build_report(failed)
         self.journal.record(failed, report)
@@ -673,7 +682,10 @@ class Agent:
     # -- reports -----------------------------------------------------------------------
 
     def _build_report(self, record: CampaignRecord) -> StatusReport:
+        """The signed report of ``record``; a failure names the ECU that failed (else the first assigned)."""
         serial = record.targets[0].assignment.ecu_serial if record.targets else self.config.ecus[0].serial
+        if record.reason is not None and record.failed_ecu in self.journal.data.installed:
+            serial = record.failed_ecu
         report = StatusReport(
             campaign_id=record.campaign_id,
             vin=self.config.vin,
@@ -739,11 +751,25 @@ def _rebuilt_image(downloads: Path, assignment: Assignment) -> Path | None:
     return rebuilt_image(downloads, assignment)
 
 
-def _fell_back(target: Target, slots: SlotBackend) -> str:
-    return (
-        f"ECU {target.assignment.ecu_serial}: slot {target.slot} did not boot; "
-        f"the bootloader fell back to slot {slots.booted_slot()} (rolled back)"
+def _fell_back(target: Target, slots: SlotBackend) -> UpdateFailed:
+    serial = target.assignment.ecu_serial
+    return UpdateFailed(
+        FailureReason.BOOT_FAILED,
+        f"ECU {serial}: slot {target.slot} did not boot; "
+        f"the bootloader fell back to slot {slots.booted_slot()} (rolled back)",
+        ecu_serial=serial,
     )
+
+
+@contextlib.contextmanager
+def _naming(serial: str) -> Iterator[None]:
+    """A failure in one ECU's step (download, check, install) names that ECU in the report."""
+    try:
+        yield
+    except UpdateFailed as exc:
+        if exc.ecu_serial is None:
+            exc.ecu_serial = serial
+        raise
 
 
 def vehicle_state(options: VehicleOptions) -> VehicleState:

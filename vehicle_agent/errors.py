@@ -43,13 +43,17 @@ class UpdateFailed(AgentError):
 
     ``transient``: the server could not be reached or said "not now" (a 5xx, 408, 429, no
     connection): the agent asks again for a while before it reports this failure.
+    ``ecu_serial``: the ECU that failed, when one did (the report names it in its ecu_serial).
     """
 
-    def __init__(self, reason: FailureReason, detail: str, *, transient: bool = False) -> None:
+    def __init__(
+        self, reason: FailureReason, detail: str, *, transient: bool = False, ecu_serial: str | None = None
+    ) -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail[:1000]
         self.transient = transient
+        self.ecu_serial = ecu_serial
 
 
 def transient_status(status: int | None) -> bool:

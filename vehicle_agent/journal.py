@@ -116,6 +116,8 @@ class CampaignRecord:
     # The signed size of what is to be downloaded, once verified (0: not known yet).
     bundle_bytes: int = 0
     owner_log: tuple[OwnerEvent, ...] = ()
+    # The ECU whose step failed ("" none, or not one ECU's): the failure report's ecu_serial.
+    failed_ecu: str = ""
 
     def to_json(self) -> dict[str, Any]:
         # Shallow copies of the plain-data parts: dataclasses.asdict deep-copies recursively
@@ -144,6 +146,7 @@ class CampaignRecord:
             notice=str(body.get("notice", "")),
             bundle_bytes=int(body.get("bundle_bytes", 0)),
             owner_log=tuple(OwnerEvent(**e) for e in body.get("owner_log", ())),
+            failed_ecu=str(body.get("failed_ecu", "")),
         )
 
     def advance(self, state: ReportState, **changes: Any) -> CampaignRecord:

@@ -298,6 +298,8 @@ class CampaignVehicle(Base):
     # Operator records (dealer remedy, inspection, unreachable): who, and a reference to the evidence.
     recorded_by: Mapped[str | None] = mapped_column(String(64))
     evidence_ref: Mapped[str | None] = mapped_column(String(200))
+    # The ECU the car's failure report names in its ecu_serial (None: no failure, or an older agent).
+    failed_ecu: Mapped[str | None] = mapped_column(String(64))
 
 
 class CampaignEcu(Base):

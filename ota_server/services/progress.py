@@ -100,7 +100,7 @@ def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
     """The campaign's affected ECUs per hardware id, by their car's state, and the failures naming them.
 
     A car installs its ECUs together and rolls them all back together, so an ECU's state is
-    its car's; which ECU made a car fail is what the car's signed failure detail names.
+    its car's; which ECU made a car fail is what the car's signed failure report names.
     """
     rows = session.execute(
         select(CampaignEcu.hardware_id, CampaignEcu.release_id, CampaignVehicle.state, func.count())
@@ -114,15 +114,22 @@ def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
     if not rows:
         return []
     failed_here: dict[str, set[str]] = {}
-    for hardware_id, vin, serial, detail in session.execute(
-        select(CampaignEcu.hardware_id, CampaignEcu.vin, CampaignEcu.ecu_serial, CampaignVehicle.detail)
+    for hardware_id, vin, serial, state, failed_ecu, detail in session.execute(
+        select(
+            CampaignEcu.hardware_id,
+            CampaignEcu.vin,
+            CampaignEcu.ecu_serial,
+            CampaignVehicle.state,
+            CampaignVehicle.failed_ecu,
+            CampaignVehicle.detail,
+        )
         .join(
             CampaignVehicle,
             (CampaignVehicle.campaign_id == CampaignEcu.campaign_id) & (CampaignVehicle.vin == CampaignEcu.vin),
         )
         .where(CampaignEcu.campaign_id == campaign_id, CampaignVehicle.state.in_([s.value for s in ERRORS]))
     ):
-        if failing_ecu_named(detail, serial):
+        if failing_ecu_named(state, failed_ecu, detail, serial):
             failed_here.setdefault(hardware_id, set()).add(vin)
     out: dict[tuple[str, int], EcuProgress] = {}
     for hardware_id, release_id, state, n in rows:
@@ -141,6 +148,13 @@ def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
     return sorted(out.values(), key=lambda e: e.hardware_id)
 
 
-def failing_ecu_named(detail: str | None, serial: str) -> bool:
-    """Whether a car's failure detail names ECU ``serial`` as the failing one (the agent writes 'ECU <serial>: ')."""
+def failing_ecu_named(state: str, failed_ecu: str | None, detail: str | None, serial: str) -> bool:
+    """Whether a car's failure names ECU ``serial`` as the failing one.
+
+    The failure report's ``ecu_serial`` (kept as ``failed_ecu`` for a failed or rolled-back
+    car) says it; an older agent's report left it unset, and its detail names the ECU as
+    'ECU <serial>: ...' (a timed-out car's detail is the server's own and names none).
+    """
+    if failed_ecu is not None and state in (VinState.FAILED.value, VinState.ROLLED_BACK.value):
+        return failed_ecu == serial
     return detail is not None and f"ECU {serial}:" in detail

@@ -202,7 +202,7 @@ def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -
             ("software_version", version),
         ):
             by[key].setdefault(value, set()).add(cv.vin)
-        named = progress_service.failing_ecu_named(cv.detail, serial)
+        named = progress_service.failing_ecu_named(cv.state, cv.failed_ecu, cv.detail, serial)
         if named:
             by["failed_ecu"].setdefault(hardware_id, set()).add(cv.vin)
         car = recent.setdefault(

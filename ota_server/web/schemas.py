@@ -62,7 +62,9 @@ class FailingCar(BaseModel):
     software_version: str = Field(description="The failing ECU's version before the update (else the first ECU's)")
     updated_at: datetime
     failed_ecu: str | None = Field(
-        default=None, description="The serial of the ECU the car's signed failure detail names ('ECU <serial>: ...')"
+        default=None,
+        description="The serial of the ECU the car's signed failure report names: its ecu_serial "
+        "(an older agent's: the detail's 'ECU <serial>: ...')",
     )
 
 

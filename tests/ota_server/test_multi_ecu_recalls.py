@@ -227,3 +227,35 @@ async def test_the_failure_breakdown_names_the_failing_ecu_and_counts_each_car_o
     assert [(s["value"], s["failures"]) for s in failures["by_failed_ecu"]] == [(GATEWAY, 1)]
     assert {s["value"] for s in failures["by_hardware_id"]} == {"ecu-main", GATEWAY}
     assert [(c["vin"], c["failed_ecu"]) for c in failures["recent"]] == [(car["vin"], "G-000003")]
+
+
+class GatewayBundleMissing(ReaderTransport):
+    """The repository answers 404 for the gateway's bundle: the car fails downloading that ECU's image."""
+
+    @contextmanager
+    def stream(self, url: str, *, start: int = 0) -> Iterator[Chunks]:
+        path = url.removeprefix(REPO + "/")
+        if path.startswith(repo_paths.TARGETS) and GATEWAY in path:
+            raise FetchError(url, "HTTP 404", 404)
+        with super().stream(url, start=start) as chunks:
+            yield chunks
+
+
+async def test_the_failing_ecu_is_read_from_the_reports_ecu_serial(env: Env, tmp_path: Path) -> None:
+    """A download failure's detail names no ECU ('ECU <serial>:'); the report's ecu_serial does."""
+    env.clock.now = datetime.now(UTC)
+    car = _two_ecu_car(4)
+    campaign_id, key = await _two_release_campaign(env, car)
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path)
+    agent = Agent(agent.config, link=link, transport=GatewayBundleMissing(env.runtime.repo_reader), retries=0)
+    reports = await _run(env, agent, link, car["vin"])
+    failed = reports[-1]
+    assert failed.state is ReportState.FAILED and failed.ecu_serial == "G-000004", failed
+    assert "ECU G-000004:" not in failed.detail and "ECU S-000004:" not in failed.detail
+    progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
+    failed_here = {e["hardware_id"]: (e["counts"]["failed"], e["failed_here"]) for e in progress["ecus"]}
+    assert failed_here == {"ecu-main": (1, 0), GATEWAY: (1, 1)}
+    failures = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/dashboard")).json()["failures"]
+    assert [(s["value"], s["failures"]) for s in failures["by_failed_ecu"]] == [(GATEWAY, 1)]
+    assert [(c["vin"], c["failed_ecu"]) for c in failures["recent"]] == [(car["vin"], "G-000004")]

@@ -147,6 +147,17 @@ async def test_one_failing_ecu_puts_every_ecu_back_on_its_old_image_and_is_named
         assert slots.active_slot() == slots.booted_slot() == "a" and slots.pending_try() is None
 
 
+async def test_the_failure_report_names_the_failing_ecu_in_its_ecu_serial(car: Car, server: FakeServer) -> None:
+    """The gateway (second assigned) fails: the report's ecu_serial is the gateway, not the first ECU."""
+    server.assign({SERIAL: server.release("2.0", 2), GATEWAY: server.release("5.0", 5, hardware_id=GATEWAY_HW)})
+    agent = two_ecu_car(car, health=FailsFor(GATEWAY))
+    assert await agent.handle(server.notice()) is S.ROLLED_BACK
+
+    failed = car.link.reports[-1]
+    assert (failed.state, failed.ecu_serial, failed.installed_version) == (S.ROLLED_BACK, GATEWAY, "4.0")
+    assert agent.journal.data.campaigns[failed.campaign_id].failed_ecu == GATEWAY  # kept across a restart
+
+
 async def test_a_manifest_goes_daily_on_simulated_time_and_an_idle_image_is_hashed_once(car: Car) -> None:
     clock = Clock()
     days = 3
