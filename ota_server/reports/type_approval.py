@@ -1,4 +1,4 @@
-"""Per-update records for type approval (UNECE R156 style) of a recall's remedy release.
+"""Per-update records for type approval (UNECE R156 style) of a recall's remedy releases.
 
 Purpose, affected systems (hardware ids), integrity hashes (the signed bundle's and the image's
 sha256), the target VINs and, for each, a compatibility check against its last known
@@ -11,6 +11,9 @@ last manifest; a car remedied by its signed report but silent since: the release
 time and outcome, and the RXSWIN before and after (the RXSWIN the release of that version
 declares; ``none declared`` when it declares none). The compatibility check judges the
 version the update was applied to (before).
+
+A multi-ECU recall installs one release per hardware id: each release gets its rows (per VIN,
+the car's ECUs of that release's hardware), with that release's version, hashes and RXSWIN.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import CampaignVehicle, Ecu, EcuReport, Release, Vehicle
 from ota_server.reports.common import Report, launched_campaign, recall_meta, recall_of
 from ota_server.rollout.states import ERRORS, SUCCESS, VinState
+from ota_server.services.population import releases_of
 
 COLUMNS = (
     "recall_number",
@@ -77,10 +81,10 @@ def check(installed: str | None, release_version: str, low: str | None, high: st
 def build(session: Session, recall_id: int, now: datetime) -> Report:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
-    release = session.get(Release, campaign.release_id)
-    assert release is not None  # foreign key
+    primary = session.get(Release, campaign.release_id)
+    assert primary is not None  # foreign key
+    releases = releases_of(session, recall) or [primary]
     criteria = recall.population or {}
-    hardware_id = criteria.get("hardware_id") or release.hardware_id
     versions = criteria.get("installed_versions") or {}
     low, high = versions.get("min"), versions.get("max")
     cars = {
@@ -92,60 +96,28 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
     vins = list(cars)
     vehicles = {v.vin: v for v in session.scalars(select(Vehicle).where(Vehicle.vin.in_(vins)))}
     before = _before_launch(session, vins, campaign.launched_at)
-    rxswins = {
-        r.version: r.rxswin for r in session.scalars(select(Release).where(Release.hardware_id == release.hardware_id))
+    # population.hardware_id overrides a single release's hardware (several releases refuse it)
+    hardware_of = {
+        r.id: (criteria.get("hardware_id") if len(releases) == 1 else None) or r.hardware_id for r in releases
     }
-    common = {
-        "recall_number": recall.campaign_number,
-        "release_version": release.version,
-        "hardware_id": release.hardware_id,
-        "bundle_sha256": release.sha256,
-        "image_sha256": release.image_sha256 or "",
-        "rxswin": release.rxswin or NONE_DECLARED,
+    rxswins = {
+        (r.hardware_id, r.version): r.rxswin
+        for r in session.scalars(select(Release).where(Release.hardware_id.in_({r.hardware_id for r in releases})))
     }
     rows: list[dict[str, Any]] = []
     for vin in vins:
         vehicle = vehicles.get(vin)
-        ecus: list[Ecu | None] = [e for e in vehicle.ecus if e.hardware_id == hardware_id] if vehicle else []
         cv = cars[vin]
-        state = VinState(cv.state)
-        for ecu in ecus or [None]:
-            was = (before.get((vin, ecu.serial)) or ecu.declared_version or ecu.installed_version) if ecu else None
-            after, source = _after(ecu, cv, release) if ecu else (None, "no matching ECU")
-            result = check(was, release.version, low, high)
-            rows.append(
-                {
-                    **common,
-                    "vin": vin,
-                    "ecu_serial": ecu.serial if ecu else None,
-                    "ecu_hardware_id": ecu.hardware_id if ecu else None,
-                    "installed_version": ecu.installed_version if ecu else None,
-                    "check": result,
-                    "compatible": result in COMPATIBLE,
-                    "version_before": was,
-                    "version_after": after,
-                    "version_source": source,
-                    "install_time": cv.updated_at.isoformat() if state in _ENDED else None,
-                    "outcome": cv.state if not cv.reason else f"{cv.state} ({cv.reason})",
-                    "rxswin_before": (rxswins.get(was) if was else None) or NONE_DECLARED,
-                    "rxswin_after": (rxswins.get(after) if after else None) or NONE_DECLARED,
-                }
-            )
+        for release in releases:
+            hardware_id = hardware_of[release.id]
+            ecus: list[Ecu | None] = [e for e in vehicle.ecus if e.hardware_id == hardware_id] if vehicle else []
+            rows.extend(_rows(recall.campaign_number, release, cv, ecus, before, rxswins, low, high))
     update = {
         "purpose": {"title": recall.title, "defect": recall.defect, "remedy": recall.remedy},
-        "affected_systems": sorted({hardware_id, release.hardware_id}),
-        "rxswin": [release.rxswin] if release.rxswin else [],
-        "release": {
-            "id": release.id,
-            "hardware_id": release.hardware_id,
-            "version": release.version,
-            "release_counter": release.release_counter,
-            "target_path": release.target_path,
-            "length": release.length,
-            "bundle_sha256": release.sha256,
-            "image_sha256": release.image_sha256,
-            "image_size": release.image_size,
-        },
+        "affected_systems": sorted({h for r in releases for h in (hardware_of[r.id], r.hardware_id)}),
+        "rxswin": [r.rxswin for r in releases if r.rxswin],
+        "release": _release_meta(primary),
+        "releases": [_release_meta(r) for r in releases],
         "installed_version_range": {"min": low, "max": high},
     }
     results: dict[str, int] = {}
@@ -158,6 +130,66 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
         "by_check": results,
     }
     return Report("type-approval", {**recall_meta(recall, campaign, now), "update": update}, COLUMNS, rows, summary)
+
+
+def _rows(
+    recall_number: str,
+    release: Release,
+    cv: CampaignVehicle,
+    ecus: list[Ecu | None],
+    before: dict[tuple[str, str], str],
+    rxswins: dict[tuple[str, str], str | None],
+    low: str | None,
+    high: str | None,
+) -> list[dict[str, Any]]:
+    """One car's rows for one release: each of its ECUs of that hardware (one row saying none matched)."""
+    common = {
+        "recall_number": recall_number,
+        "release_version": release.version,
+        "hardware_id": release.hardware_id,
+        "bundle_sha256": release.sha256,
+        "image_sha256": release.image_sha256 or "",
+        "rxswin": release.rxswin or NONE_DECLARED,
+    }
+    state = VinState(cv.state)
+    rows = []
+    for ecu in ecus or [None]:
+        was = (before.get((cv.vin, ecu.serial)) or ecu.declared_version or ecu.installed_version) if ecu else None
+        after, source = _after(ecu, cv, release) if ecu else (None, "no matching ECU")
+        result = check(was, release.version, low, high)
+        rows.append(
+            {
+                **common,
+                "vin": cv.vin,
+                "ecu_serial": ecu.serial if ecu else None,
+                "ecu_hardware_id": ecu.hardware_id if ecu else None,
+                "installed_version": ecu.installed_version if ecu else None,
+                "check": result,
+                "compatible": result in COMPATIBLE,
+                "version_before": was,
+                "version_after": after,
+                "version_source": source,
+                "install_time": cv.updated_at.isoformat() if state in _ENDED else None,
+                "outcome": cv.state if not cv.reason else f"{cv.state} ({cv.reason})",
+                "rxswin_before": (rxswins.get((release.hardware_id, was)) if was else None) or NONE_DECLARED,
+                "rxswin_after": (rxswins.get((release.hardware_id, after)) if after else None) or NONE_DECLARED,
+            }
+        )
+    return rows
+
+
+def _release_meta(release: Release) -> dict[str, Any]:
+    return {
+        "id": release.id,
+        "hardware_id": release.hardware_id,
+        "version": release.version,
+        "release_counter": release.release_counter,
+        "target_path": release.target_path,
+        "length": release.length,
+        "bundle_sha256": release.sha256,
+        "image_sha256": release.image_sha256,
+        "image_size": release.image_size,
+    }
 
 
 def _before_launch(session: Session, vins: list[str], launched_at: datetime) -> dict[tuple[str, str], str]:

@@ -22,7 +22,7 @@ from firmware_bundles.messages import (
 from ota_server.errors import NotFound
 from ota_server.services.repository import RepoReader
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.helpers import bundle_bytes, recall_body, upload, vehicle, vin
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, EcuConfig
 from vehicle_agent.errors import FetchError
@@ -259,3 +259,48 @@ async def test_the_failing_ecu_is_read_from_the_reports_ecu_serial(env: Env, tmp
     failures = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/dashboard")).json()["failures"]
     assert [(s["value"], s["failures"]) for s in failures["by_failed_ecu"]] == [(GATEWAY, 1)]
     assert [(c["vin"], c["failed_ecu"]) for c in failures["recent"]] == [(car["vin"], "G-000004")]
+
+
+async def test_the_r156_record_covers_every_release_of_a_multi_ecu_recall(env: Env, tmp_path: Path) -> None:
+    """Per VIN and per affected ECU (each release's hardware): versions and RXSWIN before and after, outcome."""
+    env.clock.now = datetime.now(UTC)
+    car = _two_ecu_car(5)
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})
+    assert resp.status_code == 201, resp.text
+    resp = await env.client.post(
+        "/api/v1/vehicles/provision", params={"certificate": "false"}, json={"vins": [car["vin"]]}
+    )
+    assert resp.status_code == 200, resp.text
+    key: bytes = resp.json()["identities"][0]["report_private_key"].encode()
+    ids = []
+    for hardware_id, version, rxswin in (("ecu-main", "1.1.0", "R156-MAIN-2"), (GATEWAY, "3.1.0", "R156-GW-2")):
+        files = {"file": ("fix.otab", bundle_bytes(hardware_id, version, 2), "application/octet-stream")}
+        data = {"hardware_id": hardware_id, "version": version, "release_counter": "2", "rxswin": rxswin}
+        release = await env.client.post("/api/v1/releases", files=files, data=data)
+        assert release.status_code == 201, release.text
+        ids.append(release.json()["id"])
+    recall = await env.client.post("/api/v1/recalls", json={**recall_body(ids[0]), "release_ids": ids})
+    assert recall.status_code == 201, recall.text
+    launch = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    assert launch.status_code == 201, launch.text
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path)
+    assert (await _run(env, agent, link, car["vin"]))[-1].state is ReportState.REMEDIED
+    body = (await env.client.get(f"/api/v1/reports/recalls/{recall.json()['id']}/type-approval?format=json")).json()
+    rows = {row["ecu_serial"]: row for row in body["rows"]}
+    assert set(rows) == {"S-000005", "G-000005"}, body["rows"]
+    expected = {
+        "S-000005": ("ecu-main", "1.1.0", "1.0.0", "1.1.0", "R156-MAIN-2"),
+        "G-000005": (GATEWAY, "3.1.0", "3.0.0", "3.1.0", "R156-GW-2"),
+    }
+    for serial, (hardware_id, release_version, before, after, rxswin) in expected.items():
+        row = rows[serial]
+        assert (row["vin"], row["hardware_id"], row["ecu_hardware_id"]) == (car["vin"], hardware_id, hardware_id)
+        assert (row["release_version"], row["version_before"], row["version_after"]) == (release_version, before, after)
+        assert (row["rxswin"], row["rxswin_before"], row["rxswin_after"]) == (rxswin, "none declared", rxswin)
+        assert row["outcome"] == "remedied" and row["install_time"] and row["check"] == "compatible"
+    update = body["meta"]["update"] if "meta" in body else body["update"]
+    assert update["affected_systems"] == sorted(["ecu-main", GATEWAY])
+    assert sorted(r["hardware_id"] for r in update["releases"]) == sorted(["ecu-main", GATEWAY])
+    assert sorted(update["rxswin"]) == ["R156-GW-2", "R156-MAIN-2"]
+    assert body["summary"]["target_vins"] == 1 and body["summary"]["ecus_checked"] == 2
