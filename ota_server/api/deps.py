@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Path, Request
-from pydantic import AfterValidator
+from pydantic import AfterValidator, BeforeValidator
 from sqlalchemy.orm import Session
 
 from ota_server.runtime import Runtime
@@ -35,3 +37,14 @@ Id = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 # A VIN in a path: the alphabet and length are checked here (422), the check digit by the service.
 VinPath = Annotated[str, Path(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(vin_shape)]
+
+
+def _iso_instant(value: object) -> object:
+    """Only ISO 8601 (pydantic would also read ``0.5`` as seconds after 1970, which no person means)."""
+    if isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value) is None:
+        raise ValueError("give an ISO 8601 date and time, e.g. 2026-03-01T12:00:00Z")
+    return value
+
+
+# A point in time a person sends in a query (no zone: UTC).
+Instant = Annotated[datetime, BeforeValidator(_iso_instant)]

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import AfterValidator
 
 from ota_server.api.auth import needs_read
-from ota_server.api.deps import MAX_ID, SessionDep
+from ota_server.api.deps import MAX_ID, Instant, SessionDep
 from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyPage, vin_shape
 from ota_server.services import inventory
 
@@ -30,7 +29,7 @@ def list_discrepancies(
     vin: Annotated[str | None, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(_vin)] = None,
     kind: Kind | None = None,
     campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
-    since: Annotated[datetime | None, Query(description="Seen at or after this time")] = None,
+    since: Annotated[Instant | None, Query(description="Seen at or after this time (ISO 8601; no zone: UTC)")] = None,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> DiscrepancyPage:

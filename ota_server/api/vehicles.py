@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import re
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
-from pydantic import BeforeValidator
 from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
-from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
+from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
 from ota_server.api.openapi import errors
 from ota_server.rollout.states import VinState
 from ota_server.runtime import Runtime
@@ -39,14 +36,6 @@ from ota_server.services import identity, vehicles
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 
-def _iso_instant(value: object) -> object:
-    """Only ISO 8601 (pydantic would also read ``0.5`` as seconds after 1970, which no person means)."""
-    if isinstance(value, str) and re.match(r"\d{4}-\d{2}-\d{2}", value) is None:
-        raise ValueError("give an ISO 8601 date and time, e.g. 2026-03-01T12:00:00Z")
-    return value
-
-
-Instant = Annotated[datetime, BeforeValidator(_iso_instant)]
 DiscrepancyFilter = Literal[
     "any", "unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"
 ]

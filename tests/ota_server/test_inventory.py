@@ -338,6 +338,11 @@ async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) 
     assert seen == set(vins)
     bad = await env.client.get("/api/v1/discrepancies", params={"vin": "not a vin"})
     assert bad.status_code == 422 and "not a valid VIN" in bad.text
+    # a time is ISO 8601: pydantic alone would read 0.5 as half a second after 1970
+    unix = await env.client.get("/api/v1/discrepancies", params={"since": "0.5"})
+    assert unix.status_code == 422 and "ISO 8601" in unix.text
+    since = await env.get_json("/api/v1/discrepancies?since=2000-01-01T00:00:00Z")
+    assert len(since["items"]) == 3  # type: ignore[arg-type]
 
 
 async def test_the_failure_breakdown_goes_by_the_reported_version(env: Env) -> None:
