@@ -27,3 +27,7 @@ class Assignment:
     image_size: int | None = None
     # The recall's minimum release counter: the car keeps the highest it has accepted as a floor.
     min_release_counter: int | None = None
+    # The recall's policy when one of the car's ECUs fails (signed by the Director): every ECU
+    # back on its old image ("all_or_nothing", also when absent), or the ECUs that booted
+    # healthy keep the fix and only the failing one goes back ("keep_successful").
+    ecu_failure_policy: str | None = None

@@ -273,14 +273,28 @@ def delta_target(
     return TargetFile(length, {"sha256": sha256}, path, {"custom": custom})
 
 
+ECU_FAILURE_POLICIES = ("all_or_nothing", "keep_successful")
+
+
 def director_target(
-    image: TargetFile, vin: str, ecu_serial: str, *, min_release_counter: int | None = None
+    image: TargetFile,
+    vin: str,
+    ecu_serial: str,
+    *,
+    min_release_counter: int | None = None,
+    ecu_failure_policy: str | None = None,
 ) -> TargetFile:
-    """The Director's copy of ``image`` for one ECU; ``min_release_counter`` is the recall's floor."""
+    """The Director's copy of ``image`` for one ECU; ``min_release_counter`` is the recall's floor.
+
+    ``ecu_failure_policy`` is signed only when it is not the default (all or nothing), so a
+    default recall's metadata is unchanged for older agents.
+    """
     custom = dict(image.custom)
     custom.update({"vin": vin, "ecu_serial": ecu_serial})
     if min_release_counter is not None:
         custom["min_release_counter"] = min_release_counter
+    if ecu_failure_policy not in (None, ECU_FAILURE_POLICIES[0]):
+        custom["ecu_failure_policy"] = ecu_failure_policy
     return TargetFile(image.length, dict(image.hashes), image.path, {"custom": custom})
 
 
@@ -325,9 +339,22 @@ def assignments_for(director: Targets, vin: str, ecus: Mapping[str, str]) -> lis
         floor = tf.custom.get("min_release_counter") if isinstance(tf.custom, dict) else None
         if floor is not None and (not isinstance(floor, int) or isinstance(floor, bool) or floor < 0):
             raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} min_release_counter is malformed")
+        policy = tf.custom.get("ecu_failure_policy") if isinstance(tf.custom, dict) else None
+        if policy is not None and policy not in ECU_FAILURE_POLICIES:
+            raise TargetMismatch(FailureReason.METADATA_INVALID, f"target {tf.path} ecu_failure_policy is unknown")
         found.append(
             Assignment(
-                tf.path, serial, hardware_id, version, counter, tf.length, sha256, image_sha256, image_size, floor
+                tf.path,
+                serial,
+                hardware_id,
+                version,
+                counter,
+                tf.length,
+                sha256,
+                image_sha256,
+                image_size,
+                floor,
+                policy,
             )
         )
     return found

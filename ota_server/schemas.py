@@ -34,6 +34,7 @@ from ota_server.rollout.states import UnreachableReason
 
 _IN = ConfigDict(extra="forbid")
 RemedyType = Literal["ota", "dealer", "both"]
+EcuFailurePolicy = Literal["all_or_nothing", "keep_successful"]
 OperatorOutcome = Literal["remedied_at_dealer", "inspected_not_needed", "unreachable"]
 _OUT = ConfigDict(from_attributes=True)
 Text64 = Field(min_length=1, max_length=64)
@@ -431,6 +432,12 @@ class RecallCreate(BaseModel):
         description="Cars that see this recall refuse any image below this release counter (default: the release's)",
     )
     remedy_type: RemedyType = Field(default="ota", description="How the remedy reaches cars: ota, dealer or both")
+    ecu_failure_policy: EcuFailurePolicy = Field(
+        default="all_or_nothing",
+        description="When one of a car's ECUs fails: every ECU back on its old image (all_or_nothing), or the "
+        "ECUs that booted healthy keep the fix and only the failing one goes back (keep_successful); "
+        "signed into the Director's targets",
+    )
     owner_notice: OwnerNotice | None = Field(
         default=None, description="What the owner is told before and after (purpose, what changes, a named contact)"
     )
@@ -515,6 +522,7 @@ class RecallPublic(BaseModel):
     launch_request: LaunchRequestPublic | None = None
     min_release_counter: int | None = None
     remedy_type: str = "ota"
+    ecu_failure_policy: str = "all_or_nothing"
     owner_notice: OwnerNotice | None = None
     preconditions: Preconditions = Field(default_factory=Preconditions)
     requires_consent: bool = Field(default=False, description="Non-safety updates wait for the owner's consent")
@@ -579,7 +587,11 @@ class WaveProgress(BaseModel):
 
 
 class EcuProgress(BaseModel):
-    """A campaign's affected ECUs of one hardware id: every ECU shares its car's state (all or nothing)."""
+    """A campaign's affected ECUs of one hardware id, by their car's state.
+
+    Under the recall's keep_successful policy a failed car may have some ECUs on the fix:
+    ``on_fix`` counts the ECUs whose car's signed manifest shows their release.
+    """
 
     hardware_id: str
     release_id: int = Field(description="The release these ECUs install")
@@ -587,7 +599,10 @@ class EcuProgress(BaseModel):
     counts: dict[str, int] = Field(description="These ECUs by their car's state; adds up to ecus")
     failed_here: int = Field(
         description="Failed, rolled-back or timed-out cars whose failure names one of these ECUs (the car's "
-        "signed report says which ECU failed: 'ECU <serial>: ...')"
+        "signed report's ecu_serial; an older agent's detail: 'ECU <serial>: ...')"
+    )
+    on_fix: int = Field(
+        default=0, description="These ECUs whose car's signed version manifest shows their release installed"
     )
 
 

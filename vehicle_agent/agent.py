@@ -621,38 +621,52 @@ class Agent:
         """Boot, health-check and commit the slots still on trial; then record every target installed.
 
         A target already committed (a crash came after its commit) is neither booted nor
-        checked again: the commit follows only a healthy trial boot of every target.
+        checked again. By default the commit follows only a healthy trial boot of every
+        target; under the recall's signed ``keep_successful`` policy the healthy ones are
+        committed and recorded, and the first failing ECU's failure is raised (``kept``).
         """
         trial = tuple(t for t in targets if self.slots[t.assignment.ecu_serial].active_slot() != t.slot)
+        failures: dict[str, UpdateFailed] = {}
         for target in trial:
             slots = self.slots[target.assignment.ecu_serial]
-            if slots.booted_slot() != target.slot:
-                if slots.pending_try() != target.slot:  # the one-shot try was spent and we are back
-                    raise _fell_back(target, slots)
+            if slots.booted_slot() != target.slot and slots.pending_try() == target.slot:
                 slots.reboot()
-            if slots.booted_slot() != target.slot:
-                raise _fell_back(target, slots)
+            if slots.booted_slot() != target.slot:  # the one-shot try was spent (or failed) and we are back
+                failures[target.assignment.ecu_serial] = _fell_back(target, slots)
+                if not _keeps_successful(targets):
+                    raise failures[target.assignment.ecu_serial]
         for target in trial:
+            if target.assignment.ecu_serial in failures:
+                continue
             slots = self.slots[target.assignment.ecu_serial]
             problem = self._health.check(slots, target.assignment)
             if problem is not None:
-                raise UpdateFailed(
+                failures[target.assignment.ecu_serial] = UpdateFailed(
                     FailureReason.HEALTH_CHECK_FAILED,
                     f"ECU {target.assignment.ecu_serial}: {problem}; rolled back to slot {slots.active_slot()}",
                     ecu_serial=target.assignment.ecu_serial,
                 )
+                if not _keeps_successful(targets):
+                    raise failures[target.assignment.ecu_serial]
+        kept = tuple(t for t in targets if t.assignment.ecu_serial not in failures)
         for target in trial:
-            self.slots[target.assignment.ecu_serial].commit()
-        for target in targets:
+            if target in kept:
+                self.slots[target.assignment.ecu_serial].commit()
+        for target in kept:
             a = target.assignment
             self.journal.set_installed(
                 a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
             )
             self._fetcher.discard(a)
+        if failures:
+            first = next(iter(failures.values()))
+            first.kept = bool(kept)
+            raise first
 
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
-        rolled_back = record.state is S.REBOOTING and exc.reason in ROLLBACK_REASONS
+        # keep_successful: the other ECUs kept the fix, so the car is failed, not rolled back
+        rolled_back = record.state is S.REBOOTING and exc.reason in ROLLBACK_REASONS and not exc.kept
         failed = record.advance(
             S.ROLLED_BACK if rolled_back else S.FAILED,
             reason=exc.reason,
@@ -759,6 +773,11 @@ def _fell_back(target: Target, slots: SlotBackend) -> UpdateFailed:
         f"the bootloader fell back to slot {slots.booted_slot()} (rolled back)",
         ecu_serial=serial,
     )
+
+
+def _keeps_successful(targets: tuple[Target, ...]) -> bool:
+    """Whether the recall's signed policy keeps the healthy ECUs on the fix when one fails."""
+    return any(t.assignment.ecu_failure_policy == "keep_successful" for t in targets)
 
 
 @contextlib.contextmanager

@@ -44,6 +44,8 @@ class UpdateFailed(AgentError):
     ``transient``: the server could not be reached or said "not now" (a 5xx, 408, 429, no
     connection): the agent asks again for a while before it reports this failure.
     ``ecu_serial``: the ECU that failed, when one did (the report names it in its ecu_serial).
+    ``kept``: the other ECUs kept the fix (the recall's keep_successful policy): the car is
+    failed, not rolled back, as only the failing ECU went back to its old image.
     """
 
     def __init__(
@@ -54,6 +56,7 @@ class UpdateFailed(AgentError):
         self.detail = detail[:1000]
         self.transient = transient
         self.ecu_serial = ecu_serial
+        self.kept = False
 
 
 def transient_status(status: int | None) -> bool:

@@ -210,6 +210,11 @@ class Recall(Base):
     dynamic: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # The owner must accept before the car installs (never for a safety recall).
     requires_consent: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # When one of a car's ECUs fails: all_or_nothing (every ECU back on its old image) or
+    # keep_successful (the healthy ECUs keep the fix). Signed into the Director's targets.
+    ecu_failure_policy: Mapped[str] = mapped_column(
+        String(16), default="all_or_nothing", server_default="all_or_nothing"
+    )
 
 
 class RecallRelease(Base):

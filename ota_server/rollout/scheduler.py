@@ -777,4 +777,7 @@ class Scheduler:
         floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
         floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
         plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
-        self._director.queue(session, plan, now, min_release_counter=floor, floors=floors)  # signed when each car asks
+        policy = None if rollback else recall.ecu_failure_policy
+        self._director.queue(  # signed when each car asks
+            session, plan, now, min_release_counter=floor, floors=floors, ecu_failure_policy=policy
+        )

@@ -8,10 +8,10 @@ the plan still owes is not final even before the scheduler has scheduled it.
 
 from __future__ import annotations
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Recall
+from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.errors import NotFound
 from ota_server.rollout import plan as rules
 from ota_server.rollout.scheduler import can_still_change
@@ -131,6 +131,25 @@ def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
     ):
         if failing_ecu_named(state, failed_ecu, detail, serial):
             failed_here.setdefault(hardware_id, set()).add(vin)
+    on_fix: dict[int, int] = {}
+    for release_id, n in session.execute(
+        select(CampaignEcu.release_id, func.count())
+        .join(Vehicle, Vehicle.vin == CampaignEcu.vin)
+        .join(Ecu, (Ecu.vehicle_id == Vehicle.id) & (Ecu.serial == CampaignEcu.ecu_serial))
+        .join(Release, Release.id == CampaignEcu.release_id)
+        .where(
+            CampaignEcu.campaign_id == campaign_id,
+            Ecu.reported_at.is_not(None),
+            Ecu.installed_version == Release.version,
+            or_(
+                Release.image_sha256.is_(None),
+                Ecu.installed_sha256.is_(None),
+                Ecu.installed_sha256 == Release.image_sha256,
+            ),
+        )
+        .group_by(CampaignEcu.release_id)
+    ):
+        on_fix[release_id] = n
     out: dict[tuple[str, int], EcuProgress] = {}
     for hardware_id, release_id, state, n in rows:
         entry = out.setdefault(
@@ -141,6 +160,7 @@ def ecu_progress(session: Session, campaign_id: int) -> list[EcuProgress]:
                 ecus=0,
                 counts=dict.fromkeys(STATES, 0),
                 failed_here=len(failed_here.get(hardware_id, ())),
+                on_fix=on_fix.get(release_id, 0),
             ),
         )
         entry.ecus += n

@@ -88,13 +88,17 @@ class Director:
         previous: RepoVersions,
         now: datetime,
         floors: Mapping[str, int | None],
+        ecu_failure_policy: str | None = None,
     ) -> list[dict[str, Any]]:
         # TUF keys targets by path, so one chain names a bundle once: with two ECUs of
         # the same hardware the first serial given gets it.
         targets: dict[str, TargetFile] = {}
         for serial, image in images.items():
             floor = floors.get(serial)
-            targets.setdefault(image.path, director_target(image, vin, serial, min_release_counter=floor))
+            targets.setdefault(
+                image.path,
+                director_target(image, vin, serial, min_release_counter=floor, ecu_failure_policy=ecu_failure_policy),
+            )
         versions, files = publish_targets(targets, signers, self.expiry, now, previous, extra={"vin": vin})
         by_name = {
             "targets.json": versions.targets,
@@ -130,21 +134,21 @@ class Director:
     def _sign_plan(
         self,
         session: Session,
-        plan: Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None]]],
+        plan: Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None]],
         now: datetime,
     ) -> dict[str, Chain]:
-        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial)}``) and write it in bulk."""
+        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy)}``) and write it in bulk."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         chains: dict[str, Chain] = {}
-        for vin, (images, floors) in plan.items():
+        for vin, (images, floors, policy) in plan.items():
             old = previous.get(vin, {})
             versions = RepoVersions(
                 old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
             )
-            rows = self._sign(signers, vin, images, versions, now, floors)
+            rows = self._sign(signers, vin, images, versions, now, floors, policy)
             (changed_rows if old else new_rows).extend(rows)
             chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
         if new_rows:
@@ -174,12 +178,14 @@ class Director:
         *,
         min_release_counter: int | None = None,
         floors: Mapping[str, int] | None = None,
+        ecu_failure_policy: str | None = None,
     ) -> None:
         """Queue each VIN's next assignment (``{vin: {ecu_serial: image target}}``), signed when the car asks.
 
         All of a car's ECUs are assigned together, in its one targets metadata. Each image
         carries ``min_release_counter`` as its floor, or ``floors[release target path]`` when
-        given (a multi-ECU recall: each release's own floor).
+        given (a multi-ECU recall: each release's own floor). ``ecu_failure_policy`` is the
+        recall's: what the car does when one of its ECUs fails (signed in each target).
 
         One upsert per chunk, in VIN order (the order the signer locks queued rows in): a
         queued assignment not yet signed is replaced, and the primary key is the only index
@@ -194,6 +200,7 @@ class Director:
                 "data": json.dumps(
                     {
                         "min_release_counter": min_release_counter,
+                        "ecu_failure_policy": ecu_failure_policy,
                         "images": {
                             serial: {
                                 "path": image.path,
@@ -240,6 +247,7 @@ class Director:
                     serial: entry.get("floor", payload["min_release_counter"])
                     for serial, entry in payload["images"].items()
                 },
+                payload.get("ecu_failure_policy"),  # absent in a row queued before the policy
             )
             for vin, payload in queued.items()
         }

@@ -117,8 +117,11 @@ class FailingOn:
         return HeaderHealthCheck().check(slots, expected)
 
 
-async def _two_release_campaign(env: Env, car: dict[str, Any]) -> tuple[int, bytes]:
-    """Register and provision ``car``, file a recall of two releases and launch it: (campaign id, report key)."""
+async def _two_release_campaign(env: Env, car: dict[str, Any], **recall: Any) -> tuple[int, bytes]:
+    """Register and provision ``car``, file a recall of two releases (and ``recall``'s fields) and launch it.
+
+    Returns (campaign id, the car's report key).
+    """
     resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})
     assert resp.status_code == 201, resp.text
     resp = await env.client.post(
@@ -127,9 +130,10 @@ async def _two_release_campaign(env: Env, car: dict[str, Any]) -> tuple[int, byt
     assert resp.status_code == 200, resp.text
     key: bytes = resp.json()["identities"][0]["report_private_key"].encode()
     main, gateway = await _release(env), await _release(env, GATEWAY, "3.1.0")
-    recall = await env.client.post("/api/v1/recalls", json={**recall_body(main), "release_ids": [main, gateway]})
-    assert recall.status_code == 201, recall.text
-    launch = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    body = {**recall_body(main), "release_ids": [main, gateway], **recall}
+    filed = await env.client.post("/api/v1/recalls", json=body)
+    assert filed.status_code == 201, filed.text
+    launch = await env.client.post(f"/api/v1/recalls/{filed.json()['id']}/launch")
     assert launch.status_code == 201, launch.text
     campaign_id: int = launch.json()["id"]
     return campaign_id, key
@@ -304,3 +308,35 @@ async def test_the_r156_record_covers_every_release_of_a_multi_ecu_recall(env: E
     assert sorted(r["hardware_id"] for r in update["releases"]) == sorted(["ecu-main", GATEWAY])
     assert sorted(update["rxswin"]) == ["R156-GW-2", "R156-MAIN-2"]
     assert body["summary"]["target_vins"] == 1 and body["summary"]["ecus_checked"] == 2
+
+
+async def test_keep_successful_keeps_the_healthy_ecu_on_the_fix_and_the_car_is_failed(env: Env, tmp_path: Path) -> None:
+    """The recall's keep_successful policy, signed in the Director's targets: only the failing ECU goes back."""
+    env.clock.now = datetime.now(UTC)
+    car = _two_ecu_car(6)
+    campaign_id, key = await _two_release_campaign(env, car, ecu_failure_policy="keep_successful")
+    recall_id = (await env.client.get(f"/api/v1/campaigns/{campaign_id}")).json()["recall_id"]
+    recall = (await env.client.get(f"/api/v1/recalls/{recall_id}")).json()
+    assert recall["ecu_failure_policy"] == "keep_successful"
+    await env.runtime.dispatcher.idle()
+    agent, link = _agent(env, car, key, tmp_path, health=FailingOn("G-000006"))
+    reports = await _run(env, agent, link, car["vin"])
+    director = Metadata[Targets].from_bytes(env.runtime.repo_reader.director(car["vin"], "targets.json"))
+    assert {t.custom["ecu_failure_policy"] for t in director.signed.targets.values()} == {"keep_successful"}
+    failed = reports[-1]
+    assert (failed.state, failed.ecu_serial) == (ReportState.FAILED, "G-000006"), failed
+    assert agent.journal.data.installed["S-000006"][0] == "1.1.0"  # kept the fix
+    assert agent.journal.data.installed["G-000006"][0] == "3.0.0"  # back on its old image
+    for serial in ("S-000006", "G-000006"):
+        slots = agent.slots[serial]
+        assert slots.booted_slot() == slots.active_slot() and slots.pending_try() is None
+    await env.inject(*((topics.status_topic(car["vin"]), encode(m)) for m in link.manifests))
+    vehicle_ecus = {e["serial"]: e for e in (await env.client.get(f"/api/v1/vehicles/{car['vin']}")).json()["ecus"]}
+    assert (vehicle_ecus["S-000006"]["installed_version"], vehicle_ecus["G-000006"]["installed_version"]) == (
+        "1.1.0",
+        "3.0.0",
+    )  # the mixed state, as the car's manifest says
+    progress = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress")).json()
+    assert progress["counts"]["failed"] == 1 and progress["counts"]["remedied"] == 0, progress["counts"]
+    by_hardware = {e["hardware_id"]: (e["counts"]["failed"], e["failed_here"], e["on_fix"]) for e in progress["ecus"]}
+    assert by_hardware == {"ecu-main": (1, 0, 1), GATEWAY: (1, 1, 0)}  # the main ECU runs the fix, the gateway failed

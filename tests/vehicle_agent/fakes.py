@@ -91,10 +91,14 @@ class FakeServer:
         signed_vin: str | None = None,
         signers: RoleSigners | None = None,
         now: datetime | None = None,
+        ecu_failure_policy: str | None = None,
     ) -> dict[str, bytes]:
         """Publish Director targets for ``vin``: ECU serial to the image target it must install."""
         signed_vin = signed_vin or vin
-        director = {t.path: director_target(t, signed_vin, serial) for serial, t in targets.items()}
+        director = {
+            t.path: director_target(t, signed_vin, serial, ecu_failure_policy=ecu_failure_policy)
+            for serial, t in targets.items()
+        }
         previous = self.director_versions.get(vin, RepoVersions())
         versions, files = publish_targets(
             director,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from firmware_bundles.assignment import Assignment
 from firmware_bundles.bundle import sample_image
-from firmware_bundles.messages import ManifestReason, ReportState, VersionManifest
+from firmware_bundles.messages import FailureReason, ManifestReason, ReportState, VersionManifest
 from firmware_bundles.report_signing import generate_report_key, private_key_pem, public_key, verify_report
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import EcuConfig
@@ -156,6 +156,30 @@ async def test_the_failure_report_names_the_failing_ecu_in_its_ecu_serial(car: C
     failed = car.link.reports[-1]
     assert (failed.state, failed.ecu_serial, failed.installed_version) == (S.ROLLED_BACK, GATEWAY, "4.0")
     assert agent.journal.data.campaigns[failed.campaign_id].failed_ecu == GATEWAY  # kept across a restart
+
+
+async def test_keep_successful_commits_the_healthy_ecu_and_only_the_failing_one_goes_back(
+    car: Car, server: FakeServer
+) -> None:
+    """The recall's signed keep_successful policy: the main ECU keeps the fix, the gateway goes back."""
+    assigned = {SERIAL: server.release("2.0", 2), GATEWAY: server.release("5.0", 5, hardware_id=GATEWAY_HW)}
+    server.assign(assigned, ecu_failure_policy="keep_successful")
+    agent = two_ecu_car(car, health=FailsFor(GATEWAY))
+    assert await agent.handle(server.notice()) is S.FAILED
+
+    failed = car.link.reports[-1]
+    assert (failed.state, failed.ecu_serial, failed.reason) == (S.FAILED, GATEWAY, FailureReason.HEALTH_CHECK_FAILED)
+    assert GATEWAY in failed.detail
+    manifest = only(car.link)  # the mixed state: the fix on the main ECU, the old image on the gateway
+    by_serial = {e.ecu_serial: e for e in manifest.ecus}
+    assert (by_serial[SERIAL].version, by_serial[SERIAL].slot) == ("2.0", "b")
+    assert by_serial[SERIAL].image_sha256 == sha(sample_image(HW, "2.0"))
+    assert (by_serial[GATEWAY].version, by_serial[GATEWAY].slot) == ("4.0", "a")
+    assert by_serial[GATEWAY].image_sha256 == sha(sample_image(GATEWAY_HW, "4.0"))
+    assert agent.journal.data.installed[SERIAL] == ("2.0", 2) and agent.journal.data.installed[GATEWAY][0] == "4.0"
+    for serial, slot in ((SERIAL, "b"), (GATEWAY, "a")):
+        slots = agent.slots[serial]
+        assert slots.active_slot() == slots.booted_slot() == slot and slots.pending_try() is None
 
 
 async def test_a_manifest_goes_daily_on_simulated_time_and_an_idle_image_is_hashed_once(car: Car) -> None:
