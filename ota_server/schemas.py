@@ -168,6 +168,15 @@ class EcuPublic(BaseModel):
     )
 
 
+# What a car's manifest can disagree with: an image no release has (unassigned_image), a version no
+# release of its hardware names (unknown_version), a remedied campaign car running another version
+# (remedied_mismatch), other hardware (hardware_mismatch), an ECU not registered (unknown_ecu), or a
+# version's image that changed with no install behind it (image_changed).
+DiscrepancyKind = Literal[
+    "unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu", "image_changed"
+]
+
+
 class DiscrepancyPublic(BaseModel):
     """Where a car's signed manifest and the service's record disagree."""
 
@@ -176,9 +185,7 @@ class DiscrepancyPublic(BaseModel):
     vin: str
     ecu_serial: str
     hardware_id: str
-    kind: str = Field(
-        description="unassigned_image, unknown_version, remedied_mismatch, hardware_mismatch or unknown_ecu"
-    )
+    kind: DiscrepancyKind
     version: str
     image_sha256: str | None
     campaign_id: int | None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import AfterValidator
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import MAX_ID, Instant, SessionDep
-from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyPage, vin_shape
+from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyKind, DiscrepancyPage, vin_shape
 from ota_server.services import inventory
 
 router = APIRouter(prefix="/api/v1/discrepancies", tags=["vehicles"], dependencies=[needs_read])
@@ -20,14 +20,13 @@ def _vin(value: str | None) -> str | None:
     return None if value is None else vin_shape(value)
 
 
-Kind = Literal["unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"]
 
 
 @router.get("")
 def list_discrepancies(
     session: SessionDep,
     vin: Annotated[str | None, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(_vin)] = None,
-    kind: Kind | None = None,
+    kind: DiscrepancyKind | None = None,
     campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     since: Annotated[Instant | None, Query(description="Seen at or after this time (ISO 8601; no zone: UTC)")] = None,
     cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")] = None,

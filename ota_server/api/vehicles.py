@@ -17,6 +17,7 @@ from ota_server.schemas import (
     BatchCreated,
     CertificateRenewal,
     CertificatesRevoked,
+    DiscrepancyKind,
     ProvisionBatch,
     ProvisionedBatch,
     RenewedCertificate,
@@ -36,9 +37,7 @@ from ota_server.services import identity, vehicles
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 
 
-DiscrepancyFilter = Literal[
-    "any", "unassigned_image", "unknown_version", "remedied_mismatch", "hardware_mismatch", "unknown_ecu"
-]
+DiscrepancyFilter = Literal["any", DiscrepancyKind]
 
 
 @router.get("", dependencies=[needs_read], responses=errors(404))

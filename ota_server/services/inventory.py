@@ -24,6 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import get_args
 
 from sqlalchemy import Select, insert, select
 from sqlalchemy.orm import Session
@@ -43,7 +44,7 @@ from ota_server.db.models import (
     Vehicle,
 )
 from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
-from ota_server.schemas import DiscrepancyPage, DiscrepancyPublic
+from ota_server.schemas import DiscrepancyKind, DiscrepancyPage, DiscrepancyPublic
 from ota_server.services import audit
 from ota_server.services.population import Member
 
@@ -53,7 +54,8 @@ UNKNOWN_VERSION = "unknown_version"
 REMEDIED_MISMATCH = "remedied_mismatch"
 HARDWARE_MISMATCH = "hardware_mismatch"
 UNKNOWN_ECU = "unknown_ecu"
-KINDS = (UNASSIGNED_IMAGE, UNKNOWN_VERSION, REMEDIED_MISMATCH, HARDWARE_MISMATCH, UNKNOWN_ECU)
+IMAGE_CHANGED = "image_changed"
+KINDS: tuple[str, ...] = get_args(DiscrepancyKind)
 
 # Why a campaign car was counted remedied from its manifest rather than a campaign report.
 REPORTED_BY_MANIFEST = "reported_by_manifest"
@@ -207,8 +209,9 @@ def apply_manifests(
                 detail = f"ECU {reported.ecu_serial} is not registered for this car"
                 _find(session, view, outcome, manifest, reported, None, UNKNOWN_ECU, detail, now)
                 continue
+            was = (ecu.installed_sha256, ecu.installed_version) if ecu.reported_at is not None else None
             _record(ecu, reported, received_at)
-            for kind, campaign_id, detail in _judge(view, vehicle.vin, ecu, reported):
+            for kind, campaign_id, detail in _judge(view, vehicle.vin, ecu, reported, was):
                 _find(session, view, outcome, manifest, reported, campaign_id, kind, detail, now)
         _remedies(session, view, outcome, vehicle, manifest, received_at)
     if history:
@@ -245,8 +248,13 @@ def _record(ecu: Ecu, reported: EcuManifest, received_at: datetime) -> None:
     ecu.reported_at = received_at
 
 
-def _judge(view: _View, vin: str, ecu: Ecu, reported: EcuManifest) -> list[tuple[str, int | None, str]]:
-    """The discrepancies one ECU's reported state shows: (kind, campaign, what)."""
+def _judge(
+    view: _View, vin: str, ecu: Ecu, reported: EcuManifest, was: tuple[str | None, str] | None
+) -> list[tuple[str, int | None, str]]:
+    """The discrepancies one ECU's reported state shows: (kind, campaign, what).
+
+    ``was`` is the ECU's last reported (image hash, version), None before its first manifest.
+    """
     found: list[tuple[str, int | None, str]] = []
     if reported.hardware_id != ecu.hardware_id:
         found.append(
@@ -271,6 +279,17 @@ def _judge(view: _View, vin: str, ecu: Ecu, reported: EcuManifest) -> list[tuple
                 f"({release.image_sha256[:12]}…)",
             )
         )
+    if release is None or not release.image_sha256:  # no known image: the car's own last word is the baseline
+        before, version = was if was is not None else (None, None)
+        if before and reported.image_sha256 and reported.image_sha256 != before and version == reported.version:
+            found.append(
+                (
+                    IMAGE_CHANGED,
+                    None,
+                    f"image changed from {before[:12]}… to {reported.image_sha256[:12]}… with no install "
+                    f"(still version {reported.version})",
+                )
+            )
     done = [c for c in view.campaign_cars.get(vin, []) if VinState(c.cv.state) in _INSTALLED]
     if done:
         latest = max(done, key=lambda c: (c.cv.updated_at, c.cv.campaign_id))

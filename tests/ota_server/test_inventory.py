@@ -401,3 +401,18 @@ async def test_a_late_joiner_whose_manifest_shows_the_fix_is_already_remedied(en
     [entry] = (await env.get_json(f"/api/v1/vehicles/{late}/status"))["campaigns"]  # type: ignore[misc]
     assert entry["reason"] == "already_remedied"
     assert set(await env.nonces()) == {first}  # no notice for the late car with nothing to install
+
+
+async def test_a_factory_image_that_changes_with_no_install_is_a_discrepancy(env: Env) -> None:
+    """A version no release names has no known image to compare with; its first reported hash is
+    the baseline, and a new hash under the same version with no install behind it is a finding."""
+    v = vin(1)
+    await _registered(env, [v])
+    await env.inject(manifest(v, 1, version="1.0.0", image_sha256="a" * 64))
+    await env.inject(manifest(v, 2, version="1.0.0", image_sha256="a" * 64))  # unchanged: no finding
+    assert (await env.get_json(f"/api/v1/discrepancies?vin={v}"))["items"] == []
+    await env.inject(manifest(v, 3, version="1.0.0", image_sha256="b" * 64))
+    [found] = (await env.get_json(f"/api/v1/discrepancies?vin={v}&kind=image_changed"))["items"]  # type: ignore[misc]
+    assert found["image_sha256"] == "b" * 64 and "a" * 12 in found["detail"]
+    listed = await env.get_json("/api/v1/vehicles?discrepancy=image_changed")
+    assert [car["vin"] for car in listed["items"]] == [v]  # type: ignore[union-attr,index]
