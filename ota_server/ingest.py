@@ -28,8 +28,9 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -234,7 +235,9 @@ class Budgets:
     empty, or the shared one is and the topic sent junk lately, :meth:`Ingestor.submit` drops
     the topic's messages before parsing, which bounds the parsing and signature checks junk
     can cost. The per-topic bucket keeps one junk-spewing topic from emptying the shared one;
-    a topic without junk of late is never gated, so junk cannot silence the clean cars.
+    a topic without junk of late is never gated, so junk cannot silence the clean cars. Past a
+    closed gate, a message that names the car's registered key (a byte search) is still read,
+    so only junk that copies the car's key id can cut it, and that junk has its own budget.
     """
 
     def __init__(
@@ -243,6 +246,30 @@ class Budgets:
         self.car = TokenBuckets(car[0], car[1], clock, max_keys=_MAX_VIN_BUCKETS)
         self.junk = TokenBuckets(junk[0], junk[1], clock, max_keys=_MAX_JUNK_TOPICS)
         self.junk_total = TokenBuckets(junk_total[0], junk_total[1], clock)
+        # Junk that names the car's own key (copied from its messages) costs a signature check
+        # each: its own per-topic budget, the same size as the topic's.
+        self.keyed_junk = TokenBuckets(junk[0], junk[1], clock, max_keys=_MAX_JUNK_TOPICS)
+        self._keyids: OrderedDict[str, bytes] = OrderedDict()  # VIN -> its registered key id, quoted
+        self._lock = threading.Lock()
+
+    def learn_key(self, vin: str, keyid: str) -> None:
+        """Remember ``vin``'s registered report key id (from a batch's key lookup)."""
+        with self._lock:
+            self._keyids[vin] = f'"{keyid}"'.encode()
+            self._keyids.move_to_end(vin)
+            while len(self._keyids) > _MAX_VIN_BUCKETS:
+                self._keyids.popitem(last=False)
+
+    def names_cars_key(self, vin: str, payload: bytes) -> bool:
+        """Whether ``payload`` names ``vin``'s registered key (a byte search, no parsing)."""
+        with self._lock:
+            marker = self._keyids.get(vin)
+        return marker is not None and marker in payload
+
+    def past_the_gate(self, topic: str, vin: str, payload: bytes) -> bool:
+        """Under a closed junk gate, a status message naming the car's key is still read while the
+        junk that names it too has budget left: flooding the topic with anything else silences no car."""
+        return self.names_cars_key(vin, payload) and not self.keyed_junk.empty(topic)
 
     def junk_gate_closed(self, topic: str) -> bool:
         """Whether ``topic``'s messages are dropped unread: its own junk budget is spent, or the
@@ -252,9 +279,11 @@ class Budgets:
             return True
         return self.junk_total.empty(None) and self.junk.spent(topic)
 
-    def spend_junk(self, topic: str) -> None:
+    def spend_junk(self, topic: str, *, keyed: bool = False) -> None:
         self.junk.wait_for(topic)
         self.junk_total.wait_for(None)
+        if keyed:
+            self.keyed_junk.wait_for(topic)
 
     def spend_car(self, key: object) -> bool:
         """Spend one of the car's tokens; False when it had none left (a flood)."""
@@ -263,9 +292,13 @@ class Budgets:
 
 def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budgets) -> str | None:
     """Check the signature and charge the right budget: the reason to refuse ``report``, or None."""
+    registered = batch.keys.get(report.vin)
+    if registered is not None:
+        budgets.learn_key(report.vin, registered[0])
     problem = _signature_problem(batch, report)
     if problem is not None:
-        budgets.spend_junk(topics.status_topic(report.vin))
+        keyed = registered is not None and report.signature is not None and report.signature.keyid == registered[0]
+        budgets.spend_junk(topics.status_topic(report.vin), keyed=keyed)
         what = (
             f"manifest {report.counter}"
             if isinstance(report, VersionManifest)
@@ -507,6 +540,14 @@ class Ingestor:
             self.budgets.spend_junk(topic)
         log.warning("rejected message on %s (%s): %s", topic, reason, detail)
 
+    def _past_the_gate(self, topic: str, payload: bytes) -> bool:
+        if not topic.endswith("/status"):
+            return False
+        try:
+            return self.budgets.past_the_gate(topic, topics.vin_from_topic(topic), payload)
+        except MalformedMessage:
+            return False
+
     def submit(self, topic: str, payload: bytes, ack: Ack | None = None) -> bool:
         """Check and enqueue one MQTT message; never raises.
 
@@ -516,7 +557,7 @@ class Ingestor:
         token bucket come before any parsing, so a flood of either kind costs almost
         nothing; the car's token itself is spent once its report's signature checks out.
         """
-        if self.budgets.junk_gate_closed(topic):
+        if self.budgets.junk_gate_closed(topic) and not self._past_the_gate(topic, payload):
             self._rejected[JUNK_FLOOD] += 1  # not logged per message: that would be the flood again
             return False
         if len(payload) > self._max_payload_bytes:

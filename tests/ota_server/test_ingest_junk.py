@@ -92,7 +92,9 @@ async def test_junk_past_its_topics_budget_is_cut_unread_and_other_cars_carry_on
         for message in _junk(cid, b, nonces[b]) * 2:  # one at a time: each is judged before the next
             await env.inject(message)
         stats = await _stats(env)
-        assert stats["rejected"]["junk_flood"] == 5 and stats["junk"] == 8
+        # past the budget only the tampered copy, which names the car's key, is still read (its own budget)
+        assert stats["rejected"]["junk_flood"] == 4 and stats["junk"] == 8
+        assert stats["rejected"]["bad_signature"] == 2
         await env.inject(report(cid, c, nonces[c], S.NOTIFIED))  # another topic: untouched
         assert await _state(env, c) == "notified"
         env.clock.advance(1.0)  # the topic's junk budget refills; the car's own was never spent
@@ -131,3 +133,23 @@ async def test_junk_elsewhere_never_gates_a_topic_that_sent_none(tmp_path: Path)
         await env.inject(report(cid, clean, nonces[clean], S.NOTIFIED))
         assert await _state(env, clean) == "notified"
         assert (await _stats(env))["rejected"]["junk_flood"] == 2
+
+
+async def test_a_flood_past_the_topics_budget_still_lets_the_cars_signed_reports_through(tmp_path: Path) -> None:
+    """Past its topic's junk budget only a message naming the car's registered key is read (junk that
+    names it too has a budget of its own): junk at ten times the budget no longer silences the car."""
+    settings = make_settings(tmp_path, ingest_junk_rate_per_s=1.0, ingest_junk_burst=3)
+    async with running(settings) as env:
+        b = vin(2)
+        cid = (await launched(env.client, [b]))["id"]
+        nonce = (await env.nonces())[b]
+        topic = topics.status_topic(b)
+        other_key = _junk(cid, b, nonce)[0][1]  # signed by a key that is not the car's
+        for step in STEPS:  # each simulated second: 30 junk messages, then the car's own report
+            for _ in range(30):
+                await env.inject((topic, other_key), (topic, b"{not json"))
+            await env.inject(report(cid, b, nonce, step))
+            env.clock.advance(1.0)
+        assert await _state(env, b) == "rebooting"
+        stats = await _stats(env)
+        assert stats["accepted"] == len(STEPS) and stats["rejected"]["junk_flood"] > 200
