@@ -261,10 +261,11 @@ class Budgets:
                 self._keyids.popitem(last=False)
 
     def names_cars_key(self, vin: str, payload: bytes) -> bool:
-        """Whether ``payload`` names ``vin``'s registered key (a byte search, no parsing)."""
+        """Whether ``payload`` names ``vin``'s registered key, or any key while that is not known yet
+        (a byte search, no parsing)."""
         with self._lock:
             marker = self._keyids.get(vin)
-        return marker is not None and marker in payload
+        return (marker if marker is not None else b'"keyid"') in payload
 
     def past_the_gate(self, topic: str, vin: str, payload: bytes) -> bool:
         """Under a closed junk gate, a status message naming the car's key is still read while the
@@ -297,7 +298,8 @@ def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budget
         budgets.learn_key(report.vin, registered[0])
     problem = _signature_problem(batch, report)
     if problem is not None:
-        keyed = registered is not None and report.signature is not None and report.signature.keyid == registered[0]
+        # junk that could pass a closed gate: it names the car's key, or the car has none to name
+        keyed = registered is None or (report.signature is not None and report.signature.keyid == registered[0])
         budgets.spend_junk(topics.status_topic(report.vin), keyed=keyed)
         what = (
             f"manifest {report.counter}"

@@ -153,3 +153,21 @@ async def test_a_flood_past_the_topics_budget_still_lets_the_cars_signed_reports
         assert await _state(env, b) == "rebooting"
         stats = await _stats(env)
         assert stats["accepted"] == len(STEPS) and stats["rejected"]["junk_flood"] > 200
+
+
+async def test_a_flood_that_never_reaches_a_batch_still_lets_the_cars_first_report_through(tmp_path: Path) -> None:
+    """Unsigned and unreadable junk is refused before any batch, so the server has not yet read the
+    car's key id when the gate closes: a signed message is read then too (on the keyed budget)."""
+    settings = make_settings(tmp_path, ingest_junk_rate_per_s=1.0, ingest_junk_burst=3)
+    async with running(settings) as env:
+        b = vin(2)
+        cid = (await launched(env.client, [b]))["id"]
+        nonce = (await env.nonces())[b]
+        topic = topics.status_topic(b)
+        unsigned = _junk(cid, b, nonce)[2][1]
+        for step in STEPS:
+            for _ in range(30):
+                await env.inject((topic, unsigned), (topic, b"{not json"))
+            await env.inject(report(cid, b, nonce, step))
+            env.clock.advance(1.0)
+        assert await _state(env, b) == "rebooting"
