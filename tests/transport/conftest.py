@@ -19,6 +19,7 @@ import pytest
 
 from ota_server.mosquitto_config import BrokerFiles, write_broker_config
 from ota_server.pki import SERVER_CLIENT_CN, CertificateAuthority
+from simulator.server_process import terminate
 from tests import services
 
 HOST = "127.0.0.1"
@@ -102,9 +103,4 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
             time.sleep(0.05)
         yield Broker(files, ca, certs, log, process)
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)

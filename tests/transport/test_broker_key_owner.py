@@ -22,6 +22,7 @@ import pytest
 
 from ota_server.mosquitto_config import Ownership, write_broker_config
 from ota_server.pki import CertificateAuthority
+from simulator.server_process import terminate
 from tests import services
 from tests.transport.conftest import HOST, START_DEADLINE_S, free_port, mosquitto_binary
 from tests.transport.test_mosquitto_lockdown import CONNACK_OK, raw_connect
@@ -112,9 +113,4 @@ def test_mosquitto_started_as_root_drops_to_its_user_and_serves(world_readable_d
         context.load_cert_chain(world_readable_dir / "car.crt", world_readable_dir / "car.key")
         assert raw_connect(files.port, context) == CONNACK_OK, log.read_text()
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        terminate(process)
