@@ -1,5 +1,5 @@
 """``python -m ota_server`` is the ``ota`` command."""
 
-from ota_server.cli import main
+from ota_server.cli.main import main
 
 main()

@@ -64,7 +64,7 @@ class Settings:
     # > 0 with a broker that forgets shared subscriptions when it restarts (Mosquitto 2.0):
     # also hold a plain subscription and ingest its copies for this many seconds after each
     # (re)connect, so reports published before the replicas subscribed again are not lost
-    # (see ota_server/mqtt_link.py). 0 (default): off.
+    # (see ota_server/mqtt/link.py). 0 (default): off.
     mqtt_share_guard_s: float = 0.0
     # The broker URL handed to cars (agent configs), when it differs from the server's own.
     public_mqtt_url: str | None = None

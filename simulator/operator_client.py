@@ -1,6 +1,6 @@
 """The fleet operator's side of the REST API, as the simulator and the demo drive it.
 
-The client itself is the server's own :class:`ota_server.api_client.ApiClient` (one client
+The client itself is the server's own :class:`ota_server.cli.api_client.ApiClient` (one client
 of the API, not two); here its errors become the simulator's :class:`ServerError`.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from ota_server.api_client import ApiClient, ApiError
+from ota_server.cli.api_client import ApiClient, ApiError
 from simulator.errors import ServerError, ServerUnavailable
 
 

@@ -30,8 +30,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TextIO
 
-from ota_server import gctime
-from ota_server.gctime import GcTimer
+from ota_server.infra import gctime
+from ota_server.infra.gctime import GcTimer
 from simulator.faults import CarFaults, FaultPlan
 from simulator.procstat import memory_kib, open_files, raise_open_file_limit
 from simulator.runner import InProcessFleet, Pacing

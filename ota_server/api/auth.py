@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from ota_server.api.deps import RuntimeDep
 from ota_server.api.handlers import status_for
 from ota_server.errors import Forbidden, OtaError, Unauthorized
-from ota_server.ratelimit import TokenBuckets
+from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.roles import ADMINISTER, APPROVE, OPERATE, READ, Actor, Role, describe
 from ota_server.services import audit, tokens
 from ota_server.services.audit import Action, Trail

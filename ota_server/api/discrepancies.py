@@ -20,8 +20,6 @@ def _vin(value: str | None) -> str | None:
     return None if value is None else vin_shape(value)
 
 
-
-
 @router.get("")
 def list_discrepancies(
     session: SessionDep,

@@ -1,6 +1,6 @@
 """The TUF repositories over HTTP, laid out as ``firmware_bundles.repo_paths`` says.
 
-In a running server ``ota_server/repo_http.py`` answers these paths before the API stack;
+In a running server ``ota_server/http/repo.py`` answers these paths before the API stack;
 these routes give them their OpenAPI entries and serve the same reader's answers to
 anything that reaches the app directly.
 """
@@ -14,7 +14,7 @@ from firmware_bundles import repo_paths
 from ota_server.api.deps import RuntimeDep
 from ota_server.api.openapi import errors
 from ota_server.errors import NotFound
-from ota_server.repo_http import unservable
+from ota_server.http.repo import unservable
 
 router = APIRouter(prefix="/repo", tags=["repository"])
 

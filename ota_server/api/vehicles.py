@@ -10,8 +10,8 @@ from starlette.concurrency import run_in_threadpool
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
 from ota_server.api.openapi import errors
+from ota_server.http.runtime import Runtime
 from ota_server.rollout.states import VinState
-from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
     BatchCreated,

@@ -440,7 +440,7 @@ class AuditHead(Base):
 
 
 class Lease(Base):
-    """Who runs a periodic job (scheduler tick, re-signing) until when; see :mod:`ota_server.leases`."""
+    """Who runs a periodic job (scheduler tick, re-signing) until when; see :mod:`ota_server.infra.leases`."""
 
     __tablename__ = "leases"
 

@@ -23,9 +23,9 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.bundle import Manifest, open_bundle
 from firmware_bundles.uptane import delta_target_path
-from ota_server.bundle_store import BundleStore, StagedBundle
 from ota_server.db.models import Delta, Release
 from ota_server.errors import NotFound
+from ota_server.infra.bundle_store import BundleStore, StagedBundle
 
 
 @dataclass(frozen=True)

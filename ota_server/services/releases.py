@@ -18,9 +18,9 @@ from sqlalchemy.orm import Session
 from firmware_bundles.bundle import CHUNK, Manifest, open_bundle
 from firmware_bundles.errors import InvalidBundle
 from firmware_bundles.uptane import bundle_target_path
-from ota_server.bundle_store import BundleStore, StagedBundle
 from ota_server.db.models import Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.infra.bundle_store import BundleStore, StagedBundle
 from ota_server.schemas import ReleasePublic
 from ota_server.services import deltas
 from ota_server.services.deltas import DeltaPolicy

@@ -2,7 +2,7 @@
 
 Every car of a campaign fetches the same Image repository metadata, its own Director
 chain and a bundle, so this is the server's hottest read path (see
-``ota_server/repo_http.py``, which serves it outside the API's middleware stack):
+``ota_server/http/repo.py``, which serves it outside the API's middleware stack):
 
 - the Image repository and the Director root are read as one consistent set of rows and
   kept in memory for ``ttl_s`` (and dropped at once when this process commits a change
@@ -48,9 +48,9 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles.uptane import due
-from ota_server.bundle_store import BundleStore
 from ota_server.db.models import RepoFile
 from ota_server.errors import NotFound, Unavailable
+from ota_server.infra.bundle_store import BundleStore
 from ota_server.services import releases
 from ota_server.signing.director import PENDING, Chain, Director
 from ota_server.signing.store import CHAIN, DIRECTOR, IMAGE, REPO_WIDE

@@ -2,7 +2,7 @@
 
 Plain HTML shells, one small script and one stylesheet shipped as package data (no CDN,
 no build step); charts are inline SVG drawn by the script. :func:`install` mounts it on
-the app built by :func:`ota_server.app.create_app`.
+the app built by :func:`ota_server.http.app.create_app`.
 """
 
 from __future__ import annotations

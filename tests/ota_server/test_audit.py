@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from ota_server import cli_ops
+from ota_server.cli import recalls as cli_ops
 from ota_server.db.models import AuditEntry, Recall
 from ota_server.services import audit
 from tests.ota_server.conftest import Env, make_settings, running

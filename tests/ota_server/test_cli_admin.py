@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from ota_server.cli import app
+from ota_server.cli.main import app
 from ota_server.config import Settings
 from ota_server.db.models import ApiToken
 from ota_server.db.session import make_engine, make_session_factory

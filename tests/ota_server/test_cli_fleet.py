@@ -10,7 +10,8 @@ from unittest import mock
 import httpx
 import pytest
 
-from ota_server import cli_fleet, cli_ops
+from ota_server.cli import fleet as cli_fleet
+from ota_server.cli import recalls as cli_ops
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vehicle, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from firmware_bundles.bundle import sample_image
-from ota_server import cli_ops
-from ota_server.cli import app
+from ota_server.cli import recalls as cli_ops
+from ota_server.cli.main import app
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, vin
 

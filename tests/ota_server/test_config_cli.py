@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import inspect
 from typer.testing import CliRunner
 
-from ota_server.cli import app
+from ota_server.cli.main import app
 from ota_server.config import Settings
 from ota_server.db.session import make_engine
 from ota_server.errors import InvalidInput, NotReady

@@ -19,8 +19,8 @@ from schemathesis import Case, GenerationMode
 from schemathesis.python import asgi
 from sqlalchemy import Engine, MetaData, select
 
-from ota_server.app import create_app, runtime_of
-from ota_server.publisher import FakePublisher
+from ota_server.http.app import create_app, runtime_of
+from ota_server.mqtt.publisher import FakePublisher
 from tests.ota_server.conftest import make_settings
 from tests.ota_server.helpers import FakeClock
 

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from firmware_bundles import repo_paths
 from firmware_bundles.uptane import Expiry, sign_metadata
-from ota_server.cli import app as cli
+from ota_server.cli.main import app as cli
 from ota_server.db.migrate import upgrade
 from ota_server.db.models import RepoFile
 from ota_server.db.session import make_engine, make_session_factory

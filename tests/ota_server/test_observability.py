@@ -13,9 +13,9 @@ from sqlalchemy import create_engine
 
 from firmware_bundles import topics
 from firmware_bundles.messages import ReportState
-from ota_server.app import runtime_of
 from ota_server.config import Settings
-from ota_server.logs import JsonFormatter
+from ota_server.http.app import runtime_of
+from ota_server.infra.logs import JsonFormatter
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import launched, report, vin
 

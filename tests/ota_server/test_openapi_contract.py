@@ -14,8 +14,8 @@ import pytest
 from fastapi import FastAPI
 
 from firmware_bundles.vin import make_vin
-from ota_server.app import create_app
-from ota_server.publisher import FakePublisher
+from ota_server.http.app import create_app
+from ota_server.mqtt.publisher import FakePublisher
 from tests.ota_server.conftest import Env, make_settings
 from tests.ota_server.helpers import recall_body, upload, vehicle
 

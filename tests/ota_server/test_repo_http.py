@@ -208,7 +208,7 @@ async def test_a_database_outage_answers_503_with_retry_after_then_recovers(
                 assert resp.status_code == 503, (url, resp.text)
                 assert int(resp.headers["retry-after"]) >= 1
                 assert "database" in resp.json()["detail"]
-        repo_logs = [r for r in caplog.records if r.name == "ota_server.repo_http"]
+        repo_logs = [r for r in caplog.records if r.name == "ota_server.http.repo"]
         assert repo_logs and all(r.exc_info is None and "\n" not in r.getMessage() for r in repo_logs)
         assert all(r.levelname != "ERROR" for r in repo_logs)
         for url in urls:  # the database is back: so are the answers

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ota_server.repo_http import SmallFiles
+from ota_server.http.repo import SmallFiles
 from ota_server.services.repository import RepoReader
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import bundle_bytes, upload

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ota_server import cli_ops
+from ota_server.cli import recalls as cli_ops
 from ota_server.config import Settings
-from ota_server.reports import FORMATS, KINDS
+from ota_server.regulator import FORMATS, KINDS
 from tests.ota_server.conftest import Env, running
 from tests.ota_server.helpers import launched, remedied, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota
@@ -206,7 +206,7 @@ async def test_every_kind_is_available_as_pdf_csv_and_json(env: Env) -> None:
 
 
 def test_compatibility_check_against_the_last_known_configuration() -> None:
-    from ota_server.reports.type_approval import check
+    from ota_server.regulator.type_approval import check
 
     assert check("1.0.0", "1.1.0", "1.0.0", "1.0.9") == "compatible"
     assert check("1.1.0", "1.1.0", "1.0.0", "1.0.9") == "already_updated"

@@ -14,7 +14,7 @@ import httpx
 
 from firmware_bundles.vin import make_vin
 from ota_server.config import Settings
-from ota_server.server import OtaServer
+from ota_server.http.server import OtaServer
 from tests.ota_server.mqtt_flow import one_recall
 
 

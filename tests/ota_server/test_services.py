@@ -11,7 +11,7 @@ import pytest
 from firmware_bundles.messages import FailureReason, ReportState
 from firmware_bundles.vin import make_vin
 from ota_server.config import Settings
-from ota_server.server import OtaServer
+from ota_server.http.server import OtaServer
 from tests.ota_server.conftest import make_settings, running
 from tests.ota_server.helpers import launched, remedied, report, vin
 from tests.ota_server.mqtt_flow import one_recall

@@ -10,8 +10,8 @@ import httpx
 import pytest
 
 from ota_server.config import Settings
-from ota_server.publisher import FakePublisher
-from ota_server.server import OtaServer
+from ota_server.http.server import OtaServer
+from ota_server.mqtt.publisher import FakePublisher
 from ota_server.web.sse import EventStreams, snapshot_events
 from tests.ota_server.conftest import bearer
 from tests.ota_server.helpers import launched, vin

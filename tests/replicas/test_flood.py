@@ -17,7 +17,7 @@ import pytest
 
 from firmware_bundles import topics
 from firmware_bundles.messages import ReportState
-from ota_server.mqtt_link import MQTT_V5, MqttLink
+from ota_server.mqtt.link import MQTT_V5, MqttLink
 from simulator.cluster import Mosquitto, parse_metrics
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import launched, remedied, report, vin

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.db.migrate import upgrade
 from ota_server.db.session import make_engine, make_session_factory
-from ota_server.leases import Lease, LeasedJob
+from ota_server.infra.leases import Lease, LeasedJob
 from tests.ota_server.helpers import FakeClock
 
 

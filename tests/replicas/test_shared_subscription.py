@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from firmware_bundles import topics
-from ota_server.mqtt_link import MQTT_V5, Ack, MqttLink
+from ota_server.mqtt.link import MQTT_V5, Ack, MqttLink
 from simulator.cluster import Mosquitto
 from tests.ota_server.helpers import vin
 

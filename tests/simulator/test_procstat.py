@@ -62,7 +62,7 @@ def test_finished_children_stay_counted_in_their_parent(tmp_path: Path) -> None:
 def test_the_gc_timer_counts_collections_and_their_time() -> None:
     import gc
 
-    from ota_server.gctime import GcTimer
+    from ota_server.infra.gctime import GcTimer
 
     timer = GcTimer().install()
     try:
@@ -79,7 +79,7 @@ def test_the_gc_timer_counts_collections_and_their_time() -> None:
 def test_settle_freezes_what_exists_and_collects_less_often() -> None:
     import gc
 
-    from ota_server import gctime
+    from ota_server.infra import gctime
 
     before = gc.get_threshold()
     try:

@@ -19,9 +19,9 @@ from paho.mqtt.client import MQTTv5
 
 from firmware_bundles import topics
 from firmware_bundles.vin import make_vin
-from ota_server.mosquitto_config import write_broker_config
-from ota_server.mqtt_link import MqttLink as ServerLink
-from ota_server.mqtt_link import TlsFiles, shared
+from ota_server.mqtt.link import MqttLink as ServerLink
+from ota_server.mqtt.link import TlsFiles, shared
+from ota_server.mqtt.mosquitto_config import write_broker_config
 from tests.transport.conftest import HOST, Broker
 
 A = make_vin("1HG", "CM826", "N", "A", 201)

@@ -20,10 +20,10 @@ from firmware_bundles.messages import CampaignNotice, encode
 from firmware_bundles.provisioning import write_bundle
 from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.vin import make_vin
-from ota_server.mosquitto_config import acl_text
-from ota_server.mqtt_link import MqttLink as ServerLink
-from ota_server.mqtt_link import TlsFiles
-from ota_server.pki import CertificateAuthority
+from ota_server.mqtt.link import MqttLink as ServerLink
+from ota_server.mqtt.link import TlsFiles
+from ota_server.mqtt.mosquitto_config import acl_text
+from ota_server.mqtt.pki import CertificateAuthority
 from tests.transport.conftest import HOST, Broker
 from vehicle_agent.config import load_config
 from vehicle_agent.link import MqttLink as CarLink

@@ -11,7 +11,7 @@ from typing import Any
 from fpdf import FPDF
 from fpdf.enums import WrapMode
 
-from ota_server.reports.common import Report, cell_text
+from ota_server.regulator.common import Report, cell_text
 
 TITLES = {
     "population": "population details",

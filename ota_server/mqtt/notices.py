@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from firmware_bundles import topics
 from firmware_bundles.messages import encode
 from ota_server.clock import Clock
-from ota_server.publisher import Publisher
+from ota_server.mqtt.publisher import Publisher
 from ota_server.services import campaigns
 from ota_server.services.campaigns import Outbound
 

@@ -1,6 +1,6 @@
 """``ota vehicles list|show|update|decommission``: the fleet, managed through the REST API.
 
-Same plumbing as :mod:`ota_server.cli_ops` (``--server``/``OTA_SERVER``, ``--token``/``OTA_TOKEN``,
+Same plumbing as :mod:`ota_server.cli.recalls` (``--server``/``OTA_SERVER``, ``--token``/``OTA_TOKEN``,
 ``--json``; exit 0 done, 1 refused or unreachable, 2 a usage error).
 """
 
@@ -12,8 +12,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ota_server.api_client import ApiClient
-from ota_server.cli_ops import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
+from ota_server.cli.api_client import ApiClient
+from ota_server.cli.recalls import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
 
 VinArgument = Annotated[str, typer.Argument(help="The car's VIN")]
 PAGE = 500  # cars asked per request while the list walks the pages

@@ -1,7 +1,7 @@
 """Regulator and operator reports, generated from the data (one small module per report).
 
-Each ``build`` returns a :class:`~ota_server.reports.common.Report`, rendered as CSV, JSON or
-PDF (:mod:`ota_server.reports.pdf`: the completion report as a one-page summary, the others as
+Each ``build`` returns a :class:`~ota_server.regulator.common.Report`, rendered as CSV, JSON or
+PDF (:mod:`ota_server.regulator.pdf`: the completion report as a one-page summary, the others as
 their header, summary and table). The audit log has
 its own export (``GET /api/v1/audit/export``, admin only).
 """
@@ -14,8 +14,8 @@ from typing import Literal, get_args
 from sqlalchemy.orm import Session
 
 from ota_server.errors import InvalidInput
-from ota_server.reports import completion, notices, population, type_approval, vin_status
-from ota_server.reports.common import Report
+from ota_server.regulator import completion, notices, population, type_approval, vin_status
+from ota_server.regulator.common import Report
 
 Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
 Format = Literal["csv", "json", "pdf"]  # every kind in every format
@@ -54,7 +54,7 @@ def render(report: Report, fmt: str) -> tuple[bytes, str]:
     if fmt == "json":
         return json.dumps(report.to_json(), indent=2).encode(), "application/json"
     if fmt == "pdf":
-        from ota_server.reports.pdf import report_pdf
+        from ota_server.regulator.pdf import report_pdf
 
         return report_pdf(report), "application/pdf"
     raise InvalidInput(f"format {fmt!r}: one of {', '.join(FORMATS)}")

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from firmware_bundles import repo_paths
 from ota_server.api.handlers import headers_for, status_for
 from ota_server.errors import OtaError
-from ota_server.metrics import Metrics
+from ota_server.infra.metrics import Metrics
 from ota_server.schemas import text_problem
 from ota_server.services.repository import RepoReader
 

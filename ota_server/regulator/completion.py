@@ -18,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignEcu, RecallRelease, Release
-from ota_server.reports.common import (
+from ota_server.regulator.common import (
     Report,
     Standing,
     installed_as_of,

@@ -20,7 +20,7 @@ from typing import Annotated, Any, NoReturn
 import httpx
 import typer
 
-from ota_server.api_client import ApiClient, ApiError
+from ota_server.cli.api_client import ApiClient, ApiError
 
 DEFAULT_SERVER = "http://127.0.0.1:8000"
 # Tests point the client at an in-process app; None means a real HTTP connection.

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, NoticeLog
-from ota_server.reports.common import Report, recall_meta, recall_of
+from ota_server.regulator.common import Report, recall_meta, recall_of
 from ota_server.services.campaigns import remedy_campaign
 
 COLUMNS = ("published_at", "vin", "recall_number", "campaign_id", "campaign_kind", "notice_kind", "nonce")

@@ -12,7 +12,7 @@ from ota_server.api.auth import needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
 from ota_server.db.models import Recall
-from ota_server.reports import FORMATS, KINDS, Format, Kind, build, render
+from ota_server.regulator import FORMATS, KINDS, Format, Kind, build, render
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
 

@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from ota_server.cli_ops import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, fail
-from ota_server.reports import Format, Kind
+from ota_server.cli.recalls import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, fail
+from ota_server.regulator import Format, Kind
 from ota_server.roles import Role
 
 tokens_app = typer.Typer(help="API tokens (people and their roles), admin only.", no_args_is_help=True)
@@ -102,7 +102,7 @@ def _period(kind: str, label: str | None) -> None:
     """A malformed quarter or week is a usage error (exit 2), found before asking the server."""
     from ota_server.clock import utc_now
     from ota_server.errors import InvalidInput
-    from ota_server.reports.common import quarter, week
+    from ota_server.regulator.common import quarter, week
 
     if label is None:
         return

@@ -52,7 +52,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
-from ota_server.ratelimit import TokenBuckets
+from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
 from ota_server.services import inventory

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ota_server.cli_admin import register as register_admin_commands
-from ota_server.cli_fleet import register as register_fleet_commands
-from ota_server.cli_ops import DEFAULT_SERVER, ServerOption, TokenOption, client_for
-from ota_server.cli_ops import register as register_operator_commands
+from ota_server.cli.admin import register as register_admin_commands
+from ota_server.cli.fleet import register as register_fleet_commands
+from ota_server.cli.recalls import DEFAULT_SERVER, ServerOption, TokenOption, client_for
+from ota_server.cli.recalls import register as register_operator_commands
 from ota_server.config import Settings
 from ota_server.errors import OtaError
 
@@ -44,7 +44,7 @@ def _settings(**overrides: object) -> Settings:
 
 
 def _configure_logging(level: str, fmt: str = "text") -> None:
-    from ota_server.logs import configure
+    from ota_server.infra.logs import configure
 
     configure(level, fmt)
     logging.getLogger("amqtt").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -72,7 +72,7 @@ def serve(
     ] = None,
 ) -> None:
     """Run the API (and an embedded MQTT broker unless OTA_MQTT_URL is set) until SIGTERM/SIGINT."""
-    from ota_server.server import serve_forever  # heavy imports only for this command
+    from ota_server.http.server import serve_forever  # heavy imports only for this command
 
     settings = _settings(host=host, port=port, data_dir=data_dir)
     _configure_logging(settings.log_level, settings.log_format)
@@ -167,8 +167,8 @@ def broker_config(
 ) -> None:
     """Write a TLS-only Mosquitto configuration with per-car ACLs, and the server's client certificate."""
     from ota_server.clock import utc_now
-    from ota_server.mosquitto_config import write_broker_config
-    from ota_server.pki import CertificateAuthority
+    from ota_server.mqtt.mosquitto_config import write_broker_config
+    from ota_server.mqtt.pki import CertificateAuthority
 
     settings = _settings(data_dir=data_dir)
     _configure_logging(settings.log_level)
@@ -396,7 +396,7 @@ def release_sign(
     """Fetch the pending Image targets, sign it with the offline targets key, and publish it."""
     import httpx
 
-    from ota_server import cli_ops
+    from ota_server.cli import recalls as cli_ops
     from ota_server.signing.offline import OfflineSigningError, sign_pending
 
     base = server.rstrip("/")

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignVehicle, Vehicle
-from ota_server.reports.common import Report, launched_campaign, recall_meta, recall_of
+from ota_server.regulator.common import Report, launched_campaign, recall_meta, recall_of
 
 COLUMNS = (
     "make",

@@ -1,7 +1,7 @@
 """Everything one running server holds, built in the app's lifespan and torn down in order.
 
 Routers reach it through ``request.app.state.runtime``; tests reach it through
-:func:`ota_server.app.runtime_of` to inject reports or inspect notices.
+:func:`ota_server.http.app.runtime_of` to inject reports or inspect notices.
 """
 
 from __future__ import annotations
@@ -14,18 +14,18 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ota_server.bundle_store import BundleStore
 from ota_server.clock import Clock
 from ota_server.config import Settings
 from ota_server.db.migrate import require_current, upgrade
 from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
-from ota_server.ingest import Ingestor
-from ota_server.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
-from ota_server.mqtt_link import MqttLink, link_from_settings
-from ota_server.notify import NoticeDispatcher
-from ota_server.pki import LazyAuthority
-from ota_server.publisher import Publisher
+from ota_server.infra.bundle_store import BundleStore
+from ota_server.infra.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
+from ota_server.mqtt.ingest import Ingestor
+from ota_server.mqtt.link import MqttLink, link_from_settings
+from ota_server.mqtt.notices import NoticeDispatcher
+from ota_server.mqtt.pki import LazyAuthority
+from ota_server.mqtt.publisher import Publisher
 from ota_server.rollout.scheduler import Scheduler
 from ota_server.services.repository import RepoReader
 from ota_server.signing import keys
@@ -56,7 +56,7 @@ class Runtime:
     scheduler: Scheduler
     repo_reader: RepoReader
     refresher: Refresher | None = None
-    # Periodic jobs, each run by whichever replica holds its lease (ota_server.leases).
+    # Periodic jobs, each run by whichever replica holds its lease (ota_server.infra.leases).
     jobs: list[LeasedJob] = field(default_factory=list)
 
     @property

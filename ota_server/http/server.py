@@ -22,13 +22,13 @@ from types import TracebackType
 
 import uvicorn
 
-from ota_server import gctime
-from ota_server.app import create_app
-from ota_server.broker import EmbeddedBroker
 from ota_server.clock import Clock, utc_now
 from ota_server.config import DEFAULT_PORT, Settings
 from ota_server.errors import NotReady
-from ota_server.publisher import Publisher
+from ota_server.http.app import create_app
+from ota_server.infra import gctime
+from ota_server.mqtt.broker import EmbeddedBroker
+from ota_server.mqtt.publisher import Publisher
 from ota_server.web import event_streams
 
 log = logging.getLogger(__name__)

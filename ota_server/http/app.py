@@ -23,22 +23,22 @@ from ota_server.api import (
     health,
     openapi,
     recalls,
+    regulator,
     releases,
     repo,
-    reports,
     targets,
     tokens,
     vehicles,
 )
 from ota_server.api.limits import BodyLimit, UploadLimit
-from ota_server.bundle_redirect import BundleRedirect
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
-from ota_server.metrics import HttpMetrics, Metrics
-from ota_server.publisher import Publisher
-from ota_server.ratelimit import TokenBuckets
-from ota_server.repo_http import RepoHttp
-from ota_server.runtime import Runtime, start_runtime, stop_runtime
+from ota_server.http.bundle_redirect import BundleRedirect
+from ota_server.http.repo import RepoHttp
+from ota_server.http.runtime import Runtime, start_runtime, stop_runtime
+from ota_server.infra.metrics import HttpMetrics, Metrics
+from ota_server.infra.ratelimit import TokenBuckets
+from ota_server.mqtt.publisher import Publisher
 from ota_server.services.bootstrap import ensure_admin_token
 from ota_server.services.repository import RepoReader
 
@@ -50,7 +50,7 @@ UPLOAD_PATH = "/api/v1/releases"
 def create_app(settings: Settings, *, publisher: Publisher | None = None, clock: Clock = utc_now) -> FastAPI:
     """Build the app. Without ``publisher`` it connects to ``settings.mqtt_url`` itself.
 
-    Tests pass a :class:`ota_server.publisher.FakePublisher` and an injected clock,
+    Tests pass a :class:`ota_server.mqtt.publisher.FakePublisher` and an injected clock,
     then feed reports through ``runtime_of(app).ingestor.submit``.
     """
 
@@ -84,7 +84,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         repo,
         tokens,
         audit,
-        reports,
+        regulator,
         discrepancies,
     ):
         app.include_router(module.router)

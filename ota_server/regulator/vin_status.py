@@ -10,7 +10,7 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from ota_server.reports.common import (
+from ota_server.regulator.common import (
     Installed,
     Report,
     installed_as_of,

@@ -1,0 +1,1 @@
+"""Infrastructure with no use case in it: metrics, logs, leases, rate limits, the bundle store, GC timing."""
