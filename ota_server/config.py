@@ -130,6 +130,16 @@ class Settings:
     # again (this process's own changes drop them at once); other replicas' changes show
     # within this many seconds.
     repo_cache_ttl_s: float = 1.0
+    # The manufacturer this service speaks for: on owner pages, in owner notices and on every
+    # regulator report. The contact is the default named person of a recall's owner notice when
+    # the recall names none (name, role, phone, email); the dealer locator is linked from the
+    # owner's pages ("" = no link).
+    manufacturer_name: str = "Example Motors"
+    manufacturer_contact_name: str = ""
+    manufacturer_contact_role: str = ""
+    manufacturer_contact_phone: str = ""
+    manufacturer_contact_email: str = ""
+    dealer_locator_url: str = ""
     log_level: str = "INFO"
     # "text" (human) or "json": one object a line with time, level, logger, message, campaign_id, vin.
     log_format: str = "text"
