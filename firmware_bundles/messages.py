@@ -149,6 +149,9 @@ class CampaignNotice(BaseModel):
     owner_notice: OwnerNotice | None = None
     # non-safety updates wait for the owner's accept/decline/postpone; safety recalls never do
     requires_consent: bool = False
+    # The owner's page for this car and campaign (the notice's text, the signed version and
+    # hash, accept/decline); its answer reaches the car only inside the Director's signed metadata.
+    owner_url: str | None = Field(default=None, max_length=512)
 
 
 class CampaignWithdrawal(BaseModel):

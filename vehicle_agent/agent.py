@@ -5,14 +5,17 @@ restart redoes exactly that step):
 
 * ``notified``: the notice was accepted (a hint only; nothing trusted yet); the gate
   (:mod:`vehicle_agent.gate`) shows the owner's notice, asks consent for a non-safety
-  update that needs it and checks the preconditions;
+  update that needs it (after verifying the metadata: the owner answers for the exact
+  images it names, :mod:`vehicle_agent.consent`) and checks the preconditions;
 * ``consented`` / ``deferred``: the owner said yes / a precondition (or the owner) holds
   the car; the gate looks again after a jittered interval or a vehicle-state change;
 * ``downloading``: refresh and verify Director and Image metadata, check they agree,
-  check the network rule now that the signed size is known, then stream each assigned
-  bundle with its signed length and sha256 checked;
+  check they still name the images the owner consented to (else ask again), check the
+  network rule now that the signed size is known, then stream each assigned bundle with
+  its signed length and sha256 checked;
 * ``verifying``: the bundle's manifest matches the signed assignment and its image hash;
-* ``installing``: write the spare slot, read it back, arm a one-shot try boot;
+* ``installing``: the targets are the consented images (checked again); write the spare
+  slot, read it back, arm a one-shot try boot;
 * ``rebooting``: boot the tried slot, health-check it, commit (or roll back); each start
   of this step is counted in the journal first, and past ``installer.max_boot_attempts``
   the agent gives up and rolls back, so a crash or reboot loop ends (a slot already
@@ -41,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from firmware_bundles.assignment import Assignment
+from firmware_bundles.consent import images_key
 from firmware_bundles.messages import (
     CampaignNotice,
     CampaignWithdrawal,
@@ -51,8 +55,20 @@ from firmware_bundles.messages import (
     StatusReport,
 )
 from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
+from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
-from vehicle_agent.gate import HeldAtDownload, StartGate, Withdrawn, check, defer, owes_result, preconditions_of
+from vehicle_agent.gate import (
+    ConsentOutdated,
+    HeldAtDownload,
+    StartGate,
+    Withdrawn,
+    check,
+    defer,
+    needs_consent,
+    outdated,
+    owes_result,
+    preconditions_of,
+)
 from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
 from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install, install_image
 from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal, Target
@@ -142,12 +158,13 @@ class Agent:
         options = config.vehicle
         self.gate = StartGate(
             vehicle or vehicle_state(options),
-            owner or LoggingOwnerHook(Consent(options.consent)),
+            owner or default_owner(config, clock),
             clock=clock,
             sleep=sleep,
             interval=options.retry_interval,
             jitter=options.retry_jitter,
             rng=rng,
+            offer=self._offer,
         )
         self._active: int | None = None  # the campaign being driven (one at a time)
         self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
@@ -471,10 +488,13 @@ class Agent:
             return await self.gate.wait(record, _notice_of(record), withdrawn)
         if record.state is S.DOWNLOADING:
             notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
+            consented = record.consent_images if needs_consent(notice) else None
             try:
-                targets = await self._blocking(self._download, preconditions_of(notice))
+                targets = await self._blocking(self._download, preconditions_of(notice), consented)
             except HeldAtDownload as held:  # e.g. a large bundle and only cellular
                 return defer(record, held.hold, bundle_bytes=held.bundle_bytes)
+            except ConsentOutdated as changed:  # a new assignment since the owner's yes
+                return outdated(record, changed)
             if not targets:
                 return record.advance(S.REMEDIED, targets=())
             return record.advance(S.VERIFYING, targets=targets)
@@ -482,6 +502,11 @@ class Agent:
             await self._blocking(self._verify_bundles, record.targets)
             return record.advance(S.INSTALLING)
         if record.state is S.INSTALLING:
+            if needs_consent(_notice_of(record)):  # only the images the owner said yes to
+                hashes = [t.assignment.sha256 for t in record.targets]
+                if not covers(record.consent_images, hashes):
+                    _discard_downloads(self.config.state_dir / "downloads", record.targets, everything=False)
+                    return outdated(record, ConsentOutdated(record.consent_images, images_key(hashes)))
             return record.advance(S.REBOOTING, targets=await self._blocking(self._install, record.targets))
         if record.state is S.REBOOTING:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
@@ -503,7 +528,7 @@ class Agent:
         while True:
             try:
                 return await asyncio.to_thread(fn, *args)
-            except HeldAtDownload:
+            except (HeldAtDownload, ConsentOutdated):
                 raise
             except UpdateFailed as exc:
                 # the time so far: the clock's, or at least what we slept (a test's clock may stand still)
@@ -535,8 +560,18 @@ class Agent:
         delay = ceiling * (0.5 + 0.5 * self._rng.random())
         return delay if elapsed + delay <= limits.outage_patience else None
 
-    def _download(self, preconditions: Preconditions | None = None) -> tuple[Target, ...]:
+    async def _offer(self) -> Offer:
+        """The gate's question: what the verified metadata assigns (and any signed owner-page answer)."""
+        verified = await self._blocking(self._verifier.verify)
+        return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
+
+    def _download(self, preconditions: Preconditions | None = None, consented: str | None = None) -> tuple[Target, ...]:
+        """Verify, then fetch what is to be installed; ``consented``: the images key the owner said yes to."""
         verified = self._verifier.verify()
+        if consented is not None:
+            signed = images_key(a.sha256 for a in verified.assignments)
+            if signed != consented:
+                raise ConsentOutdated(consented, signed)
         todo = [a for a in verified.assignments if self._needs_install(a)]
         size = sum(a.length for a in todo)  # signed: now the network rule for large bundles applies
         hold = check(preconditions, self.gate.vehicle.read(), size) if todo else None
@@ -789,6 +824,13 @@ def _naming(serial: str) -> Iterator[None]:
         if exc.ecu_serial is None:
             exc.ecu_serial = serial
         raise
+
+
+def default_owner(config: AgentConfig, clock: Clock) -> OwnerHook:
+    """The head unit's local interface (``[vehicle] consent = "ask"``), or a fixed answer for a test rig."""
+    if config.vehicle.consent == "ask":
+        return HeadUnitOwner(ConsentBox(config.state_dir / "consent", durable=config.durable), clock)
+    return LoggingOwnerHook(Consent(config.vehicle.consent))
 
 
 def vehicle_state(options: VehicleOptions) -> VehicleState:

@@ -142,15 +142,17 @@ class VehicleOptions:
     missing, unreadable or older than ``max_age`` seconds reads as not ready). Unset: no
     vehicle bus, preconditions are assumed met (logged). A deferred campaign looks again
     every ``retry_interval`` seconds, spread by +/- ``retry_jitter`` (a fraction), and at
-    once when the state source signals a change. ``consent`` is what the default owner
-    hook (no screen) answers for a non-safety update: ``postpone``, ``accept`` or ``decline``.
+    once when the state source signals a change. ``consent`` is how a non-safety update
+    is answered: ``ask`` (the default: the head unit's local interface under
+    ``<state_dir>/consent/``, see :mod:`vehicle_agent.consent`, or the owner page through
+    the signed metadata), or a fixed ``postpone``, ``accept`` or ``decline`` for a test rig.
     """
 
     state_file: Path | None = None
     max_age: float = 120.0
     retry_interval: float = 300.0
     retry_jitter: float = 0.2
-    consent: str = "postpone"
+    consent: str = "ask"
 
 
 @dataclass(frozen=True)
@@ -338,8 +340,8 @@ def _vehicle(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: unknown or misspelt vehicle option: {exc}") from exc
     if options.retry_interval <= 0 or not 0 <= options.retry_jitter < 1 or options.max_age <= 0:
         raise ConfigError(f"{where}: vehicle retry_interval and max_age must be positive, retry_jitter in [0, 1)")
-    if options.consent not in ("postpone", "accept", "decline"):
-        raise ConfigError(f"{where}: vehicle consent must be postpone, accept or decline, got {options.consent!r}")
+    if options.consent not in ("ask", "postpone", "accept", "decline"):
+        raise ConfigError(f"{where}: vehicle consent must be ask, postpone, accept or decline, got {options.consent!r}")
     return {"vehicle": options}
 
 

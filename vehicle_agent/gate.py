@@ -2,11 +2,12 @@
 
 :func:`check` says which precondition blocks, if any. :class:`StartGate` takes a
 campaign from ``notified``, ``consented`` or ``deferred`` to its next step: show the
-notice (once per attempt), ask consent (non-safety updates that require it), check the
-preconditions, and while deferred wait the retry interval (with jitter) or until the
-vehicle state changes. A deferred report carries ``<code>: <text>`` as its detail, so
-the server can count deferrals by reason without parsing prose. Nothing here touches
-the slots: a car held at the gate never installs anything.
+notice (once per attempt), ask consent (non-safety updates that require it: only after
+the signed metadata is verified, showing the exact images it names, see
+:mod:`vehicle_agent.consent`), check the preconditions, and while deferred wait the retry
+interval (with jitter) or until the vehicle state changes. A deferred report carries
+``<code>: <text>`` as its detail, so the server can count deferrals by reason without
+parsing prose. Nothing here touches the slots: a car held at the gate never installs anything.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from firmware_bundles.messages import CampaignNotice, Preconditions, ReportState
+from vehicle_agent.consent import Channel, Offer, remote_answer
 from vehicle_agent.journal import CampaignRecord, OwnerEvent
 from vehicle_agent.owner import Consent, OwnerHook, describe
 from vehicle_agent.vehicle import Reading, VehicleState
@@ -34,6 +36,8 @@ class Blocker(StrEnum):
     BATTERY_LOW = "battery_low"
     NETWORK_NOT_ALLOWED = "network_not_allowed"
     OWNER_POSTPONED = "owner_postponed"
+    # The signed assignment is no longer what the owner consented to: asked again.
+    CONSENT_OUTDATED = "consent_outdated"
 
 
 @dataclass(frozen=True)
@@ -81,6 +85,28 @@ def check(pre: Preconditions | None, car: Reading, bundle_bytes: int = 0) -> Hol
     return None
 
 
+def needs_consent(notice: CampaignNotice | None) -> bool:
+    """A non-safety update that waits for the owner's yes (a safety recall never asks)."""
+    return notice is not None and notice.requires_consent and not notice.safety_recall
+
+
+class ConsentOutdated(Exception):
+    """Raised (from the download thread) when the signed images are not the ones consented to."""
+
+    def __init__(self, consented: str, signed: str) -> None:
+        self.hold = Hold(
+            Blocker.CONSENT_OUTDATED,
+            f"the owner consented to images {consented or '(none recorded)'}; the signed assignment now "
+            f"names {signed}: asking again",
+        )
+        super().__init__(self.hold.detail)
+
+
+def outdated(record: CampaignRecord, exc: ConsentOutdated) -> CampaignRecord:
+    """Back to asking: the consent no longer holds."""
+    return defer(record, exc.hold, consented=False, consent_images="")
+
+
 class Withdrawn(Exception):
     """A withdrawal for the campaign arrived while the gate was waiting."""
 
@@ -99,8 +125,11 @@ def defer(record: CampaignRecord, hold: Hold, **changes: Any) -> CampaignRecord:
     return record.advance(S.DEFERRED, deferrals=record.deferrals + 1, detail=hold.detail, **changes)
 
 
-def _logged(record: CampaignRecord, what: str, text: str | None = None) -> bool:
-    return any(e.what == what and e.attempt == record.attempt and text in (None, e.text) for e in record.owner_log)
+def _logged(record: CampaignRecord, what: str, text: str | None = None, images: str | None = None) -> bool:
+    return any(
+        e.what == what and e.attempt == record.attempt and text in (None, e.text) and images in (None, e.images)
+        for e in record.owner_log
+    )
 
 
 def owes_result(record: CampaignRecord) -> bool:
@@ -123,9 +152,12 @@ class StartGate:
         interval: float,
         jitter: float,
         rng: random.Random | None = None,
+        offer: Callable[[], Awaitable[Offer]],
     ) -> None:
+        """``offer`` verifies the Director's and Image repository's metadata and says what they assign."""
         self.vehicle = vehicle
         self.owner = owner
+        self._offer = offer
         self._clock = clock
         self._sleep = sleep
         self._interval = interval
@@ -140,8 +172,8 @@ class StartGate:
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(self._wake.set)
 
-    def log(self, record: CampaignRecord, what: str, text: str) -> CampaignRecord:
-        event = OwnerEvent(self._clock().isoformat(), record.attempt, what, text[:1000])
+    def log(self, record: CampaignRecord, what: str, text: str, images: str = "", channel: str = "") -> CampaignRecord:
+        event = OwnerEvent(self._clock().isoformat(), record.attempt, what, text[:1000], images, channel)
         return replace(record, owner_log=(*record.owner_log, event))
 
     async def start(
@@ -168,19 +200,35 @@ class StartGate:
     async def _decide(
         self, record: CampaignRecord, notice: CampaignNotice | None, withdrawn: Callable[[], bool]
     ) -> CampaignRecord:
-        if notice is not None and notice.requires_consent and not notice.safety_recall and not record.consented:
-            answer = await self._until_withdrawn(self.owner.ask_consent(notice), withdrawn)
-            if not _logged(record, "consent", answer.value):  # a headless car postpones every interval
-                record = self.log(record, "consent", answer.value)
-            if answer is Consent.ACCEPT:
-                return record.advance(S.CONSENTED, consented=True, detail="")
-            if answer is Consent.DECLINE:
-                return record.advance(S.DECLINED, detail="the owner declined the update")
-            return defer(record, Hold(Blocker.OWNER_POSTPONED, "the owner postponed the update"))
+        if notice is not None and needs_consent(notice) and not (record.consented and record.consent_images):
+            return await self._consent(record, notice, withdrawn)
         hold = check(preconditions_of(notice), self.vehicle.read(), record.bundle_bytes)
         if hold is not None:
             return defer(record, hold)
         return record.advance(S.DOWNLOADING, targets=(), detail="")
+
+    async def _consent(
+        self, record: CampaignRecord, notice: CampaignNotice, withdrawn: Callable[[], bool]
+    ) -> CampaignRecord:
+        """Verify first, then take the owner page's signed answer for these images, or ask the owner."""
+        offer = await self._until_withdrawn(self._offer(), withdrawn)
+        answer, ignored = remote_answer(offer, record.campaign_id)
+        if ignored and not _logged(record, "consent_ignored", ignored):
+            record = self.log(record, "consent_ignored", ignored, offer.key)
+        channel = Channel.OWNER_PAGE
+        if answer is None:
+            answer = await self._until_withdrawn(self.owner.ask_consent(notice, offer), withdrawn)
+            channel = self.owner.channel
+        if not _logged(record, "consent", answer.value, offer.key):  # a headless car postpones every interval
+            record = self.log(record, "consent", answer.value, offer.key, channel)
+        said = f"{offer.summary()} (via {channel})"[:900]
+        if answer is Consent.ACCEPT:
+            return record.advance(
+                S.CONSENTED, consented=True, consent_images=offer.key, detail=f"the owner accepted {said}"
+            )
+        if answer is Consent.DECLINE:
+            return record.advance(S.DECLINED, detail=f"the owner declined {said}")
+        return defer(record, Hold(Blocker.OWNER_POSTPONED, f"the owner postponed {said}"))
 
     async def _pause(self, withdrawn: Callable[[], bool]) -> None:
         """The retry interval (jittered, so a fleet does not look again in step), or less on a wake-up."""

@@ -88,12 +88,18 @@ class Target:
 
 @dataclass(frozen=True)
 class OwnerEvent:
-    """What the owner was shown or answered (``what``: notice, consent, result): the notice log."""
+    """What the owner was shown or answered (``what``: notice, consent, result): the notice log.
+
+    A consent event also names the images key it answered (``images``: the signed bundles'
+    sha256) and where the answer came from (``channel``: head_unit, cli, owner_page).
+    """
 
     at: str
     attempt: int
     what: str
     text: str
+    images: str = ""
+    channel: str = ""
 
 
 @dataclass(frozen=True)
@@ -109,8 +115,10 @@ class CampaignRecord:
     boot_attempts: int = 0
     # Deferrals so far in this attempt (each deferred report carries the new count).
     deferrals: int = 0
-    # The owner said yes to this attempt (non-safety updates only).
+    # The owner said yes to this attempt (non-safety updates only) ...
     consented: bool = False
+    # ... to exactly these images (firmware_bundles.consent.images_key of the signed assignment).
+    consent_images: str = ""
     # The notice that started this attempt (JSON): preconditions and owner notice for a resume.
     notice: str = ""
     # The signed size of what is to be downloaded, once verified (0: not known yet).
@@ -143,6 +151,7 @@ class CampaignRecord:
             boot_attempts=int(body.get("boot_attempts", 0)),
             deferrals=int(body.get("deferrals", 0)),
             consented=bool(body.get("consented", False)),
+            consent_images=str(body.get("consent_images", "")),
             notice=str(body.get("notice", "")),
             bundle_bytes=int(body.get("bundle_bytes", 0)),
             owner_log=tuple(OwnerEvent(**e) for e in body.get("owner_log", ())),

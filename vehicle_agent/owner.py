@@ -11,9 +11,12 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from firmware_bundles.messages import CampaignNotice, ReportState
+
+if TYPE_CHECKING:
+    from vehicle_agent.consent import Offer
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +28,16 @@ class Consent(StrEnum):
 
 
 class OwnerHook(Protocol):
+    # Where the last answer came from: head_unit, cli (journaled and reported with it).
+    channel: str
+
     async def show_notice(self, notice: CampaignNotice) -> None:
         """Before: purpose, safety recall or not, what changes, duration, contact."""
         ...
 
-    async def ask_consent(self, notice: CampaignNotice) -> Consent:
-        """Only for non-safety updates that require consent; may wait for the owner."""
+    async def ask_consent(self, notice: CampaignNotice, offer: Offer) -> Consent:
+        """Only for non-safety updates that require consent, once the signed metadata is
+        verified: ``offer`` names the exact version and hash of each image; may wait."""
         ...
 
     async def show_result(self, notice: CampaignNotice, state: ReportState, detail: str) -> None:
@@ -55,14 +62,22 @@ class LoggingOwnerHook:
     through another hook; it never installs without an owner's yes.
     """
 
+    channel = "head_unit"
+
     def __init__(self, consent: Consent = Consent.POSTPONE) -> None:
         self._consent = consent
 
     async def show_notice(self, notice: CampaignNotice) -> None:
         log.info("%s: owner notice: %s", notice.vin, describe(notice))
 
-    async def ask_consent(self, notice: CampaignNotice) -> Consent:
-        log.info("%s: consent for campaign %s: %s (configured answer)", notice.vin, notice.campaign_id, self._consent)
+    async def ask_consent(self, notice: CampaignNotice, offer: Offer) -> Consent:
+        log.info(
+            "%s: consent for campaign %s (%s): %s (configured answer)",
+            notice.vin,
+            notice.campaign_id,
+            offer.summary(),
+            self._consent,
+        )
         return self._consent
 
     async def show_result(self, notice: CampaignNotice, state: ReportState, detail: str) -> None:
@@ -76,13 +91,16 @@ class ScriptedOwner:
     answers: Sequence[Consent] = (Consent.ACCEPT,)
     shown: list[tuple[str, int, str]] = field(default_factory=list)  # (what, campaign, text)
     asked: int = 0
+    offers: list[Offer] = field(default_factory=list)  # what each ask showed
+    channel: str = "head_unit"
 
     async def show_notice(self, notice: CampaignNotice) -> None:
         self.shown.append(("notice", notice.campaign_id, describe(notice)))
 
-    async def ask_consent(self, notice: CampaignNotice) -> Consent:
+    async def ask_consent(self, notice: CampaignNotice, offer: Offer) -> Consent:
         answer = self.answers[min(self.asked, len(self.answers) - 1)]
         self.asked += 1
+        self.offers.append(offer)
         self.shown.append(("consent", notice.campaign_id, answer.value))
         return answer
 

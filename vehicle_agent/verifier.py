@@ -19,6 +19,7 @@ from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import Updater
 
 from firmware_bundles import repo_paths
+from firmware_bundles.consent import CONSENT_FIELD, SignedConsent
 from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
@@ -73,11 +74,15 @@ class VerifiedTargets:
     """The checked assignments for this car, each agreeing with the Image repository.
 
     ``image_repo`` is the refreshed Image-repository client, for looking up more
-    targets (deltas) against the same verified metadata.
+    targets (deltas) against the same verified metadata. ``consent`` is the owner-page
+    answer the Director signed into the same targets metadata (``consent_problem`` says
+    why a ``consent`` field there was not usable).
     """
 
     assignments: tuple[Assignment, ...]
     image_repo: Updater | None = None
+    consent: SignedConsent | None = None
+    consent_problem: str = ""
 
 
 class Verifier:
@@ -109,9 +114,20 @@ class Verifier:
             # ngclient has no call listing targets: read what it verified and persisted.
             signed = Metadata[Targets].from_file(str(self.director_dir / "targets.json")).signed
             assignments = assignments_for(signed, cfg.vin, cfg.ecu_hardware())
+            consent, problem = _signed_consent(signed)
         with _tuf_errors("image repository"):
             image = self._updater(self.image_dir, repo_paths.image_metadata_url(cfg.repo_url), cfg.image_root)
             image.refresh()
             for assignment in assignments:
                 check_image_agrees(assignment, image.get_targetinfo(assignment.path))
-        return VerifiedTargets(tuple(assignments), image)
+        return VerifiedTargets(tuple(assignments), image, consent, problem)
+
+
+def _signed_consent(signed: Targets) -> tuple[SignedConsent | None, str]:
+    body = signed.unrecognized_fields.get(CONSENT_FIELD)
+    if body is None:
+        return None, ""
+    try:
+        return SignedConsent.from_json(body), ""
+    except ValueError as exc:
+        return None, str(exc)

@@ -92,8 +92,10 @@ class FakeServer:
         signers: RoleSigners | None = None,
         now: datetime | None = None,
         ecu_failure_policy: str | None = None,
+        consent: Mapping[str, object] | None = None,
     ) -> dict[str, bytes]:
-        """Publish Director targets for ``vin``: ECU serial to the image target it must install."""
+        """Publish Director targets for ``vin``: ECU serial to the image target it must install
+        (``consent``: an owner-page answer signed into the same metadata)."""
         signed_vin = signed_vin or vin
         director = {
             t.path: director_target(t, signed_vin, serial, ecu_failure_policy=ecu_failure_policy)
@@ -106,7 +108,7 @@ class FakeServer:
             Expiry(),
             now or self.now,
             previous,
-            extra={"vin": signed_vin},
+            extra={"vin": signed_vin, **({"consent": dict(consent)} if consent is not None else {})},
         )
         self.director_versions[vin] = versions
         self._serve(repo_paths.director_metadata_url(REPO, vin), files)

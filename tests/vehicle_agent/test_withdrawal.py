@@ -9,6 +9,7 @@ import pytest
 
 from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, StatusReport, encode
 from firmware_bundles.uptane import Assignment
+from vehicle_agent.consent import Offer
 from vehicle_agent.health import HeaderHealthCheck
 from vehicle_agent.installer import SlotBackend
 from vehicle_agent.owner import Consent, ScriptedOwner
@@ -64,7 +65,7 @@ async def test_a_deferred_car_withdrawn_stops_and_reports_withdrawn(car: Car, se
 
 async def test_a_car_waiting_for_consent_is_withdrawn_without_an_answer(car: Car, server: FakeServer) -> None:
     class Silent(ScriptedOwner):
-        async def ask_consent(self, notice: CampaignNotice) -> Consent:
+        async def ask_consent(self, notice: CampaignNotice, offer: Offer) -> Consent:
             await asyncio.get_running_loop().create_future()
             raise AssertionError("unreachable")
 
