@@ -22,11 +22,13 @@ from firmware_bundles.vin import validate_vin
 from vehicle_agent import tuf_client
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, load_config
+from vehicle_agent.consent import Channel, ConsentBox, ConsentError
 from vehicle_agent.errors import AgentError
 from vehicle_agent.installer import FileSlots
 from vehicle_agent.journal import Journal
 from vehicle_agent.lazy_transport import LazyTransport
 from vehicle_agent.link import MqttLink, tls_context
+from vehicle_agent.owner import Consent
 from vehicle_agent.tryboot import slot_factory
 
 app = typer.Typer(help="The OTA recall vehicle agent.", no_args_is_help=True, add_completion=False)
@@ -162,6 +164,53 @@ def status(config: ConfigOption = Path("agent.toml")) -> None:
         "slots": described,
     }
     typer.echo(json.dumps(body, indent=2))
+
+
+consent_app = typer.Typer(
+    help="The owner's answer to a pending non-safety update (what a head unit does, from a shell).",
+    no_args_is_help=True,
+)
+app.add_typer(consent_app, name="consent")
+
+
+def _box(config: Path) -> ConsentBox:
+    cfg = _load(config)
+    return ConsentBox(cfg.state_dir / "consent", durable=cfg.durable)
+
+
+@consent_app.command("show")
+def consent_show(config: ConfigOption = Path("agent.toml")) -> None:
+    """Print the pending request (the notice, the signed version and hash) as JSON."""
+    request = _box(config).pending()
+    if request is None:
+        raise _fail("no consent request pending")
+    typer.echo(json.dumps(request, indent=2))
+
+
+def _answer(config: Path, answer: Consent) -> None:
+    try:
+        body = _box(config).answer(answer, channel=Channel.CLI)
+    except ConsentError as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"{answer.value}: campaign {body['campaign_id']}, images {body['images_key']}")
+
+
+@consent_app.command("accept")
+def consent_accept(config: ConfigOption = Path("agent.toml")) -> None:
+    """Install the pending update (exactly the images the request names)."""
+    _answer(config, Consent.ACCEPT)
+
+
+@consent_app.command("decline")
+def consent_decline(config: ConfigOption = Path("agent.toml")) -> None:
+    """Refuse the pending update (the car reports declined)."""
+    _answer(config, Consent.DECLINE)
+
+
+@consent_app.command("postpone")
+def consent_postpone(config: ConfigOption = Path("agent.toml")) -> None:
+    """Not now: the car asks again at its next look."""
+    _answer(config, Consent.POSTPONE)
 
 
 def main() -> None:

@@ -206,3 +206,41 @@ async def test_a_head_unit_answer_for_other_images_is_not_taken(car: Car, server
 def test_no_request_no_answer(tmp_path: Path) -> None:
     with pytest.raises(ConsentError, match="no consent request pending"):
         ConsentBox(tmp_path / "consent").answer(Consent.ACCEPT)
+
+
+async def test_vehicle_agent_consent_show_and_accept_drive_the_default_head_unit(
+    server: FakeServer, tmp_path: Path, v2: TargetFile
+) -> None:
+    from typer.testing import CliRunner
+
+    from firmware_bundles.provisioning import write_bundle
+    from firmware_bundles.report_signing import generate_report_key, private_key_pem
+    from vehicle_agent import cli
+    from vehicle_agent.agent import Agent
+    from vehicle_agent.config import load_config
+    from vehicle_agent.link import FakeLink
+
+    identity = {"report_private_key": private_key_pem(generate_report_key()).decode()}
+    path = write_bundle(tmp_path, {**identity, "agent_config": server.agent_config_doc()})
+    runner = CliRunner()
+    shown: list[str] = []
+
+    def the_owner_answers_from_a_shell() -> None:
+        result = runner.invoke(cli.app, ["consent", "show", "--config", str(path)])
+        assert result.exit_code == 0, result.output
+        shown.append(result.output)
+        result = runner.invoke(cli.app, ["consent", "accept", "--config", str(path)])
+        assert result.exit_code == 0, result.output
+        assert result.output.startswith(f"accept: campaign 1, images {sha(v2)}")
+
+    link = FakeLink(VIN)
+    agent = Agent(
+        load_config(path), link=link, transport=server.transport, sleep=Pauses(the_owner_answers_from_a_shell)
+    )
+    assert await agent.handle(feature_notice(server)) is S.REMEDIED
+
+    assert json.loads(shown[0])["images"][0]["version"] == "2.0"
+    assert [r.state for r in link.reports] == [S.NOTIFIED, S.DEFERRED, S.CONSENTED, *INSTALL]
+    assert "(via cli)" in link.reports[2].detail
+    result = runner.invoke(cli.app, ["consent", "accept", "--config", str(path)])
+    assert result.exit_code == 2 and "no consent request pending" in result.output
