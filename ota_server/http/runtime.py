@@ -27,6 +27,7 @@ from ota_server.mqtt.notices import NoticeDispatcher
 from ota_server.mqtt.pki import LazyAuthority
 from ota_server.mqtt.publisher import Publisher
 from ota_server.rollout.scheduler import Scheduler
+from ota_server.services.owner_links import OwnerLinks, load_secret
 from ota_server.services.repository import RepoReader
 from ota_server.signing import keys
 from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
@@ -55,6 +56,7 @@ class Runtime:
     pki: LazyAuthority
     scheduler: Scheduler
     repo_reader: RepoReader
+    owner_links: OwnerLinks
     refresher: Refresher | None = None
     # Periodic jobs, each run by whichever replica holds its lease (ota_server.infra.leases).
     jobs: list[LeasedJob] = field(default_factory=list)
@@ -131,8 +133,15 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
             log.warning("MQTT broker %s not reachable yet; retrying in the background", settings.mqtt_url)
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
+    owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
     scheduler = Scheduler(
-        sessions, director, clock, settings.repo_url, dispatcher.dispatch, report_gap_s=settings.scheduler_report_gap_s
+        sessions,
+        director,
+        clock,
+        settings.repo_url,
+        dispatcher.dispatch,
+        report_gap_s=settings.scheduler_report_gap_s,
+        owner_links=owner_links,
     )
     ingestor.after_batch = scheduler.on_reports
     bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
@@ -153,13 +162,14 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         pki=LazyAuthority(settings.ca_dir),
         scheduler=scheduler,
         repo_reader=reader,
+        owner_links=owner_links,
     )
     instance = settings.instance_id or default_instance_id()
     if settings.resign_interval_s > 0:
         refresher = runtime.refresher = Refresher(sessions, image_repo, clock)
         lease = Lease(sessions, RESIGN, instance, clock, settings.lease_ttl_s)
         runtime.jobs.append(LeasedJob(lease, settings.resign_interval_s, lambda: asyncio.to_thread(refresher.run_once)))
-    resumed = await dispatcher.resume(settings.repo_url)
+    resumed = await dispatcher.resume(settings.repo_url, owner_links)
     if resumed:
         log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
     scheduler.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job

@@ -23,6 +23,7 @@ from ota_server.clock import Clock
 from ota_server.mqtt.publisher import Publisher
 from ota_server.services import campaigns
 from ota_server.services.campaigns import Outbound
+from ota_server.services.owner_links import OwnerLinks
 
 log = logging.getLogger(__name__)
 
@@ -103,13 +104,13 @@ class NoticeDispatcher:
         with self._factory() as session:
             campaigns.mark_published(session, done, self._clock())
 
-    def _unpublished(self, repo_url: str) -> list[Outbound]:
+    def _unpublished(self, repo_url: str, owner_links: OwnerLinks | None) -> list[Outbound]:
         with self._factory() as session:
-            return campaigns.unpublished(session, repo_url, self._clock())
+            return campaigns.unpublished(session, repo_url, self._clock(), owner_links)
 
-    async def resume(self, repo_url: str) -> int:
+    async def resume(self, repo_url: str, owner_links: OwnerLinks | None = None) -> int:
         """Dispatch notices launched earlier but never confirmed published; return how many."""
-        notices = await asyncio.to_thread(self._unpublished, repo_url)
+        notices = await asyncio.to_thread(self._unpublished, repo_url, owner_links)
         self.dispatch(notices)
         return len(notices)
 

@@ -70,6 +70,7 @@ from ota_server.services import campaigns as campaign_service
 from ota_server.services import inventory
 from ota_server.services import population as populations
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, REMEDY, ROLLBACK, Outbound
+from ota_server.services.owner_links import OwnerLinks
 from ota_server.services.recalls import release_floor
 from ota_server.signing.director import Director
 from ota_server.signing.image_repo import target_for
@@ -219,8 +220,11 @@ class Scheduler:
         *,
         max_per_tick: int = 1000,
         report_gap_s: float = 0.0,
+        owner_links: OwnerLinks | None = None,
     ) -> None:
+        """``owner_links``: each car's notice carries its owner-page link (none without)."""
         self._sessions = sessions
+        self._owner_links = owner_links
         self._director = director
         self._clock = clock
         self._repo_url = repo_url
@@ -744,7 +748,7 @@ class Scheduler:
         result.retried += len(retried)
         result.notified += len(fresh)
         result.messages += campaign_service.notices(
-            recall, campaign, [(vin, nonces[vin]) for vin, _, _ in chosen], self._repo_url, now
+            recall, campaign, [(vin, nonces[vin]) for vin, _, _ in chosen], self._repo_url, now, self._owner_links
         )
 
     def _sign(self, session: Session, campaign: Campaign, recall: Recall, vins: list[str], now: datetime) -> None:

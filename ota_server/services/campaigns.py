@@ -26,6 +26,7 @@ from ota_server.rollout.states import VinState
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.services import inventory
 from ota_server.services import population as populations
+from ota_server.services.owner_links import OwnerLinks
 
 PENDING = VinState.PENDING.value
 ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
@@ -72,9 +73,16 @@ def rollback_of(session: Session, campaign_id: int) -> Campaign | None:
 
 
 def notice(
-    recall: Recall, campaign: Campaign, vin: str, nonce: str, repo_url: str, issued_at: datetime
+    recall: Recall,
+    campaign: Campaign,
+    vin: str,
+    nonce: str,
+    repo_url: str,
+    issued_at: datetime,
+    owner_links: OwnerLinks | None = None,
 ) -> CampaignNotice:
-    """The notice for one car: what to ask the Director about, what to check, what to tell the owner."""
+    """The notice for one car: what to ask the Director about, what to check, what to tell the owner
+    (with the car's owner-page link when ``owner_links`` is given)."""
     return CampaignNotice(
         campaign_id=campaign.id,
         vin=vin,
@@ -87,6 +95,7 @@ def notice(
         preconditions=Preconditions.model_validate(recall.preconditions or {}),
         owner_notice=OwnerNotice.model_validate(recall.owner_notice) if recall.owner_notice else None,
         requires_consent=recall.requires_consent and not recall.safety_recall,
+        owner_url=owner_links.url(vin, campaign.id) if owner_links is not None else None,
     )
 
 
@@ -96,6 +105,7 @@ def notices(
     cars: Sequence[tuple[str, str]],
     repo_url: str,
     issued_at: datetime,
+    owner_links: OwnerLinks | None = None,
 ) -> list[CampaignNotice]:
     """:func:`notice` for each ``(vin, nonce)``: validated once, then copied with each car's VIN and nonce.
 
@@ -104,9 +114,19 @@ def notices(
     if not cars:
         return []
     first_vin, first_nonce = cars[0]
-    template = notice(recall, campaign, first_vin, first_nonce, repo_url, issued_at)
-    # Not validated again: the VINs were checked at registration and the nonces are ours.
-    return [template, *(template.model_copy(update={"vin": vin, "nonce": nonce}) for vin, nonce in cars[1:])]
+    template = notice(recall, campaign, first_vin, first_nonce, repo_url, issued_at, owner_links)
+    # Not validated again: the VINs were checked at registration, the nonces and links are ours.
+    return [
+        template,
+        *(
+            template.model_copy(
+                update={"vin": vin, "nonce": nonce}
+                if owner_links is None
+                else {"vin": vin, "nonce": nonce, "owner_url": owner_links.url(vin, campaign.id)}
+            )
+            for vin, nonce in cars[1:]
+        ),
+    ]
 
 
 def withdrawal(campaign_id: int, vin: str, nonce: str, issued_at: datetime) -> CampaignWithdrawal:
@@ -275,7 +295,9 @@ def get(session: Session, campaign_id: int) -> CampaignPublic:
     return CampaignPublic.model_validate(campaign)
 
 
-def unpublished(session: Session, repo_url: str, now: datetime) -> list[Outbound]:
+def unpublished(
+    session: Session, repo_url: str, now: datetime, owner_links: OwnerLinks | None = None
+) -> list[Outbound]:
     """Messages issued but never confirmed published (e.g. the server stopped mid-way).
 
     A released car with no confirmed publish gets its notice again, or its withdrawal
@@ -294,7 +316,7 @@ def unpublished(session: Session, repo_url: str, now: datetime) -> list[Outbound
             out.append(withdrawal(campaign.id, cv.vin, cv.nonce, now))
         elif campaign.status != CANCELLED:
             assert cv.released_at is not None
-            out.append(notice(recall, campaign, cv.vin, cv.nonce, repo_url, cv.released_at))
+            out.append(notice(recall, campaign, cv.vin, cv.nonce, repo_url, cv.released_at, owner_links))
     return out
 
 

@@ -15,6 +15,11 @@ VIN whose queued row another replica consumed first is left to be read back. A l
 queue for the same VIN (a cancel's empty assignment, the next campaign) replaces the
 one not yet signed.
 
+An owner's answer given on the owner page is signed into the VIN's targets metadata as
+the top-level ``consent`` field (:meth:`Director.sign_consent`, format in
+:mod:`firmware_bundles.consent`): the car takes it only from there, and only for the
+images the same metadata assigns. A new assignment is signed without it.
+
 A VIN's chain is re-signed lazily, when its timestamp is served and is within half
 its lifetime of expiring (:meth:`Director.refresh`): a chain is read only by a car
 working on a campaign, usually soon after the launch signed it, so a periodic job
@@ -33,8 +38,9 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
-from tuf.api.metadata import TargetFile
+from tuf.api.metadata import Metadata, TargetFile, Targets
 
+from firmware_bundles.consent import CONSENT_FIELD, SignedConsent
 from firmware_bundles.uptane import (
     Expiry,
     RepoVersions,
@@ -42,6 +48,7 @@ from firmware_bundles.uptane import (
     director_target,
     publish_targets,
     refresh_chain,
+    serialize,
 )
 from ota_server.db.models import RepoFile
 from ota_server.signing.keys import RepoKeys
@@ -282,6 +289,56 @@ class Director:
             put_file(session, DIRECTOR, vin, name, version, data, now)
             chain[name] = (version, data)
         return sorted(changed), chain
+
+    def assigned(self, session: Session, vin: str) -> tuple[dict[str, TargetFile], SignedConsent | None]:
+        """What the car is (or, once it asks, will be) told to install, by ECU serial, and the
+        owner's answer signed with it. The queued assignment wins over the signed chain."""
+        pending = session.scalar(
+            select(RepoFile.data).where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin, RepoFile.name == PENDING)
+        )
+        if pending is not None:
+            payload = json.loads(bytes(pending))
+            images = {
+                serial: TargetFile.from_dict(dict(entry["info"]), str(entry["path"]))
+                for serial, entry in payload["images"].items()
+            }
+            return images, None
+        data = session.scalar(
+            select(RepoFile.data).where(
+                RepoFile.repo == DIRECTOR, RepoFile.owner == vin, RepoFile.name == "targets.json"
+            )
+        )
+        if data is None:
+            return {}, None
+        signed = Metadata[Targets].from_bytes(bytes(data)).signed
+        images = {str(tf.custom.get("ecu_serial", path)): tf for path, tf in signed.targets.items()}
+        body = signed.unrecognized_fields.get(CONSENT_FIELD)
+        try:
+            consent = SignedConsent.from_json(body) if body is not None else None
+        except ValueError:
+            consent = None
+        return images, consent
+
+    def sign_consent(self, session: Session, vin: str, consent: SignedConsent, now: datetime) -> Chain | None:
+        """Re-sign ``vin``'s targets with the owner's answer (its queued assignment signed first);
+        the caller commits. None when the VIN has no assignment to answer."""
+        self.sign_queued(session, [vin], now)
+        rows = session.scalars(
+            select(RepoFile)
+            .where(RepoFile.repo == DIRECTOR, RepoFile.owner == vin, RepoFile.name.in_(CHAIN))
+            .order_by(RepoFile.name)
+            .with_for_update()
+        ).all()
+        files = {row.name: bytes(row.data) for row in rows}
+        if len(files) != len(CHAIN):
+            return None
+        targets = Metadata[Targets].from_bytes(files["targets.json"])
+        targets.signed.unrecognized_fields[CONSENT_FIELD] = consent.to_json()
+        files["targets.json"] = serialize(targets)
+        changed = refresh_chain(files, self.signers(session), self.expiry, now, force=("targets",))
+        for name, (version, data) in changed.items():
+            put_file(session, DIRECTOR, vin, name, version, data, now)
+        return changed
 
     def vins(self, session: Session) -> list[str]:
         """Every VIN with a chain."""

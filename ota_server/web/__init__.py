@@ -14,7 +14,7 @@ from starlette.staticfiles import StaticFiles
 
 from ota_server.clock import Clock
 from ota_server.config import Settings
-from ota_server.web import api, pages
+from ota_server.web import api, owner, pages
 from ota_server.web.lookup import AddressBuckets
 from ota_server.web.sse import EventStreams
 
@@ -27,6 +27,7 @@ def install(app: FastAPI, settings: Settings, clock: Clock) -> None:
     app.include_router(api.router)
     app.include_router(api.public)
     app.include_router(pages.router)
+    app.include_router(owner.router)
     static = resources.files("ota_server.web").joinpath("static")
     app.mount(STATIC_PATH, StaticFiles(directory=str(static)), name="web-static")
 

@@ -1,0 +1,157 @@
+"""The owner page: its per-car link in the notice, and an answer that reaches the car only as signed metadata.
+
+The real agent runs against the in-process server (its transport reads the server's
+repository directly); the owner answers on ``/owner/<token>`` while the car waits.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tuf.api.metadata import Metadata, Targets
+
+from firmware_bundles import topics
+from firmware_bundles.messages import CampaignNotice, ReportState, encode, parse_campaign_message
+from ota_server.services.owner_links import OwnerLinks
+from ota_server.signing.store import DIRECTOR
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.test_multi_ecu_recalls import _agent
+from vehicle_agent.consent import Channel
+from vehicle_agent.owner import Consent, ScriptedOwner
+
+S = ReportState
+OWNER_NOTICE = {
+    "purpose": "Smoother regenerative braking",
+    "safety_recall": False,
+    "what_changes": "Regenerative braking fades in more gently",
+    "expected_minutes": 20,
+    "unavailable_functions": ["driving"],
+    "contact": {"name": "Recall desk", "phone": "+39 02 0000"},
+}
+
+
+async def launch_consent_campaign(env: Env, car: dict[str, Any]) -> tuple[int, bytes, CampaignNotice]:
+    """A non-safety recall that asks consent, launched for ``car``: (campaign id, report key, its notice)."""
+    env.clock.now = datetime.now(UTC)  # the agent checks expiry against the real time
+    assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})).status_code == 201
+    resp = await env.client.post(
+        "/api/v1/vehicles/provision", params={"certificate": "false"}, json={"vins": [car["vin"]]}
+    )
+    key: bytes = resp.json()["identities"][0]["report_private_key"].encode()
+    release = await upload(env.client)
+    assert release.status_code == 201, release.text
+    body = {**recall_body(release.json()["id"]), "requires_consent": True, "owner_notice": OWNER_NOTICE}
+    filed = await env.client.post("/api/v1/recalls", json=body)
+    assert filed.status_code == 201, filed.text
+    launch = await env.client.post(f"/api/v1/recalls/{filed.json()['id']}/launch")
+    assert launch.status_code == 201, launch.text
+    await env.runtime.dispatcher.idle()
+    notice = next(
+        m
+        for m in (parse_campaign_message(p.payload) for p in env.publisher.messages)
+        if isinstance(m, CampaignNotice) and m.vin == car["vin"]
+    )
+    return launch.json()["id"], key, notice
+
+
+def form_fields(html: str) -> dict[str, str]:
+    return dict(re.findall(r"<input type='hidden' name='(\w+)' value='([^']*)'>", html))
+
+
+def page_path(notice: CampaignNotice) -> str:
+    assert notice.owner_url is not None
+    return notice.owner_url.removeprefix("http://ota.test")
+
+
+def director_targets(env: Env, vin_: str) -> Targets:
+    with env.runtime.sessions() as session:
+        from ota_server.db.models import RepoFile
+
+        row = session.get(RepoFile, (DIRECTOR, vin_, "targets.json"))
+        assert row is not None
+        return Metadata[Targets].from_bytes(bytes(row.data)).signed
+
+
+async def test_an_answer_on_the_owner_page_reaches_the_car_in_signed_metadata_and_it_installs_that_hash(
+    env: Env, tmp_path: Path
+) -> None:
+    car = vehicle(vin(1))
+    campaign_id, key, notice = await launch_consent_campaign(env, car)
+    assert notice.requires_consent and notice.owner_url is not None
+    assert re.fullmatch(rf"http://ota\.test/owner/{campaign_id}-{car['vin']}-[0-9a-f]{{32}}", notice.owner_url)
+    shown: list[str] = []
+
+    async def the_owner_answers_on_the_page(_seconds: float) -> None:
+        page = await env.client.get(page_path(notice), headers={"Authorization": ""})
+        assert page.status_code == 200, page.text
+        shown.append(page.text)
+        fields = form_fields(page.text)
+        posted = await env.client.post(
+            page_path(notice), data={**fields, "answer": "accept"}, headers={"Authorization": ""}
+        )
+        assert posted.status_code == 303, posted.text
+
+    head_unit = ScriptedOwner([Consent.POSTPONE])  # nobody answers in the car
+    agent, link = _agent(env, car, key, tmp_path / "car", owner=head_unit, sleep=the_owner_answers_on_the_page)
+
+    assert await agent.handle(notice) is S.REMEDIED, [(r.state, r.detail) for r in link.reports]
+
+    [offer] = head_unit.offers  # asked once in the car, then the page's signed answer was taken
+    [image] = offer.images
+    assert image.version == "1.1.0" and image.sha256 in shown[0]
+    assert "Smoother regenerative braking" in shown[0] and "Recall desk" in shown[0]
+    assert [r.state for r in link.reports] == [
+        S.NOTIFIED,
+        S.DEFERRED,
+        S.CONSENTED,
+        S.DOWNLOADING,
+        S.VERIFYING,
+        S.INSTALLING,
+        S.REBOOTING,
+        S.REMEDIED,
+    ]
+    assert agent.journal.data.images[car["ecus"][0]["serial"]].sha256 == image.sha256
+    consent = [e for e in agent.journal.data.campaigns[campaign_id].owner_log if e.what == "consent"]
+    assert [(e.text, e.channel, e.images) for e in consent] == [
+        ("postpone", Channel.HEAD_UNIT, image.sha256),
+        ("accept", Channel.OWNER_PAGE, image.sha256),
+    ]
+    signed = director_targets(env, car["vin"]).unrecognized_fields["consent"]
+    assert (signed["campaign_id"], signed["images"], signed["answer"]) == (campaign_id, image.sha256, "accept")
+
+    await env.inject(*((topics.status_topic(car["vin"]), encode(r)) for r in link.reports))
+    timeline = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/timeline")).text
+    assert "consented" in timeline and "owner_page" in timeline and image.sha256 in timeline
+    after = await env.client.get(page_path(notice), headers={"Authorization": ""})
+    assert "You accepted this update" in after.text
+
+
+async def test_forged_answers_are_refused_and_sign_nothing(env: Env) -> None:
+    car = vehicle(vin(2))
+    campaign_id, _key, notice = await launch_consent_campaign(env, car)
+    path = page_path(notice)
+    page = await env.client.get(path, headers={"Authorization": ""})
+    fields = form_fields(page.text)
+    with env.runtime.sessions() as session:
+        before = env.runtime.director.assigned(session, car["vin"])
+
+    wrong_nonce = await env.client.post(
+        path, data={**fields, "nonce": "0" * 64, "answer": "accept"}, headers={"Authorization": ""}
+    )
+    assert wrong_nonce.status_code == 422 and "not issued by this page" in wrong_nonce.text
+    other_images = await env.client.post(
+        path, data={**fields, "images": "f" * 64, "answer": "accept"}, headers={"Authorization": ""}
+    )
+    assert other_images.status_code == 422  # the nonce binds the images the page showed
+    guessed = path[:-4] + "0000"
+    assert (await env.client.get(guessed)).status_code == 404
+    assert (await env.client.post(guessed, data={**fields, "answer": "accept"})).status_code == 404
+    elsewhere = OwnerLinks(b"another server's secret", "http://ota.test").token(car["vin"], campaign_id)
+    assert (await env.client.get(f"/owner/{elsewhere}")).status_code == 404
+
+    with env.runtime.sessions() as session:
+        assert env.runtime.director.assigned(session, car["vin"]) == before  # nothing signed
