@@ -15,7 +15,9 @@ from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
 from firmware_bundles.messages import CampaignNotice, ReportState, encode, parse_campaign_message
+from ota_server.db.models import Release
 from ota_server.services.owner_links import OwnerLinks
+from ota_server.signing.image_repo import target_for
 from ota_server.signing.store import DIRECTOR
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
@@ -155,3 +157,57 @@ async def test_forged_answers_are_refused_and_sign_nothing(env: Env) -> None:
 
     with env.runtime.sessions() as session:
         assert env.runtime.director.assigned(session, car["vin"]) == before  # nothing signed
+
+
+async def test_a_page_shown_before_the_assignment_changed_cannot_answer_for_the_new_one(env: Env) -> None:
+    car = vehicle(vin(3))
+    campaign_id, _key, notice = await launch_consent_campaign(env, car)
+    path = page_path(notice)
+    fields = form_fields((await env.client.get(path, headers={"Authorization": ""})).text)
+    newer = await upload(env.client, version="1.2.0", counter=3)
+    assert newer.status_code == 201, newer.text
+    with env.runtime.sessions() as session:
+        director = env.runtime.director
+        images, _ = director.assigned(session, car["vin"])
+        [(serial, old)] = images.items()
+        release = session.get(Release, newer.json()["id"])
+        assert release is not None
+        target = target_for(release)
+        director.queue(session, {car["vin"]: {serial: target}}, env.clock())
+        session.commit()
+
+    stale = await env.client.post(path, data={**fields, "answer": "accept"}, headers={"Authorization": ""})
+
+    assert stale.status_code == 409 and "changed since the page was shown" in stale.text
+    assert (
+        target.hashes["sha256"] in stale.text and old.hashes["sha256"] not in stale.text
+    )  # the page shows the new one
+    fresh = form_fields(stale.text)
+    accepted = await env.client.post(path, data={**fresh, "answer": "accept"}, headers={"Authorization": ""})
+    assert accepted.status_code == 303
+    signed = director_targets(env, car["vin"]).unrecognized_fields["consent"]
+    assert signed["images"] == target.hashes["sha256"] and signed["campaign_id"] == campaign_id
+
+
+async def test_a_safety_recall_page_shows_the_update_but_asks_nothing(env: Env) -> None:
+    car = vehicle(vin(4))
+    assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})).status_code == 201
+    release = await upload(env.client)
+    filed = await env.client.post("/api/v1/recalls", json={**recall_body(release.json()["id"]), "safety_recall": True})
+    assert filed.status_code == 201, filed.text
+    rid = filed.json()["id"]
+    operator = await env.headers_for("operator-safety", "operator")  # a safety recall: two people launch it
+    assert (await env.client.post(f"/api/v1/recalls/{rid}/launch", headers=operator)).status_code == 202
+    approver = await env.headers_for("approver-safety", "approver")
+    assert (await env.client.post(f"/api/v1/recalls/{rid}/approve", headers=approver)).status_code == 201
+    await env.runtime.dispatcher.idle()
+    notice = next(
+        m
+        for m in (parse_campaign_message(p.payload) for p in env.publisher.messages)
+        if isinstance(m, CampaignNotice) and m.vin == car["vin"]
+    )
+    page = await env.client.get(page_path(notice), headers={"Authorization": ""})
+    assert page.status_code == 200 and "installs without asking" in page.text and "consent-form" not in page.text
+    fields = {"images": "x", "nonce": env.runtime.owner_links.nonce(page_path(notice).rsplit("/", 1)[1], "x")}
+    refused = await env.client.post(page_path(notice), data={**fields, "answer": "decline"})
+    assert refused.status_code == 409 and "installs without asking" in refused.text
