@@ -237,6 +237,11 @@ class HeadUnitOwner:
             self.box.close()
         return answer
 
+    async def consent_given_elsewhere(self, notice: CampaignNotice, answer: Consent) -> None:
+        """Answered on the owner page: the head unit's question is withdrawn."""
+        self.box.close()
+        log.info("%s: the owner answered %s on the owner page", notice.vin, answer)
+
     async def show_result(self, notice: CampaignNotice, state: Any, detail: str) -> None:
         self.box.close()
         log.info("%s: owner result for campaign %s: %s %s", notice.vin, notice.campaign_id, state, detail)

@@ -219,6 +219,8 @@ class StartGate:
         if answer is None:
             answer = await self._until_withdrawn(self.owner.ask_consent(notice, offer), withdrawn)
             channel = self.owner.channel
+        else:
+            await self.owner.consent_given_elsewhere(notice, answer)
         if not _logged(record, "consent", answer.value, offer.key):  # a headless car postpones every interval
             record = self.log(record, "consent", answer.value, offer.key, channel)
         said = f"{offer.summary()} (via {channel})"[:900]

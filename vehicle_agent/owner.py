@@ -40,6 +40,10 @@ class OwnerHook(Protocol):
         verified: ``offer`` names the exact version and hash of each image; may wait."""
         ...
 
+    async def consent_given_elsewhere(self, notice: CampaignNotice, answer: Consent) -> None:
+        """The owner answered on the owner page (signed metadata): stop asking in the car."""
+        ...
+
     async def show_result(self, notice: CampaignNotice, state: ReportState, detail: str) -> None:
         """After: ``state`` is terminal (remedied is success; failed, rolled_back, withdrawn are not)."""
         ...
@@ -80,6 +84,9 @@ class LoggingOwnerHook:
         )
         return self._consent
 
+    async def consent_given_elsewhere(self, notice: CampaignNotice, answer: Consent) -> None:
+        log.info("%s: the owner answered %s on the owner page", notice.vin, answer)
+
     async def show_result(self, notice: CampaignNotice, state: ReportState, detail: str) -> None:
         log.info("%s: owner result for campaign %s: %s %s", notice.vin, notice.campaign_id, state, detail)
 
@@ -103,6 +110,9 @@ class ScriptedOwner:
         self.offers.append(offer)
         self.shown.append(("consent", notice.campaign_id, answer.value))
         return answer
+
+    async def consent_given_elsewhere(self, notice: CampaignNotice, answer: Consent) -> None:
+        self.shown.append(("consent_elsewhere", notice.campaign_id, answer.value))
 
     async def show_result(self, notice: CampaignNotice, state: ReportState, detail: str) -> None:
         self.shown.append(("result", notice.campaign_id, state.value))

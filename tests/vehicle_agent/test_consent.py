@@ -15,7 +15,7 @@ import pytest
 from tuf.api.metadata import TargetFile
 
 from firmware_bundles import repo_paths
-from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState
+from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, StatusReport
 from vehicle_agent.consent import Channel, ConsentBox, ConsentError, HeadUnitOwner, Offer
 from vehicle_agent.owner import Consent, ScriptedOwner
 
@@ -244,3 +244,25 @@ async def test_vehicle_agent_consent_show_and_accept_drive_the_default_head_unit
     assert "(via cli)" in link.reports[2].detail
     result = runner.invoke(cli.app, ["consent", "accept", "--config", str(path)])
     assert result.exit_code == 2 and "no consent request pending" in result.output
+
+
+async def test_an_owner_page_answer_withdraws_the_head_units_question(
+    car: Car, server: FakeServer, v2: TargetFile
+) -> None:
+    box = ConsentBox(car.state_dir / "consent", durable=False)
+    pending: list[bool] = []
+
+    def answered_on_the_page() -> None:
+        pending.append(box.pending() is not None)
+        server.assign({SERIAL: v2}, consent={"campaign_id": 1, "images": sha(v2), "answer": "accept", "at": AT})
+
+    def on_report(report: StatusReport) -> None:
+        if report.state is S.CONSENTED:
+            pending.append(box.pending() is not None)
+
+    car.build(owner=HeadUnitOwner(box), sleep=Pauses(answered_on_the_page), on_report=on_report)
+
+    assert await car.agent.handle(feature_notice(server)) is S.REMEDIED
+
+    assert pending == [True, False]  # the head unit showed the question, withdrawn once answered
+    assert "(via owner_page)" in car.link.reports[2].detail
