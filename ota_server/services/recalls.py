@@ -16,6 +16,7 @@ from ota_server.rollout.plan import start_problem
 from ota_server.schemas import Population, RecallCreate, RecallPublic
 from ota_server.services import approvals, campaigns
 from ota_server.services import population as populations
+from ota_server.services.owner_links import OwnerLinks
 
 CAMPAIGN_NUMBER = re.compile(r"^[0-9]{2}[A-Z]-[0-9]{3,6}$")  # ASCII digits: \d takes any Unicode digit
 
@@ -192,7 +193,9 @@ def _check_notice_fits(recall: Recall) -> None:
     sample = Campaign(
         id=2**31 - 1, recall_id=1, release_id=recall.release_id, population=1, launched_at=recall.created_at
     )
-    message = campaigns.notice(recall, sample, "1" * 17, "n" * 32, "https://" + "x" * 400, recall.created_at)
+    long_url = "https://" + "x" * 400
+    links = OwnerLinks(b"sample", long_url)  # the owner-page link each car's notice carries
+    message = campaigns.notice(recall, sample, "1" * 17, "n" * 32, long_url, recall.created_at, links)
     size = len(encode(message))
     if size > MAX_MESSAGE_BYTES:
         raise InvalidInput(
