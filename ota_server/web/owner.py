@@ -14,7 +14,7 @@ from importlib import resources
 from string import Template
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Path, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from ota_server.api.deps import RuntimeDep
@@ -24,7 +24,7 @@ from ota_server.web.api import get_lookup_limiter
 from ota_server.web.pages import SECURITY_HEADERS
 
 router = APIRouter(include_in_schema=False)
-_TOKEN = Annotated[str, "owner token"]
+_TOKEN = Annotated[str, Path(max_length=100)]
 
 
 @cache
