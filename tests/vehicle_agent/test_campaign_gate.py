@@ -320,9 +320,15 @@ async def test_a_failed_update_tells_the_owner(car: Car, server: FakeServer) -> 
 
 
 async def until(condition: Callable[[], bool]) -> None:
-    """Let the loop run until ``condition`` holds (bounded by steps, not by time)."""
-    for _ in range(10_000):
+    """Let the loop run until ``condition`` holds.
+
+    The agent hands blocking steps to ``asyncio.to_thread``, so a bound counted in bare
+    loop turns ran out before a busy machine's worker thread finished (the test then failed
+    though the agent was right). Each turn also gives threads a moment; the bound (~60 s)
+    is a hang guard only, nothing is timed.
+    """
+    for turn in range(60_000):
         if condition():
             return
-        await asyncio.sleep(0)
+        await asyncio.sleep(0 if turn < 100 else 0.001)
     raise AssertionError("condition never held")
