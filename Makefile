@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet fuzz-api
+.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet fuzz-api agent-wheel server-wheel
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH; set PY=python3.x"; exit 1; }
@@ -46,6 +46,14 @@ bench-fleet: $(STAMP)
 # PostgreSQL with 200 examples per operation (`make test` runs the same with 15). ARGS="--seed N --examples N".
 fuzz-api: $(STAMP)
 	$(BIN)/python -m tests.ota_server.schemathesis_serve $(ARGS)
+
+# The car's own wheels (the contract and the agent, none of the server's packages) into dist/:
+# what packaging/raspberry-pi/install.sh installs. `server-wheel` adds the server's (the Docker image's).
+agent-wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist packaging/firmware-bundles packaging/vehicle-agent
+
+server-wheel: $(STAMP)
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist packaging/firmware-bundles packaging/ota-server
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

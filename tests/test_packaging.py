@@ -20,17 +20,17 @@ def test_the_unit_parses_restarts_always_and_is_hardened() -> None:
     unit.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
     unit.read(PI / "vehicle-agent.service")
     service = unit["Service"]
-    assert service["ExecStart"].endswith("vehicle-agent run --config /etc/vehicle-agent/agent.toml")
+    assert service["ExecStart"].endswith("vehicle-agent run --config /data/ota/agent.toml")
     assert service["Restart"] == "always"
     for key, value in {
         "NoNewPrivileges": "yes",
         "ProtectSystem": "strict",
         "ProtectHome": "yes",
         "PrivateTmp": "yes",
-        "StateDirectory": "vehicle-agent",
     }.items():
         assert service[key] == value, key
-    assert "/var/lib/vehicle-agent" in service["ReadWritePaths"]
+    assert service["ReadWritePaths"].split() == ["/data/ota", "/boot/autoboot"]  # the data partition's part
+    assert unit["Unit"]["RequiresMountsFor"] == "/data"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
     assert "network-online.target" in unit["Unit"]["After"]
 
@@ -39,7 +39,7 @@ def test_the_install_script_is_valid_bash() -> None:
     done = subprocess.run(["bash", "-n", str(PI / "install.sh")], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
     text = (PI / "install.sh").read_text()
-    for step in ("-m venv", 'pip" install', "/etc/vehicle-agent", "/var/lib/vehicle-agent", "systemctl enable"):
+    for step in ("-m venv", "-m pip install", "/data/ota", "ota_vehicle_agent-*.whl", "systemctl enable"):
         assert step in text, step
 
 
@@ -51,5 +51,5 @@ def test_the_sample_config_selects_the_tryboot_backend(tmp_path: Path) -> None:
     config = load_config(tmp_path / "agent.toml")
     assert config.installer.backend == "rpi-tryboot"
     assert config.installer.tryboot.slot_b.device == Path("/dev/mmcblk0p6")
-    assert config.state_dir == Path("/var/lib/vehicle-agent")
+    assert config.state_dir == Path("/data/ota/state")
     assert slot_factory(config) is not None

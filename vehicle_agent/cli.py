@@ -17,11 +17,18 @@ from typing import Annotated, Any
 import typer
 
 from firmware_bundles.errors import ContractError, InvalidVin
-from firmware_bundles.provisioning import write_bundle
+from firmware_bundles.provisioning import AGENT_TOML, write_bundle, write_file
 from firmware_bundles.vin import validate_vin
 from vehicle_agent import tuf_client
 from vehicle_agent.agent import Agent
-from vehicle_agent.config import AgentConfig, load_config
+from vehicle_agent.config import (
+    DATA_DIR,
+    DEFAULT_CONFIG,
+    AgentConfig,
+    keep_local_settings,
+    load_config,
+    parse_existing,
+)
 from vehicle_agent.consent import Channel, ConsentBox, ConsentError
 from vehicle_agent.errors import AgentError
 from vehicle_agent.installer import FileSlots
@@ -52,7 +59,9 @@ def _load(path: Path) -> AgentConfig:
 def init(
     server: Annotated[str, typer.Option(help="Server base URL, e.g. http://127.0.0.1:8000")],
     vin: Annotated[str, typer.Option(help="This car's VIN")],
-    directory: Annotated[Path, typer.Option("--dir", help="Where to write agent.toml, roots and state")],
+    directory: Annotated[
+        Path, typer.Option("--dir", help="Where to write agent.toml, keys and roots (the data partition)")
+    ] = DATA_DIR,
     certificate: Annotated[bool, typer.Option(help="Also get an MQTT client certificate (TLS brokers)")] = True,
     token: Annotated[
         str | None, typer.Option(envvar="OTA_TOKEN", help="An operator's API token (env OTA_TOKEN)")
@@ -61,10 +70,19 @@ def init(
     """Provision this car on the server (report key, certificate) and write its config bundle and slots.
 
     Provisioning again replaces the car's key: the old bundle's reports are rejected from then on.
+    An existing agent.toml keeps its local settings (the [installer], [health], [vehicle], [download],
+    [mqtt] and [renewal] tables, state_dir and durable); its previous text is saved as agent.toml.before-init.
     """
     try:
         vin = validate_vin(vin)
     except InvalidVin as exc:
+        raise _fail(str(exc)) from exc
+    target = directory / AGENT_TOML
+    try:
+        previous = target.read_text(encoding="utf-8") if target.exists() else None
+        if previous is not None:
+            parse_existing(previous, str(target))  # refuse before the server replaces the car's key
+    except (OSError, AgentError) as exc:
         raise _fail(str(exc)) from exc
     import httpx  # lazy: the resident agent (`run`) never needs it until a campaign comes
 
@@ -77,9 +95,15 @@ def init(
     except (httpx.HTTPError, ValueError) as exc:
         raise _fail(f"cannot provision at {url}: {exc}") from exc
     try:
+        if previous is not None:
+            write_file(directory / f"{AGENT_TOML}.before-init", previous.encode(), private=True)
         path = write_bundle(directory, doc)
+        if previous is not None:
+            merged, kept = keep_local_settings(previous, path.read_text(encoding="utf-8"), str(path))
+            write_file(path, merged.encode(), private=True)
+            typer.echo(f"kept from the existing {AGENT_TOML}: {', '.join(kept) or 'nothing'}", err=True)
         config = load_config(path)
-    except (AgentError, ContractError) as exc:
+    except (OSError, AgentError, ContractError) as exc:
         raise _fail(str(exc)) from exc
     for ecu in config.ecus:
         FileSlots.open_or_seed(config.state_dir / "slots" / ecu.serial, ecu.hardware_id, ecu.installed_version)
@@ -132,7 +156,7 @@ def _http_transport(config: AgentConfig, clients: list[Any]) -> Any:
 
 
 @app.command()
-def run(config: ConfigOption = Path("agent.toml")) -> None:
+def run(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Run the agent until SIGINT or SIGTERM."""
     cfg = _load(config)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -141,7 +165,7 @@ def run(config: ConfigOption = Path("agent.toml")) -> None:
 
 
 @app.command()
-def status(config: ConfigOption = Path("agent.toml")) -> None:
+def status(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Print the journal and the slots as JSON."""
     cfg = _load(config)
     try:
@@ -179,7 +203,7 @@ def _box(config: Path) -> ConsentBox:
 
 
 @consent_app.command("show")
-def consent_show(config: ConfigOption = Path("agent.toml")) -> None:
+def consent_show(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Print the pending request (the notice, the signed version and hash) as JSON."""
     request = _box(config).pending()
     if request is None:
@@ -196,19 +220,19 @@ def _answer(config: Path, answer: Consent) -> None:
 
 
 @consent_app.command("accept")
-def consent_accept(config: ConfigOption = Path("agent.toml")) -> None:
+def consent_accept(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Install the pending update (exactly the images the request names)."""
     _answer(config, Consent.ACCEPT)
 
 
 @consent_app.command("decline")
-def consent_decline(config: ConfigOption = Path("agent.toml")) -> None:
+def consent_decline(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Refuse the pending update (the car reports declined)."""
     _answer(config, Consent.DECLINE)
 
 
 @consent_app.command("postpone")
-def consent_postpone(config: ConfigOption = Path("agent.toml")) -> None:
+def consent_postpone(config: ConfigOption = DEFAULT_CONFIG) -> None:
     """Not now: the car asks again at its next look."""
     _answer(config, Consent.POSTPONE)
 

@@ -8,6 +8,7 @@ A car reads ``agent.toml`` (:func:`load_config`); the simulator builds the same
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,6 +24,15 @@ from vehicle_agent.errors import ConfigError
 AGENT_VERSION = "0.1.0"
 IMAGE_ROOT_FILE = "image_root.json"
 DIRECTOR_ROOT_FILE = "director_root.json"
+# The car's own files (identity, keys, roots, agent.toml, and the journal under state_dir) live on the
+# data partition, which no update replaces; the root file system is rewritten by every install
+# (docs/raspberry-pi.md). `vehicle-agent init` writes here, `run`/`status`/`consent` read from here.
+DATA_DIR = Path("/data/ota")
+DEFAULT_CONFIG = DATA_DIR / "agent.toml"
+# What a person sets on the car and the server's provisioning answer does not carry: `init` keeps
+# these tables and keys of an existing agent.toml (the server's identity, URLs and ECUs are replaced).
+LOCAL_TABLES = ("installer", "health", "vehicle", "download", "mqtt", "renewal")
+LOCAL_KEYS = ("state_dir", "durable")
 
 
 @dataclass(frozen=True)
@@ -434,3 +444,71 @@ def write_config(config: AgentConfig, path: Path) -> None:
     for table, options in (("download", config.download), ("mqtt", config.mqtt)):
         lines += ["", f"[{table}]", *(f"{k} = {v!r}" for k, v in asdict(options).items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def parse_existing(text: str, where: str) -> dict[str, Any]:
+    """An existing ``agent.toml`` that ``init`` is about to replace: it must be TOML, or nothing is kept."""
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where} is not valid TOML ({exc}); move it away to provision afresh") from exc
+
+
+_HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_-]+)")
+
+
+def _blocks(text: str) -> list[tuple[str | None, list[str]]]:
+    """Split TOML text at its table headers: (first key of the header or None for the preamble, lines).
+
+    Comment and blank lines just above a header go with that header's block.
+    """
+    blocks: list[tuple[str | None, list[str]]] = [(None, [])]
+    for line in text.splitlines():
+        header = _HEADER.match(line)
+        if header is None:
+            blocks[-1][1].append(line)
+            continue
+        previous = blocks[-1][1]
+        lead: list[str] = []
+        while previous and (not previous[-1].strip() or previous[-1].lstrip().startswith("#")):
+            lead.insert(0, previous.pop())
+        blocks.append((header.group(1), [*lead, line]))
+    return blocks
+
+
+def keep_local_settings(previous: str, provisioned: str, where: str) -> tuple[str, list[str]]:
+    """``provisioned`` (the new agent.toml) with ``previous``'s local tables and keys put back.
+
+    The tables in :data:`LOCAL_TABLES` are copied as written (comments included); ``state_dir`` and
+    ``durable`` replace what provisioning wrote. Returns the text and the names kept. The result is
+    checked to read back with the same values, so an unusual layout is refused rather than mangled.
+    """
+    old = parse_existing(previous, where)
+    kept = [key for key in LOCAL_KEYS if key in old]
+    lines = [
+        line
+        for line in provisioned.rstrip("\n").splitlines()
+        if not any(re.match(rf"\s*{key}\s*=", line) for key in kept)
+    ]
+    first_table = next((i for i, line in enumerate(lines) if _HEADER.match(line)), len(lines))
+    local = [f"{key} = {_toml_value(old[key])}" for key in kept]
+    lines[first_table:first_table] = local
+    for name, block in _blocks(previous):
+        if name in LOCAL_TABLES:
+            lines += ["", *block] if block[0].strip() else block
+            if name not in kept:
+                kept.append(name)
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    merged = parse_existing(text, where)
+    lost = [key for key in (*LOCAL_KEYS, *LOCAL_TABLES) if old.get(key) != merged.get(key) and key in old]
+    if lost:
+        raise ConfigError(f"{where}: cannot keep {', '.join(lost)} as written; move the file away and re-add them")
+    return text, kept
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return _toml_str(value)
+    raise ConfigError(f"cannot keep the value {value!r}")
