@@ -357,6 +357,35 @@ class NoticeLog(Base):
     published_at: Mapped[datetime]
 
 
+class OwnerNotification(Base):
+    """What an owner was told, when, through which channel: the log a regulator may ask for.
+
+    One row per notice, reminder, withdrawal, consent request or answer, and owner letter
+    (:mod:`ota_server.services.owner_notifications` writes it). ``text`` is the full text the
+    owner was shown ('' when only its hash is kept); ``text_sha256`` always holds its hash.
+    ``notice_log`` stays the broker's record (nonces, payloads) of the MQTT messages.
+    """
+
+    __tablename__ = "owner_notifications"
+    __table_args__ = (
+        Index("ix_owner_notifications_recall", "recall_id", "id"),
+        Index("ix_owner_notifications_vin", "vin", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recall_id: Mapped[int] = mapped_column(ForeignKey("recalls.id", ondelete="CASCADE"))
+    campaign_id: Mapped[int | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"))
+    vin: Mapped[str] = mapped_column(String(17))
+    kind: Mapped[str] = mapped_column(String(24))  # notice, reminder, withdrawal, consent_*, letter
+    channel: Mapped[str] = mapped_column(String(16))  # mqtt, letter, email, owner_page, head_unit, cli
+    text: Mapped[str] = mapped_column(Text)
+    text_sha256: Mapped[str] = mapped_column(String(64))
+    detail: Mapped[str] = mapped_column(String(200), default="", server_default="")
+    at: Mapped[datetime]  # when the owner was told (a letter's date of mailing)
+    recorded_at: Mapped[datetime]
+    recorded_by: Mapped[str] = mapped_column(String(200), default="", server_default="")
+
+
 class RepoFile(Base):
     """Signed TUF metadata, stored so restarts and replicas serve the same bytes.
 

@@ -1,0 +1,137 @@
+"""The owner-notification log: every notice, reminder, withdrawal, consent request or answer and
+owner letter, with its date, channel and the text the owner was shown (or only its sha256).
+
+:func:`record` is the one writer; the MQTT publisher, the owner page, the car's consent
+reports and the owner-letter API all call it. It adds rows to the caller's session and never
+commits: the caller's transaction decides. :func:`page` reads one recall's log in id order
+(paged by ``after``), for the API's JSON and CSV exports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.orm import Session
+
+from ota_server.db.models import Campaign, OwnerNotification
+from ota_server.errors import InvalidInput, NotFound
+
+KINDS = frozenset({"notice", "reminder", "withdrawal", "consent_request", "consent_answer", "letter"})
+CHANNELS = frozenset({"mqtt", "letter", "email", "owner_page", "head_unit", "cli", "phone"})
+TEXT_LIMIT = 20_000
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One thing an owner was told, before it is stored."""
+
+    vin: str
+    kind: str
+    channel: str
+    text: str
+    at: datetime
+    detail: str = ""
+    keep_text: bool = True  # False: keep only the sha256 (e.g. a letter's text held elsewhere)
+
+
+def sha256_of(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def record(
+    session: Session,
+    *,
+    vin: str,
+    campaign_id: int | None,
+    kind: str,
+    channel: str,
+    text: str,
+    at: datetime,
+    recall_id: int | None = None,
+    detail: str = "",
+    keep_text: bool = True,
+    recorded_by: str = "",
+) -> None:
+    """Log one thing told to one car's owner (added to ``session``; the caller commits).
+
+    ``campaign_id`` names the campaign when there is one; otherwise ``recall_id`` must.
+    """
+    record_many(
+        session,
+        [Entry(vin, kind, channel, text, at, detail, keep_text)],
+        campaign_id=campaign_id,
+        recall_id=recall_id,
+        recorded_by=recorded_by,
+        now=at,
+    )
+
+
+def record_many(
+    session: Session,
+    entries: Sequence[Entry],
+    *,
+    campaign_id: int | None,
+    recall_id: int | None = None,
+    recorded_by: str = "",
+    now: datetime,
+) -> int:
+    """Log several entries of one campaign (or recall) in one insert; returns how many."""
+    if not entries:
+        return 0
+    if campaign_id is not None:
+        campaign = session.get(Campaign, campaign_id)
+        if campaign is None:
+            raise NotFound(f"no campaign {campaign_id}")
+        if recall_id is not None and recall_id != campaign.recall_id:
+            raise InvalidInput(f"campaign {campaign_id} is not of recall {recall_id}")
+        recall_id = campaign.recall_id
+    if recall_id is None:
+        raise InvalidInput("an owner notification names its campaign or its recall")
+    rows = [_row(e, recall_id, campaign_id, recorded_by, now) for e in entries]
+    session.execute(insert(OwnerNotification), rows)
+    return len(rows)
+
+
+def _row(e: Entry, recall_id: int, campaign_id: int | None, recorded_by: str, now: datetime) -> dict[str, object]:
+    if e.kind not in KINDS:
+        raise InvalidInput(f"unknown owner-notification kind {e.kind!r} (one of {', '.join(sorted(KINDS))})")
+    if e.channel not in CHANNELS:
+        raise InvalidInput(f"unknown owner-notification channel {e.channel!r} (one of {', '.join(sorted(CHANNELS))})")
+    if len(e.text) > TEXT_LIMIT:
+        raise InvalidInput(f"an owner notification's text is at most {TEXT_LIMIT} characters")
+    return {
+        "recall_id": recall_id,
+        "campaign_id": campaign_id,
+        "vin": e.vin.strip().upper(),
+        "kind": e.kind,
+        "channel": e.channel,
+        "text": e.text if e.keep_text else "",
+        "text_sha256": sha256_of(e.text),
+        "detail": e.detail[:200],
+        "at": e.at,
+        "recorded_at": now,
+        "recorded_by": recorded_by,
+    }
+
+
+def page(
+    session: Session, recall_id: int, *, after: int = 0, limit: int = 500, vin: str | None = None
+) -> list[OwnerNotification]:
+    """One recall's log in id order, rows with id > ``after`` (the next page starts after the last id)."""
+    query = select(OwnerNotification).where(OwnerNotification.recall_id == recall_id, OwnerNotification.id > after)
+    if vin:
+        query = query.where(OwnerNotification.vin == vin.strip().upper())
+    return list(session.scalars(query.order_by(OwnerNotification.id).limit(limit)))
+
+
+def of_vin(session: Session, vin: str) -> Iterable[OwnerNotification]:
+    """Everything logged for one car, oldest first (the VIN's timeline shows it)."""
+    return session.scalars(
+        select(OwnerNotification)
+        .where(OwnerNotification.vin == vin.strip().upper())
+        .order_by(OwnerNotification.at, OwnerNotification.id)
+    )

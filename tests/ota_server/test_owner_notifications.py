@@ -1,0 +1,58 @@
+"""The owner-notification log: what each owner was told, when, through which channel."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+
+import pytest
+
+from ota_server.errors import InvalidInput
+from ota_server.services import owner_notifications
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import launched, vin
+
+VINS = [vin(n) for n in range(1, 4)]
+AT = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+async def test_record_keeps_text_and_hash_and_refuses_unknown_kinds(env: Env) -> None:
+    campaign = await launched(env.client, VINS)
+    with env.runtime.sessions() as session:
+        owner_notifications.record(
+            session,
+            vin=VINS[0].lower(),
+            campaign_id=campaign["id"],
+            kind="consent_request",
+            channel="owner_page",
+            text="Please accept 1.1.0",
+            at=AT,
+            detail="images abc",
+        )
+        owner_notifications.record(
+            session,
+            vin=VINS[1],
+            campaign_id=None,
+            recall_id=campaign["recall_id"],
+            kind="letter",
+            channel="letter",
+            text="Dear owner",
+            at=AT,
+            keep_text=False,
+        )
+        with pytest.raises(InvalidInput, match="kind 'sms'"):
+            owner_notifications.record(
+                session, vin=VINS[0], campaign_id=campaign["id"], kind="sms", channel="mqtt", text="x", at=AT
+            )
+        with pytest.raises(InvalidInput, match="channel 'pigeon'"):
+            owner_notifications.record(
+                session, vin=VINS[0], campaign_id=campaign["id"], kind="notice", channel="pigeon", text="x", at=AT
+            )
+        session.commit()
+        rows = owner_notifications.page(session, campaign["recall_id"], vin=VINS[0])
+        asked = [r for r in rows if r.kind == "consent_request"]
+        assert len(asked) == 1 and asked[0].vin == VINS[0] and asked[0].text == "Please accept 1.1.0"
+        assert asked[0].text_sha256 == hashlib.sha256(b"Please accept 1.1.0").hexdigest()
+        letter = [r for r in owner_notifications.of_vin(session, VINS[1]) if r.kind == "letter"]
+        assert letter[0].text == "" and letter[0].text_sha256 == hashlib.sha256(b"Dear owner").hexdigest()
+        assert letter[0].recall_id == campaign["recall_id"] and letter[0].campaign_id is None
