@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -53,6 +53,7 @@ from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
 from ota_server.infra.ratelimit import TokenBuckets
+from ota_server.rollout import transitions
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
 from ota_server.services import inventory
@@ -392,7 +393,6 @@ def _apply_reports(
                     "reason": reason,
                     "detail": detail,
                     "received_at": item.received_at,
-                    "source": Cause.CAR.value,
                 }
             )
             outcome.accepted += 1
@@ -410,17 +410,20 @@ def _apply_reports(
                 VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
             )
         ):
-            cv.state, cv.attempt, cv.updated_at = report.state.value, report.attempt, item.received_at
-            cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank
-            cv.reason = reason
-            cv.detail = detail
-            cv.failed_ecu = report.ecu_serial if report.state in (ReportState.FAILED, ReportState.ROLLED_BACK) else None
-            cv.next_retry_at = None
+            transitions.by_car_report(
+                cv,
+                report.state,
+                attempt=report.attempt,
+                deferrals=report.deferrals,
+                reason=reason,
+                detail=detail,
+                ecu_serial=report.ecu_serial,
+                at=item.received_at,
+            )
             outcome.moved.add(cv.campaign_id)
         elif report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and cv.state == report.state.value:
-            cv.deferrals, cv.progress_rank = report.deferrals, report.state.rank  # e.g. withdrawn, confirmed
-    if events:
-        session.execute(insert(CampaignEvent), events)
+            transitions.confirmed_by_car(cv, report.state, deferrals=report.deferrals)  # e.g. withdrawn, confirmed
+    transitions.record_car_events(session, events)
     _saw(session, seen)
     found = inventory.apply_manifests(session, verified, now)
     outcome.manifests += found.accepted

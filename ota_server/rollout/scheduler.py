@@ -41,7 +41,6 @@ import asyncio
 import contextlib
 import logging
 import math
-import secrets
 import threading
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -49,13 +48,14 @@ from datetime import datetime, timedelta
 from typing import TypeVar
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, exists, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.rollout import plan as rules
+from ota_server.rollout import transitions
 from ota_server.rollout.states import (
     ERRORS,
     IN_FLIGHT,
@@ -63,7 +63,6 @@ from ota_server.rollout.states import (
     NOT_STARTED,
     Cause,
     VinState,
-    check,
 )
 from ota_server.schemas import Population
 from ota_server.services import campaigns as campaign_service
@@ -154,51 +153,6 @@ def fault_reason(exc: BaseException) -> str:
     """The status reason of a campaign paused by ``exc``: its type and message, on one line."""
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return f"{FAULT_PREFIX}: {type(exc).__name__}: {text}"[:_REASON_MAX]
-
-
-def record_event(
-    session: Session, cv: CampaignVehicle, source: Cause, now: datetime, *, reason: str | None, detail: str | None
-) -> None:
-    """Append the server's own step to the car's history (once per progress key and state)."""
-    exists = session.scalar(
-        select(CampaignEvent.id).where(
-            CampaignEvent.campaign_id == cv.campaign_id,
-            CampaignEvent.vin == cv.vin,
-            CampaignEvent.attempt == cv.attempt,
-            CampaignEvent.deferrals == cv.deferrals,
-            CampaignEvent.state == cv.state,
-        )
-    )
-    if exists is None:
-        session.add(
-            CampaignEvent(
-                campaign_id=cv.campaign_id,
-                vin=cv.vin,
-                attempt=cv.attempt,
-                deferrals=cv.deferrals,
-                state=cv.state,
-                reason=reason,
-                detail=detail,
-                received_at=now,
-                source=source.value,
-            )
-        )
-
-
-def move(
-    session: Session,
-    cv: CampaignVehicle,
-    dst: VinState,
-    cause: Cause,
-    now: datetime,
-    *,
-    reason: str | None = None,
-    detail: str | None = None,
-) -> None:
-    """Move one car by a server-side cause (checked by the state machine) and record it."""
-    check(VinState(cv.state), dst, cause)
-    cv.state, cv.reason, cv.detail, cv.updated_at = dst.value, reason, detail, now
-    record_event(session, cv, cause, now, reason=reason, detail=detail)
 
 
 def _log_tick_failure(exc: Exception) -> None:
@@ -496,23 +450,27 @@ class Scheduler:
         )
         now = self._clock()
         done = inventory.already_remedied(session, [members[vin] for vin in new])
-        for vin in new:
-            row: dict[str, object] = {"state": VinState.PENDING.value, "progress_rank": -1}
-            if vin in done:
-                row = inventory.remedied_row(vin)
-            session.add(
-                CampaignVehicle(
-                    campaign_id=campaign.id,
-                    vin=vin,
-                    nonce=secrets.token_urlsafe(24),
-                    attempt=0,
-                    updated_at=now,
-                    wave=last_wave or 0,
-                    deferrals=0,
-                    retries=0,
-                    **row,
-                )
-            )
+        transitions.enroll(
+            session,
+            [
+                {
+                    "campaign_id": campaign.id,
+                    "vin": vin,
+                    "nonce": transitions.new_nonce(),
+                    "state": VinState.PENDING.value,
+                    "reason": None,
+                    "detail": None,
+                    "progress_rank": -1,
+                    "attempt": 0,
+                    "updated_at": now,
+                    "wave": last_wave or 0,
+                    "deferrals": 0,
+                    "retries": 0,
+                }
+                | (inventory.remedied_row(vin) if vin in done else {})
+                for vin in new
+            ],
+        )
         campaign.population += len(new)
         log.info("campaign %d: %d late joiners", campaign.id, len(new))
         return len(new)
@@ -536,7 +494,9 @@ class Scheduler:
         ).all()
         for cv in stuck:
             was = cv.state
-            move(session, cv, VinState.TIMED_OUT, Cause.TIMEOUT, now, reason="timed_out", detail=f"no report in {was}")
+            transitions.move(
+                session, cv, VinState.TIMED_OUT, Cause.TIMEOUT, now, reason="timed_out", detail=f"no report in {was}"
+            )
         return len(stuck)
 
     def _wave_counts(self, session: Session, campaign_id: int, wave: int) -> dict[str, int]:
@@ -727,24 +687,14 @@ class Scheduler:
             return
         self._sign(session, campaign, recall, [vin for vin, _, _ in chosen], now)
         fresh = [vin for vin, state, _ in chosen if state == VinState.PENDING.value]
-        for start in range(0, len(fresh), campaign_service.VIN_LIST_CHUNK):
-            session.execute(
-                update(CampaignVehicle)
-                .where(in_campaign, CampaignVehicle.vin.in_(fresh[start : start + campaign_service.VIN_LIST_CHUNK]))
-                .values(released_at=now, notice_published_at=None)
-                .execution_options(synchronize_session=False)
-            )
+        transitions.mark_notified(session, campaign.id, fresh, now)
         nonces = {vin: nonce for vin, _, nonce in chosen}
         retried = [vin for vin, state, _ in chosen if state != VinState.PENDING.value]
         for start in range(0, len(retried), _CHUNK):  # a retry: a new notice with a new nonce
             for cv in session.scalars(
                 select(CampaignVehicle).where(in_campaign, CampaignVehicle.vin.in_(retried[start : start + _CHUNK]))
             ):
-                move(session, cv, VinState.PENDING, Cause.RETRY, now, detail=f"retry {cv.retries + 1}")
-                cv.nonce = nonces[cv.vin] = secrets.token_urlsafe(24)
-                cv.retries += 1
-                cv.deferrals, cv.progress_rank, cv.next_retry_at = 0, -1, None
-                cv.released_at, cv.notice_published_at = now, None
+                nonces[cv.vin] = transitions.retry(session, cv, now)
         result.retried += len(retried)
         result.notified += len(fresh)
         result.messages += campaign_service.notices(

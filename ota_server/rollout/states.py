@@ -1,4 +1,4 @@
-"""The per-VIN state machine of a campaign: which state may follow which, and who may cause it.
+"""The campaign's and each car's states (the one place they are defined), and the per-VIN state machine.
 
 Pure (no database, no clock), so every other part asks this module before it moves a car,
 and the property tests can drive it with arbitrary sequences. The car's own reports are
@@ -36,6 +36,20 @@ class VinState(StrEnum):
     UNREACHABLE = "unreachable"  # exported, stolen, scrapped, other (recorded by an operator)
     DECLINED = "declined"  # the owner declined a non-safety update
     WITHDRAWN = "withdrawn"  # the campaign was cancelled before this car started
+
+
+class CampaignStatus(StrEnum):
+    """Where a whole campaign stands."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CANCELLED = "cancelled"
+    COMPLETED = "completed"  # every car final: nothing left to notify, in flight or to retry
+
+
+class CampaignKind(StrEnum):
+    REMEDY = "remedy"  # the recall's own campaign
+    ROLLBACK = "rollback"  # launched by a tripped gate: the rollback release to the wave's remedied cars
 
 
 class Cause(StrEnum):

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.rollout.scheduler import move
+from ota_server.rollout import transitions
 from ota_server.rollout.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
@@ -82,10 +82,9 @@ def cancel(
     ).all()
     notified = [cv for cv in rows if cv.released_at is not None]
     for cv in rows:
-        move(session, cv, VinState.WITHDRAWN, Cause.CANCEL, now, detail="campaign cancelled")
-        cv.next_retry_at = None
+        transitions.withdraw(session, cv, now)
     for cv in notified:
-        cv.notice_published_at = None  # the withdrawal is now what must reach the broker
+        transitions.withdrawal_owed(cv)
     if notified:
         director.queue(session, {cv.vin: {} for cv in notified}, now)
     for cv in session.scalars(
@@ -138,16 +137,16 @@ def record_outcome(
         raise InvalidInput(f"reason is only for unreachable, not {target}")
     if not allowed(VinState(cv.state), target, Cause.OPERATOR):
         raise Conflict(f"VIN {vin} is {cv.state} in campaign {campaign_id}; it cannot be recorded as {target}")
-    move(
+    transitions.record_by_operator(
         session,
         cv,
         target,
-        Cause.OPERATOR,
         now,
+        actor=actor,
         reason=body.reason.value if body.reason else None,
         detail=body.evidence,
+        evidence_ref=body.reference,
     )
-    cv.recorded_by, cv.evidence_ref, cv.next_retry_at = actor, body.reference, None
     session.commit()
     return VinOutcome(
         campaign_id=campaign_id,
@@ -186,10 +185,18 @@ def remove_vehicle(
     leaving = [cv for cv in rows if allowed(VinState(cv.state), VinState.UNREACHABLE, Cause.OPERATOR)]
     notified = [cv for cv in leaving if cv.released_at is not None]
     for cv in leaving:
-        move(session, cv, VinState.UNREACHABLE, Cause.OPERATOR, now, reason=reason, detail=detail)
-        cv.recorded_by, cv.next_retry_at = actor, None
+        transitions.record_by_operator(
+            session,
+            cv,
+            VinState.UNREACHABLE,
+            now,
+            actor=actor,
+            reason=reason,
+            detail=detail,
+            evidence_ref=cv.evidence_ref,
+        )
     for cv in notified:
-        cv.notice_published_at = None  # the withdrawal is now what must reach the broker
+        transitions.withdrawal_owed(cv)
     if notified:
         director.queue(session, {vin: {}}, now)
     messages: list[Outbound] = [withdrawal(cv.campaign_id, cv.vin, cv.nonce, now) for cv in notified]

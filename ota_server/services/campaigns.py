@@ -9,7 +9,6 @@ car's Director metadata and hands the notices to the dispatcher.
 from __future__ import annotations
 
 import hashlib
-import secrets
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -21,19 +20,25 @@ from sqlalchemy.orm import Session
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.rollout import transitions
 from ota_server.rollout.plan import RolloutPlan, wave_sizes
-from ota_server.rollout.states import VinState
+from ota_server.rollout.states import CampaignKind, CampaignStatus, VinState
+from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.services import inventory
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
 PENDING = VinState.PENDING.value
-ACTIVE, PAUSED, CANCELLED = "active", "paused", "cancelled"
-COMPLETED = "completed"  # every car final: nothing left to notify, in flight or to retry
-REMEDY, ROLLBACK = "remedy", "rollback"
+# Short names for the states of rollout.states (defined there, once).
+ACTIVE, PAUSED, CANCELLED, COMPLETED = (
+    CampaignStatus.ACTIVE,
+    CampaignStatus.PAUSED,
+    CampaignStatus.CANCELLED,
+    CampaignStatus.COMPLETED,
+)
+REMEDY, ROLLBACK = CampaignKind.REMEDY, CampaignKind.ROLLBACK
 Outbound = CampaignNotice | CampaignWithdrawal
-VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
 
 
 def _recall(session: Session, recall_id: int) -> Recall:
@@ -197,7 +202,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
             {
                 "campaign_id": campaign.id,
                 "vin": vin,
-                "nonce": secrets.token_urlsafe(24),
+                "nonce": transitions.new_nonce(),
                 "state": PENDING,
                 "reason": None,
                 "detail": None,
@@ -209,7 +214,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
             | (inventory.remedied_row(vin) if vin in done else {})
             for vin, wave in zip(vins, waves, strict=True)
         ]
-        session.execute(insert(CampaignVehicle), rows)
+        transitions.enroll(session, rows)
         freeze_ecus(session, campaign.id, members)
         session.commit()
     except IntegrityError as exc:
@@ -266,13 +271,13 @@ def launch_rollback(
     )
     session.add(campaign)
     session.flush()
-    session.execute(
-        insert(CampaignVehicle),
+    transitions.enroll(
+        session,
         [
             {
                 "campaign_id": campaign.id,
                 "vin": vin,
-                "nonce": secrets.token_urlsafe(24),
+                "nonce": transitions.new_nonce(),
                 "state": PENDING,
                 "attempt": 0,
                 "updated_at": now,
@@ -326,13 +331,7 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
     for message in published:
         by_campaign.setdefault(message.campaign_id, []).append(message.vin)
     for campaign_id, vins in by_campaign.items():
-        # Large chunks: a query's cost is mostly reading the campaign's rows (a fresh launch has no
-        # statistics yet for the planner to prefer the primary key), not the length of its VIN list.
-        for start in range(0, len(vins), VIN_LIST_CHUNK):
-            session.query(CampaignVehicle).filter(
-                CampaignVehicle.campaign_id == campaign_id,
-                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
-            ).update({CampaignVehicle.notice_published_at: now}, synchronize_session=False)
+        transitions.mark_published(session, campaign_id, vins, now)
     log_rows = [
         {
             "campaign_id": m.campaign_id,

@@ -30,10 +30,9 @@ from sqlalchemy import Select, insert, select
 from sqlalchemy.orm import Session
 
 from firmware_bundles import topics
-from firmware_bundles.messages import EcuManifest, ReportState, VersionManifest
+from firmware_bundles.messages import EcuManifest, VersionManifest
 from ota_server.db.models import (
     Campaign,
-    CampaignEvent,
     CampaignVehicle,
     Delta,
     Discrepancy,
@@ -43,6 +42,7 @@ from ota_server.db.models import (
     Release,
     Vehicle,
 )
+from ota_server.rollout import transitions
 from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import DiscrepancyKind, DiscrepancyPage, DiscrepancyPublic
 from ota_server.services import audit
@@ -375,22 +375,14 @@ def _remedies(
             continue
         if any(running[hw].installed_target in view.targets_of(release) for hw, release in affected.items()):
             continue  # installed over the air from the Director's target: the car's own report settles it
-        cv.state, cv.reason, cv.updated_at = VinState.REMEDIED_AT_DEALER.value, REPORTED_BY_MANIFEST, received_at
-        cv.detail = f"version manifest {manifest.counter} shows the fix installed"
-        cv.recorded_by, cv.evidence_ref = MANIFEST_SOURCE, f"manifest {manifest.counter}"
-        cv.next_retry_at = None
-        session.execute(
-            insert(CampaignEvent).values(
-                campaign_id=cv.campaign_id,
-                vin=cv.vin,
-                attempt=cv.attempt,
-                deferrals=cv.deferrals,
-                state=VinState.REMEDIED_AT_DEALER.value,
-                reason=REPORTED_BY_MANIFEST,
-                detail=cv.detail,
-                received_at=received_at,
-                source=MANIFEST_SOURCE,
-            )
+        transitions.remedied_by_manifest(
+            session,
+            cv,
+            received_at,
+            source=MANIFEST_SOURCE,
+            reason=REPORTED_BY_MANIFEST,
+            detail=f"version manifest {manifest.counter} shows the fix installed",
+            evidence_ref=f"manifest {manifest.counter}",
         )
         outcome.moved.add(cv.campaign_id)
 
@@ -427,12 +419,7 @@ def already_remedied(session: Session, members: Sequence[Member]) -> set[str]:
 
 def remedied_row(vin: str) -> dict[str, object]:
     """The columns of a launch's campaign row for a car counted remedied by its manifest."""
-    return {
-        "state": VinState.REMEDIED.value,
-        "reason": ALREADY_REMEDIED,
-        "progress_rank": ReportState.REMEDIED.rank,
-        "detail": f"{vin}'s version manifest already shows the fix",
-    }
+    return transitions.already_remedied_row(vin, ALREADY_REMEDIED)
 
 
 def discrepancies(

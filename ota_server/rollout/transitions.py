@@ -1,0 +1,244 @@
+"""The one writer of a campaign car's state and of its event rows.
+
+Every change of a car's state in a campaign goes through here, whoever causes it: the car's
+signed reports (ingest, in batches), the scheduler (timeouts, retries, notices sent), the
+operator (dealer remedy, inspection, unreachable, cancel) and a version manifest showing the
+fix. Each move is checked by the state machine (:mod:`ota_server.rollout.states`) unless the
+caller already asked it (ingest orders a car's reports and asks before it moves one), and
+leaves its event row in the car's history. ``tests/test_boundaries.py`` checks that no other
+module assigns a car's state, builds or inserts its rows or updates its table.
+
+Bulk forms keep the callers' speed: ingest moves many cars per transaction and inserts their
+events in one statement; a launch inserts its cars in one statement; a tick marks its notified
+cars with one UPDATE per VIN chunk.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.orm import Session
+
+from firmware_bundles.messages import ReportState
+from ota_server.db.models import CampaignEvent, CampaignVehicle
+from ota_server.rollout.states import Cause, VinState, check
+
+VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
+_FAILED_ECU_STATES = (ReportState.FAILED, ReportState.ROLLED_BACK)
+
+
+def new_nonce() -> str:
+    """A notice's nonce: a car's report counts only with the nonce of its current notice."""
+    return secrets.token_urlsafe(24)
+
+
+# -- cars joining a campaign ------------------------------------------------------------------
+
+
+def enroll(session: Session, rows: Sequence[Mapping[str, object]]) -> None:
+    """Insert a campaign's new cars (a launch, a rollback campaign, late joiners) in one statement.
+
+    Each row starts ``pending`` unless it says otherwise (a car whose manifests already show
+    the fix starts remedied: :func:`already_remedied_row`).
+    """
+    if rows:
+        session.execute(insert(CampaignVehicle), [{"state": VinState.PENDING.value} | dict(row) for row in rows])
+
+
+def already_remedied_row(vin: str, reason: str) -> dict[str, object]:
+    """The columns of a launch's car whose version manifest already shows the fix."""
+    return {
+        "state": VinState.REMEDIED.value,
+        "reason": reason,
+        "progress_rank": ReportState.REMEDIED.rank,
+        "detail": f"{vin}'s version manifest already shows the fix",
+    }
+
+
+# -- the server's own moves -------------------------------------------------------------------
+
+
+def _record_event(
+    session: Session, cv: CampaignVehicle, source: str, now: datetime, *, reason: str | None, detail: str | None
+) -> None:
+    """Append the server's own step to the car's history (once per progress key and state)."""
+    seen = session.scalar(
+        select(CampaignEvent.id).where(
+            CampaignEvent.campaign_id == cv.campaign_id,
+            CampaignEvent.vin == cv.vin,
+            CampaignEvent.attempt == cv.attempt,
+            CampaignEvent.deferrals == cv.deferrals,
+            CampaignEvent.state == cv.state,
+        )
+    )
+    if seen is None:
+        session.add(
+            CampaignEvent(
+                campaign_id=cv.campaign_id,
+                vin=cv.vin,
+                attempt=cv.attempt,
+                deferrals=cv.deferrals,
+                state=cv.state,
+                reason=reason,
+                detail=detail,
+                received_at=now,
+                source=source,
+            )
+        )
+
+
+def move(
+    session: Session,
+    cv: CampaignVehicle,
+    dst: VinState,
+    cause: Cause,
+    now: datetime,
+    *,
+    reason: str | None = None,
+    detail: str | None = None,
+) -> None:
+    """Move one car by a server-side cause (checked by the state machine) and record it.
+
+    Raises :class:`~ota_server.rollout.states.IllegalTransition` if the state machine forbids it.
+    """
+    check(VinState(cv.state), dst, cause)
+    cv.state, cv.reason, cv.detail, cv.updated_at = dst.value, reason, detail, now
+    _record_event(session, cv, cause.value, now, reason=reason, detail=detail)
+
+
+def retry(session: Session, cv: CampaignVehicle, now: datetime) -> str:
+    """A failed or timed-out car back to ``pending`` with a new notice (a new nonce), notified ``now``.
+
+    Returns the new nonce.
+    """
+    move(session, cv, VinState.PENDING, Cause.RETRY, now, detail=f"retry {cv.retries + 1}")
+    cv.nonce = new_nonce()
+    cv.retries += 1
+    cv.deferrals, cv.progress_rank, cv.next_retry_at = 0, -1, None
+    cv.released_at, cv.notice_published_at = now, None
+    return cv.nonce
+
+
+def record_by_operator(
+    session: Session,
+    cv: CampaignVehicle,
+    dst: VinState,
+    now: datetime,
+    *,
+    actor: str,
+    reason: str | None = None,
+    detail: str | None = None,
+    evidence_ref: str | None = None,
+) -> None:
+    """An operator's record (dealer remedy, inspection, unreachable), its evidence; no retry follows it."""
+    move(session, cv, dst, Cause.OPERATOR, now, reason=reason, detail=detail)
+    cv.recorded_by, cv.evidence_ref, cv.next_retry_at = actor, evidence_ref, None
+
+
+def withdraw(session: Session, cv: CampaignVehicle, now: datetime) -> None:
+    """The campaign was cancelled before this car started."""
+    move(session, cv, VinState.WITHDRAWN, Cause.CANCEL, now, detail="campaign cancelled")
+    cv.next_retry_at = None
+
+
+def remedied_by_manifest(
+    session: Session, cv: CampaignVehicle, now: datetime, *, source: str, reason: str, detail: str, evidence_ref: str
+) -> None:
+    """A car's version manifest shows the fix installed outside the campaign: remedied at a dealer.
+
+    The caller asked the state machine (as an operator's record); the event names ``source``.
+    """
+    check(VinState(cv.state), VinState.REMEDIED_AT_DEALER, Cause.OPERATOR)
+    cv.state, cv.reason, cv.updated_at = VinState.REMEDIED_AT_DEALER.value, reason, now
+    cv.detail, cv.recorded_by, cv.evidence_ref, cv.next_retry_at = detail, source, evidence_ref, None
+    session.execute(
+        insert(CampaignEvent).values(
+            campaign_id=cv.campaign_id,
+            vin=cv.vin,
+            attempt=cv.attempt,
+            deferrals=cv.deferrals,
+            state=cv.state,
+            reason=reason,
+            detail=detail,
+            received_at=now,
+            source=source,
+        )
+    )
+
+
+# -- the car's own reports (ingest, batched) --------------------------------------------------
+
+
+def by_car_report(
+    cv: CampaignVehicle,
+    state: ReportState,
+    *,
+    attempt: int,
+    deferrals: int,
+    reason: str | None,
+    detail: str | None,
+    ecu_serial: str | None,
+    at: datetime,
+) -> None:
+    """Move a car to what its signed report says.
+
+    Ingest has checked the report's order and asked the state machine (for a whole batch at a
+    time); its event row goes in with the batch's others (:func:`record_car_events`).
+    """
+    cv.state, cv.attempt, cv.updated_at = state.value, attempt, at
+    cv.deferrals, cv.progress_rank = deferrals, state.rank
+    cv.reason, cv.detail = reason, detail
+    cv.failed_ecu = ecu_serial if state in _FAILED_ECU_STATES else None
+    cv.next_retry_at = None
+
+
+def confirmed_by_car(cv: CampaignVehicle, state: ReportState, *, deferrals: int) -> None:
+    """A report of the state the car is in already, further on (e.g. a withdrawal confirmed)."""
+    cv.deferrals, cv.progress_rank = deferrals, state.rank
+
+
+def record_car_events(session: Session, events: Sequence[Mapping[str, object]]) -> None:
+    """A batch of the cars' own steps, one statement (each row as :class:`CampaignEvent`'s columns)."""
+    if events:
+        session.execute(insert(CampaignEvent), [{"source": Cause.CAR.value} | dict(e) for e in events])
+
+
+# -- notices ----------------------------------------------------------------------------------
+
+
+def mark_notified(session: Session, campaign_id: int, vins: Sequence[str], now: datetime) -> None:
+    """These ``pending`` cars were sent their first notice ``now`` (not confirmed published yet)."""
+    for start in range(0, len(vins), VIN_LIST_CHUNK):
+        session.execute(
+            update(CampaignVehicle)
+            .where(
+                CampaignVehicle.campaign_id == campaign_id,
+                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
+            )
+            .values(released_at=now, notice_published_at=None)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def mark_published(session: Session, campaign_id: int, vins: Sequence[str], now: datetime) -> None:
+    """The broker accepted these cars' notices or withdrawals ``now``."""
+    # Large chunks: a query's cost is mostly reading the campaign's rows (a fresh launch has no
+    # statistics yet for the planner to prefer the primary key), not the length of its VIN list.
+    for start in range(0, len(vins), VIN_LIST_CHUNK):
+        session.execute(
+            update(CampaignVehicle)
+            .where(
+                CampaignVehicle.campaign_id == campaign_id,
+                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
+            )
+            .values(notice_published_at=now)
+            .execution_options(synchronize_session=False)
+        )
+
+
+def withdrawal_owed(cv: CampaignVehicle) -> None:
+    """The withdrawal, not the notice, is now what must reach this notified car's broker topic."""
+    cv.notice_published_at = None
