@@ -1,6 +1,16 @@
 # The ota_server image: every replica, the migrate job and the operator CLI run it.
-# docker-compose.yml at the repository root runs the whole topology (see docs/architecture.md,
-# "Past one machine (issue 8)").
+# docker-compose.yml at the repository root runs the whole topology (see docs/architecture.md).
+# It holds the server (ota-server) and the contract it shares with cars (ota-firmware-bundles), each
+# built as its own wheel from packaging/*/pyproject.toml: no agent, simulator or bench
+# (`ota demo` and `ota-sim` run from a development install, README.md).
+FROM python:3.11-slim AS wheels
+WORKDIR /src
+COPY packaging/firmware-bundles ./packaging/firmware-bundles
+COPY packaging/ota-server ./packaging/ota-server
+COPY firmware_bundles ./firmware_bundles
+COPY ota_server ./ota_server
+RUN pip wheel --no-cache-dir --no-deps -w /wheels packaging/firmware-bundles packaging/ota-server
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -10,18 +20,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OTA_HOST=0.0.0.0 \
     OTA_PORT=8000
 
-WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY firmware_bundles ./firmware_bundles
-COPY ota_server ./ota_server
-COPY vehicle_agent ./vehicle_agent
-COPY simulator ./simulator
-RUN pip install . \
+COPY --from=wheels /wheels /tmp/wheels
+# by file, never by name: a package of the same name on an index cannot stand in for them
+RUN pip install /tmp/wheels/ota_firmware_bundles-*.whl /tmp/wheels/ota_server-*.whl \
+    && rm -rf /tmp/wheels \
     && useradd --system --uid 10001 --home-dir /var/lib/ota ota \
     && mkdir -p /var/lib/ota \
     && chown ota /var/lib/ota
 
 USER ota
+WORKDIR /var/lib/ota
 VOLUME ["/var/lib/ota"]
 EXPOSE 8000
 # 200 once the database answers and the MQTT link is up (503 naming what is not, meanwhile)
