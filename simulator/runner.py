@@ -44,7 +44,7 @@ from simulator.fleet import Fleet
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, config_from_agent_config
 from vehicle_agent.health import HeaderHealthCheck, HealthCheck
-from vehicle_agent.link import MqttLink, tls_context
+from vehicle_agent.link import CarMqttLink, tls_context
 from vehicle_agent.owner import Consent, LoggingOwnerHook
 from vehicle_agent.transport import PerThreadTransport, Transport
 from vehicle_agent.vehicle import FakeVehicle
@@ -239,7 +239,7 @@ class _SimClient(aiomqtt.Client):
             await asyncio.sleep(MISC_INTERVAL_S)
 
 
-class _CountingLink(MqttLink):
+class _CountingLink(CarMqttLink):
     """The real MQTT link, telling the fleet about each report the broker acknowledged.
 
     One difference, for the simulation's sake: aiomqtt gives up waiting for a PUBACK after
@@ -247,7 +247,7 @@ class _CountingLink(MqttLink):
     event loop, sharing its process's GIL with the cars' worker threads, serves thousands
     of cars, and under a full machine it can lag that long (``FleetStats.loop_lag_max_s``)
     while the broker acknowledged at once. The agent then keeps the report in its outbox and
-    the link sends it again a little later (``MqttLink._resend_later``), a duplicate the server
+    the link sends it again a little later (``CarMqttLink._resend_later``), a duplicate the server
     drops: needless work for a loaded fleet. So simulated cars wait longer.
 
     And ``source_address``: paho binds every socket before connecting, to ``("", 0)`` by
@@ -308,7 +308,7 @@ class InProcessFleet:
         self.state_dir = state_dir
         self.source_address = source_address  # the cars' MQTT sockets bind here (see _CountingLink)
         self.agents: dict[str, Agent] = {}
-        self.links: dict[str, MqttLink] = {}
+        self.links: dict[str, CarMqttLink] = {}
         self.vehicles: dict[str, FakeVehicle] = {}
         self.faults = faults or FaultPlan()
         self.pacing = pacing or Pacing()

@@ -34,7 +34,7 @@ from vehicle_agent.errors import AgentError
 from vehicle_agent.installer import FileSlots
 from vehicle_agent.journal import Journal
 from vehicle_agent.lazy_transport import LazyTransport
-from vehicle_agent.link import MqttLink, tls_context
+from vehicle_agent.link import CarMqttLink, tls_context
 from vehicle_agent.owner import Consent
 from vehicle_agent.tryboot import slot_factory
 
@@ -112,7 +112,7 @@ def init(
 
 async def _run(config: AgentConfig) -> None:
     context = tls_context(config)
-    link = MqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=context)
+    link = CarMqttLink(config.vin, config.mqtt_url, config.mqtt, tls_context=context)
     clients: list[Any] = []
     transport = LazyTransport(lambda: _http_transport(config, clients))
     renewal = _renew_certificate(config, context)

@@ -2,7 +2,7 @@
 
 MQTT messages are hints (the signed metadata is the authority), so a message that does
 not parse, or names another VIN, is counted and dropped here and never reaches the
-agent. :class:`MqttLink` is the real link over aiomqtt; :class:`FakeLink` is an
+agent. :class:`CarMqttLink` is the real link over aiomqtt; :class:`FakeLink` is an
 in-memory link for tests and simulated fleets that do not need a broker.
 """
 
@@ -141,7 +141,7 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext | None:
     return context
 
 
-class MqttLink:
+class CarMqttLink:
     """One persistent MQTT session per car, reconnecting with jittered exponential backoff.
 
     The client id and user name are the VIN (the embedded broker queues offline

@@ -22,7 +22,7 @@ from ota_server.errors import InvalidInput
 from ota_server.infra.bundle_store import BundleStore
 from ota_server.infra.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
 from ota_server.mqtt.ingest import Ingestor
-from ota_server.mqtt.link import MqttLink, link_from_settings
+from ota_server.mqtt.link import ServerMqttLink, link_from_settings
 from ota_server.mqtt.notices import NoticeDispatcher
 from ota_server.mqtt.pki import LazyAuthority
 from ota_server.mqtt.publisher import Publisher
@@ -52,7 +52,7 @@ class Runtime:
     director_root: bytes
     ingestor: Ingestor
     dispatcher: NoticeDispatcher
-    link: MqttLink | None
+    link: ServerMqttLink | None
     pki: LazyAuthority
     scheduler: Scheduler
     repo_reader: RepoReader

@@ -94,11 +94,11 @@ def tls_files(settings: Settings) -> TlsFiles:
     return TlsFiles(settings.mqtt_ca_file, settings.mqtt_cert_file, settings.mqtt_key_file)
 
 
-def link_from_settings(settings: Settings, on_message: OnMessage) -> MqttLink:
+def link_from_settings(settings: Settings, on_message: OnMessage) -> ServerMqttLink:
     """The link ``settings`` describe (``mqtt_url`` must be set)."""
     if not settings.mqtt_url:
         raise InvalidInput("no MQTT broker: set mqtt_url (OTA_MQTT_URL)")
-    return MqttLink(
+    return ServerMqttLink(
         settings.mqtt_url,
         on_message,
         client_id=settings.mqtt_client_id,
@@ -129,7 +129,10 @@ def _no_ack() -> None:
     return None
 
 
-class MqttLink:
+class ServerMqttLink:
+    """The server's one MQTT session (cars' status and presence in, notices out); the car's side is
+    ``vehicle_agent.link.CarMqttLink``."""
+
     def __init__(
         self,
         url: str,

@@ -17,7 +17,7 @@ import pytest
 
 from firmware_bundles import topics
 from firmware_bundles.messages import ReportState
-from ota_server.mqtt.link import MQTT_V5, MqttLink
+from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
 from simulator.cluster import Mosquitto, parse_metrics
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import launched, remedied, report, vin
@@ -38,7 +38,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def test_a_flood_is_cut_and_counted_while_the_other_cars_get_through(env: Env, private_broker: Mosquitto) -> None:
-    link = MqttLink(
+    link = ServerMqttLink(
         private_broker.url,
         env.runtime.ingestor.submit,
         client_id="ota-server-r1",

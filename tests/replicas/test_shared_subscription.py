@@ -10,7 +10,7 @@ import aiomqtt
 import pytest
 
 from firmware_bundles import topics
-from ota_server.mqtt.link import MQTT_V5, Ack, MqttLink
+from ota_server.mqtt.link import MQTT_V5, Ack, ServerMqttLink
 from simulator.cluster import Mosquitto
 from tests.ota_server.helpers import vin
 
@@ -32,8 +32,8 @@ class Sink:
         return self.hold  # True: "I acknowledge once stored"
 
 
-def link(broker: Mosquitto, name: str, sink: Callable[[str, bytes, Ack], bool]) -> MqttLink:
-    return MqttLink(broker.url, sink, client_id=name, username=name, version=MQTT_V5, share_group="ota-ingest")
+def link(broker: Mosquitto, name: str, sink: Callable[[str, bytes, Ack], bool]) -> ServerMqttLink:
+    return ServerMqttLink(broker.url, sink, client_id=name, username=name, version=MQTT_V5, share_group="ota-ingest")
 
 
 async def publish(broker: Mosquitto, count: int, start: int = 0) -> None:

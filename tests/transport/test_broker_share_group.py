@@ -19,8 +19,7 @@ from paho.mqtt.client import MQTTv5
 
 from firmware_bundles import topics
 from firmware_bundles.vin import make_vin
-from ota_server.mqtt.link import MqttLink as ServerLink
-from ota_server.mqtt.link import TlsFiles, shared
+from ota_server.mqtt.link import ServerMqttLink, TlsFiles, shared
 from ota_server.mqtt.mosquitto_config import write_broker_config
 from tests.transport.conftest import HOST, Broker
 
@@ -32,9 +31,9 @@ DEADLINE_S = 10.0
 PUBLIC_GROUPS = ("ota-ingest", "ota", "server", "ingest")
 
 
-def _server_link(broker: Broker, on_message: object) -> ServerLink:
+def _server_link(broker: Broker, on_message: object) -> ServerMqttLink:
     files = broker.files
-    return ServerLink(
+    return ServerMqttLink(
         f"mqtts://{HOST}:{broker.port}",
         on_message,  # type: ignore[arg-type]
         client_id="ota-server",

@@ -20,14 +20,12 @@ from firmware_bundles.messages import CampaignNotice, encode
 from firmware_bundles.provisioning import write_bundle
 from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.vin import make_vin
-from ota_server.mqtt.link import MqttLink as ServerLink
-from ota_server.mqtt.link import TlsFiles
+from ota_server.mqtt.link import ServerMqttLink, TlsFiles
 from ota_server.mqtt.mosquitto_config import acl_text
 from ota_server.mqtt.pki import CertificateAuthority
 from tests.transport.conftest import HOST, Broker
 from vehicle_agent.config import load_config
-from vehicle_agent.link import MqttLink as CarLink
-from vehicle_agent.link import tls_context
+from vehicle_agent.link import CarMqttLink, tls_context
 
 A = make_vin("1HG", "CM826", "N", "A", 101)
 B = make_vin("1HG", "CM826", "N", "A", 102)
@@ -148,7 +146,7 @@ async def test_a_car_cannot_take_over_another_cars_client_id(broker: Broker) -> 
 
 
 async def test_server_and_agent_links_speak_tls_with_their_certificates(broker: Broker, tmp_path: object) -> None:
-    """The real links: the server's MqttLink with its client certificate, a car's from its bundle."""
+    """The real links: the server's ServerMqttLink with its client certificate, a car's from its bundle."""
     now = datetime.now(UTC)
     issued = broker.ca.issue_client(A, now)
     key = generate_report_key()
@@ -177,7 +175,7 @@ async def test_server_and_agent_links_speak_tls_with_their_certificates(broker: 
             presence_seen.set()
 
     files = broker.files
-    server = ServerLink(
+    server = ServerMqttLink(
         f"mqtts://{HOST}:{broker.port}",
         on_message,
         client_id="ota-server",
@@ -198,7 +196,7 @@ async def test_server_and_agent_links_speak_tls_with_their_certificates(broker: 
         )
         # retained, so the car gets it when it subscribes
         await server.publish(topics.campaign_topic(A), encode(notice), qos=1, retain=True)
-        car = CarLink(config.vin, config.mqtt_url, tls_context=tls_context(config))
+        car = CarMqttLink(config.vin, config.mqtt_url, tls_context=tls_context(config))
         notices = car.notices()
         async with asyncio.timeout(DEADLINE_S):
             assert await anext(notices) == notice

@@ -1,4 +1,4 @@
-"""MqttLink against the real Mosquitto: retained notices, malformed ones dropped, reports
+"""CarMqttLink against the real Mosquitto: retained notices, malformed ones dropped, reports
 delivered, presence retained, and notices queued for the car's persistent session."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.vin import make_vin
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import MqttOptions
-from vehicle_agent.link import MqttLink, parse_mqtt_url
+from vehicle_agent.link import CarMqttLink, parse_mqtt_url
 
 from .fakes import REPO, SERIAL, FakeServer
 
@@ -54,7 +54,7 @@ async def next_campaign(notices: AsyncIterator[CampaignNotice], campaign_id: int
 async def test_mqtt_link_round_trip(mosquitto_url: str) -> None:
     vin = make_vin("1HG", "CM826", "R", "A", secrets.randbelow(10**6))
     host, port, _tls = parse_mqtt_url(mosquitto_url)
-    link = MqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
+    link = CarMqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
     async with asyncio.timeout(30), aiomqtt.Client(host, port, identifier=f"test-{uuid.uuid4().hex}") as server:
         await server.subscribe(topics.status_topic(vin), qos=1)
         await server.subscribe(topics.presence_topic(vin), qos=1)
@@ -125,7 +125,7 @@ async def test_a_report_whose_publish_timed_out_is_sent_again_on_the_same_sessio
     server.transport.files[repo_paths.director_metadata_url(REPO, vin) + "1.root.json"] = server.director_root
     server.assign({SERIAL: server.release("2.0", 2)}, vin=vin)
     config = replace(server.agent_config(tmp_path, vin=vin), mqtt_url=mosquitto_url, durable=False)
-    link = MqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
+    link = CarMqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
     _NoAckFor.failed = []
     link.client_class = _NoAckFor
     agent = Agent(config, link=link, transport=server.transport)

@@ -17,7 +17,7 @@ from firmware_bundles import topics
 from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, encode
 from firmware_bundles.vin import make_vin
 from vehicle_agent.config import MqttOptions
-from vehicle_agent.link import MqttLink, parse_mqtt_url
+from vehicle_agent.link import CarMqttLink, parse_mqtt_url
 
 from .conftest import Car
 from .fakes import HW, SERIAL, FakeServer
@@ -70,7 +70,7 @@ async def _reconnect_delays(seed: int, port: int, count: int) -> list[float]:
 
     vin = make_vin("1HG", "CM826", "R", "A", seed)
     options = MqttOptions(backoff_min=1.0, backoff_max=8.0)
-    link = MqttLink(vin, f"mqtt://127.0.0.1:{port}", options, sleep=sleep, rng=random.Random(seed))
+    link = CarMqttLink(vin, f"mqtt://127.0.0.1:{port}", options, sleep=sleep, rng=random.Random(seed))
     with pytest.raises(_Stop):
         async for _notice in link.notices():
             pass
@@ -107,7 +107,7 @@ def _notice(vin: str, campaign_id: int) -> CampaignNotice:
 async def test_a_notice_published_while_the_car_was_offline_arrives_when_it_returns(mosquitto_url: str) -> None:
     vin = make_vin("1HG", "CM826", "R", "A", secrets.randbelow(10**6))
     host, port, _tls = parse_mqtt_url(mosquitto_url)
-    link = MqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
+    link = CarMqttLink(vin, mosquitto_url, MqttOptions(backoff_min=0.05, backoff_max=0.2))
     async with asyncio.timeout(30), aiomqtt.Client(host, port, identifier=f"test-{uuid.uuid4().hex}") as server:
         try:
             # the car connects once (its persistent session and subscription now exist) and leaves
