@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import secrets
 import signal
 import subprocess
@@ -26,33 +25,20 @@ from typing import Any
 
 from firmware_bundles.uptane import RoleSigners, create_root
 from firmware_bundles.vin import make_vin
+from simulator.procstat import cpu_seconds, memory_kib
 from vehicle_agent.config import AgentConfig, EcuConfig, write_config
 
 TARGET_RSS_MIB = 50.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` from /proc/<pid>/stat."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def memory_kib(pid: int) -> dict[str, int]:
-    """VmRSS (now) and VmHWM (peak) of ``pid`` in KiB."""
-    out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def python_baseline_kib() -> int:
     """The resident memory of a bare interpreter, for scale."""
-    code = "print(next(l for l in open('/proc/self/status') if l.startswith('VmRSS')).split()[1])"
-    return int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    bare = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # let it finish starting
+        return memory_kib(bare.pid)["VmRSS"]
+    finally:
+        bare.communicate(b"")
 
 
 def write_car(car_dir: Path, mqtt_url: str) -> Path:

@@ -63,6 +63,7 @@ from firmware_bundles.uptane import (
     publish_targets,
 )
 from firmware_bundles.vin import make_vin
+from simulator.procstat import memory_kib
 
 TARGET_RSS_MIB = 100.0
 DELTA_SIZES = (64 * 1024, 1024 * 1024, 16 * 1024 * 1024)
@@ -245,11 +246,11 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
     with make_http_client(config.download, max_connections=4) as client:
         link = FakeLink(spec["vin"])
         agent = Agent(config, link=link, transport=HttpxTransport(client, chunk_size=config.download.chunk_size))
-        before = _status_kib()
+        before = memory_kib(os.getpid())
         started = time.perf_counter()
         state = asyncio.run(agent.handle(notice))
         seconds = time.perf_counter() - started
-    after = _status_kib()
+    after = memory_kib(os.getpid())
     last = link.reports[-1]
     return {
         "state": state.value,
@@ -259,15 +260,6 @@ def run_agent(spec: dict[str, Any]) -> dict[str, Any]:
         "rss_before_mib": round(before["VmRSS"] / 1024, 1),
         "peak_rss_mib": round(after["VmHWM"] / 1024, 1),
     }
-
-
-def _status_kib() -> dict[str, int]:
-    out = {}
-    for line in Path("/proc/self/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def measure_memory(size: int, workdir: Path) -> dict[str, Any]:

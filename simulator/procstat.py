@@ -1,4 +1,7 @@
-"""A process's figures from ``/proc`` (Linux): CPU time, resident memory, its open-file limit."""
+"""A process's figures from ``/proc`` (Linux): CPU time, resident memory, its open-file limit.
+
+The one reader of these figures for the simulator, the benches and the tests (``memory_kib``, ``cpu_seconds``).
+"""
 
 from __future__ import annotations
 
