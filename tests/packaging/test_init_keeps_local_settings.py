@@ -115,6 +115,9 @@ def test_the_car_s_files_default_to_the_data_partition() -> None:
         assert params[command]["config"] == DEFAULT_CONFIG
     sample = PI_SAMPLE.read_text()
     assert 'state_dir = "/data/ota/state"' in sample
+    guide = (PI_SAMPLE.parents[2] / "docs" / "raspberry-pi.md").read_text()
+    assert "--token" in guide and "/data/ota" in guide
+    assert "/etc/vehicle-agent" not in guide and "/var/lib/vehicle-agent" not in guide
 
 
 def _commands() -> list[Any]:
