@@ -278,7 +278,7 @@ class CampaignVehicle(Base):
     """Current state of one car in one campaign; ``attempt`` 0 means still pending.
 
     ``(attempt, deferrals, progress_rank)`` is the progress key of the last accepted car
-    report: a report moves the car only to a greater key. ``released_at`` is when the
+    report: a report moves the car only to a greater key. ``notified_at`` is when the
     scheduler issued the current notice (None: not yet, e.g. a later wave).
     """
 
@@ -297,7 +297,7 @@ class CampaignVehicle(Base):
     wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     deferrals: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     progress_rank: Mapped[int] = mapped_column(Integer, default=-1, server_default="-1")
-    released_at: Mapped[datetime | None]
+    notified_at: Mapped[datetime | None]
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     next_retry_at: Mapped[datetime | None]
     # Operator records (dealer remedy, inspection, unreachable): who, and a reference to the evidence.

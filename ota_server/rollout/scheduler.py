@@ -485,7 +485,7 @@ class Scheduler:
         if plan.ack_timeout_s is not None:
             silent = now - timedelta(seconds=plan.ack_timeout_s)
             conditions.append(
-                and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.released_at <= silent)
+                and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.notified_at <= silent)
             )
         if not conditions:
             return 0
@@ -605,7 +605,7 @@ class Scheduler:
         installing_states = {s.value for s in INSTALLING}
         for start in range(0, len(vins), _CHUNK):
             rows = session.execute(
-                select(CampaignVehicle.vin, CampaignVehicle.state, CampaignVehicle.released_at, Recall.safety_recall)
+                select(CampaignVehicle.vin, CampaignVehicle.state, CampaignVehicle.notified_at, Recall.safety_recall)
                 .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
                 .join(Recall, Recall.id == Campaign.recall_id)
                 .where(
@@ -615,14 +615,14 @@ class Scheduler:
                     Campaign.status != CANCELLED,
                 )
             )
-            for vin, state, released_at, other_safety in rows:
+            for vin, state, notified_at, other_safety in rows:
                 installing = state in installing_states
                 # A safety recall waits only for an install under way; a feature update also for
                 # any notified campaign and for the car's unfinished safety recall.
                 if (
                     installing
-                    or (not recall.safety_recall and (released_at is not None or other_safety))
-                    or (released_at is not None and other_safety)
+                    or (not recall.safety_recall and (notified_at is not None or other_safety))
+                    or (notified_at is not None and other_safety)
                 ):
                     busy.add(vin)
         return busy
@@ -641,9 +641,9 @@ class Scheduler:
         if plan.rate is not None:
             budget = rules.allowance(
                 plan.rate,
-                session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None))) or 0,
+                session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.notified_at.is_not(None))) or 0,
                 session.scalar(
-                    select(func.count()).where(in_campaign, CampaignVehicle.released_at > now - timedelta(minutes=1))
+                    select(func.count()).where(in_campaign, CampaignVehicle.notified_at > now - timedelta(minutes=1))
                 )
                 or 0,
             )
@@ -652,7 +652,7 @@ class Scheduler:
         if limit <= 0:
             return
         retry_due = and_(CampaignVehicle.state.in_([s.value for s in ERRORS]), CampaignVehicle.next_retry_at <= now)
-        first_time = and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.released_at.is_(None))
+        first_time = and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.notified_at.is_(None))
         # Plain rows, not ORM objects: a first release is one UPDATE by VIN list below.
         candidates = (
             select(CampaignVehicle.vin, CampaignVehicle.state, CampaignVehicle.nonce, Vehicle.time_zone)

@@ -118,7 +118,7 @@ def retry(session: Session, cv: CampaignVehicle, now: datetime) -> str:
     cv.nonce = new_nonce()
     cv.retries += 1
     cv.deferrals, cv.progress_rank, cv.next_retry_at = 0, -1, None
-    cv.released_at, cv.notice_published_at = now, None
+    cv.notified_at, cv.notice_published_at = now, None
     return cv.nonce
 
 
@@ -218,7 +218,7 @@ def mark_notified(session: Session, campaign_id: int, vins: Sequence[str], now: 
                 CampaignVehicle.campaign_id == campaign_id,
                 CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
             )
-            .values(released_at=now, notice_published_at=None)
+            .values(notified_at=now, notice_published_at=None)
             .execution_options(synchronize_session=False)
         )
 

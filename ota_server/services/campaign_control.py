@@ -80,7 +80,7 @@ def cancel(
             CampaignVehicle.state.in_([s.value for s in NOT_STARTED]),
         )
     ).all()
-    notified = [cv for cv in rows if cv.released_at is not None]
+    notified = [cv for cv in rows if cv.notified_at is not None]
     for cv in rows:
         transitions.withdraw(session, cv, now)
     for cv in notified:
@@ -183,7 +183,7 @@ def remove_vehicle(
             f"VIN {vin} is installing in campaign {', '.join(busy)}: decommission it once it reports or times out"
         )
     leaving = [cv for cv in rows if allowed(VinState(cv.state), VinState.UNREACHABLE, Cause.OPERATOR)]
-    notified = [cv for cv in leaving if cv.released_at is not None]
+    notified = [cv for cv in leaving if cv.notified_at is not None]
     for cv in leaving:
         transitions.record_by_operator(
             session,

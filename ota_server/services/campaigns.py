@@ -312,7 +312,7 @@ def unpublished(
         select(CampaignVehicle, Campaign, Recall)
         .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
         .join(Recall, Recall.id == Campaign.recall_id)
-        .where(CampaignVehicle.notice_published_at.is_(None), CampaignVehicle.released_at.is_not(None))
+        .where(CampaignVehicle.notice_published_at.is_(None), CampaignVehicle.notified_at.is_not(None))
         .order_by(CampaignVehicle.campaign_id)
     ).all()
     out: list[Outbound] = []
@@ -320,8 +320,8 @@ def unpublished(
         if cv.state in (VinState.WITHDRAWN.value, VinState.UNREACHABLE.value):
             out.append(withdrawal(campaign.id, cv.vin, cv.nonce, now))
         elif campaign.status != CANCELLED:
-            assert cv.released_at is not None
-            out.append(notice(recall, campaign, cv.vin, cv.nonce, repo_url, cv.released_at, owner_links))
+            assert cv.notified_at is not None
+            out.append(notice(recall, campaign, cv.vin, cv.nonce, repo_url, cv.notified_at, owner_links))
     return out
 
 

@@ -76,7 +76,7 @@ def fingerprint(session: Session, campaign_id: int) -> tuple[object, ...]:
     ).one()
     notices = session.scalar(select(func.max(NoticeLog.id)).where(NoticeLog.campaign_id == campaign_id))
     in_campaign = CampaignVehicle.campaign_id == campaign_id
-    released = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None)))
+    released = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.notified_at.is_not(None)))
     retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None)))
     return (
         campaign.status,
@@ -111,7 +111,7 @@ def _reached(session: Session, campaign_id: int, states: Sequence[str] | None) -
 
 def _funnel(session: Session, campaign: Campaign, counts: dict[str, int]) -> list[FunnelStage]:
     in_campaign = CampaignVehicle.campaign_id == campaign.id
-    notified = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.released_at.is_not(None))) or 0
+    notified = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.notified_at.is_not(None))) or 0
     return [
         FunnelStage(stage="population", label="In the recall", cars=campaign.population),
         FunnelStage(stage="notified", label="Notice sent", cars=notified),

@@ -74,7 +74,7 @@ class CarRow:
     reason: str | None
     detail: str | None
     updated_at: datetime
-    released_at: datetime | None
+    notified_at: datetime | None
     wave: int
     retries: int
     next_retry_at: datetime | None
@@ -147,7 +147,7 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
     if state is S.PENDING:
         if campaign.status == CANCELLED:
             return "Nothing to do: the campaign was cancelled.", "none"
-        if car.released_at is None:
+        if car.notified_at is None:
             if campaign.status == PAUSED:
                 why = f" ({campaign.status_reason})" if campaign.status_reason else ""
                 return (
@@ -163,11 +163,11 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
             return "Waiting for the notice to be sent (start time, rate limit or maintenance window).", "wait"
         if not online:
             return (
-                f"Notice sent {when(car.released_at)}; waiting for the car to come online "
+                f"Notice sent {when(car.notified_at)}; waiting for the car to come online "
                 f"(last seen {when(last_seen)}).",
                 "wait",
             )
-        return f"Notice sent {when(car.released_at)}; waiting for the car to acknowledge it.", "wait"
+        return f"Notice sent {when(car.notified_at)}; waiting for the car to acknowledge it.", "wait"
     if state is S.NOTIFIED:
         return "The car has the notice and is checking its preconditions; nothing to do.", "wait"
     if state is S.CONSENTED:
@@ -349,7 +349,7 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
             reason=cv.reason,
             detail=cv.detail,
             updated_at=cv.updated_at,
-            released_at=cv.released_at,
+            notified_at=cv.notified_at,
             wave=cv.wave,
             retries=cv.retries,
             next_retry_at=cv.next_retry_at,

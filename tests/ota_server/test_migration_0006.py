@@ -41,7 +41,7 @@ def _migrate_with_rows(url: str) -> None:
     upgrade(engine)
     with engine.begin() as conn:
         rows = conn.execute(
-            text("SELECT vin, state, progress_rank, released_at IS NOT NULL, wave FROM campaign_vehicles ORDER BY vin")
+            text("SELECT vin, state, progress_rank, notified_at IS NOT NULL, wave FROM campaign_vehicles ORDER BY vin")
         ).all()
         assert [tuple(r) for r in rows] == [
             ("1HGCM82633A004352", "installing", 5, True, 0),

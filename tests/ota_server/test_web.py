@@ -238,7 +238,7 @@ def _car(state: str, **changes: Any) -> timelines.CarRow:
         "reason": None,
         "detail": None,
         "updated_at": T0,
-        "released_at": T0,
+        "notified_at": T0,
         "wave": 0,
         "retries": 0,
         "next_retry_at": None,
@@ -252,9 +252,9 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
 @pytest.mark.parametrize(
     ("car", "campaign", "online", "expected", "action"),
     [
-        (_car("pending", released_at=None, wave=1), ACTIVE, True, "Waiting for wave 2 to open (wave 1 is", "wait"),
+        (_car("pending", notified_at=None, wave=1), ACTIVE, True, "Waiting for wave 2 to open (wave 1 is", "wait"),
         (
-            _car("pending", released_at=None),
+            _car("pending", notified_at=None),
             timelines.CampaignRow("paused", "paused by alice: checking", 0, "remedy", 2),
             True,
             "Waiting: the campaign is paused (paused by alice: checking)",
