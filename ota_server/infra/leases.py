@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
 from ota_server.db.models import Lease as LeaseRow
+from ota_server.infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,7 @@ class LeasedJob:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
         await self.idle()
         await asyncio.to_thread(self.lease.release)

@@ -25,7 +25,6 @@ manifest moves its car's ``last_seen``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import secrets
 import threading
@@ -53,6 +52,7 @@ from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
 from ota_server.infra.ratelimit import TokenBuckets
+from ota_server.infra.tasks import stop_task
 from ota_server.rollout import transitions
 from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
@@ -713,7 +713,5 @@ class Ingestor:
                 self._queue.qsize(),
             )
         self._closing = True
-        self._worker.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._worker
+        await stop_task(self._worker)
         self._worker = None

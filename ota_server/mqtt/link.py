@@ -49,6 +49,7 @@ from paho.mqtt.properties import Properties
 from firmware_bundles import topics
 from ota_server.config import Settings
 from ota_server.errors import InvalidInput, NotReady
+from ota_server.infra.tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -339,9 +340,7 @@ class ServerMqttLink:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:

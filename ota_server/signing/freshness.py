@@ -10,13 +10,13 @@ refreshed lazily when served (:meth:`signing.director.Director.refresh`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
+from ota_server.infra.tasks import stop_task
 from ota_server.signing.image_repo import ImageRepository
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,5 @@ class Refresher:
 
     async def stop(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await stop_task(self._task)
             self._task = None
