@@ -112,6 +112,7 @@ class Preconditions(BaseModel):
 class Contact(BaseModel):
     model_config = _STRICT
     name: str = Field(max_length=200)
+    role: str = Field(default="", max_length=200)  # e.g. "Recall coordinator"; older messages have none
     phone: str = Field(default="", max_length=64)
     email: str = Field(default="", max_length=200)
 

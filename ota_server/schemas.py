@@ -27,7 +27,7 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.messages import OwnerNotice, Preconditions
-from firmware_bundles.vin import validate_vin
+from firmware_bundles.vin import normalize_vin, validate_vin
 from ota_server.roles import Role
 from ota_server.rollout.plan import STORED, RolloutPlan, TimeZone, filing
 from ota_server.rollout.states import UnreachableReason
@@ -42,10 +42,11 @@ Text64 = Field(min_length=1, max_length=64)
 # ISO 3779: the schema states the alphabet and length; the check digit, which a pattern cannot
 # state, is named by ``format: vin`` and enforced by the service (firmware_bundles.vin).
 # Validated with the same pattern, in words that say what is wrong (pydantic's would quote the regex).
-VIN_PATTERN = r"^[A-HJ-NPR-Za-hj-npr-z0-9]{17}$"
+# Either case and white space around it are accepted everywhere and normalized (firmware_bundles.vin.normalize_vin).
+VIN_PATTERN = r"^\s*[A-HJ-NPR-Za-hj-npr-z0-9]{17}\s*$"
 VIN_RULE = (
-    "ISO 3779 VIN: 17 letters and digits, never I, O or Q (either case); position 9 is the check digit "
-    "where the region uses one (first character 1-5: North America, L: China)"
+    "ISO 3779 VIN: 17 letters and digits, never I, O or Q (either case; white space around it is ignored); "
+    "position 9 is the check digit where the region uses one (first character 1-5: North America, L: China)"
 )
 VIN_SCHEMA: dict[str, Any] = {"pattern": VIN_PATTERN, "format": "vin"}
 # Regulator style (NHTSA): two-digit year, a letter, a dash, 3-6 digits; stored upper-cased.
@@ -53,14 +54,15 @@ CAMPAIGN_NUMBER_PATTERN = r"^[0-9]{2}[A-Za-z]-[0-9]{3,6}$"
 
 
 def vin_shape(value: str) -> str:
-    """``value`` if it matches :data:`VIN_PATTERN`; otherwise a ValueError saying what is wrong."""
+    """``value`` normalized (upper case, unpadded) if it matches :data:`VIN_PATTERN`; otherwise a ValueError
+    saying what is wrong. The API's one VIN rule: :data:`Vin` in bodies, ``VinPath`` and the VIN filters."""
     if re.fullmatch(VIN_PATTERN, value) is None:
         try:
             validate_vin(value)
         except InvalidVin as exc:
             raise ValueError(f"not a valid VIN: {exc}") from None
-        raise ValueError("not a valid VIN: 17 letters and digits, without spaces")
-    return value
+        raise ValueError("not a valid VIN: 17 letters and digits, without spaces inside")
+    return normalize_vin(value)
 
 
 def _campaign_number_shape(value: str) -> str:
@@ -407,6 +409,31 @@ ReleaseId = Annotated[int, Field(ge=1, le=2**31 - 1)]
 MAX_RECALL_RELEASES = 16  # ECUs one recall may update on one car
 
 
+class ContactDraft(BaseModel):
+    """A person owners can call: every field is required (the recall's 422 names the blank ones)."""
+
+    model_config = _IN
+    name: str = Field(default="", max_length=200)
+    role: str = Field(default="", max_length=200)
+    phone: str = Field(default="", max_length=64)
+    email: str = Field(default="", max_length=200)
+
+
+class OwnerNoticeDraft(BaseModel):
+    """The owner notice as filed; :mod:`ota_server.services.owner_notices` resolves it (or says what is missing)."""
+
+    model_config = _IN
+    purpose: str = Field(default="", max_length=2000)
+    what_changes: str = Field(default="", max_length=2000)
+    expected_minutes: int | None = Field(default=None, ge=0, le=24 * 60)
+    unavailable_functions: list[str] | None = Field(default=None, max_length=32)
+    what_to_do: str = Field(default="", max_length=2000)
+    contact: ContactDraft | None = Field(default=None, description="Default: the manufacturer's configured contact")
+    on_success: str = Field(default="", max_length=2000)
+    on_failure: str = Field(default="", max_length=2000)
+    safety_recall: bool | None = Field(default=None, description="Default: the recall's; must equal it when given")
+
+
 class RecallCreate(BaseModel):
     model_config = _IN
     campaign_number: Annotated[str, AfterValidator(_campaign_number_shape)] = Field(
@@ -445,8 +472,11 @@ class RecallCreate(BaseModel):
         "ECUs that booted healthy keep the fix and only the failing one goes back (keep_successful); "
         "signed into the Director's targets",
     )
-    owner_notice: OwnerNotice | None = Field(
-        default=None, description="What the owner is told before and after (purpose, what changes, a named contact)"
+    owner_notice: OwnerNoticeDraft | None = Field(
+        default=None,
+        description="What the owner is told before and after; required: purpose, what_changes, expected_minutes, "
+        "unavailable_functions ([] when none) and a contact (name, role, phone, email) unless the manufacturer's "
+        "default contact is configured (a 422 names what is missing)",
     )
     preconditions: Preconditions | None = Field(
         default=None, description="What the car checks before it starts (parked, ignition off, battery...)"

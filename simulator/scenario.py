@@ -146,6 +146,22 @@ def _config_of(template: dict[str, Any], car: Car) -> dict[str, Any]:
     return {**template, "vin": car.vin, "ecus": ecus}
 
 
+# What every simulated recall tells the owners, with a person to call (a recall needs one).
+OWNER_NOTICE: dict[str, Any] = {
+    "purpose": "The battery management software may let a cell overheat; this update fixes it.",
+    "what_changes": "Charging current is limited as soon as a battery cell overheats.",
+    "expected_minutes": 25,
+    "unavailable_functions": ["driving", "charging"],
+    "what_to_do": "Park the car and leave it switched off; the update starts by itself.",
+    "contact": {
+        "name": "Recall desk",
+        "role": "Customer care",
+        "phone": "+1 555 0100",
+        "email": "recalls@example.com",
+    },
+}
+
+
 def file_recall(
     client: OperatorClient,
     fleet: Fleet,
@@ -175,6 +191,7 @@ def file_recall(
             "defect": "The battery management software may not limit charging current when a cell overheats.",
             "safety_risk": "An overheating cell increases the risk of a fire.",
             "remedy": f"Over-the-air update of the battery management software to {primary['version']}.",
+            "owner_notice": OWNER_NOTICE,
             **named,
             "population": population,
         }

@@ -11,7 +11,7 @@ from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, need
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
 from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic
-from ota_server.services import approvals, campaigns, recalls
+from ota_server.services import approvals, campaigns, owner_notices, recalls
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"])
 
@@ -26,7 +26,14 @@ _AWAITING: dict[int | str, dict[str, Any]] = {
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))
 def create_recall(body: RecallCreate, session: OperatorSession, runtime: RuntimeDep) -> RecallPublic:
     trail_of(session).action.target["campaign_number"] = body.campaign_number
-    return recalls.create(session, body, runtime.clock())
+    settings = runtime.settings
+    contact = owner_notices.default_contact(
+        settings.manufacturer_contact_name,
+        settings.manufacturer_contact_role,
+        settings.manufacturer_contact_phone,
+        settings.manufacturer_contact_email,
+    )
+    return recalls.create(session, body, runtime.clock(), contact)
 
 
 @router.get("", dependencies=[needs_read])

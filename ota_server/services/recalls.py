@@ -9,12 +9,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from firmware_bundles.messages import MAX_MESSAGE_BYTES, encode
+from firmware_bundles.messages import MAX_MESSAGE_BYTES, Contact, encode
 from ota_server.db.models import Campaign, Recall, RecallRelease, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout.plan import start_problem
 from ota_server.schemas import Population, RecallCreate, RecallPublic
-from ota_server.services import approvals, campaigns
+from ota_server.services import approvals, campaigns, owner_notices
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -56,7 +56,8 @@ def _public(session: Session, recall: Recall, campaign: Campaign | None) -> Reca
     )
 
 
-def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
+def create(session: Session, body: RecallCreate, now: datetime, default_contact: Contact | None = None) -> RecallPublic:
+    """File a recall; its owner notice is resolved now (``default_contact`` fills a missing contact) and kept."""
     number = body.campaign_number.strip().upper()
     if not CAMPAIGN_NUMBER.match(number):
         raise InvalidInput(
@@ -75,6 +76,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
     population = populations.normalised(body.population)
     _check_rollout(session, body, now)
     _check_rollback_release(session, body, release)
+    notice = owner_notices.resolve(body.owner_notice, safety_recall=body.safety_recall, fallback=default_contact)
     recall = Recall(
         campaign_number=number,
         manufacturer_number=body.manufacturer_number,
@@ -89,7 +91,7 @@ def create(session: Session, body: RecallCreate, now: datetime) -> RecallPublic:
         min_release_counter=floor,
         remedy_type=body.remedy_type,
         ecu_failure_policy=body.ecu_failure_policy,
-        owner_notice=body.owner_notice.model_dump(mode="json") if body.owner_notice else None,
+        owner_notice=notice.model_dump(mode="json"),
         preconditions=body.preconditions.model_dump(mode="json") if body.preconditions else None,
         rollout=body.rollout.model_dump(mode="json", exclude_none=True) if body.rollout else None,
         dynamic=body.dynamic,
@@ -151,9 +153,10 @@ def _releases(session: Session, body: RecallCreate) -> list[Release]:
 def _check_rollout(session: Session, body: RecallCreate, now: datetime) -> None:
     if body.rollout is not None and (problem := start_problem(body.rollout, now)) is not None:
         raise InvalidInput(problem)
-    if body.owner_notice is not None and body.owner_notice.safety_recall != body.safety_recall:
+    given = body.owner_notice.safety_recall if body.owner_notice is not None else None
+    if given is not None and given != body.safety_recall:
         raise InvalidInput(
-            f"owner_notice.safety_recall is {body.owner_notice.safety_recall} but the recall's safety_recall is "
+            f"owner_notice.safety_recall is {given} but the recall's safety_recall is "
             f"{body.safety_recall}: the owner must be told what the recall is"
         )
     if body.safety_recall and body.requires_consent:

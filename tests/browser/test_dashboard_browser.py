@@ -25,6 +25,7 @@ from simulator.fleet import Fleet, make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.runner import InProcessFleet
 from simulator.scenario import (
+    OWNER_NOTICE,
     ScenarioOptions,
     agent_configs,
     launch_recall,
@@ -75,6 +76,7 @@ class Recall:
                 "remedy": f"Over-the-air update of the battery management software to {self.release['version']}.",
                 "release_id": self.release["id"],
                 "population": {"models": [self.fleet.model], "hardware_id": self.fleet.hardware_id},
+                "owner_notice": OWNER_NOTICE,
                 "rollout": {
                     "waves": [{"cars": CANARY}, {"percent": 100}],
                     "success_threshold_percent": 40,

@@ -18,6 +18,7 @@ from simulator.faults import FaultPlan
 from simulator.fleet import make_fleet
 from simulator.runner import InProcessFleet
 from simulator.scenario import (
+    OWNER_NOTICE,
     ScenarioOptions,
     agent_configs,
     launch_recall,
@@ -60,6 +61,7 @@ def test_error_threshold_stops_a_bad_release_after_the_canary(embedded_stack: St
                 "remedy": f"Over-the-air update to {release['version']}.",
                 "release_id": release["id"],
                 "population": {"models": [fleet.model], "hardware_id": fleet.hardware_id},
+                "owner_notice": OWNER_NOTICE,
                 "rollout": {
                     "waves": [{"cars": CANARY}, {"percent": 100}],
                     "error_threshold_count": 3,

@@ -86,6 +86,21 @@ async def upload(
     )
 
 
+# Every recall carries an owner notice with a person to call (ota_server.services.owner_notices).
+OWNER_NOTICE: dict[str, Any] = {
+    "purpose": "Brake assist may disengage; this update fixes it",
+    "what_changes": "Brake assist stays engaged under hard braking",
+    "expected_minutes": 20,
+    "unavailable_functions": ["driving"],
+    "contact": {
+        "name": "Dana Smith",
+        "role": "Recall coordinator",
+        "phone": "+1 555 0100",
+        "email": "recalls@example.com",
+    },
+}
+
+
 def recall_body(release_id: int, number: str = "24V-123", **population: Any) -> dict[str, Any]:
     return {
         "campaign_number": number,
@@ -99,6 +114,7 @@ def recall_body(release_id: int, number: str = "24V-123", **population: Any) -> 
         "safety_recall": False,
         # ... and their cars install without an owner's consent (test_rollout covers consent).
         "requires_consent": False,
+        "owner_notice": OWNER_NOTICE,
     }
 
 

@@ -85,6 +85,16 @@ population:
   models: [Sedan]
   production_dates:
     start: 2022-01-01
+owner_notice:
+  purpose: Brake assist may disengage; this update fixes it
+  what_changes: Brake assist stays engaged under hard braking
+  expected_minutes: 20
+  unavailable_functions: [driving]
+  contact:
+    name: Dana Smith
+    role: Recall coordinator
+    phone: +1 555 0100
+    email: recalls@example.com
 """
 
 
@@ -262,3 +272,10 @@ async def test_errors_and_exit_codes(wired: Env, tmp_path: Path) -> None:
     invalid.write_text(json.dumps({"title": "no release"}))
     refused = await ota(wired, "recalls", "create", str(invalid))
     assert refused.exit_code == 1 and "422" in refused.stderr and "release_id" in refused.stderr
+
+    release_id = await build_and_upload(wired, tmp_path)
+    no_person = tmp_path / "no-person.yaml"
+    no_person.write_text(RECALL_YAML.format(release_id=release_id, safety="false").split("owner_notice:")[0])
+    refused = await ota(wired, "recalls", "create", str(no_person))
+    assert refused.exit_code == 1 and "must carry an owner notice with a person to call" in refused.stderr
+    assert "owner_notice.contact (name, role, phone, email)" in refused.stderr

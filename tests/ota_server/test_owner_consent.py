@@ -32,7 +32,7 @@ OWNER_NOTICE = {
     "what_changes": "Regenerative braking fades in more gently",
     "expected_minutes": 20,
     "unavailable_functions": ["driving"],
-    "contact": {"name": "Recall desk", "phone": "+39 02 0000"},
+    "contact": {"name": "Recall desk", "role": "Customer care", "phone": "+39 02 0000", "email": "recalls@example.it"},
 }
 
 

@@ -482,7 +482,12 @@ async def test_notice_carries_preconditions_owner_notice_and_consent(env: Env) -
         "what_changes": "Brake assist engages earlier",
         "expected_minutes": 20,
         "unavailable_functions": ["driving"],
-        "contact": {"name": "Dana Smith, customer care", "phone": "+1 555 0100"},
+        "contact": {
+            "name": "Dana Smith",
+            "role": "Customer care",
+            "phone": "+1 555 0100",
+            "email": "care@example.com",
+        },
     }
     cid = (
         await _launch(
