@@ -36,9 +36,18 @@ def check_digit_applies(vin: str) -> bool:
     return vin[:1] in _CHECK_DIGIT_REGIONS
 
 
+def normalize_vin(raw: str) -> str:
+    """A VIN as it is stored and compared: white space around it removed, upper case; nothing checked.
+
+    The one spelling of this rule for every entry point (API path and body, CSV import, CLI,
+    pages); :func:`validate_vin` applies it before checking.
+    """
+    return raw.strip().upper()
+
+
 def validate_vin(raw: str) -> str:
-    """Return the VIN upper-cased, or raise :class:`InvalidVin` saying what is wrong."""
-    vin = raw.strip().upper()
+    """Return the VIN normalized (:func:`normalize_vin`), or raise :class:`InvalidVin` saying what is wrong."""
+    vin = normalize_vin(raw)
     if len(vin) != 17:
         raise InvalidVin(f"VIN must have 17 characters, got {len(vin)}")
     if not _VIN_RE.match(vin):

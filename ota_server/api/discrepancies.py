@@ -33,7 +33,7 @@ def list_discrepancies(
     """Newest first: tampered or unknown images, unknown versions, remedied cars that run another version."""
     return inventory.discrepancies(
         session,
-        vin=vin.upper() if vin else None,
+        vin=vin,
         kind=kind,
         campaign_id=campaign_id,
         since=since,

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.cli.api_client import ApiClient
 from ota_server.cli.recalls import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
 
@@ -123,7 +124,7 @@ def vehicles_show(
 ) -> None:
     """One car: what is registered, its ECUs and every campaign it is in."""
     with client_for(server, token) as client:
-        car = client.vehicle(vin.strip().upper())
+        car = client.vehicle(normalize_vin(vin))
         status = client.vehicle_status(car["vin"])
 
     def human() -> None:
@@ -160,7 +161,7 @@ def vehicles_update(
     if not changes:
         raise typer.BadParameter("give --time-zone, --market, --owner-contact or --clear FIELD")
     with client_for(server, token) as client:
-        car = client.update_vehicle(vin.strip().upper(), changes)
+        car = client.update_vehicle(normalize_vin(vin), changes)
     shown = ", ".join(f"{name} {car.get(name) or '(cleared)'}" for name in sorted(changes))
     emit(as_json, car, lambda: typer.echo(f"{car['vin']}: {shown}"))
 
@@ -175,7 +176,7 @@ def vehicles_decommission(
 ) -> None:
     """Take a car out of the fleet: no future recall takes it; in open campaigns it becomes unreachable."""
     with client_for(server, token) as client:
-        answer = client.decommission(vin.strip().upper(), reason.value, detail)
+        answer = client.decommission(normalize_vin(vin), reason.value, detail)
     campaigns = ", ".join(str(c) for c in answer["removed_from"]) or "none"
     line = f"{answer['vehicle']['vin']} decommissioned ({reason.value}); unreachable in campaign(s): {campaigns}"
     emit(as_json, answer, lambda: typer.echo(line))

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.cli.admin import register as register_admin_commands
 from ota_server.cli.fleet import register as register_fleet_commands
 from ota_server.cli.recalls import DEFAULT_SERVER, ServerOption, TokenOption, client_for
@@ -127,7 +128,7 @@ def vehicles_provision(
     from firmware_bundles.provisioning import write_bundle
 
     with client_for(server, token) as client:
-        answer = client.provision_vehicle(vin.strip().upper(), certificate=certificate)
+        answer = client.provision_vehicle(normalize_vin(vin), certificate=certificate)
     try:
         path = write_bundle(out, answer)
     except (ContractError, ValueError) as exc:
@@ -147,7 +148,7 @@ def vehicles_revoke(
     The broker refuses the certificate once it has re-read the CRL (SIGHUP or restart).
     """
     with client_for(server, token) as client:
-        answer = client.revoke_certificate(vin.strip().upper())
+        answer = client.revoke_certificate(normalize_vin(vin))
     revoked = answer.get("revoked", [])
     typer.echo(f"revoked {len(revoked)} certificate(s): {', '.join(revoked) or '-'}")
     typer.echo("# make the broker read the new CRL: kill -HUP <mosquitto pid>")

@@ -42,7 +42,7 @@ def _normalised(raw_vins: Sequence[str]) -> list[str]:
     vins: list[str] = []
     for index, raw in enumerate(raw_vins):
         try:
-            vins.append(validate_vin(raw.strip().upper()))
+            vins.append(validate_vin(raw))
         except InvalidVin as exc:
             raise InvalidInput(f"vins[{index}]: invalid VIN {raw!r}: {exc}") from exc
     if len(set(vins)) != len(vins):

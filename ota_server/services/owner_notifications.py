@@ -17,6 +17,7 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Campaign, OwnerNotification
 from ota_server.errors import InvalidInput, NotFound
 
@@ -106,7 +107,7 @@ def _row(e: Entry, recall_id: int, campaign_id: int | None, recorded_by: str, no
     return {
         "recall_id": recall_id,
         "campaign_id": campaign_id,
-        "vin": e.vin.strip().upper(),
+        "vin": normalize_vin(e.vin),
         "kind": e.kind,
         "channel": e.channel,
         "text": e.text if e.keep_text else "",
@@ -124,7 +125,7 @@ def page(
     """One recall's log in id order, rows with id > ``after`` (the next page starts after the last id)."""
     query = select(OwnerNotification).where(OwnerNotification.recall_id == recall_id, OwnerNotification.id > after)
     if vin:
-        query = query.where(OwnerNotification.vin == vin.strip().upper())
+        query = query.where(OwnerNotification.vin == normalize_vin(vin))
     return list(session.scalars(query.order_by(OwnerNotification.id).limit(limit)))
 
 
@@ -132,6 +133,6 @@ def of_vin(session: Session, vin: str) -> Iterable[OwnerNotification]:
     """Everything logged for one car, oldest first (the VIN's timeline shows it)."""
     return session.scalars(
         select(OwnerNotification)
-        .where(OwnerNotification.vin == vin.strip().upper())
+        .where(OwnerNotification.vin == normalize_vin(vin))
         .order_by(OwnerNotification.at, OwnerNotification.id)
     )

@@ -13,6 +13,7 @@ from packaging.version import InvalidVersion, Version
 from sqlalchemy import ColumnElement, Row, Select, or_, select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Ecu, Recall, RecallRelease, Release, Vehicle
 from ota_server.errors import InvalidInput
 from ota_server.schemas import Population
@@ -60,7 +61,7 @@ def normalised(population: Population) -> Population:
         raise InvalidInput("population.models: give at least one model or leave it out")
     vin_range = population.vin_range
     if vin_range:
-        first, last = vin_range.first.strip().upper(), vin_range.last.strip().upper()
+        first, last = normalize_vin(vin_range.first), normalize_vin(vin_range.last)
         if first > last:
             raise InvalidInput(f"population.vin_range: first {first} sorts after last {last}")
         vin_range = vin_range.model_copy(update={"first": first, "last": last})

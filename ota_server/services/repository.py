@@ -48,6 +48,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, sessionmaker
 
 from firmware_bundles.uptane import due
+from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import RepoFile
 from ota_server.errors import NotFound, Unavailable
 from ota_server.infra.bundle_store import BundleStore
@@ -348,7 +349,7 @@ class RepoReader:
     @_reachable
     def director(self, vin: str, name: str) -> bytes:
         """The Director's root (shared) or this VIN's own chain; 404 until the VIN has been assigned anything."""
-        vin = vin.upper()
+        vin = normalize_vin(vin)
         if name == "root.json" or VERSIONED_ROOT.match(name):
             if not vin or not self._has_chain(vin):
                 raise NotFound(f"no Director metadata for VIN {vin!r}")
@@ -374,7 +375,7 @@ class RepoReader:
         versioned = VERSIONED_CHAIN.match(name)
         if versioned is None:
             return None
-        return self.chains.get(vin.upper(), f"{versioned[2]}.json", int(versioned[1]))
+        return self.chains.get(normalize_vin(vin), f"{versioned[2]}.json", int(versioned[1]))
 
     def _versioned(self, vin: str, name: str, version: int) -> bytes:
         """``N.snapshot.json``/``M.targets.json``: from memory after the timestamp naming it, else one query."""

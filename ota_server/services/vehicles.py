@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
-from firmware_bundles.vin import validate_vin
+from firmware_bundles.vin import normalize_vin, validate_vin
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Discrepancy, Ecu, Recall, Vehicle
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
@@ -140,7 +140,7 @@ def _stage(session: Session, vehicles: Sequence[VehicleCreate], now: datetime, *
 
 
 def _vehicle(session: Session, raw_vin: str) -> Vehicle:
-    vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == raw_vin.strip().upper()))
+    vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == normalize_vin(raw_vin)))
     if vehicle is None:
         raise NotFound(f"no vehicle with VIN {raw_vin!r}")
     return vehicle

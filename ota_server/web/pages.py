@@ -17,6 +17,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.api.auth import READ_ONLY_METHODS, SESSION_COOKIE
 from ota_server.api.deps import RuntimeDep
 from ota_server.roles import READ, Actor
@@ -93,7 +94,7 @@ def campaign_page(campaign_id: int, request: Request, runtime: RuntimeDep) -> Re
 def vehicle_search(request: Request, runtime: RuntimeDep, vin: str | None = None) -> Response:
     """The customer-care search box submits here; a VIN goes to its page."""
     if vin and vin.strip():
-        return RedirectResponse(f"/ui/vehicles/{quote(vin.strip().upper()[:32], safe='')}", status_code=303)
+        return RedirectResponse(f"/ui/vehicles/{quote(normalize_vin(vin)[:32], safe='')}", status_code=303)
     return _operator_page(request, runtime, "vehicle.html")
 
 

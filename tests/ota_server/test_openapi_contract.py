@@ -96,6 +96,7 @@ def test_vin_rules_are_in_the_schema(schema: dict[str, Any]) -> None:
     pattern = _pattern(schema, vehicle_vin)
     assert vehicle_vin["format"] == "vin"
     assert re.fullmatch(pattern, make_vin("1HG", "CM826", "3", "A", 4352))
+    assert re.fullmatch(pattern, f" {make_vin('1HG', 'CM826', '3', 'A', 4352).lower()}\t")  # normalized, not refused
     for bad in ("1HGCM82633A00435", "1HGCM82633A0O4352", "1HGCM82633A0043521", "\uff11HGCM82633A004352"):
         assert not re.fullmatch(pattern, bad), bad
     paths = schema["paths"]
