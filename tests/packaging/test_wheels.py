@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 import importlib.metadata
 import re
+import shutil
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -102,3 +104,17 @@ def test_the_versions_agree(wheels: dict[str, Path]) -> None:
     from vehicle_agent.config import AGENT_VERSION
 
     assert {metadata(w)["Version"] for w in wheels.values()} == {root, AGENT_VERSION}
+
+
+def test_the_docker_build_stage_has_all_it_needs(tmp_path: Path) -> None:
+    """The image's first stage, without Docker: only what it COPYs, then its `pip wheel` command."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    stage = dockerfile.split("FROM ")[1]
+    for source, target in re.findall(r"^COPY (\S+) \./(\S+)$", stage, re.M):
+        shutil.copytree(ROOT / source, tmp_path / target, ignore=shutil.ignore_patterns("__pycache__"))
+    command = re.search(r"^RUN (pip wheel .*)$", stage, re.M)
+    assert command is not None
+    argv = [sys.executable, "-m", *command.group(1).replace("/wheels", str(tmp_path / "wheels")).split()]
+    subprocess.run(argv, cwd=tmp_path, check=True, capture_output=True, timeout=600)
+    built = sorted(p.name for p in (tmp_path / "wheels").iterdir())
+    assert built == ["ota_firmware_bundles-0.1.0-py3-none-any.whl", "ota_server-0.1.0-py3-none-any.whl"]
