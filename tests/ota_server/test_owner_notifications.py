@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from ota_server.db.migrate import upgrade
 from ota_server.errors import InvalidInput
 from ota_server.services import owner_notifications
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vin
+from tests.ota_server.test_migration_0006 import _ROWS
 
 VINS = [vin(n) for n in range(1, 4)]
 AT = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -56,3 +60,27 @@ async def test_record_keeps_text_and_hash_and_refuses_unknown_kinds(env: Env) ->
         letter = [r for r in owner_notifications.of_vin(session, VINS[1]) if r.kind == "letter"]
         assert letter[0].text == "" and letter[0].text_sha256 == hashlib.sha256(b"Dear owner").hexdigest()
         assert letter[0].recall_id == campaign["recall_id"] and letter[0].campaign_id is None
+
+
+def test_migration_copies_every_mqtt_notice_into_the_log(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'ota.db'}")
+    upgrade(engine, "0015")
+    payload = '{"kind": "campaign", "vin": "1HGCM82633A004352", "title": "Brake assist"}'
+    with engine.begin() as conn:
+        for statement in _ROWS:
+            conn.execute(text(statement))
+        conn.execute(
+            text(
+                "INSERT INTO notice_log (campaign_id, vin, kind, nonce, payload, published_at) VALUES "
+                "(1, '1HGCM82633A004352', 'campaign', 'n1', :payload, '2026-01-02T00:00:00+00:00')"
+            ),
+            {"payload": payload},
+        )
+    upgrade(engine)
+    with engine.begin() as conn:
+        row = conn.execute(
+            text("SELECT recall_id, campaign_id, vin, kind, channel, text, text_sha256 FROM owner_notifications")
+        ).one()
+    engine.dispose()
+    assert tuple(row[:6]) == (1, 1, "1HGCM82633A004352", "notice", "mqtt", payload)
+    assert row[6] == hashlib.sha256(payload.encode()).hexdigest()
