@@ -26,9 +26,11 @@ from ota_server.mqtt.link import ServerMqttLink, link_from_settings
 from ota_server.mqtt.notices import NoticeDispatcher
 from ota_server.mqtt.pki import LazyAuthority
 from ota_server.mqtt.publisher import Publisher
-from ota_server.rollout.scheduler import Scheduler
+from ota_server.rollout.coordinator import Coordinator
+from ota_server.services.campaign_fleet import CampaignFleet
 from ota_server.services.owner_links import OwnerLinks, load_secret
 from ota_server.services.repository import RepoReader
+from ota_server.services.rollout_control import RolloutControl
 from ota_server.signing import keys
 from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
 from ota_server.signing.freshness import Refresher
@@ -54,7 +56,8 @@ class Runtime:
     dispatcher: NoticeDispatcher
     link: ServerMqttLink | None
     pki: LazyAuthority
-    scheduler: Scheduler
+    scheduler: Coordinator
+    rollout: RolloutControl  # what the routes call to act on campaigns (never the scheduler itself)
     repo_reader: RepoReader
     owner_links: OwnerLinks
     refresher: Refresher | None = None
@@ -134,14 +137,12 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
     owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
-    scheduler = Scheduler(
+    scheduler = Coordinator(
         sessions,
-        director,
+        CampaignFleet(director, settings.repo_url, owner_links),
         clock,
-        settings.repo_url,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,
-        owner_links=owner_links,
     )
     ingestor.after_batch = scheduler.on_reports
     bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
@@ -161,6 +162,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         link=link,
         pki=LazyAuthority(settings.ca_dir),
         scheduler=scheduler,
+        rollout=RolloutControl(scheduler, dispatcher.dispatch, director, clock),
         repo_reader=reader,
         owner_links=owner_links,
     )

@@ -1,8 +1,8 @@
 """Launching a recall: freeze its population into waves; notices and their bookkeeping.
 
 Launch writes the campaign and one row per car in one transaction, each car with its
-nonce and its wave; nothing is signed or sent yet. The scheduler
-(:mod:`ota_server.rollout.scheduler`) then releases cars wave by wave: it signs each
+nonce and its wave; nothing is signed or sent yet. The campaign
+engine (:mod:`ota_server.rollout.coordinator`) then releases cars wave by wave: it signs each
 car's Director metadata and hands the notices to the dispatcher.
 """
 
@@ -21,7 +21,10 @@ from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerN
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import transitions
+from ota_server.rollout.campaign_tick import plan_of as plan_of
+from ota_server.rollout.fleet import Outbound as Outbound
 from ota_server.rollout.plan import RolloutPlan, wave_sizes
+from ota_server.rollout.rollback import rollback_of as rollback_of
 from ota_server.rollout.states import CampaignKind, CampaignStatus, VinState
 from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
@@ -38,7 +41,6 @@ ACTIVE, PAUSED, CANCELLED, COMPLETED = (
     CampaignStatus.COMPLETED,
 )
 REMEDY, ROLLBACK = CampaignKind.REMEDY, CampaignKind.ROLLBACK
-Outbound = CampaignNotice | CampaignWithdrawal
 
 
 def _recall(session: Session, recall_id: int) -> Recall:
@@ -46,14 +48,6 @@ def _recall(session: Session, recall_id: int) -> Recall:
     if recall is None:
         raise NotFound(f"no recall {recall_id}")
     return recall
-
-
-def plan_of(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan:
-    """The recall's plan for its remedy campaign; a rollback campaign runs the default plan
-    (one wave of every car, no thresholds, no further rollback)."""
-    if campaign is not None and campaign.kind == ROLLBACK:
-        return RolloutPlan()
-    return RolloutPlan.stored(recall.rollout) if recall.rollout else RolloutPlan()
 
 
 def shown_plan(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan | None:
@@ -71,10 +65,6 @@ def shown_plan(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan 
 def remedy_campaign(session: Session, recall_id: int) -> Campaign | None:
     """The recall's own campaign (not a rollback campaign it launched)."""
     return session.scalar(select(Campaign).where(Campaign.recall_id == recall_id, Campaign.kind == REMEDY))
-
-
-def rollback_of(session: Session, campaign_id: int) -> Campaign | None:
-    return session.scalar(select(Campaign).where(Campaign.parent_campaign_id == campaign_id))
 
 
 def notice(
@@ -245,48 +235,6 @@ def freeze_ecus(session: Session, campaign_id: int, members: Sequence[population
     ]
     for start in range(0, len(rows), VIN_LIST_CHUNK):
         session.execute(insert(CampaignEcu), rows[start : start + VIN_LIST_CHUNK])
-
-
-def launch_rollback(
-    session: Session, parent: Campaign, release_id: int, vins: Sequence[str], now: datetime
-) -> Campaign:
-    """Create (not commit) the rollback campaign of ``parent``: ``release_id`` to ``vins``, one wave.
-
-    It belongs to the same recall, was approved with it, and runs the default plan; the
-    scheduler notifies its cars and signs their Director metadata like any campaign's.
-    """
-    campaign = Campaign(
-        recall_id=parent.recall_id,
-        release_id=release_id,
-        population=len(vins),
-        launch_population=len(vins),
-        launched_at=now,
-        status=ACTIVE,
-        status_reason=f"rollback of campaign {parent.id} (wave {parent.current_wave})",
-        current_wave=0,
-        error_baseline=0,
-        status_changed_at=now,
-        kind=ROLLBACK,
-        parent_campaign_id=parent.id,
-    )
-    session.add(campaign)
-    session.flush()
-    transitions.enroll(
-        session,
-        [
-            {
-                "campaign_id": campaign.id,
-                "vin": vin,
-                "nonce": transitions.new_nonce(),
-                "state": PENDING,
-                "attempt": 0,
-                "updated_at": now,
-                "wave": 0,
-            }
-            for vin in vins
-        ],
-    )
-    return campaign
 
 
 def list_all(session: Session) -> list[CampaignPublic]:

@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from firmware_bundles.messages import FailureReason, ReportState
-from ota_server.rollout.scheduler import Scheduler
+from ota_server.rollout.campaign_tick import CampaignTick
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import provision, recall_body, remedied, report, upload, vehicle, vin
 
@@ -40,19 +40,19 @@ async def test_done_waits_for_a_retry_the_outage_kept_from_being_scheduled(
 ) -> None:
     v = vin(1)
     cid = await _launch(env, [v], {"max_retries": 1, "retry_backoff_s": 60})
-    original = Scheduler._schedule_retries
+    original = CampaignTick._schedule_retries
     outage = OperationalError("UPDATE campaign_vehicles", {}, Exception("could not connect to server"))
 
-    def down(self: Scheduler, *args: Any) -> None:
+    def down(self: CampaignTick, *args: Any) -> None:
         raise outage
 
-    monkeypatch.setattr(Scheduler, "_schedule_retries", down)
+    monkeypatch.setattr(CampaignTick, "_schedule_retries", down)
     await _failed(env, cid, v)  # stored by ingest; the tick after it fails with the database
     progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
     assert progress["counts"]["failed"] == 1 and progress["retries_scheduled"] == 0
     assert not progress["done"]  # the plan still owes this car a retry
     assert progress["status"] == "active"
-    monkeypatch.setattr(Scheduler, "_schedule_retries", original)  # the database is back
+    monkeypatch.setattr(CampaignTick, "_schedule_retries", original)  # the database is back
     await env.tick()
     progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
     assert progress["retries_scheduled"] == 1 and not progress["done"]

@@ -18,9 +18,9 @@ async def test_a_capped_tick_carries_on_at_once_until_every_car_is_notified(env:
 
 
 async def test_candidates_are_read_a_page_at_a_time(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    from ota_server.rollout import scheduler
+    from ota_server.rollout import notifying
 
-    monkeypatch.setattr(scheduler, "_CANDIDATE_PAGE", 1)
+    monkeypatch.setattr(notifying, "_CANDIDATE_PAGE", 1)
     env.runtime.scheduler._max_per_tick = 1  # pages of 2 cars, one released per tick
     vins = [vin(n) for n in range(1, 6)]
     await launched(env.client, vins)

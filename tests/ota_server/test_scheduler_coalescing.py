@@ -9,7 +9,8 @@ from collections.abc import Collection
 import pytest
 
 from firmware_bundles.messages import ReportState
-from ota_server.rollout.scheduler import Scheduler, TickResult
+from ota_server.rollout.campaign_tick import TickResult
+from ota_server.rollout.coordinator import Coordinator
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, report, vin
 
@@ -17,7 +18,7 @@ from tests.ota_server.helpers import launched, report, vin
 class BlockedTicks:
     """Counts ticks; each waits for ``release`` (in the worker thread, as a slow tick would)."""
 
-    def __init__(self, scheduler: Scheduler, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(self, scheduler: Coordinator, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
         self.started = threading.Event()
         self.release = threading.Event()

@@ -15,7 +15,7 @@ from sqlalchemy import update
 from sqlalchemy.exc import OperationalError
 
 from ota_server.db.models import Recall
-from ota_server.rollout.scheduler import Scheduler
+from ota_server.rollout.campaign_tick import CampaignTick
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import provision, recall_body, remedied, upload, vehicle, vin
 
@@ -60,7 +60,7 @@ async def test_a_campaign_whose_tick_fails_is_paused_and_the_others_complete(
 ) -> None:
     filed, bad_plan = plans
     good, bad = await _two_campaigns(env, bad_plan, filed)
-    caplog.set_level(logging.INFO, logger="ota_server.rollout.scheduler")
+    caplog.set_level(logging.INFO, logger="ota_server.rollout.coordinator")
     for _ in range(3):
         env.clock.advance(2)
         await env.tick()  # never raises, whatever one campaign does
@@ -103,15 +103,15 @@ async def test_a_database_failure_in_a_tick_does_not_pause_the_campaign(
 ) -> None:
     """An outage is not the campaign's fault: the next tick does the work."""
     good, _ = await _two_campaigns(env, {}, {})  # two healthy campaigns
-    original = Scheduler._time_out
+    original = CampaignTick._time_out
     failures = [OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))]
 
-    def flaky(self: Scheduler, *args: Any) -> int:
+    def flaky(self: CampaignTick, *args: Any) -> int:
         if failures:
             raise failures.pop()
         return original(self, *args)
 
-    monkeypatch.setattr(Scheduler, "_time_out", flaky)
+    monkeypatch.setattr(CampaignTick, "_time_out", flaky)
     await env.tick()
     assert not failures  # the failure happened
     assert (await env.get_json(f"/api/v1/campaigns/{good}"))["status"] == "active"

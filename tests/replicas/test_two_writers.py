@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from firmware_bundles.messages import CampaignNotice, FailureReason, ReportState, parse_campaign_message
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle
-from ota_server.rollout.scheduler import TickResult
+from ota_server.rollout.campaign_tick import TickResult
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import provision, recall_body, remedied, report, upload, vehicle, vin
 

@@ -1,0 +1,37 @@
+"""What the campaign engine asks of the rest of the server: the port the services implement.
+
+The engine decides *when* a car joins, is assigned its fix and is notified; *who* matches a
+recall's population, *which* images each ECU gets and *what* a notice says are the services'
+(:class:`ota_server.services.campaign_fleet.CampaignFleet`). The engine imports no service:
+the implementation is handed to the coordinator where the server is wired
+(:mod:`ota_server.http.runtime`), and tests can hand it a fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Protocol
+
+from sqlalchemy.orm import Session
+
+from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
+from ota_server.db.models import Campaign, Recall
+
+Outbound = CampaignNotice | CampaignWithdrawal  # a message for one car's campaign topic
+
+
+class Fleet(Protocol):
+    def join_late(self, session: Session, campaign: Campaign, recall: Recall, now: datetime) -> int:
+        """Enroll the cars that match a dynamic recall now and are not in its campaign yet; how many."""
+        ...
+
+    def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
+        """Queue these cars' Director metadata: every affected ECU's image (signed when the car asks)."""
+        ...
+
+    def notices(
+        self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
+    ) -> list[Outbound]:
+        """The campaign notice of each ``(vin, nonce)``."""
+        ...

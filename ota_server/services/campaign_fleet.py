@@ -1,0 +1,122 @@
+"""The services' side of the campaign engine's port (:class:`ota_server.rollout.fleet.Fleet`).
+
+Who matches a dynamic recall now (its late joiners), which image each affected ECU of a car
+is assigned (queued for the Director, with the recall's floors) and the notice each car is
+sent. The coordinator calls these during a tick; it never imports this module (the server's
+wiring hands it over).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.rollout import transitions
+from ota_server.rollout.fleet import Outbound
+from ota_server.rollout.states import CampaignKind, VinState
+from ota_server.schemas import Population
+from ota_server.services import campaigns, inventory
+from ota_server.services import population as populations
+from ota_server.services.owner_links import OwnerLinks
+from ota_server.services.recalls import release_floor
+from ota_server.signing.director import Director
+from ota_server.signing.image_repo import target_for
+
+log = logging.getLogger(__name__)
+_CHUNK = 500
+
+
+class CampaignFleet:
+    def __init__(self, director: Director, repo_url: str, owner_links: OwnerLinks | None = None) -> None:
+        """``owner_links``: each car's notice carries its owner-page link (none without)."""
+        self._director = director
+        self._repo_url = repo_url
+        self._owner_links = owner_links
+
+    def join_late(self, session: Session, campaign: Campaign, recall: Recall, now: datetime) -> int:
+        """A dynamic campaign takes cars that match now and were not in it yet, into its last wave.
+
+        A joiner whose manifests already show the fix on every affected ECU is counted
+        ``already_remedied`` as at launch: nothing is sent to it and it is final.
+        """
+        releases = populations.releases_of(session, recall)
+        population = Population.model_validate(recall.population)
+        members = {m.vin: m for m in populations.resolve_all(session, population, releases)}
+        known = set(session.scalars(select(CampaignVehicle.vin).where(CampaignVehicle.campaign_id == campaign.id)))
+        new = sorted(set(members) - known)
+        if not new:
+            return 0
+        campaigns.freeze_ecus(session, campaign.id, [members[vin] for vin in new])
+        last_wave = session.scalar(
+            select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
+        )
+        done = inventory.already_remedied(session, [members[vin] for vin in new])
+        transitions.enroll(
+            session,
+            [
+                {
+                    "campaign_id": campaign.id,
+                    "vin": vin,
+                    "nonce": transitions.new_nonce(),
+                    "state": VinState.PENDING.value,
+                    "reason": None,
+                    "detail": None,
+                    "progress_rank": -1,
+                    "attempt": 0,
+                    "updated_at": now,
+                    "wave": last_wave or 0,
+                    "deferrals": 0,
+                    "retries": 0,
+                }
+                | (inventory.remedied_row(vin) if vin in done else {})
+                for vin in new
+            ],
+        )
+        campaign.population += len(new)
+        log.info("campaign %d: %d late joiners", campaign.id, len(new))
+        return len(new)
+
+    def notices(
+        self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
+    ) -> list[Outbound]:
+        return [*campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links)]
+
+    def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
+        """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
+        release = session.get(Release, campaign.release_id)
+        assert release is not None
+        # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
+        rollback = campaign.kind == CampaignKind.ROLLBACK
+        releases = [release] if rollback else populations.releases_of(session, recall)
+        members = (
+            {}
+            if rollback
+            else {
+                m.vin: m.assignments()
+                for m in populations.resolve_all(session, Population.model_validate(recall.population), releases, vins)
+            }
+        )
+        by_hardware = {r.hardware_id: r.id for r in releases}
+        missing = [v for v in vins if v not in members]
+        for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
+            for vin, serial, hardware_id in session.execute(
+                select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
+                .join(Ecu, Ecu.vehicle_id == Vehicle.id)
+                .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
+                .where(populations.hardware_confirmed())  # never an ECU whose manifest names other hardware
+                .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
+            ):
+                members.setdefault(vin, {})[serial] = by_hardware[hardware_id]
+        images = {r.id: target_for(r) for r in releases}
+        floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
+        floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
+        plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
+        policy = None if rollback else recall.ecu_failure_policy
+        self._director.queue(  # signed when each car asks
+            session, plan, now, min_release_counter=floor, floors=floors, ecu_failure_policy=policy
+        )

@@ -1,0 +1,103 @@
+"""The one way the routes act on running campaigns: each action, then the tick or notices it calls for.
+
+An operator's control (pause, resume, cancel, retry, a per-VIN record, a decommission) runs
+while no tick runs (the scheduler's lock: a tick never sees half an action); a launch is
+followed at once by a tick of its campaign, so its first cars are notified without waiting
+for the periodic one; withdrawals go to the dispatcher. Routes call this and nothing of the
+scheduler or the dispatcher themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from sqlalchemy.orm import Session
+
+from ota_server.clock import Clock
+from ota_server.rollout.coordinator import Coordinator
+from ota_server.rollout.fleet import Outbound
+from ota_server.schemas import (
+    CampaignPublic,
+    LaunchRequestPublic,
+    OutcomeCreate,
+    VehicleDecommission,
+    VehicleDecommissioned,
+    VinOutcome,
+)
+from ota_server.services import campaign_control, vehicles
+from ota_server.signing.director import Director
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class RolloutControl:
+    coordinator: Coordinator
+    dispatch: Callable[[Sequence[Outbound]], None]
+    director: Director
+    clock: Clock
+
+    async def _exclusive(self, fn: Callable[[], T]) -> T:
+        return await asyncio.to_thread(self.coordinator.exclusive, fn)
+
+    async def _tick(self, campaign_ids: Collection[int]) -> None:
+        await self.coordinator.tick(campaign_ids)
+
+    async def launch(
+        self, start: Callable[[], CampaignPublic | LaunchRequestPublic]
+    ) -> CampaignPublic | LaunchRequestPublic:
+        """Run ``start`` (a launch, or a safety recall's request for approval); a launched campaign ticks."""
+        result = await asyncio.to_thread(start)
+        if isinstance(result, CampaignPublic):
+            await self._tick([result.id])
+        return result
+
+    async def pause(self, session: Session, campaign_id: int, reason: str, actor: str) -> CampaignPublic:
+        return await self._exclusive(lambda: campaign_control.pause(session, campaign_id, reason, actor, self.clock()))
+
+    async def resume(self, session: Session, campaign_id: int, reason: str, actor: str) -> CampaignPublic:
+        campaign = await self._exclusive(
+            lambda: campaign_control.resume(session, campaign_id, reason, actor, self.clock())
+        )
+        await self._tick([campaign_id])
+        return campaign
+
+    async def cancel(self, session: Session, campaign_id: int, reason: str, actor: str) -> tuple[CampaignPublic, int]:
+        """Returns the campaign and how many cars were withdrawn (their withdrawals are sent)."""
+        campaign, withdrawn, messages = await self._exclusive(
+            lambda: campaign_control.cancel(session, self.director, campaign_id, reason, actor, self.clock())
+        )
+        self.dispatch(messages)
+        return campaign, withdrawn
+
+    async def retry_failed(self, session: Session, campaign_id: int) -> tuple[CampaignPublic, int]:
+        result = await self._exclusive(lambda: campaign_control.retry_failed(session, campaign_id, self.clock()))
+        await self._tick([campaign_id])
+        return result
+
+    async def record_outcome(
+        self, session: Session, campaign_id: int, vin: str, body: OutcomeCreate, actor: str
+    ) -> VinOutcome:
+        outcome = await self._exclusive(
+            lambda: campaign_control.record_outcome(session, campaign_id, vin, body, actor, self.clock())
+        )
+        await self._tick([campaign_id])
+        return outcome
+
+    async def decommission(
+        self, session: Session, vin: str, body: VehicleDecommission, actor: str
+    ) -> VehicleDecommissioned:
+        """The car leaves every open campaign (withdrawals sent); those campaigns tick."""
+        answer, messages = await self._exclusive(
+            lambda: vehicles.decommission(session, self.director, vin, body, actor, self.clock())
+        )
+        self.dispatch(messages)
+        await self._tick(answer.removed_from)
+        return answer
+
+    def fleet_changed(self) -> None:
+        """Cars were registered: a dynamic campaign may take them at a tick soon."""
+        self.coordinator.poke()
