@@ -34,20 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bundles import repo_paths
-from firmware_bundles.bundle import build_bundle, sample_image
 from firmware_bundles.messages import CampaignNotice, ReportState
 from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.uptane import (
-    Expiry,
-    RepoVersions,
-    RoleSigners,
     bundle_target_path,
-    create_root,
-    director_target,
-    image_target,
-    publish_targets,
 )
 from firmware_bundles.vin import make_vin
+from simulator.signed_repo import SignedRepositories
 
 HW = "bench-hw"
 SERIAL = "ECU-0001"
@@ -58,31 +51,11 @@ TARGET_SECONDS, TARGET_CARS = 60.0, 30_000  # the fleet target this floor is com
 
 def build_repository(vins: list[str], image_bytes: int) -> tuple[dict[str, bytes], bytes, bytes]:
     """Both repositories as URL -> bytes: one Image repository, one Director chain per VIN."""
-    now = datetime.now(UTC)
-    image_signers, director_signers = RoleSigners.generate(), RoleSigners.generate(single_online_key=True)
-    image_root = create_root(image_signers, now + timedelta(days=1))
-    director_root = create_root(director_signers, now + timedelta(days=1))
-    bundle = build_bundle(sample_image(HW, NEW, size=image_bytes), HW, NEW, 2)
-    path = bundle_target_path(HW, NEW)
-    target = image_target(path, bundle.length, bundle.sha256, HW, NEW, 2)
-    _, image_files = publish_targets({path: target}, image_signers, Expiry(), now, RepoVersions())
-    files: dict[str, bytes] = {f"{REPO}/{repo_paths.TARGETS}{path}": bundle.data}
-    image_base = f"{REPO}/{repo_paths.IMAGE_METADATA}"
-    files.update({image_base + name: data for name, data in image_files.items()})
-    files[image_base + "1.root.json"] = image_root
+    repositories = SignedRepositories(REPO, vins, valid_for=timedelta(days=1))
+    target = repositories.release(NEW, 2, hardware_id=HW, image_bytes=image_bytes)
     for vin in vins:
-        _, chain = publish_targets(
-            {path: director_target(target, vin, SERIAL)},
-            director_signers,
-            Expiry(),
-            now,
-            RepoVersions(),
-            extra={"vin": vin},
-        )
-        base = f"{REPO}/{repo_paths.DIRECTOR_METADATA.format(vin=vin)}"
-        files.update({base + name: data for name, data in chain.items()})
-        files[base + "1.root.json"] = director_root
-    return files, image_root, director_root
+        repositories.assign({SERIAL: target}, vin=vin)
+    return repositories.files, repositories.image_root, repositories.director_root
 
 
 def run(

@@ -53,17 +53,11 @@ from firmware_bundles.bundle import (
     sample_image,
 )
 from firmware_bundles.uptane import (
-    Expiry,
-    RepoVersions,
-    RoleSigners,
     bundle_target_path,
-    create_root,
-    director_target,
-    image_target,
-    publish_targets,
 )
 from firmware_bundles.vin import make_vin
 from simulator.procstat import memory_kib
+from simulator.signed_repo import SignedRepositories
 
 TARGET_RSS_MIB = 100.0
 DELTA_SIZES = (64 * 1024, 1024 * 1024, 16 * 1024 * 1024)
@@ -160,30 +154,18 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _write(directory: Path, files: dict[str, bytes]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files.items():
-        (directory / name).write_bytes(data)
-
-
 def publish(root: Path, bundle: Path, vin: str) -> dict[str, str]:
     """Lay out both repositories under ``root`` as ``firmware_bundles.repo_paths`` says."""
-    now = datetime.now(UTC)
-    image_signers, director_signers = RoleSigners.generate(), RoleSigners.generate(single_online_key=True)
-    image_root = create_root(image_signers, now + timedelta(days=1))
-    director_root = create_root(director_signers, now + timedelta(days=1))
+    repositories = SignedRepositories("http://bench.invalid/repo", [vin], valid_for=timedelta(days=1))
     path = bundle_target_path(HW, NEW)
-    target = image_target(path, bundle.stat().st_size, _file_sha256(bundle), HW, NEW, 2)
-    _, image_files = publish_targets({path: target}, image_signers, Expiry(), now, RepoVersions())
-    director = {path: director_target(target, vin, SERIAL)}
-    _, director_files = publish_targets(director, director_signers, Expiry(), now, RepoVersions(), extra={"vin": vin})
+    target = repositories.list_image(path, bundle.stat().st_size, _file_sha256(bundle), HW, NEW, 2)
+    repositories.assign({SERIAL: target}, vin=vin)
     repo = root / "repo"
-    _write(repo / repo_paths.IMAGE_METADATA, {**image_files, "1.root.json": image_root})
-    _write(repo / repo_paths.DIRECTOR_METADATA.format(vin=vin), {**director_files, "1.root.json": director_root})
+    repositories.write_under(repo)
     served = repo / repo_paths.TARGETS / path
     served.parent.mkdir(parents=True, exist_ok=True)
     os.replace(bundle, served)
-    return {"image_root": image_root.decode(), "director_root": director_root.decode()}
+    return {"image_root": repositories.image_root.decode(), "director_root": repositories.director_root.decode()}
 
 
 class RangeHandler(SimpleHTTPRequestHandler):

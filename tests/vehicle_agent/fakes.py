@@ -1,4 +1,4 @@
-"""An in-memory Image repository and Director, signed with the contract helpers.
+"""An in-memory Image repository and Director (simulator.signed_repo), for the agent's tests.
 
 Served through :class:`vehicle_agent.transport.MemoryTransport`, so the agent runs its
 real python-tuf verification against it. Attacks are staged by publishing with the
@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from tuf.api.metadata import TargetFile
 
-from firmware_bundles import repo_paths
-from firmware_bundles.bundle import BuiltBundle, build_bundle, sample_image
+from firmware_bundles.bundle import BuiltBundle
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
-from firmware_bundles.uptane import (
-    Expiry,
-    RepoVersions,
-    RoleSigners,
-    bundle_target_path,
-    create_root,
-    director_target,
-    image_target,
-    publish_targets,
-)
+from firmware_bundles.uptane import RoleSigners
 from firmware_bundles.vin import make_vin
+from simulator.signed_repo import SignedRepositories
 from vehicle_agent.config import AgentConfig, EcuConfig
 from vehicle_agent.transport import MemoryTransport
 
@@ -40,48 +31,34 @@ VIN = make_vin("1HG", "CM826", "R", "A", 1)
 OTHER_VIN = make_vin("1HG", "CM826", "R", "A", 2)
 
 
-class FakeServer:
-    """Both repositories for a fleet; the Director publishes per VIN."""
+class FakeServer(SignedRepositories):
+    """Both repositories for a fleet (:class:`simulator.signed_repo.SignedRepositories`), served
+    through a :class:`MemoryTransport`; the Director publishes per VIN."""
 
     def __init__(self) -> None:
         self.transport = MemoryTransport()
-        self.now = datetime.now(UTC).replace(microsecond=0)
-        self.image_signers = RoleSigners.generate()
-        self.director_signers = RoleSigners.generate(single_online_key=True)
-        self.image_root = create_root(self.image_signers, self.now + timedelta(days=365))
-        self.director_root = create_root(self.director_signers, self.now + timedelta(days=365))
-        self.image_targets: dict[str, TargetFile] = {}
-        self.image_versions = RepoVersions()
-        self.director_versions: dict[str, RepoVersions] = {}
-        self.bundles: dict[str, BuiltBundle] = {}
-        self.transport.files[repo_paths.image_metadata_url(REPO) + "1.root.json"] = self.image_root
-        for vin in (VIN, OTHER_VIN):
-            self.transport.files[repo_paths.director_metadata_url(REPO, vin) + "1.root.json"] = self.director_root
-        self.publish_image()
+        super().__init__(REPO, (VIN, OTHER_VIN), files=self.transport.files)
 
-    # -- Image repository ----------------------------------------------------------
+    @property
+    def files(self) -> dict[str, Any]:
+        """The files the current transport serves (a test may swap the transport for another)."""
+        return self.transport.files
+
+    @files.setter
+    def files(self, value: dict[str, Any]) -> None:
+        self.transport.files = value
 
     def release(
-        self, version: str, counter: int, *, hardware_id: str = HW, bundle: BuiltBundle | None = None
+        self,
+        version: str,
+        counter: int,
+        *,
+        hardware_id: str = HW,
+        bundle: BuiltBundle | None = None,
+        image_bytes: int = 64 * 1024,
     ) -> TargetFile:
         """Release a bundle (by default the genuine one) and re-sign the Image repository."""
-        built = bundle or build_bundle(sample_image(hardware_id, version), hardware_id, version, counter)
-        path = bundle_target_path(hardware_id, version)
-        self.bundles[path] = built
-        self.transport.files[repo_paths.targets_url(REPO) + path] = built.data
-        target = image_target(path, built.length, built.sha256, hardware_id, version, counter)
-        self.image_targets[path] = target
-        self.publish_image()
-        return target
-
-    def publish_image(self, *, signers: RoleSigners | None = None, now: datetime | None = None) -> dict[str, bytes]:
-        self.image_versions, files = publish_targets(
-            self.image_targets, signers or self.image_signers, Expiry(), now or self.now, self.image_versions
-        )
-        self._serve(repo_paths.image_metadata_url(REPO), files)
-        return files
-
-    # -- Director ------------------------------------------------------------------
+        return super().release(version, counter, hardware_id=hardware_id, bundle=bundle, image_bytes=image_bytes)
 
     def assign(
         self,
@@ -94,32 +71,18 @@ class FakeServer:
         ecu_failure_policy: str | None = None,
         consent: Mapping[str, object] | None = None,
     ) -> dict[str, bytes]:
-        """Publish Director targets for ``vin``: ECU serial to the image target it must install
-        (``consent``: an owner-page answer signed into the same metadata)."""
-        signed_vin = signed_vin or vin
-        director = {
-            t.path: director_target(t, signed_vin, serial, ecu_failure_policy=ecu_failure_policy)
-            for serial, t in targets.items()
-        }
-        previous = self.director_versions.get(vin, RepoVersions())
-        versions, files = publish_targets(
-            director,
-            signers or self.director_signers,
-            Expiry(),
-            now or self.now,
-            previous,
-            extra={"vin": signed_vin, **({"consent": dict(consent)} if consent is not None else {})},
+        return super().assign(
+            targets,
+            vin=vin,
+            signed_vin=signed_vin,
+            signers=signers,
+            now=now,
+            ecu_failure_policy=ecu_failure_policy,
+            consent=consent,
         )
-        self.director_versions[vin] = versions
-        self._serve(repo_paths.director_metadata_url(REPO, vin), files)
-        return files
 
-    def serve_director(self, files: Mapping[str, bytes], vin: str = VIN) -> None:
-        self._serve(repo_paths.director_metadata_url(REPO, vin), files)
-
-    def _serve(self, base: str, files: Mapping[str, bytes]) -> None:
-        for name, data in files.items():
-            self.transport.files[base + name] = data
+    def serve_director(self, published: Mapping[str, bytes], vin: str = VIN) -> None:
+        super().serve_director(published, vin)
 
     # -- cars --------------------------------------------------------------------------
 
