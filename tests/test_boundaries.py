@@ -123,3 +123,12 @@ def test_the_writer_scan_sees_each_kind_of_write() -> None:
     for form in forms:
         assert car_state_writes(form), form
     assert not car_state_writes("campaign.status = 'paused'\nselect(CampaignVehicle.state)\nx = cv.state")
+
+
+def test_routes_act_on_campaigns_only_through_rollout_control() -> None:
+    """No route takes the scheduler's lock, asks for a tick or dispatches notices itself."""
+    for package in ("ota_server/api", "ota_server/web"):
+        for path in (ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Attribute) and node.attr in ("scheduler", "dispatch", "exclusive"):
+                    raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses .{node.attr}")

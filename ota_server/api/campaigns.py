@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
@@ -49,11 +48,7 @@ async def pause_campaign(
     campaign_id: Id, body: CampaignControl, session: OperatorSession, runtime: RuntimeDep
 ) -> CampaignPublic:
     """Stop notifying cars (and retrying). Cars already working carry on and report."""
-    actor = actor_of(session).name
-    return await run_in_threadpool(
-        runtime.scheduler.exclusive,
-        lambda: campaign_control.pause(session, campaign_id, body.reason, actor, runtime.clock()),
-    )
+    return await runtime.rollout.pause(session, campaign_id, body.reason, actor_of(session).name)
 
 
 @router.post("/{campaign_id}/resume", responses=errors(409))
@@ -64,13 +59,7 @@ async def resume_campaign(
 
     The open wave's errors so far count as seen: the threshold trips again only on new ones.
     """
-    actor = actor_of(session).name
-    campaign = await run_in_threadpool(
-        runtime.scheduler.exclusive,
-        lambda: campaign_control.resume(session, campaign_id, body.reason, actor, runtime.clock()),
-    )
-    await runtime.scheduler.tick([campaign_id])
-    return campaign
+    return await runtime.rollout.resume(session, campaign_id, body.reason, actor_of(session).name)
 
 
 @router.post("/{campaign_id}/cancel", responses=errors(409))
@@ -79,12 +68,7 @@ async def cancel_campaign(
 ) -> ControlResult:
     """Cancel: every car that has not started is withdrawn (a retained withdrawal replaces its
     notice and its Director assignment is emptied); cars installing finish or roll back cleanly."""
-    actor = actor_of(session).name
-    campaign, withdrawn, messages = await run_in_threadpool(
-        runtime.scheduler.exclusive,
-        lambda: campaign_control.cancel(session, runtime.director, campaign_id, body.reason, actor, runtime.clock()),
-    )
-    runtime.dispatcher.dispatch(messages)
+    campaign, withdrawn = await runtime.rollout.cancel(session, campaign_id, body.reason, actor_of(session).name)
     return ControlResult(campaign=campaign, vehicles=withdrawn)
 
 
@@ -92,10 +76,7 @@ async def cancel_campaign(
 async def retry_failed(campaign_id: Id, session: OperatorSession, runtime: RuntimeDep) -> ControlResult:
     """Give every failed, rolled-back or timed-out car a new notice (new nonce) now, within the plan's
     waves, rate and windows; the car starts a new attempt."""
-    campaign, count = await run_in_threadpool(
-        runtime.scheduler.exclusive, lambda: campaign_control.retry_failed(session, campaign_id, runtime.clock())
-    )
-    await runtime.scheduler.tick([campaign_id])
+    campaign, count = await runtime.rollout.retry_failed(session, campaign_id)
     return ControlResult(campaign=campaign, vehicles=count)
 
 
@@ -106,13 +87,7 @@ async def record_outcome(
     """Record, with evidence, that a car was remedied at a dealer, inspected and found not to need
     the remedy, or is unreachable (exported, stolen, scrapped, other)."""
     trail_of(session).action.target["outcome"] = body.outcome
-    actor = actor_of(session).name
-    outcome = await run_in_threadpool(
-        runtime.scheduler.exclusive,
-        lambda: campaign_control.record_outcome(session, campaign_id, vin, body, actor, runtime.clock()),
-    )
-    await runtime.scheduler.tick([campaign_id])
-    return outcome
+    return await runtime.rollout.record_outcome(session, campaign_id, vin, body, actor_of(session).name)
 
 
 @router.get("/{campaign_id}/notices", dependencies=[needs_read])

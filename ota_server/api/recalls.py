@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Response, status
-from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
@@ -52,7 +51,7 @@ async def launch_recall(
 ) -> CampaignPublic | LaunchRequestPublic:
     """Launch a non-safety recall at once (201); for a safety recall, record the request (202).
 
-    Launching freezes the population into the rollout plan's waves; the scheduler then
+    Launching freezes the population into the rollout plan's waves; the campaign engine then
     notifies the first cars the plan allows (signing their Director metadata) at once.
     A request is refused as the launch would be: 422 if no car matches, 409 if the release
     is not published or the recall is launched already (naming its campaign). Asking again
@@ -65,11 +64,9 @@ async def launch_recall(
             return approvals.request_launch(session, recall_id, actor_of(session), runtime.clock())
         return campaigns.launch(session, recall_id, now=runtime.clock())
 
-    result = await run_in_threadpool(launch)
+    result = await runtime.rollout.launch(launch)
     if isinstance(result, LaunchRequestPublic):
         response.status_code = status.HTTP_202_ACCEPTED
-        return result
-    await runtime.scheduler.tick([result.id])
     return result
 
 
@@ -86,6 +83,4 @@ async def approve_launch(recall_id: Id, session: ApproverSession, runtime: Runti
         approvals.stage_approval(session, recall_id, actor_of(session), runtime.clock())
         return campaigns.launch(session, recall_id, now=runtime.clock())
 
-    campaign = await run_in_threadpool(approve)
-    await runtime.scheduler.tick([campaign.id])
-    return campaign
+    return await runtime.rollout.launch(approve)

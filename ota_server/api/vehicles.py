@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
-from starlette.concurrency import run_in_threadpool
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
@@ -94,7 +93,7 @@ def list_vehicles(
 def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
     """Register one car; a dynamic campaign whose population it matches takes it at the next tick."""
     stored = vehicles.register_one(session, body, runtime.clock())
-    runtime.scheduler.poke()
+    runtime.rollout.fleet_changed()
     return stored
 
 
@@ -102,7 +101,7 @@ def register_vehicle(body: VehicleCreate, session: OperatorSession, runtime: Run
 def register_batch(body: VehicleBatchCreate, session: OperatorSession, runtime: RuntimeDep) -> BatchCreated:
     """All or nothing: one bad car rejects the batch (422 names its index and VIN)."""
     created = BatchCreated(created=vehicles.register(session, body.vehicles, runtime.clock()))
-    runtime.scheduler.poke()
+    runtime.rollout.fleet_changed()
     return created
 
 
@@ -185,14 +184,7 @@ async def decommission_vehicle(
     every open campaign it is recorded unreachable with this reason (a notified car is sent a withdrawal).
     Refused (409) while it installs somewhere, and when it was decommissioned already."""
     trail_of(session).action.target["reason"] = body.reason.value
-    actor = actor_of(session).name
-    answer, messages = await run_in_threadpool(
-        runtime.scheduler.exclusive,
-        lambda: vehicles.decommission(session, runtime.director, vin, body, actor, runtime.clock()),
-    )
-    runtime.dispatcher.dispatch(messages)
-    await runtime.scheduler.tick(answer.removed_from)
-    return answer
+    return await runtime.rollout.decommission(session, vin, body, actor_of(session).name)
 
 
 @router.get("/{vin}/status", dependencies=[needs_read])

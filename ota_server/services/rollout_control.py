@@ -31,6 +31,7 @@ from ota_server.services import campaign_control, vehicles
 from ota_server.signing.director import Director
 
 T = TypeVar("T")
+Started = TypeVar("Started", bound=CampaignPublic | LaunchRequestPublic)
 
 
 @dataclass(frozen=True)
@@ -46,9 +47,7 @@ class RolloutControl:
     async def _tick(self, campaign_ids: Collection[int]) -> None:
         await self.coordinator.tick(campaign_ids)
 
-    async def launch(
-        self, start: Callable[[], CampaignPublic | LaunchRequestPublic]
-    ) -> CampaignPublic | LaunchRequestPublic:
+    async def launch(self, start: Callable[[], Started]) -> Started:
         """Run ``start`` (a launch, or a safety recall's request for approval); a launched campaign ticks."""
         result = await asyncio.to_thread(start)
         if isinstance(result, CampaignPublic):
