@@ -28,9 +28,9 @@ from pydantic_core import CoreSchema, InitErrorDetails, PydanticCustomError
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.messages import OwnerNotice, Preconditions
 from firmware_bundles.vin import normalize_vin, validate_vin
+from ota_server.domain.rollout_plan import STORED, RolloutPlan, TimeZone, filing
+from ota_server.domain.states import UnreachableReason
 from ota_server.roles import Role
-from ota_server.rollout.plan import STORED, RolloutPlan, TimeZone, filing
-from ota_server.rollout.states import UnreachableReason
 
 _IN = ConfigDict(extra="forbid")
 RemedyType = Literal["ota", "dealer", "both"]

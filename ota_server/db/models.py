@@ -202,7 +202,7 @@ class Recall(Base):
     min_release_counter: Mapped[int | None] = mapped_column(Integer)
     remedy_type: Mapped[str] = mapped_column(String(8), default="ota", server_default="ota")
     # Wire-contract JSON (firmware_bundles.messages.OwnerNotice / Preconditions) and the
-    # rollout plan (ota_server.rollout.plan.RolloutPlan); None means the defaults.
+    # rollout plan (ota_server.domain.rollout_plan.RolloutPlan); None means the defaults.
     owner_notice: Mapped[dict[str, Any] | None]
     preconditions: Mapped[dict[str, Any] | None]
     rollout: Mapped[dict[str, Any] | None]

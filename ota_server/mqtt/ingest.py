@@ -5,7 +5,7 @@ so a malformed message never reaches the queue. One worker drains the queue in
 batches and applies each batch in one transaction; per (campaign, VIN) the
 current state only moves forward by the report's progress key ``(attempt,
 deferrals, state.rank)``, and only by a move the per-VIN state machine
-(:mod:`ota_server.rollout.states`) allows a car; each ``(campaign, vin, attempt,
+(:mod:`ota_server.domain.states`) allows a car; each ``(campaign, vin, attempt,
 deferrals, state)`` is recorded once, so QoS 1 duplicates and out-of-order
 delivery never double count, while every deferral is its own event. After each
 batch the ``after_batch`` hook (the scheduler) re-judges the campaigns it touched.
@@ -51,10 +51,10 @@ from firmware_bundles.messages import (
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
+from ota_server.domain.states import Cause, VinState, allowed
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.infra.tasks import stop_task
 from ota_server.rollout import transitions
-from ota_server.rollout.states import Cause, VinState, allowed
 from ota_server.schemas import IngestStats
 from ota_server.services import inventory
 

@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, EcuReport, Recall, Vehicle
+from ota_server.domain.states import SUCCESS, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.rollout.states import SUCCESS, VinState
 from ota_server.services.campaigns import remedy_campaign
 
 

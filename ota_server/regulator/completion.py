@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignEcu, RecallRelease, Release
+from ota_server.domain.states import ERRORS, UnreachableReason, VinState
 from ota_server.regulator.common import (
     Report,
     Standing,
@@ -28,7 +29,6 @@ from ota_server.regulator.common import (
     recall_of,
     standings,
 )
-from ota_server.rollout.states import ERRORS, UnreachableReason, VinState
 
 COLUMNS = ("measure", "count")
 _BUCKETS = {

@@ -26,8 +26,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignVehicle, Ecu, EcuReport, Release, Vehicle
+from ota_server.domain.states import ERRORS, SUCCESS, VinState
 from ota_server.regulator.common import Report, launched_campaign, recall_meta, recall_of
-from ota_server.rollout.states import ERRORS, SUCCESS, VinState
 from ota_server.services.population import releases_of
 
 COLUMNS = (

@@ -11,7 +11,7 @@
    dealer remedy or the plan's start time has not come.
 
 The pure rules (waves, gates, thresholds, windows, rates, backoff) are
-:mod:`ota_server.rollout.plan`'s; every car's move goes through
+:mod:`ota_server.domain.rollout_plan`'s; every car's move goes through
 :mod:`ota_server.rollout.transitions`.
 """
 
@@ -26,11 +26,11 @@ from sqlalchemy.orm import Session
 
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
-from ota_server.rollout import plan as rules
+from ota_server.domain import rollout_plan as rules
+from ota_server.domain.states import ERRORS, IN_FLIGHT, INSTALLING, CampaignKind, CampaignStatus, Cause, VinState
 from ota_server.rollout import rollback, transitions
 from ota_server.rollout.fleet import Fleet, Outbound
 from ota_server.rollout.notifying import Notifier
-from ota_server.rollout.states import ERRORS, IN_FLIGHT, INSTALLING, CampaignKind, CampaignStatus, Cause, VinState
 
 log = logging.getLogger(__name__)
 

@@ -40,9 +40,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, Recall
+from ota_server.domain.states import CampaignStatus
 from ota_server.rollout.campaign_tick import CampaignTick, TickResult
 from ota_server.rollout.fleet import Fleet, Outbound
-from ota_server.rollout.states import CampaignStatus
 
 log = logging.getLogger(__name__)
 

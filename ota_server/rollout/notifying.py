@@ -18,10 +18,10 @@ from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Recall, Vehicle
-from ota_server.rollout import plan as rules
+from ota_server.domain import rollout_plan as rules
+from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignStatus, VinState
 from ota_server.rollout import transitions
 from ota_server.rollout.fleet import Fleet, Outbound
-from ota_server.rollout.states import ERRORS, INSTALLING, NOT_STARTED, CampaignStatus, VinState
 
 _CHUNK = 500
 _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release

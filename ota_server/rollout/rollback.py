@@ -15,8 +15,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Vehicle
+from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
 from ota_server.rollout import transitions
-from ota_server.rollout.states import CampaignKind, CampaignStatus, VinState
 
 
 def rollback_of(session: Session, campaign_id: int) -> Campaign | None:

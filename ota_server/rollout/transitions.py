@@ -3,7 +3,7 @@
 Every change of a car's state in a campaign goes through here, whoever causes it: the car's
 signed reports (ingest, in batches), the scheduler (timeouts, retries, notices sent), the
 operator (dealer remedy, inspection, unreachable, cancel) and a version manifest showing the
-fix. Each move is checked by the state machine (:mod:`ota_server.rollout.states`) unless the
+fix. Each move is checked by the state machine (:mod:`ota_server.domain.states`) unless the
 caller already asked it (ingest orders a car's reports and asks before it moves one), and
 leaves its event row in the car's history. ``tests/test_boundaries.py`` checks that no other
 module assigns a car's state, builds or inserts its rows or updates its table.
@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import ReportState
 from ota_server.db.models import CampaignEvent, CampaignVehicle
-from ota_server.rollout.states import Cause, VinState, check
+from ota_server.domain.states import Cause, VinState, check
 
 VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
 _FAILED_ECU_STATES = (ReportState.FAILED, ReportState.ROLLED_BACK)
@@ -102,7 +102,7 @@ def move(
 ) -> None:
     """Move one car by a server-side cause (checked by the state machine) and record it.
 
-    Raises :class:`~ota_server.rollout.states.IllegalTransition` if the state machine forbids it.
+    Raises :class:`~ota_server.domain.states.IllegalTransition` if the state machine forbids it.
     """
     check(VinState(cv.state), dst, cause)
     cv.state, cv.reason, cv.detail, cv.updated_at = dst.value, reason, detail, now

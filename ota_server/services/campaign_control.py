@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
+from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import transitions
-from ota_server.rollout.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director

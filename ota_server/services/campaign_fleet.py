@@ -16,9 +16,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.domain.states import CampaignKind, VinState
 from ota_server.rollout import transitions
 from ota_server.rollout.fleet import Outbound
-from ota_server.rollout.states import CampaignKind, VinState
 from ota_server.schemas import Population
 from ota_server.services import campaigns, inventory
 from ota_server.services import population as populations

@@ -19,13 +19,13 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
+from ota_server.domain.rollout_plan import RolloutPlan, wave_sizes
+from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import transitions
 from ota_server.rollout.campaign_tick import plan_of as plan_of
 from ota_server.rollout.fleet import Outbound as Outbound
-from ota_server.rollout.plan import RolloutPlan, wave_sizes
 from ota_server.rollout.rollback import rollback_of as rollback_of
-from ota_server.rollout.states import CampaignKind, CampaignStatus, VinState
 from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.services import inventory
@@ -33,7 +33,7 @@ from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
 PENDING = VinState.PENDING.value
-# Short names for the states of rollout.states (defined there, once).
+# Short names for the states of domain.states (defined there, once).
 ACTIVE, PAUSED, CANCELLED, COMPLETED = (
     CampaignStatus.ACTIVE,
     CampaignStatus.PAUSED,

@@ -18,8 +18,8 @@ from sqlalchemy.orm import Session
 from firmware_bundles.consent import REMOTE_ANSWERS, RemoteAnswer, SignedConsent, images_key
 from firmware_bundles.messages import OwnerNotice
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
+from ota_server.domain.states import NOT_STARTED, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.rollout.states import NOT_STARTED, VinState
 from ota_server.services.campaigns import CANCELLED, REMEDY
 from ota_server.services.owner_links import OwnerLinks
 from ota_server.signing.director import Director

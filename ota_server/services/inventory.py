@@ -42,8 +42,8 @@ from ota_server.db.models import (
     Release,
     Vehicle,
 )
+from ota_server.domain.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.rollout import transitions
-from ota_server.rollout.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.schemas import DiscrepancyKind, DiscrepancyPage, DiscrepancyPublic
 from ota_server.services import audit
 from ota_server.services.population import Member

@@ -12,10 +12,10 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.domain import rollout_plan as rules
+from ota_server.domain.states import ERRORS, IN_FLIGHT, VinState
 from ota_server.errors import NotFound
-from ota_server.rollout import plan as rules
 from ota_server.rollout.campaign_tick import can_still_change
-from ota_server.rollout.states import ERRORS, IN_FLIGHT, VinState
 from ota_server.schemas import EcuProgress, Progress, WaveProgress
 from ota_server.services.campaigns import CANCELLED, rollback_of, shown_plan
 

@@ -11,8 +11,8 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import MAX_MESSAGE_BYTES, Contact, encode
 from ota_server.db.models import Campaign, Recall, RecallRelease, Release
+from ota_server.domain.rollout_plan import start_problem
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.rollout.plan import start_problem
 from ota_server.schemas import Population, RecallCreate, RecallPublic
 from ota_server.services import approvals, campaigns, owner_notices
 from ota_server.services import population as populations

@@ -14,9 +14,9 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, NoticeLog, Recall, Release, Vehicle
+from ota_server.domain.rollout_plan import RolloutPlan
+from ota_server.domain.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
 from ota_server.errors import NotFound
-from ota_server.rollout.plan import RolloutPlan
-from ota_server.rollout.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
 from ota_server.schemas import Population
 from ota_server.services import population as populations
 from ota_server.services import progress as progress_service

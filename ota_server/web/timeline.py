@@ -28,9 +28,9 @@ from ota_server.db.models import (
     Recall,
     Vehicle,
 )
+from ota_server.domain.rollout_plan import RolloutPlan
+from ota_server.domain.states import ERRORS, VinState
 from ota_server.errors import InvalidInput, NotFound
-from ota_server.rollout.plan import RolloutPlan
-from ota_server.rollout.states import ERRORS, VinState
 from ota_server.schemas import DiscrepancyPublic, EcuPublic
 from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, shown_plan
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline

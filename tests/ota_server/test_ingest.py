@@ -8,7 +8,7 @@ from securesystemslib.signer import CryptoSigner
 
 from firmware_bundles import topics
 from firmware_bundles.messages import FailureReason, Presence, ReportState, encode
-from ota_server.rollout.states import VinState
+from ota_server.domain.states import VinState
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, remedied, report, vin
 

@@ -11,7 +11,7 @@ from typing import Any
 from sqlalchemy import event, update
 
 from ota_server.db.models import CampaignVehicle
-from ota_server.rollout.states import IN_FLIGHT
+from ota_server.domain.states import IN_FLIGHT
 from ota_server.services.progress import progress
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import provision, recall_body, upload, vehicle, vin

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, time, timedelta
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ota_server.rollout import plan as rules
-from ota_server.rollout.states import (
+from ota_server.domain import rollout_plan as rules
+from ota_server.domain.states import (
     CAR_STATES,
     INSTALLING,
     NOT_STARTED,

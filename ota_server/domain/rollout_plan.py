@@ -30,7 +30,7 @@ from pydantic import (
     model_validator,
 )
 
-from ota_server.rollout.states import ERRORS, VinState
+from ota_server.domain.states import ERRORS, VinState
 
 _IN = ConfigDict(extra="forbid")
 
