@@ -1,6 +1,6 @@
 """Offline targets signing: fetch the pending Image targets payload, post its signatures.
 
-``ota release sign`` uses both. The payload is never served under ``/repo``: cars
+``ota releases sign`` uses both. The payload is never served under ``/repo``: cars
 see a release only once a threshold of targets keys has signed it.
 """
 

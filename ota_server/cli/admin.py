@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ota_server.cli.recalls import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, fail
+from ota_server.cli.common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, fail
 from ota_server.regulator import Format, Kind
 from ota_server.roles import Role
 

@@ -3,7 +3,7 @@
 With the targets key on the server (development keys) every release upload re-signs
 targets, snapshot and timestamp at once. With the targets key offline (``ota keys
 init``) an upload only prepares the next targets metadata, unsigned ("pending");
-the release is published when ``ota release sign`` posts a threshold of valid
+the release is published when ``ota releases sign`` posts a threshold of valid
 targets signatures over exactly those bytes, and only then are snapshot and
 timestamp signed with the online keys.
 """
@@ -121,7 +121,7 @@ class ImageRepository:
     def publish(self, session: Session, now: datetime) -> RepoVersions | None:
         """Sign a new chain listing every release, or, with the targets key offline, prepare it.
 
-        Returns the new versions, or None when the release waits for ``ota release sign``.
+        Returns the new versions, or None when the release waits for ``ota releases sign``.
         """
         signers = self.signers(session)
         if not signers.targets:
@@ -195,7 +195,7 @@ class ImageRepository:
         The caller commits.
 
         Offline targets close to expiry cannot be re-signed here: the same targets is
-        prepared as pending (if nothing is) and a warning asks for ``ota release sign``.
+        prepared as pending (if nothing is) and a warning asks for ``ota releases sign``.
         """
         chain_versions(session, IMAGE, REPO_WIDE, for_update=True)  # lock the rows
         rows = {name: get_file(session, IMAGE, REPO_WIDE, name) for name in CHAIN}
@@ -216,4 +216,4 @@ class ImageRepository:
             return
         if get_file(session, IMAGE, REPO_WIDE, PENDING_TARGETS) is None:
             self.prepare_pending(session, now)
-        log.warning("the Image targets metadata expires at %s: run `ota release sign` with the offline key", expires)
+        log.warning("the Image targets metadata expires at %s: run `ota releases sign` with the offline key", expires)

@@ -126,7 +126,7 @@ class RepoKeys:
 
     Snapshot and timestamp (and, for the Director, targets) must be online: fewer
     keys than the threshold is :class:`NotReady`. An Image targets role the server
-    holds no threshold for is offline: releases then wait for ``ota release sign``.
+    holds no threshold for is offline: releases then wait for ``ota releases sign``.
     """
 
     def __init__(self, repo: str, keyring: Keyring, online: Sequence[str] = ONLINE_ROLES) -> None:

@@ -1,4 +1,4 @@
-"""The offline side of ``ota release sign``: sign the server's pending targets with the targets key.
+"""The offline side of ``ota releases sign``: sign the server's pending targets with the targets key.
 
 Runs on the machine holding the offline directory; it talks to the server only
 over the API. The payload is parsed and signed with securesystemslib through

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import delete, func, select, update
 
-from ota_server.cli import recalls as cli_ops
+from ota_server.cli import common as cli_common
 from ota_server.db.models import AuditEntry, Recall
 from ota_server.services import audit
 from tests.ota_server.conftest import Env, make_settings, running
@@ -113,7 +113,7 @@ async def test_tampering_is_caught_and_the_first_bad_entry_named(
 ) -> None:
     async with running(make_settings(tmp_path)) as env:
         transport = LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
-        monkeypatch.setattr(cli_ops, "transport_override", transport)
+        monkeypatch.setattr(cli_common, "transport_override", transport)
 
         async def _verify_cli() -> Any:  # `ota audit verify`, asking the server
             return await ota(env, "audit", "verify")

@@ -10,8 +10,8 @@ from unittest import mock
 import httpx
 import pytest
 
-from ota_server.cli import fleet as cli_fleet
-from ota_server.cli import recalls as cli_ops
+from ota_server.cli import common as cli_common
+from ota_server.cli import vehicles as cli_vehicles
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vehicle, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota
@@ -20,7 +20,7 @@ from tests.ota_server.test_cli_ops import LoopTransport, ota
 @pytest.fixture
 async def cli_env(env: Env, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     monkeypatch.setattr(
-        cli_ops, "transport_override", LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
+        cli_common, "transport_override", LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
     )
     monkeypatch.delenv("OTA_TOKEN", raising=False)
     monkeypatch.delenv("OTA_SERVER", raising=False)
@@ -32,7 +32,7 @@ async def test_list_walks_every_page_with_filters(cli_env: Env) -> None:
     sedans = [vin(n) for n in range(1, 8)]
     cars = [vehicle(v) for v in sedans] + [vehicle(vin(50), model="Wagon")]
     assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})).status_code == 201
-    with mock.patch.object(cli_fleet, "PAGE", 3):  # several pages for a few cars
+    with mock.patch.object(cli_vehicles, "PAGE", 3):  # several pages for a few cars
         result = await ota(env, "vehicles", "list", "--model", "Sedan", "--since", "2026-01-01", "--json")
     assert result.exit_code == 0, result.output
     assert [car["vin"] for car in json.loads(result.output)] == sorted(sedans)

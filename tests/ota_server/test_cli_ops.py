@@ -16,7 +16,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from firmware_bundles.bundle import sample_image
-from ota_server.cli import recalls as cli_ops
+from ota_server.cli import common as cli_common
 from ota_server.cli.main import app
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, vin
@@ -45,7 +45,7 @@ class LoopTransport(httpx.BaseTransport):
 @pytest.fixture
 async def wired(env: Env, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Env]:
     transport = LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
-    monkeypatch.setattr(cli_ops, "transport_override", transport)
+    monkeypatch.setattr(cli_common, "transport_override", transport)
     monkeypatch.delenv("OTA_TOKEN", raising=False)
     monkeypatch.delenv("OTA_SERVER", raising=False)
     yield env

@@ -1,4 +1,4 @@
-"""Releases with the targets key offline: pending until ``ota release sign``, then published.
+"""Releases with the targets key offline: pending until ``ota releases sign``, then published.
 
 The server never holds the targets key here (``ota keys init`` put it in an offline
 directory); a signature by another key, or over other bytes, publishes nothing.

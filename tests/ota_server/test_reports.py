@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from ota_server.cli import recalls as cli_ops
+from ota_server.cli import common as cli_common
 from ota_server.config import Settings
 from ota_server.regulator import FORMATS, KINDS
 from tests.ota_server.conftest import Env, running
@@ -167,7 +167,7 @@ async def test_cli_exports_a_report_to_a_file(
 ) -> None:
     async with running(settings) as env:
         transport = LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
-        monkeypatch.setattr(cli_ops, "transport_override", transport)
+        monkeypatch.setattr(cli_common, "transport_override", transport)
         recall_id, _ = await _campaign(env)
         out = tmp_path / "completion.json"
         args = ["reports", "export", str(recall_id), "--kind", "completion", "--quarter", QUARTER]

@@ -1,20 +1,21 @@
-"""``ota vehicles list|show|update|decommission``: the fleet, managed through the REST API.
+"""``ota vehicles import|list|show|update|decommission|provision|revoke``: the fleet, through the REST API.
 
-Same plumbing as :mod:`ota_server.cli.recalls` (``--server``/``OTA_SERVER``, ``--token``/``OTA_TOKEN``,
-``--json``; exit 0 done, 1 refused or unreachable, 2 a usage error).
+Plumbing from :mod:`ota_server.cli.common`; the CSV import is :mod:`ota_server.cli.vehicle_import`.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from firmware_bundles.vin import normalize_vin
 from ota_server.cli.api_client import ApiClient
-from ota_server.cli.recalls import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
+from ota_server.cli.common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
+from ota_server.cli.vehicle_import import vehicles_import
 
 VinArgument = Annotated[str, typer.Argument(help="The car's VIN")]
 PAGE = 500  # cars asked per request while the list walks the pages
@@ -33,12 +34,18 @@ class Changeable(StrEnum):
     OWNER_CONTACT = "owner_contact"
 
 
-def register(vehicles_app: typer.Typer) -> None:
-    """Add the fleet commands to ``ota vehicles`` (next to import, provision and revoke)."""
+vehicles_app = typer.Typer(help="Vehicles: import, list, show, update, decommission; identity.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(vehicles_app, name="vehicles")
+    vehicles_app.command("import")(vehicles_import)
     vehicles_app.command("list")(vehicles_list)
     vehicles_app.command("show")(vehicles_show)
     vehicles_app.command("update")(vehicles_update)
     vehicles_app.command("decommission")(vehicles_decommission)
+    vehicles_app.command("provision")(vehicles_provision)
+    vehicles_app.command("revoke")(vehicles_revoke)
 
 
 def _walk(client: ApiClient, filters: dict[str, Any], most: int | None) -> list[dict[str, Any]]:
@@ -180,3 +187,43 @@ def vehicles_decommission(
     campaigns = ", ".join(str(c) for c in answer["removed_from"]) or "none"
     line = f"{answer['vehicle']['vin']} decommissioned ({reason.value}); unreachable in campaign(s): {campaigns}"
     emit(as_json, answer, lambda: typer.echo(line))
+
+
+def vehicles_provision(
+    vin: Annotated[str, typer.Argument(help="A registered vehicle's VIN")],
+    out: Annotated[Path, typer.Option(help="Directory for the car's config bundle (agent.toml, keys, roots)")],
+    server: ServerOption = DEFAULT_SERVER,
+    certificate: Annotated[bool, typer.Option(help="Also issue an MQTT client certificate (TLS broker)")] = True,
+    token: TokenOption = None,
+) -> None:
+    """Issue a car's report key and client certificate on the running server; write its config bundle.
+
+    The private keys exist only in the bundle; provisioning again replaces the key (the old one is rejected).
+    """
+    from firmware_bundles.errors import ContractError
+    from firmware_bundles.provisioning import write_bundle
+
+    with client_for(server, token) as client:
+        answer = client.provision_vehicle(normalize_vin(vin), certificate=certificate)
+    try:
+        path = write_bundle(out, answer)
+    except (ContractError, ValueError) as exc:
+        typer.echo(f"error: unexpected answer from {server}: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    typer.echo(str(path))
+
+
+def vehicles_revoke(
+    vin: Annotated[str, typer.Argument(help="The car whose client certificate is revoked")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+) -> None:
+    """Revoke a car's MQTT client certificate (stolen, retired); the server rewrites the broker's CRL.
+
+    The broker refuses the certificate once it has re-read the CRL (SIGHUP or restart).
+    """
+    with client_for(server, token) as client:
+        answer = client.revoke_certificate(normalize_vin(vin))
+    revoked = answer.get("revoked", [])
+    typer.echo(f"revoked {len(revoked)} certificate(s): {', '.join(revoked) or '-'}")
+    typer.echo("# make the broker read the new CRL: kill -HUP <mosquitto pid>")
