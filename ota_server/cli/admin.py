@@ -21,14 +21,14 @@ from ota_server.roles import Role
 
 tokens_app = typer.Typer(help="API tokens (people and their roles), admin only.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log, admin only.", no_args_is_help=True)
-reports_app = typer.Typer(help="Regulator and operator reports (CSV, JSON, PDF).", no_args_is_help=True)
+regulator_reports_app = typer.Typer(help="Regulator and operator reports (CSV, JSON, PDF).", no_args_is_help=True)
 
 
 def register(app: typer.Typer) -> None:
     """Add ``ota tokens``, ``ota audit`` and ``ota reports`` to the ``ota`` app."""
     app.add_typer(tokens_app, name="tokens")
     app.add_typer(audit_app, name="audit")
-    app.add_typer(reports_app, name="reports")
+    app.add_typer(regulator_reports_app, name="reports")
 
 
 # --- ota tokens ------------------------------------------------------------------------
@@ -112,8 +112,8 @@ def _period(kind: str, label: str | None) -> None:
         raise typer.BadParameter(exc.message, param_hint=f"--{kind}") from exc
 
 
-@reports_app.command("export")
-def reports_export(
+@regulator_reports_app.command("export")
+def regulator_report_export(
     recall_id: Annotated[int, typer.Argument(min=1, help="The recall's id")],
     kind: Annotated[Kind, typer.Option(help="Which report")],
     out: Annotated[Path, typer.Option(dir_okay=False, help="File to write")],
@@ -127,7 +127,7 @@ def reports_export(
     _period("quarter", quarter)
     _period("week", week)
     with client_for(server, token) as client:
-        body = client.report(recall_id, kind, fmt, quarter=quarter, week=week)
+        body = client.regulator_report(recall_id, kind, fmt, quarter=quarter, week=week)
     try:
         out.write_bytes(body)
     except OSError as exc:

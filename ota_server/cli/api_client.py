@@ -107,8 +107,8 @@ class ApiClient:
         result: dict[str, Any] = self.call("GET", f"{API}/audit/verify")
         return result
 
-    # --- reports ---
-    def report(self, recall_id: int, kind: str, fmt: str, *, quarter: str | None, week: str | None) -> bytes:
+    # --- regulator reports (documents about a recall, not cars' status reports) ---
+    def regulator_report(self, recall_id: int, kind: str, fmt: str, *, quarter: str | None, week: str | None) -> bytes:
         """One recall's report file, as the server rendered it (CSV, JSON or PDF)."""
         params = {"format": fmt, **({"quarter": quarter} if quarter else {}), **({"week": week} if week else {})}
         return self.download(f"{API}/reports/recalls/{recall_id}/{kind}", params=params)

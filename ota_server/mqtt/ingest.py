@@ -1,4 +1,5 @@
-"""Report ingest: MQTT messages in, batched and idempotent database writes out.
+"""Status-report ingest: cars' MQTT status messages (and version manifests) in, batched and idempotent
+database writes out.
 
 Parsing and the checks that need no database happen at once in :meth:`Ingestor.submit`,
 so a malformed message never reaches the queue. One worker drains the queue in
@@ -319,7 +320,7 @@ def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budget
     return None if budgets.spend_car(report.vin) else FLOOD
 
 
-def _apply_reports(
+def _apply_status_reports(
     session: Session,
     reports: Sequence[Received],
     outcome: Outcome,
@@ -620,7 +621,7 @@ class Ingestor:
             try:
                 with self._factory() as session:
                     reports = [i for i in items if isinstance(i.message, StatusReport | VersionManifest)]
-                    _apply_reports(session, reports, outcome, self.budgets, charged, self._clock())
+                    _apply_status_reports(session, reports, outcome, self.budgets, charged, self._clock())
                     _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
                     session.commit()
                 committed = self._clock()

@@ -1,6 +1,6 @@
 """Regulator and operator reports, generated from the data (one small module per report).
 
-Each ``build`` returns a :class:`~ota_server.regulator.common.Report`, rendered as CSV, JSON or
+Each ``build`` returns a :class:`~ota_server.regulator.common.RegulatorReport`, rendered as CSV, JSON or
 PDF (:mod:`ota_server.regulator.pdf`: the completion report as a one-page summary, the others as
 their header, summary and table). The audit log has
 its own export (``GET /api/v1/audit/export``, admin only).
@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.errors import InvalidInput
 from ota_server.regulator import completion, notices, population, type_approval, vin_status
-from ota_server.regulator.common import Report
+from ota_server.regulator.common import RegulatorReport
 
 Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
 Format = Literal["csv", "json", "pdf"]  # every kind in every format
@@ -31,7 +31,7 @@ def build(
     *,
     quarter: str | None = None,
     week: str | None = None,
-) -> Report:
+) -> RegulatorReport:
     if kind == "population":
         return population.build(session, recall_id, now)
     if kind == "completion":
@@ -45,7 +45,7 @@ def build(
     raise InvalidInput(f"unknown report {kind!r}: one of {', '.join(KINDS)}")
 
 
-def render(report: Report, fmt: str) -> tuple[bytes, str]:
+def render(report: RegulatorReport, fmt: str) -> tuple[bytes, str]:
     """The report's bytes and media type in ``fmt`` (csv, json or pdf)."""
     import json
 
@@ -60,4 +60,4 @@ def render(report: Report, fmt: str) -> tuple[bytes, str]:
     raise InvalidInput(f"format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
-__all__ = ["FORMATS", "KINDS", "Format", "Kind", "Report", "build", "render"]
+__all__ = ["FORMATS", "KINDS", "Format", "Kind", "RegulatorReport", "build", "render"]

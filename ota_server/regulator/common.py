@@ -19,8 +19,9 @@ from ota_server.services.campaigns import remedy_campaign
 
 
 @dataclass
-class Report:
-    """A report: header facts (``meta``), optional ``summary`` counts and a table of rows."""
+class RegulatorReport:
+    """A regulator report document (not a car's status report): header facts (``meta``), optional
+    ``summary`` counts and a table of rows."""
 
     kind: str
     meta: dict[str, Any]

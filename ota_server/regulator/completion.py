@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import CampaignEcu, RecallRelease, Release
 from ota_server.domain.states import ERRORS, UnreachableReason, VinState
 from ota_server.regulator.common import (
-    Report,
+    RegulatorReport,
     Standing,
     installed_as_of,
     launched_campaign,
@@ -42,7 +42,7 @@ _BUCKETS = {
 _REMEDIES = ("remedied_ota", "remedied_at_dealer", "inspected_not_needed")
 
 
-def build(session: Session, recall_id: int, now: datetime, quarter_label: str | None = None) -> Report:
+def build(session: Session, recall_id: int, now: datetime, quarter_label: str | None = None) -> RegulatorReport:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
     period = quarter(quarter_label, now)
@@ -93,7 +93,7 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
         "period_start": period.start.isoformat(),
         "period_end": period.end.isoformat(),
     }
-    return Report("completion", meta, COLUMNS, rows, summary)
+    return RegulatorReport("completion", meta, COLUMNS, rows, summary)
 
 
 def _ecus_by_hardware(session: Session, campaign_id: int, cars: list[Standing]) -> dict[str, dict[str, int]]:

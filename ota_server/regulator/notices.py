@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, NoticeLog
-from ota_server.regulator.common import Report, recall_meta, recall_of
+from ota_server.regulator.common import RegulatorReport, recall_meta, recall_of
 from ota_server.services.campaigns import remedy_campaign
 
 COLUMNS = ("published_at", "vin", "recall_number", "campaign_id", "campaign_kind", "notice_kind", "nonce")
 
 
-def build(session: Session, recall_id: int, now: datetime) -> Report:
+def build(session: Session, recall_id: int, now: datetime) -> RegulatorReport:
     recall = recall_of(session, recall_id)
     query = (
         select(NoticeLog, Campaign.kind)
@@ -43,4 +43,6 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
         "vehicles_notified": len({row["vin"] for row in rows if row["notice_kind"] == "campaign"}),
         "withdrawals": sum(1 for row in rows if row["notice_kind"] == "withdrawal"),
     }
-    return Report("notices", recall_meta(recall, remedy_campaign(session, recall.id), now), COLUMNS, rows, summary)
+    return RegulatorReport(
+        "notices", recall_meta(recall, remedy_campaign(session, recall.id), now), COLUMNS, rows, summary
+    )

@@ -11,7 +11,7 @@ from typing import Any
 from fpdf import FPDF
 from fpdf.enums import WrapMode
 
-from ota_server.regulator.common import Report, cell_text
+from ota_server.regulator.common import RegulatorReport, cell_text
 
 TITLES = {
     "population": "population details",
@@ -29,14 +29,14 @@ def _latin1(text: object) -> str:
     return str(text).encode("latin-1", "replace").decode("latin-1")
 
 
-def report_pdf(report: Report) -> bytes:
+def report_pdf(report: RegulatorReport) -> bytes:
     """The report in PDF: the completion summary page, or header, summary and table for the others."""
     if report.kind == "completion":
         return completion_pdf(report)
     return table_pdf(report)
 
 
-def _document(report: Report, orientation: str) -> FPDF:
+def _document(report: RegulatorReport, orientation: str) -> FPDF:
     title = f"Recall {report.meta['recall_number']}: {TITLES.get(report.kind, report.kind)}"
     pdf = FPDF(orientation=orientation, format="A4")
     pdf.set_title(_latin1(title))
@@ -68,7 +68,7 @@ def _facts(pdf: FPDF, heading: str, facts: dict[str, Any]) -> None:
     pdf.ln(3)
 
 
-def _same_on_every_row(report: Report, cells: list[list[str]]) -> dict[str, str]:
+def _same_on_every_row(report: RegulatorReport, cells: list[list[str]]) -> dict[str, str]:
     """Columns with one value throughout (the release's hashes in type-approval): printed once, above."""
     if len(cells) < 2:
         return {}
@@ -77,10 +77,10 @@ def _same_on_every_row(report: Report, cells: list[list[str]]) -> dict[str, str]
     }
 
 
-def table_pdf(report: Report) -> bytes:
+def table_pdf(report: RegulatorReport) -> bytes:
     """Landscape pages: header facts, summary, then every row under repeated column headings."""
     pdf = _document(report, "landscape")
-    _facts(pdf, "Report", {k: v for k, v in report.meta.items() if k != "recall_number"})
+    _facts(pdf, "RegulatorReport", {k: v for k, v in report.meta.items() if k != "recall_number"})
     _facts(pdf, "Summary", report.summary)
     cells = [[cell_text(row.get(column)) for column in report.columns] for row in report.rows]
     constant = _same_on_every_row(report, cells)
@@ -108,7 +108,7 @@ def table_pdf(report: Report) -> bytes:
     return bytes(pdf.output())
 
 
-def completion_pdf(report: Report) -> bytes:
+def completion_pdf(report: RegulatorReport) -> bytes:
     meta, summary = report.meta, report.summary
     pdf = _document(report, "portrait")
     pdf.set_font("Helvetica", size=11)

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignVehicle, Vehicle
-from ota_server.regulator.common import Report, launched_campaign, recall_meta, recall_of
+from ota_server.regulator.common import RegulatorReport, launched_campaign, recall_meta, recall_of
 
 COLUMNS = (
     "make",
@@ -28,7 +28,7 @@ COLUMNS = (
 )
 
 
-def build(session: Session, recall_id: int, now: datetime) -> Report:
+def build(session: Session, recall_id: int, now: datetime) -> RegulatorReport:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
     query = (
@@ -78,4 +78,4 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
         else None,
         "criteria": recall.population,
     }
-    return Report("population", recall_meta(recall, campaign, now), COLUMNS, rows, summary)
+    return RegulatorReport("population", recall_meta(recall, campaign, now), COLUMNS, rows, summary)

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.db.models import CampaignVehicle, Ecu, EcuReport, Release, Vehicle
 from ota_server.domain.states import ERRORS, SUCCESS, VinState
-from ota_server.regulator.common import Report, launched_campaign, recall_meta, recall_of
+from ota_server.regulator.common import RegulatorReport, launched_campaign, recall_meta, recall_of
 from ota_server.services.population import releases_of
 
 COLUMNS = (
@@ -78,7 +78,7 @@ def check(installed: str | None, release_version: str, low: str | None, high: st
     return "compatible"
 
 
-def build(session: Session, recall_id: int, now: datetime) -> Report:
+def build(session: Session, recall_id: int, now: datetime) -> RegulatorReport:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
     primary = session.get(Release, campaign.release_id)
@@ -129,7 +129,9 @@ def build(session: Session, recall_id: int, now: datetime) -> Report:
         "compatible": sum(1 for row in rows if row["compatible"]),
         "by_check": results,
     }
-    return Report("type-approval", {**recall_meta(recall, campaign, now), "update": update}, COLUMNS, rows, summary)
+    return RegulatorReport(
+        "type-approval", {**recall_meta(recall, campaign, now), "update": update}, COLUMNS, rows, summary
+    )
 
 
 def _rows(

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.regulator.common import (
     Installed,
-    Report,
+    RegulatorReport,
     installed_as_of,
     launched_campaign,
     recall_meta,
@@ -33,7 +33,7 @@ def _reported(ecus: dict[str, Installed]) -> str:
     return max(times).isoformat() if times else "declared at registration"
 
 
-def build(session: Session, recall_id: int, now: datetime, week_label: str | None = None) -> Report:
+def build(session: Session, recall_id: int, now: datetime, week_label: str | None = None) -> RegulatorReport:
     recall = recall_of(session, recall_id)
     campaign = launched_campaign(session, recall)
     period = week(week_label, now)
@@ -53,4 +53,4 @@ def build(session: Session, recall_id: int, now: datetime, week_label: str | Non
         for car in cars
     ]
     meta = {**recall_meta(recall, campaign, now), "week": period.label, "period_end": period.end.isoformat()}
-    return Report("vin-status", meta, COLUMNS, rows, {"vehicles": len(rows)})
+    return RegulatorReport("vin-status", meta, COLUMNS, rows, {"vehicles": len(rows)})
