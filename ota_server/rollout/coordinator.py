@@ -41,6 +41,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, Recall
 from ota_server.domain.states import CampaignStatus
+from ota_server.infra.tasks import stop_task
 from ota_server.rollout.campaign_tick import CampaignTick, TickResult
 from ota_server.rollout.fleet import Fleet, Outbound
 
@@ -277,8 +278,5 @@ class Coordinator:
         self._loop = None  # the tick running finishes; none is started after it
         self._urgent.set()  # one waiting out the report gap gives up now
         await self.idle()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None
