@@ -132,3 +132,91 @@ def test_routes_act_on_campaigns_only_through_rollout_control() -> None:
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.Attribute) and node.attr in ("scheduler", "dispatch", "exclusive"):
                     raise AssertionError(f"{path.relative_to(ROOT)}:{node.lineno} uses .{node.attr}")
+
+
+# -- the server's packages: no cycles, and the forbidden edges absent ---------------------------
+
+# (importer, imported, why): the campaign engine is called by the services and knows no route.
+FORBIDDEN = [
+    ("rollout", "services", "one way: the services call the engine (its Fleet port they implement)"),
+    ("rollout", "api", "the engine knows no route"),
+    ("rollout", "web", "the engine knows no page"),
+    ("rollout", "http", "the engine knows no server"),
+    ("rollout", "cli", "the engine knows no command"),
+    ("rollout", "schemas", "the engine speaks domain, not the API's models"),
+    ("db", "services", "persistence knows no use case"),
+    ("db", "rollout", "persistence knows no engine"),
+    ("schemas", "rollout", "the API's models speak domain, below the engine"),
+    ("domain", "services", "the vocabulary is below everything"),
+    ("domain", "rollout", "the vocabulary is below everything"),
+    ("domain", "db", "the vocabulary is pure: no database"),
+    ("domain", "schemas", "the vocabulary is below the API's models"),
+]
+
+
+def _unit(module: str) -> str:
+    """``ota_server.rollout.coordinator`` -> ``rollout``; ``ota_server.schemas`` -> ``schemas``."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else parts[0]
+
+
+def server_import_graph() -> dict[str, dict[str, set[str]]]:
+    """Package -> imported package -> the modules importing it (every import, function-local too)."""
+    graph: dict[str, dict[str, set[str]]] = {}
+    for path in (ROOT / "ota_server").rglob("*.py"):
+        relative = path.relative_to(ROOT)
+        if len(relative.parts) == 2 and relative.name in ("__init__.py", "__main__.py"):
+            continue  # the package's own entry points
+        source = _unit(".".join(relative.with_suffix("").parts))
+        for node in ast.walk(ast.parse(path.read_text())):
+            names: list[str] = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            for name in names:
+                if name.startswith("ota_server.") and (target := _unit(name)) != source:
+                    graph.setdefault(source, {}).setdefault(target, set()).add(str(relative))
+    return graph
+
+
+def cycles(graph: dict[str, dict[str, set[str]]]) -> list[list[str]]:
+    """Each cycle once, as the path that closes it (depth-first; a graph of a few dozen nodes)."""
+    found: list[list[str]] = []
+    seen: set[frozenset[str]] = set()
+
+    def walk(node: str, path: list[str]) -> None:
+        for nxt in sorted(graph.get(node, {})):
+            if nxt in path:
+                loop = [*path[path.index(nxt) :], nxt]
+                if (key := frozenset(loop)) not in seen:
+                    seen.add(key)
+                    found.append(loop)
+            elif len(path) < 12:
+                walk(nxt, [*path, nxt])
+
+    for start in sorted(graph):
+        walk(start, [start])
+    return found
+
+
+def test_the_servers_packages_import_each_other_without_cycles() -> None:
+    graph = server_import_graph()
+    assert {"rollout", "services", "schemas", "db", "api", "http", "mqtt"} <= set(graph)  # the scan sees them
+    assert cycles(graph) == [], {" -> ".join(loop): sorted(graph[loop[0]][loop[1]])[:3] for loop in cycles(graph)}
+
+
+def test_the_forbidden_imports_are_absent() -> None:
+    graph = server_import_graph()
+    present = [
+        f"{src} -> {dst} ({why}): {sorted(graph[src][dst])}" for src, dst, why in FORBIDDEN if dst in graph.get(src, {})
+    ]
+    assert present == []
+
+
+def test_the_cycle_and_edge_checks_see_a_cycle() -> None:
+    """Today's code has none, so the checks are shown one on a made-up graph."""
+    graph = {"rollout": {"services": {"x"}}, "services": {"rollout": {"y"}, "db": {"z"}}}
+    assert cycles(graph) == [["rollout", "services", "rollout"]]
+    assert cycles({"a": {"b": {"x"}}, "b": {"c": {"y"}}, "c": {"a": {"z"}}}) == [["a", "b", "c", "a"]]
+    assert cycles({"a": {"b": {"x"}}, "b": {"c": {"y"}}}) == []

@@ -11,7 +11,7 @@ from fastapi import Depends, Path, Request
 from pydantic import AfterValidator, BeforeValidator
 from sqlalchemy.orm import Session
 
-from ota_server.http.runtime import Runtime
+from ota_server.runtime import Runtime
 from ota_server.schemas import VIN_RULE, VIN_SCHEMA, vin_shape
 
 

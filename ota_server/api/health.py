@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import RuntimeDep
-from ota_server.http.runtime import Runtime
+from ota_server.runtime import Runtime
 from ota_server.schemas import IngestStats
 
 router = APIRouter()

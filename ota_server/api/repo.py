@@ -14,7 +14,7 @@ from firmware_bundles import repo_paths
 from ota_server.api.deps import RuntimeDep
 from ota_server.api.openapi import errors
 from ota_server.errors import NotFound
-from ota_server.http.repo import unservable
+from ota_server.services.repository import unservable
 
 router = APIRouter(prefix="/repo", tags=["repository"])
 

@@ -10,7 +10,7 @@ from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
 from ota_server.api.openapi import errors
 from ota_server.domain.states import VinState
-from ota_server.http.runtime import Runtime
+from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
     BatchCreated,

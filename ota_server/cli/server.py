@@ -130,8 +130,8 @@ def broker_config(
 ) -> None:
     """Write a TLS-only Mosquitto configuration with per-car ACLs, and the server's client certificate."""
     from ota_server.clock import utc_now
+    from ota_server.infra.pki import CertificateAuthority
     from ota_server.mqtt.mosquitto_config import write_broker_config
-    from ota_server.mqtt.pki import CertificateAuthority
 
     settings = settings_from(data_dir=data_dir)
     configure_logging(settings.log_level)

@@ -34,11 +34,11 @@ from ota_server.api.limits import BodyLimit, UploadLimit
 from ota_server.clock import Clock, utc_now
 from ota_server.config import Settings
 from ota_server.http.bundle_redirect import BundleRedirect
+from ota_server.http.metrics import HttpMetrics, Metrics
 from ota_server.http.repo import RepoHttp
-from ota_server.http.runtime import Runtime, start_runtime, stop_runtime
-from ota_server.infra.metrics import HttpMetrics, Metrics
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.mqtt.publisher import Publisher
+from ota_server.runtime import Runtime, start_runtime, stop_runtime
 from ota_server.services.bootstrap import ensure_admin_token
 from ota_server.services.repository import RepoReader
 

@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from firmware_bundles import repo_paths
 from ota_server.errors import OtaError
-from ota_server.http.runtime import Runtime
+from ota_server.runtime import Runtime
 from ota_server.services import releases
 
 _TARGETS = "/repo/" + repo_paths.TARGETS

@@ -35,9 +35,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from firmware_bundles import repo_paths
 from ota_server.api.handlers import headers_for, status_for
 from ota_server.errors import OtaError
-from ota_server.infra.metrics import Metrics
-from ota_server.schemas import text_problem
-from ota_server.services.repository import RepoReader
+from ota_server.http.metrics import Metrics
+from ota_server.services.repository import RepoReader, unservable
 
 _PREFIX = "/repo/"
 _IMAGE = _PREFIX + repo_paths.IMAGE_METADATA
@@ -103,16 +102,6 @@ def _json_error(status: int, detail: str) -> tuple[int, bytes]:
 def _first_line(exc: BaseException) -> str:
     text = str(getattr(exc, "orig", None) or exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def unservable(path: str) -> str | None:
-    """Why no repository file can have this (decoded) path, or None.
-
-    A control character (``%00`` and the like) names no file, and PostgreSQL cannot even be
-    asked about it: 404 here, before any lookup, the same on every backend.
-    """
-    problem = text_problem(path)
-    return None if problem is None else f"no such file: the path {problem.split(':')[0]}; repository paths never do"
 
 
 class RepoHttp:

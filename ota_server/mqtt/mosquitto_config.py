@@ -1,7 +1,7 @@
 """A Mosquitto configuration that locks the broker down to the cars' certificates.
 
 ``ota broker config --out DIR`` writes ``mosquitto.conf``, the ACL file and the
-certificates, all issued by the project's CA (:mod:`ota_server.mqtt.pki`):
+certificates, all issued by the project's CA (:mod:`ota_server.infra.pki`):
 
 * one TLS listener and no plaintext one; a client certificate is required;
 * the certificate's CN becomes the user name (``use_identity_as_username``) and
@@ -37,7 +37,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware_bundles import topics
-from ota_server.mqtt.pki import CA_CERT_FILE, SERVER_CLIENT_CN, CertificateAuthority, write_file
+from ota_server.infra.pki import CA_CERT_FILE, SERVER_CLIENT_CN, CertificateAuthority, write_file
 
 DEFAULT_TLS_PORT = 8883
 MAX_PACKET_BYTES = 64 * 1024

@@ -4,7 +4,7 @@ The engine decides *when* a car joins, is assigned its fix and is notified; *who
 recall's population, *which* images each ECU gets and *what* a notice says are the services'
 (:class:`ota_server.services.campaign_fleet.CampaignFleet`). The engine imports no service:
 the implementation is handed to the coordinator where the server is wired
-(:mod:`ota_server.http.runtime`), and tests can hand it a fake.
+(:mod:`ota_server.runtime`), and tests can hand it a fake.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.vin import validate_vin
 from ota_server.db.models import Vehicle, VehicleCertificate
 from ota_server.errors import Forbidden, InvalidInput, NotFound
-from ota_server.mqtt.pki import CertificateAuthority, write_file
+from ota_server.infra.pki import CertificateAuthority, write_file
 from ota_server.schemas import CertificateRenewal, CertificatesRevoked, RenewedCertificate, VehicleIdentity
 
 _CHUNK = 500

@@ -52,6 +52,7 @@ from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import RepoFile
 from ota_server.errors import NotFound, Unavailable
 from ota_server.infra.bundle_store import BundleStore
+from ota_server.schemas import text_problem
 from ota_server.services import releases
 from ota_server.signing.director import PENDING, Chain, Director
 from ota_server.signing.store import CHAIN, DIRECTOR, IMAGE, REPO_WIDE
@@ -70,6 +71,16 @@ _SERVED = ("timestamp.json", "snapshot.json", "targets.json", PENDING)
 UNAVAILABLE_RETRY_AFTER_S = 5.0
 T = TypeVar("T")
 P = ParamSpec("P")
+
+
+def unservable(path: str) -> str | None:
+    """Why no repository file can have this (decoded) path, or None.
+
+    A control character (``%00`` and the like) names no file, and PostgreSQL cannot even be
+    asked about it: 404 here, before any lookup, the same on every backend.
+    """
+    problem = text_problem(path)
+    return None if problem is None else f"no such file: the path {problem.split(':')[0]}; repository paths never do"
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import Viewer, needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
-from ota_server.http.runtime import Runtime
+from ota_server.runtime import Runtime
 from ota_server.schemas import VIN_RULE, VIN_SCHEMA, vin_shape
 from ota_server.web import dashboard as dashboards
 from ota_server.web import lookup as lookups

@@ -16,9 +16,9 @@ from sqlalchemy.orm import Session
 
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
+from ota_server.domain.states import IN_FLIGHT, VinState
 from ota_server.errors import RateLimited
 from ota_server.infra.ratelimit import TokenBuckets
-from ota_server.rollout.states import IN_FLIGHT, VinState
 from ota_server.services import population as populations
 from ota_server.services.campaigns import CANCELLED, REMEDY, ROLLBACK
 from ota_server.web.schemas import OwnerStatus, PublicLookup, PublicRecall

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
-from firmware_bundles.vin import normalize_vin, validate_vin
+from firmware_bundles.vin import validate_vin
 from ota_server.db.models import (
     Campaign,
     CampaignEvent,
@@ -314,7 +314,7 @@ _PRIORITY: dict[Action, int] = {"dealer": 2, "wait": 1, "none": 0}
 
 
 def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
-    vin = normalize_vin(raw_vin)
+    vin = raw_vin.strip().upper()
     vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == vin))
     if vehicle is None:
         normalised_vin(vin)  # a malformed VIN is a 422 saying why, a valid unknown one a 404

@@ -15,8 +15,8 @@ from fastapi import FastAPI
 from firmware_bundles.messages import CampaignNotice, parse_campaign_message
 from ota_server.config import Settings
 from ota_server.http.app import create_app, runtime_of
-from ota_server.http.runtime import Runtime
 from ota_server.mqtt.publisher import FakePublisher
+from ota_server.runtime import Runtime
 from tests.ota_server.helpers import REPORT_KEYS, FakeClock
 
 

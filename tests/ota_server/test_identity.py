@@ -244,7 +244,7 @@ async def test_renewal_needs_the_cars_current_key_and_certificate(env: Env) -> N
     _, request = _renewal(v, stranger["client_key"], body["client_certificate"])
     assert (await env.client.post(url, json=request)).status_code == 403
     # a certificate for this VIN from another CA
-    from ota_server.mqtt.pki import CertificateAuthority
+    from ota_server.infra.pki import CertificateAuthority
 
     forged = CertificateAuthority.create(env.clock.now).issue_client(v, env.clock.now)
     _, request = _renewal(v, forged.key_pem.decode(), forged.cert_pem.decode())

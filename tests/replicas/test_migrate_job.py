@@ -10,8 +10,8 @@ from ota_server.config import Settings
 from ota_server.db.migrate import require_current, upgrade
 from ota_server.db.session import make_engine
 from ota_server.errors import NotReady
-from ota_server.http.runtime import start_runtime, stop_runtime
 from ota_server.mqtt.publisher import FakePublisher
+from ota_server.runtime import start_runtime, stop_runtime
 from tests.ota_server.helpers import FakeClock
 
 

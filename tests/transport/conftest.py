@@ -17,8 +17,8 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
+from ota_server.infra.pki import SERVER_CLIENT_CN, CertificateAuthority
 from ota_server.mqtt.mosquitto_config import BrokerFiles, write_broker_config
-from ota_server.mqtt.pki import SERVER_CLIENT_CN, CertificateAuthority
 from simulator.server_process import terminate
 from tests import services
 

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from ota_server.infra.pki import CertificateAuthority
 from ota_server.mqtt.mosquitto_config import Ownership, write_broker_config
-from ota_server.mqtt.pki import CertificateAuthority
 from simulator.server_process import terminate
 from tests import services
 from tests.transport.conftest import HOST, START_DEADLINE_S, free_port, mosquitto_binary

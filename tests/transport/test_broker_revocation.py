@@ -17,8 +17,8 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from ota_server.cli.main import app
-from ota_server.mqtt.pki import Issued
-from ota_server.mqtt.pki import write_file as write_pem
+from ota_server.infra.pki import Issued
+from ota_server.infra.pki import write_file as write_pem
 from tests.transport.conftest import HOST, Broker
 from tests.transport.test_mosquitto_lockdown import CONNACK_OK, A, raw_connect
 

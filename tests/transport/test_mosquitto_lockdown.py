@@ -20,9 +20,9 @@ from firmware_bundles.messages import CampaignNotice, encode
 from firmware_bundles.provisioning import write_bundle
 from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.vin import make_vin
+from ota_server.infra.pki import CertificateAuthority
 from ota_server.mqtt.link import ServerMqttLink, TlsFiles
 from ota_server.mqtt.mosquitto_config import acl_text
-from ota_server.mqtt.pki import CertificateAuthority
 from tests.transport.conftest import HOST, Broker
 from vehicle_agent.config import load_config
 from vehicle_agent.link import CarMqttLink, tls_context

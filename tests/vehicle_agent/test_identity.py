@@ -12,7 +12,7 @@ import pytest
 
 from firmware_bundles.provisioning import write_bundle
 from firmware_bundles.report_signing import generate_report_key, private_key_pem, verify_report
-from ota_server.mqtt.pki import CertificateAuthority
+from ota_server.infra.pki import CertificateAuthority
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import load_config, write_config
 from vehicle_agent.errors import ConfigError

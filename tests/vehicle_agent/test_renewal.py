@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from firmware_bundles.vin import make_vin
-from ota_server.mqtt.pki import CertificateAuthority
+from ota_server.infra.pki import CertificateAuthority
 from vehicle_agent.config import AgentConfig, EcuConfig, RenewalOptions
 from vehicle_agent.renewal import CertificateRenewer, RenewalFailed, recover
 

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ota_server.db.models import CampaignVehicle, Discrepancy
-from ota_server.http.runtime import Runtime
 from ota_server.infra import gctime
+from ota_server.runtime import Runtime
 
 LAG_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 86400.0)
 UNMATCHED = "unmatched"  # requests no route matched: one label value, not one per URL

@@ -21,10 +21,10 @@ from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
 from ota_server.infra.bundle_store import BundleStore
 from ota_server.infra.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
+from ota_server.infra.pki import LazyAuthority
 from ota_server.mqtt.ingest import Ingestor
 from ota_server.mqtt.link import ServerMqttLink, link_from_settings
 from ota_server.mqtt.notices import NoticeDispatcher
-from ota_server.mqtt.pki import LazyAuthority
 from ota_server.mqtt.publisher import Publisher
 from ota_server.rollout.coordinator import Coordinator
 from ota_server.services.campaign_fleet import CampaignFleet
