@@ -319,6 +319,13 @@ class VehicleCampaignStatus(BaseModel):
     detail: str | None
     updated_at: datetime
     history: list[HistoryEntry]
+    next_try_at: datetime | None = Field(
+        default=None,
+        description="A car deferred outside its maintenance window: when it tries again (its window opens)",
+    )
+    window: str | None = Field(
+        default=None, description="A car deferred outside its maintenance window: the window, in its local time"
+    )
 
 
 class VehicleStatus(BaseModel):

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import normalize_vin, validate_vin
+from firmware_bundles.window import parse_hold
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Discrepancy, Ecu, Recall, Vehicle
+from ota_server.domain.states import VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
     AgentConfig,
@@ -178,6 +180,7 @@ def status(session: Session, vin: str) -> VehicleStatus:
             for e in events
             if e.campaign_id == cv.campaign_id
         ]
+        held = parse_hold(cv.detail) if cv.state == VinState.DEFERRED.value else None
         campaigns.append(
             VehicleCampaignStatus(
                 campaign_id=cv.campaign_id,
@@ -187,6 +190,8 @@ def status(session: Session, vin: str) -> VehicleStatus:
                 detail=cv.detail,
                 updated_at=cv.updated_at,
                 history=history,
+                next_try_at=held.next_try_at if held else None,
+                window=held.window if held else None,
             )
         )
     return VehicleStatus(

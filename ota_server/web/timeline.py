@@ -10,14 +10,15 @@ discrepancies they showed are on it too. The next step is derived from the car's
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.errors import InvalidVin
-from firmware_bundles.vin import validate_vin
+from firmware_bundles.vin import normalize_vin, validate_vin
+from firmware_bundles.window import parse_hold
 from ota_server.db.models import (
     Campaign,
     CampaignEvent,
@@ -45,6 +46,7 @@ WAITING_FOR = {
     "battery_low": "have its battery charged",
     "network_not_allowed": "be on an allowed network (e.g. home Wi-Fi)",
     "owner_postponed": "owner to accept the update (they postponed it)",
+    "metadata_expired": "fetch fresh signed metadata (what it held had expired)",
 }
 _STEP_WORDS = {
     S.NOTIFIED: "Car received the notice",
@@ -136,6 +138,14 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
             )
         return f"Book a dealer visit: {verb} {times(max(1, car.errors_so_far))} ({reason}).", "dealer"
     if state is S.DEFERRED:
+        held = parse_hold(car.detail)
+        if held is not None:
+            return (
+                f"Waiting for the car's maintenance window ({held.window}): it installs by itself when the window "
+                f"opens, next at {when(held.next_try_at.astimezone(UTC))} ({held.next_try_at.strftime('%H:%M')} local; "
+                f"deferred since {when(car.updated_at)}).",
+                "wait",
+            )
         code = (car.detail or "").split(":", 1)[0].strip()
         waiting = WAITING_FOR.get(code, "meet its preconditions")
         subject = "the" if waiting.startswith("owner") else "the car to"
@@ -314,7 +324,7 @@ _PRIORITY: dict[Action, int] = {"dealer": 2, "wait": 1, "none": 0}
 
 
 def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
-    vin = raw_vin.strip().upper()
+    vin = normalize_vin(raw_vin)
     vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == vin))
     if vehicle is None:
         normalised_vin(vin)  # a malformed VIN is a 422 saying why, a valid unknown one a 404

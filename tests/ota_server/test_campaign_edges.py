@@ -1,0 +1,156 @@
+"""The campaign engine's edges with a real agent on the server's own repositories (issue #20).
+
+The agent runs in-process against the server's Director and Image repository (no HTTP), in
+simulated time: its clock is the real time at the start (python-tuf checks expiry against the
+real time) plus what its sleeps have simulated. Its reports reach the server through ingest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from tuf.api.metadata import Metadata, Targets
+
+from firmware_bundles import topics
+from firmware_bundles.messages import CampaignNotice, ReportState, encode, parse_campaign_message
+from firmware_bundles.window import WINDOW_FIELD, parse_hold
+from tests.ota_server.conftest import Env
+from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.test_multi_ecu_recalls import _agent
+from vehicle_agent.link import FakeLink
+from vehicle_agent.vehicle import FakeVehicle, Reading
+
+S = ReportState
+TOKYO = ZoneInfo("Asia/Tokyo")
+
+
+class SimTime:
+    """The agent's sleeps move its clock (and monotonic time) at once; ``on_pause`` scripts the world."""
+
+    def __init__(self, start: datetime, on_pause: Callable[[int], Any]) -> None:
+        self.start = start
+        self.seconds = 0.0
+        self.pauses = 0
+        self._on_pause = on_pause
+
+    def clock(self) -> datetime:
+        return self.start + timedelta(seconds=self.seconds)
+
+    def monotonic(self) -> float:
+        return self.seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.pauses += 1
+        assert self.pauses <= 10, "the car is still waiting after 10 pauses"
+        self.seconds += seconds
+        await self._on_pause(self.pauses)
+
+
+async def _car_with_key(env: Env, car: dict[str, Any]) -> bytes:
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [car]})
+    assert resp.status_code == 201, resp.text
+    resp = await env.client.post(
+        "/api/v1/vehicles/provision", params={"certificate": "false"}, json={"vins": [car["vin"]]}
+    )
+    assert resp.status_code == 200, resp.text
+    key: bytes = resp.json()["identities"][0]["report_private_key"].encode()
+    return key
+
+
+async def _launch(env: Env, release_id: int, **extra: Any) -> int:
+    recall = await env.client.post("/api/v1/recalls", json={**recall_body(release_id, "24V-900"), **extra})
+    assert recall.status_code == 201, recall.text
+    operator = await env.headers_for("operator-edges", "operator")
+    launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch", headers=operator)
+    assert launched.status_code == 201, launched.text
+    await env.runtime.dispatcher.idle()
+    return int(launched.json()["id"])
+
+
+def _notice(env: Env, vin_: str) -> CampaignNotice:
+    return next(
+        m
+        for m in (parse_campaign_message(p.payload) for p in env.publisher.messages)
+        if isinstance(m, CampaignNotice) and m.vin == vin_
+    )
+
+
+async def test_a_deferred_car_installs_only_inside_its_window(env: Env, tmp_path: Path) -> None:
+    """Notified inside its window (now +- 30 minutes in Tokyo), the car is not parked; by the time
+    it is, the window has closed: it downloads, defers ``outside_window`` and installs when the
+    window opens the next day. The API and the timeline say when and which window."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    env.clock.now = now
+    car = {**vehicle(vin(1)), "time_zone": "Asia/Tokyo"}
+    key = await _car_with_key(env, car)
+    release = (await upload(env.client)).json()["id"]
+    local = now.astimezone(TOKYO)
+    opens, closes = (local - timedelta(minutes=30)).time(), (local + timedelta(minutes=30)).time()
+    window = {"start": opens.strftime("%H:%M"), "end": closes.strftime("%H:%M")}
+    cid = await _launch(env, release, rollout={"windows": [window]})
+
+    # the Director signed the car's window in the car's own zone
+    raw = await env.client.get(f"/repo/director/{car['vin']}/metadata/targets.json")
+    signed = Metadata[Targets].from_bytes(raw.content).signed.unrecognized_fields[WINDOW_FIELD]
+    assert signed == {"time_zone": "Asia/Tokyo", "windows": [{"days": list(range(7)), **window}]}
+
+    seen: dict[str, Any] = {}
+    link_box: list[FakeLink] = []
+    delivered = 0
+
+    async def deliver() -> None:
+        nonlocal delivered
+        reports = link_box[0].reports[delivered:]
+        delivered += len(reports)
+        await env.inject(*((topics.status_topic(car["vin"]), encode(r)) for r in reports))
+
+    async def on_pause(n: int) -> None:
+        await deliver()
+        if n == 1:  # deferred: not parked. Two hours later it is, and the window has closed.
+            time.seconds += 2 * 3600
+            vehicle_state.set(parked=True)
+        elif n == 2:  # waiting for the window: what the operator sees
+            status = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()
+            seen["status"] = next(c for c in status["campaigns"] if c["campaign_id"] == cid)
+            timeline = await env.client.get(f"/api/v1/vehicles/{car['vin']}/timeline")
+            assert timeline.status_code == 200, timeline.text
+            seen["timeline"] = timeline.text
+
+    time = SimTime(now, on_pause)
+    vehicle_state = FakeVehicle(Reading(parked=False))
+    agent, link = _agent(
+        env,
+        car,
+        key,
+        tmp_path,
+        clock=time.clock,
+        sleep=time.sleep,
+        monotonic=time.monotonic,
+        vehicle=vehicle_state,
+    )
+    link_box.append(link)
+
+    assert await agent.handle(_notice(env, car["vin"])) is S.REMEDIED, link.reports[-1].detail
+    await deliver()
+
+    waiting = seen["status"]
+    assert waiting["state"] == "deferred", waiting
+    next_open = datetime.combine(local.date() + timedelta(days=1), opens, tzinfo=TOKYO)
+    if (local - timedelta(minutes=30)).date() != local.date():  # opened before local midnight
+        next_open = datetime.combine(local.date(), opens, tzinfo=TOKYO)
+    assert datetime.fromisoformat(waiting["next_try_at"]) == next_open
+    assert waiting["window"] == f"{window['start']}-{window['end']} every day (Asia/Tokyo)"
+    held = parse_hold(waiting["detail"])
+    assert held is not None and held.next_try_at == next_open
+    assert "Waiting for the car's maintenance window" in seen["timeline"]
+
+    states = [r.state for r in link.reports]
+    assert states.index(S.DEFERRED) < states.index(S.DOWNLOADING)  # first held for not being parked
+    installing = next(r for r in link.reports if r.state is S.INSTALLING)
+    assert next_open <= installing.sent_at < next_open + timedelta(hours=1)
+    progress = (await env.client.get(f"/api/v1/campaigns/{cid}/progress")).json()
+    assert progress["counts"]["remedied"] == 1, progress
