@@ -116,9 +116,11 @@ class SignedRepositories:
         now: datetime | None = None,
         ecu_failure_policy: str | None = None,
         consent: Mapping[str, object] | None = None,
+        maintenance_window: Mapping[str, object] | None = None,
     ) -> dict[str, bytes]:
         """Publish Director targets for ``vin``: ECU serial to the image target it must install
-        (``signed_vin``: another VIN signed into it; ``consent``: an owner-page answer signed in)."""
+        (``signed_vin``: another VIN signed into it; ``consent``: an owner-page answer signed in;
+        ``maintenance_window``: the car's window, :class:`firmware_bundles.window.InstallWindow` as JSON)."""
         signed_vin = signed_vin or vin
         director = {
             t.path: director_target(t, signed_vin, serial, ecu_failure_policy=ecu_failure_policy)
@@ -131,7 +133,11 @@ class SignedRepositories:
             Expiry(),
             now or self.now,
             previous,
-            extra={"vin": signed_vin, **({"consent": dict(consent)} if consent is not None else {})},
+            extra={
+                "vin": signed_vin,
+                **({"consent": dict(consent)} if consent is not None else {}),
+                **({"maintenance_window": dict(maintenance_window)} if maintenance_window is not None else {}),
+            },
         )
         self.director_versions[vin] = versions
         self.serve_director(published, vin)

@@ -33,6 +33,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import random
 import re
@@ -58,14 +59,17 @@ from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
 from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.gate import (
+    Blocker,
     ConsentOutdated,
     HeldAtDownload,
+    Hold,
     StartGate,
     Withdrawn,
     check,
     defer,
     needs_consent,
     outdated,
+    outside_window,
     owes_result,
     preconditions_of,
 )
@@ -165,6 +169,7 @@ class Agent:
             jitter=options.retry_jitter,
             rng=rng,
             offer=self._offer,
+            stale_delay=self._stale_delay,
         )
         self._active: int | None = None  # the campaign being driven (one at a time)
         self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
@@ -490,16 +495,24 @@ class Agent:
             notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
             consented = record.consent_images if needs_consent(notice) else None
             try:
-                targets = await self._blocking(self._download, preconditions_of(notice), consented)
+                targets, window = await self._blocking(self._download, preconditions_of(notice), consented)
             except HeldAtDownload as held:  # e.g. a large bundle and only cellular
-                return defer(record, held.hold, bundle_bytes=held.bundle_bytes)
+                return defer(record, held.hold, bundle_bytes=held.bundle_bytes, stale_tries=0)
             except ConsentOutdated as changed:  # a new assignment since the owner's yes
                 return outdated(record, changed)
+            except UpdateFailed as exc:
+                stale = self._stale_hold(record, exc)
+                if stale is None:
+                    raise
+                return defer(record, stale, stale_tries=record.stale_tries + 1)
             if not targets:
-                return record.advance(S.REMEDIED, targets=())
-            return record.advance(S.VERIFYING, targets=targets)
+                return record.advance(S.REMEDIED, targets=(), stale_tries=0)
+            return record.advance(S.VERIFYING, targets=targets, window=window, stale_tries=0)
         if record.state is S.VERIFYING:
             await self._blocking(self._verify_bundles, record.targets)
+            closed = outside_window(record, self._clock())  # downloaded at any hour, installed only inside
+            if closed is not None:
+                return defer(record, closed)
             return record.advance(S.INSTALLING)
         if record.state is S.INSTALLING:
             if needs_consent(_notice_of(record)):  # only the images the owner said yes to
@@ -565,8 +578,34 @@ class Agent:
         verified = await self._blocking(self._verifier.verify)
         return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
 
-    def _download(self, preconditions: Preconditions | None = None, consented: str | None = None) -> tuple[Target, ...]:
-        """Verify, then fetch what is to be installed; ``consented``: the images key the owner said yes to."""
+    def _stale_hold(self, record: CampaignRecord, exc: UpdateFailed) -> Hold | None:
+        """Expired metadata is transient: a hold while fresh metadata may still come (None: fail now).
+
+        The server re-signs what lapsed (the Image repository's timestamp and snapshot by its
+        re-signer, a VIN's Director chain when the car asks for its timestamp), so the car asks
+        again after a growing backoff, within the same attempt, for up to ``outage_patience``
+        seconds of waiting in all; a mirror replaying frozen metadata never gets past python-tuf's
+        expiry check, and once the patience is spent the campaign fails ``metadata_expired``.
+        """
+        if exc.reason is not FailureReason.METADATA_EXPIRED:
+            return None
+        tries = record.stale_tries + 1
+        if sum(self._stale_delay(n) for n in range(1, tries + 1)) > self.config.download.outage_patience:
+            return None
+        return Hold(Blocker.METADATA_EXPIRED, f"{exc.detail[:700]}; fetching fresh metadata (try {tries + 1})")
+
+    def _stale_delay(self, tries: int) -> float:
+        """Seconds before the next fetch after ``tries`` fetches in a row found expired metadata."""
+        limits = self.config.download
+        return float(min(limits.backoff_max, limits.backoff_base * 2 ** min(max(tries, 1), 30)))
+
+    def _download(
+        self, preconditions: Preconditions | None = None, consented: str | None = None
+    ) -> tuple[tuple[Target, ...], str]:
+        """Verify, then fetch what is to be installed; ``consented``: the images key the owner said yes to.
+
+        Also returns the signed maintenance window (JSON, "" for any hour): the install waits for it.
+        """
         verified = self._verifier.verify()
         if consented is not None:
             signed = images_key(a.sha256 for a in verified.assignments)
@@ -583,7 +622,8 @@ class Agent:
                 delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
                 if not delta:
                     self._fetcher.fetch(assignment)
-        return tuple(Target(a) for a in todo)
+        window = json.dumps(verified.window.to_json(), separators=(",", ":")) if verified.window else ""
+        return tuple(Target(a) for a in todo), window
 
     def _needs_install(self, assignment: Assignment) -> bool:
         version, counter = self.journal.data.installed[assignment.ecu_serial]

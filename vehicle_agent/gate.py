@@ -8,11 +8,18 @@ the signed metadata is verified, showing the exact images it names, see
 interval (with jitter) or until the vehicle state changes. A deferred report carries
 ``<code>: <text>`` as its detail, so the server can count deferrals by reason without
 parsing prose. Nothing here touches the slots: a car held at the gate never installs anything.
+
+Two holds come from the signed metadata rather than the car: ``outside_window`` (the
+Director signed a maintenance window in the car's local time and it is closed: the gate
+sleeps until it opens, see :mod:`firmware_bundles.window`) and ``metadata_expired`` (what
+the repositories served had lapsed: the gate waits a growing backoff and the car fetches
+fresh metadata again, within the same attempt).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -21,6 +28,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from firmware_bundles.messages import CampaignNotice, Preconditions, ReportState
+from firmware_bundles.window import OUTSIDE_WINDOW, InstallWindow, hold_detail
 from vehicle_agent.consent import Channel, Offer, remote_answer
 from vehicle_agent.journal import CampaignRecord, OwnerEvent
 from vehicle_agent.owner import Consent, OwnerHook, describe
@@ -38,6 +46,10 @@ class Blocker(StrEnum):
     OWNER_POSTPONED = "owner_postponed"
     # The signed assignment is no longer what the owner consented to: asked again.
     CONSENT_OUTDATED = "consent_outdated"
+    # The Director's signed maintenance window is closed in the car's local time.
+    OUTSIDE_WINDOW = OUTSIDE_WINDOW
+    # The repositories served metadata past its expiry: fresh metadata is fetched again after a backoff.
+    METADATA_EXPIRED = "metadata_expired"
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,21 @@ def check(pre: Preconditions | None, car: Reading, bundle_bytes: int = 0) -> Hol
             f"{pre.large_bundle_bytes} bytes need {allowed}",
         )
     return None
+
+
+def window_of(record: CampaignRecord) -> InstallWindow | None:
+    """The maintenance window the car's verified metadata signed (None: any hour)."""
+    if not record.window:
+        return None
+    return InstallWindow.from_json(json.loads(record.window))
+
+
+def outside_window(record: CampaignRecord, now: datetime) -> Hold | None:
+    """The hold while the signed window is closed at ``now``; its text names the window and the next try."""
+    window = window_of(record)
+    if window is None or window.inside(now):
+        return None
+    return Hold(Blocker.OUTSIDE_WINDOW, hold_detail(window, now).split(": ", 1)[1])
 
 
 def needs_consent(notice: CampaignNotice | None) -> bool:
@@ -153,8 +180,10 @@ class StartGate:
         jitter: float,
         rng: random.Random | None = None,
         offer: Callable[[], Awaitable[Offer]],
+        stale_delay: Callable[[int], float] | None = None,
     ) -> None:
-        """``offer`` verifies the Director's and Image repository's metadata and says what they assign."""
+        """``offer`` verifies the Director's and Image repository's metadata and says what they assign;
+        ``stale_delay(n)``: seconds before the ``n``-th fetch of fresh metadata after expired metadata."""
         self.vehicle = vehicle
         self.owner = owner
         self._offer = offer
@@ -163,6 +192,7 @@ class StartGate:
         self._interval = interval
         self._jitter = jitter
         self._rng = rng or random.Random()
+        self._stale_delay = stale_delay or (lambda _tries: interval)
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         vehicle.watch(self.poke)
@@ -188,9 +218,15 @@ class StartGate:
     async def wait(
         self, record: CampaignRecord, notice: CampaignNotice | None, withdrawn: Callable[[], bool]
     ) -> CampaignRecord:
-        """From ``deferred``: look again after each pause until something changes."""
+        """From ``deferred``: look again after each pause until something changes.
+
+        Outside the signed window the car sleeps until the window opens (a vehicle-state
+        change wakes it, but it does not move before the opening).
+        """
         while True:
-            await self._pause(withdrawn)
+            await self._pause(withdrawn, self._delay(record))
+            if record.detail.startswith(f"{Blocker.OUTSIDE_WINDOW.value}:") and outside_window(record, self._clock()):
+                continue
             nxt = await self._decide(record, notice, withdrawn)
             if nxt.state is not S.DEFERRED or nxt.detail != record.detail:
                 return nxt
@@ -232,12 +268,24 @@ class StartGate:
             return record.advance(S.DECLINED, detail=f"the owner declined {said}")
         return defer(record, Hold(Blocker.OWNER_POSTPONED, f"the owner postponed {said}"))
 
-    async def _pause(self, withdrawn: Callable[[], bool]) -> None:
-        """The retry interval (jittered, so a fleet does not look again in step), or less on a wake-up."""
+    def _delay(self, record: CampaignRecord) -> float:
+        """Until the next look: the window's opening (plus a jittered moment, so a fleet does not start
+        in step), the backoff after expired metadata, or the retry interval (jittered)."""
+        spread = self._rng.uniform(-self._jitter, self._jitter)
+        if record.detail.startswith(f"{Blocker.OUTSIDE_WINDOW.value}:"):
+            window, now = window_of(record), self._clock()
+            if window is not None and not window.inside(now):
+                until = (window.next_start(now) - now).total_seconds()
+                return max(0.0, until) + abs(spread) * min(self._interval, 60.0)
+        if record.detail.startswith(f"{Blocker.METADATA_EXPIRED.value}:"):
+            return self._stale_delay(record.stale_tries) * (1 + spread)
+        return self._interval * (1 + spread)
+
+    async def _pause(self, withdrawn: Callable[[], bool], delay: float) -> None:
+        """``delay`` seconds, or less on a wake-up."""
         self._loop = asyncio.get_running_loop()
         if withdrawn():
             raise Withdrawn
-        delay = self._interval * (1 + self._rng.uniform(-self._jitter, self._jitter))
         sleeper = asyncio.ensure_future(self._sleep(delay))
         waker = asyncio.ensure_future(self._wake.wait())
         try:

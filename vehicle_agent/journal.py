@@ -126,6 +126,10 @@ class CampaignRecord:
     owner_log: tuple[OwnerEvent, ...] = ()
     # The ECU whose step failed ("" none, or not one ECU's): the failure report's ecu_serial.
     failed_ecu: str = ""
+    # The maintenance window the verified Director metadata signed (JSON; "": any hour).
+    window: str = ""
+    # Fetches in a row that found the signed metadata expired (a fresh one is asked for each time).
+    stale_tries: int = 0
 
     def to_json(self) -> dict[str, Any]:
         # Shallow copies of the plain-data parts: dataclasses.asdict deep-copies recursively
@@ -156,6 +160,8 @@ class CampaignRecord:
             bundle_bytes=int(body.get("bundle_bytes", 0)),
             owner_log=tuple(OwnerEvent(**e) for e in body.get("owner_log", ())),
             failed_ecu=str(body.get("failed_ecu", "")),
+            window=str(body.get("window", "")),
+            stale_tries=int(body.get("stale_tries", 0)),
         )
 
     def advance(self, state: ReportState, **changes: Any) -> CampaignRecord:

@@ -23,6 +23,7 @@ from firmware_bundles.consent import CONSENT_FIELD, SignedConsent
 from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
+from firmware_bundles.window import WINDOW_FIELD, InstallWindow
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import UpdateFailed, transient_status
 from vehicle_agent.transport import Transport, TufFetcher
@@ -76,13 +77,15 @@ class VerifiedTargets:
     ``image_repo`` is the refreshed Image-repository client, for looking up more
     targets (deltas) against the same verified metadata. ``consent`` is the owner-page
     answer the Director signed into the same targets metadata (``consent_problem`` says
-    why a ``consent`` field there was not usable).
+    why a ``consent`` field there was not usable). ``window`` is the car's maintenance window
+    the Director signed into the same metadata (None: it may install at any hour).
     """
 
     assignments: tuple[Assignment, ...]
     image_repo: Updater | None = None
     consent: SignedConsent | None = None
     consent_problem: str = ""
+    window: InstallWindow | None = None
 
 
 class Verifier:
@@ -115,12 +118,13 @@ class Verifier:
             signed = Metadata[Targets].from_file(str(self.director_dir / "targets.json")).signed
             assignments = assignments_for(signed, cfg.vin, cfg.ecu_hardware())
             consent, problem = _signed_consent(signed)
+            window = _signed_window(signed)
         with _tuf_errors("image repository"):
             image = self._updater(self.image_dir, repo_paths.image_metadata_url(cfg.repo_url), cfg.image_root)
             image.refresh()
             for assignment in assignments:
                 check_image_agrees(assignment, image.get_targetinfo(assignment.path))
-        return VerifiedTargets(tuple(assignments), image, consent, problem)
+        return VerifiedTargets(tuple(assignments), image, consent, problem, window)
 
 
 def _signed_consent(signed: Targets) -> tuple[SignedConsent | None, str]:
@@ -131,3 +135,14 @@ def _signed_consent(signed: Targets) -> tuple[SignedConsent | None, str]:
         return SignedConsent.from_json(body), ""
     except ValueError as exc:
         return None, str(exc)
+
+
+def _signed_window(signed: Targets) -> InstallWindow | None:
+    """The signed maintenance window; a malformed one refuses the metadata (never "any hour")."""
+    body = signed.unrecognized_fields.get(WINDOW_FIELD)
+    if body is None:
+        return None
+    try:
+        return InstallWindow.from_json(body)
+    except ValueError as exc:
+        raise UpdateFailed(FailureReason.METADATA_INVALID, f"director: {exc}") from exc

@@ -19,7 +19,6 @@ from ota_server.cli import admin, campaigns, keys, recalls, releases, server, ve
 app = typer.Typer(help="Over-the-air vehicle recall server.", no_args_is_help=True, add_completion=False)
 
 
-@app.command()
 def demo(
     cars: Annotated[int, typer.Option(min=1, max=20_000, help="How many virtual cars")] = 200,
     json_out: Annotated[bool, typer.Option("--json", help="Also print the summary as one JSON line, last")] = False,
@@ -39,6 +38,7 @@ def demo(
 
 for group in (server, keys, releases, vehicles, recalls, campaigns, admin):
     group.register(app)
+app.command()(demo)
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
 from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
 from ota_server.errors import Conflict, InvalidInput, NotFound
@@ -126,7 +127,7 @@ def record_outcome(
 ) -> VinOutcome:
     """An operator's record for one car, with its evidence; refused if the state machine forbids it."""
     _campaign(session, campaign_id)
-    vin = raw_vin.strip().upper()
+    vin = normalize_vin(raw_vin)
     cv = session.get(CampaignVehicle, (campaign_id, vin))
     if cv is None:
         raise NotFound(f"VIN {vin} is not in campaign {campaign_id}")
@@ -208,6 +209,6 @@ def notice_log(session: Session, campaign_id: int, vin: str | None, offset: int,
     _campaign(session, campaign_id)
     query = select(NoticeLog).where(NoticeLog.campaign_id == campaign_id)
     if vin:
-        query = query.where(NoticeLog.vin == vin.strip().upper())
+        query = query.where(NoticeLog.vin == normalize_vin(vin))
     rows = session.scalars(query.order_by(NoticeLog.id).offset(offset).limit(limit))
     return [NoticeLogEntry.model_validate(row) for row in rows]

@@ -11,11 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.window import InstallWindow
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import CampaignKind, VinState
 from ota_server.rollout import transitions
 from ota_server.rollout.fleet import Outbound
@@ -29,6 +32,20 @@ from ota_server.signing.image_repo import target_for
 
 log = logging.getLogger(__name__)
 _CHUNK = 500
+
+
+def _install_windows(session: Session, plan: RolloutPlan, vins: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """Each car's maintenance window (the plan's windows in its own time zone), signed by the Director
+    so the car starts an install only inside one; none when the plan has no windows."""
+    if not plan.windows:
+        return {}
+    zones: dict[str, str | None] = {}
+    for start in range(0, len(vins), _CHUNK):
+        chunk = vins[start : start + _CHUNK]
+        for vin, time_zone in session.execute(select(Vehicle.vin, Vehicle.time_zone).where(Vehicle.vin.in_(chunk))):
+            zones[vin] = time_zone
+    shape = [(w.days, w.start, w.end) for w in plan.windows]
+    return {vin: InstallWindow.of(zones.get(vin) or plan.default_time_zone, shape).to_json() for vin in vins}
 
 
 class CampaignFleet:
@@ -118,5 +135,11 @@ class CampaignFleet:
         plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
         policy = None if rollback else recall.ecu_failure_policy
         self._director.queue(  # signed when each car asks
-            session, plan, now, min_release_counter=floor, floors=floors, ecu_failure_policy=policy
+            session,
+            plan,
+            now,
+            min_release_counter=floor,
+            floors=floors,
+            ecu_failure_policy=policy,
+            windows=_install_windows(session, campaigns.plan_of(recall, campaign), vins),
         )

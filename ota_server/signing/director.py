@@ -20,6 +20,10 @@ the top-level ``consent`` field (:meth:`Director.sign_consent`, format in
 :mod:`firmware_bundles.consent`): the car takes it only from there, and only for the
 images the same metadata assigns. A new assignment is signed without it.
 
+A car's maintenance window (the plan's windows in its own time zone) is signed into the
+same targets as the top-level ``maintenance_window`` field (format in
+:mod:`firmware_bundles.window`): the car starts an install only inside it.
+
 A VIN's chain is re-signed lazily, when its timestamp is served and is within half
 its lifetime of expiring (:meth:`Director.refresh`): a chain is read only by a car
 working on a campaign, usually soon after the launch signed it, so a periodic job
@@ -50,6 +54,7 @@ from firmware_bundles.uptane import (
     refresh_chain,
     serialize,
 )
+from firmware_bundles.window import WINDOW_FIELD
 from ota_server.db.models import RepoFile
 from ota_server.signing.keys import RepoKeys
 from ota_server.signing.store import CHAIN, DIRECTOR, put_file
@@ -96,6 +101,7 @@ class Director:
         now: datetime,
         floors: Mapping[str, int | None],
         ecu_failure_policy: str | None = None,
+        window: Mapping[str, Any] | None = None,
     ) -> list[dict[str, Any]]:
         # TUF keys targets by path, so one chain names a bundle once: with two ECUs of
         # the same hardware the first serial given gets it.
@@ -106,7 +112,8 @@ class Director:
                 image.path,
                 director_target(image, vin, serial, min_release_counter=floor, ecu_failure_policy=ecu_failure_policy),
             )
-        versions, files = publish_targets(targets, signers, self.expiry, now, previous, extra={"vin": vin})
+        extra: dict[str, Any] = {"vin": vin} | ({WINDOW_FIELD: dict(window)} if window else {})
+        versions, files = publish_targets(targets, signers, self.expiry, now, previous, extra=extra)
         by_name = {
             "targets.json": versions.targets,
             "snapshot.json": versions.snapshot,
@@ -141,21 +148,23 @@ class Director:
     def _sign_plan(
         self,
         session: Session,
-        plan: Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None]],
+        plan: Mapping[
+            str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None, Mapping[str, Any] | None]
+        ],
         now: datetime,
     ) -> dict[str, Chain]:
-        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy)}``) and write it in bulk."""
+        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy, window)}``) in bulk."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         chains: dict[str, Chain] = {}
-        for vin, (images, floors, policy) in plan.items():
+        for vin, (images, floors, policy, window) in plan.items():
             old = previous.get(vin, {})
             versions = RepoVersions(
                 old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
             )
-            rows = self._sign(signers, vin, images, versions, now, floors, policy)
+            rows = self._sign(signers, vin, images, versions, now, floors, policy, window)
             (changed_rows if old else new_rows).extend(rows)
             chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
         if new_rows:
@@ -186,6 +195,7 @@ class Director:
         min_release_counter: int | None = None,
         floors: Mapping[str, int] | None = None,
         ecu_failure_policy: str | None = None,
+        windows: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         """Queue each VIN's next assignment (``{vin: {ecu_serial: image target}}``), signed when the car asks.
 
@@ -193,6 +203,8 @@ class Director:
         carries ``min_release_counter`` as its floor, or ``floors[release target path]`` when
         given (a multi-ECU recall: each release's own floor). ``ecu_failure_policy`` is the
         recall's: what the car does when one of its ECUs fails (signed in each target).
+        ``windows[vin]``: that car's maintenance window (:class:`firmware_bundles.window.InstallWindow`
+        as JSON), signed in its targets; a VIN without one may install at any hour.
 
         One upsert per chunk, in VIN order (the order the signer locks queued rows in): a
         queued assignment not yet signed is replaced, and the primary key is the only index
@@ -208,6 +220,7 @@ class Director:
                     {
                         "min_release_counter": min_release_counter,
                         "ecu_failure_policy": ecu_failure_policy,
+                        "maintenance_window": (windows or {}).get(vin),
                         "images": {
                             serial: {
                                 "path": image.path,
@@ -255,6 +268,7 @@ class Director:
                     for serial, entry in payload["images"].items()
                 },
                 payload.get("ecu_failure_policy"),  # absent in a row queued before the policy
+                payload.get("maintenance_window"),  # absent in a row queued before windows were signed
             )
             for vin, payload in queued.items()
         }

@@ -21,6 +21,7 @@ import pytest
 
 from firmware_bundles.bundle import build_bundle, sample_image
 from simulator.fleet import make_fleet
+from simulator.procstat import memory_kib
 from simulator.progress import watch_campaign
 from simulator.scenario import file_recall, launch_recall, register_fleet
 from tests.e2e.conftest import Stack, embedded_stack
@@ -96,11 +97,6 @@ def test_the_car_s_venv_holds_the_agent_and_none_of_the_server(car_root: Path, t
     assert os.access(car_root / "usr" / "local" / "bin" / "ota-health-check", os.X_OK)
 
 
-def _memory(pid: int) -> dict[str, int]:
-    status = Path(f"/proc/{pid}/status").read_text()
-    return {key: int(re.search(rf"^{key}:\s+(\d+) kB", status, re.M).group(1)) for key in ("VmRSS", "VmHWM")}  # type: ignore[union-attr]
-
-
 def test_a_real_agent_from_the_wheels_is_remedied(car_root: Path, embedded_stack: Stack, tmp_path: Path) -> None:
     client = embedded_stack.client
     fleet = make_fleet(1)
@@ -130,16 +126,16 @@ def test_a_real_agent_from_the_wheels_is_remedied(car_root: Path, embedded_stack
         deadline = time.monotonic() + 60
         while not client.vehicle(car.vin)["online"] and time.monotonic() < deadline and agent.poll() is None:
             time.sleep(0.2)
-        idle = _memory(agent.pid)
+        idle = memory_kib(agent.pid)
 
         def progress() -> dict[str, object]:
-            busy.append(_memory(agent.pid)["VmRSS"])
+            busy.append(memory_kib(agent.pid)["VmRSS"])
             return client.progress(campaign["id"])
 
         recall = file_recall(client, fleet, release)
         campaign = launch_recall(client, recall, embedded_stack.approver)
         outcome = watch_campaign(progress, timeout=120, console=None)
-        peak = _memory(agent.pid)["VmHWM"]
+        peak = memory_kib(agent.pid)["VmHWM"]
     finally:
         agent.send_signal(signal.SIGTERM)
         output, _ = agent.communicate(timeout=30)
