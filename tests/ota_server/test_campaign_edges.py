@@ -7,6 +7,7 @@ real time) plus what its sleeps have simulated. Its reports reach the server thr
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -154,3 +155,35 @@ async def test_a_deferred_car_installs_only_inside_its_window(env: Env, tmp_path
     assert next_open <= installing.sent_at < next_open + timedelta(hours=1)
     progress = (await env.client.get(f"/api/v1/campaigns/{cid}/progress")).json()
     assert progress["counts"]["remedied"] == 1, progress
+
+
+async def test_a_car_offline_past_its_metadata_expiry_comes_back_and_is_remedied(env: Env, tmp_path: Path) -> None:
+    """Launched a month ago; the car was away. It comes back before the server's re-signer has run:
+    the Image repository's timestamp it is served has lapsed. It defers ``metadata_expired``, asks
+    again after a backoff (the re-signer has run meanwhile) and is remedied in the same attempt,
+    with no new notice and no operator action."""
+    today = datetime.now(UTC).replace(microsecond=0)
+    env.clock.now = today - timedelta(days=30)
+    car = vehicle(vin(2))
+    key = await _car_with_key(env, car)
+    release = (await upload(env.client)).json()["id"]
+    cid = await _launch(env, release)
+    env.clock.now = today
+
+    async def on_pause(n: int) -> None:
+        if n == 1:  # the server's re-signer catches up while the car backs off
+            assert await asyncio.to_thread(env.runtime.refresher.run_once)
+
+    time = SimTime(today, on_pause)
+    agent, link = _agent(env, car, key, tmp_path, clock=time.clock, sleep=time.sleep, monotonic=time.monotonic)
+    assert await agent.handle(_notice(env, car["vin"])) is S.REMEDIED, link.reports[-1].detail
+    await env.inject(*((topics.status_topic(car["vin"]), encode(r)) for r in link.reports))
+
+    stale = [r for r in link.reports if r.state is S.DEFERRED]
+    assert len(stale) == 1 and stale[0].detail.startswith("metadata_expired: image repository"), stale
+    assert {r.attempt for r in link.reports} == {1}
+    status = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()
+    [campaign] = [c for c in status["campaigns"] if c["campaign_id"] == cid]
+    assert campaign["state"] == "remedied"
+    assert any(h["state"] == "deferred" and h["detail"].startswith("metadata_expired") for h in campaign["history"])
+    assert [n.vin for n in (parse_campaign_message(p.payload) for p in env.publisher.messages)] == [car["vin"]]
