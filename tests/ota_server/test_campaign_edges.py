@@ -169,10 +169,12 @@ async def test_a_car_offline_past_its_metadata_expiry_comes_back_and_is_remedied
     release = (await upload(env.client)).json()["id"]
     cid = await _launch(env, release)
     env.clock.now = today
+    refresher = env.runtime.refresher
 
     async def on_pause(n: int) -> None:
         if n == 1:  # the server's re-signer catches up while the car backs off
-            assert await asyncio.to_thread(env.runtime.refresher.run_once)
+            assert refresher is not None
+            assert await asyncio.to_thread(refresher.run_once)  # re-signed the lapsed timestamp
 
     time = SimTime(today, on_pause)
     agent, link = _agent(env, car, key, tmp_path, clock=time.clock, sleep=time.sleep, monotonic=time.monotonic)

@@ -70,6 +70,7 @@ class FakeServer(SignedRepositories):
         now: datetime | None = None,
         ecu_failure_policy: str | None = None,
         consent: Mapping[str, object] | None = None,
+        maintenance_window: Mapping[str, object] | None = None,
     ) -> dict[str, bytes]:
         return super().assign(
             targets,
@@ -79,6 +80,7 @@ class FakeServer(SignedRepositories):
             now=now,
             ecu_failure_policy=ecu_failure_policy,
             consent=consent,
+            maintenance_window=maintenance_window,
         )
 
     def serve_director(self, published: Mapping[str, bytes], vin: str = VIN) -> None:

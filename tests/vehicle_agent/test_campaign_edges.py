@@ -16,11 +16,10 @@ import pytest
 
 from firmware_bundles.messages import FailureReason, ReportState
 from firmware_bundles.window import parse_hold
-from simulator.signed_repo import SignedRepositories
 from vehicle_agent.agent import Agent
 
 from .conftest import Car
-from .fakes import HW, SERIAL, VIN, FakeServer
+from .fakes import HW, SERIAL, FakeServer
 
 S = ReportState
 NEW_YORK = ZoneInfo("America/New_York")
@@ -53,7 +52,7 @@ def build(car: Car, start: datetime, *, pauses: int = 50, **kwargs: Any) -> Agen
 
 
 def assign_with_window(server: FakeServer, version: str, counter: int, window: dict[str, Any] | None) -> None:
-    SignedRepositories.assign(server, {SERIAL: server.release(version, counter)}, vin=VIN, maintenance_window=window)
+    server.assign({SERIAL: server.release(version, counter)}, maintenance_window=window)
 
 
 # -- the maintenance window -----------------------------------------------------------------
