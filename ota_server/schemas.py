@@ -238,7 +238,8 @@ class VehiclePublic(BaseModel):
 
 
 # What PATCH /api/v1/vehicles/{vin} may change; the rest is the car's identity (or its own word).
-VEHICLE_CHANGEABLE = ("time_zone", "market", "owner_contact")
+# A corrected model year may bring the car into a dynamic recall's population (it joins at the next tick).
+VEHICLE_CHANGEABLE = ("time_zone", "market", "owner_contact", "model_year")
 
 
 class VehicleUpdate(BaseModel):
@@ -249,6 +250,12 @@ class VehicleUpdate(BaseModel):
     market: Text | None = Field(default=None, min_length=1, max_length=64, description="e.g. DE, US-CA")
     owner_contact: Text | None = Field(
         default=None, min_length=1, max_length=200, description="How to reach the owner (e-mail, phone, fleet desk)"
+    )
+    model_year: int | None = Field(
+        default=None,
+        ge=1980,
+        le=2100,
+        description="A corrected model year (cannot be cleared); a dynamic recall it now matches takes the car",
     )
 
     @model_validator(mode="before")

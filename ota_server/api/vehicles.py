@@ -170,10 +170,14 @@ def get_vehicle(vin: VinPath, session: SessionDep) -> VehiclePublic:
 
 
 @router.patch("/{vin}")
-def update_vehicle(vin: VinPath, body: VehicleUpdate, session: OperatorSession) -> VehiclePublic:
-    """Change the car's time zone, market or owner contact (null clears one); any other field is refused."""
+def update_vehicle(vin: VinPath, body: VehicleUpdate, session: OperatorSession, runtime: RuntimeDep) -> VehiclePublic:
+    """Change the car's time zone, market or owner contact (null clears one) or correct its model year
+    (a dynamic campaign whose population it now matches takes it at the next tick); any other field is refused."""
     trail_of(session).action.target["changed"] = ",".join(sorted(body.model_fields_set))
-    return vehicles.update(session, vin, body)
+    updated = vehicles.update(session, vin, body)
+    if body.model_fields_set & vehicles.POPULATION_FIELDS:
+        runtime.rollout.fleet_changed()
+    return updated
 
 
 @router.post("/{vin}/decommission", responses=errors(409))

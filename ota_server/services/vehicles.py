@@ -371,8 +371,18 @@ def page(session: Session, spec: FleetFilter, cursor: str | None, limit: int) ->
     return VehiclePage(items=items, next_cursor=encode_cursor(items[-1].vin) if more else None)
 
 
+# Fields of an update that a recall's population filters on.
+POPULATION_FIELDS = frozenset({"model_year"})
+
+
 def update(session: Session, vin: str, body: VehicleUpdate) -> VehiclePublic:
-    """Change what may change (the schema refused the rest); answered from the open transaction, then committed."""
+    """Change what may change (the schema refused the rest); answered from the open transaction, then committed.
+
+    A changed model year may bring the car into a dynamic recall's population: the caller asks
+    for a tick (:data:`POPULATION_FIELDS`), and the campaign takes it as a late joiner.
+    """
+    if "model_year" in body.model_fields_set and body.model_year is None:
+        raise InvalidInput("model_year cannot be cleared: give the corrected year")
     vehicle = _vehicle(session, vin)
     for name in body.model_fields_set:
         setattr(vehicle, name, getattr(body, name))

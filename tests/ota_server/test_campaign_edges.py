@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
-from firmware_bundles.messages import CampaignNotice, ReportState, encode, parse_campaign_message
+from firmware_bundles.messages import CampaignNotice, ManifestReason, ReportState, encode, parse_campaign_message
 from firmware_bundles.window import WINDOW_FIELD, parse_hold
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
@@ -189,3 +189,60 @@ async def test_a_car_offline_past_its_metadata_expiry_comes_back_and_is_remedied
     assert campaign["state"] == "remedied"
     assert any(h["state"] == "deferred" and h["detail"].startswith("metadata_expired") for h in campaign["history"])
     assert [n.vin for n in (parse_campaign_message(p.payload) for p in env.publisher.messages)] == [car["vin"]]
+
+
+async def _dynamic_campaign(env: Env, first: dict[str, Any], **population: Any) -> int:
+    """A dynamic recall launched with ``first`` its one matching car (a launch needs one)."""
+    await _car_with_key(env, first)
+    release = (await upload(env.client)).json()["id"]
+    return await _launch(env, release, dynamic=True, population=population)
+
+
+async def _remedied_by_its_agent(env: Env, car: dict[str, Any], key: bytes, state_dir: Path, cid: int) -> None:
+    agent, link = _agent(env, car, key, state_dir)
+    assert await agent.handle(_notice(env, car["vin"])) is S.REMEDIED, link.reports[-1].detail
+    await env.inject(*((topics.status_topic(car["vin"]), encode(r)) for r in link.reports))
+    progress = (await env.client.get(f"/api/v1/campaigns/{cid}/progress")).json()
+    assert progress["counts"]["remedied"] == 1, progress
+
+
+async def test_a_car_whose_model_year_is_corrected_joins_the_dynamic_campaign_it_now_matches(
+    env: Env, tmp_path: Path
+) -> None:
+    env.clock.now = datetime.now(UTC)
+    car = vehicle(vin(3), model_year=2022)
+    key = await _car_with_key(env, car)
+    cid = await _dynamic_campaign(env, vehicle(vin(13), model_year=2023), models=["Sedan"], model_years={"min": 2023})
+    assert (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()["campaigns"] == []
+
+    cleared = await env.client.patch(f"/api/v1/vehicles/{car['vin']}", json={"model_year": None})
+    assert cleared.status_code == 422, cleared.text
+    corrected = await env.client.patch(f"/api/v1/vehicles/{car['vin']}", json={"model_year": 2023})
+    assert corrected.status_code == 200, corrected.text
+    await env.tick()  # the tick the correction asked for
+
+    assert [
+        c["campaign_id"] for c in (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()["campaigns"]
+    ] == [cid]
+    await _remedied_by_its_agent(env, car, key, tmp_path, cid)
+
+
+async def test_a_car_reporting_a_version_the_dynamic_campaign_covers_joins_it(env: Env, tmp_path: Path) -> None:
+    """Registered as running 1.0.5 (outside the recall's versions), the car's own signed manifest says
+    1.0.0 (e.g. a workshop flashed it back): it joins the dynamic campaign and is remedied."""
+    env.clock.now = datetime.now(UTC)
+    car = vehicle(vin(4), installed_version="1.0.5")
+    key = await _car_with_key(env, car)
+    cid = await _dynamic_campaign(env, vehicle(vin(14)), models=["Sedan"], installed_versions={"max": "1.0.0"})
+    assert (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()["campaigns"] == []
+
+    runs_old = {**car, "ecus": [{**car["ecus"][0], "installed_version": "1.0.0"}]}
+    agent, link = _agent(env, runs_old, key, tmp_path)
+    assert await agent.send_manifest(ManifestReason.START)
+    await env.inject(*((topics.status_topic(car["vin"]), encode(m)) for m in link.manifests))
+    await env.tick()
+
+    assert [
+        c["campaign_id"] for c in (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()["campaigns"]
+    ] == [cid]
+    await _remedied_by_its_agent(env, runs_old, key, tmp_path, cid)
