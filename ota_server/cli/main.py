@@ -30,8 +30,17 @@ def demo(
 
     Exit code 0 only when every car is remedied.
     """
-    # Lazy import: the demo is a fleet scenario; the server itself never imports the simulator.
-    from simulator.demo import run_demo
+    # Lazy import: the demo is a fleet scenario; the server itself never imports the simulator,
+    # and the server's image (the ota-server wheel) does not ship it.
+    try:
+        from simulator.demo import run_demo
+    except ModuleNotFoundError as exc:
+        typer.echo(
+            f"ota demo needs the simulator ({exc.name} is not installed): it ships with the development "
+            "install (`make demo` from a clone), not with the ota-server wheel or its Docker image",
+            err=True,
+        )
+        raise typer.Exit(2) from exc
 
     raise typer.Exit(run_demo(cars, as_json=json_out, data_dir=data_dir, timeout=timeout, keep_state=keep_state))
 
