@@ -56,8 +56,8 @@ class Runtime:
     dispatcher: NoticeDispatcher
     link: ServerMqttLink | None
     pki: LazyAuthority
-    scheduler: Coordinator
-    rollout: RolloutControl  # what the routes call to act on campaigns (never the scheduler itself)
+    coordinator: Coordinator  # runs the campaigns' ticks (the periodic job and ingest ask it)
+    rollout: RolloutControl  # what the routes call to act on campaigns (never the coordinator itself)
     repo_reader: RepoReader
     owner_links: OwnerLinks
     refresher: Refresher | None = None
@@ -137,14 +137,14 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
     owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
-    scheduler = Coordinator(
+    coordinator = Coordinator(
         sessions,
         CampaignFleet(director, settings.repo_url, owner_links),
         clock,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,
     )
-    ingestor.after_batch = scheduler.on_reports
+    ingestor.after_batch = coordinator.on_reports
     bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
     reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)
     runtime = Runtime(
@@ -161,8 +161,8 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         dispatcher=dispatcher,
         link=link,
         pki=LazyAuthority(settings.ca_dir),
-        scheduler=scheduler,
-        rollout=RolloutControl(scheduler, dispatcher.dispatch, director, clock),
+        coordinator=coordinator,
+        rollout=RolloutControl(coordinator, dispatcher.dispatch, director, clock),
         repo_reader=reader,
         owner_links=owner_links,
     )
@@ -174,10 +174,10 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     resumed = await dispatcher.resume(settings.repo_url, owner_links)
     if resumed:
         log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
-    scheduler.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job
+    coordinator.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job
     if settings.scheduler_interval_s > 0:
         lease = Lease(sessions, SCHEDULER, instance, clock, settings.lease_ttl_s)
-        runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, scheduler.tick))
+        runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, coordinator.tick))
     for job in runtime.jobs:
         job.start()
     return runtime
@@ -190,7 +190,7 @@ async def stop_runtime(runtime: Runtime) -> None:
     if runtime.refresher is not None:
         await runtime.refresher.stop()
     runtime.ingestor.after_batch = None  # reports still arriving are stored; no more ticks
-    await runtime.scheduler.stop()
+    await runtime.coordinator.stop()
     await runtime.dispatcher.close()
     if runtime.link is not None:
         await runtime.link.stop()

@@ -36,7 +36,7 @@ class Env:
         for topic, payload in messages:
             self.runtime.ingestor.submit(topic, payload)
         await self.runtime.ingestor.flush()
-        await self.runtime.scheduler.idle()  # ingest asks for a tick and goes on; wait for it here
+        await self.runtime.coordinator.idle()  # ingest asks for a tick and goes on; wait for it here
 
     async def nonces(self) -> dict[str, str]:
         """VIN -> nonce, read from the published notices (as a car would)."""
@@ -46,7 +46,7 @@ class Env:
 
     async def tick(self) -> None:
         """One scheduler tick at the clock's time, then wait until its notices are published."""
-        await self.runtime.scheduler.tick()
+        await self.runtime.coordinator.tick()
         await self.runtime.dispatcher.idle()
 
     async def headers_for(self, name: str, role: str) -> dict[str, str]:

@@ -9,10 +9,10 @@ from tests.ota_server.helpers import launched, vin
 
 
 async def test_a_capped_tick_carries_on_at_once_until_every_car_is_notified(env: Env) -> None:
-    env.runtime.scheduler._max_per_tick = 2  # the periodic tick is off in these tests (interval 0)
+    env.runtime.coordinator._max_per_tick = 2  # the periodic tick is off in these tests (interval 0)
     vins = [vin(n) for n in range(1, 8)]
     await launched(env.client, vins)
-    await env.runtime.scheduler.idle()
+    await env.runtime.coordinator.idle()
     nonces = await env.nonces()
     assert sorted(nonces) == sorted(vins)  # without carrying on: 2, and no periodic tick to release more
 
@@ -21,8 +21,8 @@ async def test_candidates_are_read_a_page_at_a_time(env: Env, monkeypatch: pytes
     from ota_server.rollout import notifying
 
     monkeypatch.setattr(notifying, "_CANDIDATE_PAGE", 1)
-    env.runtime.scheduler._max_per_tick = 1  # pages of 2 cars, one released per tick
+    env.runtime.coordinator._max_per_tick = 1  # pages of 2 cars, one released per tick
     vins = [vin(n) for n in range(1, 6)]
     await launched(env.client, vins)
-    await env.runtime.scheduler.idle()
+    await env.runtime.coordinator.idle()
     assert sorted(await env.nonces()) == sorted(vins)

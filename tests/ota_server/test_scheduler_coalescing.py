@@ -37,7 +37,7 @@ class BlockedTicks:
 
 
 async def test_the_ingest_hook_returns_while_a_tick_runs(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     ticks = BlockedTicks(scheduler, monkeypatch)
     scheduler.poke()
     await ticks.wait_started()  # a tick holds the scheduler now
@@ -48,7 +48,7 @@ async def test_the_ingest_hook_returns_while_a_tick_runs(env: Env, monkeypatch: 
 
 
 async def test_a_burst_of_batches_during_a_tick_costs_one_more_tick(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     ticks = BlockedTicks(scheduler, monkeypatch)
     await scheduler.on_reports({1})
     await ticks.wait_started()
@@ -62,7 +62,7 @@ async def test_reports_are_stored_while_a_tick_runs(env: Env, monkeypatch: pytes
     vins = [vin(n) for n in range(1, 4)]
     campaign = await launched(env.client, vins)
     nonces = await env.nonces()
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     ticks = BlockedTicks(scheduler, monkeypatch)
     scheduler.poke()
     await ticks.wait_started()
@@ -76,7 +76,7 @@ async def test_reports_are_stored_while_a_tick_runs(env: Env, monkeypatch: pytes
 
 
 async def test_stop_lets_the_running_tick_finish_and_starts_no_other(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     ticks = BlockedTicks(scheduler, monkeypatch)
     scheduler.poke()
     await ticks.wait_started()
@@ -92,7 +92,7 @@ async def test_stop_lets_the_running_tick_finish_and_starts_no_other(env: Env, m
 async def test_ingest_asks_wait_out_the_report_gap_but_a_poke_does_not(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     monkeypatch.setattr(scheduler, "_report_gap_s", 3600.0)  # an hour: only a poke can bring the next tick
     ticks = BlockedTicks(scheduler, monkeypatch)
     ticks.release.set()
@@ -109,7 +109,7 @@ async def test_ingest_asks_wait_out_the_report_gap_but_a_poke_does_not(
 
 
 async def test_stop_does_not_wait_out_the_report_gap(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
-    scheduler = env.runtime.scheduler
+    scheduler = env.runtime.coordinator
     monkeypatch.setattr(scheduler, "_report_gap_s", 3600.0)
     ticks = BlockedTicks(scheduler, monkeypatch)
     ticks.release.set()

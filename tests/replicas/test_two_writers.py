@@ -57,7 +57,7 @@ async def concurrent_ticks(a: Env, b: Env, rounds: int = 3) -> TickResult:
 
     def tick(env: Env, barrier: threading.Barrier) -> TickResult:
         barrier.wait(timeout=30)
-        return env.runtime.scheduler.tick_sync()
+        return env.runtime.coordinator.tick_sync()
 
     for _ in range(rounds):
         barrier = threading.Barrier(2)
@@ -74,7 +74,7 @@ async def concurrent_ticks(a: Env, b: Env, rounds: int = 3) -> TickResult:
 
 async def settle(*envs: Env) -> None:
     for env in envs:
-        await env.runtime.scheduler.idle()
+        await env.runtime.coordinator.idle()
         await env.runtime.dispatcher.idle()
 
 
