@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck check clean chromium screenshots bench-fleet fuzz-api agent-wheel server-wheel
+.PHONY: demo test lint typecheck check clean chromium image-tools screenshots bench-fleet fuzz-api agent-wheel server-wheel
 
 $(BIN)/python:
 	@command -v $(PY) >/dev/null 2>&1 || { echo "need $(PY) (Python 3.11+) on PATH; set PY=python3.x"; exit 1; }
@@ -28,7 +28,16 @@ chromium:
 			|| echo "could not install chromium: the browser tests will skip (and fail under OTA_REQUIRE_SERVICES=1)"; \
 	fi
 
-test: $(STAMP) chromium
+# The Pi image test (tests/packaging/test_pi_image.py) partitions an image file with sfdisk
+# (Debian's fdisk package); installed the same way, skipped without it (failed in CI).
+image-tools:
+	@if ! command -v sfdisk >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's fdisk for the Pi image test (tests/packaging)"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fdisk e2fsprogs; } >/dev/null 2>&1 \
+			|| echo "could not install fdisk: the Pi image test will skip (and fail under OTA_REQUIRE_SERVICES=1)"; \
+	fi
+
+test: $(STAMP) chromium image-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)

@@ -14,10 +14,23 @@ from pathlib import Path
 
 import pytest
 
+from tests.services import required
+
 PI = Path(__file__).resolve().parents[2] / "packaging" / "raspberry-pi"
 DOC = Path(__file__).resolve().parents[2] / "docs" / "raspberry-pi.md"
 MiB = 1024 * 1024 // 512  # sectors
-needs_sfdisk = pytest.mark.skipif(shutil.which("sfdisk") is None, reason="sfdisk missing (Debian package fdisk)")
+
+
+@pytest.fixture
+def sfdisk() -> None:
+    """sfdisk (Debian's fdisk, `make test` installs it): skip without it, fail in CI."""
+    if shutil.which("sfdisk") is None:
+        if required():
+            pytest.fail("sfdisk missing (Debian package fdisk) and OTA_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip("sfdisk missing (Debian package fdisk)")
+
+
+needs_sfdisk = pytest.mark.usefixtures("sfdisk")
 
 
 def _partitions(image: Path) -> dict[int, dict[str, str]]:
