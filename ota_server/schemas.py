@@ -690,6 +690,18 @@ class CampaignControl(BaseModel):
     reason: Text = Field(default="", max_length=1000, description="Why (kept with the status and in the audit log)")
 
 
+class RollbackStart(BaseModel):
+    """An operator's rollback of a paused campaign: the plan's rollback release to its remedied cars."""
+
+    model_config = _IN
+    reach: Literal["wave", "campaign"] | None = Field(
+        default=None,
+        description="The open wave's remedied cars or every remedied car of the campaign; "
+        "default: the recall's rollback_reach ('campaign' when that is 'none')",
+    )
+    reason: Text = Field(default="", max_length=1000, description="Why (kept with the status and in the audit log)")
+
+
 class ControlResult(BaseModel):
     campaign: CampaignPublic
     vehicles: int = Field(description="Cars the action touched (withdrawn, retried...)")

@@ -1,4 +1,4 @@
-"""Campaign views, progress and the operators' controls (pause, resume, cancel, retry, per-VIN records)."""
+"""Campaign views, progress and the operators' controls (pause, resume, cancel, rollback, retry, per-VIN records)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from ota_server.schemas import (
     NoticeLogEntry,
     OutcomeCreate,
     Progress,
+    RollbackStart,
     Text,
     VinOutcome,
 )
@@ -70,6 +71,17 @@ async def cancel_campaign(
     notice and its Director assignment is emptied); cars installing finish or roll back cleanly."""
     campaign, withdrawn = await runtime.rollout.cancel(session, campaign_id, body.reason, actor_of(session).name)
     return ControlResult(campaign=campaign, vehicles=withdrawn)
+
+
+@router.post("/{campaign_id}/rollback", status_code=201, responses=errors(409))
+async def roll_back_campaign(
+    campaign_id: Id, body: RollbackStart, session: OperatorSession, runtime: RuntimeDep
+) -> CampaignPublic:
+    """Start the rollback of a paused campaign by hand: the recall's rollback release to the remedied
+    cars of the open wave or of every wave (``reach``); returns the rollback campaign (its
+    ``parent_campaign_id`` is this campaign), whose cars are notified at once."""
+    trail_of(session).action.target["reach"] = body.reach or "plan"
+    return await runtime.rollout.roll_back(session, campaign_id, body, actor_of(session).name)
 
 
 @router.post("/{campaign_id}/retry-failed", responses=errors(409))

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 from pydantic import (
@@ -124,6 +124,10 @@ class Ramp(BaseModel):
     )
 
 
+# Which remedied cars a tripped wave rolls back (ota_server.rollout.rollback).
+RollbackReach = Literal["wave", "campaign", "none"]
+
+
 class RateLimit(BaseModel):
     model_config = _IN
     per_minute: int = Field(ge=1, le=1_000_000, description="At most this many notices in any minute (the ceiling)")
@@ -205,6 +209,12 @@ class RolloutPlan(BaseModel):
         "Cars refuse a lower release counter, so this is the previous software re-released under a counter "
         "HIGHER than the recall's release, for the same hardware id, and published",
     )
+    rollback_reach: RollbackReach = Field(
+        default="wave",
+        description="Which remedied cars a tripped wave rolls back: 'wave' (the tripped wave's, the default), "
+        "'campaign' (every remedied car of the campaign, earlier waves too) or 'none' (no rollback campaign; "
+        "an operator may still start one by hand for the paused campaign). 'campaign' needs rollback_release_id",
+    )
     device_timeout_s: float | None = Field(
         default=3600,
         gt=0,
@@ -264,6 +274,14 @@ class RolloutPlan(BaseModel):
         if sum(share for _, share in shares) >= 100:
             raise ValueError("the waves before the last take 100% or more: the later waves would be empty")
         return waves
+
+    @model_validator(mode="after")
+    def _reach_has_a_release(self, info: ValidationInfo) -> RolloutPlan:
+        if self.rollback_reach == "campaign" and self.rollback_release_id is None and filing(info):
+            raise ValueError(
+                "rollback_reach 'campaign' rolls every remedied car back to rollback_release_id: give that release"
+            )
+        return self
 
     @classmethod
     def stored(cls, data: object) -> RolloutPlan:

@@ -212,7 +212,7 @@ class CampaignTick:
                 campaign.status_reason = f"error threshold crossed in wave {campaign.current_wave}: {gate.describe()}"
                 result.paused.append(campaign.id)
                 if plan.rollback_release_id is not None and campaign.kind == REMEDY:
-                    child = rollback.roll_back(session, campaign, plan.rollback_release_id, now)
+                    child = rollback.roll_back(session, campaign, plan.rollback_release_id, now, plan.rollback_reach)
                     if child is not None:
                         result.rollbacks.append((campaign.id, child.id))
                 return

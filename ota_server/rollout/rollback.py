@@ -1,5 +1,9 @@
 """Rolling back: a tripped wave's remedied cars get the plan's rollback release in a campaign of its own.
 
+How far it reaches is the plan's ``rollback_reach``: the tripped wave's remedied cars
+(``wave``), every remedied car of the campaign (``campaign``: the earlier waves run the bad
+release too), or none. An operator may start it by hand for a paused campaign.
+
 Same transaction as the pause that tripped it; at most one rollback campaign per campaign.
 It belongs to the same recall, was approved with it, and runs the default plan (one wave of
 every car, no thresholds, no further rollback): the scheduler notifies its cars and signs
@@ -15,6 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Vehicle
+from ota_server.domain.rollout_plan import RollbackReach
 from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
 from ota_server.rollout import transitions
 
@@ -62,11 +67,19 @@ def launch_rollback(
     return campaign
 
 
-def roll_back(session: Session, campaign: Campaign, release_id: int, now: datetime) -> Campaign | None:
-    """Send ``release_id`` to the tripped wave's remedied cars (they run the bad release).
+def roll_back(
+    session: Session, campaign: Campaign, release_id: int, now: datetime, reach: RollbackReach = "wave"
+) -> Campaign | None:
+    """Send ``release_id`` to the remedied cars ``reach`` names (they run the bad release): the open
+    wave's (``wave``) or every opened wave's (``campaign``); ``none`` launches nothing.
 
     Says what happened in the campaign's status reason; returns the rollback campaign launched.
     """
+    if reach == "none":
+        campaign.status_reason = (
+            f"{campaign.status_reason}; the recall's rollback_reach is none, so no rollback campaign was launched"
+        )
+        return None
     existing = rollback_of(session, campaign.id)
     if existing is not None:
         campaign.status_reason = f"{campaign.status_reason}; rollback campaign {existing.id} was launched already"
@@ -77,21 +90,27 @@ def roll_back(session: Session, campaign: Campaign, release_id: int, now: dateti
             .join(Vehicle, Vehicle.vin == CampaignVehicle.vin)
             .where(
                 CampaignVehicle.campaign_id == campaign.id,
-                CampaignVehicle.wave == campaign.current_wave,
+                CampaignVehicle.wave == campaign.current_wave
+                if reach == "wave"
+                else CampaignVehicle.wave <= campaign.current_wave,
                 CampaignVehicle.state == VinState.REMEDIED.value,
                 Vehicle.decommissioned_at.is_(None),  # out of the fleet: no new campaign takes it
             )
             .order_by(CampaignVehicle.vin)
         )
     )
+    where = f"wave {campaign.current_wave}" if reach == "wave" else "the campaign"
     if not vins:
         campaign.status_reason = (
-            f"{campaign.status_reason}; no car of wave {campaign.current_wave} is remedied, "
-            "so no rollback campaign was launched"
+            f"{campaign.status_reason}; no car of {where} is remedied, so no rollback campaign was launched"
         )
         return None
     child = launch_rollback(session, campaign, release_id, vins, now)
+    if reach == "campaign":
+        child.status_reason = (
+            f"rollback of campaign {campaign.id} (every remedied car, waves 1 to {campaign.current_wave + 1})"
+        )
     campaign.status_reason = (
-        f"{campaign.status_reason}; rollback campaign {child.id} launched to its {len(vins)} remedied cars"
+        f"{campaign.status_reason}; rollback campaign {child.id} launched to the {len(vins)} remedied cars of {where}"
     )
     return child

@@ -1,4 +1,4 @@
-"""Operators steering a running campaign: pause, resume, cancel, retry, per-VIN records.
+"""Operators steering a running campaign: pause, resume, cancel, retry, rollback, per-VIN records.
 
 Each function changes rows and commits once (the audited session adds the audit entry
 to that commit); the API runs them under the scheduler's lock so a tick never sees
@@ -13,11 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.vin import normalize_vin
-from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog
-from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, Cause, VinState, allowed
+from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog, Recall
+from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignKind, Cause, VinState, allowed
 from ota_server.errors import Conflict, InvalidInput, NotFound
-from ota_server.rollout import transitions
-from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, VinOutcome
+from ota_server.rollout import rollback, transitions
+from ota_server.rollout.campaign_tick import plan_of
+from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, RollbackStart, VinOutcome
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director
 
@@ -60,6 +61,33 @@ def resume(session: Session, campaign_id: int, reason: str, actor: str, now: dat
     _set_status(campaign, ACTIVE, f"resumed by {actor}" + (f": {reason}" if reason else ""), now)
     session.commit()
     return CampaignPublic.model_validate(campaign)
+
+
+def roll_back(session: Session, campaign_id: int, body: RollbackStart, actor: str, now: datetime) -> CampaignPublic:
+    """Start the rollback of a paused remedy campaign by hand: its plan's rollback release to the
+    remedied cars of the open wave or of the whole campaign. Returns the rollback campaign.
+
+    Conflict when the campaign is not a paused remedy campaign, its plan names no rollback
+    release, it was rolled back already, or no car of that reach is remedied.
+    """
+    campaign = _campaign(session, campaign_id)
+    if campaign.kind != CampaignKind.REMEDY or campaign.status != PAUSED:
+        raise Conflict(f"campaign {campaign_id} is a {campaign.status} {campaign.kind} campaign: pause it first")
+    recall = session.get(Recall, campaign.recall_id)
+    assert recall is not None  # foreign key
+    plan = plan_of(recall, campaign)
+    if plan.rollback_release_id is None:
+        raise Conflict(f"the recall's rollout plan names no rollback_release_id to roll campaign {campaign_id} back to")
+    existing = rollback.rollback_of(session, campaign_id)
+    if existing is not None:
+        raise Conflict(f"campaign {campaign_id} was rolled back already: rollback campaign {existing.id}")
+    reach = body.reach or ("campaign" if plan.rollback_reach == "none" else plan.rollback_reach)
+    campaign.status_reason = f"rollback started by {actor}" + (f": {body.reason}" if body.reason else "")
+    child = rollback.roll_back(session, campaign, plan.rollback_release_id, now, reach)
+    if child is None:
+        raise Conflict(f"campaign {campaign_id}: {campaign.status_reason}")
+    session.commit()
+    return CampaignPublic.model_validate(child)
 
 
 def cancel(

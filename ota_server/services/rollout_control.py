@@ -23,6 +23,7 @@ from ota_server.schemas import (
     CampaignPublic,
     LaunchRequestPublic,
     OutcomeCreate,
+    RollbackStart,
     VehicleDecommission,
     VehicleDecommissioned,
     VinOutcome,
@@ -71,6 +72,14 @@ class RolloutControl:
         )
         self.dispatch(messages)
         return campaign, withdrawn
+
+    async def roll_back(self, session: Session, campaign_id: int, body: RollbackStart, actor: str) -> CampaignPublic:
+        """An operator's rollback of a paused campaign; the rollback campaign ticks (its cars are notified)."""
+        child = await self._exclusive(
+            lambda: campaign_control.roll_back(session, campaign_id, body, actor, self.clock())
+        )
+        await self._tick([child.id])
+        return child
 
     async def retry_failed(self, session: Session, campaign_id: int) -> tuple[CampaignPublic, int]:
         result = await self._exclusive(lambda: campaign_control.retry_failed(session, campaign_id, self.clock()))

@@ -17,11 +17,20 @@ from zoneinfo import ZoneInfo
 from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
-from firmware_bundles.messages import CampaignNotice, ManifestReason, ReportState, encode, parse_campaign_message
+from firmware_bundles.messages import (
+    CampaignNotice,
+    FailureReason,
+    ManifestReason,
+    ReportState,
+    encode,
+    parse_campaign_message,
+)
 from firmware_bundles.window import WINDOW_FIELD, parse_hold
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
 from tests.ota_server.test_multi_ecu_recalls import _agent
+from tests.ota_server.test_rollout import _launch as _launch_plan
+from tests.ota_server.test_rollout import _notified_vins, _progress, _run_to, _with_rollback_release
 from vehicle_agent.link import FakeLink
 from vehicle_agent.vehicle import FakeVehicle, Reading
 
@@ -246,3 +255,87 @@ async def test_a_car_reporting_a_version_the_dynamic_campaign_covers_joins_it(en
         c["campaign_id"] for c in (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()["campaigns"]
     ] == [cid]
     await _remedied_by_its_agent(env, runs_old, key, tmp_path, cid)
+
+
+# -- rollback reach ----------------------------------------------------------------------------
+
+
+async def _two_waves_tripped(env: Env, reach: str | None) -> tuple[int, list[str], list[str]]:
+    """Wave 1 (2 cars) remedied, wave 2 opens; in wave 2, 2 remedied and 3 fail: the threshold trips.
+
+    Returns the campaign and the remedied cars of wave 1 and of wave 2."""
+    vins = [vin(n) for n in range(20, 30)]
+    release, rollback_release = await _with_rollback_release(env, vins)
+    rollout = {
+        "waves": [{"cars": 2}, {"percent": 100}],
+        "success_threshold_percent": 100,
+        "error_threshold_count": 3,
+        "max_retries": 0,
+        "rollback_release_id": rollback_release,
+        **({"rollback_reach": reach} if reach else {}),
+    }
+    cid = (await _launch_plan(env, release, rollout=rollout))["id"]
+    first = sorted(_notified_vins(env, cid))
+    await _run_to(env, cid, first, S.REMEDIED)
+    second = sorted(_notified_vins(env, cid) - set(first))
+    assert len(second) == 8
+    await _run_to(env, cid, second[:2], S.REMEDIED)
+    await _run_to(env, cid, second[2:5], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    await env.runtime.dispatcher.idle()
+    return cid, first, second[:2]
+
+
+async def test_rollback_reach_campaign_rolls_back_the_earlier_waves_remedied_cars_too(env: Env) -> None:
+    cid, first, second = await _two_waves_tripped(env, "campaign")
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused"
+    rid = progress["rollback_campaign_id"]
+    assert rid is not None and "remedied cars of the campaign" in progress["status_reason"]
+    assert _notified_vins(env, rid) == set(first + second)
+    child = await env.get_json(f"/api/v1/campaigns/{rid}")
+    assert child["parent_campaign_id"] == cid and child["population"] == 4
+
+
+async def test_rollback_reach_wave_stays_the_default(env: Env) -> None:
+    cid, _first, second = await _two_waves_tripped(env, None)
+    rid = (await _progress(env, cid))["rollback_campaign_id"]
+    assert _notified_vins(env, rid) == set(second)
+
+
+async def test_rollback_reach_none_rolls_back_nothing_until_an_operator_starts_it(env: Env) -> None:
+    cid, first, second = await _two_waves_tripped(env, "none")
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused" and progress["rollback_campaign_id"] is None
+    assert "rollback_reach is none" in progress["status_reason"]
+
+    started = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reason": "bad release"})
+    assert started.status_code == 201, started.text
+    child = started.json()
+    assert child["kind"] == "rollback" and child["parent_campaign_id"] == cid
+    await env.runtime.dispatcher.idle()
+    assert _notified_vins(env, child["id"]) == set(first + second)  # 'none' by hand: the whole campaign
+    assert (await _progress(env, cid))["rollback_campaign_id"] == child["id"]
+    again = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={})
+    assert again.status_code == 409 and f"rollback campaign {child['id']}" in again.json()["detail"]
+
+
+async def test_an_operator_rollback_needs_a_paused_campaign_and_a_rollback_release(env: Env) -> None:
+    cars = [vin(n) for n in range(40, 42)]
+    release, rollback_release = await _with_rollback_release(env, cars)
+    cid = (await _launch_plan(env, release, rollout={"rollback_release_id": rollback_release}))["id"]
+    active = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reach": "wave"})
+    assert active.status_code == 409 and "pause it first" in active.json()["detail"]
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={})).status_code == 200
+    nothing = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reach": "wave"})
+    assert nothing.status_code == 409 and "no car of wave 0 is remedied" in nothing.json()["detail"]
+    bad = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reach": "everything"})
+    assert bad.status_code == 422
+
+
+async def test_rollback_reach_campaign_without_a_rollback_release_is_refused(env: Env) -> None:
+    release = (await upload(env.client)).json()["id"]
+    body = {**recall_body(release, "24V-901"), "rollout": {"rollback_reach": "campaign"}}
+    refused = await env.client.post("/api/v1/recalls", json=body)
+    assert refused.status_code == 422 and "rollback_release_id" in refused.text
+    body["rollout"] = {"rollback_reach": "sideways"}
+    assert (await env.client.post("/api/v1/recalls", json=body)).status_code == 422
