@@ -77,7 +77,7 @@ def car_state_writes(source: str) -> list[str]:
     for node in ast.walk(ast.parse(source)):
         for target in _targets(node):
             if isinstance(target, ast.Attribute) and target.attr == "state":
-                found.append(f"{node.lineno}: assigns .state")
+                found.append(f"{target.lineno}: assigns .state")
         if not isinstance(node, ast.Call):
             continue
         func = node.func
