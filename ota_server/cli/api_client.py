@@ -217,6 +217,12 @@ class ApiClient:
         result: dict[str, Any] = self.call("POST", f"{API}/campaigns/{campaign_id}/{action}", json=body)
         return result
 
+    def roll_back(self, campaign_id: int, reach: str | None = None, reason: str = "") -> dict[str, Any]:
+        """Start a paused campaign's rollback by hand; the rollback campaign (``reach``: wave or campaign)."""
+        body: dict[str, Any] = {"reason": reason} | ({"reach": reach} if reach else {})
+        result: dict[str, Any] = self.call("POST", f"{API}/campaigns/{campaign_id}/rollback", json=body)
+        return result
+
 
 def _detail(response: httpx.Response) -> str:
     try:

@@ -1,9 +1,10 @@
-"""``ota campaigns launch|approve|pause|resume|cancel|retry|list|show|watch``: a recall's rollout (REST API)."""
+"""``ota campaigns launch|approve|pause|resume|cancel|retry|rollback|list|show|watch``: a recall's rollout."""
 
 from __future__ import annotations
 
 import json
 import time
+from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -22,7 +23,7 @@ CampaignId = Annotated[int, typer.Argument(min=1, help="The campaign's id")]
 RecallId = Annotated[int, typer.Argument(min=1, help="The recall's id")]
 
 campaigns_app = typer.Typer(
-    help="Campaigns: launch, approve, pause, resume, cancel, retry, list, show, watch.", no_args_is_help=True
+    help="Campaigns: launch, approve, pause, resume, cancel, retry, rollback, list, show, watch.", no_args_is_help=True
 )
 
 
@@ -118,6 +119,31 @@ def campaigns_retry(
 ) -> None:
     """Give every failed, rolled-back or timed-out car a new notice now."""
     _control(campaign_id, "retry-failed", "", server, token, as_json)
+
+
+class Reach(StrEnum):
+    WAVE = "wave"
+    CAMPAIGN = "campaign"
+
+
+@campaigns_app.command("rollback")
+def campaigns_rollback(
+    campaign_id: CampaignId,
+    reach: Annotated[
+        Reach | None,
+        typer.Option(
+            help="The open wave's remedied cars, or the whole campaign's (default: the recall's rollback_reach)"
+        ),
+    ] = None,
+    reason: ReasonOption = "",
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Roll a paused campaign back by hand: the recall's rollback release to its remedied cars."""
+    with client_for(server, token) as client:
+        child = client.roll_back(campaign_id, reach.value if reach else None, reason)
+    emit(as_json, child, lambda: typer.echo(f"rollback of campaign {campaign_id}: " + _campaign_line(child)))
 
 
 @campaigns_app.command("list")

@@ -8,12 +8,14 @@ real time) plus what its sleeps have simulated. Its reports reach the server thr
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
@@ -28,6 +30,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.window import WINDOW_FIELD, parse_hold
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.test_cli_ops import ota, wired  # noqa: F401 (wired: a fixture)
 from tests.ota_server.test_multi_ecu_recalls import _agent
 from tests.ota_server.test_rollout import _launch as _launch_plan
 from tests.ota_server.test_rollout import _notified_vins, _progress, _run_to, _with_rollback_release
@@ -339,3 +342,14 @@ async def test_rollback_reach_campaign_without_a_rollback_release_is_refused(env
     assert refused.status_code == 422 and "rollback_release_id" in refused.text
     body["rollout"] = {"rollback_reach": "sideways"}
     assert (await env.client.post("/api/v1/recalls", json=body)).status_code == 422
+
+
+@pytest.mark.usefixtures("wired")  # the CLI talks to this server
+async def test_ota_campaigns_rollback_starts_it_from_the_cli(env: Env) -> None:
+    cid, _first, second = await _two_waves_tripped(env, "none")
+    started = await ota(env, "campaigns", "rollback", str(cid), "--reach", "wave", "--reason", "bad", "--json")
+    assert started.exit_code == 0, started.output
+    child = json.loads(started.stdout)
+    assert child["parent_campaign_id"] == cid and child["population"] == len(second)
+    again = await ota(env, "campaigns", "rollback", str(cid))
+    assert again.exit_code == 1 and "409" in again.stderr
