@@ -27,9 +27,10 @@ from firmware_bundles.messages import (
     encode,
     parse_campaign_message,
 )
+from firmware_bundles.report_signing import load_report_signer
 from firmware_bundles.window import WINDOW_FIELD, parse_hold
 from tests.ota_server.conftest import Env
-from tests.ota_server.helpers import recall_body, upload, vehicle, vin
+from tests.ota_server.helpers import REPORT_KEYS, recall_body, upload, vehicle, vin
 from tests.ota_server.test_cli_ops import ota, wired  # noqa: F401 (wired: a fixture)
 from tests.ota_server.test_multi_ecu_recalls import _agent
 from tests.ota_server.test_rollout import _launch as _launch_plan
@@ -84,11 +85,11 @@ async def _launch(env: Env, release_id: int, **extra: Any) -> int:
     return int(launched.json()["id"])
 
 
-def _notice(env: Env, vin_: str) -> CampaignNotice:
+def _notice(env: Env, vin_: str, campaign_id: int | None = None) -> CampaignNotice:
     return next(
         m
         for m in (parse_campaign_message(p.payload) for p in env.publisher.messages)
-        if isinstance(m, CampaignNotice) and m.vin == vin_
+        if isinstance(m, CampaignNotice) and m.vin == vin_ and campaign_id in (None, m.campaign_id)
     )
 
 
@@ -353,3 +354,45 @@ async def test_ota_campaigns_rollback_starts_it_from_the_cli(env: Env) -> None:
     assert child["parent_campaign_id"] == cid and child["population"] == len(second)
     again = await ota(env, "campaigns", "rollback", str(cid))
     assert again.exit_code == 1 and "409" in again.stderr
+
+
+async def test_a_real_car_of_an_earlier_wave_is_rolled_back_under_reach_campaign(env: Env, tmp_path: Path) -> None:
+    """The canary's car (a real agent) installs the fix; the next wave trips; under rollback_reach
+    'campaign' the canary's car gets the rollback release too, and installs it."""
+    env.clock.now = datetime.now(UTC)
+    cars = [vehicle(vin(n)) for n in range(50, 55)]
+    keys = {car["vin"]: await _car_with_key(env, car) for car in cars}
+    for v, key in keys.items():
+        REPORT_KEYS[v] = load_report_signer(key)
+    release = (await upload(env.client)).json()["id"]
+    rollback_release = (await upload(env.client, version="1.0.1", counter=3)).json()["id"]
+    rollout = {
+        "waves": [{"cars": 1}, {"percent": 100}],
+        "success_threshold_percent": 100,
+        "error_threshold_count": 2,
+        "max_retries": 0,
+        "rollback_release_id": rollback_release,
+        "rollback_reach": "campaign",
+    }
+    cid = await _launch(env, release, rollout=rollout)
+    [canary] = _notified_vins(env, cid)
+    car = next(c for c in cars if c["vin"] == canary)
+    agent, link = _agent(env, car, keys[canary], tmp_path)
+    assert await agent.handle(_notice(env, canary, cid)) is S.REMEDIED, link.reports[-1].detail
+    await env.inject(*((topics.status_topic(canary), encode(r)) for r in link.reports))
+    await env.runtime.dispatcher.idle()
+
+    second = sorted(_notified_vins(env, cid) - {canary})
+    assert len(second) == 4
+    await _run_to(env, cid, second[:1], S.REMEDIED)
+    await _run_to(env, cid, second[1:3], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    await env.runtime.dispatcher.idle()
+    rid = (await _progress(env, cid))["rollback_campaign_id"]
+    assert rid is not None and _notified_vins(env, rid) == {canary, second[0]}
+
+    link.reports.clear()
+    assert await agent.handle(_notice(env, canary, rid)) is S.REMEDIED, link.reports[-1].detail
+    assert link.reports[-1].installed_version == "1.0.1"
+    await env.inject(*((topics.status_topic(canary), encode(r)) for r in link.reports))
+    rolled = await _progress(env, rid)
+    assert rolled["counts"]["remedied"] == 1 and rolled["kind"] == "rollback"
