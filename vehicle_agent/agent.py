@@ -487,10 +487,16 @@ class Agent:
     async def _step(self, record: CampaignRecord) -> CampaignRecord:
         """Do the work of ``record.state``; return the record of the next step."""
         withdrawn = lambda: record.campaign_id in self._withdrawals  # noqa: E731
-        if record.state in (S.NOTIFIED, S.CONSENTED):
-            return await self.gate.start(record, _notice_of(record), withdrawn)
-        if record.state is S.DEFERRED:
-            return await self.gate.wait(record, _notice_of(record), withdrawn)
+        if record.state in (S.NOTIFIED, S.CONSENTED, S.DEFERRED):
+            try:  # asking consent verifies the metadata first: it may find it expired too
+                if record.state is S.DEFERRED:
+                    return await self.gate.wait(record, _notice_of(record), withdrawn)
+                return await self.gate.start(record, _notice_of(record), withdrawn)
+            except UpdateFailed as exc:
+                stale = self._stale_hold(record, exc)
+                if stale is None:
+                    raise
+                return defer(record, stale, stale_tries=record.stale_tries + 1)
         if record.state is S.DOWNLOADING:
             notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
             consented = record.consent_images if needs_consent(notice) else None

@@ -17,6 +17,7 @@ import pytest
 from firmware_bundles.messages import FailureReason, ReportState
 from firmware_bundles.window import parse_hold
 from vehicle_agent.agent import Agent
+from vehicle_agent.owner import Consent, ScriptedOwner
 
 from .conftest import Car
 from .fakes import HW, SERIAL, FakeServer
@@ -174,3 +175,24 @@ async def test_metadata_frozen_past_its_expiry_never_installs(car: Car, server: 
     assert sum(waits) <= car.agent.config.download.outage_patience * 1.2
     assert car.running_version() == "2.0"
     assert car.slots.pending_try() is None
+
+
+async def test_expired_metadata_found_while_asking_consent_is_fetched_again_too(car: Car, server: FakeServer) -> None:
+    """A feature update verifies the metadata before asking the owner: expired there, the car asks
+    for fresh metadata just the same instead of failing the campaign."""
+    server.assign({SERIAL: server.release("2.0", 2)})
+    assert await car.agent.handle(server.notice(1)) is S.REMEDIED
+    serve_expired(server, "3.0", 3, car)
+
+    async def sleep(seconds: float) -> None:
+        await car.time.sleep(seconds)
+        server.publish_image()
+        server.assign({SERIAL: server.image_targets[f"bundles/{HW}/3.0.otab"]})
+
+    agent = car.build(sleep=sleep, owner=ScriptedOwner([Consent.ACCEPT]))
+    notice = server.notice(2, safety_recall=False, requires_consent=True)
+    assert await agent.handle(notice) is S.REMEDIED, car.link.reports[-1].detail
+    reports = [r for r in car.link.reports if r.campaign_id == 2]
+    assert [r.state for r in reports][:2] == [S.NOTIFIED, S.DEFERRED]
+    assert reports[1].detail.startswith("metadata_expired: ")
+    assert car.running_version() == "3.0"
