@@ -678,7 +678,11 @@ class Progress(BaseModel):
     retries_scheduled: int = Field(default=0, description="Cars waiting for a retry notice")
     kind: str = Field(default="remedy", description="remedy or rollback")
     rollback_campaign_id: int | None = Field(
-        default=None, description="The rollback campaign the error threshold launched from this one, if any"
+        default=None,
+        description="The rollback campaign launched from this one (by the error threshold or an operator), if any",
+    )
+    parent_campaign_id: int | None = Field(
+        default=None, description="A rollback campaign: the remedy campaign it rolls back"
     )
     ecus: list[EcuProgress] = Field(
         default_factory=list, description="Per hardware id of the recall's releases: its ECUs by their car's state"

@@ -92,6 +92,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
         retries_scheduled=retries,
         kind=campaign.kind,
         rollback_campaign_id=rollback.id if (rollback := rollback_of(session, campaign.id)) else None,
+        parent_campaign_id=campaign.parent_campaign_id,
         ecus=ecu_progress(session, campaign_id),
     )
 

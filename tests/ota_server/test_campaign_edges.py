@@ -396,3 +396,4 @@ async def test_a_real_car_of_an_earlier_wave_is_rolled_back_under_reach_campaign
     await env.inject(*((topics.status_topic(canary), encode(r)) for r in link.reports))
     rolled = await _progress(env, rid)
     assert rolled["counts"]["remedied"] == 1 and rolled["kind"] == "rollback"
+    assert rolled["parent_campaign_id"] == cid
