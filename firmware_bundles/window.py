@@ -133,9 +133,14 @@ def _window(body: object) -> LocalWindow:
     return LocalWindow(tuple(sorted(set(days))), opens, closes)
 
 
+def hold_text(window: InstallWindow, now: datetime) -> str:
+    """What the car waits for outside the window: the window and its next opening."""
+    return f"window={window.describe()}; next_try_at={window.next_start(now).isoformat()}"
+
+
 def hold_detail(window: InstallWindow, now: datetime) -> str:
     """A deferred report's detail while outside the window (its code first, as every deferral)."""
-    return f"{OUTSIDE_WINDOW}: window={window.describe()}; next_try_at={window.next_start(now).isoformat()}"
+    return f"{OUTSIDE_WINDOW}: {hold_text(window, now)}"
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from enum import StrEnum
 from typing import Any, TypeVar
 
 from firmware_bundles.messages import CampaignNotice, Preconditions, ReportState
-from firmware_bundles.window import OUTSIDE_WINDOW, InstallWindow, hold_detail
+from firmware_bundles.window import OUTSIDE_WINDOW, InstallWindow, hold_text
 from vehicle_agent.consent import Channel, Offer, remote_answer
 from vehicle_agent.journal import CampaignRecord, OwnerEvent
 from vehicle_agent.owner import Consent, OwnerHook, describe
@@ -109,7 +109,7 @@ def outside_window(record: CampaignRecord, now: datetime) -> Hold | None:
     window = window_of(record)
     if window is None or window.inside(now):
         return None
-    return Hold(Blocker.OUTSIDE_WINDOW, hold_detail(window, now).split(": ", 1)[1])
+    return Hold(Blocker.OUTSIDE_WINDOW, hold_text(window, now))
 
 
 def needs_consent(notice: CampaignNotice | None) -> bool:
