@@ -20,8 +20,10 @@ from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
 from ota_server.runtime import Runtime
 from ota_server.schemas import VIN_RULE, VIN_SCHEMA, vin_shape
 from ota_server.web import dashboard as dashboards
+from ota_server.web import i18n
 from ota_server.web import lookup as lookups
 from ota_server.web import timeline as timelines
+from ota_server.web.owner_view import OwnerSettings
 from ota_server.web.schemas import CampaignSummary, Dashboard, PublicLookup, VehicleTimeline, WhoAmI
 from ota_server.web.sse import EventStreams, snapshot_events
 
@@ -113,10 +115,12 @@ def public_recalls(
     session: SessionDep,
     runtime: RuntimeDep,
     vin: Annotated[str, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(vin_shape)],
+    lang: Annotated[str | None, Query(max_length=8, description="en or it (default: Accept-Language)")] = None,
 ) -> PublicLookup:
     """No token: the recalls affecting this VIN and whether each is fixed, as an owner may see them.
 
     Rate-limited per client address (``OTA_LOOKUP_RATE_PER_MIN``, ``OTA_LOOKUP_BURST``).
     """
     get_lookup_limiter(request).take(request.client.host if request.client else None)
-    return lookups.lookup(session, vin, runtime.clock())
+    chosen = i18n.choose(request.headers.get("accept-language"), lang)
+    return lookups.lookup(session, vin, runtime.clock(), chosen, OwnerSettings.of(runtime.settings))

@@ -1,105 +1,190 @@
-"""The public VIN look-up: which recalls affect a car and whether it is fixed, as an owner sees it.
+"""The public VIN look-up (``/lookup`` and ``/api/v1/public/recalls``), as an owner sees it.
 
-Only what a regulator's recall site would show leaves this module: the recall's public
-text and a coarse remedy status with a date. No campaign ids, nonces, attempts, failure
-reasons, other VINs, or whether the VIN is registered at all (an unknown VIN and a car
-with no recall get the same answer, so the look-up cannot be used to enumerate the fleet).
+The facts come from :func:`ota_server.web.owner_view.build`; this module renders them as
+JSON or as a server-rendered page (every value HTML-escaped, no script) in the owner's
+language (:mod:`ota_server.web.i18n`). Only what a regulator's recall site would show
+leaves it: the car's make, model and year, each recall's public text, a coarse status with
+a date, what happened and what to do, the recall's contact. No campaign ids, nonces,
+attempts, failure reasons or other VINs; look-ups are rate-limited per address.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from datetime import datetime
+from functools import cache
+from html import escape
+from importlib import resources
+from string import Template
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ota_server.clock import Clock
-from ota_server.db.models import Campaign, CampaignVehicle, Recall
-from ota_server.domain.states import IN_FLIGHT, VinState
-from ota_server.errors import RateLimited
+from ota_server.errors import InvalidInput, RateLimited
 from ota_server.infra.ratelimit import TokenBuckets
-from ota_server.services import population as populations
-from ota_server.services.campaigns import CANCELLED, REMEDY, ROLLBACK
-from ota_server.web.schemas import OwnerStatus, PublicLookup, PublicRecall
+from ota_server.runtime import Runtime
+from ota_server.web import owner_view
+from ota_server.web.i18n import text
+from ota_server.web.owner_view import OwnerSettings, OwnerView, RecallView
+from ota_server.web.schemas import PublicContact, PublicLookup, PublicRecall
 from ota_server.web.timeline import normalised_vin
 
-S = VinState
-FIXED_TEXT = "Fixed"
-NOT_FIXED_TEXT = "Not fixed yet"
-ON_ITS_WAY = (
-    "A free over-the-air update is on its way to your vehicle. It installs by itself while the vehicle "
-    "is parked with the ignition off. If it has not been fixed within 30 days, contact a dealer."
-)
-SEE_A_DEALER = "Contact a dealer to have the free repair done."
-NOT_AVAILABLE = "The remedy is not available yet. You will be notified when it is; until then, follow the advice above."
-NOTHING = "Nothing to do."
 
-
-def _owner_view(cv: CampaignVehicle, campaign: Campaign) -> tuple[OwnerStatus, str, bool, str, datetime | None]:
-    """(status, status text, fixed, what to do, remedied at) from the car's row in its latest campaign."""
-    state = S(cv.state)
-    if campaign.kind == ROLLBACK:
-        # The fix was withdrawn and this car is (being) returned to its previous software.
-        return "not_remedied", NOT_FIXED_TEXT, False, "The first update was withdrawn. " + NOT_AVAILABLE, None
-    if state is S.REMEDIED:
-        return "remedied", FIXED_TEXT, True, NOTHING, cv.updated_at
-    if state is S.REMEDIED_AT_DEALER:
-        return "remedied_at_dealer", "Fixed at a dealer", True, NOTHING, cv.updated_at
-    if state is S.INSPECTED_NOT_NEEDED:
-        return "not_needed", "No repair needed (inspected)", True, NOTHING, cv.updated_at
-    if campaign.status == CANCELLED:
-        return "remedy_not_yet_available", NOT_FIXED_TEXT, False, NOT_AVAILABLE, None
-    if state in IN_FLIGHT or cv.next_retry_at is not None:
-        return "not_remedied", NOT_FIXED_TEXT, False, ON_ITS_WAY, None
-    return "not_remedied", NOT_FIXED_TEXT, False, SEE_A_DEALER, None
-
-
-def _public(
-    recall: Recall, status: OwnerStatus, text: str, fixed: bool, todo: str, at: datetime | None
-) -> PublicRecall:
-    return PublicRecall(
-        recall_number=recall.campaign_number,
-        title=recall.title,
-        safety_recall=recall.safety_recall,
-        summary=recall.defect,
-        safety_risk=recall.safety_risk,
-        remedy=recall.remedy,
-        status=status,
-        status_text=text,
-        fixed=fixed,
-        remedied_on=at.date() if at else None,
-        what_to_do=todo,
+def lookup(session: Session, raw_vin: str, now: datetime, lang: str, owner: OwnerSettings) -> PublicLookup:
+    """Raise InvalidInput (422) for a malformed VIN; otherwise the recalls affecting it."""
+    view = owner_view.build(session, normalised_vin(raw_vin), now, lang, owner)
+    return PublicLookup(
+        vin=view.vin,
+        lang=view.lang,
+        known=view.known,
+        make=view.make,
+        model=view.model,
+        model_year=view.model_year,
+        manufacturer=view.manufacturer,
+        checked_at=view.checked_at,
+        open_recalls=view.open_recalls,
+        recalls=[_public(r) for r in view.recalls],
+        message=view.summary,
+        coverage=view.coverage,
+        dealer_locator_url=view.dealer_locator_url,
     )
 
 
-def lookup(session: Session, raw_vin: str, now: datetime) -> PublicLookup:
-    """Raise InvalidInput (422) for a malformed VIN; otherwise the recalls affecting it."""
-    vin = normalised_vin(raw_vin)
-    rows = session.execute(
-        select(CampaignVehicle, Campaign, Recall)
-        .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
-        .join(Recall, Recall.id == Campaign.recall_id)
-        .where(CampaignVehicle.vin == vin)
-        .order_by(Campaign.id)
-    ).all()
-    latest: dict[int, tuple[CampaignVehicle, Campaign, Recall]] = {}
-    for cv, campaign, recall in rows:
-        latest[recall.id] = (cv, campaign, recall)  # a rollback campaign comes after its remedy campaign
-    recalls = [_public(recall, *_owner_view(cv, campaign)) for cv, campaign, recall in latest.values()]
-    # Filed recalls not launched yet: the car is affected, the remedy is not available.
-    launched = select(Campaign.recall_id).where(Campaign.kind == REMEDY)
-    for recall in session.scalars(select(Recall).where(Recall.id.not_in(launched)).order_by(Recall.id)):
-        if populations.of_recall(session, recall, vins=[vin]):  # any of its releases' hardware
-            recalls.append(_public(recall, "remedy_not_yet_available", NOT_FIXED_TEXT, False, NOT_AVAILABLE, None))
-    open_count = sum(1 for r in recalls if not r.fixed)
-    if not recalls:
-        message = "No recall affects this vehicle."
-    elif open_count:
-        message = f"{open_count} open recall{'s' if open_count > 1 else ''}: not fixed yet."
-    else:
-        message = "Every recall affecting this vehicle is fixed."
-    return PublicLookup(vin=vin, checked_at=now, open_recalls=open_count, recalls=recalls, message=message)
+def _public(r: RecallView) -> PublicRecall:
+    contact = r.contact
+    return PublicRecall(
+        recall_number=r.number,
+        title=r.title,
+        safety_recall=r.safety_recall,
+        summary=r.problem,
+        safety_risk=r.risk,
+        remedy=r.remedy,
+        status=r.status,
+        status_text=r.status_text,
+        fixed=r.fixed,
+        remedied_on=r.remedied_on,
+        what_happened=r.what_happened,
+        what_to_do=r.what_to_do,
+        contact=PublicContact(name=contact.name, role=contact.role, phone=contact.phone, email=contact.email)
+        if contact
+        else None,
+        expected_minutes=r.notice.expected_minutes if r.notice else None,
+        unavailable_functions=list(r.notice.unavailable_functions) if r.notice else [],
+    )
+
+
+@cache
+def _template() -> Template:
+    return Template(resources.files("ota_server.web").joinpath("pages", "lookup.html").read_text(encoding="utf-8"))
+
+
+def page(lang: str, vin: str = "", view: OwnerView | None = None, error: str = "") -> str:
+    """The look-up page in ``lang``: the form, and the result for ``vin`` or the ``error``."""
+    t = _words(lang)
+    result = _result(view) if view is not None else ""
+    return _template().substitute(
+        t,
+        vin_value=escape(vin),
+        error=f'<p id="error" class="error" role="alert">{escape(error)}</p>' if error else "",
+        result=result,
+        other_lang=_other_languages(lang, vin),
+    )
+
+
+def answer_page(
+    runtime: Runtime, limiter: AddressBuckets, client: str | None, raw_vin: str | None, lang: str
+) -> tuple[str, int]:
+    """The page for ``raw_vin`` (the empty form without one) and its status: 422 bad VIN, 429 too many."""
+    vin = (raw_vin or "").strip()[:32]
+    if not vin:
+        return page(lang), 200
+    try:
+        limiter.take(client)
+    except RateLimited:
+        return page(lang, vin, error=text(lang, "too_many")), 429
+    try:
+        normal = normalised_vin(vin)
+    except InvalidInput as exc:
+        return page(
+            lang, vin, error=text(lang, "invalid_vin", reason=exc.message.removeprefix("not a valid VIN: "))
+        ), 422
+    with runtime.sessions() as session:
+        view = owner_view.build(session, normal, runtime.clock(), lang, OwnerSettings.of(runtime.settings))
+    return page(lang, normal, view), 200
+
+
+def _words(lang: str) -> dict[str, str]:
+    keys = ("html_lang", "page_title", "brand", "heading", "intro", "vin_label", "vin_help", "check")
+    return {k: escape(text(lang, k)) for k in keys}
+
+
+def _other_languages(lang: str, vin: str) -> str:
+    names = {"en": "English", "it": "Italiano"}
+    query = f"&amp;vin={escape(vin)}" if vin else ""
+    links = [
+        f'<a href="/lookup?lang={code}{query}" hreflang="{code}" lang="{code}">{name}</a>'
+        for code, name in names.items()
+        if code != lang
+    ]
+    return " · ".join(links)
+
+
+def _result(view: OwnerView) -> str:
+    lang = view.lang
+    parts = [f'<section class="card vehicle" id="vehicle"><h2>{escape(text(lang, "vin_heading", vin=view.vin))}</h2>']
+    if view.known:
+        line = text(lang, "vehicle", make=view.make, model=view.model, year=view.model_year)
+        parts.append(f'<p id="car" class="car">{escape(line)}</p>')
+    parts.append(f"<p>{escape(text(lang, 'made_by', manufacturer=view.manufacturer))}</p>")
+    summary_class = "error" if view.open_recalls or not view.known else "ok"
+    parts.append(f'<p id="summary" class="{summary_class}">{escape(view.summary)}</p></section>')
+    parts.extend(_recall_card(r, lang) for r in view.recalls)
+    if view.dealer_locator_url:
+        parts.append(
+            f'<p class="dealer"><a id="dealer-locator" href="{escape(view.dealer_locator_url)}" rel="noopener">'
+            f"{escape(text(lang, 'dealer_locator'))}</a></p>"
+        )
+    parts.append(f'<p id="coverage" class="note">{escape(view.coverage)}</p>')
+    when = view.checked_at.strftime("%Y-%m-%d %H:%M")
+    parts.append(f'<p class="muted">{escape(text(lang, "checked_at", when=when))}</p>')
+    return "\n".join(parts)
+
+
+def _recall_card(r: RecallView, lang: str) -> str:
+    kind = text(lang, "safety_recall" if r.safety_recall else "recall")
+    rows = [
+        (text(lang, "status"), r.status_text),
+        (text(lang, "what_happened"), r.what_happened),
+        (text(lang, "what_to_do"), r.what_to_do),
+        (text(lang, "problem"), r.problem),
+        (text(lang, "risk"), r.risk),
+        (text(lang, "remedy"), r.remedy),
+    ]
+    if r.notice is not None and not r.fixed:
+        about = text(lang, "update_minutes", minutes=r.notice.expected_minutes)
+        if r.notice.unavailable_functions:
+            about += " " + text(lang, "unavailable", functions=", ".join(r.notice.unavailable_functions))
+        rows.append((text(lang, "about_update"), about))
+    cells = "".join(f"<dt>{escape(k)}</dt><dd>{escape(v)}</dd>" for k, v in rows)
+    state = "fixed" if r.fixed else "open"
+    html = (
+        f'<section class="card recall {state}" data-status="{r.status}">'
+        f"<h2>{escape(text(lang, 'recall_heading', number=r.number, title=r.title))}</h2>"
+        f'<p class="kind">{escape(kind)}</p><dl>{cells}</dl>'
+    )
+    if r.contact is not None:
+        c = r.contact
+        reach = []
+        if c.phone:
+            reach.append(f'<a href="tel:{escape(c.phone.replace(" ", ""))}">{escape(c.phone)}</a>')
+        if c.email:
+            reach.append(f'<a href="mailto:{escape(c.email)}">{escape(c.email)}</a>')
+        role = f" ({escape(c.role)})" if c.role else ""
+        html += (
+            f'<p class="contact">{escape(text(lang, "contact"))} <strong class="contact-name">{escape(c.name)}</strong>'
+            f"{role}: {' · '.join(reach)}</p>"
+        )
+    return html + "</section>"
 
 
 class AddressBuckets:

@@ -14,7 +14,7 @@ from importlib import resources
 from typing import Annotated
 from urllib.parse import quote
 
-from fastapi import APIRouter, Form, Request
+from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
 from firmware_bundles.vin import normalize_vin
@@ -22,6 +22,8 @@ from ota_server.api.auth import READ_ONLY_METHODS, SESSION_COOKIE
 from ota_server.api.deps import RuntimeDep
 from ota_server.roles import READ, Actor
 from ota_server.services import tokens
+from ota_server.web import i18n
+from ota_server.web import lookup as lookups
 from ota_server.web.api import get_lookup_limiter
 
 router = APIRouter(include_in_schema=False)
@@ -104,9 +106,18 @@ def vehicle_page(vin: str, request: Request, runtime: RuntimeDep) -> Response:
 
 
 @router.get("/lookup")
-def lookup_page() -> Response:
-    """The owner's recall check (no token), like a regulator's recall site."""
-    return _html("lookup.html")
+def lookup_page(
+    request: Request,
+    runtime: RuntimeDep,
+    vin: Annotated[str | None, Query(max_length=64)] = None,
+    lang: Annotated[str | None, Query(max_length=8)] = None,
+) -> Response:
+    """The owner's recall check (no token), like a regulator's recall site, in English or Italian."""
+    chosen = i18n.choose(request.headers.get("accept-language"), lang)
+    client = request.client.host if request.client else None
+    body, status_code = lookups.answer_page(runtime, get_lookup_limiter(request), client, vin, chosen)
+    headers = {**SECURITY_HEADERS, "Content-Language": chosen, "Vary": "Accept-Language"}
+    return HTMLResponse(body, status_code=status_code, headers=headers)
 
 
 @router.get("/ui/login")

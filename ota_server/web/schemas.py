@@ -202,6 +202,13 @@ class VehicleTimeline(BaseModel):
 OwnerStatus = Literal["remedied", "remedied_at_dealer", "not_needed", "not_remedied", "remedy_not_yet_available"]
 
 
+class PublicContact(BaseModel):
+    name: str
+    role: str
+    phone: str
+    email: str
+
+
 class PublicRecall(BaseModel):
     """What an owner may see of one recall affecting their car (as a regulator's recall site shows)."""
 
@@ -215,15 +222,27 @@ class PublicRecall(BaseModel):
     status_text: str = Field(description="e.g. 'Fixed' or 'Not fixed yet'")
     fixed: bool
     remedied_on: date | None
+    what_happened: str = Field(description="What happened to this car, in plain words (said once)")
     what_to_do: str
+    contact: PublicContact | None = Field(description="The person owners call about this recall")
+    expected_minutes: int | None = None
+    unavailable_functions: list[str] = Field(default_factory=list)
 
 
 class PublicLookup(BaseModel):
     vin: str
+    lang: str = Field(description="The language of the texts (Accept-Language or ?lang=): en or it")
+    known: bool = Field(description="False: no record of this VIN, which is not the same as 'no recall'")
+    make: str
+    model: str
+    model_year: int | None
+    manufacturer: str
     checked_at: datetime
     open_recalls: int = Field(description="Recalls affecting this VIN that are not fixed yet")
     recalls: list[PublicRecall]
     message: str
+    coverage: str = Field(description="What the check covers")
+    dealer_locator_url: str
 
 
 class WhoAmI(BaseModel):

@@ -354,11 +354,24 @@ async def test_lookup_says_fixed_not_fixed_and_on_its_way_without_a_token(env: E
     )
     assert recall["remedied_on"] == "2026-03-01" and recall["summary"] == "Brake assist may disengage"
     failed = (await public.get("/api/v1/public/recalls", params={"vin": CAR_FAILS})).json()
-    assert failed["open_recalls"] == 1 and failed["message"] == "1 open recall: not fixed yet."
-    assert (failed["recalls"][0]["status_text"], failed["recalls"][0]["fixed"]) == ("Not fixed yet", False)
-    assert failed["recalls"][0]["what_to_do"] == "Contact a dealer to have the free repair done."
+    assert failed["open_recalls"] == 1 and failed["message"] == "Open recalls: 1. Not fixed yet."
+    (told,) = failed["recalls"]
+    assert (told["status_text"], told["fixed"]) == ("Not fixed yet", False)
+    # What happened is said once, and what to do once (it used to say "Contact a dealer" three times).
+    assert told["what_happened"].startswith(
+        "The update was tried on 2026-03-01; your vehicle went back to its previous software."
+    )
+    assert told["what_to_do"] == "Book the free repair at a dealer, or contact us to try the update again."
+    assert "dealer" not in told["status_text"] + told["what_happened"]
+    assert told["contact"] == {
+        "name": "Dana Smith",
+        "role": "Recall coordinator",
+        "phone": "+1 555 0100",
+        "email": "recalls@example.com",
+    }
     waiting = (await public.get("/api/v1/public/recalls", params={"vin": CAR_DEFERS})).json()
-    assert waiting["recalls"][0]["what_to_do"].startswith("A free over-the-air update is on its way")
+    assert waiting["recalls"][0]["what_happened"].startswith("The update is ready and waits until your vehicle")
+    assert waiting["recalls"][0]["what_to_do"].startswith("Nothing to do: the update installs by itself.")
 
 
 async def test_lookup_shows_nothing_internal(env: Env, public: httpx.AsyncClient) -> None:
@@ -370,13 +383,15 @@ async def test_lookup_shows_nothing_internal(env: Env, public: httpx.AsyncClient
         for internal in ("health_check_failed", "not_parked", "rolled_back", "deferred", "attempt", "campaign_id"):
             assert internal not in text, (car, internal)
         assert f'"id":{cid}' not in text.replace(" ", "")
-    # A valid VIN nobody registered and a registered car with no recall get the same answer.
+    # A valid VIN nobody registered is not told "no recall": the answer says what the check covers.
     await env.client.post("/api/v1/vehicles", json=vehicle(vin(50), model="Coupe"))
     unknown = (await public.get("/api/v1/public/recalls", params={"vin": vin(51)})).json()
     known = (await public.get("/api/v1/public/recalls", params={"vin": vin(50)})).json()
-    for body in (unknown, known):
-        del body["vin"], body["checked_at"]
-    assert unknown == known == {"open_recalls": 0, "recalls": [], "message": "No recall affects this vehicle."}
+    assert (unknown["known"], unknown["model"], unknown["recalls"]) == (False, "", [])
+    assert unknown["message"].startswith("We have no record of this vehicle. That is not the same as 'no recall'")
+    assert (known["known"], known["model"], known["model_year"], known["recalls"]) == (True, "Coupe", 2022, [])
+    assert known["message"] == "No open or past recall of Example Motors affects this vehicle."
+    assert "recalls of Example Motors registered with this service" in known["coverage"]
 
 
 async def test_lookup_rejects_a_bad_vin_with_a_clear_422(public: httpx.AsyncClient) -> None:
@@ -478,7 +493,7 @@ async def test_public_pages_and_assets_are_served(public: httpx.AsyncClient) -> 
     assert lookup.status_code == 200 and "<h1>Is your vehicle affected by a recall?</h1>" in lookup.text
     assert (await public.get("/")).headers["location"] == "/ui/"
     assert (await public.get("/ui/login")).status_code == 200
-    for asset, kind in (("app.js", "javascript"), ("lookup.js", "javascript"), ("app.css", "text/css")):
+    for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
         resp = await public.get(f"/ui/static/{asset}")
         assert resp.status_code == 200 and kind in resp.headers["content-type"]
 
