@@ -156,17 +156,25 @@ def vehicles_update(
     time_zone: Annotated[str | None, typer.Option(help="IANA zone, e.g. Europe/Berlin")] = None,
     market: Annotated[str | None, typer.Option(help="The market it is sold in, e.g. DE")] = None,
     owner_contact: Annotated[str | None, typer.Option(help="How to reach the owner")] = None,
+    model_year: Annotated[
+        int | None, typer.Option(help="A corrected model year (a dynamic recall it now matches takes the car)")
+    ] = None,
     clear: Annotated[list[Changeable] | None, typer.Option(help="Clear this field (repeatable)")] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a car's time zone, market or owner contact (nothing else about a car may change)."""
+    """Change a car's time zone, market, owner contact or (a correction) model year; nothing else may change."""
     changes: dict[str, Any] = {field.value: None for field in clear or []}
-    given = {"time_zone": time_zone, "market": market, "owner_contact": owner_contact}
+    given: dict[str, Any] = {
+        "time_zone": time_zone,
+        "market": market,
+        "owner_contact": owner_contact,
+        "model_year": model_year,
+    }
     changes.update({name: value for name, value in given.items() if value is not None})
     if not changes:
-        raise typer.BadParameter("give --time-zone, --market, --owner-contact or --clear FIELD")
+        raise typer.BadParameter("give --time-zone, --market, --owner-contact, --model-year or --clear FIELD")
     with client_for(server, token) as client:
         car = client.update_vehicle(normalize_vin(vin), changes)
     shown = ", ".join(f"{name} {car.get(name) or '(cleared)'}" for name in sorted(changes))

@@ -53,6 +53,9 @@ async def test_show_update_and_decommission(cli_env: Env) -> None:
     updated = await ota(env, "vehicles", "update", car, "--time-zone", "Europe/Berlin", "--market", "DE")
     assert updated.exit_code == 0, updated.output
     assert "market DE" in updated.output and "time_zone Europe/Berlin" in updated.output
+    corrected = await ota(env, "vehicles", "update", car, "--model-year", "2021", "--json")
+    assert corrected.exit_code == 0, corrected.output
+    assert json.loads(corrected.output)["model_year"] == 2021
     refused = await ota(env, "vehicles", "update", car, "--time-zone", "Mars/Olympus")
     assert refused.exit_code == 1 and "422" in refused.output
     nothing = await ota(env, "vehicles", "update", car)
