@@ -748,6 +748,45 @@ class NoticeLogEntry(BaseModel):
     published_at: datetime
 
 
+class OwnerLetterCreate(BaseModel):
+    """Owner letters mailed (or e-mailed) for a recall: the first notification or a follow-up."""
+
+    model_config = _IN
+    vins: list[Vin] | Literal["all"] = Field(
+        description="The cars whose owners got the letter, or 'all': every car of the recall's population"
+    )
+    sent_on: date = Field(description="The date the letters were mailed")
+    letter: Literal["first", "follow_up"] = Field(description="The first notification or a follow-up")
+    channel: Literal["letter", "email"] = "letter"
+    text: str = Field(min_length=1, max_length=20_000, description="The letter's full text")
+
+
+class OwnerLettersRecorded(BaseModel):
+    recorded: int
+
+
+class OwnerNotificationPublic(BaseModel):
+    """One thing told to one car's owner: when, through which channel, the text (or only its sha256)."""
+
+    model_config = _OUT
+    id: int
+    recall_id: int
+    campaign_id: int | None
+    vin: str
+    kind: str
+    channel: str
+    at: datetime
+    text: str
+    text_sha256: str
+    detail: str
+    recorded_by: str
+
+
+class OwnerNotificationPage(BaseModel):
+    rows: list[OwnerNotificationPublic]
+    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last one")
+
+
 class IngestStats(BaseModel):
     accepted: int
     duplicates: int

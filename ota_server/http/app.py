@@ -22,6 +22,7 @@ from ota_server.api import (
     handlers,
     health,
     openapi,
+    owner_notifications,
     recalls,
     regulator,
     releases,
@@ -86,6 +87,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         audit,
         regulator,
         discrepancies,
+        owner_notifications,
     ):
         app.include_router(module.router)
     web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up

@@ -28,7 +28,7 @@ from ota_server.rollout.fleet import Outbound as Outbound
 from ota_server.rollout.rollback import rollback_of as rollback_of
 from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
-from ota_server.services import inventory
+from ota_server.services import inventory, owner_notifications
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -293,6 +293,7 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
     ]
     if log_rows:
         session.execute(insert(NoticeLog), log_rows)
+    owner_notifications.record_published(session, published, now)
     session.commit()
 
 

@@ -17,13 +17,16 @@ from datetime import datetime
 from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Campaign, OwnerNotification
 from ota_server.errors import InvalidInput, NotFound
+from ota_server.services import owner_notices
 
 KINDS = frozenset({"notice", "reminder", "withdrawal", "consent_request", "consent_answer", "letter"})
 CHANNELS = frozenset({"mqtt", "letter", "email", "owner_page", "head_unit", "cli", "phone"})
 TEXT_LIMIT = 20_000
+WITHDRAWN_TEXT = "This update was withdrawn: your vehicle will not install it."
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,37 @@ def record_many(
     rows = [_row(e, recall_id, campaign_id, recorded_by, now) for e in entries]
     session.execute(insert(OwnerNotification), rows)
     return len(rows)
+
+
+def record_published(session: Session, published: Sequence[CampaignNotice | CampaignWithdrawal], now: datetime) -> None:
+    """Log the MQTT notices and withdrawals the broker accepted: the text the car shows its owner.
+
+    A campaign's second notice to the same car (a retry, a re-notification) is a reminder.
+    """
+    by_campaign: dict[int, list[CampaignNotice | CampaignWithdrawal]] = {}
+    for message in published:
+        by_campaign.setdefault(message.campaign_id, []).append(message)
+    for campaign_id, messages in by_campaign.items():
+        told = set(
+            session.scalars(
+                select(OwnerNotification.vin).where(
+                    OwnerNotification.campaign_id == campaign_id,
+                    OwnerNotification.kind.in_(("notice", "reminder")),
+                    OwnerNotification.vin.in_({m.vin for m in messages}),
+                )
+            )
+        )
+        entries = []
+        for m in messages:
+            if isinstance(m, CampaignWithdrawal):
+                entries.append(Entry(m.vin, "withdrawal", "mqtt", WITHDRAWN_TEXT, now))
+                continue
+            body = owner_notices.text_of(m.owner_notice, m.title) if m.owner_notice else m.title
+            if m.owner_url:
+                body += f"\n{m.owner_url}"
+            entries.append(Entry(m.vin, "reminder" if m.vin in told else "notice", "mqtt", body, now))
+            told.add(m.vin)
+        record_many(session, entries, campaign_id=campaign_id, now=now)
 
 
 def _row(e: Entry, recall_id: int, campaign_id: int | None, recorded_by: str, now: datetime) -> dict[str, object]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -84,3 +86,47 @@ def test_migration_copies_every_mqtt_notice_into_the_log(tmp_path: Path) -> None
     engine.dispose()
     assert tuple(row[:6]) == (1, 1, "1HGCM82633A004352", "notice", "mqtt", payload)
     assert row[6] == hashlib.sha256(payload.encode()).hexdigest()
+
+
+async def test_every_published_notice_is_logged_with_the_text_the_owner_sees(env: Env) -> None:
+    campaign = await launched(env.client, VINS)
+    await env.nonces()  # the dispatcher published every notice
+    with env.runtime.sessions() as session:
+        rows = owner_notifications.page(session, campaign["recall_id"])
+    assert sorted(r.vin for r in rows) == VINS
+    assert {(r.kind, r.channel) for r in rows} == {("notice", "mqtt")}
+    assert "Contact: Dana Smith, Recall coordinator, +1 555 0100, recalls@example.com" in rows[0].text
+    assert rows[0].text_sha256 == hashlib.sha256(rows[0].text.encode()).hexdigest()
+
+
+async def test_owner_letters_are_recorded_listed_and_exported(env: Env) -> None:
+    campaign = await launched(env.client, VINS)
+    rid = campaign["recall_id"]
+    letters = f"/api/v1/recalls/{rid}/owner-letters"
+    first = {"vins": "all", "sent_on": "2026-03-05", "letter": "first", "text": "Dear owner, your car needs..."}
+    assert (await env.client.post(letters, json=first)).json() == {"recorded": len(VINS)}
+    follow_up = {"vins": [VINS[1].lower()], "sent_on": "2026-04-05", "letter": "follow_up", "text": "=HYPERLINK()"}
+    assert (await env.client.post(letters, json=follow_up)).json() == {"recorded": 1}
+    stranger = await env.client.post(letters, json={**follow_up, "vins": [vin(40)]})
+    assert stranger.status_code == 422 and vin(40) in stranger.json()["detail"]
+
+    log = f"/api/v1/recalls/{rid}/owner-notifications"
+    page = (await env.client.get(log, params={"limit": 2})).json()
+    assert len(page["rows"]) == 2 and page["next_after"] == page["rows"][-1]["id"]
+    rest = (await env.client.get(log, params={"after": page["next_after"], "limit": 100})).json()
+    rows = page["rows"] + rest["rows"]
+    assert rest["next_after"] is None and len({r["id"] for r in rows}) == len(rows)
+    mailed = [r for r in rows if r["kind"] == "letter"]
+    assert len(mailed) == len(VINS) + 1 and {r["channel"] for r in mailed} == {"letter"}
+    assert {r["detail"] for r in mailed} == {"first", "follow_up"} and mailed[0]["at"].startswith("2026-03-05")
+    assert {r["recorded_by"] for r in mailed} == {"admin"}
+    assert {r["kind"] for r in rows} == {"notice", "letter"}
+    exported = await env.client.get(log, params={"format": "csv", "vin": VINS[1]})
+    assert exported.headers["content-type"].startswith("text/csv")
+    lines = list(csv.DictReader(io.StringIO(exported.text)))
+    assert {r["vin"] for r in lines} == {VINS[1]} and len(lines) == 3  # notice, first letter, follow-up
+    assert [r["text"] for r in lines if r["detail"] == "follow_up"] == ["'=HYPERLINK()"]  # no formula runs
+    trail = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
+    audited = [(e["method"], e["route"], e["status"], e["target"].get("letter")) for e in trail]
+    assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 201, "follow_up") in audited
+    assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 422, "follow_up") in audited
