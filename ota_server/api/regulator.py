@@ -12,7 +12,8 @@ from ota_server.api.auth import needs_read
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.openapi import errors
 from ota_server.db.models import Recall
-from ota_server.regulator import FORMATS, KINDS, Format, Kind, build, render
+from ota_server.regulator import FORMATS, KINDS, Format, Issuer, Kind, build, render
+from ota_server.roles import Actor
 
 router = APIRouter(prefix="/api/v1/reports", tags=["reports"], dependencies=[needs_read])
 
@@ -51,13 +52,20 @@ def get_report(
     kind: Kind,
     session: SessionDep,
     runtime: RuntimeDep,
+    actor: Annotated[Actor, needs_read],
     format: Annotated[Format, Query(description="csv, json or pdf")] = "json",
-    quarter: Annotated[str | None, Query(max_length=8, description="Completion: YYYYQn (default: now)")] = None,
-    week: Annotated[str | None, Query(max_length=8, description="VIN status: YYYY-Www (default: now)")] = None,
+    quarter: Annotated[
+        str | None, Query(max_length=8, description="Completion: YYYYQn (default: the current quarter, to date)")
+    ] = None,
+    week: Annotated[
+        str | None, Query(max_length=8, description="VIN status: YYYY-Www (default: the current week, to date)")
+    ] = None,
 ) -> Response:
     """One recall's report: population, completion (per quarter), vin-status (per ISO week),
-    notices (owner-notification log) or type-approval (the remedy release's R156 record)."""
-    report = build(session, kind, recall_id, runtime.clock(), quarter=quarter, week=week)
+    notices (owner-notification log) or type-approval (the remedy release's R156 record).
+    Each names the manufacturer, the person whose token asked (the submitter) and the date."""
+    issuer = Issuer(runtime.settings.manufacturer_name, actor.name)
+    report = build(session, kind, recall_id, runtime.clock(), issuer, quarter=quarter, week=week)
     body, media_type = render(report, format)
     filename = f"{report.meta['recall_number']}-{kind}.{format}".replace("/", "_").replace('"', "")
     return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{filename}"'})

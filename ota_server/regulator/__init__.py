@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.errors import InvalidInput
 from ota_server.regulator import completion, notices, population, type_approval, vin_status
-from ota_server.regulator.common import RegulatorReport
+from ota_server.regulator.common import Issuer, RegulatorReport
 
 Kind = Literal["population", "completion", "vin-status", "notices", "type-approval"]
 Format = Literal["csv", "json", "pdf"]  # every kind in every format
@@ -24,6 +24,22 @@ FORMATS: tuple[Format, ...] = get_args(Format)
 
 
 def build(
+    session: Session,
+    kind: str,
+    recall_id: int,
+    now: datetime,
+    issuer: Issuer,
+    *,
+    quarter: str | None = None,
+    week: str | None = None,
+) -> RegulatorReport:
+    """One recall's report of ``kind``, headed by the manufacturer, the submitter and the date."""
+    report = _build(session, kind, recall_id, now, quarter=quarter, week=week)
+    report.meta = {**issuer.meta(now), **report.meta}
+    return report
+
+
+def _build(
     session: Session,
     kind: str,
     recall_id: int,
@@ -60,4 +76,4 @@ def render(report: RegulatorReport, fmt: str) -> tuple[bytes, str]:
     raise InvalidInput(f"format {fmt!r}: one of {', '.join(FORMATS)}")
 
 
-__all__ = ["FORMATS", "KINDS", "Format", "Kind", "RegulatorReport", "build", "render"]
+__all__ = ["FORMATS", "KINDS", "Format", "Issuer", "Kind", "RegulatorReport", "build", "render"]

@@ -45,6 +45,22 @@ class RegulatorReport:
         return out.getvalue()
 
 
+@dataclass(frozen=True)
+class Issuer:
+    """Who files a report: the manufacturer (configuration) and the person who asked for it
+    (the API token's name, or the scheduled export)."""
+
+    manufacturer: str
+    submitted_by: str
+
+    def meta(self, now: datetime) -> dict[str, Any]:
+        return {
+            "manufacturer": self.manufacturer,
+            "submitted_by": self.submitted_by,
+            "submitted_on": now.date().isoformat(),
+        }
+
+
 def cell_text(value: Any) -> str:
     """A value as one CSV or PDF table cell shows it."""
     if value is None:
@@ -73,8 +89,8 @@ def launched_campaign(session: Session, recall: Recall) -> Campaign:
 def recall_meta(recall: Recall, campaign: Campaign | None, generated_at: datetime) -> dict[str, Any]:
     return {
         "recall_id": recall.id,
-        "recall_number": recall.campaign_number,
-        "manufacturer_number": recall.manufacturer_number,
+        "recall_number": recall.campaign_number,  # the regulator's (e.g. NHTSA 24V-123)
+        "manufacturer_number": recall.manufacturer_number,  # the manufacturer's own
         "title": recall.title,
         "campaign_id": campaign.id if campaign else None,
         "generated_at": generated_at.isoformat(),
@@ -106,6 +122,25 @@ def quarter(label: str | None, now: datetime) -> Period:
     start = datetime(year, 3 * q - 2, 1, tzinfo=UTC)
     end = datetime(year + 1, 1, 1, tzinfo=UTC) if q == 4 else datetime(year, 3 * q + 1, 1, tzinfo=UTC)
     return Period(f"{year}Q{q}", start, end)
+
+
+def last_full_quarter(now: datetime) -> Period:
+    """The quarter before the one containing ``now`` (the one a quarterly report is filed for)."""
+    return quarter(None, quarter(None, now).start - timedelta(days=1))
+
+
+def last_full_week(now: datetime) -> Period:
+    """The ISO week before the one containing ``now``."""
+    return week(None, week(None, now).start - timedelta(days=1))
+
+
+def period_meta(period: Period, now: datetime) -> dict[str, Any]:
+    """A period's bounds and whether it had ended when the report was made (False: to date)."""
+    return {
+        "period_start": period.start.isoformat(),
+        "period_end": period.end.isoformat(),
+        "period_complete": now >= period.end,
+    }
 
 
 def week(label: str | None, now: datetime) -> Period:

@@ -6,6 +6,7 @@ facts, its summary and its whole table, so a regulator gets the same rows as in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from fpdf import FPDF
@@ -80,7 +81,10 @@ def _same_on_every_row(report: RegulatorReport, cells: list[list[str]]) -> dict[
 def table_pdf(report: RegulatorReport) -> bytes:
     """Landscape pages: header facts, summary, then every row under repeated column headings."""
     pdf = _document(report, "landscape")
-    _facts(pdf, "RegulatorReport", {k: v for k, v in report.meta.items() if k != "recall_number"})
+    _pairs(pdf, _header_lines(report))
+    pdf.ln(2)
+    shown = {"manufacturer", "recall_number", "manufacturer_number", "title", "submitted_by", "submitted_on"}
+    _facts(pdf, "Report", {k: v for k, v in report.meta.items() if k not in shown})
     _facts(pdf, "Summary", report.summary)
     cells = [[cell_text(row.get(column)) for column in report.columns] for row in report.rows]
     constant = _same_on_every_row(report, cells)
@@ -108,32 +112,70 @@ def table_pdf(report: RegulatorReport) -> bytes:
     return bytes(pdf.output())
 
 
+def _header_lines(report: RegulatorReport) -> list[tuple[str, str]]:
+    meta = report.meta
+    return [
+        ("Manufacturer", meta.get("manufacturer", "")),
+        ("Regulator's recall number", meta["recall_number"]),
+        ("Manufacturer's recall number", meta.get("manufacturer_number") or "(none)"),
+        ("Recall", meta["title"]),
+        ("Submitted by", meta.get("submitted_by", "")),
+        ("Date", meta.get("submitted_on", meta["generated_at"][:10])),
+    ]
+
+
+def _pairs(pdf: FPDF, lines: Sequence[tuple[str, object]]) -> None:
+    for label, value in lines:
+        pdf.set_font("Helvetica", "B", 10)
+        pdf.cell(62, 6, _latin1(label))
+        pdf.set_font("Helvetica", size=10)
+        pdf.multi_cell(0, 6, _latin1(cell_text(value)), new_x="LMARGIN", new_y="NEXT")
+
+
 def completion_pdf(report: RegulatorReport) -> bytes:
+    """One page: who files it, for which recall and quarter, owner notification, then each measure
+    cumulative and in the quarter."""
     meta, summary = report.meta, report.summary
     pdf = _document(report, "portrait")
-    pdf.set_font("Helvetica", size=11)
-    for line in (
-        meta["title"],
-        f"Quarter {meta['quarter']} ({meta['period_start'][:10]} to {meta['period_end'][:10]}, end exclusive)",
-        f"Campaign {meta['campaign_id']}; generated {meta['generated_at']}",
-    ):
-        pdf.cell(0, 7, _latin1(line), new_x="LMARGIN", new_y="NEXT")
-    pdf.ln(4)
-    lines = [
-        ("Vehicles involved", summary["involved"]),
-        ("Remedied over the air", summary["remedied_ota"]),
-        ("Remedied at a dealer", summary["remedied_at_dealer"]),
-        ("Inspected, remedy not needed", summary["inspected_not_needed"]),
-        ("Unreachable", summary["unreachable"]),
-        *((f"    {reason}", n) for reason, n in summary["unreachable_by_reason"].items()),
-        ("Failed (awaiting retry or dealer)", summary["failed"]),
-        ("Declined by owner", summary["declined"]),
-        ("Withdrawn", summary["withdrawn"]),
-        ("Still open", summary["open"]),
-        ("Completion rate", f"{summary['completion_rate']:.1%}"),
-    ]
-    for label, value in lines:
-        pdf.set_font("Helvetica", "B" if not label.startswith(" ") else "", 11)
-        pdf.cell(110, 7, _latin1(label), border="B")
-        pdf.cell(40, 7, _latin1(value), border="B", align="R", new_x="LMARGIN", new_y="NEXT")
+    end_note = "" if meta.get("period_complete", True) else ", to date"
+    _pairs(
+        pdf,
+        [
+            *_header_lines(report),
+            ("Quarter", f"{meta['quarter']} ({meta['period_start'][:10]} to {meta['period_end'][:10]}{end_note})"),
+            ("Owner notification began", meta.get("owner_notification_began") or "not yet"),
+            ("Owner notification completed", meta.get("owner_notification_completed") or "not yet"),
+            ("Completion rate", f"{summary['completion_rate']:.1%}"),
+        ],
+    )
+    pdf.ln(3)
+    labels = {
+        "involved": "Vehicles involved",
+        "owners_notified": "Owners notified",
+        "remedied_ota": "Remedied over the air",
+        "remedied_at_dealer": "Remedied at a dealer",
+        "inspected_not_needed": "Inspected, remedy not needed",
+        "failed": "Update failed (awaiting retry or dealer)",
+        "declined": "Declined by owner",
+        "withdrawn": "Withdrawn (recall cancelled)",
+        "open": "Not yet remedied",
+        "remedies_confirmed_by_manifest": "Remedies confirmed by the car's manifest",
+    }
+    pdf.set_font("Helvetica", size=9)
+    with pdf.table(col_widths=(110, 35, 35), width=180, align="LEFT", line_height=5) as table:
+        heading = table.row()
+        for text in ("Measure", "Cumulative", "In the quarter"):
+            heading.cell(text)
+        for row in report.rows:
+            measure = str(row["measure"])
+            if measure.startswith("unreachable_"):
+                label = f"Unreachable: {measure.removeprefix('unreachable_')}"
+            elif measure.startswith("removed: "):
+                label = f"Removed from the population: {measure.removeprefix('removed: ')}"
+            else:
+                label = labels.get(measure, measure)
+            line = table.row()
+            line.cell(_latin1(label))
+            line.cell(cell_text(row["cumulative"]))
+            line.cell(cell_text(row.get("in_quarter")) or "-")
     return bytes(pdf.output())

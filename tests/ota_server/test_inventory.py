@@ -313,7 +313,7 @@ async def test_vin_status_feed_and_completion_report_use_the_manifests(env: Env)
     recall_id = campaign["recall_id"]
     feed = await env.client.get(f"/api/v1/reports/recalls/{recall_id}/vin-status", params={"format": "json"})
     rows = {row["vin"]: row for row in feed.json()["rows"]}
-    assert rows[flashed]["status"] == "remedied_at_dealer"
+    assert (rows[flashed]["status"], rows[flashed]["reason"]) == ("remedied", "at a dealer")
     assert rows[flashed]["installed_versions"] == f"{HW} 1.1.0"
     assert datetime.fromisoformat(rows[flashed]["reported_at"]) == env.clock.now
     assert (rows[silent]["installed_versions"], rows[silent]["reported_at"]) == (

@@ -17,6 +17,7 @@ import pytest
 from ota_server.cli import common as cli_common
 from ota_server.config import Settings
 from ota_server.regulator import FORMATS, KINDS
+from ota_server.regulator.wording import STATUSES
 from tests.ota_server.conftest import Env, running
 from tests.ota_server.helpers import launched, remedied, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota
@@ -92,7 +93,9 @@ async def test_completion_report_adds_up_in_json_csv_and_pdf(env: Env) -> None:
     # The previous quarter, before the launch: every car still open, nothing remedied.
     before = (await _get(env, recall_id, "completion", quarter="2025Q4"))["summary"]
     assert before["involved"] == before["open"] == 5 and before["remedied_ota"] == 0
-    rows = {row["measure"]: int(row["count"]) for row in _csv((await _get(env, recall_id, "completion", "csv")).text)}
+    table = _csv((await _get(env, recall_id, "completion", "csv")).text)
+    assert list(table[0]) == ["measure", "cumulative", "in_quarter"]
+    rows = {row["measure"]: int(row["cumulative"]) for row in table}
     assert rows["involved"] == 5 and rows["unreachable_stolen"] == 1 and rows["remedied_at_dealer"] == 1
     pdf = await _get(env, recall_id, "completion", "pdf", quarter=QUARTER)
     assert pdf.headers["content-type"] == "application/pdf"
@@ -104,13 +107,20 @@ async def test_vin_status_feed_has_one_row_per_car(env: Env) -> None:
     resp = await _get(env, recall_id, "vin-status", "csv", week="2026-W09")
     assert resp.headers["content-type"].startswith("text/csv")
     header = resp.text.splitlines()[0]
-    assert header == "vin,recall_number,status,reason,status_date,installed_versions,reported_at"
+    assert header == (
+        "iso_week,recall_number,manufacturer_recall_number,vin,status,reason,status_date,installed_versions,reported_at"
+    )
     rows = {row["vin"]: row for row in _csv(resp.text)}
     assert set(rows) == set(VINS)
-    assert rows[VINS[0]]["status"] == "remedied" and rows[VINS[0]]["status_date"] == "2026-03-01"
-    assert rows[VINS[1]]["status"] == "remedied_at_dealer"
+    assert (rows[VINS[0]]["status"], rows[VINS[0]]["reason"]) == ("remedied", "over the air")
+    assert rows[VINS[0]]["status_date"] == "2026-03-01"
+    assert (rows[VINS[1]]["status"], rows[VINS[1]]["reason"]) == ("remedied", "at a dealer")
     assert (rows[VINS[2]]["status"], rows[VINS[2]]["reason"]) == ("unreachable", "stolen")
-    assert all(row["recall_number"] == "24V-123" for row in rows.values())
+    assert (rows[VINS[3]]["status"], rows[VINS[3]]["reason"]) == ("removed", "inspected: remedy not needed")
+    assert rows[VINS[4]]["status"] == "not remedied"
+    assert all(row["recall_number"] == "24V-123" and row["iso_week"] == "2026-W09" for row in rows.values())
+    # The regulator's words only: no internal state name anywhere in the feed.
+    assert {row["status"] for row in rows.values()} <= set(STATUSES)
 
 
 async def test_notice_log_lists_every_notice(env: Env) -> None:
@@ -214,3 +224,71 @@ def test_compatibility_check_against_the_last_known_configuration() -> None:
     assert check("1.0.10", "1.1.0", None, "1.0.9") == "version_out_of_range"
     assert check(None, "1.1.0", None, None) == "no_matching_ecu"
     assert check("banana", "1.1.0", None, None) == "unknown_version"
+
+
+def test_every_internal_state_has_regulator_wording() -> None:
+    from ota_server.domain.states import VinState
+    from ota_server.regulator.wording import regulator_wording
+
+    for state in VinState:
+        wording = regulator_wording(state.value, None)
+        assert wording.status in STATUSES and wording.reason, state
+        assert wording.reason not in {s.value for s in VinState}, state  # e.g. never "rolled_back"
+    assert regulator_wording("unreachable", "exported").reason == "exported"
+    assert regulator_wording("unreachable", "moon").reason == "other"
+
+
+async def test_completion_report_carries_what_the_regulator_asks_for(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    with env.runtime.sessions() as session:
+        from ota_server.db.models import Recall
+
+        recall = session.get(Recall, recall_id)
+        assert recall is not None
+        recall.manufacturer_number = "EM-2026-007"
+        session.commit()
+    analyst = await env.headers_for("rita.regulatory", "viewer")
+    resp = await env.client.get(
+        f"/api/v1/reports/recalls/{recall_id}/completion", params={"quarter": QUARTER}, headers=analyst
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["manufacturer"] == env.runtime.settings.manufacturer_name
+    assert (body["recall_number"], body["manufacturer_number"]) == ("24V-123", "EM-2026-007")
+    assert body["submitted_by"] == "rita.regulatory" and body["submitted_on"] == env.clock.now.date().isoformat()
+    assert (body["period_start"][:10], body["period_end"][:10]) == ("2026-01-01", "2026-04-01")
+    assert body["period_complete"] is False  # 2026Q1 asked on 2026-03-01: to date
+    # Every car was sent its notice at the launch (2026-03-01): notification began and completed then.
+    assert body["owner_notification_began"] == body["owner_notification_completed"] == "2026-03-01"
+    summary = body["summary"]
+    assert summary["owners_notified"] == summary["owners_notified_in_quarter"] == 5
+    assert summary["removed_from_population"] == {"total": 1, "by_reason": {"inspected: remedy not needed": 1}}
+    assert summary["unreachable_in_quarter"] == 1 and summary["removed_in_quarter"] == 1
+    table = {row["measure"]: row for row in body["rows"]}
+    assert table["remedied_ota"] == {"measure": "remedied_ota", "cumulative": 1, "in_quarter": 1}
+    assert table["owners_notified"]["cumulative"] == 5
+    # The next quarter: the same cars, cumulative, but nothing happened in it.
+    later = await _get(env, recall_id, "completion", quarter="2026Q2")
+    later_table = {row["measure"]: row for row in later["rows"]}
+    assert later_table["remedied_ota"] == {"measure": "remedied_ota", "cumulative": 1, "in_quarter": 0}
+    assert later["summary"]["owners_notified"] == 5 and later["summary"]["owners_notified_in_quarter"] == 0
+    # Before the launch nobody was told.
+    before = await _get(env, recall_id, "completion", quarter="2025Q4")
+    assert before["owner_notification_began"] is None and before["summary"]["owners_notified"] == 0
+    pdf = await env.client.get(
+        f"/api/v1/reports/recalls/{recall_id}/completion",
+        params={"quarter": QUARTER, "format": "pdf"},
+        headers=analyst,
+    )
+    text = pdf_text(pdf.content)
+    for fact in (env.runtime.settings.manufacturer_name, "EM-2026-007", "rita.regulatory", "Owners notified"):
+        assert fact in text, fact
+    assert "Removed from the population: inspected: remedy not needed" in text
+
+
+async def test_every_report_names_the_manufacturer_and_submitter(env: Env) -> None:
+    recall_id, _ = await _campaign(env)
+    for kind in KINDS:
+        body = await _get(env, recall_id, kind)
+        assert body["manufacturer"] == env.runtime.settings.manufacturer_name, kind
+        assert body["submitted_by"] and body["recall_number"] == "24V-123", kind
