@@ -123,6 +123,7 @@ class Outcome:
     lags: list[float] = field(default_factory=list)  # seconds from each one's sent_at to the commit
     manifests: int = 0  # version manifests accepted
     discrepancies: Counter[str] = field(default_factory=Counter)  # new ones, by kind
+    versions_changed: bool = False  # a manifest brought a version new to the record (see inventory)
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -433,6 +434,7 @@ def _apply_status_reports(
         outcome.rejected[MANIFEST_REPLAYED] += found.replayed
     outcome.discrepancies.update(found.discrepancies)
     outcome.moved.update(found.moved)
+    outcome.versions_changed |= found.versions_changed
 
 
 def _saw(session: Session, seen: dict[str, datetime]) -> None:
@@ -677,7 +679,8 @@ class Ingestor:
                 self._count(outcome)
                 if not outcome.rejected.get(STORE_FAILED):  # stored (or refused for good): tell the broker
                     _acknowledge(batch)
-                if outcome.moved and self.after_batch is not None:
+                # a car moved, or now runs other software (a dynamic campaign may take it): tick
+                if (outcome.moved or outcome.versions_changed) and self.after_batch is not None:
                     await self._after(outcome.moved)
             except Exception:  # never let one bad batch stop ingest
                 log.exception("ingest batch crashed")

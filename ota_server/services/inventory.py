@@ -78,6 +78,9 @@ class ManifestOutcome:
     replayed: int = 0
     discrepancies: Counter[str] = field(default_factory=Counter)
     moved: set[int] = field(default_factory=set)  # campaigns where a car became remedied
+    # A car's running software is new to the record (first manifest, or another version): a dynamic
+    # campaign's population may now take it, so the engine should look at once.
+    versions_changed: bool = False
 
 
 @dataclass(frozen=True)
@@ -210,6 +213,8 @@ def apply_manifests(
                 _find(session, view, outcome, manifest, reported, None, UNKNOWN_ECU, detail, now)
                 continue
             was = (ecu.installed_sha256, ecu.installed_version) if ecu.reported_at is not None else None
+            if ecu.installed_version != reported.version or was is None:
+                outcome.versions_changed = True
             _record(ecu, reported, received_at)
             for kind, campaign_id, detail in _judge(view, vehicle.vin, ecu, reported, was):
                 _find(session, view, outcome, manifest, reported, campaign_id, kind, detail, now)

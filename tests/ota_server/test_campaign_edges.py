@@ -261,6 +261,22 @@ async def test_a_car_reporting_a_version_the_dynamic_campaign_covers_joins_it(en
     await _remedied_by_its_agent(env, runs_old, key, tmp_path, cid)
 
 
+async def test_a_manifest_with_a_version_new_to_the_record_asks_for_a_tick_itself(env: Env, tmp_path: Path) -> None:
+    """No periodic tick here: the batch that stored the manifest asks the engine to look, so the car
+    joins the dynamic campaign it now matches at once (before: only at the next periodic tick)."""
+    env.clock.now = datetime.now(UTC)
+    car = vehicle(vin(5), installed_version="1.0.5")
+    key = await _car_with_key(env, car)
+    cid = await _dynamic_campaign(env, vehicle(vin(15)), models=["Sedan"], installed_versions={"max": "1.0.0"})
+    runs_old = {**car, "ecus": [{**car["ecus"][0], "installed_version": "1.0.0"}]}
+    agent, link = _agent(env, runs_old, key, tmp_path)
+    assert await agent.send_manifest(ManifestReason.START)
+    await env.inject(*((topics.status_topic(car["vin"]), encode(m)) for m in link.manifests))  # no env.tick()
+
+    status = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/status")).json()
+    assert [c["campaign_id"] for c in status["campaigns"]] == [cid]
+
+
 # -- rollback reach ----------------------------------------------------------------------------
 
 
