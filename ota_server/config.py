@@ -140,6 +140,11 @@ class Settings:
     manufacturer_contact_phone: str = ""
     manufacturer_contact_email: str = ""
     dealer_locator_url: str = ""
+    # The scheduled regulator-report export (ota_server.regulator.scheduled_export): when a
+    # directory is set, every report of every running recall for the last full ISO week and
+    # quarter is written there, checked every report_export_interval_s seconds under a lease.
+    report_export_dir: Path | None = None
+    report_export_interval_s: float = 3600.0
     log_level: str = "INFO"
     # "text" (human) or "json": one object a line with time, level, logger, message, campaign_id, vin.
     log_format: str = "text"
@@ -154,6 +159,8 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
         if self.scheduler_report_gap_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_REPORT_GAP_S must be >= 0")
+        if not self.report_export_interval_s > 0:
+            raise InvalidInput(f"{ENV_PREFIX}REPORT_EXPORT_INTERVAL_S must be > 0")
         if self.repo_cache_ttl_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}REPO_CACHE_TTL_S must be >= 0")
         if self.log_format.strip().lower() not in ("text", "json"):

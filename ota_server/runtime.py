@@ -26,6 +26,7 @@ from ota_server.mqtt.ingest import Ingestor
 from ota_server.mqtt.link import ServerMqttLink, link_from_settings
 from ota_server.mqtt.notices import NoticeDispatcher
 from ota_server.mqtt.publisher import Publisher
+from ota_server.regulator.scheduled_export import REPORT_EXPORT, ReportExporter
 from ota_server.rollout.coordinator import Coordinator
 from ota_server.services.campaign_fleet import CampaignFleet
 from ota_server.services.owner_links import OwnerLinks, load_secret
@@ -178,6 +179,12 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     if settings.scheduler_interval_s > 0:
         lease = Lease(sessions, SCHEDULER, instance, clock, settings.lease_ttl_s)
         runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, coordinator.tick))
+    if settings.report_export_dir is not None:
+        exporter = ReportExporter(sessions, clock, settings.report_export_dir, settings.manufacturer_name)
+        lease = Lease(sessions, REPORT_EXPORT, instance, clock, settings.lease_ttl_s)
+        runtime.jobs.append(
+            LeasedJob(lease, settings.report_export_interval_s, lambda: asyncio.to_thread(exporter.run_once))
+        )
     for job in runtime.jobs:
         job.start()
     return runtime
