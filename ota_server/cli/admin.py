@@ -118,8 +118,12 @@ def regulator_report_export(
     kind: Annotated[Kind, typer.Option(help="Which report")],
     out: Annotated[Path, typer.Option(dir_okay=False, help="File to write")],
     fmt: Annotated[Format, typer.Option("--format", help="File format (every kind has all three)")] = "csv",
-    quarter: Annotated[str | None, typer.Option(help="Completion report quarter, YYYYQn (default: now)")] = None,
-    week: Annotated[str | None, typer.Option(help="VIN status week, YYYY-Www (default: now)")] = None,
+    quarter: Annotated[
+        str | None, typer.Option(help="Completion report quarter, YYYYQn (default: the current one, to date)")
+    ] = None,
+    week: Annotated[
+        str | None, typer.Option(help="VIN status ISO week, YYYY-Www (default: the current one, to date)")
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
 ) -> None:
