@@ -146,6 +146,7 @@ class TimelineEntry(BaseModel):
         "timeout",
         "retry",
         "cancel",
+        "owner_notification",
     ]
     state: str | None = Field(description="The car's state this entry records (None for a notice sent)")
     attempt: int | None

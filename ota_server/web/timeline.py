@@ -26,6 +26,7 @@ from ota_server.db.models import (
     Discrepancy,
     EcuReport,
     NoticeLog,
+    OwnerNotification,
     Recall,
     Vehicle,
 )
@@ -33,6 +34,7 @@ from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import ERRORS, VinState
 from ota_server.errors import InvalidInput, NotFound
 from ota_server.schemas import DiscrepancyPublic, EcuPublic
+from ota_server.services import owner_notifications
 from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, shown_plan
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline
 
@@ -285,6 +287,35 @@ def _discrepancy_entry(row: Discrepancy) -> TimelineEntry:
     )
 
 
+_TOLD = {
+    "letter": "Owner letter",
+    "consent_request": "Owner asked for consent",
+    "consent_answer": "Owner answered",
+    "notice": "Owner notice",
+    "reminder": "Owner reminder",
+    "withdrawal": "Owner told of the withdrawal",
+}
+
+
+def _told_entry(row: OwnerNotification, number: str | None) -> TimelineEntry:
+    """What the owner was told outside the MQTT notices (those are the notice entries): letters, consent."""
+    what = _TOLD.get(row.kind, row.kind)
+    detail = f" ({row.detail})" if row.detail else ""
+    shown = row.text if len(row.text) <= 300 else row.text[:300] + "…"
+    return TimelineEntry(
+        at=row.at,
+        campaign_id=row.campaign_id,
+        recall_number=number,
+        kind="owner_notification",
+        state=None,
+        attempt=None,
+        reason=row.kind,
+        detail=row.text or f"sha256 {row.text_sha256}",
+        source=row.recorded_by or "server",
+        summary=f"{what} by {row.channel.replace('_', ' ')}{detail}: {shown or 'sha256 ' + row.text_sha256}",
+    )
+
+
 def _issued_at(row: NoticeLog) -> datetime:
     """When the server issued the message (in its payload): the broker's acknowledgement
     (``published_at``) may come after the car already answered it."""
@@ -346,6 +377,14 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
     entries += _manifest_entries(list(manifests))
     findings = session.scalars(select(Discrepancy).where(Discrepancy.vin == vin).order_by(Discrepancy.id.desc())).all()
     entries += [_discrepancy_entry(d) for d in findings]
+    told = [t for t in owner_notifications.of_vin(session, vin) if t.channel != "mqtt"]
+    recall_numbers: dict[int, str] = {
+        rid: number
+        for rid, number in session.execute(
+            select(Recall.id, Recall.campaign_number).where(Recall.id.in_({t.recall_id for t in told}))
+        )
+    }
+    entries += [_told_entry(t, recall_numbers.get(t.recall_id)) for t in told]
     # Oldest first; at the same instant a notice comes before what the car did with it.
     order = {"retry": -1, "notice": 0, "withdrawal": 1}
     entries.sort(key=lambda e: (e.at, order.get(e.kind, 2)))

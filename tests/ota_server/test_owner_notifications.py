@@ -130,3 +130,17 @@ async def test_owner_letters_are_recorded_listed_and_exported(env: Env) -> None:
     audited = [(e["method"], e["route"], e["status"], e["target"].get("letter")) for e in trail]
     assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 201, "follow_up") in audited
     assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 422, "follow_up") in audited
+
+
+async def test_a_letter_is_on_the_cars_timeline(env: Env) -> None:
+    campaign = await launched(env.client, VINS)
+    letter = {"vins": [VINS[0]], "sent_on": "2026-03-05", "letter": "first", "text": "Dear owner, ..."}
+    resp = await env.client.post(f"/api/v1/recalls/{campaign['recall_id']}/owner-letters", json=letter)
+    assert resp.status_code == 201, resp.text
+    timeline = (await env.client.get(f"/api/v1/vehicles/{VINS[0]}/timeline")).json()
+    told = [e for e in timeline["entries"] if e["kind"] == "owner_notification"]
+    assert len(told) == 1 and told[0]["recall_number"] == "24V-123"
+    assert told[0]["summary"] == "Owner letter by letter (first): Dear owner, ..."
+    assert told[0]["source"] == "admin"
+    other = (await env.client.get(f"/api/v1/vehicles/{VINS[1]}/timeline")).json()
+    assert not [e for e in other["entries"] if e["kind"] == "owner_notification"]
