@@ -38,7 +38,7 @@ from ota_server.regulator.common import (
     recall_of,
     standings,
 )
-from ota_server.regulator.wording import REMOVED, regulator_wording
+from ota_server.regulator.wording import REMOVED, REMOVED_REASONS, regulator_wording
 
 COLUMNS = ("measure", "cumulative", "in_quarter")
 _BUCKETS = {
@@ -67,8 +67,8 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
     in_quarter: dict[str, int] = dict.fromkeys(total, 0)
     unreachable = {reason.value: 0 for reason in UnreachableReason}
     unreachable_in_quarter = dict.fromkeys(unreachable, 0)
-    removed: dict[str, int] = {}
-    removed_in_quarter: dict[str, int] = {}
+    removed = dict.fromkeys(REMOVED_REASONS, 0)
+    removed_in_quarter = dict.fromkeys(REMOVED_REASONS, 0)
     for car in cars:
         wording = regulator_wording(car.state, car.reason)
         if car.state == VinState.UNREACHABLE.value:
@@ -76,8 +76,8 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
             unreachable_in_quarter[wording.reason] += dated(car)
             continue
         if wording.status == REMOVED:
-            removed[wording.reason] = removed.get(wording.reason, 0) + 1
-            removed_in_quarter[wording.reason] = removed_in_quarter.get(wording.reason, 0) + dated(car)
+            removed[wording.reason] += 1
+            removed_in_quarter[wording.reason] += dated(car)
         bucket = _BUCKETS.get(car.state, "open")
         total[bucket] += 1
         in_quarter[bucket] += bucket != "open" and dated(car)

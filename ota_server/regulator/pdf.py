@@ -7,6 +7,7 @@ facts, its summary and its whole table, so a regulator gets the same rows as in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from fpdf import FPDF
@@ -124,6 +125,11 @@ def _header_lines(report: RegulatorReport) -> list[tuple[str, str]]:
     ]
 
 
+def _last_day(period_end: str) -> str:
+    """The last day a period covers (its end is exclusive)."""
+    return (datetime.fromisoformat(period_end) - timedelta(days=1)).date().isoformat()
+
+
 def _pairs(pdf: FPDF, lines: Sequence[tuple[str, object]]) -> None:
     for label, value in lines:
         pdf.set_font("Helvetica", "B", 10)
@@ -142,7 +148,10 @@ def completion_pdf(report: RegulatorReport) -> bytes:
         pdf,
         [
             *_header_lines(report),
-            ("Quarter", f"{meta['quarter']} ({meta['period_start'][:10]} to {meta['period_end'][:10]}{end_note})"),
+            (
+                "Quarter",
+                f"{meta['quarter']} ({meta['period_start'][:10]} to {_last_day(meta['period_end'])}{end_note})",
+            ),
             ("Owner notification began", meta.get("owner_notification_began") or "not yet"),
             ("Owner notification completed", meta.get("owner_notification_completed") or "not yet"),
             ("Completion rate", f"{summary['completion_rate']:.1%}"),

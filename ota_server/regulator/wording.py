@@ -37,6 +37,7 @@ _WORDING: dict[VinState, tuple[str, str]] = {
     S.TIMED_OUT: (NOT_REMEDIED, "update did not finish in time; awaiting a retry or a dealer visit"),
     S.DECLINED: (NOT_REMEDIED, "owner declined the update"),
 }
+REMOVED_REASONS = tuple(reason for status, reason in _WORDING.values() if status == REMOVED)
 _UNREACHABLE_REASONS = {"exported": "exported", "stolen": "stolen", "scrapped": "scrapped", "other": "other"}
 
 

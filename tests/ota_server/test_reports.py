@@ -262,7 +262,9 @@ async def test_completion_report_carries_what_the_regulator_asks_for(env: Env) -
     assert body["owner_notification_began"] == body["owner_notification_completed"] == "2026-03-01"
     summary = body["summary"]
     assert summary["owners_notified"] == summary["owners_notified_in_quarter"] == 5
-    assert summary["removed_from_population"] == {"total": 1, "by_reason": {"inspected: remedy not needed": 1}}
+    removed = summary["removed_from_population"]
+    assert removed["total"] == 1 and removed["by_reason"]["inspected: remedy not needed"] == 1
+    assert removed["by_reason"]["recall withdrawn before the update started"] == 0
     assert summary["unreachable_in_quarter"] == 1 and summary["removed_in_quarter"] == 1
     table = {row["measure"]: row for row in body["rows"]}
     assert table["remedied_ota"] == {"measure": "remedied_ota", "cumulative": 1, "in_quarter": 1}
@@ -284,6 +286,7 @@ async def test_completion_report_carries_what_the_regulator_asks_for(env: Env) -
     for fact in (env.runtime.settings.manufacturer_name, "EM-2026-007", "rita.regulatory", "Owners notified"):
         assert fact in text, fact
     assert "Removed from the population: inspected: remedy not needed" in text
+    assert "2026-01-01 to 2026-03-31" in text  # the quarter's last day, not the exclusive end
 
 
 async def test_every_report_names_the_manufacturer_and_submitter(env: Env) -> None:
