@@ -39,13 +39,30 @@ if [ $# -ge 2 ]; then
     "$API/api/v1/campaigns/1/vehicles/$2/outcome" >/dev/null
 fi
 
-export OTA_SERVER=$API OTA_TOKEN=$TOKEN  # `ota reports export` asks the server
+# The reports are asked for by a named person (the submitter on every report), not the bootstrap token.
+ANALYST=$(curl -sf -X POST -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \
+  -d '{"name": "rita.regulatory", "role": "viewer"}' "$API/api/v1/tokens" |
+  "$BIN/python" -c "import json,sys; print(json.load(sys.stdin)['token'])")
+export OTA_SERVER=$API OTA_TOKEN=$ANALYST  # `ota reports export` asks the server
 for kind in population completion vin-status notices type-approval; do
-  for format in csv json; do
+  for format in csv json pdf; do
     "$BIN/ota" reports export 1 --kind "$kind" --format "$format" --out "$OUT/$kind.$format"
   done
 done
-"$BIN/ota" reports export 1 --kind completion --format pdf --out "$OUT/completion.pdf"
+# The first page of each PDF as PNG, with pypdfium2 when at hand (PDF_RENDER_PYTHON: a Python that has it).
+RENDER=${PDF_RENDER_PYTHON:-$BIN/python}
+if "$RENDER" -c "import pypdfium2" 2>/dev/null; then
+  "$RENDER" - "$OUT"/*.pdf <<'PY'
+import sys
+import pypdfium2
+
+for path in sys.argv[1:]:
+    page = pypdfium2.PdfDocument(path)[0]
+    page.render(scale=1.5).to_pil().save(path.removesuffix(".pdf") + ".png")
+PY
+else
+  echo "no pypdfium2: PDF page renders (PNG) not made" >&2
+fi
 curl -sf -H "Authorization: Bearer $TOKEN" "$API/api/v1/audit/export" -o "$OUT/audit.json"
 cp "$WORK/sim.json" "$OUT/run-summary.json"
 echo "samples written to $OUT"
