@@ -204,8 +204,14 @@ async def test_every_kind_is_available_as_pdf_csv_and_json(env: Env) -> None:
     assert index["formats"] == list(FORMATS) and index["pdf"] == list(KINDS)
     for kind in KINDS:
         params = {"quarter": QUARTER} if kind == "completion" else {}
-        for fmt in FORMATS:
-            await _get(env, recall_id, kind, fmt, **params)
+        body = await _get(env, recall_id, kind, "json", **params)
+        assert body["kind"] == kind and isinstance(body["rows"], list) and body["rows"], kind
+        for key in ("manufacturer", "recall_number", "manufacturer_number", "submitted_by", "submitted_on"):
+            assert key in body, (kind, key)
+        table = await _get(env, recall_id, kind, "csv", **params)
+        header = next(csv.reader(io.StringIO(table.text)))
+        assert header and set(header) <= set(body["rows"][0]), kind  # every CSV column is a JSON row key
+        assert len(_csv(table.text)) == len(body["rows"]), kind
         pdf = await _get(env, recall_id, kind, "pdf", **params)
         assert pdf.headers["content-type"] == "application/pdf" and pdf.content.startswith(b"%PDF")
         assert f"{kind}.pdf" in pdf.headers["content-disposition"]
