@@ -104,3 +104,13 @@ async def test_the_server_starts_the_export_job_when_a_directory_is_set(tmp_path
         assert any(job.lease.name == REPORT_EXPORT for job in env.runtime.jobs)
     async with running(make_settings(tmp_path / "other")) as env:
         assert not any(job.lease.name == REPORT_EXPORT for job in env.runtime.jobs)
+
+
+def test_the_export_is_configured_from_the_environment() -> None:
+    from ota_server.errors import InvalidInput
+
+    settings = Settings.from_env({"OTA_REPORT_EXPORT_DIR": "/srv/reports", "OTA_REPORT_EXPORT_INTERVAL_S": "900"})
+    assert (settings.report_export_dir, settings.report_export_interval_s) == (Path("/srv/reports"), 900.0)
+    assert Settings.from_env({}).report_export_dir is None  # off unless a directory is given
+    with pytest.raises(InvalidInput, match="REPORT_EXPORT_INTERVAL_S"):
+        Settings.from_env({"OTA_REPORT_EXPORT_INTERVAL_S": "0"})
