@@ -94,6 +94,7 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
         "removed_from_population": {"total": sum(removed.values()), "by_reason": removed},
         "owners_notified": len(told),
         "owners_notified_in_quarter": sum(1 for at in told.values() if at >= period.start),
+        "owners_not_notified": len(cars) - len(told),  # 573.7's "failure to receive notification", so far
         "remedied_in_quarter": {name: in_quarter[name] for name in _REMEDIES},
         "unreachable_in_quarter": sum(unreachable_in_quarter.values()),
         "removed_in_quarter": sum(removed_in_quarter.values()),
@@ -103,6 +104,7 @@ def build(session: Session, recall_id: int, now: datetime, quarter_label: str | 
     rows: list[dict[str, Any]] = [
         {"measure": "involved", "cumulative": len(cars), "in_quarter": None},
         {"measure": "owners_notified", "cumulative": len(told), "in_quarter": summary["owners_notified_in_quarter"]},
+        {"measure": "owners_not_notified", "cumulative": summary["owners_not_notified"], "in_quarter": None},
     ]
     rows += [{"measure": name, "cumulative": total[name], "in_quarter": in_quarter[name]} for name in _REMEDIES]
     rows += [

@@ -161,6 +161,7 @@ def completion_pdf(report: RegulatorReport) -> bytes:
     labels = {
         "involved": "Vehicles involved",
         "owners_notified": "Owners notified",
+        "owners_not_notified": "Owners not yet notified",
         "remedied_ota": "Remedied over the air",
         "remedied_at_dealer": "Remedied at a dealer",
         "inspected_not_needed": "Inspected, remedy not needed",

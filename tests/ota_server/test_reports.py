@@ -267,7 +267,9 @@ async def test_completion_report_carries_what_the_regulator_asks_for(env: Env) -
     # Every car was sent its notice at the launch (2026-03-01): notification began and completed then.
     assert body["owner_notification_began"] == body["owner_notification_completed"] == "2026-03-01"
     summary = body["summary"]
-    assert summary["owners_notified"] == summary["owners_notified_in_quarter"] == 5
+    assert (
+        summary["owners_notified"] == summary["owners_notified_in_quarter"] == 5 and summary["owners_not_notified"] == 0
+    )
     removed = summary["removed_from_population"]
     assert removed["total"] == 1 and removed["by_reason"]["inspected: remedy not needed"] == 1
     assert removed["by_reason"]["recall withdrawn before the update started"] == 0
@@ -283,6 +285,7 @@ async def test_completion_report_carries_what_the_regulator_asks_for(env: Env) -
     # Before the launch nobody was told.
     before = await _get(env, recall_id, "completion", quarter="2025Q4")
     assert before["owner_notification_began"] is None and before["summary"]["owners_notified"] == 0
+    assert before["summary"]["owners_not_notified"] == 5
     pdf = await env.client.get(
         f"/api/v1/reports/recalls/{recall_id}/completion",
         params={"quarter": QUARTER, "format": "pdf"},
