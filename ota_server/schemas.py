@@ -440,7 +440,7 @@ class OwnerNoticeDraft(BaseModel):
     purpose: str = Field(default="", max_length=2000)
     what_changes: str = Field(default="", max_length=2000)
     expected_minutes: int | None = Field(default=None, ge=0, le=24 * 60)
-    unavailable_functions: list[str] | None = Field(default=None, max_length=32)
+    unavailable_functions: list[Annotated[str, Field(max_length=1024)]] | None = Field(default=None, max_length=32)
     what_to_do: str = Field(default="", max_length=2000)
     contact: ContactDraft | None = Field(default=None, description="Default: the manufacturer's configured contact")
     on_success: str = Field(default="", max_length=2000)

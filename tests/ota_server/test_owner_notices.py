@@ -69,3 +69,13 @@ async def test_a_partial_default_is_no_default(tmp_path: Path) -> None:
     async with running(make_settings(tmp_path, manufacturer_contact_name="Acme recall desk")) as env:
         resp = await _file(env, await _release(env), notice)
     assert resp.status_code == 422 and "owner_notice.contact (name, role, phone, email)" in resp.json()["detail"]
+
+
+async def test_a_notice_too_long_for_the_cars_is_a_422_not_a_crash(env: Env) -> None:
+    release_id = await _release(env)
+    long_item = await _file(env, release_id, {**OWNER_NOTICE, "unavailable_functions": ["x" * 1025]})
+    assert long_item.status_code == 422 and "unavailable_functions" in long_item.json()["detail"]
+    long_contact = await _file(
+        env, release_id, {**OWNER_NOTICE, "contact": {**OWNER_NOTICE["contact"], "phone": "1" * 65}}
+    )
+    assert long_contact.status_code == 422 and "contact.phone" in long_contact.json()["detail"]
