@@ -23,7 +23,10 @@ def _exporter(env: Env, directory: Path, clock: FakeClock) -> ReportExporter:
     return ReportExporter(env.runtime.sessions, clock, directory, MANUFACTURER)
 
 
-async def test_a_week_later_every_report_of_the_last_full_week_and_quarter_is_written(env: Env, tmp_path: Path) -> None:
+async def test_a_week_later_every_report_of_the_last_full_week_and_quarter_is_written(
+    either_env: Env, tmp_path: Path
+) -> None:
+    env = either_env  # SQLite and PostgreSQL
     await launched(env.client, VINS)  # launched 2026-03-01 (ISO week 2026-W09, quarter 2026Q1)
     out = tmp_path / "exports"
     clock = FakeClock()
@@ -52,7 +55,8 @@ async def test_a_week_later_every_report_of_the_last_full_week_and_quarter_is_wr
     assert {p.parent.name for p in exporter.run_once()} == {"2026-W14"}
 
 
-async def test_a_recall_ended_before_the_period_is_not_exported(env: Env, tmp_path: Path) -> None:
+async def test_a_recall_ended_before_the_period_is_not_exported(either_env: Env, tmp_path: Path) -> None:
+    env = either_env
     campaign = await launched(env.client, VINS)
     resp = await env.client.post(f"/api/v1/campaigns/{campaign['id']}/cancel", json={"reason": "superseded"})
     assert resp.status_code == 200, resp.text
