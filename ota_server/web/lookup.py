@@ -78,13 +78,15 @@ def _template() -> Template:
     return Template(resources.files("ota_server.web").joinpath("pages", "lookup.html").read_text(encoding="utf-8"))
 
 
-def page(lang: str, vin: str = "", view: OwnerView | None = None, error: str = "") -> str:
-    """The look-up page in ``lang``: the form, and the result for ``vin`` or the ``error``."""
+def page(lang: str, vin: str = "", view: OwnerView | None = None, error: str = "", keep_lang: bool = False) -> str:
+    """The look-up page in ``lang``: the form (asking in ``lang`` again if ``keep_lang``), the result or the error."""
     t = _words(lang)
     result = _result(view) if view is not None else ""
     return _template().substitute(
         t,
         vin_value=escape(vin),
+        vin_invalid=' aria-invalid="true"' if error else "",
+        lang_field=f'<input type="hidden" name="lang" value="{escape(lang)}">' if keep_lang else "",
         error=f'<p id="error" class="error" role="alert">{escape(error)}</p>' if error else "",
         result=result,
         other_lang=_other_languages(lang, vin),
@@ -92,25 +94,24 @@ def page(lang: str, vin: str = "", view: OwnerView | None = None, error: str = "
 
 
 def answer_page(
-    runtime: Runtime, limiter: AddressBuckets, client: str | None, raw_vin: str | None, lang: str
+    runtime: Runtime, limiter: AddressBuckets, client: str | None, raw_vin: str | None, lang: str, keep_lang: bool
 ) -> tuple[str, int]:
     """The page for ``raw_vin`` (the empty form without one) and its status: 422 bad VIN, 429 too many."""
     vin = (raw_vin or "").strip()[:32]
     if not vin:
-        return page(lang), 200
+        return page(lang, keep_lang=keep_lang), 200
     try:
         limiter.take(client)
     except RateLimited:
-        return page(lang, vin, error=text(lang, "too_many")), 429
+        return page(lang, vin, error=text(lang, "too_many"), keep_lang=keep_lang), 429
     try:
         normal = normalised_vin(vin)
     except InvalidInput as exc:
-        return page(
-            lang, vin, error=text(lang, "invalid_vin", reason=exc.message.removeprefix("not a valid VIN: "))
-        ), 422
+        reason = exc.message.removeprefix("not a valid VIN: ")
+        return page(lang, vin, error=text(lang, "invalid_vin", reason=reason), keep_lang=keep_lang), 422
     with runtime.sessions() as session:
         view = owner_view.build(session, normal, runtime.clock(), lang, OwnerSettings.of(runtime.settings))
-    return page(lang, normal, view), 200
+    return page(lang, normal, view, keep_lang=keep_lang), 200
 
 
 def _words(lang: str) -> dict[str, str]:
@@ -153,7 +154,6 @@ def _result(view: OwnerView) -> str:
 def _recall_card(r: RecallView, lang: str) -> str:
     kind = text(lang, "safety_recall" if r.safety_recall else "recall")
     rows = [
-        (text(lang, "status"), r.status_text),
         (text(lang, "what_happened"), r.what_happened),
         (text(lang, "what_to_do"), r.what_to_do),
         (text(lang, "problem"), r.problem),
@@ -170,7 +170,7 @@ def _recall_card(r: RecallView, lang: str) -> str:
     html = (
         f'<section class="card recall {state}" data-status="{r.status}">'
         f"<h2>{escape(text(lang, 'recall_heading', number=r.number, title=r.title))}</h2>"
-        f'<p class="kind">{escape(kind)}</p><dl>{cells}</dl>'
+        f'<p class="kind">{escape(kind)}</p><p class="status">{escape(r.status_text)}</p><dl>{cells}</dl>'
     )
     if r.contact is not None:
         c = r.contact

@@ -17,7 +17,8 @@ from urllib.parse import quote
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
 
-from firmware_bundles.vin import normalize_vin
+from firmware_bundles.errors import InvalidVin
+from firmware_bundles.vin import normalize_vin, validate_vin
 from ota_server.api.auth import READ_ONLY_METHODS, SESSION_COOKIE
 from ota_server.api.deps import RuntimeDep
 from ota_server.roles import READ, Actor
@@ -105,6 +106,14 @@ def vehicle_page(vin: str, request: Request, runtime: RuntimeDep) -> Response:
     return _operator_page(request, runtime, "vehicle.html")
 
 
+def _valid_vin(raw: str) -> bool:
+    try:
+        validate_vin(raw)
+    except InvalidVin:
+        return False
+    return True
+
+
 @router.get("/lookup")
 def lookup_page(
     request: Request,
@@ -114,8 +123,13 @@ def lookup_page(
 ) -> Response:
     """The owner's recall check (no token), like a regulator's recall site, in English or Italian."""
     chosen = i18n.choose(request.headers.get("accept-language"), lang)
+    keep_lang = bool(lang) and chosen == (lang or "").strip().lower()[:2]
+    if vin and _valid_vin(vin) and normalize_vin(vin) != vin:  # the address shows the VIN as it is written
+        query = f"vin={normalize_vin(vin)}" + (f"&lang={chosen}" if keep_lang else "")
+        return RedirectResponse(f"/lookup?{query}", status_code=303, headers=SECURITY_HEADERS)
     client = request.client.host if request.client else None
-    body, status_code = lookups.answer_page(runtime, get_lookup_limiter(request), client, vin, chosen)
+    limiter = get_lookup_limiter(request)
+    body, status_code = lookups.answer_page(runtime, limiter, client, vin, chosen, keep_lang)
     headers = {**SECURITY_HEADERS, "Content-Language": chosen, "Vary": "Accept-Language"}
     return HTMLResponse(body, status_code=status_code, headers=headers)
 

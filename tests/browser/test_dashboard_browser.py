@@ -257,7 +257,8 @@ def test_public_lookup_fixed_not_fixed_and_a_bad_vin(recall: Recall, browser: Br
     page.locator('.recall[data-status="not_remedied"]').wait_for()
     assert _text(page, ".recall .status") == "Not fixed yet"
     text = page.locator("#result").text_content() or ""
-    assert "Contact a dealer to have the free repair done." in text
+    assert "your vehicle went back to its previous software" in text  # what happened, said once
+    assert text.count("dealer") == 1 and "Book the free repair at a dealer" in text  # what to do, once
     for internal in ("health_check_failed", "rolled", "attempt", remedied_vin):
         assert internal not in text  # the owner sees no failure detail and no other car
     shot(page, "06-lookup-not-fixed")

@@ -90,3 +90,10 @@ async def test_a_bad_vin_and_markup_are_answered_escaped(owner: httpx.AsyncClien
     assert "<script>x" not in page.text and "&lt;script&gt;x" in page.text
     empty = await owner.get("/lookup")
     assert empty.status_code == 200 and 'id="result" aria-live="polite"></div>' in empty.text
+
+
+async def test_an_untidy_vin_is_shown_in_the_address_as_written(owner: httpx.AsyncClient) -> None:
+    moved = await owner.get("/lookup", params={"vin": f" {CAR_OK.lower()} ", "lang": "it"})
+    assert moved.status_code == 303 and moved.headers["location"] == f"/lookup?vin={CAR_OK}&lang=it"
+    page = await owner.get(moved.headers["location"])
+    assert '<input type="hidden" name="lang" value="it">' in page.text  # the next check stays in Italian
