@@ -20,6 +20,7 @@ from firmware_bundles.messages import OwnerNotice
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.domain.states import NOT_STARTED, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
+from ota_server.services import owner_notifications
 from ota_server.services.campaigns import CANCELLED, REMEDY
 from ota_server.services.owner_links import OwnerLinks
 from ota_server.signing.director import Director
@@ -111,4 +112,14 @@ def answer(
     consent = SignedConsent(campaign_id, images, chosen, now.isoformat())
     if director.sign_consent(session, vin, consent, now) is None:
         raise Conflict("your car has not been told what to install yet; come back later")
+    owner_notifications.record(
+        session,
+        vin=vin,
+        campaign_id=campaign_id,
+        kind="consent_answer",
+        channel="owner_page",
+        text=f"The owner answered {chosen} on the owner page for images {images}.",
+        at=now,
+        detail=f"{chosen} {images}",
+    )  # the same transaction as the signed answer: both or neither
     return consent

@@ -128,6 +128,11 @@ async def test_an_answer_on_the_owner_page_reaches_the_car_in_signed_metadata_an
     await env.inject(*((topics.status_topic(car["vin"]), encode(r)) for r in link.reports))
     timeline = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/timeline")).text
     assert "consented" in timeline and "owner_page" in timeline and image.sha256 in timeline
+    assert "consent_answer" in timeline  # from the owner-notification log, not only the car's report
+    [recall] = (await env.client.get("/api/v1/recalls")).json()
+    logged = (await env.client.get(f"/api/v1/recalls/{recall['id']}/owner-notifications?format=csv")).text
+    [answered] = [line for line in logged.splitlines() if "consent_answer" in line]
+    assert "owner_page" in answered and f"accept {image.sha256}" in answered
     after = await env.client.get(page_path(notice), headers={"Authorization": ""})
     assert "You accepted this update" in after.text
 
