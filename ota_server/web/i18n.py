@@ -78,6 +78,27 @@ EN: Final[dict[str, str]] = {
     "todo_dealer": "Book the free repair at a dealer, or contact us to try the update again.",
     "todo_answer": "Answer in your vehicle or through the link in your notice; until then nothing changes.",
     "todo_later": "You will be told when the remedy is available. Until then, follow the advice above.",
+    "owner_brand": "Your vehicle's software update",
+    "owner_for": "{kind} {number} for the vehicle {vin}",
+    "owner_update": "Update",
+    "owner_what_changes": "What changes: {text}",
+    "owner_minutes": "The update takes about {minutes} minutes.",
+    "owner_unavailable": "Not available meanwhile: {functions}.",
+    "owner_questions": "Questions? {name}",
+    "owner_the_update": "The update for your vehicle",
+    "owner_exactly": "This is exactly what your vehicle has been told to install, as signed for it:",
+    "owner_image": "ECU {ecu}: version {version}, SHA-256 {sha256}",
+    "owner_not_assigned": "Not assigned yet.",
+    "owner_status": "Your vehicle's status: {state}.",
+    "owner_question": "Do you want your vehicle to install this update? It installs only the version shown above.",
+    "owner_accept": "Install this update",
+    "owner_decline": "No, thanks",
+    "owner_accepted": "You accepted this update on {when} UTC. Your vehicle reads your answer with the "
+    "update's signed data the next time it checks.",
+    "owner_declined": "You declined this update on {when} UTC. Your vehicle reads your answer with the "
+    "update's signed data the next time it checks.",
+    "owner_your_vehicle": "Your vehicle",
+    "owner_no_page": "No such page.",
 }
 
 IT: Final[dict[str, str]] = {
@@ -147,6 +168,28 @@ IT: Final[dict[str, str]] = {
     "todo_dealer": "Prenota la riparazione gratuita da un concessionario, o contattaci per ritentare l'aggiornamento.",
     "todo_answer": "Rispondi nel veicolo o tramite il link nell'avviso; fino ad allora nulla cambia.",
     "todo_later": "Sarai avvisato quando l'intervento sarà disponibile. Nel frattempo segui le indicazioni sopra.",
+    "owner_brand": "L'aggiornamento software del tuo veicolo",
+    "owner_for": "{kind} {number} per il veicolo {vin}",
+    "owner_update": "Aggiornamento",
+    "owner_what_changes": "Cosa cambia: {text}",
+    "owner_minutes": "L'aggiornamento dura circa {minutes} minuti.",
+    "owner_unavailable": "Non disponibili nel frattempo: {functions}.",
+    "owner_questions": "Domande? {name}",
+    "owner_the_update": "L'aggiornamento per il tuo veicolo",
+    "owner_exactly": "Ecco esattamente cosa è stato indicato al tuo veicolo di installare, firmato per lui:",
+    "owner_image": "Centralina {ecu}: versione {version}, SHA-256 {sha256}",
+    "owner_not_assigned": "Non ancora assegnato.",
+    "owner_status": "Stato del tuo veicolo: {state}.",
+    "owner_question": "Vuoi che il tuo veicolo installi questo aggiornamento? "
+    "Installa solo la versione indicata sopra.",
+    "owner_accept": "Installa questo aggiornamento",
+    "owner_decline": "No, grazie",
+    "owner_accepted": "Hai accettato questo aggiornamento il {when} UTC. Il veicolo legge la tua risposta con i "
+    "dati firmati dell'aggiornamento al prossimo controllo.",
+    "owner_declined": "Hai rifiutato questo aggiornamento il {when} UTC. Il veicolo legge la tua risposta con i "
+    "dati firmati dell'aggiornamento al prossimo controllo.",
+    "owner_your_vehicle": "Il tuo veicolo",
+    "owner_no_page": "Pagina inesistente.",
 }
 
 CATALOGS: Final[dict[str, dict[str, str]]] = {"en": EN, "it": IT}

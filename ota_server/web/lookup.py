@@ -81,7 +81,7 @@ def _template() -> Template:
 def page(lang: str, vin: str = "", view: OwnerView | None = None, error: str = "", keep_lang: bool = False) -> str:
     """The look-up page in ``lang``: the form (asking in ``lang`` again if ``keep_lang``), the result or the error."""
     t = _words(lang)
-    result = _result(view) if view is not None else ""
+    result = result_html(view) if view is not None else ""
     return _template().substitute(
         t,
         vin_value=escape(vin),
@@ -130,7 +130,8 @@ def _other_languages(lang: str, vin: str) -> str:
     return " · ".join(links)
 
 
-def _result(view: OwnerView) -> str:
+def result_html(view: OwnerView) -> str:
+    """The owner's facts about one VIN (the car, each recall, whom to call): /lookup and the owner page."""
     lang = view.lang
     parts = [f'<section class="card vehicle" id="vehicle"><h2>{escape(text(lang, "vin_heading", vin=view.vin))}</h2>']
     if view.known:

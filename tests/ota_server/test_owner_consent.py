@@ -216,3 +216,21 @@ async def test_a_safety_recall_page_shows_the_update_but_asks_nothing(env: Env) 
     fields = {"images": "x", "nonce": env.runtime.owner_links.nonce(page_path(notice).rsplit("/", 1)[1], "x")}
     refused = await env.client.post(page_path(notice), data={**fields, "answer": "decline"})
     assert refused.status_code == 409 and "installs without asking" in refused.text
+
+
+async def test_the_owner_page_shows_the_car_and_whom_to_call_in_the_owners_language(env: Env) -> None:
+    """The same facts as /lookup (make, model, year, manufacturer, the named contact), in Italian when asked."""
+    car = vehicle(vin(5))
+    _, _, notice = await launch_consent_campaign(env, car)
+    english = await env.client.get(page_path(notice), headers={"Authorization": ""})
+    assert english.status_code == 200, english.text
+    assert 'lang="en"' in english.text and "Install this update" in english.text
+    assert "Acme Sedan, model year 2022" in english.text and "Recall desk" in english.text
+    italian = await env.client.get(
+        page_path(notice), headers={"Authorization": "", "Accept-Language": "it-IT,it;q=0.9"}
+    )
+    assert italian.status_code == 200, italian.text
+    assert 'lang="it"' in italian.text and "Installa questo aggiornamento" in italian.text
+    assert "Acme Sedan" in italian.text and "Recall desk" in italian.text and "Install this update" not in italian.text
+    fields = form_fields(italian.text)  # the form is the same one: the answer does not depend on the language
+    assert fields == form_fields(english.text)
