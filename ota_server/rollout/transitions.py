@@ -75,19 +75,24 @@ def _record_event(
         )
     )
     if seen is None:
-        session.add(
-            CampaignEvent(
-                campaign_id=cv.campaign_id,
-                vin=cv.vin,
-                attempt=cv.attempt,
-                deferrals=cv.deferrals,
-                state=cv.state,
-                reason=reason,
-                detail=detail,
-                received_at=now,
-                source=source,
-            )
-        )
+        session.add(CampaignEvent(**_event_row(cv, source, now, reason=reason, detail=detail)))
+
+
+def _event_row(
+    cv: CampaignVehicle, source: str, now: datetime, *, reason: str | None, detail: str | None
+) -> dict[str, object]:
+    """The event row of the car's current state (its progress key), taken by ``source`` at ``now``."""
+    return {
+        "campaign_id": cv.campaign_id,
+        "vin": cv.vin,
+        "attempt": cv.attempt,
+        "deferrals": cv.deferrals,
+        "state": cv.state,
+        "reason": reason,
+        "detail": detail,
+        "received_at": now,
+        "source": source,
+    }
 
 
 def move(
@@ -154,19 +159,7 @@ def remedied_by_manifest(
     check(VinState(cv.state), VinState.REMEDIED_AT_DEALER, Cause.OPERATOR)
     cv.state, cv.reason, cv.updated_at = VinState.REMEDIED_AT_DEALER.value, reason, now
     cv.detail, cv.recorded_by, cv.evidence_ref, cv.next_retry_at = detail, source, evidence_ref, None
-    session.execute(
-        insert(CampaignEvent).values(
-            campaign_id=cv.campaign_id,
-            vin=cv.vin,
-            attempt=cv.attempt,
-            deferrals=cv.deferrals,
-            state=cv.state,
-            reason=reason,
-            detail=detail,
-            received_at=now,
-            source=source,
-        )
-    )
+    session.execute(insert(CampaignEvent).values(**_event_row(cv, source, now, reason=reason, detail=detail)))
 
 
 # -- the car's own reports (ingest, batched) --------------------------------------------------
