@@ -178,6 +178,14 @@ def _recall(recall: Recall, said: _Said, owner: OwnerSettings) -> RecallView:
     )
 
 
+# The states that close a recall for the car: (status, its words, what happened), with nothing left to do.
+_CLOSED: dict[S, tuple[OwnerStatus, str, str]] = {
+    S.REMEDIED: ("remedied", "status_fixed", "happened_remedied"),
+    S.REMEDIED_AT_DEALER: ("remedied_at_dealer", "status_dealer", "happened_dealer"),
+    S.INSPECTED_NOT_NEEDED: ("not_needed", "status_not_needed", "happened_inspected"),
+}
+
+
 def _said(cv: CampaignVehicle, campaign: Campaign, recall: Recall, lang: str) -> _Said:
     """What happened to this car in its latest campaign of the recall, and what to do: each said once."""
     state = S(cv.state)
@@ -186,32 +194,10 @@ def _said(cv: CampaignVehicle, campaign: Campaign, recall: Recall, lang: str) ->
     open_text = text(lang, "status_open")
     if campaign.kind == ROLLBACK:
         return _Said("not_remedied", open_text, False, None, text(lang, "happened_returned"), text(lang, "todo_later"))
-    if state is S.REMEDIED:
+    if state in _CLOSED:
+        status, status_key, happened_key = _CLOSED[state]
         return _Said(
-            "remedied",
-            text(lang, "status_fixed"),
-            True,
-            on,
-            text(lang, "happened_remedied", date=day),
-            text(lang, "todo_nothing"),
-        )
-    if state is S.REMEDIED_AT_DEALER:
-        return _Said(
-            "remedied_at_dealer",
-            text(lang, "status_dealer"),
-            True,
-            on,
-            text(lang, "happened_dealer", date=day),
-            text(lang, "todo_nothing"),
-        )
-    if state is S.INSPECTED_NOT_NEEDED:
-        return _Said(
-            "not_needed",
-            text(lang, "status_not_needed"),
-            True,
-            on,
-            text(lang, "happened_inspected", date=day),
-            text(lang, "todo_nothing"),
+            status, text(lang, status_key), True, on, text(lang, happened_key, date=day), text(lang, "todo_nothing")
         )
     if state is S.WITHDRAWN or (campaign.status == CANCELLED and state not in INSTALLING):
         return _Said(
