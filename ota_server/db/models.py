@@ -90,6 +90,14 @@ class Vehicle(Base):
     ecus: Mapped[list[Ecu]] = relationship(
         back_populates="vehicle", order_by="Ecu.id", lazy="selectin", cascade="all, delete-orphan"
     )
+    # Operators' labels (``services/groups.py``); ``tags`` is what the API shows.
+    tag_rows: Mapped[list[VehicleTag]] = relationship(
+        order_by="VehicleTag.tag", lazy="selectin", cascade="all, delete-orphan", passive_deletes=True
+    )
+
+    @property
+    def tags(self) -> list[str]:
+        return [row.tag for row in self.tag_rows]
 
 
 def _declared_default(context: Any) -> Any:
@@ -525,3 +533,30 @@ class Discrepancy(Base):
     manifest_counter: Mapped[int] = mapped_column(BigInteger)
     found_at: Mapped[datetime]
     last_seen_at: Mapped[datetime]
+
+
+class VehicleTag(Base):
+    """An operator's label on a car (lower case, see ``services/groups.py``); saved groups filter on them."""
+
+    __tablename__ = "vehicle_tags"
+    __table_args__ = (Index("ix_vehicle_tags_tag", "tag", "vehicle_id"),)
+
+    vehicle_id: Mapped[int] = mapped_column(ForeignKey("vehicles.id", ondelete="CASCADE"), primary_key=True)
+    tag: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200), default="")
+
+
+class VehicleGroup(Base):
+    """A saved, named filter over the fleet (``schemas.groups.GroupFilter`` as JSON); its cars are
+    computed when read. ``name_key`` (the name case-folded) keeps names unique whatever their case."""
+
+    __tablename__ = "vehicle_groups"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    name_key: Mapped[str] = mapped_column(String(64), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    filter: Mapped[dict[str, Any]]
+    created_at: Mapped[datetime]
+    created_by: Mapped[str] = mapped_column(String(200), default="")
