@@ -172,6 +172,10 @@ class Release(Base):
     published: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # The RXSWIN (UNECE R156 software identification) a car carries once it runs this release.
     rxswin: Mapped[str | None] = mapped_column(String(64))
+    # Retired (``POST /releases/{id}/retire``): no new recall may name it; the row stays for the record.
+    retired_at: Mapped[datetime | None]
+    retired_by: Mapped[str | None] = mapped_column(String(64))
+    retire_reason: Mapped[str | None] = mapped_column(Text)
 
 
 class Delta(Base):
