@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, status
+from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
@@ -31,6 +32,7 @@ from ota_server.schemas import (
     VehicleStatus,
     VehicleUpdate,
 )
+from ota_server.schemas.groups import TAG_PATTERN, TAG_RULE, tag_shape
 from ota_server.services import identity, vehicles
 
 router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
@@ -70,6 +72,11 @@ def list_vehicles(
     discrepancy: Annotated[
         DiscrepancyFilter | None, Query(description="Cars with a discrepancy on record (any, or of this kind)")
     ] = None,
+    tag: Annotated[
+        str | None,
+        Query(description="Cars carrying this tag: " + TAG_RULE, json_schema_extra={"pattern": TAG_PATTERN}),
+        AfterValidator(tag_shape),
+    ] = None,
     cursor: Annotated[Text | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> VehiclePage:
@@ -85,6 +92,7 @@ def list_vehicles(
         not_seen_since=not_seen_since,
         decommissioned=decommissioned,
         discrepancy=discrepancy,
+        tag=tag,
     )
     return vehicles.page(session, spec, cursor, limit)
 

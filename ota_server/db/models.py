@@ -97,7 +97,7 @@ class Vehicle(Base):
 
     @property
     def tags(self) -> list[str]:
-        return [row.tag for row in self.tag_rows]
+        return sorted(row.tag for row in self.tag_rows)
 
 
 def _declared_default(context: Any) -> Any:

@@ -19,6 +19,7 @@ from ota_server.api import (
     audit,
     campaigns,
     discrepancies,
+    groups,
     handlers,
     health,
     openapi,
@@ -88,6 +89,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         regulator,
         discrepancies,
         owner_notifications,
+        groups,
     ):
         app.include_router(module.router)
     web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up

@@ -46,6 +46,7 @@ from ota_server.schemas.common import (
     text_problem,
     vin_shape,
 )
+from ota_server.schemas.groups import GroupCreate, GroupFilter, GroupPage, GroupPublic, TagBatch, TagBatchResult
 from ota_server.schemas.operators import (
     AuditEntryPublic,
     AuditPage,
@@ -55,10 +56,10 @@ from ota_server.schemas.operators import (
     TokenCreated,
     TokenPublic,
 )
+from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 from ota_server.schemas.recalls import (
     MAX_RECALL_RELEASES,
     ContactDraft,
-    DateRange,
     OwnerNoticeDraft,
     Population,
     RecallCreate,
@@ -68,9 +69,6 @@ from ota_server.schemas.recalls import (
     TargetsPublished,
     TargetsSignature,
     TargetsSignatures,
-    VersionRange,
-    VinRange,
-    YearRange,
 )
 from ota_server.schemas.vehicles import (
     PEM_MAX,
@@ -132,6 +130,10 @@ __all__ = [
     "EcuProgress",
     "EcuPublic",
     "ErrorBody",
+    "GroupCreate",
+    "GroupFilter",
+    "GroupPage",
+    "GroupPublic",
     "HistoryEntry",
     "IngestStats",
     "LaunchRequestPublic",
@@ -155,6 +157,8 @@ __all__ = [
     "RemedyType",
     "RenewedCertificate",
     "RollbackStart",
+    "TagBatch",
+    "TagBatchResult",
     "TargetsPublished",
     "TargetsSignature",
     "TargetsSignatures",

@@ -22,13 +22,14 @@ from ota_server.schemas.common import (
     INPUT_MODEL,
     OUTPUT_MODEL,
     EcuFailurePolicy,
-    ProductionDate,
     RemedyType,
     Text,
     campaign_number_shape,
     check_texts,
 )
+from ota_server.schemas.groups import GroupFilter
 from ota_server.schemas.operators import LaunchRequestPublic
+from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 
 
 class ReleasePublic(BaseModel):
@@ -47,30 +48,6 @@ class ReleasePublic(BaseModel):
     rxswin: str | None = Field(default=None, description="The RXSWIN (UNECE R156) the release brings")
 
 
-class YearRange(BaseModel):
-    model_config = INPUT_MODEL
-    min: int | None = Field(default=None, ge=0, le=9999)
-    max: int | None = Field(default=None, ge=0, le=9999)
-
-
-class VinRange(BaseModel):
-    model_config = INPUT_MODEL
-    first: Text = Field(max_length=17)
-    last: Text = Field(max_length=17)
-
-
-class DateRange(BaseModel):
-    model_config = INPUT_MODEL
-    start: ProductionDate | None = None
-    end: ProductionDate | None = None
-
-
-class VersionRange(BaseModel):
-    model_config = INPUT_MODEL
-    min: Text | None = Field(default=None, max_length=64)
-    max: Text | None = Field(default=None, max_length=64)
-
-
 class Population(BaseModel):
     """Which cars a recall covers; every filter given must match (an AND of filters)."""
 
@@ -82,6 +59,17 @@ class Population(BaseModel):
     hardware_id: Text | None = Field(default=None, description="Defaults to the release's hardware id")
     installed_versions: VersionRange | None = Field(
         default=None, description="Inclusive bounds on the ECU's installed version (PEP 440 ordering)"
+    )
+    group: Text | None = Field(
+        default=None,
+        max_length=64,
+        description="A saved group (its name or id): its cars only, with every other filter here. At filing the "
+        "server stores the group's name, id and filter as they are then (group_id, group_filter): a group changed "
+        "or deleted later does not change the recall",
+    )
+    group_id: int | None = Field(default=None, description="Set by the server at filing")
+    group_filter: GroupFilter | None = Field(
+        default=None, description="Set by the server at filing: the group's filter as it was then"
     )
 
     @classmethod

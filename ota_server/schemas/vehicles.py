@@ -110,6 +110,7 @@ class VehiclePublic(BaseModel):
     )
     decommission_reason: str | None = None
     decommission_detail: str | None = None
+    tags: list[str] = Field(default_factory=list, description="Operators' labels (lower case, sorted)")
 
 
 # What PATCH /api/v1/vehicles/{vin} may change; the rest is the car's identity (or its own word).

@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from packaging.version import InvalidVersion, Version
+from packaging.version import Version
 from sqlalchemy import ColumnElement, Row, Select, or_, select
 from sqlalchemy.orm import Session
 
-from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Ecu, Recall, RecallRelease, Release, Vehicle
 from ota_server.errors import InvalidInput
 from ota_server.schemas import Population
+from ota_server.services import group_filter
 
 # VINs per query: large lists keep a launch's ticks linear (a fresh fleet has no planner statistics
 # yet, and each query of a chunk scans the candidates) while staying far under parameter limits.
@@ -36,35 +36,17 @@ class Member:
         return dict(zip(self.ecu_serials, self.release_ids, strict=True))
 
 
-def _version(raw: str, what: str) -> Version:
-    try:
-        return Version(raw)
-    except InvalidVersion as exc:
-        raise InvalidInput(f"{what}: {raw!r} is not a valid version") from exc
-
-
 def normalised(population: Population) -> Population:
     """Check the filters make sense and return them in canonical form (upper-case VINs)."""
-    years = population.model_years
-    if years and years.min is not None and years.max is not None and years.min > years.max:
-        raise InvalidInput(f"population.model_years: min {years.min} is after max {years.max}")
-    dates = population.production_dates
-    if dates and dates.start and dates.end and dates.start > dates.end:
-        raise InvalidInput(f"population.production_dates: start {dates.start} is after end {dates.end}")
-    versions = population.installed_versions
-    if versions:
-        low = _version(versions.min, "population.installed_versions.min") if versions.min else None
-        high = _version(versions.max, "population.installed_versions.max") if versions.max else None
-        if low and high and low > high:
-            raise InvalidInput(f"population.installed_versions: min {low} is above max {high}")
     if population.models is not None and not population.models:
         raise InvalidInput("population.models: give at least one model or leave it out")
-    vin_range = population.vin_range
-    if vin_range:
-        first, last = normalize_vin(vin_range.first), normalize_vin(vin_range.last)
-        if first > last:
-            raise InvalidInput(f"population.vin_range: first {first} sorts after last {last}")
-        vin_range = vin_range.model_copy(update={"first": first, "last": last})
+    vin_range = group_filter.checked_ranges(
+        "population",
+        population.model_years,
+        population.production_dates,
+        population.installed_versions,
+        population.vin_range,
+    )
     return population.model_copy(update={"vin_range": vin_range})
 
 
@@ -95,16 +77,6 @@ def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
     if population.production_dates and population.production_dates.end:
         query = query.where(Vehicle.production_date <= population.production_dates.end)
     return query
-
-
-def _version_matches(raw: str, low: Version | None, high: Version | None) -> bool:
-    if low is None and high is None:
-        return True
-    try:
-        version = Version(raw)
-    except InvalidVersion:
-        return False  # cannot tell where it sits: leave it out rather than guess
-    return (low is None or version >= low) and (high is None or version <= high)
 
 
 def releases_of(session: Session, recall: Recall) -> list[Release]:
@@ -145,11 +117,13 @@ def resolve_all(
     bounds = population.installed_versions
     low = Version(bounds.min) if bounds and bounds.min else None
     high = Version(bounds.max) if bounds and bounds.max else None
+    # A group the recall named: its filter as copied at filing, one more condition on the car.
+    group = None if population.group_filter is None else group_filter.members(session, population.group_filter, vins)
     grouped: dict[str, list[tuple[str, int]]] = {}
     for release in releases:
         hardware_id = (population.hardware_id if len(releases) == 1 else None) or release.hardware_id
         for vin, serial, installed in _rows(session, population, hardware_id, vins):
-            if _version_matches(installed, low, high):
+            if (group is None or vin in group) and group_filter.version_matches(installed, low, high):
                 grouped.setdefault(vin, []).append((serial, release.id))
     return [Member(vin, tuple(s for s, _ in ecus), tuple(r for _, r in ecus)) for vin, ecus in grouped.items()]
 

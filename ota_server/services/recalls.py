@@ -14,7 +14,7 @@ from ota_server.db.models import Campaign, Recall, RecallRelease, Release
 from ota_server.domain.rollout_plan import start_problem
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import Population, RecallCreate, RecallPublic
-from ota_server.services import approvals, campaigns, owner_notices
+from ota_server.services import approvals, campaigns, groups, owner_notices
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -73,7 +73,7 @@ def create(session: Session, body: RecallCreate, now: datetime, default_contact:
         )
     if session.scalar(select(Recall.id).where(Recall.campaign_number == number)) is not None:
         raise Conflict(f"recall {number} already exists")
-    population = populations.normalised(body.population)
+    population = populations.normalised(groups.pinned(session, body.population))
     _check_rollout(session, body, now)
     _check_rollback_release(session, body, release)
     notice = owner_notices.resolve(body.owner_notice, safety_recall=body.safety_recall, fallback=default_contact)

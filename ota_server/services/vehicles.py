@@ -22,7 +22,16 @@ from sqlalchemy.orm import Session
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import normalize_vin, validate_vin
 from firmware_bundles.window import parse_hold
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Discrepancy, Ecu, Recall, Vehicle
+from ota_server.db.models import (
+    Campaign,
+    CampaignEvent,
+    CampaignVehicle,
+    Discrepancy,
+    Ecu,
+    Recall,
+    Vehicle,
+    VehicleTag,
+)
 from ota_server.domain.states import VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
@@ -254,6 +263,7 @@ class FleetFilter:
     not_seen_since: datetime | None = None
     decommissioned: bool | None = None
     discrepancy: str | None = None  # "any" or a kind: cars with such a finding on record
+    tag: str | None = None  # cars carrying this tag (lower case)
 
 
 def encode_cursor(vin: str) -> str:
@@ -330,6 +340,8 @@ def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Cal
         if spec.discrepancy != "any":
             found.append(Discrepancy.kind == spec.discrepancy)
         query = query.where(exists().where(*found))
+    if spec.tag is not None:
+        query = query.where(exists().where(VehicleTag.vehicle_id == Vehicle.id, VehicleTag.tag == spec.tag))
     keep: Callable[[str], bool] | None = None
     preview = _preview(session, spec.recall) if spec.recall is not None and spec.campaign is None else None
     if preview is not None:

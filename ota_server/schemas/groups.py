@@ -1,0 +1,106 @@
+"""Vehicle tags and saved groups (named filters over the fleet whose cars are counted when read)."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, Field
+
+from ota_server.schemas.common import INPUT_MODEL, OUTPUT_MODEL, Text, Vin
+from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
+
+# A tag: 1-32 letters, digits, '.', '_', ':' or '-', starting with a letter or digit; stored in lower case.
+TAG_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,31}$"
+TAG_RULE = (
+    "1-32 characters: letters, digits, '.', '_', ':' or '-', starting with a letter or digit "
+    "(stored in lower case: Fleet-A and fleet-a are one tag)"
+)
+_TAG_RE = re.compile(TAG_PATTERN)
+MAX_TAGS_PER_VEHICLE = 32
+MAX_TAG_BATCH = 1000  # VINs one bulk tagging request may name
+MAX_FILTER_TAGS = 16
+MAX_GROUP_MODELS = 32
+
+
+def tag_shape(value: str) -> str:
+    """``value`` in lower case, or ValueError saying what a tag may hold."""
+    if _TAG_RE.fullmatch(value) is None:
+        raise ValueError(f"tag {value[:40]!r} is not a tag: give {TAG_RULE}")
+    return value.lower()
+
+
+Tag = Annotated[str, AfterValidator(tag_shape), Field(description=TAG_RULE, json_schema_extra={"pattern": TAG_PATTERN})]
+
+
+class TagBatch(BaseModel):
+    """One tag put on (or taken off) many cars at once; every VIN must be registered."""
+
+    model_config = INPUT_MODEL
+    tag: Tag
+    vins: list[Vin] = Field(min_length=1, max_length=MAX_TAG_BATCH)
+
+
+class TagBatchResult(BaseModel):
+    tag: str
+    changed: int = Field(description="Cars that got (or lost) the tag now")
+    unchanged: int = Field(description="Cars that had it already (or did not have it)")
+
+
+class GroupVersions(VersionRange):
+    """Inclusive bounds (PEP 440) on a version some ECU of the car runs."""
+
+    hardware_id: Text | None = Field(default=None, max_length=64, description="Only ECUs of this hardware id")
+    basis: Literal["installed", "reported", "declared"] = Field(
+        default="installed",
+        description="installed: the car's last signed version manifest, the registered version until it sent one "
+        "(what recall populations use); reported: only ECUs a signed manifest spoke for; declared: the version "
+        "declared at registration",
+    )
+
+
+class GroupFilter(BaseModel):
+    """Every filter given must hold (an AND); cars out of the fleet (decommissioned) are never members."""
+
+    model_config = INPUT_MODEL
+    models: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(
+        default=None, min_length=1, max_length=MAX_GROUP_MODELS
+    )
+    model_years: YearRange | None = None
+    vin_range: VinRange | None = None
+    production_dates: DateRange | None = None
+    tags_all: list[Tag] | None = Field(
+        default=None, min_length=1, max_length=MAX_FILTER_TAGS, description="The car has every one of these tags"
+    )
+    tags_any: list[Tag] | None = Field(
+        default=None, min_length=1, max_length=MAX_FILTER_TAGS, description="The car has at least one of these tags"
+    )
+    installed_versions: GroupVersions | None = None
+
+
+class GroupCreate(BaseModel):
+    model_config = INPUT_MODEL
+    name: Text = Field(
+        min_length=1,
+        max_length=64,
+        description="Unique whatever the case; not only digits (a recall names a group by its name or its id)",
+    )
+    description: Text = Field(default="", max_length=2000)
+    filter: GroupFilter = Field(default_factory=GroupFilter)
+
+
+class GroupPublic(BaseModel):
+    model_config = OUTPUT_MODEL
+    id: int
+    name: str
+    description: str
+    filter: GroupFilter
+    vehicle_count: int = Field(description="Cars the filter matches now (computed when read)")
+    created_at: datetime
+    created_by: str
+
+
+class GroupPage(BaseModel):
+    items: list[GroupPublic]
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last")

@@ -1,0 +1,129 @@
+"""Which cars a saved group's filter matches now (its members are never stored: counted when read).
+
+SQL judges the models, years, VIN and date ranges and the tags; version bounds need PEP 440
+ordering ("1.10" > "1.9"), so they run in Python on the (VIN, version) rows SQL narrowed.
+Used by the groups themselves and by a recall population that names a group (with the copy
+of the filter the recall took at filing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from packaging.version import InvalidVersion, Version
+from sqlalchemy import ColumnElement, Select, exists, select
+from sqlalchemy.orm import Session
+
+from firmware_bundles.vin import normalize_vin
+from ota_server.db.models import Ecu, Vehicle, VehicleTag
+from ota_server.errors import InvalidInput
+from ota_server.schemas.groups import GroupFilter, GroupVersions
+from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
+
+_VIN_CHUNK = 5000
+
+
+def version(raw: str, what: str) -> Version:
+    """``raw`` as a PEP 440 version, or InvalidInput naming ``what``."""
+    try:
+        return Version(raw)
+    except InvalidVersion as exc:
+        raise InvalidInput(f"{what}: {raw!r} is not a valid version") from exc
+
+
+def checked_ranges(
+    where: str,
+    years: YearRange | None,
+    dates: DateRange | None,
+    versions: VersionRange | None,
+    vin_range: VinRange | None,
+) -> VinRange | None:
+    """Check each range is in order (and its versions parse); return the VIN range in canonical form."""
+    if years and years.min is not None and years.max is not None and years.min > years.max:
+        raise InvalidInput(f"{where}.model_years: min {years.min} is after max {years.max}")
+    if dates and dates.start and dates.end and dates.start > dates.end:
+        raise InvalidInput(f"{where}.production_dates: start {dates.start} is after end {dates.end}")
+    if versions:
+        low = version(versions.min, f"{where}.installed_versions.min") if versions.min else None
+        high = version(versions.max, f"{where}.installed_versions.max") if versions.max else None
+        if low and high and low > high:
+            raise InvalidInput(f"{where}.installed_versions: min {low} is above max {high}")
+    if vin_range:
+        first, last = normalize_vin(vin_range.first), normalize_vin(vin_range.last)
+        if first > last:
+            raise InvalidInput(f"{where}.vin_range: first {first} sorts after last {last}")
+        vin_range = vin_range.model_copy(update={"first": first, "last": last})
+    return vin_range
+
+
+def version_matches(raw: str | None, low: Version | None, high: Version | None) -> bool:
+    """``raw`` within the inclusive bounds (no bounds: any version); an unreadable version never matches."""
+    if raw is None:
+        return False  # nothing on record (no declared version): cannot tell, so not a member
+    if low is None and high is None:
+        return True
+    try:
+        parsed = Version(raw)
+    except InvalidVersion:
+        return False  # cannot tell where it sits: leave it out rather than guess
+    return (low is None or parsed >= low) and (high is None or parsed <= high)
+
+
+def normalised(spec: GroupFilter, where: str = "filter") -> GroupFilter:
+    """Check the filter makes sense (ranges in order, versions parse) and return it canonical."""
+    vin_range = checked_ranges(where, spec.model_years, spec.production_dates, spec.installed_versions, spec.vin_range)
+    tags_all = sorted(set(spec.tags_all)) if spec.tags_all else None
+    tags_any = sorted(set(spec.tags_any)) if spec.tags_any else None
+    return spec.model_copy(update={"vin_range": vin_range, "tags_all": tags_all, "tags_any": tags_any})
+
+
+def _tagged(*tags: str) -> ColumnElement[bool]:
+    return exists().where(VehicleTag.vehicle_id == Vehicle.id, VehicleTag.tag.in_(tags))
+
+
+def _vehicle_conditions(spec: GroupFilter) -> list[ColumnElement[bool]]:
+    conditions: list[ColumnElement[bool]] = [Vehicle.decommissioned_at.is_(None)]
+    if spec.models:
+        conditions.append(Vehicle.model.in_(spec.models))
+    if spec.model_years and spec.model_years.min is not None:
+        conditions.append(Vehicle.model_year >= spec.model_years.min)
+    if spec.model_years and spec.model_years.max is not None:
+        conditions.append(Vehicle.model_year <= spec.model_years.max)
+    if spec.vin_range:
+        conditions.append(Vehicle.vin.between(spec.vin_range.first, spec.vin_range.last))
+    if spec.production_dates and spec.production_dates.start:
+        conditions.append(Vehicle.production_date >= spec.production_dates.start)
+    if spec.production_dates and spec.production_dates.end:
+        conditions.append(Vehicle.production_date <= spec.production_dates.end)
+    conditions.extend(_tagged(tag) for tag in spec.tags_all or [])
+    if spec.tags_any:
+        conditions.append(_tagged(*spec.tags_any))
+    return conditions
+
+
+def _version_query(spec: GroupFilter, versions: GroupVersions) -> Select[str, str | None]:
+    """(VIN, version) of every candidate ECU."""
+    column = Ecu.declared_version if versions.basis == "declared" else Ecu.installed_version
+    query = select(Vehicle.vin, column).join(Ecu, Ecu.vehicle_id == Vehicle.id).where(*_vehicle_conditions(spec))
+    if versions.hardware_id is not None:
+        query = query.where(Ecu.hardware_id == versions.hardware_id)
+    if versions.basis == "reported":
+        query = query.where(Ecu.reported_at.is_not(None))
+    return query
+
+
+def members(session: Session, spec: GroupFilter, vins: Sequence[str] | None = None) -> set[str]:
+    """The VINs the filter matches now; ``vins`` narrows the answer to those cars."""
+    chunks = [None] if vins is None else [vins[i : i + _VIN_CHUNK] for i in range(0, len(vins), _VIN_CHUNK)]
+    versions = spec.installed_versions
+    found: set[str] = set()
+    for chunk in chunks:
+        narrow = [] if chunk is None else [Vehicle.vin.in_(chunk)]
+        if versions is None:
+            found.update(session.scalars(select(Vehicle.vin).where(*_vehicle_conditions(spec), *narrow)))
+            continue
+        low = Version(versions.min) if versions.min else None
+        high = Version(versions.max) if versions.max else None
+        rows = session.execute(_version_query(spec, versions).where(*narrow))
+        found.update(vin for vin, raw in rows if version_matches(raw, low, high))
+    return found
