@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
+from ota_server.api.listing import CSV_RESPONSES, CsvFormat, Cursor, Limit, csv_stream, sort_query
 from ota_server.api.openapi import errors
+from ota_server.domain.states import VinState
 from ota_server.schemas import (
     CampaignControl,
     CampaignPublic,
@@ -20,7 +23,8 @@ from ota_server.schemas import (
     Text,
     VinOutcome,
 )
-from ota_server.services import campaign_control, campaigns, progress
+from ota_server.schemas.listing import CampaignVehiclePage, CampaignVehicleRow
+from ota_server.services import campaign_control, campaign_vehicles, campaigns, progress
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
@@ -112,3 +116,57 @@ def notice_log(
 ) -> list[NoticeLogEntry]:
     """The owner-notification log: every notice and withdrawal the broker accepted, with its content."""
     return campaign_control.notice_log(session, campaign_id, vin, offset, limit)
+
+
+VEHICLE_COLUMNS = (
+    "vin", "model", "model_year", "state", "wave", "reason", "reason_text", "attempts", "retries",
+    "next_try_at", "next_try_basis", "updated_at", "last_seen", "ecus", "link",
+)  # fmt: skip
+
+
+def _vehicle_cells(row: CampaignVehicleRow) -> list[object]:
+    data = row.model_dump(mode="json")
+    data["ecus"] = "; ".join(
+        f"{e.serial} ({e.hardware_id}) {e.installed_version or '-'} [{e.source}]" for e in row.ecus
+    )
+    return [data[c] for c in VEHICLE_COLUMNS]
+
+
+@router.get(
+    "/{campaign_id}/vehicles",
+    dependencies=[needs_read],
+    response_model=CampaignVehiclePage,
+    responses={**CSV_RESPONSES, **errors(404)},
+)
+def campaign_vehicles_list(
+    campaign_id: Id,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    state: Annotated[list[VinState] | None, Query(max_length=20, description="Any of these states (repeat)")] = None,
+    reason: Annotated[
+        Text | None, Query(min_length=1, max_length=64, description="A failure, unreachable or timeout reason code")
+    ] = None,
+    wave: Annotated[int | None, Query(ge=1, le=10_000, description="The wave, numbered from 1")] = None,
+    ecu: Annotated[
+        Text | None, Query(min_length=1, max_length=64, description="An affected ECU's serial or hardware id")
+    ] = None,
+    vin: Annotated[
+        str | None, Query(pattern=r"^[A-HJ-NPR-Za-hj-npr-z0-9]{1,17}$", description="VINs starting with this")
+    ] = None,
+    sort: Annotated[str | None, sort_query(campaign_vehicles.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+    format: CsvFormat = "json",
+) -> CampaignVehiclePage | Response:
+    """Every car of the campaign, filtered: its state, wave, reason in plain words, attempts, when a deferred
+    or retrying car will be tried again, and what each affected ECU runs. ``format=csv``: every matching row."""
+    spec = campaign_vehicles.CarFilter(states=state or (), reason=reason, wave=wave, ecu=ecu, vin_prefix=vin)
+    if format == "json":
+        return campaign_vehicles.page(session, campaign_id, spec, sort, cursor, limit)
+    campaign_vehicles.check(session, campaign_id, sort)
+    return csv_stream(
+        runtime.sessions,
+        VEHICLE_COLUMNS,
+        lambda s: map(_vehicle_cells, campaign_vehicles.every(s, campaign_id, spec, sort)),
+        f"campaign-{campaign_id}-vehicles.csv",
+    )
