@@ -141,6 +141,8 @@ def _checked_name(raw: str) -> str:
         raise InvalidInput("name: give the group a name")
     if name.isdigit():
         raise InvalidInput(f"name {name!r}: a name needs a letter (a number names a group by its id)")
+    if "/" in name:
+        raise InvalidInput(f"name {name!r}: no '/' (the name is part of the group's address)")
     if len(_name_key(name)) > 64:
         raise InvalidInput(f"name {name[:40]!r}...: at most 64 characters")
     return name

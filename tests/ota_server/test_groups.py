@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
+import httpx
+import pytest
+
+from ota_server.cli import common as cli_common
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import provision, recall_body, upload, vehicle, vin
+from tests.ota_server.test_cli_ops import LoopTransport, ota
 from tests.ota_server.test_inventory import manifest
 
 
@@ -203,3 +209,48 @@ async def test_a_recall_filed_on_a_group_takes_exactly_its_cars_and_keeps_its_fi
     assert campaign.json()["population"] == 2
     members = await _vins(env, f"/api/v1/vehicles?campaign={campaign.json()['id']}")
     assert sorted(members) == sorted(sedans[:2])
+
+
+async def test_the_cli_tags_cars_and_saves_lists_shows_and_removes_groups(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        cli_common, "transport_override", LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
+    )
+    monkeypatch.delenv("OTA_TOKEN", raising=False)
+    monkeypatch.delenv("OTA_SERVER", raising=False)
+    a, b = vin(1), vin(2)
+    await _fleet(env, vehicle(a), vehicle(b, model_year=2019))
+    tagged = await ota(env, "vehicles", "tag", a.lower(), "Pilot", "depot-1")
+    assert tagged.exit_code == 0, tagged.output
+    assert f"{a}: tags depot-1, pilot" in tagged.output
+    refused = await ota(env, "vehicles", "tag", a, "no good")
+    assert refused.exit_code == 1 and "is not a tag" in refused.output
+
+    created = await ota(
+        env, "groups", "create", "Pilot 2020+", "--model", "Sedan", "--year-from", "2020", "--tag", "pilot"
+    )
+    assert created.exit_code == 0, created.output
+    assert "'Pilot 2020+': 1 car(s)" in created.output
+    versions = await ota(
+        env, "groups", "create", "Old", "--version-max", "1.0.0", "--version-basis", "declared", "--json"
+    )
+    assert versions.exit_code == 0, versions.output
+    assert json.loads(versions.output)["filter"]["installed_versions"]["basis"] == "declared"
+    again = await ota(env, "groups", "create", "pilot 2020+")
+    assert again.exit_code == 1 and "409" in again.output
+
+    await ota(env, "vehicles", "tag", b, "pilot")  # a 2019 car: still not in the group
+    shown = await ota(env, "groups", "show", "PILOT 2020+")
+    assert shown.exit_code == 0 and "1 car(s) now" in shown.output and "tags_all ['pilot']" in shown.output
+    untagged = await ota(env, "vehicles", "untag", a, "PILOT")
+    assert untagged.exit_code == 0 and f"{a}: tags depot-1" in untagged.output
+    assert json.loads((await ota(env, "groups", "show", "pilot 2020+", "--json")).output)["vehicle_count"] == 0
+
+    listed = await ota(env, "groups", "list", "--json")
+    assert [(g["name"], g["vehicle_count"]) for g in json.loads(listed.output)] == [("Old", 2), ("Pilot 2020+", 0)]
+    assert "Pilot 2020+" in (await ota(env, "groups", "list")).output
+    removed = await ota(env, "groups", "remove", "pilot 2020+")
+    assert removed.exit_code == 0 and "removed group" in removed.output
+    missing = await ota(env, "groups", "show", "pilot 2020+")
+    assert missing.exit_code == 1 and "404" in missing.output
