@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, File, Form, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
-from ota_server.api.auth import OperatorSession, needs_read
-from ota_server.api.deps import RuntimeDep, SessionDep
+from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
+from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import ReleasePublic, Text
+from ota_server.schemas.listing import Page
+from ota_server.schemas.recalls import ReleaseRetire
 from ota_server.services import releases
 from ota_server.services.deltas import DeltaPolicy
 
@@ -48,5 +51,21 @@ def upload_release(
 
 
 @router.get("", dependencies=[needs_read])
-def list_releases(session: SessionDep) -> list[ReleasePublic]:
-    return releases.list_all(session)
+def list_releases(
+    session: SessionDep,
+    hardware_id: Annotated[Text | None, Query(min_length=1, max_length=64, description="For this hardware")] = None,
+    retired: Annotated[bool | None, Query(description="Only retired (true) or in-use (false) releases")] = None,
+    sort: Annotated[str | None, sort_query(releases.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[ReleasePublic]:
+    """Releases, oldest first by default, a page at a time."""
+    return releases.page(session, hardware_id, retired, sort, cursor, limit)
+
+
+@router.post("/{release_id}/retire", responses=errors(404, 409))
+def retire_release(release_id: Id, body: ReleaseRetire, session: OperatorSession, runtime: RuntimeDep) -> ReleasePublic:
+    """Retire a release: no new recall may name it. Refused (409, naming them) while a recall not yet
+    launched or a campaign not finished (active or paused) uses it; the release stays listed and served."""
+    trail_of(session).action.target["reason"] = body.reason
+    return releases.retire(session, release_id, body.reason, actor_of(session).name, runtime.clock())

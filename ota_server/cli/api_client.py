@@ -13,6 +13,7 @@ import httpx
 
 API = "/api/v1"
 RATE_LIMIT_RETRIES = 10
+PAGE_LIMIT = 1000  # the list contract's largest page
 
 
 class ApiError(Exception):
@@ -80,6 +81,18 @@ class ApiClient:
             raise ApiError(method, path, response.status_code, _detail(response))
         return response
 
+    def every(self, path: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Every item of a list endpoint (``items``/``next_cursor``), following the cursor page by page."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            query = {**(params or {}), "limit": PAGE_LIMIT, **({"cursor": cursor} if cursor else {})}
+            page: dict[str, Any] = self.call("GET", path, params=query)
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None:
+                return items
+
     def health(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", "/healthz")
         return result
@@ -120,8 +133,11 @@ class ApiClient:
         result: dict[str, Any] = self.call("POST", f"{API}/releases", data=form, files=files)
         return result
 
-    def releases(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("GET", f"{API}/releases")
+    def releases(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.every(f"{API}/releases", filters)
+
+    def retire_release(self, release_id: int, reason: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.call("POST", f"{API}/releases/{release_id}/retire", json={"reason": reason})
         return result
 
     # --- vehicles ---
@@ -202,6 +218,13 @@ class ApiClient:
     def campaigns(self) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.call("GET", f"{API}/campaigns")
         return result
+
+    def campaign_vehicles(self, campaign_id: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
+        """Every car of the campaign matching ``filters`` (state, reason, wave, ecu, vin, sort)."""
+        return self.every(f"{API}/campaigns/{campaign_id}/vehicles", filters)
+
+    def campaign_vehicles_csv(self, campaign_id: int, filters: dict[str, Any]) -> bytes:
+        return self.download(f"{API}/campaigns/{campaign_id}/vehicles", params={**filters, "format": "csv"})
 
     def campaign(self, campaign_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", f"{API}/campaigns/{campaign_id}")

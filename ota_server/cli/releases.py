@@ -1,4 +1,4 @@
-"""``ota releases build|upload|list|sign``: firmware releases, from bundle to published targets.
+"""``ota releases build|upload|list|retire|sign``: firmware releases, from bundle to published targets.
 
 ``build`` works offline; ``upload`` and ``list`` go through the REST API; ``sign`` signs the
 server's pending Image targets with the offline targets key (see :mod:`ota_server.cli.keys`).
@@ -90,13 +90,32 @@ def releases_upload(
 
 @releases_app.command("list")
 def releases_list(
-    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
+    hardware_id: Annotated[str | None, typer.Option(help="Only releases for this hardware")] = None,
+    retired: Annotated[bool | None, typer.Option("--retired/--in-use", help="Only retired / in-use releases")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
-    """Every release."""
+    """Every release (every page)."""
+    filters = {k: v for k, v in {"hardware_id": hardware_id, "retired": retired}.items() if v is not None}
     with client_for(server, token) as client:
-        releases = client.releases()
-    columns = ["id", "hardware_id", "version", "release_counter", "length", "published", "created_at"]
+        releases = client.releases(**filters)
+    columns = ["id", "hardware_id", "version", "release_counter", "length", "published", "created_at", "retired_at"]
     emit(as_json, releases, lambda: table("Releases", columns, [[r.get(c) for c in columns] for r in releases]))
+
+
+@releases_app.command("retire")
+def releases_retire(
+    release_id: Annotated[int, typer.Argument(min=1, help="The release's id")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the release and in the audit log)")],
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Retire a release no recall or unfinished campaign uses: no new recall may name it."""
+    with client_for(server, token) as client:
+        release = client.retire_release(release_id, reason)
+    emit(as_json, release, lambda: typer.echo(f"release {release['id']} retired by {release['retired_by']}"))
 
 
 @releases_app.command("sign")

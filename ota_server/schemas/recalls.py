@@ -46,6 +46,14 @@ class ReleasePublic(BaseModel):
         default=True, description="False while the release waits for its offline targets signature (ota release sign)"
     )
     rxswin: str | None = Field(default=None, description="The RXSWIN (UNECE R156) the release brings")
+    retired_at: datetime | None = Field(default=None, description="Retired: no new recall may name it (null: in use)")
+    retired_by: str | None = Field(default=None, description="Who retired it")
+    retire_reason: str | None = Field(default=None, description="Why it was retired")
+
+
+class ReleaseRetire(BaseModel):
+    model_config = INPUT_MODEL
+    reason: Text = Field(min_length=1, max_length=1000, description="Why (kept with the release and in the audit log)")
 
 
 class Population(BaseModel):

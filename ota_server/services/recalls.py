@@ -124,6 +124,7 @@ def _releases(session: Session, body: RecallCreate) -> list[Release]:
         release = session.get(Release, release_id)
         if release is None:
             raise InvalidInput(f"release {release_id} does not exist")
+        _not_retired(release, "release")
         if (other := by_hardware.get(release.hardware_id)) is not None:
             raise InvalidInput(
                 f"releases {other.id} ({other.version}) and {release.id} ({release.version}) are both for hardware "
@@ -165,6 +166,14 @@ def _check_rollout(session: Session, body: RecallCreate, now: datetime) -> None:
         raise InvalidInput("remedy_type dealer has no over-the-air rollout: leave rollout out")
 
 
+def _not_retired(release: Release, field: str) -> None:
+    if release.retired_at is not None:
+        raise Conflict(
+            f"{field}: release {release.id} ({release.hardware_id} {release.version}) is retired "
+            f"({release.retire_reason}); name a release in use"
+        )
+
+
 def _check_rollback_release(session: Session, body: RecallCreate, release: Release) -> None:
     """A rollback release must be installable by the cars that took ``release``."""
     rollback_id = body.rollout.rollback_release_id if body.rollout else None
@@ -173,6 +182,7 @@ def _check_rollback_release(session: Session, body: RecallCreate, release: Relea
     rollback = session.get(Release, rollback_id)
     if rollback is None:
         raise InvalidInput(f"rollout.rollback_release_id: release {rollback_id} does not exist")
+    _not_retired(rollback, "rollout.rollback_release_id")
     if not rollback.published:
         raise InvalidInput(
             f"rollout.rollback_release_id: release {rollback.hardware_id} {rollback.version} is not published yet "

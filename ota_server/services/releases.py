@@ -11,19 +11,22 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO
 
-from sqlalchemy import select
+from sqlalchemy import Select, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.bundle import CHUNK, Manifest, open_bundle
 from firmware_bundles.errors import InvalidBundle
 from firmware_bundles.uptane import bundle_target_path
-from ota_server.db.models import Release
+from ota_server.db.models import Campaign, CampaignEcu, Recall, RecallRelease, Release
+from ota_server.domain.states import CampaignStatus
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.infra.bundle_store import BundleStore, StagedBundle
 from ota_server.schemas import ReleasePublic
-from ota_server.services import deltas
+from ota_server.schemas.listing import Page
+from ota_server.services import deltas, listing
 from ota_server.services.deltas import DeltaPolicy
+from ota_server.services.listing import Listing, SortKey
 from ota_server.signing.image_repo import ImageRepository
 
 
@@ -122,8 +125,93 @@ def upload(
     return ReleasePublic.model_validate(release)
 
 
+_ID = SortKey(Release.id, lambda r: r.id, int)
+LISTING = Listing(
+    scope="releases",
+    keys={
+        "id": _ID,
+        "created_at": SortKey(Release.created_at, lambda r: r.created_at, datetime),
+        "hardware_id": SortKey(Release.hardware_id, lambda r: r.hardware_id, str),
+        "version": SortKey(Release.version, lambda r: r.version, str),
+    },
+    tie=_ID,
+    default="id",
+)
+
+
+def _filtered(hardware_id: str | None, retired: bool | None) -> Select[Release]:
+    query = select(Release)
+    if hardware_id is not None:
+        query = query.where(Release.hardware_id == hardware_id)
+    if retired is not None:
+        query = query.where(Release.retired_at.is_not(None) if retired else Release.retired_at.is_(None))
+    return query
+
+
+def page(
+    session: Session, hardware_id: str | None, retired: bool | None, sort: str | None, cursor: str | None, limit: int
+) -> Page[ReleasePublic]:
+    rows, next_cursor = listing.page(session, _filtered(hardware_id, retired), LISTING, sort, cursor, limit)
+    return Page[ReleasePublic](items=[ReleasePublic.model_validate(r) for r in rows], next_cursor=next_cursor)
+
+
 def list_all(session: Session) -> list[ReleasePublic]:
     return [ReleasePublic.model_validate(r) for r in session.scalars(select(Release).order_by(Release.id))]
+
+
+_UNFINISHED = (CampaignStatus.ACTIVE.value, CampaignStatus.PAUSED.value)
+
+
+def users(session: Session, release_id: int) -> list[str]:
+    """What still needs the release: recalls not launched yet (as remedy or rollback release) and
+    campaigns not finished (active or paused) that install it or whose recall rolls back to it."""
+    named = or_(
+        Recall.release_id == release_id,
+        Recall.id.in_(select(RecallRelease.recall_id).where(RecallRelease.release_id == release_id)),
+    )
+    launched = select(Campaign.recall_id)
+    found = [
+        f"recall {r.campaign_number} (not launched)"
+        for r in session.scalars(select(Recall).where(named, Recall.id.not_in(launched)).order_by(Recall.id))
+    ]
+    installing = or_(
+        Campaign.release_id == release_id,
+        Campaign.id.in_(select(CampaignEcu.campaign_id).where(CampaignEcu.release_id == release_id)),
+    )
+    unfinished = select(Campaign).where(Campaign.status.in_(_UNFINISHED))
+    found += [
+        f"campaign {c.id} ({c.status})" for c in session.scalars(unfinished.where(installing).order_by(Campaign.id))
+    ]
+    # A rollback release is named inside the recall's rollout plan (JSON): few recalls, read in Python.
+    open_recalls = select(Recall).where(
+        Recall.rollout.is_not(None),
+        or_(Recall.id.not_in(launched), Recall.id.in_(unfinished.with_only_columns(Campaign.recall_id))),
+    )
+    found += [
+        f"recall {r.campaign_number} (its rollback release)"
+        for r in session.scalars(open_recalls.order_by(Recall.id))
+        if (r.rollout or {}).get("rollback_release_id") == release_id
+    ]
+    return found
+
+
+def retire(session: Session, release_id: int, reason: str, actor: str, now: datetime) -> ReleasePublic:
+    """Retire a release no recall or unfinished campaign needs; Conflict naming what still uses it."""
+    release = session.get(Release, release_id)
+    if release is None:
+        raise NotFound(f"no release {release_id}")
+    if release.retired_at is not None:
+        raise Conflict(
+            f"release {release_id} was retired on {release.retired_at.date().isoformat()} by {release.retired_by}"
+        )
+    if using := users(session, release_id):
+        raise Conflict(
+            f"release {release_id} ({release.hardware_id} {release.version}) is still used by {', '.join(using)}"
+        )
+    release.retired_at, release.retired_by, release.retire_reason = now, actor, reason
+    answer = ReleasePublic.model_validate(release)
+    session.commit()
+    return answer
 
 
 def bundle_path(session: Session, store: BundleStore, target_path: str) -> Path:

@@ -28,7 +28,7 @@ async def _pending_release(env: Env, version: str, counter: int) -> int:
 
 
 async def _published(env: Env, release_id: int) -> bool:
-    releases = (await env.client.get("/api/v1/releases")).json()
+    releases = (await env.client.get("/api/v1/releases")).json()["items"]
     return any(r["id"] == release_id and r["published"] for r in releases)
 
 

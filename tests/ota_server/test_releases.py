@@ -18,7 +18,7 @@ def _stored_files(env: Env) -> list[Path]:
 
 
 async def _assert_nothing_stored(env: Env) -> None:
-    assert (await env.client.get("/api/v1/releases")).json() == []
+    assert (await env.client.get("/api/v1/releases")).json()["items"] == []
     assert _stored_files(env) == []
 
 
@@ -64,7 +64,7 @@ async def test_every_upload_lists_all_releases_with_growing_versions(env: Env) -
     assert second.signed.version == first.signed.version + 1
     bundles = {path for path in second.signed.targets if path.startswith("bundles/")}  # deltas aside
     assert bundles == {f"bundles/{HW}/1.1.0.otab", f"bundles/{HW}/1.2.0.otab"}
-    listed = (await env.client.get("/api/v1/releases")).json()
+    listed = (await env.client.get("/api/v1/releases")).json()["items"]
     assert [r["version"] for r in listed] == ["1.1.0", "1.2.0"]
 
 
