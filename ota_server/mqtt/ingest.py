@@ -34,8 +34,9 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -437,18 +438,23 @@ def _apply_status_reports(
     outcome.versions_changed |= found.versions_changed
 
 
+_VEHICLES = cast(Table, Vehicle.__table__)
+# One statement, executed once per car in a single executemany (psycopg pipelines it): Core, so the
+# ORM does not scan its identity map per row, and no statement is built per car.
+_SEEN = (
+    update(_VEHICLES)
+    .where(
+        _VEHICLES.c.vin == bindparam("seen_vin"),
+        or_(_VEHICLES.c.last_seen.is_(None), _VEHICLES.c.last_seen < bindparam("seen_at")),
+    )
+    .values(last_seen=bindparam("seen_at"))
+)
+
+
 def _saw(session: Session, seen: dict[str, datetime]) -> None:
     """``last_seen`` moves on every verified report (never back: an older one leaves it)."""
-    by_time: dict[datetime, list[str]] = {}
-    for vin, at in seen.items():
-        by_time.setdefault(at, []).append(vin)
-    for at, vins in by_time.items():
-        for chunk in _chunks(sorted(vins)):
-            session.execute(
-                update(Vehicle)
-                .where(Vehicle.vin.in_(chunk), (Vehicle.last_seen.is_(None)) | (Vehicle.last_seen < at))
-                .values(last_seen=at)
-            )
+    if seen:
+        session.execute(_SEEN, [{"seen_vin": vin, "seen_at": seen[vin]} for vin in sorted(seen)])
 
 
 def _acknowledge(batch: Sequence[Received]) -> None:
