@@ -1,4 +1,4 @@
-"""``ota campaigns launch|approve|pause|resume|cancel|retry|rollback|list|show|watch``: a recall's rollout."""
+"""``ota campaigns launch|approve|pause|resume|cancel|retry|rollback|list|show|watch|vehicles``: a recall's rollout."""
 
 from __future__ import annotations
 
@@ -270,3 +270,49 @@ def campaigns_watch(
                     live.update(progress_view(progress))
         except KeyboardInterrupt:
             typer.echo("stopped watching (the campaign carries on)", err=True)
+
+
+VEHICLE_COLUMNS = [
+    "vin",
+    "model",
+    "model_year",
+    "state",
+    "wave",
+    "reason_text",
+    "attempts",
+    "next_try_at",
+    "updated_at",
+]
+
+
+@campaigns_app.command("vehicles")
+def campaigns_vehicles(
+    campaign_id: CampaignId,
+    state: Annotated[list[str] | None, typer.Option(help="Only cars in this state (repeat for several)")] = None,
+    reason: Annotated[str | None, typer.Option(help="Only cars with this reason code (e.g. download_failed)")] = None,
+    wave: Annotated[int | None, typer.Option(min=1, help="Only cars of this wave (from 1)")] = None,
+    ecu: Annotated[str | None, typer.Option(help="Only cars with this affected ECU (serial or hardware id)")] = None,
+    vin: Annotated[str | None, typer.Option(help="Only VINs starting with this")] = None,
+    sort: Annotated[str | None, typer.Option(help="vin, state, updated_at or next_try_at; -key descending")] = None,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Every matching car as CSV (the server's export)")] = False,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every car of a campaign (all pages): state, wave, reason in plain words, when it is tried again."""
+    given = {"state": state, "reason": reason, "wave": wave, "ecu": ecu, "vin": vin, "sort": sort}
+    filters = {k: v for k, v in given.items() if v}
+    with client_for(server, token) as client:
+        if as_csv:
+            typer.echo(client.campaign_vehicles_csv(campaign_id, filters).decode(), nl=False)
+            return
+        cars = client.campaign_vehicles(campaign_id, filters)
+
+    def human() -> None:
+        rows = [[c.get(k) for k in VEHICLE_COLUMNS] for c in cars]
+        for row, car in zip(rows, cars, strict=True):
+            if car.get("reason"):
+                row[VEHICLE_COLUMNS.index("reason_text")] = f"{car['reason_text']} ({car['reason']})"
+        table(f"Campaign {campaign_id}: {len(cars)} cars", VEHICLE_COLUMNS, rows)
+
+    emit(as_json, cars, human)

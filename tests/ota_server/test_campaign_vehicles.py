@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +15,7 @@ from firmware_bundles.messages import ReportState as S
 from ota_server.domain.reasons import PLAIN, plain_words
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, provision, recall_body, remedied, report, upload, vehicle, vin
+from tests.ota_server.test_cli_ops import ota, wired  # noqa: F401  (the fixture)
 
 FLEET = [vin(n) for n in range(1, 11)]
 
@@ -160,3 +162,19 @@ def test_every_reason_code_has_plain_words() -> None:
         assert code in PLAIN and plain_words(code) != code
     assert plain_words("new_code_from_a_newer_car") == "new code from a newer car"
     assert plain_words(None) is None
+
+
+async def test_cli_campaigns_vehicles_pages_filters_and_csv(wired: Env) -> None:  # noqa: F811
+    cid, _, FAILS, DEFERS = await _campaign(wired)
+    listed = await ota(wired, "campaigns", "vehicles", str(cid), "--json")
+    assert listed.exit_code == 0, listed.output
+    assert len(json.loads(listed.output)) == 10
+    chosen = await ota(wired, "campaigns", "vehicles", str(cid), "--state", "failed", "--state", "deferred", "--json")
+    assert sorted(c["vin"] for c in json.loads(chosen.output)) == sorted([FAILS, DEFERS])
+    table = await ota(wired, "campaigns", "vehicles", str(cid), "--reason", "download_failed")
+    assert table.exit_code == 0 and f"Campaign {cid}: 1 cars" in table.output
+    exported = await ota(wired, "campaigns", "vehicles", str(cid), "--wave", "2", "--csv")
+    api = await wired.client.get(f"/api/v1/campaigns/{cid}/vehicles", params={"wave": 2, "format": "csv"})
+    assert exported.output == api.text.replace("\r\n", "\n") and len(exported.output.splitlines()) == 7
+    bad = await ota(wired, "campaigns", "vehicles", str(cid), "--sort", "color")
+    assert bad.exit_code != 0 and "not a sort key" in bad.output
