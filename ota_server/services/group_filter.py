@@ -1,18 +1,20 @@
 """Which cars a saved group's filter matches now (its members are never stored: counted when read).
 
-SQL judges the models, years, VIN and date ranges and the tags; version bounds need PEP 440
-ordering ("1.10" > "1.9"), so they run in Python on the (VIN, version) rows SQL narrowed.
+SQL judges the models, years, VIN and date ranges and the tags. Version bounds need PEP 440
+ordering ("1.10" > "1.9"): the fleet's distinct versions (few) are judged in Python and the
+ones in range go back to SQL as a list, so a count is one COUNT query; with more than
+:data:`_VERSIONS_IN_SQL` of them, each candidate ECU's version is judged in Python instead.
 Used by the groups themselves and by a recall population that names a group (with the copy
 of the filter the recall took at filing).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Select, exists, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Ecu, Vehicle, VehicleTag
@@ -21,6 +23,7 @@ from ota_server.schemas.groups import GroupFilter, GroupVersions
 from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 
 _VIN_CHUNK = 5000
+_VERSIONS_IN_SQL = 1000  # distinct versions in range sent as one IN list; more: judged row by row
 
 
 def version(raw: str, what: str) -> Version:
@@ -101,29 +104,66 @@ def _vehicle_conditions(spec: GroupFilter) -> list[ColumnElement[bool]]:
     return conditions
 
 
-def _version_query(spec: GroupFilter, versions: GroupVersions) -> Select[str, str | None]:
-    """(VIN, version) of every candidate ECU."""
-    column = Ecu.declared_version if versions.basis == "declared" else Ecu.installed_version
-    query = select(Vehicle.vin, column).join(Ecu, Ecu.vehicle_id == Vehicle.id).where(*_vehicle_conditions(spec))
+def _ecu_conditions(versions: GroupVersions) -> tuple[InstrumentedAttribute[str | None], list[ColumnElement[bool]]]:
+    """The version column the bounds judge and which ECUs count."""
+    column: InstrumentedAttribute[str | None] = (
+        Ecu.declared_version if versions.basis == "declared" else Ecu.installed_version
+    )
+    conditions: list[ColumnElement[bool]] = []
     if versions.hardware_id is not None:
-        query = query.where(Ecu.hardware_id == versions.hardware_id)
+        conditions.append(Ecu.hardware_id == versions.hardware_id)
     if versions.basis == "reported":
-        query = query.where(Ecu.reported_at.is_not(None))
-    return query
+        conditions.append(Ecu.reported_at.is_not(None))
+    return column, conditions
+
+
+def _conditions(session: Session, spec: GroupFilter) -> list[ColumnElement[bool]] | None:
+    """Every filter as SQL on ``vehicles``: version bounds become the list of the fleet's distinct versions
+    within them (few: releases and factory versions). None when that list is too long to send."""
+    conditions = _vehicle_conditions(spec)
+    versions = spec.installed_versions
+    if versions is None:
+        return conditions
+    column, ecu = _ecu_conditions(versions)
+    low = Version(versions.min) if versions.min else None
+    high = Version(versions.max) if versions.max else None
+    seen = session.scalars(select(column).distinct().where(*ecu))
+    within = [raw for raw in seen if version_matches(raw, low, high)]
+    if len(within) > _VERSIONS_IN_SQL:
+        return None
+    return [*conditions, exists().where(Ecu.vehicle_id == Vehicle.id, *ecu, column.in_(within))]
+
+
+def _judged_in_python(
+    session: Session, spec: GroupFilter, versions: GroupVersions, narrow: Sequence[ColumnElement[bool]]
+) -> Iterator[str]:
+    """The VINs of the cars with an ECU in range, its version judged here (a fleet of very many versions)."""
+    column, ecu = _ecu_conditions(versions)
+    low = Version(versions.min) if versions.min else None
+    high = Version(versions.max) if versions.max else None
+    query = select(Vehicle.vin, column).join(Ecu, Ecu.vehicle_id == Vehicle.id).where(*_vehicle_conditions(spec))
+    for vin, raw in session.execute(query.where(*ecu, *narrow)):
+        if version_matches(raw, low, high):
+            yield vin
 
 
 def members(session: Session, spec: GroupFilter, vins: Sequence[str] | None = None) -> set[str]:
     """The VINs the filter matches now; ``vins`` narrows the answer to those cars."""
     chunks = [None] if vins is None else [vins[i : i + _VIN_CHUNK] for i in range(0, len(vins), _VIN_CHUNK)]
-    versions = spec.installed_versions
+    conditions = _conditions(session, spec)
     found: set[str] = set()
     for chunk in chunks:
         narrow = [] if chunk is None else [Vehicle.vin.in_(chunk)]
-        if versions is None:
-            found.update(session.scalars(select(Vehicle.vin).where(*_vehicle_conditions(spec), *narrow)))
-            continue
-        low = Version(versions.min) if versions.min else None
-        high = Version(versions.max) if versions.max else None
-        rows = session.execute(_version_query(spec, versions).where(*narrow))
-        found.update(vin for vin, raw in rows if version_matches(raw, low, high))
+        if conditions is not None:
+            found.update(session.scalars(select(Vehicle.vin).where(*conditions, *narrow)))
+        elif spec.installed_versions is not None:
+            found.update(_judged_in_python(session, spec, spec.installed_versions, narrow))
     return found
+
+
+def count(session: Session, spec: GroupFilter) -> int:
+    """How many cars the filter matches now (counted by the database when it can)."""
+    conditions = _conditions(session, spec)
+    if conditions is None:
+        return len(members(session, spec))
+    return session.scalar(select(func.count()).select_from(Vehicle).where(*conditions)) or 0

@@ -155,7 +155,7 @@ def _public(session: Session, group: VehicleGroup) -> GroupPublic:
         name=group.name,
         description=group.description,
         filter=spec,
-        vehicle_count=len(group_filter.members(session, spec)),
+        vehicle_count=group_filter.count(session, spec),
         created_at=group.created_at,
         created_by=group.created_by,
     )

@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from ota_server.cli import common as cli_common
+from ota_server.services import group_filter
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import provision, recall_body, upload, vehicle, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota
@@ -254,3 +255,18 @@ async def test_the_cli_tags_cars_and_saves_lists_shows_and_removes_groups(
     assert removed.exit_code == 0 and "removed group" in removed.output
     missing = await ota(env, "groups", "show", "pilot 2020+")
     assert missing.exit_code == 1 and "404" in missing.output
+
+
+@pytest.mark.parametrize("in_sql", [1000, 0], ids=["versions-in-sql", "versions-row-by-row"])
+async def test_version_bounds_follow_pep_440_whichever_way_they_are_judged(
+    env: Env, monkeypatch: pytest.MonkeyPatch, in_sql: int
+) -> None:
+    monkeypatch.setattr(group_filter, "_VERSIONS_IN_SQL", in_sql)
+    versions = ["1.9", "1.10", "2.0", "banana"]
+    cars = [vin(n) for n in range(1, 5)]
+    await _fleet(env, *(vehicle(v, installed_version=ver) for v, ver in zip(cars, versions, strict=True)))
+    group = await _group(env, "Up to 1.10", installed_versions={"min": "1.9", "max": "1.10"})
+    assert group["vehicle_count"] == 2  # "1.10" sorts before "1.9" as text, not as a version
+    assert await _vins(env, "/api/v1/groups/up%20to%201.10/vehicles") == cars[:2]
+    other_hw = await _group(env, "Other hardware", installed_versions={"max": "9", "hardware_id": "ecu-other"})
+    assert other_hw["vehicle_count"] == 0
