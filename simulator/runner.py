@@ -3,7 +3,7 @@
 Each car is a real ``vehicle_agent.Agent`` with its own MQTT session, journal, TUF
 metadata directories and file-backed A/B slots; their blocking work runs on a few
 worker threads, each with its own kept-alive HTTP connection
-(:class:`~vehicle_agent.transport.PerThreadTransport`). Connects are paced
+(:class:`~simulator.http_transport.StdlibTransport`). Connects are paced
 (:class:`Pacing`) so a fleet does not arrive at the broker all at once. Each car has a
 :class:`~vehicle_agent.vehicle.FakeVehicle` (ready unless a fault says otherwise) and an
 owner who accepts; a :class:`~simulator.faults.FaultPlan` injects failures.
@@ -41,12 +41,13 @@ from firmware_bundles.messages import ReportState, StatusReport, VersionManifest
 from simulator.errors import SimulatorError
 from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
+from simulator.http_transport import StdlibTransport
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, config_from_agent_config
 from vehicle_agent.health import HeaderHealthCheck, HealthCheck
 from vehicle_agent.link import CarMqttLink, tls_context
 from vehicle_agent.owner import Consent, LoggingOwnerHook
-from vehicle_agent.transport import PerThreadTransport, Transport
+from vehicle_agent.transport import Transport
 from vehicle_agent.vehicle import FakeVehicle
 
 log = logging.getLogger(__name__)
@@ -321,8 +322,8 @@ class InProcessFleet:
         self._cars: dict[str, _Car] = {}
         self._late: list[str] = []
         self._launched = False
-        # One small client per worker thread (slow cars' threads included), made on first use.
-        self._http = PerThreadTransport()
+        # One kept-alive connection per worker thread (slow cars' threads included), made on first use.
+        self._http = StdlibTransport()
         self._slow_links: list[ThrottledTransport] = []
         self._sent: set[tuple[str, int, int, int, str]] = set()
         self._expected: tuple[tuple[int, bool], int] | None = None

@@ -50,13 +50,13 @@ class Transport(Protocol):
 _CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+|\*)$")
 
 
-def _range_start(url: str, response: httpx.Response) -> int:
-    """Where a 206 body starts, from its Content-Range; 0 for a whole body."""
-    if response.status_code != 206:
+def range_start(url: str, status: int, content_range: str | None) -> int:
+    """Where a body starts, from a 206's Content-Range; 0 for a whole body."""
+    if status != 206:
         return 0
-    match = _CONTENT_RANGE.match(response.headers.get("content-range", ""))
+    match = _CONTENT_RANGE.match(content_range or "")
     if match is None:
-        raise FetchError(url, f"206 with a malformed Content-Range {response.headers.get('content-range')!r}")
+        raise FetchError(url, f"206 with a malformed Content-Range {content_range!r}")
     return int(match.group(1))
 
 
@@ -142,7 +142,10 @@ class HttpxTransport:
                 if response.status_code >= 400:
                     _drain(response)  # a read answer keeps the connection for the next request
                     raise FetchError(url, f"HTTP {response.status_code}", response.status_code)
-                yield Chunks(self._chunks(url, response), _range_start(url, response))
+                yield Chunks(
+                    self._chunks(url, response),
+                    range_start(url, response.status_code, response.headers.get("content-range")),
+                )
         except httpx.HTTPError as exc:
             raise FetchError(url, f"{type(exc).__name__}: {exc}") from exc
 
