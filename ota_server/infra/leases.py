@@ -28,6 +28,7 @@ import logging
 import os
 import secrets
 import socket
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -66,6 +67,10 @@ class Lease:
         self._sessions = sessions
         self._clock = clock
         self._until: datetime | None = None  # our own idea of how long we hold it
+        # A stopping job cancels its loop, but a renewal already running in a worker thread runs on:
+        # renewals and the release take turns, and once released only reopen() lets renew take it again.
+        self._turn = threading.Lock()
+        self._released = False
 
     def now(self) -> datetime:
         return self._clock()
@@ -76,7 +81,16 @@ class Lease:
         return self._until is not None and self._clock() < self._until
 
     def renew(self) -> bool:
-        """Take the lease if it is free or expired, extend it if we hold it; True when we hold it now."""
+        """Take the lease if it is free or expired, extend it if we hold it; True when we hold it now.
+
+        False without asking the database once :meth:`release` has given it up (until :meth:`reopen`).
+        """
+        with self._turn:
+            if self._released:
+                return False
+            return self._renew()
+
+    def _renew(self) -> bool:
         now = self._clock()
         until = now + self.ttl
         try:
@@ -122,6 +136,16 @@ class Lease:
 
     def release(self) -> None:
         """Give the lease up now (a graceful stop), so another replica need not wait for it to run out."""
+        with self._turn:
+            self._released = True
+            self._release()
+
+    def reopen(self) -> None:
+        """Compete for the lease again after :meth:`release` (a job started again)."""
+        with self._turn:
+            self._released = False
+
+    def _release(self) -> None:
         if self._until is None:
             return
         self._until = None
@@ -191,6 +215,7 @@ class LeasedJob:
 
     def start(self) -> None:
         if self._task is None:
+            self.lease.reopen()
             self._task = asyncio.get_running_loop().create_task(self._loop(), name=f"ota-{self.lease.name}-lease")
 
     async def idle(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,46 @@ async def test_stop_releases_the_lease(sessions: sessionmaker[Session]) -> None:
     await asyncio.wait_for(ran.wait(), 10)
     await job.stop()
     assert Lease(sessions, "resign", "replica-b", clock).renew()
+
+
+def test_a_renewal_still_running_when_the_lease_is_released_does_not_take_it_back(
+    sessions: sessionmaker[Session],
+) -> None:
+    """A stopping job cancels its loop, but a renewal already handed to a worker thread runs on;
+    if it lands after the release, the replica would hold the lease it just gave up (seen under
+    load: the next holder waited a whole lifetime). Release and renewal must not interleave, and
+    a released lease is not taken again by a late renewal."""
+    clock = FakeClock()
+    a = Lease(sessions, "resign", "replica-a", clock)
+    assert a.renew()
+    entered, go_on = threading.Event(), threading.Event()
+
+    def slow_sessions() -> Session:
+        entered.set()
+        go_on.wait(10)
+        return sessions()
+
+    a._sessions = slow_sessions  # type: ignore[assignment]  # the renewal stalls before touching the row
+    renewal = threading.Thread(target=a.renew)
+    renewal.start()
+    assert entered.wait(10)
+    a._sessions = sessions
+    release = threading.Thread(target=a.release)
+    release.start()
+    release.join(0.5)  # without the fix the release finishes here, before the stalled renewal
+    go_on.set()
+    renewal.join(10)
+    release.join(10)
+    assert not a.held
+    assert Lease(sessions, "resign", "replica-b", clock).renew()
+
+
+def test_a_renewal_that_starts_after_the_release_does_not_take_the_lease(sessions: sessionmaker[Session]) -> None:
+    clock = FakeClock()
+    a = Lease(sessions, "resign", "replica-a", clock)
+    assert a.renew()
+    a.release()
+    assert not a.renew() and not a.held  # a queued renewal of a stopped job
+    assert Lease(sessions, "resign", "replica-b", clock).renew()
+    a.reopen()  # the job started again: it competes as before
+    assert not a.renew()
