@@ -20,7 +20,7 @@ from ota_server.schemas import (
     VehiclePage,
     VehiclePublic,
 )
-from ota_server.schemas.groups import TAG_PATTERN, TAG_RULE, tag_shape
+from ota_server.schemas.groups import GROUP_NAME_PATTERN, TAG_PATTERN, TAG_RULE, group_name_shape, tag_shape
 from ota_server.services import groups
 
 router = APIRouter()
@@ -28,7 +28,16 @@ router = APIRouter()
 TagPath = Annotated[
     str, Path(description=TAG_RULE, json_schema_extra={"pattern": TAG_PATTERN}), AfterValidator(tag_shape)
 ]
-GroupRef = Annotated[Text, Path(min_length=1, max_length=64, description="The group's id or its name (any case)")]
+GroupRef = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=64,
+        description="The group's id or its name (any case)",
+        json_schema_extra={"pattern": GROUP_NAME_PATTERN},
+    ),
+    AfterValidator(group_name_shape),
+]
 Cursor = Annotated[Text | None, Query(max_length=200, description="next_cursor of the previous page")]
 
 
@@ -44,14 +53,14 @@ def untag_vehicle(vin: VinPath, tag: TagPath, session: OperatorSession) -> Vehic
     return groups.untag(session, vin, tag)
 
 
-@router.post("/api/v1/vehicle-tags", tags=["vehicles"])
+@router.post("/api/v1/vehicle-tags", tags=["vehicles"], responses=errors(404))
 def tag_vehicles(body: TagBatch, session: OperatorSession, runtime: RuntimeDep) -> TagBatchResult:
     """Put one tag on up to 1000 cars; all or nothing (an unknown VIN is a 404, a car with 32 tags a 422)."""
     trail_of(session).action.target.update(tag=body.tag, vins=str(len(body.vins)))
     return groups.tag_many(session, body, actor_of(session).name, runtime.clock())
 
 
-@router.post("/api/v1/vehicle-tags/remove", tags=["vehicles"])
+@router.post("/api/v1/vehicle-tags/remove", tags=["vehicles"], responses=errors(404))
 def untag_vehicles(body: TagBatch, session: OperatorSession) -> TagBatchResult:
     """Take one tag off up to 1000 cars; all or nothing (an unknown VIN is a 404)."""
     trail_of(session).action.target.update(tag=body.tag, vins=str(len(body.vins)))

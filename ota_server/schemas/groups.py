@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from ota_server.schemas.common import INPUT_MODEL, OUTPUT_MODEL, Text, Vin
+from ota_server.schemas.common import INPUT_MODEL, OUTPUT_MODEL, Text, Vin, text_problem
 from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 
 # A tag: 1-32 letters, digits, '.', '_', ':' or '-', starting with a letter or digit; stored in lower case.
@@ -18,6 +18,9 @@ TAG_RULE = (
     "(stored in lower case: Fleet-A and fleet-a are one tag)"
 )
 _TAG_RE = re.compile(TAG_PATTERN)
+# A group's name: no control characters and no '/' (the name is part of the group's address).
+GROUP_NAME_PATTERN = r"^[^\x00-\x1f\x7f/]+$"
+_NOT_NAME_RE = re.compile(r"[\x00-\x1f\x7f/]")
 MAX_TAGS_PER_VEHICLE = 32
 MAX_TAG_BATCH = 1000  # VINs one bulk tagging request may name
 MAX_FILTER_TAGS = 16
@@ -32,6 +35,24 @@ def tag_shape(value: str) -> str:
 
 
 Tag = Annotated[str, AfterValidator(tag_shape), Field(description=TAG_RULE, json_schema_extra={"pattern": TAG_PATTERN})]
+
+
+def group_name_shape(value: str) -> str:
+    """``value`` if it can name a group (or be looked up as one), else ValueError saying why."""
+    bad = _NOT_NAME_RE.search(value)
+    if bad is not None:
+        where = f"U+{ord(bad.group()):04X} at position {bad.start()}"
+        raise ValueError(f"contains {where}: a group's name has no control characters and no '/'")
+    if (problem := text_problem(value)) is not None:
+        raise ValueError(problem)
+    return value
+
+
+GroupName = Annotated[
+    str,
+    AfterValidator(group_name_shape),
+    Field(min_length=1, max_length=64, json_schema_extra={"pattern": GROUP_NAME_PATTERN}),
+]
 
 
 class TagBatch(BaseModel):
@@ -81,10 +102,9 @@ class GroupFilter(BaseModel):
 
 class GroupCreate(BaseModel):
     model_config = INPUT_MODEL
-    name: Text = Field(
-        min_length=1,
-        max_length=64,
-        description="Unique whatever the case; not only digits (a recall names a group by its name or its id)",
+    name: GroupName = Field(
+        description="Unique whatever the case; not only digits (a recall names a group by its name or its id); "
+        "no control characters or '/'",
     )
     description: Text = Field(default="", max_length=2000)
     filter: GroupFilter = Field(default_factory=GroupFilter)

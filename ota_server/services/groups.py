@@ -87,7 +87,7 @@ def _ids(session: Session, vins: Sequence[str]) -> dict[str, int]:
     missing = [v for v in wanted if v not in ids]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise NotFound(f"no vehicle with VIN {missing[0]}{more}: nothing was tagged")
+        raise NotFound(f"no vehicle with VIN {missing[0]}{more}: no car was changed")
     return ids
 
 
@@ -141,8 +141,6 @@ def _checked_name(raw: str) -> str:
         raise InvalidInput("name: give the group a name")
     if name.isdigit():
         raise InvalidInput(f"name {name!r}: a name needs a letter (a number names a group by its id)")
-    if "/" in name:
-        raise InvalidInput(f"name {name!r}: no '/' (the name is part of the group's address)")
     if len(_name_key(name)) > 64:
         raise InvalidInput(f"name {name[:40]!r}...: at most 64 characters")
     return name

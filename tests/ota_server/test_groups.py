@@ -79,7 +79,7 @@ async def test_bad_tags_and_batches_are_refused_whole_with_clear_messages(env: E
         assert "is not a tag" in resp.text
     unknown = await env.client.post("/api/v1/vehicle-tags", json={"tag": "recall-pilot", "vins": [a, missing]})
     assert unknown.status_code == 404
-    assert missing in unknown.json()["detail"] and "nothing was tagged" in unknown.json()["detail"]
+    assert missing in unknown.json()["detail"] and "no car was changed" in unknown.json()["detail"]
     assert (await env.get_json(f"/api/v1/vehicles/{a}"))["tags"] == []  # all or nothing
     too_many = await env.client.post("/api/v1/vehicle-tags", json={"tag": "t", "vins": [a] * 1001})
     assert too_many.status_code == 422
@@ -157,6 +157,7 @@ async def test_bad_groups_are_refused_with_clear_messages(env: Env) -> None:
         ({"name": "x", "filter": {"colour": "red"}}, 422, "colour"),
         ({"name": "x", "filter": {"models": []}}, 422, "models"),
         ({"name": "a\x00b"}, 422, "U+0000"),
+        ({"name": "a/b"}, 422, "no '/'"),
     ]
     for body, code, words in cases:
         resp = await env.client.post("/api/v1/groups", json=body)
@@ -165,6 +166,8 @@ async def test_bad_groups_are_refused_with_clear_messages(env: Env) -> None:
     missing = await env.client.get("/api/v1/groups/nope")
     assert missing.status_code == 404 and "no group 'nope'" in missing.json()["detail"]
     assert (await env.client.get("/api/v1/groups?cursor=junk")).status_code == 422
+    control = await env.client.get("/api/v1/groups/a%01b")
+    assert control.status_code == 422 and "U+0001 at position 1" in control.text
     assert (await env.client.delete("/api/v1/groups/nope")).status_code == 404
     gone = await env.client.delete("/api/v1/groups/pilot%20fleet")
     assert gone.status_code == 200 and gone.json()["name"] == "Pilot fleet"
