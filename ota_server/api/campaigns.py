@@ -8,10 +8,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
-from ota_server.api.deps import Id, RuntimeDep, SessionDep, VinPath
+from ota_server.api.deps import MAX_ID, Id, RuntimeDep, SessionDep, VinPath
 from ota_server.api.listing import CSV_RESPONSES, CsvFormat, Cursor, Limit, csv_stream, sort_query
 from ota_server.api.openapi import errors
-from ota_server.domain.states import VinState
+from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
 from ota_server.schemas import (
     CampaignControl,
     CampaignPublic,
@@ -23,16 +23,24 @@ from ota_server.schemas import (
     Text,
     VinOutcome,
 )
-from ota_server.schemas.listing import CampaignVehiclePage, CampaignVehicleRow
+from ota_server.schemas.listing import CampaignVehiclePage, CampaignVehicleRow, Page
 from ota_server.services import campaign_control, campaign_vehicles, campaigns, progress
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
 
 @router.get("", dependencies=[needs_read])
-def list_campaigns(session: SessionDep) -> list[CampaignPublic]:
-    """Every campaign, remedy and rollback, oldest first."""
-    return campaigns.list_all(session)
+def list_campaigns(
+    session: SessionDep,
+    recall_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The recall's campaigns")] = None,
+    status: CampaignStatus | None = None,
+    kind: Annotated[CampaignKind | None, Query(description="remedy or rollback")] = None,
+    sort: Annotated[str | None, sort_query(campaigns.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[CampaignPublic]:
+    """Campaigns, remedy and rollback, oldest first by default, a page at a time."""
+    return campaigns.page(session, recall_id, status, kind, sort, cursor, limit)
 
 
 @router.get("/{campaign_id}", dependencies=[needs_read])

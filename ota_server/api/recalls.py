@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
-from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic
+from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic, Text
+from ota_server.schemas.listing import Page, RecallStatus
 from ota_server.services import approvals, campaigns, owner_notices, recalls
 
 router = APIRouter(prefix="/api/v1/recalls", tags=["recalls"])
@@ -36,8 +38,21 @@ def create_recall(body: RecallCreate, session: OperatorSession, runtime: Runtime
 
 
 @router.get("", dependencies=[needs_read])
-def list_recalls(session: SessionDep) -> list[RecallPublic]:
-    return recalls.list_all(session)
+def list_recalls(
+    session: SessionDep,
+    status: Annotated[
+        RecallStatus | None, Query(description="Not launched, awaiting approval, or the campaign's")
+    ] = None,
+    q: Annotated[
+        Text | None,
+        Query(min_length=1, max_length=64, description="Text in the campaign number, maker's number or title"),
+    ] = None,
+    sort: Annotated[str | None, sort_query(recalls.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[RecallPublic]:
+    """Recalls, oldest first by default, a page at a time."""
+    return recalls.page(session, status, q, sort, cursor, limit)
 
 
 @router.get("/{recall_id}", dependencies=[needs_read])

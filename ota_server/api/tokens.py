@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Annotated
+
+from fastapi import APIRouter, Query, status
 
 from ota_server.api.auth import AdminSession, actor_of, needs_admin, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
+from ota_server.roles import Role
 from ota_server.schemas import TokenCreate, TokenCreated, TokenPublic
+from ota_server.schemas.listing import Page
 from ota_server.services import tokens
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
@@ -20,8 +25,16 @@ def create_token(body: TokenCreate, session: AdminSession, runtime: RuntimeDep) 
 
 
 @router.get("", dependencies=[needs_admin])
-def list_tokens(session: SessionDep) -> list[TokenPublic]:
-    return tokens.list_all(session)
+def list_tokens(
+    session: SessionDep,
+    role: Role | None = None,
+    revoked: Annotated[bool | None, Query(description="Only revoked (true) or live (false) tokens")] = None,
+    sort: Annotated[str | None, sort_query(tokens.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[TokenPublic]:
+    """Tokens (never their secrets), oldest first by default, a page at a time."""
+    return tokens.page(session, role, revoked, sort, cursor, limit)
 
 
 @router.delete("/{token_id}", responses=errors(409))

@@ -108,9 +108,8 @@ class ApiClient:
         result: dict[str, Any] = self.call("POST", f"{API}/tokens", json={"name": name, "role": role})
         return result
 
-    def tokens(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("GET", f"{API}/tokens")
-        return result
+    def tokens(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.every(f"{API}/tokens", filters)
 
     def revoke_token(self, token_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self.call("DELETE", f"{API}/tokens/{token_id}")
@@ -197,9 +196,8 @@ class ApiClient:
         result: dict[str, Any] = self.call("POST", f"{API}/recalls", json=recall)
         return result
 
-    def recalls(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("GET", f"{API}/recalls")
-        return result
+    def recalls(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.every(f"{API}/recalls", filters)
 
     def recall(self, recall_id: int) -> dict[str, Any]:
         result: dict[str, Any] = self.call("GET", f"{API}/recalls/{recall_id}")
@@ -215,9 +213,8 @@ class ApiClient:
         return result
 
     # --- campaigns ---
-    def campaigns(self) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.call("GET", f"{API}/campaigns")
-        return result
+    def campaigns(self, **filters: Any) -> list[dict[str, Any]]:
+        return self.every(f"{API}/campaigns", filters)
 
     def campaign_vehicles(self, campaign_id: int, filters: dict[str, Any]) -> list[dict[str, Any]]:
         """Every car of the campaign matching ``filters`` (state, reason, wave, ecu, vin, sort)."""

@@ -11,6 +11,10 @@ from ota_server.domain.states import VinState
 
 Item = TypeVar("Item")
 
+# Where a recall stands: not launched (no request waiting), awaiting a second person's approval,
+# or its remedy campaign's status.
+RecallStatus = Literal["not_launched", "awaiting_approval", "active", "paused", "cancelled", "completed"]
+
 
 class Page(BaseModel, Generic[Item]):
     """One page of a list; pass ``next_cursor`` back as ``cursor`` (with the same sort) for the next one."""

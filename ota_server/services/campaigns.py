@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,8 @@ from ota_server.rollout.fleet import Outbound as Outbound
 from ota_server.rollout.rollback import rollback_of as rollback_of
 from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
-from ota_server.services import inventory, owner_notifications
+from ota_server.schemas.listing import Page
+from ota_server.services import inventory, listing, owner_notifications
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -237,8 +238,41 @@ def freeze_ecus(session: Session, campaign_id: int, members: Sequence[population
         session.execute(insert(CampaignEcu), rows[start : start + VIN_LIST_CHUNK])
 
 
-def list_all(session: Session) -> list[CampaignPublic]:
-    return [CampaignPublic.model_validate(c) for c in session.scalars(select(Campaign).order_by(Campaign.id))]
+_ID = listing.SortKey(Campaign.id, lambda c: c.id, int)
+LISTING = listing.Listing(
+    scope="campaigns",
+    keys={
+        "id": _ID,
+        "launched_at": listing.SortKey(Campaign.launched_at, lambda c: c.launched_at, datetime),
+        "status": listing.SortKey(Campaign.status, lambda c: c.status, str),
+    },
+    tie=_ID,
+    default="id",
+)
+
+
+def _filtered(recall_id: int | None, status: CampaignStatus | None, kind: CampaignKind | None) -> Select[Campaign]:
+    query = select(Campaign)
+    if recall_id is not None:
+        query = query.where(Campaign.recall_id == recall_id)
+    if status is not None:
+        query = query.where(Campaign.status == status.value)
+    if kind is not None:
+        query = query.where(Campaign.kind == kind.value)
+    return query
+
+
+def page(
+    session: Session,
+    recall_id: int | None,
+    status: CampaignStatus | None,
+    kind: CampaignKind | None,
+    sort: str | None,
+    cursor: str | None,
+    limit: int,
+) -> Page[CampaignPublic]:
+    rows, next_cursor = listing.page(session, _filtered(recall_id, status, kind), LISTING, sort, cursor, limit)
+    return Page[CampaignPublic](items=[CampaignPublic.model_validate(c) for c in rows], next_cursor=next_cursor)
 
 
 def get(session: Session, campaign_id: int) -> CampaignPublic:

@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import Select, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import MAX_MESSAGE_BYTES, Contact, encode
-from ota_server.db.models import Campaign, Recall, RecallRelease, Release
+from ota_server.db.models import Campaign, LaunchRequest, Recall, RecallRelease, Release
 from ota_server.domain.rollout_plan import start_problem
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import Population, RecallCreate, RecallPublic
-from ota_server.services import approvals, campaigns, groups, owner_notices
+from ota_server.schemas.listing import Page, RecallStatus
+from ota_server.services import approvals, campaigns, groups, listing, owner_notices
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -238,6 +239,47 @@ def get(session: Session, recall_id: int) -> RecallPublic:
     return _public(session, recall, _campaign(session, recall_id))
 
 
-def list_all(session: Session) -> list[RecallPublic]:
-    recalls = session.scalars(select(Recall).order_by(Recall.id)).all()
-    return [_public(session, r, _campaign(session, r.id)) for r in recalls]
+_ID = listing.SortKey(Recall.id, lambda r: r.id, int)
+LISTING = listing.Listing(
+    scope="recalls",
+    keys={
+        "id": _ID,
+        "created_at": listing.SortKey(Recall.created_at, lambda r: r.created_at, datetime),
+        "campaign_number": listing.SortKey(Recall.campaign_number, lambda r: r.campaign_number, str),
+    },
+    tie=_ID,
+    default="id",
+)
+
+
+def _filtered(status: RecallStatus | None, q: str | None) -> Select[Recall]:
+    query = select(Recall)
+    if q is not None:
+        words = q.strip().lower()
+        query = query.where(
+            or_(
+                *(
+                    func.lower(column).contains(words, autoescape=True)
+                    for column in (Recall.campaign_number, Recall.manufacturer_number, Recall.title)
+                )
+            )
+        )
+    remedy = select(Campaign.id).where(Campaign.recall_id == Recall.id, Campaign.kind == "remedy")
+    waiting = exists().where(LaunchRequest.recall_id == Recall.id, LaunchRequest.approved_at.is_(None))
+    if status == "not_launched":
+        query = query.where(~remedy.exists(), ~waiting)
+    elif status == "awaiting_approval":
+        query = query.where(~remedy.exists(), waiting)
+    elif status is not None:
+        query = query.where(remedy.where(Campaign.status == status).exists())
+    return query
+
+
+def page(
+    session: Session, status: RecallStatus | None, q: str | None, sort: str | None, cursor: str | None, limit: int
+) -> Page[RecallPublic]:
+    """Recalls by status (not launched, awaiting approval, or the campaign's) and text in number or title."""
+    rows, next_cursor = listing.page(session, _filtered(status, q), LISTING, sort, cursor, limit)
+    return Page[RecallPublic](
+        items=[_public(session, r, _campaign(session, r.id)) for r in rows], next_cursor=next_cursor
+    )

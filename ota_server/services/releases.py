@@ -155,10 +155,6 @@ def page(
     return Page[ReleasePublic](items=[ReleasePublic.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
-def list_all(session: Session) -> list[ReleasePublic]:
-    return [ReleasePublic.model_validate(r) for r in session.scalars(select(Release).order_by(Release.id))]
-
-
 _UNFINISHED = (CampaignStatus.ACTIVE.value, CampaignStatus.PAUSED.value)
 
 

@@ -15,13 +15,15 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import ApiToken
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.roles import Actor, Role, person_key
 from ota_server.schemas import TokenCreated, TokenPublic
+from ota_server.schemas.listing import Page
+from ota_server.services import listing
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +75,33 @@ def create(session: Session, name: str, role: Role, *, created_by: str | Actor, 
     return TokenCreated(**_public(token).model_dump(), token=secret)
 
 
-def list_all(session: Session) -> list[TokenPublic]:
-    return [_public(t) for t in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+_ID = listing.SortKey(ApiToken.id, lambda t: t.id, int)
+LISTING = listing.Listing(
+    scope="tokens",
+    keys={
+        "id": _ID,
+        "name": listing.SortKey(ApiToken.name, lambda t: t.name, str),
+        "created_at": listing.SortKey(ApiToken.created_at, lambda t: t.created_at, datetime),
+    },
+    tie=_ID,
+    default="id",
+)
+
+
+def _filtered(role: Role | None, revoked: bool | None) -> Select[ApiToken]:
+    query = select(ApiToken)
+    if role is not None:
+        query = query.where(ApiToken.role == role.value)
+    if revoked is not None:
+        query = query.where(ApiToken.revoked_at.is_not(None) if revoked else ApiToken.revoked_at.is_(None))
+    return query
+
+
+def page(
+    session: Session, role: Role | None, revoked: bool | None, sort: str | None, cursor: str | None, limit: int
+) -> Page[TokenPublic]:
+    rows, next_cursor = listing.page(session, _filtered(role, revoked), LISTING, sort, cursor, limit)
+    return Page[TokenPublic](items=[_public(t) for t in rows], next_cursor=next_cursor)
 
 
 def revoke(session: Session, token_id: int, now: datetime) -> TokenPublic:

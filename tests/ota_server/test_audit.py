@@ -58,7 +58,7 @@ async def test_every_action_is_one_chained_entry(env: Env) -> None:
     assert entries[1]["target"]["name"] == "olga" and entries[1]["target"]["role"] == "operator"
     assert entries[5]["detail"] and "24V-123" in entries[5]["detail"]
     assert entries[6]["role"] == "viewer" and "needs admin or operator" in entries[6]["detail"]
-    recall_id = (await env.client.get("/api/v1/recalls")).json()[0]["id"]
+    recall_id = (await env.client.get("/api/v1/recalls")).json()["items"][0]["id"]
     assert entries[7]["target"] == {"campaign_number": "24V-123", "created": {"recalls": [recall_id]}}
     assert entries[0]["prev_hash"] == audit.GENESIS
     for before, after in itertools.pairwise(entries):

@@ -73,7 +73,7 @@ async def test_a_finished_campaign_says_completed_and_an_operator_retry_reopens_
     await env.inject(report(cid, vins[1], nonces[vins[1]], ReportState.FAILED, reason=FailureReason.DOWNLOAD_FAILED))
     campaign = await env.get_json(f"/api/v1/campaigns/{cid}")
     assert campaign["status"] == "completed" and campaign["status_reason"] == "every car is final"
-    listed = (await env.client.get("/api/v1/campaigns")).json()
+    listed = (await env.client.get("/api/v1/campaigns")).json()["items"]
     assert [c["status"] for c in listed] == ["completed"]
     progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
     assert progress["done"] and progress["status"] == "completed"

@@ -74,7 +74,7 @@ async def test_a_second_release_of_one_hardware_id_is_refused(env: Env) -> None:
     resp = await env.client.post("/api/v1/recalls", json=body)
     assert resp.status_code == 422, resp.text
     assert "ecu-main" in resp.text and "at most one release per hardware id" in resp.text
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
     repeated = await env.client.post("/api/v1/recalls", json={**recall_body(first), "release_ids": [first, first]})
     assert repeated.status_code == 422 and "more than once" in repeated.text
     outside = await env.client.post("/api/v1/recalls", json={**recall_body(first), "release_ids": [second]})

@@ -109,14 +109,14 @@ async def test_upload_waits_pending_until_signed_offline_then_publishes(offline_
     assert release["target_path"] in targets.signed.targets
     assert (await env.client.get("/repo/image/targets/" + release["target_path"])).status_code == 200
     assert (await env.client.get(PENDING)).status_code == 404
-    assert (await env.client.get("/api/v1/releases")).json()[0]["published"] is True
+    assert (await env.client.get("/api/v1/releases")).json()["items"][0]["published"] is True
     launched = await env.client.post(f"/api/v1/recalls/{recall_id}/launch")
     assert launched.status_code == 201, launched.text
 
 
 async def _nothing_published(env: Env, before: dict[str, bytes]) -> None:
     assert {name: await _file(env, name) for name in before} == before
-    assert (await env.client.get("/api/v1/releases")).json()[0]["published"] is False
+    assert (await env.client.get("/api/v1/releases")).json()["items"][0]["published"] is False
     assert (await env.client.get(PENDING)).status_code == 200  # still waiting
 
 

@@ -133,7 +133,7 @@ async def test_a_campaign_number_with_non_ascii_digits_is_refused(env: Env) -> N
     release = (await upload(env.client)).json()
     resp = await env.client.post("/api/v1/recalls", json=recall_body(release["id"], number="\uff12\uff14V-123"))
     assert resp.status_code == 422, resp.text
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
 
 
 async def test_a_body_that_is_not_json_is_a_documented_400(env: Env) -> None:

@@ -64,7 +64,7 @@ async def test_tokens_are_shown_once_stored_hashed_and_revocable(env: Env) -> No
     created = (await env.client.post("/api/v1/tokens", json={"name": "alice", "role": "operator"})).json()
     secret = created["token"]
     assert created["name"] == "alice" and created["role"] == "operator" and secret.startswith(created["prefix"])
-    listed = (await env.client.get("/api/v1/tokens")).json()
+    listed = (await env.client.get("/api/v1/tokens")).json()["items"]
     assert [t["name"] for t in listed] == ["admin", "alice"]
     assert all("token" not in t for t in listed)
     with env.runtime.sessions() as session:
@@ -88,10 +88,10 @@ async def test_bootstrap_admin_token_is_written_once_for_this_user_only(settings
         path = settings.admin_token_file
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         first = path.read_text()
-        assert (await env.client.get("/api/v1/tokens")).json()[0]["created_by"] == "server (first start)"
+        assert (await env.client.get("/api/v1/tokens")).json()["items"][0]["created_by"] == "server (first start)"
     async with running(settings) as env:  # a restart never mints another admin token
         assert path.read_text() == first
-        assert len((await env.client.get("/api/v1/tokens")).json()) == 1
+        assert len((await env.client.get("/api/v1/tokens")).json()["items"]) == 1
     assert first.startswith("ota_")
 
 

@@ -129,7 +129,7 @@ async def test_an_answer_on_the_owner_page_reaches_the_car_in_signed_metadata_an
     timeline = (await env.client.get(f"/api/v1/vehicles/{car['vin']}/timeline")).text
     assert "consented" in timeline and "owner_page" in timeline and image.sha256 in timeline
     assert "consent_answer" in timeline  # from the owner-notification log, not only the car's report
-    [recall] = (await env.client.get("/api/v1/recalls")).json()
+    [recall] = (await env.client.get("/api/v1/recalls")).json()["items"]
     logged = (await env.client.get(f"/api/v1/recalls/{recall['id']}/owner-notifications?format=csv")).text
     [answered] = [line for line in logged.splitlines() if "consent_answer" in line]
     assert "owner_page" in answered and f"accept {image.sha256}" in answered

@@ -34,7 +34,7 @@ async def test_a_recall_without_a_notice_is_refused_naming_every_missing_field(e
     for field in ("owner_notice,", "purpose", "what_changes", "expected_minutes", "unavailable_functions"):
         assert field in detail, detail
     assert "no default contact is configured (OTA_MANUFACTURER_CONTACT_NAME" in detail
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
 
 
 async def test_a_contact_without_role_or_email_is_refused_naming_them(env: Env) -> None:

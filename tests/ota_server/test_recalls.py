@@ -66,7 +66,7 @@ async def test_recall_is_stored_and_listed(env: Env) -> None:
     assert created["population"]["models"] == ["Sedan"]
     got = (await env.client.get(f"/api/v1/recalls/{created['id']}")).json()
     assert got == created
-    assert [r["id"] for r in (await env.client.get("/api/v1/recalls")).json()] == [created["id"]]
+    assert [r["id"] for r in (await env.client.get("/api/v1/recalls")).json()["items"]] == [created["id"]]
     assert (await env.client.get("/api/v1/recalls/999")).status_code == 404
 
 
@@ -119,7 +119,7 @@ async def test_a_recall_whose_answer_cannot_be_built_is_not_stored(
         patch.setattr(population, "resolve_all", broken)  # every recall preview goes through it
         with pytest.raises(RuntimeError, match="preview query failed"):
             await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
     entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
     posted = [e for e in entries if e["route"] == "/api/v1/recalls" and e["method"] == "POST"]
     assert [e["status"] for e in posted] == [500] and "created" not in posted[0]["target"]
@@ -136,7 +136,7 @@ async def test_nul_in_a_population_is_refused_and_every_read_still_answers(eithe
     resp = await env.client.post("/api/v1/recalls", json=body)
     assert resp.status_code == 422, resp.text
     assert "population.models[0]" in resp.json()["detail"] and "U+0000" in resp.json()["detail"]
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
     await _reads_answer(env)
 
 
@@ -176,7 +176,7 @@ async def test_plans_that_would_not_run_as_written_are_refused(env: Env) -> None
     ):
         resp = await env.client.post("/api/v1/recalls", json=recall_body(release_id, f"24V-{n}", **filters))
         assert resp.status_code == 422 and "production_dates" in resp.json()["detail"], resp.text
-    assert (await env.client.get("/api/v1/recalls")).json() == []
+    assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
     accepted = {
         "waves": [{"cars": 5}, {"percent": 10}, {"percent": 20}, {"percent": 100}],
         "windows": [{"start": "23:00", "end": "05:00"}],

@@ -100,7 +100,7 @@ async def test_people_the_same_admin_created_are_two_persons_and_the_audit_names
     assert target["requested_by"] == "olga" and target["approved_by"] == "sam"
     assert target["requester_token_created_by"] == "ops-lead"
     assert target["approver_token_created_by"] == "ops-lead"
-    tokens = {t["name"]: t for t in (await env.client.get("/api/v1/tokens")).json()}
+    tokens = {t["name"]: t for t in (await env.client.get("/api/v1/tokens")).json()["items"]}
     assert tokens["olga"]["created_by"] == "ops-lead"
     assert tokens["olga"]["created_by_token"] == tokens["ops-lead"]["id"]
     assert tokens["admin"]["created_by_token"] is None

@@ -461,7 +461,7 @@ async def test_login_sets_an_httponly_strict_cookie_accepted_on_get_only(env: En
     write = await public.post("/api/v1/tokens", json={"name": "mallory", "role": "admin"})
     assert write.status_code == 401
     tokens = await env.client.get("/api/v1/tokens")
-    assert [t["name"] for t in tokens.json()] == ["admin"]
+    assert [t["name"] for t in tokens.json()["items"]] == ["admin"]
     # Log out: the cookie is cleared and reading needs a token again.
     out = await public.post("/ui/logout")
     assert out.status_code == 303 and 'ota_session=""' in out.headers["set-cookie"]
