@@ -28,7 +28,7 @@ from firmware_bundles.bundle import Manifest, image_header, open_bundle, sample_
 from firmware_bundles.errors import InvalidBundle
 from firmware_bundles.messages import FailureReason
 from vehicle_agent.errors import UpdateFailed
-from vehicle_agent.journal import write_atomically
+from vehicle_agent.journal import single_writer_temp, write_atomically
 
 SLOTS = ("a", "b")
 HEADER_BYTES = 4096
@@ -174,6 +174,7 @@ class FileSlots(ABSlots):
         self.directory = directory
         self._durable = durable
         self._state_path = directory / "boot.json"
+        self._state_temp = single_writer_temp(self._state_path)
         self._on_chunk = on_chunk
         self._lock = threading.Lock()  # one boot-state write at a time: its temp file has one name
 
@@ -209,7 +210,7 @@ class FileSlots(ABSlots):
     def _save(self, state: BootState) -> None:
         data = json.dumps({"active": state.active, "booted": state.booted, "try_slot": state.try_slot}).encode()
         with self._lock:
-            write_atomically(self._state_path, data, durable=self._durable, single_writer=True)
+            write_atomically(self._state_path, data, durable=self._durable, temp=self._state_temp)
 
     def _slot_path(self, slot: str) -> Path:
         return self.directory / f"slot_{slot}.img"

@@ -159,7 +159,8 @@ def test_the_file_holds_every_campaign_and_report_as_written(tmp_path: Path) -> 
     journal.enqueue(second)
     journal.enqueue(second)  # the same report twice is kept twice
     journal.acknowledge(first)
-    journal.record(CampaignRecord(1, "n", S.DOWNLOADING, bundle_bytes=7))  # a new record replaces the old
+    # a new record replaces the old; text beyond ASCII is written as UTF-8 and read back the same
+    journal.record(CampaignRecord(1, "n", S.DOWNLOADING, bundle_bytes=7, detail="débit trop faible ✓"))
     journal.set_installed(SERIAL, "2.0", 2, journal_module.InstalledTarget("ecu-2.0.bundle", "ab" * 32, 9))
     journal.raise_floor(SERIAL, 2)
     journal.save()
@@ -177,6 +178,7 @@ def test_the_file_holds_every_campaign_and_report_as_written(tmp_path: Path) -> 
     assert json.loads((tmp_path / "journal.json").read_bytes()) == expected
     reloaded = Journal(tmp_path / "journal.json")
     assert reloaded.data.campaigns[1].state is S.DOWNLOADING and reloaded.data.campaigns[1].bundle_bytes == 7
+    assert reloaded.data.campaigns[1].detail == "débit trop faible ✓"
     assert [r.state for r in reloaded.data.outbox] == [S.DOWNLOADING, S.DOWNLOADING]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["journal.json", "journal.json.prev"]  # no temp file left
 
