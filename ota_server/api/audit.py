@@ -9,8 +9,10 @@ from fastapi import APIRouter, Query
 from fastapi.responses import StreamingResponse
 
 from ota_server.api.auth import needs_admin
-from ota_server.api.deps import RuntimeDep, SessionDep
-from ota_server.schemas import AuditPage, AuditVerification
+from ota_server.api.deps import Instant, RuntimeDep, SessionDep
+from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.schemas import AuditEntryPublic, AuditVerification, Text
+from ota_server.schemas.listing import Page
 from ota_server.services import audit
 
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], dependencies=[needs_admin])
@@ -19,10 +21,19 @@ router = APIRouter(prefix="/api/v1/audit", tags=["audit"], dependencies=[needs_a
 @router.get("")
 def list_entries(
     session: SessionDep,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> AuditPage:
-    return audit.page(session, offset=offset, limit=limit)
+    actor: Annotated[Text | None, Query(min_length=1, max_length=64, description="Who acted (token name)")] = None,
+    route: Annotated[
+        Text | None, Query(min_length=1, max_length=255, description="Routes starting with this, e.g. /api/v1/recalls")
+    ] = None,
+    since: Annotated[Instant | None, Query(description="At or after (ISO 8601; no zone: UTC)")] = None,
+    until: Annotated[Instant | None, Query(description="Before (ISO 8601; no zone: UTC)")] = None,
+    sort: Annotated[str | None, sort_query(audit.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[AuditEntryPublic]:
+    """The audit log, oldest first by default, a page at a time."""
+    spec = audit.AuditFilter(actor=actor, route=route, since=since, until=until)
+    return audit.page(session, spec, sort, cursor, limit)
 
 
 @router.get("/export", response_class=StreamingResponse, responses={200: {"content": {"application/x-ndjson": {}}}})

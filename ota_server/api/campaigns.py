@@ -24,7 +24,8 @@ from ota_server.schemas import (
     VinOutcome,
 )
 from ota_server.schemas.listing import CampaignVehiclePage, CampaignVehicleRow, Page
-from ota_server.services import campaign_control, campaign_vehicles, campaigns, progress
+from ota_server.services import campaign_vehicles, campaigns, progress
+from ota_server.services import notice_log as notice_logs
 
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
@@ -114,16 +115,18 @@ async def record_outcome(
     return await runtime.rollout.record_outcome(session, campaign_id, vin, body, actor_of(session).name)
 
 
-@router.get("/{campaign_id}/notices", dependencies=[needs_read])
+@router.get("/{campaign_id}/notices", dependencies=[needs_read], responses=errors(404))
 def notice_log(
     campaign_id: Id,
     session: SessionDep,
     vin: Annotated[Text | None, Query(max_length=17, description="Only this car")] = None,
-    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> list[NoticeLogEntry]:
+    kind: Annotated[notice_logs.NoticeKind | None, Query(description="Notices (campaign) or withdrawals")] = None,
+    sort: Annotated[str | None, sort_query(notice_logs.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[NoticeLogEntry]:
     """The owner-notification log: every notice and withdrawal the broker accepted, with its content."""
-    return campaign_control.notice_log(session, campaign_id, vin, offset, limit)
+    return notice_logs.page(session, campaign_id, vin, kind, sort, cursor, limit)
 
 
 VEHICLE_COLUMNS = (

@@ -49,7 +49,6 @@ from ota_server.schemas.common import (
 from ota_server.schemas.groups import GroupCreate, GroupFilter, GroupPage, GroupPublic, TagBatch, TagBatchResult
 from ota_server.schemas.operators import (
     AuditEntryPublic,
-    AuditPage,
     AuditVerification,
     LaunchRequestPublic,
     TokenCreate,
@@ -112,7 +111,6 @@ __all__ = [
     "AgentConfig",
     "AgentEcu",
     "AuditEntryPublic",
-    "AuditPage",
     "AuditVerification",
     "BatchCreated",
     "CampaignControl",

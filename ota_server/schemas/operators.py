@@ -66,12 +66,6 @@ class AuditEntryPublic(BaseModel):
     hash: str
 
 
-class AuditPage(BaseModel):
-    total: int
-    offset: int
-    entries: list[AuditEntryPublic]
-
-
 class AuditVerification(BaseModel):
     ok: bool
     entries: int = Field(description="Entries checked and found intact")

@@ -20,12 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from securesystemslib.formats import encode_canonical
-from sqlalchemy import event, func, select, update
+from sqlalchemy import event, select, update
 from sqlalchemy.orm import Session, UOWTransaction
 
 from ota_server.clock import Clock
 from ota_server.db.models import AuditEntry, AuditHead
-from ota_server.schemas import AuditEntryPublic, AuditPage, AuditVerification
+from ota_server.schemas import AuditEntryPublic, AuditVerification
+from ota_server.schemas.listing import Page
+from ota_server.services import listing
 
 GENESIS = "0" * 64
 HEAD_ID = 1
@@ -182,10 +184,44 @@ def _public(entry: AuditEntry) -> AuditEntryPublic:
     return AuditEntryPublic.model_validate(entry)
 
 
-def page(session: Session, *, offset: int, limit: int) -> AuditPage:
-    total = session.scalar(select(func.count()).select_from(AuditEntry)) or 0
-    rows = session.scalars(select(AuditEntry).order_by(AuditEntry.seq).offset(offset).limit(limit))
-    return AuditPage(total=total, offset=offset, entries=[_public(e) for e in rows])
+_SEQ = listing.SortKey(AuditEntry.seq, lambda e: e.seq, int)
+LISTING = listing.Listing(
+    scope="audit",
+    keys={"seq": _SEQ, "at": listing.SortKey(AuditEntry.at, lambda e: e.at, datetime)},
+    tie=_SEQ,
+    default="seq",
+)
+
+
+@dataclass(frozen=True)
+class AuditFilter:
+    """``route`` matches the start of the route (``/api/v1/recalls`` takes every recall route)."""
+
+    actor: str | None = None
+    route: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+
+def _utc(moment: datetime) -> datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def page(
+    session: Session, spec: AuditFilter, sort: str | None, cursor: str | None, limit: int
+) -> Page[AuditEntryPublic]:
+    """Entries by actor, route and time (``since`` inclusive, ``until`` exclusive), oldest first by default."""
+    query = select(AuditEntry)
+    if spec.actor is not None:
+        query = query.where(AuditEntry.actor == spec.actor)
+    if spec.route is not None:
+        query = query.where(AuditEntry.route.startswith(spec.route, autoescape=True))
+    if spec.since is not None:
+        query = query.where(AuditEntry.at >= _utc(spec.since))
+    if spec.until is not None:
+        query = query.where(AuditEntry.at < _utc(spec.until))
+    rows, next_cursor = listing.page(session, query, LISTING, sort, cursor, limit)
+    return Page[AuditEntryPublic](items=[_public(e) for e in rows], next_cursor=next_cursor)
 
 
 def export_lines(session: Session, batch: int = 500) -> Iterator[str]:

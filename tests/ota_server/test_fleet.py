@@ -130,7 +130,7 @@ async def test_patch_changes_what_may_change_and_refuses_the_rest_by_name(env: E
     assert bad_zone.status_code == 422
     stored = (await env.client.get(url)).json()
     assert (stored["model"], stored["market"], stored["time_zone"]) == ("Sedan", "DE", "Europe/Berlin")
-    entries = (await env.client.get("/api/v1/audit")).json()["entries"]
+    entries = (await env.client.get("/api/v1/audit")).json()["items"]
     patches = [(e["status"], e["target"].get("changed")) for e in entries if e["method"] == "PATCH"]
     assert patches == [(200, "market,owner_contact,time_zone"), (200, "owner_contact"), (422, None), (422, None)]
 

@@ -172,7 +172,7 @@ async def test_a_tampered_image_is_a_discrepancy_listed_audited_and_counted(eith
     assert found["kind"] == "unassigned_image" and found["image_sha256"] == TAMPERED
     assert (await env.get_json("/api/v1/discrepancies?kind=unknown_version"))["items"] == []
     audit_page = await env.get_json("/api/v1/audit")
-    entries = audit_page["entries"] if "entries" in audit_page else audit_page["items"]
+    entries = audit_page["items"]
     assert isinstance(entries, list)
     assert any("unassigned_image" in (e.get("detail") or "") and e["target"].get("vin") == v for e in entries)
     metrics = (await env.client.get("/metrics")).text

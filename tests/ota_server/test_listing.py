@@ -77,9 +77,7 @@ async def test_campaigns_page_sort_and_filter(env: Env) -> None:
     assert [c["recall_id"] for c in everything] == recall_ids[:3]
     assert _ordered(await walk(env, "/api/v1/campaigns", 1, sort="-status"), "status", "id", descending=True)
     assert [c["recall_id"] for c in await walk(env, "/api/v1/campaigns", 1, status="cancelled")] == [recall_ids[1]]
-    assert [c["recall_id"] for c in await walk(env, "/api/v1/campaigns", 1, recall_id=recall_ids[2])] == [
-        recall_ids[2]
-    ]
+    assert [c["recall_id"] for c in await walk(env, "/api/v1/campaigns", 1, recall_id=recall_ids[2])] == [recall_ids[2]]
     assert len(await walk(env, "/api/v1/campaigns", 1, kind="remedy")) == 3
     assert await walk(env, "/api/v1/campaigns", 1, kind="rollback") == []
 
@@ -121,7 +119,9 @@ async def test_a_page_stays_stable_while_rows_are_added(env: Env) -> None:
     assert [r["version"] for r in first["items"] + rest["items"]] == ["1.0.0", "1.1.0", "1.2.0", "0.9.0"]
 
 
-@pytest.mark.parametrize("url", ["/api/v1/recalls", "/api/v1/campaigns", "/api/v1/releases", "/api/v1/tokens"])
+@pytest.mark.parametrize(
+    "url", ["/api/v1/recalls", "/api/v1/campaigns", "/api/v1/releases", "/api/v1/tokens", "/api/v1/audit"]
+)
 async def test_bad_sort_or_cursor_is_a_clear_422(env: Env, url: str) -> None:
     bad_sort = await env.client.get(url, params={"sort": "colour"})
     assert bad_sort.status_code == 422 and "'colour' is not a sort key here; use one of" in bad_sort.text
@@ -150,3 +150,26 @@ def test_a_cursor_round_trips_and_a_tampered_one_is_refused() -> None:
         decode_cursor(listing, "-at", encode_cursor(listing, "-at", ["yesterday", 7]), [datetime, int])
     with pytest.raises(InvalidInput, match="not a cursor of this list"):
         decode_cursor(listing, "-at", encode_cursor(listing, "-at", [moment, "7"]), [datetime, int])
+
+
+async def test_campaign_notices_page_and_filter_by_vin_and_kind(env: Env) -> None:
+    cars = [vin(n) for n in range(1, 4)]
+    assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in cars]})).is_success
+    await provision(env.client, cars)
+    release = (await upload(env.client)).json()["id"]
+    recall = (await env.client.post("/api/v1/recalls", json=recall_body(release))).json()
+    cid = (await env.client.post(f"/api/v1/recalls/{recall['id']}/launch")).json()["id"]
+    await env.nonces()  # the notices are out
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/cancel", json={"reason": "test"})).status_code == 200
+    await env.runtime.dispatcher.idle()
+    url = f"/api/v1/campaigns/{cid}/notices"
+    everything = await walk(env, url, 2)
+    assert sorted((n["vin"], n["kind"]) for n in everything) == sorted(
+        [(v, "campaign") for v in cars] + [(v, "withdrawal") for v in cars]
+    )
+    assert [n["kind"] for n in await walk(env, url, 1, vin=cars[1].lower())] == ["campaign", "withdrawal"]
+    assert {n["vin"] for n in await walk(env, url, 2, kind="withdrawal")} == set(cars)
+    newest = await walk(env, url, 4, sort="-published_at")
+    assert [n["published_at"] for n in newest] == sorted((n["published_at"] for n in newest), reverse=True)
+    assert (await env.client.get(url, params={"sort": "vin"})).status_code == 422
+    assert (await env.client.get("/api/v1/campaigns/999/notices")).status_code == 404

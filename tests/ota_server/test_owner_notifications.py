@@ -126,7 +126,7 @@ async def test_owner_letters_are_recorded_listed_and_exported(env: Env) -> None:
     lines = list(csv.DictReader(io.StringIO(exported.text)))
     assert {r["vin"] for r in lines} == {VINS[1]} and len(lines) == 3  # notice, first letter, follow-up
     assert [r["text"] for r in lines if r["detail"] == "follow_up"] == ["'=HYPERLINK()"]  # no formula runs
-    trail = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
+    trail = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["items"]
     audited = [(e["method"], e["route"], e["status"], e["target"].get("letter")) for e in trail]
     assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 201, "follow_up") in audited
     assert ("POST", "/api/v1/recalls/{recall_id}/owner-letters", 422, "follow_up") in audited

@@ -120,7 +120,7 @@ async def test_a_recall_whose_answer_cannot_be_built_is_not_stored(
         with pytest.raises(RuntimeError, match="preview query failed"):
             await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))
     assert (await env.client.get("/api/v1/recalls")).json()["items"] == []
-    entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
+    entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["items"]
     posted = [e for e in entries if e["route"] == "/api/v1/recalls" and e["method"] == "POST"]
     assert [e["status"] for e in posted] == [500] and "created" not in posted[0]["target"]
     created = await env.client.post("/api/v1/recalls", json=recall_body(release_id, "24V-901"))

@@ -94,7 +94,7 @@ async def test_people_the_same_admin_created_are_two_persons_and_the_audit_names
     sam = await _token(env, "sam", "approver", by=ops_lead)
     assert (await env.client.post(launch, headers=olga)).status_code == 202
     assert (await env.client.post(approve, headers=sam)).status_code == 201
-    entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["entries"]
+    entries = (await env.client.get("/api/v1/audit", params={"limit": 1000})).json()["items"]
     target: dict[str, Any] = entries[-1]["target"]
     assert (entries[-1]["actor"], entries[-1]["status"]) == ("sam", 201)
     assert target["requested_by"] == "olga" and target["approved_by"] == "sam"
