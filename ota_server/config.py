@@ -145,6 +145,13 @@ class Settings:
     # quarter is written there, checked every report_export_interval_s seconds under a lease.
     report_export_dir: Path | None = None
     report_export_interval_s: float = 3600.0
+    # Webhooks (docs/webhooks.md): deliveries are sent every webhook_interval_s seconds under a
+    # lease (0 switches sending off), each attempt bounded by webhook_timeout_s. A webhook URL on
+    # a loopback or link-local host is accepted only while webhook_allow_loopback is true (the
+    # default, for development and tests; set OTA_WEBHOOK_ALLOW_LOOPBACK=false in a deployment).
+    webhook_interval_s: float = 1.0
+    webhook_timeout_s: float = 5.0
+    webhook_allow_loopback: bool = True
     log_level: str = "INFO"
     # "text" (human) or "json": one object a line with time, level, logger, message, campaign_id, vin.
     log_format: str = "text"
@@ -167,6 +174,10 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
         if self.mqtt_version not in (4, 5):
             raise InvalidInput(f"{ENV_PREFIX}MQTT_VERSION must be 4 (3.1.1) or 5")
+        if self.webhook_interval_s < 0:
+            raise InvalidInput(f"{ENV_PREFIX}WEBHOOK_INTERVAL_S must be >= 0")
+        if not 0 < self.webhook_timeout_s <= 60:
+            raise InvalidInput(f"{ENV_PREFIX}WEBHOOK_TIMEOUT_S must be > 0 and at most 60")
         if not self.lease_ttl_s > 0:
             raise InvalidInput(f"{ENV_PREFIX}LEASE_TTL_S must be > 0")
 

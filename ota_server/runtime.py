@@ -19,6 +19,7 @@ from ota_server.config import Settings
 from ota_server.db.migrate import require_current, upgrade
 from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
+from ota_server.events import outbox
 from ota_server.infra.bundle_store import BundleStore
 from ota_server.infra.leases import RESIGN, SCHEDULER, Lease, LeasedJob, default_instance_id
 from ota_server.infra.pki import LazyAuthority
@@ -32,6 +33,7 @@ from ota_server.services.campaign_fleet import CampaignFleet
 from ota_server.services.owner_links import OwnerLinks, load_secret
 from ota_server.services.repository import RepoReader
 from ota_server.services.rollout_control import RolloutControl
+from ota_server.services.webhook_delivery import WEBHOOKS, WebhookSender
 from ota_server.signing import keys
 from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
 from ota_server.signing.freshness import Refresher
@@ -62,6 +64,7 @@ class Runtime:
     repo_reader: RepoReader
     owner_links: OwnerLinks
     refresher: Refresher | None = None
+    webhooks: WebhookSender | None = None  # sends the outbox's events (its periodic run is a leased job)
     # Periodic jobs, each run by whichever replica holds its lease (ota_server.infra.leases).
     jobs: list[LeasedJob] = field(default_factory=list)
 
@@ -113,6 +116,7 @@ def _ensure_image_chain(sessions: sessionmaker[Session], image_repo: ImageReposi
 async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher | None) -> Runtime:
     engine, image_repo, director, image_root, director_root = await asyncio.to_thread(_prepare_storage, settings, clock)
     sessions = make_session_factory(engine)
+    outbox.install(sessions)  # campaign, approval and discrepancy events written in their own transactions
     ingestor = Ingestor(
         sessions,
         clock,
@@ -185,6 +189,10 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         runtime.jobs.append(
             LeasedJob(lease, settings.report_export_interval_s, lambda: asyncio.to_thread(exporter.run_once))
         )
+    sender = runtime.webhooks = WebhookSender(sessions, clock, timeout_s=settings.webhook_timeout_s)
+    if settings.webhook_interval_s > 0:
+        lease = Lease(sessions, WEBHOOKS, instance, clock, settings.lease_ttl_s)
+        runtime.jobs.append(LeasedJob(lease, settings.webhook_interval_s, sender.run_once))
     for job in runtime.jobs:
         job.start()
     return runtime

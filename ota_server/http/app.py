@@ -31,6 +31,7 @@ from ota_server.api import (
     targets,
     tokens,
     vehicles,
+    webhooks,
 )
 from ota_server.api.limits import BodyLimit, UploadLimit
 from ota_server.clock import Clock, utc_now
@@ -90,6 +91,7 @@ def create_app(settings: Settings, *, publisher: Publisher | None = None, clock:
         discrepancies,
         owner_notifications,
         groups,
+        webhooks,
     ):
         app.include_router(module.router)
     web.install(app, settings, clock)  # the dashboard, the VIN timeline and the public look-up

@@ -14,6 +14,10 @@ as it likes, on whichever replica holds its lease (``report-export``, see
 nothing twice. Each file is written to a temporary name in the same directory and renamed into
 place, so a reader never sees half a report. The submitter is ``scheduled export``; the date
 is the export's.
+
+Each recall and period written is a ``report.ready`` event (``ota_server.events``), committed
+once its files are in place: a crash between the files and that commit loses the event (the
+files are there, so the next run writes nothing and tells nothing).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, Recall
 from ota_server.domain.states import CampaignKind, CampaignStatus
+from ota_server.events import outbox
 from ota_server.regulator import FORMATS, Issuer, Kind, build, render
 from ota_server.regulator.common import Period, last_full_quarter, last_full_week
 
@@ -97,6 +102,7 @@ class ReportExporter:
         now = self._clock()
         issuer = Issuer(self._manufacturer, SUBMITTER)
         written: list[Path] = []
+        ready: dict[tuple[int, str, str], list[str]] = {}
         with self._sessions() as session:
             for item in list(self.due(session, now)):
                 label = item.period.label
@@ -106,6 +112,10 @@ class ReportExporter:
                 path = item.path(self.directory)
                 write_atomically(path, body)
                 written.append(path)
+                ready.setdefault((item.recall_id, item.recall_number, label), []).append(path.name)
+            for (recall_id, number, label), names in ready.items():
+                outbox.report_ready(session, recall_id, number, label, names, now)
+            session.commit()
         if written:
             log.info("scheduled export: wrote %d report files into %s", len(written), self.directory)
         return written

@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from firmware_bundles.messages import ReportState
 from ota_server.db.models import CampaignEvent, CampaignVehicle
 from ota_server.domain.states import Cause, VinState, check
+from ota_server.events import outbox
 
 VIN_LIST_CHUNK = 5000  # VINs per UPDATE ... WHERE vin IN (...) of a campaign's rows
 _FAILED_ECU_STATES = (ReportState.FAILED, ReportState.ROLLED_BACK)
@@ -112,6 +113,7 @@ def move(
     check(VinState(cv.state), dst, cause)
     cv.state, cv.reason, cv.detail, cv.updated_at = dst.value, reason, detail, now
     _record_event(session, cv, cause.value, now, reason=reason, detail=detail)
+    outbox.vehicles_failed(session, [_event_row(cv, cause.value, now, reason=reason, detail=detail)])
 
 
 def retry(session: Session, cv: CampaignVehicle, now: datetime) -> str:
@@ -194,9 +196,11 @@ def confirmed_by_car(cv: CampaignVehicle, state: ReportState, *, deferrals: int)
 
 
 def record_car_events(session: Session, events: Sequence[Mapping[str, object]]) -> None:
-    """A batch of the cars' own steps, one statement (each row as :class:`CampaignEvent`'s columns)."""
+    """A batch of the cars' own steps, one statement (each row as :class:`CampaignEvent`'s columns);
+    each failure among them is a ``vehicle.failed`` event in the same transaction."""
     if events:
         session.execute(insert(CampaignEvent), [{"source": Cause.CAR.value} | dict(e) for e in events])
+        outbox.vehicles_failed(session, events)
 
 
 # -- notices ----------------------------------------------------------------------------------

@@ -1,0 +1,290 @@
+"""Webhooks: every event of a campaign reaches a real HTTP receiver on loopback, signed, once per
+delivery id, across a server restart and a 500; dead endpoints are paused; bad input is a 422."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import threading
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select
+
+from firmware_bundles.messages import FailureReason
+from firmware_bundles.messages import ReportState as S
+from ota_server.config import Settings
+from ota_server.db.models import Campaign, OutboxEvent, Webhook
+from ota_server.services.webhook_delivery import WebhookSender, backoff_s
+from tests.ota_server.conftest import Env, make_settings, running
+from tests.ota_server.helpers import FakeClock, launched, report, vin
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret-for-the-tests-0123456789"
+VINS = [vin(n) for n in range(1, 4)]
+
+
+def docs_verify() -> Callable[..., bool]:
+    """The ``verify`` function of docs/webhooks.md, run as written there."""
+    text = (ROOT / "docs" / "webhooks.md").read_text()
+    code = next(block for block in re.findall(r"```python\n(.*?)```", text, re.S) if "def verify" in block)
+    scope: dict[str, Any] = {}
+    exec(compile(code, "docs/webhooks.md", "exec"), scope)  # our own documentation
+    verify: Callable[..., bool] = scope["verify"]
+    return verify
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+    answered: int
+
+
+@dataclass
+class Receiver:
+    """A real HTTP server on loopback: records each request, answers from ``codes`` (then 200)."""
+
+    url: str = ""
+    requests: list[Received] = field(default_factory=list)
+    codes: deque[int] = field(default_factory=deque)
+    always: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def delivered(self) -> list[Received]:
+        return [r for r in self.requests if 200 <= r.answered < 300]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    state = Receiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # http.server's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            with state.lock:
+                code = state.always or (state.codes.popleft() if state.codes else 200)
+                state.requests.append(Received(dict(self.headers.items()), body, code))
+            self.send_response(code)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    try:
+        yield state
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def quiet_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path, webhook_interval_s=0)  # the tests run the sender themselves
+
+
+async def _add(env: Env, url: str, **body: Any) -> dict[str, Any]:
+    resp = await env.client.post("/api/v1/webhooks", json={"url": url, **body})
+    assert resp.status_code == 201, resp.text
+    created: dict[str, Any] = resp.json()
+    return created
+
+
+async def _get(env: Env, url: str) -> Any:
+    resp = await env.client.get(url)
+    assert resp.status_code == 200, resp.text
+    return resp.json()
+
+
+def _sender(env: Env) -> WebhookSender:
+    sender = env.runtime.webhooks
+    assert sender is not None
+    return sender
+
+
+async def test_every_event_reaches_the_receiver_once_signed_across_a_restart_and_a_500(
+    quiet_settings: Settings, receiver: Receiver
+) -> None:
+    async with running(quiet_settings) as env:
+        hook = await _add(env, receiver.url, secret=SECRET)
+        assert hook["secret"] == SECRET and hook["status"] == "active" and hook["events"] is None
+        listed = await _get(env, "/api/v1/webhooks")
+        assert [w["id"] for w in listed["items"]] == [hook["id"]] and "secret" not in listed["items"][0]
+        campaign = await launched(env.client, VINS)
+        cid = campaign["id"]
+        nonces = await env.nonces()
+        await env.inject(report(cid, VINS[0], nonces[VINS[0]], S.FAILED, reason=FailureReason.DOWNLOAD_FAILED))
+        for action in ("pause", "resume", "cancel"):
+            resp = await env.client.post(f"/api/v1/campaigns/{cid}/{action}", json={"reason": "test"})
+            assert resp.status_code == 200, resp.text
+        # The server stops with every event committed and none sent yet.
+        assert receiver.requests == []
+    receiver.codes.append(500)  # the first attempt after the restart is refused
+    async with running(quiet_settings) as env:
+        sender = _sender(env)
+        assert await sender.run_once() == 5
+        assert [r.answered for r in receiver.requests].count(500) == 1
+        refused = next(r for r in receiver.requests if r.answered == 500)
+        assert await sender.run_once() == 0  # not due yet: backing off
+        env.clock.advance(backoff_s(1, lambda: 1.0))
+        assert await sender.run_once() == 1
+        page = await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries")
+    delivered = receiver.delivered()
+    types = sorted(r.headers["X-OTA-Event"] for r in delivered)
+    assert types == sorted(
+        ["campaign.launched", "vehicle.failed", "campaign.paused", "campaign.resumed", "campaign.cancelled"]
+    )
+    ids = [r.headers["X-OTA-Delivery"] for r in delivered]
+    assert len(set(ids)) == len(ids) == 5  # each delivery id received (and answered 2xx) once
+    assert refused.headers["X-OTA-Delivery"] in ids  # the retry kept its delivery id
+    verify = docs_verify()
+    for r in receiver.requests:
+        assert verify(SECRET, r.headers, r.body, now=float(r.headers["X-OTA-Timestamp"]) + 10)
+        assert not verify("another-secret-0123456789", r.headers, r.body, now=float(r.headers["X-OTA-Timestamp"]))
+        assert not verify(SECRET, r.headers, r.body, now=float(r.headers["X-OTA-Timestamp"]) + 301)  # too old
+        payload = json.loads(r.body)
+        assert payload["type"] == r.headers["X-OTA-Event"]
+        assert payload["subject"]["campaign_id"] == cid and payload["subject"]["recall_number"] == "24V-123"
+    failed = json.loads(next(r.body for r in delivered if r.headers["X-OTA-Event"] == "vehicle.failed"))
+    assert failed["subject"]["vin"] == VINS[0] and failed["data"]["reason"] == "download_failed"
+    items = page["items"]
+    assert len(items) == 5
+    assert {d["status"] for d in items} == {"delivered"}
+    assert sorted(d["attempts"] for d in items) == [1, 1, 1, 1, 2]
+
+
+async def test_an_event_is_written_only_with_the_change_that_caused_it(env: Env) -> None:
+    campaign = await launched(env.client, VINS)
+    with env.runtime.sessions() as session:
+        before = session.scalar(select(func.count()).select_from(OutboxEvent)) or 0
+        row = session.get(Campaign, campaign["id"])
+        assert row is not None
+        row.status, row.status_reason, row.status_changed_at = "paused", "paused by test", env.clock()
+        session.flush()
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == before + 1  # in the transaction
+        session.rollback()
+    with env.runtime.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(OutboxEvent)) == before  # rolled back with it
+        types = session.scalars(select(OutboxEvent.type)).all()
+    assert "campaign.paused" not in types and types.count("campaign.launched") == 1
+
+
+async def test_a_filter_sends_only_the_chosen_events(env: Env, receiver: Receiver) -> None:
+    await _add(env, receiver.url, events=["campaign.cancelled"])
+    cid = (await launched(env.client, VINS))["id"]
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/cancel", json={"reason": "x"})).status_code == 200
+    await _sender(env).run_once()
+    assert [r.headers["X-OTA-Event"] for r in receiver.requests] == ["campaign.cancelled"]
+
+
+async def test_a_dead_endpoint_is_paused_after_the_bound_and_sends_again_when_resumed(
+    env: Env, receiver: Receiver
+) -> None:
+    hook = await _add(env, receiver.url)
+    cid = (await launched(env.client, VINS))["id"]
+    for action in ("pause", "resume"):
+        assert (await env.client.post(f"/api/v1/campaigns/{cid}/{action}", json={"reason": "x"})).status_code == 200
+    receiver.always = 503
+    sender = WebhookSender(env.runtime.sessions, env.clock, pause_after_failures=5, rand=lambda: 1.0)
+    runs = 0
+    while (await _get(env, "/api/v1/webhooks"))["items"][0]["status"] == "active":
+        await sender.run_once()
+        env.clock.advance(3600)
+        runs += 1
+        assert runs < 10, "never paused"
+    listed = (await _get(env, "/api/v1/webhooks"))["items"][0]
+    assert listed["consecutive_failures"] >= 5 and "in a row" in listed["paused_reason"]
+    sent = len(receiver.requests)
+    env.clock.advance(3600)
+    assert await sender.run_once() == 0 and len(receiver.requests) == sent  # paused: nothing is sent
+    receiver.always = None
+    resp = await env.client.post(f"/api/v1/webhooks/{hook['id']}/resume")
+    assert resp.status_code == 200 and resp.json()["status"] == "active"
+    assert (await env.client.post(f"/api/v1/webhooks/{hook['id']}/resume")).status_code == 409
+    await sender.run_once()
+    assert {r.headers["X-OTA-Event"] for r in receiver.delivered()} == {
+        "campaign.launched",
+        "campaign.paused",
+        "campaign.resumed",
+    }
+
+
+async def test_a_4xx_fails_at_once_and_a_day_of_failures_pauses(env: Env, receiver: Receiver) -> None:
+    hook = await _add(env, receiver.url)
+    campaign = await launched(env.client, VINS)
+    receiver.always = 404
+    sender = WebhookSender(env.runtime.sessions, env.clock, pause_after_failures=100, pause_after_s=86400)
+    await sender.run_once()
+    page = await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries?status=failed")
+    items = page["items"]
+    assert len(items) == 1
+    assert (items[0]["attempts"], items[0]["last_status_code"], items[0]["next_attempt_at"]) == (1, 404, None)
+    env.clock.advance(86400)  # a day later, another failure: the webhook is paused
+    resp = await env.client.post(f"/api/v1/campaigns/{campaign['id']}/pause", json={"reason": "x"})
+    assert resp.status_code == 200, resp.text
+    await sender.run_once()
+    with env.runtime.sessions() as session:
+        row = session.get(Webhook, hook["id"])
+        assert row is not None and row.status == "paused" and "failing since" in (row.paused_reason or "")
+
+
+async def test_two_replicas_running_at_once_send_each_delivery_once(env: Env, receiver: Receiver) -> None:
+    await _add(env, receiver.url)
+    cid = (await launched(env.client, VINS))["id"]
+    for action in ("pause", "resume", "cancel"):
+        assert (await env.client.post(f"/api/v1/campaigns/{cid}/{action}", json={"reason": "x"})).status_code == 200
+    a = WebhookSender(env.runtime.sessions, env.clock)
+    b = WebhookSender(env.runtime.sessions, FakeClock())
+    await asyncio.gather(a.run_once(), b.run_once(), a.run_once())
+    ids = [r.headers["X-OTA-Delivery"] for r in receiver.requests]
+    assert len(ids) == len(set(ids)) == 4
+
+
+@pytest.mark.parametrize(
+    ("body", "words"),
+    [
+        ({"url": "ftp://example.com/x"}, "scheme must be http or https"),
+        ({"url": "https://user:pw@example.com/x"}, "no user name or password"),
+        ({"url": "https://example.com/" + "a" * 2000}, "2000"),
+        ({"url": "https:///nohost"}, "no host"),
+        ({"url": "https://example.com/x", "events": ["campaign.exploded"]}, "events[0]"),
+        ({"url": "https://example.com/x", "secret": "short"}, "16"),
+        ({"url": "https://example.com/x", "extra": 1}, "extra"),
+    ],
+)
+async def test_bad_input_is_refused_with_a_clear_422(env: Env, body: dict[str, Any], words: str) -> None:
+    resp = await env.client.post("/api/v1/webhooks", json=body)
+    assert resp.status_code == 422, resp.text
+    assert words in resp.json()["detail"]
+
+
+async def test_loopback_only_where_the_setting_allows_it(tmp_path: Path) -> None:
+    async with running(make_settings(tmp_path, webhook_allow_loopback=False, webhook_interval_s=0)) as env:
+        for url in ("http://127.0.0.1:9/x", "http://localhost/x", "http://[::1]/x", "http://169.254.169.254/"):
+            resp = await env.client.post("/api/v1/webhooks", json={"url": url})
+            assert resp.status_code == 422 and "loopback" in resp.json()["detail"], resp.text
+        resp = await env.client.post("/api/v1/webhooks", json={"url": "https://hooks.example.com/"})
+        assert resp.status_code == 201, resp.text
+
+
+async def test_removing_a_webhook_and_reading_an_unknown_one(env: Env, receiver: Receiver) -> None:
+    hook = await _add(env, receiver.url)
+    viewer = await env.headers_for("vera", "viewer")
+    assert (await env.client.post("/api/v1/webhooks", json={"url": receiver.url}, headers=viewer)).status_code == 403
+    assert (await env.client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 200
+    assert (await env.client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
+    assert (await env.client.get(f"/api/v1/webhooks/{hook['id']}/deliveries")).status_code == 404
+    await launched(env.client, VINS)
+    await _sender(env).run_once()
+    assert receiver.requests == []
