@@ -10,18 +10,18 @@ commits: the caller's transaction decides. :func:`page` reads one recall's log i
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select
+from sqlalchemy import Select, insert, select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Campaign, OwnerNotification
 from ota_server.errors import InvalidInput, NotFound
-from ota_server.services import owner_notices
+from ota_server.services import listing, owner_notices
 
 KINDS = frozenset({"notice", "reminder", "withdrawal", "consent_request", "consent_answer", "letter"})
 CHANNELS = frozenset({"mqtt", "letter", "email", "owner_page", "head_unit", "cli", "phone"})
@@ -153,14 +153,44 @@ def _row(e: Entry, recall_id: int, campaign_id: int | None, recorded_by: str, no
     }
 
 
-def page(
-    session: Session, recall_id: int, *, after: int = 0, limit: int = 500, vin: str | None = None
-) -> list[OwnerNotification]:
-    """One recall's log in id order, rows with id > ``after`` (the next page starts after the last id)."""
-    query = select(OwnerNotification).where(OwnerNotification.recall_id == recall_id, OwnerNotification.id > after)
+_ID = listing.SortKey(OwnerNotification.id, lambda n: n.id, int)
+LISTING = listing.Listing(
+    scope="owner-notifications",
+    keys={"id": _ID, "at": listing.SortKey(OwnerNotification.at, lambda n: n.at, datetime)},
+    tie=_ID,
+    default="id",
+)
+
+
+def _logged(recall_id: int, vin: str | None, kind: str | None) -> Select[OwnerNotification]:
+    query = select(OwnerNotification).where(OwnerNotification.recall_id == recall_id)
     if vin:
         query = query.where(OwnerNotification.vin == normalize_vin(vin))
-    return list(session.scalars(query.order_by(OwnerNotification.id).limit(limit)))
+    if kind:
+        query = query.where(OwnerNotification.kind == kind)
+    return query
+
+
+def page(
+    session: Session,
+    recall_id: int,
+    *,
+    vin: str | None = None,
+    kind: str | None = None,
+    sort: str | None = None,
+    cursor: str | None = None,
+    limit: int = 500,
+) -> tuple[list[OwnerNotification], str | None]:
+    """One page of a recall's log (id order by default) and the next page's cursor."""
+    return listing.page(session, _logged(recall_id, vin, kind), LISTING, sort, cursor, limit)
+
+
+def every(
+    session: Session, recall_id: int, *, vin: str | None, kind: str | None, sort: str | None
+) -> Iterator[OwnerNotification]:
+    """Every row of a recall's log under the same filters (an export), a keyset page at a time."""
+    for rows in listing.every(session, _logged(recall_id, vin, kind), LISTING, sort):
+        yield from rows
 
 
 def of_vin(session: Session, vin: str) -> Iterable[OwnerNotification]:

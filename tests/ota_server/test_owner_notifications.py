@@ -55,7 +55,7 @@ async def test_record_keeps_text_and_hash_and_refuses_unknown_kinds(env: Env) ->
                 session, vin=VINS[0], campaign_id=campaign["id"], kind="notice", channel="pigeon", text="x", at=AT
             )
         session.commit()
-        rows = owner_notifications.page(session, campaign["recall_id"], vin=VINS[0])
+        rows, _ = owner_notifications.page(session, campaign["recall_id"], vin=VINS[0])
         asked = [r for r in rows if r.kind == "consent_request"]
         assert len(asked) == 1 and asked[0].vin == VINS[0] and asked[0].text == "Please accept 1.1.0"
         assert asked[0].text_sha256 == hashlib.sha256(b"Please accept 1.1.0").hexdigest()
@@ -92,7 +92,7 @@ async def test_every_published_notice_is_logged_with_the_text_the_owner_sees(env
     campaign = await launched(env.client, VINS)
     await env.nonces()  # the dispatcher published every notice
     with env.runtime.sessions() as session:
-        rows = owner_notifications.page(session, campaign["recall_id"])
+        rows, _ = owner_notifications.page(session, campaign["recall_id"])
     assert sorted(r.vin for r in rows) == VINS
     assert {(r.kind, r.channel) for r in rows} == {("notice", "mqtt")}
     assert "Contact: Dana Smith, Recall coordinator, +1 555 0100, recalls@example.com" in rows[0].text
@@ -112,16 +112,19 @@ async def test_owner_letters_are_recorded_listed_and_exported(env: Env) -> None:
 
     log = f"/api/v1/recalls/{rid}/owner-notifications"
     page = (await env.client.get(log, params={"limit": 2})).json()
-    assert len(page["rows"]) == 2 and page["next_after"] == page["rows"][-1]["id"]
-    rest = (await env.client.get(log, params={"after": page["next_after"], "limit": 100})).json()
-    rows = page["rows"] + rest["rows"]
-    assert rest["next_after"] is None and len({r["id"] for r in rows}) == len(rows)
+    assert len(page["items"]) == 2 and page["next_cursor"]
+    rest = (await env.client.get(log, params={"cursor": page["next_cursor"], "limit": 100})).json()
+    rows = page["items"] + rest["items"]
+    assert rest["next_cursor"] is None and len({r["id"] for r in rows}) == len(rows)
+    assert [r["id"] for r in rows] == sorted(r["id"] for r in rows)
+    letters_only = (await env.client.get(log, params={"kind": "letter", "sort": "-at"})).json()["items"]
+    assert len(letters_only) == len(VINS) + 1 and letters_only[0]["detail"] == "follow_up"
     mailed = [r for r in rows if r["kind"] == "letter"]
     assert len(mailed) == len(VINS) + 1 and {r["channel"] for r in mailed} == {"letter"}
     assert {r["detail"] for r in mailed} == {"first", "follow_up"} and mailed[0]["at"].startswith("2026-03-05")
     assert {r["recorded_by"] for r in mailed} == {"admin"}
     assert {r["kind"] for r in rows} == {"notice", "letter"}
-    exported = await env.client.get(log, params={"format": "csv", "vin": VINS[1]})
+    exported = await env.client.get(log, params={"format": "csv", "vin": VINS[1], "limit": 1})  # every row
     assert exported.headers["content-type"].startswith("text/csv")
     lines = list(csv.DictReader(io.StringIO(exported.text)))
     assert {r["vin"] for r in lines} == {VINS[1]} and len(lines) == 3  # notice, first letter, follow-up
