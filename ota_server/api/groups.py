@@ -9,6 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
+from ota_server.api.listing import Cursor, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import (
     GroupCreate,
@@ -16,7 +17,6 @@ from ota_server.schemas import (
     GroupPublic,
     TagBatch,
     TagBatchResult,
-    Text,
     VehiclePage,
     VehiclePublic,
 )
@@ -38,7 +38,6 @@ GroupRef = Annotated[
     ),
     AfterValidator(group_name_shape),
 ]
-Cursor = Annotated[Text | None, Query(max_length=200, description="next_cursor of the previous page")]
 
 
 @router.put("/api/v1/vehicles/{vin}/tags/{tag}", tags=["vehicles"])
@@ -80,10 +79,13 @@ def create_group(body: GroupCreate, session: OperatorSession, runtime: RuntimeDe
 
 @router.get("/api/v1/groups", dependencies=[needs_read], tags=["groups"])
 def list_groups(
-    session: SessionDep, cursor: Cursor = None, limit: Annotated[int, Query(ge=1, le=100)] = 50
+    session: SessionDep,
+    sort: Annotated[str | None, sort_query(groups.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Groups per page (each is counted)")] = 50,
 ) -> GroupPage:
-    """The saved groups by name (any case), each with its count now."""
-    return groups.page(session, cursor, limit)
+    """The saved groups, by name (any case) unless sorted otherwise, each with its count now."""
+    return groups.page(session, sort, cursor, limit)
 
 
 @router.get("/api/v1/groups/{group}", dependencies=[needs_read], tags=["groups"])

@@ -9,6 +9,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, Field
 
 from ota_server.schemas.common import INPUT_MODEL, OUTPUT_MODEL, Text, Vin, text_problem
+from ota_server.schemas.listing import Page
 from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 
 # A tag: 1-32 letters, digits, '.', '_', ':' or '-', starting with a letter or digit; stored in lower case.
@@ -121,6 +122,4 @@ class GroupPublic(BaseModel):
     created_by: str
 
 
-class GroupPage(BaseModel):
-    items: list[GroupPublic]
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null on the last")
+GroupPage = Page[GroupPublic]

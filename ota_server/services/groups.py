@@ -12,8 +12,6 @@ change the recall, and deleting a group a recall named is therefore allowed.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -34,11 +32,8 @@ from ota_server.schemas.groups import (
     TagBatch,
     TagBatchResult,
 )
-from ota_server.services import group_filter
+from ota_server.services import group_filter, listing
 from ota_server.services.vehicles import decode_cursor, encode_cursor
-
-_CURSOR_PREFIX = "group:"
-
 
 # --- tags ---------------------------------------------------------------------------------
 
@@ -210,30 +205,23 @@ def remove(session: Session, ref: str) -> GroupPublic:
     return answer
 
 
-def _decode(cursor: str) -> str:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    if not raw.startswith(_CURSOR_PREFIX):
-        raise InvalidInput("cursor: not a cursor this server gave (pass next_cursor back as it came)")
-    return raw.removeprefix(_CURSOR_PREFIX)
+_ID = listing.SortKey(VehicleGroup.id, lambda g: g.id, int)
+LISTING = listing.Listing(
+    scope="groups",
+    keys={
+        "id": _ID,
+        "name": listing.SortKey(VehicleGroup.name_key, lambda g: g.name_key, str),  # whatever the case
+        "created_at": listing.SortKey(VehicleGroup.created_at, lambda g: g.created_at, datetime),
+    },
+    tie=_ID,
+    default="name",
+)
 
 
-def page(session: Session, cursor: str | None, limit: int) -> GroupPage:
-    """Groups in name order (case-insensitive), ``limit`` at a time, each with its count now."""
-    query = select(VehicleGroup).order_by(VehicleGroup.name_key).limit(limit + 1)
-    if cursor:
-        query = query.where(VehicleGroup.name_key > _decode(cursor))
-    found = session.scalars(query).all()
-    items = [_public(session, g) for g in found[:limit]]
-    more = len(found) > limit
-    next_cursor = (
-        base64.urlsafe_b64encode((_CURSOR_PREFIX + found[limit - 1].name_key).encode()).decode().rstrip("=")
-        if more
-        else None
-    )
-    return GroupPage(items=items, next_cursor=next_cursor)
+def page(session: Session, sort: str | None, cursor: str | None, limit: int) -> GroupPage:
+    """Groups in the asked order (by name, any case, by default), each with its count now."""
+    rows, next_cursor = listing.page(session, select(VehicleGroup), LISTING, sort, cursor, limit)
+    return GroupPage(items=[_public(session, g) for g in rows], next_cursor=next_cursor)
 
 
 def vehicles(session: Session, ref: str, cursor: str | None, limit: int) -> VehiclePage:

@@ -138,6 +138,8 @@ async def test_a_group_counts_its_cars_when_read(env: Env) -> None:
     names = [g["name"] for g in rest["items"]]  # type: ignore[union-attr]
     assert names == ["Either depot", "First two", "Reported old", "Running old"] and rest["next_cursor"] is None
 
+    newest = await env.get_json("/api/v1/groups?sort=-id&limit=1")
+    assert [g["name"] for g in newest["items"]] == ["First two"]  # type: ignore[union-attr]
     first = await env.get_json("/api/v1/groups/either%20depot/vehicles?limit=2")
     second = await env.get_json(f"/api/v1/groups/either%20depot/vehicles?limit=2&cursor={first['next_cursor']}")
     listed = [c["vin"] for c in [*first["items"], *second["items"]]]  # type: ignore[misc]
