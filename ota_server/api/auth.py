@@ -6,12 +6,18 @@ the same transaction as the action, and records refusals (403, 409, 422...) too.
 
 Browsers (the dashboard in ``ota_server.web``) cannot send a bearer header on navigation
 or from ``EventSource``, so the token may also come in the HttpOnly, SameSite=Strict
-cookie :data:`SESSION_COOKIE`, and only on read-only (GET/HEAD) requests: a write
-always needs the header, so a cross-site request can never act with the cookie.
+cookie :data:`SESSION_COOKIE`. On reads (GET/HEAD) the cookie is enough. A write with
+the cookie (an operator's button on a page) also needs the :data:`CSRF_HEADER` header,
+an HMAC of the cookie's token under the server's CSRF key that only the session's own
+pages can read (``GET /ui/session``), and must come from this origin (``Origin`` /
+``Sec-Fetch-Site``); otherwise it is refused with 403 and the refusal is audited.
+A bearer header needs neither (no browser sends one on its own).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable, Iterator
 from typing import Annotated
 
@@ -24,15 +30,19 @@ from starlette.exceptions import HTTPException
 from ota_server.api.deps import RuntimeDep
 from ota_server.api.handlers import status_for
 from ota_server.errors import Forbidden, OtaError, Unauthorized
+from ota_server.infra import secret_file
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.roles import ADMINISTER, APPROVE, OPERATE, READ, Actor, Role, describe
+from ota_server.runtime import Runtime
 from ota_server.services import audit, tokens
 from ota_server.services.audit import Action, Trail
 
 bearer = HTTPBearer(auto_error=False, description="An API token (`ota tokens create`): `Authorization: Bearer <token>`")
 
-# The dashboard's login cookie (set by ``POST /ui/login``): honoured on GET and HEAD only.
+# The dashboard's login cookie (set by ``POST /ui/login``): a write with it needs CSRF_HEADER too.
 SESSION_COOKIE = "ota_session"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_KEY_FILE = "csrf.key"
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
 
@@ -42,12 +52,70 @@ def get_limiter(request: Request) -> TokenBuckets:
 
 
 def presented_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> str | None:
-    """The bearer token, or on a read-only request the login cookie; None if neither."""
+    """The bearer token, else the login cookie (a write with it is checked by :func:`cookie_write_refusal`)."""
     if credentials is not None:
         return credentials.credentials
-    if request.method in READ_ONLY_METHODS:
-        return request.cookies.get(SESSION_COOKIE) or None
+    return request.cookies.get(SESSION_COOKIE) or None
+
+
+def csrf_token(key: bytes, secret: str) -> str:
+    """The CSRF token of the session whose cookie holds ``secret``: useless for any other session."""
+    return hmac.new(key, b"ota-csrf\0" + secret.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_key(request: Request, runtime: Runtime) -> bytes:
+    """The server's CSRF key (``<data dir>/csrf.key``, made on first use), read once per app."""
+    key: bytes | None = getattr(request.app.state, "csrf_key", None)
+    if key is None:
+        key = request.app.state.csrf_key = secret_file.load_or_create(runtime.settings.data_dir / CSRF_KEY_FILE)
+    return key
+
+
+def _same_site_hosts(request: Request, runtime: Runtime) -> set[str]:
+    hosts = {request.headers.get("host", "")}
+    if runtime.settings.public_url:
+        hosts.add(runtime.settings.public_url.split("://", 1)[-1].split("/", 1)[0])
+    return hosts
+
+
+def _origin_refusal(request: Request, runtime: Runtime) -> str | None:
+    """None when the request comes from this site's own pages (the browser says so), else why not."""
+    site = request.headers.get("sec-fetch-site")
+    if site is not None and site != "same-origin":
+        return f"a write with the login cookie from another site (Sec-Fetch-Site: {site[:40]}) is refused"
+    origin = request.headers.get("origin")
+    if origin is None:
+        if site is None:
+            return "a write with the login cookie must come from the dashboard's pages (no Origin header)"
+        return None
+    if origin == "null" or origin.split("://", 1)[-1] not in _same_site_hosts(request, runtime):
+        return f"a write with the login cookie from another site (Origin: {origin[:100]}) is refused"
     return None
+
+
+def cookie_write_refusal(request: Request, runtime: Runtime, secret: str) -> str | None:
+    """Why a write carrying the login cookie (and no bearer header) is refused; None if it may go on."""
+    presented = request.headers.get(CSRF_HEADER)
+    if not presented:
+        return (
+            f"a write with the login cookie needs the {CSRF_HEADER} header (the page reads it from GET /ui/session); "
+            "API clients send 'Authorization: Bearer <token>'"
+        )
+    if not hmac.compare_digest(presented.encode(), csrf_token(csrf_key(request, runtime), secret).encode()):
+        return f"the {CSRF_HEADER} header does not belong to this sign-in session: reload the page"
+    return _origin_refusal(request, runtime)
+
+
+def _route_action(request: Request, actor: Actor) -> Action:
+    route = getattr(request.scope.get("route"), "path", request.url.path)
+    return Action(
+        actor=actor.name,
+        role=actor.role.value,
+        method=request.method,
+        route=route,
+        target={k: str(v) for k, v in request.path_params.items()},
+        status=getattr(request.scope.get("route"), "status_code", None) or 200,
+    )
 
 
 def authenticate(
@@ -61,9 +129,17 @@ def authenticate(
         raise Unauthorized("missing API token: send 'Authorization: Bearer <token>'")
     with runtime.sessions() as session:
         actor = tokens.authenticate(session, secret)
-    if actor is None:
-        raise Unauthorized("unknown or revoked API token")
-    limiter.take(actor.token_id)
+        if actor is None:
+            raise Unauthorized("unknown or revoked API token")
+        limiter.take(actor.token_id)
+        refusal = None
+        if credentials is None and request.method not in READ_ONLY_METHODS:
+            refusal = cookie_write_refusal(request, runtime, secret)
+        if refusal is not None:
+            action = _route_action(request, actor)
+            action.status, action.detail = 403, refusal
+            audit.record(session, action, runtime.clock())
+            raise Forbidden(refusal)
     return actor
 
 
@@ -114,15 +190,7 @@ def audited(allowed: frozenset[Role]) -> Callable[..., Iterator[Session]]:
     def dependency(
         request: Request, actor: Annotated[Actor, Depends(authenticate)], runtime: RuntimeDep
     ) -> Iterator[Session]:
-        route = getattr(request.scope.get("route"), "path", request.url.path)
-        action = Action(
-            actor=actor.name,
-            role=actor.role.value,
-            method=request.method,
-            route=route,
-            target={k: str(v) for k, v in request.path_params.items()},
-            status=getattr(request.scope.get("route"), "status_code", None) or 200,
-        )
+        action = _route_action(request, actor)
         with runtime.sessions() as session:
             trail = audit.record_commits(session, action, runtime.clock)
             session.info[_TRAIL] = trail

@@ -15,13 +15,13 @@ from typing import Annotated
 from urllib.parse import quote
 
 from fastapi import APIRouter, Form, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from firmware_bundles.errors import InvalidVin
 from firmware_bundles.vin import normalize_vin, validate_vin
-from ota_server.api.auth import READ_ONLY_METHODS, SESSION_COOKIE
+from ota_server.api.auth import READ_ONLY_METHODS, SESSION_COOKIE, csrf_key, csrf_token
 from ota_server.api.deps import RuntimeDep
-from ota_server.roles import READ, Actor
+from ota_server.roles import APPROVE, OPERATE, READ, Actor
 from ota_server.services import tokens
 from ota_server.web import i18n
 from ota_server.web import lookup as lookups
@@ -132,6 +132,27 @@ def lookup_page(
     body, status_code = lookups.answer_page(runtime, limiter, client, vin, chosen, keep_lang)
     headers = {**SECURITY_HEADERS, "Content-Language": chosen, "Vary": "Accept-Language"}
     return HTMLResponse(body, status_code=status_code, headers=headers)
+
+
+@router.get("/ui/session")
+def ui_session(request: Request, runtime: RuntimeDep) -> Response:
+    """The signed-in person, what they may do, and the CSRF token their page sends with each write.
+
+    Readable only with the session's own cookie (SameSite=Strict, and the JSON is not readable
+    cross-origin), so another site can never learn it.
+    """
+    actor = _actor(request, runtime)
+    if actor is None:
+        return JSONResponse({"detail": "not signed in"}, status_code=401, headers={"Cache-Control": "no-store"})
+    secret = request.cookies[SESSION_COOKIE]
+    body = {
+        "name": actor.name,
+        "role": actor.role.value,
+        "may_operate": actor.role in OPERATE,
+        "may_approve": actor.role in APPROVE,
+        "csrf_token": csrf_token(csrf_key(request, runtime), secret),
+    }
+    return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/ui/login")

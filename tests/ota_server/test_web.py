@@ -441,7 +441,7 @@ def test_address_buckets_group_ipv6_by_64_and_stay_bounded() -> None:
     assert len(buckets) == 3
 
 
-# --- browser sign-in: the cookie reads, never writes ---------------------------------------
+# --- browser sign-in: the cookie reads; it writes only with the CSRF token (test_web_csrf.py) ---------
 
 
 async def _login(env: Env, public: httpx.AsyncClient, **form: str) -> httpx.Response:
@@ -457,9 +457,9 @@ async def test_login_sets_an_httponly_strict_cookie_accepted_on_get_only(env: En
     assert "Max-Age=43200" in cookie and "Path=/" in cookie and "Secure" not in cookie  # plain http here
     assert (await public.get("/api/v1/campaigns")).status_code == 200
     assert (await public.get("/api/v1/whoami")).json() == {"name": "admin", "role": "admin"}
-    # The same cookie on a write is ignored: no token, 401, nothing created.
+    # The same cookie on a write without the session's CSRF token is refused: 403, nothing created.
     write = await public.post("/api/v1/tokens", json={"name": "mallory", "role": "admin"})
-    assert write.status_code == 401
+    assert write.status_code == 403 and "X-CSRF-Token" in write.json()["detail"]
     tokens = await env.client.get("/api/v1/tokens")
     assert [t["name"] for t in tokens.json()["items"]] == ["admin"]
     # Log out: the cookie is cleared and reading needs a token again.
