@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from ota_server.cli import admin, campaigns, groups, keys, recalls, releases, server, vehicles
+from ota_server.cli import admin, campaigns, groups, keys, recalls, releases, server, vehicles, webhooks
 
 app = typer.Typer(help="Over-the-air vehicle recall server.", no_args_is_help=True, add_completion=False)
 
@@ -45,7 +45,7 @@ def demo(
     raise typer.Exit(run_demo(cars, as_json=json_out, data_dir=data_dir, timeout=timeout, keep_state=keep_state))
 
 
-for group in (server, keys, releases, vehicles, groups, recalls, campaigns, admin):  # groups adds to vehicles
+for group in (server, keys, releases, vehicles, groups, recalls, campaigns, webhooks, admin):  # groups adds to vehicles
     group.register(app)
 app.command()(demo)
 

@@ -10,20 +10,26 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import func, select
 
 from firmware_bundles.messages import FailureReason
 from firmware_bundles.messages import ReportState as S
+from ota_server.cli import common as cli_common
 from ota_server.config import Settings
 from ota_server.db.models import Campaign, OutboxEvent, Webhook
+from ota_server.regulator.scheduled_export import ReportExporter
 from ota_server.services.webhook_delivery import WebhookSender, backoff_s
 from tests.ota_server.conftest import Env, make_settings, running
-from tests.ota_server.helpers import FakeClock, launched, report, vin
+from tests.ota_server.helpers import FakeClock, launched, recall_body, remedied, report, vin
+from tests.ota_server.test_cli_ops import LoopTransport, ota
+from tests.ota_server.test_rollout import _fleet, _launch
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "s3cret-for-the-tests-0123456789"
@@ -288,3 +294,101 @@ async def test_removing_a_webhook_and_reading_an_unknown_one(env: Env, receiver:
     await launched(env.client, VINS)
     await _sender(env).run_once()
     assert receiver.requests == []
+
+
+def _events(env: Env) -> list[dict[str, Any]]:
+    with env.runtime.sessions() as session:
+        return [e.payload for e in session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))]
+
+
+async def test_the_error_gate_trips_and_a_campaign_completes_each_its_own_event(env: Env) -> None:
+    vins = [vin(n) for n in range(1, 6)]
+    release = await _fleet(env, vins)
+    rollout = {"waves": [{"percent": 100}], "error_threshold_count": 2, "max_retries": 0}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    nonces = await env.nonces()
+    for v in vins[:2]:
+        await env.inject(report(cid, v, nonces[v], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED))
+    for v in vins[2:]:
+        await env.inject(remedied(cid, v, nonces[v]))
+    types = [e["type"] for e in _events(env)]
+    assert types.count("vehicle.failed") == 2 and "campaign.threshold_tripped" in types
+    assert "campaign.paused" not in types  # the gate, not an operator
+    tripped = next(e for e in _events(env) if e["type"] == "campaign.threshold_tripped")
+    assert "error threshold" in tripped["data"]["reason"]
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={"reason": "ok"})).status_code == 200
+    await env.tick()
+    assert [e["type"] for e in _events(env)][-2:] == ["campaign.resumed", "campaign.completed"]
+
+
+async def test_a_safety_recall_waiting_for_approval_is_an_event(env: Env) -> None:
+    release = await _fleet(env, [vin(1)])
+    body = recall_body(release, "24V-777") | {"safety_recall": True}
+    recall = (await env.client.post("/api/v1/recalls", json=body)).json()
+    operator = await env.headers_for("olga", "operator")
+    resp = await env.client.post(f"/api/v1/recalls/{recall['id']}/launch", headers=operator)
+    assert resp.status_code == 202, resp.text
+    (event,) = [e for e in _events(env) if e["type"] == "approval.requested"]
+    assert event["subject"] == {"recall_id": recall["id"], "recall_number": "24V-777"}
+    assert event["data"] == {"requested_by": "olga"}
+
+
+async def test_the_scheduled_export_says_its_reports_are_ready(env: Env, tmp_path: Path) -> None:
+    await launched(env.client, VINS)
+    clock = FakeClock()
+    clock.now = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
+    written = ReportExporter(env.runtime.sessions, clock, tmp_path, "Example Motors").run_once()
+    ready = [e for e in _events(env) if e["type"] == "report.ready"]
+    assert {e["data"]["period"] for e in ready} == {"2026-W13", "2026Q1"}
+    assert sorted(f for e in ready for f in e["data"]["files"]) == sorted(p.name for p in written)
+    assert all(e["subject"]["recall_number"] == "24V-123" for e in ready)
+
+
+async def test_a_slow_receiver_delays_no_other_webhook(env: Env, receiver: Receiver) -> None:
+    release = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            release.wait(30)  # holds the request until the test ends
+
+        def log_message(self, *_args: object) -> None:
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threading.Thread(target=slow.serve_forever, daemon=True).start()
+    try:
+        slow_hook = await _add(env, f"http://127.0.0.1:{slow.server_address[1]}/")
+        await _add(env, receiver.url)
+        await launched(env.client, VINS)
+        sender = WebhookSender(env.runtime.sessions, env.clock, timeout_s=0.5)
+        await sender.run_once()
+        assert [r.headers["X-OTA-Event"] for r in receiver.delivered()] == ["campaign.launched"]
+        (delivery,) = (await _get(env, f"/api/v1/webhooks/{slow_hook['id']}/deliveries"))["items"]
+        assert delivery["status"] == "pending" and "no answer within" in delivery["last_error"]
+    finally:
+        release.set()
+        slow.shutdown()
+        slow.server_close()
+
+
+async def test_the_cli_adds_lists_and_removes_webhooks(
+    env: Env, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(
+        cli_common, "transport_override", LoopTransport(httpx.ASGITransport(app=env.app), asyncio.get_running_loop())
+    )
+    added = await ota(env, "webhooks", "add", receiver.url, "--event", "campaign.launched", "--json")
+    assert added.exit_code == 0, added.output
+    hook = json.loads(added.output)
+    assert hook["events"] == ["campaign.launched"] and len(hook["secret"]) >= 16
+    human = await ota(env, "webhooks", "add", "ftp://example.com/")
+    assert human.exit_code != 0 and "scheme must be http or https" in human.output
+    await launched(env.client, VINS)
+    await _sender(env).run_once()
+    listed = await ota(env, "webhooks", "list", "--json")
+    assert [w["id"] for w in json.loads(listed.output)] == [hook["id"]]
+    deliveries = await ota(env, "webhooks", "deliveries", str(hook["id"]), "--status", "delivered", "--json")
+    assert [d["event_type"] for d in json.loads(deliveries.output)] == ["campaign.launched"]
+    removed = await ota(env, "webhooks", "remove", str(hook["id"]))
+    assert removed.exit_code == 0 and f"webhook {hook['id']} removed" in removed.output
+    assert json.loads((await ota(env, "webhooks", "list", "--json")).output) == []
