@@ -9,7 +9,9 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import MAX_ID, Instant, SessionDep
-from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyKind, DiscrepancyPage, vin_shape
+from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyKind, DiscrepancyPublic, vin_shape
+from ota_server.schemas.listing import Page
 from ota_server.services import inventory
 
 router = APIRouter(prefix="/api/v1/discrepancies", tags=["vehicles"], dependencies=[needs_read])
@@ -27,9 +29,10 @@ def list_discrepancies(
     kind: DiscrepancyKind | None = None,
     campaign_id: Annotated[int | None, Query(ge=1, le=MAX_ID)] = None,
     since: Annotated[Instant | None, Query(description="Seen at or after this time (ISO 8601; no zone: UTC)")] = None,
-    cursor: Annotated[int | None, Query(ge=1, le=MAX_ID, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> DiscrepancyPage:
+    sort: Annotated[str | None, sort_query(inventory.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> Page[DiscrepancyPublic]:
     """Newest first: tampered or unknown images, unknown versions, remedied cars that run another version."""
     return inventory.discrepancies(
         session,
@@ -37,6 +40,7 @@ def list_discrepancies(
         kind=kind,
         campaign_id=campaign_id,
         since=since,
+        sort=sort,
         cursor=cursor,
         limit=limit,
     )

@@ -72,11 +72,6 @@ class DiscrepancyPublic(BaseModel):
     last_seen_at: datetime
 
 
-class DiscrepancyPage(BaseModel):
-    items: list[DiscrepancyPublic]
-    next_cursor: int | None = Field(description="Pass as cursor for the next page; null on the last")
-
-
 class VehicleCreate(BaseModel):
     model_config = INPUT_MODEL
     vin: Vin

@@ -44,8 +44,9 @@ from ota_server.db.models import (
 )
 from ota_server.domain.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.rollout import transitions
-from ota_server.schemas import DiscrepancyKind, DiscrepancyPage, DiscrepancyPublic
-from ota_server.services import audit
+from ota_server.schemas import DiscrepancyKind, DiscrepancyPublic
+from ota_server.schemas.listing import Page
+from ota_server.services import audit, listing
 from ota_server.services.population import Member
 
 # Discrepancy kinds.
@@ -427,6 +428,15 @@ def remedied_row(vin: str) -> dict[str, object]:
     return transitions.already_remedied_row(vin, ALREADY_REMEDIED)
 
 
+_ID = listing.SortKey(Discrepancy.id, lambda d: d.id, int)
+LISTING = listing.Listing(
+    scope="discrepancies",
+    keys={"id": _ID, "last_seen_at": listing.SortKey(Discrepancy.last_seen_at, lambda d: d.last_seen_at, datetime)},
+    tie=_ID,
+    default="-id",
+)
+
+
 def discrepancies(
     session: Session,
     *,
@@ -434,11 +444,12 @@ def discrepancies(
     kind: str | None = None,
     campaign_id: int | None = None,
     since: datetime | None = None,
-    cursor: int | None = None,
+    sort: str | None = None,
+    cursor: str | None = None,
     limit: int = 100,
-) -> DiscrepancyPage:
-    """Findings, newest first, with filters; ``cursor`` is the last id of the previous page."""
-    query = select(Discrepancy).order_by(Discrepancy.id.desc()).limit(limit + 1)
+) -> Page[DiscrepancyPublic]:
+    """Findings, newest first by default, with filters."""
+    query = select(Discrepancy)
     if vin is not None:
         query = query.where(Discrepancy.vin == vin)
     if kind is not None:
@@ -447,11 +458,8 @@ def discrepancies(
         query = query.where(Discrepancy.campaign_id == campaign_id)
     if since is not None:
         query = query.where(Discrepancy.last_seen_at >= since)
-    if cursor is not None:
-        query = query.where(Discrepancy.id < cursor)
-    rows = list(session.scalars(query))
-    items = [DiscrepancyPublic.model_validate(r) for r in rows[:limit]]
-    return DiscrepancyPage(items=items, next_cursor=items[-1].id if len(rows) > limit else None)
+    rows, next_cursor = listing.page(session, query, LISTING, sort, cursor, limit)
+    return Page[DiscrepancyPublic](items=[DiscrepancyPublic.model_validate(r) for r in rows], next_cursor=next_cursor)
 
 
 def history(session: Session, vin: str, limit: int = 200) -> list[EcuReport]:

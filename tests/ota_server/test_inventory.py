@@ -336,6 +336,11 @@ async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) 
     assert len(rest["items"]) == 1 and rest["next_cursor"] is None  # type: ignore[arg-type]
     seen = {d["vin"] for d in [*first["items"], *rest["items"]]}  # type: ignore[misc]
     assert seen == set(vins)
+    ids = [d["id"] for d in [*first["items"], *rest["items"]]]  # type: ignore[misc]
+    assert ids == sorted(ids, reverse=True)  # newest first
+    oldest = await env.get_json("/api/v1/discrepancies?limit=2&sort=id")
+    assert [d["id"] for d in oldest["items"]] == sorted(ids)[:2]  # type: ignore[union-attr]
+    assert (await env.client.get("/api/v1/discrepancies", params={"cursor": "17"})).status_code == 422
     bad = await env.client.get("/api/v1/discrepancies", params={"vin": "not a vin"})
     assert bad.status_code == 422 and "not a valid VIN" in bad.text
     # a time is ISO 8601: pydantic alone would read 0.5 as half a second after 1970
