@@ -37,10 +37,14 @@ image-tools:
 			|| echo "could not install fdisk: the Pi image test will skip (and fail under OTA_REQUIRE_SERVICES=1)"; \
 	fi
 
+# Two pytest-xdist workers: most tests wait on sockets and subprocesses, so two share the two cores
+# well; tests/conftest.py keeps each module, and the users of the one Mosquitto, on one worker.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) chromium image-tools
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest -q -ra $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -ra -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 # Run the browser tests and refresh the PNGs in docs/screenshots/ (test-artifacts/browser/ always gets them).
 screenshots: $(STAMP) chromium
