@@ -33,6 +33,7 @@ router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 @router.get("", dependencies=[needs_read])
 def list_campaigns(
     session: SessionDep,
+    runtime: RuntimeDep,
     recall_id: Annotated[int | None, Query(ge=1, le=MAX_ID, description="The recall's campaigns")] = None,
     status: CampaignStatus | None = None,
     kind: Annotated[CampaignKind | None, Query(description="remedy or rollback")] = None,
@@ -41,20 +42,20 @@ def list_campaigns(
     limit: Limit = 100,
 ) -> Page[CampaignPublic]:
     """Campaigns, remedy and rollback, oldest first by default, a page at a time."""
-    return campaigns.page(session, recall_id, status, kind, sort, cursor, limit)
+    return campaigns.page(session, recall_id, status, kind, sort, cursor, limit, runtime.clock())
 
 
 @router.get("/{campaign_id}", dependencies=[needs_read])
-def get_campaign(campaign_id: Id, session: SessionDep) -> CampaignPublic:
+def get_campaign(campaign_id: Id, session: SessionDep, runtime: RuntimeDep) -> CampaignPublic:
     """The campaign: population (frozen count and current), status and the open wave."""
-    return campaigns.get(session, campaign_id)
+    return campaigns.get(session, campaign_id, runtime.clock())
 
 
 @router.get("/{campaign_id}/progress", dependencies=[needs_read])
-def get_progress(campaign_id: Id, session: SessionDep) -> Progress:
+def get_progress(campaign_id: Id, session: SessionDep, runtime: RuntimeDep) -> Progress:
     """Counts per state (always adding up to the population), per wave with each gate's verdict,
     failures by reason, unreachable cars by reason, retries waiting."""
-    return progress.progress(session, campaign_id)
+    return progress.progress(session, campaign_id, runtime.clock())
 
 
 @router.post("/{campaign_id}/pause", responses=errors(409))

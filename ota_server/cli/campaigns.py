@@ -1,9 +1,16 @@
-"""``ota campaigns launch|approve|pause|resume|cancel|retry|rollback|list|show|watch|vehicles``: a recall's rollout."""
+"""``ota campaigns pause|resume|cancel|retry|rollback|outcome|list|show|watch|vehicles``, by CAMPAIGN_ID.
+
+A recall is launched and approved by its RECALL_ID: ``ota recalls launch|approve``
+(:mod:`ota_server.cli.recalls`, which also keeps the old ``ota campaigns launch|approve`` working,
+hidden, with a deprecation note). Waves are numbered from 1, as the API numbers them; reason codes
+are shown in plain words with the code beside them (:mod:`ota_server.domain.reasons`).
+"""
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -18,12 +25,15 @@ from ota_server.cli.common import (
     emit,
     table,
 )
+from ota_server.domain.reasons import plain_words
+from ota_server.domain.states import UnreachableReason
 
-CampaignId = Annotated[int, typer.Argument(min=1, help="The campaign's id")]
-RecallId = Annotated[int, typer.Argument(min=1, help="The recall's id")]
+CampaignId = Annotated[int, typer.Argument(min=1, metavar="CAMPAIGN_ID", help="The campaign's id (ota campaigns list)")]
 
 campaigns_app = typer.Typer(
-    help="Campaigns: launch, approve, pause, resume, cancel, retry, rollback, list, show, watch.", no_args_is_help=True
+    help="Campaigns, by CAMPAIGN_ID: pause, resume, cancel, retry, rollback, outcome, list, show, watch, vehicles. "
+    "Launch and approve a recall with `ota recalls launch|approve RECALL_ID`.",
+    no_args_is_help=True,
 )
 
 
@@ -31,36 +41,34 @@ def register(app: typer.Typer) -> None:
     app.add_typer(campaigns_app, name="campaigns")
 
 
-def _campaign_line(campaign: dict[str, Any]) -> str:
+def moment(value: str | None) -> str:
+    """An API instant (ISO 8601) as a person reads it: ``2026-12-05 08:00 UTC``."""
+    if not value:
+        return "-"
+    at = datetime.fromisoformat(value)
+    return (at.astimezone(UTC) if at.tzinfo else at).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def status_words(campaign: dict[str, Any]) -> str:
+    """``active``, ``paused (why)``..., and ``scheduled: starts at <time>`` while a planned start is ahead."""
     reason = f" ({campaign['status_reason']})" if campaign.get("status_reason") else ""
+    if not campaign.get("scheduled"):
+        return f"{campaign['status']}{reason}"
+    starts = f"starts at {moment(campaign.get('starts_at'))}"
+    return f"scheduled: {starts}" if campaign["status"] == "active" else f"{campaign['status']}{reason}; {starts}"
+
+
+def campaign_line(campaign: dict[str, Any]) -> str:
     return (
-        f"campaign {campaign['id']} of recall {campaign['recall_id']}: {campaign['status']}{reason}, "
-        f"{campaign['population']} cars, wave {campaign.get('current_wave', 0)}"
+        f"campaign {campaign['id']} of recall {campaign['recall_id']}: {status_words(campaign)}, "
+        f"{campaign['population']} cars, wave {campaign['current_wave']}"
     )
 
 
-@campaigns_app.command("launch")
-def campaigns_launch(
-    recall_id: RecallId, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
-) -> None:
-    """Launch a recall; a safety recall's launch waits for another person's `ota campaigns approve`."""
-    with client_for(server, token) as client:
-        result = client.launch(recall_id)
-    if "requested_by" in result:
-        message = f"launch of recall {recall_id} requested by {result['requested_by']}: awaiting approval"
-        emit(as_json, result, lambda: typer.echo(message))
-    else:
-        emit(as_json, result, lambda: typer.echo("launched " + _campaign_line(result)))
-
-
-@campaigns_app.command("approve")
-def campaigns_approve(
-    recall_id: RecallId, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
-) -> None:
-    """Approve (as an approver other than the requester) a safety recall's requested launch; it launches."""
-    with client_for(server, token) as client:
-        campaign = client.approve(recall_id)
-    emit(as_json, campaign, lambda: typer.echo("approved and launched " + _campaign_line(campaign)))
+def coded(code: str | None) -> str | None:
+    """A reason code in plain words with the code beside it: ``the download failed (download_failed)``."""
+    words = plain_words(code)
+    return f"{words} ({code})" if words and words != code else code
 
 
 ReasonOption = Annotated[str, typer.Option(help="Why (kept with the status and in the audit log)")]
@@ -71,7 +79,7 @@ def _control(campaign_id: int, action: str, reason: str, server: str, token: str
         result = client.control(campaign_id, action, reason)
     campaign = result.get("campaign", result)
     touched = f"; {result['vehicles']} cars" if "vehicles" in result else ""
-    emit(as_json, result, lambda: typer.echo(f"{action}: " + _campaign_line(campaign) + touched))
+    emit(as_json, result, lambda: typer.echo(f"{action}: " + campaign_line(campaign) + touched))
 
 
 @campaigns_app.command("pause")
@@ -121,6 +129,37 @@ def campaigns_retry(
     _control(campaign_id, "retry-failed", "", server, token, as_json)
 
 
+class Outcome(StrEnum):
+    REMEDIED_AT_DEALER = "remedied_at_dealer"
+    INSPECTED_NOT_NEEDED = "inspected_not_needed"
+    UNREACHABLE = "unreachable"
+
+
+@campaigns_app.command("outcome")
+def campaigns_outcome(
+    campaign_id: CampaignId,
+    vin: Annotated[str, typer.Argument(metavar="VIN", help="The car")],
+    outcome: Annotated[Outcome, typer.Option(help="What happened to the car outside the air")],
+    evidence: Annotated[str, typer.Option(help="What shows it (repair order, inspection note...)")],
+    reason: Annotated[
+        UnreachableReason | None, typer.Option(help="For unreachable: exported, stolen, scrapped, other")
+    ] = None,
+    reference: Annotated[str | None, typer.Option(help="e.g. the dealer's repair order number")] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Record a car's outcome (fixed at a dealer, inspected and not needed, unreachable); audited."""
+    body: dict[str, Any] = {"outcome": outcome.value, "evidence": evidence}
+    body |= {"reason": reason.value} if reason else {}
+    body |= {"reference": reference} if reference else {}
+    with client_for(server, token) as client:
+        record = client.call("POST", f"/api/v1/campaigns/{campaign_id}/vehicles/{vin}/outcome", json=body)
+    why = f" ({coded(record['reason'])})" if record.get("reason") else ""
+    line = f"campaign {campaign_id}, {record['vin']}: {record['state']}{why}, recorded by {record['recorded_by']}"
+    emit(as_json, record, lambda: typer.echo(line))
+
+
 class Reach(StrEnum):
     WAVE = "wave"
     CAMPAIGN = "campaign"
@@ -143,7 +182,7 @@ def campaigns_rollback(
     """Roll a paused campaign back by hand: the recall's rollback release to its remedied cars."""
     with client_for(server, token) as client:
         child = client.roll_back(campaign_id, reach.value if reach else None, reason)
-    emit(as_json, child, lambda: typer.echo(f"rollback of campaign {campaign_id}: " + _campaign_line(child)))
+    emit(as_json, child, lambda: typer.echo(f"rollback of campaign {campaign_id}: " + campaign_line(child)))
 
 
 @campaigns_app.command("list")
@@ -153,8 +192,22 @@ def campaigns_list(
     """Every campaign, remedy and rollback."""
     with client_for(server, token) as client:
         campaigns = client.campaigns()
-    columns = ["id", "recall_id", "release_id", "kind", "status", "population", "current_wave", "launched_at"]
-    emit(as_json, campaigns, lambda: table("Campaigns", columns, [[c.get(k) for k in columns] for c in campaigns]))
+    columns = ["id", "recall", "release", "kind", "status", "cars", "wave", "starts", "launched"]
+    rows = [
+        [
+            c["id"],
+            c["recall_id"],
+            c["release_id"],
+            c["kind"],
+            "scheduled" if c.get("scheduled") and c["status"] == "active" else c["status"],
+            c["population"],
+            c["current_wave"],
+            moment(c.get("starts_at")),
+            moment(c["launched_at"]),
+        ]
+        for c in campaigns
+    ]
+    emit(as_json, campaigns, lambda: table("Campaigns", columns, rows))
 
 
 @campaigns_app.command("show")
@@ -172,7 +225,7 @@ def campaigns_show(
     def human() -> None:
         from rich.console import Console
 
-        typer.echo(_campaign_line(campaign))
+        typer.echo(campaign_line(campaign))
         Console().print(progress_view(progress))
 
     emit(as_json, {"campaign": campaign, "progress": progress}, human)
@@ -186,11 +239,14 @@ def progress_view(progress: dict[str, Any]) -> Any:
     from rich.text import Text
 
     population = max(1, int(progress["population"]))
-    done = "done" if progress.get("done") else "in progress"
+    if progress.get("scheduled"):
+        where = f"not started, starts at {moment(progress.get('starts_at'))}"
+    else:
+        where = f"{'done' if progress.get('done') else 'in progress'} · wave {progress['current_wave']}"
     reason = f" ({progress['status_reason']})" if progress.get("status_reason") else ""
     header = Text(
         f"campaign {progress['campaign_id']} · recall {progress['recall_number']} · {progress['population']} cars · "
-        f"{progress.get('status', 'active')}{reason} · {done} · notices {progress.get('notices_published', 0)}",
+        f"{progress['status']}{reason} · {where} · notices {progress.get('notices_published', 0)}",
         style="bold",
     )
     states = Table(title="By state", show_header=True)
@@ -209,7 +265,7 @@ def progress_view(progress: dict[str, Any]) -> Any:
             size = max(1, int(wave["size"]))
             gate = wave["gate"] if wave.get("opened") else "not opened"
             waves.add_row(
-                str(wave["index"]),
+                str(wave["number"]),
                 ProgressBar(total=size, completed=wave["remedied"], width=30),
                 f"{wave['remedied']}/{wave['size']} (needs {wave['needed']})",
                 str(wave["errors"]),
@@ -218,10 +274,10 @@ def progress_view(progress: dict[str, Any]) -> Any:
         parts.append(waves)
     failures = progress.get("failures_by_reason") or {}
     if failures:
-        parts.append(Text("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items()))))
+        parts.append(Text("failures: " + ", ".join(f"{coded(k)}: {v}" for k, v in sorted(failures.items()))))
     unreachable = progress.get("unreachable_by_reason") or {}
     if unreachable:
-        parts.append(Text("unreachable: " + ", ".join(f"{k} {v}" for k, v in sorted(unreachable.items()))))
+        parts.append(Text("unreachable: " + ", ".join(f"{coded(k)}: {v}" for k, v in sorted(unreachable.items()))))
     return Group(*parts)
 
 

@@ -14,11 +14,14 @@ import typer
 
 from firmware_bundles.vin import normalize_vin
 from ota_server.cli.api_client import ApiClient
+from ota_server.cli.campaigns import coded, moment
 from ota_server.cli.common import DEFAULT_SERVER, JsonOption, ServerOption, TokenOption, client_for, emit, table
 from ota_server.cli.vehicle_import import vehicles_import
 
 VinArgument = Annotated[str, typer.Argument(help="The car's VIN")]
 PAGE = 500  # cars asked per request while the list walks the pages
+# What `vehicles show --json` adds to the car from its timeline.
+SHOWN_HISTORY = ("online", "campaigns", "entries", "discrepancies", "next_step", "action")
 
 
 class Reason(StrEnum):
@@ -126,29 +129,46 @@ def _gone(car: dict[str, Any]) -> str:
     return f"{car['decommission_reason']} {str(car['decommissioned_at'])[:10]}"
 
 
+def _runs(ecu: dict[str, Any]) -> str:
+    """One ECU in a line: what it runs and who says so (the car's signed manifest, and when, or registration)."""
+    if ecu.get("source") == "reported":
+        said = f"signed report, {moment(ecu.get('reported_at'))}; declared {ecu.get('declared_version') or '-'}"
+    else:
+        said = "declared at registration, no signed report yet"
+    return f"  ECU {ecu['serial']} ({ecu['hardware_id']}): runs {ecu['installed_version']} ({said})"
+
+
 def vehicles_show(
     vin: VinArgument, server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
 ) -> None:
-    """One car: what is registered, its ECUs and every campaign it is in."""
+    """One car: what is registered, what each ECU runs (signed report vs declared), its campaigns and timeline.
+
+    The timeline is GET /api/v1/vehicles/VIN/timeline: every notice, report, deferral, failure, retry
+    and operator record across campaigns, oldest first, and the next step in plain words.
+    """
     with client_for(server, token) as client:
         car = client.vehicle(normalize_vin(vin))
-        status = client.vehicle_status(car["vin"])
+        history: dict[str, Any] = client.call("GET", f"/api/v1/vehicles/{car['vin']}/timeline")
 
     def human() -> None:
         typer.echo(f"{car['vin']}  {car.get('make') or ''} {car['model']} {car['model_year']}".replace("  ", " "))
         for label, key in (("time zone", "time_zone"), ("market", "market"), ("owner contact", "owner_contact")):
             typer.echo(f"  {label}: {car.get(key) or '-'}")
-        typer.echo(f"  last seen: {car.get('last_seen') or 'never'}")
+        online = "online" if history.get("online") else "offline"
+        typer.echo(f"  last seen: {moment(car.get('last_seen')) if car.get('last_seen') else 'never'} ({online})")
         if car.get("decommissioned_at"):
             detail = f" ({car['decommission_detail']})" if car.get("decommission_detail") else ""
             typer.echo(f"  decommissioned: {car['decommission_reason']}{detail} on {car['decommissioned_at']}")
-        ecu_columns = ["serial", "hardware_id", "installed_version", "source", "reported_at", "declared_version"]
-        table("ECUs", ecu_columns, [[e.get(c) for c in ecu_columns] for e in car["ecus"]])
-        campaigns = status.get("campaigns", [])
-        rows = [[c["campaign_id"], c["recall_number"], c["state"], c.get("reason"), c["updated_at"]] for c in campaigns]
-        table("Campaigns", ["campaign", "recall", "state", "reason", "since"], rows)
+        typer.echo(f"  next step: {history['next_step']}")
+        for ecu in car["ecus"]:
+            typer.echo(_runs(ecu))
+        keys = ("campaign_id", "recall_number", "state", "reason", "wave", "next_step")
+        rows = [[coded(c[k]) if k == "reason" else c[k] for k in keys] for c in history["campaigns"]]
+        table("Campaigns", ["campaign", "recall", "state", "reason", "wave", "next step"], rows)
+        entries = [[moment(e["at"]), e.get("recall_number"), e["source"], e["summary"]] for e in history["entries"]]
+        table("Timeline", ["at", "recall", "by", "what"], entries)
 
-    emit(as_json, {**car, "campaigns": status.get("campaigns", [])}, human)
+    emit(as_json, {**car, **{k: history[k] for k in SHOWN_HISTORY}}, human)
 
 
 def vehicles_update(

@@ -31,6 +31,7 @@ from pydantic import (
 )
 
 from ota_server.domain.states import ERRORS, VinState
+from ota_server.domain.waves import wave_number
 
 _IN = ConfigDict(extra="forbid")
 
@@ -270,7 +271,9 @@ class RolloutPlan(BaseModel):
         shares = [(i, w.percent) for i, w in enumerate(waves[:-1]) if w.percent is not None]
         for (_, before), (index, share) in itertools.pairwise(shares):
             if share < before:
-                raise ValueError(f"wave {index} takes {share:g}%, less than the {before:g}% before it: waves grow")
+                raise ValueError(
+                    f"wave {wave_number(index)} takes {share:g}%, less than the {before:g}% before it: waves grow"
+                )
         if sum(share for _, share in shares) >= 100:
             raise ValueError("the waves before the last take 100% or more: the later waves would be empty")
         return waves
@@ -287,6 +290,11 @@ class RolloutPlan(BaseModel):
     def stored(cls, data: object) -> RolloutPlan:
         """A plan as the database holds it (see :data:`STORED`)."""
         return cls.model_validate(data, context=STORED)
+
+
+def not_started(plan: RolloutPlan, now: datetime) -> bool:
+    """A scheduled rollout: ``plan.start_at`` is still ahead of ``now``, so no car is notified yet."""
+    return plan.start_at is not None and now < plan.start_at
 
 
 def start_problem(plan: RolloutPlan, now: datetime) -> str | None:

@@ -28,6 +28,7 @@ from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.domain import rollout_plan as rules
 from ota_server.domain.states import ERRORS, IN_FLIGHT, INSTALLING, CampaignKind, CampaignStatus, Cause, VinState
+from ota_server.domain.waves import wave_number
 from ota_server.rollout import rollback, transitions
 from ota_server.rollout.fleet import Fleet, Outbound
 from ota_server.rollout.notifying import Notifier
@@ -139,7 +140,7 @@ class CampaignTick:
             self._set_status(campaign, COMPLETED, "every car is final", now)
             log.info("campaign %d completed", campaign.id)
             return
-        if recall.remedy_type == "dealer" or (plan.start_at is not None and now < plan.start_at):
+        if recall.remedy_type == "dealer" or rules.not_started(plan, now):
             return
         notified = self._notifier.release(session, campaign, recall, plan, now, limit)
         result.messages += notified.messages
@@ -209,7 +210,8 @@ class CampaignTick:
             )
             if gate.status is rules.GateStatus.TRIPPED:
                 campaign.status, campaign.status_changed_at = PAUSED, now
-                campaign.status_reason = f"error threshold crossed in wave {campaign.current_wave}: {gate.describe()}"
+                wave = wave_number(campaign.current_wave)
+                campaign.status_reason = f"error threshold crossed in wave {wave}: {gate.describe()}"
                 result.paused.append(campaign.id)
                 if plan.rollback_release_id is not None and campaign.kind == REMEDY:
                     child = rollback.roll_back(session, campaign, plan.rollback_release_id, now, plan.rollback_reach)
@@ -230,7 +232,8 @@ class CampaignTick:
             campaign.current_wave += 1
             campaign.error_baseline = 0
             result.opened.append((campaign.id, campaign.current_wave))
-            log.info("campaign %d: wave %d opened (%s)", campaign.id, campaign.current_wave, gate.describe())
+            opened = wave_number(campaign.current_wave)
+            log.info("campaign %d: wave %d opened (%s)", campaign.id, opened, gate.describe())
 
     def _schedule_retries(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> None:
         if plan.max_retries == 0:

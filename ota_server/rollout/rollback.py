@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import Campaign, CampaignVehicle, Vehicle
 from ota_server.domain.rollout_plan import RollbackReach
 from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
+from ota_server.domain.waves import wave_number
 from ota_server.rollout import transitions
 
 
@@ -40,7 +41,7 @@ def launch_rollback(
         launch_population=len(vins),
         launched_at=now,
         status=CampaignStatus.ACTIVE,
-        status_reason=f"rollback of campaign {parent.id} (wave {parent.current_wave})",
+        status_reason=f"rollback of campaign {parent.id} (wave {wave_number(parent.current_wave)})",
         current_wave=0,
         error_baseline=0,
         status_changed_at=now,
@@ -99,7 +100,7 @@ def roll_back(
             .order_by(CampaignVehicle.vin)
         )
     )
-    where = f"wave {campaign.current_wave}" if reach == "wave" else "the campaign"
+    where = f"wave {wave_number(campaign.current_wave)}" if reach == "wave" else "the campaign"
     if not vins:
         campaign.status_reason = (
             f"{campaign.status_reason}; no car of {where} is remedied, so no rollback campaign was launched"
@@ -108,7 +109,7 @@ def roll_back(
     child = launch_rollback(session, campaign, release_id, vins, now)
     if reach == "campaign":
         child.status_reason = (
-            f"rollback of campaign {campaign.id} (every remedied car, waves 1 to {campaign.current_wave + 1})"
+            f"rollback of campaign {campaign.id} (every remedied car, waves 1 to {wave_number(campaign.current_wave)})"
         )
     campaign.status_reason = (
         f"{campaign.status_reason}; rollback campaign {child.id} launched to the {len(vins)} remedied cars of {where}"

@@ -29,7 +29,16 @@ class CampaignPublic(BaseModel):
     status_reason: str | None = Field(
         default=None, description="Who or which gate paused or cancelled it, and why (or the error that paused it)"
     )
-    current_wave: int = Field(default=0, description="Index of the highest wave opened so far")
+    current_wave: int = Field(
+        default=1, ge=1, description="Number of the highest wave opened so far (waves are numbered from 1)"
+    )
+    starts_at: datetime | None = Field(
+        default=None, description="The plan's start (rollout.start_at): no car is notified before it; null: at launch"
+    )
+    scheduled: bool = Field(
+        default=False,
+        description="Launched but not started: starts_at is still ahead, so no car is notified or in progress yet",
+    )
     kind: str = Field(
         default="remedy", description="remedy (the recall's fix) or rollback (launched by a tripped error threshold)"
     )
@@ -39,7 +48,7 @@ class CampaignPublic(BaseModel):
 
 
 class WaveProgress(BaseModel):
-    index: int
+    number: int = Field(ge=1, description="The wave's number, from 1 (the plan's first wave is 1)")
     size: int
     counts: dict[str, int] = Field(description="Cars of this wave per state (zeros left out)")
     remedied: int
@@ -86,7 +95,11 @@ class Progress(BaseModel):
     )
     status: str = "active"
     status_reason: str | None = None
-    current_wave: int = 0
+    current_wave: int = Field(default=1, ge=1, description="Number of the highest wave opened so far (from 1)")
+    starts_at: datetime | None = Field(default=None, description="The plan's start; null: at launch")
+    scheduled: bool = Field(
+        default=False, description="Not started: starts_at is still ahead; nothing is in progress and done is false"
+    )
     waves: list[WaveProgress] = Field(default_factory=list)
     unreachable_by_reason: dict[str, int] = Field(default_factory=dict)
     retries_scheduled: int = Field(default=0, description="Cars waiting for a retry notice")

@@ -19,6 +19,7 @@ from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import rollback, transitions
 from ota_server.rollout.campaign_tick import plan_of
 from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, RollbackStart, VinOutcome
+from ota_server.services import campaign_view
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director
 
@@ -41,7 +42,7 @@ def pause(session: Session, campaign_id: int, reason: str, actor: str, now: date
         raise Conflict(f"campaign {campaign_id} is {campaign.status}, not active")
     _set_status(campaign, PAUSED, f"paused by {actor}" + (f": {reason}" if reason else ""), now)
     session.commit()
-    return CampaignPublic.model_validate(campaign)
+    return campaign_view.public(session, campaign, now)
 
 
 def resume(session: Session, campaign_id: int, reason: str, actor: str, now: datetime) -> CampaignPublic:
@@ -60,7 +61,7 @@ def resume(session: Session, campaign_id: int, reason: str, actor: str, now: dat
     )
     _set_status(campaign, ACTIVE, f"resumed by {actor}" + (f": {reason}" if reason else ""), now)
     session.commit()
-    return CampaignPublic.model_validate(campaign)
+    return campaign_view.public(session, campaign, now)
 
 
 def roll_back(session: Session, campaign_id: int, body: RollbackStart, actor: str, now: datetime) -> CampaignPublic:
@@ -87,7 +88,7 @@ def roll_back(session: Session, campaign_id: int, body: RollbackStart, actor: st
     if child is None:
         raise Conflict(f"campaign {campaign_id}: {campaign.status_reason}")
     session.commit()
-    return CampaignPublic.model_validate(child)
+    return campaign_view.public(session, child, now)
 
 
 def cancel(
@@ -124,7 +125,7 @@ def cancel(
         cv.next_retry_at = None
     session.commit()
     messages: list[Outbound] = [withdrawal(campaign_id, cv.vin, cv.nonce, now) for cv in notified]
-    return CampaignPublic.model_validate(campaign), len(rows), messages
+    return campaign_view.public(session, campaign, now), len(rows), messages
 
 
 def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[CampaignPublic, int]:
@@ -147,7 +148,7 @@ def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[Cam
     if rows and campaign.status == COMPLETED:
         _set_status(campaign, ACTIVE, "reopened: an operator retries its failed cars", now)
     session.commit()
-    return CampaignPublic.model_validate(campaign), len(rows)
+    return campaign_view.public(session, campaign, now), len(rows)
 
 
 def record_outcome(

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Vehicle
 from ota_server.domain.reasons import reason_text
 from ota_server.domain.states import VinState
+from ota_server.domain.waves import wave_index, wave_number
 from ota_server.errors import NotFound
 from ota_server.schemas.listing import CampaignEcuVersion, CampaignVehiclePage, CampaignVehicleRow
 from ota_server.services import listing
@@ -71,7 +72,7 @@ def _query(session: Session, campaign_id: int, spec: CarFilter) -> Select[Campai
     if spec.reason is not None:
         query = query.where(CV.reason == spec.reason)
     if spec.wave is not None:
-        query = query.where(CV.wave == spec.wave - 1)
+        query = query.where(CV.wave == wave_index(spec.wave))
     if spec.ecu is not None:
         query = query.where(
             exists().where(
@@ -122,7 +123,7 @@ def _rows(session: Session, campaign_id: int, cars: Sequence[CampaignVehicle]) -
                 model=vehicle.model if vehicle else None,
                 model_year=vehicle.model_year if vehicle else None,
                 state=VinState(cv.state),
-                wave=cv.wave + 1,
+                wave=wave_number(cv.wave),
                 reason=cv.reason,
                 reason_text=reason_text(cv.state, cv.reason, cv.detail),
                 attempts=cv.attempt,

@@ -12,14 +12,13 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from pydantic import ValidationError
 from sqlalchemy import Select, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
-from ota_server.domain.rollout_plan import RolloutPlan, wave_sizes
+from ota_server.domain.rollout_plan import wave_sizes
 from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import transitions
@@ -29,7 +28,7 @@ from ota_server.rollout.rollback import rollback_of as rollback_of
 from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.schemas.listing import Page
-from ota_server.services import inventory, listing, owner_notifications
+from ota_server.services import campaign_view, inventory, listing, owner_notifications
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 
@@ -49,18 +48,6 @@ def _recall(session: Session, recall_id: int) -> Recall:
     if recall is None:
         raise NotFound(f"no recall {recall_id}")
     return recall
-
-
-def shown_plan(recall: Recall, campaign: Campaign | None = None) -> RolloutPlan | None:
-    """:func:`plan_of` for the pages and progress; None if the stored plan no longer reads.
-
-    Such a campaign's tick fails and the scheduler pauses it with the error; it must still
-    be shown (never run under another plan, though: the scheduler uses :func:`plan_of`).
-    """
-    try:
-        return plan_of(recall, campaign)
-    except ValidationError:
-        return None
 
 
 def remedy_campaign(session: Session, recall_id: int) -> Campaign | None:
@@ -213,7 +200,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         raise already_launched(session, recall) or Conflict(
             f"recall {recall.campaign_number} could not be launched: {exc.orig}"
         ) from exc
-    return CampaignPublic.model_validate(campaign)
+    return campaign_view.public(session, campaign, now)
 
 
 def freeze_ecus(session: Session, campaign_id: int, members: Sequence[populations.Member]) -> None:
@@ -270,16 +257,17 @@ def page(
     sort: str | None,
     cursor: str | None,
     limit: int,
+    now: datetime,
 ) -> Page[CampaignPublic]:
     rows, next_cursor = listing.page(session, _filtered(recall_id, status, kind), LISTING, sort, cursor, limit)
-    return Page[CampaignPublic](items=[CampaignPublic.model_validate(c) for c in rows], next_cursor=next_cursor)
+    return Page[CampaignPublic](items=[campaign_view.public(session, c, now) for c in rows], next_cursor=next_cursor)
 
 
-def get(session: Session, campaign_id: int) -> CampaignPublic:
+def get(session: Session, campaign_id: int, now: datetime) -> CampaignPublic:
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(f"no campaign {campaign_id}")
-    return CampaignPublic.model_validate(campaign)
+    return campaign_view.public(session, campaign, now)
 
 
 def unpublished(

@@ -8,21 +8,26 @@ the plan still owes is not final even before the scheduler has scheduled it.
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.domain import rollout_plan as rules
 from ota_server.domain.states import ERRORS, IN_FLIGHT, VinState
+from ota_server.domain.waves import wave_number
 from ota_server.errors import NotFound
 from ota_server.rollout.campaign_tick import can_still_change
 from ota_server.schemas import EcuProgress, Progress, WaveProgress
-from ota_server.services.campaigns import CANCELLED, rollback_of, shown_plan
+from ota_server.services.campaign_view import schedule, shown_plan
+from ota_server.services.campaigns import CANCELLED, rollback_of
 
 STATES = tuple(state.value for state in VinState)
 
 
-def progress(session: Session, campaign_id: int) -> Progress:
+def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
+    """``now``: whether a scheduled campaign has started yet."""
     campaign = session.get(Campaign, campaign_id)
     if campaign is None:
         raise NotFound(f"no campaign {campaign_id}")
@@ -64,7 +69,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
         )
         waves.append(
             WaveProgress(
-                index=index,
+                number=wave_number(index),
                 size=gate.size,
                 counts=per_wave[index],
                 remedied=gate.remedied,
@@ -74,6 +79,7 @@ def progress(session: Session, campaign_id: int) -> Progress:
                 opened=index <= campaign.current_wave,
             )
         )
+    starts_at, scheduled = schedule(plan, campaign.status, now)
     # cancelled: no retry is ever issued again, only cars installing still report
     done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else may_change is None
     return Progress(
@@ -86,7 +92,9 @@ def progress(session: Session, campaign_id: int) -> Progress:
         done=done,
         status=campaign.status,
         status_reason=campaign.status_reason,
-        current_wave=campaign.current_wave,
+        current_wave=wave_number(campaign.current_wave),
+        starts_at=starts_at,
+        scheduled=scheduled,
         waves=waves,
         unreachable_by_reason=unreachable,
         retries_scheduled=retries,

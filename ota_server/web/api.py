@@ -42,9 +42,9 @@ def whoami(actor: Viewer) -> WhoAmI:
 
 
 @router.get("/dashboard/campaigns", dependencies=[needs_read])
-def campaign_summaries(session: SessionDep) -> list[CampaignSummary]:
-    """Every campaign, newest first, with remedied / in progress / error counts."""
-    return dashboards.summaries(session)
+def campaign_summaries(session: SessionDep, runtime: RuntimeDep) -> list[CampaignSummary]:
+    """Every campaign, newest first, with remedied / in progress / error counts, and a scheduled one's start."""
+    return dashboards.summaries(session, runtime.clock())
 
 
 @router.get("/campaigns/{campaign_id}/dashboard", dependencies=[needs_read])
@@ -98,10 +98,10 @@ async def campaign_stream(
 
 
 @router.get("/vehicles/{vin}/timeline", dependencies=[needs_read])
-def vehicle_timeline(vin: VinPath, session: SessionDep) -> VehicleTimeline:
+def vehicle_timeline(vin: VinPath, session: SessionDep, runtime: RuntimeDep) -> VehicleTimeline:
     """Customer care: every notice, report, deferral, failure (with its reason), retry and operator
     record of this car across campaigns, oldest first, and the next step in plain words."""
-    return timelines.timeline(session, vin)
+    return timelines.timeline(session, vin, runtime.clock())
 
 
 def get_lookup_limiter(request: Request) -> lookups.AddressBuckets:

@@ -16,11 +16,13 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, NoticeLog, Recall, Release, Vehicle
 from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
+from ota_server.domain.waves import wave_index
 from ota_server.errors import NotFound
 from ota_server.schemas import Population
 from ota_server.services import population as populations
 from ota_server.services import progress as progress_service
-from ota_server.services.campaigns import ROLLBACK, shown_plan
+from ota_server.services.campaign_view import schedule, shown_plan
+from ota_server.services.campaigns import ROLLBACK
 from ota_server.web.schemas import (
     CampaignSummary,
     Dashboard,
@@ -248,7 +250,7 @@ def _wave_spec(plan: RolloutPlan, index: int) -> str:
 
 def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
     campaign, recall, release = _campaign(session, campaign_id)
-    progress = progress_service.progress(session, campaign_id)
+    progress = progress_service.progress(session, campaign_id, now)
     plan = shown_plan(recall, campaign) or RolloutPlan()  # unreadable: paused, its status_reason says why
     counts = progress.counts
     events = CampaignEvent.campaign_id == campaign_id
@@ -260,8 +262,8 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
     failure_times = session.scalars(select(CampaignEvent.received_at).where(events, CampaignEvent.state.in_(_ERRORS)))
     waves = [
         WaveView(
-            index=w.index,
-            spec=_wave_spec(plan, w.index),
+            number=w.number,
+            spec=_wave_spec(plan, wave_index(w.number)),
             size=w.size,
             counts=w.counts,
             remedied=w.remedied,
@@ -292,7 +294,7 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
         population=campaign.population,
         counts=counts,
         remedied=sum(counts.get(s, 0) for s in _SUCCESS),
-        in_progress=sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        in_progress=0 if progress.scheduled else sum(counts.get(s.value, 0) for s in IN_FLIGHT),
         errors=sum(counts.get(s, 0) for s in _ERRORS),
         notices_published=progress.notices_published,
         retries_scheduled=progress.retries_scheduled,
@@ -301,13 +303,15 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
         remedied_over_time=_cumulative(t for t in first_success if t is not None),
         failures_over_time=_cumulative(failure_times),
         waves=waves,
-        current_wave=campaign.current_wave,
+        current_wave=progress.current_wave,
+        starts_at=progress.starts_at,
+        scheduled=progress.scheduled,
         failures=_failures(session, campaign_id, _hardware_ids(session, campaign, recall, release)),
         generated_at=now,
     )
 
 
-def summaries(session: Session) -> list[CampaignSummary]:
+def summaries(session: Session, now: datetime) -> list[CampaignSummary]:
     """Every campaign with its headline numbers, newest first (one GROUP BY for all)."""
     per: dict[int, dict[str, int]] = {}
     for campaign_id, state, n in session.execute(
@@ -317,29 +321,30 @@ def summaries(session: Session) -> list[CampaignSummary]:
     ):
         per.setdefault(campaign_id, {})[state] = n
     rows = session.execute(
-        select(Campaign, Recall.campaign_number, Recall.title)
-        .join(Recall, Recall.id == Campaign.recall_id)
-        .order_by(Campaign.id.desc())
+        select(Campaign, Recall).join(Recall, Recall.id == Campaign.recall_id).order_by(Campaign.id.desc())
     ).all()
     in_flight = [s.value for s in IN_FLIGHT]
     out = []
-    for campaign, number, title in rows:
+    for campaign, recall in rows:
         counts = per.get(campaign.id, {})
+        starts_at, scheduled = schedule(shown_plan(recall, campaign), campaign.status, now)
         out.append(
             CampaignSummary(
                 id=campaign.id,
                 recall_id=campaign.recall_id,
-                recall_number=number,
-                title=title,
+                recall_number=recall.campaign_number,
+                title=recall.title,
                 kind=campaign.kind,
                 status=campaign.status,
                 status_reason=campaign.status_reason,
                 launched_at=campaign.launched_at,
                 population=campaign.population,
                 remedied=sum(counts.get(s, 0) for s in _SUCCESS),
-                in_progress=sum(counts.get(s, 0) for s in in_flight),
+                in_progress=0 if scheduled else sum(counts.get(s, 0) for s in in_flight),
                 errors=sum(counts.get(s, 0) for s in _ERRORS),
                 other=sum(counts.get(s, 0) for s in _OTHER),
+                starts_at=starts_at,
+                scheduled=scheduled,
             )
         )
     return out

@@ -23,7 +23,7 @@ class SeriesPoint(BaseModel):
 
 
 class WaveView(BaseModel):
-    index: int = Field(description="0-based; the pages show index + 1")
+    number: int = Field(ge=1, description="The wave's number, from 1")
     spec: str = Field(description="The plan's wave: e.g. '5 cars' or '100%'")
     size: int
     counts: dict[str, int]
@@ -107,7 +107,11 @@ class Dashboard(BaseModel):
     remedied_over_time: list[SeriesPoint]
     failures_over_time: list[SeriesPoint]
     waves: list[WaveView]
-    current_wave: int
+    current_wave: int = Field(ge=1, description="Number of the highest wave opened so far (from 1)")
+    starts_at: datetime | None = Field(description="The plan's start; null: at launch")
+    scheduled: bool = Field(
+        description="Not started yet (starts_at ahead): show 'starts at', not progress; no car is notified"
+    )
     failures: FailureBreakdown
     generated_at: datetime
 
@@ -126,6 +130,8 @@ class CampaignSummary(BaseModel):
     in_progress: int
     errors: int
     other: int = Field(description="Settled without the software: unreachable, declined, withdrawn")
+    starts_at: datetime | None = Field(description="The plan's start; null: at launch")
+    scheduled: bool = Field(description="Not started yet (starts_at ahead): no car is notified or in progress")
 
 
 class TimelineEntry(BaseModel):
@@ -173,7 +179,7 @@ class CampaignOfVin(BaseModel):
     attempt: int
     retries: int
     next_retry_at: datetime | None
-    wave: int
+    wave: int = Field(ge=1, description="The car's wave, numbered from 1")
     updated_at: datetime
     recorded_by: str | None
     evidence_ref: str | None

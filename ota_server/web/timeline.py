@@ -32,10 +32,12 @@ from ota_server.db.models import (
 )
 from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import ERRORS, VinState
+from ota_server.domain.waves import wave_number
 from ota_server.errors import InvalidInput, NotFound
 from ota_server.schemas import DiscrepancyPublic, EcuPublic
 from ota_server.services import owner_notifications
-from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK, shown_plan
+from ota_server.services.campaign_view import schedule, shown_plan
+from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline
 
 Action = Literal["none", "wait", "dealer"]
@@ -94,6 +96,8 @@ class CampaignRow:
     current_wave: int
     kind: str
     max_retries: int
+    starts_at: datetime | None = None
+    scheduled: bool = False
 
 
 def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: datetime | None) -> tuple[str, Action]:
@@ -168,11 +172,15 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
                 )
             if car.wave > campaign.current_wave:
                 return (
-                    f"Waiting for wave {car.wave + 1} to open (wave {campaign.current_wave + 1} is rolling out); "
+                    f"Waiting for wave {wave_number(car.wave)} to open "
+                    f"(wave {wave_number(campaign.current_wave)} is rolling out); "
                     "the car is notified then.",
                     "wait",
                 )
-            return "Waiting for the notice to be sent (start time, rate limit or maintenance window).", "wait"
+            if campaign.starts_at is not None and campaign.scheduled:
+                start = when(campaign.starts_at)
+                return f"Waiting for the campaign to start at {start}; the car is notified then.", "wait"
+            return "Waiting for the notice to be sent (rate limit or maintenance window).", "wait"
         if not online:
             return (
                 f"Notice sent {when(car.notified_at)}; waiting for the car to come online "
@@ -354,7 +362,7 @@ def normalised_vin(raw: str) -> str:
 _PRIORITY: dict[Action, int] = {"dealer": 2, "wait": 1, "none": 0}
 
 
-def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
+def timeline(session: Session, raw_vin: str, now: datetime) -> VehicleTimeline:
     vin = normalize_vin(raw_vin)
     vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == vin))
     if vehicle is None:
@@ -406,12 +414,16 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
             evidence_ref=cv.evidence_ref,
             errors_so_far=errors,
         )
+        plan = shown_plan(recall, campaign)
+        starts_at, scheduled = schedule(plan, campaign.status, now)
         context = CampaignRow(
             status=campaign.status,
             status_reason=campaign.status_reason,
             current_wave=campaign.current_wave,
             kind=campaign.kind,
-            max_retries=(shown_plan(recall, campaign) or RolloutPlan()).max_retries,
+            max_retries=(plan or RolloutPlan()).max_retries,
+            starts_at=starts_at,
+            scheduled=scheduled,
         )
         step, action = next_step(car, context, online=vehicle.online, last_seen=vehicle.last_seen)
         child = rolled_back_by.get(campaign.id)
@@ -432,7 +444,7 @@ def timeline(session: Session, raw_vin: str) -> VehicleTimeline:
                 attempt=cv.attempt,
                 retries=cv.retries,
                 next_retry_at=cv.next_retry_at,
-                wave=cv.wave,
+                wave=wave_number(cv.wave),
                 updated_at=cv.updated_at,
                 recorded_by=cv.recorded_by,
                 evidence_ref=cv.evidence_ref,

@@ -347,7 +347,7 @@ async def test_an_operator_rollback_needs_a_paused_campaign_and_a_rollback_relea
     assert active.status_code == 409 and "pause it first" in active.json()["detail"]
     assert (await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={})).status_code == 200
     nothing = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reach": "wave"})
-    assert nothing.status_code == 409 and "no car of wave 0 is remedied" in nothing.json()["detail"]
+    assert nothing.status_code == 409 and "no car of wave 1 is remedied" in nothing.json()["detail"]
     bad = await env.client.post(f"/api/v1/campaigns/{cid}/rollback", json={"reach": "everything"})
     assert bad.status_code == 422
 

@@ -189,15 +189,15 @@ async def test_recall_from_yaml_then_safety_launch_approved_by_a_second_person(w
 
     operator = await token_for(wired, "olga", "operator")
     approver = await token_for(wired, "bob", "approver")
-    requested = await ota(wired, "campaigns", "launch", str(recall_id), token=operator)
+    requested = await ota(wired, "recalls", "launch", str(recall_id), token=operator)
     assert requested.exit_code == 0, requested.output
     assert "awaiting approval" in requested.stdout
 
-    refused = await ota(wired, "campaigns", "approve", str(recall_id), token=operator)  # not an approver
+    refused = await ota(wired, "recalls", "approve", str(recall_id), token=operator)  # not an approver
     assert refused.exit_code == 1
     assert "403" in refused.stderr
 
-    approved = await ota(wired, "campaigns", "approve", str(recall_id), "--json", token=approver)
+    approved = await ota(wired, "recalls", "approve", str(recall_id), "--json", token=approver)
     assert approved.exit_code == 0, approved.output
     campaign = json.loads(approved.stdout)
     assert campaign["recall_id"] == recall_id and campaign["population"] == 5
@@ -211,7 +211,7 @@ async def test_pause_resume_watch_and_show(wired: Env, tmp_path: Path) -> None:
     assert (await ota(wired, "vehicles", "import", str(write_csv(tmp_path / "cars.csv", vins)))).exit_code == 0
     release_id = await build_and_upload(wired, tmp_path)
     recall_id = await recall_from_yaml(wired, tmp_path, release_id, safety=False)
-    launched = await ota(wired, "campaigns", "launch", str(recall_id), "--json")
+    launched = await ota(wired, "recalls", "launch", str(recall_id), "--json")
     assert launched.exit_code == 0, launched.output
     campaign_id = str(json.loads(launched.stdout)["id"])
 

@@ -88,7 +88,7 @@ async def test_a_canary_that_passes_opens_the_next_wave(env: Env) -> None:
     assert len(canary) == 2
     progress = await _progress(env, cid)
     assert [w["size"] for w in progress["waves"]] == [2, 8, 10]
-    assert progress["counts"]["pending"] == 20 and progress["current_wave"] == 0
+    assert progress["counts"]["pending"] == 20 and progress["current_wave"] == 1  # waves count from 1
     # Nothing more while the canary is out, however often the scheduler ticks.
     env.clock.advance(3600)
     await env.tick()
@@ -101,7 +101,7 @@ async def test_a_canary_that_passes_opens_the_next_wave(env: Env) -> None:
     second = _notified_vins(env, cid) - canary
     assert len(second) == 8
     progress = await _progress(env, cid)
-    assert progress["current_wave"] == 1
+    assert progress["current_wave"] == 2
     assert progress["waves"][0]["gate"] == "passed" and progress["waves"][1]["opened"]
     assert not progress["waves"][2]["opened"]
     await _run_to(env, cid, sorted(second), S.REMEDIED)
@@ -312,7 +312,7 @@ async def test_cancel_withdraws_cars_not_started_and_lets_installing_ones_finish
     progress = await _progress(env, cid)
     assert progress["counts"]["remedied"] == 1 and progress["counts"]["withdrawn"] == 7 and progress["done"]
     log = await env.client.get(f"/api/v1/campaigns/{cid}/notices", params={"vin": waiting[0]})
-    assert [e["kind"] for e in log.json()] == ["campaign", "withdrawal"]
+    assert [e["kind"] for e in log.json()["items"]] == ["campaign", "withdrawal"]
     assert (await env.client.post(f"/api/v1/campaigns/{cid}/cancel", json={})).status_code == 409
 
 
@@ -505,7 +505,7 @@ async def test_notice_carries_preconditions_owner_notice_and_consent(env: Env) -
     assert notice.preconditions is not None and notice.preconditions.min_battery_percent == 50
     assert notice.preconditions.parked  # defaults from the contract
     assert notice.owner_notice is not None and notice.owner_notice.contact.name.startswith("Dana")
-    recall = (await env.client.get("/api/v1/recalls")).json()[0]
+    recall = (await env.client.get("/api/v1/recalls")).json()["items"][0]
     assert recall["remedy_type"] == "both" and recall["requires_consent"]
     assert recall["rollout"]["waves"] == [{"cars": None, "percent": 100.0}]
     mismatch = await env.client.post(
@@ -618,7 +618,7 @@ async def test_a_tripped_wave_rolls_its_remedied_cars_back(env: Env) -> None:
 async def _campaigns(env: Env) -> list[dict[str, Any]]:
     resp = await env.client.get("/api/v1/campaigns")
     assert resp.status_code == 200, resp.text
-    body: list[dict[str, Any]] = resp.json()
+    body: list[dict[str, Any]] = resp.json()["items"]
     return body
 
 
@@ -636,7 +636,7 @@ async def test_no_rollback_campaign_when_no_car_of_the_wave_is_remedied(env: Env
     await _run_to(env, cid, canary[:3], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
     progress = await _progress(env, cid)
     assert progress["status"] == "paused" and progress["rollback_campaign_id"] is None
-    assert "no car of wave 0 is remedied" in progress["status_reason"]
+    assert "no car of wave 1 is remedied" in progress["status_reason"]
     assert [c["id"] for c in await _campaigns(env)] == [cid]
 
 
