@@ -59,8 +59,14 @@ function loginUrl() {
   return `/ui/login?next=${encodeURIComponent(location.pathname + location.search)}`;
 }
 
-async function getJSON(url) {
-  const response = await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } });
+// The API's refusal in words: a message, or a 422's list of field problems.
+function problem(body, response) {
+  const detail = body && body.detail;
+  if (Array.isArray(detail)) return detail.map((d) => `${(d.loc || []).slice(1).join(".")}: ${d.msg}`).join("; ");
+  return detail ? String(detail) : response.statusText;
+}
+
+async function answer(response) {
   if (response.status === 401) {
     location.assign(loginUrl());
     throw new Error("not signed in");
@@ -72,12 +78,33 @@ async function getJSON(url) {
     body = null;
   }
   if (!response.ok) {
-    const detail = body && body.detail ? body.detail : response.statusText;
-    const error = new Error(String(detail));
+    const error = new Error(problem(body, response));
     error.status = response.status;
     throw error;
   }
   return body;
+}
+
+async function getJSON(url) {
+  return answer(await fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } }));
+}
+
+// The signed-in person (GET /ui/session): name, role, what they may do, and the CSRF token
+// every write from these pages carries (the cookie alone never writes).
+let SESSION = null;
+
+// A write through the REST API with the login cookie and this session's CSRF token; returns the
+// answer's body and the server's time of it (its Date header).
+async function send(url, body) {
+  const response = await fetch(url, {
+    method: "POST",
+    credentials: "same-origin",
+    headers: { Accept: "application/json", "Content-Type": "application/json", "X-CSRF-Token": SESSION ? SESSION.csrf_token : "" },
+    body: JSON.stringify(body || {}),
+  });
+  const data = await answer(response);
+  const date = response.headers.get("date");
+  return { data, at: (date ? new Date(date) : new Date()).toISOString() };
 }
 
 // State colours and groups, shared by every view.
@@ -126,11 +153,59 @@ function progressBar(parts, total, label) {
 
 async function whoAmI() {
   try {
-    const me = await getJSON("/api/v1/whoami");
-    setText("who", `Signed in as ${me.name} (${me.role})`);
+    SESSION = await getJSON("/ui/session");
+    setText("who", `Signed in as ${SESSION.name} (${SESSION.role})`);
   } catch (_) {
-    /* the page's own request reports the problem */
+    SESSION = null; /* the page's own request reports the problem */
   }
+  return SESSION;
+}
+
+// Every action asks first: a <dialog> saying what will happen, with the reason (or evidence) field.
+// ``run(text)`` does it; a refusal is shown in the dialog, which stays open.
+function confirmAction({ title, what, confirm, reason, outcome, run }) {
+  const dialog = $("confirm");
+  const box = $("reason");
+  setText("confirm-title", title);
+  setText("confirm-what", what);
+  setText("confirm-ok", confirm);
+  if ($("reason-field")) {
+    $("reason-field").hidden = !reason;
+    box.value = "";
+    box.required = Boolean(reason);
+    if (reason) {
+      setText("reason-label", reason.label);
+      box.maxLength = reason.max;
+    }
+  }
+  if ($("outcome-fields")) $("outcome-fields").hidden = !outcome;
+  $("confirm-error").hidden = true;
+  $("confirm-form").onsubmit = async (event) => {
+    event.preventDefault();
+    const text = reason ? box.value.trim() : "";
+    if (reason && !text) {
+      setText("confirm-error", `${reason.label}: required.`);
+      $("confirm-error").hidden = false;
+      return;
+    }
+    $("confirm-ok").disabled = true;
+    try {
+      await run(text);
+      dialog.close();
+    } catch (error) {
+      setText("confirm-error", error.message);
+      $("confirm-error").hidden = false;
+    } finally {
+      $("confirm-ok").disabled = false;
+    }
+  };
+  $("confirm-back").onclick = () => dialog.close();
+  dialog.showModal();
+  if (reason) box.focus();
+}
+
+function showOperatorColumns(visible) {
+  for (const node of document.querySelectorAll(".op-only")) node.hidden = !visible;
 }
 
 function markNav(page) {
@@ -157,11 +232,51 @@ function loginPage() {
 
 // ---------------------------------------------------------------- campaigns list
 
+async function refreshApprovals(refresh) {
+  let page;
+  try {
+    page = await getJSON("/api/v1/recalls?status=awaiting_approval&limit=100");
+  } catch (_) {
+    return;
+  }
+  $("approvals").hidden = page.items.length === 0;
+  const mayApprove = Boolean(SESSION && SESSION.may_approve);
+  showOperatorColumns(mayApprove);
+  fill(document.querySelector("#approval-table tbody"), page.items.map((r) => {
+    const request = r.launch_request || {};
+    const cell = el("td", { class: "op-only" });
+    cell.hidden = !mayApprove;
+    if (mayApprove) {
+      const button = el("button", { type: "button", text: "Approve launch" });
+      button.addEventListener("click", () => confirmAction({
+        title: `Approve the launch of ${r.campaign_number}?`,
+        what: `${r.title}. Requested by ${request.requested_by || "?"}; approving launches the campaign at once to ${r.affected_count} cars, and the audit log names you as the second person.`,
+        confirm: "Approve and launch",
+        run: async () => {
+          const { data, at } = await send(`/api/v1/recalls/${r.id}/approve`, {});
+          $("approval-result").replaceChildren(
+            `Approved by ${SESSION.name} at ${fmtTime(at)}: `,
+            el("a", { href: `/ui/campaigns/${data.id}`, text: `campaign #${data.id}` }), " launched.");
+          refresh();
+        },
+      }));
+      cell.append(button);
+    }
+    return el("tr", { "data-recall": r.id },
+      el("td", { class: "mono", text: r.campaign_number }),
+      el("td", { text: r.title }),
+      el("td", { class: "num", text: r.affected_count }),
+      el("td", { text: `by ${request.requested_by || "?"} at ${fmtTime(request.requested_at)}` }),
+      cell);
+  }));
+}
+
 async function campaignsPage() {
   markNav("campaigns");
-  whoAmI();
+  await whoAmI();
   const tbody = document.querySelector("#campaigns tbody");
   async function refresh() {
+    refreshApprovals(refresh);
     try {
       const rows = await getJSON("/api/v1/dashboard/campaigns");
       $("empty").hidden = rows.length > 0;
@@ -286,6 +401,7 @@ function renderCampaign(d) {
     d.status_reason ? ` ${d.status_reason}` : "",
     d.done ? " · every car settled" : "",
   );
+  showActions(d.status);
   if (d.rollback_campaign_id) sub.append(" · ", el("a", { href: `/ui/campaigns/${d.rollback_campaign_id}`, text: `rollback campaign #${d.rollback_campaign_id}` }));
   setText("t-population", d.population);
   setText("t-remedied", d.remedied);
@@ -334,10 +450,150 @@ function renderCampaign(d) {
       el("td", { class: "mono", text: c.software_version }), el("td", { text: fmtTime(c.updated_at) }))));
 }
 
+// What each campaign button does, said before it is done; ``reason``: the body needs one.
+const CAMPAIGN_ACTIONS = {
+  pause: { path: "pause", done: "Paused", confirm: "Pause", reason: true, when: ["active"],
+    what: "No car is notified or retried until someone resumes it; cars already installing finish and report." },
+  resume: { path: "resume", done: "Resumed", confirm: "Resume", reason: true, when: ["paused"],
+    what: "Cars are notified again, wave by wave; the open wave's errors so far count as seen." },
+  cancel: { path: "cancel", done: "Cancelled", confirm: "Cancel the campaign", reason: true, when: ["active", "paused"],
+    what: "Every car that has not started is withdrawn (its notice replaced by a withdrawal); cars installing finish or roll back. This cannot be undone." },
+  retry: { path: "retry-failed", done: "Retried failed cars", confirm: "Retry failed cars", reason: false, when: ["active", "paused", "completed"],
+    what: "Every failed, rolled-back or timed-out car gets a new notice now, within the plan's waves, rate and windows." },
+};
+const OUTCOME_LABEL = {
+  remedied_at_dealer: "Remedied at a dealer", inspected_not_needed: "Inspected, remedy not needed", unreachable: "Unreachable",
+};
+const CAR_PAGE = 50;
+
+function showActions(status) {
+  const section = $("actions");
+  if (!section || !SESSION || !SESSION.may_operate) return; // viewers (and approvers) see no action at all
+  section.hidden = false;
+  for (const button of section.querySelectorAll("button[data-action]")) {
+    button.hidden = !CAMPAIGN_ACTIONS[button.dataset.action].when.includes(status);
+  }
+}
+
+function campaignActions(id, reloadCars) {
+  for (const button of $("actions").querySelectorAll("button[data-action]")) {
+    const spec = CAMPAIGN_ACTIONS[button.dataset.action];
+    button.addEventListener("click", () => confirmAction({
+      title: `${button.textContent} campaign ${id}?`,
+      what: spec.what,
+      confirm: spec.confirm,
+      reason: spec.reason ? { label: "Reason (kept with the status and in the audit log)", max: 1000 } : null,
+      run: async (reason) => {
+        const { data, at } = await send(`/api/v1/campaigns/${id}/${spec.path}`, spec.reason ? { reason } : {});
+        const campaign = data.campaign || data;
+        const cars = data.vehicles === undefined ? "" : ` (${data.vehicles} car${data.vehicles === 1 ? "" : "s"})`;
+        setText("action-result", `${spec.done} by ${SESSION.name} at ${fmtTime(at)}${cars}` +
+          (campaign.status_reason ? ` · ${campaign.status_reason}` : ""));
+        showActions(campaign.status);
+        reloadCars();
+      },
+    }));
+  }
+}
+
+function reasonWords(code, text) {
+  if (!code && !text) return "–";
+  if (!code || text === code) return text || code;
+  return el("span", {}, text || code, " ", el("span", { class: "mono muted", text: `(${code})` }));
+}
+
+function nextTry(c) {
+  if (!c.next_try_at) return "–";
+  return c.next_try_basis === "agent_recheck_estimate" ? `about ${fmtTime(c.next_try_at)}` : `next try at ${fmtTime(c.next_try_at)}`;
+}
+
+function outcomeButton(id, c, reload) {
+  const button = el("button", { type: "button", class: "small secondary", text: "Outcome…" });
+  button.addEventListener("click", () => confirmAction({
+    title: `Record an outcome for ${c.vin}`,
+    what: `Campaign ${id}, ${[c.model, c.model_year].filter(Boolean).join(" ")}, now ${STATE_LABEL[c.state] || c.state}. The record is final for this car and names you in the audit log.`,
+    confirm: "Record",
+    outcome: true,
+    reason: { label: "Evidence (what shows it: repair order, inspection note…)", max: 5000 },
+    run: async (evidence) => {
+      const outcome = $("outcome").value;
+      const body = { outcome, evidence };
+      if ($("reference").value.trim()) body.reference = $("reference").value.trim();
+      if (outcome === "unreachable") body.reason = $("unreachable-reason").value || "other";
+      const { data } = await send(`/api/v1/campaigns/${id}/vehicles/${encodeURIComponent(c.vin)}/outcome`, body);
+      setText("action-result", `${OUTCOME_LABEL[outcome]}: ${data.vin} recorded by ${data.recorded_by} at ${fmtTime(data.updated_at)}`);
+      reload();
+    },
+  }));
+  return button;
+}
+
+// The campaign's cars (GET /api/v1/campaigns/{id}/vehicles): filters, cursor pages, CSV of the same filter.
+function carTable(id) {
+  const form = $("car-filters");
+  const table = $("car-table");
+  for (const [state, label] of Object.entries(STATE_LABEL)) $("f-state").append(el("option", { value: state, text: label }));
+  let shown = null;
+  let next = null;
+  function query(extra) {
+    const params = new URLSearchParams();
+    for (const [key, value] of new FormData(form).entries()) {
+      if (String(value).trim()) params.append(key, String(value).trim());
+    }
+    for (const [key, value] of Object.entries(extra)) params.set(key, value);
+    return params;
+  }
+  async function load(cursor) {
+    const params = query({ limit: String(CAR_PAGE) });
+    if (cursor) params.set("cursor", cursor);
+    $("csv").href = `/api/v1/campaigns/${id}/vehicles?${query({ format: "csv" })}`;
+    const mayOperate = Boolean(SESSION && SESSION.may_operate);
+    try {
+      const page = await getJSON(`/api/v1/campaigns/${id}/vehicles?${params}`);
+      fill(table.querySelector("tbody"), page.items.map((c) => {
+        const record = el("td", { class: "op-only" }, mayOperate ? outcomeButton(id, c, () => load(shown)) : null);
+        record.hidden = !mayOperate;
+        return el("tr", { "data-vin": c.vin, "data-state": c.state },
+          el("td", { class: "mono" }, el("a", { href: c.link || `/ui/vehicles/${encodeURIComponent(c.vin)}`, text: c.vin })),
+          el("td", { text: [c.model, c.model_year].filter(Boolean).join(" ") }),
+          el("td", {}, stateBadge(c.state)),
+          el("td", { class: "num", text: c.wave ?? "–" }),
+          el("td", {}, reasonWords(c.reason, c.reason_text)),
+          el("td", { class: "num", text: c.attempts }),
+          el("td", { class: "when", text: nextTry(c) }),
+          el("td", { class: "mono", text: c.ecus.map((e) => `${e.hardware_id} ${e.installed_version || "–"}`).join(", ") }),
+          el("td", { class: "when", text: fmtTime(c.updated_at) }),
+          record);
+      }));
+      showOperatorColumns(mayOperate);
+      shown = cursor;
+      next = page.next_cursor;
+      $("cars-next").hidden = !next;
+      $("cars-first").hidden = !cursor;
+      setText("cars-caption", page.items.length
+        ? `${page.items.length} car${page.items.length === 1 ? "" : "s"}${cursor ? " (a later page)" : ""}${next ? "; more on the next page" : ""}; open one for its whole timeline`
+        : "No car matches these filters.");
+      table.dataset.query = query({}).toString(); // what the table shows now (tests wait for it)
+    } catch (error) {
+      setText("cars-caption", `Could not load the cars: ${error.message}`);
+    }
+  }
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    load(null);
+  });
+  $("cars-next").addEventListener("click", () => load(next));
+  $("cars-first").addEventListener("click", () => load(null));
+  return () => load(shown);
+}
+
 async function campaignPage() {
   markNav("campaigns");
-  whoAmI();
+  await whoAmI();
   const id = Number(location.pathname.split("/").filter(Boolean).pop());
+  const reloadCars = carTable(id);
+  if (SESSION && SESSION.may_operate) campaignActions(id, reloadCars);
+  reloadCars();
   try {
     renderCampaign(await getJSON(`/api/v1/campaigns/${id}/dashboard`));
   } catch (error) {
