@@ -3,72 +3,45 @@
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from simulator.http_transport import MAX_REDIRECTS, StdlibTransport
+from tests.http_servers import CountingHandler, CountingServer, serving
 from vehicle_agent.errors import FetchError
 from vehicle_agent.transport import ERROR_BODY_LIMIT
 
 BODY = b"signed bytes of a bundle"
 
 
-class _Counting(ThreadingHTTPServer):
-    connections = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        assert isinstance(self.server, _Counting)
-        self.server.connections += 1
-
-    def _answer(self, code: int, body: bytes, *headers: tuple[str, str]) -> None:
-        self.send_response(code)
-        for name, value in headers:
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
+class _Handler(CountingHandler):
     def do_GET(self) -> None:
         wanted = self.headers.get("Range")
         if self.path == "/file" and wanted:
             start = int(wanted.removeprefix("bytes=").removesuffix("-"))
-            self._answer(206, BODY[start:], ("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"))
+            self.answer(206, BODY[start:], ("Content-Range", f"bytes {start}-{len(BODY) - 1}/{len(BODY)}"))
         elif self.path == "/file":
-            self._answer(200, BODY)
+            self.answer(200, BODY)
         elif self.path == "/bad-range":
-            self._answer(206, BODY, ("Content-Range", "bytes nonsense"))
+            self.answer(206, BODY, ("Content-Range", "bytes nonsense"))
         elif self.path == "/moved":
-            self._answer(307, b"", ("Location", "/file"))
+            self.answer(307, b"", ("Location", "/file"))
         elif self.path == "/loop":
-            self._answer(302, b"", ("Location", "/loop"))
+            self.answer(302, b"", ("Location", "/loop"))
         elif self.path == "/huge":
-            self._answer(404, b"x" * (4 * ERROR_BODY_LIMIT))
+            self.answer(404, b"x" * (4 * ERROR_BODY_LIMIT))
         elif self.path == "/then-hang-up":  # keep-alive promised, then closed while idle (an expiry)
-            self._answer(200, BODY)
+            self.answer(200, BODY)
             self.close_connection = True
         else:
-            self._answer(404, b'{"detail": "no such file"}')
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+            self.answer(404, b'{"detail": "no such file"}')
 
 
 @pytest.fixture
-def server() -> Iterator[_Counting]:
-    httpd = _Counting(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+def server() -> Iterator[CountingServer]:
+    with serving(_Handler) as httpd:
+        yield httpd
 
 
 @pytest.fixture
@@ -78,7 +51,7 @@ def transport() -> Iterator[StdlibTransport]:
     made.close()
 
 
-def _base(server: _Counting) -> str:
+def _base(server: CountingServer) -> str:
     return f"http://127.0.0.1:{server.server_address[1]}"
 
 
@@ -87,7 +60,9 @@ def _get(transport: StdlibTransport, url: str, start: int = 0) -> tuple[int, byt
         return chunks.start, b"".join(chunks)
 
 
-def test_bodies_ranges_and_errors_over_one_kept_alive_connection(server: _Counting, transport: StdlibTransport) -> None:
+def test_bodies_ranges_and_errors_over_one_kept_alive_connection(
+    server: CountingServer, transport: StdlibTransport
+) -> None:
     base = _base(server)
     assert _get(transport, base + "/file") == (0, BODY)
     assert _get(transport, base + "/file", start=7) == (7, BODY[7:])
@@ -99,13 +74,13 @@ def test_bodies_ranges_and_errors_over_one_kept_alive_connection(server: _Counti
     assert server.connections == 1
 
 
-def test_a_malformed_content_range_is_refused(server: _Counting, transport: StdlibTransport) -> None:
+def test_a_malformed_content_range_is_refused(server: CountingServer, transport: StdlibTransport) -> None:
     with pytest.raises(FetchError, match="malformed Content-Range"):
         _get(transport, _base(server) + "/bad-range", start=3)
 
 
 def test_a_huge_error_body_closes_the_connection_instead_of_reading_it(
-    server: _Counting, transport: StdlibTransport
+    server: CountingServer, transport: StdlibTransport
 ) -> None:
     with pytest.raises(FetchError) as info:
         _get(transport, _base(server) + "/huge")
@@ -115,14 +90,16 @@ def test_a_huge_error_body_closes_the_connection_instead_of_reading_it(
 
 
 def test_a_connection_closed_while_idle_is_replaced_and_the_get_sent_again(
-    server: _Counting, transport: StdlibTransport
+    server: CountingServer, transport: StdlibTransport
 ) -> None:
     assert _get(transport, _base(server) + "/then-hang-up") == (0, BODY)
     assert _get(transport, _base(server) + "/file") == (0, BODY)
     assert server.connections == 2
 
 
-def test_a_body_left_half_read_does_not_poison_the_next_request(server: _Counting, transport: StdlibTransport) -> None:
+def test_a_body_left_half_read_does_not_poison_the_next_request(
+    server: CountingServer, transport: StdlibTransport
+) -> None:
     small = StdlibTransport(chunk_size=4)
     try:
         with small.stream(_base(server) + "/file") as chunks:
@@ -134,7 +111,7 @@ def test_a_body_left_half_read_does_not_poison_the_next_request(server: _Countin
 
 
 def test_a_redirect_loop_and_an_unreachable_server_are_fetch_errors(
-    server: _Counting, transport: StdlibTransport
+    server: CountingServer, transport: StdlibTransport
 ) -> None:
     with pytest.raises(FetchError, match=f"more than {MAX_REDIRECTS} redirects"):
         _get(transport, _base(server) + "/loop")

@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from tests.http_servers import CountingHandler, CountingServer, serving
 from vehicle_agent.errors import FetchError
 from vehicle_agent.transport import ERROR_BODY_LIMIT, HttpxTransport, PerThreadTransport, Transport, make_http_client
 
 
-class _Counting(ThreadingHTTPServer):
-    connections = 0
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def setup(self) -> None:
-        super().setup()
-        assert isinstance(self.server, _Counting)
-        self.server.connections += 1
-
+class _Handler(CountingHandler):
     def do_GET(self) -> None:
         if self.path == "/huge":
             size = 40 * ERROR_BODY_LIMIT
@@ -34,31 +23,16 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(b"x" * ERROR_BODY_LIMIT)
             return
         if self.path == "/cookie":  # a server that hands out a cookie, then shows what came back
-            body = self.headers.get("Cookie", "none").encode()
-            self.send_response(200)
-            self.send_header("Set-Cookie", "session=abc; Path=/")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.answer(200, self.headers.get("Cookie", "none").encode(), ("Set-Cookie", "session=abc; Path=/"))
             return
         code, body = (404, b'{"detail": "no such file"}') if self.path == "/missing" else (200, b"signed bytes")
-        self.send_response(code)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
+        self.answer(code, body)
 
 
 @pytest.fixture
-def server() -> Iterator[_Counting]:
-    httpd = _Counting(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield httpd
-    httpd.shutdown()
-    httpd.server_close()
+def server() -> Iterator[CountingServer]:
+    with serving(_Handler) as httpd:
+        yield httpd
 
 
 def _get(transport: Transport, url: str) -> bytes:
@@ -66,7 +40,7 @@ def _get(transport: Transport, url: str) -> bytes:
         return b"".join(chunks)
 
 
-def test_a_404_keeps_the_connection_for_the_next_request(server: _Counting) -> None:
+def test_a_404_keeps_the_connection_for_the_next_request(server: CountingServer) -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     with make_http_client() as client:
         transport = HttpxTransport(client)
@@ -78,7 +52,7 @@ def test_a_404_keeps_the_connection_for_the_next_request(server: _Counting) -> N
     assert server.connections == 1
 
 
-def test_a_huge_error_body_is_not_read_the_connection_is_dropped(server: _Counting) -> None:
+def test_a_huge_error_body_is_not_read_the_connection_is_dropped(server: CountingServer) -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     with make_http_client() as client:
         transport = HttpxTransport(client)
@@ -88,7 +62,7 @@ def test_a_huge_error_body_is_not_read_the_connection_is_dropped(server: _Counti
     assert server.connections == 2
 
 
-def test_each_thread_keeps_its_own_connection(server: _Counting) -> None:
+def test_each_thread_keeps_its_own_connection(server: CountingServer) -> None:
     """A fleet's worker threads do not share one pool: each keeps one connection alive for its
     requests (a shared client would serve these one-after-another threads on one connection)."""
     base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -135,7 +109,7 @@ def threading_result(fn: Callable[[], object]) -> object:
     return box[0]
 
 
-def test_the_client_keeps_and_sends_no_cookies(server: _Counting) -> None:
+def test_the_client_keeps_and_sends_no_cookies(server: CountingServer) -> None:
     base = f"http://127.0.0.1:{server.server_address[1]}"
     with make_http_client() as client:
         transport = HttpxTransport(client)
