@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -63,6 +64,12 @@ def webhooks_list(
     emit(as_json, found, human)
 
 
+def _act(method: str, path: str, server: str, token: str | None, as_json: bool, say: Callable[[Any], str]) -> None:
+    with client_for(server, token) as client:
+        hook = client.call(method, path)
+    emit(as_json, hook, lambda: typer.echo(say(hook)))
+
+
 def webhooks_remove(
     webhook_id: IdArgument,
     server: ServerOption = DEFAULT_SERVER,
@@ -70,9 +77,8 @@ def webhooks_remove(
     as_json: JsonOption = False,
 ) -> None:
     """Remove a webhook and its deliveries."""
-    with client_for(server, token) as client:
-        gone = client.call("DELETE", f"/api/v1/webhooks/{webhook_id}")
-    emit(as_json, gone, lambda: typer.echo(f"webhook {gone['id']} removed ({gone['url']})"))
+    path = f"/api/v1/webhooks/{webhook_id}"
+    _act("DELETE", path, server, token, as_json, lambda gone: f"webhook {gone['id']} removed ({gone['url']})")
 
 
 def webhooks_resume(
@@ -82,9 +88,8 @@ def webhooks_resume(
     as_json: JsonOption = False,
 ) -> None:
     """Send to a paused webhook again."""
-    with client_for(server, token) as client:
-        hook = client.call("POST", f"/api/v1/webhooks/{webhook_id}/resume")
-    emit(as_json, hook, lambda: typer.echo(f"webhook {hook['id']} is {hook['status']}"))
+    path = f"/api/v1/webhooks/{webhook_id}/resume"
+    _act("POST", path, server, token, as_json, lambda hook: f"webhook {hook['id']} is {hook['status']}")
 
 
 def webhooks_deliveries(

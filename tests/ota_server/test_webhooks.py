@@ -245,7 +245,8 @@ async def test_a_4xx_fails_at_once_and_a_day_of_failures_pauses(env: Env, receiv
         assert row is not None and row.status == "paused" and "failing since" in (row.paused_reason or "")
 
 
-async def test_two_replicas_running_at_once_send_each_delivery_once(env: Env, receiver: Receiver) -> None:
+async def test_two_replicas_running_at_once_send_each_delivery_once(either_env: Env, receiver: Receiver) -> None:
+    env = either_env  # SQLite and PostgreSQL
     await _add(env, receiver.url)
     cid = (await launched(env.client, VINS))["id"]
     for action in ("pause", "resume", "cancel"):
@@ -389,6 +390,8 @@ async def test_the_cli_adds_lists_and_removes_webhooks(
     assert [w["id"] for w in json.loads(listed.output)] == [hook["id"]]
     deliveries = await ota(env, "webhooks", "deliveries", str(hook["id"]), "--status", "delivered", "--json")
     assert [d["event_type"] for d in json.loads(deliveries.output)] == ["campaign.launched"]
+    resumed = await ota(env, "webhooks", "resume", str(hook["id"]))
+    assert resumed.exit_code != 0 and "not paused" in resumed.output
     removed = await ota(env, "webhooks", "remove", str(hook["id"]))
     assert removed.exit_code == 0 and f"webhook {hook['id']} removed" in removed.output
     assert json.loads((await ota(env, "webhooks", "list", "--json")).output) == []
