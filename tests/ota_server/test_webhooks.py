@@ -29,6 +29,7 @@ from ota_server.services.webhook_delivery import WebhookSender, backoff_s
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import FakeClock, launched, recall_body, remedied, report, vin
 from tests.ota_server.test_cli_ops import LoopTransport, ota
+from tests.ota_server.test_inventory import _registered, manifest
 from tests.ota_server.test_rollout import _fleet, _launch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -395,3 +396,13 @@ async def test_the_cli_adds_lists_and_removes_webhooks(
     removed = await ota(env, "webhooks", "remove", str(hook["id"]))
     assert removed.exit_code == 0 and f"webhook {hook['id']} removed" in removed.output
     assert json.loads((await ota(env, "webhooks", "list", "--json")).output) == []
+
+
+async def test_a_discrepancy_found_is_an_event_once(env: Env) -> None:
+    v = vin(1)
+    await _registered(env, [v])
+    await env.inject(manifest(v, 1, version="3.1.4"))
+    await env.inject(manifest(v, 2, version="3.1.4"))  # the same finding again: stored once, told once
+    (event,) = [e for e in _events(env) if e["type"] == "discrepancy.found"]
+    assert event["subject"]["vin"] == v and event["data"]["kind"] == "unknown_version"
+    assert event["data"]["version"] == "3.1.4"
