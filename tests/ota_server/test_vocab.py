@@ -22,12 +22,16 @@ from tests.ota_server.test_inventory import manifest
 
 wired = test_cli_ops.wired  # the CLI against the in-process server
 
-WAVE_ZERO = re.compile(r"\bwave[s]?\s*:?\s*0\b", re.IGNORECASE)
+# "wave 0", "Wave: 0", JSON "wave": 0 or "current_wave": 0: what waves from 1 rule out.
+WAVE_ZERO = re.compile(r'(\bwaves?|current_wave)"?\s*:?\s*0\b', re.IGNORECASE)
 TWO_WAVES = {"waves": [{"cars": 2}, {"percent": 100}], "success_threshold_percent": 100, "error_threshold_count": 1}
 
 
 def test_the_stored_index_and_the_shown_number_convert_both_ways() -> None:
     assert [wave_number(i) for i in range(3)] == [1, 2, 3]
+    said = ["wave 0 tripped", "Wave: 0", '{"wave": 0}', '{"current_wave":0}', "waves 0 to 2"]
+    assert all(WAVE_ZERO.search(text) for text in said)  # the sweep below would see each
+    assert not any(WAVE_ZERO.search(t) for t in ["wave 1", '"wave": 10', '"current_wave": 2', '"waves": []'])
     assert all(wave_index(wave_number(i)) == i for i in range(5))
 
 
@@ -166,13 +170,17 @@ async def test_a_campaign_without_a_start_is_not_scheduled(wired: Env) -> None:
     assert "scheduled" not in line.stdout and "starts at" not in line.stdout
 
 
-async def test_recalls_are_launched_and_approved_by_recall_id(wired: Env, tmp_path: Path) -> None:
+async def _safety_recall(env: Env, tmp_path: Path) -> tuple[int, str, str]:
+    """Two cars, a safety recall filed from YAML; its id and an operator's and an approver's token."""
     vins = [vin(i) for i in range(1, 3)]
-    assert (await ota(wired, "vehicles", "import", str(write_csv(tmp_path / "cars.csv", vins)))).exit_code == 0
-    release_id = await build_and_upload(wired, tmp_path)
-    recall_id = await recall_from_yaml(wired, tmp_path, release_id, safety=True)
-    operator = await token_for(wired, "olga", "operator")
-    approver = await token_for(wired, "bob", "approver")
+    assert (await ota(env, "vehicles", "import", str(write_csv(tmp_path / "cars.csv", vins)))).exit_code == 0
+    release_id = await build_and_upload(env, tmp_path)
+    recall_id = await recall_from_yaml(env, tmp_path, release_id, safety=True)
+    return recall_id, await token_for(env, "olga", "operator"), await token_for(env, "bob", "approver")
+
+
+async def test_recalls_are_launched_and_approved_by_recall_id(wired: Env, tmp_path: Path) -> None:
+    recall_id, operator, approver = await _safety_recall(wired, tmp_path)
     requested = await ota(wired, "recalls", "launch", str(recall_id), token=operator)
     assert requested.exit_code == 0 and "awaiting approval" in requested.stdout, requested.output
     approved = await ota(wired, "recalls", "approve", str(recall_id), token=approver)
@@ -184,12 +192,7 @@ async def test_recalls_are_launched_and_approved_by_recall_id(wired: Env, tmp_pa
 
 
 async def test_the_old_spellings_still_work_hidden_and_say_they_are_deprecated(wired: Env, tmp_path: Path) -> None:
-    vins = [vin(i) for i in range(1, 3)]
-    assert (await ota(wired, "vehicles", "import", str(write_csv(tmp_path / "cars.csv", vins)))).exit_code == 0
-    release_id = await build_and_upload(wired, tmp_path)
-    recall_id = await recall_from_yaml(wired, tmp_path, release_id, safety=True)
-    operator = await token_for(wired, "olga", "operator")
-    approver = await token_for(wired, "bob", "approver")
+    recall_id, operator, approver = await _safety_recall(wired, tmp_path)
     requested = await ota(wired, "campaigns", "launch", str(recall_id), token=operator)
     assert requested.exit_code == 0 and "awaiting approval" in requested.stdout, requested.output
     assert "deprecated" in requested.stderr and "ota recalls launch RECALL_ID" in requested.stderr
