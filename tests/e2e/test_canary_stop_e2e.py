@@ -78,7 +78,7 @@ def test_error_threshold_stops_a_bad_release_after_the_canary(embedded_stack: St
                 cid,
                 lambda p: p["status"] == "paused" and p["waves"][0]["errors"] + p["waves"][0]["remedied"] == CANARY,
             )
-            notices = api.get(f"/api/v1/campaigns/{cid}/notices", params={"limit": 1000}).json()
+            notices = api.get(f"/api/v1/campaigns/{cid}/notices", params={"limit": 1000}).json()["items"]
     finally:
         runner.stop()
     figures = {
@@ -91,11 +91,11 @@ def test_error_threshold_stops_a_bad_release_after_the_canary(embedded_stack: St
         "counts": {k: v for k, v in progress["counts"].items() if v},
         "failures_by_reason": progress["failures_by_reason"],
         "waves": [
-            {k: w[k] for k in ("index", "size", "errors", "remedied", "gate", "opened")} for w in progress["waves"]
+            {k: w[k] for k in ("number", "size", "errors", "remedied", "gate", "opened")} for w in progress["waves"]
         ],
     }
     print("canary stop:", json.dumps(figures, indent=2))
-    assert progress["status"] == "paused" and "error threshold" in progress["status_reason"]
+    assert progress["status"] == "paused" and "error threshold crossed in wave 1:" in progress["status_reason"]
     assert progress["waves"][0]["gate"] == "tripped" and not progress["waves"][1]["opened"]
     assert progress["counts"]["rolled_back"] == CANARY
     assert progress["failures_by_reason"] == {"health_check_failed": CANARY}
