@@ -184,13 +184,7 @@ def _public(entry: AuditEntry) -> AuditEntryPublic:
     return AuditEntryPublic.model_validate(entry)
 
 
-_SEQ = listing.SortKey(AuditEntry.seq, lambda e: e.seq, int)
-LISTING = listing.Listing(
-    scope="audit",
-    keys={"seq": _SEQ, "at": listing.SortKey(AuditEntry.at, lambda e: e.at, datetime)},
-    tie=_SEQ,
-    default="seq",
-)
+LISTING = listing.by_id("audit", AuditEntry.seq, at=listing.column(AuditEntry.at, datetime))
 
 
 @dataclass(frozen=True)

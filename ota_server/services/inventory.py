@@ -428,12 +428,8 @@ def remedied_row(vin: str) -> dict[str, object]:
     return transitions.already_remedied_row(vin, ALREADY_REMEDIED)
 
 
-_ID = listing.SortKey(Discrepancy.id, lambda d: d.id, int)
-LISTING = listing.Listing(
-    scope="discrepancies",
-    keys={"id": _ID, "last_seen_at": listing.SortKey(Discrepancy.last_seen_at, lambda d: d.last_seen_at, datetime)},
-    tie=_ID,
-    default="-id",
+LISTING = listing.by_id(
+    "discrepancies", Discrepancy.id, default="-id", last_seen_at=listing.column(Discrepancy.last_seen_at, datetime)
 )
 
 

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, or_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ota_server.errors import InvalidInput
 
@@ -61,6 +61,18 @@ class Listing:
             allowed = ", ".join(sorted(self.keys))
             raise InvalidInput(f"sort: {name!r} is not a sort key here; use one of {allowed} (prefix - for descending)")
         return text, key, text.startswith("-")
+
+
+def column(attribute: InstrumentedAttribute[Any], kind: Kind) -> SortKey:
+    """A sort key on one mapped column, read back from a row by the column's name."""
+    name = attribute.key
+    return SortKey(attribute, lambda row: getattr(row, name), kind)
+
+
+def by_id(scope: str, id_column: InstrumentedAttribute[int], *, default: str | None = None, **keys: SortKey) -> Listing:
+    """A list whose tie breaker is its integer primary key (itself a sort key, the default one unless told)."""
+    tie = column(id_column, int)
+    return Listing(scope, {id_column.key: tie, **keys}, tie, default or id_column.key)
 
 
 def _encode_value(value: Any) -> Any:

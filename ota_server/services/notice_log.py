@@ -17,13 +17,7 @@ from ota_server.services import listing
 
 NoticeKind = Literal["campaign", "withdrawal"]
 
-_ID = listing.SortKey(NoticeLog.id, lambda n: n.id, int)
-LISTING = listing.Listing(
-    scope="notices",
-    keys={"id": _ID, "published_at": listing.SortKey(NoticeLog.published_at, lambda n: n.published_at, datetime)},
-    tie=_ID,
-    default="id",
-)
+LISTING = listing.by_id("notices", NoticeLog.id, published_at=listing.column(NoticeLog.published_at, datetime))
 
 
 def page(

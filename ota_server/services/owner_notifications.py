@@ -153,13 +153,7 @@ def _row(e: Entry, recall_id: int, campaign_id: int | None, recorded_by: str, no
     }
 
 
-_ID = listing.SortKey(OwnerNotification.id, lambda n: n.id, int)
-LISTING = listing.Listing(
-    scope="owner-notifications",
-    keys={"id": _ID, "at": listing.SortKey(OwnerNotification.at, lambda n: n.at, datetime)},
-    tie=_ID,
-    default="id",
-)
+LISTING = listing.by_id("owner-notifications", OwnerNotification.id, at=listing.column(OwnerNotification.at, datetime))
 
 
 def _logged(recall_id: int, vin: str | None, kind: str | None) -> Select[OwnerNotification]:

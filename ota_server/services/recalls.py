@@ -239,16 +239,11 @@ def get(session: Session, recall_id: int) -> RecallPublic:
     return _public(session, recall, _campaign(session, recall_id))
 
 
-_ID = listing.SortKey(Recall.id, lambda r: r.id, int)
-LISTING = listing.Listing(
-    scope="recalls",
-    keys={
-        "id": _ID,
-        "created_at": listing.SortKey(Recall.created_at, lambda r: r.created_at, datetime),
-        "campaign_number": listing.SortKey(Recall.campaign_number, lambda r: r.campaign_number, str),
-    },
-    tie=_ID,
-    default="id",
+LISTING = listing.by_id(
+    "recalls",
+    Recall.id,
+    created_at=listing.column(Recall.created_at, datetime),
+    campaign_number=listing.column(Recall.campaign_number, str),
 )
 
 

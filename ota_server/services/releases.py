@@ -26,7 +26,6 @@ from ota_server.schemas import ReleasePublic
 from ota_server.schemas.listing import Page
 from ota_server.services import deltas, listing
 from ota_server.services.deltas import DeltaPolicy
-from ota_server.services.listing import Listing, SortKey
 from ota_server.signing.image_repo import ImageRepository
 
 
@@ -125,17 +124,12 @@ def upload(
     return ReleasePublic.model_validate(release)
 
 
-_ID = SortKey(Release.id, lambda r: r.id, int)
-LISTING = Listing(
-    scope="releases",
-    keys={
-        "id": _ID,
-        "created_at": SortKey(Release.created_at, lambda r: r.created_at, datetime),
-        "hardware_id": SortKey(Release.hardware_id, lambda r: r.hardware_id, str),
-        "version": SortKey(Release.version, lambda r: r.version, str),
-    },
-    tie=_ID,
-    default="id",
+LISTING = listing.by_id(
+    "releases",
+    Release.id,
+    created_at=listing.column(Release.created_at, datetime),
+    hardware_id=listing.column(Release.hardware_id, str),
+    version=listing.column(Release.version, str),
 )
 
 

@@ -75,16 +75,11 @@ def create(session: Session, name: str, role: Role, *, created_by: str | Actor, 
     return TokenCreated(**_public(token).model_dump(), token=secret)
 
 
-_ID = listing.SortKey(ApiToken.id, lambda t: t.id, int)
-LISTING = listing.Listing(
-    scope="tokens",
-    keys={
-        "id": _ID,
-        "name": listing.SortKey(ApiToken.name, lambda t: t.name, str),
-        "created_at": listing.SortKey(ApiToken.created_at, lambda t: t.created_at, datetime),
-    },
-    tie=_ID,
-    default="id",
+LISTING = listing.by_id(
+    "tokens",
+    ApiToken.id,
+    name=listing.column(ApiToken.name, str),
+    created_at=listing.column(ApiToken.created_at, datetime),
 )
 
 
