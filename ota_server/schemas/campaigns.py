@@ -209,11 +209,6 @@ class OwnerNotificationPublic(BaseModel):
     recorded_by: str
 
 
-class OwnerNotificationPage(BaseModel):
-    rows: list[OwnerNotificationPublic]
-    next_after: int | None = Field(description="Pass as ?after= for the next page; null on the last one")
-
-
 class IngestStats(BaseModel):
     accepted: int
     duplicates: int

@@ -13,12 +13,12 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.vin import normalize_vin
-from ota_server.db.models import Campaign, CampaignVehicle, NoticeLog, Recall
+from ota_server.db.models import Campaign, CampaignVehicle, Recall
 from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignKind, Cause, VinState, allowed
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import rollback, transitions
 from ota_server.rollout.campaign_tick import plan_of
-from ota_server.schemas import CampaignPublic, NoticeLogEntry, OutcomeCreate, RollbackStart, VinOutcome
+from ota_server.schemas import CampaignPublic, OutcomeCreate, RollbackStart, VinOutcome
 from ota_server.services import campaign_view
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
 from ota_server.signing.director import Director
@@ -231,13 +231,3 @@ def remove_vehicle(
         director.queue(session, {vin: {}}, now)
     messages: list[Outbound] = [withdrawal(cv.campaign_id, cv.vin, cv.nonce, now) for cv in notified]
     return [cv.campaign_id for cv in leaving], messages
-
-
-def notice_log(session: Session, campaign_id: int, vin: str | None, offset: int, limit: int) -> list[NoticeLogEntry]:
-    """The owner-notification log of a campaign (optionally one VIN), oldest first."""
-    _campaign(session, campaign_id)
-    query = select(NoticeLog).where(NoticeLog.campaign_id == campaign_id)
-    if vin:
-        query = query.where(NoticeLog.vin == normalize_vin(vin))
-    rows = session.scalars(query.order_by(NoticeLog.id).offset(offset).limit(limit))
-    return [NoticeLogEntry.model_validate(row) for row in rows]

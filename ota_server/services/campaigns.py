@@ -225,16 +225,11 @@ def freeze_ecus(session: Session, campaign_id: int, members: Sequence[population
         session.execute(insert(CampaignEcu), rows[start : start + VIN_LIST_CHUNK])
 
 
-_ID = listing.SortKey(Campaign.id, lambda c: c.id, int)
-LISTING = listing.Listing(
-    scope="campaigns",
-    keys={
-        "id": _ID,
-        "launched_at": listing.SortKey(Campaign.launched_at, lambda c: c.launched_at, datetime),
-        "status": listing.SortKey(Campaign.status, lambda c: c.status, str),
-    },
-    tie=_ID,
-    default="id",
+LISTING = listing.by_id(
+    "campaigns",
+    Campaign.id,
+    launched_at=listing.column(Campaign.launched_at, datetime),
+    status=listing.column(Campaign.status, str),
 )
 
 
