@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, status
 
@@ -27,8 +28,11 @@ router = APIRouter(prefix="/api/v1/webhooks", tags=["webhooks"])
 def create_webhook(body: WebhookCreate, session: OperatorSession, runtime: RuntimeDep) -> WebhookCreated:
     """Register a receiver. The answer holds the secret, shown this once: every delivery is signed with it
     (X-OTA-Signature). Only events that happen from now on are sent."""
-    trail_of(session).action.target["url"] = body.url[:200]
     allow = runtime.settings.webhook_allow_loopback
+    # The audit keeps the host only: a receiver's URL may carry its own secret in the path or query.
+    trail_of(session).action.target["host"] = (
+        urlsplit(webhooks.check_url(body.url, allow_loopback=allow)).hostname or ""
+    )
     return webhooks.create(session, body, actor_of(session).name, runtime.clock(), allow_loopback=allow)
 
 

@@ -97,8 +97,14 @@ def receiver() -> Iterator[Receiver]:
 
 
 @pytest.fixture
-def quiet_settings(tmp_path: Path) -> Settings:
-    return make_settings(tmp_path, webhook_interval_s=0)  # the tests run the sender themselves
+def settings(tmp_path: Path) -> Settings:
+    """The ``env`` fixture's server without its periodic sender: the tests run the sender themselves."""
+    return make_settings(tmp_path, webhook_interval_s=0)
+
+
+@pytest.fixture
+def quiet_settings(settings: Settings) -> Settings:
+    return settings
 
 
 async def _add(env: Env, url: str, **body: Any) -> dict[str, Any]:
@@ -287,7 +293,10 @@ async def test_loopback_only_where_the_setting_allows_it(tmp_path: Path) -> None
 
 
 async def test_removing_a_webhook_and_reading_an_unknown_one(env: Env, receiver: Receiver) -> None:
-    hook = await _add(env, receiver.url)
+    hook = await _add(env, receiver.url + "/T0KEN-in-the-path?key=abc")
+    audit = (await _get(env, "/api/v1/audit?limit=1000"))["items"]
+    (added,) = [e for e in audit if e["route"] == "/api/v1/webhooks" and e["method"] == "POST"]
+    assert added["target"] == {"host": "127.0.0.1"} and added["status"] == 201  # no path, query or secret
     viewer = await env.headers_for("vera", "viewer")
     assert (await env.client.post("/api/v1/webhooks", json={"url": receiver.url}, headers=viewer)).status_code == 403
     assert (await env.client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 200
