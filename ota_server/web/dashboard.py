@@ -14,6 +14,7 @@ from sqlalchemy import distinct, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, NoticeLog, Recall, Release, Vehicle
+from ota_server.domain.reasons import plain_words
 from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import ERRORS, IN_FLIGHT, SUCCESS, VinState
 from ota_server.domain.waves import wave_index
@@ -165,6 +166,11 @@ def _ranked(failures: dict[str, int], cars: dict[str, int]) -> list[Share]:
     return sorted(shares, key=lambda s: (-s.failures, s.value))
 
 
+def words(code: str) -> str:
+    """A failure reason code in plain words (the code itself when it has none)."""
+    return plain_words(code) or code
+
+
 def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -> FailureBreakdown:
     """Failing cars by reason, model, ECU hardware and version; a car with several affected ECUs counts once
     per value (once per model, once for each of its ECUs' hardware), and under the ECU its failure names."""
@@ -213,6 +219,7 @@ def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -
                 vin=cv.vin,
                 state=cv.state,
                 reason=reason,
+                reason_text=words(reason),
                 model=model,
                 software_version=version,
                 updated_at=cv.updated_at,
@@ -221,7 +228,9 @@ def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -
         if named and car.failed_ecu is None:
             recent[cv.vin] = car.model_copy(update={"failed_ecu": serial, "software_version": version})
     groups = [
-        FailureGroup(state=s, reason=r, model=m, hardware_id=h, software_version=v, cars=len(vins))
+        FailureGroup(
+            state=s, reason=r, reason_text=words(r), model=m, hardware_id=h, software_version=v, cars=len(vins)
+        )
         for (s, r, m, h, v), vins in grouped.items()
     ]
     groups.sort(key=lambda g: (-g.cars, g.reason, g.model, g.software_version))

@@ -42,6 +42,7 @@ class FailureGroup(BaseModel):
 
     state: str
     reason: str
+    reason_text: str = Field(description="The reason code in plain words")
     model: str
     hardware_id: str
     software_version: str = Field(description="The version the ECU ran before the update (as registered)")
@@ -58,6 +59,7 @@ class FailingCar(BaseModel):
     vin: str
     state: str
     reason: str
+    reason_text: str = Field(description="The reason code in plain words")
     model: str
     software_version: str = Field(description="The failing ECU's version before the update (else the first ECU's)")
     updated_at: datetime

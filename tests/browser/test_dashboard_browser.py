@@ -203,7 +203,7 @@ def test_campaign_page_updates_live_while_the_cars_report(recall: Recall, operat
     row = [c.strip() for c in group.locator("td").all_text_contents()]
     assert row == [
         "Rolled back",
-        "health_check_failed",
+        "the new software failed its health check; the previous software runs again (health_check_failed)",
         recall.fleet.model,
         recall.fleet.hardware_id,
         recall.fleet.installed_version,
@@ -212,6 +212,7 @@ def test_campaign_page_updates_live_while_the_cars_report(recall: Recall, operat
     reasons = page.locator("#fail-shares .share-list").first
     assert "health_check_failed" in (reasons.text_content() or "")
     assert page.locator("#fail-recent tbody tr").count() == FAILING
+    assert "failed its health check" in (page.locator("#fail-recent tbody tr").first.text_content() or "")
     # The funnel, the waves and their gates, the state table.
     assert page.locator('#funnel [data-stage="remedied"]').text_content() == final
     assert page.locator('#funnel [data-stage="population"]').text_content() == str(CARS)

@@ -14,6 +14,7 @@ import csv
 import io
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,11 +42,26 @@ PHONE: ViewportSize = {"width": 390, "height": 844}
 ROLES = {"sam-colleague": "operator", "sam": "approver", "olga": "operator", "vera": "viewer"}
 
 
+def _recall(number: str, release_id: int, fleet: Fleet, rollout: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "campaign_number": number,
+        "title": "Brake assist software may disengage at low speed",
+        "defect": "The brake assist software may disengage below 10 km/h.",
+        "safety_risk": "Longer stopping distance in slow traffic.",
+        "remedy": "Over-the-air update of the brake software.",
+        "release_id": release_id,
+        "population": {"models": [fleet.model], "hardware_id": fleet.hardware_id},
+        "owner_notice": OWNER_NOTICE,
+        "rollout": {**rollout, "success_threshold_percent": 50},
+    }
+
+
 @dataclass
 class Desk:
     base_url: str
     admin: OperatorClient
     fleet: Fleet
+    release_id: int
     recall_id: int
     tokens: dict[str, str]  # name -> API token
 
@@ -62,21 +78,11 @@ def desk(chromium: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         release = upload_fix(admin, fleet, ScenarioOptions())
         register_fleet(admin, fleet)
         recall = admin.create_recall(
-            {
-                "campaign_number": RECALL_NUMBER,
-                "title": "Brake assist software may disengage at low speed",
-                "defect": "The brake assist software may disengage below 10 km/h.",
-                "safety_risk": "Longer stopping distance in slow traffic.",
-                "remedy": f"Over-the-air update of the brake software to {release['version']}.",
-                "release_id": release["id"],
-                "population": {"models": [fleet.model], "hardware_id": fleet.hardware_id},
-                "owner_notice": OWNER_NOTICE,
-                "rollout": {"waves": [{"cars": FIRST_WAVE}, {"percent": 100}], "success_threshold_percent": 50},
-            }
+            _recall(RECALL_NUMBER, release["id"], fleet, {"waves": [{"cars": FIRST_WAVE}, {"percent": 100}]})
         )
         with OperatorClient(endpoints.api_url, token=tokens["sam-colleague"]) as requester:
             assert requester.launch(recall["id"])["state"] == "awaiting_approval"  # a safety recall: two people
-        yield Desk(endpoints.api_url, admin, fleet, int(recall["id"]), tokens)
+        yield Desk(endpoints.api_url, admin, fleet, int(release["id"]), int(recall["id"]), tokens)
 
 
 def _signed_in(browser: Browser, desk: Desk, name: str) -> BrowserContext:
@@ -274,4 +280,31 @@ def test_a_viewer_sees_no_action_and_the_cookie_alone_cannot_write(desk: Desk, b
     page.locator("#campaigns tbody tr").first.wait_for()
     assert page.get_by_role("button", name="Approve launch").count() == 0
     _ = problems  # the refused writes above log 403s on purpose
+    context.close()
+
+
+def test_a_scheduled_campaign_says_when_it_starts_and_its_bars_are_empty(desk: Desk, browser: Browser) -> None:
+    starts = (datetime.now(UTC) + timedelta(days=2)).replace(second=0, microsecond=0)
+    recall = desk.admin.create_recall(
+        _recall(
+            "26V-778003", desk.release_id, desk.fleet, {"waves": [{"percent": 100}], "start_at": starts.isoformat()}
+        )
+    )
+    with OperatorClient(desk.base_url, token=desk.tokens["sam-colleague"]) as requester:
+        requester.launch(recall["id"])
+    with OperatorClient(desk.base_url, token=desk.tokens["sam"]) as approver:
+        campaign_id = int(approver.approve(recall["id"])["id"])
+    when = f"starts at {starts:%Y-%m-%d %H:%M} UTC"
+    context = _signed_in(browser, desk, "olga")
+    page = context.new_page()
+    problems = PageProblems(page, desk.base_url)
+    page.goto("/ui/")
+    row = page.locator(f'#campaigns tr[data-campaign="{campaign_id}"]')
+    row.wait_for()
+    assert when in (row.text_content() or "")
+    assert row.locator(".bar span").count() == 0  # nothing in progress: the bar is empty, not full
+    page.goto(f"/ui/campaigns/{campaign_id}")
+    page.locator("#subtitle .badge", has_text=when).wait_for()
+    assert page.locator("#statebar .bar span").count() == 0
+    assert _real(problems.errors) == [] and problems.foreign == []
     context.close()

@@ -81,6 +81,7 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
         {
             "state": "rolled_back",
             "reason": "health_check_failed",
+            "reason_text": "the new software failed its health check; the previous software runs again",
             "model": "Sedan",
             "hardware_id": "ecu-main",
             "software_version": "1.0.0",
@@ -89,7 +90,9 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
     ]
     assert failures["by_model"] == [{"value": "Sedan", "failures": 1, "cars": 4}]
     assert failures["by_reason"] == [{"value": "health_check_failed", "failures": 1, "cars": 1}]
-    assert [car["vin"] for car in failures["recent"]] == [CAR_FAILS]
+    assert [(car["vin"], car["reason_text"]) for car in failures["recent"]] == [
+        (CAR_FAILS, "the new software failed its health check; the previous software runs again")
+    ]
 
 
 async def test_campaign_summaries_and_unknown_campaigns(env: Env) -> None:

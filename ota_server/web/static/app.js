@@ -283,14 +283,16 @@ async function campaignsPage() {
       fill(
         tbody,
         rows.map((c) => {
-          const label = `${c.remedied} remedied, ${c.errors} errors, ${c.in_progress} in progress of ${c.population}`;
+          const label = c.scheduled
+            ? `scheduled: starts at ${fmtTime(c.starts_at, false)}; no car notified yet of ${c.population}`
+            : `${c.remedied} remedied, ${c.errors} errors, ${c.in_progress} in progress of ${c.population}`;
           return el(
             "tr",
             { "data-campaign": c.id },
             el("td", {}, el("a", { href: `/ui/campaigns/${c.id}`, text: `#${c.id}${c.kind === "rollback" ? " (rollback)" : ""}` })),
             el("td", { class: "mono", text: c.recall_number }),
             el("td", { text: c.title }),
-            el("td", {}, statusBadge(c.status)),
+            el("td", {}, c.scheduled ? badge(`starts at ${fmtTime(c.starts_at, false)}`, "warn") : statusBadge(c.status)),
             el("td", { class: "num", text: c.population }),
             el("td", { class: "num", text: `${c.remedied} (${pct(c.remedied, c.population)})` }),
             el("td", { class: "num", text: c.errors }),
@@ -369,8 +371,9 @@ function timeChart(data) {
   return box;
 }
 
-function stateBar(counts, population) {
-  const parts = Object.entries(counts).filter(([, n]) => n > 0);
+function stateBar(counts, population, scheduled) {
+  // A scheduled campaign's waiting cars are not progress: its bar stays empty until it starts.
+  const parts = Object.entries(counts).filter(([s, n]) => n > 0 && !(scheduled && s === "pending"));
   const label = parts.map(([s, n]) => `${STATE_LABEL[s] || s} ${n}`).join(", ");
   const box = el("div", {}, progressBar(parts.map(([s, n]) => [n, stateClass(s)]), population, label || "no cars"));
   box.firstChild.style.height = "20px";
@@ -397,7 +400,8 @@ function renderCampaign(d) {
   const sub = $("subtitle");
   sub.replaceChildren(
     `${kind} · campaign ${d.campaign_id} · ${d.hardware_id} → ${d.release_version} · launched ${fmtTime(d.launched_at, false)} · `,
-    statusBadge(d.status),
+    d.scheduled ? badge(`starts at ${fmtTime(d.starts_at, false)}`, "warn") : statusBadge(d.status),
+    ...(d.scheduled && d.status !== "active" ? [" ", statusBadge(d.status)] : []),
     d.status_reason ? ` ${d.status_reason}` : "",
     d.done ? " · every car settled" : "",
   );
@@ -410,7 +414,7 @@ function renderCampaign(d) {
   setText("t-notices", d.notices_published);
   $("funnel").replaceChildren(funnelChart(d.funnel));
   $("timechart").replaceChildren(timeChart(d));
-  $("statebar").replaceChildren(stateBar(d.counts, d.population));
+  $("statebar").replaceChildren(stateBar(d.counts, d.population, d.scheduled));
   fill(document.querySelector("#states tbody"), Object.entries(d.counts).filter(([, n]) => n > 0).map(([s, n]) =>
     el("tr", { "data-state": s }, el("th", { scope: "row" }, stateBadge(s)), el("td", { class: "num", text: n }), el("td", { class: "num", text: pct(n, d.population) }))));
   const wave = d.waves[0];
@@ -422,15 +426,15 @@ function renderCampaign(d) {
     : "");
   fill(document.querySelector("#waves tbody"), d.waves.map((w) => {
     const gate = w.gate === "passed" ? badge("passed", "ok") : w.gate === "tripped" ? badge("tripped", "bad") : badge(w.opened ? "waiting" : "not open", w.opened ? "busy" : "");
-    return el("tr", { "data-wave": w.index },
-      el("th", { scope: "row", text: `Wave ${w.index + 1}${w.index === d.current_wave ? " (open)" : ""}` }),
+    return el("tr", { "data-wave": w.number },
+      el("th", { scope: "row", text: `Wave ${w.number}${w.number === d.current_wave && !d.scheduled ? " (open)" : ""}` }),
       el("td", { text: w.spec }),
       el("td", { class: "num", text: w.size }),
       el("td", { class: "num", text: w.remedied }),
       el("td", { class: "num", text: w.needed }),
       el("td", { class: "num", text: w.errors }),
       el("td", {}, gate),
-      el("td", {}, progressBar([[w.remedied, "c-ok"], [w.errors, "c-bad"]], w.size, `wave ${w.index + 1}: ${w.remedied} remedied, ${w.errors} errors of ${w.size}`)));
+      el("td", {}, progressBar([[w.remedied, "c-ok"], [w.errors, "c-bad"]], w.size, `wave ${w.number}: ${w.remedied} remedied, ${w.errors} errors of ${w.size}`)));
   }));
   const f = d.failures;
   setText("fail-summary", f.total
@@ -442,11 +446,11 @@ function renderCampaign(d) {
     shareList("By hardware id", f.by_hardware_id), shareList("By software version", f.by_software_version),
     ...(f.by_failed_ecu.length ? [shareList("By failing ECU", f.by_failed_ecu)] : []));
   fill(document.querySelector("#fail-groups tbody"), f.groups.map((g) =>
-    el("tr", {}, el("td", {}, stateBadge(g.state)), el("td", { class: "mono", text: g.reason }), el("td", { text: g.model }),
+    el("tr", {}, el("td", {}, stateBadge(g.state)), el("td", {}, reasonWords(g.reason, g.reason_text)), el("td", { text: g.model }),
       el("td", { class: "mono", text: g.hardware_id }), el("td", { class: "mono", text: g.software_version }), el("td", { class: "num", text: g.cars }))));
   fill(document.querySelector("#fail-recent tbody"), f.recent.map((c) =>
     el("tr", {}, el("td", { class: "mono" }, el("a", { href: `/ui/vehicles/${encodeURIComponent(c.vin)}`, text: c.vin })),
-      el("td", {}, stateBadge(c.state)), el("td", { class: "mono", text: c.reason }), el("td", { text: c.model }),
+      el("td", {}, stateBadge(c.state)), el("td", {}, reasonWords(c.reason, c.reason_text)), el("td", { text: c.model }),
       el("td", { class: "mono", text: c.software_version }), el("td", { text: fmtTime(c.updated_at) }))));
 }
 
