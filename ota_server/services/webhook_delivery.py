@@ -3,7 +3,9 @@
 Each run (:meth:`WebhookSender.run_once`):
 
 1. fans out: each event not fanned out yet gets a delivery row (a new delivery id) for every
-   webhook whose filter wants it, in one transaction with the event's ``fanned_out`` mark;
+   webhook registered by the time it occurred whose filter wants it, in one transaction with the
+   event's ``fanned_out`` mark; hourly, events and deliveries older than :data:`KEEP_DAYS`
+   that are no longer pending are deleted;
 2. claims the due deliveries of active webhooks (at most :data:`PER_WEBHOOK` per webhook a
    run, so one busy webhook cannot take a whole run): each claim is a conditional ``UPDATE``
    moving ``next_attempt_at`` past the attempt, so two overlapping runs never both send one;
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import httpx
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -53,6 +55,8 @@ BACKOFF_BASE_S = 10.0
 BACKOFF_CAP_S = 3600.0
 RETRYABLE_4XX = frozenset({408, 429})
 MAX_ERROR = 500
+KEEP_DAYS = 30  # how long sent or failed deliveries, and events fanned out, stay listed
+PRUNE_EVERY = timedelta(hours=1)
 
 
 def body_of(payload: dict[str, object]) -> bytes:
@@ -120,11 +124,14 @@ class WebhookSender:
         self.pause_after = timedelta(seconds=pause_after_s)
         self._transport = transport
         self._rand = rand
+        self._pruned_at: datetime | None = None
         self._tls: ssl.SSLContext | None = None  # made once: loading the CA bundle takes ~0.1 s
 
     async def run_once(self) -> int:
         """One run: fan out, claim, send, record. Returns how many deliveries were attempted."""
         await asyncio.to_thread(self.fan_out)
+        if self._pruned_at is None or self._clock() - self._pruned_at >= PRUNE_EVERY:
+            await asyncio.to_thread(self.prune)
         jobs = await asyncio.to_thread(self._claim)
         if not jobs:
             return 0
@@ -154,7 +161,8 @@ class WebhookSender:
             made = 0
             for event in events:
                 for hook in hooks:
-                    if hook.events is None or event.type in hook.events:
+                    wanted = hook.events is None or event.type in hook.events
+                    if wanted and hook.created_at <= event.occurred_at:  # from its registration on
                         session.add(
                             WebhookDelivery(
                                 id=str(uuid.uuid4()),
@@ -174,6 +182,25 @@ class WebhookSender:
                 session.rollback()
                 return 0
             return made
+
+    def prune(self) -> int:
+        """Delete deliveries done (sent or failed) and events fanned out more than KEEP_DAYS ago with
+        nothing pending; how many events went. Blocking."""
+        self._pruned_at = self._clock()
+        before = self._pruned_at - timedelta(days=KEEP_DAYS)
+        with self._sessions() as session:
+            session.execute(
+                delete(WebhookDelivery).where(WebhookDelivery.status != PENDING, WebhookDelivery.created_at < before)
+            )
+            pending = select(WebhookDelivery.event_id).where(WebhookDelivery.status == PENDING)
+            gone = session.execute(
+                delete(OutboxEvent).where(
+                    OutboxEvent.fanned_out.is_(True), OutboxEvent.occurred_at < before, OutboxEvent.id.not_in(pending)
+                )
+            )
+            session.commit()
+            count: int = gone.rowcount  # type: ignore[attr-defined]
+            return count
 
     def _claim(self) -> list[_Job]:
         """The due deliveries of active webhooks this run may send, each claimed by a conditional UPDATE."""

@@ -415,3 +415,24 @@ async def test_a_discrepancy_found_is_an_event_once(env: Env) -> None:
     (event,) = [e for e in _events(env) if e["type"] == "discrepancy.found"]
     assert event["subject"]["vin"] == v and event["data"]["kind"] == "unknown_version"
     assert event["data"]["version"] == "3.1.4"
+
+
+async def test_a_webhook_gets_the_events_from_its_registration_on_and_old_ones_are_pruned(
+    env: Env, receiver: Receiver
+) -> None:
+    cid = (await launched(env.client, VINS))["id"]
+    env.clock.advance(60)
+    hook = await _add(env, receiver.url)  # after the launch: not sent to it
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={"reason": "x"})).status_code == 200
+    sender = _sender(env)
+    await sender.run_once()
+    assert [r.headers["X-OTA-Event"] for r in receiver.delivered()] == ["campaign.paused"]
+    receiver.always = 503
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={"reason": "x"})).status_code == 200
+    await sender.run_once()  # the resume's delivery is refused: pending, retried later
+    env.clock.advance(31 * 86400)
+    sender.prune()
+    left = [e["type"] for e in _events(env)]
+    assert left == ["campaign.resumed"]  # only the event a delivery still waits for
+    (pending,) = (await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries"))["items"]
+    assert pending["status"] == "pending" and pending["event_type"] == "campaign.resumed"
