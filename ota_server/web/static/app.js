@@ -565,7 +565,8 @@ function carTable(id) {
           el("td", {}, reasonWords(c.reason, c.reason_text)),
           el("td", { class: "num", text: c.attempts }),
           el("td", { class: "when", text: nextTry(c) }),
-          el("td", { class: "mono", text: c.ecus.map((e) => `${e.hardware_id} ${e.installed_version || "–"}`).join(", ") }),
+          el("td", { class: "mono", title: c.ecus.map((e) => `${e.serial} (${e.hardware_id}): ${e.installed_version || "–"}, ${e.source}`).join("; "),
+            text: c.ecus.map((e) => e.installed_version || "–").join(", ") }),
           el("td", { class: "when", text: fmtTime(c.updated_at) }),
           record);
       }));
