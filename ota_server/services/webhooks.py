@@ -25,17 +25,16 @@ from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas.listing import Page
 from ota_server.schemas.webhooks import MAX_URL, DeliveryPublic, WebhookCreate, WebhookCreated, WebhookPublic
 from ota_server.services import listing
-from ota_server.services.listing import Listing, SortKey
+from ota_server.services.listing import Listing
 
 ACTIVE, PAUSED = "active", "paused"
-_WEBHOOK_ID = SortKey(Webhook.id, lambda w: w.id, int)
-WEBHOOKS = Listing(scope="webhooks", keys={"id": _WEBHOOK_ID}, tie=_WEBHOOK_ID, default="id")
-_DELIVERY_ID = SortKey(WebhookDelivery.id, lambda d: d.id, str)
+WEBHOOKS = listing.by_id("webhooks", Webhook.id)
+_DELIVERY_ID = listing.column(WebhookDelivery.id, str)  # a uuid: unique, not an integer
 DELIVERIES = Listing(
-    scope="webhook-deliveries",
-    keys={"created_at": SortKey(WebhookDelivery.created_at, lambda d: d.created_at, datetime)},
-    tie=_DELIVERY_ID,
-    default="-created_at",
+    "webhook-deliveries",
+    {"created_at": listing.column(WebhookDelivery.created_at, datetime)},
+    _DELIVERY_ID,
+    "-created_at",
 )
 
 

@@ -153,6 +153,10 @@ async def test_every_event_reaches_the_receiver_once_signed_across_a_restart_and
         env.clock.advance(backoff_s(1, lambda: 1.0))
         assert await sender.run_once() == 1
         page = await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries")
+        first = await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries?limit=3")
+        rest = await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries?limit=3&cursor={first['next_cursor']}")
+        assert [d["id"] for d in first["items"] + rest["items"]] == [d["id"] for d in page["items"]]
+        assert rest["next_cursor"] is None
     delivered = receiver.delivered()
     types = sorted(r.headers["X-OTA-Event"] for r in delivered)
     assert types == sorted(
