@@ -273,7 +273,8 @@ class Campaign(Base):
     # The count frozen at launch (``population`` grows only in a dynamic campaign).
     launch_population: Mapped[int | None] = mapped_column(Integer)
     # active, paused, cancelled or completed; the reason says who or which gate decided it.
-    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active")
+    # active_history: the old status is loaded before a change, so the change's event (ota_server.events) knows it
+    status: Mapped[str] = mapped_column(String(16), default="active", server_default="active", active_history=True)
     status_reason: Mapped[str | None] = mapped_column(Text)
     current_wave: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # Errors of the open wave an operator accepted by resuming after an automatic pause.

@@ -440,3 +440,16 @@ async def test_a_webhook_gets_the_events_from_its_registration_on_and_old_ones_a
     assert left == ["campaign.resumed"]  # only the event a delivery still waits for
     (pending,) = (await _get(env, f"/api/v1/webhooks/{hook['id']}/deliveries"))["items"]
     assert pending["status"] == "pending" and pending["event_type"] == "campaign.resumed"
+
+
+async def test_a_status_set_on_a_campaign_not_loaded_yet_is_still_its_event(env: Env) -> None:
+    cid = (await launched(env.client, VINS))["id"]
+    with env.runtime.sessions() as session:
+        row = session.get(Campaign, cid)
+        assert row is not None
+        session.expire(row)  # as after a commit: the old status is not in memory
+        row.status, row.status_changed_at = "cancelled", env.clock()
+        session.flush()
+        types = session.scalars(select(OutboxEvent.type)).all()
+        session.rollback()
+    assert "campaign.cancelled" in types
