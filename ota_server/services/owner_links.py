@@ -10,13 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from ota_server.errors import NotFound
+from ota_server.infra import secret_file
 
 SECRET_FILE = "owner-link-secret"
 _TOKEN = re.compile(r"^([1-9][0-9]{0,11})-([A-HJ-NPR-Z0-9]{17})-([0-9a-f]{32})$")
@@ -24,18 +23,7 @@ _TOKEN = re.compile(r"^([1-9][0-9]{0,11})-([A-HJ-NPR-Z0-9]{17})-([0-9a-f]{32})$"
 
 def load_secret(data_dir: Path) -> bytes:
     """The owner-link secret, made (owner-only readable) on first use."""
-    path = data_dir / SECRET_FILE
-    try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it first
-            return path.read_bytes()
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-        return path.read_bytes()
+    return secret_file.load_or_create(data_dir / SECRET_FILE)
 
 
 @dataclass(frozen=True)
