@@ -44,7 +44,7 @@ async def test_a_report_landing_mid_read_never_gives_done_with_a_car_in_flight(e
                     update(CampaignVehicle).where(CampaignVehicle.campaign_id == cid).values(state="remedied")
                 )
 
-        shown = progress(reader, cid)
+        shown = progress(reader, cid, env.clock())
 
     assert landed  # the report did land between the reads
     in_flight = sum(shown.counts[s.value] for s in IN_FLIGHT)
