@@ -69,7 +69,16 @@ def _where(loc: tuple[object, ...]) -> str:
 
 
 def _message(err: dict[str, object]) -> str:
-    """Pydantic's message; our own validators' words without its "Value error, " prefix."""
+    """Pydantic's message; our own validators' words without its "Value error, " prefix.
+
+    A length limit on a text that has its own validator (``Text``) is checked by pydantic's generic
+    length rule, which counts "items": for a string it says characters, as for a plain ``str``.
+    """
+    ctx = err.get("ctx")
+    if err["type"] in ("too_long", "too_short") and isinstance(err.get("input"), str) and isinstance(ctx, dict):
+        if err["type"] == "too_long":
+            return f"should have at most {ctx['max_length']} characters, not {ctx['actual_length']}"
+        return f"should have at least {ctx['min_length']} characters, not {ctx['actual_length']}"
     return str(err["msg"]).removeprefix("Value error, ")
 
 

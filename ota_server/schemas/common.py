@@ -98,6 +98,10 @@ class _TextPattern:
 # Every free text a person sends goes through this type: refused with a clear 422 on every backend.
 Text = Annotated[str, AfterValidator(_text), _TextPattern()]
 
+# A vehicle model's name as the fleet stores it (vehicles.model): the population filters name models the same way.
+ModelName = Annotated[Text, Field(min_length=1, max_length=64)]
+MAX_POPULATION_MODELS = 32
+
 # Production dates a car can have: model years run from 1980 to 2100, and a car is built at most
 # a year before its model year. (JSON Schema cannot bound a date, so the description says it.)
 FIRST_PRODUCTION, LAST_PRODUCTION = date(1979, 1, 1), date(2100, 12, 31)

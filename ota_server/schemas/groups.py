@@ -8,7 +8,15 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, Field
 
-from ota_server.schemas.common import INPUT_MODEL, OUTPUT_MODEL, Text, Vin, text_problem
+from ota_server.schemas.common import (
+    INPUT_MODEL,
+    MAX_POPULATION_MODELS,
+    OUTPUT_MODEL,
+    ModelName,
+    Text,
+    Vin,
+    text_problem,
+)
 from ota_server.schemas.listing import Page
 from ota_server.schemas.ranges import DateRange, VersionRange, VinRange, YearRange
 
@@ -25,7 +33,6 @@ _NOT_NAME_RE = re.compile(r"[\x00-\x1f\x7f/]")
 MAX_TAGS_PER_VEHICLE = 32
 MAX_TAG_BATCH = 1000  # VINs one bulk tagging request may name
 MAX_FILTER_TAGS = 16
-MAX_GROUP_MODELS = 32
 
 
 def tag_shape(value: str) -> str:
@@ -86,9 +93,7 @@ class GroupFilter(BaseModel):
     """Every filter given must hold (an AND); cars out of the fleet (decommissioned) are never members."""
 
     model_config = INPUT_MODEL
-    models: list[Annotated[Text, Field(min_length=1, max_length=64)]] | None = Field(
-        default=None, min_length=1, max_length=MAX_GROUP_MODELS
-    )
+    models: list[ModelName] | None = Field(default=None, min_length=1, max_length=MAX_POPULATION_MODELS)
     model_years: YearRange | None = None
     vin_range: VinRange | None = None
     production_dates: DateRange | None = None

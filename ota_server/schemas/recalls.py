@@ -20,8 +20,10 @@ from ota_server.domain.rollout_plan import STORED, RolloutPlan
 from ota_server.schemas.common import (
     CAMPAIGN_NUMBER_PATTERN,
     INPUT_MODEL,
+    MAX_POPULATION_MODELS,
     OUTPUT_MODEL,
     EcuFailurePolicy,
+    ModelName,
     RemedyType,
     Text,
     campaign_number_shape,
@@ -60,11 +62,11 @@ class Population(BaseModel):
     """Which cars a recall covers; every filter given must match (an AND of filters)."""
 
     model_config = INPUT_MODEL
-    models: list[Text] | None = None
+    models: list[ModelName] | None = Field(default=None, min_length=1, max_length=MAX_POPULATION_MODELS)
     model_years: YearRange | None = None
     vin_range: VinRange | None = None
     production_dates: DateRange | None = None
-    hardware_id: Text | None = Field(default=None, description="Defaults to the release's hardware id")
+    hardware_id: Text | None = Field(default=None, max_length=64, description="Defaults to the release's hardware id")
     installed_versions: VersionRange | None = Field(
         default=None, description="Inclusive bounds on the ECU's installed version (PEP 440 ordering)"
     )

@@ -170,3 +170,22 @@ async def test_control_characters_are_refused_alike_on_both_backends(either_env:
         assert snapshot(env.runtime.engine, metadata) == before, (method, path, resp.text)
     assert (await env.client.get("/api/v1/recalls")).status_code == 200
     assert (await env.client.get(f"/api/v1/vehicles/{car}")).status_code == 200
+
+
+async def test_too_long_texts_are_counted_in_characters(env: Env) -> None:
+    """Outside test (issue 18): an optional text over its limit was refused as "at most 64 items"."""
+    fresh = vehicle(vin(3))
+    release = (await upload(env.client)).json()
+    attempts: list[tuple[Request, str, int]] = [
+        (_json("/api/v1/vehicles", fresh | {"make": "M" * 65}), "make", 64),
+        (_json("/api/v1/vehicles", fresh | {"model": "S" * 65}), "model", 64),
+        (_json("/api/v1/recalls", recall_body(release["id"], "24V-558") | {"manufacturer_number": "N" * 65}), "", 64),
+        (_json("/api/v1/recalls", recall_body(release["id"], "24V-559", models=["S" * 65])), "models[0]", 64),
+    ]
+    for (method, path, kwargs), field, limit in attempts:
+        answer = await env.client.request(method, path, **kwargs)
+        assert answer.status_code == 422, (path, answer.text)
+        detail = answer.json()["detail"]
+        assert field in detail, detail
+        assert f"at most {limit} characters" in detail, detail
+        assert "items" not in detail, detail
