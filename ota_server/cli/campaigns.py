@@ -49,6 +49,11 @@ def moment(value: str | None) -> str:
     return (at.astimezone(UTC) if at.tzinfo else at).strftime("%Y-%m-%d %H:%M UTC")
 
 
+def status_word(campaign: dict[str, Any]) -> str:
+    """The campaign's status in one word: ``scheduled`` while an active campaign's planned start is ahead."""
+    return "scheduled" if campaign.get("scheduled") and campaign["status"] == "active" else str(campaign["status"])
+
+
 def status_words(campaign: dict[str, Any]) -> str:
     """``active``, ``paused (why)``..., and ``scheduled: starts at <time>`` while a planned start is ahead."""
     reason = f" ({campaign['status_reason']})" if campaign.get("status_reason") else ""
@@ -199,7 +204,7 @@ def campaigns_list(
             c["recall_id"],
             c["release_id"],
             c["kind"],
-            "scheduled" if c.get("scheduled") and c["status"] == "active" else c["status"],
+            status_word(c),
             c["population"],
             c["current_wave"],
             moment(c.get("starts_at")),
@@ -246,7 +251,7 @@ def progress_view(progress: dict[str, Any]) -> Any:
     reason = f" ({progress['status_reason']})" if progress.get("status_reason") else ""
     header = Text(
         f"campaign {progress['campaign_id']} · recall {progress['recall_number']} · {progress['population']} cars · "
-        f"{progress['status']}{reason} · {where} · notices {progress.get('notices_published', 0)}",
+        f"{status_word(progress)}{reason} · {where} · notices {progress.get('notices_published', 0)}",
         style="bold",
     )
     states = Table(title="By state", show_header=True)

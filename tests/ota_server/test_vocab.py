@@ -149,6 +149,9 @@ async def test_a_scheduled_campaign_says_when_it_starts_until_it_does(wired: Env
     assert "in progress" not in shown.stdout
     watched = await ota(env, "campaigns", "watch", str(cid), "--once")
     assert "not started, starts at 2026-03-02 00:00 UTC" in watched.stdout
+    # One word for it everywhere: the list's "scheduled", not "active" in show and watch (outside test, issue 18).
+    for said in (shown.stdout, watched.stdout):
+        assert "scheduled" in said and "active" not in said, said
 
     env.clock.advance(12 * 3600)
     await env.tick()
