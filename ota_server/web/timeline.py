@@ -170,6 +170,15 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
                     f"Waiting: the campaign is paused{why}; the car gets its notice when an operator resumes it.",
                     "wait",
                 )
+            if campaign.starts_at is not None and campaign.scheduled:
+                start = when(campaign.starts_at)
+                if car.wave > campaign.current_wave:
+                    return (
+                        f"Waiting for the campaign to start at {start}; the car is in wave {wave_number(car.wave)} "
+                        "and is notified when that wave opens.",
+                        "wait",
+                    )
+                return f"Waiting for the campaign to start at {start}; the car is notified then.", "wait"
             if car.wave > campaign.current_wave:
                 return (
                     f"Waiting for wave {wave_number(car.wave)} to open "
@@ -177,9 +186,6 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
                     "the car is notified then.",
                     "wait",
                 )
-            if campaign.starts_at is not None and campaign.scheduled:
-                start = when(campaign.starts_at)
-                return f"Waiting for the campaign to start at {start}; the car is notified then.", "wait"
             return "Waiting for the notice to be sent (rate limit or maintenance window).", "wait"
         if not online:
             return (

@@ -164,6 +164,17 @@ async def test_a_scheduled_campaign_says_when_it_starts_until_it_does(wired: Env
     assert "scheduled" not in listed.stdout and "active" in listed.stdout
 
 
+async def test_a_car_in_a_later_wave_of_a_scheduled_campaign_is_told_the_start(wired: Env) -> None:
+    """Outside test (issue 18): wave 2's car said "waiting for wave 2 to open" and no start time."""
+    vins, release_id = await _fleet(wired, 3)
+    recall_id = await _recall(wired, release_id, TWO_WAVES | {"start_at": "2026-03-02T00:00:00Z"})
+    campaign = json.loads((await ota(wired, "recalls", "launch", str(recall_id), "--json")).stdout)
+    assert campaign["scheduled"] is True
+    steps = [str((await _get(wired, f"/api/v1/vehicles/{v}/timeline"))["next_step"]) for v in vins]
+    assert all("start at 2026-03-02 00:00 UTC" in step for step in steps), steps
+    assert sum("wave 2" in step for step in steps) == 1, steps  # the third car: wave 2 opens after the start
+
+
 async def test_a_campaign_without_a_start_is_not_scheduled(wired: Env) -> None:
     _, release_id = await _fleet(wired, 1)
     recall_id = await _recall(wired, release_id, {})
