@@ -55,7 +55,8 @@ class WaveProgress(BaseModel):
     errors: int = Field(description="Failed, rolled back or timed out")
     needed: int = Field(description="Remedied cars the success threshold asks for")
     gate: str = Field(
-        description="waiting, passed or tripped (errors crossed the threshold); unknown: the stored plan is unreadable"
+        description="waiting, passed or tripped (errors crossed the threshold); missed: short of the success "
+        "threshold with no car of the campaign left to change; unknown: the stored plan is unreadable"
     )
     opened: bool
 

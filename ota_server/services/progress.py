@@ -24,6 +24,7 @@ from ota_server.services.campaign_view import schedule, shown_plan
 from ota_server.services.campaigns import CANCELLED, rollback_of
 
 STATES = tuple(state.value for state in VinState)
+MISSED = "missed"  # a wave short of its success threshold in a campaign where no car can change any more
 
 
 def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
@@ -60,6 +61,8 @@ def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
         select(func.count()).where(in_campaign, CampaignVehicle.notice_published_at.is_not(None))
     )
     retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None))) or 0
+    # cancelled: no retry is ever issued again, only cars installing still report
+    done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else may_change is None
     waves = []
     for index in sorted(per_wave):
         gate = rules.gate(
@@ -75,13 +78,11 @@ def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
                 remedied=gate.remedied,
                 errors=gate.errors,
                 needed=gate.needed,
-                gate=gate.status.value if plan is not None else "unknown",
+                gate=_verdict(gate, done) if plan is not None else "unknown",
                 opened=index <= campaign.current_wave,
             )
         )
     starts_at, scheduled = schedule(plan, campaign.status, now)
-    # cancelled: no retry is ever issued again, only cars installing still report
-    done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else may_change is None
     return Progress(
         campaign_id=campaign.id,
         recall_number=recall.campaign_number,
@@ -187,3 +188,11 @@ def failing_ecu_named(state: str, failed_ecu: str | None, detail: str | None, se
     if failed_ecu is not None and state in (VinState.FAILED.value, VinState.ROLLED_BACK.value):
         return failed_ecu == serial
     return detail is not None and f"ECU {serial}:" in detail
+
+
+def _verdict(gate: rules.Gate, done: bool) -> str:
+    """The gate's word for people: a wave still short of its success threshold when no car of the campaign
+    can change any more waits for nothing: it ``missed`` the threshold."""
+    if done and gate.status is rules.GateStatus.WAITING:
+        return MISSED
+    return gate.status.value

@@ -30,7 +30,7 @@ class WaveView(BaseModel):
     remedied: int
     errors: int
     needed: int = Field(description="Remedied cars the success threshold asks for")
-    gate: str = Field(description="waiting, passed or tripped")
+    gate: str = Field(description="waiting, passed, tripped or missed (see WaveProgress.gate)")
     opened: bool
     success_threshold_percent: float
     error_threshold_count: int | None

@@ -658,3 +658,21 @@ async def test_the_rollback_release_is_checked_when_the_recall_is_filed(env: Env
         resp = await env.client.post("/api/v1/recalls", json=body)
         assert resp.status_code == 422, resp.text
         assert "rollback_release_id" in resp.json()["detail"] and message in resp.json()["detail"]
+
+
+async def test_a_completed_campaign_shows_no_gate_still_waiting(env: Env) -> None:
+    """Outside test (issue 18): a wave short of its success threshold with no car left to change said "waiting"."""
+    vins = [vin(n) for n in range(1, 4)]
+    release = await _fleet(env, vins)
+    rollout = {"success_threshold_percent": 100, "error_threshold_count": 5, "max_retries": 0}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    await _run_to(env, cid, vins[:2], S.REMEDIED)
+    await _run_to(env, cid, vins[2:], S.FAILED, reason=FailureReason.HASH_MISMATCH)
+    await env.runtime.dispatcher.idle()
+    await env.tick()
+    progress = await _progress(env, cid)
+    assert progress["status"] == "completed" and progress["done"], progress
+    [wave] = progress["waves"]
+    assert (wave["remedied"], wave["needed"], wave["gate"]) == (2, 3, "missed"), wave
+    dashboard = await env.get_json(f"/api/v1/campaigns/{cid}/dashboard")
+    assert [w["gate"] for w in dashboard["waves"]] == ["missed"]

@@ -425,7 +425,8 @@ function renderCampaign(d) {
         : "no error threshold.")
     : "");
   fill(document.querySelector("#waves tbody"), d.waves.map((w) => {
-    const gate = w.gate === "passed" ? badge("passed", "ok") : w.gate === "tripped" ? badge("tripped", "bad") : badge(w.opened ? "waiting" : "not open", w.opened ? "busy" : "");
+    const gate = w.gate === "passed" ? badge("passed", "ok") : w.gate === "tripped" ? badge("tripped", "bad")
+      : w.gate === "missed" ? badge("missed", "warn") : badge(w.opened ? "waiting" : "not open", w.opened ? "busy" : "");
     return el("tr", { "data-wave": w.number },
       el("th", { scope: "row", text: `Wave ${w.number}${w.number === d.current_wave && !d.scheduled ? " (open)" : ""}` }),
       el("td", { text: w.spec }),
