@@ -7,10 +7,10 @@ stream asks every second before it builds a whole snapshot.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 
-from sqlalchemy import distinct, func, select
+from sqlalchemy import and_, distinct, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, Ecu, NoticeLog, Recall, Release, Vehicle
@@ -257,12 +257,25 @@ def _wave_spec(plan: RolloutPlan, index: int) -> str:
     return f"{wave.cars} cars" if wave.cars is not None else f"{wave.percent:g}%"
 
 
+# Cars the scheduler has not sent a notice yet (a wave not open, the rate limit, a window, a planned start):
+# waiting, not in progress.
+_NOT_NOTIFIED = and_(CampaignVehicle.state == VinState.PENDING.value, CampaignVehicle.notified_at.is_(None))
+
+
+def _in_progress(counts: Mapping[str, int], not_notified: int) -> int:
+    """Cars notified and not final: answering, deferred, consented or installing."""
+    return sum(counts.get(s.value, 0) for s in IN_FLIGHT) - not_notified
+
+
 def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
     campaign, recall, release = _campaign(session, campaign_id)
     progress = progress_service.progress(session, campaign_id, now)
     plan = shown_plan(recall, campaign) or RolloutPlan()  # unreadable: paused, its status_reason says why
     counts = progress.counts
     events = CampaignEvent.campaign_id == campaign_id
+    not_notified = (
+        session.scalar(select(func.count()).where(CampaignVehicle.campaign_id == campaign_id, _NOT_NOTIFIED)) or 0
+    )
     first_success = session.execute(
         select(func.min(CampaignEvent.received_at))
         .where(events, CampaignEvent.state.in_(_SUCCESS))
@@ -303,7 +316,8 @@ def dashboard(session: Session, campaign_id: int, now: datetime) -> Dashboard:
         population=campaign.population,
         counts=counts,
         remedied=sum(counts.get(s, 0) for s in _SUCCESS),
-        in_progress=0 if progress.scheduled else sum(counts.get(s.value, 0) for s in IN_FLIGHT),
+        in_progress=_in_progress(counts, not_notified),
+        not_notified=not_notified,
         errors=sum(counts.get(s, 0) for s in _ERRORS),
         notices_published=progress.notices_published,
         retries_scheduled=progress.retries_scheduled,
@@ -329,10 +343,15 @@ def summaries(session: Session, now: datetime) -> list[CampaignSummary]:
         )
     ):
         per.setdefault(campaign_id, {})[state] = n
+    waiting = {
+        campaign_id: n
+        for campaign_id, n in session.execute(
+            select(CampaignVehicle.campaign_id, func.count()).where(_NOT_NOTIFIED).group_by(CampaignVehicle.campaign_id)
+        )
+    }
     rows = session.execute(
         select(Campaign, Recall).join(Recall, Recall.id == Campaign.recall_id).order_by(Campaign.id.desc())
     ).all()
-    in_flight = [s.value for s in IN_FLIGHT]
     out = []
     for campaign, recall in rows:
         counts = per.get(campaign.id, {})
@@ -349,7 +368,8 @@ def summaries(session: Session, now: datetime) -> list[CampaignSummary]:
                 launched_at=campaign.launched_at,
                 population=campaign.population,
                 remedied=sum(counts.get(s, 0) for s in _SUCCESS),
-                in_progress=0 if scheduled else sum(counts.get(s, 0) for s in in_flight),
+                in_progress=_in_progress(counts, waiting.get(campaign.id, 0)),
+                not_notified=waiting.get(campaign.id, 0),
                 errors=sum(counts.get(s, 0) for s in _ERRORS),
                 other=sum(counts.get(s, 0) for s in _OTHER),
                 starts_at=starts_at,

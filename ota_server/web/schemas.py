@@ -100,7 +100,10 @@ class Dashboard(BaseModel):
     population: int
     counts: dict[str, int] = Field(description="Cars per state now (zeros included); adds up to population")
     remedied: int = Field(description="Remedied over the air, at a dealer, or inspected and not needed")
-    in_progress: int
+    in_progress: int = Field(description="Notified and not final: answering, deferred, consented or installing")
+    not_notified: int = Field(
+        description="Not sent a notice yet (a wave not open, the rate limit, a window, a planned start)"
+    )
     errors: int
     notices_published: int
     retries_scheduled: int
@@ -129,7 +132,10 @@ class CampaignSummary(BaseModel):
     launched_at: datetime
     population: int
     remedied: int
-    in_progress: int
+    in_progress: int = Field(description="Notified and not final: answering, deferred, consented or installing")
+    not_notified: int = Field(
+        description="Not sent a notice yet (a wave not open, the rate limit, a window, a planned start)"
+    )
     errors: int
     other: int = Field(description="Settled without the software: unreachable, declined, withdrawn")
     starts_at: datetime | None = Field(description="The plan's start; null: at launch")

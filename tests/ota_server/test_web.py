@@ -95,6 +95,24 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
     ]
 
 
+async def test_cars_of_a_wave_not_open_yet_are_not_counted_in_progress(env: Env) -> None:
+    """Outside test (issue 18): the "In progress" tile counted every pending car, notified or not."""
+    vins = [vin(n) for n in range(11, 14)]
+    resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in vins]})
+    assert resp.status_code == 201, resp.text
+    release = (await upload(env.client)).json()
+    rollout = {"waves": [{"cars": 1}, {"percent": 100}]}
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release["id"]) | {"rollout": rollout})
+    assert recall.status_code == 201, recall.text
+    cid = (await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")).json()["id"]
+    await env.runtime.dispatcher.idle()
+    body = await env.get_json(f"/api/v1/campaigns/{cid}/dashboard")
+    assert body["counts"]["pending"] == 3
+    assert (body["in_progress"], body["not_notified"]) == (1, 2), body
+    [summary] = (await env.client.get("/api/v1/dashboard/campaigns")).json()
+    assert (summary["in_progress"], summary["not_notified"]) == (1, 2), summary
+
+
 async def test_campaign_summaries_and_unknown_campaigns(env: Env) -> None:
     cid, _ = await _recall_run(env)
     resp = await env.client.get("/api/v1/dashboard/campaigns")

@@ -285,7 +285,7 @@ async function campaignsPage() {
         rows.map((c) => {
           const label = c.scheduled
             ? `scheduled: starts at ${fmtTime(c.starts_at, false)}; no car notified yet of ${c.population}`
-            : `${c.remedied} remedied, ${c.errors} errors, ${c.in_progress} in progress of ${c.population}`;
+            : `${c.remedied} remedied, ${c.errors} errors, ${c.in_progress} in progress, ${c.not_notified} not notified yet of ${c.population}`;
           return el(
             "tr",
             { "data-campaign": c.id },
@@ -410,6 +410,7 @@ function renderCampaign(d) {
   setText("t-population", d.population);
   setText("t-remedied", d.remedied);
   setText("t-in-progress", d.in_progress);
+  setText("t-not-notified", d.not_notified);
   setText("t-errors", d.errors);
   setText("t-notices", d.notices_published);
   $("funnel").replaceChildren(funnelChart(d.funnel));
