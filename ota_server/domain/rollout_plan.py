@@ -381,6 +381,16 @@ class Gate:
         return f"{self.remedied}/{self.size} remedied (needs {self.needed}), {self.errors} errors"
 
 
+# The status reason of a campaign the error gate paused: the start of it names the cause for every
+# reader (the webhook's campaign.threshold_tripped event, the pages); an operator's pause says "paused by".
+THRESHOLD_REASON = "error threshold crossed"
+
+
+def threshold_reason(wave: int, gate: Gate) -> str:
+    """The status reason when ``gate`` trips in wave number ``wave`` (from 1)."""
+    return f"{THRESHOLD_REASON} in wave {wave}: {gate.describe()}"
+
+
 _EXCLUDED = frozenset(
     {VinState.REMEDIED_AT_DEALER, VinState.INSPECTED_NOT_NEEDED, VinState.UNREACHABLE, VinState.DECLINED}
 )

@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.orm import attributes as orm_attributes
 
 from ota_server.db.models import Campaign, Discrepancy, LaunchRequest, OutboxEvent, Recall
+from ota_server.domain.rollout_plan import THRESHOLD_REASON
 from ota_server.domain.states import CampaignStatus, VinState
 
 CAMPAIGN_LAUNCHED = "campaign.launched"
@@ -52,8 +53,6 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 # A car's states that are a failure worth telling: failed, rolled back, timed out.
 FAILED_STATES = frozenset({VinState.FAILED.value, VinState.ROLLED_BACK.value, VinState.TIMED_OUT.value})
-# The scheduler's reason when the error gate pauses a campaign (rollout/campaign_tick.py).
-THRESHOLD_REASON = "error threshold crossed"
 
 
 def event_row(type_: str, occurred_at: datetime, subject: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, Any]:

@@ -211,7 +211,7 @@ class CampaignTick:
             if gate.status is rules.GateStatus.TRIPPED:
                 campaign.status, campaign.status_changed_at = PAUSED, now
                 wave = wave_number(campaign.current_wave)
-                campaign.status_reason = f"error threshold crossed in wave {wave}: {gate.describe()}"
+                campaign.status_reason = rules.threshold_reason(wave, gate)
                 result.paused.append(campaign.id)
                 if plan.rollback_release_id is not None and campaign.kind == REMEDY:
                     child = rollback.roll_back(session, campaign, plan.rollback_release_id, now, plan.rollback_reach)

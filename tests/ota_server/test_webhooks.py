@@ -336,6 +336,17 @@ async def test_the_error_gate_trips_and_a_campaign_completes_each_its_own_event(
     assert [e["type"] for e in _events(env)][-2:] == ["campaign.resumed", "campaign.completed"]
 
 
+async def test_an_operator_pause_is_never_taken_for_the_error_gate(env: Env) -> None:
+    """The gate's event was judged from the status reason's words; an operator may type the same words."""
+    release = await _fleet(env, [vin(1), vin(2)])
+    cid = (await _launch(env, release))["id"]
+    reason = "error threshold crossed in wave 1: calls from the field"
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/pause", json={"reason": reason})).status_code == 200
+    paused = [e for e in _events(env) if e["type"].startswith("campaign.") and e["type"] != "campaign.launched"]
+    assert [e["type"] for e in paused] == ["campaign.paused"], paused
+    assert paused[0]["data"]["reason"].endswith(reason)
+
+
 async def test_a_safety_recall_waiting_for_approval_is_an_event(env: Env) -> None:
     release = await _fleet(env, [vin(1)])
     body = recall_body(release, "24V-777") | {"safety_recall": True}
