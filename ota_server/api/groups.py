@@ -9,7 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
-from ota_server.api.listing import Cursor, sort_query
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import (
     GroupCreate,
@@ -22,6 +22,7 @@ from ota_server.schemas import (
 )
 from ota_server.schemas.groups import GROUP_NAME_PATTERN, TAG_PATTERN, TAG_RULE, group_name_shape, tag_shape
 from ota_server.services import groups
+from ota_server.services import vehicles as fleet
 
 router = APIRouter()
 
@@ -95,10 +96,14 @@ def get_group(group: GroupRef, session: SessionDep) -> GroupPublic:
 
 @router.get("/api/v1/groups/{group}/vehicles", dependencies=[needs_read], tags=["groups"])
 def group_vehicles(
-    group: GroupRef, session: SessionDep, cursor: Cursor = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+    group: GroupRef,
+    session: SessionDep,
+    sort: Annotated[str | None, sort_query(fleet.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> VehiclePage:
-    """The group's cars now, by VIN, a page at a time."""
-    return groups.vehicles(session, group, cursor, limit)
+    """The group's cars now, by VIN unless sorted otherwise (the fleet list's sort keys), a page at a time."""
+    return groups.vehicles(session, group, sort, cursor, limit)
 
 
 @router.delete("/api/v1/groups/{group}", tags=["groups"])

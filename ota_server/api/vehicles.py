@@ -9,6 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
 from ota_server.domain.states import VinState
 from ota_server.runtime import Runtime
@@ -77,10 +78,11 @@ def list_vehicles(
         Query(description="Cars carrying this tag: " + TAG_RULE, json_schema_extra={"pattern": TAG_PATTERN}),
         AfterValidator(tag_shape),
     ] = None,
-    cursor: Annotated[Text | None, Query(max_length=64, description="next_cursor of the previous page")] = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    sort: Annotated[str | None, sort_query(vehicles.LISTING)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
 ) -> VehiclePage:
-    """The fleet, sorted by VIN, a page at a time; every filter given must hold."""
+    """The fleet, by VIN unless sorted otherwise, a page at a time; every filter given must hold."""
     spec = vehicles.FleetFilter(
         model=model,
         model_year=model_year,
@@ -94,7 +96,7 @@ def list_vehicles(
         discrepancy=discrepancy,
         tag=tag,
     )
-    return vehicles.page(session, spec, cursor, limit)
+    return vehicles.page(session, spec, sort, cursor, limit)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, responses=errors(409))

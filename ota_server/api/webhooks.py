@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, status
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
-from ota_server.api.listing import Cursor, Limit
+from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas.webhooks import (
     DeliveryPage,
@@ -37,9 +37,14 @@ def create_webhook(body: WebhookCreate, session: OperatorSession, runtime: Runti
 
 
 @router.get("", dependencies=[needs_read])
-def list_webhooks(session: SessionDep, cursor: Cursor = None, limit: Limit = 100) -> WebhookPage:
-    """The webhooks (without their secrets), oldest first, with their status."""
-    return webhooks.page(session, cursor, limit)
+def list_webhooks(
+    session: SessionDep,
+    sort: Annotated[str | None, sort_query(webhooks.WEBHOOKS)] = None,
+    cursor: Cursor = None,
+    limit: Limit = 100,
+) -> WebhookPage:
+    """The webhooks (without their secrets), oldest first unless sorted otherwise, with their status."""
+    return webhooks.page(session, sort, cursor, limit)
 
 
 @router.delete("/{webhook_id}", responses=errors(404))
@@ -59,8 +64,10 @@ def list_deliveries(
     webhook_id: Id,
     session: SessionDep,
     delivery_status: Annotated[DeliveryStatus | None, Query(alias="status", description="Only this status")] = None,
+    sort: Annotated[str | None, sort_query(webhooks.DELIVERIES)] = None,
     cursor: Cursor = None,
     limit: Limit = 100,
 ) -> DeliveryPage:
-    """The webhook's deliveries, newest first: status, attempts, next try, the receiver's last answer."""
-    return webhooks.deliveries(session, webhook_id, delivery_status, cursor, limit)
+    """The webhook's deliveries, newest first unless sorted otherwise: status, attempts, next try, the
+    receiver's last answer."""
+    return webhooks.deliveries(session, webhook_id, delivery_status, sort, cursor, limit)

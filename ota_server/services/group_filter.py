@@ -10,10 +10,10 @@ of the filter the recall took at filing).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, Select, exists, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from firmware_bundles.vin import normalize_vin
@@ -159,6 +159,15 @@ def members(session: Session, spec: GroupFilter, vins: Sequence[str] | None = No
         elif spec.installed_versions is not None:
             found.update(_judged_in_python(session, spec, spec.installed_versions, narrow))
     return found
+
+
+def selection(session: Session, spec: GroupFilter) -> tuple[Select[Vehicle], Callable[[Vehicle], bool] | None]:
+    """The group's cars as a query, and a test for the cars SQL cannot judge (None: the query is exact)."""
+    conditions = _conditions(session, spec)
+    if conditions is not None:
+        return select(Vehicle).where(*conditions), None
+    within = members(session, spec)
+    return select(Vehicle).where(*_vehicle_conditions(spec)), lambda car: car.vin in within
 
 
 def count(session: Session, spec: GroupFilter) -> int:

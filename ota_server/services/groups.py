@@ -33,7 +33,7 @@ from ota_server.schemas.groups import (
     TagBatchResult,
 )
 from ota_server.services import group_filter, listing
-from ota_server.services.vehicles import decode_cursor, encode_cursor
+from ota_server.services import vehicles as fleet
 
 # --- tags ---------------------------------------------------------------------------------
 
@@ -224,16 +224,12 @@ def page(session: Session, sort: str | None, cursor: str | None, limit: int) -> 
     return GroupPage(items=[_public(session, g) for g in rows], next_cursor=next_cursor)
 
 
-def vehicles(session: Session, ref: str, cursor: str | None, limit: int) -> VehiclePage:
-    """The group's cars now, in VIN order, a page at a time (the cursor is the fleet list's)."""
+def vehicles(session: Session, ref: str, sort: str | None, cursor: str | None, limit: int) -> VehiclePage:
+    """The group's cars now, a page at a time, sorted as the fleet list is (VIN by default)."""
     group = find(session, ref)
-    after = decode_cursor(cursor) if cursor else ""
-    vins = sorted(v for v in group_filter.members(session, GroupFilter.model_validate(group.filter)) if v > after)
-    wanted = vins[: limit + 1]
-    cars = session.scalars(select(Vehicle).where(Vehicle.vin.in_(wanted)).order_by(Vehicle.vin)).all()
-    items = [VehiclePublic.model_validate(v) for v in cars[:limit]]
-    more = len(cars) > limit
-    return VehiclePage(items=items, next_cursor=encode_cursor(items[-1].vin) if more else None)
+    query, keep = group_filter.selection(session, GroupFilter.model_validate(group.filter))
+    cars, next_cursor = listing.page(session, query, fleet.LISTING, sort, cursor, limit, keep=keep)
+    return VehiclePage(items=[VehiclePublic.model_validate(v) for v in cars], next_cursor=next_cursor)
 
 
 def pinned(session: Session, population: Population) -> Population:

@@ -30,6 +30,7 @@ T = TypeVar("T")
 LATEST = datetime(9999, 12, 31, tzinfo=UTC)
 MAX_CURSOR = 500
 EXPORT_CHUNK = 1000  # rows per query while a CSV export walks every page
+SCAN_CHUNK = 500  # rows read per query while a filter only Python can judge skips rows
 
 Kind = type[int] | type[str] | type[datetime]
 
@@ -128,20 +129,39 @@ def _after(keys: Sequence[SortKey], values: Sequence[Any], descending: bool) -> 
 
 
 def page(
-    session: Session, query: Select[T], listing: Listing, sort: str | None, cursor: str | None, limit: int
+    session: Session,
+    query: Select[T],
+    listing: Listing,
+    sort: str | None,
+    cursor: str | None,
+    limit: int,
+    keep: Callable[[T], bool] | None = None,
 ) -> tuple[list[T], str | None]:
-    """Up to ``limit`` rows of ``query`` after ``cursor`` in the asked order, and the next page's cursor."""
+    """Up to ``limit`` rows of ``query`` after ``cursor`` in the asked order, and the next page's cursor.
+
+    ``keep``: a test only Python can judge (a recall's population before launch); rows failing it
+    are skipped, read :data:`SCAN_CHUNK` at a time, and the cursor still names the last row kept.
+    """
     name, key, descending = listing.order(sort)
     keys = [key] if key is listing.tie else [key, listing.tie]
-    if cursor:
-        values = decode_cursor(listing, name, cursor, [k.kind for k in keys])
-        query = query.where(_after(keys, values, descending))
+    after = decode_cursor(listing, name, cursor, [k.kind for k in keys]) if cursor else None
     order = [k.column.desc() if descending else k.column.asc() for k in keys]
-    rows = list(session.scalars(query.order_by(*order).limit(limit + 1)).all())
-    if len(rows) <= limit:
-        return rows, None
-    last = rows[limit - 1]
-    return rows[:limit], encode_cursor(listing, name, [k.value(last) for k in keys])
+    found: list[T] = []
+    while len(found) <= limit:
+        want = limit + 1 - len(found) if keep is None else SCAN_CHUNK
+        batch = list(
+            session.scalars(
+                (query if after is None else query.where(_after(keys, after, descending))).order_by(*order).limit(want)
+            ).all()
+        )
+        found += batch if keep is None else [row for row in batch if keep(row)]
+        if len(batch) < want or keep is None:
+            break
+        after = [k.value(batch[-1]) for k in keys]
+    if len(found) <= limit:
+        return found, None
+    last = found[limit - 1]
+    return found[:limit], encode_cursor(listing, name, [k.value(last) for k in keys])
 
 
 def every(

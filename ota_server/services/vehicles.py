@@ -6,16 +6,13 @@ row is written, and the whole batch goes in with two bulk INSERTs.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import Select, exists, insert, or_, select
+from sqlalchemy import Select, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -48,9 +45,10 @@ from ota_server.schemas import (
     VehicleStatus,
     VehicleUpdate,
 )
-from ota_server.services import campaign_control
+from ota_server.services import campaign_control, listing
 from ota_server.services import population as populations
 from ota_server.services.campaigns import Outbound
+from ota_server.services.listing import LATEST, Listing, SortKey
 from ota_server.signing.director import Director
 
 _CHUNK = 500
@@ -239,8 +237,21 @@ def agent_config(
 
 # --- the fleet, managed: list, change, decommission -------------------------------------
 
-_CURSOR_PREFIX = "vin:"
-_SCAN_CHUNK = 500  # rows read per query while a filter only Python can judge skips cars
+_VIN = listing.column(Vehicle.vin, str)
+# The fleet's sort keys; VIN is the default and the tie breaker (unique). A car never seen sorts
+# after every seen one (ascending), so a keyset over last_seen stays total.
+LISTING = Listing(
+    scope="vehicles",
+    keys={
+        "vin": _VIN,
+        "model": listing.column(Vehicle.model, str),
+        "model_year": listing.column(Vehicle.model_year, int),
+        "created_at": listing.column(Vehicle.created_at, datetime),
+        "last_seen": SortKey(func.coalesce(Vehicle.last_seen, LATEST), lambda v: v.last_seen or LATEST, datetime),
+    },
+    tie=_VIN,
+    default="vin",
+)
 
 
 @dataclass(frozen=True)
@@ -264,22 +275,6 @@ class FleetFilter:
     decommissioned: bool | None = None
     discrepancy: str | None = None  # "any" or a kind: cars with such a finding on record
     tag: str | None = None  # cars carrying this tag (lower case)
-
-
-def encode_cursor(vin: str) -> str:
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + vin).encode()).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> str:
-    """The VIN a page ended on; InvalidInput for anything this server did not hand out."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raw = ""
-    vin = raw.removeprefix(_CURSOR_PREFIX)
-    if not raw.startswith(_CURSOR_PREFIX) or re.fullmatch(r"[A-Z0-9]{1,17}", vin) is None:
-        raise InvalidInput("cursor: not a cursor this server gave (pass next_cursor back as it came)")
-    return vin
 
 
 def _recall(session: Session, ref: str) -> Recall:
@@ -360,27 +355,16 @@ def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Cal
     return query, keep
 
 
-def page(session: Session, spec: FleetFilter, cursor: str | None, limit: int) -> VehiclePage:
-    """Up to ``limit`` cars after ``cursor`` in VIN order, and the cursor of the next page (None: no more).
+def page(session: Session, spec: FleetFilter, sort: str | None, cursor: str | None, limit: int) -> VehiclePage:
+    """Up to ``limit`` cars after ``cursor`` in the asked order (VIN by default), and the next page's cursor.
 
-    Keyset paging on the unique VIN: a car registered or changed between two pages is
+    Keyset paging (the one list contract): a car registered or changed between two pages is
     neither seen twice nor skipped among those already passed.
     """
     query, keep = _filtered(session, spec)
-    after = decode_cursor(cursor) if cursor else ""
-    found: list[Vehicle] = []
-    while len(found) <= limit:
-        want = limit + 1 - len(found)
-        batch = session.scalars(
-            query.where(Vehicle.vin > after).order_by(Vehicle.vin).limit(want if keep is None else _SCAN_CHUNK)
-        ).all()
-        found += [v for v in batch if keep is None or keep(v.vin)][:want]
-        if len(batch) < (want if keep is None else _SCAN_CHUNK):
-            break
-        after = batch[-1].vin
-    items = [VehiclePublic.model_validate(v) for v in found[:limit]]
-    more = len(found) > limit
-    return VehiclePage(items=items, next_cursor=encode_cursor(items[-1].vin) if more else None)
+    test = None if keep is None else (lambda car: keep(car.vin))
+    found, next_cursor = listing.page(session, query, LISTING, sort, cursor, limit, keep=test)
+    return VehiclePage(items=[VehiclePublic.model_validate(v) for v in found], next_cursor=next_cursor)
 
 
 # Fields of an update that a recall's population filters on.

@@ -28,11 +28,21 @@ from ota_server.services import listing
 from ota_server.services.listing import Listing
 
 ACTIVE, PAUSED = "active", "paused"
-WEBHOOKS = listing.by_id("webhooks", Webhook.id)
+WEBHOOKS = listing.by_id(
+    "webhooks",
+    Webhook.id,
+    created_at=listing.column(Webhook.created_at, datetime),
+    status=listing.column(Webhook.status, str),
+    consecutive_failures=listing.column(Webhook.consecutive_failures, int),
+)
 _DELIVERY_ID = listing.column(WebhookDelivery.id, str)  # a uuid: unique, not an integer
 DELIVERIES = Listing(
     "webhook-deliveries",
-    {"created_at": listing.column(WebhookDelivery.created_at, datetime)},
+    {
+        "created_at": listing.column(WebhookDelivery.created_at, datetime),
+        "status": listing.column(WebhookDelivery.status, str),
+        "attempts": listing.column(WebhookDelivery.attempts, int),
+    },
     _DELIVERY_ID,
     "-created_at",
 )
@@ -96,8 +106,8 @@ def create(session: Session, body: WebhookCreate, actor: str, now: datetime, *, 
     return WebhookCreated.model_validate(webhook, from_attributes=True)
 
 
-def page(session: Session, cursor: str | None, limit: int) -> Page[WebhookPublic]:
-    rows, next_cursor = listing.page(session, select(Webhook), WEBHOOKS, None, cursor, limit)
+def page(session: Session, sort: str | None, cursor: str | None, limit: int) -> Page[WebhookPublic]:
+    rows, next_cursor = listing.page(session, select(Webhook), WEBHOOKS, sort, cursor, limit)
     return Page[WebhookPublic](items=[WebhookPublic.model_validate(w) for w in rows], next_cursor=next_cursor)
 
 
@@ -122,14 +132,14 @@ def resume(session: Session, webhook_id: int) -> WebhookPublic:
 
 
 def deliveries(
-    session: Session, webhook_id: int, status: str | None, cursor: str | None, limit: int
+    session: Session, webhook_id: int, status: str | None, sort: str | None, cursor: str | None, limit: int
 ) -> Page[DeliveryPublic]:
-    """The webhook's deliveries, newest first, optionally of one status."""
+    """The webhook's deliveries, newest first unless sorted otherwise, optionally of one status."""
     _webhook(session, webhook_id)
     query = select(WebhookDelivery).where(WebhookDelivery.webhook_id == webhook_id)
     if status is not None:
         query = query.where(WebhookDelivery.status == status)
-    rows, next_cursor = listing.page(session, query, DELIVERIES, None, cursor, limit)
+    rows, next_cursor = listing.page(session, query, DELIVERIES, sort, cursor, limit)
     events = {
         e.id: e for e in session.scalars(select(OutboxEvent).where(OutboxEvent.id.in_({d.event_id for d in rows})))
     }
