@@ -11,7 +11,7 @@ from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import MAX_ID, Id, RuntimeDep, SessionDep, VinPath
 from ota_server.api.listing import CSV_RESPONSES, CsvFormat, Cursor, Limit, csv_stream, sort_query
 from ota_server.api.openapi import errors
-from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
+from ota_server.domain.states import CampaignKind, CampaignStatus, StateWord
 from ota_server.schemas import (
     CampaignControl,
     CampaignPublic,
@@ -154,7 +154,14 @@ def campaign_vehicles_list(
     campaign_id: Id,
     session: SessionDep,
     runtime: RuntimeDep,
-    state: Annotated[list[VinState] | None, Query(max_length=20, description="Any of these states (repeat)")] = None,
+    state: Annotated[
+        list[StateWord] | None,
+        Query(
+            max_length=20,
+            description="Any of these states (repeat); errors: failed, rolled_back and timed_out (what the "
+            "progress summary counts as failed)",
+        ),
+    ] = None,
     reason: Annotated[
         Text | None, Query(min_length=1, max_length=64, description="A failure, unreachable or timeout reason code")
     ] = None,

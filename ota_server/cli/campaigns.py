@@ -16,6 +16,7 @@ from typing import Annotated, Any
 
 import typer
 
+from ota_server.cli.api_client import ApiClient
 from ota_server.cli.common import (
     DEFAULT_SERVER,
     JsonOption,
@@ -26,7 +27,7 @@ from ota_server.cli.common import (
     table,
 )
 from ota_server.domain.reasons import plain_words
-from ota_server.domain.states import UnreachableReason
+from ota_server.domain.states import ERRORS, StateWord, UnreachableReason, VinState
 
 CampaignId = Annotated[int, typer.Argument(min=1, metavar="CAMPAIGN_ID", help="The campaign's id (ota campaigns list)")]
 
@@ -346,10 +347,28 @@ VEHICLE_COLUMNS = [
 ]
 
 
+def errors_hint(client: ApiClient, campaign_id: int, filters: dict[str, Any], asked: list[str]) -> str | None:
+    """When the error states asked for match no car but the others do: where those cars are (``--state errors``)."""
+    if StateWord.ERRORS in asked or not any(word in ERRORS for word in asked):
+        return None
+    others = [s for s in VinState if s in ERRORS and s not in asked]
+    cars = client.campaign_vehicles(campaign_id, {**filters, "state": [s.value for s in others]}) if others else []
+    if not cars:
+        return None
+    where = "/".join(s.value for s in others if any(c["state"] == s for c in cars))
+    return f"no cars in state {'/'.join(asked)}; {len(cars)} car{'s' * (len(cars) != 1)} in {where}: use --state errors"
+
+
 @campaigns_app.command("vehicles")
 def campaigns_vehicles(
     campaign_id: CampaignId,
-    state: Annotated[list[str] | None, typer.Option(help="Only cars in this state (repeat for several)")] = None,
+    state: Annotated[
+        list[StateWord] | None,
+        typer.Option(
+            help="Only cars in this state (repeat for several); errors: failed, rolled_back and timed_out, "
+            "what the progress summary counts as failed",
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="Only cars with this reason code (e.g. download_failed)")] = None,
     wave: Annotated[int | None, typer.Option(min=1, help="Only cars of this wave (from 1)")] = None,
     ecu: Annotated[str | None, typer.Option(help="Only cars with this affected ECU (serial or hardware id)")] = None,
@@ -361,13 +380,17 @@ def campaigns_vehicles(
     as_json: JsonOption = False,
 ) -> None:
     """Every car of a campaign (all pages): state, wave, reason in plain words, when it is tried again."""
-    given = {"state": state, "reason": reason, "wave": wave, "ecu": ecu, "vin": vin, "sort": sort}
+    asked = [word.value for word in state or ()]
+    given = {"state": asked, "reason": reason, "wave": wave, "ecu": ecu, "vin": vin, "sort": sort}
     filters = {k: v for k, v in given.items() if v}
     with client_for(server, token) as client:
         if as_csv:
             typer.echo(client.campaign_vehicles_csv(campaign_id, filters).decode(), nl=False)
             return
         cars = client.campaign_vehicles(campaign_id, filters)
+        hint = None if cars or not asked else errors_hint(client, campaign_id, filters, asked)
+    if hint:
+        typer.echo(hint, err=True)
 
     def human() -> None:
         rows = [[c.get(k) for k in VEHICLE_COLUMNS] for c in cars]

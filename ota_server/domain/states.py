@@ -81,6 +81,46 @@ OPERATOR_OUTCOMES = frozenset({S.REMEDIED_AT_DEALER, S.INSPECTED_NOT_NEEDED, S.U
 SETTLED = SUCCESS | ERRORS | frozenset({S.UNREACHABLE, S.DECLINED, S.WITHDRAWN})
 CAR_STATES = frozenset(VinState(s.value) for s in ReportState)
 
+
+class StateWord(StrEnum):
+    """What a car list's ``state`` filter takes: any :class:`VinState`, or a group word for several.
+
+    One enum (not a union) so the API schema lists every word in one place and a wrong word's
+    422 names them all; tests/ota_server/test_campaign_vehicles_errors.py keeps it equal to
+    VinState plus the groups.
+    """
+
+    PENDING = "pending"
+    NOTIFIED = "notified"
+    DEFERRED = "deferred"
+    CONSENTED = "consented"
+    DOWNLOADING = "downloading"
+    VERIFYING = "verifying"
+    INSTALLING = "installing"
+    REBOOTING = "rebooting"
+    REMEDIED = "remedied"
+    FAILED = "failed"
+    ROLLED_BACK = "rolled_back"
+    TIMED_OUT = "timed_out"
+    REMEDIED_AT_DEALER = "remedied_at_dealer"
+    INSPECTED_NOT_NEEDED = "inspected_not_needed"
+    UNREACHABLE = "unreachable"
+    DECLINED = "declined"
+    WITHDRAWN = "withdrawn"
+    ERRORS = "errors"  # failed, rolled_back, timed_out: what a progress summary counts as failed
+
+
+STATE_GROUPS: Mapping[StateWord, frozenset[VinState]] = {StateWord.ERRORS: ERRORS}
+
+
+def expand_states(words: Iterable[StateWord]) -> frozenset[VinState]:
+    """The states ``words`` name (a group word stands for each of its states)."""
+    found: set[VinState] = set()
+    for word in words:
+        found |= STATE_GROUPS.get(word) or {VinState(word.value)}
+    return frozenset(found)
+
+
 _CAR_SOURCES = IN_FLIGHT | frozenset({S.TIMED_OUT, S.UNREACHABLE})
 # A car that truly started before the cancel reached it finishes and reports as usual.
 _AFTER_WITHDRAWAL = INSTALLING | frozenset({S.REMEDIED, S.FAILED, S.ROLLED_BACK, S.WITHDRAWN})

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Vehicle
 from ota_server.domain.reasons import reason_text
-from ota_server.domain.states import VinState
+from ota_server.domain.states import StateWord, VinState, expand_states
 from ota_server.domain.waves import wave_index, wave_number
 from ota_server.errors import NotFound
 from ota_server.schemas.listing import CampaignEcuVersion, CampaignVehiclePage, CampaignVehicleRow
@@ -54,9 +54,10 @@ LISTING = Listing(
 
 @dataclass(frozen=True)
 class CarFilter:
-    """Every filter given must hold; ``states`` is any of them, ``wave`` counts from 1."""
+    """Every filter given must hold; ``states`` is any of them (a group word: each of its states),
+    ``wave`` counts from 1."""
 
-    states: Sequence[VinState] = ()
+    states: Sequence[StateWord] = ()
     reason: str | None = None
     wave: int | None = None
     ecu: str | None = None
@@ -68,7 +69,7 @@ def _query(session: Session, campaign_id: int, spec: CarFilter) -> Select[Campai
         raise NotFound(f"no campaign {campaign_id}")
     query = select(CV).where(CV.campaign_id == campaign_id)
     if spec.states:
-        query = query.where(CV.state.in_([s.value for s in spec.states]))
+        query = query.where(CV.state.in_(sorted(s.value for s in expand_states(spec.states))))
     if spec.reason is not None:
         query = query.where(CV.reason == spec.reason)
     if spec.wave is not None:
