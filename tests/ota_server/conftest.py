@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +19,10 @@ from ota_server.http.app import create_app, runtime_of
 from ota_server.mqtt.publisher import FakePublisher
 from ota_server.runtime import Runtime
 from tests.ota_server.helpers import REPORT_KEYS, FakeClock
+
+# A decoded JSON object as a test reads it: the keys are strings, the values are whatever the
+# server sent (Any, as httpx's Response.json() gives), which the test's asserts then check.
+JsonObject = dict[str, Any]
 
 
 @dataclass
@@ -55,10 +60,12 @@ class Env:
         assert resp.status_code == 201, resp.text
         return bearer(resp.json()["token"])
 
-    async def get_json(self, url: str) -> dict[str, object]:
+    async def get_json(self, url: str) -> JsonObject:
+        """GET a page that answers one JSON object (asserting the 200 and the object)."""
         resp = await self.client.get(url)
         assert resp.status_code == 200, resp.text
-        body: dict[str, object] = json.loads(resp.content)
+        body = json.loads(resp.content)
+        assert isinstance(body, dict), body
         return body
 
 

@@ -259,7 +259,7 @@ async def test_a_decommissioned_cars_late_report_is_kept_but_does_not_bring_it_b
     assert resp.status_code == 200, resp.text
     await env.inject(report(campaign["id"], v, nonce, ReportState.NOTIFIED))
     status = await env.get_json(f"/api/v1/vehicles/{v}/status")
-    (car,) = status["campaigns"]  # type: ignore[misc]
+    (car,) = status["campaigns"]
     assert (car["state"], car["reason"]) == ("unreachable", "exported")
     assert car["history"][-1]["state"] == "notified" and car["history"][-1]["source"] == "car"
 

@@ -179,7 +179,7 @@ async def test_a_tampered_image_is_a_discrepancy_listed_audited_and_counted(eith
     assert 'ota_discrepancies{kind="unassigned_image"} 1.0' in metrics
     # The genuine image of a known release is no finding.
     await env.inject(manifest(v, 3, version="1.1.0", image_sha256=FIX_IMAGE))
-    assert len((await env.get_json(f"/api/v1/discrepancies?vin={v}"))["items"]) == 1  # type: ignore[arg-type]
+    assert len((await env.get_json(f"/api/v1/discrepancies?vin={v}"))["items"]) == 1
 
 
 async def test_an_unknown_version_is_a_discrepancy(env: Env) -> None:
@@ -188,7 +188,7 @@ async def test_an_unknown_version_is_a_discrepancy(env: Env) -> None:
     await env.inject(manifest(v, 1, version="1.0.0"))  # its declared factory version: fine
     assert (await env.get_json("/api/v1/discrepancies"))["items"] == []
     await env.inject(manifest(v, 2, version="3.1.4"))
-    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]
     assert found["kind"] == "unknown_version" and found["version"] == "3.1.4"
 
 
@@ -199,7 +199,7 @@ async def test_a_workshop_flash_of_the_fix_is_the_remedy(either_env: Env) -> Non
     campaign = await _launch(env)
     await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE))
     status = await env.get_json(f"/api/v1/vehicles/{v}/status")
-    [entry] = status["campaigns"]  # type: ignore[misc]
+    [entry] = status["campaigns"]
     assert entry["campaign_id"] == campaign["id"]
     assert entry["state"] == "remedied_at_dealer" and entry["reason"] == "reported_by_manifest"
     assert (await env.get_json("/api/v1/discrepancies"))["items"] == []
@@ -211,7 +211,7 @@ async def test_a_remedied_car_whose_manifest_says_otherwise_is_a_discrepancy(env
     await _launch(env)
     await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE))  # remedied by the flash
     await env.inject(manifest(v, 2, version="1.0.0"))  # ... and back on the old version
-    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]
     assert found["kind"] == "remedied_mismatch" and found["version"] == "1.0.0"
 
 
@@ -238,7 +238,7 @@ async def test_a_car_whose_manifest_shows_the_fix_is_already_remedied_at_launch(
     progress = await env.get_json(f"/api/v1/campaigns/{launched.json()['id']}/progress")
     counts = progress["counts"]
     assert isinstance(counts, dict) and counts["remedied"] == 1 and progress["population"] == 2
-    [entry] = (await env.get_json(f"/api/v1/vehicles/{done}/status"))["campaigns"]  # type: ignore[misc]
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{done}/status"))["campaigns"]
     assert entry["reason"] == "already_remedied"
     assert set(await env.nonces()) == {todo}  # no notice for a car with nothing to install
 
@@ -263,7 +263,7 @@ async def test_the_r156_record_shows_the_reported_versions_and_rxswin_after_a_re
     env.clock.advance(1)
     await env.inject(remedied(cid, v, nonce))
     body = await env.get_json(f"/api/v1/reports/recalls/{recall.json()['id']}/type-approval?format=json")
-    [row] = body["rows"]  # type: ignore[misc]
+    [row] = body["rows"]
     assert (row["version_before"], row["version_after"]) == ("1.0.0", "1.1.0")
     assert row["installed_version"] == "1.1.0" and row["version_source"].startswith("manifest")
     assert (row["rxswin_before"], row["rxswin_after"]) == ("none declared", "R156-ECU-MAIN-2")
@@ -277,18 +277,18 @@ async def test_the_timeline_shows_the_manifests_the_reported_state_and_the_discr
     await _registered(env, [v])
     assert (await upload(env.client)).status_code == 201
     declared = await env.get_json(f"/api/v1/vehicles/{v}/timeline")
-    assert declared["ecus"][0]["source"] == "declared"  # type: ignore[index]
+    assert declared["ecus"][0]["source"] == "declared"
     env.clock.advance(30)
     await env.inject(manifest(v, 1, version="1.1.0", image_sha256=TAMPERED, reason=ManifestReason.START))
     body = await env.get_json(f"/api/v1/vehicles/{v}/timeline")
-    [ecu] = body["ecus"]  # type: ignore[misc]
+    [ecu] = body["ecus"]
     assert ecu["source"] == "reported" and ecu["installed_version"] == "1.1.0"
     assert datetime.fromisoformat(ecu["reported_at"]) == env.clock.now
-    kinds = [e["kind"] for e in body["entries"]]  # type: ignore[union-attr]
+    kinds = [e["kind"] for e in body["entries"]]
     assert "manifest" in kinds and "discrepancy" in kinds
-    [entry] = [e for e in body["entries"] if e["kind"] == "manifest"]  # type: ignore[union-attr]
+    [entry] = [e for e in body["entries"] if e["kind"] == "manifest"]
     assert "1.1.0" in entry["summary"] and entry["campaign_id"] is None
-    [found] = body["discrepancies"]  # type: ignore[misc]
+    [found] = body["discrepancies"]
     assert found["kind"] == "unassigned_image"
 
 
@@ -296,7 +296,7 @@ async def test_an_ecu_reporting_other_hardware_is_not_assigned_the_image(env: En
     right, wrong = vin(1), vin(2)
     await _registered(env, [right, wrong])
     await env.inject(manifest(wrong, 1, hardware_id="ecu-other"))  # registered as ecu-main
-    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]  # type: ignore[misc]
+    [found] = (await env.get_json("/api/v1/discrepancies"))["items"]
     assert found["kind"] == "hardware_mismatch" and found["vin"] == wrong
     campaign = await _launch(env)
     assert campaign["population"] == 1
@@ -331,15 +331,15 @@ async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) 
     await _registered(env, vins)
     await env.inject(*(manifest(v, 1, version="9.9.9") for v in vins))
     first = await env.get_json("/api/v1/discrepancies?limit=2")
-    assert len(first["items"]) == 2 and first["next_cursor"] is not None  # type: ignore[arg-type]
+    assert len(first["items"]) == 2 and first["next_cursor"] is not None
     rest = await env.get_json(f"/api/v1/discrepancies?limit=2&cursor={first['next_cursor']}")
-    assert len(rest["items"]) == 1 and rest["next_cursor"] is None  # type: ignore[arg-type]
-    seen = {d["vin"] for d in [*first["items"], *rest["items"]]}  # type: ignore[misc]
+    assert len(rest["items"]) == 1 and rest["next_cursor"] is None
+    seen = {d["vin"] for d in [*first["items"], *rest["items"]]}
     assert seen == set(vins)
-    ids = [d["id"] for d in [*first["items"], *rest["items"]]]  # type: ignore[misc]
+    ids = [d["id"] for d in [*first["items"], *rest["items"]]]
     assert ids == sorted(ids, reverse=True)  # newest first
     oldest = await env.get_json("/api/v1/discrepancies?limit=2&sort=id")
-    assert [d["id"] for d in oldest["items"]] == sorted(ids)[:2]  # type: ignore[union-attr]
+    assert [d["id"] for d in oldest["items"]] == sorted(ids)[:2]
     assert (await env.client.get("/api/v1/discrepancies", params={"cursor": "17"})).status_code == 422
     bad = await env.client.get("/api/v1/discrepancies", params={"vin": "not a vin"})
     assert bad.status_code == 422 and "not a valid VIN" in bad.text
@@ -347,7 +347,7 @@ async def test_the_discrepancy_list_pages_and_refuses_a_malformed_vin(env: Env) 
     unix = await env.client.get("/api/v1/discrepancies", params={"since": "0.5"})
     assert unix.status_code == 422 and "ISO 8601" in unix.text
     since = await env.get_json("/api/v1/discrepancies?since=2000-01-01T00:00:00Z")
-    assert len(since["items"]) == 3  # type: ignore[arg-type]
+    assert len(since["items"]) == 3
 
 
 async def test_the_failure_breakdown_goes_by_the_reported_version(env: Env) -> None:
@@ -373,12 +373,12 @@ async def test_a_car_installing_over_the_air_is_left_to_its_own_report(env: Env)
     # manifest comes before the remedied report: the car ends remedied over the air, not at a dealer.
     target = bundle_target_path(HW, "1.1.0")
     await env.inject(manifest(v, 1, version="1.1.0", image_sha256=FIX_IMAGE, target_path=target))
-    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]  # type: ignore[misc]
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]
     assert entry["state"] == "failed"
     await env.inject(
         report(campaign["id"], v, nonce, ReportState.REMEDIED, attempt=2, installed_version="1.1.0", health_ok=True)
     )
-    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]  # type: ignore[misc]
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{v}/status"))["campaigns"]
     assert entry["state"] == "remedied"
 
 
@@ -403,7 +403,7 @@ async def test_a_late_joiner_whose_manifest_shows_the_fix_is_already_remedied(en
     progress = await env.get_json(f"/api/v1/campaigns/{cid}/progress")
     counts = progress["counts"]
     assert progress["population"] == 2 and isinstance(counts, dict) and counts["remedied"] == 1, counts
-    [entry] = (await env.get_json(f"/api/v1/vehicles/{late}/status"))["campaigns"]  # type: ignore[misc]
+    [entry] = (await env.get_json(f"/api/v1/vehicles/{late}/status"))["campaigns"]
     assert entry["reason"] == "already_remedied"
     assert set(await env.nonces()) == {first}  # no notice for the late car with nothing to install
 
@@ -417,7 +417,7 @@ async def test_a_factory_image_that_changes_with_no_install_is_a_discrepancy(env
     await env.inject(manifest(v, 2, version="1.0.0", image_sha256="a" * 64))  # unchanged: no finding
     assert (await env.get_json(f"/api/v1/discrepancies?vin={v}"))["items"] == []
     await env.inject(manifest(v, 3, version="1.0.0", image_sha256="b" * 64))
-    [found] = (await env.get_json(f"/api/v1/discrepancies?vin={v}&kind=image_changed"))["items"]  # type: ignore[misc]
+    [found] = (await env.get_json(f"/api/v1/discrepancies?vin={v}&kind=image_changed"))["items"]
     assert found["image_sha256"] == "b" * 64 and "a" * 12 in found["detail"]
     listed = await env.get_json("/api/v1/vehicles?discrepancy=image_changed")
-    assert [car["vin"] for car in listed["items"]] == [v]  # type: ignore[union-attr,index]
+    assert [car["vin"] for car in listed["items"]] == [v]

@@ -191,7 +191,7 @@ async def test_stuck_cars_time_out_and_count_against_the_threshold(env: Env) -> 
     assert progress["failures_by_reason"] == {"timed_out": 2}
     assert progress["status"] == "paused"
     status = await env.get_json(f"/api/v1/vehicles/{canary[0]}/status")
-    history = status["campaigns"][0]["history"]  # type: ignore[index]
+    history = status["campaigns"][0]["history"]
     assert [h["state"] for h in history][-1] == "timed_out" and history[-1]["source"] == "timeout"
     # A late report proves the car alive: it moves on from timed_out.
     await env.inject(remedied(cid, canary[0], nonces[canary[0]]))
@@ -209,7 +209,7 @@ async def test_each_deferral_is_its_own_event(env: Env) -> None:
     await env.inject(report(cid, v, nonce, S.DEFERRED, deferrals=2, detail="not parked"))
     await env.inject(report(cid, v, nonce, S.DEFERRED, deferrals=1, detail="battery 12%"))  # a duplicate
     status = await env.get_json(f"/api/v1/vehicles/{v}/status")
-    entry = status["campaigns"][0]  # type: ignore[index]
+    entry = status["campaigns"][0]
     assert entry["state"] == "deferred" and entry["detail"] == "not parked"
     assert [(h["state"], h["deferrals"]) for h in entry["history"]] == [
         ("notified", 0),

@@ -59,7 +59,7 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
     counts = body["counts"]
     assert isinstance(counts, dict) and sum(counts.values()) == 4
     assert (counts["remedied"], counts["rolled_back"], counts["deferred"], counts["pending"]) == (1, 1, 1, 1)
-    funnel = {stage["stage"]: stage["cars"] for stage in body["funnel"]}  # type: ignore[attr-defined]
+    funnel = {stage["stage"]: stage["cars"] for stage in body["funnel"]}
     assert funnel == {
         "population": 4,
         "notified": 4,
@@ -71,8 +71,8 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
     series = body["remedied_over_time"]
     assert isinstance(series, list) and [p["cars"] for p in series] == [1]
     assert series[0]["at"].startswith("2026-03-01T12:01")
-    assert [p["cars"] for p in body["failures_over_time"]] == [1]  # type: ignore[attr-defined]
-    (wave,) = body["waves"]  # type: ignore[misc]
+    assert [p["cars"] for p in body["failures_over_time"]] == [1]
+    (wave,) = body["waves"]
     assert (wave["spec"], wave["size"], wave["remedied"], wave["errors"], wave["gate"]) == ("100%", 4, 1, 1, "waiting")
     assert wave["success_threshold_percent"] == 90
     failures = body["failures"]
@@ -209,9 +209,9 @@ async def test_timeline_of_a_twice_rolled_back_car_says_book_a_dealer_then_recor
     body = await env.get_json(f"/api/v1/vehicles/{CAR_FAILS}/timeline")
     assert body["next_step"] == "24V-123: Book a dealer visit: rolled back twice (health_check_failed)."
     assert body["action"] == "dealer"
-    kinds = [e["kind"] for e in body["entries"]]  # type: ignore[union-attr]
+    kinds = [e["kind"] for e in body["entries"]]
     assert kinds.count("notice") == 2 and kinds.count("failure") == 2 and "retry" in kinds
-    failure = next(e for e in body["entries"] if e["kind"] == "failure")  # type: ignore[union-attr]
+    failure = next(e for e in body["entries"] if e["kind"] == "failure")
     assert failure["reason"] == "health_check_failed"
     assert failure["summary"] == "Rolled back to the previous software: health_check_failed"
 
@@ -221,7 +221,7 @@ async def test_timeline_of_a_twice_rolled_back_car_says_book_a_dealer_then_recor
     )
     assert outcome.status_code == 200, outcome.text
     body = await env.get_json(f"/api/v1/vehicles/{CAR_FAILS}/timeline")
-    last = body["entries"][-1]  # type: ignore[index]
+    last = body["entries"][-1]
     assert last["kind"] == "operator"
     assert last["summary"] == "Remedied at a dealer (recorded by admin): Controller reflashed"
     assert body["next_step"] == (
@@ -236,7 +236,7 @@ async def test_timeline_of_a_deferred_car_says_what_it_waits_for(env: Env) -> No
         "24V-123: Waiting for the car to be parked (deferred: not_parked since 2026-03-01 12:01 UTC). "
         "The car installs by itself once it is."
     )
-    deferral = body["entries"][-1]  # type: ignore[index]
+    deferral = body["entries"][-1]
     assert deferral["kind"] == "deferral" and deferral["summary"].startswith("Car deferred the update: not_parked")
 
 

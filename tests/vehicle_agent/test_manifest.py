@@ -252,7 +252,7 @@ def test_the_journal_file_keeps_the_pending_manifest(tmp_path: Path, server: Fak
         vin=VIN,
         counter=7,
         reason=R.DAILY,
-        ecus=({"ecu_serial": SERIAL, "hardware_id": HW, "version": OLD},),  # type: ignore[arg-type]
+        ecus=({"ecu_serial": SERIAL, "hardware_id": HW, "version": OLD},),
         sent_at=datetime(2026, 12, 4, tzinfo=UTC),
     )
     journal.queue_manifest(manifest, "2026-12-04T00:00:00+00:00")
