@@ -11,7 +11,7 @@ from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
 from ota_server.api.listing import Cursor, Limit, sort_query
 from ota_server.api.openapi import errors
-from ota_server.domain.states import VinState
+from ota_server.domain.states import StateWord
 from ota_server.runtime import Runtime
 from ota_server.schemas import (
     AgentConfig,
@@ -64,7 +64,11 @@ def list_vehicles(
     ] = None,
     campaign: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Cars in this campaign")] = None,
     state: Annotated[
-        VinState | None, Query(description="The car's state in the campaign (or the recall's, or any campaign)")
+        StateWord | None,
+        Query(
+            description="The car's state in the campaign (or the recall's, or any campaign); errors: failed, "
+            "rolled_back or timed_out"
+        ),
     ] = None,
     not_seen_since: Annotated[
         Instant | None, Query(description="Silent since then: last seen before it, or never (no zone: UTC)")
@@ -90,7 +94,7 @@ def list_vehicles(
         installed_version=installed_version,
         recall=recall,
         campaign=campaign,
-        state=state.value if state else None,
+        state=state,
         not_seen_since=not_seen_since,
         decommissioned=decommissioned,
         discrepancy=discrepancy,

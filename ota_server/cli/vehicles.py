@@ -82,7 +82,12 @@ def vehicles_list(
     ] = None,
     recall: Annotated[str | None, typer.Option(help="A recall's id or campaign number (24V-123)")] = None,
     campaign: Annotated[int | None, typer.Option(min=1, help="Cars in this campaign")] = None,
-    state: Annotated[str | None, typer.Option(help="The car's state in the campaign (e.g. failed, remedied)")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(
+            help="The car's state in the campaign (e.g. failed, remedied); errors: failed, rolled_back or timed_out"
+        ),
+    ] = None,
     not_seen_since: Annotated[
         datetime | None,
         typer.Option("--not-seen-since", "--since", help="Cars silent since then (never seen included; UTC)"),
@@ -93,12 +98,15 @@ def vehicles_list(
     discrepancy: Annotated[
         str | None, typer.Option(help="Cars with a discrepancy on record: any, or a kind (e.g. unassigned_image)")
     ] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="vin (the default), model, model_year, created_at or last_seen; -key descending")
+    ] = None,
     most: Annotated[int | None, typer.Option("--max", min=1, help="Stop after this many cars")] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """The fleet sorted by VIN, every filter given applying (all pages unless --max)."""
+    """The fleet, by VIN unless --sort says otherwise, every filter given applying (all pages unless --max)."""
     given = {
         "model": model,
         "model_year": model_year,
@@ -110,6 +118,7 @@ def vehicles_list(
         "not_seen_since": not_seen_since.isoformat() if not_seen_since else None,
         "decommissioned": None if decommissioned is None else str(decommissioned).lower(),
         "discrepancy": discrepancy,
+        "sort": sort,
     }
     filters = {name: value for name, value in given.items() if value is not None}
     with client_for(server, token) as client:

@@ -49,11 +49,16 @@ def webhooks_add(
 
 
 def webhooks_list(
-    server: ServerOption = DEFAULT_SERVER, token: TokenOption = None, as_json: JsonOption = False
+    sort: Annotated[
+        str | None, typer.Option(help="id (the default), created_at, status or consecutive_failures; -key descending")
+    ] = None,
+    server: ServerOption = DEFAULT_SERVER,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Every webhook with its status (paused: a dead endpoint, see ``ota webhooks resume``)."""
     with client_for(server, token) as client:
-        found = client.every("/api/v1/webhooks")
+        found = client.every("/api/v1/webhooks", {"sort": sort} if sort else None)
 
     def human() -> None:
         rows = [
@@ -95,13 +100,17 @@ def webhooks_resume(
 def webhooks_deliveries(
     webhook_id: IdArgument,
     status: Annotated[str | None, typer.Option(help="pending, delivered or failed")] = None,
+    sort: Annotated[
+        str | None, typer.Option(help="created_at, status or attempts; -key descending (default -created_at)")
+    ] = None,
     server: ServerOption = DEFAULT_SERVER,
     token: TokenOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The webhook's deliveries, newest first: status, attempts, next try, the receiver's last answer."""
     with client_for(server, token) as client:
-        found = client.every(f"/api/v1/webhooks/{webhook_id}/deliveries", {"status": status} if status else None)
+        given = {"status": status, "sort": sort}
+        found = client.every(f"/api/v1/webhooks/{webhook_id}/deliveries", {k: v for k, v in given.items() if v})
 
     def human() -> None:
         rows = [

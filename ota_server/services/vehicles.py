@@ -29,7 +29,7 @@ from ota_server.db.models import (
     Vehicle,
     VehicleTag,
 )
-from ota_server.domain.states import VinState
+from ota_server.domain.states import StateWord, VinState, expand_states
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
     AgentConfig,
@@ -270,7 +270,7 @@ class FleetFilter:
     installed_version: str | None = None
     recall: str | None = None
     campaign: int | None = None
-    state: str | None = None
+    state: StateWord | None = None  # a group word (errors) stands for each of its states
     not_seen_since: datetime | None = None
     decommissioned: bool | None = None
     discrepancy: str | None = None  # "any" or a kind: cars with such a finding on record
@@ -350,7 +350,7 @@ def _filtered(session: Session, spec: FleetFilter) -> tuple[Select[Vehicle], Cal
             if ids is not None:
                 car.append(CampaignVehicle.campaign_id.in_(ids))
             if spec.state is not None:
-                car.append(CampaignVehicle.state == spec.state)
+                car.append(CampaignVehicle.state.in_(sorted(s.value for s in expand_states([spec.state]))))
             query = query.where(exists().where(*car))
     return query, keep
 

@@ -51,6 +51,10 @@ async def test_a_rolled_back_car_is_listed_under_errors_not_under_failed(env: En
     assert export.status_code == 200 and len(export.text.splitlines()) == 2 and car in export.text
     bad = await env.client.get(f"/api/v1/campaigns/{cid}/vehicles", params={"state": "broken"})
     assert bad.status_code == 422 and "state" in bad.text
+    # the fleet list's state filter takes the same words
+    for word, expected in (("failed", []), ("errors", [car])):
+        fleet = await env.client.get("/api/v1/vehicles", params={"campaign": cid, "state": word})
+        assert fleet.status_code == 200 and [c["vin"] for c in fleet.json()["items"]] == expected, fleet.text
 
 
 async def test_the_state_filter_declares_every_state_and_errors(env: Env) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, recall_body, upload, vehicle, vin
+from tests.ota_server.test_cli_ops import ota, wired  # noqa: F401  (the fixture)
 from tests.ota_server.test_listing import walk
 
 BAD_SORT = "'zz' is not a sort key here; use one of"
@@ -91,3 +93,18 @@ async def test_webhooks_page_in_the_asked_order(env: Env) -> None:
     assert [h["url"] for h in newest] == [f"https://hooks{n}.example.com/" for n in (2, 1, 0)]
     deliveries = await walk(env, f"/api/v1/webhooks/{newest[0]['id']}/deliveries", 1, sort="attempts")
     assert deliveries == []
+
+
+async def test_cli_lists_sort_as_asked(wired: Env) -> None:  # noqa: F811
+    cars = [vehicle(vin(n), model=m) for n, m in enumerate(["Delta", "Alpha", "Gamma"], start=1)]
+    assert (await wired.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})).status_code == 201
+    listed = await ota(wired, "vehicles", "list", "--sort", "-model", "--json")
+    assert listed.exit_code == 0, listed.output
+    assert [c["model"] for c in json.loads(listed.stdout)] == ["Gamma", "Delta", "Alpha"]
+    for n in range(2):
+        assert (await wired.client.post("/api/v1/webhooks", json={"url": f"https://h{n}.example.com/"})).is_success
+    hooks = await ota(wired, "webhooks", "list", "--sort", "-id", "--json")
+    assert hooks.exit_code == 0, hooks.output
+    assert [h["url"] for h in json.loads(hooks.stdout)] == ["https://h1.example.com/", "https://h0.example.com/"]
+    bad = await ota(wired, "webhooks", "list", "--sort", "zz")
+    assert bad.exit_code != 0 and "not a sort key" in bad.output
