@@ -231,6 +231,13 @@ def test_the_car_table_filters_by_state_and_its_csv_is_the_apis_rows(desk: Desk,
     api_cells = [(r["vin"], r["state"], str(r["wave"])) for r in api_rows]
     assert [(r["vin"], r["state"], r["wave"]) for r in rows] == api_cells
 
+    # the group word: failed, rolled back or timed out (the API's state=errors); no car has failed here
+    page.get_by_label("State", exact=True).select_option(label="errors (failed, rolled back, timed out)")
+    page.get_by_role("button", name="Filter").click()
+    page.locator("#car-table[data-query='state=errors']").wait_for()
+    shown = table.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.vin)")
+    assert shown == [r["vin"] for r in desk.admin.campaign_vehicles(campaign_id, {"state": "errors"})] == []
+
     page.get_by_label("State", exact=True).select_option("")
     page.get_by_role("button", name="Filter").click()
     page.locator("#car-table[data-query='']").wait_for()
