@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiomqtt
-from paho.mqtt.client import MQTTv5
 
 from firmware_bundles import topics
 from firmware_bundles.vin import make_vin
@@ -46,7 +45,12 @@ def _server_link(broker: Broker, on_message: object) -> ServerMqttLink:
 
 def _car(broker: Broker, vin: str) -> aiomqtt.Client:
     return aiomqtt.Client(
-        HOST, broker.port, identifier=vin, protocol=MQTTv5, tls_context=broker.context(vin), timeout=DEADLINE_S
+        HOST,
+        broker.port,
+        identifier=vin,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        tls_context=broker.context(vin),
+        timeout=DEADLINE_S,
     )
 
 

@@ -63,9 +63,9 @@ def test_a_step_and_its_report_are_one_write(tmp_path: Path, monkeypatch: pytest
     writes: list[Path] = []
     real = journal_module.write_atomically
 
-    def counting(path: Path, data: bytes, **options: bool) -> None:
+    def counting(path: Path, data: bytes, *, durable: bool = True, temp: str | None = None) -> None:
         writes.append(path)
-        real(path, data, **options)
+        real(path, data, durable=durable, temp=temp)
 
     monkeypatch.setattr(journal_module, "write_atomically", counting)
     journal.record(CampaignRecord(1, "n", S.REMEDIED), report(S.REMEDIED))

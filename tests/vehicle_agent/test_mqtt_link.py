@@ -27,7 +27,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.vin import make_vin
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import MqttOptions
-from vehicle_agent.link import CarMqttLink, parse_mqtt_url
+from vehicle_agent.link import CampaignMessage, CarMqttLink, parse_mqtt_url
 
 from .fakes import REPO, SERIAL, FakeServer
 
@@ -44,9 +44,10 @@ def notice(vin: str, campaign_id: int) -> CampaignNotice:
     )
 
 
-async def next_campaign(notices: AsyncIterator[CampaignNotice], campaign_id: int) -> CampaignNotice:
+async def next_campaign(notices: AsyncIterator[CampaignMessage], campaign_id: int) -> CampaignNotice:
+    """The next notice (not a withdrawal) for this campaign."""
     async for item in notices:
-        if item.campaign_id == campaign_id:
+        if isinstance(item, CampaignNotice) and item.campaign_id == campaign_id:
             return item
     raise AssertionError("notice stream ended")
 

@@ -11,6 +11,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from tuf.api.metadata import TargetFile
 from typer.testing import CliRunner
 
 from firmware_bundles import uptane
@@ -39,11 +40,11 @@ class Repo:
     def publish(
         self, content: bytes, *, signers: uptane.RoleSigners | None = None, more: dict[str, bytes] | None = None
     ) -> None:
-        listed: dict[str, uptane.TargetFile] = {}
+        listed: dict[str, TargetFile] = {}
         for path, data in {TARGET: content, **(more or {})}.items():
             (self.targets / path).parent.mkdir(parents=True, exist_ok=True)
             (self.targets / path).write_bytes(data)
-            listed[path] = uptane.TargetFile(len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path)
+            listed[path] = TargetFile(len(data), {"sha256": hashlib.sha256(data).hexdigest()}, path)
         self.versions, files = uptane.publish_targets(
             listed, signers or self.signers, uptane.Expiry(), NOW, self.versions
         )
