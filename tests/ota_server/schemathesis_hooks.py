@@ -9,11 +9,15 @@ documented rule would.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 import schemathesis
 from hypothesis import strategies as st
 
 from firmware_bundles.vin import check_digit, check_digit_applies
+
+if TYPE_CHECKING:
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 VIN_ALPHABET = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"
 
@@ -41,7 +45,7 @@ def _token_id(value: object) -> int | None:
 
 
 @schemathesis.hook
-def before_call(context: schemathesis.HookContext, case: schemathesis.Case, kwargs: dict[str, object]) -> None:
+def before_call(context: schemathesis.HookContext, case: OpenApiCase, kwargs: dict[str, object]) -> None:
     if case.method.upper() != "DELETE" or case.path != "/api/v1/tokens/{token_id}" or not case.path_parameters:
         return
     keep = {int(i) for i in os.environ.get(KEEP_TOKENS_ENV, "").split(",") if i}

@@ -70,7 +70,12 @@ async def test_every_action_is_one_chained_entry(env: Env) -> None:
     assert [e["seq"] for e in first["items"] + page["items"]] == [1, 2, 3, 4, 5, 6]
     olga = (await env.client.get("/api/v1/audit", params={"actor": "olga", "route": "/api/v1/rec"})).json()["items"]
     assert [e["status"] for e in olga] == [422, 201]
-    window = {"since": "2026-03-01T12:00:00Z", "until": "2026-03-01T12:00:01Z", "sort": "-seq", "limit": 5}
+    window: dict[str, str | int] = {
+        "since": "2026-03-01T12:00:00Z",
+        "until": "2026-03-01T12:00:01Z",
+        "sort": "-seq",
+        "limit": 5,
+    }
     newest = (await env.client.get("/api/v1/audit", params=window)).json()
     assert [e["seq"] for e in newest["items"]] == [8, 7, 6, 5, 4] and newest["next_cursor"]
     assert (await env.client.get("/api/v1/audit", params={"until": "2026-03-01T12:00:00Z"})).json()["items"] == []

@@ -116,7 +116,8 @@ async def test_pages_and_sorts_return_every_row_once_in_order(env: Env) -> None:
 async def test_csv_has_the_json_rows(env: Env) -> None:
     cid, *_ = await _campaign(env)
     url = f"/api/v1/campaigns/{cid}/vehicles"
-    for params in ({}, {"state": ["pending"]}, {"wave": 1, "sort": "-state"}):
+    queries: list[dict[str, str | int | list[str]]] = [{}, {"state": ["pending"]}, {"wave": 1, "sort": "-state"}]
+    for params in queries:
         rows = await _all(env, url, limit=2, **params)
         resp = await env.client.get(url, params={**params, "format": "csv", "limit": 1})
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")

@@ -12,7 +12,7 @@ import asyncio
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -22,7 +22,6 @@ from ota_server.services import approvals, campaigns
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import recall_body, upload, vehicle, vin
 
-T = TypeVar("T")
 CONCURRENT = 6
 
 
@@ -75,11 +74,11 @@ def _all_at_once(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> Non
     Every request then passes the "not launched yet" check before any of them stores anything:
     the race that otherwise happens now and then.
     """
-    original: Callable[..., T] = getattr(module, name)
+    original: Callable[..., object] = getattr(module, name)
     barrier = threading.Barrier(CONCURRENT)
     seen = threading.local()
 
-    def held(*args: Any, **kwargs: Any) -> T:
+    def held(*args: Any, **kwargs: Any) -> object:
         if not getattr(seen, "waited", False):
             seen.waited = True
             barrier.wait(timeout=10)

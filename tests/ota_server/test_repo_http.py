@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -228,7 +228,11 @@ def test_a_database_nobody_listens_for_is_unavailable_not_a_crash() -> None:
     now = datetime(2026, 3, 1, tzinfo=UTC)
     reader = RepoReader(engine, sessionmaker(engine), None, None, lambda: now)  # type: ignore[arg-type]
     try:
-        for read in (lambda: reader.image("timestamp.json"), lambda: reader.director(vin(1), "timestamp.json")):
+        reads: list[Callable[[], object]] = [
+            lambda: reader.image("timestamp.json"),
+            lambda: reader.director(vin(1), "timestamp.json"),
+        ]
+        for read in reads:
             with pytest.raises(Unavailable) as raised:
                 read()
             assert raised.value.retry_after > 0
