@@ -225,6 +225,19 @@ def scrape(api_url: str) -> dict[str, float]:
     return out
 
 
+def repo_requests(metrics: Mapping[str, float]) -> dict[str, int]:
+    """The cars' repository requests over the server's life, by route and status (from its latency histogram)."""
+    prefix = "ota_http_request_duration_seconds_count{"
+    out: dict[str, int] = {}
+    for name, value in metrics.items():
+        if name.startswith(prefix) and value and "/repo/" in name:
+            route = re.search(r'route="([^"]*)"', name)
+            status = re.search(r'status="([^"]*)"', name)
+            key = f"{route.group(1) if route else name} {status.group(1) if status else '?'}"
+            out[key] = out.get(key, 0) + int(value)
+    return dict(sorted(out.items()))
+
+
 def rejected(metrics: Mapping[str, float]) -> dict[str, int]:
     prefix = "ota_messages_rejected_total{"
     out = {}
@@ -566,6 +579,10 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "reports_ingested": int(measured.ingested),
         "reports_duplicate": int(measured.metrics_after.get("ota_reports_duplicate_total", 0)),
         "messages_rejected": rejected(measured.metrics_after),
+        "repo_requests": repo_requests(measured.metrics_after),
+        "repo_requests_per_car": (
+            round(sum(repo_requests(measured.metrics_after).values()) / options.cars, 2) if options.cars else None
+        ),
         "report_bytes_mean": round(measured.report_bytes / measured.reports_sent) if measured.reports_sent else None,
         "raw_broker": measured.raw.as_json() if measured.raw else None,
         "cores": os.cpu_count(),
