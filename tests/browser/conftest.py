@@ -24,7 +24,7 @@ import pytest
 from tests.services import required
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, ViewportSize
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts" / "browser"
@@ -40,7 +40,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-VIEWPORT = {"width": 1280, "height": 800}  # a laptop
+VIEWPORT: ViewportSize = {"width": 1280, "height": 800}  # a laptop
 
 
 def _unavailable(reason: str) -> None:

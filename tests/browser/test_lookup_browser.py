@@ -23,10 +23,10 @@ from tests.browser.conftest import VIEWPORT, PageProblems, shot
 from tests.ota_server.helpers import bundle_bytes, recall_body, vehicle, vin
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser, Page
+    from playwright.sync_api import Browser, Page, ViewportSize
 
 HANG_GUARD_S = 120.0  # a bound on a broken run, not a timing check
-PHONE = {"width": 375, "height": 740}
+PHONE: ViewportSize = {"width": 375, "height": 740}
 CAR = vin(1)
 DEALERS = "https://dealers.example.com/find"
 
@@ -83,8 +83,8 @@ def _file_a_recall(url: str, token: str) -> None:
         assert admin.post(f"/api/v1/recalls/{recall.json()['id']}/launch").status_code == 201
 
 
-def _open(browser: Browser, base: str, path: str, viewport: dict[str, int], lang: str) -> tuple[Page, PageProblems]:
-    context = browser.new_context(viewport=viewport, locale=lang)  # type: ignore[arg-type]
+def _open(browser: Browser, base: str, path: str, viewport: ViewportSize, lang: str) -> tuple[Page, PageProblems]:
+    context = browser.new_context(viewport=viewport, locale=lang)
     page = context.new_page()
     problems = PageProblems(page, base)
     page.goto(base + path)

@@ -31,10 +31,10 @@ from vehicle_agent.owner import Consent, ScriptedOwner
 from vehicle_agent.transport import HttpxTransport
 
 if TYPE_CHECKING:
-    from playwright.sync_api import Browser
+    from playwright.sync_api import Browser, ViewportSize
 
 HANG_GUARD_S = 120.0  # a bound on a broken run, not a timing check
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 
 
 @dataclass
@@ -132,7 +132,7 @@ def test_the_owner_accepts_in_the_browser_and_the_car_installs_exactly_that_hash
     driving = threading.Thread(target=drive, name="car", daemon=True)
     driving.start()
 
-    context = browser.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
+    context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     problems = PageProblems(page, server.info.api_url)
     page.goto(notice.owner_url)
@@ -140,7 +140,7 @@ def test_the_owner_accepts_in_the_browser_and_the_car_installs_exactly_that_hash
     assert "1.1.0" in page.locator("#images").inner_text()
     assert "Smoother regenerative braking" in page.locator("#purpose").inner_text()
     shot(page, "owner-page-desktop")
-    phone = browser.new_context(viewport=PHONE)  # type: ignore[arg-type]
+    phone = browser.new_context(viewport=PHONE)
     phone_page = phone.new_page()
     phone_page.goto(notice.owner_url)
     assert phone_page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")  # no sideways scroll
