@@ -36,7 +36,7 @@ class LoopTransport(httpx.BaseTransport):
 
         async def send() -> httpx.Response:
             response = await self._asgi.handle_async_request(copy)
-            body = b"".join([chunk async for chunk in response.stream])  # type: ignore[union-attr]
+            body = await response.aread()
             return httpx.Response(response.status_code, headers=response.headers, content=body)
 
         return asyncio.run_coroutine_threadsafe(send(), self._loop).result(timeout=60)

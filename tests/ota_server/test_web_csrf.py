@@ -52,7 +52,8 @@ async def desk(env: Env) -> AsyncIterator[tuple[int, httpx.AsyncClient, httpx.As
         for name, role in (("olga", "operator"), ("otto", "operator"), ("vera", "viewer"))
     ]
     try:
-        yield campaign_id, *browsers  # type: ignore[misc]
+        olga, otto, vera = browsers
+        yield campaign_id, olga, otto, vera
     finally:
         for client in browsers:
             await client.aclose()

@@ -18,7 +18,7 @@ import aiomqtt
 
 from firmware_bundles import topics
 from firmware_bundles.vin import make_vin
-from ota_server.mqtt.link import ServerMqttLink, TlsFiles, shared
+from ota_server.mqtt.link import OnMessage, ServerMqttLink, TlsFiles, shared
 from ota_server.mqtt.mosquitto_config import write_broker_config
 from tests.transport.conftest import HOST, Broker
 
@@ -30,11 +30,11 @@ DEADLINE_S = 10.0
 PUBLIC_GROUPS = ("ota-ingest", "ota", "server", "ingest")
 
 
-def _server_link(broker: Broker, on_message: object) -> ServerMqttLink:
+def _server_link(broker: Broker, on_message: OnMessage) -> ServerMqttLink:
     files = broker.files
     return ServerMqttLink(
         f"mqtts://{HOST}:{broker.port}",
-        on_message,  # type: ignore[arg-type]
+        on_message,
         client_id="ota-server",
         username="ota-server",
         tls=TlsFiles(files.ca, files.server_cert, files.server_key),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -142,7 +143,7 @@ class _Stop(BaseException):
     pass
 
 
-def _stop_at(state: ReportState):  # type: ignore[no-untyped-def]
+def _stop_at(state: ReportState) -> Callable[[StatusReport], None]:
     def on_report(r: StatusReport) -> None:
         if r.state is state:
             raise _Stop
