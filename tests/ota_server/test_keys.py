@@ -232,8 +232,9 @@ def _expires(sessions: sessionmaker[Session], name: str) -> datetime:
     with sessions() as session:
         row = session.get(RepoFile, (IMAGE, REPO_WIDE, name))
         assert row is not None
-        kind = Timestamp if name == "timestamp.json" else Snapshot
-        return Metadata[kind].from_bytes(row.data).signed.expires  # type: ignore[valid-type]
+        signed = Metadata.from_bytes(row.data).signed
+        assert isinstance(signed, Timestamp if name == "timestamp.json" else Snapshot)
+        return signed.expires
 
 
 def test_timestamp_and_snapshot_are_re_signed_before_they_lapse(sessions: sessionmaker[Session], dirs: KeyDirs) -> None:

@@ -109,7 +109,7 @@ def test_the_car_s_files_default_to_the_data_partition() -> None:
     """Identity, keys, roots and journal are on the data partition, never the root fs an update replaces."""
     assert Path("/data/ota") == DATA_DIR
     assert DEFAULT_CONFIG == DATA_DIR / "agent.toml"
-    params = {c.name: {p.name: p.default for p in c.params} for c in _commands()}
+    params = _defaults()
     assert params["init"]["directory"] == DATA_DIR
     for command in ("run", "status"):
         assert params[command]["config"] == DEFAULT_CONFIG
@@ -120,8 +120,11 @@ def test_the_car_s_files_default_to_the_data_partition() -> None:
     assert "/etc/vehicle-agent" not in guide and "/var/lib/vehicle-agent" not in guide
 
 
-def _commands() -> list[Any]:
+def _defaults() -> dict[str, dict[str | None, object]]:
+    """Each command's options and their defaults, as the CLI declares them."""
+    import typer.core
     import typer.main
 
     group = typer.main.get_command(cli.app)
-    return [group.commands[name] for name in ("init", "run", "status")]  # type: ignore[attr-defined]
+    assert isinstance(group, typer.core.TyperGroup)
+    return {name: {p.name: p.default for p in group.commands[name].params} for name in ("init", "run", "status")}

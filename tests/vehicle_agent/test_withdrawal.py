@@ -166,11 +166,12 @@ async def test_withdrawals_for_unknown_or_finished_campaigns_or_another_nonce_ar
     notice = server.notice()
     assert await car.agent.withdraw(server.withdrawal(server.notice(5))) is None  # never heard of it
 
-    car.build(vehicle=FakeVehicle(Reading(parked=False)), sleep=forever)
+    vehicle = FakeVehicle(Reading(parked=False))
+    car.build(vehicle=vehicle, sleep=forever)
     running = asyncio.ensure_future(car.agent.handle(notice))
     await until(lambda: S.DEFERRED in car.states)
     assert await car.agent.withdraw(server.withdrawal(notice, nonce="another-nonce-0000")) is None
-    car.agent.gate.vehicle.set(parked=True)  # type: ignore[attr-defined]
+    vehicle.set(parked=True)
     assert await asyncio.wait_for(running, timeout=60) is S.REMEDIED
 
     assert await car.agent.withdraw(server.withdrawal(notice)) is None  # already remedied
