@@ -110,6 +110,8 @@ class Options:
     brokers: int | None = None
     workers: int | None = None
     embedded: bool = False
+    # notices carry each car's signed Director files (the simulated cars run this tree's agent)
+    carry_metadata: bool = True
     connect_rate: float = 1000.0
     timeout: float | None = None
     out_dir: Path = OUT_DIR
@@ -385,6 +387,7 @@ def run(options: Options, console: Console) -> Measured:
         _say(console, f"broker:   {backend.broker_detail}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_")}
         env["OTA_DATABASE_URL"] = url
+        env["OTA_NOTICE_CARRIES_METADATA"] = "1" if options.carry_metadata else "0"
         if cluster is not None:
             env["OTA_MQTT_URL"] = cluster.hub_url
         server = ServerProcess(workdir / "server", env=env, startup_timeout=180)
@@ -595,6 +598,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "phases_s": measured.phases,
         "plan": PLAN,
         "ecus_per_car": options.ecus,
+        "notices_carry_metadata": options.carry_metadata,
         "faults": options.faults.to_json() if options.faults.active else None,
         "fleet": measured.fleet,
         "worker_summaries": measured.workers_summary,
@@ -777,6 +781,12 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--brokers", type=int, help="Mosquitto processes: a hub + leaves (default 1 + cars/15000)")
     parser.add_argument("--workers", type=int, help="simulator processes (default max(2, cars/8000))")
     parser.add_argument("--embedded", action="store_true", help="use the server's embedded amqtt broker")
+    parser.add_argument(
+        "--no-carry",
+        dest="carry_metadata",
+        action="store_false",
+        help="notices without the cars' signed Director metadata (each car fetches it)",
+    )
     parser.add_argument("--connect-rate", type=float, default=1000.0, help="car connects per second (default 1000)")
     parser.add_argument("--timeout", type=float, help="seconds the campaign may take (default 600 + cars/10)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR, help="where fleet-N.md and fleet-N.png go")
@@ -838,6 +848,7 @@ def parse(argv: list[str] | None) -> Options:
         brokers=args.brokers,
         workers=args.workers,
         embedded=args.embedded,
+        carry_metadata=args.carry_metadata,
         connect_rate=args.connect_rate,
         timeout=args.timeout,
         out_dir=args.out_dir,

@@ -132,8 +132,31 @@ class OwnerNotice(BaseModel):
     on_failure: str = Field(default="", max_length=2000)
 
 
+# A carried file is at most this long; the whole notice stays under MAX_MESSAGE_BYTES anyway.
+CARRIED_FILE_CHARS = 12 * 1024
+
+
+class DirectorMetadata(BaseModel):
+    """This car's Director timestamp, snapshot and targets, exactly the signed bytes the Director serves.
+
+    Carried in a notice to save the car three requests. Not trusted for being here: the car
+    feeds them to python-tuf as if fetched (signatures, versions, expiry, lengths all checked)
+    and fetches over HTTP when they fail, so a forged or replayed copy costs a request, no more.
+    """
+
+    model_config = _STRICT
+    timestamp: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+    snapshot: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+    targets: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+
+
 class CampaignNotice(BaseModel):
-    """Server to car: 'there is a campaign for you; ask the Director what to install'."""
+    """Server to car: 'there is a campaign for you; ask the Director what to install'.
+
+    ``director_metadata`` is optional and new: an agent older than it rejects a notice that
+    has it (strict parsing), so the server adds it only when told its fleet's agents take it
+    (``OTA_NOTICE_CARRIES_METADATA``); every agent takes a notice without it.
+    """
 
     model_config = _STRICT
     schema_version: Literal[1] = 1
@@ -153,6 +176,7 @@ class CampaignNotice(BaseModel):
     # The owner's page for this car and campaign (the notice's text, the signed version and
     # hash, accept/decline); its answer reaches the car only inside the Director's signed metadata.
     owner_url: str | None = Field(default=None, max_length=512)
+    director_metadata: DirectorMetadata | None = None
 
 
 class CampaignWithdrawal(BaseModel):

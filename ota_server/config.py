@@ -95,6 +95,10 @@ class Settings:
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
     notice_concurrency: int = 1000
+    # Notices carry each car's signed Director timestamp, snapshot and targets (three requests
+    # fewer per car). Agents older than the field reject such notices: on once the fleet's
+    # agents take it (every agent of this repository does).
+    notice_carries_metadata: bool = False
     # Operators: every JSON body is capped (uploads have max_upload_bytes); each API token
     # may make rate_limit_per_s requests a second on average, bursts up to rate_limit_burst
     # (0 switches the limit off).

@@ -144,7 +144,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
     coordinator = Coordinator(
         sessions,
-        CampaignFleet(director, settings.repo_url, owner_links),
+        CampaignFleet(director, settings.repo_url, owner_links, carry_metadata=settings.notice_carries_metadata),
         clock,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,

@@ -49,6 +49,7 @@ from firmware_bundles.consent import images_key
 from firmware_bundles.messages import (
     CampaignNotice,
     CampaignWithdrawal,
+    DirectorMetadata,
     FailureReason,
     ManifestReason,
     Preconditions,
@@ -173,6 +174,7 @@ class Agent:
         )
         self._active: int | None = None  # the campaign being driven (one at a time)
         self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
+        self._carried: dict[int, DirectorMetadata] = {}  # signed Director files a notice carried, used once
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.journal = Journal(config.state_dir / "journal.json", durable=config.durable)
@@ -345,6 +347,8 @@ class Agent:
         elif record.nonce != notice.nonce:
             record = replace(record, nonce=notice.nonce, notice=_stored(notice))
             self.journal.record(record)
+        if notice.director_metadata is not None:
+            self._carried[notice.campaign_id] = notice.director_metadata
         return await self._drive(record)
 
     async def flush(self) -> None:
@@ -581,8 +585,12 @@ class Agent:
 
     async def _offer(self) -> Offer:
         """The gate's question: what the verified metadata assigns (and any signed owner-page answer)."""
-        verified = await self._blocking(self._verifier.verify)
+        verified = await self._blocking(self._verifier.verify, self._take_carried())
         return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
+
+    def _take_carried(self) -> DirectorMetadata | None:
+        """The active campaign's carried Director files, once: a later refresh fetches."""
+        return self._carried.pop(self._active, None) if self._active is not None else None
 
     def _stale_hold(self, record: CampaignRecord, exc: UpdateFailed) -> Hold | None:
         """Expired metadata is transient: a hold while fresh metadata may still come (None: fail now).
@@ -612,7 +620,7 @@ class Agent:
 
         Also returns the signed maintenance window (JSON, "" for any hour): the install waits for it.
         """
-        verified = self._verifier.verify()
+        verified = self._verifier.verify(self._take_carried())
         if consented is not None:
             signed = images_key(a.sha256 for a in verified.assignments)
             if signed != consented:
@@ -887,7 +895,7 @@ def vehicle_state(options: VehicleOptions) -> VehicleState:
 
 
 def _stored(notice: CampaignNotice) -> str:
-    return notice.model_dump_json(exclude_none=True)
+    return notice.model_dump_json(exclude_none=True, exclude={"director_metadata"})  # signed files: used once
 
 
 def _notice_of(record: CampaignRecord) -> CampaignNotice | None:

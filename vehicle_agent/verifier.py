@@ -4,10 +4,25 @@ Each refresh uses fresh ``tuf.ngclient.Updater`` objects (an Updater refreshes o
 over metadata directories that persist between runs, so a replayed older timestamp,
 snapshot or targets (freeze, rollback) is caught against what this car last trusted.
 Every TUF error maps to one precise :class:`FailureReason`.
+
+A notice may carry the Director's timestamp, snapshot and targets for this car
+(:class:`~firmware_bundles.messages.DirectorMetadata`). :meth:`Verifier.verify` then refreshes
+the Director from those bytes, served once each by :class:`CarriedFetcher` in place of the
+network (root probes still go to the network), so python-tuf checks them exactly as fetched
+ones. It does so in a scratch copy of the trusted metadata, kept only when every check passed
+(TUF's and "for this VIN"): bytes that fail, forged or replayed or for another car, leave the
+car's trusted state untouched (nothing an attacker on MQTT sends can raise a version the real
+chain must then beat); the refusal is logged with its reason (:attr:`Verifier.carried_refusal`)
+and the car fetches over HTTP as if nothing had been carried.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,18 +30,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_exceptions
-from tuf.api.metadata import Metadata, Targets
-from tuf.ngclient import Updater
+from tuf.api.metadata import Metadata, Targets, Timestamp
+from tuf.api.serialization import DeserializationError
+from tuf.ngclient import FetcherInterface, Updater
 
 from firmware_bundles import repo_paths
 from firmware_bundles.consent import CONSENT_FIELD, SignedConsent
 from firmware_bundles.errors import TargetMismatch
-from firmware_bundles.messages import FailureReason
+from firmware_bundles.messages import DirectorMetadata, FailureReason
 from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
 from firmware_bundles.window import WINDOW_FIELD, InstallWindow
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import UpdateFailed, transient_status
 from vehicle_agent.transport import Transport, TufFetcher
+
+log = logging.getLogger(__name__)
 
 # Most specific first: EqualVersionNumberError is a BadVersionNumberError, the
 # download errors share DownloadError.
@@ -70,6 +88,29 @@ def _tuf_errors(repository: str) -> Iterator[None]:
         raise UpdateFailed(FailureReason(exc.reason), exc.detail) from exc
 
 
+_CARRIED_NAME = re.compile(r"^(?:\d+\.)?(timestamp|snapshot|targets)\.json$")
+
+
+class CarriedFetcher(FetcherInterface):
+    """Answers the Director's timestamp, snapshot and targets from a notice's bytes, once each;
+    any other URL (root probes, a second ask) goes to ``network``."""
+
+    def __init__(self, network: FetcherInterface, base_url: str, carried: DirectorMetadata) -> None:
+        self._network = network
+        self._base = base_url
+        self._files = {role: getattr(carried, role).encode() for role in ("timestamp", "snapshot", "targets")}
+        self.served: list[str] = []
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        name = url[len(self._base) :] if url.startswith(self._base) else ""
+        match = _CARRIED_NAME.match(name)
+        data = self._files.pop(match[1], None) if match else None
+        if data is None:
+            return self._network.fetch(url)
+        self.served.append(name)
+        return iter((data,))
+
+
 @dataclass(frozen=True)
 class VerifiedTargets:
     """The checked assignments for this car, each agreeing with the Image repository.
@@ -99,6 +140,8 @@ class Verifier:
         metadata = config.state_dir / "metadata"
         self.image_dir = metadata / "image"
         self.director_dir = metadata / "director"
+        # why the last carried Director metadata was refused (None: used, or none carried)
+        self.carried_refusal: UpdateFailed | None = None
 
     def _updater(self, directory: Path, url: str, root: bytes) -> Updater:
         directory.mkdir(parents=True, exist_ok=True)
@@ -106,25 +149,85 @@ class Verifier:
         # verified are found again in directory/root_history before any download.
         return Updater(str(directory), url, fetcher=self._fetcher, bootstrap=root)
 
-    def verify(self) -> VerifiedTargets:
-        """Refresh Director then Image metadata; raise :class:`UpdateFailed` on any refusal."""
+    def verify(self, carried: DirectorMetadata | None = None) -> VerifiedTargets:
+        """Refresh Director then Image metadata; raise :class:`UpdateFailed` on any refusal.
+
+        ``carried``: the Director's files from the notice, tried first (see the module's note).
+        """
         cfg = self._config
-        with _tuf_errors("director"):
-            director = self._updater(
-                self.director_dir, repo_paths.director_metadata_url(cfg.repo_url, cfg.vin), cfg.director_root
-            )
-            director.refresh()
-            # ngclient has no call listing targets: read what it verified and persisted.
-            signed = Metadata[Targets].from_file(str(self.director_dir / "targets.json")).signed
-            assignments = assignments_for(signed, cfg.vin, cfg.ecu_hardware())
-            consent, problem = _signed_consent(signed)
-            window = _signed_window(signed)
+        url = repo_paths.director_metadata_url(cfg.repo_url, cfg.vin)
+        director = self._carried(url, carried) if carried is not None else None
+        if director is None:
+            with _tuf_errors("director"):
+                director = self._director(self.director_dir, self._updater(self.director_dir, url, cfg.director_root))
+        assignments, consent, problem, window = director
         with _tuf_errors("image repository"):
             image = self._updater(self.image_dir, repo_paths.image_metadata_url(cfg.repo_url), cfg.image_root)
             image.refresh()
             for assignment in assignments:
                 check_image_agrees(assignment, image.get_targetinfo(assignment.path))
         return VerifiedTargets(tuple(assignments), image, consent, problem, window)
+
+    def _director(self, directory: Path, updater: Updater) -> _Director:
+        updater.refresh()
+        # ngclient has no call listing targets: read what it verified and persisted.
+        signed = Metadata[Targets].from_file(str(directory / "targets.json")).signed
+        assignments = assignments_for(signed, self._config.vin, self._config.ecu_hardware())
+        consent, problem = _signed_consent(signed)
+        return assignments, consent, problem, _signed_window(signed)
+
+    def _carried(self, url: str, carried: DirectorMetadata) -> _Director | None:
+        """The Director refreshed from carried bytes in a scratch copy, kept only if all of it passed."""
+        self.carried_refusal = None
+        self.director_dir.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".carried-", dir=self.director_dir.parent))
+        try:
+            shutil.copytree(self.director_dir, scratch, symlinks=True, dirs_exist_ok=True)
+            fetcher = CarriedFetcher(self._fetcher, url, carried)
+            updater = Updater(str(scratch), url, fetcher=fetcher, bootstrap=self._config.director_root)
+            trusted = _timestamp_version(scratch)
+            with _tuf_errors("director (carried in the notice)"):
+                found = self._director(scratch, updater)
+            if trusted is not None and _timestamp_version(scratch) == trusted:
+                # python-tuf keeps an equal timestamp silently: carried, it is a replay of
+                # what the car has (which would hide a newer assignment), so ask the server
+                raise UpdateFailed(
+                    FailureReason.METADATA_ROLLBACK, f"director: carried timestamp version {trusted} is not newer"
+                )
+            _keep(scratch, self.director_dir)
+            return found
+        except UpdateFailed as exc:
+            self.carried_refusal = exc
+            log.warning(
+                "%s: carried Director metadata refused (%s: %s); fetching it over HTTP",
+                self._config.vin,
+                exc.reason.value,
+                exc.detail,
+            )
+            return None
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+_Director = tuple[list[Assignment], SignedConsent | None, str, InstallWindow | None]
+
+
+def _timestamp_version(directory: Path) -> int | None:
+    """The version of the timestamp trusted in ``directory`` (None: none yet, or unreadable)."""
+    try:
+        return Metadata[Timestamp].from_bytes((directory / "timestamp.json").read_bytes()).signed.version
+    except (OSError, ValueError, DeserializationError):
+        return None
+
+
+def _keep(scratch: Path, trusted: Path) -> None:
+    """Move the verified files over the trusted ones: root history first, then in TUF's own order."""
+    order = {"root.json": 1, "timestamp.json": 2, "snapshot.json": 3, "targets.json": 4}
+    files = [p for p in scratch.rglob("*") if p.is_file() or p.is_symlink()]
+    for path in sorted(files, key=lambda p: (order.get(str(p.relative_to(scratch)), 0), str(p))):
+        target = trusted / path.relative_to(scratch)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
 
 def _signed_consent(signed: Targets) -> tuple[SignedConsent | None, str]:

@@ -4,6 +4,12 @@ Who matches a dynamic recall now (its late joiners), which image each affected E
 is assigned (queued for the Director, with the recall's floors) and the notice each car is
 sent. The coordinator calls these during a tick; it never imports this module (the server's
 wiring hands it over).
+
+With ``carry_metadata`` each car's Director chain is signed in the tick that notifies it (in
+the tick's transaction, stored as the first timestamp request would store it) and its three
+signed files ride in the notice, so the car need not fetch them; a notice that would pass
+``MAX_MESSAGE_BYTES`` goes without them. :meth:`CampaignFleet.assign` keeps what it signed for
+the :meth:`CampaignFleet.notices` call that follows it in the same tick.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from firmware_bundles.messages import CARRIED_FILE_CHARS, MAX_MESSAGE_BYTES, CampaignNotice, DirectorMetadata, encode
 from firmware_bundles.window import InstallWindow
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.domain.rollout_plan import RolloutPlan
@@ -27,7 +34,7 @@ from ota_server.services import campaigns, inventory
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 from ota_server.services.recalls import release_floor
-from ota_server.signing.director import Director
+from ota_server.signing.director import Chain, Director
 from ota_server.signing.image_repo import target_for
 
 log = logging.getLogger(__name__)
@@ -48,12 +55,33 @@ def _install_windows(session: Session, plan: RolloutPlan, vins: Sequence[str]) -
     return {vin: InstallWindow.of(zones.get(vin) or plan.default_time_zone, shape).to_json() for vin in vins}
 
 
+def carrying(notice: CampaignNotice, chain: Chain | None) -> CampaignNotice:
+    """``notice`` with the car's signed Director files, or as it is when they would not fit."""
+    if chain is None:
+        return notice
+    files = {name: chain[f"{name}.json"][1].decode() for name in ("timestamp", "snapshot", "targets")}
+    carried = notice
+    if sum(map(len, files.values())) <= MAX_MESSAGE_BYTES and max(map(len, files.values())) <= CARRIED_FILE_CHARS:
+        carried = notice.model_copy(update={"director_metadata": DirectorMetadata(**files)})
+    if carried is notice or len(encode(carried)) > MAX_MESSAGE_BYTES:
+        log.info(
+            "notice to %s would pass %d bytes with its Director metadata: sent without", notice.vin, MAX_MESSAGE_BYTES
+        )
+        return notice
+    return carried
+
+
 class CampaignFleet:
-    def __init__(self, director: Director, repo_url: str, owner_links: OwnerLinks | None = None) -> None:
-        """``owner_links``: each car's notice carries its owner-page link (none without)."""
+    def __init__(
+        self, director: Director, repo_url: str, owner_links: OwnerLinks | None = None, *, carry_metadata: bool = False
+    ) -> None:
+        """``owner_links``: each car's notice carries its owner-page link (none without).
+        ``carry_metadata``: notices carry each car's signed Director files (agents that know the field only)."""
         self._director = director
         self._repo_url = repo_url
         self._owner_links = owner_links
+        self._carry = carry_metadata
+        self._signed: dict[str, Chain] = {}  # what the last assign signed, for the notices that follow
 
     def join_late(self, session: Session, campaign: Campaign, recall: Recall, now: datetime) -> int:
         """A dynamic campaign takes cars that match now and were not in it yet, into its last wave.
@@ -101,7 +129,11 @@ class CampaignFleet:
     def notices(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
     ) -> list[Outbound]:
-        return [*campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links)]
+        signed, self._signed = self._signed, {}
+        return [
+            carrying(notice, signed.get(notice.vin))
+            for notice in campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links)
+        ]
 
     def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
         """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
@@ -143,3 +175,5 @@ class CampaignFleet:
             ecu_failure_policy=policy,
             windows=_install_windows(session, campaigns.plan_of(recall, campaign), vins),
         )
+        # Signed now (the notices carry it) or when each car first asks for its timestamp.
+        self._signed = self._director.sign_queued(session, vins, now) if self._carry else {}

@@ -303,7 +303,8 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
             "vin": m.vin,
             "kind": m.kind,
             "nonce": m.nonce,
-            "payload": m.model_dump(mode="json", exclude_none=True),
+            # the notice as sent, less the signed files it may carry (kept as the Director's rows)
+            "payload": m.model_dump(mode="json", exclude_none=True, exclude={"director_metadata"}),
             "published_at": now,
         }
         for m in published

@@ -8,12 +8,13 @@ A car's next assignment is queued when it is notified (:meth:`Director.queue`: o
 small row, ``assignment.pending.json``) and signed when the car first asks for its
 timestamp (:meth:`Director.sign_queued`), so a launch of 30,000 cars publishes its
 notices without first signing 90,000 metadata files, and the signing is spread over
-the cars' own fetches. Cars asking at once are signed together, in one transaction:
-their queued rows are locked in VIN order (as :meth:`Director.queue` locks the ones it
-replaces), so two replicas' batches wait for each other instead of deadlocking, and a
-VIN whose queued row another replica consumed first is left to be read back. A later
-queue for the same VIN (a cancel's empty assignment, the next campaign) replaces the
-one not yet signed.
+the cars' own fetches (with ``OTA_NOTICE_CARRIES_METADATA`` the notifying tick signs them
+at once, its notices carrying the chains: ``CampaignFleet.assign``). Cars asking at once
+are signed together, in one transaction: their queued rows are locked in VIN order (as
+:meth:`Director.queue` locks the ones it replaces), so two replicas' batches wait for
+each other instead of deadlocking, and a VIN whose queued row another replica consumed
+first is left to be read back. A later queue for the same VIN (a cancel's empty
+assignment, the next campaign) replaces the one not yet signed.
 
 An owner's answer given on the owner page is signed into the VIN's targets metadata as
 the top-level ``consent`` field (:meth:`Director.sign_consent`, format in
