@@ -77,8 +77,8 @@ def _message(err: dict[str, object]) -> str:
     ctx = err.get("ctx")
     if err["type"] in ("too_long", "too_short") and isinstance(err.get("input"), str) and isinstance(ctx, dict):
         if err["type"] == "too_long":
-            return f"should have at most {ctx['max_length']} characters, not {ctx['actual_length']}"
-        return f"should have at least {ctx['min_length']} characters, not {ctx['actual_length']}"
+            return f"String should have at most {ctx['max_length']} characters"
+        return f"String should have at least {ctx['min_length']} characters"
     return str(err["msg"]).removeprefix("Value error, ")
 
 
