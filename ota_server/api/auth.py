@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
 from ota_server.api.deps import RuntimeDep
-from ota_server.api.handlers import status_for
+from ota_server.api.handlers import status_for, validation_detail
 from ota_server.errors import Forbidden, OtaError, Unauthorized
 from ota_server.infra import secret_file
 from ota_server.infra.ratelimit import TokenBuckets
@@ -177,6 +177,8 @@ def _status(exc: Exception) -> int:
 def _detail(exc: Exception) -> str:
     if isinstance(exc, OtaError):
         return exc.message
+    if isinstance(exc, RequestValidationError):
+        return validation_detail(exc)
     return f"{type(exc).__name__}: {exc}"[:500]
 
 

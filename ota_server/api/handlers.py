@@ -82,11 +82,15 @@ def _message(err: dict[str, object]) -> str:
     return str(err["msg"]).removeprefix("Value error, ")
 
 
+def validation_detail(exc: RequestValidationError) -> str:
+    """Pydantic's error list, flattened to one readable sentence per problem (never the input itself):
+    the 422's ``detail``, and what the audit log keeps of it."""
+    return "; ".join(f"{_where(tuple(err['loc'])) or 'request'}: {_message(err)}" for err in exc.errors()[:10])
+
+
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
-    """Pydantic's error list, flattened to one readable sentence per problem."""
     assert isinstance(exc, RequestValidationError)
-    problems = [f"{_where(tuple(err['loc'])) or 'request'}: {_message(err)}" for err in exc.errors()[:10]]
-    return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+    return JSONResponse({"detail": validation_detail(exc)}, status_code=422)
 
 
 def allowed_methods(app: FastAPI, path: str) -> list[str]:
