@@ -134,7 +134,7 @@ class OtaServer:
         port = self._sock.getsockname()[1]
         mqtt_url = self._settings.mqtt_url
         if not mqtt_url and self._publisher is None:
-            self._broker = EmbeddedBroker("127.0.0.1")
+            self._broker = EmbeddedBroker("127.0.0.1", port_file=self._settings.data_dir / "embedded-broker-port")
             mqtt_url = await self._broker.start()
         self.settings = self._resolved(port, mqtt_url)
         app = create_app(self.settings, publisher=self._publisher, clock=self._clock)

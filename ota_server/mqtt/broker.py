@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -60,9 +61,13 @@ _background: set[asyncio.Future[None]] = set()
 
 
 class EmbeddedBroker:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    """amqtt in this process. ``port_file``: the port is remembered there and taken again on the next
+    start, so cars set up with the broker's URL find it after a restart (another port only if it is taken)."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, port_file: Path | None = None) -> None:
         self._host = host
         self._port = port
+        self._port_file = port_file
         self._broker: Any = None
 
     @property
@@ -71,12 +76,36 @@ class EmbeddedBroker:
             raise RuntimeError("the embedded broker is not running")
         return f"mqtt://{self._host}:{self._port}"
 
+    def _last_port(self) -> int:
+        """The port of the last start (0: none, or the file unreadable)."""
+        if self._port_file is None:
+            return 0
+        try:
+            port = int(self._port_file.read_text().strip())
+        except (OSError, ValueError):
+            return 0
+        return port if 0 < port < 65536 else 0
+
     async def start(self) -> str:
-        """Start on the given port, or on a free one (retrying if another process takes it first)."""
+        """Start on the given port, or the last start's, or a free one (retrying if another process takes it first)."""
+        if not self._port and (last := self._last_port()):
+            try:
+                return await self._start_on(last, attempts=1)
+            except Exception as exc:
+                log.warning(
+                    "the embedded MQTT broker's port from the last start, %d, is not free (%s): using another; "
+                    "cars set up with mqtt://%s:%d must be given the new URL",
+                    last,
+                    exc,
+                    self._host,
+                    last,
+                )
+        return await self._start_on(self._port, attempts=1 if self._port else 5)
+
+    async def _start_on(self, wanted: int, *, attempts: int) -> str:
         broker_class = _broker_class()
-        attempts = 1 if self._port else 5
         for attempt in range(attempts):
-            port = self._port or free_port(self._host)
+            port = wanted or free_port(self._host)
             broker = broker_class(broker_config(self._host, port))
             try:
                 await broker.start()
@@ -86,6 +115,9 @@ class EmbeddedBroker:
                 log.info("port %d was taken before the broker bound it; trying another", port)
                 continue
             self._broker, self._port = broker, port
+            if self._port_file is not None:
+                self._port_file.parent.mkdir(parents=True, exist_ok=True)
+                self._port_file.write_text(f"{port}\n")
             log.info("embedded MQTT broker listening on %s", self.url)
             return self.url
         raise AssertionError("unreachable")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -37,6 +38,28 @@ async def test_keys_and_roots_survive_a_restart(tmp_path: Path) -> None:
             roots.append((await api.get("/repo/image/metadata/timestamp.json")).content)
     assert roots[0] == roots[2]
     assert roots[1] == roots[3]  # nothing re-signed without a reason
+
+
+async def test_the_embedded_broker_keeps_its_port_across_a_restart(tmp_path: Path) -> None:
+    """Outside test (issue 18): cars set up against the embedded broker lost it when `ota serve` restarted."""
+    settings = Settings(data_dir=tmp_path, port=0)
+    urls = []
+    for _ in range(2):
+        async with OtaServer(settings) as info:
+            urls.append(info.mqtt_url)
+    assert urls[0] == urls[1], urls
+    # Taken meanwhile by another program: another port, said in the log, and remembered from then on.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", int(urls[0].rsplit(":", 1)[1])))
+    taken.listen()
+    try:
+        async with OtaServer(settings) as info:
+            moved = info.mqtt_url
+    finally:
+        taken.close()
+    assert moved != urls[0]
+    async with OtaServer(settings) as info:
+        assert info.mqtt_url == moved
 
 
 def test_ota_serve_subprocess_writes_ready_file_and_stops_on_sigterm(tmp_path: Path) -> None:
