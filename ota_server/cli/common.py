@@ -58,7 +58,7 @@ def table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
     shown = Table(title=title)
     for column in columns:
-        shown.add_column(column)
+        shown.add_column(column, overflow="fold")  # a narrow terminal wraps a value, never cuts it to "…"
     for row in rows:
         shown.add_row(*("" if cell is None else str(cell) for cell in row))
     Console().print(shown)
