@@ -4,7 +4,9 @@ A car's ``reason`` in a campaign is one of: a failure code the car reported
 (``firmware_bundles.messages.FailureReason``), ``timed_out`` (the scheduler), an unreachable
 reason an operator recorded (``UnreachableReason``; a decommissioned car's reason is one of the
 same words), ``already_remedied`` (its manifest showed the fix at launch), or an operator outcome.
-A deferred car reports no code: its own words (``detail``) say what holds it.
+A deferred car's code is the first word of its report's ``detail`` (``<code>: <text>``, see
+``vehicle_agent.gate``): :func:`deferral_code` reads it and ``DEFERRALS`` says it in words.
+Wherever a code is shown it is shown as :func:`said`: the plain words with the code beside them.
 The regulator's status words are ``ota_server.regulator.wording``; these are the operator's.
 """
 
@@ -41,10 +43,22 @@ FAILURES: dict[FailureReason, str] = {
 
 U = UnreachableReason
 UNREACHABLE: dict[UnreachableReason, str] = {
-    U.EXPORTED: "unreachable: exported",
-    U.STOLEN: "unreachable: stolen",
-    U.SCRAPPED: "unreachable: scrapped",
-    U.OTHER: "unreachable: other reason",
+    U.EXPORTED: "the car was exported",
+    U.STOLEN: "the car was stolen",
+    U.SCRAPPED: "the car was scrapped",
+    U.OTHER: "another reason (see the evidence)",
+}
+
+# What holds a deferred car, by the code its agent sends (vehicle_agent.gate.Blocker).
+DEFERRALS: dict[str, str] = {
+    "not_parked": "the car is not parked",
+    "ignition_on": "the ignition is on",
+    "battery_low": "the battery is too low",
+    "network_not_allowed": "the car's network is not allowed for a bundle this large",
+    "owner_postponed": "the owner postponed the update",
+    "consent_outdated": "the update changed since the owner accepted it; the owner is asked again",
+    "outside_window": "outside the car's maintenance window",
+    "metadata_expired": "the signed update metadata had expired; the car fetches it again",
 }
 
 OTHERS: dict[str, str] = {
@@ -58,6 +72,7 @@ PLAIN: dict[str, str] = {
     **{code.value: text for code, text in FAILURES.items()},
     **{code.value: text for code, text in UNREACHABLE.items()},
     **OTHERS,
+    **DEFERRALS,
 }
 
 
@@ -68,10 +83,30 @@ def plain_words(code: str | None) -> str | None:
     return PLAIN.get(code, code.replace("_", " "))
 
 
+def said(code: str | None) -> str | None:
+    """A code as every page, row and CLI line shows it: ``the download failed (download_failed)``."""
+    words = plain_words(code)
+    return f"{words} ({code})" if words and words != code else code
+
+
+def deferral_code(detail: str | None) -> str | None:
+    """A deferred car's code: what its report's ``detail`` says before the first ':' (None without one)."""
+    if not detail or ":" not in detail:
+        return None
+    return detail.split(":", 1)[0].strip() or None
+
+
+def reason_code(state: str, code: str | None, detail: str | None) -> str | None:
+    """A car's reason code: the stored one, or a deferred car's from its detail."""
+    if code is None and state == VinState.DEFERRED.value:
+        return deferral_code(detail)
+    return code
+
+
 def reason_text(state: str, code: str | None, detail: str | None) -> str | None:
-    """What a row of a campaign's cars says about why: the code's words, or a deferred car's own words."""
-    if code is not None:
-        return plain_words(code)
-    if state == VinState.DEFERRED.value and detail:
-        return detail
-    return None
+    """What a row of a campaign's cars says about why: the code's words (a deferred car's code is in its
+    detail; a deferral without a code says its own words)."""
+    found = reason_code(state, code, detail)
+    if found is None and state == VinState.DEFERRED.value:
+        return detail or None
+    return plain_words(found)

@@ -46,8 +46,11 @@ class CampaignVehicleRow(BaseModel):
     model_year: int | None
     state: VinState
     wave: int = Field(ge=1, description="The wave the car belongs to, numbered from 1")
-    reason: str | None = Field(description="The code: a failure reason, unreachable reason or timeout")
-    reason_text: str | None = Field(description="The reason in plain words (a deferred car: its own words)")
+    reason: str | None = Field(
+        description="The code: a failure reason, unreachable reason, timeout or (a deferred car) what holds it"
+    )
+    reason_text: str | None = Field(description="The reason code in plain words")
+    detail: str | None = Field(default=None, description="The car's or operator's own words, as reported")
     attempts: int = Field(ge=0, description="Notices issued to the car in this campaign (0: not notified yet)")
     retries: int = Field(ge=0, description="Automatic or operator retries so far")
     next_try_at: datetime | None = Field(

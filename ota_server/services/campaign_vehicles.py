@@ -10,7 +10,7 @@ from sqlalchemy import Select, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, Ecu, Vehicle
-from ota_server.domain.reasons import reason_text
+from ota_server.domain.reasons import reason_code, reason_text
 from ota_server.domain.states import StateWord, VinState, expand_states
 from ota_server.domain.waves import wave_index, wave_number
 from ota_server.errors import NotFound
@@ -71,7 +71,11 @@ def _query(session: Session, campaign_id: int, spec: CarFilter) -> Select[Campai
     if spec.states:
         query = query.where(CV.state.in_(sorted(s.value for s in expand_states(spec.states))))
     if spec.reason is not None:
-        query = query.where(CV.reason == spec.reason)
+        # a deferred car's code is the first word of its detail (``<code>: <text>``, vehicle_agent.gate)
+        deferred_with = (
+            (CV.state == _DEFERRED) & CV.reason.is_(None) & CV.detail.startswith(f"{spec.reason}:", autoescape=True)
+        )
+        query = query.where(or_(CV.reason == spec.reason, deferred_with))
     if spec.wave is not None:
         query = query.where(CV.wave == wave_index(spec.wave))
     if spec.ecu is not None:
@@ -125,8 +129,9 @@ def _rows(session: Session, campaign_id: int, cars: Sequence[CampaignVehicle]) -
                 model_year=vehicle.model_year if vehicle else None,
                 state=VinState(cv.state),
                 wave=wave_number(cv.wave),
-                reason=cv.reason,
+                reason=reason_code(cv.state, cv.reason, cv.detail),
                 reason_text=reason_text(cv.state, cv.reason, cv.detail),
+                detail=cv.detail,
                 attempts=cv.attempt,
                 retries=cv.retries,
                 next_try_at=next_try,

@@ -25,6 +25,7 @@ from ota_server.infra.bundle_store import BundleStore, StagedBundle
 from ota_server.schemas import ReleasePublic
 from ota_server.schemas.listing import Page
 from ota_server.services import deltas, listing
+from ota_server.services.campaign_view import schedule, shown_plan
 from ota_server.services.deltas import DeltaPolicy
 from ota_server.signing.image_repo import ImageRepository
 
@@ -152,7 +153,19 @@ def page(
 _UNFINISHED = (CampaignStatus.ACTIVE.value, CampaignStatus.PAUSED.value)
 
 
-def users(session: Session, release_id: int) -> list[str]:
+def _campaign_said(session: Session, campaign: Campaign, now: datetime) -> str:
+    """``campaign 3 (active)``; one waiting for its planned start says so (never "active")."""
+    recall = session.get(Recall, campaign.recall_id)
+    assert recall is not None  # foreign key
+    starts_at, scheduled = schedule(shown_plan(recall, campaign), campaign.status, now)
+    if not scheduled or starts_at is None:
+        return f"campaign {campaign.id} ({campaign.status})"
+    starts = f"starts at {starts_at.strftime('%Y-%m-%d %H:%M UTC')}"
+    status = "scheduled" if campaign.status == CampaignStatus.ACTIVE.value else campaign.status
+    return f"campaign {campaign.id} ({status}: {starts})"
+
+
+def users(session: Session, release_id: int, now: datetime) -> list[str]:
     """What still needs the release: recalls not launched yet (as remedy or rollback release) and
     campaigns not finished (active or paused) that install it or whose recall rolls back to it."""
     named = or_(
@@ -170,7 +183,7 @@ def users(session: Session, release_id: int) -> list[str]:
     )
     unfinished = select(Campaign).where(Campaign.status.in_(_UNFINISHED))
     found += [
-        f"campaign {c.id} ({c.status})" for c in session.scalars(unfinished.where(installing).order_by(Campaign.id))
+        _campaign_said(session, c, now) for c in session.scalars(unfinished.where(installing).order_by(Campaign.id))
     ]
     # A rollback release is named inside the recall's rollout plan (JSON): few recalls, read in Python.
     open_recalls = select(Recall).where(
@@ -194,7 +207,7 @@ def retire(session: Session, release_id: int, reason: str, actor: str, now: date
         raise Conflict(
             f"release {release_id} was retired on {release.retired_at.date().isoformat()} by {release.retired_by}"
         )
-    if using := users(session, release_id):
+    if using := users(session, release_id, now):
         raise Conflict(
             f"release {release_id} ({release.hardware_id} {release.version}) is still used by {', '.join(using)}"
         )

@@ -181,8 +181,11 @@ class CampaignOfVin(BaseModel):
     safety_recall: bool
     kind: str
     campaign_status: str
+    campaign_scheduled: bool = Field(default=False, description="The campaign waits for its start (starts_at)")
+    starts_at: datetime | None = Field(default=None, description="The campaign's planned start (None: at launch)")
     state: str
-    reason: str | None
+    reason: str | None = Field(description="The code: a failure, unreachable or (a deferred car) deferral reason")
+    reason_text: str | None = Field(default=None, description="The reason code in plain words")
     detail: str | None
     attempt: int
     retries: int

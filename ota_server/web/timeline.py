@@ -30,6 +30,7 @@ from ota_server.db.models import (
     Recall,
     Vehicle,
 )
+from ota_server.domain.reasons import deferral_code, reason_code, reason_text, said
 from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import ERRORS, VinState
 from ota_server.domain.waves import wave_number
@@ -45,12 +46,13 @@ S = VinState
 
 # What a deferred car waits for, by the code its report's detail starts with (vehicle_agent.gate).
 WAITING_FOR = {
-    "not_parked": "be parked",
-    "ignition_on": "have its ignition switched off",
-    "battery_low": "have its battery charged",
-    "network_not_allowed": "be on an allowed network (e.g. home Wi-Fi)",
-    "owner_postponed": "owner to accept the update (they postponed it)",
-    "metadata_expired": "fetch fresh signed metadata (what it held had expired)",
+    "not_parked": "the car to be parked",
+    "ignition_on": "the car to have its ignition switched off",
+    "battery_low": "the car to have its battery charged",
+    "network_not_allowed": "the car to be on an allowed network (e.g. home Wi-Fi)",
+    "owner_postponed": "the owner to accept the update",
+    "consent_outdated": "the owner to accept the changed update",
+    "metadata_expired": "the car to fetch fresh signed metadata",
 }
 _STEP_WORDS = {
     S.NOTIFIED: "Car received the notice",
@@ -123,7 +125,7 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
         return f"Nothing to do: inspected on {when(car.updated_at)}, the remedy is not needed.", "none"
     if state is S.UNREACHABLE:
         return (
-            f"Recorded as unreachable ({car.reason or 'other'}) on {when(car.updated_at)}"
+            f"Recorded as unreachable: {said(car.reason or 'other')}, on {when(car.updated_at)}"
             f"{f' by {car.recorded_by}' if car.recorded_by else ''}. If the owner has the car, book a dealer visit.",
             "dealer",
         )
@@ -135,14 +137,14 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
         )
     if state in ERRORS:
         verb = _ERROR_VERBS[state]
-        reason = car.reason or "unknown"
+        reason = said(car.reason or "unknown")
         if car.next_retry_at is not None:
             return (
                 f"Wait: the server sends a new notice by itself at {when(car.next_retry_at)} "
-                f"(retry {car.retries + 1} of {campaign.max_retries}); the car {verb} ({reason}).",
+                f"(retry {car.retries + 1} of {campaign.max_retries}); the car {verb}: {reason}.",
                 "wait",
             )
-        return f"Book a dealer visit: {verb} {times(max(1, car.errors_so_far))} ({reason}).", "dealer"
+        return f"Book a dealer visit: the car {verb} {times(max(1, car.errors_so_far))}; last: {reason}.", "dealer"
     if state is S.DEFERRED:
         held = parse_hold(car.detail)
         if held is not None:
@@ -152,12 +154,12 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
                 f"deferred since {when(car.updated_at)}).",
                 "wait",
             )
-        code = (car.detail or "").split(":", 1)[0].strip()
-        waiting = WAITING_FOR.get(code, "meet its preconditions")
-        subject = "the" if waiting.startswith("owner") else "the car to"
+        code = deferral_code(car.detail)
+        waiting = WAITING_FOR.get(code or "", "the car to meet its preconditions")
+        why = f": {said(code)}" if code else ""
         return (
-            f"Waiting for {subject} {waiting} (deferred: {code or 'preconditions'} since {when(car.updated_at)}). "
-            "The car installs by itself once it is.",
+            f"Waiting for {waiting}; deferred since {when(car.updated_at)}{why}. "
+            "The car installs by itself then, nothing to do.",
             "wait",
         )
     if state is S.PENDING:
@@ -220,7 +222,7 @@ def _event_entry(event: CampaignEvent, number: str, rows: dict[int, CampaignVehi
         words = {
             S.REMEDIED_AT_DEALER: "Remedied at a dealer",
             S.INSPECTED_NOT_NEEDED: "Inspected: remedy not needed",
-            S.UNREACHABLE: f"Recorded unreachable ({reason or 'other'})",
+            S.UNREACHABLE: f"Recorded unreachable: {said(reason or 'other')}",
         }.get(state, f"Operator recorded {state}")
         summary = f"{words}{by}" + (f": {detail}" if detail else "")
     elif event.source == "timeout":
@@ -230,13 +232,18 @@ def _event_entry(event: CampaignEvent, number: str, rows: dict[int, CampaignVehi
     elif event.source == "cancel":
         kind, summary = "cancel", "Withdrawn: the campaign was cancelled"
     elif state is S.DEFERRED:
-        code = (detail or "").split(":", 1)[0].strip()
+        held = deferral_code(detail)
+        own = (detail or "").split(":", 1)[1].strip() if held else detail
         kind = "deferral"
-        summary = f"Car deferred the update: {detail or code or 'preconditions not met'} (deferral {event.deferrals})"
+        summary = (
+            f"Car deferred the update: {said(held) or 'preconditions not met'}"
+            + (f"; the car said: {own}" if own else "")
+            + f" (deferral {event.deferrals})"
+        )
     elif state in (S.FAILED, S.ROLLED_BACK):
         kind = "failure"
         what = "Failed" if state is S.FAILED else "Rolled back to the previous software"
-        summary = f"{what}: {reason or 'unknown'}" + (f" ({detail})" if detail else "")
+        summary = f"{what}: {said(reason or 'unknown')}" + (f"; the car said: {detail}" if detail else "")
     elif state is S.REMEDIED:
         kind, summary = "remedied", "Remedied: the new software booted and passed its health check"
     elif state is S.DECLINED:
@@ -444,8 +451,11 @@ def timeline(session: Session, raw_vin: str, now: datetime) -> VehicleTimeline:
                 safety_recall=recall.safety_recall,
                 kind=campaign.kind,
                 campaign_status=campaign.status,
+                campaign_scheduled=scheduled,
+                starts_at=starts_at,
                 state=cv.state,
-                reason=cv.reason,
+                reason=reason_code(cv.state, cv.reason, cv.detail),
+                reason_text=reason_text(cv.state, cv.reason, cv.detail),
                 detail=cv.detail,
                 attempt=cv.attempt,
                 retries=cv.retries,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ota_server.domain.reasons import PLAIN
 from simulator.faults import FaultPlan
 from simulator.fleet import Fleet, make_fleet
 from simulator.operator_client import OperatorClient
@@ -299,17 +300,22 @@ def test_customer_care_timeline_and_next_step(recall: Recall, operator: BrowserC
     assert all(UTC_TIME.match(t) for t in times), times
     assert times == sorted(times)
     deferral = page.locator('#timeline tr[data-kind="deferral"]').first.text_content() or ""
-    assert "not_parked" in deferral
+    assert "the car is not parked (not_parked)" in deferral, deferral
     next_step = _text(page, "#next-step")
     assert next_step.startswith(f"{RECALL_NUMBER}: Nothing to do: remedied over the air on "), next_step
     shot(page, "08-vehicle-remedied")
 
     page.goto(f"/ui/vehicles/{failed}")
     page.locator("#result:not([hidden])").wait_for()
-    assert _text(page, "#next-step") == f"{RECALL_NUMBER}: Book a dealer visit: rolled back once (health_check_failed)."
+    # Outside test (issue 18): the codes were shown alone here ("rolled back once (health_check_failed)").
+    health = f"{PLAIN['health_check_failed']} (health_check_failed)"
+    said = _text(page, "#next-step")
+    assert said == f"{RECALL_NUMBER}: Book a dealer visit: the car rolled back once; last: {health}.", said
     failure = page.locator('#timeline tr[data-kind="failure"]')
     assert failure.count() == 1
-    assert "Rolled back to the previous software: health_check_failed" in (failure.text_content() or "")
+    assert f"Rolled back to the previous software: {health}" in (failure.text_content() or "")
+    state_cell = page.locator("#v-campaigns tbody tr td").nth(2).text_content() or ""
+    assert state_cell == f"Rolled back {health}", state_cell
     shot(page, "09-vehicle-failed")
 
     # A dealer fixes another failed car; customer care sees it at once (Refresh, no reload).

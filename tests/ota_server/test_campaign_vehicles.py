@@ -16,6 +16,7 @@ from ota_server.domain.reasons import PLAIN, plain_words
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, provision, recall_body, remedied, report, upload, vehicle, vin
 from tests.ota_server.test_cli_ops import ota, wired  # noqa: F401  (the fixture)
+from vehicle_agent.gate import Blocker
 
 FLEET = [vin(n) for n in range(1, 11)]
 
@@ -79,7 +80,12 @@ async def test_rows_say_state_wave_from_1_reason_in_words_and_next_try(env: Env)
     assert failed["next_try_basis"] == "retry_schedule"
     assert datetime.fromisoformat(failed["next_try_at"]) > datetime.fromisoformat(failed["updated_at"])
     deferred = rows[DEFERS]
-    assert deferred["reason"] is None and deferred["reason_text"] == "not_parked: the vehicle is not parked"
+    # Outside test (issue 18): a deferred car had no reason and its raw detail as the reason's words.
+    assert (deferred["reason"], deferred["reason_text"], deferred["detail"]) == (
+        "not_parked",
+        "the car is not parked",
+        "not_parked: the vehicle is not parked",
+    )
     assert deferred["next_try_basis"] == "agent_recheck_estimate"
     assert datetime.fromisoformat(deferred["next_try_at"]) > datetime.fromisoformat(deferred["updated_at"])
     assert sorted(r["wave"] for r in rows.values()) == [1] * 4 + [2] * 6
@@ -92,6 +98,7 @@ async def test_filters_state_reason_wave_ecu_and_vin_prefix(env: Env) -> None:
     states = await _all(env, url, state=["failed", "deferred"])
     assert sorted(r["vin"] for r in states) == sorted([FAILS, DEFERS])
     assert [r["vin"] for r in await _all(env, url, reason="download_failed")] == [FAILS]
+    assert [r["vin"] for r in await _all(env, url, reason="not_parked")] == [DEFERS]
     wave2 = await _all(env, url, wave=2)
     assert len(wave2) == 6 and {r["state"] for r in wave2} == {"pending"}
     assert [r["vin"] for r in await _all(env, url, ecu=f"S-{OK[-6:]}")] == [OK]
@@ -159,7 +166,8 @@ async def test_a_cursor_of_another_sort_or_campaign_list_is_refused(env: Env) ->
 
 
 def test_every_reason_code_has_plain_words() -> None:
-    for code in [*FailureReason, "exported", "stolen", "scrapped", "other", "timed_out", "already_remedied"]:
+    codes = [*FailureReason, "exported", "stolen", "scrapped", "other", "timed_out", "already_remedied"]
+    for code in [*codes, *Blocker]:  # a deferred car's code too (the agent's, before the detail's ':')
         assert code in PLAIN and plain_words(code) != code
     assert plain_words("new_code_from_a_newer_car") == "new code from a newer car"
     assert plain_words(None) is None

@@ -57,6 +57,21 @@ async def test_retire_is_refused_while_a_recall_or_an_unfinished_campaign_uses_i
     ]
 
 
+async def test_a_scheduled_campaign_is_named_scheduled_not_active(env: Env) -> None:
+    """Outside test (issue 18): the refusal said "still used by campaign 3 (active)" before its start."""
+    await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in CARS]})
+    await provision(env.client, CARS)
+    release_id = (await upload(env.client)).json()["id"]
+    body = recall_body(release_id) | {"rollout": {"start_at": "2026-03-02T00:00:00Z"}}  # the clock: 03-01 12:00
+    recall = await env.client.post("/api/v1/recalls", json=body)
+    assert recall.status_code == 201, recall.text
+    campaign = (await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")).json()
+    status, refused = await _retire(env, release_id)
+    assert status == 409
+    assert f"campaign {campaign['id']} (scheduled: starts at 2026-03-02 00:00 UTC)" in refused["detail"], refused
+    assert "active" not in refused["detail"]
+
+
 async def test_retire_needs_an_operator_a_reason_and_a_release(env: Env) -> None:
     release_id = (await upload(env.client)).json()["id"]
     assert (await env.client.post(f"/api/v1/releases/{release_id}/retire", json={})).status_code == 422

@@ -20,6 +20,7 @@ from firmware_bundles.messages import FailureReason
 from firmware_bundles.messages import ReportState as S
 from ota_server.api.auth import SESSION_COOKIE
 from ota_server.config import Settings
+from ota_server.domain.reasons import PLAIN
 from ota_server.web import timeline as timelines
 from ota_server.web.lookup import AddressBuckets
 from ota_server.web.sse import snapshot_events
@@ -28,6 +29,7 @@ from tests.ota_server.helpers import launched, recall_body, remedied, report, up
 
 CAR_OK, CAR_FAILS, CAR_DEFERS, CAR_SILENT = (vin(n) for n in range(1, 5))
 FLEET = [CAR_OK, CAR_FAILS, CAR_DEFERS, CAR_SILENT]
+HEALTH_CHECK = f"{PLAIN['health_check_failed']} (health_check_failed)"  # a code as it is shown: words (code)
 
 
 async def _recall_run(env: Env) -> tuple[int, dict[str, str]]:
@@ -207,13 +209,16 @@ async def test_timeline_of_a_twice_rolled_back_car_says_book_a_dealer_then_recor
     second = (await env.nonces())[CAR_FAILS]
     await env.inject(report(cid, CAR_FAILS, second, S.ROLLED_BACK, attempt=2, reason=FailureReason.HEALTH_CHECK_FAILED))
     body = await env.get_json(f"/api/v1/vehicles/{CAR_FAILS}/timeline")
-    assert body["next_step"] == "24V-123: Book a dealer visit: rolled back twice (health_check_failed)."
+    # Outside test (issue 18): the code was shown alone ("rolled back once (health_check_failed)").
+    assert body["next_step"] == f"24V-123: Book a dealer visit: the car rolled back twice; last: {HEALTH_CHECK}."
     assert body["action"] == "dealer"
+    [row] = body["campaigns"]
+    assert (row["reason"], row["reason_text"]) == ("health_check_failed", PLAIN["health_check_failed"])
     kinds = [e["kind"] for e in body["entries"]]
     assert kinds.count("notice") == 2 and kinds.count("failure") == 2 and "retry" in kinds
     failure = next(e for e in body["entries"] if e["kind"] == "failure")
     assert failure["reason"] == "health_check_failed"
-    assert failure["summary"] == "Rolled back to the previous software: health_check_failed"
+    assert failure["summary"] == f"Rolled back to the previous software: {HEALTH_CHECK}"
 
     outcome = await env.client.post(
         f"/api/v1/campaigns/{cid}/vehicles/{CAR_FAILS}/outcome",
@@ -233,11 +238,16 @@ async def test_timeline_of_a_deferred_car_says_what_it_waits_for(env: Env) -> No
     await _recall_run(env)
     body = await env.get_json(f"/api/v1/vehicles/{CAR_DEFERS}/timeline")
     assert body["next_step"] == (
-        "24V-123: Waiting for the car to be parked (deferred: not_parked since 2026-03-01 12:01 UTC). "
-        "The car installs by itself once it is."
+        "24V-123: Waiting for the car to be parked; deferred since 2026-03-01 12:01 UTC: "
+        "the car is not parked (not_parked). The car installs by itself then, nothing to do."
     )
+    [row] = body["campaigns"]
+    assert (row["reason"], row["reason_text"]) == ("not_parked", "the car is not parked")
     deferral = body["entries"][-1]
-    assert deferral["kind"] == "deferral" and deferral["summary"].startswith("Car deferred the update: not_parked")
+    assert deferral["kind"] == "deferral"
+    assert deferral["summary"] == (
+        "Car deferred the update: the car is not parked (not_parked); the car said: the car is not parked (deferral 1)"
+    )
 
 
 async def test_timeline_refuses_bad_vins_and_answers_404_for_unknown_ones(env: Env) -> None:
@@ -301,7 +311,7 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
             _car("timed_out", reason="timed_out", errors_so_far=3),
             ACTIVE,
             True,
-            "Book a dealer visit: timed out 3 times",
+            "Book a dealer visit: the car timed out 3 times; last: no report within the time the campaign allows",
             "dealer",
         ),
         (_car("declined"), ACTIVE, True, "The owner declined the update on 2026-03-01 12:00 UTC", "dealer"),
@@ -309,7 +319,7 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
             _car("unreachable", reason="stolen", recorded_by="bob"),
             ACTIVE,
             True,
-            "Recorded as unreachable (stolen)",
+            "Recorded as unreachable: the car was stolen (stolen), on 2026-03-01 12:00 UTC by bob.",
             "dealer",
         ),
         (
@@ -323,7 +333,8 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
             _car("deferred", detail="owner_postponed: later"),
             ACTIVE,
             True,
-            "Waiting for the owner to accept the update",
+            "Waiting for the owner to accept the update; deferred since 2026-03-01 12:00 UTC: "
+            "the owner postponed the update (owner_postponed). The car installs by itself then",
             "wait",
         ),
         (

@@ -637,8 +637,9 @@ function renderTimeline(t) {
   fill(document.querySelector("#v-campaigns tbody"), t.campaigns.map((c) =>
     el("tr", { "data-campaign": c.campaign_id },
       el("td", {}, el("span", { class: "mono", text: c.recall_number }), ` ${c.title}`),
-      el("td", {}, el("a", { href: `/ui/campaigns/${c.campaign_id}`, text: `#${c.campaign_id}${c.kind === "rollback" ? " (rollback)" : ""}` }), " ", statusBadge(c.campaign_status)),
-      el("td", {}, stateBadge(c.state), c.reason ? ` ${c.reason}` : ""),
+      el("td", {}, el("a", { href: `/ui/campaigns/${c.campaign_id}`, text: `#${c.campaign_id}${c.kind === "rollback" ? " (rollback)" : ""}` }), " ",
+        c.campaign_scheduled ? badge(`starts at ${fmtTime(c.starts_at, false)}`, "warn") : statusBadge(c.campaign_status)),
+      el("td", {}, stateBadge(c.state), ...(c.reason || c.reason_text ? [" ", reasonWords(c.reason, c.reason_text)] : [])),
       el("td", { class: "num", text: c.attempt }),
       el("td", { text: fmtTime(c.updated_at) }),
       el("td", { text: c.next_step }))));
