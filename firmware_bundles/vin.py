@@ -58,6 +58,21 @@ def validate_vin(raw: str) -> str:
     return vin
 
 
+def vin_order(vin: str) -> str:
+    """The key VINs sort by wherever a VIN range is judged: positions 1-8 then 10-17.
+
+    Position 9 is left out: where it is a check digit it differs from car to car, and in text
+    order it would sort before the serial (1HGCM8268NA000204 after ...8263NA000212). The SQL
+    form of this key is ``ota_server.services.group_filter.vin_order_sql``: keep them alike.
+    """
+    return vin[:8] + vin[9:]
+
+
+def vin_from_order(key: str) -> str:
+    """A 17-character VIN back from ``vin_order(vin) + vin[8]`` (the order key, position 9 at the end)."""
+    return key[:8] + key[-1] + key[8:-1]
+
+
 def make_vin(wmi: str, vds: str, model_year_code: str, plant: str, serial: int) -> str:
     """Build a valid VIN (check digit filled in) from its parts; used by the simulator."""
     body = f"{wmi}{vds}0{model_year_code}{plant}{serial:06d}"

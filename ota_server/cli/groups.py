@@ -79,7 +79,9 @@ def groups_create(
     model: Annotated[list[str] | None, typer.Option(help="A model (repeatable: any of them)")] = None,
     year_from: Annotated[int | None, typer.Option(help="Model years from")] = None,
     year_to: Annotated[int | None, typer.Option(help="Model years up to (inclusive)")] = None,
-    vin_from: Annotated[str | None, typer.Option(help="VINs from (with --vin-to)")] = None,
+    vin_from: Annotated[
+        str | None, typer.Option(help="VINs from (with --vin-to; the check digit is not compared)")
+    ] = None,
     vin_to: Annotated[str | None, typer.Option(help="VINs up to (inclusive)")] = None,
     produced_from: Annotated[str | None, typer.Option(help="Production dates from (YYYY-MM-DD)")] = None,
     produced_to: Annotated[str | None, typer.Option(help="Production dates up to (YYYY-MM-DD)")] = None,

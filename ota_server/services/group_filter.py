@@ -13,10 +13,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 
 from packaging.version import InvalidVersion, Version
-from sqlalchemy import ColumnElement, Select, exists, func, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, String, and_, exists, func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from firmware_bundles.vin import normalize_vin
+from firmware_bundles.vin import normalize_vin, vin_order
 from ota_server.db.models import Ecu, Vehicle, VehicleTag
 from ota_server.errors import InvalidInput
 from ota_server.schemas.groups import GroupFilter, GroupVersions
@@ -53,10 +53,31 @@ def checked_ranges(
             raise InvalidInput(f"{where}.installed_versions: min {low} is above max {high}")
     if vin_range:
         first, last = normalize_vin(vin_range.first), normalize_vin(vin_range.last)
-        if first > last:
-            raise InvalidInput(f"{where}.vin_range: first {first} sorts after last {last}")
+        if vin_order(first) > vin_order(last):
+            raise InvalidInput(
+                f"{where}.vin_range: first {first} sorts after last {last} in VIN order "
+                "(positions 1-8 then 10-17; position 9, the check digit, is not compared)"
+            )
         vin_range = vin_range.model_copy(update={"first": first, "last": last})
     return vin_range
+
+
+def vin_order_sql(vin: SQLColumnExpression[str]) -> ColumnElement[str]:
+    """:func:`firmware_bundles.vin.vin_order` in SQL (substr and || on SQLite and PostgreSQL alike)."""
+    return func.substr(vin, 1, 8, type_=String).concat(func.substr(vin, 10, 8, type_=String))
+
+
+def in_vin_range(vin_range: VinRange) -> ColumnElement[bool]:
+    """The cars whose VIN is within the range in VIN order (:func:`firmware_bundles.vin.vin_order`).
+
+    The plain comparisons on positions 1-8 keep the VIN index usable; the order key decides.
+    """
+    first, last = vin_order(vin_range.first), vin_order(vin_range.last)
+    return and_(
+        Vehicle.vin >= first[:8],
+        Vehicle.vin <= last[:8] + "Z" * 9,  # VIN characters are 0-9 and A-Z: nothing sorts after Z
+        vin_order_sql(Vehicle.vin).between(first, last),
+    )
 
 
 def version_matches(raw: str | None, low: Version | None, high: Version | None) -> bool:
@@ -93,7 +114,7 @@ def _vehicle_conditions(spec: GroupFilter) -> list[ColumnElement[bool]]:
     if spec.model_years and spec.model_years.max is not None:
         conditions.append(Vehicle.model_year <= spec.model_years.max)
     if spec.vin_range:
-        conditions.append(Vehicle.vin.between(spec.vin_range.first, spec.vin_range.last))
+        conditions.append(in_vin_range(spec.vin_range))
     if spec.production_dates and spec.production_dates.start:
         conditions.append(Vehicle.production_date >= spec.production_dates.start)
     if spec.production_dates and spec.production_dates.end:

@@ -71,7 +71,7 @@ def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
     if population.model_years and population.model_years.max is not None:
         query = query.where(Vehicle.model_year <= population.model_years.max)
     if population.vin_range:
-        query = query.where(Vehicle.vin.between(population.vin_range.first, population.vin_range.last))
+        query = query.where(group_filter.in_vin_range(population.vin_range))
     if population.production_dates and population.production_dates.start:
         query = query.where(Vehicle.production_date >= population.production_dates.start)
     if population.production_dates and population.production_dates.end:

@@ -275,3 +275,18 @@ async def test_version_bounds_follow_pep_440_whichever_way_they_are_judged(
     assert await _vins(env, "/api/v1/groups/up%20to%201.10/vehicles") == cars[:2]
     other_hw = await _group(env, "Other hardware", installed_versions={"max": "9", "hardware_id": "ecu-other"})
     assert other_hw["vehicle_count"] == 0
+
+
+async def test_a_vin_range_is_in_vin_order_the_check_digit_ignored(either_env: Env) -> None:
+    """Position 9 (the check digit) differs from car to car: text order would let serials 207-212 in."""
+    env = either_env
+    await _fleet(env, *(vehicle(vin(n)) for n in range(200, 214)))
+    group = await _group(env, "vr", vin_range={"first": vin(201), "last": vin(204)})
+    assert group["vehicle_count"] == 4
+    assert await _vins(env, f"/api/v1/groups/{group['id']}/vehicles") == sorted(vin(n) for n in range(201, 205))
+    # in text order vin(206) (check digit 1) sorts before vin(204) (8); in VIN order it comes after
+    backwards = await env.client.post(
+        "/api/v1/groups", json={"name": "back", "filter": {"vin_range": {"first": vin(206), "last": vin(204)}}}
+    )
+    assert backwards.status_code == 422, backwards.text
+    assert f"first {vin(206)} sorts after last {vin(204)} in VIN order" in backwards.json()["detail"]

@@ -57,6 +57,19 @@ async def test_population_filters(env: Env) -> None:
     assert await _affected(env, rid, "24V-110", models=["Sedan"], installed_versions={"max": "1.0.0"}) == 1
 
 
+async def test_a_population_vin_range_is_in_vin_order_the_check_digit_ignored(either_env: Env) -> None:
+    """Serials 201-204 only, though the check digits of 207-212 sort between theirs as text."""
+    env = either_env
+    cars = [vehicle(vin(n)) for n in range(200, 214)]
+    assert (await env.client.post("/api/v1/vehicles/batch", json={"vehicles": cars})).status_code == 201
+    rid = await _release(env)
+    assert await _affected(env, rid, "24V-120", vin_range={"first": vin(201), "last": vin(204)}) == 4
+    backwards = await env.client.post(
+        "/api/v1/recalls", json=recall_body(rid, "24V-121", vin_range={"first": vin(206), "last": vin(204)})
+    )
+    assert backwards.status_code == 422 and "sorts after" in backwards.text, backwards.text
+
+
 async def test_recall_is_stored_and_listed(env: Env) -> None:
     await _fleet(env)
     rid = await _release(env)

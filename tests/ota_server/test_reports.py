@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from firmware_bundles.vin import vin_order
 from ota_server.cli import common as cli_common
 from ota_server.config import Settings
 from ota_server.regulator import FORMATS, KINDS
@@ -63,8 +64,8 @@ async def test_population_report_counts_the_campaign(env: Env) -> None:
             "make": "Acme",
             "model": "Sedan",
             "model_year": 2022,
-            "vin_first": min(VINS),
-            "vin_last": max(VINS),
+            "vin_first": min(VINS, key=vin_order),
+            "vin_last": max(VINS, key=vin_order),
             "production_date_first": "2022-05-01",
             "production_date_last": "2022-05-01",
             "count": 5,
@@ -76,6 +77,15 @@ async def test_population_report_counts_the_campaign(env: Env) -> None:
         ",".join(rows[0]) == "make,model,model_year,vin_first,vin_last,production_date_first,production_date_last,count"
     )
     assert rows[0]["count"] == "5"
+
+
+async def test_population_report_gives_the_first_and_last_vin_in_vin_order(env: Env) -> None:
+    """The check digit is not part of the order: 204 to 206, though 206 (check digit 1) is first as text."""
+    cars = [vin(n) for n in (204, 205, 206)]
+    campaign = await launched(env.client, cars)
+    body = await _get(env, campaign["recall_id"], "population")
+    assert [(r["vin_first"], r["vin_last"]) for r in body["rows"]] == [(vin(204), vin(206))]
+    assert body["summary"]["vin_range"] == {"first": vin(204), "last": vin(206)}
 
 
 async def test_completion_report_adds_up_in_json_csv_and_pdf(env: Env) -> None:
