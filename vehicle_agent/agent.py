@@ -42,7 +42,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from firmware_bundles.assignment import Assignment
 from firmware_bundles.consent import images_key
@@ -60,10 +60,8 @@ from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
 from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.gate import (
-    Blocker,
     ConsentOutdated,
     HeldAtDownload,
-    Hold,
     StartGate,
     Withdrawn,
     check,
@@ -80,6 +78,7 @@ from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal, Targ
 from vehicle_agent.link import Link
 from vehicle_agent.manifest import ImageMeter, build_manifest
 from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
+from vehicle_agent.retrying import Retrying
 from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
 
 if TYPE_CHECKING:
@@ -95,10 +94,7 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], datetime]
 ReportCallback = Callable[[StatusReport], None]
 SlotFactory = Callable[[EcuConfig], SlotBackend]
-T = TypeVar("T")
 
-# Worth another try before reporting failed: the network, not the content, let us down.
-RETRYABLE = frozenset({FailureReason.METADATA_FETCH_FAILED, FailureReason.DOWNLOAD_FAILED})
 # After a trial boot these leave the old slot running: reported as rolled_back, reason kept.
 ROLLBACK_REASONS = frozenset({FailureReason.BOOT_FAILED, FailureReason.HEALTH_CHECK_FAILED})
 S = ReportState
@@ -141,10 +137,16 @@ class Agent:
         self._link = link
         self._clock = clock
         self._on_report = on_report
-        self._retries = retries
-        self._retry_delay = retry_delay
         self._sleep = sleep
-        self._rng = rng or random.Random()
+        self._retrying = Retrying(
+            config.vin,
+            config.download,
+            retries=retries,
+            retry_delay=retry_delay,
+            rng=rng or random.Random(),
+            sleep=sleep,
+            monotonic=monotonic,
+        )
         self._manifest_interval = manifest_interval
         self._timer = timer
         self.meter = ImageMeter()
@@ -170,7 +172,7 @@ class Agent:
             jitter=options.retry_jitter,
             rng=rng,
             offer=self._offer,
-            stale_delay=self._stale_delay,
+            stale_delay=self._retrying.stale_delay,
         )
         self._active: int | None = None  # the campaign being driven (one at a time)
         self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
@@ -497,7 +499,7 @@ class Agent:
                     return await self.gate.wait(record, _notice_of(record), withdrawn)
                 return await self.gate.start(record, _notice_of(record), withdrawn)
             except UpdateFailed as exc:
-                stale = self._stale_hold(record, exc)
+                stale = self._retrying.stale_hold(record, exc)
                 if stale is None:
                     raise
                 return defer(record, stale, stale_tries=record.stale_tries + 1)
@@ -505,13 +507,13 @@ class Agent:
             notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
             consented = record.consent_images if needs_consent(notice) else None
             try:
-                targets, window = await self._blocking(self._download, preconditions_of(notice), consented)
+                targets, window = await self._retrying.blocking(self._download, preconditions_of(notice), consented)
             except HeldAtDownload as held:  # e.g. a large bundle and only cellular
                 return defer(record, held.hold, bundle_bytes=held.bundle_bytes, stale_tries=0)
             except ConsentOutdated as changed:  # a new assignment since the owner's yes
                 return outdated(record, changed)
             except UpdateFailed as exc:
-                stale = self._stale_hold(record, exc)
+                stale = self._retrying.stale_hold(record, exc)
                 if stale is None:
                     raise
                 return defer(record, stale, stale_tries=record.stale_tries + 1)
@@ -519,7 +521,7 @@ class Agent:
                 return record.advance(S.REMEDIED, targets=(), stale_tries=0)
             return record.advance(S.VERIFYING, targets=targets, window=window, stale_tries=0)
         if record.state is S.VERIFYING:
-            await self._blocking(self._verify_bundles, record.targets)
+            await self._retrying.blocking(self._verify_bundles, record.targets)
             closed = outside_window(record, self._clock())  # downloaded at any hour, installed only inside
             if closed is not None:
                 return defer(record, closed)
@@ -530,88 +532,29 @@ class Agent:
                 if not covers(record.consent_images, hashes):
                     _discard_downloads(self.config.state_dir / "downloads", record.targets, everything=False)
                     return outdated(record, ConsentOutdated(record.consent_images, images_key(hashes)))
-            return record.advance(S.REBOOTING, targets=await self._blocking(self._install, record.targets))
+            return record.advance(S.REBOOTING, targets=await self._retrying.blocking(self._install, record.targets))
         if record.state is S.REBOOTING:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
             self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
             limit = self.config.installer.max_boot_attempts
-            if record.boot_attempts > limit and await self._blocking(self._on_trial, record.targets):
+            if record.boot_attempts > limit and await self._retrying.blocking(self._on_trial, record.targets):
                 raise UpdateFailed(
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
-            await self._blocking(self._reboot_and_commit, record.targets)
+            await self._retrying.blocking(self._reboot_and_commit, record.targets)
             if record.targets:  # sent with the remedied report, ahead of it
                 await asyncio.to_thread(self._try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
         raise AssertionError(f"no step for {record.state}")
 
-    async def _blocking(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn`` in a thread, retrying network failures, mapping surprises to internal_error."""
-        started, waited, attempt = self._monotonic(), 0.0, 0
-        while True:
-            try:
-                return await asyncio.to_thread(fn, *args)
-            except (HeldAtDownload, ConsentOutdated):
-                raise
-            except UpdateFailed as exc:
-                # the time so far: the clock's, or at least what we slept (a test's clock may stand still)
-                delay = self._retry_in(exc, attempt, max(self._monotonic() - started, waited))
-                if delay is None:
-                    raise
-                log.info("%s: %s; retrying in %.1f s", self.config.vin, exc, delay)
-            except Exception as exc:  # a disk error or a bug must fail the campaign, not the car
-                log.exception("%s: unexpected error", self.config.vin)
-                raise UpdateFailed(FailureReason.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}") from exc
-            await self._sleep(delay)
-            waited += delay
-            attempt += 1
-
-    def _retry_in(self, exc: UpdateFailed, attempt: int, elapsed: float) -> float | None:
-        """Seconds until the next try, or None to give up.
-
-        The repository's outage (``exc.transient``: a 5xx such as its database's 503, or no
-        connection) is waited out: soon, then less often (the download backoff, jittered so
-        a fleet does not come back in step) for up to ``outage_patience`` seconds. Any other
-        network failure gets ``retries`` quick tries; everything else fails at once.
-        """
-        if exc.reason not in RETRYABLE:
-            return None
-        if not exc.transient:
-            return self._retry_delay * 2**attempt if attempt < self._retries else None
-        limits = self.config.download
-        ceiling = min(limits.backoff_max, limits.backoff_base * 2 ** min(attempt, 30))
-        delay = ceiling * (0.5 + 0.5 * self._rng.random())
-        return delay if elapsed + delay <= limits.outage_patience else None
-
     async def _offer(self) -> Offer:
         """The gate's question: what the verified metadata assigns (and any signed owner-page answer)."""
-        verified = await self._blocking(self._verifier.verify, self._take_carried())
+        verified = await self._retrying.blocking(self._verifier.verify, self._take_carried())
         return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
 
     def _take_carried(self) -> DirectorMetadata | None:
         """The active campaign's carried Director files, once: a later refresh fetches."""
         return self._carried.pop(self._active, None) if self._active is not None else None
-
-    def _stale_hold(self, record: CampaignRecord, exc: UpdateFailed) -> Hold | None:
-        """Expired metadata is transient: a hold while fresh metadata may still come (None: fail now).
-
-        The server re-signs what lapsed (the Image repository's timestamp and snapshot by its
-        re-signer, a VIN's Director chain when the car asks for its timestamp), so the car asks
-        again after a growing backoff, within the same attempt, for up to ``outage_patience``
-        seconds of waiting in all; a mirror replaying frozen metadata never gets past python-tuf's
-        expiry check, and once the patience is spent the campaign fails ``metadata_expired``.
-        """
-        if exc.reason is not FailureReason.METADATA_EXPIRED:
-            return None
-        tries = record.stale_tries + 1
-        if sum(self._stale_delay(n) for n in range(1, tries + 1)) > self.config.download.outage_patience:
-            return None
-        return Hold(Blocker.METADATA_EXPIRED, f"{exc.detail[:700]}; fetching fresh metadata (try {tries + 1})")
-
-    def _stale_delay(self, tries: int) -> float:
-        """Seconds before the next fetch after ``tries`` fetches in a row found expired metadata."""
-        limits = self.config.download
-        return float(min(limits.backoff_max, limits.backoff_base * 2 ** min(max(tries, 1), 30)))
 
     def _download(
         self, preconditions: Preconditions | None = None, consented: str | None = None

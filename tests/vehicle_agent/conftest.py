@@ -7,6 +7,7 @@ import pytest
 
 from firmware_bundles.messages import ReportState
 from vehicle_agent.agent import Agent
+from vehicle_agent.config import AgentConfig
 from vehicle_agent.installer import FileSlots
 from vehicle_agent.link import FakeLink
 
@@ -46,13 +47,14 @@ class Car:
         self.time = SimTime()  # kept across restarts
         self.agent = self.build()
 
-    def build(self, **kwargs: Any) -> Agent:
+    def build(self, *, config: AgentConfig | None = None, **kwargs: Any) -> Agent:
+        """A fresh agent over the same state directory; ``config`` replaces the server's usual one."""
         self.link = FakeLink(VIN)
         kwargs.setdefault("download_sleep", self.time.pass_)  # the fetcher's backoff, in simulated time
         kwargs.setdefault("sleep", self.time.sleep)
         kwargs.setdefault("monotonic", self.time.monotonic)
         kwargs.setdefault("transport", self.server.transport)
-        self.agent = Agent(self.server.agent_config(self.state_dir), link=self.link, **kwargs)
+        self.agent = Agent(config or self.server.agent_config(self.state_dir), link=self.link, **kwargs)
         return self.agent
 
     @property

@@ -76,8 +76,8 @@ async def test_an_outage_longer_than_the_patience_fails_the_campaign(car: Car, s
 async def test_the_patience_is_configurable(car: Car, server: FakeServer) -> None:
     server.assign({SERIAL: server.release("2.0", 2)})
     config = car.agent.config
-    car.build(transport=Outage(server.transport, car.time, until=10**6))
-    car.agent.config = replace(config, download=replace(config.download, outage_patience=20.0))
+    patient = replace(config, download=replace(config.download, outage_patience=20.0))
+    car.build(config=patient, transport=Outage(server.transport, car.time, until=10**6))
     assert await car.agent.handle(server.notice()) is S.FAILED
     assert car.time.now <= 20.0
 

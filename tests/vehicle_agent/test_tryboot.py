@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ def slots(pi: FakePi, tmp_path: Path) -> TrybootSlots:
     return pi_slots(pi, tmp_path / "slot-state")
 
 
-def on_pi(car: Car, pi: FakePi, **kwargs: object) -> TrybootSlots:
+def on_pi(car: Car, pi: FakePi, **kwargs: Any) -> TrybootSlots:
     car.build(slots={SERIAL: pi_slots(pi, car.state_dir / "slots" / SERIAL)}, **kwargs)
     backend = car.agent.slots[SERIAL]
     assert isinstance(backend, TrybootSlots)
