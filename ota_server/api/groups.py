@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Query, status
+from fastapi import APIRouter, Path, status
 from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
@@ -83,7 +83,7 @@ def list_groups(
     session: SessionDep,
     sort: Annotated[str | None, sort_query(groups.LISTING)] = None,
     cursor: Cursor = None,
-    limit: Annotated[int, Query(ge=1, le=100, description="Groups per page (each is counted)")] = 50,
+    limit: Limit = 50,
 ) -> GroupPage:
     """The saved groups, by name (any case) unless sorted otherwise, each with its count now."""
     return groups.page(session, sort, cursor, limit)

@@ -58,10 +58,13 @@ async def test_every_list_declares_limit_cursor_sort_and_refuses_bad_ones_alike(
     for path, operation in operations:
         declared = {p["name"] for p in operation.get("parameters", []) if p["in"] == "query"}
         assert {"limit", "cursor", "sort"} <= declared, (path, sorted(declared))
+        limit = next(p["schema"] for p in operation["parameters"] if p["name"] == "limit")
+        assert (limit.get("minimum"), limit.get("maximum")) == (1, 1000), (path, limit)
         names = re.findall(r"{(\w+)}", path)
         assert set(names) <= set(ids), f"{path}: give the test an object for {names}"
         url = re.sub(r"{(\w+)}", lambda m: ids[m.group(1)], path)
         assert (await env.client.get(url)).status_code == 200, url
+        assert (await env.client.get(url, params={"limit": 1000})).status_code == 200, url
         bad_sort = await env.client.get(url, params={"sort": "zz"})
         assert bad_sort.status_code == 422 and BAD_SORT in bad_sort.json()["detail"], (url, bad_sort.text)
         bad_cursor = await env.client.get(url, params={"cursor": "garbage"})
