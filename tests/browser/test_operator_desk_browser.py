@@ -142,7 +142,7 @@ def test_an_approver_approves_the_launch_from_the_campaigns_page(desk: Desk, bro
     row.get_by_role("button", name="Approve launch").click()
     dialog = page.locator("dialog#confirm")
     dialog.wait_for()
-    assert "second person" in _text(page, "#confirm-what")
+    assert "second person" in _text(page, "#confirm-what") and "at once" in _text(page, "#confirm-what")
     dialog.get_by_role("button", name="Approve and launch").click()
     page.locator("#approval-result").filter(has_text="Approved by sam at").wait_for()
     campaign_id = desk.admin.recall(desk.recall_id)["campaign_id"]
@@ -171,15 +171,31 @@ def test_an_operator_pauses_and_resumes_from_the_campaign_page(desk: Desk, brows
     shot(page, "11-confirm-dialog")
     dialog.get_by_role("button", name="Pause").click()
     page.locator("#action-result").filter(has_text="Paused by olga at").wait_for()
-    assert "The brake supplier asked us to hold" in _text(page, "#action-result")
+    # Outside test (issue 18): "Paused by olga at … · paused by olga: …" and "paused paused by olga" said it twice.
+    result = _text(page, "#action-result")
+    assert result.endswith(": The brake supplier asked us to hold") and "paused by" not in result, result
     assert desk.admin.campaign(campaign_id)["status"] == "paused"
     page.locator("#subtitle .badge", has_text="paused").wait_for()  # the live page follows
-    assert "olga" in _text(page, "#subtitle")
+    page.locator("#subtitle", has_text="olga").wait_for()
+    subtitle = " ".join(_text(page, "#subtitle").split())
+    assert "paused by olga: The brake supplier asked us to hold" in subtitle and "paused paused" not in subtitle
 
+    # The other actions' dialogs say what they act on once ("Cancel campaign campaign 5?" before).
+    for button, title in (
+        ("Cancel campaign", "Cancel campaign"),
+        ("Retry failed cars", "Retry the failed cars of campaign"),
+    ):
+        actions.get_by_role("button", name=button).click()
+        assert _text(page, "#confirm-title") == f"{title} {campaign_id}?"
+        dialog.get_by_role("button", name="Back").click()
+        assert dialog.is_hidden()
+
+    # Resuming needs no reason (as in the CLI and the API): the field says it is optional.
     actions.get_by_role("button", name="Resume").click()
-    dialog.get_by_label("Reason").fill("Supplier confirmed the fix")
+    assert "optional" in _text(page, "#reason-label")
     dialog.get_by_role("button", name="Resume").click()
     page.locator("#action-result").filter(has_text="Resumed by olga at").wait_for()
+    assert desk.admin.campaign(campaign_id)["status_reason"] == "resumed by olga"
     assert desk.admin.campaign(campaign_id)["status"] == "active"
     entries = [(e["route"], e["status"], e["role"]) for e in _audit(desk, "olga")]
     assert entries[-2:] == [
@@ -202,6 +218,9 @@ def test_the_car_table_filters_by_state_and_its_csv_is_the_apis_rows(desk: Desk,
     vin = row.get_attribute("data-vin")
     row.get_by_role("button", name="Outcome…").click()
     dialog = page.locator("dialog#confirm")
+    # Outside test (issue 18): it said "The record is final for this car", but a dealer remedy may follow.
+    said = _text(page, "#confirm-what")
+    assert "final" not in said and "replacing an earlier outcome" in said and "audit log" in said
     dialog.get_by_label("Outcome").select_option("remedied_at_dealer")
     dialog.get_by_label("Evidence").fill("Brake software reflashed at dealer 0815")
     dialog.get_by_label("Reference").fill("RO-5521")
@@ -237,6 +256,14 @@ def test_the_car_table_filters_by_state_and_its_csv_is_the_apis_rows(desk: Desk,
     page.locator("#car-table[data-query='state=errors']").wait_for()
     shown = table.locator("tbody tr").evaluate_all("rows => rows.map(r => r.dataset.vin)")
     assert shown == [r["vin"] for r in desk.admin.campaign_vehicles(campaign_id, {"state": "errors"})] == []
+
+    # A deferred car's estimated next look already past says so, not a stale time (outside test, issue 18).
+    later, gone = (datetime.now(UTC) + timedelta(minutes=3)).isoformat(), "2020-01-01T00:00:00Z"
+    said = page.evaluate(
+        "(ats) => ats.map((at) => nextTry({next_try_at: at, next_try_basis: 'agent_recheck_estimate'}))",
+        [later, gone],
+    )
+    assert said[0].startswith("about ") and said[1] == "at its next check", said
 
     page.get_by_label("State", exact=True).select_option("")
     page.get_by_role("button", name="Filter").click()
@@ -299,9 +326,18 @@ def test_a_scheduled_campaign_says_when_it_starts_and_its_bars_are_empty(desk: D
     )
     with OperatorClient(desk.base_url, token=desk.tokens["sam-colleague"]) as requester:
         requester.launch(recall["id"])
-    with OperatorClient(desk.base_url, token=desk.tokens["sam"]) as approver:
-        campaign_id = int(approver.approve(recall["id"])["id"])
     when = f"starts at {starts:%Y-%m-%d %H:%M} UTC"
+    # Approved in the page: the dialog says when it starts (it said "launches the campaign at once" before).
+    context, page, problems = _open(browser, desk, "sam", "/ui/")
+    page.locator(f'#approval-table tr[data-recall="{recall["id"]}"]').get_by_role(
+        "button", name="Approve launch"
+    ).click()
+    said = _text(page, "#confirm-what")
+    assert when in said and "at once" not in said, said
+    page.locator("dialog#confirm").get_by_role("button", name="Approve and launch").click()
+    page.locator("#approval-result").filter(has_text=f"launched; it {when}.").wait_for()
+    campaign_id = int(desk.admin.recall(recall["id"])["campaign_id"])
+    context.close()
     context, page, problems = _open(browser, desk, "olga", "/ui/")
     row = page.locator(f'#campaigns tr[data-campaign="{campaign_id}"]')
     row.wait_for()
@@ -310,5 +346,10 @@ def test_a_scheduled_campaign_says_when_it_starts_and_its_bars_are_empty(desk: D
     page.goto(f"/ui/campaigns/{campaign_id}")
     page.locator("#subtitle .badge", has_text=when).wait_for()
     assert page.locator("#statebar .bar span").count() == 0
+    # A car's page says it too, not "active" (outside test, issue 18).
+    page.goto(f"/ui/vehicles/{desk.fleet.cars[0].vin}")
+    recall_row = page.locator(f'#v-campaigns tr[data-campaign="{campaign_id}"]')
+    recall_row.wait_for()
+    assert when in (recall_row.text_content() or "") and "active" not in (recall_row.text_content() or "")
     assert _real(problems.errors) == [] and problems.foreign == []
     context.close()

@@ -524,7 +524,13 @@ async def test_public_pages_and_assets_are_served(public: httpx.AsyncClient) -> 
     lookup = await public.get("/lookup")
     assert lookup.status_code == 200 and "<h1>Is your vehicle affected by a recall?</h1>" in lookup.text
     assert (await public.get("/")).headers["location"] == "/ui/"
-    assert (await public.get("/ui/login")).status_code == 200
+    login = await public.get("/ui/login")
+    assert login.status_code == 200
+    # Outside test (issue 18): it said "The pages only read ... every change is made with the ota CLI or the API".
+    said = " ".join(login.text.split())
+    assert "only read" not in said and "every change is made with" not in said
+    assert "an operator pauses, resumes, cancels, retries and records outcomes" in said
+    assert "every action asks for confirmation first" in said
     for asset, kind in (("app.js", "javascript"), ("app.css", "text/css")):
         resp = await public.get(f"/ui/static/{asset}")
         assert resp.status_code == 200 and kind in resp.headers["content-type"]

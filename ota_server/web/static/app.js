@@ -161,8 +161,8 @@ async function whoAmI() {
   return SESSION;
 }
 
-// Every action asks first: a <dialog> saying what will happen, with the reason (or evidence) field.
-// ``run(text)`` does it; a refusal is shown in the dialog, which stays open.
+// Every action asks first: a <dialog> saying what will happen, with the reason (or evidence) field
+// (``reason.optional``: it may stay empty). ``run(text)`` does it; a refusal is shown in the dialog, which stays open.
 function confirmAction({ title, what, confirm, reason, outcome, run }) {
   const dialog = $("confirm");
   const box = $("reason");
@@ -172,7 +172,7 @@ function confirmAction({ title, what, confirm, reason, outcome, run }) {
   if ($("reason-field")) {
     $("reason-field").hidden = !reason;
     box.value = "";
-    box.required = Boolean(reason);
+    box.required = Boolean(reason && !reason.optional);
     if (reason) {
       setText("reason-label", reason.label);
       box.maxLength = reason.max;
@@ -183,7 +183,7 @@ function confirmAction({ title, what, confirm, reason, outcome, run }) {
   $("confirm-form").onsubmit = async (event) => {
     event.preventDefault();
     const text = reason ? box.value.trim() : "";
-    if (reason && !text) {
+    if (reason && !reason.optional && !text) {
       setText("confirm-error", `${reason.label}: required.`);
       $("confirm-error").hidden = false;
       return;
@@ -248,15 +248,21 @@ async function refreshApprovals(refresh) {
     cell.hidden = !mayApprove;
     if (mayApprove) {
       const button = el("button", { type: "button", text: "Approve launch" });
+      // A planned start still ahead: approving launches the campaign, which notifies no car before it.
+      const start = r.rollout && r.rollout.start_at && Date.parse(r.rollout.start_at) > Date.now() ? r.rollout.start_at : null;
+      const when = start
+        ? `approving launches the campaign, which starts at ${fmtTime(start, false)} (no car is notified before) for ${r.affected_count} cars`
+        : `approving launches the campaign at once to ${r.affected_count} cars`;
       button.addEventListener("click", () => confirmAction({
         title: `Approve the launch of ${r.campaign_number}?`,
-        what: `${r.title}. Requested by ${request.requested_by || "?"}; approving launches the campaign at once to ${r.affected_count} cars, and the audit log names you as the second person.`,
+        what: `${r.title}. Requested by ${request.requested_by || "?"}; ${when}, and the audit log names you as the second person.`,
         confirm: "Approve and launch",
         run: async () => {
           const { data, at } = await send(`/api/v1/recalls/${r.id}/approve`, {});
           $("approval-result").replaceChildren(
             `Approved by ${SESSION.name} at ${fmtTime(at)}: `,
-            el("a", { href: `/ui/campaigns/${data.id}`, text: `campaign #${data.id}` }), " launched.");
+            el("a", { href: `/ui/campaigns/${data.id}`, text: `campaign #${data.id}` }),
+            data.scheduled ? ` launched; it starts at ${fmtTime(data.starts_at, false)}.` : " launched.");
           refresh();
         },
       }));
@@ -402,7 +408,7 @@ function renderCampaign(d) {
     `${kind} · campaign ${d.campaign_id} · ${d.hardware_id} → ${d.release_version} · launched ${fmtTime(d.launched_at, false)} · `,
     d.scheduled ? badge(`starts at ${fmtTime(d.starts_at, false)}`, "warn") : statusBadge(d.status),
     ...(d.scheduled && d.status !== "active" ? [" ", statusBadge(d.status)] : []),
-    d.status_reason ? ` ${d.status_reason}` : "",
+    d.status_reason ? ` ${afterStatus(d.status, d.status_reason)}` : "",
     d.done ? " · every car settled" : "",
   );
   showActions(d.status);
@@ -456,15 +462,20 @@ function renderCampaign(d) {
       el("td", { class: "mono", text: c.software_version }), el("td", { text: fmtTime(c.updated_at) }))));
 }
 
-// What each campaign button does, said before it is done; ``reason``: the body needs one.
+// A status reason after its status word: "paused" + "paused by olga: why" reads "paused by olga: why".
+function afterStatus(status, reason) {
+  return reason.startsWith(`${status} `) ? reason.slice(status.length + 1) : reason;
+}
+
+// What each campaign button does, said before it is done; ``reason``: "required", "optional" or none.
 const CAMPAIGN_ACTIONS = {
-  pause: { path: "pause", done: "Paused", confirm: "Pause", reason: true, when: ["active"],
+  pause: { path: "pause", done: "Paused", confirm: "Pause", title: "Pause campaign", reason: "required", when: ["active"],
     what: "No car is notified or retried until someone resumes it; cars already installing finish and report." },
-  resume: { path: "resume", done: "Resumed", confirm: "Resume", reason: true, when: ["paused"],
+  resume: { path: "resume", done: "Resumed", confirm: "Resume", title: "Resume campaign", reason: "optional", when: ["paused"],
     what: "Cars are notified again, wave by wave; the open wave's errors so far count as seen." },
-  cancel: { path: "cancel", done: "Cancelled", confirm: "Cancel the campaign", reason: true, when: ["active", "paused"],
+  cancel: { path: "cancel", done: "Cancelled", confirm: "Cancel the campaign", title: "Cancel campaign", reason: "required", when: ["active", "paused"],
     what: "Every car that has not started is withdrawn (its notice replaced by a withdrawal); cars installing finish or roll back. This cannot be undone." },
-  retry: { path: "retry-failed", done: "Retried failed cars", confirm: "Retry failed cars", reason: false, when: ["active", "paused", "completed"],
+  retry: { path: "retry-failed", done: "Retried failed cars", confirm: "Retry failed cars", title: "Retry the failed cars of campaign", reason: null, when: ["active", "paused", "completed"],
     what: "Every failed, rolled-back or timed-out car gets a new notice now, within the plan's waves, rate and windows." },
 };
 const OUTCOME_LABEL = {
@@ -485,16 +496,17 @@ function campaignActions(id, reloadCars) {
   for (const button of $("actions").querySelectorAll("button[data-action]")) {
     const spec = CAMPAIGN_ACTIONS[button.dataset.action];
     button.addEventListener("click", () => confirmAction({
-      title: `${button.textContent} campaign ${id}?`,
+      title: `${spec.title} ${id}?`,
       what: spec.what,
       confirm: spec.confirm,
-      reason: spec.reason ? { label: "Reason (kept with the status and in the audit log)", max: 1000 } : null,
+      reason: spec.reason
+        ? { label: `Reason (${spec.reason === "optional" ? "optional; " : ""}kept with the status and in the audit log)`, max: 1000, optional: spec.reason === "optional" }
+        : null,
       run: async (reason) => {
-        const { data, at } = await send(`/api/v1/campaigns/${id}/${spec.path}`, spec.reason ? { reason } : {});
+        const { data, at } = await send(`/api/v1/campaigns/${id}/${spec.path}`, reason ? { reason } : {});
         const campaign = data.campaign || data;
         const cars = data.vehicles === undefined ? "" : ` (${data.vehicles} car${data.vehicles === 1 ? "" : "s"})`;
-        setText("action-result", `${spec.done} by ${SESSION.name} at ${fmtTime(at)}${cars}` +
-          (campaign.status_reason ? ` · ${campaign.status_reason}` : ""));
+        setText("action-result", `${spec.done} by ${SESSION.name} at ${fmtTime(at)}${cars}${reason ? `: ${reason}` : ""}`);
         showActions(campaign.status);
         reloadCars();
       },
@@ -508,16 +520,18 @@ function reasonWords(code, text) {
   return el("span", {}, text || code, " ", el("span", { class: "mono muted", text: `(${code})` }));
 }
 
-function nextTry(c) {
+// A deferred car looks again by itself: an estimate already past says so instead of a stale time.
+function nextTry(c, now = Date.now()) {
   if (!c.next_try_at) return "–";
-  return c.next_try_basis === "agent_recheck_estimate" ? `about ${fmtTime(c.next_try_at)}` : `next try at ${fmtTime(c.next_try_at)}`;
+  if (c.next_try_basis !== "agent_recheck_estimate") return `next try at ${fmtTime(c.next_try_at)}`;
+  return Date.parse(c.next_try_at) > now ? `about ${fmtTime(c.next_try_at)}` : "at its next check";
 }
 
 function outcomeButton(id, c, reload) {
   const button = el("button", { type: "button", class: "small secondary", text: "Outcome…" });
   button.addEventListener("click", () => confirmAction({
     title: `Record an outcome for ${c.vin}`,
-    what: `Campaign ${id}, ${[c.model, c.model_year].filter(Boolean).join(" ")}, now ${STATE_LABEL[c.state] || c.state}. The record is final for this car and names you in the audit log.`,
+    what: `Campaign ${id}, ${[c.model, c.model_year].filter(Boolean).join(" ")}, now ${STATE_LABEL[c.state] || c.state}. It becomes the car's state, replacing an earlier outcome where one may follow another (a dealer remedy after an inspection or an unreachable record); every record stays in the audit log, which names you.`,
     confirm: "Record",
     outcome: true,
     reason: { label: "Evidence (what shows it: repair order, inspection note…)", max: 5000 },
