@@ -33,18 +33,16 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from firmware_bundles.assignment import Assignment
 from firmware_bundles.consent import images_key
 from firmware_bundles.messages import (
     CampaignNotice,
@@ -52,19 +50,18 @@ from firmware_bundles.messages import (
     DirectorMetadata,
     FailureReason,
     ManifestReason,
-    Preconditions,
     ReportState,
     StatusReport,
 )
 from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
 from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
+from vehicle_agent.download_step import DownloadStep, naming, rebuilt_image
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.gate import (
     ConsentOutdated,
     HeldAtDownload,
     StartGate,
     Withdrawn,
-    check,
     defer,
     needs_consent,
     outdated,
@@ -73,7 +70,7 @@ from vehicle_agent.gate import (
     preconditions_of,
 )
 from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
-from vehicle_agent.installer import FileSlots, SlotBackend, check_bundle, install, install_image
+from vehicle_agent.installer import FileSlots, SlotBackend, install, install_image
 from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal, Target
 from vehicle_agent.link import Link
 from vehicle_agent.manifest import ImageMeter, build_manifest
@@ -84,10 +81,7 @@ from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
 if TYPE_CHECKING:
     from securesystemslib.signer import CryptoSigner
 
-    from vehicle_agent.delta import DeltaApplier
-    from vehicle_agent.fetcher import BundleFetcher
     from vehicle_agent.transport import Transport
-    from vehicle_agent.verifier import Verifier
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +141,7 @@ class Agent:
             sleep=sleep,
             monotonic=monotonic,
         )
+        self._blocking = self._retrying.blocking  # every blocking step: in a thread, network failures retried
         self._manifest_interval = manifest_interval
         self._timer = timer
         self.meter = ImageMeter()
@@ -155,16 +150,13 @@ class Agent:
         self._health = health or self._default_health()
         # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
         # built on first use: an idle car then holds only its MQTT link and journal.
-        self._transport = transport
-        self._monotonic = monotonic
-        self._download_sleep = download_sleep
-        self._pipeline: tuple[Verifier, BundleFetcher, DeltaApplier] | None = None
         _check_report_key(config)
         self._signer_loaded = False
         self._signer_value: CryptoSigner | None = None
         options = config.vehicle
+        vehicle = vehicle or vehicle_state(options)
         self.gate = StartGate(
-            vehicle or vehicle_state(options),
+            vehicle,
             owner or default_owner(config, clock),
             clock=clock,
             sleep=sleep,
@@ -185,37 +177,16 @@ class Agent:
         for ecu in config.ecus:
             if ecu.serial not in self.journal.data.installed:
                 self.journal.data.installed[ecu.serial] = (ecu.installed_version, 0)
-
-    def _parts(self) -> tuple[Verifier, BundleFetcher, DeltaApplier]:
-        if self._pipeline is None:
-            from vehicle_agent.delta import DeltaApplier
-            from vehicle_agent.fetcher import BundleFetcher
-            from vehicle_agent.verifier import Verifier
-
-            cfg = self.config
-            fetcher = BundleFetcher(
-                self._transport,
-                cfg.repo_url,
-                cfg.state_dir / "downloads",
-                limits=cfg.download,
-                monotonic=self._monotonic,
-                sleep=self._download_sleep,
-            )
-            deltas = DeltaApplier(fetcher, max_image_bytes=cfg.download.max_delta_image_bytes)
-            self._pipeline = (Verifier(cfg, self._transport, monotonic=self._monotonic), fetcher, deltas)
-        return self._pipeline
-
-    @property
-    def _verifier(self) -> Verifier:
-        return self._parts()[0]
-
-    @property
-    def _fetcher(self) -> BundleFetcher:
-        return self._parts()[1]
-
-    @property
-    def _deltas(self) -> DeltaApplier:
-        return self._parts()[2]
+        self._downloads = DownloadStep(
+            config,
+            transport,
+            journal=self.journal,
+            slots=self.slots,
+            vehicle=vehicle,
+            carried=self._take_carried,
+            monotonic=monotonic,
+            download_sleep=download_sleep,
+        )
 
     @property
     def _signer(self) -> CryptoSigner | None:
@@ -478,7 +449,7 @@ class Agent:
     async def _withdrawn(self, record: CampaignRecord) -> CampaignRecord:
         """Stop before installing: drop what was downloaded, report withdrawn (one journal write first)."""
         alone = self._active in (None, record.campaign_id)  # no other campaign's download to keep
-        _discard_downloads(self.config.state_dir / "downloads", record.targets, everything=alone)
+        self._downloads.discard(record.targets, everything=alone)
         done = record.advance(S.WITHDRAWN, detail="the campaign was withdrawn before this car started installing")
         await self._report(done)
         return done
@@ -504,10 +475,10 @@ class Agent:
                     raise
                 return defer(record, stale, stale_tries=record.stale_tries + 1)
         if record.state is S.DOWNLOADING:
-            notice = _notice_of(record)  # the network rule needs the signed size: checked in _download
+            notice = _notice_of(record)  # the network rule needs the signed size: checked in download
             consented = record.consent_images if needs_consent(notice) else None
             try:
-                targets, window = await self._retrying.blocking(self._download, preconditions_of(notice), consented)
+                targets, window = await self._blocking(self._downloads.download, preconditions_of(notice), consented)
             except HeldAtDownload as held:  # e.g. a large bundle and only cellular
                 return defer(record, held.hold, bundle_bytes=held.bundle_bytes, stale_tries=0)
             except ConsentOutdated as changed:  # a new assignment since the owner's yes
@@ -521,7 +492,7 @@ class Agent:
                 return record.advance(S.REMEDIED, targets=(), stale_tries=0)
             return record.advance(S.VERIFYING, targets=targets, window=window, stale_tries=0)
         if record.state is S.VERIFYING:
-            await self._retrying.blocking(self._verify_bundles, record.targets)
+            await self._blocking(self._downloads.verify_bundles, record.targets)
             closed = outside_window(record, self._clock())  # downloaded at any hour, installed only inside
             if closed is not None:
                 return defer(record, closed)
@@ -530,18 +501,18 @@ class Agent:
             if needs_consent(_notice_of(record)):  # only the images the owner said yes to
                 hashes = [t.assignment.sha256 for t in record.targets]
                 if not covers(record.consent_images, hashes):
-                    _discard_downloads(self.config.state_dir / "downloads", record.targets, everything=False)
+                    self._downloads.discard(record.targets, everything=False)
                     return outdated(record, ConsentOutdated(record.consent_images, images_key(hashes)))
-            return record.advance(S.REBOOTING, targets=await self._retrying.blocking(self._install, record.targets))
+            return record.advance(S.REBOOTING, targets=await self._blocking(self._install, record.targets))
         if record.state is S.REBOOTING:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
             self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
             limit = self.config.installer.max_boot_attempts
-            if record.boot_attempts > limit and await self._retrying.blocking(self._on_trial, record.targets):
+            if record.boot_attempts > limit and await self._blocking(self._on_trial, record.targets):
                 raise UpdateFailed(
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
-            await self._retrying.blocking(self._reboot_and_commit, record.targets)
+            await self._blocking(self._reboot_and_commit, record.targets)
             if record.targets:  # sent with the remedied report, ahead of it
                 await asyncio.to_thread(self._try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
@@ -549,70 +520,12 @@ class Agent:
 
     async def _offer(self) -> Offer:
         """The gate's question: what the verified metadata assigns (and any signed owner-page answer)."""
-        verified = await self._retrying.blocking(self._verifier.verify, self._take_carried())
+        verified = await self._blocking(self._downloads.verifier.verify, self._take_carried())
         return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
 
     def _take_carried(self) -> DirectorMetadata | None:
         """The active campaign's carried Director files, once: a later refresh fetches."""
         return self._carried.pop(self._active, None) if self._active is not None else None
-
-    def _download(
-        self, preconditions: Preconditions | None = None, consented: str | None = None
-    ) -> tuple[tuple[Target, ...], str]:
-        """Verify, then fetch what is to be installed; ``consented``: the images key the owner said yes to.
-
-        Also returns the signed maintenance window (JSON, "" for any hour): the install waits for it.
-        """
-        verified = self._verifier.verify(self._take_carried())
-        if consented is not None:
-            signed = images_key(a.sha256 for a in verified.assignments)
-            if signed != consented:
-                raise ConsentOutdated(consented, signed)
-        todo = [a for a in verified.assignments if self._needs_install(a)]
-        size = sum(a.length for a in todo)  # signed: now the network rule for large bundles applies
-        hold = check(preconditions, self.gate.vehicle.read(), size) if todo else None
-        if hold is not None:
-            raise HeldAtDownload(hold, size)
-        for assignment in todo:
-            with _naming(assignment.ecu_serial):
-                slots = self.slots[assignment.ecu_serial]
-                delta = verified.image_repo and self._deltas.try_delta(assignment, verified.image_repo, slots)
-                if not delta:
-                    self._fetcher.fetch(assignment)
-        window = json.dumps(verified.window.to_json(), separators=(",", ":")) if verified.window else ""
-        return tuple(Target(a) for a in todo), window
-
-    def _needs_install(self, assignment: Assignment) -> bool:
-        version, counter = self.journal.data.installed[assignment.ecu_serial]
-        if assignment.release_counter < counter:
-            raise UpdateFailed(
-                FailureReason.METADATA_ROLLBACK,
-                f"{assignment.path}: release counter {assignment.release_counter} is below installed {counter}",
-            )
-        self._check_floor(assignment)
-        return assignment.version != version
-
-    def _check_floor(self, assignment: Assignment) -> None:
-        """Refuse an image below the highest recall minimum this ECU has seen, and remember new ones.
-
-        A floor is kept only when the assigned image itself meets it: the image's counter is
-        signed by the Image repository too, so a Director key alone cannot raise the floor
-        above any released image. It is saved with the step's next journal write.
-        """
-        wanted = assignment.min_release_counter
-        if wanted is not None and assignment.release_counter < wanted:
-            raise UpdateFailed(
-                FailureReason.BELOW_MINIMUM_VERSION,
-                f"{assignment.path}: release counter {assignment.release_counter} is below the recall's "
-                f"minimum {wanted}",
-            )
-        floor = self.journal.raise_floor(assignment.ecu_serial, wanted or 0)
-        if assignment.release_counter < floor:
-            raise UpdateFailed(
-                FailureReason.BELOW_MINIMUM_VERSION,
-                f"{assignment.path}: release counter {assignment.release_counter} is below the minimum {floor} "
-                "an earlier recall set for this ECU",
-            )
 
     def _try_queue_manifest(self, reason: ManifestReason) -> None:
         try:
@@ -620,24 +533,18 @@ class Agent:
         except Exception:  # the install stands: the next manifest (daily at the latest) tells it
             log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
 
-    def _verify_bundles(self, targets: tuple[Target, ...]) -> None:
-        for target in targets:
-            with _naming(target.assignment.ecu_serial):
-                if _rebuilt_image(self._fetcher.downloads, target.assignment) is None:  # a delta's is checked there
-                    check_bundle(self._fetcher.fetch(target.assignment), target.assignment)
-
     def _install(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
         done = []
         for target in targets:
             slots = self.slots[target.assignment.ecu_serial]
             if slots.booted_slot() != slots.active_slot():
                 slots.rollback()  # a trial boot we did not start: back to the committed slot first
-            with _naming(target.assignment.ecu_serial):
-                image = _rebuilt_image(self._fetcher.downloads, target.assignment)
+            with naming(target.assignment.ecu_serial):
+                image = rebuilt_image(self._downloads.fetcher.downloads, target.assignment)
                 if image is not None:
                     slot = install_image(image, target.assignment, slots)
                 else:
-                    slot = install(self._fetcher.fetch(target.assignment), target.assignment, slots)
+                    slot = install(self._downloads.fetcher.fetch(target.assignment), target.assignment, slots)
             done.append(Target(target.assignment, slot))
         return tuple(done)
 
@@ -689,7 +596,7 @@ class Agent:
             self.journal.set_installed(
                 a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
             )
-            self._fetcher.discard(a)
+            self._downloads.fetcher.discard(a)
         if failures:
             first = next(iter(failures.values()))
             first.kept = bool(kept)
@@ -723,7 +630,7 @@ class Agent:
             with contextlib.suppress(UpdateFailed, OSError):
                 if slots.active_slot() != target.slot:
                     slots.rollback()
-            self._fetcher.discard(target.assignment)
+            self._downloads.fetcher.discard(target.assignment)
 
     # -- reports -----------------------------------------------------------------------
 
@@ -791,12 +698,6 @@ def _report_signer(config: AgentConfig) -> CryptoSigner | None:
         raise ConfigError(f"report key: {exc}") from exc
 
 
-def _rebuilt_image(downloads: Path, assignment: Assignment) -> Path | None:
-    from vehicle_agent.delta import rebuilt_image
-
-    return rebuilt_image(downloads, assignment)
-
-
 def _fell_back(target: Target, slots: SlotBackend) -> UpdateFailed:
     serial = target.assignment.ecu_serial
     return UpdateFailed(
@@ -810,17 +711,6 @@ def _fell_back(target: Target, slots: SlotBackend) -> UpdateFailed:
 def _keeps_successful(targets: tuple[Target, ...]) -> bool:
     """Whether the recall's signed policy keeps the healthy ECUs on the fix when one fails."""
     return any(t.assignment.ecu_failure_policy == "keep_successful" for t in targets)
-
-
-@contextlib.contextmanager
-def _naming(serial: str) -> Iterator[None]:
-    """A failure in one ECU's step (download, check, install) names that ECU in the report."""
-    try:
-        yield
-    except UpdateFailed as exc:
-        if exc.ecu_serial is None:
-            exc.ecu_serial = serial
-        raise
 
 
 def default_owner(config: AgentConfig, clock: Clock) -> OwnerHook:
@@ -850,17 +740,6 @@ def _notice_of(record: CampaignRecord) -> CampaignNotice | None:
     except ValueError:
         log.warning("campaign %s: stored notice unreadable; no preconditions or owner notice", record.campaign_id)
         return None
-
-
-def _discard_downloads(downloads: Path, targets: tuple[Target, ...], *, everything: bool) -> None:
-    """Drop a withdrawn campaign's files: all of them when no other campaign is running, else its targets'."""
-    if not downloads.is_dir():
-        return
-    prefixes = tuple(t.assignment.sha256 for t in targets)
-    for path in downloads.iterdir():
-        if path.is_file() and (everything or (bool(prefixes) and path.name.startswith(prefixes))):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
 
 
 def agent_state_dir(base: Path, vin: str) -> Path:
