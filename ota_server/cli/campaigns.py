@@ -26,7 +26,7 @@ from ota_server.cli.common import (
     emit,
     table,
 )
-from ota_server.domain.reasons import plain_words
+from ota_server.domain.reasons import said
 from ota_server.domain.states import ERRORS, StateWord, UnreachableReason, VinState
 
 CampaignId = Annotated[int, typer.Argument(min=1, metavar="CAMPAIGN_ID", help="The campaign's id (ota campaigns list)")]
@@ -55,13 +55,20 @@ def status_word(campaign: dict[str, Any]) -> str:
     return "scheduled" if campaign.get("scheduled") and campaign["status"] == "active" else str(campaign["status"])
 
 
+def with_reason(status: str, reason: str | None) -> str:
+    """``paused (why)``; a reason that starts with the status word is said alone (``paused by olga: why``)."""
+    if not reason:
+        return status
+    return reason if reason.startswith(f"{status} ") else f"{status} ({reason})"
+
+
 def status_words(campaign: dict[str, Any]) -> str:
-    """``active``, ``paused (why)``..., and ``scheduled: starts at <time>`` while a planned start is ahead."""
-    reason = f" ({campaign['status_reason']})" if campaign.get("status_reason") else ""
+    """``active``, ``paused by olga: why``..., and ``scheduled: starts at <time>`` while a planned start is ahead."""
+    said = with_reason(str(campaign["status"]), campaign.get("status_reason"))
     if not campaign.get("scheduled"):
-        return f"{campaign['status']}{reason}"
+        return said
     starts = f"starts at {moment(campaign.get('starts_at'))}"
-    return f"scheduled: {starts}" if campaign["status"] == "active" else f"{campaign['status']}{reason}; {starts}"
+    return f"scheduled: {starts}" if campaign["status"] == "active" else f"{said}; {starts}"
 
 
 def campaign_line(campaign: dict[str, Any]) -> str:
@@ -71,10 +78,7 @@ def campaign_line(campaign: dict[str, Any]) -> str:
     )
 
 
-def coded(code: str | None) -> str | None:
-    """A reason code in plain words with the code beside it: ``the download failed (download_failed)``."""
-    words = plain_words(code)
-    return f"{words} ({code})" if words and words != code else code
+coded = said  # a reason code in plain words with the code beside it: ``the download failed (download_failed)``
 
 
 ReasonOption = Annotated[str, typer.Option(help="Why (kept with the status and in the audit log)")]
@@ -161,7 +165,7 @@ def campaigns_outcome(
     body |= {"reference": reference} if reference else {}
     with client_for(server, token) as client:
         record = client.call("POST", f"/api/v1/campaigns/{campaign_id}/vehicles/{vin}/outcome", json=body)
-    why = f" ({coded(record['reason'])})" if record.get("reason") else ""
+    why = f": {coded(record['reason'])}" if record.get("reason") else ""
     line = f"campaign {campaign_id}, {record['vin']}: {record['state']}{why}, recorded by {record['recorded_by']}"
     emit(as_json, record, lambda: typer.echo(line))
 
@@ -249,10 +253,10 @@ def progress_view(progress: dict[str, Any]) -> Any:
         where = f"not started, starts at {moment(progress.get('starts_at'))}"
     else:
         where = f"{'done' if progress.get('done') else 'in progress'} · wave {progress['current_wave']}"
-    reason = f" ({progress['status_reason']})" if progress.get("status_reason") else ""
+    status = with_reason(status_word(progress), progress.get("status_reason"))
     header = Text(
         f"campaign {progress['campaign_id']} · recall {progress['recall_number']} · {progress['population']} cars · "
-        f"{status_word(progress)}{reason} · {where} · notices {progress.get('notices_published', 0)}",
+        f"{status} · {where} · notices {progress.get('notices_published', 0)}",
         style="bold",
     )
     states = Table(title="By state", show_header=True)

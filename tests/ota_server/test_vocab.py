@@ -242,7 +242,8 @@ async def test_outcome_records_a_dealer_fix_and_an_unreachable_car(wired: Env) -
         "--evidence", "police report",
     )  # fmt: skip
     assert stolen.exit_code == 0, stolen.output
-    assert f"campaign {cid}, {vins[1]}: unreachable (" in stolen.stdout and "(stolen)" in stolen.stdout
+    # Outside test (issue 18): it said "unreachable (unreachable: stolen (stolen))".
+    assert f"campaign {cid}, {vins[1]}: unreachable: the car was stolen (stolen), recorded by admin" in stolen.stdout
     rows = (await _get(wired, f"/api/v1/campaigns/{cid}/vehicles"))["items"]
     assert {r["vin"]: r["state"] for r in rows} == {vins[0]: "remedied_at_dealer", vins[1]: "unreachable"}
     again = await ota(
@@ -253,6 +254,20 @@ async def test_outcome_records_a_dealer_fix_and_an_unreachable_car(wired: Env) -
     assert missing.exit_code == 2 and "--evidence" in missing.output
     wrong = await ota(wired, "campaigns", "outcome", cid, vins[0], "--outcome", "fixed", "--evidence", "x")
     assert wrong.exit_code == 2
+
+
+async def test_a_status_reason_does_not_repeat_the_status(wired: Env, monkeypatch: MonkeyPatch) -> None:
+    """Outside test (issue 18): "paused (paused by admin: why)" said the status twice."""
+    monkeypatch.setenv("COLUMNS", "200")  # watch's header on one line
+    _, release_id = await _fleet(wired, 1)
+    recall_id = await _recall(wired, release_id, {})
+    cid = str(json.loads((await ota(wired, "recalls", "launch", str(recall_id), "--json")).stdout)["id"])
+    paused = await ota(wired, "campaigns", "pause", cid, "--reason", "supplier hold")
+    assert paused.exit_code == 0, paused.output
+    for said in (paused.stdout, (await ota(wired, "campaigns", "show", cid)).stdout):
+        assert "paused by admin: supplier hold" in said and "paused (paused" not in said, said
+    watched = (await ota(wired, "campaigns", "watch", cid, "--once")).stdout
+    assert "paused by admin: supplier hold" in watched and "paused (paused" not in watched, watched
 
 
 async def test_vehicles_show_has_the_timeline_and_says_signed_or_declared(wired: Env) -> None:
