@@ -31,14 +31,15 @@ from ota_server.db.models import (
     Vehicle,
 )
 from ota_server.domain.reasons import deferral_code, reason_code, reason_text, said
-from ota_server.domain.rollout_plan import RolloutPlan
+from ota_server.domain.rollout_plan import RolloutPlan, missed_words
 from ota_server.domain.states import ERRORS, VinState
 from ota_server.domain.waves import wave_number
 from ota_server.errors import InvalidInput, NotFound
+from ota_server.rollout.campaign_tick import stalled
 from ota_server.schemas import DiscrepancyPublic, EcuPublic
 from ota_server.services import owner_notifications
 from ota_server.services.campaign_view import schedule, shown_plan
-from ota_server.services.campaigns import CANCELLED, PAUSED, ROLLBACK
+from ota_server.services.campaigns import ACTIVE, CANCELLED, PAUSED, ROLLBACK
 from ota_server.web.schemas import CampaignOfVin, TimelineEntry, VehicleTimeline
 
 Action = Literal["none", "wait", "dealer"]
@@ -100,6 +101,7 @@ class CampaignRow:
     max_retries: int
     starts_at: datetime | None = None
     scheduled: bool = False
+    stalled: str | None = None  # the open wave can no longer pass (campaign_tick.stalled): what and who acts
 
 
 def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: datetime | None) -> tuple[str, Action]:
@@ -166,6 +168,8 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
         if campaign.status == CANCELLED:
             return "Nothing to do: the campaign was cancelled.", "none"
         if car.notified_at is None:
+            if campaign.stalled is not None and car.wave > campaign.current_wave:
+                return f"Waiting: {campaign.stalled}.", "wait"
             if campaign.status == PAUSED:
                 why = f" ({campaign.status_reason})" if campaign.status_reason else ""
                 return (
@@ -375,6 +379,19 @@ def normalised_vin(raw: str) -> str:
 _PRIORITY: dict[Action, int] = {"dealer": 2, "wait": 1, "none": 0}
 
 
+def _stalled(session: Session, campaign: Campaign, plan: RolloutPlan | None, cv: CampaignVehicle) -> str | None:
+    """For a car of a later wave: its campaign's open wave can no longer pass, in words with who acts."""
+    if plan is None or cv.wave <= campaign.current_wave or campaign.status not in (ACTIVE, PAUSED):
+        return None
+    gate = stalled(session, campaign, plan)
+    if gate is None:
+        return None
+    return (
+        f"{missed_words(wave_number(campaign.current_wave), gate)}; an operator can retry its failed cars "
+        f"(ota campaigns retry {campaign.id} / the Retry button) or cancel the campaign"
+    )
+
+
 def timeline(session: Session, raw_vin: str, now: datetime) -> VehicleTimeline:
     vin = normalize_vin(raw_vin)
     vehicle = session.scalar(select(Vehicle).where(Vehicle.vin == vin))
@@ -437,6 +454,7 @@ def timeline(session: Session, raw_vin: str, now: datetime) -> VehicleTimeline:
             max_retries=(plan or RolloutPlan()).max_retries,
             starts_at=starts_at,
             scheduled=scheduled,
+            stalled=_stalled(session, campaign, plan, cv),
         )
         step, action = next_step(car, context, online=vehicle.online, last_seen=vehicle.last_seen)
         child = rolled_back_by.get(campaign.id)
