@@ -391,6 +391,24 @@ def threshold_reason(wave: int, gate: Gate) -> str:
     return f"{THRESHOLD_REASON} in wave {wave}: {gate.describe()}"
 
 
+# The status reason of a campaign paused because its open wave can no longer pass (no car of it can change
+# and too few are remedied) while a later wave waits behind it: only an operator can move it on.
+MISSED_REASON = "success threshold missed"
+
+
+def missed_words(wave: int, gate: Gate) -> str:
+    """What a wave that can no longer pass its gate means, in words (``wave`` numbered from 1)."""
+    return f"wave {wave} missed its success threshold ({gate.remedied} of {gate.needed} needed remedied)"
+
+
+def missed_reason(wave: int, gate: Gate) -> str:
+    """The status reason when wave number ``wave`` can no longer pass ``gate``."""
+    return (
+        f"{MISSED_REASON} in wave {wave}: {gate.remedied} of {gate.needed} needed remedied and no car of the wave "
+        "can change; retry its failed cars or cancel the campaign"
+    )
+
+
 _EXCLUDED = frozenset(
     {VinState.REMEDIED_AT_DEALER, VinState.INSPECTED_NOT_NEEDED, VinState.UNREACHABLE, VinState.DECLINED}
 )

@@ -4,7 +4,9 @@
 2. cars stuck installing (or never answering, if the plan asks) time out;
 3. the open wave is judged: errors past the threshold pause the campaign (and, if the
    plan names a rollback release, launch a rollback campaign to the wave's remedied cars:
-   :mod:`ota_server.rollout.rollback`), enough remedied cars open the next wave;
+   :mod:`ota_server.rollout.rollback`), enough remedied cars open the next wave, and a wave
+   that can no longer pass (:func:`stalled`) pauses the campaign, saying so: only an operator
+   moves it on (retry its failed cars, record them, or cancel);
 4. retries (with backoff) are scheduled for transient failures and timeouts;
 5. a campaign whose every car is final is completed (a car moving again reopens it);
 6. the next cars are notified (:mod:`ota_server.rollout.notifying`), unless the recall is a
@@ -52,6 +54,7 @@ class TickResult:
     opened: list[tuple[int, int]] = field(default_factory=list)  # (campaign, wave)
     rollbacks: list[tuple[int, int]] = field(default_factory=list)  # (tripped campaign, rollback campaign)
     faulted: list[int] = field(default_factory=list)  # campaigns paused by an error in their own tick
+    missed: list[int] = field(default_factory=list)  # campaigns paused: their open wave can no longer pass
 
     def add(self, part: TickResult) -> None:
         """Take in one campaign's committed work."""
@@ -64,6 +67,7 @@ class TickResult:
         self.opened += part.opened
         self.rollbacks += part.rollbacks
         self.faulted += part.faulted
+        self.missed += part.missed
 
 
 def plan_of(recall: Recall, campaign: Campaign | None = None) -> rules.RolloutPlan:
@@ -99,6 +103,47 @@ def can_still_change(plan: rules.RolloutPlan | None) -> ColumnElement[bool]:
     owed = CampaignVehicle.state.in_([s.value for s in ERRORS]) if plan is None else retry_owed(plan)
     in_flight = CampaignVehicle.state.in_([s.value for s in IN_FLIGHT])
     return or_(in_flight, CampaignVehicle.next_retry_at.is_not(None), owed)
+
+
+def wave_counts(session: Session, campaign_id: int, wave: int) -> dict[str, int]:
+    """Cars of wave ``wave`` (an index) per state."""
+    rows = session.execute(
+        select(CampaignVehicle.state, func.count())
+        .where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.wave == wave)
+        .group_by(CampaignVehicle.state)
+    )
+    return {state: n for state, n in rows}
+
+
+def wave_settled(session: Session, campaign_id: int, wave: int, plan: rules.RolloutPlan | None) -> bool:
+    """No car of wave ``wave`` (an index) can change any more without an operator."""
+    query = select(CampaignVehicle.vin).where(
+        CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.wave == wave, can_still_change(plan)
+    )
+    return session.scalar(query.limit(1)) is None
+
+
+def last_wave(session: Session, campaign_id: int) -> int:
+    """The index of the campaign's last wave that holds cars."""
+    query = select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign_id)
+    return session.scalar(query) or 0
+
+
+def stalled(
+    session: Session, campaign: Campaign, plan: rules.RolloutPlan, baseline: int | None = None
+) -> rules.Gate | None:
+    """The open wave's gate when that wave can no longer pass it and a later wave waits behind it, else None.
+
+    Short of its success threshold (tripped or not: ``baseline`` is the errors counted as seen, by default
+    the campaign's) and no car of it can change: the later waves would wait for ever. The last wave is never
+    stalled: with every car final the campaign completes.
+    """
+    wave = campaign.current_wave
+    seen = campaign.error_baseline if baseline is None else baseline
+    gate = rules.gate(plan, wave_counts(session, campaign.id, wave), seen)
+    if gate.remedied >= gate.needed or not wave_settled(session, campaign.id, wave, plan):
+        return None
+    return gate if last_wave(session, campaign.id) > wave else None
 
 
 class CampaignTick:
@@ -192,22 +237,12 @@ class CampaignTick:
             )
         return len(stuck)
 
-    def _wave_counts(self, session: Session, campaign_id: int, wave: int) -> dict[str, int]:
-        rows = session.execute(
-            select(CampaignVehicle.state, func.count())
-            .where(CampaignVehicle.campaign_id == campaign_id, CampaignVehicle.wave == wave)
-            .group_by(CampaignVehicle.state)
-        )
-        return {state: n for state, n in rows}
-
     def _judge(
         self, session: Session, campaign: Campaign, plan: rules.RolloutPlan, now: datetime, result: TickResult
     ) -> None:
         last: int | None = None  # the last wave, read only once a gate passes (a scan of the campaign's cars)
         while True:
-            gate = rules.gate(
-                plan, self._wave_counts(session, campaign.id, campaign.current_wave), campaign.error_baseline
-            )
+            gate = rules.gate(plan, wave_counts(session, campaign.id, campaign.current_wave), campaign.error_baseline)
             if gate.status is rules.GateStatus.TRIPPED:
                 campaign.status, campaign.status_changed_at = PAUSED, now
                 wave = wave_number(campaign.current_wave)
@@ -218,15 +253,11 @@ class CampaignTick:
                     if child is not None:
                         result.rollbacks.append((campaign.id, child.id))
                 return
-            if gate.status is not rules.GateStatus.PASSED:
+            if gate.status is rules.GateStatus.WAITING:
+                self._stall(session, campaign, plan, gate, now, result)
                 return
             if last is None:
-                last = (
-                    session.scalar(
-                        select(func.max(CampaignVehicle.wave)).where(CampaignVehicle.campaign_id == campaign.id)
-                    )
-                    or 0
-                )
+                last = last_wave(session, campaign.id)
             if campaign.current_wave >= last:
                 return
             campaign.current_wave += 1
@@ -234,6 +265,24 @@ class CampaignTick:
             result.opened.append((campaign.id, campaign.current_wave))
             opened = wave_number(campaign.current_wave)
             log.info("campaign %d: wave %d opened (%s)", campaign.id, opened, gate.describe())
+
+    def _stall(
+        self,
+        session: Session,
+        campaign: Campaign,
+        plan: rules.RolloutPlan,
+        gate: rules.Gate,
+        now: datetime,
+        result: TickResult,
+    ) -> None:
+        """Pause a campaign whose open wave can no longer pass ``gate`` (a waiting gate) while a later wave
+        waits: said in its status reason (and a campaign.paused event), not left active and silent for ever."""
+        wave = campaign.current_wave
+        if not wave_settled(session, campaign.id, wave, plan) or last_wave(session, campaign.id) <= wave:
+            return
+        self._set_status(campaign, PAUSED, rules.missed_reason(wave_number(wave), gate), now)
+        result.missed.append(campaign.id)
+        log.warning("campaign %d paused: %s", campaign.id, campaign.status_reason)
 
     def _schedule_retries(self, session: Session, campaign: Campaign, plan: rules.RolloutPlan) -> None:
         if plan.max_retries == 0:

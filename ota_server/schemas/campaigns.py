@@ -56,9 +56,10 @@ class WaveProgress(BaseModel):
     needed: int = Field(description="Remedied cars the success threshold asks for")
     gate: str = Field(
         description="waiting, passed or tripped (errors crossed the threshold); missed: short of the success "
-        "threshold with no car of the campaign left to change; unknown: the stored plan is unreadable"
+        "threshold with no car of the wave left to change (a later wave waits: the campaign is paused until an "
+        "operator retries its failed cars or cancels); unknown: the stored plan is unreadable"
     )
-    opened: bool
+    opened: bool = Field(description="The wave was opened (false for every wave of a campaign not started yet)")
 
 
 class EcuProgress(BaseModel):

@@ -14,10 +14,12 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.vin import normalize_vin
 from ota_server.db.models import Campaign, CampaignVehicle, Recall
+from ota_server.domain.rollout_plan import MISSED_REASON, missed_words
 from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignKind, Cause, VinState, allowed
+from ota_server.domain.waves import wave_number
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import rollback, transitions
-from ota_server.rollout.campaign_tick import plan_of
+from ota_server.rollout.campaign_tick import plan_of, stalled
 from ota_server.schemas import CampaignPublic, OutcomeCreate, RollbackStart, VinOutcome
 from ota_server.services import campaign_view
 from ota_server.services.campaigns import ACTIVE, CANCELLED, COMPLETED, PAUSED, Outbound, withdrawal
@@ -46,11 +48,16 @@ def pause(session: Session, campaign_id: int, reason: str, actor: str, now: date
 
 
 def resume(session: Session, campaign_id: int, reason: str, actor: str, now: datetime) -> CampaignPublic:
-    """Notify again. The open wave's current errors count as seen, so the gate does not trip on them twice."""
+    """Notify again. The open wave's current errors count as seen, so the gate does not trip on them twice.
+
+    Conflict when the open wave can no longer pass its success threshold while a later wave waits
+    (:func:`~ota_server.rollout.campaign_tick.stalled`): resuming would change nothing, so the answer says
+    what would (retry its failed cars, or cancel), rather than the scheduler pausing it again at once.
+    """
     campaign = _campaign(session, campaign_id)
     if campaign.status != PAUSED:
         raise Conflict(f"campaign {campaign_id} is {campaign.status}, not paused")
-    campaign.error_baseline = (
+    seen = (
         session.query(CampaignVehicle)
         .filter(
             CampaignVehicle.campaign_id == campaign_id,
@@ -59,6 +66,17 @@ def resume(session: Session, campaign_id: int, reason: str, actor: str, now: dat
         )
         .count()
     )
+    recall = session.get(Recall, campaign.recall_id)
+    assert recall is not None  # foreign key
+    gate = stalled(session, campaign, plan_of(recall, campaign), seen)
+    if gate is not None:
+        missed = missed_words(wave_number(campaign.current_wave), gate)
+        raise Conflict(
+            f"campaign {campaign_id}: resuming changes nothing, {missed} "
+            f"and no car of that wave can change: retry its failed cars first (ota campaigns retry {campaign_id} / "
+            "the Retry button; then resume), record them if a dealer fixed them, or cancel the campaign"
+        )
+    campaign.error_baseline = seen
     _set_status(campaign, ACTIVE, f"resumed by {actor}" + (f": {reason}" if reason else ""), now)
     session.commit()
     return campaign_view.public(session, campaign, now)
@@ -132,7 +150,9 @@ def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[Cam
     """Every failed, rolled-back or timed-out car gets a new notice at the next tick (any reason).
 
     Operator retries do not count against the plan's automatic retry limit's backoff:
-    they are due at once, and still obey waves, the rate limit and windows.
+    they are due at once, and still obey waves, the rate limit and windows. A campaign the
+    scheduler paused because its open wave missed its success threshold is active again: the
+    retry is what that pause asked for (an error-threshold pause still needs a resume).
     """
     campaign = _campaign(session, campaign_id)
     if campaign.status == CANCELLED:
@@ -147,6 +167,8 @@ def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[Cam
         cv.next_retry_at = now
     if rows and campaign.status == COMPLETED:
         _set_status(campaign, ACTIVE, "reopened: an operator retries its failed cars", now)
+    elif rows and campaign.status == PAUSED and (campaign.status_reason or "").startswith(MISSED_REASON):
+        _set_status(campaign, ACTIVE, "resumed: an operator retries its failed cars", now)
     session.commit()
     return campaign_view.public(session, campaign, now), len(rows)
 

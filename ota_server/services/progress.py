@@ -24,7 +24,7 @@ from ota_server.services.campaign_view import schedule, shown_plan
 from ota_server.services.campaigns import CANCELLED, rollback_of
 
 STATES = tuple(state.value for state in VinState)
-MISSED = "missed"  # a wave short of its success threshold in a campaign where no car can change any more
+MISSED = "missed"  # a wave short of its success threshold none of whose cars can change any more
 
 
 def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
@@ -36,9 +36,9 @@ def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
     assert recall is not None  # foreign key
     plan = shown_plan(recall, campaign)  # None: unreadable (the scheduler paused it), still shown
     in_campaign = CampaignVehicle.campaign_id == campaign_id
-    # Whether any car may still move, asked BEFORE the counts: a report stored between two
-    # reads then makes the counts newer than ``done``, never a done with cars still in flight.
-    may_change = session.scalar(select(CampaignVehicle.vin).where(in_campaign, can_still_change(plan)).limit(1))
+    # The waves with a car that may still move, asked BEFORE the counts: a report stored between two
+    # reads then makes the counts newer than ``done`` (and a ``missed``), never one with cars still in flight.
+    changing = set(session.scalars(select(CampaignVehicle.wave).where(in_campaign, can_still_change(plan)).distinct()))
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}
     for wave, state, n in session.execute(
@@ -62,7 +62,8 @@ def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
     )
     retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None))) or 0
     # cancelled: no retry is ever issued again, only cars installing still report
-    done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else may_change is None
+    done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else not changing
+    starts_at, scheduled = schedule(plan, campaign.status, now)
     waves = []
     for index in sorted(per_wave):
         gate = rules.gate(
@@ -78,11 +79,10 @@ def progress(session: Session, campaign_id: int, now: datetime) -> Progress:
                 remedied=gate.remedied,
                 errors=gate.errors,
                 needed=gate.needed,
-                gate=_verdict(gate, done) if plan is not None else "unknown",
-                opened=index <= campaign.current_wave,
+                gate=_verdict(gate, index not in changing) if plan is not None else "unknown",
+                opened=index <= campaign.current_wave and not scheduled,
             )
         )
-    starts_at, scheduled = schedule(plan, campaign.status, now)
     return Progress(
         campaign_id=campaign.id,
         recall_number=recall.campaign_number,
@@ -190,9 +190,10 @@ def failing_ecu_named(state: str, failed_ecu: str | None, detail: str | None, se
     return detail is not None and f"ECU {serial}:" in detail
 
 
-def _verdict(gate: rules.Gate, done: bool) -> str:
-    """The gate's word for people: a wave still short of its success threshold when no car of the campaign
-    can change any more waits for nothing: it ``missed`` the threshold."""
-    if done and gate.status is rules.GateStatus.WAITING:
+def _verdict(gate: rules.Gate, settled: bool) -> str:
+    """The gate's word for people: a wave still short of its success threshold when no car of that wave
+    can change any more (``settled``) waits for nothing: it ``missed`` the threshold. Judged per wave, so
+    a missed canary says so while the later waves wait behind it (the scheduler pauses the campaign)."""
+    if settled and gate.status is rules.GateStatus.WAITING:
         return MISSED
     return gate.status.value

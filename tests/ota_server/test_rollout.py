@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+from sqlalchemy import select
 from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
@@ -19,6 +21,7 @@ from firmware_bundles.messages import (
     parse_campaign_message,
 )
 from firmware_bundles.uptane import assignments_for
+from ota_server.db.models import OutboxEvent
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, provision, recall_body, remedied, report, upload, vehicle, vin
 
@@ -133,13 +136,11 @@ async def test_failures_past_the_error_threshold_pause_and_no_further_car_is_not
     assert len(_notified_vins(env, cid)) == 5  # no car beyond the canary
     campaign = await env.get_json(f"/api/v1/campaigns/{cid}")
     assert campaign["status"] == "paused"
-    # An operator looks, then resumes: the seen errors no longer trip the gate, so wave 2 opens.
+    # 3/5 remedied is below the 90% success threshold and no car of the wave can change: resuming would
+    # stall the campaign for ever, so it is refused, saying why (issue 18).
     resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={"reason": "bad batch of canary cars"})
-    assert resumed.status_code == 200, resumed.text
-    await env.runtime.dispatcher.idle()
-    assert len(_notified_vins(env, cid)) == 5  # 3/5 remedied is below the 90% success threshold
-    again = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
-    assert again.status_code == 409
+    assert resumed.status_code == 409 and "success threshold" in resumed.text, resumed.text
+    assert len(_notified_vins(env, cid)) == 5
 
 
 async def test_percentage_error_threshold_and_operator_pause(env: Env) -> None:
@@ -380,6 +381,7 @@ async def test_nothing_is_notified_before_the_start_time(env: Env) -> None:
     release = await _fleet(env, [v])
     cid = (await _launch(env, release, rollout={"start_at": "2026-03-02T00:00:00Z"}))["id"]
     assert _notices(env, cid) == []
+    assert [w["opened"] for w in (await _progress(env, cid))["waves"]] == [False]  # not open before the start
     env.clock.advance(12 * 3600 - 1)
     await env.tick()
     assert _notices(env, cid) == []
@@ -606,9 +608,10 @@ async def test_a_tripped_wave_rolls_its_remedied_cars_back(env: Env) -> None:
     rolled = await _progress(env, rid)
     assert rolled["kind"] == "rollback" and rolled["rollback_campaign_id"] is None
     assert rolled["counts"]["remedied"] == 2 and rolled["done"] and rolled["waves"][0]["gate"] == "passed"
-    # Still one rollback per parent, and the recall's remedy campaign cannot be launched twice.
+    # Still one rollback per parent, and the recall's remedy campaign cannot be launched twice. Resuming the
+    # parent would stall it (2 of 5 remedied, no car of the wave left to change): refused, saying so.
     resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
-    assert resumed.status_code == 200, resumed.text
+    assert resumed.status_code == 409 and "missed its success threshold" in resumed.text, resumed.text
     recall_id = listed[0]["recall_id"]
     assert (await env.get_json(f"/api/v1/recalls/{recall_id}"))["campaign_id"] == cid
     again = await env.client.post(f"/api/v1/recalls/{recall_id}/launch")
@@ -676,3 +679,112 @@ async def test_a_completed_campaign_shows_no_gate_still_waiting(env: Env) -> Non
     assert (wave["remedied"], wave["needed"], wave["gate"]) == (2, 3, "missed"), wave
     dashboard = await env.get_json(f"/api/v1/campaigns/{cid}/dashboard")
     assert [w["gate"] for w in dashboard["waves"]] == ["missed"]
+
+
+def _missed_step(cid: int, needed: int) -> str:
+    return (
+        f"Waiting: wave 1 missed its success threshold (0 of {needed} needed remedied); an operator can retry "
+        f"its failed cars (ota campaigns retry {cid} / the Retry button) or cancel the campaign."
+    )
+
+
+async def _next_step(env: Env, v: str, cid: int) -> str:
+    timeline = await env.get_json(f"/api/v1/vehicles/{v}/timeline")
+    [step] = [c["next_step"] for c in timeline["campaigns"] if c["campaign_id"] == cid]
+    return str(step)
+
+
+async def _retry_canary(env: Env, cid: int, canary: list[str], attempt: int, final: S) -> None:
+    """The canary's cars get new notices (an operator's retry) and report ``final`` on them."""
+    nonces = await env.nonces()
+    for v in canary:
+        if final is S.REMEDIED:
+            await env.inject(
+                report(cid, v, nonces[v], final, attempt=attempt, installed_version="1.1.0", health_ok=True)
+            )
+        else:
+            await env.inject(
+                report(cid, v, nonces[v], final, attempt=attempt, reason=FailureReason.HEALTH_CHECK_FAILED)
+            )
+
+
+@pytest.mark.parametrize("threshold", [90, 50])
+async def test_a_wave_that_can_no_longer_pass_is_missed_and_resume_says_so(env: Env, threshold: int) -> None:
+    """Outside test (issue 18): after a trip, resuming a wave whose cars were all final stalled the campaign
+    for ever, its gate 'waiting' and the later cars 'waiting for wave 2 to open (wave 1 is rolling out)'."""
+    vins = [vin(n) for n in range(1, 7)]
+    release = await _fleet(env, vins)
+    rollout = {
+        "waves": [{"cars": 2}, {"percent": 100}],
+        "error_threshold_count": 1,
+        "success_threshold_percent": threshold,
+        "max_retries": 0,
+    }
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    later = sorted(set(vins) - set(canary))
+    await _run_to(env, cid, canary, S.ROLLED_BACK, reason=FailureReason.HEALTH_CHECK_FAILED)
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused" and progress["waves"][0]["gate"] == "tripped", progress
+    needed = progress["waves"][0]["needed"]
+    # Resuming would change nothing: refused, saying what would.
+    resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
+    assert resumed.status_code == 409, resumed.text
+    assert "wave 1" in resumed.text and f"ota campaigns retry {cid}" in resumed.text
+    assert await _next_step(env, later[0], cid) == _missed_step(cid, needed)
+    # The operator retries the canary's cars and resumes: they are notified again and the wave can pass.
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/retry-failed")).status_code == 200
+    resumed = await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})
+    assert resumed.status_code == 200, resumed.text
+    await env.runtime.dispatcher.idle()
+    assert len(_notices(env, cid)) == 4
+    assert (await _progress(env, cid))["waves"][0]["gate"] == "waiting"
+    await _retry_canary(env, cid, canary, 2, S.REMEDIED)
+    await env.runtime.dispatcher.idle()
+    assert _notified_vins(env, cid) == set(vins)
+    progress = await _progress(env, cid)
+    assert progress["current_wave"] == 2 and progress["waves"][0]["gate"] == "passed", progress
+
+
+async def test_a_missed_wave_pauses_the_campaign_once_and_a_retry_reopens_it(env: Env) -> None:
+    """A wave short of its threshold with no car of it left to change pauses the campaign with a reason
+    (a campaign.paused webhook), its gate 'missed'; resume does not loop back into the pause, a retry does it."""
+    vins = [vin(n) for n in range(1, 7)]
+    release = await _fleet(env, vins)
+    rollout = {"waves": [{"cars": 2}, {"percent": 100}], "max_retries": 0}
+    cid = (await _launch(env, release, rollout=rollout))["id"]
+    canary = sorted(_notified_vins(env, cid))
+    later = sorted(set(vins) - set(canary))
+    await _run_to(env, cid, canary[:1], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    assert (await _progress(env, cid))["waves"][0]["gate"] == "waiting"  # the other car may still pass it
+    await _run_to(env, cid, canary[1:], S.FAILED, reason=FailureReason.HEALTH_CHECK_FAILED)
+    progress = await _progress(env, cid)
+    assert progress["status"] == "paused", progress
+    assert progress["status_reason"].startswith("success threshold missed in wave 1"), progress
+    assert [w["gate"] for w in progress["waves"]] == ["missed", "waiting"]
+    assert [w["opened"] for w in progress["waves"]] == [True, False]
+    dashboard = await env.get_json(f"/api/v1/campaigns/{cid}/dashboard")
+    assert [w["gate"] for w in dashboard["waves"]] == ["missed", "waiting"]
+    with env.runtime.sessions() as session:
+        events = [e.payload["type"] for e in session.scalars(select(OutboxEvent).order_by(OutboxEvent.id))]
+    assert events.count("campaign.paused") == 1, events
+    assert await _next_step(env, later[0], cid) == _missed_step(cid, 2)
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/resume", json={})).status_code == 409
+    for _ in range(2):
+        env.clock.advance(3600)
+        await env.tick()
+    assert (await _progress(env, cid))["status"] == "paused"
+    # Retrying the failed cars is what the pause asked for: the campaign is active again, and a retry that
+    # fails too pauses it again (the operator is told once more).
+    retried = await env.client.post(f"/api/v1/campaigns/{cid}/retry-failed")
+    assert retried.status_code == 200 and retried.json()["campaign"]["status"] == "active", retried.text
+    await env.runtime.dispatcher.idle()
+    assert len(_notices(env, cid)) == 4
+    await _retry_canary(env, cid, canary, 2, S.FAILED)
+    assert (await _progress(env, cid))["status"] == "paused"
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/retry-failed")).status_code == 200
+    await env.runtime.dispatcher.idle()
+    await _retry_canary(env, cid, canary, 3, S.REMEDIED)
+    await env.runtime.dispatcher.idle()
+    assert _notified_vins(env, cid) == set(vins)
+    assert (await _progress(env, cid))["status"] == "active"

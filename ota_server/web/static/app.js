@@ -435,7 +435,7 @@ function renderCampaign(d) {
     const gate = w.gate === "passed" ? badge("passed", "ok") : w.gate === "tripped" ? badge("tripped", "bad")
       : w.gate === "missed" ? badge("missed", "warn") : badge(w.opened ? "waiting" : "not open", w.opened ? "busy" : "");
     return el("tr", { "data-wave": w.number },
-      el("th", { scope: "row", text: `Wave ${w.number}${w.number === d.current_wave && !d.scheduled ? " (open)" : ""}` }),
+      el("th", { scope: "row", text: `Wave ${w.number}${w.number === d.current_wave && !d.scheduled && (d.status === "active" || d.status === "paused") ? " (open)" : ""}` }),
       el("td", { text: w.spec }),
       el("td", { class: "num", text: w.size }),
       el("td", { class: "num", text: w.remedied }),
