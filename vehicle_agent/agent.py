@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import logging
 import random
 import re
@@ -43,6 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from firmware_bundles.assignment import Assignment
 from firmware_bundles.consent import images_key
 from firmware_bundles.messages import (
     CampaignNotice,
@@ -53,9 +53,9 @@ from firmware_bundles.messages import (
     ReportState,
     StatusReport,
 )
-from vehicle_agent.config import AgentConfig, EcuConfig, VehicleOptions
+from vehicle_agent.config import AgentConfig, VehicleOptions
 from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
-from vehicle_agent.download_step import DownloadStep, naming, rebuilt_image
+from vehicle_agent.download_step import DownloadStep
 from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
 from vehicle_agent.gate import (
     ConsentOutdated,
@@ -69,9 +69,10 @@ from vehicle_agent.gate import (
     owes_result,
     preconditions_of,
 )
-from vehicle_agent.health import CommandHealthCheck, HeaderHealthCheck, HealthCheck
-from vehicle_agent.installer import FileSlots, SlotBackend, install, install_image
-from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal, Target
+from vehicle_agent.health import HealthCheck
+from vehicle_agent.install_step import InstallStep, SlotFactory
+from vehicle_agent.installer import SlotBackend
+from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal
 from vehicle_agent.link import Link
 from vehicle_agent.manifest import ImageMeter, build_manifest
 from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
@@ -87,7 +88,6 @@ log = logging.getLogger(__name__)
 
 Clock = Callable[[], datetime]
 ReportCallback = Callable[[StatusReport], None]
-SlotFactory = Callable[[EcuConfig], SlotBackend]
 
 # After a trial boot these leave the old slot running: reported as rolled_back, reason kept.
 ROLLBACK_REASONS = frozenset({FailureReason.BOOT_FAILED, FailureReason.HEALTH_CHECK_FAILED})
@@ -145,9 +145,11 @@ class Agent:
         self._manifest_interval = manifest_interval
         self._timer = timer
         self.meter = ImageMeter()
-        self.slots = self._make_slots(slots)
+        self._boot = InstallStep(
+            config, slots, health, fetcher=lambda: self._downloads.fetcher, installed=self._record_installed
+        )
+        self.slots = self._boot.slots  # read by the manifest and status; only the install step changes them
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
-        self._health = health or self._default_health()
         # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
         # built on first use: an idle car then holds only its MQTT link and journal.
         _check_report_key(config)
@@ -188,33 +190,17 @@ class Agent:
             download_sleep=download_sleep,
         )
 
+    def _record_installed(self, a: Assignment) -> None:
+        self.journal.set_installed(
+            a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
+        )
+
     @property
     def _signer(self) -> CryptoSigner | None:
         if not self._signer_loaded:
             self._signer_value = _report_signer(self.config)
             self._signer_loaded = True
         return self._signer_value
-
-    def _make_slots(self, slots: Mapping[str, SlotBackend] | SlotFactory | None) -> dict[str, SlotBackend]:
-        cfg = self.config
-        if slots is None:
-            return {
-                e.serial: FileSlots.open_or_seed(
-                    cfg.state_dir / "slots" / e.serial, e.hardware_id, e.installed_version, durable=cfg.durable
-                )
-                for e in cfg.ecus
-            }
-        if callable(slots):
-            return {e.serial: slots(e) for e in cfg.ecus}
-        missing = {e.serial for e in cfg.ecus} - set(slots)
-        if missing:
-            raise ConfigError(f"no slot backend for ECU(s) {sorted(missing)}")
-        return dict(slots)
-
-    def _default_health(self) -> HealthCheck:
-        if self.config.health.command:
-            return CommandHealthCheck(self.config.health.command, self.config.health.timeout)
-        return HeaderHealthCheck()
 
     # -- the outside world ---------------------------------------------------------
 
@@ -288,16 +274,7 @@ class Agent:
         return done.state
 
     def _settle_boot(self) -> None:
-        """A trial boot or armed try that no unfinished campaign owns (e.g. the power went
-        while rolling back) goes back to the committed slot."""
-        owned = {t.assignment.ecu_serial for c in self.journal.unfinished() for t in c.targets}
-        for serial, slots in self.slots.items():
-            if serial in owned:
-                continue
-            with contextlib.suppress(UpdateFailed, OSError):
-                if slots.booted_slot() != slots.active_slot() or slots.pending_try() is not None:
-                    log.warning("%s: ECU %s has an unowned trial boot; rolling back", self.config.vin, serial)
-                    slots.rollback()
+        self._boot.settle({t.assignment.ecu_serial for c in self.journal.unfinished() for t in c.targets})
 
     async def handle(self, notice: CampaignNotice) -> ReportState:
         """Take one notice to a terminal state and return it."""
@@ -503,16 +480,16 @@ class Agent:
                 if not covers(record.consent_images, hashes):
                     self._downloads.discard(record.targets, everything=False)
                     return outdated(record, ConsentOutdated(record.consent_images, images_key(hashes)))
-            return record.advance(S.REBOOTING, targets=await self._blocking(self._install, record.targets))
+            return record.advance(S.REBOOTING, targets=await self._blocking(self._boot.install, record.targets))
         if record.state is S.REBOOTING:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
             self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
             limit = self.config.installer.max_boot_attempts
-            if record.boot_attempts > limit and await self._blocking(self._on_trial, record.targets):
+            if record.boot_attempts > limit and await self._blocking(self._boot.on_trial, record.targets):
                 raise UpdateFailed(
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
-            await self._blocking(self._reboot_and_commit, record.targets)
+            await self._blocking(self._boot.reboot_and_commit, record.targets)
             if record.targets:  # sent with the remedied report, ahead of it
                 await asyncio.to_thread(self._try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
@@ -533,75 +510,6 @@ class Agent:
         except Exception:  # the install stands: the next manifest (daily at the latest) tells it
             log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
 
-    def _install(self, targets: tuple[Target, ...]) -> tuple[Target, ...]:
-        done = []
-        for target in targets:
-            slots = self.slots[target.assignment.ecu_serial]
-            if slots.booted_slot() != slots.active_slot():
-                slots.rollback()  # a trial boot we did not start: back to the committed slot first
-            with naming(target.assignment.ecu_serial):
-                image = rebuilt_image(self._downloads.fetcher.downloads, target.assignment)
-                if image is not None:
-                    slot = install_image(image, target.assignment, slots)
-                else:
-                    slot = install(self._downloads.fetcher.fetch(target.assignment), target.assignment, slots)
-            done.append(Target(target.assignment, slot))
-        return tuple(done)
-
-    def _on_trial(self, targets: tuple[Target, ...]) -> bool:
-        """Whether any target's slot is still on trial (not yet the committed slot).
-
-        Only a trial is bounded by ``max_boot_attempts``: a committed slot runs the fix, so
-        however many starts a crash after the commit costs, it is never reported rolled back.
-        """
-        return any(self.slots[t.assignment.ecu_serial].active_slot() != t.slot for t in targets)
-
-    def _reboot_and_commit(self, targets: tuple[Target, ...]) -> None:
-        """Boot, health-check and commit the slots still on trial; then record every target installed.
-
-        A target already committed (a crash came after its commit) is neither booted nor
-        checked again. By default the commit follows only a healthy trial boot of every
-        target; under the recall's signed ``keep_successful`` policy the healthy ones are
-        committed and recorded, and the first failing ECU's failure is raised (``kept``).
-        """
-        trial = tuple(t for t in targets if self.slots[t.assignment.ecu_serial].active_slot() != t.slot)
-        failures: dict[str, UpdateFailed] = {}
-        for target in trial:
-            slots = self.slots[target.assignment.ecu_serial]
-            if slots.booted_slot() != target.slot and slots.pending_try() == target.slot:
-                slots.reboot()
-            if slots.booted_slot() != target.slot:  # the one-shot try was spent (or failed) and we are back
-                failures[target.assignment.ecu_serial] = _fell_back(target, slots)
-                if not _keeps_successful(targets):
-                    raise failures[target.assignment.ecu_serial]
-        for target in trial:
-            if target.assignment.ecu_serial in failures:
-                continue
-            slots = self.slots[target.assignment.ecu_serial]
-            problem = self._health.check(slots, target.assignment)
-            if problem is not None:
-                failures[target.assignment.ecu_serial] = UpdateFailed(
-                    FailureReason.HEALTH_CHECK_FAILED,
-                    f"ECU {target.assignment.ecu_serial}: {problem}; rolled back to slot {slots.active_slot()}",
-                    ecu_serial=target.assignment.ecu_serial,
-                )
-                if not _keeps_successful(targets):
-                    raise failures[target.assignment.ecu_serial]
-        kept = tuple(t for t in targets if t.assignment.ecu_serial not in failures)
-        for target in trial:
-            if target in kept:
-                self.slots[target.assignment.ecu_serial].commit()
-        for target in kept:
-            a = target.assignment
-            self.journal.set_installed(
-                a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
-            )
-            self._downloads.fetcher.discard(a)
-        if failures:
-            first = next(iter(failures.values()))
-            first.kept = bool(kept)
-            raise first
-
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
         # keep_successful: the other ECUs kept the fix, so the car is failed, not rolled back
@@ -615,22 +523,13 @@ class Agent:
         # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
         report = self._build_report(failed)
         self.journal.record(failed, report)
-        await asyncio.to_thread(self._undo, record.targets)
+        await asyncio.to_thread(self._boot.undo, record.targets)
         if record.state.rank >= S.INSTALLING.rank and record.targets:  # slots were touched: say what runs now
             await asyncio.to_thread(self._try_queue_manifest, ManifestReason.ROLLBACK)
         if self._on_report is not None:
             self._on_report(report)
         await self.flush()
         return failed
-
-    def _undo(self, targets: tuple[Target, ...]) -> None:
-        """Back to the committed slot on every ECU this campaign touched; drop its downloads."""
-        for target in targets:
-            slots = self.slots[target.assignment.ecu_serial]
-            with contextlib.suppress(UpdateFailed, OSError):
-                if slots.active_slot() != target.slot:
-                    slots.rollback()
-            self._downloads.fetcher.discard(target.assignment)
 
     # -- reports -----------------------------------------------------------------------
 
@@ -696,21 +595,6 @@ def _report_signer(config: AgentConfig) -> CryptoSigner | None:
         return load_report_signer(config.report_key)
     except ValueError as exc:
         raise ConfigError(f"report key: {exc}") from exc
-
-
-def _fell_back(target: Target, slots: SlotBackend) -> UpdateFailed:
-    serial = target.assignment.ecu_serial
-    return UpdateFailed(
-        FailureReason.BOOT_FAILED,
-        f"ECU {serial}: slot {target.slot} did not boot; "
-        f"the bootloader fell back to slot {slots.booted_slot()} (rolled back)",
-        ecu_serial=serial,
-    )
-
-
-def _keeps_successful(targets: tuple[Target, ...]) -> bool:
-    """Whether the recall's signed policy keeps the healthy ECUs on the fix when one fails."""
-    return any(t.assignment.ecu_failure_policy == "keep_successful" for t in targets)
 
 
 def default_owner(config: AgentConfig, clock: Clock) -> OwnerHook:
