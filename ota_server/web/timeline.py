@@ -71,6 +71,17 @@ def when(at: datetime | None) -> str:
     return at.strftime("%Y-%m-%d %H:%M UTC") if at else "never"
 
 
+def status_why(status: str, reason: str | None) -> str:
+    """What follows "the campaign is <status>": `` by alice (checking)`` for an operator's
+    ``<status> by alice: checking``, `` (why)`` for any other reason (never the status twice)."""
+    if not reason:
+        return ""
+    if not reason.startswith(f"{status} by "):
+        return f" ({reason})"
+    who, _, why = reason.removeprefix(f"{status} ").partition(": ")
+    return f" {who}" + (f" ({why})" if why else "")
+
+
 def times(n: int) -> str:
     return {1: "once", 2: "twice"}.get(n, f"{n} times")
 
@@ -109,7 +120,7 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
     state = S(car.state)
     rollback = campaign.kind == ROLLBACK
     if state is S.WITHDRAWN:
-        why = f" ({campaign.status_reason})" if campaign.status_reason else ""
+        why = status_why(CANCELLED, campaign.status_reason)
         return f"Nothing to do: the campaign was cancelled{why} before this car started.", "none"
     if state is S.REMEDIED:
         if rollback:
@@ -171,7 +182,7 @@ def next_step(car: CarRow, campaign: CampaignRow, *, online: bool, last_seen: da
             if campaign.stalled is not None and car.wave > campaign.current_wave:
                 return f"Waiting: {campaign.stalled}.", "wait"
             if campaign.status == PAUSED:
-                why = f" ({campaign.status_reason})" if campaign.status_reason else ""
+                why = status_why(PAUSED, campaign.status_reason)
                 return (
                     f"Waiting: the campaign is paused{why}; the car gets its notice when an operator resumes it.",
                     "wait",

@@ -288,7 +288,7 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
             _car("pending", notified_at=None),
             timelines.CampaignRow("paused", "paused by alice: checking", 0, "remedy", 2),
             True,
-            "Waiting: the campaign is paused (paused by alice: checking)",
+            "Waiting: the campaign is paused by alice (checking); the car gets its notice",
             "wait",
         ),
         (
@@ -335,6 +335,20 @@ ACTIVE = timelines.CampaignRow(status="active", status_reason=None, current_wave
             True,
             "Waiting for the owner to accept the update; deferred since 2026-03-01 12:00 UTC: "
             "the owner postponed the update (owner_postponed). The car installs by itself then",
+            "wait",
+        ),
+        (
+            _car("withdrawn"),
+            timelines.CampaignRow("cancelled", "cancelled by bob: wrong fix", 0, "remedy", 2),
+            True,
+            "Nothing to do: the campaign was cancelled by bob (wrong fix) before this car started.",
+            "none",
+        ),
+        (
+            _car("pending", notified_at=None),
+            timelines.CampaignRow("paused", "paused by alice", 0, "remedy", 2),
+            True,
+            "Waiting: the campaign is paused by alice; the car gets its notice",
             "wait",
         ),
         (
