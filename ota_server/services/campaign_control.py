@@ -68,7 +68,8 @@ def resume(session: Session, campaign_id: int, reason: str, actor: str, now: dat
     )
     recall = session.get(Recall, campaign.recall_id)
     assert recall is not None  # foreign key
-    gate = stalled(session, campaign, plan_of(recall, campaign), seen)
+    plan = campaign_view.shown_plan(recall, campaign)  # unreadable: resumed, and its tick pauses it again
+    gate = None if plan is None else stalled(session, campaign, plan, seen)
     if gate is not None:
         missed = missed_words(wave_number(campaign.current_wave), gate)
         raise Conflict(
