@@ -131,7 +131,7 @@ def notice_log(
 
 
 VEHICLE_COLUMNS = (
-    "vin", "model", "model_year", "state", "wave", "reason", "reason_text", "attempts", "retries",
+    "vin", "model", "model_year", "state", "wave", "reason", "reason_text", "detail", "attempts", "retries",
     "next_try_at", "next_try_basis", "updated_at", "last_seen", "ecus", "link",
 )  # fmt: skip
 

@@ -129,8 +129,8 @@ async def test_csv_has_the_json_rows(env: Env) -> None:
         resp = await env.client.get(url, params={**params, "format": "csv", "limit": 1})
         assert resp.status_code == 200 and resp.headers["content-type"].startswith("text/csv")
         table = list(csv.DictReader(io.StringIO(resp.text)))
-        assert [(r["vin"], r["state"], r["wave"]) for r in table] == [
-            (r["vin"], r["state"], str(r["wave"])) for r in rows
+        assert [(r["vin"], r["state"], r["wave"], r["reason"], r["detail"]) for r in table] == [
+            (r["vin"], r["state"], str(r["wave"]), r["reason"] or "", r["detail"] or "") for r in rows
         ]
         assert resp.text.endswith("\r\n")
 
