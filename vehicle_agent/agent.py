@@ -30,11 +30,8 @@ Blocking work runs in ``asyncio.to_thread`` so one event loop can host thousands
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import replace
@@ -56,7 +53,7 @@ from firmware_bundles.messages import (
 from vehicle_agent.config import AgentConfig, VehicleOptions
 from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
 from vehicle_agent.download_step import DownloadStep
-from vehicle_agent.errors import ConfigError, LinkDown, UpdateFailed
+from vehicle_agent.errors import ConfigError, UpdateFailed
 from vehicle_agent.gate import (
     ConsentOutdated,
     HeldAtDownload,
@@ -74,14 +71,12 @@ from vehicle_agent.install_step import InstallStep, SlotFactory
 from vehicle_agent.installer import SlotBackend
 from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal
 from vehicle_agent.link import Link
-from vehicle_agent.manifest import ImageMeter, build_manifest
 from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
+from vehicle_agent.reporting import MANIFEST_INTERVAL, Reporter, check_report_key
 from vehicle_agent.retrying import Retrying
 from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
 
 if TYPE_CHECKING:
-    from securesystemslib.signer import CryptoSigner
-
     from vehicle_agent.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -92,10 +87,6 @@ ReportCallback = Callable[[StatusReport], None]
 # After a trial boot these leave the old slot running: reported as rolled_back, reason kept.
 ROLLBACK_REASONS = frozenset({FailureReason.BOOT_FAILED, FailureReason.HEALTH_CHECK_FAILED})
 S = ReportState
-# The car says what it runs at least this often (seconds), even when nothing changed.
-MANIFEST_INTERVAL = 24 * 3600.0
-# After a manifest could not even be made (e.g. the journal's disk is full): the next try.
-MANIFEST_RETRY = 600.0
 
 
 def utc_now() -> datetime:
@@ -142,9 +133,6 @@ class Agent:
             monotonic=monotonic,
         )
         self._blocking = self._retrying.blocking  # every blocking step: in a thread, network failures retried
-        self._manifest_interval = manifest_interval
-        self._timer = timer
-        self.meter = ImageMeter()
         self._boot = InstallStep(
             config, slots, health, fetcher=lambda: self._downloads.fetcher, installed=self._record_installed
         )
@@ -152,9 +140,7 @@ class Agent:
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
         # built on first use: an idle car then holds only its MQTT link and journal.
-        _check_report_key(config)
-        self._signer_loaded = False
-        self._signer_value: CryptoSigner | None = None
+        check_report_key(config)
         options = config.vehicle
         vehicle = vehicle or vehicle_state(options)
         self.gate = StartGate(
@@ -179,6 +165,16 @@ class Agent:
         for ecu in config.ecus:
             if ecu.serial not in self.journal.data.installed:
                 self.journal.data.installed[ecu.serial] = (ecu.installed_version, 0)
+        self._reports = Reporter(
+            config,
+            journal=self.journal,
+            link=link,
+            slots=self.slots,
+            clock=clock,
+            manifest_interval=manifest_interval,
+            timer=timer,
+        )
+        self.meter = self._reports.meter
         self._downloads = DownloadStep(
             config,
             transport,
@@ -195,13 +191,6 @@ class Agent:
             a.ecu_serial, a.version, a.release_counter, InstalledTarget(a.path, a.sha256, a.length)
         )
 
-    @property
-    def _signer(self) -> CryptoSigner | None:
-        if not self._signer_loaded:
-            self._signer_value = _report_signer(self.config)
-            self._signer_loaded = True
-        return self._signer_value
-
     # -- the outside world ---------------------------------------------------------
 
     async def run(self) -> None:
@@ -215,7 +204,7 @@ class Agent:
         await self.send_manifest(ManifestReason.START)
         queue: asyncio.Queue[CampaignNotice | None] = asyncio.Queue()
         worker = asyncio.create_task(self._work(queue))
-        daily = asyncio.create_task(self._daily_manifests())
+        daily = asyncio.create_task(self._reports.daily_manifests())
         messages = self._link.notices()
         try:
             async for message in messages:
@@ -302,74 +291,12 @@ class Agent:
         return await self._drive(record)
 
     async def flush(self) -> None:
-        """Send the pending manifest, then the outbox in order; stop quietly at the first the link cannot take.
-
-        The manifest goes first: after an install it shows the new images before the report
-        that calls the car remedied.
-        """
-        manifest = self.journal.data.manifest
-        if manifest is not None:
-            try:
-                await self._link.send(manifest)
-            except LinkDown:
-                return
-            self.journal.manifest_delivered(manifest)
-        for report in list(self.journal.data.outbox):
-            try:
-                await self._link.send(report)
-            except LinkDown:
-                return
-            self.journal.acknowledge(report)
+        """Send the pending manifest, then the outbox in order, as far as the link takes them."""
+        await self._reports.flush()
 
     async def send_manifest(self, reason: ManifestReason) -> bool:
-        """Make, sign and queue a version manifest (the next counter, saved with it), then send it.
-
-        False when it could not be made; a manifest the link cannot take now stays queued
-        and is sent with the next flush, unless a newer one replaces it first.
-        """
-        try:
-            await asyncio.to_thread(self._queue_manifest, reason)
-        except Exception:  # the car's campaigns must not fail for want of a manifest
-            log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
-            return False
-        await self.flush()
-        return True
-
-    def _queue_manifest(self, reason: ManifestReason) -> None:
-        now = self._clock()
-        manifest = build_manifest(
-            vin=self.config.vin,
-            counter=self.journal.next_manifest_counter(),
-            reason=reason,
-            ecus=self.config.ecus,
-            slots=self.slots,
-            journal=self.journal.data,
-            meter=self.meter,
-            sent_at=now,
-        )
-        signer = self._signer
-        if signer is not None:
-            from firmware_bundles.report_signing import sign_report
-
-            manifest = sign_report(manifest, signer)
-        self.journal.queue_manifest(manifest, now.isoformat())
-
-    async def _daily_manifests(self) -> None:
-        """At least one manifest a day, counted from the last one made for any reason."""
-        while True:
-            wait = self._manifest_due_in()
-            if wait > 0:
-                await self._timer(min(wait, self._manifest_interval))
-            elif not await self.send_manifest(ManifestReason.DAILY):
-                await self._timer(min(MANIFEST_RETRY, self._manifest_interval))
-
-    def _manifest_due_in(self) -> float:
-        last = self.journal.data.manifest_at
-        try:
-            made = datetime.fromisoformat(last)
-        except ValueError:
-            return 0.0
-        return self._manifest_interval - (self._clock() - made).total_seconds()
+        """Make, sign, queue and send a version manifest; False when it could not be made."""
+        return await self._reports.send_manifest(reason)
 
     def status(self) -> dict[str, object]:
         return {
@@ -491,7 +418,7 @@ class Agent:
                 )
             await self._blocking(self._boot.reboot_and_commit, record.targets)
             if record.targets:  # sent with the remedied report, ahead of it
-                await asyncio.to_thread(self._try_queue_manifest, ManifestReason.INSTALL)
+                await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
         raise AssertionError(f"no step for {record.state}")
 
@@ -504,12 +431,6 @@ class Agent:
         """The active campaign's carried Director files, once: a later refresh fetches."""
         return self._carried.pop(self._active, None) if self._active is not None else None
 
-    def _try_queue_manifest(self, reason: ManifestReason) -> None:
-        try:
-            self._queue_manifest(reason)
-        except Exception:  # the install stands: the next manifest (daily at the latest) tells it
-            log.exception("%s: could not make the %s manifest", self.config.vin, reason.value)
-
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
         log.warning("%s: campaign %s failed: %s", self.config.vin, record.campaign_id, exc)
         # keep_successful: the other ECUs kept the fix, so the car is failed, not rolled back
@@ -521,80 +442,22 @@ class Agent:
             failed_ecu=exc.ecu_serial or "",
         )
         # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
-        report = self._build_report(failed)
+        report = self._reports.build(failed)
         self.journal.record(failed, report)
         await asyncio.to_thread(self._boot.undo, record.targets)
         if record.state.rank >= S.INSTALLING.rank and record.targets:  # slots were touched: say what runs now
-            await asyncio.to_thread(self._try_queue_manifest, ManifestReason.ROLLBACK)
+            await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.ROLLBACK)
         if self._on_report is not None:
             self._on_report(report)
         await self.flush()
         return failed
 
-    # -- reports -----------------------------------------------------------------------
-
-    def _build_report(self, record: CampaignRecord) -> StatusReport:
-        """The signed report of ``record``; a failure names the ECU that failed (else the first assigned)."""
-        serial = record.targets[0].assignment.ecu_serial if record.targets else self.config.ecus[0].serial
-        if record.reason is not None and record.failed_ecu in self.journal.data.installed:
-            serial = record.failed_ecu
-        report = StatusReport(
-            campaign_id=record.campaign_id,
-            vin=self.config.vin,
-            nonce=record.nonce,
-            attempt=record.attempt,
-            deferrals=record.deferrals,
-            state=record.state,
-            reason=record.reason,
-            detail=record.detail,
-            ecu_serial=serial,
-            installed_version=self.journal.data.installed[serial][0],
-            health_ok=True
-            if record.state is S.REMEDIED
-            else (False if record.reason is FailureReason.HEALTH_CHECK_FAILED else None),
-            sent_at=self._clock(),
-        )
-        signer = self._signer
-        if signer is None:
-            return report
-        from firmware_bundles.report_signing import sign_report
-
-        return sign_report(report, signer)
-
     async def _report(self, record: CampaignRecord) -> None:
-        report = self._build_report(record)
+        report = self._reports.build(record)
         self.journal.record(record, report)
         if self._on_report is not None:
             self._on_report(report)
         await self.flush()
-
-
-_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END \1PRIVATE KEY-----")
-
-
-def _check_report_key(config: AgentConfig) -> None:
-    """Fail at start on a key that is not a PEM private key; it is parsed at the first report."""
-    if config.report_key is None:
-        return
-    match = _PEM_KEY.search(config.report_key)
-    try:
-        if match is None or not base64.b64decode(b"".join(match.group(2).split()), validate=True):
-            raise ValueError("no PEM private key block")
-    except (ValueError, binascii.Error) as exc:
-        raise ConfigError(f"report key: not a usable private key: {exc}") from exc
-
-
-def _report_signer(config: AgentConfig) -> CryptoSigner | None:
-    """The car's report key; without one, reports go unsigned (and the server rejects them)."""
-    if config.report_key is None:
-        log.warning("%s: no report key configured; the server will reject this car's reports", config.vin)
-        return None
-    from firmware_bundles.report_signing import load_report_signer
-
-    try:
-        return load_report_signer(config.report_key)
-    except ValueError as exc:
-        raise ConfigError(f"report key: {exc}") from exc
 
 
 def default_owner(config: AgentConfig, clock: Clock) -> OwnerHook:

@@ -1,0 +1,206 @@
+"""Reports and version manifests out: build and sign them, queue manifests, flush the outbox.
+
+Cut here because this is everything the car tells the server, and it is the same whatever step
+a campaign is in: the orchestrator decides *that* a record changed (and journals the record
+with its report in one write); this module decides *what* the report says, signs it with the
+car's key (loaded on first use, so an idle car never imports cryptography), keeps the daily
+manifest going and sends the pending manifest and outbox, in order, whenever the link allows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from firmware_bundles.messages import FailureReason, ManifestReason, ReportState, StatusReport
+from vehicle_agent.config import AgentConfig
+from vehicle_agent.errors import ConfigError, LinkDown
+from vehicle_agent.installer import SlotBackend
+from vehicle_agent.journal import CampaignRecord, Journal
+from vehicle_agent.link import Link
+from vehicle_agent.manifest import ImageMeter, build_manifest
+
+if TYPE_CHECKING:
+    from securesystemslib.signer import CryptoSigner
+
+log = logging.getLogger(__name__)
+
+# The car says what it runs at least this often (seconds), even when nothing changed.
+MANIFEST_INTERVAL = 24 * 3600.0
+# After a manifest could not even be made (e.g. the journal's disk is full): the next try.
+MANIFEST_RETRY = 600.0
+
+_PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END \1PRIVATE KEY-----")
+
+
+class Reporter:
+    """One car's voice: signed status reports, signed manifests (``meter`` measures the slots), the outbox.
+
+    ``journal`` keeps the outbox, the pending manifest and its counter; ``timer`` waits for the
+    daily manifest by ``clock``'s time.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        journal: Journal,
+        link: Link,
+        slots: Mapping[str, SlotBackend],
+        clock: Callable[[], datetime],
+        manifest_interval: float = MANIFEST_INTERVAL,
+        timer: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._config = config
+        self._journal = journal
+        self._link = link
+        self._slots = slots
+        self._clock = clock
+        self._manifest_interval = manifest_interval
+        self._timer = timer
+        self.meter = ImageMeter()
+        self._signer_loaded = False
+        self._signer_value: CryptoSigner | None = None
+
+    @property
+    def _signer(self) -> CryptoSigner | None:
+        if not self._signer_loaded:
+            self._signer_value = _report_signer(self._config)
+            self._signer_loaded = True
+        return self._signer_value
+
+    def build(self, record: CampaignRecord) -> StatusReport:
+        """The signed report of ``record``; a failure names the ECU that failed (else the first assigned)."""
+        installed = self._journal.data.installed
+        serial = record.targets[0].assignment.ecu_serial if record.targets else self._config.ecus[0].serial
+        if record.reason is not None and record.failed_ecu in installed:
+            serial = record.failed_ecu
+        report = StatusReport(
+            campaign_id=record.campaign_id,
+            vin=self._config.vin,
+            nonce=record.nonce,
+            attempt=record.attempt,
+            deferrals=record.deferrals,
+            state=record.state,
+            reason=record.reason,
+            detail=record.detail,
+            ecu_serial=serial,
+            installed_version=installed[serial][0],
+            health_ok=True
+            if record.state is ReportState.REMEDIED
+            else (False if record.reason is FailureReason.HEALTH_CHECK_FAILED else None),
+            sent_at=self._clock(),
+        )
+        signer = self._signer
+        if signer is None:
+            return report
+        from firmware_bundles.report_signing import sign_report
+
+        return sign_report(report, signer)
+
+    async def flush(self) -> None:
+        """Send the pending manifest, then the outbox in order; stop quietly at the first the link cannot take.
+
+        The manifest goes first: after an install it shows the new images before the report
+        that calls the car remedied.
+        """
+        manifest = self._journal.data.manifest
+        if manifest is not None:
+            try:
+                await self._link.send(manifest)
+            except LinkDown:
+                return
+            self._journal.manifest_delivered(manifest)
+        for report in list(self._journal.data.outbox):
+            try:
+                await self._link.send(report)
+            except LinkDown:
+                return
+            self._journal.acknowledge(report)
+
+    async def send_manifest(self, reason: ManifestReason) -> bool:
+        """Make, sign and queue a version manifest (the next counter, saved with it), then send it.
+
+        False when it could not be made; a manifest the link cannot take now stays queued
+        and is sent with the next flush, unless a newer one replaces it first.
+        """
+        try:
+            await asyncio.to_thread(self.queue_manifest, reason)
+        except Exception:  # the car's campaigns must not fail for want of a manifest
+            log.exception("%s: could not make the %s manifest", self._config.vin, reason.value)
+            return False
+        await self.flush()
+        return True
+
+    def queue_manifest(self, reason: ManifestReason) -> None:
+        now = self._clock()
+        manifest = build_manifest(
+            vin=self._config.vin,
+            counter=self._journal.next_manifest_counter(),
+            reason=reason,
+            ecus=self._config.ecus,
+            slots=self._slots,
+            journal=self._journal.data,
+            meter=self.meter,
+            sent_at=now,
+        )
+        signer = self._signer
+        if signer is not None:
+            from firmware_bundles.report_signing import sign_report
+
+            manifest = sign_report(manifest, signer)
+        self._journal.queue_manifest(manifest, now.isoformat())
+
+    def try_queue_manifest(self, reason: ManifestReason) -> None:
+        try:
+            self.queue_manifest(reason)
+        except Exception:  # the install stands: the next manifest (daily at the latest) tells it
+            log.exception("%s: could not make the %s manifest", self._config.vin, reason.value)
+
+    async def daily_manifests(self) -> None:
+        """At least one manifest a day, counted from the last one made for any reason."""
+        while True:
+            wait = self._manifest_due_in()
+            if wait > 0:
+                await self._timer(min(wait, self._manifest_interval))
+            elif not await self.send_manifest(ManifestReason.DAILY):
+                await self._timer(min(MANIFEST_RETRY, self._manifest_interval))
+
+    def _manifest_due_in(self) -> float:
+        last = self._journal.data.manifest_at
+        try:
+            made = datetime.fromisoformat(last)
+        except ValueError:
+            return 0.0
+        return self._manifest_interval - (self._clock() - made).total_seconds()
+
+
+def check_report_key(config: AgentConfig) -> None:
+    """Fail at start on a key that is not a PEM private key; it is parsed at the first report."""
+    if config.report_key is None:
+        return
+    match = _PEM_KEY.search(config.report_key)
+    try:
+        if match is None or not base64.b64decode(b"".join(match.group(2).split()), validate=True):
+            raise ValueError("no PEM private key block")
+    except (ValueError, binascii.Error) as exc:
+        raise ConfigError(f"report key: not a usable private key: {exc}") from exc
+
+
+def _report_signer(config: AgentConfig) -> CryptoSigner | None:
+    """The car's report key; without one, reports go unsigned (and the server rejects them)."""
+    if config.report_key is None:
+        log.warning("%s: no report key configured; the server will reject this car's reports", config.vin)
+        return None
+    from firmware_bundles.report_signing import load_report_signer
+
+    try:
+        return load_report_signer(config.report_key)
+    except ValueError as exc:
+        raise ConfigError(f"report key: {exc}") from exc
