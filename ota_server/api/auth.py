@@ -27,9 +27,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException
 
+from ota_server.api import query_check
 from ota_server.api.deps import RuntimeDep
 from ota_server.api.handlers import status_for, validation_detail
-from ota_server.errors import Forbidden, OtaError, Unauthorized
+from ota_server.errors import Forbidden, InvalidInput, OtaError, Unauthorized
 from ota_server.infra import secret_file
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.roles import ADMINISTER, APPROVE, OPERATE, READ, Actor, Role, describe
@@ -140,6 +141,13 @@ def authenticate(
             action.status, action.detail = 403, refusal
             audit.record(session, action, runtime.clock())
             raise Forbidden(refusal)
+        unknown = query_check.refusal(request)  # after the token: a stranger learns nothing but 401
+        if unknown is not None:
+            if request.method not in READ_ONLY_METHODS:  # a refused write is audited, as every other
+                action = _route_action(request, actor)
+                action.status, action.detail = 422, unknown
+                audit.record(session, action, runtime.clock())
+            raise InvalidInput(unknown)
     return actor
 
 

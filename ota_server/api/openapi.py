@@ -3,7 +3,8 @@
 FastAPI documents a 200 and a 422 whose body (a list of pydantic errors) is not what
 ``ota_server.api.handlers`` returns. Here, once for every route, the error answers are
 derived from what the route depends on (a token: 401, 403 and 429; a path parameter: 404;
-any parameter or body: 422; a body: 400 and 413) and all share one body, :class:`ErrorBody`.
+any parameter or body, or a token on /api/v1 (an unknown query parameter): 422; a body: 400
+and 413) and all share one body, :class:`ErrorBody`.
 Codes that only a route's own logic knows (409, 503) are listed on the route with
 :func:`errors`. :data:`LINKS` ties each create operation to the operations that use what
 it created, so a client (or the stateful phase of a fuzzer) can follow them.
@@ -19,6 +20,7 @@ from fastapi import FastAPI
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import RouteContext, iter_route_contexts
 
+from ota_server.api import query_check
 from ota_server.api.auth import audited, authenticate, require
 from ota_server.schemas import ErrorBody
 
@@ -78,6 +80,8 @@ def derived_codes(route: RouteContext) -> set[int]:
         codes |= {400, 413}
     if any(_has_params(d) for d in (route.dependant, *_dependants(route.dependant))):
         codes.add(422)
+    if authenticate in calls and (route.path_format or "").startswith(query_check.API_PREFIX):
+        codes.add(422)  # an unknown query parameter (api/query_check.py)
     return codes
 
 

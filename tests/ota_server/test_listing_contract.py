@@ -111,3 +111,34 @@ async def test_cli_lists_sort_as_asked(wired: Env) -> None:  # noqa: F811
     assert [h["url"] for h in json.loads(hooks.stdout)] == ["https://h1.example.com/", "https://h0.example.com/"]
     bad = await ota(wired, "webhooks", "list", "--sort", "zz")
     assert bad.exit_code != 0 and "not a sort key" in bad.output
+
+
+async def test_an_unknown_query_parameter_is_a_422_naming_it_on_every_api_route(env: Env) -> None:
+    """Ignored, ``?group=batch-a`` would answer the whole fleet: every /api/v1 route with a token refuses it."""
+    await env.client.post("/api/v1/vehicles", json=vehicle(vin(1)))
+    fleet = await env.client.get("/api/v1/vehicles", params={"group": "batch-a"})
+    assert fleet.status_code == 422, fleet.text
+    assert fleet.json()["detail"].startswith("unknown query parameter 'group': this route takes campaign, cursor"), (
+        fleet.text
+    )
+    assert "tag" in fleet.json()["detail"]
+    spec = env.app.openapi()
+    checked = 0
+    for path, operations in spec["paths"].items():
+        if not path.startswith("/api/v1/") or path.startswith("/api/v1/public/"):
+            continue
+        url = re.sub(r"{(\w+)}", lambda m: {"vin": vin(1), "kind": "population"}.get(m.group(1), "1"), path)
+        for method, operation in operations.items():
+            if "401" not in operation["responses"]:
+                continue  # no token: the car's own certificate renewal (checked by its signature)
+            resp = await env.client.request(method, url, params={"zz_unknown": "1"})
+            assert resp.status_code == 422 and "'zz_unknown'" in resp.json()["detail"], (method, url, resp.text)
+            checked += 1
+    assert checked >= 60, checked
+    # the token first: a stranger learns nothing more than 401
+    stranger = await env.client.get(
+        "/api/v1/vehicles", params={"zz_unknown": "1"}, headers={"Authorization": "Bearer x"}
+    )
+    assert stranger.status_code == 401, stranger.text
+    # routes that take what others send are left alone
+    assert (await env.client.get(f"/api/v1/public/recalls?vin={vin(1)}&utm_source=letter")).status_code == 200
