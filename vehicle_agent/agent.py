@@ -50,8 +50,8 @@ from firmware_bundles.messages import (
     ReportState,
     StatusReport,
 )
-from vehicle_agent.config import AgentConfig, VehicleOptions
-from vehicle_agent.consent import ConsentBox, HeadUnitOwner, Offer, covers
+from vehicle_agent.config import AgentConfig
+from vehicle_agent.consent import Offer, covers, default_owner
 from vehicle_agent.download_step import DownloadStep
 from vehicle_agent.errors import ConfigError, UpdateFailed
 from vehicle_agent.gate import (
@@ -61,20 +61,22 @@ from vehicle_agent.gate import (
     Withdrawn,
     defer,
     needs_consent,
+    notice_of,
     outdated,
     outside_window,
     owes_result,
     preconditions_of,
+    stored,
 )
 from vehicle_agent.health import HealthCheck
 from vehicle_agent.install_step import InstallStep, SlotFactory
 from vehicle_agent.installer import SlotBackend
 from vehicle_agent.journal import CampaignRecord, InstalledTarget, Journal
 from vehicle_agent.link import Link
-from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook
+from vehicle_agent.owner import OwnerHook
 from vehicle_agent.reporting import MANIFEST_INTERVAL, Reporter, check_report_key
 from vehicle_agent.retrying import Retrying
-from vehicle_agent.vehicle import AlwaysReady, FileVehicleState, VehicleState
+from vehicle_agent.vehicle import VehicleState, vehicle_state
 
 if TYPE_CHECKING:
     from vehicle_agent.transport import Transport
@@ -138,8 +140,6 @@ class Agent:
         )
         self.slots = self._boot.slots  # read by the manifest and status; only the install step changes them
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
-        # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
-        # built on first use: an idle car then holds only its MQTT link and journal.
         check_report_key(config)
         options = config.vehicle
         vehicle = vehicle or vehicle_state(options)
@@ -175,6 +175,8 @@ class Agent:
             timer=timer,
         )
         self.meter = self._reports.meter
+        # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
+        # built on first use: an idle car then holds only its MQTT link and journal.
         self._downloads = DownloadStep(
             config,
             transport,
@@ -270,7 +272,7 @@ class Agent:
         await self.flush()
         record = self.journal.campaign(notice.campaign_id)
         if record is None:
-            record = CampaignRecord(notice.campaign_id, notice.nonce, S.NOTIFIED, notice=_stored(notice))
+            record = CampaignRecord(notice.campaign_id, notice.nonce, S.NOTIFIED, notice=stored(notice))
             await self._enter(record)
         elif record.state.terminal:
             if record.nonce == notice.nonce or record.state is S.REMEDIED:
@@ -280,11 +282,11 @@ class Agent:
                 await self._report(record)
                 return record.state
             record = CampaignRecord(
-                notice.campaign_id, notice.nonce, S.NOTIFIED, attempt=record.attempt + 1, notice=_stored(notice)
+                notice.campaign_id, notice.nonce, S.NOTIFIED, attempt=record.attempt + 1, notice=stored(notice)
             )
             await self._enter(record)
         elif record.nonce != notice.nonce:
-            record = replace(record, nonce=notice.nonce, notice=_stored(notice))
+            record = replace(record, nonce=notice.nonce, notice=stored(notice))
             self.journal.record(record)
         if notice.director_metadata is not None:
             self._carried[notice.campaign_id] = notice.director_metadata
@@ -360,7 +362,7 @@ class Agent:
 
     async def _tell_result(self, record: CampaignRecord) -> None:
         """The owner's notice after (success or not), logged in the journal once shown."""
-        notice = _notice_of(record)
+        notice = notice_of(record)
         if notice is not None:
             await self.gate.owner.show_result(notice, record.state, record.detail)
         self.journal.record(self.gate.log(record, "result", f"{record.state.value} {record.detail}".strip()))
@@ -371,15 +373,15 @@ class Agent:
         if record.state in (S.NOTIFIED, S.CONSENTED, S.DEFERRED):
             try:  # asking consent verifies the metadata first: it may find it expired too
                 if record.state is S.DEFERRED:
-                    return await self.gate.wait(record, _notice_of(record), withdrawn)
-                return await self.gate.start(record, _notice_of(record), withdrawn)
+                    return await self.gate.wait(record, notice_of(record), withdrawn)
+                return await self.gate.start(record, notice_of(record), withdrawn)
             except UpdateFailed as exc:
                 stale = self._retrying.stale_hold(record, exc)
                 if stale is None:
                     raise
                 return defer(record, stale, stale_tries=record.stale_tries + 1)
         if record.state is S.DOWNLOADING:
-            notice = _notice_of(record)  # the network rule needs the signed size: checked in download
+            notice = notice_of(record)  # the network rule needs the signed size: checked in download
             consented = record.consent_images if needs_consent(notice) else None
             try:
                 targets, window = await self._blocking(self._downloads.download, preconditions_of(notice), consented)
@@ -402,7 +404,7 @@ class Agent:
                 return defer(record, closed)
             return record.advance(S.INSTALLING)
         if record.state is S.INSTALLING:
-            if needs_consent(_notice_of(record)):  # only the images the owner said yes to
+            if needs_consent(notice_of(record)):  # only the images the owner said yes to
                 hashes = [t.assignment.sha256 for t in record.targets]
                 if not covers(record.consent_images, hashes):
                     self._downloads.discard(record.targets, everything=False)
@@ -460,35 +462,9 @@ class Agent:
         await self.flush()
 
 
-def default_owner(config: AgentConfig, clock: Clock) -> OwnerHook:
-    """The head unit's local interface (``[vehicle] consent = "ask"``), or a fixed answer for a test rig."""
-    if config.vehicle.consent == "ask":
-        return HeadUnitOwner(ConsentBox(config.state_dir / "consent", durable=config.durable), clock)
-    return LoggingOwnerHook(Consent(config.vehicle.consent))
-
-
-def vehicle_state(options: VehicleOptions) -> VehicleState:
-    """The configured readiness source: a state file, or none (preconditions assumed met)."""
-    if options.state_file is None:
-        return AlwaysReady()
-    return FileVehicleState(options.state_file, max_age=options.max_age)
-
-
-def _stored(notice: CampaignNotice) -> str:
-    return notice.model_dump_json(exclude_none=True, exclude={"director_metadata"})  # signed files: used once
-
-
-def _notice_of(record: CampaignRecord) -> CampaignNotice | None:
-    """The notice that started this attempt (None in a journal written before notices were kept)."""
-    if not record.notice:
-        return None
-    try:
-        return CampaignNotice.model_validate_json(record.notice)
-    except ValueError:
-        log.warning("campaign %s: stored notice unreadable; no preconditions or owner notice", record.campaign_id)
-        return None
-
-
 def agent_state_dir(base: Path, vin: str) -> Path:
     """Where the simulator keeps one car's state under a fleet directory."""
     return base / vin
+
+
+__all__ = ["Agent", "agent_state_dir", "default_owner", "utc_now", "vehicle_state"]

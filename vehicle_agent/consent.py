@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,8 +29,9 @@ from typing import Any
 from firmware_bundles.assignment import Assignment
 from firmware_bundles.consent import SignedConsent, images_key
 from firmware_bundles.messages import CampaignNotice
+from vehicle_agent.config import AgentConfig
 from vehicle_agent.journal import write_atomically
-from vehicle_agent.owner import Consent, describe
+from vehicle_agent.owner import Consent, LoggingOwnerHook, OwnerHook, describe
 
 log = logging.getLogger(__name__)
 
@@ -245,3 +246,10 @@ class HeadUnitOwner:
     async def show_result(self, notice: CampaignNotice, state: Any, detail: str) -> None:
         self.box.close()
         log.info("%s: owner result for campaign %s: %s %s", notice.vin, notice.campaign_id, state, detail)
+
+
+def default_owner(config: AgentConfig, clock: Callable[[], datetime]) -> OwnerHook:
+    """The head unit's local interface (``[vehicle] consent = "ask"``), or a fixed answer for a test rig."""
+    if config.vehicle.consent == "ask":
+        return HeadUnitOwner(ConsentBox(config.state_dir / "consent", durable=config.durable), clock)
+    return LoggingOwnerHook(Consent(config.vehicle.consent))

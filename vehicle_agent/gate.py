@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -33,6 +34,8 @@ from vehicle_agent.consent import Channel, Offer, remote_answer
 from vehicle_agent.journal import CampaignRecord, OwnerEvent
 from vehicle_agent.owner import Consent, OwnerHook, describe
 from vehicle_agent.vehicle import Reading, VehicleState
+
+log = logging.getLogger(__name__)
 
 S = ReportState
 T = TypeVar("T")
@@ -110,6 +113,22 @@ def outside_window(record: CampaignRecord, now: datetime) -> Hold | None:
     if window is None or window.inside(now):
         return None
     return Hold(Blocker.OUTSIDE_WINDOW, hold_text(window, now))
+
+
+def stored(notice: CampaignNotice) -> str:
+    """The notice as the journal keeps it: without the signed Director files it carried (used once)."""
+    return notice.model_dump_json(exclude_none=True, exclude={"director_metadata"})
+
+
+def notice_of(record: CampaignRecord) -> CampaignNotice | None:
+    """The notice that started this attempt (None in a journal written before notices were kept)."""
+    if not record.notice:
+        return None
+    try:
+        return CampaignNotice.model_validate_json(record.notice)
+    except ValueError:
+        log.warning("campaign %s: stored notice unreadable; no preconditions or owner notice", record.campaign_id)
+        return None
 
 
 def needs_consent(notice: CampaignNotice | None) -> bool:

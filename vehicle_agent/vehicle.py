@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from firmware_bundles.messages import Network
+from vehicle_agent.config import VehicleOptions
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +129,10 @@ def _reading(body: dict[str, Any]) -> Reading:
     if isinstance(battery, bool) or not isinstance(battery, int | float) or not 0 <= battery <= 100:
         raise ValueError(f"battery_percent must be 0..100, got {battery!r}")
     return Reading(parked, ignition_off, int(battery), Network(body["network"]))
+
+
+def vehicle_state(options: VehicleOptions) -> VehicleState:
+    """The configured readiness source: a state file, or none (preconditions assumed met)."""
+    if options.state_file is None:
+        return AlwaysReady()
+    return FileVehicleState(options.state_file, max_age=options.max_age)
