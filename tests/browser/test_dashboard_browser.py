@@ -220,6 +220,8 @@ def test_campaign_page_updates_live_while_the_cars_report(recall: Recall, operat
     waves = page.locator("#waves tbody tr")
     assert waves.count() == 2
     assert "5 cars" in (waves.nth(0).text_content() or "") and "passed" in (waves.nth(0).text_content() or "")
+    page.locator("#subtitle .badge", has_text="completed").wait_for()  # the tick after the last report
+    assert "(open)" not in (page.locator("#waves tbody").text_content() or "")  # a completed campaign: no wave open
     assert page.locator('#states tr[data-state="rolled_back"] td').first.text_content() == str(FAILING)
     assert "every car settled" in _text(page, "#subtitle")
     shot(page, "03-campaign-done")
