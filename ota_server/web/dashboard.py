@@ -239,7 +239,7 @@ def _failures(session: Session, campaign_id: int, hardware_ids: Sequence[str]) -
     return FailureBreakdown(
         total=total,
         groups=groups,
-        by_reason=_ranked(counted["reason"], reason_cars),
+        by_reason=[s.model_copy(update={"text": words(s.value)}) for s in _ranked(counted["reason"], reason_cars)],
         by_model=_ranked(counted["model"], _shares(session, campaign_id, hardware_ids, Vehicle.model)),
         by_hardware_id=_ranked(counted["hardware_id"], _shares(session, campaign_id, hardware_ids, Ecu.hardware_id)),
         by_software_version=_ranked(

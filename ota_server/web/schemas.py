@@ -51,6 +51,7 @@ class FailureGroup(BaseModel):
 
 class Share(BaseModel):
     value: str
+    text: str | None = Field(default=None, description="A reason code's plain words (by_reason only)")
     failures: int
     cars: int = Field(description="Cars of the campaign with this value, failed or not")
 

@@ -211,7 +211,7 @@ def test_campaign_page_updates_live_while_the_cars_report(recall: Recall, operat
         str(FAILING),
     ]
     reasons = page.locator("#fail-shares .share-list").first
-    assert "health_check_failed" in (reasons.text_content() or "")
+    assert f"{PLAIN['health_check_failed']} (health_check_failed)" in (reasons.text_content() or "")  # words (code)
     assert page.locator("#fail-recent tbody tr").count() == FAILING
     assert "failed its health check" in (page.locator("#fail-recent tbody tr").first.text_content() or "")
     # The funnel, the waves and their gates, the state table.

@@ -90,8 +90,11 @@ async def test_dashboard_has_the_funnel_waves_series_and_the_failure_pattern(env
             "cars": 1,
         }
     ]
-    assert failures["by_model"] == [{"value": "Sedan", "failures": 1, "cars": 4}]
-    assert failures["by_reason"] == [{"value": "health_check_failed", "failures": 1, "cars": 1}]
+    assert failures["by_model"] == [{"value": "Sedan", "text": None, "failures": 1, "cars": 4}]
+    # Outside test (issue 18): the breakdown by reason gave the code alone.
+    assert failures["by_reason"] == [
+        {"value": "health_check_failed", "text": PLAIN["health_check_failed"], "failures": 1, "cars": 1}
+    ]
     assert [(car["vin"], car["reason_text"]) for car in failures["recent"]] == [
         (CAR_FAILS, "the new software failed its health check; the previous software runs again")
     ]

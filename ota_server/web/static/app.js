@@ -392,7 +392,8 @@ function shareList(title, shares) {
   if (!shares.length) box.append(el("p", { class: "muted", text: "–" }));
   for (const s of shares.slice(0, 6)) {
     box.append(el("div", { class: "share" },
-      el("div", { class: "row" }, el("span", { class: "mono", text: s.value }), el("span", { text: `${s.failures} of ${s.cars} (${pct(s.failures, s.cars)})` })),
+      el("div", { class: "row" }, s.text ? el("span", {}, reasonWords(s.value, s.text)) : el("span", { class: "mono", text: s.value }),
+        el("span", { text: `${s.failures} of ${s.cars} (${pct(s.failures, s.cars)})` })),
       progressBar([[s.failures, "c-bad"]], s.cars, `${s.value}: ${s.failures} of ${s.cars} failed`)));
   }
   return box;
