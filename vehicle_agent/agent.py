@@ -9,14 +9,14 @@ restart redoes exactly that step):
   images it names, :mod:`vehicle_agent.consent`) and checks the preconditions;
 * ``consented`` / ``deferred``: the owner said yes / a precondition (or the owner) holds
   the car; the gate looks again after a jittered interval or a vehicle-state change;
-* ``downloading``: refresh and verify Director and Image metadata, check they agree,
-  check they still name the images the owner consented to (else ask again), check the
-  network rule now that the signed size is known, then stream each assigned bundle with
-  its signed length and sha256 checked;
+* ``downloading`` (:mod:`vehicle_agent.download_step`): refresh and verify Director and
+  Image metadata, check they agree, check they still name the images the owner consented
+  to (else ask again), check the network rule now that the signed size is known, then
+  stream each assigned bundle with its signed length and sha256 checked;
 * ``verifying``: the bundle's manifest matches the signed assignment and its image hash;
-* ``installing``: the targets are the consented images (checked again); write the spare
-  slot, read it back, arm a one-shot try boot;
-* ``rebooting``: boot the tried slot, health-check it, commit (or roll back); each start
+* ``installing`` (:mod:`vehicle_agent.install_step`): the targets are the consented images
+  (checked again); write the spare slot, read it back, arm a one-shot try boot;
+* ``rebooting`` (the same module): boot the tried slot, health-check it, commit (or roll back); each start
   of this step is counted in the journal first, and past ``installer.max_boot_attempts``
   the agent gives up and rolls back, so a crash or reboot loop ends (a slot already
   committed is not on trial: it is recorded installed and reported remedied);
@@ -24,7 +24,9 @@ restart redoes exactly that step):
   ``declined`` / ``withdrawn``: terminal; a repeated notice re-sends this report only,
   and a new nonce after anything but ``remedied`` starts the next attempt.
 
-Blocking work runs in ``asyncio.to_thread`` so one event loop can host thousands of agents.
+The agent owns the journal and every campaign record's move; the steps do the work, reports
+and manifests are made and sent by :mod:`vehicle_agent.reporting`, and blocking work runs in a
+thread through :mod:`vehicle_agent.retrying` so one event loop can host thousands of agents.
 """
 
 from __future__ import annotations
@@ -301,18 +303,8 @@ class Agent:
         return await self._reports.send_manifest(reason)
 
     def status(self) -> dict[str, object]:
-        return {
-            "vin": self.config.vin,
-            "installed": {k: {"version": v, "release_counter": c} for k, (v, c) in self.journal.data.installed.items()},
-            "campaigns": {k: v.to_json() for k, v in self.journal.data.campaigns.items()},
-            "outbox": len(self.journal.data.outbox),
-            "manifest": {
-                "counter": self.journal.data.manifest_counter,
-                "made_at": self.journal.data.manifest_at or None,
-                "undelivered": self.journal.data.manifest is not None,
-            },
-            "slots": {serial: slots.describe() for serial, slots in self.slots.items()},
-        }
+        """What the car holds now (installed images, campaigns, outbox, manifest, slots), for the CLI."""
+        return self._reports.status()
 
     # -- the pipeline ----------------------------------------------------------------
 
@@ -376,10 +368,7 @@ class Agent:
                     return await self.gate.wait(record, notice_of(record), withdrawn)
                 return await self.gate.start(record, notice_of(record), withdrawn)
             except UpdateFailed as exc:
-                stale = self._retrying.stale_hold(record, exc)
-                if stale is None:
-                    raise
-                return defer(record, stale, stale_tries=record.stale_tries + 1)
+                return self._stale(record, exc)
         if record.state is S.DOWNLOADING:
             notice = notice_of(record)  # the network rule needs the signed size: checked in download
             consented = record.consent_images if needs_consent(notice) else None
@@ -390,10 +379,7 @@ class Agent:
             except ConsentOutdated as changed:  # a new assignment since the owner's yes
                 return outdated(record, changed)
             except UpdateFailed as exc:
-                stale = self._retrying.stale_hold(record, exc)
-                if stale is None:
-                    raise
-                return defer(record, stale, stale_tries=record.stale_tries + 1)
+                return self._stale(record, exc)
             if not targets:
                 return record.advance(S.REMEDIED, targets=(), stale_tries=0)
             return record.advance(S.VERIFYING, targets=targets, window=window, stale_tries=0)
@@ -423,6 +409,13 @@ class Agent:
                 await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
         raise AssertionError(f"no step for {record.state}")
+
+    def _stale(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:
+        """Deferred while fresh metadata may still come (``exc`` found it expired), else ``exc`` raised."""
+        stale = self._retrying.stale_hold(record, exc)
+        if stale is None:
+            raise exc
+        return defer(record, stale, stale_tries=record.stale_tries + 1)
 
     async def _offer(self) -> Offer:
         """The gate's question: what the verified metadata assigns (and any signed owner-page answer)."""

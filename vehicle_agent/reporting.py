@@ -180,6 +180,22 @@ class Reporter:
             return 0.0
         return self._manifest_interval - (self._clock() - made).total_seconds()
 
+    def status(self) -> dict[str, object]:
+        """What the car holds now, for the CLI: installed images, campaigns, outbox, manifest, slots."""
+        data = self._journal.data
+        return {
+            "vin": self._config.vin,
+            "installed": {k: {"version": v, "release_counter": c} for k, (v, c) in data.installed.items()},
+            "campaigns": {k: v.to_json() for k, v in data.campaigns.items()},
+            "outbox": len(data.outbox),
+            "manifest": {
+                "counter": data.manifest_counter,
+                "made_at": data.manifest_at or None,
+                "undelivered": data.manifest is not None,
+            },
+            "slots": {serial: slots.describe() for serial, slots in self._slots.items()},
+        }
+
 
 def check_report_key(config: AgentConfig) -> None:
     """Fail at start on a key that is not a PEM private key; it is parsed at the first report."""
