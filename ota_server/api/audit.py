@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 
 from ota_server.api.auth import needs_admin
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.schemas import AuditEntryPublic, AuditVerification, Text
 from ota_server.schemas.listing import Page
 from ota_server.services import audit
@@ -18,7 +18,8 @@ from ota_server.services import audit
 router = APIRouter(prefix="/api/v1/audit", tags=["audit"], dependencies=[needs_admin])
 
 
-@router.get("")
+@router.get("", responses=CSV_RESPONSES)
+@exportable("audit.csv")
 def list_entries(
     session: SessionDep,
     actor: Annotated[Text | None, Query(min_length=1, max_length=64, description="Who acted (token name)")] = None,

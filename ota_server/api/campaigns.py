@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import MAX_ID, Id, RuntimeDep, SessionDep, VinPath
-from ota_server.api.listing import CSV_RESPONSES, CsvFormat, Cursor, Limit, csv_stream, sort_query
+from ota_server.api.listing import CSV_RESPONSES, CsvFormat, Cursor, Limit, csv_stream, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.domain.states import CampaignKind, CampaignStatus, StateWord
 from ota_server.schemas import (
@@ -30,7 +30,8 @@ from ota_server.services import notice_log as notice_logs
 router = APIRouter(prefix="/api/v1/campaigns", tags=["campaigns"])
 
 
-@router.get("", dependencies=[needs_read])
+@router.get("", dependencies=[needs_read], responses=CSV_RESPONSES)
+@exportable("campaigns.csv")
 def list_campaigns(
     session: SessionDep,
     runtime: RuntimeDep,
@@ -116,7 +117,8 @@ async def record_outcome(
     return await runtime.rollout.record_outcome(session, campaign_id, vin, body, actor_of(session).name)
 
 
-@router.get("/{campaign_id}/notices", dependencies=[needs_read], responses=errors(404))
+@router.get("/{campaign_id}/notices", dependencies=[needs_read], responses={**CSV_RESPONSES, **errors(404)})
+@exportable("campaign-{campaign_id}-notices.csv")
 def notice_log(
     campaign_id: Id,
     session: SessionDep,

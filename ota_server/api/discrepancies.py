@@ -9,7 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import needs_read
 from ota_server.api.deps import MAX_ID, Instant, SessionDep
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.schemas import VIN_RULE, VIN_SCHEMA, DiscrepancyKind, DiscrepancyPublic, vin_shape
 from ota_server.schemas.listing import Page
 from ota_server.services import inventory
@@ -22,7 +22,8 @@ def _vin(value: str | None) -> str | None:
     return None if value is None else vin_shape(value)
 
 
-@router.get("")
+@router.get("", responses=CSV_RESPONSES)
+@exportable("discrepancies.csv")
 def list_discrepancies(
     session: SessionDep,
     vin: Annotated[str | None, Query(description=VIN_RULE, json_schema_extra=VIN_SCHEMA), AfterValidator(_vin)] = None,

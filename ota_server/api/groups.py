@@ -9,7 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import RuntimeDep, SessionDep, VinPath
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import (
     GroupCreate,
@@ -78,7 +78,8 @@ def create_group(body: GroupCreate, session: OperatorSession, runtime: RuntimeDe
     return groups.create(session, body, actor_of(session).name, runtime.clock())
 
 
-@router.get("/api/v1/groups", dependencies=[needs_read], tags=["groups"])
+@router.get("/api/v1/groups", dependencies=[needs_read], tags=["groups"], responses=CSV_RESPONSES)
+@exportable("groups.csv")
 def list_groups(
     session: SessionDep,
     sort: Annotated[str | None, sort_query(groups.LISTING)] = None,
@@ -94,7 +95,8 @@ def get_group(group: GroupRef, session: SessionDep) -> GroupPublic:
     return groups.get(session, group)
 
 
-@router.get("/api/v1/groups/{group}/vehicles", dependencies=[needs_read], tags=["groups"])
+@router.get("/api/v1/groups/{group}/vehicles", dependencies=[needs_read], tags=["groups"], responses=CSV_RESPONSES)
+@exportable("group-{group}-vehicles.csv")
 def group_vehicles(
     group: GroupRef,
     session: SessionDep,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Response, status
 
 from ota_server.api.auth import ApproverSession, OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import CampaignPublic, LaunchRequestPublic, RecallCreate, RecallPublic, Text
 from ota_server.schemas.listing import Page, RecallStatus
@@ -37,7 +37,8 @@ def create_recall(body: RecallCreate, session: OperatorSession, runtime: Runtime
     return recalls.create(session, body, runtime.clock(), contact)
 
 
-@router.get("", dependencies=[needs_read])
+@router.get("", dependencies=[needs_read], responses=CSV_RESPONSES)
+@exportable("recalls.csv")
 def list_recalls(
     session: SessionDep,
     status: Annotated[

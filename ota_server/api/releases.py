@@ -8,7 +8,7 @@ from fastapi import APIRouter, File, Form, Query, UploadFile, status
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.schemas import ReleasePublic, Text
 from ota_server.schemas.listing import Page
@@ -50,7 +50,8 @@ def upload_release(
     )
 
 
-@router.get("", dependencies=[needs_read])
+@router.get("", dependencies=[needs_read], responses=CSV_RESPONSES)
+@exportable("releases.csv")
 def list_releases(
     session: SessionDep,
     hardware_id: Annotated[Text | None, Query(min_length=1, max_length=64, description="For this hardware")] = None,

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, status
 
 from ota_server.api.auth import AdminSession, actor_of, needs_admin, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.roles import Role
 from ota_server.schemas import TokenCreate, TokenCreated, TokenPublic
@@ -24,7 +24,8 @@ def create_token(body: TokenCreate, session: AdminSession, runtime: RuntimeDep) 
     return tokens.create(session, body.name, body.role, created_by=actor_of(session), now=runtime.clock())
 
 
-@router.get("", dependencies=[needs_admin])
+@router.get("", dependencies=[needs_admin], responses=CSV_RESPONSES)
+@exportable("tokens.csv")
 def list_tokens(
     session: SessionDep,
     role: Role | None = None,

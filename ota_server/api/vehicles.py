@@ -9,7 +9,7 @@ from pydantic import AfterValidator
 
 from ota_server.api.auth import OperatorSession, actor_of, needs_operator, needs_read, trail_of
 from ota_server.api.deps import Instant, RuntimeDep, SessionDep, VinPath
-from ota_server.api.listing import Cursor, Limit, sort_query
+from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
 from ota_server.domain.states import StateWord
 from ota_server.runtime import Runtime
@@ -42,7 +42,8 @@ router = APIRouter(prefix="/api/v1/vehicles", tags=["vehicles"])
 DiscrepancyFilter = Literal["any", DiscrepancyKind]
 
 
-@router.get("", dependencies=[needs_read], responses=errors(404))
+@router.get("", dependencies=[needs_read], responses={**CSV_RESPONSES, **errors(404)})
+@exportable("vehicles.csv")
 def list_vehicles(
     session: SessionDep,
     model: Annotated[Text | None, Query(min_length=1, max_length=64)] = None,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import re
 from typing import Any
@@ -69,6 +71,28 @@ async def test_every_list_declares_limit_cursor_sort_and_refuses_bad_ones_alike(
         assert bad_sort.status_code == 422 and BAD_SORT in bad_sort.json()["detail"], (url, bad_sort.text)
         bad_cursor = await env.client.get(url, params={"cursor": "garbage"})
         assert bad_cursor.status_code == 422 and bad_cursor.json()["detail"] == BAD_CURSOR, (url, bad_cursor.text)
+        assert "text/csv" in operation["responses"]["200"]["content"], path
+        rows = await env.client.get(url, params={"format": "csv", "limit": 1})
+        assert rows.status_code == 200 and rows.headers["content-type"].startswith("text/csv"), (url, rows.text)
+        every = await _every(env, url)
+        header, *table = list(csv.reader(io.StringIO(rows.text)))
+        assert len(table) == len(every), (url, rows.text)  # every row, not one page
+        assert not every or set(every[0]) == set(header), (url, header)
+        bad_csv_sort = await env.client.get(url, params={"format": "csv", "sort": "zz"})
+        assert bad_csv_sort.status_code == 422 and BAD_SORT in bad_csv_sort.json()["detail"], (url, bad_csv_sort.text)
+
+
+async def _every(env: Env, url: str) -> list[dict[str, Any]]:
+    """Every item of a list, following next_cursor."""
+    found: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        resp = await env.client.get(url, params={"limit": 1, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.text
+        found += resp.json()["items"]
+        cursor = resp.json()["next_cursor"]
+        if cursor is None:
+            return found
 
 
 async def test_the_fleet_and_a_groups_cars_page_in_the_asked_order(env: Env) -> None:
