@@ -1,10 +1,10 @@
 """The vehicle agent: receives a campaign notice, verifies, installs into the spare slot, reports.
 
 One orchestrator (:class:`vehicle_agent.agent.Agent`) over small parts named after the
-pipeline step: link (MQTT), verifier (python-tuf), fetcher (download), installer (A/B
-slots), health, journal (saved state), config. Every I/O part sits behind a small
-Protocol with an in-memory fake, so the simulator runs thousands of real agents in one
-asyncio process.
+pipeline step: link (MQTT), gate, download_step (verifier: python-tuf, fetcher),
+install_step (installer: A/B slots, health), reporting, retrying, journal (saved state),
+config. Every I/O part sits behind a small Protocol with an in-memory fake, so the
+simulator runs thousands of real agents in one asyncio process.
 """
 
 import sys
