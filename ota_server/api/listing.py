@@ -16,6 +16,7 @@ import functools
 import inspect
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -130,7 +131,8 @@ def exportable(filename: str) -> Callable[[Route], Route]:
                         return
                     page = route(**{**params, "session": session, "cursor": page.next_cursor, "limit": EXPORT_CHUNK})
 
-            return csv_stream(export_runtime.sessions, columns, rows, filename.format(**params))
+            name = re.sub(r"[^A-Za-z0-9._-]", "_", filename.format(**params))  # a group's name may hold '"'
+            return csv_stream(export_runtime.sessions, columns, rows, name)
 
         listed.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[*signature.parameters.values(), *added]

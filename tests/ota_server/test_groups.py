@@ -290,3 +290,17 @@ async def test_a_vin_range_is_in_vin_order_the_check_digit_ignored(either_env: E
     )
     assert backwards.status_code == 422, backwards.text
     assert f"first {vin(206)} sorts after last {vin(204)} in VIN order" in backwards.json()["detail"]
+
+
+async def test_a_groups_cars_as_csv_are_every_member_in_a_safe_file_name(env: Env) -> None:
+    await _fleet(env, *(vehicle(vin(n)) for n in range(1, 4)))
+    group = await _group(env, 'Say "hi"', models=["Sedan"])
+    resp = await env.client.get(f"/api/v1/groups/{group['id']}/vehicles", params={"format": "csv", "limit": 1})
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["content-disposition"] == f'attachment; filename="group-{group["id"]}-vehicles.csv"'
+    by_name = await env.client.get("/api/v1/groups/say%20%22hi%22/vehicles", params={"format": "csv"})
+    assert by_name.headers["content-disposition"] == 'attachment; filename="group-say__hi_-vehicles.csv"'
+    lines = resp.text.splitlines()
+    assert lines[0].startswith("vin,") and sorted(line.split(",")[0] for line in lines[1:]) == sorted(
+        vin(n) for n in range(1, 4)
+    )
