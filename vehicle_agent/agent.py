@@ -137,10 +137,10 @@ class Agent:
             monotonic=monotonic,
         )
         self._blocking = self._retrying.blocking  # every blocking step: in a thread, network failures retried
-        self._boot = InstallStep(
+        self._installing = InstallStep(
             config, slots, health, fetcher=lambda: self._downloads.fetcher, installed=self._record_installed
         )
-        self.slots = self._boot.slots  # read by the manifest and status; only the install step changes them
+        self.slots = self._installing.slots  # read by the manifest and status; only the install step changes them
         link.on_connect = self.flush  # re-send the outbox whenever the link comes back
         check_report_key(config)
         options = config.vehicle
@@ -267,7 +267,7 @@ class Agent:
         return done.state
 
     def _settle_boot(self) -> None:
-        self._boot.settle({t.assignment.ecu_serial for c in self.journal.unfinished() for t in c.targets})
+        self._installing.settle({t.assignment.ecu_serial for c in self.journal.unfinished() for t in c.targets})
 
     async def handle(self, notice: CampaignNotice) -> ReportState:
         """Take one notice to a terminal state and return it."""
@@ -395,16 +395,16 @@ class Agent:
                 if not covers(record.consent_images, hashes):
                     self._downloads.discard(record.targets, everything=False)
                     return outdated(record, ConsentOutdated(record.consent_images, images_key(hashes)))
-            return record.advance(S.REBOOTING, targets=await self._blocking(self._boot.install, record.targets))
+            return record.advance(S.REBOOTING, targets=await self._blocking(self._installing.install, record.targets))
         if record.state is S.REBOOTING:
             record = record.advance(S.REBOOTING, boot_attempts=record.boot_attempts + 1)
             self.journal.record(record)  # counted before the attempt, so a crash loop here still ends
             limit = self.config.installer.max_boot_attempts
-            if record.boot_attempts > limit and await self._blocking(self._boot.on_trial, record.targets):
+            if record.boot_attempts > limit and await self._blocking(self._installing.on_trial, record.targets):
                 raise UpdateFailed(
                     FailureReason.BOOT_FAILED, f"no healthy boot after {limit} boot attempts; rolled back"
                 )
-            await self._blocking(self._boot.reboot_and_commit, record.targets)
+            await self._blocking(self._installing.reboot_and_commit, record.targets)
             if record.targets:  # sent with the remedied report, ahead of it
                 await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.INSTALL)
             return record.advance(S.REMEDIED)
@@ -439,7 +439,7 @@ class Agent:
         # Journaled before the rollback: on a Pi rolling back is a reboot. The report goes after it.
         report = self._reports.build(failed)
         self.journal.record(failed, report)
-        await asyncio.to_thread(self._boot.undo, record.targets)
+        await asyncio.to_thread(self._installing.undo, record.targets)
         if record.state.rank >= S.INSTALLING.rank and record.targets:  # slots were touched: say what runs now
             await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.ROLLBACK)
         if self._on_report is not None:
