@@ -31,12 +31,16 @@ async def test_a_report_landing_mid_read_never_gives_done_with_a_car_in_flight(e
 
     sessions = env.runtime.sessions
     landed: list[str] = []
+    reads: list[str] = []
     with sessions() as reader:
 
         @event.listens_for(reader, "do_orm_execute")
         def report_lands(state: Any) -> None:  # the car's remedied report, stored by the ingest meanwhile
             text = str(state.statement)
-            if landed or "campaign_vehicles.vin" not in text or "LIMIT" not in text.upper():
+            if "FROM campaign_vehicles" not in text:
+                return
+            reads.append(text)
+            if landed or len(reads) != 2:  # between the first two reads of the cars, whichever they are
                 return
             landed.append(text)
             with sessions.begin() as writer:
