@@ -144,6 +144,8 @@ def allowed(src: VinState, dst: VinState, cause: Cause, *, new_attempt: bool = F
             return False
         if src is S.WITHDRAWN:
             return dst in _AFTER_WITHDRAWAL
+        if src is S.UNREACHABLE and dst is S.WITHDRAWN:  # confirms the withdrawal the record sent: keep the record
+            return False
         if new_attempt and src in _NEW_ATTEMPT_SOURCES:
             return True
         if src is S.TIMED_OUT:  # it was alive after all: any later step, but not back to the start

@@ -175,9 +175,20 @@ def retry_failed(session: Session, campaign_id: int, now: datetime) -> tuple[Cam
 
 
 def record_outcome(
-    session: Session, campaign_id: int, raw_vin: str, body: OutcomeCreate, actor: str, now: datetime
-) -> VinOutcome:
-    """An operator's record for one car, with its evidence; refused if the state machine forbids it."""
+    session: Session,
+    director: Director,
+    campaign_id: int,
+    raw_vin: str,
+    body: OutcomeCreate,
+    actor: str,
+    now: datetime,
+) -> tuple[VinOutcome, list[Outbound]]:
+    """An operator's record for one car, with its evidence; refused if the state machine forbids it.
+
+    A car sent a notice and not started gets a withdrawal (replacing the retained notice) and an empty
+    Director assignment, as a cancel gives it: a car recorded fixed at a dealer, not needing the remedy
+    or stolen must not install it when it next connects. Returns the withdrawal the caller sends.
+    """
     _campaign(session, campaign_id)
     vin = normalize_vin(raw_vin)
     cv = session.get(CampaignVehicle, (campaign_id, vin))
@@ -190,6 +201,7 @@ def record_outcome(
         raise InvalidInput(f"reason is only for unreachable, not {target}")
     if not allowed(VinState(cv.state), target, Cause.OPERATOR):
         raise Conflict(f"VIN {vin} is {cv.state} in campaign {campaign_id}; it cannot be recorded as {target}")
+    owes_withdrawal = cv.notified_at is not None and VinState(cv.state) in NOT_STARTED
     transitions.record_by_operator(
         session,
         cv,
@@ -200,8 +212,12 @@ def record_outcome(
         detail=body.evidence,
         evidence_ref=body.reference,
     )
+    if owes_withdrawal:
+        transitions.withdrawal_owed(cv)
+        director.queue(session, {vin: {}}, now)
     session.commit()
-    return VinOutcome(
+    messages: list[Outbound] = [withdrawal(campaign_id, vin, cv.nonce, now)] if owes_withdrawal else []
+    outcome = VinOutcome(
         campaign_id=campaign_id,
         vin=vin,
         state=cv.state,
@@ -211,6 +227,7 @@ def record_outcome(
         evidence_ref=cv.evidence_ref,
         updated_at=cv.updated_at,
     )
+    return outcome, messages
 
 
 def remove_vehicle(

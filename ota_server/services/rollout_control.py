@@ -89,9 +89,10 @@ class RolloutControl:
     async def record_outcome(
         self, session: Session, campaign_id: int, vin: str, body: OutcomeCreate, actor: str
     ) -> VinOutcome:
-        outcome = await self._exclusive(
-            lambda: campaign_control.record_outcome(session, campaign_id, vin, body, actor, self.clock())
+        outcome, messages = await self._exclusive(
+            lambda: campaign_control.record_outcome(session, self.director, campaign_id, vin, body, actor, self.clock())
         )
+        self.dispatch(messages)
         await self._tick([campaign_id])
         return outcome
 

@@ -788,3 +788,34 @@ async def test_a_missed_wave_pauses_the_campaign_once_and_a_retry_reopens_it(env
     await env.runtime.dispatcher.idle()
     assert _notified_vins(env, cid) == set(vins)
     assert (await _progress(env, cid))["status"] == "active"
+
+
+async def test_an_outcome_withdraws_the_cars_notice_and_keeps_the_record(env: Env) -> None:
+    """Outside test (issue 18): a car recorded stolen kept its notice, installed when it came back, and its
+    report replaced the record; a car recorded fixed at a dealer installed the OTA update too."""
+    vins = [vin(n) for n in range(1, 4)]
+    release = await _fleet(env, vins)
+    cid = (await _launch(env, release))["id"]
+    nonces = await env.nonces()
+    stolen, dealer, other = vins
+    await env.inject(report(cid, stolen, nonces[stolen], S.DEFERRED, deferrals=1))
+    url = f"/api/v1/campaigns/{cid}/vehicles/{{}}/outcome"
+    body = {"outcome": "unreachable", "reason": "stolen", "evidence": "police report 123"}
+    assert (await env.client.post(url.format(stolen), json=body)).status_code == 200
+    at_dealer = {"outcome": "remedied_at_dealer", "evidence": "RO-99", "reference": "RO-99"}
+    assert (await env.client.post(url.format(dealer), json=at_dealer)).status_code == 200
+    await env.runtime.dispatcher.idle()
+    withdrawn = [
+        w for m in env.publisher.messages if isinstance(w := parse_campaign_message(m.payload), CampaignWithdrawal)
+    ]
+    assert sorted(w.vin for w in withdrawn) == sorted([stolen, dealer])
+    assert all(w.nonce == nonces[w.vin] for w in withdrawn)
+    for car in (stolen, dealer):  # the Director assigns them nothing
+        raw = await env.client.get(f"/repo/director/{car}/metadata/targets.json")
+        assert Metadata[Targets].from_bytes(raw.content).signed.targets == {}
+    # The cars confirm the withdrawal: the records stay what the operator recorded.
+    for car in (stolen, dealer):
+        await env.inject(report(cid, car, nonces[car], S.WITHDRAWN))
+    rows = {r["vin"]: r for r in (await env.get_json(f"/api/v1/campaigns/{cid}/vehicles"))["items"]}
+    assert (rows[stolen]["state"], rows[stolen]["reason"]) == ("unreachable", "stolen")
+    assert rows[dealer]["state"] == "remedied_at_dealer" and rows[other]["state"] == "pending"
