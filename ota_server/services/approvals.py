@@ -21,7 +21,7 @@ from ota_server.db.models import ApiToken, LaunchRequest, Recall
 from ota_server.errors import Conflict, Forbidden, NotFound
 from ota_server.roles import Actor, person_key
 from ota_server.schemas import LaunchRequestPublic
-from ota_server.services import audit, campaigns
+from ota_server.services import audit, campaigns, tokens
 
 AWAITING = "awaiting_approval"
 APPROVED = "approved"
@@ -61,6 +61,12 @@ def request_launch(session: Session, recall_id: int, requester: Actor, now: date
     """
     recall = _recall(session, recall_id)
     campaigns.launchable(session, recall)
+    if _creator_name(session, requester.token_id) == tokens.BOOTSTRAP_CREATOR:
+        raise Forbidden(
+            f"{requester.name} holds the bootstrap admin token, which created every other person's token, so no "
+            "one could approve its request: a person with their own operator token requests the launch "
+            "(ota tokens create NAME --role operator)"
+        )
     existing = for_recall(session, recall_id)
     if existing is not None:
         return public(existing)

@@ -125,11 +125,15 @@ def authenticate(session: Session, secret: str) -> Actor | None:
     return Actor(name=token.name, role=Role(token.role), token_id=token.id)
 
 
+# Who "created" the bootstrap admin token: every other person's token descends from that token.
+BOOTSTRAP_CREATOR = "server (first start)"
+
+
 def ensure_bootstrap_admin(session: Session, path: Path, now: datetime) -> bool:
     """On a server with no token at all, create an admin token and write it to ``path`` (0600)."""
     if session.scalar(select(func.count()).select_from(ApiToken)):
         return False
-    created = create(session, BOOTSTRAP_NAME, Role.ADMIN, created_by="server (first start)", now=now)
+    created = create(session, BOOTSTRAP_NAME, Role.ADMIN, created_by=BOOTSTRAP_CREATOR, now=now)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:

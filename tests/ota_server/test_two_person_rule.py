@@ -58,6 +58,19 @@ async def test_case_alone_makes_no_second_person_even_when_the_admin_made_both(e
     assert (await env.client.post(approve, headers=also_alice)).status_code == 403
 
 
+async def test_the_bootstrap_admin_cannot_request_a_launch_no_one_could_approve(env: Env) -> None:
+    """Outside test (issue 18): the bootstrap admin's request waited for ever (every approver holds a token it
+    created), and the recall's later requests all answered that stuck request."""
+    launch, approve = await _safety_recall(env)
+    refused = await env.client.post(launch)  # the bootstrap admin's own token
+    assert refused.status_code == 403, refused.text
+    assert "bootstrap admin" in refused.json()["detail"] and "operator" in refused.json()["detail"]
+    olga = await _token(env, "olga", "operator")
+    bob = await _token(env, "bob", "approver")
+    assert (await env.client.post(launch, headers=olga)).status_code == 202
+    assert (await env.client.post(approve, headers=bob)).status_code == 201
+
+
 async def test_an_approver_the_requester_created_is_refused(env: Env) -> None:
     launch, approve = await _safety_recall(env)
     mallory = await _token(env, "mallory", "admin")
