@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Query, status
 
-from ota_server.api.auth import OperatorSession, actor_of, needs_read, trail_of
+from ota_server.api.auth import OperatorSession, actor_of, needs_operator, trail_of
 from ota_server.api.deps import Id, RuntimeDep, SessionDep
 from ota_server.api.listing import CSV_RESPONSES, Cursor, Limit, exportable, sort_query
 from ota_server.api.openapi import errors
@@ -36,7 +36,7 @@ def create_webhook(body: WebhookCreate, session: OperatorSession, runtime: Runti
     return webhooks.create(session, body, actor_of(session).name, runtime.clock(), allow_loopback=allow)
 
 
-@router.get("", dependencies=[needs_read], responses=CSV_RESPONSES)
+@router.get("", dependencies=[needs_operator], responses={**CSV_RESPONSES, **errors(403)})
 @exportable("webhooks.csv")
 def list_webhooks(
     session: SessionDep,
@@ -60,7 +60,7 @@ def resume_webhook(webhook_id: Id, session: OperatorSession) -> WebhookPublic:
     return webhooks.resume(session, webhook_id)
 
 
-@router.get("/{webhook_id}/deliveries", dependencies=[needs_read], responses={**CSV_RESPONSES, **errors(404)})
+@router.get("/{webhook_id}/deliveries", dependencies=[needs_operator], responses={**CSV_RESPONSES, **errors(403, 404)})
 @exportable("webhook-{webhook_id}-deliveries.csv")
 def list_deliveries(
     webhook_id: Id,

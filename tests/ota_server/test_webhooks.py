@@ -303,6 +303,9 @@ async def test_removing_a_webhook_and_reading_an_unknown_one(env: Env, receiver:
     assert added["target"] == {"host": "127.0.0.1"} and added["status"] == 201  # no path, query or secret
     viewer = await env.headers_for("vera", "viewer")
     assert (await env.client.post("/api/v1/webhooks", json={"url": receiver.url}, headers=viewer)).status_code == 403
+    # A webhook's URL often holds a secret of its own (a path or query token): viewers do not read it.
+    assert (await env.client.get("/api/v1/webhooks", headers=viewer)).status_code == 403
+    assert (await env.client.get(f"/api/v1/webhooks/{hook['id']}/deliveries", headers=viewer)).status_code == 403
     assert (await env.client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 200
     assert (await env.client.delete(f"/api/v1/webhooks/{hook['id']}")).status_code == 404
     assert (await env.client.get(f"/api/v1/webhooks/{hook['id']}/deliveries")).status_code == 404
