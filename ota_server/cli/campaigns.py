@@ -89,6 +89,8 @@ def _control(campaign_id: int, action: str, reason: str, server: str, token: str
         result = client.control(campaign_id, action, reason)
     campaign = result.get("campaign", result)
     touched = f"; {result['vehicles']} cars" if "vehicles" in result else ""
+    if action == "retry-failed" and result.get("vehicles") and campaign["status"] == "paused":
+        touched += f" (the campaign stays paused: `ota campaigns resume {campaign_id}` notifies them)"
     emit(as_json, result, lambda: typer.echo(f"{action}: " + campaign_line(campaign) + touched))
 
 

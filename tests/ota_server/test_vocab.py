@@ -307,3 +307,16 @@ async def test_tokens_list_and_revoke_answer_in_json(wired: Env) -> None:
     assert [r["revoked_at"] is not None for r in again if r["name"] == "carol"] == [True]
     missing = await ota(wired, "tokens", "revoke", "9999")
     assert missing.exit_code == 1 and "404" in missing.stderr
+
+
+async def test_retrying_the_failed_cars_of_a_paused_campaign_says_it_stays_paused(wired: Env) -> None:
+    """Outside test (issue 18): retry answered "2 cars" and nothing moved until a resume nobody mentioned."""
+    vins, release_id = await _fleet(wired, 2)
+    recall_id = await _recall(wired, release_id, {})
+    cid = json.loads((await ota(wired, "recalls", "launch", str(recall_id), "--json")).stdout)["id"]
+    nonces = await wired.nonces()
+    await wired.inject(report(cid, vins[0], nonces[vins[0]], ReportState.FAILED, reason=FailureReason.DOWNLOAD_FAILED))
+    assert (await ota(wired, "campaigns", "pause", str(cid), "--reason", "calls")).exit_code == 0
+    retried = await ota(wired, "campaigns", "retry", str(cid))
+    assert retried.exit_code == 0, retried.output
+    assert "1 cars" in retried.stdout and f"ota campaigns resume {cid}" in retried.stdout, retried.stdout

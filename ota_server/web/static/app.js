@@ -477,7 +477,7 @@ const CAMPAIGN_ACTIONS = {
   cancel: { path: "cancel", done: "Cancelled", confirm: "Cancel the campaign", title: "Cancel campaign", reason: "required", when: ["active", "paused"],
     what: "Every car that has not started is withdrawn (its notice replaced by a withdrawal); cars installing finish or roll back. This cannot be undone." },
   retry: { path: "retry-failed", done: "Retried failed cars", confirm: "Retry failed cars", title: "Retry the failed cars of campaign", reason: null, when: ["active", "paused", "completed"],
-    what: "Every failed, rolled-back or timed-out car gets a new notice now, within the plan's waves, rate and windows." },
+    what: "Every failed, rolled-back or timed-out car gets a new notice now, within the plan's waves, rate and windows. A campaign paused by an operator or its error threshold stays paused until resumed." },
 };
 const OUTCOME_LABEL = {
   remedied_at_dealer: "Remedied at a dealer", inspected_not_needed: "Inspected, remedy not needed", unreachable: "Unreachable",
@@ -507,7 +507,9 @@ function campaignActions(id, reloadCars) {
         const { data, at } = await send(`/api/v1/campaigns/${id}/${spec.path}`, reason ? { reason } : {});
         const campaign = data.campaign || data;
         const cars = data.vehicles === undefined ? "" : ` (${data.vehicles} car${data.vehicles === 1 ? "" : "s"})`;
-        setText("action-result", `${spec.done} by ${SESSION.name} at ${fmtTime(at)}${cars}${reason ? `: ${reason}` : ""}`);
+        const stillPaused = spec.path === "retry-failed" && data.vehicles && campaign.status === "paused"
+          ? "; the campaign stays paused: Resume notifies them" : "";
+        setText("action-result", `${spec.done} by ${SESSION.name} at ${fmtTime(at)}${cars}${reason ? `: ${reason}` : ""}${stillPaused}`);
         showActions(campaign.status);
         reloadCars();
       },
