@@ -15,7 +15,8 @@ Each run (:meth:`WebhookSender.run_once`):
 4. records each result: 2xx delivered; a timeout, connection error, 408, 429 or 5xx is tried
    again after an exponential backoff with jitter, up to ``max_attempts``; any other status
    is failed at once. Each failure counts against the webhook; after ``pause_after_failures``
-   failures in a row, or failures for ``pause_after_s`` with no success, the webhook is paused
+   failures in a row over at least ``min_failing_s`` (a receiver restarting for a minute is not
+   dead), or failures for ``pause_after_s`` with no success, the webhook is paused
    (its deliveries wait, unsent) until an operator resumes it.
 
 Delivery is at least once: a receiver that answered but whose answer was lost sees the same
@@ -113,6 +114,7 @@ class WebhookSender:
         max_attempts: int = 8,
         pause_after_failures: int = 20,
         pause_after_s: float = 86400.0,
+        min_failing_s: float = 900.0,
         transport: httpx.AsyncBaseTransport | None = None,
         rand: Callable[[], float] = random.random,
     ) -> None:
@@ -122,6 +124,9 @@ class WebhookSender:
         self.max_attempts = max_attempts
         self.pause_after_failures = pause_after_failures
         self.pause_after = timedelta(seconds=pause_after_s)
+        # A busy campaign fails many deliveries a minute while a receiver restarts: the count pauses only
+        # an endpoint that has also been failing this long.
+        self.min_failing = timedelta(seconds=min_failing_s)
         self._transport = transport
         self._rand = rand
         self._pruned_at: datetime | None = None
@@ -289,11 +294,17 @@ class WebhookSender:
             hook.failing_since = now
         if hook.status != "active":
             return
-        if hook.consecutive_failures >= self.pause_after_failures:
-            why = f"{hook.consecutive_failures} failed deliveries in a row"
-        elif now - hook.failing_since >= self.pause_after:
+        failing_for = now - hook.failing_since
+        if hook.consecutive_failures >= self.pause_after_failures and failing_for >= self.min_failing:
+            why = f"{hook.consecutive_failures} failed deliveries in a row over {_duration(failing_for)}"
+        elif failing_for >= self.pause_after:
             why = f"failing since {hook.failing_since.isoformat()}"
         else:
             return
         hook.status, hook.paused_reason = "paused", f"{why} (last: {outcome.error}); resume it to send again"
         log.warning("webhook %d paused: %s", hook.id, hook.paused_reason)
+
+
+def _duration(span: timedelta) -> str:
+    minutes = int(span.total_seconds() // 60)
+    return f"{minutes // 60} h {minutes % 60} min" if minutes >= 60 else f"{minutes} min"

@@ -237,6 +237,29 @@ async def test_a_dead_endpoint_is_paused_after_the_bound_and_sends_again_when_re
     }
 
 
+async def test_a_receiver_down_for_a_minute_is_not_paused(env: Env, receiver: Receiver) -> None:
+    """Outside test (issue 18): 20 failed deliveries in about 70 s of a busy campaign paused the webhook, so a
+    one-minute restart of the receiver needed an operator to resume it."""
+    await _add(env, receiver.url)
+    cid = (await launched(env.client, VINS))["id"]
+    for _ in range(15):  # 31 events
+        for action in ("pause", "resume"):
+            assert (await env.client.post(f"/api/v1/campaigns/{cid}/{action}", json={})).status_code == 200
+    receiver.always = 503
+    sender = WebhookSender(env.runtime.sessions, env.clock, pause_after_failures=20, rand=lambda: 0.0)
+    for _ in range(6):
+        await sender.run_once()
+        env.clock.advance(10)
+    listed = (await _get(env, "/api/v1/webhooks"))["items"][0]
+    assert listed["consecutive_failures"] >= 20 and listed["status"] == "active", listed
+    receiver.always = None
+    env.clock.advance(3600)
+    assert await sender.run_once() > 0
+    listed = (await _get(env, "/api/v1/webhooks"))["items"][0]
+    assert listed["status"] == "active" and listed["consecutive_failures"] == 0, listed
+    assert receiver.delivered()
+
+
 async def test_a_4xx_fails_at_once_and_a_day_of_failures_pauses(env: Env, receiver: Receiver) -> None:
     hook = await _add(env, receiver.url)
     campaign = await launched(env.client, VINS)
