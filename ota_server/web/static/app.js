@@ -556,6 +556,11 @@ function carTable(id) {
   const form = $("car-filters");
   const table = $("car-table");
   for (const [state, label] of Object.entries(STATE_LABEL)) $("f-state").append(el("option", { value: state, text: label }));
+  // The filters live in the page's address too, so a filtered view can be linked or bookmarked.
+  const given = new URLSearchParams(location.search);
+  for (const field of form.elements) {
+    if (field.name && given.get(field.name)) field.value = given.get(field.name);
+  }
   let shown = null;
   let next = null;
   function query(extra) {
@@ -604,6 +609,8 @@ function carTable(id) {
   }
   form.addEventListener("submit", (event) => {
     event.preventDefault();
+    const filters = query({}).toString();
+    history.replaceState(null, "", filters ? `${location.pathname}?${filters}` : location.pathname);
     load(null);
   });
   $("cars-next").addEventListener("click", () => load(next));
