@@ -224,6 +224,7 @@ def test_campaign_page_updates_live_while_the_cars_report(recall: Recall, operat
     assert "(open)" not in (page.locator("#waves tbody").text_content() or "")  # a completed campaign: no wave open
     assert page.locator('#states tr[data-state="rolled_back"] td').first.text_content() == str(FAILING)
     assert "every car settled" in _text(page, "#subtitle")
+    assert "every car is final" not in _text(page, "#subtitle")  # said once (outside test, issue 18)
     shot(page, "03-campaign-done")
 
     page.goto("/ui/")

@@ -409,7 +409,7 @@ function renderCampaign(d) {
     `${kind} · campaign ${d.campaign_id} · ${d.hardware_id} → ${d.release_version} · launched ${fmtTime(d.launched_at, false)} · `,
     d.scheduled ? badge(`starts at ${fmtTime(d.starts_at, false)}`, "warn") : statusBadge(d.status),
     ...(d.scheduled && d.status !== "active" ? [" ", statusBadge(d.status)] : []),
-    d.status_reason ? ` ${afterStatus(d.status, d.status_reason)}` : "",
+    d.status_reason && !(d.done && d.status_reason === "every car is final") ? ` ${afterStatus(d.status, d.status_reason)}` : "",
     d.done ? " · every car settled" : "",
   );
   showActions(d.status);
@@ -429,7 +429,7 @@ function renderCampaign(d) {
   setText("waves-caption", wave
     ? `A wave opens the next once ${wave.success_threshold_percent}% of its cars are remedied; ` +
       (wave.error_threshold_count || wave.error_threshold_percent
-        ? `errors pause the campaign at ${[wave.error_threshold_count ? `${wave.error_threshold_count} cars` : "", wave.error_threshold_percent ? `${wave.error_threshold_percent}%` : ""].filter(Boolean).join(" or ")} per wave.`
+        ? `errors pause the campaign at ${[wave.error_threshold_count ? `${wave.error_threshold_count} car${wave.error_threshold_count === 1 ? "" : "s"}` : "", wave.error_threshold_percent ? `${wave.error_threshold_percent}%` : ""].filter(Boolean).join(" or ")} per wave.`
         : "no error threshold.")
     : "");
   fill(document.querySelector("#waves tbody"), d.waves.map((w) => {
