@@ -246,12 +246,19 @@ class Agent:
     async def withdraw(self, message: CampaignWithdrawal) -> ReportState | None:
         """The server cancelled a campaign for this car: stop it if it has not started installing.
 
-        Ignored (None) for an unknown or finished campaign, or a nonce that is not the
-        campaign's current one; a car already installing or rebooting finishes (or rolls
-        back) and reports as usual.
+        Ignored (None) for a finished campaign, or a nonce that is not the campaign's current
+        one; a car already installing or rebooting finishes (or rolls back) and reports as usual.
+        For a campaign it has no notice of yet, the withdrawal is journaled: its notice, if it
+        comes after, is answered ``withdrawn`` and never shown or acted on.
         """
         record = self.journal.campaign(message.campaign_id)
-        if record is None or record.state.terminal or record.nonce != message.nonce:
+        if record is None:
+            # Before its notice: a car offline meanwhile gets the retained withdrawal first and the notice it
+            # replaced may still be queued for it. Journaled, so that notice (same nonce) is not acted on.
+            log.info("%s: campaign %s withdrawn before its notice arrived", self.config.vin, message.campaign_id)
+            self.journal.record(CampaignRecord(message.campaign_id, message.nonce, S.WITHDRAWN))
+            return None
+        if record.state.terminal or record.nonce != message.nonce:
             log.info("%s: ignored a withdrawal of campaign %s", self.config.vin, message.campaign_id)
             return None
         if record.state.rank >= S.INSTALLING.rank:

@@ -121,7 +121,9 @@ def expand_states(words: Iterable[StateWord]) -> frozenset[VinState]:
     return frozenset(found)
 
 
-_CAR_SOURCES = IN_FLIGHT | frozenset({S.TIMED_OUT, S.UNREACHABLE})
+# An operator's record of a car out of reach (stolen, exported, scrapped) stands: the car's own reports
+# never move it (a stolen car that connects is not put back in the campaign).
+_CAR_SOURCES = IN_FLIGHT | frozenset({S.TIMED_OUT})
 # A car that truly started before the cancel reached it finishes and reports as usual.
 _AFTER_WITHDRAWAL = INSTALLING | frozenset({S.REMEDIED, S.FAILED, S.ROLLED_BACK, S.WITHDRAWN})
 _NEW_ATTEMPT_SOURCES = frozenset({S.FAILED, S.ROLLED_BACK, S.TIMED_OUT, S.DECLINED})
@@ -144,8 +146,6 @@ def allowed(src: VinState, dst: VinState, cause: Cause, *, new_attempt: bool = F
             return False
         if src is S.WITHDRAWN:
             return dst in _AFTER_WITHDRAWAL
-        if src is S.UNREACHABLE and dst is S.WITHDRAWN:  # confirms the withdrawal the record sent: keep the record
-            return False
         if new_attempt and src in _NEW_ATTEMPT_SOURCES:
             return True
         if src is S.TIMED_OUT:  # it was alive after all: any later step, but not back to the start

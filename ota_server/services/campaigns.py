@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.domain.rollout_plan import wave_sizes
-from ota_server.domain.states import CampaignKind, CampaignStatus, VinState
+from ota_server.domain.states import OPERATOR_OUTCOMES, CampaignKind, CampaignStatus, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.rollout import transitions
 from ota_server.rollout.campaign_tick import plan_of as plan_of
@@ -271,7 +271,7 @@ def unpublished(
     """Messages issued but never confirmed published (e.g. the server stopped mid-way).
 
     A released car with no confirmed publish gets its notice again, or its withdrawal
-    when the campaign was cancelled (or the car was decommissioned) meanwhile.
+    when the campaign was cancelled, the car decommissioned or an operator recorded its outcome meanwhile.
     """
     rows = session.execute(
         select(CampaignVehicle, Campaign, Recall)
@@ -282,7 +282,7 @@ def unpublished(
     ).all()
     out: list[Outbound] = []
     for cv, campaign, recall in rows:
-        if cv.state in (VinState.WITHDRAWN.value, VinState.UNREACHABLE.value):
+        if cv.state == VinState.WITHDRAWN.value or VinState(cv.state) in OPERATOR_OUTCOMES:
             out.append(withdrawal(campaign.id, cv.vin, cv.nonce, now))
         elif campaign.status != CANCELLED:
             assert cv.notified_at is not None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from tuf.api.metadata import Metadata, Targets
 
 from firmware_bundles import topics
@@ -21,7 +21,8 @@ from firmware_bundles.messages import (
     parse_campaign_message,
 )
 from firmware_bundles.uptane import assignments_for
-from ota_server.db.models import OutboxEvent
+from ota_server.db.models import CampaignVehicle, OutboxEvent
+from ota_server.services import campaigns
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, provision, recall_body, remedied, report, upload, vehicle, vin
 
@@ -819,3 +820,16 @@ async def test_an_outcome_withdraws_the_cars_notice_and_keeps_the_record(env: En
     rows = {r["vin"]: r for r in (await env.get_json(f"/api/v1/campaigns/{cid}/vehicles"))["items"]}
     assert (rows[stolen]["state"], rows[stolen]["reason"]) == ("unreachable", "stolen")
     assert rows[dealer]["state"] == "remedied_at_dealer" and rows[other]["state"] == "pending"
+    # A car's report never replaces an operator's unreachable record (it was 'failed', then retried, then
+    # installed: a stolen car updated and counted remedied), and a retry does not take it back in.
+    await env.inject(report(cid, stolen, nonces[stolen], S.FAILED, reason=FailureReason.NO_DIRECTOR_ASSIGNMENT))
+    assert (await env.client.post(f"/api/v1/campaigns/{cid}/retry-failed")).json()["vehicles"] == 0
+    rows = {r["vin"]: r for r in (await env.get_json(f"/api/v1/campaigns/{cid}/vehicles"))["items"]}
+    assert (rows[stolen]["state"], rows[stolen]["reason"]) == ("unreachable", "stolen")
+    # A withdrawal whose publishing was never confirmed is sent again as a withdrawal, never as the notice.
+    with env.runtime.sessions.begin() as session:
+        in_campaign = CampaignVehicle.campaign_id == cid
+        session.execute(update(CampaignVehicle).where(in_campaign).values(notice_published_at=None))
+    with env.runtime.sessions() as session:
+        again = {m.vin: m.kind for m in campaigns.unpublished(session, "http://repo.test", env.clock())}
+    assert again == {stolen: "withdrawal", dealer: "withdrawal", other: "campaign"}

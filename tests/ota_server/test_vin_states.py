@@ -51,6 +51,7 @@ def test_who_may_cause_what(src: VinState, dst: VinState, cause: Cause, new_atte
     if cause is Cause.CAR:
         assert dst in CAR_STATES  # a car never claims a dealer remedy, a timeout or unreachable
         assert src not in {VinState.REMEDIED, VinState.REMEDIED_AT_DEALER, VinState.INSPECTED_NOT_NEEDED}
+        assert src is not VinState.UNREACHABLE  # an operator's record of a stolen or exported car stands
     elif cause is Cause.OPERATOR:
         assert dst in {VinState.REMEDIED_AT_DEALER, VinState.INSPECTED_NOT_NEEDED, VinState.UNREACHABLE}
         assert src is not VinState.REMEDIED  # a verified OTA remedy is never overwritten

@@ -178,6 +178,21 @@ async def test_withdrawals_for_unknown_or_finished_campaigns_or_another_nonce_ar
     assert car.states == [S.NOTIFIED, S.DEFERRED, *INSTALL]
 
 
+async def test_a_withdrawal_before_its_notice_keeps_the_car_out_of_the_campaign(car: Car, server: FakeServer) -> None:
+    """Outside test (issue 18): a car offline while an operator recorded it (stolen, fixed at a dealer) got the
+    retained withdrawal before its queued notice on reconnecting, ignored the withdrawal, then acted on the
+    notice: the owner was shown the recall and the car tried to install."""
+    owner = ScriptedOwner()
+    car.build(owner=owner)
+    notice = server.notice(7)
+    assert await car.agent.withdraw(server.withdrawal(notice)) is None  # not started: nothing to stop
+    assert await car.agent.handle(notice) is S.WITHDRAWN
+    assert S.NOTIFIED not in car.states and car.running_version() == "1.0"
+    assert downloads(car) == [] and not owner.shown
+    # A later notice of the campaign with a new nonce (an operator's retry) is a new attempt as usual.
+    assert await car.agent.handle(server.notice(7, nonce="retry-nonce-000001")) is S.REMEDIED
+
+
 async def test_malformed_or_misaddressed_withdrawals_are_dropped_at_the_link(car: Car, server: FakeServer) -> None:
     notice = server.notice(7)
     car.link.deliver(b'{"kind": "withdrawal", "campaign_id": 7}')
