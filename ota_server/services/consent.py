@@ -52,6 +52,14 @@ class OwnerPage:
         return images_key(i.sha256 for i in self.images)
 
 
+# What the page says of a car an operator took out of the recall (no update comes to it any more).
+_OPERATOR_RECORDS = {
+    VinState.REMEDIED_AT_DEALER: "Your car was remedied at a dealer: it needs no update from this recall.",
+    VinState.INSPECTED_NOT_NEEDED: "Your car was inspected and does not need this update.",
+    VinState.UNREACHABLE: "This update was withdrawn for your car: the recall records it as out of reach.",
+}
+
+
 def page(session: Session, director: Director, links: OwnerLinks, token: str) -> OwnerPage:
     campaign_id, vin = links.parse(token)
     row = session.get(CampaignVehicle, (campaign_id, vin))
@@ -68,7 +76,9 @@ def page(session: Session, director: Director, links: OwnerLinks, token: str) ->
     key = images_key(i.sha256 for i in images)
     state = VinState(row.state)
     closed = ""
-    if recall.safety_recall or not recall.requires_consent:
+    if state in _OPERATOR_RECORDS:
+        closed = _OPERATOR_RECORDS[state]
+    elif recall.safety_recall or not recall.requires_consent:
         closed = "This is a safety recall: it installs without asking."
     elif campaign.kind != REMEDY or campaign.status == CANCELLED:
         closed = "This update was withdrawn."

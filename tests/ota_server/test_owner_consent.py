@@ -234,3 +234,17 @@ async def test_the_owner_page_shows_the_car_and_whom_to_call_in_the_owners_langu
     assert "Acme Sedan" in italian.text and "Recall desk" in italian.text and "Install this update" not in italian.text
     fields = form_fields(italian.text)  # the form is the same one: the answer does not depend on the language
     assert fields == form_fields(english.text)
+
+
+async def test_a_car_an_operator_took_out_of_the_recall_is_told_so_on_its_page(env: Env) -> None:
+    """Outside test (issue 18): a car recorded fixed at a dealer was told "Your car has already answered or
+    started (it is remedied at dealer)"; the car did neither."""
+    car = vehicle(vin(6))
+    campaign_id, _key, notice = await launch_consent_campaign(env, car)
+    outcome = {"outcome": "remedied_at_dealer", "evidence": "RO 1", "reference": "RO-1"}
+    url = f"/api/v1/campaigns/{campaign_id}/vehicles/{car['vin']}/outcome"
+    assert (await env.client.post(url, json=outcome)).status_code == 200
+    page = await env.client.get(page_path(notice), headers={"Authorization": ""})
+    assert page.status_code == 200
+    assert "remedied at a dealer" in page.text and "already answered" not in page.text
+    assert "consent-form" not in page.text
