@@ -141,9 +141,17 @@ def stalled(
     wave = campaign.current_wave
     seen = campaign.error_baseline if baseline is None else baseline
     gate = rules.gate(plan, wave_counts(session, campaign.id, wave), seen)
-    if gate.remedied >= gate.needed or not wave_settled(session, campaign.id, wave, plan):
-        return None
-    return gate if last_wave(session, campaign.id) > wave else None
+    return gate if blocks_later_waves(session, campaign.id, wave, gate, plan) else None
+
+
+def blocks_later_waves(
+    session: Session, campaign_id: int, wave: int, gate: rules.Gate, plan: rules.RolloutPlan
+) -> bool:
+    """Wave ``wave`` (an index), judged ``gate``, is short of its success threshold, none of its cars can
+    change, and a later wave holds cars: those would wait for ever."""
+    if gate.remedied >= gate.needed or not wave_settled(session, campaign_id, wave, plan):
+        return False
+    return last_wave(session, campaign_id) > wave
 
 
 class CampaignTick:
@@ -278,7 +286,7 @@ class CampaignTick:
         """Pause a campaign whose open wave can no longer pass ``gate`` (a waiting gate) while a later wave
         waits: said in its status reason (and a campaign.paused event), not left active and silent for ever."""
         wave = campaign.current_wave
-        if not wave_settled(session, campaign.id, wave, plan) or last_wave(session, campaign.id) <= wave:
+        if not blocks_later_waves(session, campaign.id, wave, gate, plan):
             return
         self._set_status(campaign, PAUSED, rules.missed_reason(wave_number(wave), gate), now)
         result.missed.append(campaign.id)
