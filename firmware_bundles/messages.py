@@ -241,6 +241,28 @@ class StatusReport(BaseModel):
     signature: ReportSignature | None = None
 
 
+MAX_BATCH_REPORTS = 32  # steps one report batch may carry (~400 bytes each: well inside 16 KiB)
+
+
+class ReportBatch(BaseModel):
+    """Car to server on its status topic: consecutive steps of one car, in order, in one signed message.
+
+    Steps that follow each other within a moment (the agent's ``report_linger_s``) travel
+    together: one MQTT message, one signature, one ingest of the car instead of one per step.
+    Each step is a :class:`StatusReport` of this VIN without its own signature; the batch's
+    ``signature`` covers them all (canonical JSON of the batch without it). The server records
+    each step as if it had come alone, in the order given.
+    """
+
+    model_config = _STRICT
+    schema_version: Literal[1] = 1
+    kind: Literal["status_batch"] = "status_batch"
+    vin: Vin
+    reports: tuple[StatusReport, ...] = Field(min_length=1, max_length=MAX_BATCH_REPORTS)
+    sent_at: datetime
+    signature: ReportSignature | None = None
+
+
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
@@ -356,13 +378,36 @@ def parse_manifest(payload: bytes) -> VersionManifest:
     return _parse(VersionManifest, payload)
 
 
+def parse_report_batch(payload: bytes) -> ReportBatch:
+    """A report batch: every step this batch's VIN's, unsigned itself, a failed one with its reason."""
+    batch = _parse(ReportBatch, payload)
+    for i, report in enumerate(batch.reports):
+        if report.vin != batch.vin:
+            raise MalformedMessage(f"ReportBatch: reports.{i}.vin: not the batch's VIN")
+        if report.signature is not None:
+            raise MalformedMessage(f"ReportBatch: reports.{i}.signature: a step is signed by the batch, not alone")
+        if report.state is ReportState.FAILED and report.reason is None:
+            raise MalformedMessage(f"ReportBatch: reports.{i}: a failed report needs a reason")
+    return batch
+
+
 def is_manifest(payload: bytes) -> bool:
     """Whether a message on a car's status topic is a manifest (told apart by ``kind``)."""
     return b'"manifest"' in payload[:4096] and b'"kind"' in payload
 
 
-def parse_status_message(payload: bytes) -> StatusReport | VersionManifest:
-    """What arrives on a car's status topic: a report or a version manifest."""
+def is_report_batch(payload: bytes) -> bool:
+    """Whether a message on a car's status topic is a report batch (told apart by ``kind``)."""
+    return b'"status_batch"' in payload[:4096] and b'"kind"' in payload
+
+
+StatusMessage = StatusReport | ReportBatch | VersionManifest  # what a car sends on its status topic
+
+
+def parse_status_message(payload: bytes) -> StatusMessage:
+    """What arrives on a car's status topic: a report, a report batch or a version manifest."""
     if is_manifest(payload):
         return parse_manifest(payload)
+    if is_report_batch(payload):
+        return parse_report_batch(payload)
     return parse_report(payload)

@@ -16,10 +16,10 @@ from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import CryptoSigner, Key, Signature, Signer, SSlibKey
 
 from firmware_bundles.errors import UnverifiedReport
-from firmware_bundles.messages import ReportSignature, StatusReport, VersionManifest
+from firmware_bundles.messages import ReportBatch, ReportSignature, StatusReport, VersionManifest
 
 # Every car message signed with the car's report key.
-SignedMessage = TypeVar("SignedMessage", StatusReport, VersionManifest)
+SignedMessage = TypeVar("SignedMessage", StatusReport, ReportBatch, VersionManifest)
 
 
 def generate_report_key() -> CryptoSigner:
@@ -45,7 +45,7 @@ def public_key(keyid: str, key: dict[str, Any]) -> SSlibKey:
     return SSlibKey.from_dict(keyid, dict(key))
 
 
-def signed_bytes(report: StatusReport | VersionManifest) -> bytes:
+def signed_bytes(report: StatusReport | ReportBatch | VersionManifest) -> bytes:
     """The bytes a signature covers: canonical JSON of the report minus its signature."""
     body = report.model_dump(mode="json", exclude_none=True, exclude={"signature"})
     canonical = encode_canonical(body)
@@ -54,12 +54,12 @@ def signed_bytes(report: StatusReport | VersionManifest) -> bytes:
 
 
 def sign_report(report: SignedMessage, signer: Signer) -> SignedMessage:
-    """A copy of ``report`` (a status report or a version manifest) carrying ``signer``'s signature."""
+    """A copy of ``report`` (a status report, a report batch or a version manifest) carrying ``signer``'s signature."""
     signature = signer.sign(signed_bytes(report))
     return report.model_copy(update={"signature": ReportSignature(keyid=signature.keyid, sig=signature.signature)})
 
 
-def verify_report(report: StatusReport | VersionManifest, key: Key) -> None:
+def verify_report(report: StatusReport | ReportBatch | VersionManifest, key: Key) -> None:
     """Raise :class:`UnverifiedReport` unless ``report`` is signed by ``key``."""
     if report.signature is None:
         raise UnverifiedReport("report is not signed")

@@ -5,12 +5,16 @@ import pytest
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
 from firmware_bundles.messages import (
+    MAX_BATCH_REPORTS,
     FailureReason,
+    ReportBatch,
+    ReportSignature,
     ReportState,
     StatusReport,
     encode,
     parse_notice,
     parse_report,
+    parse_status_message,
 )
 
 VIN = "1HGCM82633A004352"
@@ -68,3 +72,47 @@ def test_topics_roundtrip() -> None:
     assert topics.vin_from_topic(topics.status_topic(VIN)) == VIN
     with pytest.raises(MalformedMessage):
         topics.vin_from_topic("ota/v1/vehicles//status")
+
+
+def _batch(*steps: StatusReport, vin: str = VIN) -> ReportBatch:
+    return ReportBatch(vin=vin, reports=steps, sent_at=datetime.now(UTC))
+
+
+def test_report_batch_roundtrip_keeps_the_steps_in_order() -> None:
+    steps = (report(state=ReportState.NOTIFIED), report(state=ReportState.DOWNLOADING))
+    message = parse_status_message(encode(_batch(*steps)))
+    assert isinstance(message, ReportBatch)
+    assert [r.state for r in message.reports] == [ReportState.NOTIFIED, ReportState.DOWNLOADING]
+
+
+def test_a_single_report_and_a_manifest_still_parse_as_themselves() -> None:
+    assert isinstance(parse_status_message(encode(report())), StatusReport)
+
+
+@pytest.mark.parametrize(
+    ("steps", "words"),
+    [
+        ((report(vin="1HGCM82633A004353"),), "not the batch's VIN"),
+        ((report(state=ReportState.FAILED),), "needs a reason"),
+        (
+            (report(signature=ReportSignature(keyid="a" * 64, sig="ab")),),
+            "signed by the batch",
+        ),
+    ],
+)
+def test_a_batch_with_a_step_it_cannot_carry_is_malformed(steps: tuple[StatusReport, ...], words: str) -> None:
+    with pytest.raises(MalformedMessage, match=words):
+        parse_status_message(encode(_batch(*steps)))
+
+
+def test_an_empty_or_oversized_batch_is_malformed() -> None:
+    step = report()
+    empty = encode(_batch(step)).replace(encode(step), b"")
+    assert b'"reports":[]' in empty
+    with pytest.raises(MalformedMessage):
+        parse_status_message(empty)
+    payload = encode(_batch(*[report()] * MAX_BATCH_REPORTS)).replace(
+        b'"reports":[', b'"reports":[' + encode(report()) + b","
+    )
+    with pytest.raises(MalformedMessage, match="reports"):
+        parse_status_message(payload)

@@ -8,7 +8,15 @@ from datetime import UTC, datetime
 import pytest
 
 from firmware_bundles.errors import UnverifiedReport
-from firmware_bundles.messages import ReportState, StatusReport, encode, parse_report
+from firmware_bundles.messages import (
+    ReportBatch,
+    ReportState,
+    StatusReport,
+    encode,
+    parse_report,
+    parse_report_batch,
+    parse_status_message,
+)
 from firmware_bundles.report_signing import (
     generate_report_key,
     load_report_signer,
@@ -75,3 +83,15 @@ def test_keys_survive_storage() -> None:
     verify_report(sign_report(_report(), again), stored)
     with pytest.raises(ValueError):
         load_report_signer(b"not a key")
+
+
+def test_a_signed_batch_verifies_and_any_changed_step_breaks_it() -> None:
+    signer = generate_report_key()
+    batch = ReportBatch(vin=VIN, reports=(_report(state=ReportState.NOTIFIED), _report()), sent_at=datetime.now(UTC))
+    signed = sign_report(batch, signer)
+    received = parse_status_message(encode(signed))
+    assert isinstance(received, ReportBatch)
+    verify_report(received, signer.public_key)
+    moved = encode(signed).replace(b'"downloading"', b'"remedied"')
+    with pytest.raises(UnverifiedReport):
+        verify_report(parse_report_batch(moved), signer.public_key)
