@@ -54,8 +54,14 @@ class TokenBuckets:
         tokens, at = held
         return tokens + max(0.0, self._clock().timestamp() - at) * self.rate
 
-    def wait_for(self, key: object) -> float:
-        """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there."""
+    def wait_for(self, key: object, cost: float = 1.0) -> float:
+        """Spend one request for ``key``: 0.0 when spent, else the seconds until one is there.
+
+        A request worth ``cost`` tokens (ingest's report batch, one per step) goes through when the
+        key holds one whole token, and may take the bucket below zero: a debt the refill pays off
+        before the key's next request goes through. A cost above the burst is thus never refused
+        for good, and still buys no more than the rate over time.
+        """
         if self.rate <= 0:
             return 0.0
         now = self._clock().timestamp()
@@ -65,7 +71,7 @@ class TokenBuckets:
             if tokens < 1.0:
                 self._buckets[key] = (tokens, now)
                 return (1.0 - tokens) / self.rate
-            self._buckets[key] = (tokens - 1.0, now)
+            self._buckets[key] = (tokens - cost, now)
             while self._max_keys is not None and len(self._buckets) > self._max_keys:
                 self._buckets.popitem(last=False)
             return 0.0

@@ -16,6 +16,12 @@ provision``) and carry the nonce of the car's current campaign notice. An unsign
 report is dropped in :meth:`Ingestor.submit`; the key and signature are checked in
 the batch, against keys loaded with one query, before anything else reads the report.
 
+A report batch (``kind: status_batch``, :class:`~firmware_bundles.messages.ReportBatch`) is a car's
+consecutive steps in one message under one signature. It is checked once, as a report is (the same
+rejection reasons; one that fails is one rejected message and stores none of its steps), charges the
+car's token bucket one token per step (:meth:`Budgets.spend_car`), and then each step goes through
+exactly what a lone report goes through, in the order given, with the message's ``received_at``.
+
 A version manifest (``kind: manifest``) on a car's status topic is checked the same way (the
 VIN in the message is the topic's, signed by that car's key) and applied in the same batch and
 transaction by :func:`ota_server.services.inventory.apply_manifests`, which refuses one whose
@@ -44,6 +50,7 @@ from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage, UnverifiedReport
 from firmware_bundles.messages import (
     Presence,
+    ReportBatch,
     ReportState,
     StatusReport,
     VersionManifest,
@@ -104,9 +111,13 @@ _MAX_JUNK_TOPICS = 100_000  # topics' junk buckets remembered
 Ack = Callable[[], None]
 
 
+# A signed message on a car's status topic.
+Signed = StatusReport | ReportBatch | VersionManifest
+
+
 @dataclass(frozen=True)
 class Received:
-    message: StatusReport | VersionManifest | Presence
+    message: Signed | Presence
     received_at: datetime
     # Tells the broker the message is safe (the link's manual PUBACK); called once stored.
     ack: Ack | None = None
@@ -141,11 +152,13 @@ def _has_evidence(report: StatusReport, release_versions: Collection[str]) -> bo
 
 
 class _Batch:
-    """The database view one batch needs, loaded with a handful of queries."""
+    """The database view one batch needs, loaded with a handful of queries.
 
-    def __init__(
-        self, session: Session, reports: Sequence[StatusReport], manifests: Sequence[VersionManifest] = ()
-    ) -> None:
+    ``reports`` are the steps (lone reports and those of report batches), ``signed`` every
+    signed message (lone reports, report batches, manifests): the keys are looked up for them.
+    """
+
+    def __init__(self, session: Session, reports: Sequence[StatusReport], signed: Sequence[Signed] = ()) -> None:
         campaign_ids = sorted({r.campaign_id for r in reports})
         vins = sorted({r.vin for r in reports})
         wanted = {(r.campaign_id, r.vin) for r in reports}
@@ -176,7 +189,7 @@ class _Batch:
             self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
-        for chunk in _chunks(sorted({*vins, *(m.vin for m in manifests)})):
+        for chunk in _chunks(sorted({*vins, *(m.vin for m in signed)})):
             rows = session.execute(
                 select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key, Vehicle.decommissioned_at).where(
                     Vehicle.vin.in_(chunk), Vehicle.report_keyid.is_not(None)
@@ -188,7 +201,6 @@ class _Batch:
                 if gone is not None:
                     self.decommissioned.add(vin)
         # Only under attack (or after re-provisioning): whose key was it?
-        signed: list[StatusReport | VersionManifest] = [*reports, *manifests]
         strangers = sorted(
             {
                 r.signature.keyid
@@ -213,7 +225,7 @@ class _Batch:
             self.release_versions.setdefault(campaign_id, {version}).update([other] if other else [])
 
 
-def _signature_problem(batch: _Batch, report: StatusReport | VersionManifest) -> str | None:
+def _signature_problem(batch: _Batch, report: Signed) -> str | None:
     """Why ``report`` is not signed by its car's registered key, or None when it is."""
     registered = batch.keys.get(report.vin)
     if registered is None:
@@ -290,12 +302,20 @@ class Budgets:
         if keyed:
             self.keyed_junk.wait_for(topic)
 
-    def spend_car(self, key: object) -> bool:
-        """Spend one of the car's tokens; False when it had none left (a flood)."""
-        return self.car.wait_for(key) == 0.0
+    def spend_car(self, key: object, steps: int = 1) -> bool:
+        """Spend the car's tokens for a verified message of ``steps`` steps; False when it had none left (a flood).
+
+        A report batch pays one token per step, so batching is no flood amplifier: a car's
+        steps per second stay bounded by its rate whether they come alone or 32 at a time. It
+        needs one whole token to go through and may leave the bucket in debt
+        (:meth:`TokenBuckets.wait_for`): the car's next messages are then cut (``flood``) until
+        the refill has paid for every step, while a genuine batch larger than the burst is
+        never refused for good.
+        """
+        return self.car.wait_for(key, float(steps)) == 0.0
 
 
-def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budgets) -> str | None:
+def _paid(batch: _Batch, report: Signed, budgets: Budgets) -> str | None:
     """Check the signature and charge the right budget: the reason to refuse ``report``, or None."""
     registered = batch.keys.get(report.vin)
     if registered is not None:
@@ -305,11 +325,12 @@ def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budget
         # junk that could pass a closed gate: it names the car's key, or the car has none to name
         keyed = registered is None or (report.signature is not None and report.signature.keyid == registered[0])
         budgets.spend_junk(topics.status_topic(report.vin), keyed=keyed)
-        what = (
-            f"manifest {report.counter}"
-            if isinstance(report, VersionManifest)
-            else f"report for campaign {report.campaign_id}"
-        )
+        if isinstance(report, VersionManifest):
+            what = f"manifest {report.counter}"
+        elif isinstance(report, ReportBatch):
+            what = f"report batch of {len(report.reports)} steps"
+        else:
+            what = f"report for campaign {report.campaign_id}"
         log.warning(
             "rejected %s from %s (%s), signed by %s",
             what,
@@ -319,7 +340,8 @@ def _paid(batch: _Batch, report: StatusReport | VersionManifest, budgets: Budget
             extra={"vin": report.vin},
         )
         return problem
-    return None if budgets.spend_car(report.vin) else FLOOD
+    steps = len(report.reports) if isinstance(report, ReportBatch) else 1
+    return None if budgets.spend_car(report.vin, steps) else FLOOD
 
 
 def _apply_status_reports(
@@ -330,17 +352,18 @@ def _apply_status_reports(
     charged: dict[int, str | None],
     now: datetime,
 ) -> None:
-    """Apply ``reports`` and version manifests; ``charged`` keeps each one's verdict across retries,
-    so none pays twice. Every verified message moves its car's ``last_seen``; the manifests'
-    counters and the inventory are :mod:`ota_server.services.inventory`'s."""
+    """Apply ``reports``, report batches and version manifests; ``charged`` keeps each message's
+    verdict across retries, so none pays twice. Every verified message moves its car's
+    ``last_seen`` (once per message, however many steps it carries); the manifests' counters and
+    the inventory are :mod:`ota_server.services.inventory`'s."""
     if not reports:
         return
     manifests = [r for r in reports if isinstance(r.message, VersionManifest)]
-    reports = [r for r in reports if isinstance(r.message, StatusReport)]
+    reports = [r for r in reports if isinstance(r.message, StatusReport | ReportBatch)]
     batch = _Batch(
         session,
-        [r.message for r in reports if isinstance(r.message, StatusReport)],
-        [m.message for m in manifests if isinstance(m.message, VersionManifest)],
+        [step for r in reports for step in _steps(r.message)],
+        [r.message for r in (*reports, *manifests) if not isinstance(r.message, Presence)],
     )
     verified: list[tuple[VersionManifest, datetime]] = []
     for item in manifests:
@@ -354,78 +377,17 @@ def _apply_status_reports(
     seen: dict[str, datetime] = {}
     events: list[dict[str, object]] = []
     for item in reports:
-        report = item.message
-        assert isinstance(report, StatusReport)
+        message = item.message
+        assert isinstance(message, StatusReport | ReportBatch)
         if id(item) not in charged:
-            charged[id(item)] = _paid(batch, report, budgets)
+            charged[id(item)] = _paid(batch, message, budgets)
         problem = charged[id(item)]
-        if problem is not None:
+        if problem is not None:  # a batch's signature or bucket refuses the message, all its steps
             outcome.rejected[problem] += 1
             continue
-        seen[report.vin] = max(item.received_at, seen.get(report.vin, item.received_at))
-        cv = batch.rows.get((report.campaign_id, report.vin))
-        if cv is None:
-            outcome.rejected[UNKNOWN_CAMPAIGN_VEHICLE] += 1
-            continue
-        if not secrets.compare_digest(cv.nonce, report.nonce):
-            outcome.rejected[WRONG_NONCE] += 1
-            log.warning(
-                "rejected report from %s for campaign %d: not the current nonce",
-                report.vin,
-                cv.campaign_id,
-                extra={"campaign_id": cv.campaign_id, "vin": report.vin},
-            )
-            continue
-        if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
-            outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
-            continue
-        step = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
-        reason = report.reason.value if report.reason else None
-        detail = report.detail or None
-        if step in batch.steps:
-            outcome.duplicates += 1
-        else:
-            batch.steps.add(step)
-            events.append(
-                {
-                    "campaign_id": report.campaign_id,
-                    "vin": report.vin,
-                    "attempt": report.attempt,
-                    "deferrals": report.deferrals,
-                    "state": report.state.value,
-                    "reason": reason,
-                    "detail": detail,
-                    "received_at": item.received_at,
-                }
-            )
-            outcome.accepted += 1
-            outcome.sent_at.append(report.sent_at)
-        # Strictly forward only (a terminal state has the top rank, so nothing of the same
-        # attempt moves past it), and only by a move a car may make: an operator's record or
-        # a dealer remedy is never undone by a report. A duplicate may still move a car that
-        # a retry set back to pending (the stuck car carries on with the new nonce).
-        # A decommissioned car stays where decommissioning put it (unreachable, with its reason):
-        # back in flight, it would time out and be notified again.
-        if (
-            report.progress > (cv.attempt, cv.deferrals, cv.progress_rank)
-            and report.vin not in batch.decommissioned
-            and allowed(
-                VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
-            )
-        ):
-            transitions.by_car_report(
-                cv,
-                report.state,
-                attempt=report.attempt,
-                deferrals=report.deferrals,
-                reason=reason,
-                detail=detail,
-                ecu_serial=report.ecu_serial,
-                at=item.received_at,
-            )
-            outcome.moved.add(cv.campaign_id)
-        elif report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and cv.state == report.state.value:
-            transitions.confirmed_by_car(cv, report.state, deferrals=report.deferrals)  # e.g. withdrawn, confirmed
+        seen[message.vin] = max(item.received_at, seen.get(message.vin, item.received_at))
+        for report in _steps(message):
+            _apply_step(batch, report, item.received_at, outcome, events)
     transitions.record_car_events(session, events)
     _saw(session, seen)
     found = inventory.apply_manifests(session, verified, now)
@@ -436,6 +398,82 @@ def _apply_status_reports(
     outcome.discrepancies.update(found.discrepancies)
     outcome.moved.update(found.moved)
     outcome.versions_changed |= found.versions_changed
+
+
+def _steps(message: Signed | Presence) -> Sequence[StatusReport]:
+    """A message's steps: a lone report's one, a report batch's in the order given."""
+    if isinstance(message, ReportBatch):
+        return message.reports
+    return (message,) if isinstance(message, StatusReport) else ()
+
+
+def _apply_step(
+    batch: _Batch, report: StatusReport, received_at: datetime, outcome: Outcome, events: list[dict[str, object]]
+) -> None:
+    """One verified step, alone or from a report batch: its checks, its event, the car's move."""
+    cv = batch.rows.get((report.campaign_id, report.vin))
+    if cv is None:
+        outcome.rejected[UNKNOWN_CAMPAIGN_VEHICLE] += 1
+        return
+    if not secrets.compare_digest(cv.nonce, report.nonce):
+        outcome.rejected[WRONG_NONCE] += 1
+        log.warning(
+            "rejected report from %s for campaign %d: not the current nonce",
+            report.vin,
+            cv.campaign_id,
+            extra={"campaign_id": cv.campaign_id, "vin": report.vin},
+        )
+        return
+    if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
+        outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
+        return
+    step = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
+    reason = report.reason.value if report.reason else None
+    detail = report.detail or None
+    if step in batch.steps:
+        outcome.duplicates += 1
+    else:
+        batch.steps.add(step)
+        events.append(
+            {
+                "campaign_id": report.campaign_id,
+                "vin": report.vin,
+                "attempt": report.attempt,
+                "deferrals": report.deferrals,
+                "state": report.state.value,
+                "reason": reason,
+                "detail": detail,
+                "received_at": received_at,
+            }
+        )
+        outcome.accepted += 1
+        outcome.sent_at.append(report.sent_at)
+    # Strictly forward only (a terminal state has the top rank, so nothing of the same
+    # attempt moves past it), and only by a move a car may make: an operator's record or
+    # a dealer remedy is never undone by a report. A duplicate may still move a car that
+    # a retry set back to pending (the stuck car carries on with the new nonce).
+    # A decommissioned car stays where decommissioning put it (unreachable, with its reason):
+    # back in flight, it would time out and be notified again.
+    if (
+        report.progress > (cv.attempt, cv.deferrals, cv.progress_rank)
+        and report.vin not in batch.decommissioned
+        and allowed(
+            VinState(cv.state), VinState(report.state.value), Cause.CAR, new_attempt=report.attempt > cv.attempt
+        )
+    ):
+        transitions.by_car_report(
+            cv,
+            report.state,
+            attempt=report.attempt,
+            deferrals=report.deferrals,
+            reason=reason,
+            detail=detail,
+            ecu_serial=report.ecu_serial,
+            at=received_at,
+        )
+        outcome.moved.add(cv.campaign_id)
+    elif report.progress > (cv.attempt, cv.deferrals, cv.progress_rank) and cv.state == report.state.value:
+        transitions.confirmed_by_car(cv, report.state, deferrals=report.deferrals)  # e.g. withdrawn, confirmed
 
 
 _VEHICLES = cast(Table, Vehicle.__table__)
@@ -569,7 +607,8 @@ class Ingestor:
         duplicate or refused in its batch). False when it was refused here: the caller
         acknowledges it at once. The junk gates, the byte cap and a look at the car's
         token bucket come before any parsing, so a flood of either kind costs almost
-        nothing; the car's token itself is spent once its report's signature checks out.
+        nothing; the car's token itself is spent once its report's signature checks out
+        (a report batch's: one per step). A report batch is one message here, as a report is.
         """
         if self.budgets.junk_gate_closed(topic) and not self._past_the_gate(topic, payload):
             self._rejected[JUNK_FLOOD] += 1  # not logged per message: that would be the flood again
@@ -587,7 +626,7 @@ class Ingestor:
                 if self.budgets.car.empty(topic_vin):  # only its genuine reports empty it
                     self._rejected[FLOOD] += 1  # not logged per message: that would be the flood again
                     return False
-                message: StatusReport | VersionManifest | Presence = parse_status_message(payload)
+                message: Signed | Presence = parse_status_message(payload)
             elif topic.endswith("/presence"):
                 message = parse_presence(payload)
             else:
@@ -599,7 +638,7 @@ class Ingestor:
         if message.vin != topic_vin:
             self._reject(TOPIC_VIN_MISMATCH, topic, f"payload VIN {message.vin}")
             return False
-        if isinstance(message, StatusReport | VersionManifest) and message.signature is None:
+        if isinstance(message, Signed) and message.signature is None:
             self._reject(MISSING_SIGNATURE, topic, f"{message.kind} message is not signed")
             return False
         if isinstance(message, Presence) and not self.budgets.spend_car((topic_vin, "presence")):
@@ -628,7 +667,7 @@ class Ingestor:
             outcome = Outcome()
             try:
                 with self._factory() as session:
-                    reports = [i for i in items if isinstance(i.message, StatusReport | VersionManifest)]
+                    reports = [i for i in items if isinstance(i.message, Signed)]
                     _apply_status_reports(session, reports, outcome, self.budgets, charged, self._clock())
                     _apply_presence(session, [i for i in items if isinstance(i.message, Presence)])
                     session.commit()
