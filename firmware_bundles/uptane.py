@@ -30,14 +30,19 @@ from tuf.api.metadata import (
     Targets,
     Timestamp,
 )
-from tuf.api.serialization.json import JSONSerializer
 
-from firmware_bundles.assignment import Assignment as Assignment  # re-exported: the agent-side checks return it
+from firmware_bundles.assignment import Assignment as Assignment
+from firmware_bundles.canonical import (  # re-exported: the agent-side checks return it
+    CanonicalSerializer,
+    CompactSerializer,
+)
 from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 
 TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
-_SERIALIZER = JSONSerializer(compact=True)
+# python-tuf's compact JSON and canonical signed bytes, the same bytes on orjson (firmware_bundles.canonical).
+_SERIALIZER = CompactSerializer()
+_SIGNED_SERIALIZER = CanonicalSerializer()
 # Metadata is re-signed once less than this share of its lifetime is left.
 RESIGN_MARGIN = 0.5
 
@@ -92,7 +97,7 @@ class RepoVersions:
 def sign_metadata(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
     """Add a signature by each of ``signers`` (over tuf's canonical JSON) and serialize."""
     for signer in signers:
-        md.sign(signer, append=True)
+        md.sign(signer, append=True, signed_serializer=_SIGNED_SERIALIZER)
     return md.to_bytes(_SERIALIZER)
 
 

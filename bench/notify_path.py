@@ -1,0 +1,197 @@
+"""Where a launch's notifying ticks spend their time, per car, stage by stage (issue 19).
+
+    python -m bench.notify_path --cars 5000
+
+The server in-process (as the tests run it: ASGI client, a recording publisher, no broker) on
+a fresh PostgreSQL database, notices carrying each car's signed Director chain; the test
+helpers register and provision the fleet, upload a release and file a recall with one wave and
+no rate limit (the plan ``ota-bench`` uses). Then one launch, timed from the request until the
+last notice is published, with every stage of the notifying path wrapped by a timer: each
+stage's wall and CPU time (the CPU of the thread that ran it) summed over the ticks, and per car.
+
+The stages nest (``sign`` is inside ``assign``, ``sign chains`` inside ``sign``): the table
+says which, and ``tick other`` is a tick's time outside the notifier (campaign rules, counts,
+commit). What the process spent in total (every thread, ``time.process_time``) and what the
+PostgreSQL server processes spent over the same span close the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1000  # cars per registration and provisioning request
+PLAN: dict[str, Any] = {"waves": [{"percent": 100}], "retry_backoff_s": 5}
+
+
+@dataclass
+class Stage:
+    wall: float = 0.0
+    cpu: float = 0.0
+    calls: int = 0
+
+
+@dataclass
+class Timers:
+    stages: dict[str, Stage] = field(default_factory=dict)
+    _local: threading.local = field(default_factory=threading.local)
+
+    @contextmanager
+    def timed(self, name: str) -> Iterator[None]:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            stage = self.stages.setdefault(name, Stage())
+            stage.wall += time.perf_counter() - wall
+            stage.cpu += time.thread_time() - cpu
+            stage.calls += 1
+
+    def wrap(self, owner: Any, attribute: str, name: str) -> None:
+        """Time every call of ``owner.attribute`` (a function or method) as stage ``name``."""
+        original: Callable[..., Any] = getattr(owner, attribute)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            with self.timed(name):
+                return original(*args, **kwargs)
+
+        setattr(owner, attribute, timed)
+
+
+# (module, attribute path, stage name, what it is)
+STAGES: list[tuple[str, str, str, str]] = [
+    ("ota_server.rollout.coordinator", "Coordinator.tick_sync", "tick", "a whole tick (thread)"),
+    ("ota_server.rollout.notifying", "Notifier.release", "release", "the notifier, in the tick"),
+    ("ota_server.rollout.notifying", "Notifier._contenders", "contenders", "other campaigns holding cars"),
+    ("ota_server.rollout.notifying", "Notifier._busy", "busy", "cars another campaign holds"),
+    ("ota_server.services.campaign_fleet", "CampaignFleet.assign", "assign", "population, queue, sign"),
+    ("ota_server.services.population", "resolve_all", "resolve", "population resolve (in assign)"),
+    ("ota_server.signing.director", "Director.queue", "queue", "queued rows written (in assign)"),
+    ("ota_server.signing.director", "Director.sign_queued", "sign", "lock, read, sign, write (in assign)"),
+    ("ota_server.signing.director", "Director._lock_queued", "sign: lock queued", "(in sign)"),
+    ("ota_server.signing.director", "Director._previous", "sign: previous", "(in sign)"),
+    ("ota_server.signing.director", "Director._sign", "sign: chains", "Metadata, canonical JSON, ed25519 (in sign)"),
+    ("ota_server.rollout.transitions", "mark_notified", "mark", "cars marked notified"),
+    ("ota_server.services.campaign_fleet", "CampaignFleet.notices", "notices", "notices built, chains carried"),
+    ("ota_server.mqtt.notices", "encode", "publish encode", "each notice's bytes (on the loop)"),
+    ("ota_server.mqtt.notices", "NoticeDispatcher._mark", "mark published", "delivery recorded (thread)"),
+]
+
+
+def _install(timers: Timers) -> None:
+    import importlib
+
+    for module_name, path, name, _ in STAGES:
+        owner: Any = importlib.import_module(module_name)
+        *parents, attribute = path.split(".")
+        for parent in parents:
+            owner = getattr(owner, parent)
+        timers.wrap(owner, attribute, name)
+
+
+async def _run(cars: int, database_url: str, data_dir: Path) -> dict[str, Any]:
+    from simulator.procstat import command_cpu_seconds
+    from tests.ota_server.conftest import make_settings, running
+    from tests.ota_server.helpers import HW, provision, recall_body, upload, vehicle, vin
+
+    timers = Timers()
+    _install(timers)
+    settings = make_settings(data_dir, database_url=database_url, notice_carries_metadata=True)
+    async with running(settings) as env:
+        client = env.client
+        vins = [vin(n) for n in range(1, cars + 1)]
+        setup = time.perf_counter()
+        for start in range(0, cars, _CHUNK):
+            chunk = vins[start : start + _CHUNK]
+            resp = await client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in chunk]})
+            assert resp.status_code == 201, resp.text
+            await provision(client, chunk)
+        release = await upload(client)
+        assert release.status_code == 201, release.text
+        body = recall_body(release.json()["id"], hardware_id=HW) | {"rollout": PLAN}
+        recall = await client.post("/api/v1/recalls", json=body)
+        assert recall.status_code == 201, recall.text
+        setup = time.perf_counter() - setup
+
+        last = [0.0]
+        publisher = env.publisher
+        publish = publisher.publish
+
+        async def stamped(topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
+            await publish(topic, payload, qos=qos, retain=retain)
+            last[0] = time.perf_counter()
+
+        publisher.publish = stamped  # type: ignore[method-assign]
+        timers.stages.clear()
+        pg0, cpu0, t0 = command_cpu_seconds("postgres"), time.process_time(), time.perf_counter()
+        resp = await client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+        assert resp.status_code == 201, resp.text
+        await env.runtime.coordinator.idle()
+        await env.runtime.dispatcher.idle()
+        done = time.perf_counter()
+        cpu, pg = time.process_time() - cpu0, command_cpu_seconds("postgres") - pg0
+        published = len(publisher.messages)
+        carried = sum(b"director_metadata" in m.payload for m in publisher.messages)
+    return {
+        "cars": cars,
+        "setup_s": setup,
+        "notices": published,
+        "carrying_chain": carried,
+        "launch_to_last_notice_s": last[0] - t0,
+        "launch_to_idle_s": done - t0,
+        "process_cpu_s": cpu,
+        "postgres_cpu_s": pg,
+        "stages": {name: vars(stage) for name, stage in timers.stages.items()},
+    }
+
+
+def _table(result: dict[str, Any]) -> str:
+    cars = result["cars"]
+    lines = [
+        f"cars {cars}, notices {result['notices']} ({result['carrying_chain']} carrying the chain), "
+        f"setup {result['setup_s']:.1f} s",
+        f"launch to last notice {result['launch_to_last_notice_s']:.2f} s; "
+        f"process CPU {1000 * result['process_cpu_s'] / cars:.3f} ms/car, "
+        f"PostgreSQL CPU {1000 * result['postgres_cpu_s'] / cars:.3f} ms/car",
+        "",
+        "| stage | what | calls | wall s | CPU s | CPU ms/car |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    about = {name: what for _, _, name, what in STAGES}
+    for name, stage in result["stages"].items():
+        lines.append(
+            f"| {name} | {about.get(name, '')} | {stage['calls']} | {stage['wall']:.3f} | {stage['cpu']:.3f} "
+            f"| {1000 * stage['cpu'] / cars:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--cars", type=int, default=5000)
+    parser.add_argument("--json", type=Path, help="write the figures here too")
+    args = parser.parse_args(argv)
+    if not 1 <= args.cars <= 5000:
+        parser.error("--cars: 1 to 5000 (a shared machine)")
+    from tests import services
+
+    with services.fresh_postgres_database() as url, tempfile.TemporaryDirectory() as data_dir:
+        result = asyncio.run(_run(args.cars, url, Path(data_dir)))
+    print(_table(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
