@@ -166,14 +166,17 @@ class CampaignFleet:
         floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
         plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
         policy = None if rollback else recall.ecu_failure_policy
-        self._director.queue(  # signed when each car asks
-            session,
-            plan,
-            now,
-            min_release_counter=floor,
-            floors=floors,
-            ecu_failure_policy=policy,
-            windows=_install_windows(session, campaigns.plan_of(recall, campaign), vins),
-        )
-        # Signed now (the notices carry it) or when each car first asks for its timestamp.
-        self._signed = self._director.sign_queued(session, vins, now) if self._carry else {}
+        windows = _install_windows(session, campaigns.plan_of(recall, campaign), vins)
+        terms: dict[str, Any] = {
+            "min_release_counter": floor,
+            "floors": floors,
+            "ecu_failure_policy": policy,
+            "windows": windows,
+        }
+        # Signed now, straight from the plan (the notices carry it), or queued and signed when each
+        # car first asks for its timestamp.
+        if self._carry:
+            self._signed = self._director.sign_now(session, plan, now, **terms)
+        else:
+            self._signed = {}
+            self._director.queue(session, plan, now, **terms)

@@ -9,7 +9,8 @@ small row, ``assignment.pending.json``) and signed when the car first asks for i
 timestamp (:meth:`Director.sign_queued`), so a launch of 30,000 cars publishes its
 notices without first signing 90,000 metadata files, and the signing is spread over
 the cars' own fetches (with ``OTA_NOTICE_CARRIES_METADATA`` the notifying tick signs them
-at once, its notices carrying the chains: ``CampaignFleet.assign``). Cars asking at once
+at once, straight from its plan with no queued row (:meth:`Director.sign_now`), its notices
+carrying the chains: ``CampaignFleet.assign``). Cars asking at once
 are signed together, in one transaction: their queued rows are locked in VIN order (as
 :meth:`Director.queue` locks the ones it replaces), so two replicas' batches wait for
 each other instead of deadlocking, and a VIN whose queued row another replica consumed
@@ -246,6 +247,44 @@ class Director:
         )
         for start in range(0, len(rows), _QUEUE_CHUNK):
             session.execute(statement, rows[start : start + _QUEUE_CHUNK])
+
+    def sign_now(
+        self,
+        session: Session,
+        plan: Mapping[str, Mapping[str, TargetFile]],
+        now: datetime,
+        *,
+        min_release_counter: int | None = None,
+        floors: Mapping[str, int] | None = None,
+        ecu_failure_policy: str | None = None,
+        windows: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> dict[str, Chain]:
+        """Sign each VIN's next assignment at once (arguments as :meth:`queue`); the caller commits.
+
+        What :meth:`queue` then :meth:`sign_queued` in the same transaction do, without writing
+        the queued row only to lock, read, parse and delete it again (a notifying tick whose
+        notices carry the chains). A row still queued for one of these VINs (an earlier
+        assignment never signed) is deleted first, in VIN order: this assignment replaces it,
+        and it must never be signed after this one.
+        """
+        for chunk in _chunks(sorted(plan)):
+            session.execute(
+                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+            )
+        floor_of = floors or {}
+        return self._sign_plan(
+            session,
+            {
+                vin: (
+                    images,
+                    {serial: floor_of.get(image.path, min_release_counter) for serial, image in images.items()},
+                    ecu_failure_policy,
+                    (windows or {}).get(vin),
+                )
+                for vin, images in plan.items()
+            },
+            now,
+        )
 
     def sign_queued(self, session: Session, vins: Sequence[str], now: datetime) -> dict[str, Chain]:
         """Sign the queued assignments of ``vins`` together, under their rows' locks; the caller commits.

@@ -101,3 +101,30 @@ async def test_a_notice_too_big_with_its_chain_goes_without(tmp_path: Path) -> N
         forty = carrying(notice, chain_for(40))
         assert forty.director_metadata is None
         assert forty == notice
+
+
+async def test_an_assignment_queued_earlier_is_replaced_by_the_carried_chain_never_signed_after_it(
+    tmp_path: Path,
+) -> None:
+    """The notifying tick signs straight from its plan: a row still queued for the car (an earlier
+    assignment no car asked for) is deleted with it, so the car's first fetch cannot sign that
+    older assignment over the one its notice carries."""
+    async with running(make_settings(tmp_path, notice_carries_metadata=True)) as env:
+        v = vin(4)
+        director = env.runtime.director
+        stale = TargetFile.from_dict({"length": 1, "hashes": {"sha256": "0" * 64}}, "bundles/OLD/0.9.0.otab")
+        with env.runtime.sessions() as session:
+            director.queue(session, {v: {f"S-{v[-6:]}": stale}}, env.clock(), min_release_counter=1)
+            session.commit()
+        await launched(env.client, [v])
+        await env.runtime.dispatcher.idle()
+        (published,) = env.publisher.on(topics.campaign_topic(v))
+        carried = parse_notice(published.payload).director_metadata
+        assert carried is not None
+        rows = _rows(env, v)
+        assert PENDING not in rows
+        assert rows["targets.json"][1] == carried.targets.encode()
+        with env.runtime.sessions() as session:
+            assert director.sign_queued(session, [v], env.clock()) == {}  # nothing left to sign over it
+            images, _consent = director.assigned(session, v)
+        assert [image.path for image in images.values()] != [stale.path]
