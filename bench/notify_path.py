@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
+import pstats
 import sys
 import tempfile
 import threading
@@ -57,13 +59,19 @@ class Timers:
             stage.cpu += time.thread_time() - cpu
             stage.calls += 1
 
-    def wrap(self, owner: Any, attribute: str, name: str) -> None:
-        """Time every call of ``owner.attribute`` (a function or method) as stage ``name``."""
+    def wrap(self, owner: Any, attribute: str, name: str, profiles: list[cProfile.Profile] | None = None) -> None:
+        """Time every call of ``owner.attribute`` (a function or method) as stage ``name``;
+        with ``profiles``, each call is profiled too (one profiler per call: the ticks and the
+        delivery bookkeeping run in different threads, at the same time)."""
         original: Callable[..., Any] = getattr(owner, attribute)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             with self.timed(name):
-                return original(*args, **kwargs)
+                if profiles is None:
+                    return original(*args, **kwargs)
+                profile = cProfile.Profile(time.thread_time)  # CPU: not the time waiting for the GIL
+                profiles.append(profile)
+                return profile.runcall(original, *args, **kwargs)
 
         setattr(owner, attribute, timed)
 
@@ -88,7 +96,10 @@ STAGES: list[tuple[str, str, str, str]] = [
 ]
 
 
-def _install(timers: Timers) -> None:
+PROFILED = ("tick", "mark published")  # the thread work, whole: what --profile profiles
+
+
+def _install(timers: Timers, profiles: list[cProfile.Profile] | None) -> None:
     import importlib
 
     for module_name, path, name, _ in STAGES:
@@ -96,16 +107,18 @@ def _install(timers: Timers) -> None:
         *parents, attribute = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent)
-        timers.wrap(owner, attribute, name)
+        timers.wrap(owner, attribute, name, profiles if name in PROFILED else None)
 
 
-async def _run(cars: int, database_url: str, data_dir: Path) -> dict[str, Any]:
+async def _run(
+    cars: int, database_url: str, data_dir: Path, profiles: list[cProfile.Profile] | None = None
+) -> dict[str, Any]:
     from simulator.procstat import command_cpu_seconds
     from tests.ota_server.conftest import make_settings, running
     from tests.ota_server.helpers import HW, provision, recall_body, upload, vehicle, vin
 
     timers = Timers()
-    _install(timers)
+    _install(timers, profiles)
     settings = make_settings(data_dir, database_url=database_url, notice_carries_metadata=True)
     async with running(settings) as env:
         client = env.client
@@ -180,14 +193,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--cars", type=int, default=5000)
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--profile", type=Path, help="cProfile the ticks and the delivery bookkeeping into this file")
     args = parser.parse_args(argv)
     if not 1 <= args.cars <= 5000:
         parser.error("--cars: 1 to 5000 (a shared machine)")
     from tests import services
 
     with services.fresh_postgres_database() as url, tempfile.TemporaryDirectory() as data_dir:
-        result = asyncio.run(_run(args.cars, url, Path(data_dir)))
+        profiles: list[cProfile.Profile] | None = [] if args.profile else None
+        result = asyncio.run(_run(args.cars, url, Path(data_dir), profiles))
     print(_table(result))
+    if args.profile and profiles:
+        stats = pstats.Stats(profiles[0])
+        for profile in profiles[1:]:
+            stats.add(profile)
+        stats.dump_stats(args.profile)
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     return 0
