@@ -114,7 +114,7 @@ def run(spec: Mapping[str, Any], emit: Emitter, commands: TextIO) -> int:
         return 1
     # Thousands of cars' agents, links and journals live as long as the process: keep the cyclic
     # collector from walking them again, and run it less often (gc_seconds in the summary).
-    gctime.settle(gctime.WORKER_THRESHOLDS)
+    gctime.settle()
     started.set()
     emit("started", **fleet.stats().as_json())
     stop.wait()

@@ -46,19 +46,13 @@ class GcTimer:
 # A young-generation pass every 50,000 container allocations instead of 700 (the memory held
 # meanwhile is a few MB), the middle one every 50 of those, the full one every 100 of those.
 THRESHOLDS = (50_000, 50, 100)
-# A simulator worker: thousands of cars' agents, each building its verifying stack (python-tuf,
-# cryptography) on its first campaign and keeping it to the end of the run, so every full pass
-# walks millions of live objects for little garbage (14 passes of ~1 s per worker at 30,000 cars,
-# 8% of its CPU). The young and middle passes still collect the cycles a step leaves; a full pass
-# waits for 10,000 middle ones, which a bench run does not reach.
-WORKER_THRESHOLDS = (50_000, 50, 10_000)
 _PROCESS_TIMER: GcTimer | None = None
 
 
-def settle(thresholds: tuple[int, int, int] = THRESHOLDS) -> None:
+def settle() -> None:
     """Once started: what start-up built stays out of the collector's reach, and it runs less often."""
     gc.freeze()
-    gc.set_threshold(*thresholds)
+    gc.set_threshold(*THRESHOLDS)
 
 
 def process_timer() -> GcTimer:
