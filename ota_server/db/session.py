@@ -22,6 +22,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ota_server.db.statement_profile import attach_if_enabled
+
 
 def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
@@ -61,6 +63,7 @@ def make_engine(url: str) -> Engine:
     if not is_sqlite(url):
         engine = create_engine(url, pool_size=10, max_overflow=20)
         ping_when_idle(engine)
+        attach_if_enabled(engine)
         return engine
     database = make_url(url).database
     if database and database != ":memory:":
@@ -75,6 +78,7 @@ def make_engine(url: str) -> Engine:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
+    attach_if_enabled(engine)
     return engine
 
 
