@@ -577,6 +577,14 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "reports_match": measured.reports_sent == measured.reports_persisted,
         "seconds_to_done": measured.seconds_to_done,
         "notices_observed": len(measured.notices),
+        # when the first, the 10th/50th/90th percentile and the last notice was seen (s from launch):
+        # the first is the first tick's, the spread is publishing and the ticks that follow
+        "notice_seconds": {
+            q: measured.notices[min(len(measured.notices) - 1, int(len(measured.notices) * p))]
+            for q, p in (("first", 0.0), ("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("last", 1.0))
+        }
+        if measured.notices
+        else {},
         "campaign_id": measured.campaign_id,
         "failures_by_reason": outcome.failures_by_reason if outcome else {},
         "server_cpu_seconds": round(measured.server_cpu_s, 2),
