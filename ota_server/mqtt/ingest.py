@@ -162,21 +162,18 @@ class _Batch:
         campaign_ids = sorted({r.campaign_id for r in reports})
         vins = sorted({r.vin for r in reports})
         wanted = {(r.campaign_id, r.vin) for r in reports}
-        self.rows: dict[tuple[int, str], CampaignVehicle] = {}
+        # Plain rows, not ORM objects: moved in memory, written back once per car (transitions).
+        self.rows: dict[tuple[int, str], transitions.CarRow] = {}
         self.steps: set[tuple[int, str, int, int, str]] = set()
         for chunk in _chunks(vins):
             # Row locks in one stable order (VIN, campaign) on PostgreSQL (SQLite ignores them and
             # serialises writers anyway): two replicas holding reports of the same car, e.g. a QoS 1
             # duplicate handed to each, apply them one after the other, and the second reads the
             # first's state and events (read committed) instead of overwriting them.
-            for cv in session.scalars(
-                select(CampaignVehicle)
-                .where(CampaignVehicle.campaign_id.in_(campaign_ids), CampaignVehicle.vin.in_(chunk))
-                .order_by(CampaignVehicle.vin, CampaignVehicle.campaign_id)
-                .with_for_update()
-            ):
-                if (cv.campaign_id, cv.vin) in wanted:
-                    self.rows[(cv.campaign_id, cv.vin)] = cv
+            where = and_(CampaignVehicle.campaign_id.in_(campaign_ids), CampaignVehicle.vin.in_(chunk))
+            for row in transitions.locked_car_rows(session, where):
+                if (row.campaign_id, row.vin) in wanted:
+                    self.rows[(row.campaign_id, row.vin)] = row
             steps = session.execute(
                 select(
                     CampaignEvent.campaign_id,
@@ -388,6 +385,7 @@ def _apply_status_reports(
         seen[message.vin] = max(item.received_at, seen.get(message.vin, item.received_at))
         for report in _steps(message):
             _apply_step(batch, report, item.received_at, outcome, events)
+    transitions.write_car_rows(session, batch.rows.values())
     transitions.record_car_events(session, events)
     _saw(session, seen)
     found = inventory.apply_manifests(session, verified, now)

@@ -16,10 +16,12 @@ cars with one UPDATE per VIN chunk.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
+from typing import cast
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import ReportState
@@ -166,9 +168,113 @@ def remedied_by_manifest(
 
 # -- the car's own reports (ingest, batched) --------------------------------------------------
 
+_CARS = cast(Table, CampaignVehicle.__table__)
+_EVENTS = cast(Table, CampaignEvent.__table__)
+
+
+@dataclass(slots=True)
+class CarRow:
+    """A campaign car's row as ingest reads it: the columns its reports are judged by, no ORM object.
+
+    Ingest locks and reads these (:func:`car_rows`), moves them in memory by each report
+    (:func:`by_car_report`, :func:`confirmed_by_car`) and writes back only the changed ones,
+    once per car however many steps moved it (:func:`write_car_rows`): no identity map, no
+    unit of work, one executemany per kind of change.
+    """
+
+    campaign_id: int
+    vin: str
+    nonce: str
+    state: str
+    attempt: int
+    deferrals: int
+    progress_rank: int
+    reason: str | None = None
+    detail: str | None = None
+    updated_at: datetime | None = None
+    failed_ecu: str | None = None
+    moved: bool = False  # by a report: every column a move sets is written back
+    confirmed: bool = False  # only its deferrals and rank moved on (a state confirmed)
+
+
+def locked_car_rows(session: Session, where: ColumnElement[bool]) -> list[CarRow]:
+    """The cars' rows ``where`` says, locked in (VIN, campaign) order (FOR UPDATE), as :class:`CarRow`."""
+    found = session.execute(
+        select(
+            _CARS.c.campaign_id,
+            _CARS.c.vin,
+            _CARS.c.nonce,
+            _CARS.c.state,
+            _CARS.c.attempt,
+            _CARS.c.deferrals,
+            _CARS.c.progress_rank,
+        )
+        .where(where)
+        .order_by(_CARS.c.vin, _CARS.c.campaign_id)
+        .with_for_update()
+    )
+    return [CarRow(c, v, n, s, a, d, r) for c, v, n, s, a, d, r in found]
+
+
+_MOVED = (
+    update(_CARS)
+    .where(_CARS.c.campaign_id == bindparam("b_campaign_id"), _CARS.c.vin == bindparam("b_vin"))
+    .values(
+        state=bindparam("b_state"),
+        attempt=bindparam("b_attempt"),
+        deferrals=bindparam("b_deferrals"),
+        progress_rank=bindparam("b_progress_rank"),
+        reason=bindparam("b_reason"),
+        detail=bindparam("b_detail"),
+        updated_at=bindparam("b_updated_at"),
+        failed_ecu=bindparam("b_failed_ecu"),
+        next_retry_at=None,
+    )
+)
+_CONFIRMED = (
+    update(_CARS)
+    .where(_CARS.c.campaign_id == bindparam("b_campaign_id"), _CARS.c.vin == bindparam("b_vin"))
+    .values(deferrals=bindparam("b_deferrals"), progress_rank=bindparam("b_progress_rank"))
+)
+
+
+def write_car_rows(session: Session, rows: Iterable[CarRow]) -> None:
+    """Write back the rows the cars' reports changed: one UPDATE per car, one executemany per kind."""
+    moved: list[dict[str, object]] = []
+    confirmed: list[dict[str, object]] = []
+    for row in rows:
+        if row.moved:
+            moved.append(
+                {
+                    "b_campaign_id": row.campaign_id,
+                    "b_vin": row.vin,
+                    "b_state": row.state,
+                    "b_attempt": row.attempt,
+                    "b_deferrals": row.deferrals,
+                    "b_progress_rank": row.progress_rank,
+                    "b_reason": row.reason,
+                    "b_detail": row.detail,
+                    "b_updated_at": row.updated_at,
+                    "b_failed_ecu": row.failed_ecu,
+                }
+            )
+        elif row.confirmed:
+            confirmed.append(
+                {
+                    "b_campaign_id": row.campaign_id,
+                    "b_vin": row.vin,
+                    "b_deferrals": row.deferrals,
+                    "b_progress_rank": row.progress_rank,
+                }
+            )
+    if moved:
+        session.execute(_MOVED, moved)
+    if confirmed:
+        session.execute(_CONFIRMED, confirmed)
+
 
 def by_car_report(
-    cv: CampaignVehicle,
+    cv: CampaignVehicle | CarRow,
     state: ReportState,
     *,
     attempt: int,
@@ -187,19 +293,24 @@ def by_car_report(
     cv.deferrals, cv.progress_rank = deferrals, state.rank
     cv.reason, cv.detail = reason, detail
     cv.failed_ecu = ecu_serial if state in _FAILED_ECU_STATES else None
-    cv.next_retry_at = None
+    if isinstance(cv, CarRow):
+        cv.moved = True  # next_retry_at cleared when written back
+    else:
+        cv.next_retry_at = None
 
 
-def confirmed_by_car(cv: CampaignVehicle, state: ReportState, *, deferrals: int) -> None:
+def confirmed_by_car(cv: CampaignVehicle | CarRow, state: ReportState, *, deferrals: int) -> None:
     """A report of the state the car is in already, further on (e.g. a withdrawal confirmed)."""
     cv.deferrals, cv.progress_rank = deferrals, state.rank
+    if isinstance(cv, CarRow):
+        cv.confirmed = True
 
 
 def record_car_events(session: Session, events: Sequence[Mapping[str, object]]) -> None:
     """A batch of the cars' own steps, one statement (each row as :class:`CampaignEvent`'s columns);
     each failure among them is a ``vehicle.failed`` event in the same transaction."""
     if events:
-        session.execute(insert(CampaignEvent), [{"source": Cause.CAR.value} | dict(e) for e in events])
+        session.execute(insert(_EVENTS), [{"source": Cause.CAR.value} | dict(e) for e in events])
         outbox.vehicles_failed(session, events)
 
 
