@@ -385,8 +385,8 @@ def run(options: Options, console: Console) -> Measured:
             backend = Backend(kind, url, db_detail, "amqtt", f"the server's embedded amqtt broker ({why})", 1)
         _say(console, f"database: {backend.database_detail}")
         _say(console, f"broker:   {backend.broker_detail}")
-        # OTA_SQL_PROFILE (a file for the server's statement profile) is the one OTA_ setting kept
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") or k == "OTA_SQL_PROFILE"}
+        # OTA_SQL_PROFILE* (the server's statement profile) are the OTA_ settings kept
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") or k.startswith("OTA_SQL_PROFILE")}
         env["OTA_DATABASE_URL"] = url
         env["OTA_NOTICE_CARRIES_METADATA"] = "1" if options.carry_metadata else "0"
         if cluster is not None:

@@ -27,6 +27,7 @@ from typing import Any
 from sqlalchemy import Engine, event
 
 ENV = "OTA_SQL_PROFILE"
+PG_LOG_ENV = "OTA_SQL_PROFILE_PG_LOG"  # "1": PostgreSQL logs each statement's own duration too
 
 _SPACE = re.compile(r"\s+")
 _PARAM = re.compile(r"%\([^)]*\)s|\$\d+|\?|:\w+")
@@ -70,9 +71,11 @@ class StatementProfile:
         self._lock = threading.Lock()
         self._local = threading.local()
 
-    def attach(self, engine: Engine) -> None:
+    def attach(self, engine: Engine, *, pg_log: bool = False) -> None:
         event.listen(engine, "before_cursor_execute", self._before)
         event.listen(engine, "after_cursor_execute", self._after)
+        if pg_log and engine.dialect.name == "postgresql":
+            event.listen(engine, "connect", _log_every_statement)
 
     def _before(self, _conn: Any, _cursor: Any, _statement: str, _params: Any, _context: Any, _many: bool) -> None:
         self._local.started = time.perf_counter()
@@ -101,6 +104,17 @@ class StatementProfile:
         tmp.replace(path)
 
 
+def _log_every_statement(dbapi_connection: Any, _record: Any) -> None:
+    """This session's statements in PostgreSQL's log with their server-side duration (superuser only):
+    the database's own time per statement, free of this process's GIL and thread-pool waits."""
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("SET log_min_duration_statement = 0")
+    finally:
+        cursor.close()
+    dbapi_connection.commit()
+
+
 _PROFILE: StatementProfile | None = None
 
 
@@ -114,7 +128,7 @@ def attach_if_enabled(engine: Engine) -> None:
         profile = StatementProfile()
         atexit.register(profile.dump, Path(target))
         _PROFILE = profile
-    _PROFILE.attach(engine)
+    _PROFILE.attach(engine, pg_log=os.environ.get(PG_LOG_ENV) == "1")
 
 
 def ranking(entries: list[dict[str, Any]], cars: int, top: int) -> str:
@@ -135,14 +149,61 @@ def ranking(entries: list[dict[str, Any]], cars: int, top: int) -> str:
     return "\n".join(lines)
 
 
+_LOG_ENTRY = re.compile(
+    r"^\S+ \S+ \S+ \[\d+\] \S*@(?P<db>\S+) LOG:  duration: (?P<ms>[\d.]+) ms  (?P<step>\w+)[^:]*: (?P<sql>.*)"
+)
+
+
+def pg_log_entries(log: Path, database: str, sites: dict[str, str]) -> list[dict[str, Any]]:
+    """Statements of ``database`` from PostgreSQL's log (``log_min_duration_statement = 0``), each
+    statement's parse, bind and execute summed; ``sites`` names the calling site of a statement shape."""
+    tallies: dict[str, Tally] = {}
+    current: list[str] | None = None
+    ms = 0.0
+
+    def close() -> None:
+        if current is not None:
+            text = normalise(" ".join(current))
+            tally = tallies.setdefault(text, Tally())
+            tally.seconds += ms / 1000
+            tally.count += step_counts
+
+    step_counts = 0
+    with log.open(errors="replace") as lines:
+        for line in lines:
+            if line.startswith("\t") and current is not None:
+                current.append(line.strip())
+                continue
+            close()
+            current = None
+            found = _LOG_ENTRY.match(line)
+            if found is None or found["db"] != database:
+                continue
+            current, ms = [found["sql"]], float(found["ms"])
+            step_counts = 1 if found["step"] == "execute" or found["step"] == "statement" else 0
+        close()
+    entries = [
+        {"site": sites.get(text, "?"), "statement": text, "count": t.count, "seconds": t.seconds, "rows": 0}
+        for text, t in tallies.items()
+    ]
+    return sorted(entries, key=lambda e: -e["seconds"])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("profile", type=Path)
     parser.add_argument("--cars", type=int, required=True, help="cars remedied in the profiled run")
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--by-site", action="store_true", help="sum per calling site instead of per statement")
+    parser.add_argument("--pg-log", type=Path, help="rank by PostgreSQL's own durations from this log instead")
+    parser.add_argument("--database", help="with --pg-log: the run's database (ota-bench prints it)")
     args = parser.parse_args(argv)
     entries: list[dict[str, Any]] = json.loads(args.profile.read_text())
+    if args.pg_log is not None:
+        callers: dict[str, str] = {}
+        for e in sorted(entries, key=lambda e: e["count"]):
+            callers[e["statement"]] = e["site"]  # the site calling it most often wins
+        entries = pg_log_entries(args.pg_log, args.database, callers)
     if args.by_site:
         sites: dict[str, dict[str, Any]] = {}
         for e in entries:
