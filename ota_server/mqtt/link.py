@@ -344,10 +344,13 @@ class ServerMqttLink:
             self._task = None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        try:
-            await asyncio.wait_for(self._connected.wait(), self._connect_timeout_s)
-        except TimeoutError as exc:
-            raise NotReady(f"MQTT broker {self._host}:{self._port} unreachable") from exc
+        # Connected (the usual case): no wait_for, whose task per call was ~10 us of a launch's
+        # ~90 us per notice on the event loop.
+        if not self._connected.is_set():
+            try:
+                await asyncio.wait_for(self._connected.wait(), self._connect_timeout_s)
+            except TimeoutError as exc:
+                raise NotReady(f"MQTT broker {self._host}:{self._port} unreachable") from exc
         client = self._client
         if client is None:
             raise NotReady("MQTT link reconnecting")
