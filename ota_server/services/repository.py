@@ -362,9 +362,12 @@ class RepoReader:
         """The Director's root (shared) or this VIN's own chain; 404 until the VIN has been assigned anything."""
         vin = normalize_vin(vin)
         if name == "root.json" or VERSIONED_ROOT.match(name):
+            copy = self._copy(DIRECTOR)
+            if name != "root.json" and name not in copy.files:
+                raise NotFound(f"no Director metadata {name!r}")  # the probe for a rotation: no VIN query
             if not vin or not self._has_chain(vin):
                 raise NotFound(f"no Director metadata for VIN {vin!r}")
-            return self._pick(self._copy(DIRECTOR), DIRECTOR, name)
+            return self._pick(copy, DIRECTOR, name)
         if name == "timestamp.json":
             return self._timestamp(vin)
         versioned = VERSIONED_CHAIN.match(name)
@@ -382,7 +385,18 @@ class RepoReader:
         return found[1]
 
     def director_cached(self, vin: str, name: str) -> bytes | None:
-        """A versioned snapshot or targets from memory (no database, no thread), else None."""
+        """A versioned snapshot or targets from memory (no database, no thread), else None.
+
+        The agent's probe for a rotated Director root (``N+1.root.json``, once per refresh) is
+        answered here too while the copy of the repo-wide files is fresh: a root version that
+        does not exist is a 404 whatever the VIN, so neither the thread hop nor the query for
+        the VIN's chain is needed (issue 19: that query was the one statement every car cost).
+        """
+        if VERSIONED_ROOT.match(name):
+            copy = self._copies.get(DIRECTOR)
+            if copy is not None and self._monotonic() - copy.loaded_at < self._ttl_s and name not in copy.files:
+                raise NotFound(f"no Director metadata {name!r}")
+            return None
         versioned = VERSIONED_CHAIN.match(name)
         if versioned is None:
             return None

@@ -176,6 +176,34 @@ async def test_after_the_timestamp_snapshot_and_targets_need_no_query(env: Env) 
         verify(root, role, md)
 
 
+async def test_the_probe_for_a_rotated_root_asks_nothing_about_the_car(env: Env) -> None:
+    """Each car's refresh asks for ``N+1.root.json``; while no such root exists the answer is a 404
+    for every VIN, so it is given without the query for the VIN's chain (and from memory on the event
+    loop once the repo-wide copy is fresh). A root that exists is still served only to a VIN with a chain."""
+    v = vin(1)
+    await launched(env.client, [v])
+    await env.runtime.dispatcher.idle()
+    rt = env.runtime
+    reader = RepoReader(rt.engine, rt.sessions, rt.director, rt.bundles, env.clock, ttl_s=3600)
+    with counting(rt.engine) as seen, pytest.raises(NotFound):
+        reader.director(v, "2.root.json")
+    assert len(seen.sql) == 1 and "repo_files" in seen.sql[0][1], seen.sql  # the repo-wide copy only
+    with counting(rt.engine) as seen:
+        for car in (v, vin(9)):
+            with pytest.raises(NotFound):
+                reader.director_cached(car, "2.root.json")
+            with pytest.raises(NotFound):
+                reader.director(car, "2.root.json")
+    assert seen.sql == []
+    assert reader.director(v, "1.root.json") == reader.director(v, "root.json") == rt.director_root
+    for asked in ("1.root.json", "root.json"):
+        with pytest.raises(NotFound):
+            reader.director(vin(9), asked)  # never assigned anything
+        assert reader.director_cached(v, asked) is None  # served through the reader, as before
+    assert (await env.client.get(f"/repo/director/{v}/metadata/2.root.json")).status_code == 404
+    assert (await env.client.get(f"/repo/director/{v}/metadata/1.root.json")).content == rt.director_root
+
+
 @pytest.fixture
 def gated(env: Env, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[list[Sequence[str]], threading.Event]]:
     """The runtime Director's batch signing, recorded; its first call waits for the event."""
