@@ -17,10 +17,12 @@ so the bytes never differ (``tests/firmware_bundles/test_canonical.py`` compares
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Signed
 from tuf.api.serialization import MetadataSerializer, SerializationError, SignedSerializer
 from tuf.api.serialization.json import JSONSerializer
@@ -80,3 +82,35 @@ class CompactSerializer(MetadataSerializer):
         except Exception as exc:
             raise SerializationError from exc
         return _COMPACT.serialize(metadata_obj) if data is None else data
+
+
+class _Serialized(SignedSerializer):
+    """The signed part's canonical bytes, made once for every signature and the file."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def serialize(self, signed_obj: Signed) -> bytes:
+        return self.data
+
+
+def sign_and_serialize(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
+    """Each of ``signers`` signs ``md`` (``Metadata.sign``, appending) and the compact file is given.
+
+    The signed part is turned into a dict and encoded once, for the signatures and the file
+    alike (``{"signatures":[...],"signed":...}`` with sorted keys is that encoding behind the
+    signatures): python-tuf's own path turns it into a dict and encodes it once per signature
+    and again for the file. Whatever the fast path does not cover goes python-tuf's way.
+    """
+    canonical = None if md.unrecognized_fields else fast_bytes(md.signed.to_dict())
+    if canonical is None:
+        for signer in signers:
+            md.sign(signer, append=True, signed_serializer=CanonicalSerializer())
+        return CompactSerializer().serialize(md)
+    once = _Serialized(canonical)
+    for signer in signers:
+        md.sign(signer, append=True, signed_serializer=once)
+    signatures = fast_bytes([signature.to_dict() for signature in md.signatures.values()])
+    if signatures is None:
+        return _COMPACT.serialize(md)
+    return b'{"signatures":' + signatures + b',"signed":' + canonical + b"}"

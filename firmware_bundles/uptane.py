@@ -31,18 +31,14 @@ from tuf.api.metadata import (
     Timestamp,
 )
 
-from firmware_bundles.assignment import Assignment as Assignment
-from firmware_bundles.canonical import (  # re-exported: the agent-side checks return it
-    CanonicalSerializer,
-    CompactSerializer,
-)
+from firmware_bundles.assignment import Assignment as Assignment  # re-exported: the agent-side checks return it
+from firmware_bundles.canonical import CompactSerializer, sign_and_serialize
 from firmware_bundles.errors import TargetMismatch
 from firmware_bundles.messages import FailureReason
 
 TOP_LEVEL_ROLES = (Root.type, Targets.type, Snapshot.type, Timestamp.type)
-# python-tuf's compact JSON and canonical signed bytes, the same bytes on orjson (firmware_bundles.canonical).
+# python-tuf's compact JSON, the same bytes on orjson (firmware_bundles.canonical).
 _SERIALIZER = CompactSerializer()
-_SIGNED_SERIALIZER = CanonicalSerializer()
 # Metadata is re-signed once less than this share of its lifetime is left.
 RESIGN_MARGIN = 0.5
 
@@ -96,9 +92,7 @@ class RepoVersions:
 
 def sign_metadata(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
     """Add a signature by each of ``signers`` (over tuf's canonical JSON) and serialize."""
-    for signer in signers:
-        md.sign(signer, append=True, signed_serializer=_SIGNED_SERIALIZER)
-    return md.to_bytes(_SERIALIZER)
+    return sign_and_serialize(md, signers)
 
 
 _sign = sign_metadata

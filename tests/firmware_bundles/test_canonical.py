@@ -9,7 +9,9 @@ floats, huge ints, subclasses) included.
 
 from __future__ import annotations
 
+import copy
 import enum
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
+from securesystemslib.signer import Signer
 from tuf.api.metadata import Metadata, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
@@ -153,14 +156,33 @@ def test_a_signed_director_chain_is_what_python_tufs_own_serializers_give(window
         key.verify_signature(md.signatures[key.keyid], canonical)
 
 
-def test_a_refreshed_chain_and_a_root_are_the_same_bytes_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Sign the same metadata with python-tuf's serializers and with ours: identical files
-    (ed25519 signatures are deterministic, so the whole file is compared)."""
-    signers, files = _chain()
+def _tufs_own(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
+    """Signing as python-tuf does it by itself (its canonical serializer, its compact JSON)."""
+    for signer in signers:
+        md.sign(signer, append=True)
+    return md.to_bytes(JSONSerializer(compact=True))
+
+
+def test_a_chain_a_refreshed_chain_and_a_root_are_the_same_bytes_either_way(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sign the same metadata with python-tuf's own path and with ours: identical files
+    (ed25519 signatures are deterministic, so the whole file is compared), a root's several
+    signatures and a metadata with unrecognized outer fields included."""
+    signers, files = _chain({"time_zone": "UTC", "windows": []})
     later = NOW + timedelta(days=60)
-    ours = refresh_chain(files, signers, Expiry(), later, force=("targets",))
-    root_ours = uptane.create_root(signers, NOW + timedelta(days=365), consistent_snapshot=True)
-    monkeypatch.setattr(uptane, "_SERIALIZER", JSONSerializer(compact=True))
-    monkeypatch.setattr(uptane, "_SIGNED_SERIALIZER", CanonicalJSONSerializer())
-    assert refresh_chain(files, signers, Expiry(), later, force=("targets",)) == ours
-    assert uptane.create_root(signers, NOW + timedelta(days=365), consistent_snapshot=True) == root_ours
+    two_roots = RoleSigners([*signers.root, *RoleSigners.generate().root], signers.targets, [], [])
+    extra = Metadata[Any].from_bytes(files["timestamp.json"])
+    extra.unrecognized_fields["x-note"] = "kept"
+    extra.signatures.clear()
+
+    def run() -> tuple[object, ...]:
+        return (
+            publish_targets({}, signers, Expiry(), NOW, RepoVersions(1, 1, 1), extra={"vin": "V"}),
+            refresh_chain(files, signers, Expiry(), later, force=("targets",)),
+            uptane.create_root(two_roots, NOW + timedelta(days=365), consistent_snapshot=True),
+            uptane.sign_metadata(copy.deepcopy(extra), signers.timestamp),
+        )
+
+    ours = run()
+    monkeypatch.setattr(uptane, "_sign", _tufs_own)
+    monkeypatch.setattr(uptane, "sign_metadata", _tufs_own)
+    assert run() == ours
