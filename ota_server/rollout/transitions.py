@@ -8,9 +8,10 @@ caller already asked it (ingest orders a car's reports and asks before it moves 
 leaves its event row in the car's history. ``tests/test_boundaries.py`` checks that no other
 module assigns a car's state, builds or inserts its rows or updates its table.
 
-Bulk forms keep the callers' speed: ingest moves many cars per transaction and inserts their
-events in one statement; a launch inserts its cars in one statement; a tick marks its notified
-cars with one UPDATE per VIN chunk.
+Bulk forms keep the callers' speed: ingest moves many cars per transaction as plain locked rows
+(:class:`CarRow`, no ORM objects), writes each changed car back once however many of its steps
+moved it, and inserts their events in one statement; a launch inserts its cars in one
+statement; a tick marks its notified cars with one UPDATE per VIN chunk.
 """
 
 from __future__ import annotations
