@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
+from ota_server.db.statistics import analyze_loaded
 from ota_server.domain.rollout_plan import wave_sizes
 from ota_server.domain.states import OPERATOR_OUTCOMES, CampaignKind, CampaignStatus, VinState
 from ota_server.errors import Conflict, InvalidInput, NotFound
@@ -200,6 +201,7 @@ def launch(session: Session, recall_id: int, *, now: datetime) -> CampaignPublic
         raise already_launched(session, recall) or Conflict(
             f"recall {recall.campaign_number} could not be launched: {exc.orig}"
         ) from exc
+    analyze_loaded(session, len(rows), "campaign_vehicles", "campaign_ecus")  # before progress is first asked
     return campaign_view.public(session, campaign, now)
 
 

@@ -29,6 +29,7 @@ from ota_server.db.models import (
     Vehicle,
     VehicleTag,
 )
+from ota_server.db.statistics import analyze_loaded
 from ota_server.domain.states import StateWord, VinState, expand_states
 from ota_server.errors import Conflict, InvalidInput, NotFound
 from ota_server.schemas import (
@@ -85,7 +86,9 @@ def register(session: Session, vehicles: Sequence[VehicleCreate], now: datetime)
     sent a file can point at its line.
     """
     with _committed(session):
-        return _stage(session, vehicles, now, numbered=True)
+        created = _stage(session, vehicles, now, numbered=True)
+    analyze_loaded(session, created, "vehicles", "ecus")  # a fleet import: the planner sees its size
+    return created
 
 
 def register_one(session: Session, vehicle: VehicleCreate, now: datetime) -> VehiclePublic:
