@@ -86,6 +86,8 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("ota_server.services.population", "resolve_all", "resolve", "population resolve (in assign)"),
     ("ota_server.signing.director", "Director.queue", "queue", "queued rows written (in assign)"),
     ("ota_server.signing.director", "Director.sign_queued", "sign", "lock, read, sign, write (in assign)"),
+    ("ota_server.signing.director", "Director.sign_now", "sign", "sign straight from the plan, write (in assign)"),
+    ("ota_server.signing.director", "Director._sign_plan", "sign: plan", "previous, chains, write (in sign)"),
     ("ota_server.signing.director", "Director._lock_queued", "sign: lock queued", "(in sign)"),
     ("ota_server.signing.director", "Director._previous", "sign: previous", "(in sign)"),
     ("ota_server.signing.director", "Director._sign", "sign: chains", "Metadata, canonical JSON, ed25519 (in sign)"),
@@ -107,7 +109,8 @@ def _install(timers: Timers, profiles: list[cProfile.Profile] | None) -> None:
         *parents, attribute = path.split(".")
         for parent in parents:
             owner = getattr(owner, parent)
-        timers.wrap(owner, attribute, name, profiles if name in PROFILED else None)
+        if hasattr(owner, attribute):  # older code (a before/after pair) may lack a stage
+            timers.wrap(owner, attribute, name, profiles if name in PROFILED else None)
 
 
 async def _run(
