@@ -7,6 +7,7 @@ goes through. The car's bucket pays one token per step, so a batch amplifies no 
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from firmware_bundles import topics
-from firmware_bundles.messages import ReportBatch, ReportState, StatusReport, encode
+from firmware_bundles.messages import FailureReason, ReportBatch, ReportState, StatusReport, encode
 from firmware_bundles.report_signing import sign_report
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import REPORT_KEYS, launched, vin
@@ -205,3 +206,67 @@ async def test_a_batch_writes_the_cars_row_once_one_event_per_step_and_last_seen
     assert seen.written["insert into campaign_events"] == 18
     assert seen.written["update vehicles"] == 3  # last_seen, once per message
     assert {(await _car(env, v))["state"] for v in vins} == {"remedied"}
+
+
+def _random_steps(rng: random.Random, cid: int, v: str, nonce: str) -> list[StatusReport]:
+    """A car's steps, right and wrong: any state, attempt and deferrals, a wrong nonce or an
+    unproven remedy now and then, in any order (a car out of order, or a forger with its key)."""
+    steps = []
+    for _ in range(rng.randint(1, 10)):
+        state = rng.choice(list(S))
+        fields: dict[str, Any] = {"attempt": rng.choice((1, 1, 1, 2)), "deferrals": rng.choice((0, 0, 1))}
+        if state in (S.FAILED, S.ROLLED_BACK):
+            fields["reason"] = FailureReason.HEALTH_CHECK_FAILED
+        if state is S.REMEDIED and rng.random() < 0.3:
+            fields |= {"installed_version": "1.0.0", "health_ok": True}
+        right = rng.random() > 0.1
+        steps.append(step(cid, v, nonce if right else "x" * 32, state, **fields))
+    if rng.random() < 0.3 and steps:  # a step repeated within the batch
+        steps.append(steps[rng.randrange(len(steps))])
+    return steps
+
+
+PLACEHOLDER = "r" * 32  # a plan's right nonce, each car's own in its copy
+
+
+async def test_a_batch_does_exactly_what_its_steps_sent_alone_do(env: Env) -> None:
+    """Forty cars' random steps, each car's once as lone reports and once (its twin) as one batch:
+    the same end state, the same history and the same counts."""
+    pairs = 40
+    lone, batched = [vin(n) for n in range(1, pairs + 1)], [vin(n) for n in range(101, 101 + pairs)]
+    cid = (await launched(env.client, lone + batched))["id"]
+    nonces = await env.nonces()
+    rng = random.Random(19)
+    plans = [_random_steps(rng, cid, vin(999), PLACEHOLDER) for _ in range(pairs)]
+
+    def as_car(steps: list[StatusReport], v: str) -> list[StatusReport]:
+        return [
+            s.model_copy(update={"vin": v, "nonce": nonces[v] if s.nonce == PLACEHOLDER else s.nonce}) for s in steps
+        ]
+
+    before = await _stats(env)
+    await env.inject(
+        *(
+            (topics.status_topic(v), encode(sign_report(s, REPORT_KEYS[v])))
+            for v, plan in zip(lone, plans, strict=True)
+            for s in as_car(plan, v)
+        )
+    )
+    alone = await _stats(env)
+    await env.inject(*(signed_batch(v, as_car(plan, v)) for v, plan in zip(batched, plans, strict=True)))
+    together = await _stats(env)
+
+    def counts(after: dict[str, Any], since: dict[str, Any]) -> tuple[int, int, dict[str, int]]:
+        rejected = {k: n - since["rejected"].get(k, 0) for k, n in after["rejected"].items()}
+        return after["accepted"] - since["accepted"], after["duplicates"] - since["duplicates"], rejected
+
+    assert counts(together, alone) == counts(alone, before), (counts(alone, before), counts(together, alone))
+    assert sum(counts(alone, before)[2].values()) > 0 and counts(alone, before)[0] > 0  # both kinds happened
+    for a, b in zip(lone, batched, strict=True):
+        car_a, car_b = await _car(env, a), await _car(env, b)
+        keys = ("state", "reason", "attempt", "deferrals")
+        assert {k: car_a.get(k) for k in keys} == {k: car_b.get(k) for k in keys}, (a, b)
+        strip = ("received_at", "at", "vin")
+        assert [{k: h[k] for k in h if k not in strip} for h in car_a["history"]] == [
+            {k: h[k] for k in h if k not in strip} for h in car_b["history"]
+        ], (a, b)
