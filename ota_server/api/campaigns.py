@@ -53,10 +53,17 @@ def get_campaign(campaign_id: Id, session: SessionDep, runtime: RuntimeDep) -> C
 
 
 @router.get("/{campaign_id}/progress", dependencies=[needs_read])
-def get_progress(campaign_id: Id, session: SessionDep, runtime: RuntimeDep) -> Progress:
+def get_progress(
+    campaign_id: Id,
+    session: SessionDep,
+    runtime: RuntimeDep,
+    ecus: Annotated[
+        bool, Query(description="Include the per-ECU breakdown (false: `ecus` is empty, the answer much cheaper)")
+    ] = True,
+) -> Progress:
     """Counts per state (always adding up to the population), per wave with each gate's verdict,
-    failures by reason, unreachable cars by reason, retries waiting."""
-    return progress.progress(session, campaign_id, runtime.clock())
+    failures by reason, unreachable cars by reason, retries waiting, and per ECU unless ``ecus=false``."""
+    return progress.progress(session, campaign_id, runtime.clock(), ecus=ecus)
 
 
 @router.post("/{campaign_id}/pause", responses=errors(409))

@@ -188,6 +188,8 @@ async def test_a_two_ecu_recall_remedies_the_car_with_both_ecus_in_one_metadata(
     by_hardware = {e["hardware_id"]: e for e in progress["ecus"]}
     assert set(by_hardware) == {"ecu-main", GATEWAY}  # the car and each of its ECUs counted
     assert all(e["ecus"] == 1 and e["counts"]["remedied"] == 1 and e["failed_here"] == 0 for e in by_hardware.values())
+    counts_only = (await env.client.get(f"/api/v1/campaigns/{campaign_id}/progress", params={"ecus": "false"})).json()
+    assert counts_only == {**progress, "ecus": []}  # a poller of the counts: everything but the per-ECU joins
     recall_id = (await env.client.get(f"/api/v1/campaigns/{campaign_id}")).json()["recall_id"]
     report = (await env.client.get(f"/api/v1/reports/recalls/{recall_id}/completion")).json()
     assert report["summary"]["involved"] == report["summary"]["remedied_ota"] == 1  # per car ...
