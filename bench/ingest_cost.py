@@ -13,7 +13,8 @@ car's work, not the server's):
 
 It prints, per car: this process's CPU (parse, verify, apply, the driver), the CPU of the
 PostgreSQL backends serving the ingestor (read from ``/proc``, so PostgreSQL must run on this
-machine), SQL statements executed (an executemany counts once) and the rows they carried.
+machine), SQL statements executed (an executemany counts once) and the rows written (an executemany's
+parameter sets count one each).
 Each mode gets a fresh database; run the modes back to back, and more than once: the machine
 is shared.
 
@@ -231,10 +232,11 @@ async def measure(mode: str, cars: int) -> Result:
                 cur.execute("SELECT pg_backend_pid()")
                 pids.add(int(cur.fetchone()[0]))
 
-        def executed(_c: Any, _cur: Any, _sql: str, params: Any, _ctx: Any, many: bool) -> None:
+        def executed(_c: Any, _cur: Any, sql: str, params: Any, _ctx: Any, many: bool) -> None:
             nonlocal statements, rows
             statements += 1
-            rows += len(params) if many else 1
+            if not sql.lstrip().upper().startswith("SELECT"):  # rows written
+                rows += len(params) if many else 1
 
         event.listen(engine, "connect", connected)
         ingestor = Ingestor(make_session_factory(engine), lambda: datetime.now(UTC), vin_rate_per_s=5.0)
