@@ -1,0 +1,28 @@
+"""bench/notify_path: a small launch timed stage by stage, every notice carrying its car's chain."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench import notify_path
+
+
+@pytest.mark.services
+def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp_path: Path) -> None:
+    out = tmp_path / "notify.json"
+    assert notify_path.main(["--cars", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["notices"] == result["carrying_chain"] == 12
+    stages = result["stages"]
+    assert stages["sign: chains"]["calls"] == 12  # one chain per car, signed in the notifying tick
+    assert stages["publish encode"]["calls"] == 12
+    assert {"tick", "release", "assign", "sign", "notices", "mark published"} <= set(stages)
+    assert stages["tick"]["calls"] == 1  # 12 cars: one tick under the first cap
+
+
+def test_more_than_a_shared_machine_takes_is_refused() -> None:
+    with pytest.raises(SystemExit):
+        notify_path.main(["--cars", "5001"])
