@@ -162,6 +162,7 @@ class _Batch:
         campaign_ids = sorted({r.campaign_id for r in reports})
         vins = sorted({r.vin for r in reports})
         wanted = {(r.campaign_id, r.vin) for r in reports}
+        wanted_campaigns = set(campaign_ids)
         # Plain rows, not ORM objects: moved in memory, written back once per car (transitions).
         self.rows: dict[tuple[int, str], transitions.CarRow] = {}
         self.steps: set[tuple[int, str, int, int, str]] = set()
@@ -181,9 +182,12 @@ class _Batch:
                     CampaignEvent.attempt,
                     CampaignEvent.deferrals,
                     CampaignEvent.state,
-                ).where(CampaignEvent.campaign_id.in_(campaign_ids), CampaignEvent.vin.in_(chunk))
+                ).where(CampaignEvent.vin.in_(chunk))
             )
-            self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps)
+            # By VIN alone, on its index, and the campaigns picked here: with the campaign in the
+            # WHERE too, PostgreSQL (a fresh campaign has no statistics) scanned every event of the
+            # campaign per batch and matched each against the VIN list, quadratic in the fleet.
+            self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps if c in wanted_campaigns)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
         for chunk in _chunks(sorted({*vins, *(m.vin for m in signed)})):
