@@ -39,18 +39,32 @@ def progress(session: Session, campaign_id: int, now: datetime, *, ecus: bool = 
     assert recall is not None  # foreign key
     plan = shown_plan(recall, campaign)  # None: unreadable (the scheduler paused it), still shown
     in_campaign = CampaignVehicle.campaign_id == campaign_id
-    # The waves with a car that may still move, asked BEFORE the counts: a report stored between two
-    # reads then makes the counts newer than ``done`` (and a ``missed``), never one with cars still in flight.
-    changing = set(session.scalars(select(CampaignVehicle.wave).where(in_campaign, can_still_change(plan)).distinct()))
+    # One pass over the campaign's cars gives the counts, the waves with a car that may still move,
+    # the notices published and the retries waiting, all as of the same moment (one statement, one
+    # snapshot): a report stored meanwhile can never make ``done`` disagree with the counts. Four
+    # scans of the campaign per poll before (issue 19: a dashboard polls this for the whole run).
     counts = dict.fromkeys(STATES, 0)
     per_wave: dict[int, dict[str, int]] = {}
-    for wave, state, n in session.execute(
-        select(CampaignVehicle.wave, CampaignVehicle.state, func.count())
+    changing: set[int] = set()
+    published = retries = 0
+    for wave, state, n, moving, sent, waiting in session.execute(
+        select(
+            CampaignVehicle.wave,
+            CampaignVehicle.state,
+            func.count(),
+            func.count().filter(can_still_change(plan)),
+            func.count().filter(CampaignVehicle.notice_published_at.is_not(None)),
+            func.count().filter(CampaignVehicle.next_retry_at.is_not(None)),
+        )
         .where(in_campaign)
         .group_by(CampaignVehicle.wave, CampaignVehicle.state)
     ):
         counts[state] = counts.get(state, 0) + n
         per_wave.setdefault(wave, {})[state] = n
+        if moving:
+            changing.add(wave)
+        published += sent
+        retries += waiting
     by_reason = select(CampaignVehicle.reason, func.count()).where(in_campaign).group_by(CampaignVehicle.reason)
     failures = {
         reason or "unknown": n
@@ -60,10 +74,6 @@ def progress(session: Session, campaign_id: int, now: datetime, *, ecus: bool = 
         reason or "other": n
         for reason, n in session.execute(by_reason.where(CampaignVehicle.state == VinState.UNREACHABLE.value))
     }
-    published = session.scalar(
-        select(func.count()).where(in_campaign, CampaignVehicle.notice_published_at.is_not(None))
-    )
-    retries = session.scalar(select(func.count()).where(in_campaign, CampaignVehicle.next_retry_at.is_not(None))) or 0
     # cancelled: no retry is ever issued again, only cars installing still report
     done = sum(counts[s.value] for s in IN_FLIGHT) == 0 if campaign.status == CANCELLED else not changing
     starts_at, scheduled = schedule(plan, campaign.status, now)
@@ -92,7 +102,7 @@ def progress(session: Session, campaign_id: int, now: datetime, *, ecus: bool = 
         population=campaign.population,
         counts=counts,
         failures_by_reason=failures,
-        notices_published=published or 0,
+        notices_published=published,
         done=done,
         status=campaign.status,
         status_reason=campaign.status_reason,
