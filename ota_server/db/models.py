@@ -296,7 +296,11 @@ class CampaignVehicle(Base):
     """
 
     __tablename__ = "campaign_vehicles"
-    __table_args__ = (Index("ix_campaign_vehicles_campaign_state", "campaign_id", "state"),)
+    __table_args__ = (
+        Index("ix_campaign_vehicles_campaign_state", "campaign_id", "state"),
+        # a car's rows in every campaign (manifests in ingest, the VIN page): the key leads with the campaign
+        Index("ix_campaign_vehicles_vin", "vin"),
+    )
 
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
     vin: Mapped[str] = mapped_column(String(17), primary_key=True)
