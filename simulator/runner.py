@@ -37,7 +37,7 @@ import paho.mqtt.client as mqtt
 from typing_extensions import override
 
 from firmware_bundles import provisioning
-from firmware_bundles.messages import ReportState, StatusReport, VersionManifest, encode
+from firmware_bundles.messages import ReportBatch, ReportState, StatusReport, VersionManifest, encode
 from simulator.errors import SimulatorError
 from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
@@ -95,8 +95,10 @@ class FleetStats:
     started: int = 0  # agents running (offline and late cars count once they come)
     expected_online: int = 0  # cars that should hold a session now
     connected: int = 0
-    reports_sent: int = 0  # distinct reports the broker acknowledged
+    reports_sent: int = 0  # distinct reports (steps) the broker acknowledged, alone or in a batch
     report_bytes: int = 0  # their encoded size
+    status_messages: int = 0  # messages that carried them (a lone report or a batch), re-sends included
+    status_message_bytes: int = 0  # those messages' encoded size
     sent_by_state: dict[str, int] = field(default_factory=dict)
     errors: int = 0  # agents that stopped on an exception
     power_cuts: int = 0
@@ -260,7 +262,10 @@ class _CountingLink(CarMqttLink):
     client_class = _SimClient
 
     def __init__(
-        self, config: AgentConfig, on_sent: Callable[[StatusReport], None], source_address: str | None = None
+        self,
+        config: AgentConfig,
+        on_sent: Callable[[StatusReport | ReportBatch], None],
+        source_address: str | None = None,
     ) -> None:
         super().__init__(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
         self._on_sent = on_sent
@@ -274,9 +279,11 @@ class _CountingLink(CarMqttLink):
             client._bind_address = self._source_address
         return client
 
-    async def send(self, report: StatusReport | VersionManifest) -> None:
+    async def send(self, report: StatusReport | ReportBatch | VersionManifest) -> None:
         await super().send(report)
-        if isinstance(report, StatusReport):  # the fleet counts campaign reports; manifests are the car's own
+        if isinstance(
+            report, StatusReport | ReportBatch
+        ):  # the fleet counts campaign reports; manifests are the car's own
             self._on_sent(report)
 
 
@@ -487,15 +494,18 @@ class InProcessFleet:
 
     # -- counting -----------------------------------------------------------------------
 
-    def _sent_report(self, report: StatusReport) -> None:
-        key = (report.vin, report.campaign_id, report.attempt, report.deferrals, report.state.value)
-        if key in self._sent:
-            return  # a re-sent outbox or a repeated terminal report: the server stores it once too
-        self._sent.add(key)
+    def _sent_report(self, message: StatusReport | ReportBatch) -> None:
         stats = self._stats
-        stats.reports_sent += 1
-        stats.report_bytes += len(encode(report))
-        stats.sent_by_state[report.state.value] = stats.sent_by_state.get(report.state.value, 0) + 1
+        stats.status_messages += 1
+        stats.status_message_bytes += len(encode(message))
+        for report in message.reports if isinstance(message, ReportBatch) else (message,):
+            key = (report.vin, report.campaign_id, report.attempt, report.deferrals, report.state.value)
+            if key in self._sent:
+                continue  # a re-sent outbox or a repeated terminal report: the server stores it once too
+            self._sent.add(key)
+            stats.reports_sent += 1
+            stats.report_bytes += len(encode(report))
+            stats.sent_by_state[report.state.value] = stats.sent_by_state.get(report.state.value, 0) + 1
 
     def expected_online(self) -> int:
         """Cars that should be connected now: all but those an offline fault keeps away, and late

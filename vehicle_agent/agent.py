@@ -175,6 +175,7 @@ class Agent:
             clock=clock,
             manifest_interval=manifest_interval,
             timer=timer,
+            linger=sleep,
         )
         self.meter = self._reports.meter
         # The verifying, downloading and signing stack (python-tuf, httpx, cryptography) is
@@ -209,6 +210,7 @@ class Agent:
         queue: asyncio.Queue[CampaignNotice | None] = asyncio.Queue()
         worker = asyncio.create_task(self._work(queue))
         daily = asyncio.create_task(self._reports.daily_manifests())
+        sender = asyncio.create_task(self._reports.linger_and_send())
         messages = self._link.notices()
         try:
             async for message in messages:
@@ -221,7 +223,8 @@ class Agent:
         finally:
             worker.cancel()
             daily.cancel()
-            await asyncio.gather(worker, daily, return_exceptions=True)
+            sender.cancel()  # steps it had yet to send stay in the journal's outbox: sent at the next start
+            await asyncio.gather(worker, daily, sender, return_exceptions=True)
             await messages.aclose()
 
     async def _work(self, queue: asyncio.Queue[CampaignNotice | None]) -> None:
@@ -451,15 +454,17 @@ class Agent:
             await asyncio.to_thread(self._reports.try_queue_manifest, ManifestReason.ROLLBACK)
         if self._on_report is not None:
             self._on_report(report)
-        await self.flush()
+        await self._reports.flush_soon()
         return failed
 
     async def _report(self, record: CampaignRecord) -> None:
+        """Journal the step with its report (one write), then send it with the steps that follow
+        within the linger (:meth:`Reporter.flush_soon`)."""
         report = self._reports.build(record)
         self.journal.record(record, report)
         if self._on_report is not None:
             self._on_report(report)
-        await self.flush()
+        await self._reports.flush_soon()
 
 
 def agent_state_dir(base: Path, vin: str) -> Path:

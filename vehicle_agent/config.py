@@ -32,7 +32,9 @@ DEFAULT_CONFIG = DATA_DIR / "agent.toml"
 # What a person sets on the car and the server's provisioning answer does not carry: `init` keeps
 # these tables and keys of an existing agent.toml (the server's identity, URLs and ECUs are replaced).
 LOCAL_TABLES = ("installer", "health", "vehicle", "download", "mqtt", "renewal")
-LOCAL_KEYS = ("state_dir", "durable")
+LOCAL_KEYS = ("state_dir", "durable", "report_linger_s")
+DEFAULT_REPORT_LINGER_S = 1.0
+MAX_REPORT_LINGER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,11 @@ class AgentConfig:
     renewal: RenewalOptions = RenewalOptions()
     # fsync the journal and boot state; the simulator may turn it off for thousands of cars.
     durable: bool = True
+    # Steps that follow the first unsent one within this many seconds go to the server in one
+    # signed report batch (needs a server that takes batches: deploy the server first); 0 sends
+    # each step alone, at once, as agents before batches did. A car's agent.toml and the
+    # simulator's agent-config default to DEFAULT_REPORT_LINGER_S; a config built in code, to 0.
+    report_linger_s: float = 0.0
 
     def ecu_hardware(self) -> dict[str, str]:
         """ECU serial to hardware id, as :func:`firmware_bundles.uptane.assignments_for` wants it."""
@@ -288,6 +295,14 @@ def _options(doc: Mapping[str, Any], where: str) -> dict[str, Any]:
         raise ConfigError(f"{where}: unknown or misspelt option: {exc}") from exc
     if "durable" in doc:
         out["durable"] = _require(doc, "durable", bool, where)
+    out["report_linger_s"] = DEFAULT_REPORT_LINGER_S
+    if "report_linger_s" in doc:
+        linger = doc["report_linger_s"]
+        if isinstance(linger, bool) or not isinstance(linger, int | float) or not 0 <= linger <= MAX_REPORT_LINGER_S:
+            raise ConfigError(
+                f"{where}: 'report_linger_s' must be a number of seconds from 0 to {MAX_REPORT_LINGER_S:g}"
+            )
+        out["report_linger_s"] = float(linger)
     renewal: RenewalOptions = out.get("renewal", RenewalOptions())
     if renewal.renew_before_days <= 0 or renewal.check_interval <= 0:
         raise ConfigError(f"{where}: renewal renew_before_days and check_interval must be positive")
@@ -384,7 +399,8 @@ def _identity(doc: Mapping[str, Any], base: Path, where: str) -> dict[str, Any]:
 def config_from_agent_config(doc: Mapping[str, Any], state_dir: Path, **options: Any) -> AgentConfig:
     """Build a config from the server's ``GET /api/v1/vehicles/{vin}/agent-config`` document.
 
-    ``options`` overrides the defaults (``health=``, ``download=``, ``mqtt=``, ``durable=``).
+    ``options`` overrides the defaults (``health=``, ``download=``, ``mqtt=``, ``durable=``,
+    ``report_linger_s=``: :data:`DEFAULT_REPORT_LINGER_S` unless given).
     """
     where = "agent-config"
     keys = ("serial", "hardware_id", "installed_version")
@@ -397,7 +413,7 @@ def config_from_agent_config(doc: Mapping[str, Any], state_dir: Path, **options:
         state_dir=state_dir,
         image_root=check_root(_require(doc, "image_root", str, where).encode(), f"{where}: image_root"),
         director_root=check_root(_require(doc, "director_root", str, where).encode(), f"{where}: director_root"),
-        **options,
+        **({"report_linger_s": DEFAULT_REPORT_LINGER_S} | options),
     )
 
 
@@ -423,6 +439,7 @@ def write_config(config: AgentConfig, path: Path) -> None:
         f"image_root = {_toml_str(IMAGE_ROOT_FILE)}",
         f"director_root = {_toml_str(DIRECTOR_ROOT_FILE)}",
         f"durable = {'true' if config.durable else 'false'}",
+        f"report_linger_s = {config.report_linger_s:g}",
     ]
     if config.report_key is not None:
         write_file(base / REPORT_KEY_FILE, config.report_key, private=True)

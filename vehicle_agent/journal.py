@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -378,6 +379,14 @@ class Journal:
     def acknowledge(self, report: StatusReport) -> None:
         with contextlib.suppress(ValueError):
             self.data.outbox.remove(report)
+            self.save()
+
+    def acknowledge_all(self, reports: Sequence[StatusReport]) -> None:
+        """Drop the steps one message carried, in one write (each only if still in the outbox)."""
+        sent = {id(r) for r in reports}
+        kept = [r for r in self.data.outbox if id(r) not in sent]
+        if len(kept) != len(self.data.outbox):
+            self.data.outbox[:] = kept
             self.save()
 
 

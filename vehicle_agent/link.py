@@ -24,6 +24,7 @@ from firmware_bundles.messages import (
     CampaignNotice,
     CampaignWithdrawal,
     Presence,
+    ReportBatch,
     StatusReport,
     VersionManifest,
     encode,
@@ -33,6 +34,9 @@ from vehicle_agent.config import AGENT_VERSION, AgentConfig, MqttOptions
 from vehicle_agent.errors import ConfigError, LinkDown
 
 log = logging.getLogger(__name__)
+
+# What the agent sends on its status topic: one step, several steps in one signed batch, a manifest.
+Outgoing = StatusReport | ReportBatch | VersionManifest
 
 CampaignMessage = CampaignNotice | CampaignWithdrawal
 
@@ -46,8 +50,8 @@ class Link(Protocol):
         """Valid notices and withdrawals for this VIN, forever (reconnecting as needed)."""
         ...
 
-    async def send(self, report: StatusReport | VersionManifest) -> None:
-        """Deliver one report or version manifest (QoS 1, acknowledged) or raise :class:`LinkDown`."""
+    async def send(self, report: Outgoing) -> None:
+        """Deliver one report, report batch or version manifest (QoS 1, acknowledged) or raise :class:`LinkDown`."""
         ...
 
 
@@ -77,8 +81,9 @@ class FakeLink:
 
     def __init__(self, vin: str) -> None:
         self.filter = NoticeFilter(vin)
-        self.reports: list[StatusReport] = []
+        self.reports: list[StatusReport] = []  # every step sent, a batch's in order
         self.manifests: list[VersionManifest] = []
+        self.batches: list[ReportBatch] = []  # the batches as sent (their steps are in ``reports`` too)
         self.online = True
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -106,11 +111,14 @@ class FakeLink:
             if notice is not None:
                 yield notice
 
-    async def send(self, report: StatusReport | VersionManifest) -> None:
+    async def send(self, report: Outgoing) -> None:
         if not self.online:
             raise LinkDown("fake link is offline")
         if isinstance(report, VersionManifest):
             self.manifests.append(report)
+        elif isinstance(report, ReportBatch):
+            self.batches.append(report)
+            self.reports.extend(report.reports)
         else:
             self.reports.append(report)
 
@@ -243,7 +251,7 @@ class CarMqttLink:
             failures += 1
             await self._sleep(self._backoff(failures))
 
-    async def send(self, report: StatusReport | VersionManifest) -> None:
+    async def send(self, report: Outgoing) -> None:
         client = self._client
         if client is None:
             raise LinkDown("MQTT not connected")

@@ -16,9 +16,18 @@ import logging
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from firmware_bundles.messages import FailureReason, ManifestReason, ReportState, StatusReport
+from firmware_bundles.messages import (
+    MAX_BATCH_REPORTS,
+    MAX_MESSAGE_BYTES,
+    FailureReason,
+    ManifestReason,
+    ReportBatch,
+    ReportState,
+    StatusReport,
+    encode,
+)
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import ConfigError, LinkDown
 from vehicle_agent.installer import SlotBackend
@@ -30,11 +39,15 @@ if TYPE_CHECKING:
     from securesystemslib.signer import CryptoSigner
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", StatusReport, ReportBatch)
 
 # The car says what it runs at least this often (seconds), even when nothing changed.
 MANIFEST_INTERVAL = 24 * 3600.0
 # After a manifest could not even be made (e.g. the journal's disk is full): the next try.
 MANIFEST_RETRY = 600.0
+
+# Room left in a batch for its envelope (kind, VIN, sent_at, signature) below the message cap.
+_BATCH_ENVELOPE_BYTES = 512
 
 _PEM_KEY = re.compile(rb"-----BEGIN ([A-Z ]*)PRIVATE KEY-----\s+([A-Za-z0-9+/=\s]+?)-----END \1PRIVATE KEY-----")
 
@@ -56,8 +69,14 @@ class Reporter:
         clock: Callable[[], datetime],
         manifest_interval: float = MANIFEST_INTERVAL,
         timer: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        linger: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
+        """``linger`` waits ``config.report_linger_s`` before a batch goes (the agent's campaign sleep)."""
         self._config = config
+        self._linger = linger
+        self._lingering = False  # :meth:`linger_and_send` runs (for the agent's life)
+        self._queued = asyncio.Event()  # a step waits in the outbox for the lingering sender
+        self._sending = asyncio.Lock()  # one flush at a time: no step sent twice by two flushes
         self._journal = journal
         self._link = link
         self._slots = slots
@@ -76,7 +95,8 @@ class Reporter:
         return self._signer_value
 
     def build(self, record: CampaignRecord) -> StatusReport:
-        """The signed report of ``record``; a failure names the ECU that failed (else the first assigned)."""
+        """The report of ``record``, unsigned: signed when it is sent, alone or in a batch
+        (:meth:`flush`); a failure names the ECU that failed (else the first assigned)."""
         installed = self._journal.data.installed
         serial = record.targets[0].assignment.ecu_serial if record.targets else self._config.ecus[0].serial
         if record.reason is not None and record.failed_ecu in installed:
@@ -97,32 +117,79 @@ class Reporter:
             else (False if record.reason is FailureReason.HEALTH_CHECK_FAILED else None),
             sent_at=self._clock(),
         )
+        return report
+
+    def _signed(self, message: M) -> M:
         signer = self._signer
-        if signer is None:
-            return report
+        if signer is None or message.signature is not None:  # no key; or a report an older agent signed
+            return message
         from firmware_bundles.report_signing import sign_report
 
-        return sign_report(report, signer)
+        return sign_report(message, signer)
+
+    def _next_message(self, outbox: list[StatusReport]) -> tuple[StatusReport | ReportBatch, list[StatusReport]]:
+        """The next message of the outbox and the steps it carries: the first step alone without a
+        linger, else the steps that fit one batch (count and bytes), a lone one as a plain report."""
+        if self._config.report_linger_s <= 0:
+            return self._signed(outbox[0]), outbox[:1]
+        steps: list[StatusReport] = []
+        room = MAX_MESSAGE_BYTES - _BATCH_ENVELOPE_BYTES
+        for report in outbox[:MAX_BATCH_REPORTS]:
+            step = report if report.signature is None else report.model_copy(update={"signature": None})
+            room -= len(encode(step)) + 1
+            if steps and room < 0:
+                break
+            steps.append(step)
+        if len(steps) == 1:
+            return self._signed(outbox[0]), outbox[:1]
+        batch = ReportBatch(vin=self._config.vin, reports=tuple(steps), sent_at=self._clock())
+        return self._signed(batch), outbox[: len(steps)]
 
     async def flush(self) -> None:
         """Send the pending manifest, then the outbox in order; stop quietly at the first the link cannot take.
 
         The manifest goes first: after an install it shows the new images before the report
-        that calls the car remedied.
+        that calls the car remedied. Each message is signed as it goes; its steps leave the
+        outbox only once the link took it (a crash before that sends them again: the server
+        counts a step once).
         """
-        manifest = self._journal.data.manifest
-        if manifest is not None:
-            try:
-                await self._link.send(manifest)
-            except LinkDown:
-                return
-            self._journal.manifest_delivered(manifest)
-        for report in list(self._journal.data.outbox):
-            try:
-                await self._link.send(report)
-            except LinkDown:
-                return
-            self._journal.acknowledge(report)
+        async with self._sending:
+            manifest = self._journal.data.manifest
+            if manifest is not None:
+                try:
+                    await self._link.send(manifest)
+                except LinkDown:
+                    return
+                self._journal.manifest_delivered(manifest)
+            while outbox := list(self._journal.data.outbox):
+                message, steps = self._next_message(outbox)
+                try:
+                    await self._link.send(message)
+                except LinkDown:
+                    return
+                self._journal.acknowledge_all(steps)
+
+    async def flush_soon(self) -> None:
+        """A step was journaled: send it after the linger, with the steps that follow it meanwhile
+        (:meth:`linger_and_send`), or at once when there is no linger or no lingering sender."""
+        if self._lingering and self._config.report_linger_s > 0:
+            self._queued.set()
+            return
+        await self.flush()
+
+    async def linger_and_send(self) -> None:
+        """For the agent's life (:meth:`vehicle_agent.agent.Agent.run`, cancelled with it): each time a
+        step is queued, wait ``report_linger_s`` and send the outbox, so consecutive steps share a message.
+        The steps are journaled before: a power cut meanwhile loses none (the next start sends them)."""
+        self._lingering = True
+        try:
+            while True:
+                await self._queued.wait()
+                await self._linger(self._config.report_linger_s)
+                self._queued.clear()
+                await self.flush()
+        finally:
+            self._lingering = False
 
     async def send_manifest(self, reason: ManifestReason) -> bool:
         """Make, sign and queue a version manifest (the next counter, saved with it), then send it.

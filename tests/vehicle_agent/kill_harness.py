@@ -29,13 +29,13 @@ import os
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from firmware_bundles.messages import StatusReport, VersionManifest, encode
+from firmware_bundles.messages import ReportBatch, StatusReport, VersionManifest, encode, parse_status_message
 from firmware_bundles.uptane import Assignment
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, EcuConfig
@@ -63,6 +63,7 @@ class Spec:
     kill_write_at: int | None = None
     offline: bool = False
     healthy: bool = True
+    linger: float = 0.0  # the agent's report_linger_s: above 0, steps go in batches (sent by a task of their own)
 
 
 def write_spec(path: Path, spec: Spec) -> None:
@@ -90,7 +91,15 @@ def dump_repository(server: FakeServer, path: Path) -> None:
 def reports_in(path: Path) -> list[StatusReport]:
     if not path.exists():
         return []
-    return [StatusReport.model_validate_json(line) for line in path.read_text().splitlines() if line.strip()]
+    steps: list[StatusReport] = []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            message = parse_status_message(line.encode())
+            if isinstance(message, ReportBatch):
+                steps.extend(message.reports)
+            elif isinstance(message, StatusReport):
+                steps.append(message)
+    return steps
 
 
 class Boundaries:
@@ -134,7 +143,7 @@ class FileLink:
             if notice is not None:
                 yield notice
 
-    async def send(self, report: StatusReport | VersionManifest) -> None:
+    async def send(self, report: StatusReport | ReportBatch | VersionManifest) -> None:
         if self._spec.offline:
             raise LinkDown("no coverage")
         if isinstance(report, VersionManifest):  # the kill table judges campaign reports only
@@ -143,7 +152,8 @@ class FileLink:
             out.write(encode(report) + b"\n")
             out.flush()
             os.fsync(out.fileno())
-        self._hook(f"sent:{report.state.value}")
+        for step in report.reports if isinstance(report, ReportBatch) else (report,):
+            self._hook(f"sent:{step.state.value}")
 
 
 class HookedTransport:
@@ -175,7 +185,7 @@ class Unhealthy:
 
 def _label_journal(hook: Hook) -> None:
     """Emit a label after each journal write (this process only: it is the harness)."""
-    record, set_installed, acknowledge = Journal.record, Journal.set_installed, Journal.acknowledge
+    record, set_installed, acknowledge = Journal.record, Journal.set_installed, Journal.acknowledge_all
     queue_manifest = Journal.queue_manifest
 
     def on_record(self: Journal, campaign: CampaignRecord, report: StatusReport | None = None) -> None:
@@ -198,14 +208,15 @@ def _label_journal(hook: Hook) -> None:
         queue_manifest(self, manifest, made_at)
         hook(f"manifest:{manifest.reason.value}")
 
-    def on_ack(self: Journal, report: StatusReport) -> None:
-        acknowledge(self, report)
-        hook(f"ack:{report.state.value}")
+    def on_ack(self: Journal, reports: Sequence[StatusReport]) -> None:
+        acknowledge(self, reports)
+        for report in reports:
+            hook(f"ack:{report.state.value}")
 
     Journal.record = on_record  # type: ignore[method-assign]
     Journal.set_installed = on_installed  # type: ignore[method-assign]
     Journal.queue_manifest = on_manifest  # type: ignore[method-assign]
-    Journal.acknowledge = on_ack  # type: ignore[method-assign]
+    Journal.acknowledge_all = on_ack  # type: ignore[method-assign]
 
 
 def _label_boot_state(hook: Hook) -> None:
@@ -230,6 +241,7 @@ def build_agent(spec: Spec, boundaries: Boundaries) -> Agent:
         state_dir=spec.state_dir,
         image_root=repo["image_root"].encode(),
         director_root=repo["director_root"].encode(),
+        report_linger_s=spec.linger,
     )
 
     def slots(ecu: EcuConfig) -> SlotBackend:
