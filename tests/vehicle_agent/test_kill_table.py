@@ -231,3 +231,28 @@ def test_killed_after_the_commit_and_in_each_later_boot_attempt(fleet: Fleet) ->
     assert not any(label.startswith("boot:") for label in passed)  # no reboot, no rollback of the fix
     fleet.assert_updated()
     assert all(r.state is not S.ROLLED_BACK for r in reports_in(fleet.reports))
+
+
+def test_with_a_linger_killed_at_every_send_the_restart_finishes_the_update(tmp_path: Path, harness: Harness) -> None:
+    """Steps sent in batches by the lingering sender: a kill at any send or acknowledgement of a
+    clean lingering run (the labels taken from that run) still ends updated, one terminal report."""
+
+    def fresh(name: str) -> Fleet:
+        (tmp_path / name).mkdir()
+        fleet = Fleet(tmp_path / name, FakeServer(), harness)
+        fleet.publish()
+        return fleet
+
+    clean = fresh("clean")
+    passed = clean.run(linger=0.5)
+    clean.assert_updated()
+    cuts = [label for label in passed if label.startswith(("sent:", "ack:"))]
+    assert {label.split(":")[1].split("#")[0] for label in cuts} == {s.value for s in S if not s.terminal} - {
+        "deferred",
+        "consented",
+    } | {"remedied"}
+    for n, boundary in enumerate(cuts):
+        fleet = fresh(f"cut-{n}")
+        assert fleet.run(kill_at=boundary, expect_killed=True, linger=0.5)[-1] == boundary
+        fleet.run(linger=0.5)
+        fleet.assert_updated()
