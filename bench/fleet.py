@@ -291,6 +291,7 @@ class Measured:
     timeline: list[dict[str, float]] = field(default_factory=list)
     reports_sent: int = 0
     report_bytes: int = 0
+    status_messages: int = 0  # messages the cars sent with their steps (a lone report or a batch)
     reports_persisted: int = 0
     ingested: float = 0.0
     server_cpu_s: float = 0.0
@@ -500,6 +501,7 @@ def run(options: Options, console: Console) -> Measured:
         measured.peak_rss.update(runner.peak_rss_mb())
         measured.reports_sent = stats.reports_sent
         measured.report_bytes = stats.report_bytes
+        measured.status_messages = stats.status_messages
         measured.fleet = stats.as_json()
         measured.reports_persisted = car_events(url, measured.campaign_id)
         measured.notices = [round(t - launched, 3) for t in observer.notices(measured.campaign_id)]
@@ -597,6 +599,8 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
             round(sum(repo_requests(measured.metrics_after).values()) / options.cars, 2) if options.cars else None
         ),
         "report_bytes_mean": round(measured.report_bytes / measured.reports_sent) if measured.reports_sent else None,
+        # the messages that carried the steps (several consecutive steps share one signed batch)
+        "report_messages_per_car": round(measured.status_messages / options.cars, 2) if options.cars else None,
         "raw_broker": measured.raw.as_json() if measured.raw else None,
         "cores": os.cpu_count(),
         "cpu_seconds_launch_to_done": _cpu_summary(measured),
@@ -665,6 +669,17 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def _per_car_row(result: Mapping[str, Any]) -> str:
+    """The issue's per-car figures: CPU from launch to done over the cars, in ms."""
+    cpu = result.get("cpu_seconds_launch_to_done") or {}
+    cars = result.get("cars") or 0
+    if not cpu or not cars:
+        return "n/a"
+    return " / ".join(
+        _fmt(1000 * cpu[k] / cars, "ms") if cpu.get(k) is not None else "n/a" for k in ("workers", "postgresql")
+    )
+
+
 def _cpu_row(result: Mapping[str, Any]) -> str:
     cpu = result.get("cpu_seconds_launch_to_done") or {}
     if not cpu:
@@ -695,7 +710,9 @@ def markdown(result: Mapping[str, Any]) -> str:
             f"{_fmt(result['reports_sent'])} / {_fmt(result['reports_persisted'])}"
             + ("" if result["reports_sent"] == result["reports_persisted"] else " **MISMATCH**"),
         ),
+        ("report messages per car (steps share signed batches)", _fmt(result.get("report_messages_per_car"))),
         ("server CPU per car", _fmt(result["server_cpu_ms_per_car"], "ms")),
+        ("CPU per car: workers / PostgreSQL", _per_car_row(result)),
         ("peak RSS server", _fmt(rss["server"], "MiB")),
         ("peak RSS brokers (sum)", _fmt(rss["broker"], "MiB")),
         ("peak RSS simulator workers (sum)", _fmt(rss["simulator"], "MiB")),
