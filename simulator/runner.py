@@ -99,6 +99,7 @@ class FleetStats:
     report_bytes: int = 0  # their encoded size
     status_messages: int = 0  # messages that carried them (a lone report or a batch), re-sends included
     status_message_bytes: int = 0  # those messages' encoded size
+    manifest_messages: int = 0  # version manifests the broker acknowledged (also status messages a car sends)
     sent_by_state: dict[str, int] = field(default_factory=dict)
     errors: int = 0  # agents that stopped on an exception
     power_cuts: int = 0
@@ -264,7 +265,7 @@ class _CountingLink(CarMqttLink):
     def __init__(
         self,
         config: AgentConfig,
-        on_sent: Callable[[StatusReport | ReportBatch], None],
+        on_sent: Callable[[StatusReport | ReportBatch | VersionManifest], None],
         source_address: str | None = None,
     ) -> None:
         super().__init__(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
@@ -281,10 +282,7 @@ class _CountingLink(CarMqttLink):
 
     async def send(self, report: StatusReport | ReportBatch | VersionManifest) -> None:
         await super().send(report)
-        if isinstance(
-            report, StatusReport | ReportBatch
-        ):  # the fleet counts campaign reports; manifests are the car's own
-            self._on_sent(report)
+        self._on_sent(report)  # the fleet counts every status message: reports, batches and manifests
 
 
 @dataclass
@@ -494,8 +492,11 @@ class InProcessFleet:
 
     # -- counting -----------------------------------------------------------------------
 
-    def _sent_report(self, message: StatusReport | ReportBatch) -> None:
+    def _sent_report(self, message: StatusReport | ReportBatch | VersionManifest) -> None:
         stats = self._stats
+        if isinstance(message, VersionManifest):
+            stats.manifest_messages += 1  # the car's own state, no campaign step
+            return
         stats.status_messages += 1
         stats.status_message_bytes += len(encode(message))
         for report in message.reports if isinstance(message, ReportBatch) else (message,):

@@ -76,6 +76,8 @@ def test_slow_links_power_cuts_and_late_joiners_in_one_process(tmp_path: Path) -
     for vin, steps in histories.items():  # resumed from the journal: each step once, to the end
         assert steps == ["notified", "downloading", "verifying", "installing", "rebooting", "remedied"], vin
     assert stats.reports_sent == persisted == 60
+    assert stats.manifest_messages >= summary.remedied  # each remedied car's install manifest was counted
+    assert stats.status_messages > 0  # the messages that carried the steps (lone or batched), re-sends included
 
 
 @pytest.fixture
