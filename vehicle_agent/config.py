@@ -8,6 +8,7 @@ A car reads ``agent.toml`` (:func:`load_config`); the simulator builds the same
 from __future__ import annotations
 
 import json
+import math
 import re
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -528,4 +529,6 @@ def _toml_value(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, str):
         return _toml_str(value)
+    if isinstance(value, int | float) and math.isfinite(value):  # report_linger_s: repr is valid TOML
+        return repr(value)
     raise ConfigError(f"cannot keep the value {value!r}")
