@@ -53,6 +53,13 @@ def fast_bytes(value: Any) -> bytes | None:
     return data if data.isascii() and b"\\" not in data else None
 
 
+def fast_compact_bytes(value: Any) -> bytes | None:
+    """:func:`fast_bytes` where it is also ``json.dumps``'s compact file: not with DEL (0x7f), which
+    ``encode_canonical`` and orjson write raw and ``json.dumps`` (``ensure_ascii``) escapes."""
+    data = fast_bytes(value)
+    return data if data is not None and b"\x7f" not in data else None
+
+
 def canonical_bytes(value: Any) -> bytes:
     """OLPC canonical JSON as securesystemslib's ``encode_canonical`` writes it, UTF-8."""
     data = fast_bytes(value)
@@ -78,7 +85,7 @@ class CompactSerializer(MetadataSerializer):
 
     def serialize(self, metadata_obj: Metadata[Any]) -> bytes:
         try:
-            data = fast_bytes(metadata_obj.to_dict())
+            data = fast_compact_bytes(metadata_obj.to_dict())
         except Exception as exc:
             raise SerializationError from exc
         return _COMPACT.serialize(metadata_obj) if data is None else data
@@ -111,6 +118,6 @@ def sign_and_serialize(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
     for signer in signers:
         md.sign(signer, append=True, signed_serializer=once)
     signatures = fast_bytes([signature.to_dict() for signature in md.signatures.values()])
-    if signatures is None:
+    if signatures is None or b"\x7f" in canonical:  # the file as json.dumps writes it (see fast_compact_bytes)
         return _COMPACT.serialize(md)
     return b'{"signatures":' + signatures + b',"signed":' + canonical + b"}"

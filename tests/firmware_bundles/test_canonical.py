@@ -24,7 +24,13 @@ from tuf.api.metadata import Metadata, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
 from firmware_bundles import uptane
-from firmware_bundles.canonical import CanonicalSerializer, CompactSerializer, canonical_bytes, fast_bytes
+from firmware_bundles.canonical import (
+    CanonicalSerializer,
+    CompactSerializer,
+    canonical_bytes,
+    fast_bytes,
+    fast_compact_bytes,
+)
 from firmware_bundles.uptane import (
     Expiry,
     RepoVersions,
@@ -97,7 +103,7 @@ def test_compact_bytes_are_json_dumps_sorted_compact_for_any_json(value: Any) ->
         expected: bytes | type[Exception] = json.dumps(value, separators=(",", ":"), sort_keys=True).encode()
     except Exception as exc:
         expected = type(exc)
-    data = fast_bytes(value)
+    data = fast_compact_bytes(value)
     assert data is None or data == expected  # the fast path only where it is exact
 
 
@@ -186,3 +192,13 @@ def test_a_chain_a_refreshed_chain_and_a_root_are_the_same_bytes_either_way(monk
     monkeypatch.setattr(uptane, "_sign", _tufs_own)
     monkeypatch.setattr(uptane, "sign_metadata", _tufs_own)
     assert run() == ours
+
+
+def test_a_file_with_delete_is_json_dumps_own_and_its_signed_bytes_stay_canonical() -> None:
+    """Found by the property test above: DEL is ASCII, raw in canonical JSON, escaped by json.dumps."""
+    import json
+
+    value = {"s": "x\x7fy"}
+    assert fast_bytes(value) == _reference(value)
+    assert fast_compact_bytes(value) is None
+    assert json.dumps(value, separators=(",", ":"), sort_keys=True).encode() == b'{"s":"x\\u007fy"}'

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from securesystemslib.formats import encode_canonical
 
 from firmware_bundles.errors import UnverifiedReport
 from firmware_bundles.messages import (
@@ -23,6 +24,7 @@ from firmware_bundles.report_signing import (
     private_key_pem,
     public_key,
     sign_report,
+    signed_bytes,
     verify_report,
 )
 from firmware_bundles.vin import make_vin
@@ -95,3 +97,23 @@ def test_a_signed_batch_verifies_and_any_changed_step_breaks_it() -> None:
     moved = encode(signed).replace(b'"downloading"', b'"remedied"')
     with pytest.raises(UnverifiedReport):
         verify_report(parse_report_batch(moved), signer.public_key)
+
+
+@pytest.mark.parametrize(
+    "detail",
+    [
+        "",
+        "health check: brake controller silent",
+        'quote " and back\\slash',
+        "Bremssteuergerät stumm",
+        "tab\tnew\nline",
+    ],
+)
+def test_the_signed_bytes_are_securesystemslibs_canonical_json(detail: str) -> None:
+    report = _report(detail=detail, state=ReportState.FAILED, reason="hash_mismatch")
+    batch = ReportBatch(vin=VIN, reports=(report, _report()), sent_at=datetime.now(UTC))
+    for message in (report, batch):
+        body = message.model_dump(mode="json", exclude_none=True, exclude={"signature"})
+        expected = encode_canonical(body)
+        assert expected is not None
+        assert signed_bytes(message) == expected.encode()
