@@ -292,6 +292,7 @@ class Measured:
     reports_sent: int = 0
     report_bytes: int = 0
     status_messages: int = 0  # messages the cars sent with their steps (a lone report or a batch)
+    manifest_messages: int = 0  # version manifests the cars sent (the rest of their status messages)
     reports_persisted: int = 0
     ingested: float = 0.0
     server_cpu_s: float = 0.0
@@ -502,6 +503,7 @@ def run(options: Options, console: Console) -> Measured:
         measured.reports_sent = stats.reports_sent
         measured.report_bytes = stats.report_bytes
         measured.status_messages = stats.status_messages
+        measured.manifest_messages = stats.manifest_messages
         measured.fleet = stats.as_json()
         measured.reports_persisted = car_events(url, measured.campaign_id)
         measured.notices = [round(t - launched, 3) for t in observer.notices(measured.campaign_id)]
@@ -601,6 +603,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "report_bytes_mean": round(measured.report_bytes / measured.reports_sent) if measured.reports_sent else None,
         # the messages that carried the steps (several consecutive steps share one signed batch)
         "report_messages_per_car": round(measured.status_messages / options.cars, 2) if options.cars else None,
+        "manifest_messages_per_car": round(measured.manifest_messages / options.cars, 2) if options.cars else None,
         "raw_broker": measured.raw.as_json() if measured.raw else None,
         "cores": os.cpu_count(),
         "cpu_seconds_launch_to_done": _cpu_summary(measured),
@@ -711,6 +714,7 @@ def markdown(result: Mapping[str, Any]) -> str:
             + ("" if result["reports_sent"] == result["reports_persisted"] else " **MISMATCH**"),
         ),
         ("report messages per car (steps share signed batches)", _fmt(result.get("report_messages_per_car"))),
+        ("manifest messages per car", _fmt(result.get("manifest_messages_per_car"))),
         ("server CPU per car", _fmt(result["server_cpu_ms_per_car"], "ms")),
         ("CPU per car: workers / PostgreSQL", _per_car_row(result)),
         ("peak RSS server", _fmt(rss["server"], "MiB")),

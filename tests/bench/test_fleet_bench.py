@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,14 @@ def test_the_json_has_every_key_of_the_issue_first_and_computes_the_ratios() -> 
     assert result["backend"]["database"] == "postgresql" and result["backend"]["broker"] == "mosquitto"
     assert result["reports_match"] and result["plan"] == PLAN
     json.dumps(result)  # it is plain JSON
+
+
+def test_the_status_messages_a_car_sends_are_counted_per_car() -> None:
+    counted = replace(measured(), status_messages=210, manifest_messages=200)  # 600 steps in 210 messages
+    result = assemble(Options(cars=100), counted)
+    assert result["report_messages_per_car"] == pytest.approx(2.1)
+    assert result["manifest_messages_per_car"] == pytest.approx(2.0)
+    assert "manifest messages per car" in markdown(result)
 
 
 def test_not_all_remedied_has_no_time_to_all_remedied_and_a_mismatch_is_loud() -> None:
