@@ -36,7 +36,13 @@ def test_a_recall_on_two_replicas_survives(tmp_path: Path, fault: str) -> None:
     assert result.unaccounted == []
     assert result.reports_sent == result.reports_persisted, result.notes
     assert result.reports_sent >= 6 * CARS  # six steps a car, plus any retried attempt's
-    assert all(share > 0 for share in result.stored_by_replica.values()), result.stored_by_replica
+    assert sum(result.stored_by_replica.values()) >= result.reports_persisted, result.stored_by_replica
+    if fault != "restart_broker":
+        assert all(share > 0 for share in result.stored_by_replica.values()), result.stored_by_replica
+    # After a broker restart each replica takes every message through its guard subscription for
+    # GUARD_S seconds (Mosquitto 2.0 forgets shared subscriptions) and the first to store a step
+    # wins: with batched reports (about two messages a car) a short run can fall wholly inside
+    # those windows, and one replica stored all 720 steps in one CI-sized run.
     assert result.rejected == {}
     if fault == "database_outage":
         assert "both replicas' /readyz answered 503 during the outage" in result.notes
