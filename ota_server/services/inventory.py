@@ -24,9 +24,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import get_args
+from typing import NamedTuple, get_args
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from firmware_bundles import topics
@@ -393,7 +393,14 @@ def _remedies(
         outcome.moved.add(cv.campaign_id)
 
 
-def _runs(ecu: Ecu | None, release: Release) -> bool:
+class _Reported(NamedTuple):
+    """What a car's manifests said an ECU runs (the two columns :func:`_runs` reads)."""
+
+    installed_version: str | None
+    installed_sha256: str | None
+
+
+def _runs(ecu: Ecu | _Reported | None, release: Release) -> bool:
     """Whether the car's word says ``ecu`` runs ``release`` (its image too, when both are known)."""
     if ecu is None or ecu.installed_version != release.version:
         return False
@@ -407,15 +414,22 @@ def already_remedied(session: Session, members: Sequence[Member]) -> set[str]:
         return set()
     releases = {r.id: r for r in session.scalars(select(Release).where(Release.id.in_(release_ids)))}
     vins = [m.vin for m in members]
-    ecus: dict[tuple[str, str], Ecu] = {}
+    ecus: dict[tuple[str, str], _Reported] = {}
+    # Two index lookups per chunk (VIN -> vehicle id, vehicle id -> ECUs), not a join: with every
+    # car's manifest just written, PostgreSQL hashed the whole (bloated) ecus table once per chunk of
+    # 500 cars, ~0.6 s each at 30,000 cars: 20 s of a launch's approval (issue 19).
     for chunk in _chunks(vins):
-        query: Select[str, Ecu] = (
-            select(Vehicle.vin, Ecu)
-            .join(Ecu, Ecu.vehicle_id == Vehicle.id)
-            .where(Vehicle.vin.in_(chunk), Ecu.reported_at.is_not(None))
+        ids = {
+            vehicle_id: vin
+            for vehicle_id, vin in session.execute(select(Vehicle.id, Vehicle.vin).where(Vehicle.vin.in_(chunk)))
+        }
+        if not ids:
+            continue
+        reported = select(Ecu.vehicle_id, Ecu.serial, Ecu.installed_version, Ecu.installed_sha256).where(
+            Ecu.vehicle_id.in_(sorted(ids)), Ecu.reported_at.is_not(None)
         )
-        for vin, ecu in session.execute(query).all():
-            ecus[(vin, ecu.serial)] = ecu
+        for vehicle_id, serial, version, sha256 in session.execute(reported):
+            ecus[(ids[vehicle_id], serial)] = _Reported(version, sha256)
     return {
         m.vin
         for m in members
