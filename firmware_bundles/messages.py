@@ -136,7 +136,16 @@ class OwnerNotice(BaseModel):
 CARRIED_FILE_CHARS = 12 * 1024
 
 
-class DirectorMetadata(BaseModel):
+class CarriedMetadata(BaseModel):
+    """A repository's timestamp, snapshot and targets, exactly the signed bytes it serves."""
+
+    model_config = _STRICT
+    timestamp: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+    snapshot: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+    targets: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+
+
+class DirectorMetadata(CarriedMetadata):
     """This car's Director timestamp, snapshot and targets, exactly the signed bytes the Director serves.
 
     Carried in a notice to save the car three requests. Not trusted for being here: the car
@@ -144,10 +153,14 @@ class DirectorMetadata(BaseModel):
     and fetches over HTTP when they fail, so a forged or replayed copy costs a request, no more.
     """
 
-    model_config = _STRICT
-    timestamp: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
-    snapshot: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
-    targets: str = Field(min_length=2, max_length=CARRIED_FILE_CHARS)
+
+class ImageMetadata(CarriedMetadata):
+    """The Image repository's timestamp, snapshot and targets, exactly the signed bytes it serves.
+
+    The same for every car, carried in a notice (when the notice still fits) to save the car
+    three requests; trusted exactly as little as :class:`DirectorMetadata`: fed to python-tuf
+    as if fetched, and fetched over HTTP when refused.
+    """
 
 
 class CampaignNotice(BaseModel):
@@ -177,6 +190,9 @@ class CampaignNotice(BaseModel):
     # hash, accept/decline); its answer reaches the car only inside the Director's signed metadata.
     owner_url: str | None = Field(default=None, max_length=512)
     director_metadata: DirectorMetadata | None = None
+    # New in session 9, optional like ``director_metadata`` and gated the same way: an agent
+    # older than it rejects a notice that has it.
+    image_metadata: ImageMetadata | None = None
 
 
 class CampaignWithdrawal(BaseModel):
@@ -259,6 +275,10 @@ class ReportBatch(BaseModel):
     kind: Literal["status_batch"] = "status_batch"
     vin: Vin
     reports: tuple[StatusReport, ...] = Field(min_length=1, max_length=MAX_BATCH_REPORTS)
+    # The car's version manifest, when one was queued with these steps (the install manifest
+    # goes with the remedied step): this VIN's, without its own signature, recorded after the
+    # steps as if it had come alone. New in session 9: deploy the server before the cars.
+    manifest: VersionManifest | None = None
     sent_at: datetime
     signature: ReportSignature | None = None
 
@@ -388,6 +408,11 @@ def parse_report_batch(payload: bytes) -> ReportBatch:
             raise MalformedMessage(f"ReportBatch: reports.{i}.signature: a step is signed by the batch, not alone")
         if report.state is ReportState.FAILED and report.reason is None:
             raise MalformedMessage(f"ReportBatch: reports.{i}: a failed report needs a reason")
+    if batch.manifest is not None:
+        if batch.manifest.vin != batch.vin:
+            raise MalformedMessage("ReportBatch: manifest.vin: not the batch's VIN")
+        if batch.manifest.signature is not None:
+            raise MalformedMessage("ReportBatch: manifest.signature: a manifest is signed by the batch, not alone")
     return batch
 
 
@@ -405,9 +430,12 @@ StatusMessage = StatusReport | ReportBatch | VersionManifest  # what a car sends
 
 
 def parse_status_message(payload: bytes) -> StatusMessage:
-    """What arrives on a car's status topic: a report, a report batch or a version manifest."""
-    if is_manifest(payload):
-        return parse_manifest(payload)
+    """What arrives on a car's status topic: a report, a report batch or a version manifest.
+
+    A batch first: it may carry a manifest, whose ``"kind":"manifest"`` is inside it.
+    """
     if is_report_batch(payload):
         return parse_report_batch(payload)
+    if is_manifest(payload):
+        return parse_manifest(payload)
     return parse_report(payload)
