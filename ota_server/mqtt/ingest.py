@@ -191,12 +191,18 @@ class _Batch:
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
         for chunk in _chunks(sorted({*vins, *(m.vin for m in signed)})):
+            # By VIN alone, on its unique index; unkeyed cars are skipped here. With
+            # ``report_keyid IS NOT NULL`` in the WHERE, PostgreSQL (statistics taken at registration,
+            # before any key: null_frac 1) walked ix_vehicles_report_keyid over every provisioned car
+            # per batch and filtered by VIN: ~130 ms a batch at 5,000 cars, growing with the fleet.
             rows = session.execute(
                 select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key, Vehicle.decommissioned_at).where(
-                    Vehicle.vin.in_(chunk), Vehicle.report_keyid.is_not(None)
+                    Vehicle.vin.in_(chunk)
                 )
             )
             for vin, keyid, key, gone in rows:
+                if keyid is None:
+                    continue
                 if keyid and key:
                     self.keys[vin] = (keyid, key)
                 if gone is not None:
