@@ -59,10 +59,11 @@ from firmware_bundles.messages import (
 )
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
-from ota_server.db.models import Campaign, CampaignEvent, CampaignVehicle, RecallRelease, Release, Vehicle
+from ota_server.db.models import Campaign, CampaignVehicle, RecallRelease, Release, Vehicle
 from ota_server.domain.states import Cause, VinState, allowed
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.infra.tasks import stop_task
+from ota_server.mqtt import known_steps
 from ota_server.rollout import transitions
 from ota_server.schemas import IngestStats
 from ota_server.services import inventory
@@ -175,18 +176,10 @@ class _Batch:
             for row in transitions.locked_car_rows(session, where):
                 if (row.campaign_id, row.vin) in wanted:
                     self.rows[(row.campaign_id, row.vin)] = row
-            steps = session.execute(
-                select(
-                    CampaignEvent.campaign_id,
-                    CampaignEvent.vin,
-                    CampaignEvent.attempt,
-                    CampaignEvent.deferrals,
-                    CampaignEvent.state,
-                ).where(CampaignEvent.vin.in_(chunk))
-            )
-            # By VIN alone, on its index, and the campaigns picked here: with the campaign in the
-            # WHERE too, PostgreSQL (a fresh campaign has no statistics) scanned every event of the
-            # campaign per batch and matched each against the VIN list, quadratic in the fleet.
+            # By VIN alone, each on its index (known_steps), and the campaigns picked here: with the
+            # campaign in the WHERE too, PostgreSQL (a fresh campaign has no statistics) scanned every
+            # event of the campaign per batch and matched each against the VIN list, quadratic in the fleet.
+            steps = known_steps.stored_steps(session, chunk)
             self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps if c in wanted_campaigns)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
