@@ -17,6 +17,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
+from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.db.statistics import analyze_loaded
 from ota_server.domain.rollout_plan import wave_sizes
@@ -311,8 +312,7 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
         }
         for m in published
     ]
-    if log_rows:
-        session.execute(insert(NoticeLog), log_rows)
+    insert_rows(session, NoticeLog, log_rows)
     owner_notifications.record_published(session, published, now)
     session.commit()
 

@@ -14,11 +14,12 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from firmware_bundles.vin import normalize_vin
+from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import Campaign, OwnerNotification
 from ota_server.errors import InvalidInput, NotFound
 from ota_server.services import listing, owner_notices
@@ -96,7 +97,7 @@ def record_many(
     if recall_id is None:
         raise InvalidInput("an owner notification names its campaign or its recall")
     rows = [_row(e, recall_id, campaign_id, recorded_by, now) for e in entries]
-    session.execute(insert(OwnerNotification), rows)
+    insert_rows(session, OwnerNotification, rows)
     return len(rows)
 
 

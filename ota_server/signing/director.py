@@ -40,7 +40,7 @@ from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -57,6 +57,7 @@ from firmware_bundles.uptane import (
     serialize,
 )
 from firmware_bundles.window import WINDOW_FIELD
+from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import RepoFile
 from ota_server.signing.keys import RepoKeys
 from ota_server.signing.store import CHAIN, DIRECTOR, put_file
@@ -169,8 +170,7 @@ class Director:
             rows = self._sign(signers, vin, images, versions, now, floors, policy, window)
             (changed_rows if old else new_rows).extend(rows)
             chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
-        if new_rows:
-            session.execute(insert(RepoFile), new_rows)
+        insert_rows(session, RepoFile, new_rows)
         if changed_rows:
             session.execute(update(RepoFile), changed_rows)
         return chains
