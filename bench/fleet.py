@@ -391,6 +391,7 @@ def run(options: Options, console: Console) -> Measured:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") or k.startswith("OTA_SQL_PROFILE")}
         env["OTA_DATABASE_URL"] = url
         env["OTA_NOTICE_CARRIES_METADATA"] = "1" if options.carry_metadata else "0"
+        env["OTA_NOTICE_CARRIES_IMAGE_METADATA"] = "1" if options.carry_metadata else "0"
         if cluster is not None:
             env["OTA_MQTT_URL"] = cluster.hub_url
         server = ServerProcess(workdir / "server", env=env, startup_timeout=180)

@@ -99,6 +99,10 @@ class Settings:
     # fewer per car). Agents older than the field reject such notices: on once the fleet's
     # agents take it (every agent of this repository does).
     notice_carries_metadata: bool = False
+    # With notice_carries_metadata, notices also carry the Image repository's timestamp, snapshot
+    # and targets (the same for every car; three requests fewer again) when the notice still fits.
+    # Agents from before session 9 reject such notices: on once the fleet's agents take it.
+    notice_carries_image_metadata: bool = False
     # Operators: every JSON body is capped (uploads have max_upload_bytes); each API token
     # may make rate_limit_per_s requests a second on average, bursts up to rate_limit_burst
     # (0 switches the limit off).

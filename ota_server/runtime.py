@@ -142,16 +142,22 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         publisher = link
     dispatcher = NoticeDispatcher(publisher, sessions, clock, concurrency=settings.notice_concurrency)
     owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
+    bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
+    reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)
     coordinator = Coordinator(
         sessions,
-        CampaignFleet(director, settings.repo_url, owner_links, carry_metadata=settings.notice_carries_metadata),
+        CampaignFleet(
+            director,
+            settings.repo_url,
+            owner_links,
+            carry_metadata=settings.notice_carries_metadata,
+            image_metadata=reader.image if settings.notice_carries_image_metadata else None,
+        ),
         clock,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,
     )
     ingestor.after_batch = coordinator.on_reports
-    bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
-    reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)
     runtime = Runtime(
         settings=settings,
         clock=clock,

@@ -46,7 +46,6 @@ from firmware_bundles.consent import images_key
 from firmware_bundles.messages import (
     CampaignNotice,
     CampaignWithdrawal,
-    DirectorMetadata,
     FailureReason,
     ManifestReason,
     ReportState,
@@ -79,6 +78,7 @@ from vehicle_agent.owner import OwnerHook
 from vehicle_agent.reporting import MANIFEST_INTERVAL, Reporter, check_report_key
 from vehicle_agent.retrying import Retrying
 from vehicle_agent.vehicle import VehicleState, vehicle_state
+from vehicle_agent.verifier import Carried
 
 if TYPE_CHECKING:
     from vehicle_agent.transport import Transport
@@ -158,7 +158,7 @@ class Agent:
         )
         self._active: int | None = None  # the campaign being driven (one at a time)
         self._withdrawals: set[int] = set()  # withdrawals the active campaign has yet to act on
-        self._carried: dict[int, DirectorMetadata] = {}  # signed Director files a notice carried, used once
+        self._carried: dict[int, Carried] = {}  # signed metadata files a notice carried, used once
         config.state_dir.mkdir(parents=True, exist_ok=True)
         try:
             self.journal = Journal(config.state_dir / "journal.json", durable=config.durable)
@@ -300,8 +300,8 @@ class Agent:
         elif record.nonce != notice.nonce:
             record = replace(record, nonce=notice.nonce, notice=stored(notice))
             self.journal.record(record)
-        if notice.director_metadata is not None:
-            self._carried[notice.campaign_id] = notice.director_metadata
+        if notice.director_metadata is not None or notice.image_metadata is not None:
+            self._carried[notice.campaign_id] = Carried(notice.director_metadata, notice.image_metadata)
         return await self._drive(record)
 
     async def flush(self) -> None:
@@ -432,8 +432,8 @@ class Agent:
         verified = await self._blocking(self._downloads.verifier.verify, self._take_carried())
         return Offer.of(verified.assignments, verified.consent, verified.consent_problem)
 
-    def _take_carried(self) -> DirectorMetadata | None:
-        """The active campaign's carried Director files, once: a later refresh fetches."""
+    def _take_carried(self) -> Carried | None:
+        """The active campaign's carried metadata files, once: a later refresh fetches."""
         return self._carried.pop(self._active, None) if self._active is not None else None
 
     async def _fail(self, record: CampaignRecord, exc: UpdateFailed) -> CampaignRecord:

@@ -18,13 +18,14 @@ from typing import TYPE_CHECKING
 
 from firmware_bundles.assignment import Assignment
 from firmware_bundles.consent import images_key
-from firmware_bundles.messages import DirectorMetadata, FailureReason, Preconditions
+from firmware_bundles.messages import FailureReason, Preconditions
 from vehicle_agent.config import AgentConfig
 from vehicle_agent.errors import UpdateFailed
 from vehicle_agent.gate import ConsentOutdated, HeldAtDownload, check
 from vehicle_agent.installer import SlotBackend, check_bundle
 from vehicle_agent.journal import Journal, Target
 from vehicle_agent.vehicle import VehicleState
+from vehicle_agent.verifier import Carried
 
 if TYPE_CHECKING:
     from vehicle_agent.delta import DeltaApplier
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 class DownloadStep:
     """Verify the metadata, decide what each ECU needs, fetch it (a delta when one applies), check it.
 
-    ``carried`` hands over the Director files a notice carried (once); ``journal`` is read for
+    ``carried`` hands over the metadata files a notice carried (once); ``journal`` is read for
     the installed versions and keeps the recall floors this step raises.
     """
 
@@ -48,7 +49,7 @@ class DownloadStep:
         journal: Journal,
         slots: Mapping[str, SlotBackend],
         vehicle: VehicleState,
-        carried: Callable[[], DirectorMetadata | None],
+        carried: Callable[[], Carried | None],
         monotonic: Callable[[], float] = time.monotonic,
         download_sleep: Callable[[float], None] = time.sleep,
     ) -> None:

@@ -116,8 +116,8 @@ def outside_window(record: CampaignRecord, now: datetime) -> Hold | None:
 
 
 def stored(notice: CampaignNotice) -> str:
-    """The notice as the journal keeps it: without the signed Director files it carried (used once)."""
-    return notice.model_dump_json(exclude_none=True, exclude={"director_metadata"})
+    """The notice as the journal keeps it: without the signed metadata files it carried (used once)."""
+    return notice.model_dump_json(exclude_none=True, exclude={"director_metadata", "image_metadata"})
 
 
 def notice_of(record: CampaignRecord) -> CampaignNotice | None:

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from tuf.api import exceptions as tuf_exceptions
 from tuf.api.metadata import Metadata, Targets, Timestamp
@@ -37,7 +38,7 @@ from tuf.ngclient import FetcherInterface, Updater
 from firmware_bundles import repo_paths
 from firmware_bundles.consent import CONSENT_FIELD, SignedConsent
 from firmware_bundles.errors import TargetMismatch
-from firmware_bundles.messages import DirectorMetadata, FailureReason
+from firmware_bundles.messages import CarriedMetadata, DirectorMetadata, FailureReason, ImageMetadata
 from firmware_bundles.uptane import Assignment, assignments_for, check_image_agrees
 from firmware_bundles.window import WINDOW_FIELD, InstallWindow
 from vehicle_agent.config import AgentConfig
@@ -91,11 +92,22 @@ def _tuf_errors(repository: str) -> Iterator[None]:
 _CARRIED_NAME = re.compile(r"^(?:\d+\.)?(timestamp|snapshot|targets)\.json$")
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Carried:
+    """What a notice carried for the verifier: the Director's files for this car, the Image repository's."""
+
+    director: DirectorMetadata | None = None
+    image: ImageMetadata | None = None
+
+
 class CarriedFetcher(FetcherInterface):
-    """Answers the Director's timestamp, snapshot and targets from a notice's bytes, once each;
+    """Answers a repository's timestamp, snapshot and targets from a notice's bytes, once each;
     any other URL (root probes, a second ask) goes to ``network``."""
 
-    def __init__(self, network: FetcherInterface, base_url: str, carried: DirectorMetadata) -> None:
+    def __init__(self, network: FetcherInterface, base_url: str, carried: CarriedMetadata) -> None:
         self._network = network
         self._base = base_url
         self._files = {role: getattr(carried, role).encode() for role in ("timestamp", "snapshot", "targets")}
@@ -142,6 +154,8 @@ class Verifier:
         self.director_dir = metadata / "director"
         # why the last carried Director metadata was refused (None: used, or none carried)
         self.carried_refusal: UpdateFailed | None = None
+        # the same for the last carried Image repository metadata
+        self.carried_image_refusal: UpdateFailed | None = None
 
     def _updater(self, directory: Path, url: str, root: bytes) -> Updater:
         directory.mkdir(parents=True, exist_ok=True)
@@ -149,23 +163,35 @@ class Verifier:
         # verified are found again in directory/root_history before any download.
         return Updater(str(directory), url, fetcher=self._fetcher, bootstrap=root)
 
-    def verify(self, carried: DirectorMetadata | None = None) -> VerifiedTargets:
+    def verify(self, carried: Carried | DirectorMetadata | None = None) -> VerifiedTargets:
         """Refresh Director then Image metadata; raise :class:`UpdateFailed` on any refusal.
 
-        ``carried``: the Director's files from the notice, tried first (see the module's note).
+        ``carried``: the files from the notice, tried first (see the module's note).
         """
         cfg = self._config
+        given = carried if isinstance(carried, Carried) else Carried(director=carried)
         url = repo_paths.director_metadata_url(cfg.repo_url, cfg.vin)
-        director = self._carried(url, carried) if carried is not None else None
+        self.carried_refusal = self.carried_image_refusal = None
+        director = None
+        if given.director is not None:
+            director = self._carried(
+                "director", self.director_dir, url, cfg.director_root, given.director, self._director
+            )
         if director is None:
             with _tuf_errors("director"):
                 director = self._director(self.director_dir, self._updater(self.director_dir, url, cfg.director_root))
         assignments, consent, problem, window = director
-        with _tuf_errors("image repository"):
-            image = self._updater(self.image_dir, repo_paths.image_metadata_url(cfg.repo_url), cfg.image_root)
-            image.refresh()
-            for assignment in assignments:
-                check_image_agrees(assignment, image.get_targetinfo(assignment.path))
+        image_url = repo_paths.image_metadata_url(cfg.repo_url)
+        image = None
+        if given.image is not None:
+            image = self._carried(
+                "image repository", self.image_dir, image_url, cfg.image_root, given.image, _refreshed(assignments)
+            )
+        if image is None:
+            with _tuf_errors("image repository"):
+                image = _refreshed(assignments)(
+                    self.image_dir, self._updater(self.image_dir, image_url, cfg.image_root)
+                )
         return VerifiedTargets(tuple(assignments), image, consent, problem, window)
 
     def _director(self, directory: Path, updater: Updater) -> _Director:
@@ -176,37 +202,64 @@ class Verifier:
         consent, problem = _signed_consent(signed)
         return assignments, consent, problem, _signed_window(signed)
 
-    def _carried(self, url: str, carried: DirectorMetadata) -> _Director | None:
-        """The Director refreshed from carried bytes in a scratch copy, kept only if all of it passed."""
-        self.carried_refusal = None
-        self.director_dir.mkdir(parents=True, exist_ok=True)
-        scratch = Path(tempfile.mkdtemp(prefix=".carried-", dir=self.director_dir.parent))
+    def _carried(
+        self,
+        repository: str,
+        directory: Path,
+        url: str,
+        root: bytes,
+        carried: CarriedMetadata,
+        refresh: Callable[[Path, Updater], T],
+    ) -> T | None:
+        """``refresh`` from carried bytes in a scratch copy of ``directory``, kept only if all of it passed.
+
+        None (and the reason in :attr:`carried_refusal` or :attr:`carried_image_refusal`) when refused.
+        """
+        directory.mkdir(parents=True, exist_ok=True)
+        scratch = Path(tempfile.mkdtemp(prefix=".carried-", dir=directory.parent))
         try:
-            shutil.copytree(self.director_dir, scratch, symlinks=True, dirs_exist_ok=True)
+            shutil.copytree(directory, scratch, symlinks=True, dirs_exist_ok=True)
             fetcher = CarriedFetcher(self._fetcher, url, carried)
-            updater = Updater(str(scratch), url, fetcher=fetcher, bootstrap=self._config.director_root)
+            updater = Updater(str(scratch), url, fetcher=fetcher, bootstrap=root)
             trusted = _timestamp_version(scratch)
-            with _tuf_errors("director (carried in the notice)"):
-                found = self._director(scratch, updater)
+            with _tuf_errors(f"{repository} (carried in the notice)"):
+                found = refresh(scratch, updater)
             if trusted is not None and _timestamp_version(scratch) == trusted:
                 # python-tuf keeps an equal timestamp silently: carried, it is a replay of
-                # what the car has (which would hide a newer assignment), so ask the server
+                # what the car has (which would hide newer metadata), so ask the server
                 raise UpdateFailed(
-                    FailureReason.METADATA_ROLLBACK, f"director: carried timestamp version {trusted} is not newer"
+                    FailureReason.METADATA_ROLLBACK, f"{repository}: carried timestamp version {trusted} is not newer"
                 )
-            _keep(scratch, self.director_dir)
+            _keep(scratch, directory)
             return found
         except UpdateFailed as exc:
-            self.carried_refusal = exc
+            director = directory == self.director_dir
+            if director:
+                self.carried_refusal = exc
+            else:
+                self.carried_image_refusal = exc
             log.warning(
-                "%s: carried Director metadata refused (%s: %s); fetching it over HTTP",
+                "%s: carried %s metadata refused (%s: %s); fetching it over HTTP",
                 self._config.vin,
+                "Director" if director else "Image",
                 exc.reason.value,
                 exc.detail,
             )
             return None
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _refreshed(assignments: list[Assignment]) -> Callable[[Path, Updater], Updater]:
+    """Refresh the Image repository and check every assignment agrees with it."""
+
+    def refresh(_directory: Path, image: Updater) -> Updater:
+        image.refresh()
+        for assignment in assignments:
+            check_image_agrees(assignment, image.get_targetinfo(assignment.path))
+        return image
+
+    return refresh
 
 
 _Director = tuple[list[Assignment], SignedConsent | None, str, InstallWindow | None]

@@ -15,14 +15,21 @@ the :meth:`CampaignFleet.notices` call that follows it in the same tick.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from firmware_bundles.messages import CARRIED_FILE_CHARS, MAX_MESSAGE_BYTES, CampaignNotice, DirectorMetadata, encode
+from firmware_bundles.messages import (
+    CARRIED_FILE_CHARS,
+    MAX_MESSAGE_BYTES,
+    CampaignNotice,
+    DirectorMetadata,
+    ImageMetadata,
+    encode,
+)
 from firmware_bundles.window import InstallWindow
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.domain.rollout_plan import RolloutPlan
@@ -55,6 +62,26 @@ def _install_windows(session: Session, plan: RolloutPlan, vins: Sequence[str]) -
     return {vin: InstallWindow.of(zones.get(vin) or plan.default_time_zone, shape).to_json() for vin in vins}
 
 
+def image_files(read: Callable[[str], bytes]) -> ImageMetadata | None:
+    """The Image repository's three files as ``read`` serves them (None: one is missing or too big)."""
+    try:
+        files = {name: read(f"{name}.json").decode() for name in ("timestamp", "snapshot", "targets")}
+    except Exception:  # the notice goes without: the car fetches them
+        log.warning("Image metadata not readable for the notices: sent without", exc_info=True)
+        return None
+    if max(map(len, files.values())) > CARRIED_FILE_CHARS:
+        return None
+    return ImageMetadata(**files)
+
+
+def with_image(notice: CampaignNotice, image: ImageMetadata | None) -> CampaignNotice:
+    """``notice`` with the Image repository's files, or as it is when they would not fit."""
+    if image is None:
+        return notice
+    carried = notice.model_copy(update={"image_metadata": image})
+    return carried if len(encode(carried)) <= MAX_MESSAGE_BYTES else notice
+
+
 def carrying(notice: CampaignNotice, chain: Chain | None) -> CampaignNotice:
     """``notice`` with the car's signed Director files, or as it is when they would not fit."""
     if chain is None:
@@ -73,14 +100,23 @@ def carrying(notice: CampaignNotice, chain: Chain | None) -> CampaignNotice:
 
 class CampaignFleet:
     def __init__(
-        self, director: Director, repo_url: str, owner_links: OwnerLinks | None = None, *, carry_metadata: bool = False
+        self,
+        director: Director,
+        repo_url: str,
+        owner_links: OwnerLinks | None = None,
+        *,
+        carry_metadata: bool = False,
+        image_metadata: Callable[[str], bytes] | None = None,
     ) -> None:
         """``owner_links``: each car's notice carries its owner-page link (none without).
-        ``carry_metadata``: notices carry each car's signed Director files (agents that know the field only)."""
+        ``carry_metadata``: notices carry each car's signed Director files (agents that know the field only).
+        ``image_metadata``: reads an Image repository file as served; with ``carry_metadata`` the notices
+        carry the three (read once per call, the same for every car) when they still fit."""
         self._director = director
         self._repo_url = repo_url
         self._owner_links = owner_links
         self._carry = carry_metadata
+        self._image = image_metadata if carry_metadata else None
         self._signed: dict[str, Chain] = {}  # what the last assign signed, for the notices that follow
 
     def join_late(self, session: Session, campaign: Campaign, recall: Recall, now: datetime) -> int:
@@ -130,8 +166,9 @@ class CampaignFleet:
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
     ) -> list[Outbound]:
         signed, self._signed = self._signed, {}
+        image = image_files(self._image) if self._image is not None and cars else None
         return [
-            carrying(notice, signed.get(notice.vin))
+            with_image(carrying(notice, signed.get(notice.vin)), image)
             for notice in campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links)
         ]
 

@@ -307,7 +307,7 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
             "kind": m.kind,
             "nonce": m.nonce,
             # the notice as sent, less the signed files it may carry (kept as the Director's rows)
-            "payload": m.model_dump(mode="json", exclude_none=True, exclude={"director_metadata"}),
+            "payload": m.model_dump(mode="json", exclude_none=True, exclude={"director_metadata", "image_metadata"}),
             "published_at": now,
         }
         for m in published
