@@ -78,10 +78,10 @@ from vehicle_agent.owner import OwnerHook
 from vehicle_agent.reporting import MANIFEST_INTERVAL, Reporter, check_report_key
 from vehicle_agent.retrying import Retrying
 from vehicle_agent.vehicle import VehicleState, vehicle_state
-from vehicle_agent.verifier import Carried
 
 if TYPE_CHECKING:
     from vehicle_agent.transport import Transport
+    from vehicle_agent.verifier import Carried
 
 log = logging.getLogger(__name__)
 
@@ -301,6 +301,8 @@ class Agent:
             record = replace(record, nonce=notice.nonce, notice=stored(notice))
             self.journal.record(record)
         if notice.director_metadata is not None or notice.image_metadata is not None:
+            from vehicle_agent.verifier import Carried  # python-tuf loads only once a notice comes
+
             self._carried[notice.campaign_id] = Carried(notice.director_metadata, notice.image_metadata)
         return await self._drive(record)
 

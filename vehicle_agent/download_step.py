@@ -25,13 +25,12 @@ from vehicle_agent.gate import ConsentOutdated, HeldAtDownload, check
 from vehicle_agent.installer import SlotBackend, check_bundle
 from vehicle_agent.journal import Journal, Target
 from vehicle_agent.vehicle import VehicleState
-from vehicle_agent.verifier import Carried
 
 if TYPE_CHECKING:
     from vehicle_agent.delta import DeltaApplier
     from vehicle_agent.fetcher import BundleFetcher
     from vehicle_agent.transport import Transport
-    from vehicle_agent.verifier import Verifier
+    from vehicle_agent.verifier import Carried, Verifier
 
 
 class DownloadStep:
