@@ -293,6 +293,7 @@ class Measured:
     report_bytes: int = 0
     status_messages: int = 0  # messages the cars sent with their steps (a lone report or a batch)
     manifest_messages: int = 0  # version manifests the cars sent (the rest of their status messages)
+    manifests_in_batches: int = 0  # version manifests that rode in a report batch (no message of their own)
     reports_persisted: int = 0
     ingested: float = 0.0
     server_cpu_s: float = 0.0
@@ -505,6 +506,7 @@ def run(options: Options, console: Console) -> Measured:
         measured.report_bytes = stats.report_bytes
         measured.status_messages = stats.status_messages
         measured.manifest_messages = stats.manifest_messages
+        measured.manifests_in_batches = stats.manifests_in_batches
         measured.fleet = stats.as_json()
         measured.reports_persisted = car_events(url, measured.campaign_id)
         measured.notices = [round(t - launched, 3) for t in observer.notices(measured.campaign_id)]
@@ -605,6 +607,9 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         # the messages that carried the steps (several consecutive steps share one signed batch)
         "report_messages_per_car": round(measured.status_messages / options.cars, 2) if options.cars else None,
         "manifest_messages_per_car": round(measured.manifest_messages / options.cars, 2) if options.cars else None,
+        "manifests_in_batches_per_car": (
+            round(measured.manifests_in_batches / options.cars, 2) if options.cars else None
+        ),
         "raw_broker": measured.raw.as_json() if measured.raw else None,
         "cores": os.cpu_count(),
         "cpu_seconds_launch_to_done": _cpu_summary(measured),
@@ -716,6 +721,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         ),
         ("report messages per car (steps share signed batches)", _fmt(result.get("report_messages_per_car"))),
         ("manifest messages per car", _fmt(result.get("manifest_messages_per_car"))),
+        ("manifests riding in report batches per car", _fmt(result.get("manifests_in_batches_per_car"))),
         ("server CPU per car", _fmt(result["server_cpu_ms_per_car"], "ms")),
         ("CPU per car: workers / PostgreSQL", _per_car_row(result)),
         ("peak RSS server", _fmt(rss["server"], "MiB")),

@@ -100,6 +100,7 @@ class FleetStats:
     status_messages: int = 0  # messages that carried them (a lone report or a batch), re-sends included
     status_message_bytes: int = 0  # those messages' encoded size
     manifest_messages: int = 0  # version manifests the broker acknowledged (also status messages a car sends)
+    manifests_in_batches: int = 0  # version manifests that rode in a report batch (no message of their own)
     sent_by_state: dict[str, int] = field(default_factory=dict)
     errors: int = 0  # agents that stopped on an exception
     power_cuts: int = 0
@@ -499,6 +500,8 @@ class InProcessFleet:
             return
         stats.status_messages += 1
         stats.status_message_bytes += len(encode(message))
+        if isinstance(message, ReportBatch) and message.manifest is not None:
+            stats.manifests_in_batches += 1
         for report in message.reports if isinstance(message, ReportBatch) else (message,):
             key = (report.vin, report.campaign_id, report.attempt, report.deferrals, report.state.value)
             if key in self._sent:

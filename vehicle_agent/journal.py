@@ -358,12 +358,6 @@ class Journal:
         self.data.manifest_at = made_at
         self.save()
 
-    def manifest_delivered(self, manifest: VersionManifest) -> None:
-        """Drop ``manifest`` once the link took it, unless a newer one replaced it meanwhile."""
-        if self.data.manifest is manifest:
-            self.data.manifest = None
-            self.save()
-
     def enqueue(self, report: StatusReport) -> None:
         self._append(report)
         self.save()
@@ -381,12 +375,18 @@ class Journal:
             self.data.outbox.remove(report)
             self.save()
 
-    def acknowledge_all(self, reports: Sequence[StatusReport]) -> None:
-        """Drop the steps one message carried, in one write (each only if still in the outbox)."""
+    def acknowledge_all(self, reports: Sequence[StatusReport], manifest: VersionManifest | None = None) -> None:
+        """Drop what one message carried, in one write: its steps (each only if still in the
+        outbox) and ``manifest`` (unless a newer one replaced it meanwhile)."""
         sent = {id(r) for r in reports}
         kept = [r for r in self.data.outbox if id(r) not in sent]
-        if len(kept) != len(self.data.outbox):
+        changed = len(kept) != len(self.data.outbox)
+        if changed:
             self.data.outbox[:] = kept
+        if manifest is not None and self.data.manifest is manifest:
+            self.data.manifest = None
+            changed = True
+        if changed:
             self.save()
 
 

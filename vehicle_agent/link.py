@@ -82,8 +82,8 @@ class FakeLink:
     def __init__(self, vin: str) -> None:
         self.filter = NoticeFilter(vin)
         self.reports: list[StatusReport] = []  # every step sent, a batch's in order
-        self.manifests: list[VersionManifest] = []
-        self.batches: list[ReportBatch] = []  # the batches as sent (their steps are in ``reports`` too)
+        self.manifests: list[VersionManifest] = []  # every manifest sent, alone or in a batch
+        self.batches: list[ReportBatch] = []  # the batches as sent (their steps and manifests are above too)
         self.online = True
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -119,6 +119,8 @@ class FakeLink:
         elif isinstance(report, ReportBatch):
             self.batches.append(report)
             self.reports.extend(report.reports)
+            if report.manifest is not None:
+                self.manifests.append(report.manifest)
         else:
             self.reports.append(report)
 

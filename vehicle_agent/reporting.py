@@ -26,6 +26,7 @@ from firmware_bundles.messages import (
     ReportBatch,
     ReportState,
     StatusReport,
+    VersionManifest,
     encode,
 )
 from vehicle_agent.config import AgentConfig
@@ -127,47 +128,62 @@ class Reporter:
 
         return sign_report(message, signer)
 
-    def _next_message(self, outbox: list[StatusReport]) -> tuple[StatusReport | ReportBatch, list[StatusReport]]:
-        """The next message of the outbox and the steps it carries: the first step alone without a
-        linger, else the steps that fit one batch (count and bytes), a lone one as a plain report."""
-        if self._config.report_linger_s <= 0:
-            return self._signed(outbox[0]), outbox[:1]
-        steps: list[StatusReport] = []
+    def _next_message(
+        self, outbox: list[StatusReport], manifest: VersionManifest | None
+    ) -> tuple[StatusReport | ReportBatch | VersionManifest, list[StatusReport], VersionManifest | None]:
+        """The next message, the steps it carries and the pending manifest if it carries that too.
+
+        Without a linger: the pending manifest alone, then each step alone. With one: the steps
+        that fit one batch (count and bytes), the pending manifest riding in the same signed
+        batch (one message, one signature, one journal write instead of two of each); a lone
+        step without a manifest goes as a plain report, a manifest with no step as itself.
+        """
+        lingering = self._config.report_linger_s > 0
+        if manifest is not None and (not outbox or not lingering):
+            return manifest, [], manifest
+        if not lingering:
+            return self._signed(outbox[0]), outbox[:1], None
         room = MAX_MESSAGE_BYTES - _BATCH_ENVELOPE_BYTES
+        carried: VersionManifest | None = None
+        if manifest is not None:
+            carried = manifest if manifest.signature is None else manifest.model_copy(update={"signature": None})
+            room -= len(encode(carried)) + len('"manifest":,')
+        steps: list[StatusReport] = []
         for report in outbox[:MAX_BATCH_REPORTS]:
             step = report if report.signature is None else report.model_copy(update={"signature": None})
-            room -= len(encode(step)) + 1
-            if steps and room < 0:
+            size = len(encode(step)) + 1
+            if steps and size > room:
                 break
+            room -= size
             steps.append(step)
-        if len(steps) == 1:
-            return self._signed(outbox[0]), outbox[:1]
-        batch = ReportBatch(vin=self._config.vin, reports=tuple(steps), sent_at=self._clock())
-        return self._signed(batch), outbox[: len(steps)]
+        if manifest is not None and room < 0:  # the manifest and a step do not fit one message: it goes alone, first
+            return manifest, [], manifest
+        if len(steps) == 1 and carried is None:
+            return self._signed(outbox[0]), outbox[:1], None
+        batch = ReportBatch(vin=self._config.vin, reports=tuple(steps), manifest=carried, sent_at=self._clock())
+        return self._signed(batch), outbox[: len(steps)], manifest
 
     async def flush(self) -> None:
-        """Send the pending manifest, then the outbox in order; stop quietly at the first the link cannot take.
+        """Send the pending manifest and the outbox in order; stop quietly at the first the link cannot take.
 
-        The manifest goes first: after an install it shows the new images before the report
-        that calls the car remedied. Each message is signed as it goes; its steps leave the
-        outbox only once the link took it (a crash before that sends them again: the server
-        counts a step once).
+        The manifest goes first, or inside the first batch (the server records a batch's
+        manifest after its steps, in the same transaction): after an install it shows the new
+        images no later than the report that calls the car remedied. Each message is signed as
+        it goes; what it carried leaves the journal only once the link took it (a crash before
+        that sends it again: the server counts a step once and a manifest's counter once).
         """
         async with self._sending:
-            manifest = self._journal.data.manifest
-            if manifest is not None:
-                try:
-                    await self._link.send(manifest)
-                except LinkDown:
+            while True:
+                manifest = self._journal.data.manifest
+                outbox = list(self._journal.data.outbox)
+                if manifest is None and not outbox:
                     return
-                self._journal.manifest_delivered(manifest)
-            while outbox := list(self._journal.data.outbox):
-                message, steps = self._next_message(outbox)
+                message, steps, sent_manifest = self._next_message(outbox, manifest)
                 try:
                     await self._link.send(message)
                 except LinkDown:
                     return
-                self._journal.acknowledge_all(steps)
+                self._journal.acknowledge_all(steps, sent_manifest)
 
     async def flush_soon(self) -> None:
         """A step was journaled: send it after the linger, with the steps that follow it meanwhile

@@ -21,6 +21,9 @@ consecutive steps in one message under one signature. It is checked once, as a r
 rejection reasons; one that fails is one rejected message and stores none of its steps), charges the
 car's token bucket one token per step (:meth:`Budgets.spend_car`), and then each step goes through
 exactly what a lone report goes through, in the order given, with the message's ``received_at``.
+A batch may carry the car's version manifest (the agent's install manifest rides with the
+remedied step): covered by the batch's signature, charged one more token, and applied after the
+steps exactly as a manifest that came alone.
 
 A version manifest (``kind: manifest``) on a car's status topic is checked the same way (the
 VIN in the message is the topic's, signed by that car's key) and applied in the same batch and
@@ -340,7 +343,8 @@ def _paid(batch: _Batch, report: Signed, budgets: Budgets) -> str | None:
             extra={"vin": report.vin},
         )
         return problem
-    steps = len(report.reports) if isinstance(report, ReportBatch) else 1
+    # a batch pays for each step and for the manifest it carries, as if each had come alone
+    steps = len(report.reports) + (report.manifest is not None) if isinstance(report, ReportBatch) else 1
     return None if budgets.spend_car(report.vin, steps) else FLOOD
 
 
@@ -388,6 +392,8 @@ def _apply_status_reports(
         seen[message.vin] = max(item.received_at, seen.get(message.vin, item.received_at))
         for report in _steps(message):
             _apply_step(batch, report, item.received_at, outcome, events)
+        if isinstance(message, ReportBatch) and message.manifest is not None:  # after its steps, as if alone
+            verified.append((message.manifest, item.received_at))
     transitions.write_car_rows(session, batch.rows.values())
     transitions.record_car_events(session, events)
     _saw(session, seen)

@@ -21,10 +21,20 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
 from firmware_bundles import topics
-from firmware_bundles.messages import FailureReason, ReportBatch, ReportState, StatusReport, encode
+from firmware_bundles.messages import (
+    EcuManifest,
+    FailureReason,
+    ManifestReason,
+    ReportBatch,
+    ReportState,
+    StatusReport,
+    VersionManifest,
+    encode,
+)
 from firmware_bundles.report_signing import sign_report
+from firmware_bundles.uptane import bundle_target_path
 from tests.ota_server.conftest import Env, make_settings, running
-from tests.ota_server.helpers import REPORT_KEYS, launched, vin
+from tests.ota_server.helpers import HW, REPORT_KEYS, launched, vin
 
 S = ReportState
 STEPS = (S.NOTIFIED, S.DOWNLOADING, S.VERIFYING, S.INSTALLING, S.REBOOTING, S.REMEDIED)
@@ -39,9 +49,11 @@ def step(cid: int, v: str, nonce: str, state: ReportState, **fields: Any) -> Sta
     )
 
 
-def signed_batch(v: str, steps: list[StatusReport], signer: CryptoSigner | None = None) -> tuple[str, bytes]:
-    """``steps`` in one report batch on ``v``'s status topic, signed by ``signer`` or ``v``'s own key."""
-    message = ReportBatch(vin=v, reports=tuple(steps), sent_at=datetime(2026, 3, 1, tzinfo=UTC))
+def signed_batch(
+    v: str, steps: list[StatusReport], signer: CryptoSigner | None = None, manifest: VersionManifest | None = None
+) -> tuple[str, bytes]:
+    """``steps`` (and ``manifest``) in one report batch on ``v``'s topic, signed by ``signer`` or ``v``'s own key."""
+    message = ReportBatch(vin=v, reports=tuple(steps), manifest=manifest, sent_at=datetime(2026, 3, 1, tzinfo=UTC))
     return topics.status_topic(v), encode(sign_report(message, signer or REPORT_KEYS[v]))
 
 
@@ -270,3 +282,89 @@ async def test_a_batch_does_exactly_what_its_steps_sent_alone_do(env: Env) -> No
         assert [{k: h[k] for k in h if k not in strip} for h in car_a["history"]] == [
             {k: h[k] for k in h if k not in strip} for h in car_b["history"]
         ], (a, b)
+
+
+def install_manifest(v: str, counter: int, version: str = "1.1.0") -> VersionManifest:
+    """The agent's install manifest as it rides in a batch: unsigned, the Director's target named."""
+    return VersionManifest(
+        vin=v,
+        counter=counter,
+        reason=ManifestReason.INSTALL,
+        agent_version="test",
+        ecus=(
+            EcuManifest(
+                ecu_serial=f"S-{v[-6:]}",
+                hardware_id=HW,
+                version=version,
+                target_path=bundle_target_path(HW, version),
+            ),
+        ),
+        sent_at=datetime(2026, 3, 1, tzinfo=UTC),
+    )
+
+
+async def _ecu(env: Env, v: str) -> dict[str, Any]:
+    body = await env.get_json(f"/api/v1/vehicles/{v}")
+    first: dict[str, Any] = body["ecus"][0]
+    return first
+
+
+async def test_a_batch_carrying_the_install_manifest_records_the_steps_then_the_cars_word(either_env: Env) -> None:
+    env = either_env
+    cid, v, nonce = await _one_car(env)
+    await env.inject(signed_batch(v, [step(cid, v, nonce, s) for s in STEPS], manifest=install_manifest(v, 2)))
+    car = await _car(env, v)
+    assert car["state"] == "remedied"  # over the air by its own report, not "remedied at dealer" by the manifest
+    assert [h["state"] for h in car["history"]] == [s.value for s in STEPS]
+    ecu = await _ecu(env, v)
+    assert (ecu["installed_version"], ecu["source"]) == ("1.1.0", "reported")
+    stats = await _stats(env)
+    assert (stats["accepted"], stats["manifests"], stats["rejected"]) == (6, 1, {})
+    assert (await env.get_json("/api/v1/discrepancies"))["items"] == []
+
+
+async def test_a_batch_replayed_with_its_manifest_counts_duplicates_and_moves_nothing_back(env: Env) -> None:
+    cid, v, nonce = await _one_car(env)
+    first = signed_batch(v, [step(cid, v, nonce, s) for s in STEPS], manifest=install_manifest(v, 2))
+    await env.inject(first)
+    newer = VersionManifest.model_validate(install_manifest(v, 3, version="1.0.0").model_dump())
+    await env.inject((topics.status_topic(v), encode(sign_report(newer, REPORT_KEYS[v]))))
+    await env.inject(first)  # the old batch again: its steps are duplicates, its manifest is older than counter 3
+    stats = await _stats(env)
+    assert (stats["accepted"], stats["duplicates"], stats["manifests"]) == (6, 6, 2)
+    assert stats["rejected"] == {"manifest_replayed": 1}
+    assert (await _ecu(env, v))["installed_version"] == "1.0.0"  # the newest word stands
+
+
+async def test_a_manifest_changed_inside_a_signed_batch_stores_neither_it_nor_the_steps(env: Env) -> None:
+    cid, v, nonce = await _one_car(env)
+    topic, payload = signed_batch(v, [step(cid, v, nonce, s) for s in STEPS], manifest=install_manifest(v, 2))
+    tampered = payload.replace(b'"counter":2', b'"counter":7')
+    assert tampered != payload
+    await env.inject((topic, tampered))
+    stats = await _stats(env)
+    assert (stats["accepted"], stats["manifests"], stats["rejected"]) == (0, 0, {"bad_signature": 1})
+    assert (await _car(env, v))["history"] == []
+    ecu = await _ecu(env, v)
+    assert ecu["reported_at"] is None and ecu["installed_version"] == "1.0.0"
+
+
+async def test_a_batch_with_another_cars_manifest_is_refused_at_the_edge(env: Env) -> None:
+    cid, v, nonce = await _one_car(env)
+    other = install_manifest(vin(2), 2)
+    message = ReportBatch(
+        vin=v, reports=(step(cid, v, nonce, S.NOTIFIED),), manifest=other, sent_at=datetime(2026, 3, 1, tzinfo=UTC)
+    )
+    assert env.runtime.ingestor.submit(topics.status_topic(v), encode(sign_report(message, REPORT_KEYS[v]))) is False
+    assert (await _stats(env))["rejected"] == {"malformed": 1}
+    assert (await _car(env, v))["history"] == []
+
+
+async def test_a_batch_pays_a_token_for_the_manifest_it_carries(slow_env: Env) -> None:
+    env = slow_env
+    cid, v, nonce = await _one_car(env)
+    first = signed_batch(v, [step(cid, v, nonce, s) for s in STEPS[:3]], manifest=install_manifest(v, 2))  # 4 -> 0
+    second = signed_batch(v, [step(cid, v, nonce, STEPS[3])])
+    await env.inject(first, second)
+    stats = await _stats(env)
+    assert (stats["accepted"], stats["manifests"], stats["rejected"]) == (3, 1, {"flood": 1})

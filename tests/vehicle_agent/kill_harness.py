@@ -8,7 +8,7 @@ file (delivered at every start, like a retained MQTT message), the report file (
 
 * ``kill_at``: a boundary label with its occurrence, e.g. ``step:installing#1``. Labels
   are emitted after every journal write (``step:<state>`` for a step and its report,
-  ``boot-attempt``, ``installed``, ``ack:<state>``), after every report reaches the
+  ``boot-attempt``, ``installed``, ``ack:<state>``, ``ack:manifest:<reason>``), after every report reaches the
   server (``sent:<state>``) and after every boot-state change (``boot:<transition>``);
 * ``kill_download_at`` / ``kill_write_at``: a byte offset in the bundle download or the
   slot write.
@@ -208,10 +208,12 @@ def _label_journal(hook: Hook) -> None:
         queue_manifest(self, manifest, made_at)
         hook(f"manifest:{manifest.reason.value}")
 
-    def on_ack(self: Journal, reports: Sequence[StatusReport]) -> None:
-        acknowledge(self, reports)
+    def on_ack(self: Journal, reports: Sequence[StatusReport], manifest: VersionManifest | None = None) -> None:
+        acknowledge(self, reports, manifest)
         for report in reports:
             hook(f"ack:{report.state.value}")
+        if manifest is not None:
+            hook(f"ack:manifest:{manifest.reason.value}")
 
     Journal.record = on_record  # type: ignore[method-assign]
     Journal.set_installed = on_installed  # type: ignore[method-assign]

@@ -44,9 +44,11 @@ def _step(state: ReportState) -> list[str]:
 # (boot:set_try); the rebooting step counts its attempt, boots the tried slot, commits it
 # and records the installed version before remedied; the owner is then told the result,
 # which is logged last (a restart before that tells them again). The version manifest is
-# journaled at start and once the install is committed (sent ahead of the remedied report).
+# journaled at start and once the install is committed (sent ahead of the remedied report,
+# or with it in one batch when the agent lingers); each is dropped from the journal once sent.
 BOUNDARIES = [
     "manifest:start#1",
+    "ack:manifest:start#1",
     *_step(S.NOTIFIED),
     *_step(S.DOWNLOADING),
     *_step(S.VERIFYING),
@@ -58,7 +60,10 @@ BOUNDARIES = [
     "boot:commit#1",
     "installed#1",
     "manifest:install#1",
-    *_step(S.REMEDIED),
+    "step:remedied#1",
+    "ack:manifest:install#1",
+    "sent:remedied#1",
+    "ack:remedied#1",
     "record:remedied#1",
 ]
 
@@ -250,7 +255,9 @@ def test_with_a_linger_killed_at_every_send_the_restart_finishes_the_update(tmp_
     assert {label.split(":")[1].split("#")[0] for label in cuts} == {s.value for s in S if not s.terminal} - {
         "deferred",
         "consented",
-    } | {"remedied"}
+    } | {"remedied", "manifest"}
+    # the install manifest rides in the batch with the remedied step: dropped with it, in one write
+    assert passed.index("ack:manifest:install#1") == passed.index("ack:remedied#1") + 1
     for n, boundary in enumerate(cuts):
         fleet = fresh(f"cut-{n}")
         assert fleet.run(kill_at=boundary, expect_killed=True, linger=0.5)[-1] == boundary

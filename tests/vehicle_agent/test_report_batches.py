@@ -18,9 +18,11 @@ import pytest
 from firmware_bundles.messages import (
     MAX_BATCH_REPORTS,
     MAX_MESSAGE_BYTES,
+    EcuManifest,
     ManifestReason,
     ReportState,
     StatusReport,
+    VersionManifest,
     encode,
 )
 from firmware_bundles.report_signing import generate_report_key, private_key_pem, sign_report, verify_report
@@ -90,8 +92,11 @@ async def test_steps_within_the_linger_go_as_one_batch_signed_by_the_car(car: Ca
     verify_report(batch, KEY.public_key)  # one signature over all six
     assert [r.state for r in batch.reports] == EVERY_STEP
     assert all(r.signature is None for r in batch.reports)
-    assert car.link.manifests[-1].reason is ManifestReason.INSTALL  # sent ahead of the remedied step
-    assert car.agent.journal.data.outbox == []
+    # the install manifest rides in the same signed batch (the server records it after the steps)
+    assert batch.manifest is not None and batch.manifest.reason is ManifestReason.INSTALL
+    assert batch.manifest.signature is None and batch.manifest.vin == VIN
+    assert [m.reason for m in car.link.manifests] == [ManifestReason.START, ManifestReason.INSTALL]
+    assert car.agent.journal.data.outbox == [] and car.agent.journal.data.manifest is None
 
 
 async def test_without_a_linger_each_step_goes_alone_signed(car: Car, server: FakeServer) -> None:
@@ -103,6 +108,67 @@ async def test_without_a_linger_each_step_goes_alone_signed(car: Car, server: Fa
     assert [r.state for r in car.link.reports] == EVERY_STEP
     for report in car.link.reports:
         verify_report(report, KEY.public_key)
+    for manifest in car.link.manifests:  # each alone, signed by the car
+        verify_report(manifest, KEY.public_key)
+    assert [m.reason for m in car.link.manifests] == [ManifestReason.START, ManifestReason.INSTALL]
+
+
+def _big_manifest(counter: int) -> VersionManifest:
+    """A manifest that fits a message alone but not with a step (32 ECUs, target paths grown to fit)."""
+    for path_length in range(250, 0, -1):
+        ecus = tuple(
+            EcuManifest(
+                ecu_serial=f"ECU-{n:02d}",
+                hardware_id="hw-" + "h" * 50,
+                version="2.0",
+                target_path="t" * path_length + f"{n:02d}",
+                target_sha256="a" * 64,
+                image_sha256="b" * 64,
+            )
+            for n in range(32)
+        )
+        manifest = sign_report(
+            VersionManifest(
+                vin=VIN,
+                counter=counter,
+                reason=ManifestReason.INSTALL,
+                agent_version="t",
+                ecus=ecus,
+                sent_at=datetime.now(UTC),
+            ),
+            KEY,
+        )
+        if len(encode(manifest)) <= MAX_MESSAGE_BYTES - 100:
+            return manifest
+    raise AssertionError("no size fits")
+
+
+async def test_a_manifest_too_big_to_ride_along_goes_alone_first_then_the_steps(car: Car) -> None:
+    lingering(car)
+    manifest = _big_manifest(car.agent.journal.next_manifest_counter())
+    assert MAX_MESSAGE_BYTES - 512 < len(encode(manifest)) <= MAX_MESSAGE_BYTES
+    car.agent.journal.queue_manifest(manifest, datetime.now(UTC).isoformat())
+    car.agent.journal.enqueue(_step(S.NOTIFIED))
+    car.agent.journal.enqueue(_step(S.DOWNLOADING))
+    await car.agent.flush()
+    assert car.link.manifests == [manifest]  # as it was signed, alone
+    [batch] = car.link.batches
+    assert batch.manifest is None and [r.state for r in batch.reports] == [S.NOTIFIED, S.DOWNLOADING]
+    assert car.agent.journal.data.manifest is None and car.agent.journal.data.outbox == []
+
+
+async def test_a_manifest_with_one_step_shares_a_batch_and_a_link_down_keeps_both(car: Car) -> None:
+    lingering(car)
+    car.agent.journal.enqueue(_step(S.REMEDIED))
+    await asyncio.to_thread(car.agent._reports.queue_manifest, ManifestReason.INSTALL)
+    car.link.online = False
+    await car.agent.flush()
+    assert car.agent.journal.data.manifest is not None and len(car.agent.journal.data.outbox) == 1
+    await car.link.reconnect()
+    [batch] = car.link.batches
+    verify_report(batch, KEY.public_key)
+    assert batch.manifest is not None and [r.state for r in batch.reports] == [S.REMEDIED]
+    assert car.agent.journal.data.manifest is None and car.agent.journal.data.outbox == []
 
 
 async def test_a_power_cut_before_the_linger_loses_no_step_and_resends_none_once_taken(
