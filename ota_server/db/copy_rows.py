@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from sqlalchemy import Table, insert
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session
 
 
@@ -46,8 +47,17 @@ def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[M
     session.flush()
     raw: Any = session.connection().connection.driver_connection
     columns = ", ".join(f'"{name}"' for name in names)
-    with raw.cursor() as cursor, cursor.copy(f'COPY "{table.name}" ({columns}) FROM STDIN') as copy:
-        extra = list(defaults.values())
-        for row in rows:
-            values = [row[name] for name in given] + extra
-            copy.write_row([v if p is None or v is None else p(v) for p, v in zip(processors, values, strict=True)])
+    sql = f'COPY "{table.name}" ({columns}) FROM STDIN'
+    dbapi: Any = dialect.loaded_dbapi
+    try:
+        with raw.cursor() as cursor, cursor.copy(sql) as copy:
+            extra = list(defaults.values())
+            for row in rows:
+                values = [row[name] for name in given] + extra
+                copy.write_row([v if p is None or v is None else p(v) for p, v in zip(processors, values, strict=True)])
+    except dbapi.Error as exc:
+        # The driver's own error, as SQLAlchemy would have raised it for the INSERT (IntegrityError
+        # for a unique row stored first, OperationalError for a lost connection): callers catch those.
+        raise DBAPIError.instance(
+            sql, None, exc, dbapi.Error, connection_invalidated=dialect.is_disconnect(exc, raw, None)
+        ) from exc

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import NamedTuple, get_args
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from firmware_bundles import topics
 from firmware_bundles.messages import EcuManifest, VersionManifest
+from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import (
     Campaign,
     CampaignVehicle,
@@ -221,7 +222,7 @@ def apply_manifests(
                 _find(session, view, outcome, manifest, reported, campaign_id, kind, detail, now)
         _remedies(session, view, outcome, vehicle, manifest, received_at)
     if history:
-        session.execute(insert(EcuReport), history)
+        insert_rows(session, EcuReport, history)  # COPY on PostgreSQL: a row per ECU and manifest
     return outcome
 
 

@@ -6,7 +6,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, LargeBinary, String, insert, select
+from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint, insert, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from ota_server.db.copy_rows import insert_rows
@@ -29,6 +30,14 @@ class _Row(_Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     detail: Mapped[str] = mapped_column(String(200), default="a default", server_default="")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+class _Unique(_Base):
+    __tablename__ = "copy_rows_unique_probe"
+    __table_args__ = (UniqueConstraint("text"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    text: Mapped[str] = mapped_column(String(64))
 
 
 def _rows(prefix: str) -> list[dict[str, Any]]:
@@ -62,6 +71,25 @@ def test_copy_stores_what_insert_stores(postgres_url: str) -> None:
         assert by_copy == by_insert
         assert by_copy[0][3] == "a default"  # the Python-side default, as the INSERT gives it
         assert by_copy[0][2] == datetime(2026, 12, 5, 1, 30, 1, 123456, tzinfo=UTC)
+    finally:
+        _Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_a_row_stored_first_is_sqlalchemys_integrity_error_as_for_the_insert(postgres_url: str) -> None:
+    """Callers (ingest's retry on a race with another replica) catch SQLAlchemy's errors, not the driver's."""
+    engine = make_engine(postgres_url)
+    try:
+        _Base.metadata.create_all(engine)
+        with Session(engine) as session:
+            insert_rows(session, _Unique, [{"text": "first"}])
+            session.commit()
+            with pytest.raises(IntegrityError):
+                insert_rows(session, _Unique, [{"text": "second"}, {"text": "first"}])
+            session.rollback()
+            insert_rows(session, _Unique, [{"text": "second"}])  # the session is usable again
+            session.commit()
+            assert session.scalars(select(_Unique.text).order_by(_Unique.id)).all() == ["first", "second"]
     finally:
         _Base.metadata.drop_all(engine)
         engine.dispose()
