@@ -300,6 +300,15 @@ class CampaignVehicle(Base):
         Index("ix_campaign_vehicles_campaign_state", "campaign_id", "state"),
         # a car's rows in every campaign (manifests in ingest, the VIN page): the key leads with the campaign
         Index("ix_campaign_vehicles_vin", "vin"),
+        # the cars still waiting for their first notice, in the notifier's order (migration 0021)
+        Index(
+            "ix_campaign_vehicles_waiting",
+            "campaign_id",
+            "wave",
+            "vin",
+            sqlite_where=text("state = 'pending' AND notified_at IS NULL"),
+            postgresql_where=text("state = 'pending' AND notified_at IS NULL"),
+        ),
     )
 
     campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True)
