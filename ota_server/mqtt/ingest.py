@@ -396,8 +396,8 @@ def _apply_status_reports(
             verified.append((message.manifest, item.received_at))
     transitions.write_car_rows(session, batch.rows.values())
     transitions.record_car_events(session, events)
+    found = inventory.apply_manifests(session, verified, now, seen)  # takes its cars' last_seen along
     _saw(session, seen)
-    found = inventory.apply_manifests(session, verified, now)
     outcome.manifests += found.accepted
     outcome.duplicates += found.duplicates
     if found.replayed:

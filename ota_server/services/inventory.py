@@ -181,9 +181,17 @@ class _View:
 
 
 def apply_manifests(
-    session: Session, manifests: Sequence[tuple[VersionManifest, datetime]], now: datetime
+    session: Session,
+    manifests: Sequence[tuple[VersionManifest, datetime]],
+    now: datetime,
+    seen: dict[str, datetime] | None = None,
 ) -> ManifestOutcome:
-    """Apply verified manifests (each with the time it was received) in the caller's transaction."""
+    """Apply verified manifests (each with the time it was received) in the caller's transaction.
+
+    ``seen``: the cars' ``last_seen`` from the batch's other verified messages (ingest's); a car
+    whose manifest is accepted takes it in the same row update and leaves ``seen``, so the
+    caller's update of ``last_seen`` skips it (one row version of the car instead of two).
+    """
     outcome = ManifestOutcome()
     if not manifests:
         return outcome
@@ -204,8 +212,9 @@ def apply_manifests(
             continue
         outcome.accepted += 1
         vehicle.manifest_counter, vehicle.manifest_digest = manifest.counter, digest(manifest)
-        if vehicle.last_seen is None or received_at > vehicle.last_seen:
-            vehicle.last_seen = received_at
+        latest = max(received_at, seen.pop(vehicle.vin, received_at)) if seen is not None else received_at
+        if vehicle.last_seen is None or latest > vehicle.last_seen:
+            vehicle.last_seen = latest
         registered = {ecu.serial: ecu for ecu in vehicle.ecus}
         for reported in manifest.ecus:
             history.append(_history_row(manifest, reported, received_at))

@@ -372,3 +372,25 @@ async def test_a_batch_pays_a_token_for_the_manifest_it_carries(slow_env: Env) -
     await env.inject(first, second)
     stats = await _stats(env)
     assert (stats["accepted"], stats["manifests"], stats["rejected"]) == (3, 1, {"flood": 1})
+
+
+async def test_a_batch_with_its_manifest_updates_each_cars_row_once(either_env: Env) -> None:
+    """The manifest's update of the car (counter, digest) takes ``last_seen`` along: one row version."""
+    env = either_env
+    vins = [vin(n) for n in range(1, 4)]
+    cid = (await launched(env.client, vins))["id"]
+    nonces = await env.nonces()
+    env.clock.advance(60)
+    with rows_written(env.runtime.engine) as seen:
+        await env.inject(
+            *(
+                signed_batch(v, [step(cid, v, nonces[v], s) for s in STEPS], manifest=install_manifest(v, 2))
+                for v in vins
+            )
+        )
+    assert seen.written["update vehicles"] == 3  # was 6: last_seen, then the manifest's counter
+    for v in vins:
+        status = (await env.client.get(f"/api/v1/vehicles/{v}/status")).json()
+        assert datetime.fromisoformat(status["last_seen"]) == env.clock.now
+        assert status["campaigns"][0]["state"] == "remedied"
+    assert (await _stats(env))["manifests"] == 3
