@@ -45,16 +45,26 @@ def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[M
         table.columns[name].type.dialect_impl(dialect).bind_processor(dialect) for name in names
     ]
     session.flush()
-    raw: Any = session.connection().connection.driver_connection
+    connection = session.connection()
+    raw: Any = connection.connection.driver_connection
     columns = ", ".join(f'"{name}"' for name in names)
     sql = f'COPY "{table.name}" ({columns}) FROM STDIN'
     dbapi: Any = dialect.loaded_dbapi
+    # Listeners (statement profiles, row counters) see the COPY as the executemany it replaces.
+    observed = connection._has_events or connection.engine._has_events
     try:
-        with raw.cursor() as cursor, cursor.copy(sql) as copy:
-            extra = list(defaults.values())
-            for row in rows:
-                values = [row[name] for name in given] + extra
-                copy.write_row([v if p is None or v is None else p(v) for p, v in zip(processors, values, strict=True)])
+        with raw.cursor() as cursor:
+            if observed:
+                connection.dispatch.before_cursor_execute(connection, cursor, sql, rows, None, True)
+            with cursor.copy(sql) as copy:
+                extra = list(defaults.values())
+                for row in rows:
+                    values = [row[name] for name in given] + extra
+                    copy.write_row(
+                        [v if p is None or v is None else p(v) for p, v in zip(processors, values, strict=True)]
+                    )
+            if observed:
+                connection.dispatch.after_cursor_execute(connection, cursor, sql, rows, None, True)
     except dbapi.Error as exc:
         # The driver's own error, as SQLAlchemy would have raised it for the INSERT (IntegrityError
         # for a unique row stored first, OperationalError for a lost connection): callers catch those.

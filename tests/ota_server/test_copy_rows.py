@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint, insert, select
+from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint, event, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -91,5 +91,26 @@ def test_a_row_stored_first_is_sqlalchemys_integrity_error_as_for_the_insert(pos
             session.commit()
             assert session.scalars(select(_Unique.text).order_by(_Unique.id)).all() == ["first", "second"]
     finally:
+        _Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+def test_listeners_see_the_copy_as_an_executemany_of_its_rows(postgres_url: str) -> None:
+    """Statement profiles and row counters (``bench.ingest_cost``) count what COPY writes."""
+    engine = make_engine(postgres_url)
+    seen: list[tuple[str, int, bool]] = []
+
+    def before(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
+        seen.append((sql.split()[0], len(params) if many else 1, many))
+
+    try:
+        _Base.metadata.create_all(engine)
+        event.listen(engine, "before_cursor_execute", before)
+        with Session(engine) as session:
+            insert_rows(session, _Unique, [{"text": "a"}, {"text": "b"}, {"text": "c"}])
+            session.commit()
+        assert ("COPY", 3, True) in seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
         _Base.metadata.drop_all(engine)
         engine.dispose()
