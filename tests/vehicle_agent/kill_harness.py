@@ -28,6 +28,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -108,15 +109,19 @@ class Boundaries:
     def __init__(self, spec: Spec) -> None:
         self._spec = spec
         self._seen: Counter[str] = Counter()
+        # The loop (sends, acks) and the worker thread (slots, journal) both pass boundaries: the
+        # kill happens inside the lock, so no other thread's label lands after the chosen one.
+        self._lock = threading.Lock()
 
     def __call__(self, label: str) -> None:
-        self._seen[label] += 1
-        tagged = f"{label}#{self._seen[label]}"
-        if self._spec.labels is not None:
-            with self._spec.labels.open("a") as out:
-                out.write(tagged + "\n")
-        if tagged == self._spec.kill_at:
-            die()
+        with self._lock:
+            self._seen[label] += 1
+            tagged = f"{label}#{self._seen[label]}"
+            if self._spec.labels is not None:
+                with self._spec.labels.open("a") as out:
+                    out.write(tagged + "\n")
+            if tagged == self._spec.kill_at:
+                die()
 
     def offset(self, limit: int | None, done: int) -> None:
         if limit is not None and done >= limit:
