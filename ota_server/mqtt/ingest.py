@@ -19,7 +19,7 @@ the batch, against keys loaded with one query, before anything else reads the re
 A report batch (``kind: status_batch``, :class:`~firmware_bundles.messages.ReportBatch`) is a car's
 consecutive steps in one message under one signature. It is checked once, as a report is (the same
 rejection reasons; one that fails is one rejected message and stores none of its steps), charges the
-car's token bucket one token per step (:meth:`Budgets.spend_car`), and then each step goes through
+car's token bucket one token per new step (:meth:`Budgets.spend_car`), and then each step goes through
 exactly what a lone report goes through, in the order given, with the message's ``received_at``.
 A batch may carry the car's version manifest (the agent's install manifest rides with the
 remedied step): covered by the batch's signature, charged one more token, and applied after the
@@ -29,7 +29,13 @@ A version manifest (``kind: manifest``) on a car's status topic is checked the s
 VIN in the message is the topic's, signed by that car's key) and applied in the same batch and
 transaction by :func:`ota_server.services.inventory.apply_manifests`, which refuses one whose
 counter is not above the car's last accepted (``manifest_replayed``). Every verified report or
-manifest moves its car's ``last_seen``.
+manifest that adds to the record moves its car's ``last_seen``.
+
+A car pays only for what its message adds to the record (:func:`_fresh`): a replay of its old
+signed message, or a QoS 1 duplicate, is still read and counted as a duplicate but is paid for
+out of the topic's keyed-junk budget, like junk that copies the car's key id, and moves nothing,
+not even ``last_seen``. Charged to the car, a captured 32-step batch replayed a few times a
+second kept the car's bucket in debt and its genuine reports were cut as ``flood``.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import cast
+from typing import NamedTuple, cast
 
 from sqlalchemy import Table, and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -186,19 +192,28 @@ class _Batch:
             self.steps.update((c, v, a, d, s) for c, v, a, d, s in steps if c in wanted_campaigns)
         self.keys: dict[str, tuple[str, dict[str, object]]] = {}
         self.decommissioned: set[str] = set()  # out of the fleet: its reports are kept, they move nothing
+        # The counter of each car's last accepted manifest (and of those newer in this batch):
+        # a manifest not above it adds nothing to the record (see _fresh).
+        self.manifest_counters: dict[str, int] = {}
         for chunk in _chunks(sorted({*vins, *(m.vin for m in signed)})):
             # By VIN alone, on its unique index; unkeyed cars are skipped here. With
             # ``report_keyid IS NOT NULL`` in the WHERE, PostgreSQL (statistics taken at registration,
             # before any key: null_frac 1) walked ix_vehicles_report_keyid over every provisioned car
             # per batch and filtered by VIN: ~130 ms a batch at 5,000 cars, growing with the fleet.
             rows = session.execute(
-                select(Vehicle.vin, Vehicle.report_keyid, Vehicle.report_key, Vehicle.decommissioned_at).where(
-                    Vehicle.vin.in_(chunk)
-                )
+                select(
+                    Vehicle.vin,
+                    Vehicle.report_keyid,
+                    Vehicle.report_key,
+                    Vehicle.decommissioned_at,
+                    Vehicle.manifest_counter,
+                ).where(Vehicle.vin.in_(chunk))
             )
-            for vin, keyid, key, gone in rows:
+            for vin, keyid, key, gone, counter in rows:
                 if keyid is None:
                     continue
+                if counter is not None:
+                    self.manifest_counters[vin] = counter
                 if keyid and key:
                     self.keys[vin] = (keyid, key)
                 if gone is not None:
@@ -308,7 +323,7 @@ class Budgets:
     def spend_car(self, key: object, steps: int = 1) -> bool:
         """Spend the car's tokens for a verified message of ``steps`` steps; False when it had none left (a flood).
 
-        A report batch pays one token per step, so batching is no flood amplifier: a car's
+        A report batch pays one token per new step, so batching is no flood amplifier: a car's
         steps per second stay bounded by its rate whether they come alone or 32 at a time. It
         needs one whole token to go through and may leave the bucket in debt
         (:meth:`TokenBuckets.wait_for`): the car's next messages are then cut (``flood``) until
@@ -318,8 +333,16 @@ class Budgets:
         return self.car.wait_for(key, float(steps)) == 0.0
 
 
-def _paid(batch: _Batch, report: Signed, budgets: Budgets) -> str | None:
-    """Check the signature and charge the right budget: the reason to refuse ``report``, or None."""
+class _Verdict(NamedTuple):
+    """What checking and charging a signed message found: why it is refused (None: it is not),
+    and how much it adds to the record (0: a replay or a duplicate, see :func:`_fresh`)."""
+
+    problem: str | None
+    fresh: int = 0
+
+
+def _paid(batch: _Batch, report: Signed, budgets: Budgets) -> _Verdict:
+    """Check the signature and charge the right budget: the car for what is new, junk for the rest."""
     registered = batch.keys.get(report.vin)
     if registered is not None:
         budgets.learn_key(report.vin, registered[0])
@@ -342,10 +365,32 @@ def _paid(batch: _Batch, report: Signed, budgets: Budgets) -> str | None:
             report.signature.keyid if report.signature else "nobody",
             extra={"vin": report.vin},
         )
-        return problem
-    # a batch pays for each step and for the manifest it carries, as if each had come alone
-    steps = len(report.reports) + (report.manifest is not None) if isinstance(report, ReportBatch) else 1
-    return None if budgets.spend_car(report.vin, steps) else FLOOD
+        return _Verdict(problem)
+    fresh = _fresh(batch, report)
+    if fresh == 0:  # a replay or a duplicate: its copier pays, as for junk that names the car's key
+        budgets.spend_junk(topics.status_topic(report.vin), keyed=True)
+        return _Verdict(None)
+    # a batch pays for each new step and for a new manifest it carries, as if each had come alone
+    return _Verdict(None if budgets.spend_car(report.vin, fresh) else FLOOD, fresh)
+
+
+def _fresh(batch: _Batch, message: Signed) -> int:
+    """How much ``message`` would add to the record: its steps not stored yet (nor refused for a
+    nonce that is not the car's current one), and its manifest if its counter is above the car's
+    last. Nothing for a replay or a QoS 1 duplicate: anyone can publish a car's old signed
+    message again, so charging its copies to the car would let them silence it."""
+    fresh = 0
+    manifest = message.manifest if isinstance(message, ReportBatch) else message
+    if isinstance(manifest, VersionManifest) and manifest.counter > batch.manifest_counters.get(manifest.vin, -1):
+        batch.manifest_counters[manifest.vin] = manifest.counter  # a second copy in this batch adds nothing
+        fresh += 1
+    new_steps = set()
+    for report in _steps(message):
+        key = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
+        row = batch.rows.get((report.campaign_id, report.vin))
+        if key not in batch.steps and row is not None and secrets.compare_digest(row.nonce, report.nonce):
+            new_steps.add(key)
+    return fresh + len(new_steps)
 
 
 def _apply_status_reports(
@@ -353,7 +398,7 @@ def _apply_status_reports(
     reports: Sequence[Received],
     outcome: Outcome,
     budgets: Budgets,
-    charged: dict[int, str | None],
+    charged: dict[int, _Verdict],
     now: datetime,
 ) -> None:
     """Apply ``reports``, report batches and version manifests; ``charged`` keeps each message's
@@ -374,7 +419,7 @@ def _apply_status_reports(
         assert isinstance(item.message, VersionManifest)
         if id(item) not in charged:
             charged[id(item)] = _paid(batch, item.message, budgets)
-        if (problem := charged[id(item)]) is not None:
+        if (problem := charged[id(item)].problem) is not None:
             outcome.rejected[problem] += 1
         else:
             verified.append((item.message, item.received_at))
@@ -385,11 +430,12 @@ def _apply_status_reports(
         assert isinstance(message, StatusReport | ReportBatch)
         if id(item) not in charged:
             charged[id(item)] = _paid(batch, message, budgets)
-        problem = charged[id(item)]
+        problem, fresh = charged[id(item)]
         if problem is not None:  # a batch's signature or bucket refuses the message, all its steps
             outcome.rejected[problem] += 1
             continue
-        seen[message.vin] = max(item.received_at, seen.get(message.vin, item.received_at))
+        if fresh:  # a replay says nothing of the car now: its last_seen stays
+            seen[message.vin] = max(item.received_at, seen.get(message.vin, item.received_at))
         for report in _steps(message):
             _apply_step(batch, report, item.received_at, outcome, events)
         if isinstance(message, ReportBatch) and message.manifest is not None:  # after its steps, as if alone
@@ -668,7 +714,7 @@ class Ingestor:
         """
         attempt = 0
         pause = 0.2
-        charged: dict[int, str | None] = {}
+        charged: dict[int, _Verdict] = {}
         while True:
             attempt += 1
             outcome = Outcome()

@@ -103,6 +103,13 @@ async def env(settings: Settings) -> AsyncIterator[Env]:
         yield env
 
 
+@pytest.fixture
+async def slow_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """A car may send 4 steps at once, then one a second (its token bucket, on the injected clock)."""
+    async with running(make_settings(tmp_path, ingest_vin_rate_per_s=1.0, ingest_vin_burst=4)) as env:
+        yield env
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.services)])
 async def either_env(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Env]:
     """The server on SQLite, then on a fresh PostgreSQL database: for what must behave alike on both."""

@@ -8,14 +8,12 @@ goes through. The car's bucket pays one token per step, so a batch amplifies no 
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pytest
 from securesystemslib.signer import CryptoSigner
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
@@ -33,7 +31,7 @@ from firmware_bundles.messages import (
 )
 from firmware_bundles.report_signing import sign_report
 from firmware_bundles.uptane import bundle_target_path
-from tests.ota_server.conftest import Env, make_settings, running
+from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, REPORT_KEYS, launched, vin
 
 S = ReportState
@@ -159,12 +157,6 @@ async def test_an_unsigned_batch_is_refused_at_the_edge(env: Env) -> None:
     other_topic = topics.status_topic(vin(2))
     assert env.runtime.ingestor.submit(other_topic, signed_batch(v, [step(cid, v, nonce, S.NOTIFIED)])[1]) is False
     assert (await _stats(env))["rejected"] == {"missing_signature": 1, "topic_vin_mismatch": 1}
-
-
-@pytest.fixture
-async def slow_env(tmp_path: Path) -> AsyncIterator[Env]:
-    async with running(make_settings(tmp_path, ingest_vin_rate_per_s=1.0, ingest_vin_burst=4)) as env:
-        yield env
 
 
 async def test_a_batch_pays_one_token_per_step_so_the_next_batch_is_a_flood(slow_env: Env) -> None:

@@ -71,15 +71,15 @@ async def test_a_cars_own_flood_is_still_cut_and_then_before_parsing(env: Env) -
     b = vin(2)
     cid = (await launched(env.client, [b]))["id"]
     nonce = (await env.nonces())[b]
-    await env.inject(*(report(cid, b, nonce, S.NOTIFIED) for _ in range(5)))
+    await env.inject(*(report(cid, b, nonce, S.NOTIFIED, deferrals=n) for n in range(5)))  # five new steps
     stats = await _stats(env)
-    assert (stats["accepted"], stats["duplicates"], stats["rejected"]) == (1, 1, {"flood": 3})
+    assert (stats["accepted"], stats["duplicates"], stats["rejected"]) == (2, 0, {"flood": 3})
     # the bucket is empty now: the topic's next messages are dropped unread, junk or not
-    await env.inject((topics.status_topic(b), b"{not json"), report(cid, b, nonce, S.DOWNLOADING))
+    await env.inject((topics.status_topic(b), b"{not json"), report(cid, b, nonce, S.DOWNLOADING, deferrals=1))
     assert (await _stats(env))["rejected"] == {"flood": 5}
     assert await _state(env, b) == "notified"
     env.clock.advance(1.0)
-    await env.inject(report(cid, b, nonce, S.DOWNLOADING))
+    await env.inject(report(cid, b, nonce, S.DOWNLOADING, deferrals=1))
     assert await _state(env, b) == "downloading"
 
 
