@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from firmware_bundles.messages import MAX_MESSAGE_BYTES
 from firmware_bundles.uptane import Expiry
 from ota_server.errors import InvalidInput
 
@@ -75,7 +76,7 @@ class Settings:
     # Refused before parsing and counted: payloads over ingest_max_payload_bytes ("oversized"),
     # and a car's verified reports past a token bucket of ingest_vin_rate_per_s, bursts of
     # ingest_vin_burst ("flood"; rate 0 switches it off).
-    ingest_max_payload_bytes: int = 16 * 1024
+    ingest_max_payload_bytes: int = MAX_MESSAGE_BYTES  # at most that: the largest message the contract parses
     ingest_vin_rate_per_s: float = 5.0
     ingest_vin_burst: int = 100
     # Junk (unsigned, forged or malformed messages) never spends a car's bucket above: it has
@@ -188,6 +189,11 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}WEBHOOK_TIMEOUT_S must be > 0 and at most 60")
         if not self.lease_ttl_s > 0:
             raise InvalidInput(f"{ENV_PREFIX}LEASE_TTL_S must be > 0")
+        if not 0 < self.ingest_max_payload_bytes <= MAX_MESSAGE_BYTES:
+            raise InvalidInput(
+                f"{ENV_PREFIX}INGEST_MAX_PAYLOAD_BYTES must be > 0 and at most {MAX_MESSAGE_BYTES}, "
+                "the largest message the cars' contract parses"
+            )
 
     @property
     def expiry(self) -> Expiry:

@@ -116,3 +116,37 @@ def test_an_empty_or_oversized_batch_is_malformed() -> None:
     )
     with pytest.raises(MalformedMessage, match="reports"):
         parse_status_message(payload)
+
+
+def _kind_last(payload: bytes) -> bytes:
+    """A batch's bytes with its ``kind`` moved from the front to the end (JSON has no field order)."""
+    kind = b'"kind":"status_batch",'
+    assert payload.count(kind) == 1
+    return payload.replace(kind, b"")[:-1] + b"," + kind[:-1] + b"}"
+
+
+def test_a_message_is_told_apart_by_its_kind_wherever_the_field_sits() -> None:
+    """Before: a byte search in the first 4 KiB for ``"status_batch"``/``"manifest"`` chose the type, so a
+    batch whose ``kind`` came after 4 KiB was refused as a malformed report, and a report whose detail
+    was the word ``manifest`` as a malformed manifest."""
+    steps = (report(state=ReportState.FAILED, reason=FailureReason.HASH_MISMATCH, detail="d" * 1000),) * 5
+    batch = _batch(*steps)
+    payload = encode(batch)
+    late = _kind_last(payload)
+    assert late.index(b'"status_batch"') > 4096
+    assert parse_status_message(late) == batch
+    worded = report(state=ReportState.FAILED, reason=FailureReason.HASH_MISMATCH, detail='"manifest"')
+    assert parse_status_message(encode(worded)) == worded
+    plain = report(detail="manifest")
+    assert parse_status_message(encode(plain).replace(b'"kind":"status",', b"")) == plain  # kind may be left out
+
+
+def test_a_refusal_names_the_kind_the_message_claims() -> None:
+    steps = tuple(report(detail="d" * 1000) for _ in range(5))
+    late = _kind_last(encode(_batch(*steps)))[:-1] + b',"extra":1}'
+    with pytest.raises(MalformedMessage, match=r"^ReportBatch: extra: "):
+        parse_status_message(late)
+    with pytest.raises(MalformedMessage, match=r"^VersionManifest: "):
+        parse_status_message(b'{"kind":"manifest","vin":"' + VIN.encode() + b'"}')
+    with pytest.raises(MalformedMessage, match="kind"):
+        parse_status_message(b'{"kind":"presence","vin":"' + VIN.encode() + b'"}')

@@ -50,3 +50,13 @@ async def test_refuses_to_start_with_keys_that_do_not_match_the_stored_root(tmp_
     with pytest.raises(NotReady, match="does not trust"):
         async with running(make_settings(tmp_path)):
             pass
+
+
+def test_the_ingest_payload_cap_cannot_exceed_what_the_contract_parses() -> None:
+    """Before: a cap above 16 KiB let larger messages past the edge, to be refused by the parser as
+    ``malformed`` (not ``oversized``): the operator's setting did not do what it said."""
+    with pytest.raises(InvalidInput, match="OTA_INGEST_MAX_PAYLOAD_BYTES"):
+        Settings(ingest_max_payload_bytes=32 * 1024)
+    with pytest.raises(InvalidInput, match="OTA_INGEST_MAX_PAYLOAD_BYTES"):
+        Settings(ingest_max_payload_bytes=0)
+    assert Settings(ingest_max_payload_bytes=4096).ingest_max_payload_bytes == 4096
