@@ -58,6 +58,7 @@ from firmware_bundles.report_signing import load_report_signer, sign_report
 from firmware_bundles.vin import make_vin
 from ota_server.config import Settings
 from ota_server.db.session import make_engine, make_session_factory
+from ota_server.db.update_rows import rows_sent
 from ota_server.http.app import create_app, runtime_of
 from ota_server.mqtt.ingest import Ingestor
 from ota_server.mqtt.publisher import FakePublisher
@@ -236,7 +237,7 @@ async def measure(mode: str, cars: int) -> Result:
             nonlocal statements, rows
             statements += 1
             if not sql.lstrip().upper().startswith("SELECT"):  # rows written
-                rows += len(params) if many else 1
+                rows += rows_sent(sql, params, many)
 
         event.listen(engine, "connect", connected)
         ingestor = Ingestor(make_session_factory(engine), lambda: datetime.now(UTC), vin_rate_per_s=5.0)

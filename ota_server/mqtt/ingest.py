@@ -51,7 +51,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import NamedTuple, cast
 
-from sqlalchemy import Table, and_, bindparam, or_, select, update
+from sqlalchemy import Table, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, aliased, sessionmaker
 
@@ -69,6 +69,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.report_signing import public_key, verify_report
 from ota_server.clock import Clock
 from ota_server.db.models import Campaign, CampaignVehicle, RecallRelease, Release, Vehicle
+from ota_server.db.update_rows import update_rows
 from ota_server.domain.states import Cause, VinState, allowed
 from ota_server.infra.ratelimit import TokenBuckets
 from ota_server.infra.tasks import stop_task
@@ -530,22 +531,18 @@ def _apply_step(
 
 
 _VEHICLES = cast(Table, Vehicle.__table__)
-# One statement, executed once per car in a single executemany (psycopg pipelines it): Core, so the
-# ORM does not scan its identity map per row, and no statement is built per car.
-_SEEN = (
-    update(_VEHICLES)
-    .where(
-        _VEHICLES.c.vin == bindparam("seen_vin"),
-        or_(_VEHICLES.c.last_seen.is_(None), _VEHICLES.c.last_seen < bindparam("seen_at")),
-    )
-    .values(last_seen=bindparam("seen_at"))
-)
 
 
 def _saw(session: Session, seen: dict[str, datetime]) -> None:
-    """``last_seen`` moves on every verified report (never back: an older one leaves it)."""
-    if seen:
-        session.execute(_SEEN, [{"seen_vin": vin, "seen_at": seen[vin]} for vin in sorted(seen)])
+    """``last_seen`` moves on every verified report that adds to the record (never back: an older
+    one leaves it). One statement for the batch on PostgreSQL (:mod:`ota_server.db.update_rows`)."""
+    update_rows(
+        session,
+        _VEHICLES,
+        [{"vin": vin, "last_seen": seen[vin]} for vin in sorted(seen)],
+        key=("vin",),
+        only_if=lambda table, given: or_(table.c.last_seen.is_(None), table.c.last_seen < given("last_seen")),
+    )
 
 
 def _acknowledge(batch: Sequence[Received]) -> None:

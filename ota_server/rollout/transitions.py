@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, Table, bindparam, insert, select, update
+from sqlalchemy import ColumnElement, Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from firmware_bundles.messages import ReportState
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import CampaignEvent, CampaignVehicle
+from ota_server.db.update_rows import update_rows
 from ota_server.domain.states import Cause, VinState, check
 from ota_server.events import outbox
 
@@ -218,61 +219,39 @@ def locked_car_rows(session: Session, where: ColumnElement[bool]) -> list[CarRow
     return [CarRow(c, v, n, s, a, d, r) for c, v, n, s, a, d, r in found]
 
 
-_MOVED = (
-    update(_CARS)
-    .where(_CARS.c.campaign_id == bindparam("b_campaign_id"), _CARS.c.vin == bindparam("b_vin"))
-    .values(
-        state=bindparam("b_state"),
-        attempt=bindparam("b_attempt"),
-        deferrals=bindparam("b_deferrals"),
-        progress_rank=bindparam("b_progress_rank"),
-        reason=bindparam("b_reason"),
-        detail=bindparam("b_detail"),
-        updated_at=bindparam("b_updated_at"),
-        failed_ecu=bindparam("b_failed_ecu"),
-        next_retry_at=None,
-    )
-)
-_CONFIRMED = (
-    update(_CARS)
-    .where(_CARS.c.campaign_id == bindparam("b_campaign_id"), _CARS.c.vin == bindparam("b_vin"))
-    .values(deferrals=bindparam("b_deferrals"), progress_rank=bindparam("b_progress_rank"))
-)
-
-
 def write_car_rows(session: Session, rows: Iterable[CarRow]) -> None:
-    """Write back the rows the cars' reports changed: one UPDATE per car, one executemany per kind."""
+    """Write back the rows the cars' reports changed: one UPDATE per kind of change for the
+    whole batch (:func:`ota_server.db.update_rows.update_rows`), rows in VIN order."""
     moved: list[dict[str, object]] = []
     confirmed: list[dict[str, object]] = []
-    for row in rows:
+    for row in sorted(rows, key=lambda r: (r.vin, r.campaign_id)):
         if row.moved:
             moved.append(
                 {
-                    "b_campaign_id": row.campaign_id,
-                    "b_vin": row.vin,
-                    "b_state": row.state,
-                    "b_attempt": row.attempt,
-                    "b_deferrals": row.deferrals,
-                    "b_progress_rank": row.progress_rank,
-                    "b_reason": row.reason,
-                    "b_detail": row.detail,
-                    "b_updated_at": row.updated_at,
-                    "b_failed_ecu": row.failed_ecu,
+                    "campaign_id": row.campaign_id,
+                    "vin": row.vin,
+                    "state": row.state,
+                    "attempt": row.attempt,
+                    "deferrals": row.deferrals,
+                    "progress_rank": row.progress_rank,
+                    "reason": row.reason,
+                    "detail": row.detail,
+                    "updated_at": row.updated_at,
+                    "failed_ecu": row.failed_ecu,
                 }
             )
         elif row.confirmed:
             confirmed.append(
                 {
-                    "b_campaign_id": row.campaign_id,
-                    "b_vin": row.vin,
-                    "b_deferrals": row.deferrals,
-                    "b_progress_rank": row.progress_rank,
+                    "campaign_id": row.campaign_id,
+                    "vin": row.vin,
+                    "deferrals": row.deferrals,
+                    "progress_rank": row.progress_rank,
                 }
             )
-    if moved:
-        session.execute(_MOVED, moved)
-    if confirmed:
-        session.execute(_CONFIRMED, confirmed)
+    key = ("campaign_id", "vin")
+    update_rows(session, _CARS, moved, key=key, also={"next_retry_at": None})
+    update_rows(session, _CARS, confirmed, key=key)
 
 
 def by_car_report(

@@ -31,6 +31,7 @@ from firmware_bundles.messages import (
 )
 from firmware_bundles.report_signing import sign_report
 from firmware_bundles.uptane import bundle_target_path
+from ota_server.db.update_rows import rows_sent
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, REPORT_KEYS, launched, vin
 
@@ -178,7 +179,8 @@ async def test_a_batch_pays_one_token_per_step_so_the_next_batch_is_a_flood(slow
 
 @dataclass
 class Rows:
-    """Rows each kind of statement wrote (an executemany's parameter sets count one each)."""
+    """Rows each kind of statement wrote (an executemany's parameter sets count one each, an
+    UPDATE from unnested arrays one per array element)."""
 
     written: dict[str, int] = field(default_factory=dict)
 
@@ -190,7 +192,7 @@ def rows_written(engine: Engine) -> Iterator[Rows]:
     def statement(_conn: Any, _cursor: Any, sql: str, params: Any, _context: Any, many: bool) -> None:
         words = sql.split()
         kind = " ".join(words[:3] if words[0] in ("INSERT", "DELETE") else words[:2]).lower()
-        seen.written[kind] = seen.written.get(kind, 0) + (len(params) if many else 1)
+        seen.written[kind] = seen.written.get(kind, 0) + rows_sent(sql, params, many)
 
     event.listen(engine, "before_cursor_execute", statement)
     try:
