@@ -94,6 +94,7 @@ def run(spec: Mapping[str, Any], emit: Emitter, commands: TextIO) -> int:
             if command == "launched":
                 started.wait()
                 fleet.launched()
+                gc_time.mark()  # the summary says what the collector cost from launch to done
             elif command == "stop":
                 break
             elif command:

@@ -22,6 +22,7 @@ class GcTimer:
         self.seconds = [0.0, 0.0, 0.0]
         self.collections = [0, 0, 0]
         self._started = 0.0
+        self._marked: tuple[list[float], list[int]] | None = None
 
     def install(self) -> GcTimer:
         gc.callbacks.append(self._on_gc)
@@ -35,12 +36,25 @@ class GcTimer:
         self.seconds[generation] += time.perf_counter() - self._started
         self.collections[generation] += 1
 
+    def mark(self) -> None:
+        """From now on :meth:`as_json` also says what the collector spent since (e.g. since a launch)."""
+        self._marked = (list(self.seconds), list(self.collections))
+
     def as_json(self) -> dict[str, Any]:
-        return {
+        found: dict[str, Any] = {
             "gc_seconds": round(sum(self.seconds), 3),
             "gc_seconds_by_generation": [round(s, 3) for s in self.seconds],
             "gc_collections_by_generation": list(self.collections),
         }
+        if self._marked is not None:
+            seconds, collections = self._marked
+            found["gc_seconds_since_mark_by_generation"] = [
+                round(now - then, 3) for now, then in zip(self.seconds, seconds, strict=True)
+            ]
+            found["gc_collections_since_mark_by_generation"] = [
+                now - then for now, then in zip(self.collections, collections, strict=True)
+            ]
+        return found
 
 
 # A young-generation pass every 50,000 container allocations instead of 700 (the memory held

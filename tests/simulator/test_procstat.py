@@ -74,6 +74,27 @@ def test_the_gc_timer_counts_collections_and_their_time() -> None:
     assert figures["gc_collections_by_generation"][2] >= 1
     assert figures["gc_collections_by_generation"][0] >= 1
     assert figures["gc_seconds"] >= 0 and len(figures["gc_seconds_by_generation"]) == 3
+    assert "gc_collections_since_mark_by_generation" not in figures
+
+
+def test_the_timer_says_what_the_collector_spent_since_its_mark() -> None:
+    import gc
+
+    from ota_server.infra.gctime import GcTimer
+
+    timer = GcTimer().install()
+    try:
+        gc.collect()
+        before = timer.as_json()["gc_collections_by_generation"]
+        timer.mark()
+        gc.collect()
+        gc.collect()
+    finally:
+        gc.callbacks.remove(timer._on_gc)
+    figures = timer.as_json()
+    assert figures["gc_collections_since_mark_by_generation"][2] == 2
+    assert figures["gc_collections_by_generation"][2] == before[2] + 2
+    assert all(s >= 0 for s in figures["gc_seconds_since_mark_by_generation"])
 
 
 def test_settle_freezes_what_exists_and_collects_less_often() -> None:
