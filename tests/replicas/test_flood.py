@@ -17,11 +17,11 @@ import pytest
 
 from firmware_bundles import topics
 from firmware_bundles.messages import ReportState
-from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
 from simulator.cluster import Mosquitto, parse_metrics
 from tests.ota_server.conftest import Env, make_settings, running
 from tests.ota_server.helpers import launched, remedied, report, vin
 from tests.ota_server.mqtt_flow import eventually
+from tests.replicas.conftest import listening
 
 pytestmark = pytest.mark.services
 
@@ -38,16 +38,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
 
 
 async def test_a_flood_is_cut_and_counted_while_the_other_cars_get_through(env: Env, private_broker: Mosquitto) -> None:
-    link = ServerMqttLink(
-        private_broker.url,
-        env.runtime.ingestor.submit,
-        client_id="ota-server-r1",
-        username="ota-server",
-        version=MQTT_V5,
-        share_group="ota-ingest",
-    )
-    await link.start(wait_s=10)
-    try:
+    async with listening(env, private_broker):
         cars = [vin(n) for n in range(1, 21)]
         noisy = vin(99)
         cid = (await launched(env.client, [*cars, noisy]))["id"]
@@ -102,5 +93,3 @@ async def test_a_flood_is_cut_and_counted_while_the_other_cars_get_through(env: 
         assert metrics['ota_messages_rejected_total{reason="flood"}'] == stats["flood"]
         assert metrics['ota_messages_rejected_total{reason="oversized"}'] == 1
         assert metrics["ota_messages_junk_total"] == env.runtime.ingestor.stats().junk >= 2
-    finally:
-        await link.stop()
