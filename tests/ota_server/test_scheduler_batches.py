@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from tests.ota_server.conftest import Env
@@ -25,4 +27,22 @@ async def test_candidates_are_read_a_page_at_a_time(env: Env, monkeypatch: pytes
     vins = [vin(n) for n in range(1, 6)]
     await launched(env.client, vins)
     await env.runtime.coordinator.idle()
+    assert sorted(await env.nonces()) == sorted(vins)
+
+
+async def test_each_carried_tick_releases_four_times_the_last_up_to_sixteen_times_the_cap(env: Env) -> None:
+    coordinator = env.runtime.coordinator
+    coordinator._max_per_tick = 2
+    batches: list[int] = []
+    dispatch = coordinator._dispatch
+
+    def recorded(messages: Any) -> None:
+        batches.append(len(messages))
+        dispatch(messages)
+
+    coordinator._dispatch = recorded
+    vins = [vin(n) for n in range(1, 61)]
+    await launched(env.client, vins)
+    await coordinator.idle()
+    assert batches == [2, 8, 32, 18]  # 2, then x4 each tick, capped at 16 x 2 = 32
     assert sorted(await env.nonces()) == sorted(vins)
