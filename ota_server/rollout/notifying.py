@@ -18,6 +18,7 @@ from sqlalchemy import Select, and_, exists, func, select, union_all
 from sqlalchemy.orm import Session
 
 from ota_server.db.models import Campaign, CampaignVehicle, Recall, Vehicle
+from ota_server.db.one_of import one_of
 from ota_server.domain import rollout_plan as rules
 from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignStatus, VinState
 from ota_server.rollout import transitions
@@ -66,7 +67,7 @@ class Notifier:
                 .join(Campaign, Campaign.id == CampaignVehicle.campaign_id)
                 .join(Recall, Recall.id == Campaign.recall_id)
                 .where(
-                    CampaignVehicle.vin.in_(vins[start : start + _CHUNK]),
+                    one_of(CampaignVehicle.vin, vins[start : start + _CHUNK]),
                     CampaignVehicle.campaign_id.in_(contenders),
                     CampaignVehicle.state.in_(in_flight),
                     Campaign.status != CampaignStatus.CANCELLED,
@@ -135,7 +136,7 @@ class Notifier:
         retried = [vin for vin, state, _ in chosen if state != VinState.PENDING.value]
         for start in range(0, len(retried), _CHUNK):  # a retry: a new notice with a new nonce
             for cv in session.scalars(
-                select(CampaignVehicle).where(in_campaign, CampaignVehicle.vin.in_(retried[start : start + _CHUNK]))
+                select(CampaignVehicle).where(in_campaign, one_of(CampaignVehicle.vin, retried[start : start + _CHUNK]))
             ):
                 nonces[cv.vin] = transitions.retry(session, cv, now)
         notified.retried = len(retried)

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from firmware_bundles.messages import ReportState
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import CampaignEvent, CampaignVehicle
+from ota_server.db.one_of import one_of
 from ota_server.db.update_rows import update_rows
 from ota_server.domain.states import Cause, VinState, check
 from ota_server.events import outbox
@@ -306,7 +307,7 @@ def mark_notified(session: Session, campaign_id: int, vins: Sequence[str], now: 
             update(CampaignVehicle)
             .where(
                 CampaignVehicle.campaign_id == campaign_id,
-                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
+                one_of(CampaignVehicle.vin, vins[start : start + VIN_LIST_CHUNK]),
             )
             .values(notified_at=now, notice_published_at=None)
             .execution_options(synchronize_session=False)
@@ -322,7 +323,7 @@ def mark_published(session: Session, campaign_id: int, vins: Sequence[str], now:
             update(CampaignVehicle)
             .where(
                 CampaignVehicle.campaign_id == campaign_id,
-                CampaignVehicle.vin.in_(vins[start : start + VIN_LIST_CHUNK]),
+                one_of(CampaignVehicle.vin, vins[start : start + VIN_LIST_CHUNK]),
             )
             .values(notice_published_at=now)
             .execution_options(synchronize_session=False)

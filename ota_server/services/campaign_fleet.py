@@ -32,6 +32,7 @@ from firmware_bundles.messages import (
 )
 from firmware_bundles.window import InstallWindow
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
+from ota_server.db.one_of import one_of
 from ota_server.domain.rollout_plan import RolloutPlan
 from ota_server.domain.states import CampaignKind, VinState
 from ota_server.rollout import transitions
@@ -56,7 +57,7 @@ def _install_windows(session: Session, plan: RolloutPlan, vins: Sequence[str]) -
     zones: dict[str, str | None] = {}
     for start in range(0, len(vins), _CHUNK):
         chunk = vins[start : start + _CHUNK]
-        for vin, time_zone in session.execute(select(Vehicle.vin, Vehicle.time_zone).where(Vehicle.vin.in_(chunk))):
+        for vin, time_zone in session.execute(select(Vehicle.vin, Vehicle.time_zone).where(one_of(Vehicle.vin, chunk))):
             zones[vin] = time_zone
     shape = [(w.days, w.start, w.end) for w in plan.windows]
     return {vin: InstallWindow.of(zones.get(vin) or plan.default_time_zone, shape).to_json() for vin in vins}
@@ -193,7 +194,7 @@ class CampaignFleet:
             for vin, serial, hardware_id in session.execute(
                 select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
                 .join(Ecu, Ecu.vehicle_id == Vehicle.id)
-                .where(Vehicle.vin.in_(missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
+                .where(one_of(Vehicle.vin, missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
                 .where(populations.hardware_confirmed())  # never an ECU whose manifest names other hardware
                 .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
             ):

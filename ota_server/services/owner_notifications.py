@@ -21,6 +21,7 @@ from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from firmware_bundles.vin import normalize_vin
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import Campaign, OwnerNotification
+from ota_server.db.one_of import one_of
 from ota_server.errors import InvalidInput, NotFound
 from ota_server.services import listing, owner_notices
 
@@ -115,7 +116,7 @@ def record_published(session: Session, published: Sequence[CampaignNotice | Camp
                 select(OwnerNotification.vin).where(
                     OwnerNotification.campaign_id == campaign_id,
                     OwnerNotification.kind.in_(("notice", "reminder")),
-                    OwnerNotification.vin.in_({m.vin for m in messages}),
+                    one_of(OwnerNotification.vin, {m.vin for m in messages}),
                 )
             )
         )

@@ -59,6 +59,7 @@ from firmware_bundles.uptane import (
 from firmware_bundles.window import WINDOW_FIELD
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import RepoFile
+from ota_server.db.one_of import one_of
 from ota_server.signing.keys import RepoKeys
 from ota_server.signing.store import CHAIN, DIRECTOR, put_file
 
@@ -140,7 +141,7 @@ class Director:
         for chunk in _chunks(sorted(vins)):
             rows = session.execute(
                 select(RepoFile.owner, RepoFile.name, RepoFile.version)
-                .where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name.in_(CHAIN))
+                .where(RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name.in_(CHAIN))
                 .order_by(RepoFile.owner, RepoFile.name)
                 .with_for_update()
             )
@@ -181,7 +182,7 @@ class Director:
         for chunk in _chunks(sorted(vins)):
             rows = session.execute(
                 select(RepoFile.owner, RepoFile.data)
-                .where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+                .where(RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name == PENDING)
                 .order_by(RepoFile.owner)
                 .with_for_update()
             )
@@ -269,7 +270,9 @@ class Director:
         """
         for chunk in _chunks(sorted(plan)):
             session.execute(
-                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+                delete(RepoFile).where(
+                    RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name == PENDING
+                )
             )
         floor_of = floors or {}
         return self._sign_plan(
@@ -316,7 +319,9 @@ class Director:
         signed = sorted(queued)
         for chunk in _chunks(signed):
             session.execute(
-                delete(RepoFile).where(RepoFile.repo == DIRECTOR, RepoFile.owner.in_(chunk), RepoFile.name == PENDING)
+                delete(RepoFile).where(
+                    RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name == PENDING
+                )
             )
         return chains
 
