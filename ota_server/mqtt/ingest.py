@@ -176,7 +176,7 @@ class _Batch:
         wanted_campaigns = set(campaign_ids)
         # Plain rows, not ORM objects: moved in memory, written back once per car (transitions).
         self.rows: dict[tuple[int, str], transitions.CarRow] = {}
-        self.steps: set[tuple[int, str, int, int, str]] = set()
+        self.steps: set[known_steps.Step] = set()
         for chunk in _chunks(vins):
             # Row locks in one stable order (VIN, campaign) on PostgreSQL (SQLite ignores them and
             # serialises writers anyway): two replicas holding reports of the same car, e.g. a QoS 1
@@ -385,9 +385,9 @@ def _fresh(batch: _Batch, message: Signed) -> int:
     if isinstance(manifest, VersionManifest) and manifest.counter > batch.manifest_counters.get(manifest.vin, -1):
         batch.manifest_counters[manifest.vin] = manifest.counter  # a second copy in this batch adds nothing
         fresh += 1
-    new_steps = set()
+    new_steps: set[known_steps.Step] = set()
     for report in _steps(message):
-        key = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
+        key = known_steps.step_of(report)
         row = batch.rows.get((report.campaign_id, report.vin))
         if key not in batch.steps and row is not None and secrets.compare_digest(row.nonce, report.nonce):
             new_steps.add(key)
@@ -481,7 +481,7 @@ def _apply_step(
     if report.state is ReportState.REMEDIED and not _has_evidence(report, batch.release_versions[cv.campaign_id]):
         outcome.rejected[REMEDIED_WITHOUT_EVIDENCE] += 1
         return
-    step = (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
+    step = known_steps.step_of(report)
     reason = report.reason.value if report.reason else None
     detail = report.detail or None
     if step in batch.steps:

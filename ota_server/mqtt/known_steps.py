@@ -18,9 +18,15 @@ from sqlalchemy import String, bindparam, func, select, true
 from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 
+from firmware_bundles.messages import StatusReport
 from ota_server.db.models import CampaignEvent
 
-Step = tuple[int, str, int, int, str]
+Step = tuple[int, str, int, int, str]  # (campaign, VIN, attempt, deferrals, state): stored once
+
+
+def step_of(report: StatusReport) -> Step:
+    """The step a report records, as :func:`stored_steps` gives the stored ones."""
+    return (report.campaign_id, report.vin, report.attempt, report.deferrals, report.state.value)
 
 
 def stored_steps(session: Session, vins: Sequence[str]) -> Iterable[Step]:
