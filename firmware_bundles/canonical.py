@@ -80,6 +80,25 @@ class CanonicalSerializer(SignedSerializer):
             raise SerializationError from exc
 
 
+def _signed_bytes(md: Metadata[Any]) -> bytes:
+    return CanonicalSerializer().serialize(md.signed)
+
+
+def use_for_signed_bytes() -> None:
+    """python-tuf's ``Metadata.signed_bytes`` on :class:`CanonicalSerializer`: the same bytes, faster.
+
+    ``signed_bytes`` is what python-tuf's client encodes to check every signature, twice per
+    file loaded (``trusted_metadata_set._load_from_metadata``), in securesystemslib's pure
+    Python: 4% of a simulated car's CPU (issue 19). The bytes are those ``encode_canonical``
+    writes (the module docstring says why; ``tests/firmware_bundles/test_canonical.py``
+    compares them), so every check accepts and refuses exactly what it did. Idempotent; the
+    agent calls it before it builds an ``Updater``.
+    """
+    current = vars(Metadata)["signed_bytes"]  # the property object itself
+    if not (isinstance(current, property) and current.fget is _signed_bytes):
+        setattr(Metadata, "signed_bytes", property(_signed_bytes))  # noqa: B010  (a property, replaced)
+
+
 class CompactSerializer(MetadataSerializer):
     """python-tuf's ``JSONSerializer(compact=True)`` (sorted keys, no spaces), the same bytes."""
 

@@ -58,11 +58,11 @@ from vehicle_agent.errors import ConfigError, UpdateFailed
 from vehicle_agent.gate import (
     ConsentOutdated,
     HeldAtDownload,
+    NoticeReader,
     StartGate,
     Withdrawn,
     defer,
     needs_consent,
-    notice_of,
     outdated,
     outside_window,
     owes_result,
@@ -126,6 +126,7 @@ class Agent:
         self._link = link
         self._clock = clock
         self._on_report = on_report
+        self._notices = NoticeReader()  # the attempt's notice, parsed once for all its steps
         self._sleep = sleep
         self._retrying = Retrying(
             config.vin,
@@ -366,7 +367,7 @@ class Agent:
 
     async def _tell_result(self, record: CampaignRecord) -> None:
         """The owner's notice after (success or not), logged in the journal once shown."""
-        notice = notice_of(record)
+        notice = self._notices.of(record)
         if notice is not None:
             await self.gate.owner.show_result(notice, record.state, record.detail)
         self.journal.record(self.gate.log(record, "result", f"{record.state.value} {record.detail}".strip()))
@@ -377,12 +378,12 @@ class Agent:
         if record.state in (S.NOTIFIED, S.CONSENTED, S.DEFERRED):
             try:  # asking consent verifies the metadata first: it may find it expired too
                 if record.state is S.DEFERRED:
-                    return await self.gate.wait(record, notice_of(record), withdrawn)
-                return await self.gate.start(record, notice_of(record), withdrawn)
+                    return await self.gate.wait(record, self._notices.of(record), withdrawn)
+                return await self.gate.start(record, self._notices.of(record), withdrawn)
             except UpdateFailed as exc:
                 return self._stale(record, exc)
         if record.state is S.DOWNLOADING:
-            notice = notice_of(record)  # the network rule needs the signed size: checked in download
+            notice = self._notices.of(record)  # the network rule needs the signed size: checked in download
             consented = record.consent_images if needs_consent(notice) else None
             try:
                 targets, window = await self._blocking(self._downloads.download, preconditions_of(notice), consented)
@@ -402,7 +403,7 @@ class Agent:
                 return defer(record, closed)
             return record.advance(S.INSTALLING)
         if record.state is S.INSTALLING:
-            if needs_consent(notice_of(record)):  # only the images the owner said yes to
+            if needs_consent(self._notices.of(record)):  # only the images the owner said yes to
                 hashes = [t.assignment.sha256 for t in record.targets]
                 if not covers(record.consent_images, hashes):
                     self._downloads.discard(record.targets, everything=False)

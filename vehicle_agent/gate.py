@@ -131,6 +131,23 @@ def notice_of(record: CampaignRecord) -> CampaignNotice | None:
         return None
 
 
+class NoticeReader:
+    """:func:`notice_of`, parsed once per attempt: each step of an attempt reads the same notice.
+
+    One per agent (one car); it remembers the last text read and its notice.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[str, CampaignNotice | None] = ("", None)
+
+    def of(self, record: CampaignRecord) -> CampaignNotice | None:
+        text, notice = self._last
+        if record.notice != text:
+            notice = notice_of(record)
+            self._last = (record.notice, notice)
+        return notice
+
+
 def needs_consent(notice: CampaignNotice | None) -> bool:
     """A non-safety update that waits for the owner's yes (a safety recall never asks)."""
     return notice is not None and notice.requires_consent and not notice.safety_recall

@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from securesystemslib.formats import encode_canonical
 from securesystemslib.signer import Signer
-from tuf.api.metadata import Metadata, Snapshot, Targets, Timestamp
+from tuf.api.exceptions import UnsignedMetadataError
+from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from tuf.api.serialization.json import CanonicalJSONSerializer, JSONSerializer
 
 from firmware_bundles import uptane
@@ -30,6 +31,7 @@ from firmware_bundles.canonical import (
     canonical_bytes,
     fast_bytes,
     fast_compact_bytes,
+    use_for_signed_bytes,
 )
 from firmware_bundles.uptane import (
     Expiry,
@@ -164,8 +166,8 @@ def test_a_signed_director_chain_is_what_python_tufs_own_serializers_give(window
 
 def _tufs_own(md: Metadata[Any], signers: Sequence[Signer]) -> bytes:
     """Signing as python-tuf does it by itself (its canonical serializer, its compact JSON)."""
-    for signer in signers:
-        md.sign(signer, append=True)
+    for signer in signers:  # its serializer named: the agent's use_for_signed_bytes changes the default
+        md.sign(signer, append=True, signed_serializer=CanonicalJSONSerializer())
     return md.to_bytes(JSONSerializer(compact=True))
 
 
@@ -202,3 +204,25 @@ def test_a_file_with_delete_is_json_dumps_own_and_its_signed_bytes_stay_canonica
     assert fast_bytes(value) == _reference(value)
     assert fast_compact_bytes(value) is None
     assert json.dumps(value, separators=(",", ":"), sort_keys=True).encode() == b'{"s":"x\\u007fy"}'
+
+
+@pytest.mark.parametrize(
+    "window", [None, {"time_zone": "Europe/Zürich", "windows": [[[0, 1], "01:00", "05:00"]]}], ids=["ascii", "utf8"]
+)
+def test_signed_bytes_on_ours_are_tufs_own_and_the_checks_accept_and_refuse_alike(
+    window: dict[str, Any] | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the agent's python-tuf checks signatures over (``Metadata.signed_bytes``, on orjson once
+    the agent starts) is python-tuf's own encoding: a signed chain verifies, a changed one is refused."""
+    monkeypatch.setattr(Metadata, "signed_bytes", Metadata.signed_bytes)  # python-tuf's again after the test
+    use_for_signed_bytes()
+    use_for_signed_bytes()  # idempotent
+    signers, files = _chain(window)
+    root = Metadata[Root].from_bytes(uptane.create_root(signers, NOW + timedelta(days=365), consistent_snapshot=True))
+    for name, role in (("targets.json", "targets"), ("snapshot.json", "snapshot"), ("timestamp.json", "timestamp")):
+        md = Metadata[Any].from_bytes(files[name])
+        assert md.signed_bytes == CanonicalJSONSerializer().serialize(md.signed)
+        root.signed.verify_delegate(role, md.signed_bytes, md.signatures)
+        md.signed.version += 1  # what an attacker changes after signing
+        with pytest.raises(UnsignedMetadataError):
+            root.signed.verify_delegate(role, md.signed_bytes, md.signatures)

@@ -7,6 +7,7 @@ a car still waiting after the script ends is a test failure, not a hang.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 from collections.abc import Callable
 
@@ -22,7 +23,8 @@ from firmware_bundles.messages import (
     ReportState,
     StatusReport,
 )
-from vehicle_agent.gate import Blocker, check
+from vehicle_agent.gate import Blocker, NoticeReader, check, stored
+from vehicle_agent.journal import CampaignRecord
 from vehicle_agent.owner import Consent, ScriptedOwner
 from vehicle_agent.vehicle import FakeVehicle, Reading
 
@@ -332,3 +334,18 @@ async def until(condition: Callable[[], bool]) -> None:
             return
         await asyncio.sleep(0 if turn < 100 else 0.001)
     raise AssertionError("condition never held")
+
+
+def test_an_attempts_notice_is_parsed_once_for_all_its_steps(server: FakeServer) -> None:
+    first, second = server.notice(1), server.notice(2)
+    reader = NoticeReader()
+    notified = CampaignRecord(1, first.nonce, ReportState.NOTIFIED, notice=stored(first))
+
+    parsed = reader.of(notified)
+    assert parsed == first.model_copy(update={"director_metadata": None, "image_metadata": None})
+    assert reader.of(dataclasses.replace(notified, state=ReportState.DOWNLOADING)) is parsed  # not parsed again
+
+    again = reader.of(CampaignRecord(2, second.nonce, ReportState.NOTIFIED, notice=stored(second)))
+    assert again is not None and again.campaign_id == 2
+    assert reader.of(CampaignRecord(3, "n", ReportState.NOTIFIED)) is None  # a journal from before notices were kept
+    assert reader.of(CampaignRecord(3, "n", ReportState.NOTIFIED, notice="{torn")) is None

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +28,7 @@ from firmware_bundles.messages import (
     encode,
     parse_notice,
 )
+from vehicle_agent import verifier
 
 from .conftest import Car
 from .fakes import OTHER_VIN, REPO, SERIAL, VIN, FakeServer
@@ -202,3 +205,48 @@ def test_a_notice_without_carried_metadata_is_encoded_as_before(server: FakeServ
     payload = encode(server.notice(1))
     assert b"director_metadata" not in payload
     assert parse_notice(payload).director_metadata is None
+
+
+def test_verified_files_replace_the_trusted_ones_root_history_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a carried refresh verified moves over what the car trusts, in TUF's order: the root
+    history and root first, then timestamp, snapshot, targets; the symlinked root stays a link."""
+    scratch, trusted = tmp_path / "scratch", tmp_path / "trusted"
+    (scratch / "root_history").mkdir(parents=True)
+    (scratch / "root_history" / "2.root.json").write_text("root 2")
+    (scratch / "root.json").symlink_to("root_history/2.root.json")
+    for name in ("targets.json", "snapshot.json", "timestamp.json"):
+        (scratch / name).write_text(name)
+    moved: list[str] = []
+    replace = os.replace
+
+    def recording(source: str, target: str) -> None:
+        moved.append(os.path.relpath(target, trusted))
+        replace(source, target)
+
+    monkeypatch.setattr(os, "replace", recording)
+    verifier._keep(scratch, trusted)
+
+    assert moved == ["root_history/2.root.json", "root.json", "timestamp.json", "snapshot.json", "targets.json"]
+    assert (trusted / "root.json").is_symlink() and (trusted / "root.json").read_text() == "root 2"
+    assert (trusted / "targets.json").read_text() == "targets.json"
+    assert not [p for p in scratch.rglob("*") if not p.is_dir()]
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ('{"signed": {"version": 7}}', 7),
+        ('{"signed": {"version": true}}', None),
+        ('{"signed": {"version": "7"}}', None),
+        ('{"signed": []}', None),
+        ("[]", None),
+        ("{torn", None),
+        (None, None),
+    ],
+)
+def test_the_trusted_timestamp_version_is_read_or_none(tmp_path: Path, body: str | None, expected: int | None) -> None:
+    if body is not None:
+        (tmp_path / "timestamp.json").write_text(body)
+    assert verifier._timestamp_version(tmp_path) == expected
