@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_bundles import repo_paths
-from firmware_bundles.messages import CampaignNotice, ReportState
+from firmware_bundles.messages import CampaignNotice, DirectorMetadata, ImageMetadata, ReportState
 from firmware_bundles.report_signing import generate_report_key, private_key_pem
 from firmware_bundles.uptane import (
     bundle_target_path,
@@ -58,12 +58,26 @@ def build_repository(vins: list[str], image_bytes: int) -> tuple[dict[str, bytes
     return repositories.files, repositories.image_root, repositories.director_root
 
 
+def carried(files: dict[str, bytes], vin: str) -> dict[str, Any]:
+    """A notice's carried files, as ``ota-bench``'s server sends them: the car's Director chain and
+    the Image repository's (each car still probes both roots and fetches its bundle over the network)."""
+
+    def three(base: str) -> dict[str, str]:
+        return {role: files[f"{base}{role}.json"].decode() for role in ("timestamp", "snapshot", "targets")}
+
+    return {
+        "director_metadata": DirectorMetadata(**three(repo_paths.director_metadata_url(REPO, vin))),
+        "image_metadata": ImageMetadata(**three(repo_paths.image_metadata_url(REPO))),
+    }
+
+
 def run(
     cars: int,
     image_bytes: int,
     workdir: Path,
     profile: Path | None,
     *,
+    carry: bool = False,
     cpu_clock: Callable[[], float] = time.process_time,
 ) -> dict[str, Any]:
     """Run the cars; the figures are kept as measured (the table rounds them), so each follows from the others."""
@@ -104,6 +118,7 @@ def run(
             title="bench",
             repo_url=REPO,
             issued_at=datetime.now(UTC),
+            **(carried(files, vin) if carry else {}),
         )
         for vin in vins
     ]
@@ -132,6 +147,7 @@ def run(
     return {
         "cars": cars,
         "remedied": remedied,
+        "carried_metadata": carry,
         "image_bytes": image_bytes,
         "bundle_bytes": len(files[f"{REPO}/{repo_paths.TARGETS}{bundle_target_path(HW, NEW)}"]),
         "requests": len(transport.requests),
@@ -153,6 +169,7 @@ def print_table(result: dict[str, Any]) -> None:
     rows = [
         ("cars (real agent, in-memory network)", f"{result['cars']:,} ({result['remedied']:,} remedied)"),
         ("bundle", f"{result['bundle_bytes']:,} bytes"),
+        ("notices carry the metadata", "yes" if result["carried_metadata"] else "no"),
         ("requests / signed reports per car", f"{result['requests_per_car']:.2f} / {result['reports_per_car']:.2f}"),
         ("agent CPU per car", f"{result['cpu_ms_per_car']:.2f} ms"),
         (
@@ -181,11 +198,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--profile", type=Path, help="write a cProfile of the cars' run here and print its top")
+    parser.add_argument(
+        "--carry",
+        action="store_true",
+        help="notices carry the Director's and the Image repository's metadata, as ota-bench's do",
+    )
     args = parser.parse_args(argv)
     if args.cars < 1:
         parser.error("--cars must be at least 1")
     with tempfile.TemporaryDirectory(prefix="bench-agent-cost-", dir=args.state_dir) as tmp:
-        result = run(args.cars, args.image_bytes, Path(tmp), args.profile)
+        result = run(args.cars, args.image_bytes, Path(tmp), args.profile, carry=args.carry)
     print_table(result)
     if args.profile:
         print()

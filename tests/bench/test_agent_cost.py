@@ -22,6 +22,14 @@ def test_every_car_is_remedied_through_the_whole_pipeline(tmp_path: Path) -> Non
     assert result["state_bytes_per_car"] > 8 * 1024  # at least the installed image in its slot
 
 
+def test_with_carried_metadata_each_car_asks_only_for_its_roots_and_its_bundle(tmp_path: Path) -> None:
+    """As ota-bench's cars: the notice carries both repositories' timestamp, snapshot and targets."""
+    result = agent_cost.run(3, 8 * 1024, tmp_path, None, carry=True)
+    assert result["remedied"] == 3 and result["carried_metadata"] is True
+    assert result["requests"] == 3 * 3  # the two root probes and the bundle
+    assert result["reports"] == 6 * 3
+
+
 def test_the_floor_follows_from_the_measured_cpu_unrounded(tmp_path: Path) -> None:
     """The figures come from one measurement (a fake process clock here); only the table rounds them.
 
