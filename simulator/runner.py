@@ -22,7 +22,6 @@ import itertools
 import logging
 import math
 import queue
-import random
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -33,7 +32,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-import paho.mqtt.client as mqtt
 from typing_extensions import override
 
 from firmware_bundles import provisioning
@@ -42,6 +40,7 @@ from simulator.errors import SimulatorError
 from simulator.faults import NO_FAULTS, CarFaults, FaultPlan, FaultyHealth, ThrottledTransport
 from simulator.fleet import Fleet
 from simulator.http_transport import StdlibTransport
+from simulator.mqtt_upkeep import Housekeeping, Sessions
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import AgentConfig, config_from_agent_config
 from vehicle_agent.health import HeaderHealthCheck, HealthCheck
@@ -58,7 +57,7 @@ CONNECT_PAUSE = 0.05
 WORKER_THREADS = 8
 SLOW_THREADS_MAX = 256  # a slow car holds a thread (and its connection) while it crawls
 MQTT_OPERATION_TIMEOUT_S = 300.0  # see _CountingLink
-MISC_INTERVAL_S = 10.0  # see _SimClient
+MISC_INTERVAL_S = 10.0  # paho's housekeeping for each car (simulator.mqtt_upkeep)
 LAG_PROBE_S = 0.25
 
 
@@ -230,18 +229,20 @@ class DepthFirstExecutor(ThreadPoolExecutor):
 
 
 class _SimClient(aiomqtt.Client):
-    """aiomqtt's client with its housekeeping every ``MISC_INTERVAL_S`` instead of every second.
+    """aiomqtt's client with paho's housekeeping (``loop_misc``) done by the worker's one
+    :class:`~simulator.mqtt_upkeep.Housekeeping` instead of a timer per client (see there)."""
 
-    aiomqtt runs paho's ``loop_misc`` (keep-alive pings, retry timers) once a second per
-    client: nothing for one car, but 7,500 timer wake-ups a second in a process holding 7,500
-    cars, which was most of an idle worker's CPU. With the agent's 60 s keep-alive, pinging
-    up to 10 s late is still well inside the broker's 1.5 x keep-alive.
-    """
+    upkeep: Housekeeping | None = None  # set by the link that makes it
 
     async def _misc_loop(self) -> None:
-        await asyncio.sleep(random.uniform(0, MISC_INTERVAL_S))  # spread the fleet's wake-ups
-        while self._client.loop_misc() == mqtt.MQTT_ERR_SUCCESS:  # noqa: ASYNC110 (a timer, as aiomqtt)
-            await asyncio.sleep(MISC_INTERVAL_S)
+        upkeep = self.upkeep
+        if upkeep is None:
+            return await super()._misc_loop()
+        ended = upkeep.add(self._client)
+        try:
+            await ended  # until its connection is gone (or aiomqtt cancels it as the socket closes)
+        finally:
+            upkeep.discard(self._client)
 
 
 class _CountingLink(CarMqttLink):
@@ -268,15 +269,41 @@ class _CountingLink(CarMqttLink):
         config: AgentConfig,
         on_sent: Callable[[StatusReport | ReportBatch | VersionManifest], None],
         source_address: str | None = None,
+        *,
+        upkeep: Housekeeping | None = None,
+        sessions: Sessions | None = None,
     ) -> None:
         super().__init__(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
         self._on_sent = on_sent
         self._source_address = source_address
+        self._upkeep = upkeep
+        self._sessions = sessions or Sessions()
+        self._ever_connected = False
+
+    # The link's session, counted by the fleet as it starts and ends (CarMqttLink sets it).
+    @property
+    def _client(self) -> aiomqtt.Client | None:
+        return self.__dict__.get("_session")
+
+    @_client.setter
+    def _client(self, client: aiomqtt.Client | None) -> None:
+        before = self.__dict__.get("_session")
+        self.__dict__["_session"] = client
+        if before is None and client is not None:
+            self._sessions.connected += 1
+            self._sessions.made += 1
+            if not self._ever_connected:
+                self._ever_connected = True
+                self._sessions.links += 1
+        elif before is not None and client is None:
+            self._sessions.connected -= 1
 
     @override
     def _new_client(self) -> aiomqtt.Client:
         client = super()._new_client()
         client.timeout = MQTT_OPERATION_TIMEOUT_S
+        if isinstance(client, _SimClient):
+            client.upkeep = self._upkeep
         if self._source_address:
             client._bind_address = self._source_address
         return client
@@ -334,7 +361,9 @@ class InProcessFleet:
         self._sent: set[tuple[str, int, int, int, str]] = set()
         self._expected: tuple[tuple[int, bool], int] | None = None
         self._stats = FleetStats()
-        self._reconnects_before = 0  # of links replaced by a power cut
+        # Every link's sessions, counted as they start and end; paho's housekeeping for all of them.
+        self._sessions = Sessions()
+        self._upkeep = Housekeeping(MISC_INTERVAL_S)
 
     # -- starting ---------------------------------------------------------------------
 
@@ -372,6 +401,7 @@ class InProcessFleet:
         transport = self._http
         self._stats.cars = len(agent_configs)
         self._tasks.append(asyncio.create_task(self._probe_lag()))
+        self._tasks.append(asyncio.create_task(self._upkeep.run()))
         started = 0
         for doc in agent_configs:
             state_dir = self.state_dir / str(doc["vin"])
@@ -403,10 +433,9 @@ class InProcessFleet:
 
     def _new_agent(self, car: _Car) -> Agent:
         vin = car.config.vin
-        old = self.links.get(vin)
-        if old is not None:
-            self._reconnects_before += max(0, old.connects - 1)
-        link = _CountingLink(car.config, self._sent_report, self.source_address)
+        link = _CountingLink(
+            car.config, self._sent_report, self.source_address, upkeep=self._upkeep, sessions=self._sessions
+        )
         agent = Agent(
             car.config,
             link=link,
@@ -539,13 +568,13 @@ class InProcessFleet:
             log.exception("%s: agent stopped", agent.config.vin)
 
     def connected(self) -> int:
-        return sum(1 for link in self.links.values() if link.connected)
+        return self._sessions.connected
 
     def _snapshot(self) -> FleetStats:
         stats = FleetStats.from_json(self._stats.as_json())
         stats.sent_by_state = dict(self._stats.sent_by_state)
         stats.connected = self.connected()
-        stats.reconnects = self._reconnects_before + sum(max(0, link.connects - 1) for link in self.links.values())
+        stats.reconnects = self._sessions.made_again
         stats.expected_online = self.expected_online()
         stats.slow_bytes = sum(link.bytes for link in self._slow_links)
         stats.slow_seconds = round(sum(link.waited for link in self._slow_links), 3)
