@@ -93,6 +93,9 @@ def run(spec: Mapping[str, Any], emit: Emitter, commands: TextIO) -> int:
             command = line.strip()
             if command == "launched":
                 started.wait()
+                # What the cars built while connecting (clients, sockets, sessions) lives on too:
+                # out of the collector's reach as well, before the campaign's garbage starts.
+                gctime.settle()
                 fleet.launched()
                 gc_time.mark()  # the summary says what the collector cost from launch to done
             elif command == "stop":

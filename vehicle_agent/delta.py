@@ -108,8 +108,7 @@ class DeltaApplier:
 
     def _running_image(self, slots: ReadableSlots) -> bytes | None:
         with slots.open_image(slots.booted_slot()) as fh:
-            data = fh.read(self._max + 1)
-        return data if len(data) <= self._max else None
+            return read_at_most(fh, self._max)
 
     def _rebuild(self, assignment: Assignment, image_repo: Updater, slots: ReadableSlots) -> Path | None:
         base = self._running_image(slots)
@@ -157,3 +156,23 @@ class DeltaApplier:
             os.fsync(out.fileno())
         os.replace(tmp, final)
         return final
+
+
+_READ_CHUNK = 1 << 20
+
+
+def read_at_most(fh: IO[bytes], limit: int) -> bytes | None:
+    """All of ``fh`` if it holds at most ``limit`` bytes, else None, in 1 MiB reads.
+
+    One ``read(limit + 1)`` allocates the whole limit first (32 MiB by default): 135 µs for a
+    64 KiB image where this takes 33 µs (issue 19), and 32 MiB of memory a Pi need not touch.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total <= limit:
+        chunk = fh.read(min(_READ_CHUNK, limit + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return None if total > limit else b"".join(chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 
 import bsdiff4
 import pytest
@@ -12,6 +13,7 @@ from firmware_bundles import repo_paths
 from firmware_bundles.bundle import build_bundle, revised_image, sample_image
 from firmware_bundles.messages import ReportState, StatusReport
 from firmware_bundles.uptane import bundle_target_path, delta_target, delta_target_path, image_target
+from vehicle_agent import delta
 
 from .conftest import Car
 from .fakes import HW, OLD, REPO, SERIAL, FakeServer
@@ -132,3 +134,20 @@ async def test_a_restart_after_the_rebuild_installs_the_rebuilt_image(car: Car, 
     assert await car.agent.resume() == [S.REMEDIED]
     assert car.running_version() == NEW
     assert url(release.path) not in server.transport.sent
+
+
+@pytest.mark.parametrize(
+    ("size", "limit", "whole"),
+    [
+        (0, 10, True),
+        (10, 10, True),
+        (11, 10, False),
+        (3 * (1 << 20) + 5, 3 * (1 << 20) + 5, True),
+        (3 << 20, 2 << 20, False),
+    ],
+)
+def test_the_running_image_is_read_whole_up_to_the_limit_and_not_past_it(size: int, limit: int, whole: bool) -> None:
+    """A delta's base: all of it when it fits the limit (across several reads), else None (a full bundle)."""
+    data = bytes(i % 251 for i in range(size))
+    found = delta.read_at_most(io.BufferedReader(io.BytesIO(data)), limit)
+    assert found == (data if whole else None)
