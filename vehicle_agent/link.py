@@ -183,7 +183,9 @@ class CarMqttLink:
         self.connects = 0
         self.on_connect: Callable[[], Awaitable[None]] | None = None
         self._on_connect_task: asyncio.Future[None] | None = None
-        self._lost = asyncio.Event()  # set when the current session ends (a new one per session)
+        # Done when the current session ends (a new one per session; None before the first). A
+        # future, not an Event: a publish waits on it directly, with no task of its own per send.
+        self._lost: asyncio.Future[None] | None = None
         self._resend: asyncio.Task[None] | None = None  # see _resend_later
         self._publish_failures = 0
 
@@ -226,7 +228,7 @@ class CarMqttLink:
                 async with self._new_client() as client:
                     await client.subscribe(topics.campaign_topic(self._vin), qos=topics.QOS)
                     await client.publish(topics.presence_topic(self._vin), self._presence(True), topics.QOS, True)
-                    self._lost = asyncio.Event()
+                    self._lost = asyncio.get_running_loop().create_future()
                     self._client = client
                     self.connects += 1
                     failures = 0
@@ -246,7 +248,8 @@ class CarMqttLink:
                 log.info("%s: MQTT link down (%s); reconnecting", self._vin, exc)
             finally:
                 self._client = None
-                self._lost.set()
+                if self._lost is not None and not self._lost.done():
+                    self._lost.set_result(None)
                 if self._resend is not None:  # the next session's connect re-sends the outbox
                     self._resend.cancel()
                     self._resend = None
@@ -261,15 +264,13 @@ class CarMqttLink:
         # its operation timeout): give up as soon as this session ends, the outbox keeps the report
         # and the next session sends it again.
         lost = self._lost
+        assert lost is not None  # made before the session's client is kept
         publish = asyncio.ensure_future(client.publish(topics.status_topic(self._vin), encode(report), qos=topics.QOS))
-        ended = asyncio.ensure_future(lost.wait())
         try:
-            await asyncio.wait({publish, ended}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({publish, lost}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:  # the caller is cancelled (e.g. a power cut): leave no publish behind
             publish.cancel()
             raise
-        finally:
-            ended.cancel()
         if not publish.done():
             publish.cancel()
             await asyncio.gather(publish, return_exceptions=True)
@@ -281,7 +282,7 @@ class CarMqttLink:
             raise LinkDown(f"publish failed: {exc}") from exc
         self._publish_failures = 0
 
-    def _resend_later(self, session: asyncio.Event) -> None:
+    def _resend_later(self, session: asyncio.Future[None]) -> None:
         """A publish failed (e.g. no PUBACK in time) but the session is still up.
 
         The report stays in the agent's outbox; with the connection up, no reconnect would
@@ -290,13 +291,13 @@ class CarMqttLink:
         ends first (the next one re-sends it on connect).
         """
         self._publish_failures += 1
-        if self.on_connect is None or session.is_set() or (self._resend is not None and not self._resend.done()):
+        if self.on_connect is None or session.done() or (self._resend is not None and not self._resend.done()):
             return
         self._resend = asyncio.ensure_future(self._resend_after(self._backoff(self._publish_failures), session))
 
-    async def _resend_after(self, delay: float, session: asyncio.Event) -> None:
+    async def _resend_after(self, delay: float, session: asyncio.Future[None]) -> None:
         await self._sleep(delay)
-        if session.is_set() or session is not self._lost or self.on_connect is None:
+        if session.done() or session is not self._lost or self.on_connect is None:
             return
         self._resend = None  # a failure while re-sending arms the next try
         await self.on_connect()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from firmware_bundles import repo_paths, topics
 from firmware_bundles.messages import (
@@ -27,6 +28,7 @@ from firmware_bundles.messages import (
 from firmware_bundles.vin import make_vin
 from vehicle_agent.agent import Agent
 from vehicle_agent.config import MqttOptions
+from vehicle_agent.errors import LinkDown
 from vehicle_agent.link import CampaignMessage, CarMqttLink, parse_mqtt_url
 
 from .fakes import REPO, SERIAL, FakeServer
@@ -154,3 +156,35 @@ async def test_a_report_whose_publish_timed_out_is_sent_again_on_the_same_sessio
         finally:
             running.cancel()
             await asyncio.gather(running, return_exceptions=True)
+
+
+class _NeverAcked:
+    """A session's client whose publish waits for a PUBACK that never comes."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def publish(self, *_args: Any, **_kwargs: Any) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+
+
+async def test_a_publish_waiting_when_the_session_ends_gives_up_at_once_and_leaves_nothing_behind() -> None:
+    """The report stays in the agent's outbox (LinkDown), the next session sends it again."""
+    vin = make_vin("1HG", "CM826", "R", "A", secrets.randbelow(10**6))
+    link = CarMqttLink(vin, "mqtt://127.0.0.1:9")
+    client = _NeverAcked()
+    link._client = client  # type: ignore[assignment]  # the session as CarMqttLink.notices keeps it
+    link._lost = asyncio.get_running_loop().create_future()
+    report = StatusReport(campaign_id=1, vin=vin, nonce="n" * 16, state=ReportState.NOTIFIED, sent_at=datetime.now(UTC))
+    sending = asyncio.create_task(link.send(report))
+    await asyncio.sleep(0.05)
+    assert not sending.done()  # waiting for the PUBACK
+    link._client = None  # the session ends, as CarMqttLink.notices ends it
+    link._lost.set_result(None)
+    with pytest.raises(LinkDown, match="connection lost while publishing"):
+        await asyncio.wait_for(sending, 5)
+    assert client.cancelled
