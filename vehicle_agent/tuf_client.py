@@ -74,9 +74,8 @@ def main(
 
 
 def _updater(options: ClientOptions, fetcher: TufFetcher) -> Updater:
-    from tuf.ngclient import Updater
-
     from firmware_bundles import canonical
+    from vehicle_agent.verifier import LeanUpdater
 
     canonical.use_for_signed_bytes()  # the agent's own Verifier does the same
     if not options.metadata_url:
@@ -85,7 +84,7 @@ def _updater(options: ClientOptions, fetcher: TufFetcher) -> Updater:
     if not root.is_file():
         raise _fail(f"no trusted root in {options.metadata_dir}: run init first")
     target_dir = str(options.target_dir) if options.target_dir else None
-    return Updater(
+    return LeanUpdater(
         str(options.metadata_dir),
         options.metadata_url.rstrip("/") + "/",
         target_dir,

@@ -14,6 +14,7 @@ import os
 from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -250,3 +251,24 @@ def test_the_trusted_timestamp_version_is_read_or_none(tmp_path: Path, body: str
     if body is not None:
         (tmp_path / "timestamp.json").write_text(body)
     assert verifier._timestamp_version(tmp_path) == expected
+
+
+def test_a_verified_file_is_replaced_whole_and_a_failed_write_leaves_the_old_one_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """How the agent's python-tuf writes what it verified (verifier.LeanUpdater): old or new, never torn."""
+    target = tmp_path / "timestamp.json"
+    persist = verifier.LeanUpdater._persist_file
+    updater: Any = None  # the method uses nothing of the Updater but its arguments
+    persist(updater, str(target), b"v1")
+    persist(updater, str(target), b"v2")
+    assert target.read_bytes() == b"v2"
+
+    def failing(_source: str, _target: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", failing)
+    with pytest.raises(OSError, match="No space left"):
+        persist(updater, str(target), b"v3")
+    assert target.read_bytes() == b"v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["timestamp.json"]
