@@ -92,7 +92,7 @@ def use_for_signed_bytes() -> None:
     Python: 4% of a simulated car's CPU (issue 19). The bytes are those ``encode_canonical``
     writes (the module docstring says why; ``tests/firmware_bundles/test_canonical.py``
     compares them), so every check accepts and refuses exactly what it did. Idempotent; the
-    agent calls it before it builds an ``Updater``.
+    agent's ``LeanUpdater`` calls it as it is built.
     """
     current = vars(Metadata)["signed_bytes"]  # the property object itself
     if not (isinstance(current, property) and current.fget is _signed_bytes):

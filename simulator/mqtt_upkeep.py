@@ -52,8 +52,8 @@ class Housekeeping:
         if bucket is not None:
             self._buckets[bucket].pop(client, None)
 
-    def run_turn(self) -> int:
-        """``loop_misc`` for the next bucket's clients; returns how many were kept."""
+    def run_turn(self) -> None:
+        """``loop_misc`` for the next bucket's clients."""
         bucket = self._buckets[self._turn]
         self._turn = (self._turn + 1) % len(self._buckets)
         for client, ended in list(bucket.items()):
@@ -61,7 +61,6 @@ class Housekeeping:
                 self.discard(client)
                 if not ended.done():
                     ended.set_result(None)
-        return len(bucket)
 
     async def run(self) -> None:
         """Forever (until cancelled): one bucket every ``interval_s / buckets`` seconds."""
@@ -73,13 +72,7 @@ class Housekeeping:
 
 @dataclass
 class Sessions:
-    """How many links are connected now, and the MQTT sessions made in all and by how many links."""
+    """How many links are connected now, and the sessions made again (beyond each link's first)."""
 
     connected: int = 0
-    made: int = 0
-    links: int = 0  # links that made at least one session
-
-    @property
-    def made_again(self) -> int:
-        """Sessions beyond each link's first: a link's reconnects, summed over every link ever made."""
-        return self.made - self.links
+    reconnects: int = 0

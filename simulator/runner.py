@@ -291,10 +291,9 @@ class _CountingLink(CarMqttLink):
         self.__dict__["_session"] = client
         if before is None and client is not None:
             self._sessions.connected += 1
-            self._sessions.made += 1
-            if not self._ever_connected:
-                self._ever_connected = True
-                self._sessions.links += 1
+            if self._ever_connected:
+                self._sessions.reconnects += 1
+            self._ever_connected = True
         elif before is not None and client is None:
             self._sessions.connected -= 1
 
@@ -574,7 +573,7 @@ class InProcessFleet:
         stats = FleetStats.from_json(self._stats.as_json())
         stats.sent_by_state = dict(self._stats.sent_by_state)
         stats.connected = self.connected()
-        stats.reconnects = self._sessions.made_again
+        stats.reconnects = self._sessions.reconnects
         stats.expected_online = self.expected_online()
         stats.slow_bytes = sum(link.bytes for link in self._slow_links)
         stats.slow_seconds = round(sum(link.waited for link in self._slow_links), 3)

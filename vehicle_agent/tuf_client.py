@@ -74,10 +74,8 @@ def main(
 
 
 def _updater(options: ClientOptions, fetcher: TufFetcher) -> Updater:
-    from firmware_bundles import canonical
     from vehicle_agent.verifier import LeanUpdater
 
-    canonical.use_for_signed_bytes()  # the agent's own Verifier does the same
     if not options.metadata_url:
         raise _fail("--metadata-url is required")
     root = options.metadata_dir / "root.json"

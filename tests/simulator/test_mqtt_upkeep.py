@@ -91,14 +91,14 @@ def test_sessions_are_counted_as_links_connect_drop_and_are_replaced() -> None:
     session: Any = object()
     first._client = session
     other._client = session
-    assert (sessions.connected, sessions.made_again) == (2, 0)
+    assert (sessions.connected, sessions.reconnects) == (2, 0)
     assert first.connected and other.connected
     first._client = None  # the link dropped ...
     first._client = None  # (ending twice counts once)
-    assert (sessions.connected, sessions.made_again) == (1, 0)
+    assert (sessions.connected, sessions.reconnects) == (1, 0)
     first._client = session  # ... and connected again
-    assert (sessions.connected, sessions.made_again) == (2, 1)
+    assert (sessions.connected, sessions.reconnects) == (2, 1)
     first._client = None  # a power cut: the link ends, a new one takes the car
     replacement = _CountingLink(config("1HGCM82633A004352"), lambda _r: None, sessions=sessions)
     replacement._client = session
-    assert (sessions.connected, sessions.made_again) == (2, 1)  # a new link's first session is not a reconnect
+    assert (sessions.connected, sessions.reconnects) == (2, 1)  # a new link's first session is not a reconnect
