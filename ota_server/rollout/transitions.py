@@ -46,13 +46,21 @@ def new_nonce() -> str:
 
 
 def enroll(session: Session, rows: Sequence[Mapping[str, object]]) -> None:
-    """Insert a campaign's new cars (a launch, a rollback campaign, late joiners) in one statement.
+    """Insert a campaign's new cars (a launch, a rollback campaign, late joiners) in one stream.
 
     Each row starts ``pending`` unless it says otherwise (a car whose manifests already show
-    the fix starts remedied: :func:`already_remedied_row`).
+    the fix starts remedied: :func:`already_remedied_row`). Rows that all name the same columns
+    go by ``COPY`` (:func:`ota_server.db.copy_rows.insert_rows`): a 30,000-car launch's
+    executemany was 1.2 s of its approval (issue 19); rows that differ by the INSERT.
     """
-    if rows:
-        session.execute(insert(CampaignVehicle), [{"state": VinState.PENDING.value} | dict(row) for row in rows])
+    full = [{"state": VinState.PENDING.value} | dict(row) for row in rows]
+    if not full:
+        return
+    columns = full[0].keys()
+    if all(row.keys() == columns for row in full):
+        insert_rows(session, CampaignVehicle, full)
+    else:
+        session.execute(insert(CampaignVehicle), full)
 
 
 def already_remedied_row(vin: str, reason: str) -> dict[str, object]:

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import Select, insert, select
+from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -27,7 +27,6 @@ from ota_server.rollout import transitions
 from ota_server.rollout.campaign_tick import plan_of as plan_of
 from ota_server.rollout.fleet import Outbound as Outbound
 from ota_server.rollout.rollback import rollback_of as rollback_of
-from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import CampaignPublic, Population
 from ota_server.schemas.listing import Page
 from ota_server.services import campaign_view, inventory, listing, owner_notifications
@@ -224,8 +223,7 @@ def freeze_ecus(session: Session, campaign_id: int, members: Sequence[population
         for m in members
         for serial, rid in m.assignments().items()
     ]
-    for start in range(0, len(rows), VIN_LIST_CHUNK):
-        session.execute(insert(CampaignEcu), rows[start : start + VIN_LIST_CHUNK])
+    insert_rows(session, CampaignEcu, rows)  # COPY: an executemany was 0.9 s of a 30,000-car launch
 
 
 LISTING = listing.by_id(

@@ -43,8 +43,10 @@ from ota_server.db.models import (
     Release,
     Vehicle,
 )
+from ota_server.db.one_of import one_of
 from ota_server.domain.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.rollout import transitions
+from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import DiscrepancyKind, DiscrepancyPublic
 from ota_server.schemas.listing import Page
 from ota_server.services import audit, listing
@@ -428,15 +430,18 @@ def already_remedied(session: Session, members: Sequence[Member]) -> set[str]:
     # Two index lookups per chunk (VIN -> vehicle id, vehicle id -> ECUs), not a join: with every
     # car's manifest just written, PostgreSQL hashed the whole (bloated) ecus table once per chunk of
     # 500 cars, ~0.6 s each at 30,000 cars: 20 s of a launch's approval (issue 19).
-    for chunk in _chunks(vins):
+    # Each list one array parameter (``one_of``), in chunks of ``VIN_LIST_CHUNK``: with one
+    # placeholder per VIN in chunks of 500, rendering the statements was ~1 s of a 30,000-car launch.
+    for start in range(0, len(vins), VIN_LIST_CHUNK):
+        chunk = vins[start : start + VIN_LIST_CHUNK]
         ids = {
             vehicle_id: vin
-            for vehicle_id, vin in session.execute(select(Vehicle.id, Vehicle.vin).where(Vehicle.vin.in_(chunk)))
+            for vehicle_id, vin in session.execute(select(Vehicle.id, Vehicle.vin).where(one_of(Vehicle.vin, chunk)))
         }
         if not ids:
             continue
         reported = select(Ecu.vehicle_id, Ecu.serial, Ecu.installed_version, Ecu.installed_sha256).where(
-            Ecu.vehicle_id.in_(sorted(ids)), Ecu.reported_at.is_not(None)
+            one_of(Ecu.vehicle_id, sorted(ids)), Ecu.reported_at.is_not(None)
         )
         for vehicle_id, serial, version, sha256 in session.execute(reported):
             ecus[(ids[vehicle_id], serial)] = _Reported(version, sha256)

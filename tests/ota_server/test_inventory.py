@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from securesystemslib.signer import CryptoSigner
-from sqlalchemy import event
+from sqlalchemy import event, select
 
 from firmware_bundles import topics
 from firmware_bundles.bundle import sample_image
@@ -21,6 +21,7 @@ from firmware_bundles.messages import (
 )
 from firmware_bundles.report_signing import sign_report
 from firmware_bundles.uptane import bundle_target_path
+from ota_server.db.models import CampaignEcu, CampaignVehicle
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import (
     HW,
@@ -242,6 +243,53 @@ async def test_a_car_whose_manifest_shows_the_fix_is_already_remedied_at_launch(
     [entry] = (await env.get_json(f"/api/v1/vehicles/{done}/status"))["campaigns"]
     assert entry["reason"] == "already_remedied"
     assert set(await env.nonces()) == {todo}  # no notice for a car with nothing to install
+
+
+async def test_a_launch_stores_every_car_and_ecu_row_in_one_stream_on_either_database(either_env: Env) -> None:
+    """A 30,000-car launch's executemany inserts were 2 s of its approval (issue 19): the campaign's
+    cars and their affected ECUs now go by COPY on PostgreSQL, the INSERT on SQLite, the same rows."""
+    env = either_env
+    done, *todo = [vin(n) for n in range(1, 5)]
+    await _registered(env, [done, *todo])
+    release = await upload(env.client)
+    assert release.status_code == 201, release.text
+    await env.inject(manifest(done, 1, version="1.1.0", image_sha256=FIX_IMAGE))
+    recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"]))
+    assert recall.status_code == 201, recall.text
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    event.listen(env.runtime.engine, "before_cursor_execute", seen)
+    try:
+        launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+    finally:
+        event.remove(env.runtime.engine, "before_cursor_execute", seen)
+    assert launched.status_code == 201, launched.text
+    campaign_id = launched.json()["id"]
+    with env.runtime.sessions() as session:
+        cars = {
+            cv.vin: cv
+            for cv in session.scalars(select(CampaignVehicle).where(CampaignVehicle.campaign_id == campaign_id))
+        }
+        ecus = session.execute(
+            select(CampaignEcu.vin, CampaignEcu.ecu_serial, CampaignEcu.hardware_id, CampaignEcu.release_id).where(
+                CampaignEcu.campaign_id == campaign_id
+            )
+        ).all()
+    assert sorted(cars) == sorted([done, *todo])
+    assert {v: cars[v].state for v in cars} == {done: "remedied"} | {v: "pending" for v in todo}
+    assert cars[done].reason == "already_remedied" and cars[done].progress_rank >= 0
+    assert all(cars[v].reason is None and cars[v].progress_rank == -1 and cars[v].attempt == 0 for v in todo)
+    assert len({cv.nonce for cv in cars.values()}) == len(cars) and all(cv.nonce for cv in cars.values())
+    assert all(cv.deferrals == 0 and cv.retries == 0 and cv.wave == 0 for cv in cars.values())  # column defaults
+    assert sorted(ecus) == sorted((v, f"S-{v[-6:]}", HW, release.json()["id"]) for v in [done, *todo])
+    if env.runtime.engine.dialect.name == "postgresql":
+        for table in ("campaign_vehicles", "campaign_ecus"):
+            assert any(s.startswith(f'copy "{table}"') for s in statements), statements
+            assert not any(s.startswith(f"insert into {table}") for s in statements), statements
+    assert set(await env.nonces()) == set(todo)
 
 
 async def test_the_r156_record_shows_the_reported_versions_and_rxswin_after_a_remedy(env: Env) -> None:
