@@ -77,7 +77,7 @@ from simulator.scenario import (
     upload_installed,
 )
 from simulator.server_process import ServerProcess
-from simulator.workers import ProcessFleet, default_workers
+from simulator.workers import MAX_NICENESS, ProcessFleet, default_workers
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
@@ -121,6 +121,7 @@ class Options:
     keep_state: bool = False
     raw_publishers_per_leaf: int = 2
     car_state_dir: Path | None = None  # None: RAM (/dev/shm) when it has room, else the work directory
+    sim_nice: int = 0  # the simulator workers' niceness (0: the same priority as the server)
 
     @property
     def campaign_timeout(self) -> float:
@@ -433,6 +434,7 @@ def run(options: Options, console: Console) -> Measured:
             faults=options.faults,
             pacing=Pacing.per_second(options.connect_rate),
             console=console,
+            niceness=options.sim_nice,
         )
         stack.callback(runner.stop)
         _say(console, f"starting {options.cars} cars in {measured.workers} worker processes")
@@ -616,6 +618,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "gc_seconds": _gc_seconds(measured),
         "load_average": measured.load,
         "workers": measured.workers,
+        "simulator_niceness": options.sim_nice,
         "brokers": measured.backend.brokers,
         "connect_rate_per_s": options.connect_rate,
         "phases_s": measured.phases,
@@ -678,6 +681,12 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
+def _niceness(result: Mapping[str, Any]) -> str:
+    """The workers' niceness when they ran behind the rest (``--sim-nice``); nothing at the default."""
+    niceness = result.get("simulator_niceness") or 0
+    return f" (niceness {niceness})" if niceness else ""
+
+
 def _per_car_row(result: Mapping[str, Any]) -> str:
     """The issue's per-car figures: CPU from launch to done over the cars, in ms."""
     cpu = result.get("cpu_seconds_launch_to_done") or {}
@@ -734,7 +743,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         ),
         ("database", backend["database"]),
         ("broker", f"{backend['broker']} x{backend['brokers']}"),
-        ("workers / cores", f"{result['workers']} / {result['cores']}"),
+        ("workers / cores", f"{result['workers']} / {result['cores']}" + _niceness(result)),
         (
             "worst worker event-loop lag / MQTT reconnects",
             f"{_fmt(result['fleet'].get('loop_lag_max_s'), 's')} / {_fmt(result['fleet'].get('reconnects'))}",
@@ -820,6 +829,13 @@ def parse(argv: list[str] | None) -> Options:
     parser.add_argument("--workers", type=int, help="simulator processes (default max(2, cars/8000))")
     parser.add_argument("--embedded", action="store_true", help="use the server's embedded amqtt broker")
     parser.add_argument(
+        "--sim-nice",
+        type=int,
+        default=0,
+        help=f"run the simulator workers at this niceness, 0 to {MAX_NICENESS} (default 0): the fleet then takes "
+        "only the CPU the server, the database and the brokers leave, as cars with their own processors would",
+    )
+    parser.add_argument(
         "--no-carry",
         dest="carry_metadata",
         action="store_false",
@@ -859,6 +875,8 @@ def parse(argv: list[str] | None) -> Options:
         parser.error("--cars must be at least 1")
     if not 1 <= args.ecus <= MAX_ECUS:
         parser.error(f"--ecus must be 1 to {MAX_ECUS}")
+    if not 0 <= args.sim_nice <= MAX_NICENESS:
+        parser.error(f"--sim-nice must be 0 to {MAX_NICENESS}")
     if args.brokers is not None and args.brokers < 2:
         parser.error("--brokers is a hub and at least one leaf: 2 or more")
     try:
@@ -895,6 +913,7 @@ def parse(argv: list[str] | None) -> Options:
         seed=args.seed,
         keep_state=args.keep_state,
         car_state_dir=args.car_state_dir,
+        sim_nice=args.sim_nice,
         raw_publishers_per_leaf=args.raw_publishers_per_leaf,
     )
 

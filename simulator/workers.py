@@ -41,6 +41,22 @@ SHARED_KEYS = ("repo_url", "image_root", "director_root")  # the same for every 
 STOP_TIMEOUT_S = 300.0
 
 
+MAX_NICENESS = 19
+
+
+def lower_priority(pid: int, niceness: int) -> None:
+    """Run process ``pid`` at ``niceness`` (0 to 19; 0 leaves it as it is).
+
+    Only ever lower: that needs no privilege. ``ota-bench --sim-nice`` puts the simulated fleet
+    behind the server, the database and the brokers on a shared machine, where real cars would
+    bring their own processors.
+    """
+    if not 0 <= niceness <= MAX_NICENESS:
+        raise ValueError(f"niceness must be 0 to {MAX_NICENESS}, not {niceness}")
+    if niceness:
+        os.setpriority(os.PRIO_PROCESS, pid, niceness)
+
+
 def default_workers(cars: int) -> int:
     return max(2, math.ceil(cars / CARS_PER_WORKER))
 
@@ -199,7 +215,12 @@ class ProcessFleet:
         log_level: str = "WARNING",
         env: Mapping[str, str] | None = None,
         console: Console | None = None,
+        niceness: int = 0,
     ) -> None:
+        """``niceness``: each worker's (see :func:`lower_priority`)."""
+        if not 0 <= niceness <= MAX_NICENESS:
+            raise ValueError(f"niceness must be 0 to {MAX_NICENESS}, not {niceness}")
+        self.niceness = niceness
         self.state_dir = state_dir
         self.workers = workers
         self.broker_urls = list(broker_urls)
@@ -268,6 +289,7 @@ class ProcessFleet:
                 bufsize=1,
                 env=self.env,
             )
+        lower_priority(process.pid, self.niceness)
         worker = WorkerProcess(index, len(spec["cars"]), process, log_path)
         assert process.stdout is not None
         thread = threading.Thread(target=worker.read, args=(process.stdout,), name=worker.name, daemon=True)

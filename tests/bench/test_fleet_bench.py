@@ -94,6 +94,10 @@ def test_flags_become_options() -> None:
         parse(["--brokers", "1"])
     with pytest.raises(SystemExit):
         parse(["--ecus", "0"])
+    assert (options.sim_nice, parse(["--sim-nice", "19"]).sim_nice) == (0, 19)
+    for wrong in ("-1", "20"):
+        with pytest.raises(SystemExit):
+            parse(["--sim-nice", wrong])
 
 
 def test_helpers_split_and_thin() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import operator
+import os
 import subprocess
 import sys
 import threading
@@ -19,8 +20,11 @@ from simulator.faults import CarFaults, FaultPlan
 from simulator.runner import CAR_ORDER, DepthFirstExecutor, FleetStats, Pacing
 from simulator.worker import Emitter, cars_of
 from simulator.workers import (
+    MAX_NICENESS,
+    ProcessFleet,
     WorkerProcess,
     default_workers,
+    lower_priority,
     on_brokers,
     on_loopback,
     slices,
@@ -161,3 +165,23 @@ def test_each_worker_connects_from_its_own_loopback_address_when_the_brokers_are
     assert on_loopback(["mqtt://127.0.0.1:1883", "mqtts://localhost:8883", "mqtt://[::1]:1"])
     assert not on_loopback(["mqtt://127.0.0.1:1883", "mqtt://broker.example.com:1883"])
     assert not on_loopback(["mqtt://10.0.0.5:1883"])
+
+
+def test_a_worker_can_run_behind_the_server_at_a_lower_priority() -> None:
+    """``ota-bench --sim-nice``: the simulated fleet takes only the CPU the server leaves."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        before = os.getpriority(os.PRIO_PROCESS, child.pid)
+        lower_priority(child.pid, 0)  # 0: left as it is
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == before
+        lower_priority(child.pid, MAX_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, child.pid) == MAX_NICENESS
+    finally:
+        assert child.stdin is not None
+        child.stdin.close()
+        child.wait(timeout=10)
+    for wrong in (-1, MAX_NICENESS + 1):
+        with pytest.raises(ValueError, match="niceness must be 0 to 19"):
+            lower_priority(os.getpid(), wrong)
+        with pytest.raises(ValueError, match="niceness must be 0 to 19"):
+            ProcessFleet(Path("unused"), niceness=wrong)
