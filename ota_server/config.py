@@ -18,6 +18,7 @@ from firmware_bundles.uptane import Expiry
 from ota_server.errors import InvalidInput
 
 ENV_PREFIX = "OTA_"
+MAX_SIGNING_PROCESSES = 16  # Director signing processes (director_signing_processes)
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -139,6 +140,11 @@ class Settings:
     # again (this process's own changes drop them at once); other replicas' changes show
     # within this many seconds.
     repo_cache_ttl_s: float = 1.0
+    # Processes that sign the Director's chains of a large plan (a launch's notifying ticks with
+    # notice_carries_metadata, 500 cars or more), beside the server's own process and its GIL;
+    # 0: every chain signed in the server's process. They read the Director's online keys from
+    # keys_dir themselves (ota_server.signing.signing_pool says why none crosses a pipe).
+    director_signing_processes: int = 2
     # The manufacturer this service speaks for: on owner pages, in owner notices and on every
     # regulator report. The contact is the default named person of a recall's owner notice when
     # the recall names none (name, role, phone, email); the dealer locator is linked from the
@@ -179,6 +185,8 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}REPORT_EXPORT_INTERVAL_S must be > 0")
         if self.repo_cache_ttl_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}REPO_CACHE_TTL_S must be >= 0")
+        if not 0 <= self.director_signing_processes <= MAX_SIGNING_PROCESSES:
+            raise InvalidInput(f"{ENV_PREFIX}DIRECTOR_SIGNING_PROCESSES must be 0 to {MAX_SIGNING_PROCESSES}")
         if self.log_format.strip().lower() not in ("text", "json"):
             raise InvalidInput(f"{ENV_PREFIX}LOG_FORMAT must be text or json")
         if self.mqtt_version not in (4, 5):

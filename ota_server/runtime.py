@@ -39,6 +39,7 @@ from ota_server.signing.director import DIRECTOR_ONLINE_ROLES, Director
 from ota_server.signing.freshness import Refresher
 from ota_server.signing.image_repo import ImageRepository
 from ota_server.signing.roots import ensure_root
+from ota_server.signing.signing_pool import SigningPool
 from ota_server.signing.store import DIRECTOR, IMAGE, REPO_WIDE, chain_versions
 
 log = logging.getLogger(__name__)
@@ -92,13 +93,16 @@ def _prepare_storage(settings: Settings, clock: Clock) -> tuple[Engine, ImageRep
     image_root = ensure_root(sessions, IMAGE, lambda: keys.image_signers(settings.keys_dir), expiry, clock())
     director_root = ensure_root(sessions, DIRECTOR, lambda: keys.director_signers(settings.keys_dir), expiry, clock())
     image_repo = ImageRepository(keys.RepoKeys(IMAGE, keys.Keyring([settings.keys_dir / "image"])), expiry)
-    director_keys = keys.RepoKeys(DIRECTOR, keys.Keyring([settings.keys_dir / "director"]), DIRECTOR_ONLINE_ROLES)
+    director_keys_dir = settings.keys_dir / "director"
+    director_keys = keys.RepoKeys(DIRECTOR, keys.Keyring([director_keys_dir]), DIRECTOR_ONLINE_ROLES)
     with sessions() as session:  # refuse to start without the online keys the roots ask for
         director_keys.signers(session)
         if not image_repo.targets_offline(session):
             log.warning("the Image targets key is on this server (development keys): see `ota keys init`")
     _ensure_image_chain(sessions, image_repo, clock)
-    director = Director(director_keys, expiry, signers_ttl_s=settings.repo_cache_ttl_s)
+    processes = settings.director_signing_processes
+    pool = SigningPool([director_keys_dir], processes) if processes else None
+    director = Director(director_keys, expiry, signers_ttl_s=settings.repo_cache_ttl_s, pool=pool)
     return engine, image_repo, director, image_root, director_root
 
 
@@ -185,6 +189,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     resumed = await dispatcher.resume(settings.repo_url, owner_links)
     if resumed:
         log.info("re-publishing %d campaign notices not confirmed before the last stop", resumed)
+    director.start()  # its signing processes, if any, ready before the first launch
     coordinator.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job
     if settings.scheduler_interval_s > 0:
         lease = Lease(sessions, SCHEDULER, instance, clock, settings.lease_ttl_s)
@@ -216,4 +221,5 @@ async def stop_runtime(runtime: Runtime) -> None:
     if runtime.link is not None:
         await runtime.link.stop()
     await runtime.ingestor.stop()
+    await asyncio.to_thread(runtime.director.close)
     runtime.engine.dispose()

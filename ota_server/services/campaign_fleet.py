@@ -42,7 +42,8 @@ from ota_server.services import campaigns, inventory
 from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 from ota_server.services.recalls import release_floor
-from ota_server.signing.director import Chain, Director
+from ota_server.signing.chains import Chain
+from ota_server.signing.director import Director
 from ota_server.signing.image_repo import target_for
 
 log = logging.getLogger(__name__)

@@ -54,7 +54,8 @@ from ota_server.errors import NotFound, Unavailable
 from ota_server.infra.bundle_store import BundleStore
 from ota_server.schemas import text_problem
 from ota_server.services import releases
-from ota_server.signing.director import PENDING, Chain, Director
+from ota_server.signing.chains import Chain
+from ota_server.signing.director import PENDING, Director
 from ota_server.signing.store import CHAIN, DIRECTOR, IMAGE, REPO_WIDE
 
 VERSIONED_ROOT = re.compile(r"^([1-9][0-9]{0,8})\.root\.json$")

@@ -51,16 +51,15 @@ from firmware_bundles.uptane import (
     Expiry,
     RepoVersions,
     RoleSigners,
-    director_target,
-    publish_targets,
     refresh_chain,
     serialize,
 )
-from firmware_bundles.window import WINDOW_FIELD
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import RepoFile
 from ota_server.db.one_of import one_of
+from ota_server.signing.chains import Chain, ChainOrder, sign_chain
 from ota_server.signing.keys import RepoKeys
+from ota_server.signing.signing_pool import SigningPool
 from ota_server.signing.store import CHAIN, DIRECTOR, put_file
 
 _CHUNK = 500
@@ -68,8 +67,6 @@ _QUEUE_CHUNK = 5000  # rows per upsert statement (sent as multi-row VALUES batch
 DIRECTOR_ONLINE_ROLES = ("targets", "snapshot", "timestamp")
 # A VIN's queued, not yet signed assignment (not metadata: never served).
 PENDING = "assignment.pending.json"
-# A VIN's chain as signed: file name -> (version, bytes).
-Chain = dict[str, tuple[int, bytes]]
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
@@ -78,14 +75,33 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 
 
 class Director:
-    def __init__(self, keys: RepoKeys, expiry: Expiry | None = None, *, signers_ttl_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        keys: RepoKeys,
+        expiry: Expiry | None = None,
+        *,
+        signers_ttl_s: float = 0.0,
+        pool: SigningPool | None = None,
+    ) -> None:
+        """``pool``: signing processes for large plans (a launch's ticks); None: every chain signed here."""
         self.keys = keys
         self.expiry = expiry or Expiry()
+        self._pool = pool
         # Signing is per car (on its first fetch), so the keys matched to the current root are
         # kept this long instead of reading the roots for every car; a rotation made by the
         # CLI straight on the database is used within this many seconds.
         self._signers_ttl_s = signers_ttl_s
         self._signers: tuple[float, RoleSigners] | None = None
+
+    def start(self) -> None:
+        """Start the signing processes, if any, in the background (the server's start-up)."""
+        if self._pool is not None:
+            self._pool.start()
+
+    def close(self) -> None:
+        """Stop the signing processes, if any (the server's shutdown)."""
+        if self._pool is not None:
+            self._pool.close()
 
     def signers(self, session: Session) -> RoleSigners:
         kept = self._signers
@@ -95,45 +111,6 @@ class Director:
         signers = self.keys.signers(session)
         self._signers = (now, signers)
         return signers
-
-    def _sign(
-        self,
-        signers: RoleSigners,
-        vin: str,
-        images: Mapping[str, TargetFile],
-        previous: RepoVersions,
-        now: datetime,
-        floors: Mapping[str, int | None],
-        ecu_failure_policy: str | None = None,
-        window: Mapping[str, Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        # TUF keys targets by path, so one chain names a bundle once: with two ECUs of
-        # the same hardware the first serial given gets it.
-        targets: dict[str, TargetFile] = {}
-        for serial, image in images.items():
-            floor = floors.get(serial)
-            targets.setdefault(
-                image.path,
-                director_target(image, vin, serial, min_release_counter=floor, ecu_failure_policy=ecu_failure_policy),
-            )
-        extra: dict[str, Any] = {"vin": vin} | ({WINDOW_FIELD: dict(window)} if window else {})
-        versions, files = publish_targets(targets, signers, self.expiry, now, previous, extra=extra)
-        by_name = {
-            "targets.json": versions.targets,
-            "snapshot.json": versions.snapshot,
-            "timestamp.json": versions.timestamp,
-        }
-        return [
-            {
-                "repo": DIRECTOR,
-                "owner": vin,
-                "name": name,
-                "version": by_name[name],
-                "data": files[name],
-                "updated_at": now,
-            }
-            for name in CHAIN
-        ]
 
     def _previous(self, session: Session, vins: Sequence[str]) -> dict[str, dict[str, int]]:
         """The current chain versions of ``vins``, their rows locked in (VIN, name) order."""
@@ -157,20 +134,37 @@ class Director:
         ],
         now: datetime,
     ) -> dict[str, Chain]:
-        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy, window)}``) in bulk."""
+        """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy, window)}``) in bulk:
+        in the signing pool when there is one and the plan is large, else here."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
-        new_rows: list[dict[str, Any]] = []
-        changed_rows: list[dict[str, Any]] = []
-        chains: dict[str, Chain] = {}
+        orders = []
         for vin, (images, floors, policy, window) in plan.items():
             old = previous.get(vin, {})
             versions = RepoVersions(
                 old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
             )
-            rows = self._sign(signers, vin, images, versions, now, floors, policy, window)
-            (changed_rows if old else new_rows).extend(rows)
-            chains[vin] = {row["name"]: (row["version"], row["data"]) for row in rows}
+            orders.append(ChainOrder(vin, images, versions, floors, policy, window))
+        signed = self._pool.sign(signers, self.expiry, now, orders) if self._pool is not None else None
+        if signed is None:
+            signed = [sign_chain(signers, self.expiry, now, order) for order in orders]
+        new_rows: list[dict[str, Any]] = []
+        changed_rows: list[dict[str, Any]] = []
+        chains: dict[str, Chain] = {}
+        for order, chain in zip(orders, signed, strict=True):
+            rows = [
+                {
+                    "repo": DIRECTOR,
+                    "owner": order.vin,
+                    "name": name,
+                    "version": chain[name][0],
+                    "data": chain[name][1],
+                    "updated_at": now,
+                }
+                for name in CHAIN
+            ]
+            (changed_rows if order.vin in previous else new_rows).extend(rows)
+            chains[order.vin] = chain
         insert_rows(session, RepoFile, new_rows)
         if changed_rows:
             session.execute(update(RepoFile), changed_rows)

@@ -24,5 +24,6 @@ def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp
 
 
 def test_more_than_a_shared_machine_takes_is_refused() -> None:
-    with pytest.raises(SystemExit):
-        notify_path.main(["--cars", "5001"])
+    for wrong in (["--cars", str(notify_path.MAX_CARS + 1)], ["--signing-processes", "-1"]):
+        with pytest.raises(SystemExit):
+            notify_path.main(wrong)

@@ -74,8 +74,15 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def make_settings(data_dir: Path, **overrides: object) -> Settings:
-    # No periodic scheduler tick: tests tick explicitly (ingest and launches still tick).
-    base = Settings(data_dir=data_dir, public_url="http://ota.test", scheduler_interval_s=0, scheduler_report_gap_s=0)
+    # No periodic scheduler tick: tests tick explicitly (ingest and launches still tick). No signing
+    # processes (each server would start two): tests/ota_server/test_signing_pool.py tests them.
+    base = Settings(
+        data_dir=data_dir,
+        public_url="http://ota.test",
+        scheduler_interval_s=0,
+        scheduler_report_gap_s=0,
+        director_signing_processes=0,
+    )
     return base.with_overrides(**overrides)
 
 

@@ -27,7 +27,8 @@ from tuf.api.metadata import Metadata, Root, Snapshot, Targets, Timestamp
 from firmware_bundles import repo_paths
 from ota_server.errors import NotFound
 from ota_server.services.repository import RepoReader, SignBatcher
-from ota_server.signing.director import Chain, Director
+from ota_server.signing.chains import Chain
+from ota_server.signing.director import Director
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import HW, launched, verify, vin
 from vehicle_agent.config import AgentConfig, EcuConfig
