@@ -59,10 +59,10 @@ from simulator.fleet import MAX_ECUS, make_fleet
 from simulator.operator_client import OperatorClient
 from simulator.procstat import (
     command_cpu_seconds,
-    cpu_seconds,
     machine_busy_seconds,
-    peak_rss_mb,
     raise_open_file_limit,
+    tree_cpu_seconds,
+    tree_peak_rss_mb,
 )
 from simulator.progress import Outcome, watch_campaign
 from simulator.runner import Pacing
@@ -320,7 +320,7 @@ class CpuWindow:
         now = {"machine": machine_busy_seconds(), "postgresql": command_cpu_seconds("postgres")}
         for name, pid in self.pids.items():
             try:
-                now[name] = cpu_seconds(pid)
+                now[name] = tree_cpu_seconds(pid)  # with its children: the server's signing processes
             except OSError:
                 continue
         return now
@@ -497,7 +497,7 @@ def run(options: Options, console: Console) -> Measured:
                 measured.settled = True
                 break
             time.sleep(0.5)
-        measured.peak_rss["server"] = peak_rss_mb(pid)
+        measured.peak_rss["server"] = tree_peak_rss_mb(pid)  # its signing processes included
         if cluster is not None:
             measured.peak_rss.update(cluster.peak_rss_mb())
         runner.stop()

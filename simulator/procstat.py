@@ -19,6 +19,49 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def _stat_fields(pid: int | str) -> list[str]:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (its children, theirs, ...), from each process's parent id."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int(_stat_fields(entry.name)[1])
+        except (OSError, IndexError, ValueError):
+            continue  # exited meanwhile
+        parents.setdefault(parent, []).append(int(entry.name))
+    found: list[int] = []
+    frontier = [pid]
+    while frontier:
+        children = [child for parent in frontier for child in parents.get(parent, [])]
+        found += children
+        frontier = children
+    return found
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds of ``pid`` and every process below it, live ones and reaped ones alike.
+
+    The server's Director signing processes work for it (``OTA_DIRECTOR_SIGNING_PROCESSES``):
+    their CPU is the server's cost per car as much as its own threads' is.
+    """
+    total = 0
+    for member in [pid, *descendants(pid)]:
+        try:
+            fields = _stat_fields(member)
+        except OSError:
+            if member == pid:
+                raise
+            continue  # a child that exited meanwhile: its time is in its parent's cutime now
+        total += sum(int(v) for v in fields[11:15])  # utime, stime, and the reaped children's
+    return total / CLK_TCK
+
+
 def command_cpu_seconds(command: str) -> float:
     """CPU seconds of every process named ``command`` (e.g. ``postgres``), exited children included.
 
@@ -63,6 +106,14 @@ def peak_rss_mb(pid: int) -> float | None:
         return round(memory_kib(pid)["VmHWM"] / 1024, 1)
     except (OSError, KeyError):
         return None
+
+
+def tree_peak_rss_mb(pid: int) -> float | None:
+    """:func:`peak_rss_mb` of ``pid`` plus that of every live process below it; None when ``pid`` is gone."""
+    own = peak_rss_mb(pid)
+    if own is None:
+        return None
+    return round(own + sum(peak_rss_mb(child) or 0.0 for child in descendants(pid)), 1)
 
 
 def open_files(pid: int) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from simulator.procstat import command_cpu_seconds, cpu_seconds
+from simulator.procstat import command_cpu_seconds, cpu_seconds, descendants, tree_cpu_seconds, tree_peak_rss_mb
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs Linux /proc")
 
@@ -55,6 +55,31 @@ def test_finished_children_stay_counted_in_their_parent(tmp_path: Path) -> None:
         assert cpu_seconds(parent.pid) < 0.2  # the parent itself only waited
         assert command_cpu_seconds(name) >= 0.25  # the finished child's 0.3 s is still counted
     finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_process_tree_counts_its_live_children_too() -> None:
+    """The server's signing processes: their CPU and memory are the server's (ota-bench)."""
+    child = BURN + "time.sleep(30)"
+    script = f"import subprocess, sys, time\nsubprocess.Popen([sys.executable, '-c', {child!r}])\ntime.sleep(30)"
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    try:
+        deadline = time.monotonic() + 15
+        children: list[int] = []
+        while time.monotonic() < deadline:
+            children = descendants(parent.pid)
+            if children and cpu_seconds(children[0]) >= 0.25:
+                break
+            time.sleep(0.05)
+        assert len(children) == 1
+        assert cpu_seconds(parent.pid) < 0.2  # the parent itself only waited
+        assert tree_cpu_seconds(parent.pid) >= 0.25  # its live child's work counted with it
+        own, tree = tree_peak_rss_mb(children[0]), tree_peak_rss_mb(parent.pid)
+        assert own is not None and tree is not None and tree > own
+    finally:
+        for pid in descendants(parent.pid):
+            os.kill(pid, 9)
         parent.kill()
         parent.wait()
 
