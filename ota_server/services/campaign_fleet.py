@@ -76,28 +76,42 @@ def image_files(read: Callable[[str], bytes]) -> ImageMetadata | None:
     return ImageMetadata(**files)
 
 
-def with_image(notice: CampaignNotice, image: ImageMetadata | None) -> CampaignNotice:
-    """``notice`` with the Image repository's files, or as it is when they would not fit."""
-    if image is None:
-        return notice
-    carried = notice.model_copy(update={"image_metadata": image})
-    return carried if len(encode(carried)) <= MAX_MESSAGE_BYTES else notice
-
-
-def carrying(notice: CampaignNotice, chain: Chain | None) -> CampaignNotice:
-    """``notice`` with the car's signed Director files, or as it is when they would not fit."""
+def _director_files(chain: Chain | None) -> DirectorMetadata | None:
+    """The car's signed Director files when each is within its bound and together they could fit."""
     if chain is None:
-        return notice
+        return None
     files = {name: chain[f"{name}.json"][1].decode() for name in ("timestamp", "snapshot", "targets")}
-    carried = notice
     if sum(map(len, files.values())) <= MAX_MESSAGE_BYTES and max(map(len, files.values())) <= CARRIED_FILE_CHARS:
-        carried = notice.model_copy(update={"director_metadata": DirectorMetadata(**files)})
-    if carried is notice or len(encode(carried)) > MAX_MESSAGE_BYTES:
+        return DirectorMetadata(**files)
+    return None
+
+
+def carried(notice: CampaignNotice, chain: Chain | None, image: ImageMetadata | None = None) -> CampaignNotice:
+    """``notice`` with the car's signed Director files and the Image repository's, as many as fit in
+    ``MAX_MESSAGE_BYTES``: both, else the Director's alone, else the Image repository's alone, else as it is.
+
+    One copy and one encoding when both fit (a launch's every notice): adding the two in turn made
+    two copies and encoded each (issue 19).
+    """
+    director = _director_files(chain)
+    tries: list[dict[str, DirectorMetadata | ImageMetadata]] = []
+    if director is not None and image is not None:
+        tries.append({"director_metadata": director, "image_metadata": image})
+    if director is not None:
+        tries.append({"director_metadata": director})
+    if image is not None:
+        tries.append({"image_metadata": image})
+    result = notice
+    for update in tries:
+        candidate = notice.model_copy(update=update)
+        if len(encode(candidate)) <= MAX_MESSAGE_BYTES:
+            result = candidate
+            break
+    if chain is not None and result.director_metadata is None:
         log.info(
             "notice to %s would pass %d bytes with its Director metadata: sent without", notice.vin, MAX_MESSAGE_BYTES
         )
-        return notice
-    return carried
+    return result
 
 
 class CampaignFleet:
@@ -170,7 +184,7 @@ class CampaignFleet:
         signed, self._signed = self._signed, {}
         image = image_files(self._image) if self._image is not None and cars else None
         return [
-            with_image(carrying(notice, signed.get(notice.vin)), image)
+            carried(notice, signed.get(notice.vin), image)
             for notice in campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links)
         ]
 

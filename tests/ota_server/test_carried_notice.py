@@ -16,7 +16,7 @@ from tuf.api.metadata import TargetFile
 from firmware_bundles import topics
 from firmware_bundles.messages import MAX_MESSAGE_BYTES, encode, parse_notice
 from ota_server.db.models import NoticeLog, RepoFile
-from ota_server.services.campaign_fleet import carrying
+from ota_server.services.campaign_fleet import carried
 from ota_server.signing.director import PENDING
 from ota_server.signing.store import DIRECTOR
 from tests.ota_server.conftest import Env, make_settings, running
@@ -95,10 +95,10 @@ async def test_a_notice_too_big_with_its_chain_goes_without(tmp_path: Path) -> N
                 session.rollback()
             return chain
 
-        four = carrying(notice, chain_for(4))
+        four = carried(notice, chain_for(4))
         assert four.director_metadata is not None
         assert 3_000 < len(encode(four)) < MAX_MESSAGE_BYTES // 2
-        forty = carrying(notice, chain_for(40))
+        forty = carried(notice, chain_for(40))
         assert forty.director_metadata is None
         assert forty == notice
 
