@@ -193,7 +193,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     coordinator.start(0)  # ticks after launches and ingest batches here; the periodic tick is a leased job
     if settings.scheduler_interval_s > 0:
         lease = Lease(sessions, SCHEDULER, instance, clock, settings.lease_ttl_s)
-        runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, coordinator.tick))
+        runtime.jobs.append(LeasedJob(lease, settings.scheduler_interval_s, coordinator.periodic_tick))
     if settings.report_export_dir is not None:
         exporter = ReportExporter(sessions, clock, settings.report_export_dir, settings.manufacturer_name)
         lease = Lease(sessions, REPORT_EXPORT, instance, clock, settings.lease_ttl_s)

@@ -213,6 +213,18 @@ class Coordinator:
             log.warning("campaign %d: rollback campaign %d launched", parent_id, child_id)
         return result
 
+    async def periodic_tick(self) -> TickResult | None:
+        """The periodic job's tick (``OTA_SCHEDULER_INTERVAL_S``, on the replica holding its lease).
+
+        Skipped (None) while ticks asked for run or wait (a launch carrying on, ingest's): each of
+        them visits every campaign too. One squeezed between a launch's batches took the lock with
+        the base cap, released 1,000 cars and set the next cap from its own size, so the launch
+        ran as more, smaller ticks (issue 19).
+        """
+        if self._runner is not None:
+            return None
+        return await self.tick()
+
     async def on_reports(self, campaign_ids: set[int]) -> None:
         """The ingest hook: a batch moved cars in ``campaign_ids``. Returns at once.
 

@@ -7,11 +7,14 @@ tick completes the campaign.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Sequence
 from datetime import UTC, date, datetime
 
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import StaticPool
 
 from firmware_bundles.messages import CampaignNotice, ReportState
 from ota_server.db.models import Base, Campaign, CampaignVehicle, Recall, Vehicle
@@ -53,12 +56,14 @@ class FakeFleet:
         ]
 
 
-def _world() -> sessionmaker[Session]:
-    engine = create_engine("sqlite://")
+def _world(cars: int = 2) -> sessionmaker[Session]:
+    vins = VINS if cars == len(VINS) else [f"1HGCM82633A{n:06d}" for n in range(cars)]
+    nonces = NONCES if cars == len(VINS) else [f"nonce-of-car-{n:04d}" for n in range(cars)]
+    engine = create_engine("sqlite://", poolclass=StaticPool, connect_args={"check_same_thread": False})
     Base.metadata.create_all(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
     with sessions() as session:
-        for vin in VINS:
+        for vin in vins:
             session.add(Vehicle(vin=vin, model="M", model_year=2024, production_date=date(2024, 1, 1), created_at=T0))
         session.add(
             Recall(
@@ -78,8 +83,8 @@ def _world() -> sessionmaker[Session]:
                 id=1,
                 recall_id=1,
                 release_id=1,
-                population=2,
-                launch_population=2,
+                population=cars,
+                launch_population=cars,
                 launched_at=T0,
                 status=CampaignStatus.ACTIVE,
                 current_wave=0,
@@ -92,8 +97,8 @@ def _world() -> sessionmaker[Session]:
         transitions.enroll(
             session,
             [
-                {"campaign_id": 1, "vin": vin, "nonce": NONCES[i], "attempt": 0, "updated_at": T0, "wave": 0}
-                for i, vin in enumerate(VINS)
+                {"campaign_id": 1, "vin": vin, "nonce": nonces[i], "attempt": 0, "updated_at": T0, "wave": 0}
+                for i, vin in enumerate(vins)
             ],
         )
         session.commit()
@@ -125,3 +130,41 @@ def test_the_engine_notifies_and_completes_through_the_fleet_port() -> None:
     with sessions() as session:
         campaign = session.get(Campaign, 1)
         assert campaign is not None and campaign.status == CampaignStatus.COMPLETED
+
+
+class GatedFleet(FakeFleet):
+    """Records each tick's batch; the first assign waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+        self.entered = threading.Event()
+        self.gate = threading.Event()
+
+    def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
+        self.entered.set()
+        self.gate.wait(10)
+        self.batches.append(len(vins))
+        super().assign(session, campaign, recall, vins, now)
+
+
+async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> None:
+    """Found at 30,000 cars (issue 19): the periodic tick, waiting on the lock while a launch's batch was
+    prepared, ran next with the base cap and reset the launch's growth: more, smaller ticks."""
+    sessions = _world(cars=10)
+    fleet = GatedFleet()
+    coordinator = Coordinator(sessions, fleet, lambda: T0, lambda messages: None, max_per_tick=2)
+    coordinator.start(0)
+    try:
+        coordinator.poke()  # a launch: its first batch of 2, then carrying on with 8
+        assert await asyncio.to_thread(fleet.entered.wait, 10)
+        periodic = asyncio.ensure_future(coordinator.periodic_tick())
+        await asyncio.sleep(0.05)
+        fleet.gate.set()
+        assert await asyncio.wait_for(periodic, 10) is None  # the launch's ticks cover it
+        await coordinator.idle()
+        assert fleet.batches == [2, 8]
+        assert await coordinator.periodic_tick() is not None  # nothing running: the periodic tick runs
+    finally:
+        fleet.gate.set()
+        await coordinator.stop()
