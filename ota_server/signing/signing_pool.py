@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 ROLES = ("targets", "snapshot", "timestamp")
 MIN_ORDERS = 500  # a plan this large or larger goes to the pool (a tick's first batch is 1,000 cars)
+MAX_SLICE = 1000  # orders per slice sent to one process
 PARENT_CHECK_S = 1.0  # how often a signing process checks that the server still runs
 KeyIds = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]  # per role in ROLES
 
@@ -141,7 +142,10 @@ class SigningPool:
         if len(orders) < self.min_orders:
             return None
         keyids = keyids_of(signers)
-        size = -(-len(orders) // self.processes)
+        # Equal slices, none above MAX_SLICE: each process holds one slice's chains at a time
+        # (a 16,000-car tick in two slices peaked at ~150 MiB a process), and the first slices'
+        # results come back while the last are signed.
+        size = min(-(-len(orders) // self.processes), MAX_SLICE)
         executor = self._pool()
         try:
             futures: list[Future[list[Chain]]] = [

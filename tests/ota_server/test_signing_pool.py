@@ -63,7 +63,11 @@ def signers(keys_dir: Path) -> RoleSigners:
     return director_signers(keys_dir.parent)
 
 
-def test_the_pool_signs_the_very_bytes_the_server_signs_and_they_verify(keys_dir: Path, signers: RoleSigners) -> None:
+@pytest.mark.parametrize("max_slice", [1000, 2], ids=["one slice a process", "slices of two"])
+def test_the_pool_signs_the_very_bytes_the_server_signs_and_they_verify(
+    keys_dir: Path, signers: RoleSigners, max_slice: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signing_pool, "MAX_SLICE", max_slice)
     orders = _orders(9)
     pool = SigningPool([keys_dir], 2, min_orders=1)
     try:
