@@ -81,6 +81,21 @@ async def _registered(env: Env, vins: list[str]) -> None:
     await provision(env.client, vins)
 
 
+async def _launch_seen(env: Env, recall_id: int) -> tuple[Any, list[str]]:
+    """Launch ``recall_id``, recording every SQL statement the server sends meanwhile (normalised)."""
+    statements: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        statements.append(" ".join(statement.split()).lower())
+
+    event.listen(env.runtime.engine, "before_cursor_execute", seen)
+    try:
+        launched = await env.client.post(f"/api/v1/recalls/{recall_id}/launch")
+    finally:
+        event.remove(env.runtime.engine, "before_cursor_execute", seen)
+    return launched, statements
+
+
 async def _ecu(env: Env, vin_: str) -> dict[str, Any]:
     body = await env.get_json(f"/api/v1/vehicles/{vin_}")
     ecus = body["ecus"]
@@ -256,16 +271,7 @@ async def test_a_launch_stores_every_car_and_ecu_row_in_one_stream_on_either_dat
     await env.inject(manifest(done, 1, version="1.1.0", image_sha256=FIX_IMAGE))
     recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"]))
     assert recall.status_code == 201, recall.text
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()).lower())
-
-    event.listen(env.runtime.engine, "before_cursor_execute", seen)
-    try:
-        launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
-    finally:
-        event.remove(env.runtime.engine, "before_cursor_execute", seen)
+    launched, statements = await _launch_seen(env, recall.json()["id"])
     assert launched.status_code == 201, launched.text
     campaign_id = launched.json()["id"]
     with env.runtime.sessions() as session:
@@ -481,16 +487,7 @@ async def test_a_launch_reads_the_cars_ecus_by_index_not_by_joining_the_fleets_e
     release = await upload(env.client)
     await env.inject(manifest(done, 1, version="1.1.0", image_sha256=FIX_IMAGE))
     recall = await env.client.post("/api/v1/recalls", json=recall_body(release.json()["id"]))
-    statements: list[str] = []
-
-    def seen(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-        statements.append(" ".join(statement.split()).lower())
-
-    event.listen(env.runtime.engine, "before_cursor_execute", seen)
-    try:
-        launched = await env.client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
-    finally:
-        event.remove(env.runtime.engine, "before_cursor_execute", seen)
+    launched, statements = await _launch_seen(env, recall.json()["id"])
     assert launched.status_code == 201, launched.text
     # the remedied check's read of every reported ECU (the population's own filtered joins stay)
     joins = [s for s in statements if "from vehicles join ecus" in s and "ecus.reported_at is not null" in s]
