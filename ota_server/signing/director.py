@@ -10,7 +10,8 @@ timestamp (:meth:`Director.sign_queued`), so a launch of 30,000 cars publishes i
 notices without first signing 90,000 metadata files, and the signing is spread over
 the cars' own fetches (with ``OTA_NOTICE_CARRIES_METADATA`` the notifying tick signs them
 at once, straight from its plan with no queued row (:meth:`Director.sign_now`), its notices
-carrying the chains: ``CampaignFleet.assign``). Cars asking at once
+carrying the chains: ``CampaignFleet.assign``; a plan of 500 cars or more in the signing
+processes of :mod:`ota_server.signing.signing_pool`, when the server has them). Cars asking at once
 are signed together, in one transaction: their queued rows are locked in VIN order (as
 :meth:`Director.queue` locks the ones it replaces), so two replicas' batches wait for
 each other instead of deadlocking, and a VIN whose queued row another replica consumed

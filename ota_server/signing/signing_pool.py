@@ -99,7 +99,8 @@ def keyids_of(signers: RoleSigners) -> KeyIds:
 
 
 class SigningPool:
-    """``processes`` signing processes, started on first use; plans of ``min_orders`` cars or more go there."""
+    """``processes`` signing processes, started by :meth:`start` (the server's start-up) or on first use;
+    plans of ``min_orders`` cars or more go there."""
 
     def __init__(self, directories: Sequence[Path], processes: int, *, min_orders: int | None = None) -> None:
         if processes < 1:
