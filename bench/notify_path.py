@@ -129,8 +129,13 @@ async def _run(
 
     timers = Timers()
     _install(timers, profiles)
-    processes = {} if signing_processes is None else {"director_signing_processes": signing_processes}
-    settings = make_settings(data_dir, database_url=database_url, notice_carries_metadata=True, **processes)
+    from ota_server.config import SIGNING_PROCESSES
+
+    # The server's default, not the tests' (which start no signing process)
+    processes = SIGNING_PROCESSES if signing_processes is None else signing_processes
+    settings = make_settings(
+        data_dir, database_url=database_url, notice_carries_metadata=True, director_signing_processes=processes
+    )
     async with running(settings) as env:
         client = env.client
         vins = [vin(n) for n in range(1, cars + 1)]
@@ -172,6 +177,7 @@ async def _run(
         "setup_s": setup,
         "notices": published,
         "carrying_chain": carried,
+        "signing_processes": processes,
         "launch_request_s": launched - t0,
         "launch_to_last_notice_s": last[0] - t0,
         "launch_to_idle_s": done - t0,
@@ -185,6 +191,7 @@ def _table(result: dict[str, Any]) -> str:
     cars = result["cars"]
     lines = [
         f"cars {cars}, notices {result['notices']} ({result['carrying_chain']} carrying the chain), "
+        f"signing processes {result['signing_processes']}, "
         f"setup {result['setup_s']:.1f} s",
         f"launch request {result['launch_request_s']:.2f} s, "
         f"launch to last notice {result['launch_to_last_notice_s']:.2f} s; "

@@ -18,7 +18,8 @@ from firmware_bundles.uptane import Expiry
 from ota_server.errors import InvalidInput
 
 ENV_PREFIX = "OTA_"
-MAX_SIGNING_PROCESSES = 16  # Director signing processes (director_signing_processes)
+SIGNING_PROCESSES = 2  # Director signing processes by default (director_signing_processes)
+MAX_SIGNING_PROCESSES = 16
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -144,7 +145,7 @@ class Settings:
     # notice_carries_metadata, 500 cars or more), beside the server's own process and its GIL;
     # 0: every chain signed in the server's process. They read the Director's online keys from
     # keys_dir themselves (ota_server.signing.signing_pool says why none crosses a pipe).
-    director_signing_processes: int = 2
+    director_signing_processes: int = SIGNING_PROCESSES
     # The manufacturer this service speaks for: on owner pages, in owner notices and on every
     # regulator report. The contact is the default named person of a recall's owner notice when
     # the recall names none (name, role, phone, email); the dealer locator is linked from the

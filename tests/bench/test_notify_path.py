@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import notify_path
+from ota_server.config import SIGNING_PROCESSES
 
 
 @pytest.mark.services
@@ -16,6 +17,7 @@ def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp
     assert notify_path.main(["--cars", "12", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["notices"] == result["carrying_chain"] == 12
+    assert result["signing_processes"] == SIGNING_PROCESSES  # the server's default, not the tests' 0
     stages = result["stages"]
     assert stages["sign: chains"]["calls"] == 12  # one chain per car, signed in the notifying tick
     assert stages["publish encode"]["calls"] == 12
