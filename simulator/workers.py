@@ -44,6 +44,13 @@ STOP_TIMEOUT_S = 300.0
 MAX_NICENESS = 19
 
 
+def checked_niceness(niceness: int) -> int:
+    """``niceness`` if it is one a worker may run at (0 to 19: lower priority only), else ValueError."""
+    if not 0 <= niceness <= MAX_NICENESS:
+        raise ValueError(f"niceness must be 0 to {MAX_NICENESS}, not {niceness}")
+    return niceness
+
+
 def lower_priority(pid: int, niceness: int) -> None:
     """Run process ``pid`` at ``niceness`` (0 to 19; 0 leaves it as it is).
 
@@ -51,9 +58,7 @@ def lower_priority(pid: int, niceness: int) -> None:
     behind the server, the database and the brokers on a shared machine, where real cars would
     bring their own processors.
     """
-    if not 0 <= niceness <= MAX_NICENESS:
-        raise ValueError(f"niceness must be 0 to {MAX_NICENESS}, not {niceness}")
-    if niceness:
+    if checked_niceness(niceness):
         os.setpriority(os.PRIO_PROCESS, pid, niceness)
 
 
@@ -217,10 +222,8 @@ class ProcessFleet:
         console: Console | None = None,
         niceness: int = 0,
     ) -> None:
-        """``niceness``: each worker's (see :func:`lower_priority`)."""
-        if not 0 <= niceness <= MAX_NICENESS:
-            raise ValueError(f"niceness must be 0 to {MAX_NICENESS}, not {niceness}")
-        self.niceness = niceness
+        """``niceness``: each worker's (see :func:`lower_priority`), checked before any is started."""
+        self.niceness = checked_niceness(niceness)
         self.state_dir = state_dir
         self.workers = workers
         self.broker_urls = list(broker_urls)
