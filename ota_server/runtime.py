@@ -160,6 +160,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         clock,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,
+        max_per_tick=settings.scheduler_max_per_tick,
     )
     ingestor.after_batch = coordinator.on_reports
     runtime = Runtime(

@@ -12,12 +12,14 @@ Ingest and pokes never wait for a tick: they ask for one, and asks made while a 
 runs coalesce into exactly one more tick after it. A tick asked for by ingest alone runs
 at most every ``report_gap_s`` (``OTA_SCHEDULER_REPORT_GAP_S``): a tick counts the
 campaign's cars per state, and under a stream of reports back-to-back ticks kept the
-database busy with little to decide. A tick that hit its cap carries on at
-once with a cap ``_CARRY_GROWTH`` times larger (up to ``_MAX_CARRY_FACTOR`` times
-``max_per_tick``): the first notices of a launch go out after a small batch, the rest in few
-large ones, each batch published while the next one is prepared. A 30,000-car launch is four
-ticks (1,000, 4,000, 16,000, 9,000 cars): with doubling up to 8,000 it was six, and each later
-tick ran while more of the fleet was already busy installing (docs/bench/history.md, session 11).
+database busy with little to decide. A tick that hit its cap (``max_per_tick``,
+``OTA_SCHEDULER_MAX_PER_TICK``, 30,000 cars by default) carries on at once with the same cap,
+each batch published while the next one is prepared. A launch of up to that many cars is one
+tick: every chain is signed while the fleet is still idle, then every notice goes out. In
+batches growing from 1,000 (1,000, 4,000, 16,000, 9,000 cars) each later one was prepared
+while the cars notified first loaded the machine: at 30,000 cars the last notice came 51 s
+after the launch, 26 s in one tick, and the whole recall took 245 s instead of 167 s
+(docs/bench/history.md, session 14).
 
 Whatever goes wrong in one campaign's tick stays in that campaign: its work is rolled
 back and, unless the database itself failed (an outage or a race with a replica, tried
@@ -51,8 +53,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Dispatch = Callable[[Sequence[Outbound]], None]
-_CARRY_GROWTH = 4  # a tick carrying on a capped one releases this many times as many cars ...
-_MAX_CARRY_FACTOR = 16  # ... up to this many times max_per_tick
 _REASON_MAX = 1000  # characters of an error kept as a campaign's status reason
 FAULT_PREFIX = "internal error in tick"
 PAUSED, CANCELLED = CampaignStatus.PAUSED, CampaignStatus.CANCELLED
@@ -90,7 +90,7 @@ class Coordinator:
         clock: Clock,
         dispatch: Dispatch,
         *,
-        max_per_tick: int = 1000,
+        max_per_tick: int = 30_000,
         report_gap_s: float = 0.0,
     ) -> None:
         """``fleet``: who joins, what each car is assigned and told (the services implement it)."""
@@ -108,7 +108,7 @@ class Coordinator:
         # one background task; asking while one runs means exactly one more afterwards.
         self._wanted = False
         self._runner: asyncio.Task[None] | None = None
-        self._carry = 0  # cars the next carried-on tick may release (0: not carrying on)
+        self._carry = False  # a capped tick left cars waiting: the next one runs at once
         # A tick asked for by ingest alone waits until this long after the previous one ended;
         # any other ask (a launch, a control action, a capped tick carrying on) wakes it at once.
         self._report_gap_s = report_gap_s
@@ -122,10 +122,10 @@ class Coordinator:
         with self._lock:
             return fn()
 
-    def tick_sync(self, campaign_ids: Collection[int] | None = None, *, limit: int | None = None) -> TickResult:
-        """One tick; ``limit`` caps the cars each campaign releases (default ``max_per_tick``)."""
+    def tick_sync(self, campaign_ids: Collection[int] | None = None) -> TickResult:
+        """One tick; each campaign releases at most ``max_per_tick`` cars."""
         result = TickResult()
-        limit = self._max_per_tick if limit is None else limit
+        limit = self._max_per_tick
         with self._lock, self._sessions() as session:
             query = (
                 select(Campaign.id)
@@ -196,16 +196,12 @@ class Coordinator:
 
     async def tick(self, campaign_ids: Collection[int] | None = None) -> TickResult:
         """One tick in a worker thread; its notices go to the dispatcher."""
-        return await self._tick(campaign_ids, self._max_per_tick)
-
-    async def _tick(self, campaign_ids: Collection[int] | None, limit: int) -> TickResult:
-        result = await asyncio.to_thread(self.tick_sync, campaign_ids, limit=limit)
+        result = await asyncio.to_thread(self.tick_sync, campaign_ids)
         if result.messages:
             self._dispatch(result.messages)  # published on the loop while the next tick runs
-        if result.notified + result.retried >= limit:
-            # More cars are waiting: carry on at once instead of at the next interval, with
-            # larger batches (the first, small one got the first notices out quickly).
-            self._carry = min(_CARRY_GROWTH * limit, _MAX_CARRY_FACTOR * self._max_per_tick)
+        if result.notified + result.retried >= self._max_per_tick:
+            # More cars are waiting: carry on at once instead of at the next interval.
+            self._carry = True
             self._want()
         for campaign_id in result.paused:
             log.warning("campaign %d paused: error threshold crossed", campaign_id)
@@ -217,9 +213,9 @@ class Coordinator:
         """The periodic job's tick (``OTA_SCHEDULER_INTERVAL_S``, on the replica holding its lease).
 
         Skipped (None) while ticks asked for run or wait (a launch carrying on, ingest's): each of
-        them visits every campaign too. One squeezed between a launch's batches took the lock with
-        the base cap, released 1,000 cars and set the next cap from its own size, so the launch
-        ran as more, smaller ticks (issue 19).
+        them visits every campaign too, and one squeezed between a launch's batches waited on the
+        lock only to tick again what they tick (issue 19: with batches that grew, it also reset
+        their growth).
         """
         if self._runner is not None:
             return None
@@ -262,9 +258,9 @@ class Coordinator:
                         break
                 self._wanted = False
                 self._urgent.clear()
-                limit, self._carry = self._carry or self._max_per_tick, 0
+                self._carry = False
                 try:
-                    await self._tick(None, limit)
+                    await self.tick()
                 except Exception as exc:  # a bad tick must not stop the next one
                     _log_tick_failure(exc)
                 self._last_tick_end = loop.time()

@@ -150,20 +150,20 @@ class GatedFleet(FakeFleet):
 
 async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> None:
     """Found at 30,000 cars (issue 19): the periodic tick, waiting on the lock while a launch's batch was
-    prepared, ran next with the base cap and reset the launch's growth: more, smaller ticks."""
+    prepared, ran next between the launch's batches (then also resetting their growth)."""
     sessions = _world(cars=10)
     fleet = GatedFleet()
     coordinator = Coordinator(sessions, fleet, lambda: T0, lambda messages: None, max_per_tick=2)
     coordinator.start(0)
     try:
-        coordinator.poke()  # a launch: its first batch of 2, then carrying on with 8
+        coordinator.poke()  # a launch: its first batch of 2, then carrying on with the same cap
         assert await asyncio.to_thread(fleet.entered.wait, 10)
         periodic = asyncio.ensure_future(coordinator.periodic_tick())
         await asyncio.sleep(0.05)
         fleet.gate.set()
         assert await asyncio.wait_for(periodic, 10) is None  # the launch's ticks cover it
         await coordinator.idle()
-        assert fleet.batches == [2, 8]
+        assert fleet.batches == [2, 2, 2, 2, 2]  # the launch's ticks alone: none ran in between
         assert await coordinator.periodic_tick() is not None  # nothing running: the periodic tick runs
     finally:
         fleet.gate.set()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from ota_server.config import Settings
+from ota_server.errors import InvalidInput
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vin
 
@@ -30,9 +33,14 @@ async def test_candidates_are_read_a_page_at_a_time(env: Env, monkeypatch: pytes
     assert sorted(await env.nonces()) == sorted(vins)
 
 
-async def test_each_carried_tick_releases_four_times_the_last_up_to_sixteen_times_the_cap(env: Env) -> None:
+@pytest.mark.parametrize(("cap", "expected"), [(60, [60]), (25, [25, 25, 10])])
+async def test_a_launch_within_the_cap_is_one_tick_and_a_larger_one_carries_on_in_batches_of_the_cap(
+    env: Env, cap: int, expected: list[int]
+) -> None:
+    """Issue 19: batches that grew from a small first one (2, 8, 32, ...) signed each later batch while
+    the cars notified first loaded the machine; one tick signs every chain before any car stirs."""
     coordinator = env.runtime.coordinator
-    coordinator._max_per_tick = 2
+    coordinator._max_per_tick = cap
     batches: list[int] = []
     dispatch = coordinator._dispatch
 
@@ -44,5 +52,13 @@ async def test_each_carried_tick_releases_four_times_the_last_up_to_sixteen_time
     vins = [vin(n) for n in range(1, 61)]
     await launched(env.client, vins)
     await coordinator.idle()
-    assert batches == [2, 8, 32, 18]  # 2, then x4 each tick, capped at 16 x 2 = 32
+    assert batches == expected
     assert sorted(await env.nonces()) == sorted(vins)
+
+
+def test_the_cap_is_a_setting_checked_at_start(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).scheduler_max_per_tick == 30_000
+    assert Settings(data_dir=tmp_path, scheduler_max_per_tick=1).scheduler_max_per_tick == 1
+    for wrong in (0, -5, 100_001):
+        with pytest.raises(InvalidInput, match="SCHEDULER_MAX_PER_TICK must be 1 to 100000"):
+            Settings(data_dir=tmp_path, scheduler_max_per_tick=wrong)
