@@ -37,12 +37,15 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import aiomqtt
+from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -64,9 +67,14 @@ SHARED_SUBSCRIPTION_ID = 1
 # Short: under uvloop a broker that goes away can be missed until the keepalive runs out
 # (seen once in the broker-restart scenario: 50 s with 30), and the server is one client.
 KEEPALIVE_S = 10
-# QoS 1 publishes (notices) paho keeps unacknowledged at once: a launch publishes tens of
-# thousands, and under a loaded loop each waits a round trip plus the loop's lag for its PUBACK.
-MAX_INFLIGHT = 1000
+# paho's own bound on unacknowledged QoS 1 publishes: none (0). The notice dispatcher bounds
+# them (``OTA_NOTICE_CONCURRENCY``); with paho's bound set (it was 1,000) paho re-scanned every
+# message in flight at each PUBACK, ~4 s of the event loop per 30,000 notices (issue 19).
+MAX_INFLIGHT = 0
+# A batch of publishes (:meth:`ServerMqttLink.publish_many`) gives the loop a turn after this many
+# and looks for PUBACKs this often (paho marks each message as the loop reads its PUBACK).
+_BATCH_YIELD_EVERY = 200
+_BATCH_ACK_POLL_S = 0.005
 GUARD_SUBSCRIPTION_ID = 2
 _TAKEN_OVER = "taken over"  # v5 reason 142 "Session taken over": the same client id connected elsewhere
 
@@ -355,3 +363,51 @@ class ServerMqttLink:
         if client is None:
             raise NotReady("MQTT link reconnecting")
         await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._connect_timeout_s)
+
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
+    ) -> list[bool]:
+        """A batch of publishes straight through paho, at most ``in_flight`` unacknowledged at once;
+        per message, whether the broker acknowledged it. Never raises, never waits for a connection:
+        what is not acknowledged (the link down or reconnected, nothing acknowledged for
+        ``connect_timeout_s``) is the caller's to retry.
+
+        A launch's notices: ``aiomqtt``'s publish made an event, a ``wait_for`` task and a scan of
+        every pending call for each message, ~40% of the event loop while 30,000 cars were being
+        notified (issue 19); here each message is one paho call, its acknowledgement read from the
+        ``MQTTMessageInfo`` paho marks.
+        """
+        done = [False] * len(messages)
+        client = self._client
+        if client is None or not self._connected.is_set():
+            return done
+        paho = client._client  # aiomqtt keeps its paho client there (as for manual_ack_set)
+        loop = asyncio.get_running_loop()
+        waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
+        sent, progress = 0, loop.time()
+        while sent < len(messages) or waiting:
+            while sent < len(messages) and len(waiting) < in_flight:
+                topic, payload = messages[sent]
+                info = paho.publish(topic, payload, qos, retain)
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
+                    return done  # the session is gone; what it had not acknowledged is retried
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    waiting.append((sent, info))
+                sent += 1
+                if sent % _BATCH_YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+            await asyncio.sleep(_BATCH_ACK_POLL_S)
+            if client is not self._client:
+                return done  # reconnected: the old session's acknowledgements never come
+            still: deque[tuple[int, MQTTMessageInfo]] = deque()
+            for index, info in waiting:
+                if info.is_published():
+                    done[index] = True
+                else:
+                    still.append((index, info))
+            if len(still) < len(waiting):
+                progress = loop.time()
+            elif loop.time() - progress > self._connect_timeout_s:
+                return done
+            waiting = still
+        return done

@@ -42,6 +42,7 @@ class Env:
             self.runtime.ingestor.submit(topic, payload)
         await self.runtime.ingestor.flush()
         await self.runtime.coordinator.idle()  # ingest asks for a tick and goes on; wait for it here
+        await self.runtime.dispatcher.idle()  # ... and for the notices it sent (encoded off the loop first)
 
     async def nonces(self) -> dict[str, str]:
         """VIN -> nonce, read from the published notices (as a car would)."""

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from firmware_bundles import topics
 from ota_server.config import Settings
 from ota_server.errors import InvalidInput
+from ota_server.mqtt.publisher import FakePublisher
+from ota_server.services import campaigns
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vin
 
@@ -62,3 +66,31 @@ def test_the_cap_is_a_setting_checked_at_start(tmp_path: Path) -> None:
     for wrong in (0, -5, 100_001):
         with pytest.raises(InvalidInput, match="SCHEDULER_MAX_PER_TICK must be 1 to 100000"):
             Settings(data_dir=tmp_path, scheduler_max_per_tick=wrong)
+
+
+class HalfAcknowledged(FakePublisher):
+    """A bulk publish whose session dropped: the broker acknowledged every other message only."""
+
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
+    ) -> list[bool]:
+        self.bulk_calls += 1
+        for topic, payload in messages[::2]:
+            await self.publish(topic, payload, qos=qos, retain=retain)
+        return [index % 2 == 0 for index in range(len(messages))]
+
+
+async def test_what_a_batch_left_unacknowledged_is_published_one_by_one_and_every_delivery_recorded(
+    env: Env,
+) -> None:
+    publisher = HalfAcknowledged()
+    env.runtime.dispatcher._publisher = publisher
+    vins = [vin(n) for n in range(1, 8)]
+    campaign = await launched(env.client, vins)
+    await env.runtime.dispatcher.idle()
+    assert publisher.bulk_calls == 1  # the launch's one tick: one batch
+    assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
+    assert env.runtime.dispatcher.published == len(vins)
+    with env.runtime.sessions() as session:
+        assert campaigns.unpublished(session, "http://repo", env.clock()) == []  # each one recorded
+    assert campaign["population"] == len(vins)

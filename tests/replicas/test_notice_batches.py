@@ -1,0 +1,75 @@
+"""A batch of notices through the link's bulk path (issue 19), against a real Mosquitto.
+
+``ServerMqttLink.publish_many`` sends a launch's notices straight through paho, at most
+``in_flight`` unacknowledged at once, and says per message whether the broker acknowledged it;
+it never raises, so the dispatcher retries the rest one by one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiomqtt
+
+from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
+from simulator.cluster import Mosquitto
+
+TOPIC = "ota/test/notices"
+
+
+def _link(broker: Mosquitto, *, connect_timeout_s: float = 30.0) -> ServerMqttLink:
+    return ServerMqttLink(
+        broker.url,
+        lambda topic, payload, ack: False,
+        client_id="ota-server-batches",
+        username="ota-server",
+        version=MQTT_V5,
+        connect_timeout_s=connect_timeout_s,
+    )
+
+
+async def _retained(broker: Mosquitto, expected: int) -> dict[str, bytes]:
+    """Every retained message under TOPIC, as a car connecting now would get it."""
+    seen: dict[str, bytes] = {}
+    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="ota-test-reader") as reader:
+        await reader.subscribe(f"{TOPIC}/#", qos=1)
+        async with asyncio.timeout(30):
+            async for message in reader.messages:
+                seen[str(message.topic)] = bytes(message.payload)
+                if len(seen) == expected:
+                    break
+    return seen
+
+
+async def test_a_batch_larger_than_its_window_is_acknowledged_message_by_message(
+    private_broker: Mosquitto,
+) -> None:
+    link = _link(private_broker)
+    await link.start(wait_s=10)
+    try:
+        messages = [(f"{TOPIC}/{n}", f"notice {n}".encode()) for n in range(3000)]
+        done = await link.publish_many(messages, qos=1, retain=True, in_flight=100)
+    finally:
+        await link.stop()
+    assert done == [True] * 3000
+    assert await _retained(private_broker, 3000) == dict(messages)
+
+
+async def test_a_batch_whose_broker_is_gone_comes_back_unacknowledged_without_raising(
+    private_broker: Mosquitto,
+) -> None:
+    link = _link(private_broker, connect_timeout_s=2.0)
+    await link.start(wait_s=10)
+    try:
+        private_broker.stop()
+        messages = [(f"{TOPIC}/{n}", b"notice") for n in range(500)]
+        done = await asyncio.wait_for(link.publish_many(messages, qos=1, retain=True, in_flight=100), 30)
+    finally:
+        await link.stop()
+    assert done == [False] * 500  # nothing acknowledged: the dispatcher retries every one
+
+
+async def test_a_link_not_connected_acknowledges_nothing_at_once(private_broker: Mosquitto) -> None:
+    link = _link(private_broker)  # never started
+    done = await asyncio.wait_for(link.publish_many([(f"{TOPIC}/1", b"x")], qos=1, retain=True, in_flight=10), 5)
+    assert done == [False]
