@@ -96,7 +96,7 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("ota_server.signing.signing_pool", "SigningPool.sign", "sign: pool", "signing processes, waited for (in sign)"),
     ("ota_server.rollout.transitions", "mark_notified", "mark", "cars marked notified"),
     ("ota_server.services.campaign_fleet", "CampaignFleet.notices", "notices", "notices built, chains carried"),
-    ("ota_server.mqtt.notices", "encode", "publish encode", "each notice's bytes (on the loop)"),
+    ("ota_server.mqtt.notices", "encode", "publish encode", "each notice's bytes (a worker thread)"),
     ("ota_server.mqtt.notices", "NoticeDispatcher._mark", "mark published", "delivery recorded (thread)"),
 ]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -86,6 +87,7 @@ class NoticeDispatcher:
         # The whole batch through the publisher's bulk path first (its bytes encoded in a worker
         # thread, off the loop that serves the cars), then whatever the broker did not acknowledge
         # one by one with retries, a few workers per batch (a launch hands over thousands at once).
+        started = time.monotonic()
         messages = await asyncio.to_thread(_encoded, notices)
         async with self._bulk:
             acked = await self._publisher.publish_many(
@@ -106,6 +108,13 @@ class NoticeDispatcher:
 
         retried = len(notices) - len(done)
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, retried))))
+        log.info(
+            "%d of %d campaign messages published in %.2f s (%d retried one by one)",
+            len(done),
+            len(notices),
+            time.monotonic() - started,
+            retried,
+        )
         if done:
             try:
                 await asyncio.to_thread(self._mark, done)
