@@ -20,6 +20,7 @@ from ota_server.errors import InvalidInput
 ENV_PREFIX = "OTA_"
 SIGNING_PROCESSES = 2  # Director signing processes by default (director_signing_processes)
 MAX_SIGNING_PROCESSES = 16
+MAX_NOTICE_CONCURRENCY = 65_535  # MQTT packet identifiers: a session's messages in flight
 MAX_PER_TICK = 30_000  # cars a campaign releases per tick by default (scheduler_max_per_tick)
 MAX_PER_TICK_LIMIT = 100_000  # the most it may be set to: a tick holds its cars' chains and notices in memory
 DEFAULT_PORT = 8000
@@ -99,6 +100,8 @@ class Settings:
     auto_migrate: bool = True
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
+    # Notices (and withdrawals) the broker has not acknowledged yet, at most: a launch's batch
+    # goes out in this window. MQTT numbers a session's unacknowledged messages in 16 bits.
     notice_concurrency: int = 1000
     # Notices carry each car's signed Director timestamp, snapshot and targets (three requests
     # fewer per car). Agents older than the field reject such notices: on once the fleet's
@@ -189,6 +192,8 @@ class Settings:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_INTERVAL_S must be >= 0")
         if self.scheduler_report_gap_s < 0:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_REPORT_GAP_S must be >= 0")
+        if not 1 <= self.notice_concurrency <= MAX_NOTICE_CONCURRENCY:
+            raise InvalidInput(f"{ENV_PREFIX}NOTICE_CONCURRENCY must be 1 to {MAX_NOTICE_CONCURRENCY}")
         if not 1 <= self.scheduler_max_per_tick <= MAX_PER_TICK_LIMIT:
             raise InvalidInput(f"{ENV_PREFIX}SCHEDULER_MAX_PER_TICK must be 1 to {MAX_PER_TICK_LIMIT}")
         if not self.report_export_interval_s > 0:

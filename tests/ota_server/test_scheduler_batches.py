@@ -94,3 +94,11 @@ async def test_what_a_batch_left_unacknowledged_is_published_one_by_one_and_ever
     with env.runtime.sessions() as session:
         assert campaigns.unpublished(session, "http://repo", env.clock()) == []  # each one recorded
     assert campaign["population"] == len(vins)
+
+
+def test_the_notices_in_flight_are_a_setting_checked_at_start(tmp_path: Path) -> None:
+    """0 left every launch's notices waiting forever; past 65,535 MQTT's packet identifiers repeat."""
+    assert Settings(data_dir=tmp_path, notice_concurrency=65_535).notice_concurrency == 65_535
+    for wrong in (0, -1, 65_536):
+        with pytest.raises(InvalidInput, match="NOTICE_CONCURRENCY must be 1 to 65535"):
+            Settings(data_dir=tmp_path, notice_concurrency=wrong)
