@@ -145,7 +145,7 @@ class Settings:
     # Cars one campaign may release (assign, sign, notify) in one tick; more carry on at once in
     # ticks of this size. A launch of up to this many cars is one tick, signed while the fleet is
     # still idle and published together: in several, each later tick ran while the cars notified
-    # first loaded the machine (30,000 cars: last notice 51 s in four ticks, 26 s in one).
+    # first loaded the machine (docs/bench/history.md, session 14).
     scheduler_max_per_tick: int = MAX_PER_TICK
     # How long the Image repository and Director root stay in memory before they are read
     # again (this process's own changes drop them at once); other replicas' changes show
