@@ -20,7 +20,9 @@ from ota_server.errors import InvalidInput
 ENV_PREFIX = "OTA_"
 SIGNING_PROCESSES = 2  # Director signing processes by default (director_signing_processes)
 MAX_SIGNING_PROCESSES = 16
-MAX_NOTICE_CONCURRENCY = 65_535  # MQTT packet identifiers: a session's messages in flight
+# Two windows can be in flight at once (a batch's and another's retries), and MQTT numbers a
+# session's unacknowledged messages in 16 bits (65,535 identifiers).
+MAX_NOTICE_CONCURRENCY = 32_000
 MAX_PER_TICK = 30_000  # cars a campaign releases per tick by default (scheduler_max_per_tick)
 MAX_PER_TICK_LIMIT = 100_000  # the most it may be set to: a tick holds its cars' chains and notices in memory
 DEFAULT_PORT = 8000
@@ -101,7 +103,7 @@ class Settings:
     ingest_batch_size: int = 500
     ingest_batch_wait_s: float = 0.05
     # Notices (and withdrawals) the broker has not acknowledged yet, at most: a launch's batch
-    # goes out in this window. MQTT numbers a session's unacknowledged messages in 16 bits.
+    # goes out in this window (up to MAX_NOTICE_CONCURRENCY).
     notice_concurrency: int = 1000
     # Notices carry each car's signed Director timestamp, snapshot and targets (three requests
     # fewer per car). Agents older than the field reject such notices: on once the fleet's

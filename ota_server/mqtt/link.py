@@ -381,6 +381,7 @@ class ServerMqttLink:
         client = self._client
         if client is None or not self._connected.is_set():
             return done
+        in_flight = max(1, in_flight)
         paho = client._client  # aiomqtt keeps its paho client there (as for manual_ack_set)
         loop = asyncio.get_running_loop()
         waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
