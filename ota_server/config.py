@@ -20,11 +20,12 @@ from ota_server.errors import InvalidInput
 ENV_PREFIX = "OTA_"
 SIGNING_PROCESSES = 2  # Director signing processes by default (director_signing_processes)
 MAX_SIGNING_PROCESSES = 16
-# Two windows can be in flight at once (a batch's and another's retries), and MQTT numbers a
-# session's unacknowledged messages in 16 bits (65,535 identifiers).
+# A few windows can be in flight at once (a large batch's, small batches', retries), and MQTT
+# numbers a session's unacknowledged messages in 16 bits: paho refuses a publish whose number is
+# still in flight, so past 65,535 messages would fail and go round the retries.
 MAX_NOTICE_CONCURRENCY = 32_000
 MAX_PER_TICK = 30_000  # cars a campaign releases per tick by default (scheduler_max_per_tick)
-MAX_PER_TICK_LIMIT = 100_000  # the most it may be set to: a tick holds its cars' chains and notices in memory
+MAX_PER_TICK_LIMIT = 100_000  # the most: a campaign's tick holds its cars' chains and notices in memory
 DEFAULT_PORT = 8000
 DEFAULT_MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024

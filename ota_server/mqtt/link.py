@@ -384,14 +384,29 @@ class ServerMqttLink:
         in_flight = max(1, in_flight)
         paho = client._client  # aiomqtt keeps its paho client there (as for manual_ack_set)
         loop = asyncio.get_running_loop()
+        # Sent, not yet seen acknowledged, in the order sent: the broker acknowledges a session's
+        # QoS 1 messages in order, so each look takes the acknowledged ones off the front.
         waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
+
+        def take_acknowledged() -> bool:
+            took = False
+            while waiting and waiting[0][1].is_published():
+                done[waiting.popleft()[0]] = True
+                took = True
+            return took
+
+        def settled() -> list[bool]:  # an early return: what was acknowledged is not sent again
+            for index, info in waiting:
+                done[index] = info.is_published()
+            return done
+
         sent, progress = 0, loop.time()
         while sent < len(messages) or waiting:
             while sent < len(messages) and len(waiting) < in_flight:
                 topic, payload = messages[sent]
                 info = paho.publish(topic, payload, qos, retain)
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    return done  # the session is gone; what it had not acknowledged is retried
+                    return settled()  # the session is gone; what it had not acknowledged is retried
                 if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
                     waiting.append((sent, info))
                 sent += 1
@@ -399,16 +414,9 @@ class ServerMqttLink:
                     await asyncio.sleep(0)
             await asyncio.sleep(_BATCH_ACK_POLL_S)
             if client is not self._client:
-                return done  # reconnected: the old session's acknowledgements never come
-            still: deque[tuple[int, MQTTMessageInfo]] = deque()
-            for index, info in waiting:
-                if info.is_published():
-                    done[index] = True
-                else:
-                    still.append((index, info))
-            if len(still) < len(waiting):
+                return settled()  # reconnected: the old session's acknowledgements never come
+            if take_acknowledged():
                 progress = loop.time()
             elif loop.time() - progress > self._connect_timeout_s:
-                return done
-            waiting = still
+                return settled()
         return done

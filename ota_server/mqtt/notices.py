@@ -29,7 +29,9 @@ from ota_server.services.owner_links import OwnerLinks
 log = logging.getLogger(__name__)
 
 RETRIES = 5
-ENCODE_IN_THREAD_FROM = 500  # a batch this large is encoded in a worker thread (a launch: ~0.3 s at 30,000)
+# A batch this large (a launch's) is encoded in a worker thread (~0.3 s at 30,000) and sent one at
+# a time; a smaller one (a cancel's withdrawals, a tick's retries) goes at once, never behind it.
+LARGE_BATCH = 500
 
 
 def _encoded(notices: Sequence[Outbound]) -> list[tuple[str, bytes]]:
@@ -44,8 +46,8 @@ class NoticeDispatcher:
         self._factory = session_factory
         self._clock = clock
         self._concurrency = concurrency
-        self._limit = asyncio.Semaphore(concurrency)  # across batches: at most this many in flight
-        self._bulk = asyncio.Lock()  # one batch's bulk publish at a time (its in-flight bound is the same)
+        self._limit = asyncio.Semaphore(concurrency)  # the retries, across batches: at most this many in flight
+        self._bulk = asyncio.Lock()  # one large batch at a time, each with its own window of ``concurrency``
         self._tasks: set[asyncio.Task[None]] = set()
         self.published = 0  # notices and withdrawals the broker took (the /metrics counter)
 
@@ -89,10 +91,9 @@ class NoticeDispatcher:
         # a worker thread, off the loop that serves the cars), then whatever the broker did not acknowledge
         # one by one with retries, a few workers per batch (a launch hands over thousands at once).
         started = time.monotonic()
-        messages = (
-            await asyncio.to_thread(_encoded, notices) if len(notices) >= ENCODE_IN_THREAD_FROM else _encoded(notices)
-        )
-        async with self._bulk:
+        large = len(notices) >= LARGE_BATCH
+        messages = await asyncio.to_thread(_encoded, notices) if large else _encoded(notices)
+        async with self._bulk if large else contextlib.nullcontext():
             acked = await self._publisher.publish_many(
                 messages, qos=topics.QOS, retain=True, in_flight=self._concurrency
             )
@@ -112,7 +113,7 @@ class NoticeDispatcher:
         retried = len(notices) - len(done)
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, retried))))
         log.log(
-            logging.INFO if retried or len(notices) >= ENCODE_IN_THREAD_FROM else logging.DEBUG,
+            logging.INFO if retried or large else logging.DEBUG,
             "%d of %d campaign messages published in %.2f s (%d retried one by one)",
             len(done),
             len(notices),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, date, datetime
 
 from sqlalchemy import create_engine
@@ -20,6 +20,7 @@ from firmware_bundles.messages import CampaignNotice, ReportState
 from ota_server.db.models import Base, Campaign, CampaignVehicle, Recall, Vehicle
 from ota_server.domain.states import CampaignStatus
 from ota_server.rollout import transitions
+from ota_server.rollout.campaign_tick import TickResult
 from ota_server.rollout.coordinator import Coordinator
 from ota_server.rollout.fleet import Outbound
 
@@ -154,6 +155,15 @@ async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> 
     sessions = _world(cars=10)
     fleet = GatedFleet()
     coordinator = Coordinator(sessions, fleet, lambda: T0, lambda messages: None, max_per_tick=2)
+    ticks = 0
+    tick_sync = coordinator.tick_sync
+
+    def counted(campaign_ids: Collection[int] | None = None) -> TickResult:
+        nonlocal ticks
+        ticks += 1
+        return tick_sync(campaign_ids)
+
+    coordinator.tick_sync = counted  # type: ignore[method-assign]
     coordinator.start(0)
     try:
         coordinator.poke()  # a launch: its first batch of 2, then carrying on with the same cap
@@ -163,7 +173,8 @@ async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> 
         fleet.gate.set()
         assert await asyncio.wait_for(periodic, 10) is None  # the launch's ticks cover it
         await coordinator.idle()
-        assert fleet.batches == [2, 2, 2, 2, 2]  # the launch's ticks alone: none ran in between
+        assert fleet.batches == [2, 2, 2, 2, 2]
+        assert ticks == 6  # five batches and the one that found nobody left: no periodic tick in between
         assert await coordinator.periodic_tick() is not None  # nothing running: the periodic tick runs
     finally:
         fleet.gate.set()

@@ -97,8 +97,8 @@ async def test_what_a_batch_left_unacknowledged_is_published_one_by_one_and_ever
 
 
 def test_the_notices_in_flight_are_a_setting_checked_at_start(tmp_path: Path) -> None:
-    """0 left every launch's notices waiting forever; two windows of more than 32,000 could pass
-    MQTT's 65,535 packet identifiers, and a reused one acknowledges the wrong message."""
+    """0 left every launch's notices waiting forever; windows of more than 32,000 could pass MQTT's
+    65,535 packet identifiers, and paho refuses a publish whose identifier is still in flight."""
     assert Settings(data_dir=tmp_path, notice_concurrency=32_000).notice_concurrency == 32_000
     for wrong in (0, -1, 32_001, 65_536):
         with pytest.raises(InvalidInput, match="NOTICE_CONCURRENCY must be 1 to 32000"):

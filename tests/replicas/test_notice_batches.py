@@ -8,6 +8,8 @@ it never raises, so the dispatcher retries the rest one by one.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 
 import aiomqtt
 
@@ -55,6 +57,27 @@ async def test_a_batch_larger_than_its_window_is_acknowledged_message_by_message
     assert await _retained(private_broker, 3000) == dict(messages)
 
 
+async def test_a_batch_the_broker_stops_acknowledging_comes_back_unacknowledged_after_the_timeout(
+    private_broker: Mosquitto,
+) -> None:
+    """The broker frozen (SIGSTOP) under a connected link: the messages are sent, no PUBACK comes."""
+    link = _link(private_broker, connect_timeout_s=1.0)
+    await link.start(wait_s=10)
+    process = private_broker._proc
+    assert process is not None
+    try:
+        os.kill(process.pid, signal.SIGSTOP)
+        try:
+            messages = [(f"{TOPIC}/{n}", b"notice") for n in range(500)]
+            done = await asyncio.wait_for(link.publish_many(messages, qos=1, retain=True, in_flight=100), 30)
+            assert link.connected  # the session never dropped: the stall timeout gave up, not the link
+        finally:
+            os.kill(process.pid, signal.SIGCONT)
+    finally:
+        await link.stop()
+    assert done == [False] * 500  # nothing acknowledged: the dispatcher retries every one
+
+
 async def test_a_batch_whose_broker_is_gone_comes_back_unacknowledged_without_raising(
     private_broker: Mosquitto,
 ) -> None:
@@ -62,6 +85,11 @@ async def test_a_batch_whose_broker_is_gone_comes_back_unacknowledged_without_ra
     await link.start(wait_s=10)
     try:
         private_broker.stop()
+        for _ in range(600):  # the link notices within its keepalive at most
+            if not link.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not link.connected
         messages = [(f"{TOPIC}/{n}", b"notice") for n in range(500)]
         done = await asyncio.wait_for(link.publish_many(messages, qos=1, retain=True, in_flight=100), 30)
     finally:
