@@ -63,9 +63,9 @@ class NoticeDispatcher:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish_one(self, notice: Outbound) -> bool:
+    async def _publish_one(self, notice: Outbound, topic: str, payload: bytes) -> bool:
+        """``notice`` (as ``topic`` and its encoded ``payload``) with retries and a growing delay."""
         delay = 0.5
-        topic, payload = topics.campaign_topic(notice.vin), encode(notice)
         for attempt in range(1, RETRIES + 1):
             try:
                 async with self._limit:
@@ -97,20 +97,26 @@ class NoticeDispatcher:
             acked = await self._publisher.publish_many(
                 messages, qos=topics.QOS, retain=True, in_flight=self._concurrency
             )
-        done = [notice for notice, ok in zip(notices, acked, strict=True) if ok]
+        done: list[Outbound] = []
+        unacknowledged: list[tuple[Outbound, tuple[str, bytes]]] = []
+        for notice, message, ok in zip(notices, messages, acked, strict=True):
+            if ok:
+                done.append(notice)
+            else:
+                unacknowledged.append((notice, message))
         self.published += len(done)
-        pending = iter([notice for notice, ok in zip(notices, acked, strict=True) if not ok])
+        pending = iter(unacknowledged)
         failed = 0
 
         async def worker() -> None:
             nonlocal failed
-            for notice in pending:
-                if await self._publish_one(notice):
+            for notice, (topic, payload) in pending:
+                if await self._publish_one(notice, topic, payload):
                     done.append(notice)
                 else:
                     failed += 1
 
-        retried = len(notices) - len(done)
+        retried = len(unacknowledged)
         await asyncio.gather(*(worker() for _ in range(min(self._concurrency, retried))))
         log.log(
             logging.INFO if retried or large else logging.DEBUG,

@@ -16,7 +16,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions, encode
+from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal, OwnerNotice, Preconditions
 from ota_server.db.copy_rows import insert_rows
 from ota_server.db.models import Campaign, CampaignEcu, CampaignVehicle, NoticeLog, Recall, Release
 from ota_server.db.statistics import analyze_loaded
@@ -313,7 +313,3 @@ def mark_published(session: Session, published: Sequence[Outbound], now: datetim
     insert_rows(session, NoticeLog, log_rows)
     owner_notifications.record_published(session, published, now)
     session.commit()
-
-
-def encoded(message: Outbound) -> bytes:
-    return encode(message)
