@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from ota_server.clock import Clock
 from ota_server.config import Settings
 from ota_server.db.migrate import require_current, upgrade
+from ota_server.db.models import Recall
 from ota_server.db.session import make_engine, make_session_factory
 from ota_server.errors import InvalidInput
 from ota_server.events import outbox
@@ -148,15 +149,22 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
     owner_links = OwnerLinks(load_secret(settings.data_dir), settings.resolved_public_url)
     bundles = BundleStore(settings.bundles_dir, settings.max_upload_bytes)
     reader = RepoReader(engine, sessions, director, bundles, clock, ttl_s=settings.repo_cache_ttl_s)
+    fleet = CampaignFleet(
+        director,
+        settings.repo_url,
+        owner_links,
+        carry_metadata=settings.notice_carries_metadata,
+        image_metadata=reader.image if settings.notice_carries_image_metadata else None,
+    )
+
+    def prepare_launch(recall_id: int) -> int:
+        with sessions() as session:
+            recall = session.get(Recall, recall_id)
+            return 0 if recall is None else fleet.prepare(session, recall, clock())
+
     coordinator = Coordinator(
         sessions,
-        CampaignFleet(
-            director,
-            settings.repo_url,
-            owner_links,
-            carry_metadata=settings.notice_carries_metadata,
-            image_metadata=reader.image if settings.notice_carries_image_metadata else None,
-        ),
+        fleet,
         clock,
         dispatcher.dispatch,
         report_gap_s=settings.scheduler_report_gap_s,
@@ -178,7 +186,7 @@ async def start_runtime(settings: Settings, clock: Clock, publisher: Publisher |
         link=link,
         pki=LazyAuthority(settings.ca_dir),
         coordinator=coordinator,
-        rollout=RolloutControl(coordinator, dispatcher.dispatch, director, clock),
+        rollout=RolloutControl(coordinator, dispatcher.dispatch, director, clock, prepare_launch),
         repo_reader=reader,
         owner_links=owner_links,
     )

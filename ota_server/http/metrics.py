@@ -102,6 +102,17 @@ class _RuntimeCollector(Collector):
         notices = CounterMetricFamily("ota_notices_published", "Campaign notices and withdrawals published.")
         notices.add_metric([], runtime.dispatcher.published)
         yield notices
+        preparations = runtime.rollout.preparations
+        prepared = CounterMetricFamily(
+            "ota_launch_preparations", "Safety recall launch requests whose chains were signed ahead (finished)."
+        )
+        prepared.add_metric([], preparations.finished)
+        yield prepared
+        ahead = GaugeMetricFamily(
+            "ota_director_chains_ahead", "Director chains signed ahead, kept in memory for a launch to approve."
+        )
+        ahead.add_metric([], len(runtime.director.prepared))
+        yield ahead
         states = GaugeMetricFamily(
             "ota_campaign_vehicles", "Cars per campaign and per-VIN state.", labels=["campaign_id", "state"]
         )

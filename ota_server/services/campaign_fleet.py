@@ -21,6 +21,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
+from tuf.api.metadata import TargetFile
 
 from firmware_bundles.messages import (
     CARRIED_FILE_CHARS,
@@ -33,8 +34,9 @@ from firmware_bundles.messages import (
 from firmware_bundles.window import InstallWindow
 from ota_server.db.models import Campaign, CampaignVehicle, Ecu, Recall, Release, Vehicle
 from ota_server.db.one_of import one_of
-from ota_server.domain.rollout_plan import RolloutPlan
+from ota_server.domain.rollout_plan import RolloutPlan, not_started, wave_sizes
 from ota_server.domain.states import CampaignKind, VinState
+from ota_server.errors import Conflict, InvalidInput
 from ota_server.rollout import transitions
 from ota_server.rollout.fleet import Outbound
 from ota_server.schemas import Population
@@ -192,40 +194,7 @@ class CampaignFleet:
         """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
         release = session.get(Release, campaign.release_id)
         assert release is not None
-        # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
-        rollback = campaign.kind == CampaignKind.ROLLBACK
-        releases = [release] if rollback else populations.releases_of(session, recall)
-        members = (
-            {}
-            if rollback
-            else {
-                m.vin: m.assignments()
-                for m in populations.resolve_all(session, Population.model_validate(recall.population), releases, vins)
-            }
-        )
-        by_hardware = {r.hardware_id: r.id for r in releases}
-        missing = [v for v in vins if v not in members]
-        for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
-            for vin, serial, hardware_id in session.execute(
-                select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
-                .join(Ecu, Ecu.vehicle_id == Vehicle.id)
-                .where(one_of(Vehicle.vin, missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
-                .where(populations.hardware_confirmed())  # never an ECU whose manifest names other hardware
-                .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
-            ):
-                members.setdefault(vin, {})[serial] = by_hardware[hardware_id]
-        images = {r.id: target_for(r) for r in releases}
-        floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
-        floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
-        plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
-        policy = None if rollback else recall.ecu_failure_policy
-        windows = _install_windows(session, campaigns.plan_of(recall, campaign), vins)
-        terms: dict[str, Any] = {
-            "min_release_counter": floor,
-            "floors": floors,
-            "ecu_failure_policy": policy,
-            "windows": windows,
-        }
+        plan, terms = _plan(session, campaign.kind, release, recall, campaigns.plan_of(recall, campaign), vins)
         # Signed now, straight from the plan (the notices carry it), or queued and signed when each
         # car first asks for its timestamp.
         if self._carry:
@@ -233,3 +202,59 @@ class CampaignFleet:
         else:
             self._signed = {}
             self._director.queue(session, plan, now, **terms)
+
+    def prepare(self, session: Session, recall: Recall, now: datetime) -> int:
+        """Sign ahead the chains the launch of ``recall`` would sign in its first ticks, if the launch
+        would notify every car at once (one wave, no rate limit, started): a safety recall waiting for
+        its second person (:mod:`ota_server.signing.prepared`). How many; 0 when there is nothing to sign
+        ahead (notices without chains, a canary first, a recall that cannot be launched)."""
+        rules = campaigns.plan_of(recall)
+        if not self._carry or rules.rate is not None or not_started(rules, now):
+            return 0
+        try:
+            release, members = campaigns.launchable(session, recall)
+        except (Conflict, InvalidInput):
+            return 0
+        if wave_sizes(len(members), rules.waves)[0] < len(members):
+            return 0
+        plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, [m.vin for m in members])
+        return self._director.prepare(session, plan, now, **terms)
+
+
+def _plan(
+    session: Session, kind: str, release: Release, recall: Recall, rules: RolloutPlan, vins: Sequence[str]
+) -> tuple[dict[str, dict[str, TargetFile]], dict[str, Any]]:
+    """Each car's images by ECU serial, and the terms signed with them (floors, ECU failure policy, windows)."""
+    # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
+    rollback = kind == CampaignKind.ROLLBACK
+    releases = [release] if rollback else populations.releases_of(session, recall)
+    members = (
+        {}
+        if rollback
+        else {
+            m.vin: m.assignments()
+            for m in populations.resolve_all(session, Population.model_validate(recall.population), releases, vins)
+        }
+    )
+    by_hardware = {r.hardware_id: r.id for r in releases}
+    missing = [v for v in vins if v not in members]
+    for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
+        for vin, serial, hardware_id in session.execute(
+            select(Vehicle.vin, Ecu.serial, Ecu.hardware_id)
+            .join(Ecu, Ecu.vehicle_id == Vehicle.id)
+            .where(one_of(Vehicle.vin, missing[start : start + _CHUNK]), Ecu.hardware_id.in_(by_hardware))
+            .where(populations.hardware_confirmed())  # never an ECU whose manifest names other hardware
+            .order_by(Vehicle.id, Ecu.primary.desc(), Ecu.id)
+        ):
+            members.setdefault(vin, {})[serial] = by_hardware[hardware_id]
+    images = {r.id: target_for(r) for r in releases}
+    floor = release.release_counter if recall.min_release_counter is None else recall.min_release_counter
+    floors = {} if rollback else {images[r.id].path: release_floor(recall, r) for r in releases}
+    plan = {vin: {serial: images[rid] for serial, rid in members.get(vin, {}).items()} for vin in vins}
+    terms: dict[str, Any] = {
+        "min_release_counter": floor,
+        "floors": floors,
+        "ecu_failure_policy": None if rollback else recall.ecu_failure_policy,
+        "windows": _install_windows(session, rules, vins),
+    }
+    return plan, terms

@@ -10,8 +10,10 @@ scheduler or the dispatcher themselves.
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 from sqlalchemy.orm import Session
@@ -31,8 +33,17 @@ from ota_server.schemas import (
 from ota_server.services import campaign_control, vehicles
 from ota_server.signing.director import Director
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 Started = TypeVar("Started", bound=CampaignPublic | LaunchRequestPublic)
+
+
+@dataclass
+class Preparations:
+    """Launch requests whose signing ahead has finished, and the chains it signed (for /metrics)."""
+
+    finished: int = 0
+    chains: int = 0
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,11 @@ class RolloutControl:
     dispatch: Callable[[Sequence[Outbound]], None]
     director: Director
     clock: Clock
+    # Signs ahead what a requested launch's tick would sign (``CampaignFleet.prepare``): recall id ->
+    # how many chains.
+    prepare: Callable[[int], int] = lambda recall_id: 0
+    preparations: Preparations = field(default_factory=lambda: Preparations())
+    preparing: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _exclusive(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(self.coordinator.exclusive, fn)
@@ -49,11 +65,28 @@ class RolloutControl:
         await self.coordinator.tick(campaign_ids)
 
     async def launch(self, start: Callable[[], Started]) -> Started:
-        """Run ``start`` (a launch, or a safety recall's request for approval); a launched campaign ticks."""
+        """Run ``start`` (a launch, or a safety recall's request for approval); a launched campaign ticks,
+        a request starts signing ahead what its approval's tick would sign (in the background)."""
         result = await asyncio.to_thread(start)
         if isinstance(result, CampaignPublic):
             await self._tick([result.id])
+        elif result.state == "awaiting_approval":
+            task = asyncio.create_task(self._prepare(result.recall_id), name="ota-prepare-launch")
+            self.preparing.add(task)
+            task.add_done_callback(self.preparing.discard)
         return result
+
+    async def _prepare(self, recall_id: int) -> None:
+        started = time.monotonic()
+        try:
+            signed = await asyncio.to_thread(self.prepare, recall_id)
+        except Exception:  # the approval's tick signs whatever was not signed ahead
+            log.warning("signing ahead for recall %d failed; its launch will sign", recall_id, exc_info=True)
+            signed = 0
+        self.preparations.finished += 1
+        self.preparations.chains += signed
+        if signed:
+            log.info("recall %d: %d chains signed ahead in %.1f s", recall_id, signed, time.monotonic() - started)
 
     async def pause(self, session: Session, campaign_id: int, reason: str, actor: str) -> CampaignPublic:
         return await self._exclusive(lambda: campaign_control.pause(session, campaign_id, reason, actor, self.clock()))

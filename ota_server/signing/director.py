@@ -36,6 +36,7 @@ would re-sign tens of thousands of idle chains for nobody.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from datetime import datetime
@@ -60,9 +61,11 @@ from ota_server.db.models import RepoFile
 from ota_server.db.one_of import one_of
 from ota_server.signing.chains import Chain, ChainOrder, sign_chain
 from ota_server.signing.keys import RepoKeys
-from ota_server.signing.signing_pool import SigningPool
+from ota_server.signing.prepared import PreparedChains
+from ota_server.signing.signing_pool import SigningPool, keyids_of
 from ota_server.signing.store import CHAIN, DIRECTOR, put_file
 
+log = logging.getLogger(__name__)
 _CHUNK = 500
 _QUEUE_CHUNK = 5000  # rows per upsert statement (sent as multi-row VALUES batches)
 DIRECTOR_ONLINE_ROLES = ("targets", "snapshot", "timestamp")
@@ -73,6 +76,40 @@ PENDING = "assignment.pending.json"
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), _CHUNK):
         yield items[start : start + _CHUNK]
+
+
+# {vin: (images by ECU serial, floor by ECU serial, ECU failure policy, maintenance window)}
+Plan = Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None, Mapping[str, Any] | None]]
+
+
+def _with_terms(
+    plan: Mapping[str, Mapping[str, TargetFile]],
+    min_release_counter: int | None,
+    floors: Mapping[str, int] | None,
+    policy: str | None,
+    windows: Mapping[str, Mapping[str, Any]] | None,
+) -> Plan:
+    """Each VIN's images with its floors (``floors`` by image path, else ``min_release_counter``), policy, window."""
+    floor_of = floors or {}
+    return {
+        vin: (
+            images,
+            {serial: floor_of.get(image.path, min_release_counter) for serial, image in images.items()},
+            policy,
+            (windows or {}).get(vin),
+        )
+        for vin, images in plan.items()
+    }
+
+
+def _orders(plan: Plan, previous: Mapping[str, Mapping[str, int]]) -> list[ChainOrder]:
+    """Each VIN's chain order after its ``previous`` chain versions (none: a first chain)."""
+    orders = []
+    for vin, (images, floors, policy, window) in plan.items():
+        old = previous.get(vin, {})
+        versions = RepoVersions(old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0))
+        orders.append(ChainOrder(vin, images, versions, floors, policy, window))
+    return orders
 
 
 class Director:
@@ -88,6 +125,7 @@ class Director:
         self.keys = keys
         self.expiry = expiry or Expiry()
         self._pool = pool
+        self.prepared = PreparedChains()  # chains signed ahead of a launch (a safety recall awaiting approval)
         # Signing is per car (on its first fetch), so the keys matched to the current root are
         # kept this long instead of reading the roots for every car; a rotation made by the
         # CLI straight on the database is used within this many seconds.
@@ -113,42 +151,33 @@ class Director:
         self._signers = (now, signers)
         return signers
 
-    def _previous(self, session: Session, vins: Sequence[str]) -> dict[str, dict[str, int]]:
-        """The current chain versions of ``vins``, their rows locked in (VIN, name) order."""
+    def _previous(self, session: Session, vins: Sequence[str], *, lock: bool = True) -> dict[str, dict[str, int]]:
+        """The current chain versions of ``vins``, their rows locked in (VIN, name) order (``lock``)."""
         found: dict[str, dict[str, int]] = {}
         for chunk in _chunks(sorted(vins)):
-            rows = session.execute(
+            query = (
                 select(RepoFile.owner, RepoFile.name, RepoFile.version)
                 .where(RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name.in_(CHAIN))
                 .order_by(RepoFile.owner, RepoFile.name)
-                .with_for_update()
             )
+            rows = session.execute(query.with_for_update() if lock else query)
             for owner, name, version in rows:
                 found.setdefault(owner, {})[name] = version
         return found
 
-    def _sign_plan(
-        self,
-        session: Session,
-        plan: Mapping[
-            str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None, Mapping[str, Any] | None]
-        ],
-        now: datetime,
-    ) -> dict[str, Chain]:
+    def _sign_plan(self, session: Session, plan: Plan, now: datetime) -> dict[str, Chain]:
         """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy, window)}``) in bulk:
-        in the signing pool when there is one and the plan is large, else here."""
+        in the signing pool when there is one and the plan is large, else here; a chain signed
+        ahead for exactly this order (:mod:`ota_server.signing.prepared`) is used as it is."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
-        orders = []
-        for vin, (images, floors, policy, window) in plan.items():
-            old = previous.get(vin, {})
-            versions = RepoVersions(
-                old.get("targets.json", 0), old.get("snapshot.json", 0), old.get("timestamp.json", 0)
-            )
-            orders.append(ChainOrder(vin, images, versions, floors, policy, window))
-        signed = self._pool.sign(signers, self.expiry, now, orders) if self._pool is not None else None
-        if signed is None:
-            signed = [sign_chain(signers, self.expiry, now, order) for order in orders]
+        orders = _orders(plan, previous)
+        ahead = self.prepared.take(orders, keyids_of(signers), self.expiry, now)
+        if ahead:
+            log.info("%d of %d chains signed ahead, %d signed now", len(ahead), len(orders), len(orders) - len(ahead))
+        unsigned = [order for order in orders if order.vin not in ahead]
+        fresh = iter(self._sign_orders(signers, unsigned, now))
+        signed = [ahead[order.vin] if order.vin in ahead else next(fresh) for order in orders]
         new_rows: list[dict[str, Any]] = []
         changed_rows: list[dict[str, Any]] = []
         chains: dict[str, Chain] = {}
@@ -269,20 +298,41 @@ class Director:
                     RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name == PENDING
                 )
             )
-        floor_of = floors or {}
-        return self._sign_plan(
-            session,
-            {
-                vin: (
-                    images,
-                    {serial: floor_of.get(image.path, min_release_counter) for serial, image in images.items()},
-                    ecu_failure_policy,
-                    (windows or {}).get(vin),
-                )
-                for vin, images in plan.items()
-            },
-            now,
-        )
+        terms = _with_terms(plan, min_release_counter, floors, ecu_failure_policy, windows)
+        return self._sign_plan(session, terms, now)
+
+    def prepare(
+        self,
+        session: Session,
+        plan: Mapping[str, Mapping[str, TargetFile]],
+        now: datetime,
+        *,
+        min_release_counter: int | None = None,
+        floors: Mapping[str, int] | None = None,
+        ecu_failure_policy: str | None = None,
+        windows: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> int:
+        """Sign ahead what :meth:`sign_now` would sign for ``plan`` now (arguments as :meth:`queue`), keep it
+        in memory for the launch (:mod:`ota_server.signing.prepared`) and return how many; nothing is
+        written, locked or served. More cars than :attr:`prepared` holds: none is signed, 0."""
+        if not plan or len(plan) > self.prepared.limit:
+            return 0
+        vins = sorted(plan)
+        with self.prepared.preparing(vins):
+            signers = self.signers(session)
+            terms = _with_terms(plan, min_release_counter, floors, ecu_failure_policy, windows)
+            orders = _orders(terms, self._previous(session, vins, lock=False))
+            self.prepared.put(orders, self._sign_orders(signers, orders, now), keyids_of(signers), now)
+        return len(orders)
+
+    def _sign_orders(self, signers: RoleSigners, orders: Sequence[ChainOrder], now: datetime) -> list[Chain]:
+        """Each order's chain, in order: in the signing pool when there is one and the plan is large, else here."""
+        if not orders:
+            return []
+        signed = self._pool.sign(signers, self.expiry, now, orders) if self._pool is not None else None
+        if signed is None:
+            signed = [sign_chain(signers, self.expiry, now, order) for order in orders]
+        return signed
 
     def sign_queued(self, session: Session, vins: Sequence[str], now: datetime) -> dict[str, Chain]:
         """Sign the queued assignments of ``vins`` together, under their rows' locks; the caller commits.

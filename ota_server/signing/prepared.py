@@ -1,0 +1,118 @@
+"""Director chains signed ahead of a launch: a safety recall's, while it waits for its second person.
+
+Signing is most of a large launch's notifying tick (three signatures per car: ~2 s of both
+cores for 30,000 cars on the bench machine). A safety recall's launch is requested by one
+person and approved by another, usually minutes or hours later; the chains the approval's tick
+will sign are known at the request, so the server signs them then (:meth:`Director.prepare`) and
+keeps them here, in memory, never stored or served. Eclipse hawkBit's rollouts work the same
+way: created (its actions prepared) first, started later.
+
+A chain signed ahead is used only if nothing it was signed from has changed. The tick builds
+each car's order (:class:`ota_server.signing.chains.ChainOrder`: images, floors, policy,
+window and the chain versions it follows, read under the rows' locks) exactly as it would to
+sign it; a chain signed ahead is taken only when its order is equal, its signing keys are
+still the Director's current online keys and none of its three files is yet due for
+re-signing (:func:`firmware_bundles.uptane.due`). Anything else (another campaign notified the
+car, a consent or a refresh moved its versions, the population, the plan or a release
+changed, a key was rotated, the approval came late) is signed anew, as without this. So a
+chain signed ahead is byte for byte one the tick could have signed itself, a little earlier.
+
+A chain is taken once (used or found stale, it is dropped). A replica that did not prepare a
+launch signs it as before. A tick that wants a car still being prepared waits for that
+preparation rather than signing the car twice.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+
+from firmware_bundles.uptane import Expiry, due
+from ota_server.signing.chains import Chain, ChainOrder
+from ota_server.signing.signing_pool import KeyIds
+
+# Chains kept at most (~2 KiB each): a larger preparation is not made, the oldest go first.
+MAX_PREPARED = 100_000
+
+
+@dataclass(frozen=True)
+class _Ahead:
+    order: ChainOrder
+    keyids: KeyIds
+    chain: Chain
+    signed_at: datetime
+
+
+def fresh(signed_at: datetime, expiry: Expiry, now: datetime) -> bool:
+    """A chain signed at ``signed_at`` would not yet be re-signed at ``now`` (none of its files due)."""
+    if now < signed_at:
+        return False
+    lifetimes = (expiry.targets, expiry.snapshot, expiry.timestamp)
+    return not any(due(signed_at + lifetime, lifetime, now) for lifetime in lifetimes)
+
+
+class PreparedChains:
+    """The chains signed ahead, by VIN (one per car: a newer preparation replaces it)."""
+
+    def __init__(self, limit: int = MAX_PREPARED) -> None:
+        self.limit = limit
+        self._chains: dict[str, _Ahead] = {}
+        self._in_progress: set[str] = set()  # VINs a preparation is signing right now
+        self._changed = threading.Condition()
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._chains)
+
+    @contextmanager
+    def preparing(self, vins: Sequence[str]) -> Iterator[None]:
+        """Mark ``vins`` as being signed ahead: a tick wanting one of them waits until this ends."""
+        with self._changed:
+            self._in_progress.update(vins)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._in_progress.difference_update(vins)
+                self._changed.notify_all()
+
+    def put(self, orders: Sequence[ChainOrder], chains: Sequence[Chain], keyids: KeyIds, signed_at: datetime) -> None:
+        """Keep each order's chain (replacing the car's earlier one); the oldest go beyond ``limit``."""
+        with self._changed:
+            for order, chain in zip(orders, chains, strict=True):
+                self._chains.pop(order.vin, None)  # re-inserted last: the dict's order is the age
+                self._chains[order.vin] = _Ahead(order, keyids, chain, signed_at)
+            while len(self._chains) > self.limit:
+                del self._chains[next(iter(self._chains))]
+
+    def take(
+        self, orders: Sequence[ChainOrder], keyids: KeyIds, expiry: Expiry, now: datetime, *, wait_s: float = 120.0
+    ) -> dict[str, Chain]:
+        """The chains signed ahead that are exactly what ``orders`` would sign now, by VIN.
+
+        Every chain kept for these VINs is dropped, used or not. A preparation still signing one
+        of them is waited for (at most ``wait_s``; then whatever is kept is judged as it is).
+        """
+        wanted = {order.vin for order in orders}
+        found: dict[str, Chain] = {}
+        with self._changed:
+            if not self._chains and not self._in_progress:
+                return found
+            self._changed.wait_for(lambda: self._in_progress.isdisjoint(wanted), timeout=wait_s)
+            for order in orders:
+                ahead = self._chains.pop(order.vin, None)
+                if (
+                    ahead is not None
+                    and ahead.order == order
+                    and ahead.keyids == keyids
+                    and fresh(ahead.signed_at, expiry, now)
+                ):
+                    found[order.vin] = ahead.chain
+        return found
+
+    def clear(self) -> None:
+        with self._changed:
+            self._chains.clear()
