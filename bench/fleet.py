@@ -99,6 +99,7 @@ KEYS = (
     "delivery_ratio",
     "backend",
 )
+PREPARATIONS = "ota_launch_preparations_total"  # launch requests whose signing ahead has finished
 SETTLE_S = 60.0  # after the last car is done, how long reports may take to be stored
 
 
@@ -122,6 +123,9 @@ class Options:
     raw_publishers_per_leaf: int = 2
     car_state_dir: Path | None = None  # None: RAM (/dev/shm) when it has room, else the work directory
     sim_nice: int = 0  # the simulator workers' niceness (0: the same priority as the server)
+    # The safety officer approves at once (the launch measured from the request, signing included),
+    # not once the request's chains are signed ahead (the launch measured from the approval).
+    approve_at_once: bool = False
 
     @property
     def campaign_timeout(self) -> float:
@@ -307,6 +311,35 @@ class Measured:
     settled: bool = False
     cpu_s: dict[str, float] = field(default_factory=dict)  # launch to done, per component and the whole machine
     load: dict[str, list[float]] = field(default_factory=dict)  # load averages at launch and when done
+    launched_from: str = "request"  # what the launch is timed from: the request, or the approval
+
+
+class Approval:
+    """The safety officer's wait: approve once the server has signed ahead what the launch will sign
+    (its ``ota_launch_preparations_total`` moves on), as a person reading the request would approve
+    minutes later; or at once (``at_once``), the launch then timed from the request."""
+
+    def __init__(self, api_url: str, console: Console, *, at_once: bool, timeout_s: float = 600.0) -> None:
+        self._url = api_url
+        self._console = console
+        self._at_once = at_once
+        self._timeout_s = timeout_s
+        self._before = scrape(api_url).get(PREPARATIONS, 0.0)
+        self.requested_at = time.monotonic()
+        self.approved_at: float | None = None
+
+    def wait(self) -> None:
+        if self._at_once:
+            return
+        deadline = self.requested_at + self._timeout_s
+        while scrape(self._url).get(PREPARATIONS, 0.0) <= self._before:
+            if time.monotonic() > deadline:
+                raise SimulatorError(f"the launch request was not prepared in {self._timeout_s:.0f} s")
+            time.sleep(0.2)
+        chains = int(scrape(self._url).get("ota_director_chains_ahead", 0.0))
+        took = time.monotonic() - self.requested_at
+        _say(self._console, f"launch request prepared in {took:.1f} s ({chains} chains signed ahead); approving")
+        self.approved_at = time.monotonic()
 
 
 class CpuWindow:
@@ -451,7 +484,12 @@ def run(options: Options, console: Console) -> Measured:
         window.start()
         measured.load["launch"] = [round(x, 2) for x in os.getloadavg()]
         launched = time.monotonic()
-        campaign = launch_recall(client, recall, approver, console)
+        approval = Approval(endpoints.api_url, console, at_once=options.approve_at_once)
+        campaign = launch_recall(client, recall, approver, console, before_approval=approval.wait)
+        if approval.approved_at is not None:  # timed from the approval: what the second person's click sets off
+            launched = approval.approved_at
+            measured.launched_from = "approval"
+            measured.phases["request_to_prepared_s"] = round(launched - approval.requested_at, 2)
         runner.launched()
         measured.campaign_id = int(campaign["id"])
         _say(console, f"campaign {campaign['id']} launched: {campaign['population']} cars")
@@ -619,6 +657,9 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "load_average": measured.load,
         "workers": measured.workers,
         "simulator_niceness": options.sim_nice,
+        # the launch (every "seconds from launch") is timed from the safety officer's approval, given
+        # once the request's chains were signed ahead (phases_s.request_to_prepared_s), or from the request
+        "launch_timed_from": measured.launched_from,
         "brokers": measured.backend.brokers,
         "connect_rate_per_s": options.connect_rate,
         "phases_s": measured.phases,
@@ -714,6 +755,14 @@ def _machine_row(result: Mapping[str, Any]) -> str:
     return text + (f" (load {load[0]:.1f})" if load else "")
 
 
+def _launch_row(result: Mapping[str, Any]) -> str:
+    """The request, or the approval given once the request's chains were signed ahead (and how long that took)."""
+    if result.get("launch_timed_from") != "approval":
+        return "the request (approved at once)"
+    prepared = (result.get("phases_s") or {}).get("request_to_prepared_s")
+    return f"the approval (request to chains signed ahead: {_fmt(prepared, 's')})"
+
+
 def markdown(result: Mapping[str, Any]) -> str:
     rss = result["peak_rss_mb"]
     backend = result["backend"]
@@ -722,6 +771,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         ("remedied / failed", f"{_fmt(result['remedied'])} / {_fmt(result['failed'])}"),
         ("launch to 100% remedied", _fmt(result["seconds_to_all_remedied"], "s")),
         ("launch to last notice published", _fmt(result["seconds_to_last_notice"], "s")),
+        ("launch timed from", _launch_row(result)),
         ("reports ingested per second", _fmt(result["reports_per_second"])),
         (
             "reports sent / persisted",
@@ -836,6 +886,12 @@ def parse(argv: list[str] | None) -> Options:
         "only the CPU the server, the database and the brokers leave, as cars with their own processors would",
     )
     parser.add_argument(
+        "--approve-at-once",
+        action="store_true",
+        help="the safety officer approves right after the request, before its chains are signed ahead: the launch "
+        "is then timed from the request (default: approved once they are, timed from the approval)",
+    )
+    parser.add_argument(
         "--no-carry",
         dest="carry_metadata",
         action="store_false",
@@ -914,6 +970,7 @@ def parse(argv: list[str] | None) -> Options:
         keep_state=args.keep_state,
         car_state_dir=args.car_state_dir,
         sim_nice=args.sim_nice,
+        approve_at_once=args.approve_at_once,
         raw_publishers_per_leaf=args.raw_publishers_per_leaf,
     )
 

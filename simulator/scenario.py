@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -229,9 +229,15 @@ def second_person(admin: OperatorClient, name: str, *, operator: str | None = No
 
 
 def launch_recall(
-    client: OperatorClient, recall: dict[str, Any], approver: OperatorClient | None, console: Console | None = None
+    client: OperatorClient,
+    recall: dict[str, Any],
+    approver: OperatorClient | None,
+    console: Console | None = None,
+    *,
+    before_approval: Callable[[], None] | None = None,
 ) -> dict[str, Any]:
-    """Launch ``recall``; a safety recall is requested by ``client`` and approved by ``approver``.
+    """Launch ``recall``; a safety recall is requested by ``client`` and approved by ``approver``
+    (after ``before_approval`` returns, when given: the second person's wait).
 
     A :class:`SafetyOfficer`'s operator colleague requests it instead of ``client`` (who may
     be the admin that created the officer, and so may not be the other person).
@@ -244,6 +250,8 @@ def launch_recall(
     _say(console, f"Safety recall {number}: launch requested by {answer['requested_by']}, awaiting a second person")
     if approver is None:
         raise ServerError(f"safety recall {number} needs a second person's approval: give an approver token")
+    if before_approval is not None:
+        before_approval()
     campaign = approver.approve(recall["id"])
     approved_by = client.recall(recall["id"])["launch_request"]["approved_by"]
     _say(console, f"Safety recall {number}: launch approved by {approved_by}")
