@@ -94,6 +94,7 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("ota_server.signing.director", "Director._sign", "sign: chains", "Metadata, canonical JSON, ed25519 (in sign)"),
     ("ota_server.signing.director", "sign_chain", "sign: chains", "Metadata, canonical JSON, ed25519 (in sign)"),
     ("ota_server.signing.signing_pool", "SigningPool.sign", "sign: pool", "signing processes, waited for (in sign)"),
+    ("ota_server.signing.prepared", "PreparedChains.take", "sign: ahead", "chains signed ahead, matched (in sign)"),
     ("ota_server.rollout.transitions", "mark_notified", "mark", "cars marked notified"),
     ("ota_server.services.campaign_fleet", "CampaignFleet.notices", "notices", "notices built, chains carried"),
     ("ota_server.mqtt.notices", "encode", "publish encode", "each notice's bytes (a worker thread)"),
@@ -122,6 +123,7 @@ async def _run(
     data_dir: Path,
     profiles: list[cProfile.Profile] | None = None,
     signing_processes: int | None = None,
+    signed_ahead: bool = False,
 ) -> dict[str, Any]:
     from simulator.procstat import command_cpu_seconds
     from tests.ota_server.conftest import make_settings, running
@@ -147,9 +149,21 @@ async def _run(
             await provision(client, chunk)
         release = await upload(client)
         assert release.status_code == 201, release.text
-        body = recall_body(release.json()["id"], hardware_id=HW) | {"rollout": PLAN}
+        body = recall_body(release.json()["id"], hardware_id=HW) | {"rollout": PLAN, "safety_recall": signed_ahead}
         recall = await client.post("/api/v1/recalls", json=body)
         assert recall.status_code == 201, recall.text
+        launch = f"/api/v1/recalls/{recall.json()['id']}/launch"
+        approver: dict[str, str] = {}
+        prepared_s = None
+        if signed_ahead:  # requested by one person, its chains signed ahead, approved by another
+            approver = await env.headers_for("sam", "approver")
+            started = time.perf_counter()
+            resp = await client.post(launch, headers=await env.headers_for("olga", "operator"))
+            assert resp.status_code == 202, resp.text
+            for task in list(env.runtime.rollout.preparing):
+                await task
+            prepared_s = time.perf_counter() - started
+            launch = f"/api/v1/recalls/{recall.json()['id']}/approve"
         setup = time.perf_counter() - setup
 
         last = [0.0]
@@ -163,7 +177,7 @@ async def _run(
         publisher.publish = stamped  # type: ignore[method-assign]
         timers.stages.clear()
         pg0, cpu0, t0 = command_cpu_seconds("postgres"), time.process_time(), time.perf_counter()
-        resp = await client.post(f"/api/v1/recalls/{recall.json()['id']}/launch")
+        resp = await client.post(launch, headers=approver)
         assert resp.status_code == 201, resp.text
         launched = time.perf_counter()
         await env.runtime.coordinator.idle()
@@ -178,6 +192,7 @@ async def _run(
         "notices": published,
         "carrying_chain": carried,
         "signing_processes": processes,
+        "signed_ahead_s": prepared_s,
         "launch_request_s": launched - t0,
         "launch_to_last_notice_s": last[0] - t0,
         "launch_to_idle_s": done - t0,
@@ -192,7 +207,12 @@ def _table(result: dict[str, Any]) -> str:
     lines = [
         f"cars {cars}, notices {result['notices']} ({result['carrying_chain']} carrying the chain), "
         f"signing processes {result['signing_processes']}, "
-        f"setup {result['setup_s']:.1f} s",
+        f"setup {result['setup_s']:.1f} s"
+        + (
+            ""
+            if result.get("signed_ahead_s") is None
+            else f" (a safety recall: chains signed ahead in {result['signed_ahead_s']:.2f} s, timed from the approval)"
+        ),
         f"launch request {result['launch_request_s']:.2f} s, "
         f"launch to last notice {result['launch_to_last_notice_s']:.2f} s; "
         f"process CPU {1000 * result['process_cpu_s'] / cars:.3f} ms/car, "
@@ -220,6 +240,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="the server's OTA_DIRECTOR_SIGNING_PROCESSES (default: the server's default; 0: sign in the server)",
     )
+    parser.add_argument(
+        "--signed-ahead",
+        action="store_true",
+        help="a safety recall: its launch requested, its chains signed ahead, then approved (timed from the approval)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.cars <= MAX_CARS:
         parser.error(f"--cars: 1 to {MAX_CARS}")
@@ -229,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with services.fresh_postgres_database() as url, tempfile.TemporaryDirectory() as data_dir:
         profiles: list[cProfile.Profile] | None = [] if args.profile else None
-        result = asyncio.run(_run(args.cars, url, Path(data_dir), profiles, args.signing_processes))
+        result = asyncio.run(_run(args.cars, url, Path(data_dir), profiles, args.signing_processes, args.signed_ahead))
     print(_table(result))
     if args.profile and profiles:
         stats = pstats.Stats(profiles[0])

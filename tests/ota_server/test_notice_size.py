@@ -1,0 +1,74 @@
+"""A notice's encoded length, measured without encoding it (issue 19), is exactly :func:`encode`'s.
+
+A tick decides from it whether a car's notice may carry its chain and the Image repository's files;
+one byte short and a notice over ``MAX_MESSAGE_BYTES`` would reach the broker, which every car's
+strict parser refuses. So it is checked against the real encoding over any text the fields may hold:
+quotes, backslashes, control characters, non-ASCII.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from firmware_bundles.messages import CampaignNotice, Contact, DirectorMetadata, ImageMetadata, OwnerNotice, encode
+from ota_server.services.campaign_fleet import EncodedSize
+from tests.ota_server.helpers import vin
+
+TEXT = st.text(min_size=2, max_size=300)  # any Unicode, control characters included
+CONTACT = Contact(name="Z\u00e9", phone="0800")
+FILES = st.builds(DirectorMetadata, timestamp=TEXT, snapshot=TEXT, targets=TEXT)
+
+
+def _template(title: str, owner_text: str | None, image: ImageMetadata | None) -> CampaignNotice:
+    return CampaignNotice(
+        campaign_id=7,
+        vin=vin(1),
+        nonce="n" * 32,
+        recall_number="26V-001",
+        title=title,
+        repo_url="http://ota.test/repo",
+        issued_at=datetime(2026, 12, 5, 12, 0, tzinfo=UTC),
+        owner_notice=None
+        if owner_text is None
+        else OwnerNotice(purpose=owner_text, what_changes=owner_text, contact=CONTACT),
+        image_metadata=image,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    title=st.text(max_size=200),
+    owner_text=st.none() | st.text(min_size=1, max_size=200),
+    image=st.none() | st.builds(ImageMetadata, timestamp=TEXT, snapshot=TEXT, targets=TEXT),
+    serial=st.integers(min_value=1, max_value=999_999),
+    nonce=st.text(alphabet="0123456789abcdef-_", min_size=8, max_size=64),
+    owner_url=st.none() | st.text(max_size=200),
+    director=st.none() | FILES,
+)
+def test_the_measured_length_is_the_encoded_length(
+    title: str,
+    owner_text: str | None,
+    image: ImageMetadata | None,
+    serial: int,
+    nonce: str,
+    owner_url: str | None,
+    director: DirectorMetadata | None,
+) -> None:
+    template = _template(title, owner_text, image)
+    update: dict[str, Any] = {"vin": vin(serial), "nonce": nonce}
+    if owner_url is not None:
+        update["owner_url"] = owner_url
+    if director is not None:
+        update["director_metadata"] = director
+    assert EncodedSize(template).of(update) == len(encode(template.model_copy(update=update)))
+
+
+def test_setting_a_field_to_none_takes_it_out() -> None:
+    image = ImageMetadata(timestamp='{"a": "\\u00e9"}', snapshot="ss", targets="tt")
+    template = _template("Brake \u00e9", 'Bitte "sofort"\n', image)
+    update = {"image_metadata": None, "owner_notice": None}
+    assert EncodedSize(template).of(update) == len(encode(template.model_copy(update=update)))
