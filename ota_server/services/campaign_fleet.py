@@ -133,12 +133,16 @@ class EncodedSize:
     def __init__(self, template: CampaignNotice) -> None:
         self._length = len(encode(template))
         self._template = template
+        self._old: dict[str, int] = {}  # each field's ,"name":value in the template, measured once
 
     def of(self, update: Mapping[str, Any]) -> int:
         length = self._length
         for name, value in update.items():
-            old = getattr(self._template, name)  # never the first field: each is ,"name":value
-            length -= 0 if old is None else len(name) + 4 + len(_json(old))
+            old = self._old.get(name)
+            if old is None:
+                was = getattr(self._template, name)  # never the first field: each is ,"name":value
+                old = self._old[name] = 0 if was is None else len(name) + 4 + len(_json(was))
+            length -= old
             length += 0 if value is None else len(name) + 4 + len(_json(value))
         return length
 

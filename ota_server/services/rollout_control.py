@@ -44,6 +44,7 @@ class Preparations:
 
     finished: int = 0
     chains: int = 0
+    recalls: set[int] = field(default_factory=set)  # whose request this process has started signing ahead for
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,8 @@ class RolloutControl:
         result = await asyncio.to_thread(start)
         if isinstance(result, CampaignPublic):
             await self._tick([result.id])
-        elif result.state == "awaiting_approval":
+        elif result.state == "awaiting_approval" and result.recall_id not in self.preparations.recalls:
+            self.preparations.recalls.add(result.recall_id)  # asking again answers the same request: signed once
             task = asyncio.create_task(self._prepare(result.recall_id), name="ota-prepare-launch")
             self.preparing.add(task)
             task.add_done_callback(self.preparing.discard)

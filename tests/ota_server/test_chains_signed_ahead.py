@@ -135,6 +135,18 @@ async def test_an_approval_after_half_the_timestamps_lifetime_signs_everything_a
         assert _timestamp(env, car).expires == env.clock() + Expiry().timestamp
 
 
+async def test_asking_again_while_the_request_waits_signs_nothing_again(carrying: Env) -> None:
+    env = carrying
+    approve, _ = await _requested(env)
+    again = await env.client.post(
+        approve.replace("/approve", "/launch"), headers=await env.headers_for("olga2", "operator")
+    )
+    assert again.status_code == 202, again.text
+    await _preparations_done(env)
+    assert env.runtime.rollout.preparations.finished == 1
+    assert env.runtime.rollout.preparations.chains == len(CARS)
+
+
 async def test_a_plan_with_a_canary_wave_signs_nothing_ahead(carrying: Env) -> None:
     env = carrying
     await _requested(env, waves=[{"percent": 25}, {"percent": 100}])
