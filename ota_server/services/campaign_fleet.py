@@ -253,7 +253,9 @@ class CampaignFleet:
         """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
         release = session.get(Release, campaign.release_id)
         assert release is not None
-        plan, terms = _plan(session, campaign.kind, release, recall, campaigns.plan_of(recall, campaign), vins)
+        # Most of the campaign (a launch's first tick): the population read whole, not by 30,000 VINs.
+        whole = 2 * len(vins) >= campaign.population
+        plan, terms = _plan(session, campaign.kind, release, recall, campaigns.plan_of(recall, campaign), vins, whole)
         # Signed now, straight from the plan (the notices carry it), or queued and signed when each
         # car first asks for its timestamp.
         if self._carry:
@@ -276,25 +278,34 @@ class CampaignFleet:
             return 0
         if wave_sizes(len(members), rules.waves)[0] < len(members):
             return 0
-        plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, [m.vin for m in members])
+        plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, [m.vin for m in members], True)
         return self._director.prepare(session, plan, now, **terms)
 
 
 def _plan(
-    session: Session, kind: str, release: Release, recall: Recall, rules: RolloutPlan, vins: Sequence[str]
+    session: Session,
+    kind: str,
+    release: Release,
+    recall: Recall,
+    rules: RolloutPlan,
+    vins: Sequence[str],
+    whole: bool = False,
 ) -> tuple[dict[str, dict[str, TargetFile]], dict[str, Any]]:
-    """Each car's images by ECU serial, and the terms signed with them (floors, ECU failure policy, windows)."""
+    """Each car's images by ECU serial, and the terms signed with them (floors, ECU failure policy, windows).
+
+    ``whole``: ``vins`` are most of the population, so it is resolved whole and kept to them (the
+    same members: resolving is per car) rather than queried by thousands of VINs.
+    """
     # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
     rollback = kind == CampaignKind.ROLLBACK
     releases = [release] if rollback else populations.releases_of(session, recall)
-    members = (
-        {}
-        if rollback
-        else {
-            m.vin: m.assignments()
-            for m in populations.resolve_all(session, Population.model_validate(recall.population), releases, vins)
-        }
-    )
+    members: dict[str, dict[str, int]] = {}
+    if not rollback:
+        population = Population.model_validate(recall.population)
+        wanted = set(vins)
+        for m in populations.resolve_all(session, population, releases, None if whole else vins):
+            if m.vin in wanted:
+                members[m.vin] = m.assignments()
     by_hardware = {r.hardware_id: r.id for r in releases}
     missing = [v for v in vins if v not in members]
     for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)
