@@ -47,7 +47,7 @@ from ota_server.services import population as populations
 from ota_server.services.owner_links import OwnerLinks
 from ota_server.services.recalls import release_floor
 from ota_server.signing.chains import Chain
-from ota_server.signing.director import Director
+from ota_server.signing.director import Director, with_terms
 from ota_server.signing.image_repo import target_for
 
 log = logging.getLogger(__name__)
@@ -279,7 +279,7 @@ class CampaignFleet:
         if wave_sizes(len(members), rules.waves)[0] < len(members):
             return 0
         plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, [m.vin for m in members], True)
-        return self._director.prepare(session, plan, now, **terms)
+        return self._director.prepare(session, with_terms(plan, **terms), now)
 
 
 def _plan(

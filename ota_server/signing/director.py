@@ -82,20 +82,22 @@ def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:
 Plan = Mapping[str, tuple[Mapping[str, TargetFile], Mapping[str, int | None], str | None, Mapping[str, Any] | None]]
 
 
-def _with_terms(
+def with_terms(
     plan: Mapping[str, Mapping[str, TargetFile]],
-    min_release_counter: int | None,
-    floors: Mapping[str, int] | None,
-    policy: str | None,
-    windows: Mapping[str, Mapping[str, Any]] | None,
+    *,
+    min_release_counter: int | None = None,
+    floors: Mapping[str, int] | None = None,
+    ecu_failure_policy: str | None = None,
+    windows: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Plan:
-    """Each VIN's images with its floors (``floors`` by image path, else ``min_release_counter``), policy, window."""
+    """Each VIN's images with its floors (``floors`` by image path, else ``min_release_counter``), the
+    ECU failure policy and its window (arguments as :meth:`Director.queue`)."""
     floor_of = floors or {}
     return {
         vin: (
             images,
             {serial: floor_of.get(image.path, min_release_counter) for serial, image in images.items()},
-            policy,
+            ecu_failure_policy,
             (windows or {}).get(vin),
         )
         for vin, images in plan.items()
@@ -298,30 +300,25 @@ class Director:
                     RepoFile.repo == DIRECTOR, one_of(RepoFile.owner, chunk), RepoFile.name == PENDING
                 )
             )
-        terms = _with_terms(plan, min_release_counter, floors, ecu_failure_policy, windows)
+        terms = with_terms(
+            plan,
+            min_release_counter=min_release_counter,
+            floors=floors,
+            ecu_failure_policy=ecu_failure_policy,
+            windows=windows,
+        )
         return self._sign_plan(session, terms, now)
 
-    def prepare(
-        self,
-        session: Session,
-        plan: Mapping[str, Mapping[str, TargetFile]],
-        now: datetime,
-        *,
-        min_release_counter: int | None = None,
-        floors: Mapping[str, int] | None = None,
-        ecu_failure_policy: str | None = None,
-        windows: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> int:
-        """Sign ahead what :meth:`sign_now` would sign for ``plan`` now (arguments as :meth:`queue`), keep it
-        in memory for the launch (:mod:`ota_server.signing.prepared`) and return how many; nothing is
-        written, locked or served. More cars than :attr:`prepared` holds: none is signed, 0."""
+    def prepare(self, session: Session, plan: Plan, now: datetime) -> int:
+        """Sign ahead what :meth:`sign_now` would sign for ``plan`` (:func:`with_terms` of its arguments)
+        now, keep it in memory for the launch (:mod:`ota_server.signing.prepared`) and return how many;
+        nothing is written, locked or served. More cars than :attr:`prepared` holds: none is signed, 0."""
         if not plan or len(plan) > self.prepared.limit:
             return 0
         vins = sorted(plan)
         with self.prepared.preparing(vins):
             signers = self.signers(session)
-            terms = _with_terms(plan, min_release_counter, floors, ecu_failure_policy, windows)
-            orders = _orders(terms, self._previous(session, vins, lock=False))
+            orders = _orders(plan, self._previous(session, vins, lock=False))
             self.prepared.put(orders, self._sign_orders(signers, orders, now), keyids_of(signers), now)
         return len(orders)
 

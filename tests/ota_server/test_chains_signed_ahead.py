@@ -12,7 +12,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 from securesystemslib.signer import CryptoSigner
@@ -34,9 +34,16 @@ NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 IMAGE = image_target("bundles/ecu/1.1.0.otab", 4096, "ab" * 32, "ecu", "1.1.0", 3)
 
 
-async def _requested(env: Env, **plan: Any) -> tuple[str, dict[str, str]]:
+class Request(NamedTuple):
+    approve: str  # the approve URL
+    approver: dict[str, str]  # an approver's headers
+    at: datetime  # when it was requested
+
+
+async def _requested(env: Env, **plan: Any) -> Request:
     """A safety recall of :data:`CARS` whose launch an operator requested and whose signing ahead has
-    finished: its approve URL and an approver's headers."""
+    finished."""
+    at = env.clock()
     resp = await env.client.post("/api/v1/vehicles/batch", json={"vehicles": [vehicle(v) for v in CARS]})
     assert resp.status_code == 201, resp.text
     await provision(env.client, CARS)
@@ -48,7 +55,7 @@ async def _requested(env: Env, **plan: Any) -> tuple[str, dict[str, str]]:
     resp = await env.client.post(f"/api/v1/recalls/{recall['id']}/launch", headers=operator)
     assert resp.status_code == 202, resp.text
     await _preparations_done(env)
-    return f"/api/v1/recalls/{recall['id']}/approve", approver
+    return Request(f"/api/v1/recalls/{recall['id']}/approve", approver, at)
 
 
 async def _preparations_done(env: Env) -> None:
@@ -56,8 +63,8 @@ async def _preparations_done(env: Env) -> None:
         await task
 
 
-async def _approve(env: Env, url: str, headers: dict[str, str]) -> None:
-    resp = await env.client.post(url, headers=headers)
+async def _approve(env: Env, request: Request) -> None:
+    resp = await env.client.post(request.approve, headers=request.approver)
     assert resp.status_code == 201, resp.text
     await env.runtime.dispatcher.idle()
 
@@ -88,15 +95,14 @@ async def test_the_approval_sends_the_chains_signed_at_the_request_and_the_cars_
     carrying: Env, tmp_path: Path
 ) -> None:
     env = carrying
-    requested_at = env.clock.now
-    approve, approver = await _requested(env)
+    request = await _requested(env)
     assert len(env.runtime.director.prepared) == len(CARS)
     assert env.runtime.rollout.preparations.chains == len(CARS)
     env.clock.advance(3600)  # the second person approves an hour later
-    await _approve(env, approve, approver)
+    await _approve(env, request)
     for car in CARS:
         timestamp = _timestamp(env, car)
-        assert timestamp.expires == requested_at + Expiry().timestamp  # signed at the request, not now
+        assert timestamp.expires == request.at + Expiry().timestamp  # signed at the request, not now
         assert timestamp.version == 1
         assert _verified(env, car, tmp_path) == [f"S-{car[-6:]}"]
     assert len(env.runtime.director.prepared) == 0  # each taken once
@@ -109,37 +115,36 @@ async def test_a_car_whose_chain_moved_after_the_request_is_signed_at_the_approv
     carrying: Env, tmp_path: Path
 ) -> None:
     env = carrying
-    requested_at = env.clock.now
-    approve, approver = await _requested(env)
+    request = await _requested(env)
     moved = CARS[0]
     env.clock.advance(60)
     with env.runtime.sessions() as session:  # its chain moves on (as a consent or a refresh would move it)
         env.runtime.director.sign_now(session, {moved: {}}, env.clock())
         session.commit()
     env.clock.advance(60)
-    await _approve(env, approve, approver)
+    await _approve(env, request)
     timestamp = _timestamp(env, moved)
     assert timestamp.expires == env.clock() + Expiry().timestamp  # signed anew, after the chain it moved to
     assert timestamp.version == 2
     assert _verified(env, moved, tmp_path) == [f"S-{moved[-6:]}"]
     for car in CARS[1:]:
-        assert _timestamp(env, car).expires == requested_at + Expiry().timestamp
+        assert _timestamp(env, car).expires == request.at + Expiry().timestamp
 
 
 async def test_an_approval_after_half_the_timestamps_lifetime_signs_everything_anew(carrying: Env) -> None:
     env = carrying
-    approve, approver = await _requested(env)
+    request = await _requested(env)
     env.clock.advance(Expiry().timestamp.total_seconds() * 0.6)  # the chains would be re-signed on the first fetch
-    await _approve(env, approve, approver)
+    await _approve(env, request)
     for car in CARS:
         assert _timestamp(env, car).expires == env.clock() + Expiry().timestamp
 
 
 async def test_asking_again_while_the_request_waits_signs_nothing_again(carrying: Env) -> None:
     env = carrying
-    approve, _ = await _requested(env)
+    request = await _requested(env)
     again = await env.client.post(
-        approve.replace("/approve", "/launch"), headers=await env.headers_for("olga2", "operator")
+        request.approve.replace("/approve", "/launch"), headers=await env.headers_for("olga2", "operator")
     )
     assert again.status_code == 202, again.text
     await _preparations_done(env)
