@@ -230,5 +230,6 @@ async def stop_runtime(runtime: Runtime) -> None:
     if runtime.link is not None:
         await runtime.link.stop()
     await runtime.ingestor.stop()
+    await runtime.rollout.preparations.stop(runtime.rollout.preparing)
     await asyncio.to_thread(runtime.director.close)
     runtime.engine.dispose()

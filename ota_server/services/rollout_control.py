@@ -45,6 +45,12 @@ class Preparations:
     finished: int = 0
     chains: int = 0
     recalls: set[int] = field(default_factory=set)  # whose request this process has started signing ahead for
+    one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def stop(self, tasks: set[asyncio.Task[None]], timeout_s: float = 30.0) -> None:
+        """Let the preparations under way finish (the signing processes stop after them)."""
+        if tasks:
+            await asyncio.wait(list(tasks), timeout=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -79,12 +85,14 @@ class RolloutControl:
         return result
 
     async def _prepare(self, recall_id: int) -> None:
-        started = time.monotonic()
-        try:
-            signed = await asyncio.to_thread(self.prepare, recall_id)
-        except Exception:  # the approval's tick signs whatever was not signed ahead
-            log.warning("signing ahead for recall %d failed; its launch will sign", recall_id, exc_info=True)
-            signed = 0
+        async with self.preparations.one_at_a_time:  # two requests at once: one after the other
+            started = time.monotonic()
+            try:
+                signed = await asyncio.to_thread(self.prepare, recall_id)
+            except Exception:  # the approval's tick signs whatever was not signed ahead
+                log.warning("signing ahead for recall %d failed; its launch will sign", recall_id, exc_info=True)
+                self.preparations.recalls.discard(recall_id)  # asking again tries again
+                signed = 0
         self.preparations.finished += 1
         self.preparations.chains += signed
         if signed:

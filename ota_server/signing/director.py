@@ -127,7 +127,9 @@ class Director:
         self.keys = keys
         self.expiry = expiry or Expiry()
         self._pool = pool
-        self.prepared = PreparedChains()  # chains signed ahead of a launch (a safety recall awaiting approval)
+        self.prepared = PreparedChains(
+            self.expiry
+        )  # chains signed ahead of a launch (a safety recall awaiting approval)
         # Signing is per car (on its first fetch), so the keys matched to the current root are
         # kept this long instead of reading the roots for every car; a rotation made by the
         # CLI straight on the database is used within this many seconds.
@@ -174,7 +176,7 @@ class Director:
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
         orders = _orders(plan, previous)
-        ahead = self.prepared.take(orders, keyids_of(signers), self.expiry, now)
+        ahead = self.prepared.take(orders, keyids_of(signers), now)
         if ahead:
             log.info("%d of %d chains signed ahead, %d signed now", len(ahead), len(orders), len(orders) - len(ahead))
         unsigned = [order for order in orders if order.vin not in ahead]
@@ -315,10 +317,10 @@ class Director:
         nothing is written, locked or served. More cars than :attr:`prepared` holds: none is signed, 0."""
         if not plan or len(plan) > self.prepared.limit:
             return 0
-        vins = sorted(plan)
-        with self.prepared.preparing(vins):
-            signers = self.signers(session)
-            orders = _orders(plan, self._previous(session, vins, lock=False))
+        signers = self.signers(session)
+        orders = _orders(plan, self._previous(session, sorted(plan), lock=False))
+        session.rollback()  # read only: no transaction (nor PostgreSQL's snapshot) held while signing
+        with self.prepared.preparing(orders):
             self.prepared.put(orders, self._sign_orders(signers, orders, now), keyids_of(signers), now)
         return len(orders)
 

@@ -9,7 +9,6 @@ as before. Every car verifies what it is sent either way.
 from __future__ import annotations
 
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -180,21 +179,35 @@ def _order(serial: int, previous: int = 0, policy: str | None = None) -> ChainOr
     return ChainOrder(vin(serial), {"S-1": IMAGE}, RepoVersions(previous, previous, previous), {"S-1": 3}, policy)
 
 
+def _kept(signers: RoleSigners, orders: list[ChainOrder], limit: int = 100) -> PreparedChains:
+    store = PreparedChains(Expiry(), limit=limit)
+    store.put(orders, [sign_chain(signers, Expiry(), NOW, order) for order in orders], keyids_of(signers), NOW)
+    return store
+
+
 def test_only_an_equal_order_signed_by_the_current_keys_and_still_fresh_is_taken(signers: RoleSigners) -> None:
-    store = PreparedChains()
     orders = [_order(n) for n in range(1, 6)]
-    chains = [sign_chain(signers, Expiry(), NOW, order) for order in orders]
-    store.put(orders, chains, keyids_of(signers), NOW)
+    store = _kept(signers, orders)
     other_key = CryptoSigner.generate_ed25519()
     rotated = RoleSigners(root=[other_key], targets=[other_key], snapshot=[other_key], timestamp=[other_key])
     now = NOW + timedelta(minutes=5)
-    assert store.take([orders[0]], keyids_of(signers), Expiry(), now) == {orders[0].vin: chains[0]}
-    assert store.take([orders[0]], keyids_of(signers), Expiry(), now) == {}  # taken once
-    assert store.take([_order(2, previous=1)], keyids_of(signers), Expiry(), now) == {}  # the chain moved
-    assert store.take([_order(3, policy="abort_all")], keyids_of(signers), Expiry(), now) == {}  # another plan
-    assert store.take([orders[3]], keyids_of(rotated), Expiry(), now) == {}  # a rotated key
-    assert store.take([orders[4]], keyids_of(signers), Expiry(), NOW + timedelta(hours=13)) == {}  # due
+    taken = store.take([orders[0]], keyids_of(signers), now)
+    assert taken == {orders[0].vin: sign_chain(signers, Expiry(), NOW, orders[0])}
+    assert store.take([orders[0]], keyids_of(signers), now) == {}  # taken once
+    assert store.take([_order(2, previous=1)], keyids_of(signers), now) == {}  # the chain moved
+    assert store.take([_order(3, policy="abort_all")], keyids_of(signers), now) == {}  # another plan
+    assert store.take([orders[3]], keyids_of(rotated), now) == {}  # a rotated key
+    assert store.take([orders[4]], keyids_of(signers), NOW + timedelta(hours=13)) == {}  # due
     assert len(store) == 0  # every one judged was dropped, used or not
+
+
+def test_two_ecus_of_one_bundle_listed_the_other_way_round_are_another_order(signers: RoleSigners) -> None:
+    """The first serial listed gets the bundle in the signed targets: equal mappings, different chains."""
+    first = ChainOrder(vin(1), {"A": IMAGE, "B": IMAGE}, RepoVersions(), {"A": 3, "B": 3})
+    swapped = ChainOrder(vin(1), {"B": IMAGE, "A": IMAGE}, RepoVersions(), {"A": 3, "B": 3})
+    assert first == swapped  # as mappings
+    assert sign_chain(signers, Expiry(), NOW, first) != sign_chain(signers, Expiry(), NOW, swapped)
+    assert _kept(signers, [first]).take([swapped], keyids_of(signers), NOW) == {}
 
 
 def test_fresh_means_no_file_due_and_never_signed_in_the_future() -> None:
@@ -203,29 +216,70 @@ def test_fresh_means_no_file_due_and_never_signed_in_the_future() -> None:
     assert not fresh(NOW, Expiry(), NOW - timedelta(seconds=1))
 
 
-def test_the_oldest_chains_go_beyond_the_limit(signers: RoleSigners) -> None:
-    store = PreparedChains(limit=3)
+def test_the_oldest_go_beyond_the_limit_and_the_stale_at_the_next_put(signers: RoleSigners) -> None:
     orders = [_order(n) for n in range(1, 6)]
-    store.put(orders, [sign_chain(signers, Expiry(), NOW, o) for o in orders], keyids_of(signers), NOW)
+    store = _kept(signers, orders, limit=3)
     assert len(store) == 3
-    assert set(store.take(orders, keyids_of(signers), Expiry(), NOW)) == {o.vin for o in orders[2:]}
+    later = NOW + timedelta(hours=13)  # the three kept are no longer fresh: a new preparation drops them
+    store.put([_order(9)], [sign_chain(signers, Expiry(), later, _order(9))], keyids_of(signers), later)
+    assert len(store) == 1
+    assert set(store.take(orders, keyids_of(signers), NOW)) == set()
 
 
-def test_a_tick_waits_for_the_preparation_signing_its_cars(signers: RoleSigners) -> None:
-    store = PreparedChains()
-    order = _order(1)
-    chain = sign_chain(signers, Expiry(), NOW, order)
-    started = threading.Event()
+def _preparation(store: PreparedChains, order: ChainOrder, chain: Any, keyids: Any) -> tuple[threading.Thread, Any]:
+    """A preparation signing ``order`` in another thread: it puts ``chain`` once ``release`` is set."""
+    started, release = threading.Event(), threading.Event()
 
     def prepare() -> None:
-        with store.preparing([order.vin]):
+        with store.preparing([order]):
             started.set()
-            time.sleep(0.2)
-            store.put([order], [chain], keyids_of(signers), NOW)
+            release.wait(30)
+            store.put([order], [chain], keyids, NOW)
 
     thread = threading.Thread(target=prepare)
     thread.start()
-    started.wait()
-    assert store.take([_order(2)], keyids_of(signers), Expiry(), NOW) == {}  # other cars: not held up
-    assert store.take([order], keyids_of(signers), Expiry(), NOW) == {order.vin: chain}
+    started.wait(30)
+    return thread, release
+
+
+def test_a_tick_waits_for_the_preparation_signing_its_order(signers: RoleSigners) -> None:
+    store = PreparedChains(Expiry())
+    order = _order(1)
+    chain = sign_chain(signers, Expiry(), NOW, order)
+    thread, release = _preparation(store, order, chain, keyids_of(signers))
+    threading.Timer(0.1, release.set).start()
+    assert store.take([order], keyids_of(signers), NOW) == {order.vin: chain}  # waited, then took it
     thread.join()
+
+
+def test_others_wanting_the_car_do_not_wait_for_its_preparation(signers: RoleSigners) -> None:
+    """Another car, or this car with another order (a consent, another campaign), is not held up."""
+    store = PreparedChains(Expiry())
+    order = _order(1)
+    thread, release = _preparation(store, order, sign_chain(signers, Expiry(), NOW, order), keyids_of(signers))
+    answers: list[dict[str, Any]] = []
+    asker = threading.Thread(
+        target=lambda: answers.append(store.take([_order(2), _order(1, policy="abort_all")], keyids_of(signers), NOW))
+    )
+    asker.start()
+    asker.join(20)  # would wait as long as the preparation (released only below) if it waited
+    alive = asker.is_alive()
+    release.set()
+    thread.join()
+    asker.join()
+    assert not alive and answers == [{}]
+
+
+def test_a_preparation_that_never_ends_is_waited_for_once(signers: RoleSigners) -> None:
+    store = PreparedChains(Expiry())
+    order = _order(1)
+    thread, release = _preparation(store, order, sign_chain(signers, Expiry(), NOW, order), keyids_of(signers))
+    assert store.take([order], keyids_of(signers), NOW, wait_s=0.05) == {}  # gave up on it
+    asker = threading.Thread(target=store.take, args=([order], keyids_of(signers), NOW))  # the default wait
+    asker.start()
+    asker.join(20)
+    alive = asker.is_alive()
+    release.set()
+    thread.join()
+    asker.join()
+    assert not alive
