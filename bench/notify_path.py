@@ -160,8 +160,7 @@ async def _run(
             started = time.perf_counter()
             resp = await client.post(launch, headers=await env.headers_for("olga", "operator"))
             assert resp.status_code == 202, resp.text
-            for task in list(env.runtime.rollout.preparing):
-                await task
+            await env.runtime.rollout.preparations.wait()
             prepared_s = time.perf_counter() - started
             launch = f"/api/v1/recalls/{recall.json()['id']}/approve"
         setup = time.perf_counter() - setup

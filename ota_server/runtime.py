@@ -230,6 +230,6 @@ async def stop_runtime(runtime: Runtime) -> None:
     if runtime.link is not None:
         await runtime.link.stop()
     await runtime.ingestor.stop()
-    await runtime.rollout.preparations.stop(runtime.rollout.preparing)
+    await runtime.rollout.preparations.wait(timeout_s=30.0)  # the signing processes stop after them
     await asyncio.to_thread(runtime.director.close)
     runtime.engine.dispose()

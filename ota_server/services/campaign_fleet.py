@@ -224,15 +224,15 @@ class CampaignFleet:
         signed, self._signed = self._signed, {}
         if not cars:
             return []
-        if not signed and self._image is None:
-            return list(campaigns.notices(recall, campaign, cars, self._repo_url, now, self._owner_links))
         image = image_files(self._image) if self._image is not None else None
+        carrying = bool(signed) or image is not None  # else nothing to measure: a bare notice always fits
         first_vin, first_nonce = cars[0]
         template = campaigns.notice(recall, campaign, first_vin, first_nonce, self._repo_url, now)
         if image is not None:
             template = template.model_copy(update={"image_metadata": image})
         size = EncodedSize(template)
         made: list[Outbound] = []
+        # Copies, not validated again: the VINs were checked at registration, the nonces and links are ours.
         for vin, nonce in cars:
             update: dict[str, Any] = {"vin": vin, "nonce": nonce}
             if self._owner_links is not None:
@@ -242,7 +242,7 @@ class CampaignFleet:
             if director is not None:
                 update["director_metadata"] = director
             notice = template.model_copy(update=update)
-            if (chain is not None and director is None) or size.of(update) > MAX_MESSAGE_BYTES:
+            if carrying and ((chain is not None and director is None) or size.of(update) > MAX_MESSAGE_BYTES):
                 # rare: the fallbacks (each measured by encoding it), and the log of a chain left out
                 bare = notice.model_copy(update={"image_metadata": None, "director_metadata": None})
                 notice = carried(bare, chain, image)
@@ -278,7 +278,8 @@ class CampaignFleet:
             return 0
         if wave_sizes(len(members), rules.waves)[0] < len(members):
             return 0
-        plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, [m.vin for m in members], True)
+        vins = [m.vin for m in members]
+        plan, terms = _plan(session, CampaignKind.REMEDY, release, recall, rules, vins, resolved=members)
         return self._director.prepare(session, with_terms(plan, **terms), now)
 
 
@@ -290,22 +291,24 @@ def _plan(
     rules: RolloutPlan,
     vins: Sequence[str],
     whole: bool = False,
+    resolved: Sequence[populations.Member] | None = None,
 ) -> tuple[dict[str, dict[str, TargetFile]], dict[str, Any]]:
     """Each car's images by ECU serial, and the terms signed with them (floors, ECU failure policy, windows).
 
     ``whole``: ``vins`` are most of the population, so it is resolved whole and kept to them (the
-    same members: resolving is per car) rather than queried by thousands of VINs.
+    same members: resolving is per car) rather than queried by thousands of VINs. ``resolved``: the
+    population as the caller has just resolved it (not resolved again).
     """
     # A rollback campaign's cars run the bad release: every ECU of the hardware id, below.
     rollback = kind == CampaignKind.ROLLBACK
     releases = [release] if rollback else populations.releases_of(session, recall)
     members: dict[str, dict[str, int]] = {}
     if not rollback:
-        population = Population.model_validate(recall.population)
+        if resolved is None:
+            population = Population.model_validate(recall.population)
+            resolved = populations.resolve_all(session, population, releases, None if whole else vins)
         wanted = set(vins)
-        for m in populations.resolve_all(session, population, releases, None if whole else vins):
-            if m.vin in wanted:
-                members[m.vin] = m.assignments()
+        members = {m.vin: m.assignments() for m in resolved if m.vin in wanted}
     by_hardware = {r.hardware_id: r.id for r in releases}
     missing = [v for v in vins if v not in members]
     for start in range(0, len(missing), _CHUNK):  # no longer matching the filters (e.g. version moved)

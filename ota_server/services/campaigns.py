@@ -83,36 +83,6 @@ def notice(
     )
 
 
-def notices(
-    recall: Recall,
-    campaign: Campaign,
-    cars: Sequence[tuple[str, str]],
-    repo_url: str,
-    issued_at: datetime,
-    owner_links: OwnerLinks | None = None,
-) -> list[CampaignNotice]:
-    """:func:`notice` for each ``(vin, nonce)``: validated once, then copied with each car's VIN and nonce.
-
-    A tick releases thousands of cars of one campaign; their notices differ only there.
-    """
-    if not cars:
-        return []
-    first_vin, first_nonce = cars[0]
-    template = notice(recall, campaign, first_vin, first_nonce, repo_url, issued_at, owner_links)
-    # Not validated again: the VINs were checked at registration, the nonces and links are ours.
-    return [
-        template,
-        *(
-            template.model_copy(
-                update={"vin": vin, "nonce": nonce}
-                if owner_links is None
-                else {"vin": vin, "nonce": nonce, "owner_url": owner_links.url(vin, campaign.id)}
-            )
-            for vin, nonce in cars[1:]
-        ),
-    ]
-
-
 def withdrawal(campaign_id: int, vin: str, nonce: str, issued_at: datetime) -> CampaignWithdrawal:
     return CampaignWithdrawal(campaign_id=campaign_id, vin=vin, nonce=nonce, issued_at=issued_at)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy.orm import Session
 
@@ -40,17 +40,24 @@ Started = TypeVar("Started", bound=CampaignPublic | LaunchRequestPublic)
 
 @dataclass
 class Preparations:
-    """Launch requests whose signing ahead has finished, and the chains it signed (for /metrics)."""
+    """The signing ahead of launch requests: those under way, those finished and the chains they
+    signed (for /metrics)."""
 
     finished: int = 0
     chains: int = 0
     recalls: set[int] = field(default_factory=set)  # whose request this process has started signing ahead for
     one_at_a_time: asyncio.Lock = field(default_factory=asyncio.Lock)
+    under_way: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def stop(self, tasks: set[asyncio.Task[None]], timeout_s: float = 30.0) -> None:
-        """Let the preparations under way finish (the signing processes stop after them)."""
-        if tasks:
-            await asyncio.wait(list(tasks), timeout=timeout_s)
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work, name="ota-prepare-launch")
+        self.under_way.add(task)
+        task.add_done_callback(self.under_way.discard)
+
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Until the preparations under way have finished (at most ``timeout_s``)."""
+        if self.under_way:
+            await asyncio.wait(list(self.under_way), timeout=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -63,7 +70,6 @@ class RolloutControl:
     # how many chains.
     prepare: Callable[[int], int] = lambda recall_id: 0
     preparations: Preparations = field(default_factory=lambda: Preparations())
-    preparing: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def _exclusive(self, fn: Callable[[], T]) -> T:
         return await asyncio.to_thread(self.coordinator.exclusive, fn)
@@ -79,9 +85,7 @@ class RolloutControl:
             await self._tick([result.id])
         elif result.state == "awaiting_approval" and result.recall_id not in self.preparations.recalls:
             self.preparations.recalls.add(result.recall_id)  # asking again answers the same request: signed once
-            task = asyncio.create_task(self._prepare(result.recall_id), name="ota-prepare-launch")
-            self.preparing.add(task)
-            task.add_done_callback(self.preparing.discard)
+            self.preparations.start(self._prepare(result.recall_id))
         return result
 
     async def _prepare(self, recall_id: int) -> None:

@@ -152,7 +152,3 @@ class PreparedChains:
         self._swept = time.monotonic()
         for vin in [vin for vin, ahead in self._chains.items() if not fresh(ahead.signed_at, self._expiry, now)]:
             del self._chains[vin]
-
-    def clear(self) -> None:
-        with self._changed:
-            self._chains.clear()

@@ -58,8 +58,7 @@ async def _requested(env: Env, **plan: Any) -> Request:
 
 
 async def _preparations_done(env: Env) -> None:
-    for task in list(env.runtime.rollout.preparing):
-        await task
+    await env.runtime.rollout.preparations.wait()
 
 
 async def _approve(env: Env, request: Request) -> None:
