@@ -50,9 +50,9 @@ from urllib.parse import urlsplit
 import httpx
 from rich.console import Console
 
+from bench import notice_observer
 from bench.raw_broker import RawResult, raw_capacity
-from firmware_bundles import topics
-from simulator.brokers import BrokerCluster, Listener, broker_count, mosquitto_binary
+from simulator.brokers import BrokerCluster, broker_count, mosquitto_binary
 from simulator.errors import SimulatorError
 from simulator.faults import FaultPlan
 from simulator.fleet import MAX_ECUS, make_fleet
@@ -255,31 +255,6 @@ def rejected(metrics: Mapping[str, float]) -> dict[str, int]:
     return out
 
 
-class NoticeObserver:
-    """An independent client on the hub: when did each car's notice of the campaign go out?"""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.listener = Listener(host, port, f"{topics.PREFIX}/+/campaigns", client_id=f"bench-observer-{os.getpid()}")
-
-    def notices(self, campaign_id: int) -> list[float]:
-        """Monotonic arrival time of each car's first notice of ``campaign_id``, sorted."""
-        first: dict[str, float] = {}
-        for at, _topic, payload, _retained in self.listener.received():
-            try:
-                message = json.loads(payload)
-            except ValueError:
-                continue
-            if message.get("kind") != "campaign" or message.get("campaign_id") != campaign_id:
-                continue
-            vin = str(message.get("vin"))
-            if vin not in first:
-                first[vin] = at
-        return sorted(first.values())
-
-    def close(self) -> None:
-        self.listener.close()
-
-
 # -- the run ---------------------------------------------------------------------------------
 
 
@@ -453,7 +428,7 @@ def run(options: Options, console: Console) -> Measured:
         measured.phases["provision_s"] = round(time.monotonic() - started, 2)
 
         host, port = _host_port(endpoints.mqtt_url)
-        observer = NoticeObserver(host, port)
+        observer = notice_observer.observer(host, port, workdir, mosquitto=cluster is not None)
         stack.callback(observer.close)
         parent, why = car_state_parent(options, workdir)
         cars_dir = Path(tempfile.mkdtemp(prefix="ota-bench-cars-", dir=parent))

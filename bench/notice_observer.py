@@ -1,0 +1,158 @@
+"""When did each car's notice leave the hub? An independent subscriber on the campaign topics.
+
+``ota-bench`` times launch to last notice with it. Two observers, the same question:
+
+* :class:`MosquittoObserver`, when ``mosquitto_sub`` is installed (Mosquitto brokers): Mosquitto's
+  own C client in a process of its own stamps each message as it arrives (``%U``, the wall clock)
+  and prints one short line (time, payload length, topic), never the payload.
+* :class:`PahoObserver` otherwise (the embedded broker): a paho client in a thread of the
+  benchmark's process, which reads each payload and keeps the campaign's notices only.
+
+Why not paho always: in a 30,000-car run the benchmark's process shares the machine's two cores
+with the server, the brokers and four worker processes. A Python thread stamps a message when
+it gets the GIL and a CPU, not when the message arrived: with the server and the brokers ahead of
+the cars, the hub had sent every notice ~7 s after the approval while the paho observer's last
+stamp read 18.9 s (issue 19, history.md). The C client's stamp is the arrival.
+
+:class:`MosquittoObserver` keeps the first non-empty message per topic: a run launches one
+campaign on a fresh database and fresh brokers, so the first message on a car's campaign topic
+is that campaign's notice (a retry comes later; a cleared retained notice is empty). The bridge
+probes' topics (``PROBE-``) are not cars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Protocol
+
+from firmware_bundles import topics
+from firmware_bundles.errors import MalformedMessage
+from simulator.brokers import Listener, mosquitto_tool
+
+TOPIC_FILTER = f"{topics.PREFIX}/+/campaigns"
+_PROBE = "PROBE-"
+
+
+class NoticeObserver(Protocol):
+    def notices(self, campaign_id: int) -> list[float]:
+        """Monotonic arrival time of each car's first notice of ``campaign_id``, sorted."""
+
+    def close(self) -> None: ...
+
+
+class PahoObserver:
+    """A paho client on the hub, in a thread of this process (see the module docstring)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.listener = Listener(host, port, TOPIC_FILTER, client_id=f"bench-observer-{os.getpid()}")
+
+    def notices(self, campaign_id: int) -> list[float]:
+        first: dict[str, float] = {}
+        for at, _topic, payload, _retained in self.listener.received():
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                continue
+            if message.get("kind") != "campaign" or message.get("campaign_id") != campaign_id:
+                continue
+            vin = str(message.get("vin"))
+            if vin not in first:
+                first[vin] = at
+        return sorted(first.values())
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def first_arrivals(lines: list[str], wall_to_monotonic: float) -> dict[str, float]:
+    """From ``mosquitto_sub -F '%U %l %t'`` lines: each car's first non-empty message, by VIN, as
+    monotonic seconds (wall clock + ``wall_to_monotonic``). Probes and unreadable lines are skipped."""
+    first: dict[str, float] = {}
+    for line in lines:
+        parts = line.split(" ", 2)
+        if len(parts) != 3:
+            continue
+        stamp, length, topic = parts
+        try:
+            at, size = float(stamp), int(length)
+        except ValueError:
+            continue
+        if size <= 0:
+            continue
+        try:
+            vin = topics.vin_from_topic(topic.strip())
+        except MalformedMessage:
+            continue
+        if topic.strip() != topics.campaign_topic(vin) or vin.startswith(_PROBE) or vin in first:
+            continue
+        first[vin] = at + wall_to_monotonic
+    return first
+
+
+class MosquittoObserver:
+    """``mosquitto_sub`` on the hub in its own process, stamping each arrival (see the module docstring)."""
+
+    def __init__(self, binary: str, host: str, port: int, out: Path, *, ready_timeout_s: float = 10.0) -> None:
+        self._out = out
+        # one offset for the run: the wall clock is read by mosquitto_sub, the benchmark times by monotonic
+        self._wall_to_monotonic = time.monotonic() - time.time()
+        command = [binary, "-h", host, "-p", str(port), "-q", str(topics.QOS), "-t", TOPIC_FILTER]
+        command += ["-i", f"bench-observer-{os.getpid()}", "-F", "%U %l %t"]
+        with out.open("wb") as sink:
+            self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE)
+        self._wait_subscribed(host, port, ready_timeout_s)
+
+    def _wait_subscribed(self, host: str, port: int, timeout_s: float) -> None:
+        """Publish a probe until mosquitto_sub has printed it: subscribed before any notice can go out."""
+        probe = topics.campaign_topic(f"{_PROBE}observer-{os.getpid()}")
+        listener = Listener(host, port, f"{_PROBE}none/#")
+        try:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline:
+                if self._process.poll() is not None:
+                    raise RuntimeError(f"mosquitto_sub exited: {self._stderr()}")
+                listener.publish(probe, b"observer ready")
+                time.sleep(0.2)
+                if probe in self._out.read_text(errors="replace"):
+                    return
+            raise RuntimeError(f"mosquitto_sub on {host}:{port} saw nothing in {timeout_s:.0f} s")
+        finally:
+            listener.close()
+
+    def _stderr(self) -> str:
+        if self._process.stderr is None:
+            return ""
+        return self._process.stderr.read().decode(errors="replace").strip()
+
+    def arrivals(self) -> dict[str, float]:
+        """Each car's first message so far, by VIN (monotonic seconds)."""
+        return first_arrivals(self._out.read_text(errors="replace").splitlines(), self._wall_to_monotonic)
+
+    def notices(self, campaign_id: int) -> list[float]:
+        """Every car's first notice (one campaign per run: ``campaign_id`` is not in the lines)."""
+        self.close()
+        return sorted(self.arrivals().values())
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.send_signal(signal.SIGINT)  # mosquitto_sub disconnects and exits
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        if self._process.stderr is not None:
+            self._process.stderr.close()
+
+
+def observer(host: str, port: int, workdir: Path, *, mosquitto: bool) -> NoticeObserver:
+    """The C observer on Mosquitto brokers when ``mosquitto_sub`` is installed, else paho's."""
+    binary = mosquitto_tool("mosquitto_sub") if mosquitto else None
+    if binary is None:
+        return PahoObserver(host, port)
+    return MosquittoObserver(binary, host, port, workdir / "notices-observed.txt")
