@@ -103,3 +103,54 @@ def test_the_notices_in_flight_are_a_setting_checked_at_start(tmp_path: Path) ->
     for wrong in (0, -1, 32_001, 65_536):
         with pytest.raises(InvalidInput, match="NOTICE_CONCURRENCY must be 1 to 32000"):
             Settings(data_dir=tmp_path, notice_concurrency=wrong)
+
+
+class Recording(FakePublisher):
+    """Records each bulk publish (its first topic and size) in ``events`` as it starts."""
+
+    def __init__(self, events: list[tuple[str, str, int]]) -> None:
+        super().__init__()
+        self.events = events
+
+    async def publish_many(
+        self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
+    ) -> list[bool]:
+        self.events.append(("publish", messages[0][0], len(messages)))
+        return await super().publish_many(messages, qos=qos, retain=retain, in_flight=in_flight)
+
+
+async def test_a_large_batch_is_handed_over_a_slice_at_a_time_while_the_next_is_encoded(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: 30,000 notices were all encoded (~0.6 s) before the first was handed to the broker."""
+    from ota_server.mqtt import notices
+
+    monkeypatch.setattr(notices, "LARGE_BATCH", 4)
+    monkeypatch.setattr(notices, "SLICE", 3)
+    events: list[tuple[str, str, int]] = []
+    encode = notices._encoded
+
+    def encoded(batch: Any) -> list[tuple[str, bytes]]:
+        events.append(("encode", topics.campaign_topic(batch[0].vin), len(batch)))
+        return encode(batch)
+
+    monkeypatch.setattr(notices, "_encoded", encoded)
+    publisher = Recording(events)
+    env.runtime.dispatcher._publisher = publisher
+    vins = [vin(n) for n in range(1, 9)]
+    await launched(env.client, vins)
+    await env.runtime.dispatcher.idle()
+    sizes = [(kind, size) for kind, _, size in events]
+    assert sorted(sizes) == sorted(
+        [("encode", 3), ("encode", 3), ("encode", 2), ("publish", 3), ("publish", 3), ("publish", 2)]
+    )
+    # the first slice went to the broker before the last one was even started encoding
+    assert events.index(("publish", events[0][1], 3)) < max(i for i, e in enumerate(events) if e[0] == "encode")
+    # slices in order, each handed over as encoded
+    firsts = [e[1] for e in events if e[0] == "encode"]
+    assert [e[1] for e in events if e[0] == "publish"] == firsts
+    assert [publisher.messages[k].topic for k in (0, 3, 6)] == firsts
+    assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
+    assert env.runtime.dispatcher.published == len(vins)
+    with env.runtime.sessions() as session:
+        assert campaigns.unpublished(session, "http://repo", env.clock()) == []
