@@ -23,6 +23,7 @@ def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp
     assert stages["publish encode"]["calls"] == 12
     assert {"tick", "release", "assign", "sign", "notices", "mark published"} <= set(stages)
     assert stages["release"]["calls"] >= 1
+    assert 0 < result["launch_to_first_notice_s"] <= result["launch_to_last_notice_s"]
 
 
 def test_more_than_a_shared_machine_takes_is_refused() -> None:
