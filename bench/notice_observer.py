@@ -105,12 +105,19 @@ class MosquittoObserver:
         command += ["-i", f"bench-observer-{os.getpid()}", "-F", "%U %l %t"]
         with out.open("wb") as sink:
             self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE)
-        self._wait_subscribed(host, port, ready_timeout_s)
+        try:
+            self._wait_subscribed(host, port, ready_timeout_s)
+        except BaseException:
+            self.close()  # never left running behind a run that did not start
+            raise
 
     def _wait_subscribed(self, host: str, port: int, timeout_s: float) -> None:
         """Publish a probe until mosquitto_sub has printed it: subscribed before any notice can go out."""
         probe = topics.campaign_topic(f"{_PROBE}observer-{os.getpid()}")
-        listener = Listener(host, port, f"{_PROBE}none/#")
+        try:
+            listener = Listener(host, port, f"{_PROBE}unused/#")  # only to publish the probe
+        except OSError as exc:
+            raise RuntimeError(f"the notice observer cannot reach the hub {host}:{port}: {exc}") from exc
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:

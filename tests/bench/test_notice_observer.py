@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,26 @@ def test_mosquitto_sub_stamps_each_cars_first_notice_when_it_arrives(tmp_path: P
     # stamped by mosquitto_sub when each arrived: after it was sent, before it was read here
     assert all(sent_from <= at <= read_at for at in mine.values()), (sent_from, sent_by, mine, read_at)
     assert watching.notices(0) == sorted(watching.arrivals().values())
+
+
+def test_an_observer_that_never_sees_its_probe_is_stopped_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    services.mosquitto_url()
+    binary = mosquitto_tool("mosquitto_sub")
+    if binary is None:
+        pytest.skip("mosquitto_sub is not installed")
+    started: list[subprocess.Popen[bytes]] = []
+    popen = subprocess.Popen
+
+    def recorded(*args: Any, **kwargs: Any) -> subprocess.Popen[bytes]:
+        started.append(popen(*args, **kwargs))
+        return started[-1]
+
+    monkeypatch.setattr(subprocess, "Popen", recorded)
+    # the probe goes where the observer does not listen (as if its subscription never took)
+    monkeypatch.setattr(topics, "campaign_topic", lambda vin: f"obs-elsewhere/{vin}")
+    host, port = services.MOSQUITTO_HOST, services.MOSQUITTO_PORT
+    with pytest.raises(RuntimeError, match=f"{host}:{port} saw nothing"):
+        MosquittoObserver(binary, host, port, tmp_path / "seen.txt", ready_timeout_s=1)
+    assert len(started) == 1 and started[0].poll() is not None  # not left running
