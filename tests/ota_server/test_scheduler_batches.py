@@ -154,3 +154,24 @@ async def test_a_large_batch_is_handed_over_a_slice_at_a_time_while_the_next_is_
     assert env.runtime.dispatcher.published == len(vins)
     with env.runtime.sessions() as session:
         assert campaigns.unpublished(session, "http://repo", env.clock()) == []
+
+
+async def test_after_a_slice_the_broker_did_not_take_the_rest_go_to_the_retries_without_a_wait_each(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that stops acknowledging costs the bulk path one wait (``connect_timeout_s``), not one
+    per slice: the slices after it go straight to the one-by-one retries, as one whole batch did."""
+    from ota_server.mqtt import notices
+
+    monkeypatch.setattr(notices, "LARGE_BATCH", 4)
+    monkeypatch.setattr(notices, "SLICE", 3)
+    publisher = HalfAcknowledged()
+    env.runtime.dispatcher._publisher = publisher
+    vins = [vin(n) for n in range(1, 9)]
+    await launched(env.client, vins)
+    await env.runtime.dispatcher.idle()
+    assert publisher.bulk_calls == 1  # the first slice only
+    assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
+    assert env.runtime.dispatcher.published == len(vins)
+    with env.runtime.sessions() as session:
+        assert campaigns.unpublished(session, "http://repo", env.clock()) == []
