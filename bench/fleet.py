@@ -77,7 +77,7 @@ from simulator.scenario import (
     upload_installed,
 )
 from simulator.server_process import ServerProcess
-from simulator.workers import MAX_NICENESS, ProcessFleet, broker_routes, default_workers
+from simulator.workers import MAX_NICENESS, ProcessFleet, default_workers
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
@@ -383,17 +383,13 @@ def run(options: Options, console: Console) -> Measured:
         else:
             _say(console, f"state kept in {workdir}")
         kind, url, db_detail = stack.enter_context(database(options, workdir))
-        fleet = make_fleet(options.cars, seed=options.seed, ecus=options.ecus)
         cluster: BrokerCluster | None = None
         if binary is not None:
             count = options.brokers or broker_count(options.cars)
-            # each leaf's bridge carries in only its own cars' notices (the cars are spread as the workers do)
-            routes = broker_routes([car.vin for car in fleet.cars], count - 1)
-            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary, routes=routes))
+            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary))
             broker_detail = (
                 f"Mosquitto {mosquitto_version(binary)} x{count}: hub {cluster.hub_url} (server, observer), "
-                f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)}), "
-                "each notice routed to its car's leaf only"
+                f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)})"
             )
             backend = Backend(kind, url, db_detail, "mosquitto", broker_detail, count)
         else:
@@ -413,6 +409,7 @@ def run(options: Options, console: Console) -> Measured:
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
         measured = Measured(backend, options.workers or default_workers(options.cars))
         admin = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
+        fleet = make_fleet(options.cars, seed=options.seed, ecus=options.ecus)
         # the admin creates the people: an operator does the work and requests the launch, a
         # safety officer approves it (the two-person rule refuses the admin's own request)
         operator = admin.create_token(f"operator-{fleet.run_id}", "operator")

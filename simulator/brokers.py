@@ -11,13 +11,8 @@ Mosquitto whose config has a ``connection`` bridge to the hub (:func:`bridge_con
     topic ota/v1/vehicles/+/campaigns in 1    notices and withdrawals (retained) to the cars
     topic ota-bench/raw/# out 1               the benchmark's raw-capacity messages
 
-When the cluster knows which cars connect to which leaf (``routes``, as ``ota-bench`` does),
-the campaigns line becomes one ``topic ota/v1/vehicles/<VIN>/campaigns in 1`` per car of that
-leaf (15,000 lines take the bridge ~0.3 s to subscribe): the hub sends each notice to the one
-leaf holding the car, as EMQX routes a message only to the nodes with a subscriber.
-
 The bridge announces itself (``try_private``), so the hub forwards with the retain flag as
-published: a notice retained on the hub is stored retained on its leaf (every leaf, unrouted), and a car that
+published: a notice retained on the hub is stored retained on every leaf, and a car that
 connects after the launch still gets it. QoS 1 all the way, with queues large enough for
 a whole fleet's reports (``max_queued_messages``), so a burst is queued, not dropped. No
 router of our own: only configuration (``tests/simulator/test_brokers.py`` checks both
@@ -36,7 +31,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +46,10 @@ CARS_PER_BROKER = 15_000
 QUEUE_LIMIT = 1_000_000  # QoS 1 messages queued per client (the server, a bridge) before any is dropped
 INFLIGHT = 1000  # unacknowledged QoS 1 messages to one client: the server acknowledges a batch after storing it
 RAW_PREFIX = "ota-bench/raw"
-CAMPAIGNS = f"{topics.PREFIX}/+/campaigns"
 BRIDGED = (
     (topics.STATUS_SUBSCRIPTION, "out"),
     (topics.PRESENCE_SUBSCRIPTION, "out"),
-    (CAMPAIGNS, "in"),
+    (f"{topics.PREFIX}/+/campaigns", "in"),
     (f"{RAW_PREFIX}/#", "out"),
 )
 START_TIMEOUT_S = 15.0
@@ -110,20 +103,8 @@ def broker_conf(port: int, *, host: str = HOST, run_as: str | None = None, queue
     return "\n".join(lines) + "\n"
 
 
-def probe_vin(leaf: str) -> str:
-    """The VIN whose campaign topic probes the hub -> ``leaf`` direction of its bridge."""
-    return f"PROBE-{leaf}"
-
-
-def bridge_conf(name: str, hub_host: str, hub_port: int, cars: Sequence[str] | None = None) -> str:
-    """The ``connection`` section that bridges a leaf to the hub (see the module docstring).
-
-    ``cars``: the VINs of the cars on this leaf. Then the bridge carries in only their campaign
-    topics (and its probe's), one line each, as a cluster like EMQX routes a message only to the
-    nodes with a subscriber for it; without them, every car's notice goes to every leaf, where
-    most are dropped (issue 19: a 30,000-car launch on a hub and two leaves made the hub send each
-    notice three times and each leaf take all 30,000).
-    """
+def bridge_conf(name: str, hub_host: str, hub_port: int) -> str:
+    """The ``connection`` section that bridges a leaf to the hub (see the module docstring)."""
     lines = [
         f"connection {name}",
         f"address {hub_host}:{hub_port}",
@@ -136,10 +117,7 @@ def bridge_conf(name: str, hub_host: str, hub_port: int, cars: Sequence[str] | N
         "restart_timeout 1 10",
         "keepalive_interval 60",
     ]
-    bridged = BRIDGED if cars is None else [b for b in BRIDGED if b[0] != CAMPAIGNS]
-    lines += [f"topic {pattern} {direction} {topics.QOS}" for pattern, direction in bridged]
-    if cars is not None:
-        lines += [f"topic {topics.campaign_topic(vin)} in {topics.QOS}" for vin in [probe_vin(name), *cars]]
+    lines += [f"topic {pattern} {direction} {topics.QOS}" for pattern, direction in BRIDGED]
     return "\n".join(lines) + "\n"
 
 
@@ -179,14 +157,9 @@ class BrokerCluster:
         host: str = HOST,
         queue_limit: int = QUEUE_LIMIT,
         start_timeout: float = START_TIMEOUT_S,
-        routes: Sequence[Sequence[str]] | None = None,
     ) -> None:
         if count < 2:
             raise ValueError("a cluster is a hub and at least one leaf: count >= 2")
-        if routes is not None and len(routes) != count - 1:
-            raise ValueError(f"routes name the cars of each leaf: {count - 1} lists, not {len(routes)}")
-        # routes[i]: the VINs of the cars on leaf i + 1, whose notices only that leaf's bridge carries
-        self.routes = routes
         found = binary or mosquitto_binary()
         if found is None:
             raise SimulatorError("the mosquitto binary is not installed")
@@ -226,9 +199,7 @@ class BrokerCluster:
                 broker.port = free_port(self.host)
                 text = broker_conf(broker.port, host=self.host, run_as=run_as, queue_limit=self.queue_limit)
                 if broker is not self.hub:
-                    index = self.leaves.index(broker)
-                    cars = self.routes[index] if self.routes is not None else None
-                    text += bridge_conf(broker.name, self.host, self.hub.port, cars)
+                    text += bridge_conf(broker.name, self.host, self.hub.port)
                 broker.conf.write_text(text)
                 self._launch(broker)
             # a bridge takes ~2 s to come up: probe them all at once
@@ -345,7 +316,7 @@ def probe_bridge(hub: Broker, leaf: Broker, *, timeout: float = START_TIMEOUT_S)
     """Raise unless a message published on the hub reaches ``leaf`` and one published on ``leaf``
     reaches the hub (repeated until the bridge is up: it connects with a short back-off)."""
     token = secrets.token_hex(4)
-    down = topics.campaign_topic(probe_vin(leaf.name))  # hub -> leaf, as a notice travels (routed or not)
+    down = topics.campaign_topic(f"PROBE-{leaf.name}-{token}")  # hub -> leaf, as a notice travels
     up = f"{RAW_PREFIX}/probe-{leaf.name}-{token}"  # leaf -> hub, as a report travels
     deadline = time.monotonic() + timeout
     with Listener(leaf.host, leaf.port, down) as at_leaf, Listener(hub.host, hub.port, up) as at_hub:
