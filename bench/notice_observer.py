@@ -33,6 +33,7 @@ from typing import Protocol
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
 from simulator.brokers import Listener, mosquitto_tool
+from simulator.errors import SimulatorError
 
 TOPIC_FILTER = f"{topics.PREFIX}/+/campaigns"
 _PROBE = "PROBE-"
@@ -117,17 +118,17 @@ class MosquittoObserver:
         try:
             listener = Listener(host, port, f"{_PROBE}unused/#")  # only to publish the probe
         except OSError as exc:
-            raise RuntimeError(f"the notice observer cannot reach the hub {host}:{port}: {exc}") from exc
+            raise SimulatorError(f"the notice observer cannot reach the hub {host}:{port}: {exc}") from exc
         try:
             deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 if self._process.poll() is not None:
-                    raise RuntimeError(f"mosquitto_sub exited: {self._stderr()}")
+                    raise SimulatorError(f"mosquitto_sub exited: {self._stderr()}")
                 listener.publish(probe, b"observer ready")
                 time.sleep(0.2)
                 if probe in self._out.read_text(errors="replace"):
                     return
-            raise RuntimeError(f"mosquitto_sub on {host}:{port} saw nothing in {timeout_s:.0f} s")
+            raise SimulatorError(f"mosquitto_sub on {host}:{port} saw nothing in {timeout_s:.0f} s")
         finally:
             listener.close()
 

@@ -13,6 +13,7 @@ import pytest
 from bench.notice_observer import MosquittoObserver, PahoObserver, first_arrivals, observer
 from firmware_bundles import topics
 from simulator.brokers import Listener, mosquitto_tool
+from simulator.errors import SimulatorError
 from tests import services
 
 
@@ -88,6 +89,6 @@ def test_an_observer_that_never_sees_its_probe_is_stopped_and_says_why(
     # the probe goes where the observer does not listen (as if its subscription never took)
     monkeypatch.setattr(topics, "campaign_topic", lambda vin: f"obs-elsewhere/{vin}")
     host, port = services.MOSQUITTO_HOST, services.MOSQUITTO_PORT
-    with pytest.raises(RuntimeError, match=f"{host}:{port} saw nothing"):
+    with pytest.raises(SimulatorError, match=f"{host}:{port} saw nothing"):
         MosquittoObserver(binary, host, port, tmp_path / "seen.txt", ready_timeout_s=1)
     assert len(started) == 1 and started[0].poll() is not None  # not left running
