@@ -47,6 +47,9 @@ SHARED_DIRS = ("keys", "ca", "bundles")  # what replicas share: secrets and the 
 GUARD_S = 5.0  # OTA_MQTT_SHARE_GUARD_S of the replicas (Mosquitto 2.0 forgets shared subscriptions)
 
 
+PORT_TRIES = 3  # a replica's first start: ports tried when the one chosen is taken before it binds
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -236,6 +239,7 @@ class Replica:
     proc: subprocess.Popen[bytes] | None = None
     starts: int = 0
     started_at: float = 0.0  # time.monotonic() of the last start
+    ever_started: bool = False  # once up, its port is known to its clients: kept on every restart
     # counters of the incarnations killed or stopped so far (a restart starts from zero)
     past: dict[str, float] = field(default_factory=dict)
 
@@ -253,6 +257,22 @@ class Replica:
 
     def start(self, timeout: float = 90.0) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, PORT_TRIES + 1):
+            logged = self.log_path.stat().st_size if self.log_path.exists() else 0
+            self._launch(timeout)
+            if not self._exited():
+                self.ever_started = True
+                return
+            # The port free_port() chose was taken before the replica bound it (an outgoing
+            # connection's source port, another test's server). Before its first start nothing
+            # knows the port, so it takes another; a restart keeps its port (its clients know it).
+            said = self.log_path.read_bytes()[logged:].decode(errors="replace")
+            if self.ever_started or attempt == PORT_TRIES or "Address already in use" not in said:
+                break
+            self.port = free_port()
+        raise ServerError(f"replica {self.name} exited during start-up:\n{self.log_tail()}")
+
+    def _launch(self, timeout: float) -> None:
         ready = self.data_dir / "ready.json"
         ready.unlink(missing_ok=True)
         command = [sys.executable, "-m", "ota_server", "serve", "--port", str(self.port)]
@@ -262,8 +282,6 @@ class Replica:
         self.starts += 1
         wait_for(lambda: ready.exists() or self._exited(), f"replica {self.name} to start", timeout)
         self.started_at = time.monotonic()
-        if self._exited():
-            raise ServerError(f"replica {self.name} exited during start-up:\n{self.log_tail()}")
 
     def _exited(self) -> bool:
         return self.proc is None or self.proc.poll() is not None
