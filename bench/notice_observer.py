@@ -17,7 +17,7 @@ stamp read 18.9 s (issue 19, history.md). The C client's stamp is the arrival.
 :class:`MosquittoObserver` keeps the first non-empty message per topic: a run launches one
 campaign on a fresh database and fresh brokers, so the first message on a car's campaign topic
 is that campaign's notice (a retry comes later; a cleared retained notice is empty). The bridge
-probes' topics (``PROBE-``) are not cars.
+probes' topics (``PROBE_PREFIX``) are not cars.
 """
 
 from __future__ import annotations
@@ -32,11 +32,8 @@ from typing import Protocol
 
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
-from simulator.brokers import Listener, mosquitto_tool
+from simulator.brokers import CAMPAIGNS, PROBE_PREFIX, Listener, mosquitto_tool
 from simulator.errors import SimulatorError
-
-TOPIC_FILTER = f"{topics.PREFIX}/+/campaigns"
-_PROBE = "PROBE-"
 
 
 class NoticeObserver(Protocol):
@@ -50,7 +47,7 @@ class PahoObserver:
     """A paho client on the hub, in a thread of this process (see the module docstring)."""
 
     def __init__(self, host: str, port: int) -> None:
-        self.listener = Listener(host, port, TOPIC_FILTER, client_id=f"bench-observer-{os.getpid()}")
+        self.listener = Listener(host, port, CAMPAIGNS, client_id=f"bench-observer-{os.getpid()}")
 
     def notices(self, campaign_id: int) -> list[float]:
         first: dict[str, float] = {}
@@ -75,7 +72,7 @@ def first_arrivals(lines: list[str], wall_to_monotonic: float) -> dict[str, floa
     monotonic seconds (wall clock + ``wall_to_monotonic``). Probes and unreadable lines are skipped."""
     first: dict[str, float] = {}
     for line in lines:
-        parts = line.split(" ", 2)
+        parts = line.strip().split(" ", 2)
         if len(parts) != 3:
             continue
         stamp, length, topic = parts
@@ -86,10 +83,10 @@ def first_arrivals(lines: list[str], wall_to_monotonic: float) -> dict[str, floa
         if size <= 0:
             continue
         try:
-            vin = topics.vin_from_topic(topic.strip())
+            vin = topics.vin_from_topic(topic)
         except MalformedMessage:
             continue
-        if topic.strip() != topics.campaign_topic(vin) or vin.startswith(_PROBE) or vin in first:
+        if topic != topics.campaign_topic(vin) or vin.startswith(PROBE_PREFIX) or vin in first:
             continue
         first[vin] = at + wall_to_monotonic
     return first
@@ -102,7 +99,7 @@ class MosquittoObserver:
         self._out = out
         # one offset for the run: the wall clock is read by mosquitto_sub, the benchmark times by monotonic
         self._wall_to_monotonic = time.monotonic() - time.time()
-        command = [binary, "-h", host, "-p", str(port), "-q", str(topics.QOS), "-t", TOPIC_FILTER]
+        command = [binary, "-h", host, "-p", str(port), "-q", str(topics.QOS), "-t", CAMPAIGNS]
         command += ["-i", f"bench-observer-{os.getpid()}", "-F", "%U %l %t"]
         with out.open("wb") as sink:
             self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE)
@@ -114,9 +111,9 @@ class MosquittoObserver:
 
     def _wait_subscribed(self, host: str, port: int, timeout_s: float) -> None:
         """Publish a probe until mosquitto_sub has printed it: subscribed before any notice can go out."""
-        probe = topics.campaign_topic(f"{_PROBE}observer-{os.getpid()}")
+        probe = topics.campaign_topic(f"{PROBE_PREFIX}observer-{os.getpid()}")
         try:
-            listener = Listener(host, port, f"{_PROBE}unused/#")  # only to publish the probe
+            listener = Listener(host, port, f"{PROBE_PREFIX}unused/#")  # only to publish the probe
         except OSError as exc:
             raise SimulatorError(f"the notice observer cannot reach the hub {host}:{port}: {exc}") from exc
         try:

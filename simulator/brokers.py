@@ -44,12 +44,14 @@ from simulator.server_process import terminate
 HOST = "127.0.0.1"
 CARS_PER_BROKER = 15_000
 QUEUE_LIMIT = 1_000_000  # QoS 1 messages queued per client (the server, a bridge) before any is dropped
+PROBE_PREFIX = "PROBE-"  # the "VIN" of a bridge probe's campaign topic: not a car
+CAMPAIGNS = topics.campaign_topic("+")  # every car's notices
 INFLIGHT = 1000  # unacknowledged QoS 1 messages to one client: the server acknowledges a batch after storing it
 RAW_PREFIX = "ota-bench/raw"
 BRIDGED = (
     (topics.STATUS_SUBSCRIPTION, "out"),
     (topics.PRESENCE_SUBSCRIPTION, "out"),
-    (f"{topics.PREFIX}/+/campaigns", "in"),
+    (CAMPAIGNS, "in"),
     (f"{RAW_PREFIX}/#", "out"),
 )
 START_TIMEOUT_S = 15.0
@@ -316,7 +318,7 @@ def probe_bridge(hub: Broker, leaf: Broker, *, timeout: float = START_TIMEOUT_S)
     """Raise unless a message published on the hub reaches ``leaf`` and one published on ``leaf``
     reaches the hub (repeated until the bridge is up: it connects with a short back-off)."""
     token = secrets.token_hex(4)
-    down = topics.campaign_topic(f"PROBE-{leaf.name}-{token}")  # hub -> leaf, as a notice travels
+    down = topics.campaign_topic(f"{PROBE_PREFIX}{leaf.name}-{token}")  # hub -> leaf, as a notice travels
     up = f"{RAW_PREFIX}/probe-{leaf.name}-{token}"  # leaf -> hub, as a report travels
     deadline = time.monotonic() + timeout
     with Listener(leaf.host, leaf.port, down) as at_leaf, Listener(hub.host, hub.port, up) as at_hub:
