@@ -53,6 +53,7 @@ from rich.console import Console
 from bench import notice_observer
 from bench.raw_broker import RawResult, raw_capacity
 from simulator.brokers import BrokerCluster, broker_count, mosquitto_binary
+from simulator.cpu_share import autogroup_enabled
 from simulator.errors import SimulatorError
 from simulator.faults import FaultPlan
 from simulator.fleet import MAX_ECUS, make_fleet
@@ -632,6 +633,9 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "load_average": measured.load,
         "workers": measured.workers,
         "simulator_niceness": options.sim_nice,
+        # the server, each broker and the observer in a session of their own: with autogroup the
+        # kernel shares the CPU by session, so each against the fleet as one more machine would
+        "cpu_shared_by_session": autogroup_enabled(),
         # the launch (every "seconds from launch") is timed from the safety officer's approval, given
         # once the request's chains were signed ahead (phases_s.request_to_prepared_s), or from the request
         "launch_timed_from": measured.launched_from,
@@ -698,9 +702,13 @@ def _fmt(value: Any, unit: str = "") -> str:
 
 
 def _niceness(result: Mapping[str, Any]) -> str:
-    """The workers' niceness when they ran behind the rest (``--sim-nice``); nothing at the default."""
+    """The workers' niceness when they ran behind the rest (``--sim-nice``), and how the kernel
+    shared the CPU (by session: each service against the fleet, simulator.cpu_share)."""
     niceness = result.get("simulator_niceness") or 0
-    return f" (niceness {niceness})" if niceness else ""
+    by_session = result.get("cpu_shared_by_session")
+    shared = None if by_session is None else "CPU shared by session" if by_session else "CPU shared by task"
+    notes = ([f"niceness {niceness}"] if niceness else []) + ([shared] if shared else [])
+    return f" ({', '.join(notes)})" if notes else ""
 
 
 def _per_car_row(result: Mapping[str, Any]) -> str:

@@ -33,6 +33,7 @@ from typing import Protocol
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
 from simulator.brokers import CAMPAIGNS, PROBE_PREFIX, Listener, mosquitto_tool
+from simulator.cpu_share import OWN_SESSION
 from simulator.errors import SimulatorError
 
 
@@ -102,7 +103,9 @@ class MosquittoObserver:
         command = [binary, "-h", host, "-p", str(port), "-q", str(topics.QOS), "-t", CAMPAIGNS]
         command += ["-i", f"bench-observer-{os.getpid()}", "-F", "%U %l %t"]
         with out.open("wb") as sink:
-            self._process = subprocess.Popen(command, stdout=sink, stderr=subprocess.PIPE)
+            self._process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.PIPE, start_new_session=OWN_SESSION
+            )
         try:
             self._wait_subscribed(host, port, ready_timeout_s)
         except BaseException:
@@ -142,6 +145,11 @@ class MosquittoObserver:
         """Every car's first notice (one campaign per run: ``campaign_id`` is not in the lines)."""
         self.close()
         return sorted(self.arrivals().values())
+
+    @property
+    def pid(self) -> int:
+        """``mosquitto_sub``'s process id (in a session of its own: simulator.cpu_share)."""
+        return self._process.pid
 
     def close(self) -> None:
         if self._process.poll() is None:

@@ -37,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 
 from firmware_bundles import topics
+from simulator.cpu_share import OWN_SESSION
 from simulator.errors import SimulatorError
 from simulator.procstat import peak_rss_mb, raise_open_file_limit
 from simulator.server_process import terminate
@@ -217,7 +218,10 @@ class BrokerCluster:
     def _launch(self, broker: Broker) -> None:
         with broker.log.open("wb") as log:
             broker.process = subprocess.Popen(
-                [self.binary, "-c", str(broker.conf)], stdout=log, stderr=subprocess.STDOUT
+                [self.binary, "-c", str(broker.conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=OWN_SESSION,
             )
         deadline = time.monotonic() + self.start_timeout
         while not _reachable(broker.host, broker.port):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from simulator.cpu_share import OWN_SESSION
 from simulator.errors import ServerError
 
 
@@ -52,7 +53,9 @@ class ServerProcess:
         command = [sys.executable, "-m", "ota_server", "serve", "--port", "0", "--data-dir", str(self.data_dir)]
         command += ["--ready-file", str(ready)]
         with self.log_path.open("wb") as log:
-            self._proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+            self._proc = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=OWN_SESSION
+            )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

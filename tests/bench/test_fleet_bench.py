@@ -144,3 +144,19 @@ def test_the_benchmark_runs_2000_cars_on_postgresql_and_bridged_mosquitto(tmp_pa
     assert (tmp_path / f"fleet-{SMOKE_CARS}.md").read_text() in done.stdout
     assert (tmp_path / f"fleet-{SMOKE_CARS}.png").stat().st_size > 0
     print(done.stdout)  # the figures, in the CI log (pytest -s or on failure)
+
+
+def test_the_table_says_how_the_kernel_shared_the_cpu_and_at_what_niceness(monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.fleet
+
+    def row(result: dict[str, object]) -> str:
+        return next(line for line in markdown(result).splitlines() if "workers / cores" in line)
+
+    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: True)
+    shared = assemble(Options(cars=100), measured())
+    assert shared["cpu_shared_by_session"] is True
+    assert "(CPU shared by session)" in row(shared)
+    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: False)
+    assert "(niceness 5, CPU shared by task)" in row(assemble(Options(cars=100, sim_nice=5), measured()))
+    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: None)  # not Linux: nothing said
+    assert "(" not in row(assemble(Options(cars=100), measured())).split("|")[2]

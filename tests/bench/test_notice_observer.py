@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import time
@@ -49,6 +50,7 @@ def test_mosquitto_sub_stamps_each_cars_first_notice_when_it_arrives(tmp_path: P
         pytest.skip("mosquitto_sub is not installed")
     host, port = services.MOSQUITTO_HOST, services.MOSQUITTO_PORT
     watching = MosquittoObserver(binary, host, port, tmp_path / "seen.txt")
+    assert os.getsid(watching.pid) == watching.pid != os.getsid(0)  # its own CPU share (simulator.cpu_share)
     vins = [f"OBS{secrets.token_hex(6).upper()}{n}" for n in range(3)]
     publisher = Listener(host, port, f"obs-none-{secrets.token_hex(4)}/#")
     try:

@@ -157,6 +157,8 @@ def test_reports_from_leaf_cars_reach_the_servers_shared_subscription_as_from_hu
 def test_a_cluster_reports_its_processes_and_stops_them(cluster: BrokerCluster) -> None:
     pids = cluster.pids()
     assert set(pids) == {"hub", "leaf-1", "leaf-2"}
+    # each broker in a session of its own: its own share of the CPU against the cars (simulator.cpu_share)
+    assert all(os.getsid(pid) == pid != os.getsid(0) for pid in pids.values())
     assert all(mb and mb > 0 for mb in cluster.peak_rss_mb().values())
     assert len(set(cluster.leaf_urls) | {cluster.hub_url}) == 3
     cluster.stop()
