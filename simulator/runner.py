@@ -27,7 +27,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import ContextVar
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,7 @@ WORKER_THREADS = 8
 SLOW_THREADS_MAX = 256  # a slow car holds a thread (and its connection) while it crawls
 MQTT_OPERATION_TIMEOUT_S = 300.0  # see _CountingLink
 MISC_INTERVAL_S = 10.0  # paho's housekeeping for each car (simulator.mqtt_upkeep)
+SIM_KEEPALIVE_S = 180  # a simulated car's MQTT keep-alive at least (see _CountingLink)
 LAG_PROBE_S = 0.25
 
 
@@ -256,6 +257,14 @@ class _CountingLink(CarMqttLink):
     the link sends it again a little later (``CarMqttLink._resend_later``), a duplicate the server
     drops: needless work for a loaded fleet. So simulated cars wait longer.
 
+    For the same reason their keep-alive is at least :data:`SIM_KEEPALIVE_S`. A car pings only
+    after a keep-alive of silence (paho's ``loop_misc``, every ``MISC_INTERVAL_S`` here) and the
+    broker drops it after 1.5 keep-alives: at the agent's 60 s a ping more than ~20 s late, a
+    loop lag a 30,000-car launch reaches once the notices all arrive within seconds, and the
+    broker dropped thousands of cars that then connected again and re-sent their outboxes
+    (26,222 sessions made again, 22,853 duplicate reports, issue 19). At 180 s a lag up to 80 s
+    is ridden out; cellular cars use keep-alives of minutes anyway (fewer radio wake-ups).
+
     And ``source_address``: paho binds every socket before connecting, to ``("", 0)`` by
     default, which makes each car's port unique on the whole machine, not per broker: one
     address has ~28,000 ephemeral ports, so 30,000 cars cannot all connect from it, however
@@ -273,7 +282,8 @@ class _CountingLink(CarMqttLink):
         upkeep: Housekeeping | None = None,
         sessions: Sessions | None = None,
     ) -> None:
-        super().__init__(config.vin, config.mqtt_url, config.mqtt, tls_context=tls_context(config))
+        options = replace(config.mqtt, keepalive=max(config.mqtt.keepalive, SIM_KEEPALIVE_S))
+        super().__init__(config.vin, config.mqtt_url, options, tls_context=tls_context(config))
         self._on_sent = on_sent
         self._source_address = source_address
         self._upkeep = upkeep

@@ -102,3 +102,20 @@ def test_sessions_are_counted_as_links_connect_drop_and_are_replaced() -> None:
     replacement = _CountingLink(config("1HGCM82633A004352"), lambda _r: None, sessions=sessions)
     replacement._client = session
     assert (sessions.connected, sessions.reconnects) == (2, 1)  # a new link's first session is not a reconnect
+
+
+async def test_a_simulated_car_keeps_alive_long_enough_to_ride_out_its_workers_lag() -> None:
+    """The broker drops a car after 1.5 keep-alives of silence; a car pings after one, plus its worker's
+    lag. At the agent's 60 s, thousands of cars were dropped during a 30,000-car launch (issue 19)."""
+    from dataclasses import replace
+
+    from simulator.runner import MISC_INTERVAL_S, SIM_KEEPALIVE_S
+
+    assert config("1HGCM82633A004352").mqtt.keepalive == 60  # the real agent's default, unchanged
+    link = _CountingLink(config("1HGCM82633A004352"), lambda _r: None)
+    keepalive = link._new_client()._keepalive
+    assert keepalive == SIM_KEEPALIVE_S
+    # a ping at most MISC_INTERVAL_S late still reaches the broker with 60 s of lag to spare
+    assert keepalive + MISC_INTERVAL_S + 60 < 1.5 * keepalive
+    longer = replace(config("1HGCM82633A004352"), mqtt=replace(config("x").mqtt, keepalive=600))
+    assert _CountingLink(longer, lambda _r: None)._new_client()._keepalive == 600  # a longer one is kept
