@@ -8,16 +8,47 @@ three Director files per car and the delivery bookkeeping two log rows per notic
 rows as one stream; each value goes through its column's SQLAlchemy bind processing first (the
 JSON serializer, ``UtcDateTime``), and a column left out gets its Python-side default, so the
 stored rows are the ones the ``INSERT`` stored.
+
+The stream is PostgreSQL's binary format, each column dumped as the type the table has in the
+database (read from ``pg_attribute`` once per engine and table: the migrations, not the models,
+made the tables). In the text format psycopg spent ~13 us of Python per row quoting and
+hex-escaping: a 30,000-car launch's 90,000 Director files took 1.2 s of the GIL on the
+approval's path to the first notice; binary takes 0.15 s (psycopg's C dumpers, no escaping).
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
-from sqlalchemy import Table, insert
+from sqlalchemy import Connection, Engine, Table, insert, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Session
+
+# Each table's column types in the database, by engine: {table: {column: type oid}}.
+_COLUMN_TYPES: weakref.WeakKeyDictionary[Engine, dict[str, dict[str, int]]] = weakref.WeakKeyDictionary()
+_TYPES_LOCK = threading.Lock()
+
+
+def _column_types(connection: Connection, table: str) -> dict[str, int]:
+    """``table``'s columns and their type oids as the database has them (cached per engine)."""
+    with _TYPES_LOCK:
+        known = _COLUMN_TYPES.setdefault(connection.engine, {}).get(table)
+    if known is not None:
+        return known
+    rows = connection.execute(
+        text(
+            "SELECT attname, atttypid FROM pg_attribute"
+            " WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped"
+        ),
+        {"table": f'"{table}"'},
+    )
+    found = {str(name): int(oid) for name, oid in rows}
+    with _TYPES_LOCK:
+        _COLUMN_TYPES.setdefault(connection.engine, {})[table] = found
+    return found
 
 
 def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[Mapping[str, Any]]) -> None:
@@ -46,9 +77,10 @@ def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[M
     ]
     session.flush()
     connection = session.connection()
+    oids = _column_types(connection, table.name)
     raw: Any = connection.connection.driver_connection
     columns = ", ".join(f'"{name}"' for name in names)
-    sql = f'COPY "{table.name}" ({columns}) FROM STDIN'
+    sql = f'COPY "{table.name}" ({columns}) FROM STDIN (FORMAT BINARY)'
     dbapi: Any = dialect.loaded_dbapi
     # Listeners (statement profiles, row counters) see the COPY as the executemany it replaces.
     observed = connection._has_events or connection.engine._has_events
@@ -57,6 +89,7 @@ def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[M
             if observed:
                 connection.dispatch.before_cursor_execute(connection, cursor, sql, rows, None, True)
             with cursor.copy(sql) as copy:
+                copy.set_types([oids[name] for name in names])
                 extra = list(defaults.values())
                 for row in rows:
                     values = [row[name] for name in given] + extra

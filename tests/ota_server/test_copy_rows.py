@@ -6,7 +6,19 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from sqlalchemy import JSON, LargeBinary, String, UniqueConstraint, event, insert, select
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    insert,
+    select,
+    text,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -30,6 +42,9 @@ class _Row(_Base):
     at: Mapped[datetime] = mapped_column(UtcDateTime())
     detail: Mapped[str] = mapped_column(String(200), default="a default", server_default="")
     payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    big: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class _Unique(_Base):
@@ -49,6 +64,9 @@ def _rows(prefix: str) -> list[dict[str, Any]]:
             "data": bytes(range(256)) + t.encode(),
             "at": at + timedelta(seconds=i),
             "payload": {"t": t, "n": [i, None, True], "f": 1.5},
+            "count": None if i % 2 else -i,
+            "big": None if i % 3 else 2**40 + i,
+            "note": None if i % 2 else f"a note {t}",
         }
         for i, t in enumerate(texts)
     ]
@@ -63,10 +81,12 @@ def test_copy_stores_what_insert_stores(postgres_url: str) -> None:
             insert_rows(session, _Row, _rows("copy:"))
             session.commit()
             stored = session.execute(
-                select(_Row.text, _Row.data, _Row.at, _Row.detail, _Row.payload).order_by(_Row.id)
+                select(
+                    _Row.text, _Row.data, _Row.at, _Row.detail, _Row.payload, _Row.count, _Row.big, _Row.note
+                ).order_by(_Row.id)
             ).all()
-        by_insert = [(t.removeprefix("insert:"), d, a, x, p) for t, d, a, x, p in stored if t.startswith("insert:")]
-        by_copy = [(t.removeprefix("copy:"), d, a, x, p) for t, d, a, x, p in stored if t.startswith("copy:")]
+        by_insert = [(t.removeprefix("insert:"), *rest) for t, *rest in stored if t.startswith("insert:")]
+        by_copy = [(t.removeprefix("copy:"), *rest) for t, *rest in stored if t.startswith("copy:")]
         assert len(by_copy) == 8
         assert by_copy == by_insert
         assert by_copy[0][3] == "a default"  # the Python-side default, as the INSERT gives it
@@ -113,4 +133,31 @@ def test_listeners_see_the_copy_as_an_executemany_of_its_rows(postgres_url: str)
     finally:
         event.remove(engine, "before_cursor_execute", before)
         _Base.metadata.drop_all(engine)
+        engine.dispose()
+
+
+class _Narrow(_Base):
+    """The model says BIGINT; the table (as a migration made it) has INTEGER."""
+
+    __tablename__ = "copy_rows_narrow_probe"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    n: Mapped[int] = mapped_column(BigInteger)
+
+
+def test_each_value_is_written_as_the_type_the_database_has_not_the_models(postgres_url: str) -> None:
+    """The binary stream must match the table's column types exactly: read from the catalog, since
+    the migrations made the tables (an int8 sent for an int4 column is refused)."""
+    engine = make_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS copy_rows_narrow_probe"))
+            connection.execute(text("CREATE TABLE copy_rows_narrow_probe (id SERIAL PRIMARY KEY, n INTEGER)"))
+        with Session(engine) as session:
+            insert_rows(session, _Narrow, [{"n": 7}, {"n": -2_000_000_000}])
+            session.commit()
+            assert session.scalars(select(_Narrow.n).order_by(_Narrow.id)).all() == [7, -2_000_000_000]
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text("DROP TABLE IF EXISTS copy_rows_narrow_probe"))
         engine.dispose()
