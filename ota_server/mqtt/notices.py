@@ -22,6 +22,7 @@ from firmware_bundles import topics
 from firmware_bundles.messages import encode
 from ota_server.clock import Clock
 from ota_server.mqtt.publisher import Publisher
+from ota_server.rollout.fleet import Encoded, Sendable
 from ota_server.services import campaigns
 from ota_server.services.campaigns import Outbound
 from ota_server.services.owner_links import OwnerLinks
@@ -29,15 +30,19 @@ from ota_server.services.owner_links import OwnerLinks
 log = logging.getLogger(__name__)
 
 RETRIES = 5
-# A batch this large (a launch's) is encoded in a worker thread, ``SLICE`` notices at a time, and
-# sent one batch at a time; a smaller one (a cancel's withdrawals, a tick's retries) goes at once,
-# never behind it.
+# A batch this large (a launch's, or a restart's unpublished notices) is prepared in a worker thread,
+# ``SLICE`` notices at a time, and sent one batch at a time; a smaller one (a cancel's withdrawals, a
+# tick's retries) goes at once, never behind it.
 LARGE_BATCH = 500
 SLICE = 2000
 
 
-def _encoded(notices: Sequence[Outbound]) -> list[tuple[str, bytes]]:
-    return [(topics.campaign_topic(notice.vin), encode(notice)) for notice in notices]
+def _encoded(notices: Sequence[Outbound], payloads: Sequence[bytes | None]) -> list[tuple[str, bytes]]:
+    """Each message's topic and bytes: as encoded where it was made (a launch's notices), else now."""
+    return [
+        (topics.campaign_topic(notice.vin), encode(notice) if payload is None else payload)
+        for notice, payload in zip(notices, payloads, strict=True)
+    ]
 
 
 class NoticeDispatcher:
@@ -57,11 +62,14 @@ class NoticeDispatcher:
     def publisher(self) -> Publisher:
         return self._publisher
 
-    def dispatch(self, notices: Sequence[Outbound]) -> None:
-        """Start publishing ``notices`` (and withdrawals) in the background and return at once."""
+    def dispatch(self, notices: Sequence[Sendable]) -> None:
+        """Start publishing ``notices`` (and withdrawals; those :class:`Encoded` as their bytes) in the
+        background and return at once."""
         if not notices:
             return
-        task = asyncio.create_task(self._publish_all(list(notices)), name="ota-notices")
+        messages = [n.message if isinstance(n, Encoded) else n for n in notices]
+        payloads = [n.payload if isinstance(n, Encoded) else None for n in notices]
+        task = asyncio.create_task(self._publish_all(messages, payloads), name="ota-notices")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -88,28 +96,32 @@ class NoticeDispatcher:
                     delay = min(delay * 2, 10.0)
         return False
 
-    async def _handed_over(self, notices: list[Outbound]) -> tuple[list[tuple[str, bytes]], list[bool]]:
+    async def _handed_over(
+        self, notices: list[Outbound], payloads: list[bytes | None]
+    ) -> tuple[list[tuple[str, bytes]], list[bool]]:
         """Each notice encoded, and whether the broker acknowledged it through the bulk path.
 
-        A large batch (a launch's) is encoded a slice at a time in a worker thread, the next slice
-        while the broker takes this one: the first notices leave once ``SLICE`` are encoded, not
-        once all are (~0.6 s at 30,000 while every car waited for its notice, issue 19).
+        A large batch is prepared a slice at a time in a worker thread, the next slice while the
+        broker takes this one: the first notices leave once ``SLICE`` are ready, not once all are.
+        A launch's notices come encoded (:class:`Encoded`: only their topics are made here); a
+        restart's unpublished ones are encoded here (~0.6 s at 30,000, issue 19).
         """
         if len(notices) < LARGE_BATCH:
-            small = _encoded(notices)
+            small = _encoded(notices, payloads)
             return small, await self._publisher.publish_many(
                 small, qos=topics.QOS, retain=True, in_flight=self._concurrency
             )
-        slices = [notices[start : start + SLICE] for start in range(0, len(notices), SLICE)]
+        starts = range(0, len(notices), SLICE)
+        slices = [(notices[start : start + SLICE], payloads[start : start + SLICE]) for start in starts]
         messages: list[tuple[str, bytes]] = []
         acked: list[bool] = []
         stalled = False  # a slice the broker did not take whole: the rest go to the retries, as one batch did
         async with self._bulk:
-            encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, slices[0]))
+            encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, *slices[0]))
             for index in range(len(slices)):
                 part = await encoding
                 if index + 1 < len(slices):
-                    encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, slices[index + 1]))
+                    encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, *slices[index + 1]))
                 messages += part
                 if stalled:
                     acked += [False] * len(part)
@@ -121,13 +133,13 @@ class NoticeDispatcher:
                 stalled = not all(taken)
         return messages, acked
 
-    async def _publish_all(self, notices: list[Outbound]) -> None:
+    async def _publish_all(self, notices: list[Outbound], payloads: list[bytes | None]) -> None:
         # The whole batch through the publisher's bulk path first (see _handed_over), then whatever
         # the broker did not acknowledge one by one with retries, a few workers per batch (a launch
         # hands over thousands at once).
         started = time.monotonic()
         large = len(notices) >= LARGE_BATCH
-        messages, acked = await self._handed_over(notices)
+        messages, acked = await self._handed_over(notices, payloads)
         done: list[Outbound] = []
         unacknowledged: list[tuple[Outbound, tuple[str, bytes]]] = []
         for notice, message, ok in zip(notices, messages, acked, strict=True):

@@ -32,7 +32,7 @@ from ota_server.domain import rollout_plan as rules
 from ota_server.domain.states import ERRORS, IN_FLIGHT, INSTALLING, CampaignKind, CampaignStatus, Cause, VinState
 from ota_server.domain.waves import wave_number
 from ota_server.rollout import rollback, transitions
-from ota_server.rollout.fleet import Fleet, Outbound
+from ota_server.rollout.fleet import Fleet, Sendable
 from ota_server.rollout.notifying import Notifier
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ REMEDY = CampaignKind.REMEDY
 class TickResult:
     """What one tick did (for logs and tests)."""
 
-    messages: list[Outbound] = field(default_factory=list)
+    messages: list[Sendable] = field(default_factory=list)
     notified: int = 0
     retried: int = 0
     timed_out: int = 0

@@ -48,12 +48,12 @@ from ota_server.db.models import Campaign, Recall
 from ota_server.domain.states import CampaignStatus
 from ota_server.infra.tasks import stop_task
 from ota_server.rollout.campaign_tick import CampaignTick, TickResult
-from ota_server.rollout.fleet import Fleet, Outbound
+from ota_server.rollout.fleet import Fleet, Sendable
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Dispatch = Callable[[Sequence[Outbound]], None]
+Dispatch = Callable[[Sequence[Sendable]], None]
 _REASON_MAX = 1000  # characters of an error kept as a campaign's status reason
 FAULT_PREFIX = "internal error in tick"
 PAUSED, CANCELLED = CampaignStatus.PAUSED, CampaignStatus.CANCELLED

@@ -10,6 +10,7 @@ the implementation is handed to the coordinator where the server is wired
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
@@ -19,6 +20,21 @@ from firmware_bundles.messages import CampaignNotice, CampaignWithdrawal
 from ota_server.db.models import Campaign, Recall
 
 Outbound = CampaignNotice | CampaignWithdrawal  # a message for one car's campaign topic
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A message with its bytes, encoded once where it was made and published as they are.
+
+    A launch's notices were measured where they were made, then encoded again to be published:
+    ~0.5 s of the server's GIL at 30,000 cars, between the approval and the last notice (issue 19).
+    """
+
+    message: Outbound
+    payload: bytes
+
+
+Sendable = Outbound | Encoded  # what the engine hands to be published
 
 
 class Fleet(Protocol):
@@ -32,6 +48,6 @@ class Fleet(Protocol):
 
     def notices(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Outbound]:
-        """The campaign notice of each ``(vin, nonce)``."""
+    ) -> list[Sendable]:
+        """The campaign notice of each ``(vin, nonce)`` (with its bytes where they were made)."""
         ...

@@ -22,7 +22,7 @@ from ota_server.db.one_of import one_of
 from ota_server.domain import rollout_plan as rules
 from ota_server.domain.states import ERRORS, INSTALLING, NOT_STARTED, CampaignStatus, VinState
 from ota_server.rollout import transitions
-from ota_server.rollout.fleet import Fleet, Outbound
+from ota_server.rollout.fleet import Fleet, Sendable
 
 _CHUNK = 500
 _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release
@@ -32,7 +32,7 @@ _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release
 class Notified:
     """What one campaign's notifying did."""
 
-    messages: list[Outbound] = field(default_factory=list)
+    messages: list[Sendable] = field(default_factory=list)
     first: int = 0  # cars notified for the first time
     retried: int = 0  # cars given a new notice after a failure or a timeout
 

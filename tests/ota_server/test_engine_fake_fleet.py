@@ -22,7 +22,7 @@ from ota_server.domain.states import CampaignStatus
 from ota_server.rollout import transitions
 from ota_server.rollout.campaign_tick import TickResult
 from ota_server.rollout.coordinator import Coordinator
-from ota_server.rollout.fleet import Outbound
+from ota_server.rollout.fleet import Encoded, Outbound, Sendable
 
 T0 = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
 VINS = ["1HGCM82633A004352", "1HGCM82633A004353"]
@@ -41,7 +41,7 @@ class FakeFleet:
 
     def notices(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Outbound]:
+    ) -> list[Sendable]:
         return [
             CampaignNotice(
                 campaign_id=campaign.id,
@@ -55,6 +55,10 @@ class FakeFleet:
             )
             for vin, nonce in cars
         ]
+
+
+def _message(sent: Sendable) -> Outbound:
+    return sent.message if isinstance(sent, Encoded) else sent
 
 
 def _world(cars: int = 2) -> sessionmaker[Session]:
@@ -109,13 +113,13 @@ def _world(cars: int = 2) -> sessionmaker[Session]:
 def test_the_engine_notifies_and_completes_through_the_fleet_port() -> None:
     sessions = _world()
     fleet = FakeFleet()
-    sent: list[Outbound] = []
+    sent: list[Sendable] = []
     coordinator = Coordinator(sessions, fleet, lambda: T0, sent.extend)
 
     first = coordinator.tick_sync()
     assert (first.notified, first.faulted) == (2, [])
     assert sorted(fleet.assigned) == VINS
-    assert sorted((m.vin, m.nonce) for m in first.messages) == list(zip(VINS, NONCES, strict=True))
+    assert sorted((m.vin, m.nonce) for m in map(_message, first.messages)) == list(zip(VINS, NONCES, strict=True))
     with sessions() as session:
         cars = [session.get(CampaignVehicle, (1, vin)) for vin in VINS]
         assert [cv.notified_at for cv in cars if cv is not None] == [T0, T0]

@@ -1,9 +1,10 @@
-"""A notice's encoded length, measured without encoding it (issue 19), is exactly :func:`encode`'s.
+"""A notice spliced from its template's encoded fields (issue 19) is byte for byte :func:`encode`'s.
 
-A tick decides from it whether a car's notice may carry its chain and the Image repository's files;
-one byte short and a notice over ``MAX_MESSAGE_BYTES`` would reach the broker, which every car's
-strict parser refuses. So it is checked against the real encoding over any text the fields may hold:
-quotes, backslashes, control characters, non-ASCII.
+These are the bytes published, and a tick decides from their length whether a car's notice may
+carry its chain and the Image repository's files: one byte off and a car's strict parser refuses
+its notice, or a notice over ``MAX_MESSAGE_BYTES`` reaches the broker. So they are checked against
+the real encoding over any text the fields may hold: quotes, backslashes, control characters,
+non-ASCII.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bundles.messages import CampaignNotice, Contact, DirectorMetadata, ImageMetadata, OwnerNotice, encode
-from ota_server.services.campaign_fleet import EncodedSize
+from ota_server.services.campaign_fleet import NoticeBytes
 from tests.ota_server.helpers import vin
 
 TEXT = st.text(min_size=2, max_size=300)  # any Unicode, control characters included
@@ -49,7 +50,7 @@ def _template(title: str, owner_text: str | None, image: ImageMetadata | None) -
     owner_url=st.none() | st.text(max_size=200),
     director=st.none() | FILES,
 )
-def test_the_measured_length_is_the_encoded_length(
+def test_the_spliced_bytes_are_the_encoded_bytes(
     title: str,
     owner_text: str | None,
     image: ImageMetadata | None,
@@ -64,11 +65,11 @@ def test_the_measured_length_is_the_encoded_length(
         update["owner_url"] = owner_url
     if director is not None:
         update["director_metadata"] = director
-    assert EncodedSize(template).of(update) == len(encode(template.model_copy(update=update)))
+    assert NoticeBytes(template).encode(update) == encode(template.model_copy(update=update))
 
 
 def test_setting_a_field_to_none_takes_it_out() -> None:
     image = ImageMetadata(timestamp='{"a": "\\u00e9"}', snapshot="ss", targets="tt")
     template = _template("Brake \u00e9", 'Bitte "sofort"\n', image)
     update = {"image_metadata": None, "owner_notice": None}
-    assert EncodedSize(template).of(update) == len(encode(template.model_copy(update=update)))
+    assert NoticeBytes(template).encode(update) == encode(template.model_copy(update=update))

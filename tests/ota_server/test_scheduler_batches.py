@@ -130,9 +130,9 @@ async def test_a_large_batch_is_handed_over_a_slice_at_a_time_while_the_next_is_
     events: list[tuple[str, str, int]] = []
     encode = notices._encoded
 
-    def encoded(batch: Any) -> list[tuple[str, bytes]]:
+    def encoded(batch: Any, payloads: Any) -> list[tuple[str, bytes]]:
         events.append(("encode", topics.campaign_topic(batch[0].vin), len(batch)))
-        return encode(batch)
+        return encode(batch, payloads)
 
     monkeypatch.setattr(notices, "_encoded", encoded)
     publisher = Recording(events)
@@ -173,5 +173,30 @@ async def test_after_a_slice_the_broker_did_not_take_the_rest_go_to_the_retries_
     assert publisher.bulk_calls == 1  # the first slice only
     assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
     assert env.runtime.dispatcher.published == len(vins)
+    with env.runtime.sessions() as session:
+        assert campaigns.unpublished(session, "http://repo", env.clock()) == []
+
+
+async def test_a_launchs_notices_are_published_as_the_tick_encoded_them(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: the tick measured each notice (encoding its chain), then the dispatcher encoded it again."""
+    from firmware_bundles.messages import parse_notice
+    from ota_server.mqtt import notices
+
+    encoded_again: list[str] = []
+
+    def counted(message: Any) -> bytes:
+        encoded_again.append(message.vin)
+        return b"{}"
+
+    monkeypatch.setattr(notices, "encode", counted)
+    vins = [vin(n) for n in range(1, 6)]
+    await launched(env.client, vins)
+    await env.runtime.dispatcher.idle()
+    assert encoded_again == []  # none encoded a second time
+    sent = [parse_notice(m.payload) for m in env.publisher.messages]  # the tick's bytes: whole notices
+    assert sorted(n.vin for n in sent) == sorted(vins)
+    assert all(m.topic == topics.campaign_topic(n.vin) for m, n in zip(env.publisher.messages, sent, strict=True))
     with env.runtime.sessions() as session:
         assert campaigns.unpublished(session, "http://repo", env.clock()) == []
