@@ -35,6 +35,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -387,7 +388,7 @@ def run(options: Options, console: Console) -> Measured:
         cluster: BrokerCluster | None = None
         if binary is not None:
             count = options.brokers or broker_count(options.cars)
-            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary))
+            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary, own_sessions=True))
             broker_detail = (
                 f"Mosquitto {mosquitto_version(binary)} x{count}: hub {cluster.hub_url} (server, observer), "
                 f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)})"
@@ -405,7 +406,7 @@ def run(options: Options, console: Console) -> Measured:
         env["OTA_NOTICE_CARRIES_IMAGE_METADATA"] = "1" if options.carry_metadata else "0"
         if cluster is not None:
             env["OTA_MQTT_URL"] = cluster.hub_url
-        server = ServerProcess(workdir / "server", env=env, startup_timeout=180)
+        server = ServerProcess(workdir / "server", env=env, startup_timeout=180, own_session=True)
         endpoints = stack.enter_context(server)
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
         measured = Measured(backend, options.workers or default_workers(options.cars))
@@ -958,9 +959,22 @@ def parse(argv: list[str] | None) -> Options:
     )
 
 
+def interrupt_on_termination() -> None:
+    """SIGTERM and SIGHUP stop a run as Ctrl-C does, everything it started stopped: its server and
+    brokers run in sessions of their own (simulator.cpu_share), out of reach of a signal sent to
+    the bench's process group."""
+
+    def interrupt(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, interrupt)
+
+
 def main(argv: list[str] | None = None) -> int:
     options = parse(argv)
     console = Console(stderr=True)
+    interrupt_on_termination()
     try:
         measured = run(options, console)
     except (SimulatorError, httpx.HTTPError, OSError) as exc:

@@ -33,7 +33,6 @@ from typing import Protocol
 from firmware_bundles import topics
 from firmware_bundles.errors import MalformedMessage
 from simulator.brokers import CAMPAIGNS, PROBE_PREFIX, Listener, mosquitto_tool
-from simulator.cpu_share import OWN_SESSION
 from simulator.errors import SimulatorError
 
 
@@ -104,7 +103,10 @@ class MosquittoObserver:
         command += ["-i", f"bench-observer-{os.getpid()}", "-F", "%U %l %t"]
         with out.open("wb") as sink:
             self._process = subprocess.Popen(
-                command, stdout=sink, stderr=subprocess.PIPE, start_new_session=OWN_SESSION
+                command,
+                stdout=sink,
+                stderr=subprocess.PIPE,
+                start_new_session=True,  # simulator.cpu_share
             )
         try:
             self._wait_subscribed(host, port, ready_timeout_s)

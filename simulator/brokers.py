@@ -37,7 +37,6 @@ from pathlib import Path
 from types import TracebackType
 
 from firmware_bundles import topics
-from simulator.cpu_share import OWN_SESSION
 from simulator.errors import SimulatorError
 from simulator.procstat import peak_rss_mb, raise_open_file_limit
 from simulator.server_process import terminate
@@ -160,7 +159,10 @@ class BrokerCluster:
         host: str = HOST,
         queue_limit: int = QUEUE_LIMIT,
         start_timeout: float = START_TIMEOUT_S,
+        own_sessions: bool = False,
     ) -> None:
+        """``own_sessions``: each broker in a session of its own, on its own CPU share (``ota-bench``,
+        :mod:`simulator.cpu_share`)."""
         if count < 2:
             raise ValueError("a cluster is a hub and at least one leaf: count >= 2")
         found = binary or mosquitto_binary()
@@ -171,6 +173,7 @@ class BrokerCluster:
         self.host = host
         self.queue_limit = queue_limit
         self.start_timeout = start_timeout
+        self.own_sessions = own_sessions
         self.brokers: list[Broker] = []
         for index in range(count):
             name = "hub" if index == 0 else f"leaf-{index}"
@@ -221,7 +224,7 @@ class BrokerCluster:
                 [self.binary, "-c", str(broker.conf)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=OWN_SESSION,
+                start_new_session=self.own_sessions,
             )
         deadline = time.monotonic() + self.start_timeout
         while not _reachable(broker.host, broker.port):

@@ -9,21 +9,23 @@ than they ran, so the launch's last notice reached the hub 25 s after the approv
 server alone hands them over in under 1 s (issue 19). In the field each of them has its own
 processors and the cars theirs.
 
-So each service a run starts gets a session of its own (:data:`OWN_SESSION`, for
-``subprocess.Popen``): the scheduler then gives it the share one more machine would claim,
-against the whole simulated fleet (the bench and its workers, one session) as one party.
-Priorities are not touched: no party runs ahead of another (``ota-bench --sim-nice`` does that,
-and starves the cars). Where autogroup is off, or cgroups place the processes, nothing changes
-but the session; a service in its own session does not get the terminal's Ctrl-C, so whoever
-started it stops it (every caller does, in ``finally`` or ``__exit__``).
+So ``ota-bench`` starts each service in a session of its own (``ServerProcess(own_session=True)``,
+``BrokerCluster(own_sessions=True)``, the observer always): the scheduler then gives each the
+share one more machine would claim, against the whole simulated fleet (the bench and its
+workers, one session) as one party. Priorities are not touched: no party runs ahead of another
+(``ota-bench --sim-nice`` does that, and starves the cars). Where autogroup is off, or cgroups
+place the processes, nothing changes but the session.
+
+A service in its own session gets no signal sent to its starter's process group (a terminal's
+Ctrl-C, a supervisor stopping the group): whoever started it stops it. ``ota-bench`` does, in
+``finally``, on Ctrl-C and on SIGTERM or SIGHUP too (:func:`bench.fleet.main`). The demo, the
+tests and ``ota-sim`` start their services in the caller's session, where a signal to the
+caller's group reaches them.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Final
-
-OWN_SESSION: Final = True  # subprocess.Popen(..., start_new_session=OWN_SESSION)
 
 _AUTOGROUP = Path("/proc/sys/kernel/sched_autogroup_enabled")
 

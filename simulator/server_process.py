@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from simulator.cpu_share import OWN_SESSION
 from simulator.errors import ServerError
 
 
@@ -39,8 +38,18 @@ class ServerEndpoints:
 class ServerProcess:
     """``with ServerProcess(data_dir) as endpoints:`` runs a server for the block's duration."""
 
-    def __init__(self, data_dir: Path, *, env: Mapping[str, str] | None = None, startup_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 90.0,
+        own_session: bool = False,
+    ) -> None:
+        """``own_session``: the server in a session of its own, on its own CPU share (``ota-bench``,
+        :mod:`simulator.cpu_share`); it then gets no signal sent to its starter's process group."""
         self.data_dir = data_dir
+        self.own_session = own_session
         self.env = dict(os.environ if env is None else env)
         self.startup_timeout = startup_timeout
         self.log_path = data_dir / "server.log"
@@ -54,7 +63,7 @@ class ServerProcess:
         command += ["--ready-file", str(ready)]
         with self.log_path.open("wb") as log:
             self._proc = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=OWN_SESSION
+                command, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=self.own_session
             )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

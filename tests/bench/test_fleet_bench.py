@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.fleet import KEYS, PLAN, Backend, Measured, Options, assemble, markdown, parse, plot, thin
+from bench.fleet import (
+    KEYS,
+    PLAN,
+    Backend,
+    Measured,
+    Options,
+    assemble,
+    interrupt_on_termination,
+    markdown,
+    parse,
+    plot,
+    thin,
+)
 from bench.raw_broker import RawResult, split
 from simulator.faults import FaultPlan
 from simulator.progress import Outcome
@@ -147,16 +162,29 @@ def test_the_benchmark_runs_2000_cars_on_postgresql_and_bridged_mosquitto(tmp_pa
 
 
 def test_the_table_says_how_the_kernel_shared_the_cpu_and_at_what_niceness(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bench.fleet
-
     def row(result: dict[str, object]) -> str:
         return next(line for line in markdown(result).splitlines() if "workers / cores" in line)
 
-    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: True)
+    monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: True)
     shared = assemble(Options(cars=100), measured())
     assert shared["cpu_shared_by_session"] is True
     assert "(CPU shared by session)" in row(shared)
-    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: False)
+    monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: False)
     assert "(niceness 5, CPU shared by task)" in row(assemble(Options(cars=100, sim_nice=5), measured()))
-    monkeypatch.setattr(bench.fleet, "autogroup_enabled", lambda: None)  # not Linux: nothing said
+    monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: None)  # not Linux: nothing said
     assert "(" not in row(assemble(Options(cars=100), measured())).split("|")[2]
+
+
+def test_the_bench_stops_everything_on_sigterm_and_sighup_as_on_ctrl_c() -> None:
+    """Its services are out of reach of a signal to the bench's group: the bench must stop them."""
+
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        interrupt_on_termination()
+        for signum in before:
+            with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+                os.kill(os.getpid(), signum)
+                time.sleep(5)  # the handler runs at the next bytecode; never reached
+    finally:
+        for signum, handler in before.items():
+            signal.signal(signum, handler)

@@ -97,7 +97,8 @@ def cluster(tmp_path: Path) -> Iterator[BrokerCluster]:
         if services.required():
             pytest.fail("the mosquitto binary is missing and OTA_REQUIRE_SERVICES=1", pytrace=False)
         pytest.skip("the mosquitto binary is not installed")
-    with BrokerCluster(tmp_path / "brokers", 3) as brokers:  # a hub and two leaves
+    # a hub and two leaves, each in a session of its own as ota-bench starts them
+    with BrokerCluster(tmp_path / "brokers", 3, own_sessions=True) as brokers:
         yield brokers
 
 
