@@ -97,7 +97,8 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("ota_server.signing.prepared", "PreparedChains.take", "sign: ahead", "chains signed ahead, matched (in sign)"),
     ("ota_server.rollout.transitions", "mark_notified", "mark", "cars marked notified"),
     ("ota_server.services.campaign_fleet", "CampaignFleet.notices", "notices", "notices built, chains carried"),
-    ("ota_server.mqtt.notices", "encode", "publish encode", "each notice's bytes (a worker thread)"),
+    ("ota_server.services.campaign_fleet", "NoticeBytes.encode", "notice bytes", "each notice spliced (in notices)"),
+    ("ota_server.mqtt.notices", "encode", "publish encode", "a notice encoded to publish (older code; a restart's)"),
     ("ota_server.mqtt.notices", "NoticeDispatcher._mark", "mark published", "delivery recorded (thread)"),
 ]
 

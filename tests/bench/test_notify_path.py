@@ -20,7 +20,8 @@ def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp
     assert result["signing_processes"] == SIGNING_PROCESSES  # the server's default, not the tests' 0
     stages = result["stages"]
     assert stages["sign: chains"]["calls"] == 12  # one chain per car, signed in the notifying tick
-    assert stages["publish encode"]["calls"] == 12
+    assert stages["notice bytes"]["calls"] == 12  # each notice encoded once, in the tick
+    assert "publish encode" not in stages  # and not again to publish it
     assert {"tick", "release", "assign", "sign", "notices", "mark published"} <= set(stages)
     assert stages["release"]["calls"] >= 1
     assert 0 < result["launch_to_first_notice_s"] <= result["launch_to_last_notice_s"]
