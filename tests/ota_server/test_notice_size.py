@@ -15,7 +15,16 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from firmware_bundles.messages import CampaignNotice, Contact, DirectorMetadata, ImageMetadata, OwnerNotice, encode
+from firmware_bundles.messages import (
+    CampaignNotice,
+    Contact,
+    DirectorMetadata,
+    ImageMetadata,
+    Network,
+    OwnerNotice,
+    Preconditions,
+    encode,
+)
 from ota_server.services.campaign_fleet import NoticeBytes
 from tests.ota_server.helpers import vin
 
@@ -32,7 +41,9 @@ def _template(title: str, owner_text: str | None, image: ImageMetadata | None) -
         recall_number="26V-001",
         title=title,
         repo_url="http://ota.test/repo",
-        issued_at=datetime(2026, 12, 5, 12, 0, tzinfo=UTC),
+        issued_at=datetime(2026, 12, 5, 12, 0, 7, 123456, tzinfo=UTC),
+        preconditions=Preconditions(min_battery_percent=40, large_bundle_networks=(Network.WIFI,)),
+        requires_consent=True,
         owner_notice=None
         if owner_text is None
         else OwnerNotice(purpose=owner_text, what_changes=owner_text, contact=CONTACT),
