@@ -702,7 +702,7 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".rstrip()
 
 
-def _niceness(result: Mapping[str, Any]) -> str:
+def _cpu_notes(result: Mapping[str, Any]) -> str:
     """The workers' niceness when they ran behind the rest (``--sim-nice``), and how the kernel
     shared the CPU (by session: each service against the fleet, simulator.cpu_share)."""
     niceness = result.get("simulator_niceness") or 0
@@ -777,7 +777,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         ),
         ("database", backend["database"]),
         ("broker", f"{backend['broker']} x{backend['brokers']}"),
-        ("workers / cores", f"{result['workers']} / {result['cores']}" + _niceness(result)),
+        ("workers / cores", f"{result['workers']} / {result['cores']}" + _cpu_notes(result)),
         (
             "worst worker event-loop lag / MQTT reconnects",
             f"{_fmt(result['fleet'].get('loop_lag_max_s'), 's')} / {_fmt(result['fleet'].get('reconnects'))}",

@@ -36,7 +36,7 @@ _TYPES_LOCK = threading.Lock()
 def _column_types(connection: Connection, table: str) -> dict[str, int]:
     """``table``'s columns and their type oids as the database has them (cached per engine)."""
     with _TYPES_LOCK:
-        known = _COLUMN_TYPES.setdefault(connection.engine, {}).get(table)
+        known = _COLUMN_TYPES.get(connection.engine, {}).get(table)
     if known is not None:
         return known
     rows = connection.execute(
