@@ -20,7 +20,10 @@ limit), and measures:
 * server CPU milliseconds per car (utime + stime of the server process, launch to done,
   over the cars remedied); peak resident memory (VmHWM) of server, brokers and workers;
 * the brokers' raw capacity in the same run (``bench.raw_broker``: Mosquitto's own
-  clients, the same message count and size), and our rate as a ratio of it.
+  clients, the same message count and size), and our rate as a ratio of it;
+* the launch's notices again through the brokers alone (``bench.notice_floor``: the server's
+  publishing code, the same count and mean size, no cars and no launch): the part of "launch to
+  last notice" that is the brokers' and the publisher's on this machine.
 
 It writes the JSON (``--json``), a markdown table (stdout and ``bench/out/fleet-N.md``)
 and a plot of cars remedied over time (``bench/out/fleet-N.png``).
@@ -52,6 +55,7 @@ import httpx
 from rich.console import Console
 
 from bench import notice_observer
+from bench.notice_floor import FloorResult, notice_floor
 from bench.raw_broker import RawResult, raw_capacity
 from simulator.brokers import BrokerCluster, broker_count, mosquitto_binary
 from simulator.cpu_share import autogroup_enabled
@@ -285,6 +289,7 @@ class Measured:
     workers_summary: dict[str, dict[str, Any]] = field(default_factory=dict)
     phases: dict[str, float] = field(default_factory=dict)
     raw: RawResult | None = None
+    floor: FloorResult | None = None  # the launch's notices again, through the brokers alone
     settled: bool = False
     cpu_s: dict[str, float] = field(default_factory=dict)  # launch to done, per component and the whole machine
     load: dict[str, list[float]] = field(default_factory=dict)  # load averages at launch and when done
@@ -541,6 +546,11 @@ def run(options: Options, console: Console) -> Measured:
             )
         elif cluster is None:
             measured.raw = RawResult(0, 0, 0, None, None, "embedded amqtt broker: no Mosquitto clients to measure with")
+        notice_bytes = observer.notice_bytes()
+        if cluster is not None and measured.notices and notice_bytes:
+            count = len(measured.notices)
+            _say(console, f"notice floor: {count} notices of {notice_bytes} bytes through the brokers alone")
+            measured.floor = notice_floor(cluster.hub, cluster.leaves, count, notice_bytes)
         return measured
 
 
@@ -628,6 +638,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
             round(measured.manifests_in_batches / options.cars, 2) if options.cars else None
         ),
         "raw_broker": measured.raw.as_json() if measured.raw else None,
+        "notice_floor": measured.floor.as_json() if measured.floor else None,
         "cores": os.cpu_count(),
         "cpu_seconds_launch_to_done": _cpu_summary(measured),
         "gc_seconds": _gc_seconds(measured),
@@ -739,6 +750,16 @@ def _machine_row(result: Mapping[str, Any]) -> str:
     return text + (f" (load {load[0]:.1f})" if load else "")
 
 
+def _floor_row(result: Mapping[str, Any]) -> str:
+    """Seconds for the launch's notices through the server's publishing code and the brokers alone,
+    and the CPU each spent (``bench.notice_floor``)."""
+    floor = result.get("notice_floor") or {}
+    if floor.get("seconds") is None:
+        return f"n/a ({floor['note']})" if floor.get("note") else "n/a"
+    cpu = ", ".join(f"{name} {_fmt(seconds, 's')}" for name, seconds in floor["cpu_seconds"].items())
+    return f"{_fmt(floor['seconds'], 's')} (CPU: {cpu})"
+
+
 def _launch_row(result: Mapping[str, Any]) -> str:
     """The request, or the approval given once the request's chains were signed ahead (and how long that took)."""
     if result.get("launch_timed_from") != "approval":
@@ -771,6 +792,7 @@ def markdown(result: Mapping[str, Any]) -> str:
         ("peak RSS brokers (sum)", _fmt(rss["broker"], "MiB")),
         ("peak RSS simulator workers (sum)", _fmt(rss["simulator"], "MiB")),
         ("raw broker capacity", _fmt(result["broker_raw_msgs_per_second"], "msgs/s")),
+        ("the launch's notices through the brokers alone (no cars, no launch)", _floor_row(result)),
         (
             "delivery ratio (ingested / raw)",
             "n/a" if result["delivery_ratio"] is None else f"{result['delivery_ratio']:.4f}",

@@ -27,6 +27,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -40,6 +41,9 @@ class NoticeObserver(Protocol):
     def notices(self, campaign_id: int) -> list[float]:
         """Monotonic arrival time of each car's first notice of ``campaign_id``, sorted."""
 
+    def notice_bytes(self) -> int | None:
+        """The mean length of the notices seen (each car's first), None before any."""
+
     def close(self) -> None: ...
 
 
@@ -48,6 +52,7 @@ class PahoObserver:
 
     def __init__(self, host: str, port: int) -> None:
         self.listener = Listener(host, port, CAMPAIGNS, client_id=f"bench-observer-{os.getpid()}")
+        self._sizes: dict[str, int] = {}  # each car's first notice's length, by VIN (once notices() read them)
 
     def notices(self, campaign_id: int) -> list[float]:
         first: dict[str, float] = {}
@@ -61,16 +66,35 @@ class PahoObserver:
             vin = str(message.get("vin"))
             if vin not in first:
                 first[vin] = at
+                self._sizes[vin] = len(payload)
         return sorted(first.values())
+
+    def notice_bytes(self) -> int | None:
+        return _mean(self._sizes.values())
 
     def close(self) -> None:
         self.listener.close()
 
 
+def _mean(sizes: Collection[int]) -> int | None:
+    return round(sum(sizes) / len(sizes)) if sizes else None
+
+
 def first_arrivals(lines: list[str], wall_to_monotonic: float) -> dict[str, float]:
     """From ``mosquitto_sub -F '%U %l %t'`` lines: each car's first non-empty message, by VIN, as
     monotonic seconds (wall clock + ``wall_to_monotonic``). Probes and unreadable lines are skipped."""
-    first: dict[str, float] = {}
+    return {vin: at + wall_to_monotonic for vin, (at, _) in first_messages(lines).items()}
+
+
+def mean_notice_bytes(lines: list[str]) -> int | None:
+    """The mean length of each car's first notice in ``mosquitto_sub`` lines (None: no notice)."""
+    return _mean([size for _, size in first_messages(lines).values()])
+
+
+def first_messages(lines: list[str]) -> dict[str, tuple[float, int]]:
+    """Each car's first non-empty message in ``mosquitto_sub -F '%U %l %t'`` lines, by VIN: its wall-clock
+    stamp and its length in bytes."""
+    first: dict[str, tuple[float, int]] = {}
     for line in lines:
         parts = line.strip().split(" ", 2)
         if len(parts) != 3:
@@ -88,7 +112,7 @@ def first_arrivals(lines: list[str], wall_to_monotonic: float) -> dict[str, floa
             continue
         if topic != topics.campaign_topic(vin) or vin.startswith(PROBE_PREFIX) or vin in first:
             continue
-        first[vin] = at + wall_to_monotonic
+        first[vin] = (at, size)
     return first
 
 
@@ -147,6 +171,9 @@ class MosquittoObserver:
         """Every car's first notice (one campaign per run: ``campaign_id`` is not in the lines)."""
         self.close()
         return sorted(self.arrivals().values())
+
+    def notice_bytes(self) -> int | None:
+        return mean_notice_bytes(self._out.read_text(errors="replace").splitlines())
 
     @property
     def pid(self) -> int:

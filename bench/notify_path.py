@@ -79,6 +79,13 @@ class Timers:
 
 # (module, attribute path, stage name, what it is)
 STAGES: list[tuple[str, str, str, str]] = [
+    ("ota_server.services.campaigns", "launch", "launch", "the approval's launch: campaign, cars, ECUs (request)"),
+    ("ota_server.services.campaigns", "launchable", "launch: population", "release checks, population (in launch)"),
+    ("ota_server.services.inventory", "already_remedied", "launch: remedied", "cars already fixed (in launch)"),
+    ("ota_server.rollout.transitions", "enroll", "launch: enroll", "campaign cars written (in launch)"),
+    ("ota_server.services.campaigns", "freeze_ecus", "launch: ECUs", "affected ECUs written (in launch)"),
+    ("ota_server.services.campaigns", "analyze_loaded", "launch: analyze", "ANALYZE after the load (in launch)"),
+    ("ota_server.services.campaign_view", "public", "launch: view", "the campaign as answered (in launch)"),
     ("ota_server.rollout.coordinator", "Coordinator.tick_sync", "tick", "a whole tick (thread)"),
     ("ota_server.rollout.notifying", "Notifier.release", "release", "the notifier, in the tick"),
     ("ota_server.rollout.notifying", "Notifier._contenders", "contenders", "other campaigns holding cars"),

@@ -26,6 +26,7 @@ from bench.fleet import (
     plot,
     thin,
 )
+from bench.notice_floor import FloorResult
 from bench.raw_broker import RawResult, split
 from simulator.faults import FaultPlan
 from simulator.progress import Outcome
@@ -156,6 +157,8 @@ def test_the_benchmark_runs_2000_cars_on_postgresql_and_bridged_mosquitto(tmp_pa
     assert result["backend"]["database"] == "postgresql" and result["backend"]["broker"] == "mosquitto"
     assert result["seconds_to_all_remedied"] and result["seconds_to_last_notice"]
     assert result["broker_raw_msgs_per_second"] and result["delivery_ratio"]
+    floor = result["notice_floor"]  # the launch's notices again, through the brokers alone
+    assert floor["notices"] == SMOKE_CARS and floor["payload_bytes"] > 1000 and floor["seconds"], floor
     assert (tmp_path / f"fleet-{SMOKE_CARS}.md").read_text() in done.stdout
     assert (tmp_path / f"fleet-{SMOKE_CARS}.png").stat().st_size > 0
     print(done.stdout)  # the figures, in the CI log (pytest -s or on failure)
@@ -173,6 +176,26 @@ def test_the_table_says_how_the_kernel_shared_the_cpu_and_at_what_niceness(monke
     assert "(niceness 5, CPU shared by task)" in row(assemble(Options(cars=100, sim_nice=5), measured()))
     monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: None)  # not Linux: nothing said
     assert "(" not in row(assemble(Options(cars=100), measured())).split("|")[2]
+
+
+def test_the_table_says_how_long_the_notices_take_through_the_brokers_alone() -> None:
+    def row(result: dict[str, object]) -> str:
+        return next(line for line in markdown(result).splitlines() if "through the brokers alone" in line)
+
+    cpu = {"hub": 2.0, "leaf-1": 0.9, "subscriber": 0.6, "publisher": 1.4}
+    timed = assemble(Options(cars=100), replace(measured(), floor=FloorResult(100, 5210, 4.8, cpu)))
+    assert timed["notice_floor"] == {
+        "notices": 100,
+        "payload_bytes": 5210,
+        "seconds": 4.8,
+        "cpu_seconds": cpu,
+        "note": "",
+    }
+    assert "| 4.80 s (CPU: hub 2.00 s, leaf-1 0.90 s, subscriber 0.60 s, publisher 1.40 s) |" in row(timed)
+    untimed = replace(measured(), floor=FloorResult(100, 5210, None, note="mosquitto_sub not installed"))
+    assert "| n/a (mosquitto_sub not installed) |" in row(assemble(Options(cars=100), untimed))
+    assert assemble(Options(cars=100), measured())["notice_floor"] is None  # the embedded broker: none
+    assert "| n/a |" in row(assemble(Options(cars=100), measured()))
 
 
 def test_the_bench_stops_everything_on_sigterm_and_sighup_as_on_ctrl_c() -> None:

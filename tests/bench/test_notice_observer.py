@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
-from bench.notice_observer import MosquittoObserver, PahoObserver, first_arrivals, observer
+from bench.notice_observer import (
+    MosquittoObserver,
+    PahoObserver,
+    first_arrivals,
+    first_messages,
+    mean_notice_bytes,
+    observer,
+)
 from firmware_bundles import topics
 from simulator.brokers import Listener, mosquitto_tool
 from simulator.errors import SimulatorError
@@ -32,6 +39,10 @@ def test_each_cars_first_non_empty_message_is_its_notice_in_monotonic_time() -> 
         "",
     ]
     assert first_arrivals(lines, wall_to_monotonic=-100.0) == {"VIN1": 0.5, "VIN2": 0.25, "VIN3": 2.0}
+    # and each first notice's length: the notice floor sends as many notices of their mean length
+    assert first_messages(lines) == {"VIN1": (100.5, 3000), "VIN2": (100.25, 3100), "VIN3": (102.0, 3000)}
+    assert mean_notice_bytes(lines) == 3033  # (3000 + 3100 + 3000) / 3, the retry and the rest not counted
+    assert mean_notice_bytes(["not a line"]) is None
 
 
 def test_without_mosquitto_brokers_the_observer_is_pahos(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
