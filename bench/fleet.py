@@ -58,7 +58,7 @@ from bench import notice_observer
 from bench.notice_floor import FloorResult, notice_floor
 from bench.raw_broker import RawResult, raw_capacity
 from simulator.brokers import BrokerCluster, broker_count, mosquitto_binary
-from simulator.cpu_share import autogroup_enabled
+from simulator.cpu_share import autogroup_enabled, session_niceness
 from simulator.errors import SimulatorError
 from simulator.faults import FaultPlan
 from simulator.fleet import MAX_ECUS, make_fleet
@@ -294,6 +294,7 @@ class Measured:
     cpu_s: dict[str, float] = field(default_factory=dict)  # launch to done, per component and the whole machine
     load: dict[str, list[float]] = field(default_factory=dict)  # load averages at launch and when done
     launched_from: str = "request"  # what the launch is timed from: the request, or the approval
+    fleet_session_niceness: int | None = None  # a worker's session against the services' (read from the kernel)
 
 
 class Approval:
@@ -455,6 +456,7 @@ def run(options: Options, console: Console) -> Measured:
         _say(console, f"starting {options.cars} cars in {measured.workers} worker processes")
         started = time.monotonic()
         runner.start(fleet, configs)
+        measured.fleet_session_niceness = session_niceness(runner.procs[0].process.pid) if runner.procs else None
         runner.wait_connected(timeout=120 + options.cars / 50)
         measured.phases["connect_s"] = round(time.monotonic() - started, 2)
 
@@ -645,6 +647,9 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "load_average": measured.load,
         "workers": measured.workers,
         "simulator_niceness": options.sim_nice,
+        # a worker's session against the services' sessions, read back from the kernel: with --sim-nice each
+        # worker leads a session of its own at that niceness where the CPU is shared by session
+        "fleet_session_niceness": measured.fleet_session_niceness,
         # the server, each broker and the observer in a session of their own: with autogroup the
         # kernel shares the CPU by session, so each against the fleet as one more machine would
         "cpu_shared_by_session": autogroup_enabled(),
@@ -719,6 +724,8 @@ def _cpu_notes(result: Mapping[str, Any]) -> str:
     niceness = result.get("simulator_niceness") or 0
     by_session = result.get("cpu_shared_by_session")
     shared = None if by_session is None else "CPU shared by session" if by_session else "CPU shared by task"
+    if shared and by_session and result.get("fleet_session_niceness"):
+        shared += f", the workers' sessions at niceness {result['fleet_session_niceness']}"
     notes = ([f"niceness {niceness}"] if niceness else []) + ([shared] if shared else [])
     return f" ({', '.join(notes)})" if notes else ""
 

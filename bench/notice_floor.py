@@ -7,7 +7,11 @@ dispatcher's window) into the hub: retained, QoS 1, one car campaign topic each 
 ``FLOOR-...``), so every bridged leaf stores and takes each one as during the launch. A
 ``mosquitto_sub`` on the hub with the observer's subscription (``-R``: the run's own retained
 notices are not counted) exits at the last one. Seconds from the first publish to its exit, and
-the CPU each broker, the subscriber and this process spent meanwhile.
+the CPU each broker, the subscriber and the publisher spent meanwhile.
+
+The publisher is a process of its own (``python -m bench.notice_floor URL COUNT BYTES``), in a
+session of its own (simulator.cpu_share), connected before the clock starts: in the bench's own
+process, whose heap holds the whole fleet's set-up, the garbage collector tripled its CPU.
 
 That is the part of "launch to last notice" no change to the server's launch can remove on this
 machine with this topology: the server's path to its first notice comes before it, and the cars,
@@ -18,11 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any
 
 from firmware_bundles import topics
 from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
@@ -32,7 +39,9 @@ from simulator.procstat import cpu_seconds
 VIN_PREFIX = "FLOOR-"
 IN_FLIGHT = 1000  # the notice dispatcher's default window (OTA_NOTICE_CONCURRENCY)
 CONNECT_TIMEOUT_S = 10.0
+READY_TIMEOUT_S = 60.0  # the publisher started and connected
 SUBSCRIBE_SETTLE_S = 1.0
+READY, GO = "ready", "go"
 
 
 @dataclass(frozen=True)
@@ -58,23 +67,40 @@ def floor_topics(count: int) -> list[str]:
     return [topics.campaign_topic(f"{VIN_PREFIX}{index:011d}") for index in range(count)]
 
 
-async def _publish(url: str, messages: list[tuple[str, bytes]], timeout_s: float) -> list[bool]:
+# -- the publisher (its own process) -------------------------------------------------------------
+
+
+async def _publish(url: str, count: int, payload_bytes: int, lines: IO[str], out: IO[str]) -> None:
+    """Connect, say ``ready``, wait for ``go``, publish, then say how many the hub took and the CPU spent."""
+    messages = [(topic, b"x" * payload_bytes) for topic in floor_topics(count)]
     link = ServerMqttLink(
         url,
         lambda _topic, _payload, _ack: None,
         client_id=f"ota-bench-floor-{os.getpid()}",
         username="",
         clean_session=True,
-        connect_timeout_s=timeout_s,
+        connect_timeout_s=CONNECT_TIMEOUT_S,
         version=MQTT_V5,
     )
-    await link.start(wait_s=timeout_s)
+    await link.start(wait_s=CONNECT_TIMEOUT_S)
     try:
-        if not link.connected:
-            return [False] * len(messages)
-        return await link.publish_many(messages, qos=topics.QOS, retain=True, in_flight=IN_FLIGHT)
+        print(READY if link.connected else "not connected", file=out, flush=True)
+        if not link.connected or (await asyncio.to_thread(lines.readline)).strip() != GO:
+            return
+        cpu = time.process_time()
+        acked = await link.publish_many(messages, qos=topics.QOS, retain=True, in_flight=IN_FLIGHT)
+        report = {"acked": sum(acked), "cpu_seconds": round(time.process_time() - cpu, 2)}
+        print(json.dumps(report), file=out, flush=True)
     finally:
         await link.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    url, count, payload_bytes = (argv if argv is not None else sys.argv[1:])[:3]
+    asyncio.run(_publish(url, int(count), int(payload_bytes), sys.stdin, sys.stdout))
+
+
+# -- the measurement -----------------------------------------------------------------------------
 
 
 def notice_floor(
@@ -87,24 +113,39 @@ def notice_floor(
         return FloorResult(notices, payload_bytes, None, note="mosquitto_sub not installed")
     if notices < 1 or payload_bytes < 1:
         return FloorResult(notices, payload_bytes, None, note="nothing to send")
-    payload = b"x" * payload_bytes
-    messages = [(topic, payload) for topic in floor_topics(notices)]
     reaped = _reaped_children_cpu()  # the subscriber's CPU is read once it is reaped
     command = [sub, "-h", hub.host, "-p", str(hub.port), "-q", str(topics.QOS), "-t", CAMPAIGNS, "-R"]
     subscriber = subprocess.Popen(
         [*command, "-C", str(notices)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    publisher = subprocess.Popen(
+        [sys.executable, "-m", "bench.notice_floor", hub.url, str(notices), str(payload_bytes)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
     )
     brokers = {broker.name: broker.pid for broker in [hub, *leaves] if broker.pid is not None}
     try:
         time.sleep(SUBSCRIBE_SETTLE_S)
         if subscriber.poll() is not None:
             return FloorResult(notices, payload_bytes, None, note=f"mosquitto_sub failed: {_error(subscriber)}")
+        said = _line(publisher, READY_TIMEOUT_S)
+        if said != READY:
+            return FloorResult(notices, payload_bytes, None, note=f"the publisher said {said!r}: {_error(publisher)}")
         before = {name: cpu_seconds(pid) for name, pid in brokers.items()}
-        own = time.process_time()
         started = time.monotonic()
-        acked = asyncio.run(_publish(hub.url, messages, CONNECT_TIMEOUT_S))
-        if not all(acked):
-            return FloorResult(notices, payload_bytes, None, note=f"the hub took {sum(acked)} of {notices}")
+        assert publisher.stdin is not None
+        publisher.stdin.write(GO + "\n")
+        publisher.stdin.flush()
+        said = _line(publisher, timeout_s)
+        try:
+            report = json.loads(said)
+        except ValueError:
+            return FloorResult(notices, payload_bytes, None, note=f"the publisher said {said!r}: {_error(publisher)}")
+        if report["acked"] != notices:
+            return FloorResult(notices, payload_bytes, None, note=f"the hub took {report['acked']} of {notices}")
         try:
             subscriber.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -114,23 +155,43 @@ def notice_floor(
             return FloorResult(notices, payload_bytes, None, note=f"mosquitto_sub failed: {_error(subscriber)}")
         cpu = {name: round(cpu_seconds(pid) - before[name], 2) for name, pid in brokers.items()}
         cpu["subscriber"] = round(_reaped_children_cpu() - reaped, 2)
-        cpu["publisher"] = round(time.process_time() - own, 2)
+        cpu["publisher"] = float(report["cpu_seconds"])
         return FloorResult(notices, payload_bytes, round(seconds, 3), cpu)
     finally:
-        if subscriber.poll() is None:
-            subscriber.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            subscriber.wait(timeout=10)
-        if subscriber.stderr is not None:
-            subscriber.stderr.close()
+        for process in (publisher, subscriber):
+            if process.poll() is None:
+                process.kill()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
+            for stream in (process.stdin, process.stdout, process.stderr):
+                if stream is not None:
+                    stream.close()
 
 
-def _error(process: subprocess.Popen[bytes]) -> str:
-    text = (process.stderr.read() if process.stderr else b"").decode(errors="replace").strip()
-    return text or f"exit status {process.returncode}"
+def _line(process: subprocess.Popen[str], timeout_s: float) -> str:
+    """The next line ``process`` prints (empty if it exits or says nothing for ``timeout_s``)."""
+    stdout = process.stdout
+    assert stdout is not None
+    found: list[str] = []
+    reader = threading.Thread(target=lambda: found.append(stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout_s)
+    return found[0].strip() if found else ""
+
+
+def _error(process: subprocess.Popen[Any]) -> str:
+    if process.poll() is None:
+        return "still running"
+    stderr = process.stderr.read() if process.stderr else ""
+    text = stderr.decode(errors="replace") if isinstance(stderr, bytes) else stderr
+    return text.strip().splitlines()[-1] if text.strip() else f"exit status {process.returncode}"
 
 
 def _reaped_children_cpu() -> float:
     """The CPU of this process's children reaped so far (a reaped child is gone from /proc)."""
     times = os.times()
     return times.children_user + times.children_system
+
+
+if __name__ == "__main__":
+    main()

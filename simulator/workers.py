@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from simulator.cpu_share import autogroup_enabled, lower_session_priority
 from simulator.errors import SimulatorError
 from simulator.faults import CarFaults, FaultPlan
 from simulator.fleet import Fleet
@@ -56,7 +57,8 @@ def lower_priority(pid: int, niceness: int) -> None:
 
     Only ever lower: that needs no privilege. ``ota-bench --sim-nice`` puts the simulated fleet
     behind the server, the database and the brokers on a shared machine, where real cars would
-    bring their own processors.
+    bring their own processors (where the kernel shares the CPU by session, each worker's session
+    too: :meth:`ProcessFleet._spawn`).
     """
     if checked_niceness(niceness):
         os.setpriority(os.PRIO_PROCESS, pid, niceness)
@@ -282,6 +284,9 @@ class ProcessFleet:
         spec_path = self.state_dir / f"worker-{index}.json"
         spec_path.write_text(json.dumps(spec, separators=(",", ":")))
         log_path = self.state_dir / f"worker-{index}.log"
+        # Behind the services where the kernel shares the CPU by session: a session of its own, lowered
+        # (simulator.cpu_share); the bench stops its workers itself, as it stops its services.
+        own_session = self.niceness > 0 and autogroup_enabled() is True
         with log_path.open("w") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "simulator.worker", str(spec_path)],
@@ -291,8 +296,11 @@ class ProcessFleet:
                 text=True,
                 bufsize=1,
                 env=self.env,
+                start_new_session=own_session,
             )
         lower_priority(process.pid, self.niceness)
+        if own_session:
+            lower_session_priority(process.pid, self.niceness)
         worker = WorkerProcess(index, len(spec["cars"]), process, log_path)
         assert process.stdout is not None
         thread = threading.Thread(target=worker.read, args=(process.stdout,), name=worker.name, daemon=True)

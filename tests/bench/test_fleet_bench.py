@@ -172,6 +172,9 @@ def test_the_table_says_how_the_kernel_shared_the_cpu_and_at_what_niceness(monke
     shared = assemble(Options(cars=100), measured())
     assert shared["cpu_shared_by_session"] is True
     assert "(CPU shared by session)" in row(shared)
+    behind = assemble(Options(cars=100, sim_nice=19), replace(measured(), fleet_session_niceness=19))
+    assert behind["fleet_session_niceness"] == 19  # --sim-nice: each worker's session lowered too
+    assert "(niceness 19, CPU shared by session, the workers' sessions at niceness 19)" in row(behind)
     monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: False)
     assert "(niceness 5, CPU shared by task)" in row(assemble(Options(cars=100, sim_nice=5), measured()))
     monkeypatch.setattr("bench.fleet.autogroup_enabled", lambda: None)  # not Linux: nothing said

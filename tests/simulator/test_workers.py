@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from firmware_bundles.messages import ReportState
+from simulator.cpu_share import autogroup_enabled, session_niceness
 from simulator.faults import CarFaults, FaultPlan
 from simulator.runner import CAR_ORDER, DepthFirstExecutor, FleetStats, Pacing
 from simulator.worker import Emitter, cars_of
@@ -185,3 +186,34 @@ def test_a_worker_can_run_behind_the_server_at_a_lower_priority() -> None:
             lower_priority(os.getpid(), wrong)
         with pytest.raises(ValueError, match="niceness must be 0 to 19"):
             ProcessFleet(Path("unused"), niceness=wrong)
+
+
+def test_a_lowered_worker_is_behind_the_services_where_the_cpu_is_shared_by_session(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With autogroup a task's niceness counts only inside its session: the services have sessions of their
+    own (simulator.cpu_share), so a worker run at a niceness leads its own session, lowered as much; at
+    niceness 0 it stays in the bench's session (the fleet one party)."""
+    if autogroup_enabled() is not True:
+        pytest.skip("the kernel does not share the CPU by session here")
+    real = subprocess.Popen
+
+    def sleeper(_command: list[str], **kwargs: Any) -> subprocess.Popen[str]:  # the worker's own start, kept
+        return real([sys.executable, "-c", "import sys; sys.stdin.read()"], **kwargs)
+
+    monkeypatch.setattr("simulator.workers.subprocess.Popen", sleeper)
+    started = []
+    try:
+        for niceness in (5, 0):
+            (tmp_path / str(niceness)).mkdir()
+            worker = ProcessFleet(tmp_path / str(niceness), niceness=niceness)._spawn(0, {"cars": []})
+            started.append(worker.process)
+        lowered, plain = (process.pid for process in started)
+        assert os.getsid(lowered) == lowered and session_niceness(lowered) == 5
+        assert os.getpriority(os.PRIO_PROCESS, lowered) == 5
+        assert os.getsid(plain) == os.getsid(0) and session_niceness(plain) == session_niceness(os.getpid())
+    finally:
+        for process in started:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait(timeout=10)
