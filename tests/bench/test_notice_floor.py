@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -77,3 +78,22 @@ def test_a_hub_gone_is_said_not_timed(cluster: BrokerCluster) -> None:
     result = notice_floor(hub, [], 10, 100, timeout_s=5)
     assert result.seconds is None
     assert result.note.startswith("mosquitto_sub failed: ")
+
+
+def test_the_publisher_takes_no_subscription_so_no_cars_retained_presence_pours_in() -> None:
+    """The server's link subscribes to every car's status and presence; the floor's publisher, the same
+    link otherwise, subscribes to nothing (30,000 retained presence messages would arrive as it publishes)."""
+
+    class Client:
+        calls: list[object] = []
+
+        async def subscribe(self, *args: object, **kwargs: object) -> None:
+            self.calls.append((args, kwargs))
+
+    link = floor_module._PublishOnly(
+        "mqtt://127.0.0.1:1", lambda _t, _p, _a: None, client_id="floor", username="", version=5
+    )
+    client = Client()
+    asyncio.run(link._subscribe(client))  # type: ignore[arg-type]
+    assert client.calls == []
+    assert link.subscriptions  # the server's own subscriptions are there to be left out
