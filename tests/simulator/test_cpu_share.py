@@ -74,9 +74,9 @@ def test_the_kernel_puts_a_whole_session_behind_the_others() -> None:
                 time.sleep(0.05)
             assert children and all(session_niceness(child) == 7 for child in children)
         finally:
-            leader.kill()
-            for child in _children(leader.pid):
+            for child in _children(leader.pid):  # read while the leader lives: its child would sleep on orphaned
                 os.kill(child, 9)
+            leader.kill()
     assert session_niceness(os.getpid()) == before
 
 
