@@ -30,7 +30,7 @@ class Encoded:
     ~0.5 s of the server's GIL at 30,000 cars, between the approval and the last notice (issue 19).
     """
 
-    message: Outbound
+    message: Outbound  # without the car's signed Director files its payload may carry (the Director's rows)
     payload: bytes
 
 

@@ -80,14 +80,34 @@ def image_files(read: Callable[[str], bytes]) -> ImageMetadata | None:
     return ImageMetadata(**files)
 
 
-def _director_files(chain: Chain | None) -> DirectorMetadata | None:
-    """The car's signed Director files when each is within its bound and together they could fit."""
+_DIRECTOR_FILES = tuple(DirectorMetadata.model_fields)  # in their declared order: as encoded
+
+
+def _carried_texts(chain: Chain | None) -> dict[str, str] | None:
+    """The car's signed Director files as text, when each is within its bound and together they could fit."""
     if chain is None:
         return None
-    files = {name: chain[f"{name}.json"][1].decode() for name in ("timestamp", "snapshot", "targets")}
-    if sum(map(len, files.values())) <= MAX_MESSAGE_BYTES and max(map(len, files.values())) <= CARRIED_FILE_CHARS:
-        return DirectorMetadata(**files)
+    files = {name: chain[f"{name}.json"][1].decode() for name in _DIRECTOR_FILES}
+    sizes = [len(text) for text in files.values()]
+    if sum(sizes) <= MAX_MESSAGE_BYTES and min(sizes) >= 2 and max(sizes) <= CARRIED_FILE_CHARS:
+        return files
     return None
+
+
+def _director_files(chain: Chain | None) -> DirectorMetadata | None:
+    """The car's signed Director files when each is within its bound and together they could fit."""
+    files = _carried_texts(chain)
+    return None if files is None else DirectorMetadata(**files)
+
+
+def director_json(chain: Chain | None) -> bytes | None:
+    """:func:`_director_files` as a notice's encoded ``director_metadata`` value, byte for byte what
+    :func:`encode` writes for it, made without the model (validating and dumping 30,000 of them was
+    ~0.3 s of a launch's tick, issue 19); None when :func:`_director_files` is."""
+    files = _carried_texts(chain)
+    if files is None:
+        return None
+    return b"{" + b",".join(_field(name, to_json(files[name])) for name in _DIRECTOR_FILES) + b"}"
 
 
 def carried(notice: CampaignNotice, chain: Chain | None, image: ImageMetadata | None = None) -> CampaignNotice:
@@ -135,17 +155,41 @@ class NoticeBytes:
         self._names = list(type(template).model_fields)
         dumped = template.model_dump(mode="json", exclude_none=True)
         self._pieces = {name: _field(name, to_json(value)) for name, value in dumped.items()}
+        self._layouts: dict[frozenset[str], list[tuple[str | None, bytes]]] = {}
 
-    def encode(self, update: Mapping[str, Any]) -> bytes:
+    def encode(self, update: Mapping[str, Any], encoded: Mapping[str, bytes] | None = None) -> bytes:
+        """The template with ``update``'s values, and ``encoded``'s: values already encoded (as
+        :func:`director_json` encodes a chain), spliced in as they are."""
+        raw = {name: value for name, value in encoded.items() if value is not None} if encoded else {}
         pieces: list[bytes] = []
-        for name in self._names:
-            if name in update:
-                value = update[name]
-                if value is not None:
-                    pieces.append(_field(name, _json(value)))
-            elif (piece := self._pieces.get(name)) is not None:
-                pieces.append(piece)
+        for name, fixed in self._layout(frozenset(update) | frozenset(raw)):
+            if name is None:
+                pieces.append(fixed)
+            elif (value := raw.get(name)) is not None:
+                pieces.append(_field(name, value))
+            elif (value := update[name]) is not None:
+                pieces.append(_field(name, _json(value)))
         return b"{" + b",".join(pieces) + b"}"
+
+    def _layout(self, spliced: frozenset[str]) -> list[tuple[str | None, bytes]]:
+        """The fields in order for notices setting ``spliced``: a name to splice in, or (None, the
+        template's fields between, already joined); one per set of names, so a car's notice is a
+        join of a few pieces rather than a walk over every field (~0.2 s of 30,000 notices)."""
+        if (layout := self._layouts.get(spliced)) is None:
+            layout = []
+            fixed: list[bytes] = []
+            for name in self._names:
+                if name in spliced:
+                    if fixed:
+                        layout.append((None, b",".join(fixed)))
+                        fixed = []
+                    layout.append((name, b""))
+                elif (piece := self._pieces.get(name)) is not None:
+                    fixed.append(piece)
+            if fixed:
+                layout.append((None, b",".join(fixed)))
+            self._layouts[spliced] = layout
+        return layout
 
 
 def _field(name: str, value: bytes) -> bytes:
@@ -237,16 +281,16 @@ class CampaignFleet:
         encoder = NoticeBytes(template)
         made: list[Sendable] = []
         # Copies, not validated again: the VINs were checked at registration, the nonces and links are ours.
+        # The message kept with the bytes leaves the chain out: the notice log does (the chain is the
+        # Director's rows), and 30,000 decoded chains were ~100 MiB held until the broker took them.
         for vin, nonce in cars:
             update: dict[str, Any] = {"vin": vin, "nonce": nonce}
             if self._owner_links is not None:
                 update["owner_url"] = self._owner_links.url(vin, campaign.id)
             chain = signed.get(vin)
-            director = _director_files(chain)
-            if director is not None:
-                update["director_metadata"] = director
+            director = director_json(chain)
             notice = template.model_copy(update=update)
-            payload = encoder.encode(update)
+            payload = encoder.encode(update, None if director is None else {"director_metadata": director})
             if (chain is not None and director is None) or len(payload) > MAX_MESSAGE_BYTES:
                 # rare: the fallbacks (each measured by encoding it), and the log of a chain left out
                 bare = notice.model_copy(update={"image_metadata": None, "director_metadata": None})

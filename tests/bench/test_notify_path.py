@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from bench import notify_path
 from ota_server.config import SIGNING_PROCESSES
+from ota_server.infra import gctime
 
 
 @pytest.mark.services
@@ -25,6 +27,15 @@ def test_a_small_launch_is_timed_by_stage_and_every_notice_carries_its_chain(tmp
     assert {"tick", "release", "assign", "sign", "notices", "mark published"} <= set(stages)
     assert stages["release"]["calls"] >= 1
     assert 0 < result["launch_to_first_notice_s"] <= result["launch_to_last_notice_s"]
+    assert result["gc_threshold"] == list(gctime.THRESHOLDS)  # timed under the collector `ota serve` sets
+
+
+@pytest.mark.services
+def test_the_collector_is_left_as_it_was(tmp_path: Path) -> None:
+    before = gc.get_threshold()
+    assert notify_path.main(["--cars", "3", "--json", str(tmp_path / "n.json")]) == 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
 
 
 def test_more_than_a_shared_machine_takes_is_refused() -> None:

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from firmware_bundles.messages import (
+    CARRIED_FILE_CHARS,
     CampaignNotice,
     Contact,
     DirectorMetadata,
@@ -25,7 +26,7 @@ from firmware_bundles.messages import (
     Preconditions,
     encode,
 )
-from ota_server.services.campaign_fleet import NoticeBytes
+from ota_server.services.campaign_fleet import NoticeBytes, director_json
 from tests.ota_server.helpers import vin
 
 TEXT = st.text(min_size=2, max_size=300)  # any Unicode, control characters included
@@ -84,3 +85,27 @@ def test_setting_a_field_to_none_takes_it_out() -> None:
     template = _template("Brake \u00e9", 'Bitte "sofort"\n', image)
     update = {"image_metadata": None, "owner_notice": None}
     assert NoticeBytes(template).encode(update) == encode(template.model_copy(update=update))
+
+
+def _chain(files: DirectorMetadata) -> dict[str, tuple[int, bytes]]:
+    return {f"{name}.json": (1, text.encode()) for name, text in files.model_dump().items()}
+
+
+@settings(max_examples=200, deadline=None)
+@given(files=FILES, owner_url=st.none() | st.text(max_size=200))
+def test_a_chain_spliced_as_bytes_is_the_encoded_model(files: DirectorMetadata, owner_url: str | None) -> None:
+    """A tick splices each car's chain from its signed bytes (:func:`director_json`), not from a model."""
+    template = _template("Brake", None, ImageMetadata(timestamp="it", snapshot="is", targets="tt"))
+    update: dict[str, Any] = {"vin": vin(3), "nonce": "n" * 32, "owner_url": owner_url}
+    raw = director_json(_chain(files))
+    assert raw is not None
+    spliced = NoticeBytes(template).encode(update, {"director_metadata": raw})
+    assert spliced == encode(template.model_copy(update=update | {"director_metadata": files}))
+
+
+def test_a_chain_too_large_to_carry_is_not_spliced() -> None:
+    big = "x" * (CARRIED_FILE_CHARS + 1)
+    assert director_json(_chain(DirectorMetadata.model_construct(timestamp="ts", snapshot="ss", targets=big))) is None
+    assert director_json(None) is None
+    fits = DirectorMetadata(timestamp="ts", snapshot="ss", targets="x" * CARRIED_FILE_CHARS)
+    assert director_json(_chain(fits)) == encode(fits)
