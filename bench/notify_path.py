@@ -108,6 +108,7 @@ STAGES: list[tuple[str, str, str, str]] = [
     ("ota_server.signing.prepared", "PreparedChains.take", "sign: ahead", "chains signed ahead, matched (in sign)"),
     ("ota_server.rollout.transitions", "mark_notified", "mark", "cars marked notified"),
     ("ota_server.services.campaign_fleet", "CampaignFleet.notices", "notices", "notices built, chains carried"),
+    ("ota_server.services.campaign_fleet", "NoticeBatch.make", "notices", "notices built, chains carried"),
     ("ota_server.services.campaign_fleet", "NoticeBytes.encode", "notice bytes", "each notice spliced (in notices)"),
     ("ota_server.mqtt.notices", "encode", "publish encode", "a notice encoded to publish (older code; a restart's)"),
     ("ota_server.mqtt.notices", "NoticeDispatcher._mark", "mark published", "delivery recorded (thread)"),
@@ -124,8 +125,8 @@ def _install(timers: Timers, profiles: list[cProfile.Profile] | None) -> None:
         owner: Any = importlib.import_module(module_name)
         *parents, attribute = path.split(".")
         for parent in parents:
-            owner = getattr(owner, parent)
-        if hasattr(owner, attribute):  # older code (a before/after pair) may lack a stage
+            owner = getattr(owner, parent, None)
+        if owner is not None and hasattr(owner, attribute):  # older code (a before/after pair) may lack a stage
             timers.wrap(owner, attribute, name, profiles if name in PROFILED else None)
 
 

@@ -9,7 +9,7 @@ the implementation is handed to the coordinator where the server is wired
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -46,8 +46,10 @@ class Fleet(Protocol):
         """Queue these cars' Director metadata: every affected ECU's image (signed when the car asks)."""
         ...
 
-    def notices(
+    def notice_maker(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Sendable]:
-        """The campaign notice of each ``(vin, nonce)`` (with its bytes where they were made)."""
+    ) -> Callable[[], list[Sendable]]:
+        """The campaign notice of each ``(vin, nonce)`` (with its bytes where they were made), made when
+        the result is called. What they need is read here, in the tick's thread; the call touches no
+        session and no ORM object, so the tick may make them in another thread while it writes."""
         ...

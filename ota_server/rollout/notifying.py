@@ -4,12 +4,14 @@ The open waves' cars not notified yet, and those whose retry is due, in wave and
 as many as the tick's cap and the plan's rate allow, each only inside its local maintenance
 windows and only if no other campaign holds it (one active update per car; a safety recall
 goes first). Their Director metadata is queued and their notices made by the fleet
-(:class:`ota_server.rollout.fleet.Fleet`); the coordinator dispatches them.
+(:class:`ota_server.rollout.fleet.Fleet`), a large batch's in a thread while the cars are
+marked; the coordinator dispatches them once the tick commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -25,6 +27,7 @@ from ota_server.rollout import transitions
 from ota_server.rollout.fleet import Fleet, Sendable
 
 _CHUNK = 500
+MAKE_ALONGSIDE = 1000  # cars notified at once from which their notices are made in a thread of their own
 _CANDIDATE_PAGE = 1000  # cars read per query while choosing whom to release
 
 
@@ -131,7 +134,6 @@ class Notifier:
             return notified
         self._fleet.assign(session, campaign, recall, [vin for vin, _, _ in chosen], now)
         fresh = [vin for vin, state, _ in chosen if state == VinState.PENDING.value]
-        transitions.mark_notified(session, campaign.id, fresh, now)
         nonces = {vin: nonce for vin, _, nonce in chosen}
         retried = [vin for vin, state, _ in chosen if state != VinState.PENDING.value]
         for start in range(0, len(retried), _CHUNK):  # a retry: a new notice with a new nonce
@@ -141,7 +143,17 @@ class Notifier:
                 nonces[cv.vin] = transitions.retry(session, cv, now)
         notified.retried = len(retried)
         notified.first = len(fresh)
-        notified.messages = self._fleet.notices(recall, campaign, [(vin, nonces[vin]) for vin, _, _ in chosen], now)
+        make = self._fleet.notice_maker(recall, campaign, [(vin, nonces[vin]) for vin, _, _ in chosen], now)
+        if len(chosen) < MAKE_ALONGSIDE:
+            transitions.mark_notified(session, campaign.id, fresh, now)
+            notified.messages = make()
+            return notified
+        # A launch's batch: its notices are made while PostgreSQL marks its cars (~0.4 s of 30,000
+        # cars, the tick's thread only waiting), not after; published only once the tick commits.
+        with ThreadPoolExecutor(1, thread_name_prefix="ota-notices") as alongside:
+            made = alongside.submit(make)
+            transitions.mark_notified(session, campaign.id, fresh, now)
+            notified.messages = made.result()
         return notified
 
 

@@ -9,13 +9,14 @@ With ``carry_metadata`` each car's Director chain is signed in the tick that not
 the tick's transaction, stored as the first timestamp request would store it) and its three
 signed files ride in the notice, so the car need not fetch them; a notice that would pass
 ``MAX_MESSAGE_BYTES`` goes without them. :meth:`CampaignFleet.assign` keeps what it signed for
-the :meth:`CampaignFleet.notices` call that follows it in the same tick.
+the :meth:`CampaignFleet.notice_maker` call that follows it in the same tick.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -200,6 +201,44 @@ def _json(value: Any) -> bytes:
     return encode(value) if isinstance(value, BaseModel) else to_json(value)
 
 
+@dataclass(frozen=True)
+class NoticeBatch:
+    """A tick's notices, made from what was read in the tick (no session, no ORM object), so the tick
+    may make them in another thread while it marks the cars notified (issue 19)."""
+
+    cars: Sequence[tuple[str, str]]  # (VIN, nonce)
+    signed: Mapping[str, Chain]  # each car's chain the tick signed, to carry
+    template: CampaignNotice  # the first car's notice, with the Image repository's files
+    image: ImageMetadata | None
+    owner_links: OwnerLinks | None
+    campaign_id: int
+
+    def make(self) -> list[Sendable]:
+        """Each car's notice with its signed chain and the Image repository's files, made in one copy of
+        the template and encoded once, by splicing (:class:`NoticeBytes`): the bytes published. One that
+        would pass ``MAX_MESSAGE_BYTES`` goes through :func:`carried`'s fallbacks (encoded when sent)."""
+        template, encoder = self.template, NoticeBytes(self.template)
+        made: list[Sendable] = []
+        # Copies, not validated again: the VINs were checked at registration, the nonces and links are ours.
+        # The message kept with the bytes leaves the chain out: the notice log does (the chain is the
+        # Director's rows), and 30,000 decoded chains were ~100 MiB held until the broker took them.
+        for vin, nonce in self.cars:
+            update: dict[str, Any] = {"vin": vin, "nonce": nonce}
+            if self.owner_links is not None:
+                update["owner_url"] = self.owner_links.url(vin, self.campaign_id)
+            chain = self.signed.get(vin)
+            director = director_json(chain)
+            notice = template.model_copy(update=update)
+            payload = encoder.encode(update, None if director is None else {"director_metadata": director})
+            if (chain is not None and director is None) or len(payload) > MAX_MESSAGE_BYTES:
+                # rare: the fallbacks (each measured by encoding it), and the log of a chain left out
+                bare = notice.model_copy(update={"image_metadata": None, "director_metadata": None})
+                made.append(carried(bare, chain, self.image))
+                continue
+            made.append(Encoded(notice, payload))
+        return made
+
+
 class CampaignFleet:
     def __init__(
         self,
@@ -264,40 +303,21 @@ class CampaignFleet:
         log.info("campaign %d: %d late joiners", campaign.id, len(new))
         return len(new)
 
-    def notices(
+    def notice_maker(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Sendable]:
-        """Each car's notice with its signed chain and the Image repository's files, made in one copy of
-        a template and encoded once, by splicing (:class:`NoticeBytes`): the bytes published. One that
-        would pass ``MAX_MESSAGE_BYTES`` goes through :func:`carried`'s fallbacks (encoded when sent)."""
+    ) -> Callable[[], list[Sendable]]:
+        """What the notices of ``cars`` need, read now (the recall, the campaign, the chains the last
+        :meth:`assign` signed, the Image repository's files); the batch made when called, without a
+        session or an ORM object (:class:`NoticeBatch`)."""
         signed, self._signed = self._signed, {}
         if not cars:
-            return []
+            return list
         image = image_files(self._image) if self._image is not None else None
         first_vin, first_nonce = cars[0]
         template = campaigns.notice(recall, campaign, first_vin, first_nonce, self._repo_url, now)
         if image is not None:
             template = template.model_copy(update={"image_metadata": image})
-        encoder = NoticeBytes(template)
-        made: list[Sendable] = []
-        # Copies, not validated again: the VINs were checked at registration, the nonces and links are ours.
-        # The message kept with the bytes leaves the chain out: the notice log does (the chain is the
-        # Director's rows), and 30,000 decoded chains were ~100 MiB held until the broker took them.
-        for vin, nonce in cars:
-            update: dict[str, Any] = {"vin": vin, "nonce": nonce}
-            if self._owner_links is not None:
-                update["owner_url"] = self._owner_links.url(vin, campaign.id)
-            chain = signed.get(vin)
-            director = director_json(chain)
-            notice = template.model_copy(update=update)
-            payload = encoder.encode(update, None if director is None else {"director_metadata": director})
-            if (chain is not None and director is None) or len(payload) > MAX_MESSAGE_BYTES:
-                # rare: the fallbacks (each measured by encoding it), and the log of a chain left out
-                bare = notice.model_copy(update={"image_metadata": None, "director_metadata": None})
-                made.append(carried(bare, chain, image))
-                continue
-            made.append(Encoded(notice, payload))
-        return made
+        return NoticeBatch(cars, signed, template, image, self._owner_links, campaign.id).make
 
     def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
         """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""

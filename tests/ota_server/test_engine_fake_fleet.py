@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, date, datetime
 
+import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import StaticPool
@@ -19,7 +20,7 @@ from sqlalchemy.pool import StaticPool
 from firmware_bundles.messages import CampaignNotice, ReportState
 from ota_server.db.models import Base, Campaign, CampaignVehicle, Recall, Vehicle
 from ota_server.domain.states import CampaignStatus
-from ota_server.rollout import transitions
+from ota_server.rollout import notifying, transitions
 from ota_server.rollout.campaign_tick import TickResult
 from ota_server.rollout.coordinator import Coordinator
 from ota_server.rollout.fleet import Encoded, Outbound, Sendable
@@ -39,22 +40,18 @@ class FakeFleet:
     def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
         self.assigned += vins
 
-    def notices(
+    def notice_maker(
         self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> list[Sendable]:
-        return [
-            CampaignNotice(
-                campaign_id=campaign.id,
-                vin=vin,
-                nonce=nonce,
-                recall_number=recall.campaign_number,
-                title=recall.title,
-                safety_recall=recall.safety_recall,
-                repo_url="http://ota.test/repo",
-                issued_at=now,
-            )
-            for vin, nonce in cars
-        ]
+    ) -> Callable[[], list[Sendable]]:
+        fields = {
+            "campaign_id": campaign.id,
+            "recall_number": recall.campaign_number,
+            "title": recall.title,
+            "safety_recall": recall.safety_recall,
+            "repo_url": "http://ota.test/repo",
+            "issued_at": now,
+        }
+        return lambda: [CampaignNotice(vin=vin, nonce=nonce, **fields) for vin, nonce in cars]
 
 
 def _message(sent: Sendable) -> Outbound:
@@ -183,3 +180,46 @@ async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> 
     finally:
         fleet.gate.set()
         await coordinator.stop()
+
+
+class ThreadNotingFleet(FakeFleet):
+    """Notes the thread its notices are made in; can fail making them."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.made_in: list[str] = []
+        self.fail = fail
+
+    def notice_maker(
+        self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
+    ) -> Callable[[], list[Sendable]]:
+        make = super().notice_maker(recall, campaign, cars, now)
+
+        def noted() -> list[Sendable]:
+            self.made_in.append(threading.current_thread().name)
+            if self.fail:
+                raise RuntimeError("a notice could not be made")
+            return make()
+
+        return noted
+
+
+def test_a_large_batch_is_made_beside_the_marking_and_sent_as_the_small_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notifying, "MAKE_ALONGSIDE", 2)  # two cars are "a launch's batch" here
+    sessions = _world()
+    fleet = ThreadNotingFleet()
+    result = Coordinator(sessions, fleet, lambda: T0, lambda messages: None).tick_sync()
+    assert fleet.made_in and fleet.made_in[0].startswith("ota-notices")  # not the tick's thread
+    assert result.notified == 2
+    assert sorted((m.vin, m.nonce) for m in map(_message, result.messages)) == list(zip(VINS, NONCES, strict=True))
+    with sessions() as session:
+        assert [session.get(CampaignVehicle, (1, vin)).notified_at for vin in VINS] == [T0, T0]  # type: ignore[union-attr]
+
+
+def test_a_notice_that_cannot_be_made_beside_the_marking_leaves_nothing_marked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(notifying, "MAKE_ALONGSIDE", 2)
+    sessions = _world()
+    result = Coordinator(sessions, ThreadNotingFleet(fail=True), lambda: T0, lambda messages: None).tick_sync()
+    assert result.faulted == [1] and result.notified == 0 and result.messages == []
+    with sessions() as session:
+        assert [session.get(CampaignVehicle, (1, vin)).notified_at for vin in VINS] == [None, None]  # type: ignore[union-attr]
