@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import NamedTuple, get_args
+from typing import get_args
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -43,14 +43,12 @@ from ota_server.db.models import (
     Release,
     Vehicle,
 )
-from ota_server.db.one_of import one_of
 from ota_server.domain.states import ERRORS, NOT_STARTED, Cause, VinState, allowed
 from ota_server.rollout import transitions
-from ota_server.rollout.transitions import VIN_LIST_CHUNK
 from ota_server.schemas import DiscrepancyKind, DiscrepancyPublic
 from ota_server.schemas.listing import Page
 from ota_server.services import audit, listing
-from ota_server.services.population import Member
+from ota_server.services.population import Member, Reported
 
 # Discrepancy kinds.
 UNASSIGNED_IMAGE = "unassigned_image"
@@ -405,14 +403,7 @@ def _remedies(
         outcome.moved.add(cv.campaign_id)
 
 
-class _Reported(NamedTuple):
-    """What a car's manifests said an ECU runs (the two columns :func:`_runs` reads)."""
-
-    installed_version: str | None
-    installed_sha256: str | None
-
-
-def _runs(ecu: Ecu | _Reported | None, release: Release) -> bool:
+def _runs(ecu: Ecu | Reported | None, release: Release) -> bool:
     """Whether the car's word says ``ecu`` runs ``release`` (its image too, when both are known)."""
     if ecu is None or ecu.installed_version != release.version:
         return False
@@ -420,35 +411,16 @@ def _runs(ecu: Ecu | _Reported | None, release: Release) -> bool:
 
 
 def already_remedied(session: Session, members: Sequence[Member]) -> set[str]:
-    """The members whose manifests already show every assigned ECU on its release (nothing to install)."""
+    """The members whose manifests already show every assigned ECU on its release (nothing to install),
+    as the population read them (:attr:`Member.reported`)."""
     release_ids = sorted({r for m in members for r in m.release_ids})
     if not release_ids:
         return set()
     releases = {r.id: r for r in session.scalars(select(Release).where(Release.id.in_(release_ids)))}
-    vins = [m.vin for m in members]
-    ecus: dict[tuple[str, str], _Reported] = {}
-    # Two index lookups per chunk (VIN -> vehicle id, vehicle id -> ECUs), not a join: with every
-    # car's manifest just written, PostgreSQL hashed the whole (bloated) ecus table once per chunk of
-    # 500 cars, ~0.6 s each at 30,000 cars: 20 s of a launch's approval (issue 19).
-    # Each list one array parameter (``one_of``), in chunks of ``VIN_LIST_CHUNK``: with one
-    # placeholder per VIN in chunks of 500, rendering the statements was ~1 s of a 30,000-car launch.
-    for start in range(0, len(vins), VIN_LIST_CHUNK):
-        chunk = vins[start : start + VIN_LIST_CHUNK]
-        ids = {
-            vehicle_id: vin
-            for vehicle_id, vin in session.execute(select(Vehicle.id, Vehicle.vin).where(one_of(Vehicle.vin, chunk)))
-        }
-        if not ids:
-            continue
-        reported = select(Ecu.vehicle_id, Ecu.serial, Ecu.installed_version, Ecu.installed_sha256).where(
-            one_of(Ecu.vehicle_id, sorted(ids)), Ecu.reported_at.is_not(None)
-        )
-        for vehicle_id, serial, version, sha256 in session.execute(reported):
-            ecus[(ids[vehicle_id], serial)] = _Reported(version, sha256)
     return {
         m.vin
         for m in members
-        if all(_runs(ecus.get((m.vin, serial)), releases[rid]) for serial, rid in m.assignments().items())
+        if all(_runs(said, releases[rid]) for rid, said in zip(m.release_ids, m.reported, strict=True))
     }
 
 

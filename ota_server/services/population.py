@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from packaging.version import Version
 from sqlalchemy import ColumnElement, Row, Select, or_, select
@@ -23,13 +24,24 @@ from ota_server.services import group_filter
 _VIN_CHUNK = 5000
 
 
+class Reported(NamedTuple):
+    """What a car's manifests say one of its ECUs runs."""
+
+    installed_version: str | None
+    installed_sha256: str | None
+
+
 @dataclass(frozen=True)
 class Member:
-    """One affected car, the serials of its ECUs to update (primary first) and the release for each."""
+    """One affected car, the serials of its ECUs to update (primary first), the release for each and,
+    for each, what the car's manifests say it runs (None: no manifest has named it yet). Read in the
+    same rows as the population, so a launch need not read every car's ECUs again to find the cars
+    already fixed (~0.2 s of a 30,000-car approval, issue 19)."""
 
     vin: str
     ecu_serials: tuple[str, ...]
     release_ids: tuple[int, ...]
+    reported: tuple[Reported | None, ...]
 
     def assignments(self) -> dict[str, int]:
         """ECU serial -> the release it installs."""
@@ -56,9 +68,9 @@ def hardware_confirmed() -> ColumnElement[bool]:
     return or_(Ecu.reported_hardware_id.is_(None), Ecu.reported_hardware_id == Ecu.hardware_id)
 
 
-def _query(population: Population, hardware_id: str) -> Select[str, str, str]:
+def _query(population: Population, hardware_id: str) -> Select[str, str, str, str | None, bool]:
     query = (
-        select(Vehicle.vin, Ecu.serial, Ecu.installed_version)
+        select(Vehicle.vin, Ecu.serial, Ecu.installed_version, Ecu.installed_sha256, Ecu.reported_at.is_not(None))
         .join(Ecu, Ecu.vehicle_id == Vehicle.id)
         .where(Ecu.hardware_id == hardware_id, Vehicle.decommissioned_at.is_(None))  # left the fleet: never again
         .where(hardware_confirmed())
@@ -119,18 +131,22 @@ def resolve_all(
     high = Version(bounds.max) if bounds and bounds.max else None
     # A group the recall named: its filter as copied at filing, one more condition on the car.
     group = None if population.group_filter is None else group_filter.members(session, population.group_filter, vins)
-    grouped: dict[str, list[tuple[str, int]]] = {}
+    grouped: dict[str, list[tuple[str, int, Reported | None]]] = {}
     for release in releases:
         hardware_id = (population.hardware_id if len(releases) == 1 else None) or release.hardware_id
-        for vin, serial, installed in _rows(session, population, hardware_id, vins):
+        for vin, serial, installed, sha256, reported in _rows(session, population, hardware_id, vins):
             if (group is None or vin in group) and group_filter.version_matches(installed, low, high):
-                grouped.setdefault(vin, []).append((serial, release.id))
-    return [Member(vin, tuple(s for s, _ in ecus), tuple(r for _, r in ecus)) for vin, ecus in grouped.items()]
+                said = Reported(installed, sha256) if reported else None
+                grouped.setdefault(vin, []).append((serial, release.id, said))
+    return [
+        Member(vin, tuple(s for s, _, _ in ecus), tuple(r for _, r, _ in ecus), tuple(w for _, _, w in ecus))
+        for vin, ecus in grouped.items()
+    ]
 
 
 def _rows(
     session: Session, population: Population, hardware_id: str, vins: Sequence[str] | None
-) -> Iterator[Row[str, str, str]]:
+) -> Iterator[Row[str, str, str, str | None, bool]]:
     queries = (
         [_query(population, hardware_id)]
         if vins is None
