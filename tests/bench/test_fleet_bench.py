@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import gc
 import os
 import signal
 import subprocess
@@ -205,6 +206,10 @@ def test_the_bench_stops_everything_on_sigterm_and_sighup_as_on_ctrl_c() -> None
     """Its services are out of reach of a signal to the bench's group: the bench must stop them."""
 
     before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGHUP)}
+    collecting = gc.isenabled()
+    # No collection meanwhile: the handler's KeyboardInterrupt raised inside a collector callback
+    # (hypothesis installs one) is "ignored" there, and the sleep below would run out instead.
+    gc.disable()
     try:
         interrupt_on_termination()
         for signum in before:
@@ -212,5 +217,7 @@ def test_the_bench_stops_everything_on_sigterm_and_sighup_as_on_ctrl_c() -> None
                 os.kill(os.getpid(), signum)
                 time.sleep(5)  # the handler runs at the next bytecode; never reached
     finally:
+        if collecting:
+            gc.enable()
         for signum, handler in before.items():
             signal.signal(signum, handler)
