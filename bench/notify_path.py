@@ -232,7 +232,7 @@ def _collector_as_served() -> Iterator[None]:
     """The garbage collector as ``ota serve`` sets it once started (:func:`gctime.settle`), then as it was.
 
     Without it the stages were timed under Python's defaults, a young collection every 700
-    allocations walking the fleet's set-up: 5.7 s from the approval to the last notice against
+    allocations walking the fleet's set-up: 6.2 s from the approval to the last notice against
     4.1 s (30,000 cars, idle), most of the difference collections inside the notices' loop.
     """
     from ota_server.infra import gctime
