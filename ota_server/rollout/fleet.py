@@ -42,8 +42,12 @@ class Fleet(Protocol):
         """Enroll the cars that match a dynamic recall now and are not in its campaign yet; how many."""
         ...
 
-    def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
-        """Queue these cars' Director metadata: every affected ECU's image (signed when the car asks)."""
+    def assign(
+        self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime
+    ) -> Callable[[], None]:
+        """Queue or sign these cars' Director metadata: every affected ECU's image. Returns the writing of
+        what is signed but not written yet, which the tick calls in its session before it commits: the
+        notices carrying the chains can be made meanwhile (a launch's, while PostgreSQL writes them)."""
         ...
 
     def notice_maker(

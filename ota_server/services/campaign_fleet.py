@@ -9,7 +9,8 @@ With ``carry_metadata`` each car's Director chain is signed in the tick that not
 the tick's transaction, stored as the first timestamp request would store it) and its three
 signed files ride in the notice, so the car need not fetch them; a notice that would pass
 ``MAX_MESSAGE_BYTES`` goes without them. :meth:`CampaignFleet.assign` keeps what it signed for
-the :meth:`CampaignFleet.notice_maker` call that follows it in the same tick.
+the :meth:`CampaignFleet.notice_maker` call that follows it in the same tick, and returns the
+chains' writing, which the tick does while the notices are made.
 """
 
 from __future__ import annotations
@@ -239,6 +240,10 @@ class NoticeBatch:
         return made
 
 
+def _nothing_to_write() -> None:
+    """The assignment was written as it was made (queued rows)."""
+
+
 class CampaignFleet:
     def __init__(
         self,
@@ -319,8 +324,12 @@ class CampaignFleet:
             template = template.model_copy(update={"image_metadata": image})
         return NoticeBatch(cars, signed, template, image, self._owner_links, campaign.id).make
 
-    def assign(self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime) -> None:
-        """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its floor."""
+    def assign(
+        self, session: Session, campaign: Campaign, recall: Recall, vins: Sequence[str], now: datetime
+    ) -> Callable[[], None]:
+        """Sign these cars' Director metadata: every affected ECU's fix in one targets metadata, each with its
+        floor. Queued rows are written at once; chains signed now are written when the returned call is made
+        (the tick's, before it commits), and kept for the notices meanwhile."""
         release = session.get(Release, campaign.release_id)
         assert release is not None
         # Most of the campaign (a launch's first tick): the population read whole, not by 30,000 VINs.
@@ -329,10 +338,16 @@ class CampaignFleet:
         # Signed now, straight from the plan (the notices carry it), or queued and signed when each
         # car first asks for its timestamp.
         if self._carry:
-            self._signed = self._director.sign_now(session, plan, now, **terms)
-        else:
-            self._signed = {}
-            self._director.queue(session, plan, now, **terms)
+            signed = self._director.signed_now(session, plan, now, **terms)
+            self._signed = signed.chains
+
+            def write() -> None:
+                signed.write(session)
+
+            return write
+        self._signed = {}
+        self._director.queue(session, plan, now, **terms)
+        return _nothing_to_write
 
     def prepare(self, session: Session, recall: Recall, now: datetime) -> int:
         """Sign ahead the chains the launch of ``recall`` would sign in its first ticks, if the launch

@@ -39,6 +39,7 @@ import json
 import logging
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -114,6 +115,37 @@ def _orders(plan: Plan, previous: Mapping[str, Mapping[str, int]]) -> list[Chain
     return orders
 
 
+@dataclass(frozen=True)
+class Signed:
+    """Chains just signed (or taken as signed ahead), by VIN, not written yet."""
+
+    chains: dict[str, Chain]
+    stored: frozenset[str]  # the VINs with a chain stored already: their rows are updated, the others' inserted
+    at: datetime
+
+    def write(self, session: Session) -> dict[str, Chain]:
+        """Store every chain in ``session`` (the caller commits), once; the chains, by VIN."""
+        new_rows: list[dict[str, Any]] = []
+        changed_rows: list[dict[str, Any]] = []
+        for vin, chain in self.chains.items():
+            rows = [
+                {
+                    "repo": DIRECTOR,
+                    "owner": vin,
+                    "name": name,
+                    "version": chain[name][0],
+                    "data": chain[name][1],
+                    "updated_at": self.at,
+                }
+                for name in CHAIN
+            ]
+            (changed_rows if vin in self.stored else new_rows).extend(rows)
+        insert_rows(session, RepoFile, new_rows)
+        if changed_rows:
+            session.execute(update(RepoFile), changed_rows)
+        return self.chains
+
+
 class Director:
     def __init__(
         self,
@@ -169,10 +201,11 @@ class Director:
                 found.setdefault(owner, {})[name] = version
         return found
 
-    def _sign_plan(self, session: Session, plan: Plan, now: datetime) -> dict[str, Chain]:
+    def _sign_plan(self, session: Session, plan: Plan, now: datetime) -> Signed:
         """Sign each VIN's next chain (``{vin: (images, floor by ECU serial, policy, window)}``) in bulk:
         in the signing pool when there is one and the plan is large, else here; a chain signed
-        ahead for exactly this order (:mod:`ota_server.signing.prepared`) is used as it is."""
+        ahead for exactly this order (:mod:`ota_server.signing.prepared`) is used as it is. Not
+        written yet: :meth:`Signed.write` stores the chains in the caller's session."""
         signers = self.signers(session)
         previous = self._previous(session, list(plan))
         orders = _orders(plan, previous)
@@ -182,27 +215,7 @@ class Director:
         unsigned = [order for order in orders if order.vin not in ahead]
         fresh = iter(self._sign_orders(signers, unsigned, now))
         signed = [ahead[order.vin] if order.vin in ahead else next(fresh) for order in orders]
-        new_rows: list[dict[str, Any]] = []
-        changed_rows: list[dict[str, Any]] = []
-        chains: dict[str, Chain] = {}
-        for order, chain in zip(orders, signed, strict=True):
-            rows = [
-                {
-                    "repo": DIRECTOR,
-                    "owner": order.vin,
-                    "name": name,
-                    "version": chain[name][0],
-                    "data": chain[name][1],
-                    "updated_at": now,
-                }
-                for name in CHAIN
-            ]
-            (changed_rows if order.vin in previous else new_rows).extend(rows)
-            chains[order.vin] = chain
-        insert_rows(session, RepoFile, new_rows)
-        if changed_rows:
-            session.execute(update(RepoFile), changed_rows)
-        return chains
+        return Signed({order.vin: chain for order, chain in zip(orders, signed, strict=True)}, frozenset(previous), now)
 
     def _lock_queued(self, session: Session, vins: Sequence[str]) -> dict[str, bytes]:
         """The queued rows of ``vins``, locked in VIN order (a stable order: no deadlock between batches)."""
@@ -288,13 +301,40 @@ class Director:
         ecu_failure_policy: str | None = None,
         windows: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> dict[str, Chain]:
-        """Sign each VIN's next assignment at once (arguments as :meth:`queue`); the caller commits.
+        """Sign each VIN's next assignment at once (arguments as :meth:`queue`) and write it; the caller commits.
 
         What :meth:`queue` then :meth:`sign_queued` in the same transaction do, without writing
         the queued row only to lock, read, parse and delete it again (a notifying tick whose
-        notices carry the chains). A row still queued for one of these VINs (an earlier
-        assignment never signed) is deleted first, in VIN order: this assignment replaces it,
-        and it must never be signed after this one.
+        notices carry the chains).
+        """
+        signed = self.signed_now(
+            session,
+            plan,
+            now,
+            min_release_counter=min_release_counter,
+            floors=floors,
+            ecu_failure_policy=ecu_failure_policy,
+            windows=windows,
+        )
+        return signed.write(session)
+
+    def signed_now(
+        self,
+        session: Session,
+        plan: Mapping[str, Mapping[str, TargetFile]],
+        now: datetime,
+        *,
+        min_release_counter: int | None = None,
+        floors: Mapping[str, int] | None = None,
+        ecu_failure_policy: str | None = None,
+        windows: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> Signed:
+        """:meth:`sign_now`'s chains, not written yet: :meth:`Signed.write` stores them in ``session``
+        (before it commits), so the chains can be used meanwhile (a launch's notices carrying them are
+        made while PostgreSQL writes them, issue 19).
+
+        A row still queued for one of these VINs (an earlier assignment never signed) is deleted
+        first, in VIN order: this assignment replaces it, and it must never be signed after this one.
         """
         for chunk in _chunks(sorted(plan)):
             session.execute(
@@ -359,7 +399,7 @@ class Director:
             )
             for vin, payload in queued.items()
         }
-        chains = self._sign_plan(session, plan, now)
+        chains = self._sign_plan(session, plan, now).write(session)
         signed = sorted(queued)
         for chunk in _chunks(signed):
             session.execute(
