@@ -55,7 +55,7 @@ import httpx
 from rich.console import Console
 
 from bench import notice_observer
-from bench.notice_floor import FloorResult, notice_floor
+from bench.notice_floor import FloorResult, floor_vins, notice_floor
 from bench.raw_broker import RawResult, raw_capacity
 from simulator.brokers import BrokerCluster, broker_count, mosquitto_binary
 from simulator.cpu_share import autogroup_enabled, session_niceness
@@ -83,7 +83,7 @@ from simulator.scenario import (
     upload_installed,
 )
 from simulator.server_process import ServerProcess
-from simulator.workers import MAX_NICENESS, ProcessFleet, default_workers
+from simulator.workers import MAX_NICENESS, ProcessFleet, broker_routes, default_workers
 
 OUT_DIR = Path(__file__).resolve().parent / "out"
 POSTGRES_DSN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
@@ -391,13 +391,23 @@ def run(options: Options, console: Console) -> Measured:
         else:
             _say(console, f"state kept in {workdir}")
         kind, url, db_detail = stack.enter_context(database(options, workdir))
+        fleet = make_fleet(options.cars, seed=options.seed, ecus=options.ecus)
         cluster: BrokerCluster | None = None
         if binary is not None:
             count = options.brokers or broker_count(options.cars)
-            cluster = stack.enter_context(BrokerCluster(workdir / "brokers", count, binary=binary, own_sessions=True))
+            # Each leaf's bridge carries in only its own cars' notices (the cars spread as the workers
+            # spread them) and its share of the floor's, as a clustered broker routes each message
+            # only to the node holding its subscriber.
+            cars = broker_routes([car.vin for car in fleet.cars], count - 1)
+            floor = broker_routes(floor_vins(options.cars), count - 1)
+            routes = [own + more for own, more in zip(cars, floor, strict=True)]
+            cluster = stack.enter_context(
+                BrokerCluster(workdir / "brokers", count, binary=binary, own_sessions=True, routes=routes)
+            )
             broker_detail = (
                 f"Mosquitto {mosquitto_version(binary)} x{count}: hub {cluster.hub_url} (server, observer), "
-                f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)})"
+                f"{count - 1} bridged leaves for the cars ({', '.join(cluster.leaf_urls)}), "
+                "each notice routed to its car's leaf only"
             )
             backend = Backend(kind, url, db_detail, "mosquitto", broker_detail, count)
         else:
@@ -417,7 +427,6 @@ def run(options: Options, console: Console) -> Measured:
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
         measured = Measured(backend, options.workers or default_workers(options.cars))
         admin = stack.enter_context(OperatorClient(endpoints.api_url, token=server.admin_token(), timeout=600))
-        fleet = make_fleet(options.cars, seed=options.seed, ecus=options.ecus)
         # the admin creates the people: an operator does the work and requests the launch, a
         # safety officer approves it (the two-person rule refuses the admin's own request)
         operator = admin.create_token(f"operator-{fleet.run_id}", "operator")

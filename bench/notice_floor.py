@@ -66,7 +66,12 @@ class FloorResult:
 
 def floor_topics(count: int) -> list[str]:
     """``count`` car campaign topics, none of them a car's."""
-    return [topics.campaign_topic(f"{VIN_PREFIX}{index:011d}") for index in range(count)]
+    return [topics.campaign_topic(vin) for vin in floor_vins(count)]
+
+
+def floor_vins(count: int) -> list[str]:
+    """The made-up VINs of ``count`` floor notices (a routed cluster routes each to one leaf, as a car's)."""
+    return [f"{VIN_PREFIX}{index:011d}" for index in range(count)]
 
 
 # -- the publisher (its own process) -------------------------------------------------------------

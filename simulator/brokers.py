@@ -11,8 +11,13 @@ Mosquitto whose config has a ``connection`` bridge to the hub (:func:`bridge_con
     topic ota/v1/vehicles/+/campaigns in 1    notices and withdrawals (retained) to the cars
     topic ota-bench/raw/# out 1               the benchmark's raw-capacity messages
 
+When the cluster knows which cars connect to which leaf (``routes``, as ``ota-bench`` does),
+the campaigns line becomes one ``topic ota/v1/vehicles/<VIN>/campaigns in 1`` per car of that
+leaf (15,000 lines take the bridge ~0.3 s to subscribe): the hub sends each notice to the one
+leaf holding the car, as EMQX routes a message only to the nodes with a subscriber.
+
 The bridge announces itself (``try_private``), so the hub forwards with the retain flag as
-published: a notice retained on the hub is stored retained on every leaf, and a car that
+published: a notice retained on the hub is stored retained on its leaf (every leaf, unrouted), and a car that
 connects after the launch still gets it. QoS 1 all the way, with queues large enough for
 a whole fleet's reports (``max_queued_messages``), so a burst is queued, not dropped. No
 router of our own: only configuration (``tests/simulator/test_brokers.py`` checks both
@@ -31,6 +36,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,8 +111,21 @@ def broker_conf(port: int, *, host: str = HOST, run_as: str | None = None, queue
     return "\n".join(lines) + "\n"
 
 
-def bridge_conf(name: str, hub_host: str, hub_port: int) -> str:
-    """The ``connection`` section that bridges a leaf to the hub (see the module docstring)."""
+def probe_vin(leaf: str) -> str:
+    """The VIN whose campaign topic probes the hub -> ``leaf`` direction of its bridge."""
+    return f"{PROBE_PREFIX}{leaf}"
+
+
+def bridge_conf(name: str, hub_host: str, hub_port: int, cars: Sequence[str] | None = None) -> str:
+    """The ``connection`` section that bridges a leaf to the hub (see the module docstring).
+
+    ``cars``: the VINs of the cars on this leaf (and any other campaign topic routed to it, as the
+    bench's floor notices). Then the bridge carries in only their campaign topics (and its
+    probe's), one line each, as a cluster like EMQX routes a message only to the
+    nodes with a subscriber for it; without them, every car's notice goes to every leaf, where
+    most are dropped (issue 19: a 30,000-car launch on a hub and two leaves made the hub send each
+    notice three times and each leaf take all 30,000).
+    """
     lines = [
         f"connection {name}",
         f"address {hub_host}:{hub_port}",
@@ -119,7 +138,10 @@ def bridge_conf(name: str, hub_host: str, hub_port: int) -> str:
         "restart_timeout 1 10",
         "keepalive_interval 60",
     ]
-    lines += [f"topic {pattern} {direction} {topics.QOS}" for pattern, direction in BRIDGED]
+    bridged = BRIDGED if cars is None else [b for b in BRIDGED if b[0] != CAMPAIGNS]
+    lines += [f"topic {pattern} {direction} {topics.QOS}" for pattern, direction in bridged]
+    if cars is not None:
+        lines += [f"topic {topics.campaign_topic(vin)} in {topics.QOS}" for vin in [probe_vin(name), *cars]]
     return "\n".join(lines) + "\n"
 
 
@@ -160,11 +182,16 @@ class BrokerCluster:
         queue_limit: int = QUEUE_LIMIT,
         start_timeout: float = START_TIMEOUT_S,
         own_sessions: bool = False,
+        routes: Sequence[Sequence[str]] | None = None,
     ) -> None:
         """``own_sessions``: each broker in a session of its own, on its own CPU share (``ota-bench``,
         :mod:`simulator.cpu_share`)."""
         if count < 2:
             raise ValueError("a cluster is a hub and at least one leaf: count >= 2")
+        if routes is not None and len(routes) != count - 1:
+            raise ValueError(f"routes name the cars of each leaf: {count - 1} lists, not {len(routes)}")
+        # routes[i]: the VINs of the cars on leaf i + 1, whose notices only that leaf's bridge carries
+        self.routes = routes
         found = binary or mosquitto_binary()
         if found is None:
             raise SimulatorError("the mosquitto binary is not installed")
@@ -205,7 +232,9 @@ class BrokerCluster:
                 broker.port = free_port(self.host)
                 text = broker_conf(broker.port, host=self.host, run_as=run_as, queue_limit=self.queue_limit)
                 if broker is not self.hub:
-                    text += bridge_conf(broker.name, self.host, self.hub.port)
+                    index = self.leaves.index(broker)
+                    cars = self.routes[index] if self.routes is not None else None
+                    text += bridge_conf(broker.name, self.host, self.hub.port, cars)
                 broker.conf.write_text(text)
                 self._launch(broker)
             # a bridge takes ~2 s to come up: probe them all at once
@@ -325,7 +354,7 @@ def probe_bridge(hub: Broker, leaf: Broker, *, timeout: float = START_TIMEOUT_S)
     """Raise unless a message published on the hub reaches ``leaf`` and one published on ``leaf``
     reaches the hub (repeated until the bridge is up: it connects with a short back-off)."""
     token = secrets.token_hex(4)
-    down = topics.campaign_topic(f"{PROBE_PREFIX}{leaf.name}-{token}")  # hub -> leaf, as a notice travels
+    down = topics.campaign_topic(probe_vin(leaf.name))  # hub -> leaf, as a notice travels (routed or not)
     up = f"{RAW_PREFIX}/probe-{leaf.name}-{token}"  # leaf -> hub, as a report travels
     deadline = time.monotonic() + timeout
     with Listener(leaf.host, leaf.port, down) as at_leaf, Listener(hub.host, hub.port, up) as at_hub:

@@ -110,6 +110,11 @@ def on_brokers(agent_configs: Sequence[Mapping[str, Any]], urls: Sequence[str]) 
     return [{**doc, "mqtt_url": urls[i % len(urls)]} for i, doc in enumerate(agent_configs)]
 
 
+def broker_routes(vins: Sequence[str], brokers: int) -> list[list[str]]:
+    """The VINs on each of ``brokers`` brokers when the cars, in this order, are spread by :func:`on_brokers`."""
+    return [list(vins[index::brokers]) for index in range(brokers)]
+
+
 def worker_spec(
     index: int,
     state_dir: Path,

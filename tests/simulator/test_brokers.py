@@ -15,7 +15,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.properties import Properties
 
 from firmware_bundles import topics
-from simulator.brokers import BRIDGED, BrokerCluster, bridge_conf, broker_conf, broker_count, mosquitto_binary
+from simulator.brokers import (
+    BRIDGED,
+    BrokerCluster,
+    bridge_conf,
+    broker_conf,
+    broker_count,
+    mosquitto_binary,
+    probe_vin,
+)
+from simulator.workers import broker_routes, on_brokers
 from tests import services
 
 VIN_EARLY, VIN_LATE, VIN_HUB = "1HGCM82633A004352", "5YJSA1E26JF000001", "3VWFE21C04M000001"
@@ -166,3 +175,50 @@ def test_a_cluster_reports_its_processes_and_stops_them(cluster: BrokerCluster) 
     cluster.stop()  # idempotent
     with pytest.raises(ProcessLookupError):
         os.kill(pids["hub"], 0)
+
+
+def test_a_routed_bridge_carries_in_only_its_own_cars_notices_and_its_probe() -> None:
+    text = bridge_conf("leaf-2", "127.0.0.1", 1884, [VIN_EARLY, VIN_LATE])
+    lines = text.splitlines()
+    assert f"topic {topics.campaign_topic('+')} in 1" not in lines  # not every car's notice
+    assert f"topic {topics.campaign_topic(VIN_EARLY)} in 1" in lines
+    assert f"topic {topics.campaign_topic(VIN_LATE)} in 1" in lines
+    assert f"topic {topics.campaign_topic(probe_vin('leaf-2'))} in 1" in lines
+    assert f"topic {topics.STATUS_SUBSCRIPTION} out 1" in lines  # reports still go out whole
+    assert f"topic {topics.PRESENCE_SUBSCRIPTION} out 1" in lines
+
+
+def test_routes_follow_how_the_workers_spread_the_cars() -> None:
+    vins = [f"V{n}" for n in range(7)]
+    routes = broker_routes(vins, 2)
+    spread = on_brokers([{"vin": v} for v in vins], ["mqtt://a", "mqtt://b"])
+    for urls_index, url in enumerate(["mqtt://a", "mqtt://b"]):
+        assert routes[urls_index] == [doc["vin"] for doc in spread if doc["mqtt_url"] == url]
+    with pytest.raises(ValueError, match="2 lists, not 1"):
+        BrokerCluster(Path("unused"), 3, binary="mosquitto", routes=[vins])
+
+
+def test_with_routes_the_hub_sends_each_notice_to_its_cars_leaf_only(tmp_path: Path) -> None:
+    if mosquitto_binary() is None:
+        if services.required():
+            pytest.fail("the mosquitto binary is missing and OTA_REQUIRE_SERVICES=1", pytrace=False)
+        pytest.skip("the mosquitto binary is not installed")
+    with BrokerCluster(tmp_path / "brokers", 3, routes=[[VIN_EARLY], [VIN_LATE]]) as cluster:
+        on_one, on_two = cluster.leaves
+        # a client on each leaf listening for every car's notice: what reached that leaf at all
+        seen_one, seen_two = Client(on_one.port, "watch-1"), Client(on_two.port, "watch-2")
+        for watcher in (seen_one, seen_two):
+            watcher.subscribe(topics.campaign_topic("+"))
+        car = Client(on_two.port, VIN_LATE)
+        car.subscribe(topics.campaign_topic(VIN_LATE))
+        server = Client(cluster.hub.port, "ota-server", v5=True)
+        for vin in (VIN_EARLY, VIN_LATE, VIN_HUB):  # VIN_HUB: a car on no leaf
+            server.publish(topics.campaign_topic(vin), f'{{"vin": "{vin}"}}'.encode(), retain=True)
+        assert [m[0] for m in car.wait_for(1)] == [topics.campaign_topic(VIN_LATE)]
+        assert [m[0] for m in seen_one.wait_for(1)] == [topics.campaign_topic(VIN_EARLY)]
+        assert [m[0] for m in seen_two.wait_for(1)] == [topics.campaign_topic(VIN_LATE)]
+        time.sleep(0.5)  # anything routed wrongly would have arrived by now
+        assert [m[0] for m in seen_one.messages] == [topics.campaign_topic(VIN_EARLY)]
+        assert [m[0] for m in seen_two.messages] == [topics.campaign_topic(VIN_LATE)]
+        for client in (seen_one, seen_two, car, server):
+            client.close()
