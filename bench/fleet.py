@@ -44,7 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -395,12 +395,7 @@ def run(options: Options, console: Console) -> Measured:
         cluster: BrokerCluster | None = None
         if binary is not None:
             count = options.brokers or broker_count(options.cars)
-            # Each leaf's bridge carries in only its own cars' notices (the cars spread as the workers
-            # spread them) and its share of the floor's, as a clustered broker routes each message
-            # only to the node holding its subscriber.
-            cars = broker_routes([car.vin for car in fleet.cars], count - 1)
-            floor = broker_routes(floor_vins(options.cars), count - 1)
-            routes = [own + more for own, more in zip(cars, floor, strict=True)]
+            routes = leaf_routes([car.vin for car in fleet.cars], options.cars, count - 1)
             cluster = stack.enter_context(
                 BrokerCluster(workdir / "brokers", count, binary=binary, own_sessions=True, routes=routes)
             )
@@ -563,6 +558,15 @@ def run(options: Options, console: Console) -> Measured:
             _say(console, f"notice floor: {count} notices of {notice_bytes} bytes through the brokers alone")
             measured.floor = notice_floor(cluster.hub, cluster.leaves, count, notice_bytes)
         return measured
+
+
+def leaf_routes(cars: Sequence[str], floor_notices: int, leaves: int) -> list[list[str]]:
+    """The VINs whose notices each leaf's bridge carries in: its own cars' (spread over the leaves as
+    the workers spread them) and its share of the floor's, as a clustered broker routes a message only
+    to the node holding its subscriber (the hub sent each notice to every leaf, issue 19)."""
+    own = broker_routes(cars, leaves)
+    floor = broker_routes(floor_vins(floor_notices), leaves)
+    return [mine + share for mine, share in zip(own, floor, strict=True)]
 
 
 def _host_port(mqtt_url: str) -> tuple[str, int]:

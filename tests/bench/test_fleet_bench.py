@@ -22,15 +22,18 @@ from bench.fleet import (
     Options,
     assemble,
     interrupt_on_termination,
+    leaf_routes,
     markdown,
     parse,
     plot,
     thin,
 )
-from bench.notice_floor import FloorResult
+from bench.notice_floor import FloorResult, floor_topics
 from bench.raw_broker import RawResult, split
+from firmware_bundles import topics
 from simulator.faults import FaultPlan
 from simulator.progress import Outcome
+from simulator.workers import on_brokers
 from tests import services
 
 SMOKE_CARS = 2000
@@ -130,6 +133,19 @@ def ota_bench() -> list[str]:
 
 
 @pytest.mark.services
+def test_each_leaf_carries_in_the_notices_of_the_cars_on_it_and_its_share_of_the_floors() -> None:
+    """Routed as a clustered broker routes: every car's notice to the leaf it connects to (as the workers
+    spread the cars), every floor notice to exactly one leaf, so the floor still passes through the leaves."""
+    vins = [f"1HGCM82633A{n:06d}" for n in range(7)]
+    urls = ["mqtt://leaf-1", "mqtt://leaf-2", "mqtt://leaf-3"]
+    routes = leaf_routes(vins, 5, len(urls))
+    for config in on_brokers([{"vin": vin} for vin in vins], urls):
+        holding = [i for i, routed in enumerate(routes) if config["vin"] in routed]
+        assert holding == [urls.index(config["mqtt_url"])], config
+    floor = [topics.campaign_topic(vin) for leaf in routes for vin in leaf if vin not in vins]
+    assert sorted(floor) == sorted(floor_topics(5))  # each once
+
+
 def test_the_benchmark_runs_2000_cars_on_postgresql_and_bridged_mosquitto(tmp_path: Path) -> None:
     """CI smoke: it completes, every car is remedied, every report sent is stored; figures printed, not judged."""
     services.need("PostgreSQL", services.POSTGRES_HOST, services.POSTGRES_PORT)
