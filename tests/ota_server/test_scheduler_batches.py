@@ -12,6 +12,7 @@ from firmware_bundles import topics
 from ota_server.config import Settings
 from ota_server.errors import InvalidInput
 from ota_server.mqtt.publisher import FakePublisher
+from ota_server.rollout.fleet import Encoded
 from ota_server.services import campaigns
 from tests.ota_server.conftest import Env
 from tests.ota_server.helpers import launched, vin
@@ -119,12 +120,21 @@ class Recording(FakePublisher):
         return await super().publish_many(messages, qos=qos, retain=retain, in_flight=in_flight)
 
 
-async def test_a_large_batch_is_handed_over_a_slice_at_a_time_while_the_next_is_encoded(
+def unencoded(env: Env) -> None:
+    """The launch's notices handed to the dispatcher without their bytes, as a restart's unpublished ones
+    are (:func:`ota_server.services.campaigns.unpublished`): the dispatcher encodes them."""
+    coordinator = env.runtime.coordinator
+    dispatch = coordinator._dispatch
+    coordinator._dispatch = lambda messages: dispatch([m.message if isinstance(m, Encoded) else m for m in messages])
+
+
+async def test_a_large_batch_to_encode_is_handed_over_a_slice_at_a_time_while_the_next_is_encoded(
     env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Issue 19: 30,000 notices were all encoded (~0.6 s) before the first was handed to the broker."""
     from ota_server.mqtt import notices
 
+    unencoded(env)
     monkeypatch.setattr(notices, "LARGE_BATCH", 4)
     monkeypatch.setattr(notices, "SLICE", 3)
     events: list[tuple[str, str, int]] = []
@@ -163,6 +173,7 @@ async def test_after_a_slice_the_broker_did_not_take_the_rest_go_to_the_retries_
     per slice: the slices after it go straight to the one-by-one retries, as one whole batch did."""
     from ota_server.mqtt import notices
 
+    unencoded(env)
     monkeypatch.setattr(notices, "LARGE_BATCH", 4)
     monkeypatch.setattr(notices, "SLICE", 3)
     publisher = HalfAcknowledged()
@@ -173,6 +184,27 @@ async def test_after_a_slice_the_broker_did_not_take_the_rest_go_to_the_retries_
     assert publisher.bulk_calls == 1  # the first slice only
     assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
     assert env.runtime.dispatcher.published == len(vins)
+    with env.runtime.sessions() as session:
+        assert campaigns.unpublished(session, "http://repo", env.clock()) == []
+
+
+async def test_a_launchs_encoded_notices_go_through_one_window_not_a_slice_at_a_time(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 19: a launch's 30,000 notices, already encoded, went a slice of 2,000 at a time, each slice
+    waiting for its last acknowledgement before the next left: the window emptied 15 times."""
+    from ota_server.mqtt import notices
+
+    monkeypatch.setattr(notices, "LARGE_BATCH", 4)
+    monkeypatch.setattr(notices, "SLICE", 3)
+    events: list[tuple[str, str, int]] = []
+    publisher = Recording(events)
+    env.runtime.dispatcher._publisher = publisher
+    vins = [vin(n) for n in range(1, 9)]
+    await launched(env.client, vins)
+    await env.runtime.dispatcher.idle()
+    assert [size for _, _, size in events] == [len(vins)]
+    assert sorted(m.topic for m in publisher.messages) == sorted(topics.campaign_topic(v) for v in vins)
     with env.runtime.sessions() as session:
         assert campaigns.unpublished(session, "http://repo", env.clock()) == []
 
