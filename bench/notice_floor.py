@@ -33,6 +33,7 @@ from typing import IO, Any
 
 import aiomqtt
 
+from bench.notice_observer import OBSERVER_QOS
 from firmware_bundles import topics
 from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
 from simulator.brokers import CAMPAIGNS, Broker, mosquitto_tool
@@ -129,7 +130,7 @@ def notice_floor(
     if notices < 1 or payload_bytes < 1:
         return FloorResult(notices, payload_bytes, None, note="nothing to send")
     reaped = _reaped_children_cpu()  # the subscriber's CPU is read once it is reaped
-    command = [sub, "-h", hub.host, "-p", str(hub.port), "-q", str(topics.QOS), "-t", CAMPAIGNS, "-R"]
+    command = [sub, "-h", hub.host, "-p", str(hub.port), "-q", str(OBSERVER_QOS), "-t", CAMPAIGNS, "-R"]
     subscriber = subprocess.Popen(
         [*command, "-C", str(notices)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
     )
