@@ -9,7 +9,7 @@ small row, ``assignment.pending.json``) and signed when the car first asks for i
 timestamp (:meth:`Director.sign_queued`), so a launch of 30,000 cars publishes its
 notices without first signing 90,000 metadata files, and the signing is spread over
 the cars' own fetches (with ``OTA_NOTICE_CARRIES_METADATA`` the notifying tick signs them
-at once, straight from its plan with no queued row (:meth:`Director.sign_now`), its notices
+at once, straight from its plan with no queued row (:meth:`Director.signed_now`), its notices
 carrying the chains: ``CampaignFleet.assign``; a plan of 500 cars or more in the signing
 processes of :mod:`ota_server.signing.signing_pool`, when the server has them). Cars asking at once
 are signed together, in one transaction: their queued rows are locked in VIN order (as
@@ -290,34 +290,6 @@ class Director:
         for start in range(0, len(rows), _QUEUE_CHUNK):
             session.execute(statement, rows[start : start + _QUEUE_CHUNK])
 
-    def sign_now(
-        self,
-        session: Session,
-        plan: Mapping[str, Mapping[str, TargetFile]],
-        now: datetime,
-        *,
-        min_release_counter: int | None = None,
-        floors: Mapping[str, int] | None = None,
-        ecu_failure_policy: str | None = None,
-        windows: Mapping[str, Mapping[str, Any]] | None = None,
-    ) -> dict[str, Chain]:
-        """Sign each VIN's next assignment at once (arguments as :meth:`queue`) and write it; the caller commits.
-
-        What :meth:`queue` then :meth:`sign_queued` in the same transaction do, without writing
-        the queued row only to lock, read, parse and delete it again (a notifying tick whose
-        notices carry the chains).
-        """
-        signed = self.signed_now(
-            session,
-            plan,
-            now,
-            min_release_counter=min_release_counter,
-            floors=floors,
-            ecu_failure_policy=ecu_failure_policy,
-            windows=windows,
-        )
-        return signed.write(session)
-
     def signed_now(
         self,
         session: Session,
@@ -329,9 +301,13 @@ class Director:
         ecu_failure_policy: str | None = None,
         windows: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> Signed:
-        """:meth:`sign_now`'s chains, not written yet: :meth:`Signed.write` stores them in ``session``
-        (before it commits), so the chains can be used meanwhile (a launch's notices carrying them are
-        made while PostgreSQL writes them, issue 19).
+        """Sign each VIN's next assignment at once (arguments as :meth:`queue`), not written yet:
+        :meth:`Signed.write` stores the chains in ``session`` (before it commits), so they can be used
+        meanwhile (a launch's notices carrying them are made while PostgreSQL writes them, issue 19).
+
+        What :meth:`queue` then :meth:`sign_queued` in the same transaction do, without writing
+        the queued row only to lock, read, parse and delete it again (a notifying tick whose
+        notices carry the chains).
 
         A row still queued for one of these VINs (an earlier assignment never signed) is deleted
         first, in VIN order: this assignment replaces it, and it must never be signed after this one.
@@ -352,7 +328,7 @@ class Director:
         return self._sign_plan(session, terms, now)
 
     def prepare(self, session: Session, plan: Plan, now: datetime) -> int:
-        """Sign ahead what :meth:`sign_now` would sign for ``plan`` (:func:`with_terms` of its arguments)
+        """Sign ahead what :meth:`signed_now` would sign for ``plan`` (:func:`with_terms` of its arguments)
         now, keep it in memory for the launch (:mod:`ota_server.signing.prepared`) and return how many;
         nothing is written, locked or served. More cars than :attr:`prepared` holds: none is signed, 0."""
         if not plan or len(plan) > self.prepared.limit:

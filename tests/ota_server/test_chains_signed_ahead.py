@@ -117,7 +117,7 @@ async def test_a_car_whose_chain_moved_after_the_request_is_signed_at_the_approv
     moved = CARS[0]
     env.clock.advance(60)
     with env.runtime.sessions() as session:  # its chain moves on (as a consent or a refresh would move it)
-        env.runtime.director.sign_now(session, {moved: {}}, env.clock())
+        env.runtime.director.signed_now(session, {moved: {}}, env.clock()).write(session)
         session.commit()
     env.clock.advance(60)
     await _approve(env, request)

@@ -192,11 +192,12 @@ async def test_the_periodic_tick_never_splits_a_launch_that_is_carrying_on() -> 
 
 
 class ThreadNotingFleet(FakeFleet):
-    """Notes the thread its notices are made in; can fail making them."""
+    """Notes the thread its notices are made in (and sets ``making`` as they start); can fail making them."""
 
     def __init__(self, fail: bool = False) -> None:
         super().__init__()
         self.made_in: list[str] = []
+        self.making = threading.Event()
         self.fail = fail
 
     def notice_maker(
@@ -205,6 +206,7 @@ class ThreadNotingFleet(FakeFleet):
         make = super().notice_maker(recall, campaign, cars, now)
 
         def noted() -> list[Sendable]:
+            self.making.set()
             self.made_in.append(threading.current_thread().name)
             if self.fail:
                 raise RuntimeError("a notice could not be made")
@@ -240,20 +242,8 @@ class OverlapNotingFleet(ThreadNotingFleet):
 
     def __init__(self, fail_writing: bool = False) -> None:
         super().__init__()
-        self.making = threading.Event()
         self.written_while_making: list[bool] = []
         self.fail_writing = fail_writing
-
-    def notice_maker(
-        self, recall: Recall, campaign: Campaign, cars: Sequence[tuple[str, str]], now: datetime
-    ) -> Callable[[], list[Sendable]]:
-        make = super().notice_maker(recall, campaign, cars, now)
-
-        def noted() -> list[Sendable]:
-            self.making.set()
-            return make()
-
-        return noted
 
     def write(self, vins: list[str]) -> None:
         self.written_while_making.append(self.making.wait(5))
