@@ -37,17 +37,21 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import aiomqtt
-from paho.mqtt.client import MQTTMessageInfo
+from paho.mqtt import client as mqtt
+from paho.mqtt.client import CallbackOnPublish_v2, MQTTMessageInfo
 from paho.mqtt.enums import MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from firmware_bundles import topics
 from ota_server.config import Settings
@@ -77,6 +81,39 @@ _BATCH_YIELD_EVERY = 200
 _BATCH_ACK_POLL_S = 0.005
 GUARD_SUBSCRIPTION_ID = 2
 _TAKEN_OVER = "taken over"  # v5 reason 142 "Session taken over": the same client id connected elsewhere
+_REFUSED = "refused by the broker"
+_NOT_SENT = "not sent (no connection)"
+_NOT_ACKNOWLEDGED = "not acknowledged"
+
+
+class Refused(NotReady):
+    """The broker answered a publish with a failure reason (v5 PUBACK 0x80 or above: not authorized,
+    quota exceeded, ...): it does not have the message; the caller may retry."""
+
+
+class _Refusals:
+    """The broker's refusals of one session's publishes, by message id, each taken once.
+
+    paho (and aiomqtt) mark a QoS 1 publish done at its PUBACK whatever the PUBACK says, so a notice
+    the broker refused (an ACL that does not let the server publish there) was recorded as published
+    and never sent again. This wraps the session's ``on_publish`` to note each failure reason.
+    """
+
+    def __init__(self, paho: mqtt.Client) -> None:
+        self._by_mid: dict[int, str] = {}
+        delivered = cast(CallbackOnPublish_v2 | None, paho.on_publish)  # aiomqtt's, on paho's version 2 API
+
+        def on_publish(client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties) -> None:
+            if reason.is_failure:
+                self._by_mid[mid] = str(reason)
+            if delivered is not None:
+                delivered(client, userdata, mid, reason, props)
+
+        paho.on_publish = on_publish
+
+    def take(self, mid: int) -> str | None:
+        """Why the broker refused message ``mid`` (None: it did not), forgotten once read."""
+        return self._by_mid.pop(mid, None)
 
 
 @dataclass(frozen=True)
@@ -186,6 +223,7 @@ class ServerMqttLink:
         self._guard_s = share_guard_s if share_group else 0.0
         self._guard_until = 0.0
         self._client: aiomqtt.Client | None = None
+        self._refusals: weakref.WeakKeyDictionary[aiomqtt.Client, _Refusals] = weakref.WeakKeyDictionary()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connects = 0
@@ -238,6 +276,7 @@ class ServerMqttLink:
             )
         # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.
         client._client.manual_ack_set(self.manual_ack)
+        self._refusals[client] = _Refusals(client._client)
         # notices are published with bounded concurrency; no need to warn per queued call
         client.pending_calls_threshold = 100_000
         return client
@@ -352,53 +391,73 @@ class ServerMqttLink:
             self._task = None
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool) -> None:
-        # Connected (the usual case): no wait_for, whose task per call was ~10 us of a launch's
-        # ~90 us per notice on the event loop.
+        """Return once the broker has the message; raise :class:`NotReady` when it cannot be sent or is
+        not acknowledged in time, :class:`Refused` when the broker refuses it."""
         if not self._connected.is_set():
             try:
                 await asyncio.wait_for(self._connected.wait(), self._connect_timeout_s)
             except TimeoutError as exc:
                 raise NotReady(f"MQTT broker {self._host}:{self._port} unreachable") from exc
-        client = self._client
-        if client is None:
+        if self._client is None:
             raise NotReady("MQTT link reconnecting")
-        await client.publish(topic, payload, qos=qos, retain=retain, timeout=self._connect_timeout_s)
+        why = (await self._publish_batch([(topic, payload)], qos=qos, retain=retain, in_flight=1))[0]
+        if why is None:
+            return
+        if why.startswith(_REFUSED):
+            raise Refused(f"{topic}: {why}")
+        raise NotReady(f"{topic}: {why}")
 
     async def publish_many(
         self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
     ) -> list[bool]:
         """A batch of publishes straight through paho, at most ``in_flight`` unacknowledged at once;
-        per message, whether the broker acknowledged it. Never raises, never waits for a connection:
-        what is not acknowledged (the link down or reconnected, nothing acknowledged for
-        ``connect_timeout_s``) is the caller's to retry.
+        per message, whether the broker has it. Never raises, never waits for a connection: what is
+        not acknowledged (the link down or reconnected, nothing acknowledged for ``connect_timeout_s``)
+        or refused (a v5 PUBACK with a failure reason, logged) is the caller's to retry.
 
         A launch's notices: ``aiomqtt``'s publish made an event, a ``wait_for`` task and a scan of
         every pending call for each message, ~40% of the event loop while 30,000 cars were being
         notified (issue 19); here each message is one paho call, its acknowledgement read from the
         ``MQTTMessageInfo`` paho marks.
         """
-        done = [False] * len(messages)
+        outcome = await self._publish_batch(messages, qos=qos, retain=retain, in_flight=in_flight)
+        refused = [why for why in outcome if why is not None and why.startswith(_REFUSED)]
+        if refused:
+            log.warning("the broker refused %d of %d messages (%s)", len(refused), len(messages), refused[0])
+        return [why is None for why in outcome]
+
+    async def _publish_batch(
+        self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
+    ) -> list[str | None]:
+        """Per message: None when the broker has it, else why not."""
+        outcome: list[str | None] = [_NOT_SENT] * len(messages)
         client = self._client
         if client is None or not self._connected.is_set():
-            return done
+            return outcome
         in_flight = max(1, in_flight)
         paho = client._client  # aiomqtt keeps its paho client there (as for manual_ack_set)
+        refusals = self._refusals[client]
         loop = asyncio.get_running_loop()
         # Sent, not yet seen acknowledged, in the order sent: the broker acknowledges a session's
         # QoS 1 messages in order, so each look takes the acknowledged ones off the front.
         waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
 
+        def answer(info: MQTTMessageInfo) -> str | None:
+            refused = refusals.take(info.mid)  # noted before paho marks the message published
+            return None if refused is None else f"{_REFUSED}: {refused}"
+
         def take_acknowledged() -> bool:
             took = False
             while waiting and waiting[0][1].is_published():
-                done[waiting.popleft()[0]] = True
+                index, info = waiting.popleft()
+                outcome[index] = answer(info)
                 took = True
             return took
 
-        def settled() -> list[bool]:  # an early return: what was acknowledged is not sent again
+        def settled() -> list[str | None]:  # an early return: what was acknowledged is not sent again
             for index, info in waiting:
-                done[index] = info.is_published()
-            return done
+                outcome[index] = answer(info) if info.is_published() else _NOT_ACKNOWLEDGED
+            return outcome
 
         sent, progress = 0, loop.time()
         while sent < len(messages) or waiting:
@@ -419,4 +478,4 @@ class ServerMqttLink:
                 progress = loop.time()
             elif loop.time() - progress > self._connect_timeout_s:
                 return settled()
-        return done
+        return outcome

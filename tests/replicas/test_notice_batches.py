@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import aiomqtt
+import pytest
 
-from ota_server.mqtt.link import MQTT_V5, ServerMqttLink
+from ota_server.mqtt.link import MQTT_V5, Refused, ServerMqttLink
 from simulator.cluster import Mosquitto
 
 TOPIC = "ota/test/notices"
@@ -101,3 +103,31 @@ async def test_a_link_not_connected_acknowledges_nothing_at_once(private_broker:
     link = _link(private_broker)  # never started
     done = await asyncio.wait_for(link.publish_many([(f"{TOPIC}/1", b"x")], qos=1, retain=True, in_flight=10), 5)
     assert done == [False]
+
+
+async def test_a_message_the_broker_refuses_is_not_counted_as_published(
+    private_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """Found from outside: paho and aiomqtt mark a QoS 1 publish done at its PUBACK whatever the PUBACK
+    says, so notices a broker refused (here its ACL; a quota or a topic it rejects elsewhere) were
+    recorded as published and never sent again. A refused message now counts as not published: the
+    bulk path says False for it (the dispatcher retries it, and leaves it unpublished for the next
+    start), and a single publish raises ``Refused`` with the broker's reason."""
+    acl = tmp_path / "acl"
+    acl.write_text(f"pattern readwrite {TOPIC}/allowed/#\n")  # every client, named or not
+    private_broker.stop()
+    private_broker.extra = f"acl_file {acl}"
+    private_broker.start()
+    link = _link(private_broker)
+    await link.start(wait_s=10)
+    try:
+        allowed = [(f"{TOPIC}/allowed/{n}", b"notice") for n in range(3)]
+        assert await link.publish_many(allowed, qos=1, retain=True, in_flight=2) == [True] * 3
+        # (this Mosquitto then drops the session: what it had not acknowledged is not published either)
+        assert await link.publish_many([(f"{TOPIC}/denied/1", b"notice")], qos=1, retain=True, in_flight=2) == [False]
+        with pytest.raises(Refused, match="refused by the broker: Not authorized"):
+            await link.publish(f"{TOPIC}/denied/2", b"notice", qos=1, retain=True)
+        await link.publish(f"{TOPIC}/allowed/single", b"notice", qos=1, retain=True)
+    finally:
+        await link.stop()
+    assert await _retained(private_broker, 4) == dict([*allowed, (f"{TOPIC}/allowed/single", b"notice")])
