@@ -91,29 +91,47 @@ class Refused(NotReady):
     quota exceeded, ...): it does not have the message; the caller may retry."""
 
 
-class _Refusals:
-    """The broker's refusals of one session's publishes, by message id, each taken once.
+class _Acknowledgements:
+    """One session's PUBACKs as the broker gave them: the single publishes waiting for theirs, and the
+    refusals (v5 reason 0x80 and above) of the others, by message id, each taken once.
 
     paho (and aiomqtt) mark a QoS 1 publish done at its PUBACK whatever the PUBACK says, so a notice
-    the broker refused (an ACL that does not let the server publish there) was recorded as published
-    and never sent again. This wraps the session's ``on_publish`` to note each failure reason.
+    the broker refused (an ACL that does not let the server publish there, a quota) was recorded as
+    published and never sent again. This wraps the session's ``on_publish`` (run on the event loop,
+    where aiomqtt reads the socket) to keep what each PUBACK said.
     """
 
     def __init__(self, paho: mqtt.Client) -> None:
-        self._by_mid: dict[int, str] = {}
+        self._refused: dict[int, str] = {}
+        self._waiting: dict[int, asyncio.Future[str | None]] = {}
         delivered = cast(CallbackOnPublish_v2 | None, paho.on_publish)  # aiomqtt's, on paho's version 2 API
 
         def on_publish(client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, props: Properties) -> None:
-            if reason.is_failure:
-                self._by_mid[mid] = str(reason)
+            refused = str(reason) if reason.is_failure else None
+            waiter = self._waiting.pop(mid, None)
+            if waiter is not None:
+                if not waiter.done():
+                    waiter.set_result(refused)
+            elif refused is not None:
+                self._refused[mid] = refused
             if delivered is not None:
                 delivered(client, userdata, mid, reason, props)
 
         paho.on_publish = on_publish
 
     def take(self, mid: int) -> str | None:
-        """Why the broker refused message ``mid`` (None: it did not), forgotten once read."""
-        return self._by_mid.pop(mid, None)
+        """Why the broker refused message ``mid`` (None: it did not), forgotten once read; noted before
+        paho marks the message published."""
+        return self._refused.pop(mid, None)
+
+    def answer(self, mid: int) -> asyncio.Future[str | None]:
+        """Resolved with the refusal of message ``mid`` (None: accepted) when its PUBACK comes."""
+        waiter: asyncio.Future[str | None] = asyncio.get_running_loop().create_future()
+        self._waiting[mid] = waiter
+        return waiter
+
+    def forget(self, mid: int) -> None:
+        self._waiting.pop(mid, None)
 
 
 @dataclass(frozen=True)
@@ -223,7 +241,7 @@ class ServerMqttLink:
         self._guard_s = share_guard_s if share_group else 0.0
         self._guard_until = 0.0
         self._client: aiomqtt.Client | None = None
-        self._refusals: weakref.WeakKeyDictionary[aiomqtt.Client, _Refusals] = weakref.WeakKeyDictionary()
+        self._acks: weakref.WeakKeyDictionary[aiomqtt.Client, _Acknowledgements] = weakref.WeakKeyDictionary()
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connects = 0
@@ -276,7 +294,7 @@ class ServerMqttLink:
             )
         # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.
         client._client.manual_ack_set(self.manual_ack)
-        self._refusals[client] = _Refusals(client._client)
+        self._acks[client] = _Acknowledgements(client._client)
         # notices are published with bounded concurrency; no need to warn per queued call
         client.pending_calls_threshold = 100_000
         return client
@@ -398,14 +416,23 @@ class ServerMqttLink:
                 await asyncio.wait_for(self._connected.wait(), self._connect_timeout_s)
             except TimeoutError as exc:
                 raise NotReady(f"MQTT broker {self._host}:{self._port} unreachable") from exc
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise NotReady("MQTT link reconnecting")
-        why = (await self._publish_batch([(topic, payload)], qos=qos, retain=retain, in_flight=1))[0]
-        if why is None:
+        acks = self._acks[client]
+        info = client._client.publish(topic, payload, qos, retain)
+        if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise NotReady(f"{topic}: {_NOT_SENT}")
+        if qos == 0:
             return
-        if why.startswith(_REFUSED):
-            raise Refused(f"{topic}: {why}")
-        raise NotReady(f"{topic}: {why}")
+        answer = acks.answer(info.mid)  # no PUBACK is read before this coroutine waits
+        try:
+            refused = await asyncio.wait_for(answer, self._connect_timeout_s)
+        except TimeoutError as exc:
+            acks.forget(info.mid)
+            raise NotReady(f"{topic}: {_NOT_ACKNOWLEDGED} in {self._connect_timeout_s:.0f} s") from exc
+        if refused is not None:
+            raise Refused(f"{topic}: {_REFUSED}: {refused}")
 
     async def publish_many(
         self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
@@ -423,7 +450,10 @@ class ServerMqttLink:
         outcome = await self._publish_batch(messages, qos=qos, retain=retain, in_flight=in_flight)
         refused = [why for why in outcome if why is not None and why.startswith(_REFUSED)]
         if refused:
-            log.warning("the broker refused %d of %d messages (%s)", len(refused), len(messages), refused[0])
+            first = refused[0].removeprefix(f"{_REFUSED}: ")
+            log.warning(
+                "the broker refused %d of %d messages: %s (the first's reason)", len(refused), len(messages), first
+            )
         return [why is None for why in outcome]
 
     async def _publish_batch(
@@ -436,14 +466,14 @@ class ServerMqttLink:
             return outcome
         in_flight = max(1, in_flight)
         paho = client._client  # aiomqtt keeps its paho client there (as for manual_ack_set)
-        refusals = self._refusals[client]
+        acks = self._acks[client]
         loop = asyncio.get_running_loop()
         # Sent, not yet seen acknowledged, in the order sent: the broker acknowledges a session's
         # QoS 1 messages in order, so each look takes the acknowledged ones off the front.
         waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
 
         def answer(info: MQTTMessageInfo) -> str | None:
-            refused = refusals.take(info.mid)  # noted before paho marks the message published
+            refused = acks.take(info.mid)
             return None if refused is None else f"{_REFUSED}: {refused}"
 
         def take_acknowledged() -> bool:
