@@ -84,6 +84,7 @@ _TAKEN_OVER = "taken over"  # v5 reason 142 "Session taken over": the same clien
 _REFUSED = "refused by the broker"
 _NOT_SENT = "not sent (no connection)"
 _NOT_ACKNOWLEDGED = "not acknowledged"
+_NOT_REFUSED = (None, _NOT_SENT, _NOT_ACKNOWLEDGED)  # a batch's outcomes that are not the broker's refusal
 
 
 class Refused(NotReady):
@@ -295,8 +296,6 @@ class ServerMqttLink:
         # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.
         client._client.manual_ack_set(self.manual_ack)
         self._acks[client] = _Acknowledgements(client._client)
-        # notices are published with bounded concurrency; no need to warn per queued call
-        client.pending_calls_threshold = 100_000
         return client
 
     def _acker(self, client: aiomqtt.Client, message: aiomqtt.Message) -> Ack:
@@ -448,18 +447,18 @@ class ServerMqttLink:
         ``MQTTMessageInfo`` paho marks.
         """
         outcome = await self._publish_batch(messages, qos=qos, retain=retain, in_flight=in_flight)
-        refused = [why for why in outcome if why is not None and why.startswith(_REFUSED)]
+        refused = [why for why in outcome if why not in _NOT_REFUSED]
         if refused:
-            first = refused[0].removeprefix(f"{_REFUSED}: ")
             log.warning(
-                "the broker refused %d of %d messages: %s (the first's reason)", len(refused), len(messages), first
+                "the broker refused %d of %d messages: %s (the first's reason)", len(refused), len(messages), refused[0]
             )
         return [why is None for why in outcome]
 
     async def _publish_batch(
         self, messages: Sequence[tuple[str, bytes]], *, qos: int, retain: bool, in_flight: int
     ) -> list[str | None]:
-        """Per message: None when the broker has it, else why not."""
+        """Per message: None when the broker has it, its reason when it refused it, else
+        ``_NOT_SENT`` or ``_NOT_ACKNOWLEDGED``."""
         outcome: list[str | None] = [_NOT_SENT] * len(messages)
         client = self._client
         if client is None or not self._connected.is_set():
@@ -472,21 +471,17 @@ class ServerMqttLink:
         # QoS 1 messages in order, so each look takes the acknowledged ones off the front.
         waiting: deque[tuple[int, MQTTMessageInfo]] = deque()
 
-        def answer(info: MQTTMessageInfo) -> str | None:
-            refused = acks.take(info.mid)
-            return None if refused is None else f"{_REFUSED}: {refused}"
-
         def take_acknowledged() -> bool:
             took = False
             while waiting and waiting[0][1].is_published():
                 index, info = waiting.popleft()
-                outcome[index] = answer(info)
+                outcome[index] = acks.take(info.mid)
                 took = True
             return took
 
         def settled() -> list[str | None]:  # an early return: what was acknowledged is not sent again
             for index, info in waiting:
-                outcome[index] = answer(info) if info.is_published() else _NOT_ACKNOWLEDGED
+                outcome[index] = acks.take(info.mid) if info.is_published() else _NOT_ACKNOWLEDGED
             return outcome
 
         sent, progress = 0, loop.time()

@@ -205,7 +205,7 @@ def _json(value: Any) -> bytes:
 @dataclass(frozen=True)
 class NoticeBatch:
     """A tick's notices, made from what was read in the tick (no session, no ORM object), so the tick
-    may make them in another thread while it marks the cars notified (issue 19)."""
+    may make them in another thread while it writes the chains and marks the cars notified (issue 19)."""
 
     cars: Sequence[tuple[str, str]]  # (VIN, nonce)
     signed: Mapping[str, Chain]  # each car's chain the tick signed, to carry
