@@ -132,10 +132,45 @@ class Options:
     # The safety officer approves at once (the launch measured from the request, signing included),
     # not once the request's chains are signed ahead (the launch measured from the approval).
     approve_at_once: bool = False
+    # The server's own settings for this run (``OTA_NAME=VALUE``, --server-setting): the bench starts the
+    # server without the caller's OTA_ environment, so a tuning tried here is named, never inherited.
+    server_settings: tuple[tuple[str, str], ...] = ()
 
     @property
     def campaign_timeout(self) -> float:
         return self.timeout if self.timeout is not None else 600.0 + self.cars * 0.1
+
+
+# The server settings the bench itself sets for every run (server_env): not for --server-setting.
+BENCH_SETTINGS = frozenset(
+    {"OTA_DATABASE_URL", "OTA_MQTT_URL", "OTA_NOTICE_CARRIES_METADATA", "OTA_NOTICE_CARRIES_IMAGE_METADATA"}
+)
+
+
+def server_env(environ: Mapping[str, str], options: Options, database_url: str, mqtt_url: str | None) -> dict[str, str]:
+    """The server process's environment: the caller's without its ``OTA_`` settings (a developer's
+    shell must not change what a run measures; ``OTA_SQL_PROFILE*``, the statement profile, is kept),
+    then the run's own (database, broker, notices carrying metadata) and ``--server-setting``'s."""
+    env = {k: v for k, v in environ.items() if not k.startswith("OTA_") or k.startswith("OTA_SQL_PROFILE")}
+    env["OTA_DATABASE_URL"] = database_url
+    env["OTA_NOTICE_CARRIES_METADATA"] = "1" if options.carry_metadata else "0"
+    env["OTA_NOTICE_CARRIES_IMAGE_METADATA"] = "1" if options.carry_metadata else "0"
+    if mqtt_url is not None:
+        env["OTA_MQTT_URL"] = mqtt_url
+    env.update(options.server_settings)
+    return env
+
+
+def server_setting(text: str) -> tuple[str, str]:
+    """``--server-setting``'s ``OTA_NAME=VALUE``; ValueError says what is wrong."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.startswith("OTA_") or name == "OTA_" or not name.replace("_", "").isalnum():
+        raise ValueError(f"--server-setting takes OTA_NAME=VALUE (a server setting), not {text!r}")
+    if name in BENCH_SETTINGS:
+        raise ValueError(
+            f"--server-setting {name}: the bench sets it for every run ({', '.join(sorted(BENCH_SETTINGS))})"
+        )
+    return name, value
 
 
 # -- the stack -----------------------------------------------------------------------------
@@ -410,13 +445,7 @@ def run(options: Options, console: Console) -> Measured:
             backend = Backend(kind, url, db_detail, "amqtt", f"the server's embedded amqtt broker ({why})", 1)
         _say(console, f"database: {backend.database_detail}")
         _say(console, f"broker:   {backend.broker_detail}")
-        # OTA_SQL_PROFILE* (the server's statement profile) are the OTA_ settings kept
-        env = {k: v for k, v in os.environ.items() if not k.startswith("OTA_") or k.startswith("OTA_SQL_PROFILE")}
-        env["OTA_DATABASE_URL"] = url
-        env["OTA_NOTICE_CARRIES_METADATA"] = "1" if options.carry_metadata else "0"
-        env["OTA_NOTICE_CARRIES_IMAGE_METADATA"] = "1" if options.carry_metadata else "0"
-        if cluster is not None:
-            env["OTA_MQTT_URL"] = cluster.hub_url
+        env = server_env(os.environ, options, url, cluster.hub_url if cluster is not None else None)
         server = ServerProcess(workdir / "server", env=env, startup_timeout=180, own_session=True)
         endpoints = stack.enter_context(server)
         _say(console, f"server:   {endpoints.api_url} (pid {server.pid}), MQTT {endpoints.mqtt_url}")
@@ -660,6 +689,7 @@ def assemble(options: Options, measured: Measured) -> dict[str, Any]:
         "load_average": measured.load,
         "workers": measured.workers,
         "simulator_niceness": options.sim_nice,
+        "server_settings": dict(options.server_settings),  # --server-setting: none in a run of the defaults
         # a worker's session against the services' sessions, read back from the kernel: with --sim-nice each
         # worker leads a session of its own at that niceness where the CPU is shared by session
         "fleet_session_niceness": measured.fleet_session_niceness,
@@ -835,6 +865,10 @@ def markdown(result: Mapping[str, Any]) -> str:
             " / ".join(_fmt(result["phases_s"].get(k), "s") for k in ("register_s", "provision_s", "connect_s")),
         ),
     ]
+    if result.get("server_settings"):
+        rows.append(
+            ("server settings (--server-setting)", ", ".join(f"{k}={v}" for k, v in result["server_settings"].items()))
+        )
     if result.get("faults"):
         fleet = result["fleet"]
         rows.append(
@@ -918,6 +952,14 @@ def parse(argv: list[str] | None) -> Options:
         "is then timed from the request (default: approved once they are, timed from the approval)",
     )
     parser.add_argument(
+        "--server-setting",
+        action="append",
+        default=[],
+        metavar="OTA_NAME=VALUE",
+        help="a server setting for this run, e.g. OTA_NOTICE_CONCURRENCY=8000 (repeatable; recorded in the JSON); "
+        "the server never inherits the caller's OTA_ environment",
+    )
+    parser.add_argument(
         "--no-carry",
         dest="carry_metadata",
         action="store_false",
@@ -962,6 +1004,12 @@ def parse(argv: list[str] | None) -> Options:
     if args.brokers is not None and args.brokers < 2:
         parser.error("--brokers is a hub and at least one leaf: 2 or more")
     try:
+        settings = tuple(server_setting(text) for text in args.server_setting)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if len({name for name, _ in settings}) < len(settings):
+        parser.error("--server-setting names a setting twice")
+    try:
         plan = FaultPlan(
             fail_rate=args.fail_rate,
             offline_rate=args.offline_rate,
@@ -998,6 +1046,7 @@ def parse(argv: list[str] | None) -> Options:
         sim_nice=args.sim_nice,
         approve_at_once=args.approve_at_once,
         raw_publishers_per_leaf=args.raw_publishers_per_leaf,
+        server_settings=settings,
     )
 
 

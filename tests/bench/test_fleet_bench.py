@@ -26,6 +26,7 @@ from bench.fleet import (
     markdown,
     parse,
     plot,
+    server_env,
     thin,
 )
 from bench.notice_floor import FloorResult, floor_topics
@@ -118,6 +119,27 @@ def test_flags_become_options() -> None:
     for wrong in ("-1", "20"):
         with pytest.raises(SystemExit):
             parse(["--sim-nice", wrong])
+
+
+def test_a_server_setting_reaches_the_server_and_the_callers_ota_environment_does_not() -> None:
+    """A run tried with another server setting gets it, named: the caller's OTA_ environment was
+    dropped before (a window tried by exporting OTA_NOTICE_CONCURRENCY never reached the server)."""
+    options = parse(
+        ["--server-setting", "OTA_NOTICE_CONCURRENCY=8000", "--server-setting", "OTA_SCHEDULER_MAX_PER_TICK=5"]
+    )
+    assert options.server_settings == (("OTA_NOTICE_CONCURRENCY", "8000"), ("OTA_SCHEDULER_MAX_PER_TICK", "5"))
+    caller = {"PATH": "/bin", "OTA_NOTICE_CONCURRENCY": "1", "OTA_LOG_LEVEL": "debug", "OTA_SQL_PROFILE": "1"}
+    env = server_env(caller, options, "postgresql://db", "mqtt://hub")
+    assert env["OTA_NOTICE_CONCURRENCY"] == "8000" and env["OTA_SCHEDULER_MAX_PER_TICK"] == "5"
+    assert "OTA_LOG_LEVEL" not in env and env["OTA_SQL_PROFILE"] == "1" and env["PATH"] == "/bin"
+    assert (env["OTA_DATABASE_URL"], env["OTA_MQTT_URL"]) == ("postgresql://db", "mqtt://hub")
+    plain = server_env(caller, parse([]), "postgresql://db", None)
+    assert "OTA_NOTICE_CONCURRENCY" not in plain and "OTA_MQTT_URL" not in plain
+    for wrong in ("NOTICE_CONCURRENCY=8000", "OTA_NOTICE_CONCURRENCY", "OTA_=1", "OTA_DATABASE_URL=sqlite://"):
+        with pytest.raises(SystemExit):
+            parse(["--server-setting", wrong])
+    with pytest.raises(SystemExit):
+        parse(["--server-setting", "OTA_NOTICE_CONCURRENCY=1", "--server-setting", "OTA_NOTICE_CONCURRENCY=2"])
 
 
 def test_helpers_split_and_thin() -> None:
