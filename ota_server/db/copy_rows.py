@@ -31,6 +31,7 @@ from sqlalchemy.orm import DeclarativeBase, Session
 # Each table's column types in the database, by engine: {table: {column: type oid}}.
 _COLUMN_TYPES: weakref.WeakKeyDictionary[Engine, dict[str, dict[str, int]]] = weakref.WeakKeyDictionary()
 _TYPES_LOCK = threading.Lock()
+_NOTHING = object()  # no value seen yet in a column
 
 
 def _column_types(connection: Connection, table: str) -> dict[str, int]:
@@ -92,11 +93,23 @@ def insert_rows(session: Session, model: type[DeclarativeBase], rows: Sequence[M
             with cursor.copy(sql) as copy:
                 copy.set_types([oids[name] for name in names])
                 extra = list(defaults.values())
+                # Only the columns with a bind processor (the timestamps) are touched, and a value shared by
+                # every row (a batch's timestamp) is processed once: each such column's last value and what it
+                # became, reused while the next row holds the same object.
+                processed = [(index, process) for index, process in enumerate(processors) if process is not None]
+                last: dict[int, tuple[Any, Any]] = {index: (_NOTHING, None) for index, _ in processed}
                 for row in rows:
                     values = [row[name] for name in given] + extra
-                    copy.write_row(
-                        [v if p is None or v is None else p(v) for p, v in zip(processors, values, strict=True)]
-                    )
+                    for index, process in processed:
+                        value = values[index]
+                        if value is None:
+                            continue
+                        seen, done = last[index]
+                        if seen is not value:
+                            done = process(value)
+                            last[index] = (value, done)
+                        values[index] = done
+                    copy.write_row(values)
             if observed:
                 connection.dispatch.after_cursor_execute(connection, cursor, sql, rows, None, True)
     except dbapi.Error as exc:

@@ -136,14 +136,14 @@ class PreparedChains:
             if not self._changed.wait_for(lambda: not awaited(), timeout=wait_s):
                 for vin in awaited():  # a preparation stuck (a signing process hung): never waited for again
                     self._in_progress.pop(vin, None)
+            judged: dict[datetime, bool] = {}  # a preparation's chains share their signing time: judged once
             for order in orders:
                 ahead = self._chains.pop(order.vin, None)
-                if (
-                    ahead is not None
-                    and same_order(ahead.order, order)
-                    and ahead.keyids == keyids
-                    and fresh(ahead.signed_at, self._expiry, now)
-                ):
+                if ahead is None or not same_order(ahead.order, order) or ahead.keyids != keyids:
+                    continue
+                if (still := judged.get(ahead.signed_at)) is None:
+                    still = judged[ahead.signed_at] = fresh(ahead.signed_at, self._expiry, now)
+                if still:
                     found[order.vin] = ahead.chain
         return found
 

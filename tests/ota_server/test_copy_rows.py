@@ -72,13 +72,25 @@ def _rows(prefix: str) -> list[dict[str, Any]]:
     ]
 
 
-def test_copy_stores_what_insert_stores(postgres_url: str) -> None:
+def _sharing(prefix: str) -> list[dict[str, Any]]:
+    """:func:`_rows` with some rows holding the very same timestamp and payload objects (as a batch's
+    rows share its time): runs of one object, another, and the first again."""
+    rows = _rows(prefix)
+    first, second = rows[0], rows[3]
+    for index in (1, 2, 6):
+        rows[index]["at"], rows[index]["payload"] = first["at"], first["payload"]
+    rows[4]["at"], rows[4]["payload"] = second["at"], second["payload"]
+    return rows
+
+
+@pytest.mark.parametrize("rows", [_rows, _sharing], ids=["each its own values", "values shared by rows"])
+def test_copy_stores_what_insert_stores(postgres_url: str, rows: Any) -> None:
     engine = make_engine(postgres_url)
     try:
         _Base.metadata.create_all(engine)
         with Session(engine) as session:
-            session.execute(insert(_Row), _rows("insert:"))
-            insert_rows(session, _Row, _rows("copy:"))
+            session.execute(insert(_Row), rows("insert:"))
+            insert_rows(session, _Row, rows("copy:"))
             session.commit()
             stored = session.execute(
                 select(
