@@ -37,11 +37,11 @@ LARGE_BATCH = 500
 SLICE = 2000
 
 
-def _encoded(notices: Sequence[Outbound], payloads: Sequence[bytes | None]) -> list[tuple[str, bytes]]:
+def _encoded(notices: Sequence[Sendable]) -> list[tuple[str, bytes]]:
     """Each message's topic and bytes: as encoded where it was made (a launch's notices), else now."""
     return [
-        (topics.campaign_topic(notice.vin), encode(notice) if payload is None else payload)
-        for notice, payload in zip(notices, payloads, strict=True)
+        (topics.campaign_topic(notice.vin), notice.payload if isinstance(notice, Encoded) else encode(notice))
+        for notice in notices
     ]
 
 
@@ -67,13 +67,11 @@ class NoticeDispatcher:
         background and return at once."""
         if not notices:
             return
-        messages = [n.message if isinstance(n, Encoded) else n for n in notices]
-        payloads = [n.payload if isinstance(n, Encoded) else None for n in notices]
-        task = asyncio.create_task(self._publish_all(messages, payloads), name="ota-notices")
+        task = asyncio.create_task(self._publish_all(list(notices)), name="ota-notices")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _publish_one(self, notice: Outbound, topic: str, payload: bytes) -> bool:
+    async def _publish_one(self, notice: Sendable, topic: str, payload: bytes) -> bool:
         """``notice`` (as ``topic`` and its encoded ``payload``) with retries and a growing delay."""
         delay = 0.5
         for attempt in range(1, RETRIES + 1):
@@ -96,9 +94,7 @@ class NoticeDispatcher:
                     delay = min(delay * 2, 10.0)
         return False
 
-    async def _handed_over(
-        self, notices: list[Outbound], payloads: list[bytes | None]
-    ) -> tuple[list[tuple[str, bytes]], list[bool]]:
+    async def _handed_over(self, notices: list[Sendable]) -> tuple[list[tuple[str, bytes]], list[bool]]:
         """Each notice encoded, and whether the broker acknowledged it through the bulk path.
 
         A launch's notices come encoded (:class:`Encoded`): only their topics are made here, and the
@@ -108,30 +104,30 @@ class NoticeDispatcher:
         all are.
         """
         if len(notices) < LARGE_BATCH:
-            small = _encoded(notices, payloads)
+            small = _encoded(notices)
             return small, await self._publisher.publish_many(
                 small, qos=topics.QOS, retain=True, in_flight=self._concurrency
             )
-        if all(payload is not None for payload in payloads):
+        if all(isinstance(notice, Encoded) for notice in notices):
             # Made encoded (a launch's): nothing to prepare but the topics, so one window over the whole
             # batch. Sent a slice at a time, each slice waited for its last acknowledgement before the next
             # left: 15 times at 30,000 cars the window emptied and the hub went idle (issue 19).
             async with self._bulk:
-                ready = _encoded(notices, payloads)
+                ready = _encoded(notices)
                 return ready, await self._publisher.publish_many(
                     ready, qos=topics.QOS, retain=True, in_flight=self._concurrency
                 )
         starts = range(0, len(notices), SLICE)
-        slices = [(notices[start : start + SLICE], payloads[start : start + SLICE]) for start in starts]
+        slices = [notices[start : start + SLICE] for start in starts]
         messages: list[tuple[str, bytes]] = []
         acked: list[bool] = []
         stalled = False  # a slice the broker did not take whole: the rest go to the retries, as one batch did
         async with self._bulk:
-            encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, *slices[0]))
+            encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, slices[0]))
             for index in range(len(slices)):
                 part = await encoding
                 if index + 1 < len(slices):
-                    encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, *slices[index + 1]))
+                    encoding = asyncio.ensure_future(asyncio.to_thread(_encoded, slices[index + 1]))
                 messages += part
                 if stalled:
                     acked += [False] * len(part)
@@ -143,15 +139,15 @@ class NoticeDispatcher:
                 stalled = not all(taken)
         return messages, acked
 
-    async def _publish_all(self, notices: list[Outbound], payloads: list[bytes | None]) -> None:
+    async def _publish_all(self, notices: list[Sendable]) -> None:
         # The whole batch through the publisher's bulk path first (see _handed_over), then whatever
         # the broker did not acknowledge one by one with retries, a few workers per batch (a launch
         # hands over thousands at once).
         started = time.monotonic()
         large = len(notices) >= LARGE_BATCH
-        messages, acked = await self._handed_over(notices, payloads)
-        done: list[Outbound] = []
-        unacknowledged: list[tuple[Outbound, tuple[str, bytes]]] = []
+        messages, acked = await self._handed_over(notices)
+        done: list[Sendable] = []
+        unacknowledged: list[tuple[Sendable, tuple[str, bytes]]] = []
         for notice, message, ok in zip(notices, messages, acked, strict=True):
             if ok:
                 done.append(notice)
@@ -187,9 +183,12 @@ class NoticeDispatcher:
         if failed:
             log.error("%d campaign notices not published; they will be retried at the next start", failed)
 
-    def _mark(self, done: list[Outbound]) -> None:
+    def _mark(self, done: list[Sendable]) -> None:
+        """Record what the broker took (in a worker thread: a launch's messages are made here, from their bytes'
+        templates, :class:`Encoded`)."""
+        messages = [notice.message if isinstance(notice, Encoded) else notice for notice in done]
         with self._factory() as session:
-            campaigns.mark_published(session, done, self._clock())
+            campaigns.mark_published(session, messages, self._clock())
 
     def _unpublished(self, repo_url: str, owner_links: OwnerLinks | None) -> list[Outbound]:
         with self._factory() as session:

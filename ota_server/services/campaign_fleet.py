@@ -220,8 +220,8 @@ class NoticeBatch:
         would pass ``MAX_MESSAGE_BYTES`` goes through :func:`carried`'s fallbacks (encoded when sent)."""
         template, encoder = self.template, NoticeBytes(self.template)
         made: list[Sendable] = []
-        # Copies, not validated again: the VINs were checked at registration, the nonces and links are ours.
-        # The message kept with the bytes leaves the chain out: the notice log does (the chain is the
+        # Copies (made later), not validated again: the VINs were checked at registration, the nonces and
+        # links are ours. The message kept with the bytes leaves the chain out: the notice log does (the chain is the
         # Director's rows), and 30,000 decoded chains were ~100 MiB held until the broker took them.
         for vin, nonce in self.cars:
             update: dict[str, Any] = {"vin": vin, "nonce": nonce}
@@ -229,14 +229,13 @@ class NoticeBatch:
                 update["owner_url"] = self.owner_links.url(vin, self.campaign_id)
             chain = self.signed.get(vin)
             director = director_json(chain)
-            notice = template.model_copy(update=update)
             payload = encoder.encode(update, None if director is None else {"director_metadata": director})
             if (chain is not None and director is None) or len(payload) > MAX_MESSAGE_BYTES:
                 # rare: the fallbacks (each measured by encoding it), and the log of a chain left out
-                bare = notice.model_copy(update={"image_metadata": None, "director_metadata": None})
+                bare = template.model_copy(update=update | {"image_metadata": None, "director_metadata": None})
                 made.append(carried(bare, chain, self.image))
                 continue
-            made.append(Encoded(notice, payload))
+            made.append(Encoded(template, payload, changes=update))  # the message made when first wanted
         return made
 
 

@@ -26,7 +26,9 @@ from firmware_bundles.messages import (
     Preconditions,
     encode,
 )
-from ota_server.services.campaign_fleet import NoticeBytes, director_json
+from ota_server.rollout.fleet import Encoded
+from ota_server.services.campaign_fleet import NoticeBatch, NoticeBytes, director_json
+from ota_server.services.owner_links import OwnerLinks
 from tests.ota_server.helpers import vin
 
 TEXT = st.text(min_size=2, max_size=300)  # any Unicode, control characters included
@@ -109,3 +111,36 @@ def test_a_chain_too_large_to_carry_is_not_spliced() -> None:
     assert director_json(None) is None
     fits = DirectorMetadata(timestamp="ts", snapshot="ss", targets="x" * CARRIED_FILE_CHARS)
     assert director_json(_chain(fits)) == encode(fits)
+
+
+def test_a_batch_hands_over_bytes_and_makes_each_message_only_when_asked(monkeypatch: Any) -> None:
+    """A launch's notices leave as bytes; the message kept with each (its bookkeeping once the broker took
+    it) is made when first asked for, not on the approval's path (issue 19, session 21), and is the
+    notice the bytes encode, less the chain (the Director's rows)."""
+    image = ImageMetadata(timestamp="it", snapshot="is", targets="tt")
+    template = _template("Brake", "Why", image)
+    files = DirectorMetadata(timestamp="ts", snapshot="ss", targets="tg")
+    cars = [(vin(n), f"{n:032x}") for n in range(1, 4)]
+    links = OwnerLinks(b"k" * 32, "https://owners.test")
+    batch = NoticeBatch(cars, {vin(1): _chain(files)}, template, image, links, 7)
+    copies: list[dict[str, Any]] = []
+    copy = CampaignNotice.model_copy
+
+    def counted(self: CampaignNotice, *, update: dict[str, Any] | None = None, deep: bool = False) -> CampaignNotice:
+        copies.append(dict(update or {}))
+        return copy(self, update=update, deep=deep)
+
+    monkeypatch.setattr(CampaignNotice, "model_copy", counted)
+    made = batch.make()
+    assert copies == []  # nothing but bytes made for the hand-over
+    assert [(m.vin, m.campaign_id) for m in made if isinstance(m, Encoded)] == [(v, 7) for v, _ in cars]
+    messages = [sent.message for sent in made if isinstance(sent, Encoded)]
+    assert len(copies) == 3  # one per message, when asked for
+    assert [sent.message for sent in made if isinstance(sent, Encoded)] == messages and len(copies) == 3  # once
+    for sent, message, (car, nonce) in zip(made, messages, cars, strict=True):
+        assert isinstance(message, CampaignNotice)
+        assert (message.vin, message.nonce, message.owner_url) == (car, nonce, links.url(car, 7))
+        assert message.director_metadata is None
+        carried = files if car == vin(1) else None
+        assert isinstance(sent, Encoded)
+        assert sent.payload == encode(message.model_copy(update={"director_metadata": carried}))

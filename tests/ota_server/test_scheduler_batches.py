@@ -140,9 +140,9 @@ async def test_a_large_batch_to_encode_is_handed_over_a_slice_at_a_time_while_th
     events: list[tuple[str, str, int]] = []
     encode = notices._encoded
 
-    def encoded(batch: Any, payloads: Any) -> list[tuple[str, bytes]]:
+    def encoded(batch: Any) -> list[tuple[str, bytes]]:
         events.append(("encode", topics.campaign_topic(batch[0].vin), len(batch)))
-        return encode(batch, payloads)
+        return encode(batch)
 
     monkeypatch.setattr(notices, "_encoded", encoded)
     publisher = Recording(events)
