@@ -36,8 +36,9 @@ class Encoded:
 
     def __init__(self, message: Outbound, payload: bytes, changes: Mapping[str, Any] | None = None) -> None:
         """``message``, or with ``changes`` the template whose copy with them is the message; either
-        without the car's signed Director files its payload may carry (they are the Director's rows)."""
-        changes = dict(changes or {})
+        without the car's signed Director files its payload may carry (they are the Director's rows).
+        ``changes`` is kept as given, not copied (a launch's maker builds one per car)."""
+        changes = changes or {}
         self.vin: str = changes.get("vin", message.vin)
         self.campaign_id: int = changes.get("campaign_id", message.campaign_id)
         self.payload = payload
