@@ -57,6 +57,7 @@ from firmware_bundles import topics
 from ota_server.config import Settings
 from ota_server.errors import InvalidInput, NotReady
 from ota_server.infra.tasks import stop_task
+from ota_server.mqtt.pubacks import read_pubacks_lean
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +296,7 @@ class ServerMqttLink:
             )
         # aiomqtt does not expose paho's manual acknowledgement; the paho client is its _client.
         client._client.manual_ack_set(self.manual_ack)
+        read_pubacks_lean(client._client, self._version)  # half the CPU of publishing a launch's notices
         self._acks[client] = _Acknowledgements(client._client)
         return client
 
