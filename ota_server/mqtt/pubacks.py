@@ -6,7 +6,7 @@ for each, whatever the packet holds, and a debug log line. A broker answers almo
 publish with one of three short shapes (MQTT v5, 3.4.2): the message id alone (success), the
 id and a reason code, or those and an empty property length. Publishing 30,000 notices of
 5 KB through :meth:`ServerMqttLink.publish_many <ota_server.mqtt.link.ServerMqttLink.publish_many>`
-into an idle Mosquitto took 1.02-1.06 s of the server's CPU, 0.58 s with these read here: during
+into an idle Mosquitto took 1.00-1.06 s of the server's CPU, 0.56-0.59 s with these read here: during
 a launch the server's event loop gets about half a core, so that is most of a second of the
 notices' window (issue 19).
 
