@@ -20,6 +20,7 @@ are reached by name; a paho without them keeps its own handler (logged once).
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Literal
@@ -42,20 +43,14 @@ _warned = False
 Handler = Callable[[Literal["PUBACK", "PUBCOMP"]], MQTTErrorCode]
 
 
-class _Reasons:
-    """One PUBACK ``ReasonCode`` per value, made when first seen; None for a value paho would not take
-    in a PUBACK (its own handler then judges the packet)."""
-
-    def __init__(self) -> None:
-        self._codes: dict[int, ReasonCode | None] = {}
-
-    def get(self, value: int) -> ReasonCode | None:
-        if value not in self._codes:
-            try:
-                self._codes[value] = ReasonCode(PacketTypes.PUBACK, identifier=value)
-            except (KeyError, ValueError):
-                self._codes[value] = None
-        return self._codes[value]
+@functools.cache
+def _reason(value: int) -> ReasonCode | None:
+    """The PUBACK ``ReasonCode`` of ``value``, one per value (nothing here or in aiomqtt changes it); None
+    for a value paho would not take in a PUBACK (its own handler then judges the packet)."""
+    try:
+        return ReasonCode(PacketTypes.PUBACK, identifier=value)
+    except (KeyError, ValueError):
+        return None
 
 
 def short_puback(packet: bytes | bytearray, version: int) -> tuple[int, int] | None:
@@ -82,12 +77,11 @@ def read_pubacks_lean(paho: mqtt.Client, version: int) -> bool:
             log.info("paho %s reads its PUBACKs itself: its internals differ from 2.x's", PAHO_VERSION)
         return False
     own: Handler = paho._handle_pubackcomp
-    reasons = _Reasons()
     empty = Properties(PacketTypes.PUBACK)  # type: ignore[no-untyped-call]
 
     def handle(cmd: Literal["PUBACK", "PUBCOMP"]) -> MQTTErrorCode:
         short = short_puback(paho._in_packet["packet"], version) if cmd == "PUBACK" else None
-        reason = None if short is None else reasons.get(short[1])
+        reason = None if short is None else _reason(short[1])
         if short is None or reason is None:
             return own(cmd)
         mid = short[0]

@@ -85,11 +85,13 @@ def image_files(read: Callable[[str], bytes]) -> ImageMetadata | None:
 _DIRECTOR_FILES = tuple(DirectorMetadata.model_fields)  # in their declared order: as encoded
 
 
+def _field(name: str, value: bytes) -> bytes:
+    return b'"' + name.encode() + b'":' + value  # a field's name is an identifier: nothing to escape
+
+
 _DIRECTOR_PATHS = tuple((name, f"{name}.json") for name in _DIRECTOR_FILES)
 # Each file's key as director_json writes it: the first opens the object, the others follow a comma.
-_DIRECTOR_KEYS = tuple(
-    (b"{" if i == 0 else b",") + b'"' + name.encode() + b'":' for i, name in enumerate(_DIRECTOR_FILES)
-)
+_DIRECTOR_KEYS = tuple((b"," if i else b"{") + _field(name, b"") for i, name in enumerate(_DIRECTOR_FILES))
 
 
 def _carried_texts(chain: Chain | None) -> dict[str, str] | None:
@@ -209,10 +211,6 @@ class NoticeBytes:
                 layout.append((None, b",".join(fixed)))
             self._layouts[spliced] = layout
         return layout
-
-
-def _field(name: str, value: bytes) -> bytes:
-    return b'"' + name.encode() + b'":' + value  # a field's name is an identifier: nothing to escape
 
 
 def _json(value: Any) -> bytes:
